@@ -1,0 +1,112 @@
+"""GFLOP/s of the scheduled CPU kernels on ResNet-50-like shapes (batch 1, fp32).
+
+Run: TVM_NUM_THREADS=2 python benchmarks/kernels_cpu.py [name-substring ...]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import tvm
+from tvm import te
+
+from compiler.backend import cpu_kernels as K
+from compiler.backend.cpu_schedule import schedule_cpu
+
+# name: (C, H, W, OC, k, stride, pad, groups)
+CONVS = {
+    "r50_3x3_64_56": (64, 56, 56, 64, 3, 1, 1, 1),
+    "r50_1x1_256to64_56": (256, 56, 56, 64, 1, 1, 0, 1),
+    "r50_1x1_64to256_56": (64, 56, 56, 256, 1, 1, 0, 1),
+    "r50_3x3_128_28": (128, 28, 28, 128, 3, 1, 1, 1),
+    "r50_3x3_256_14": (256, 14, 14, 256, 3, 1, 1, 1),
+    "r50_3x3_512_7": (512, 7, 7, 512, 3, 1, 1, 1),
+    "r50_stem_7x7s2": (3, 224, 224, 64, 7, 2, 3, 1),
+    "r50_1x1s2_256to512_56": (256, 56, 56, 512, 1, 2, 0, 1),
+    "r50_1x1s2_1024to2048_14": (1024, 14, 14, 2048, 1, 2, 0, 1),
+    "dw_3x3_240_28": (240, 28, 28, 240, 3, 1, 1, 240),
+    "shuffle_g3_1x1_240to240_28": (240, 28, 28, 240, 1, 1, 0, 3),
+}
+DENSES = {"fc_2048to1000_m1": (1, 2048, 1000), "fc_2048to1000_m8": (8, 2048, 1000)}
+
+
+def _aligned(a: np.ndarray) -> tvm.runtime.Tensor:
+    return tvm.runtime.tensor(np.ascontiguousarray(a), tvm.cpu())
+
+
+def _time(f, args, flops: float) -> tuple[float, float]:
+    ev = f.time_evaluator("main", tvm.cpu(), number=10, repeat=5, min_repeat_ms=50)
+    t = min(ev(*args).results)
+    return t * 1e3, flops / t / 1e9
+
+
+def _build(tensors, target):
+    t0 = time.perf_counter()
+    func = schedule_cpu(te.create_prim_func(tensors), target)
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    return ex.mod, time.perf_counter() - t0
+
+
+def bench_conv(name, spec, target):
+    c, h, w, oc, k, s, p, g = spec
+    layout = K.conv2d_weight_layout(oc, c // g, g, k, k)
+    wt = np.random.rand(oc, c // g, k, k).astype("float32")
+    wp = K.pack_conv2d_weight(wt, layout)
+    x = te.placeholder((1, c, h, w), name="x")
+    wpl = te.placeholder(wp.shape, name="w")
+    b = te.placeholder((oc,), name="b")
+    y = K.conv2d_nchw_compute(x, wpl, b, layout=layout, out_channels=oc, kernel=(k, k), strides=(s, s),
+                              pads=(p, p, p, p), dilations=(1, 1), groups=g)
+    f, build_s = _build([x, wpl, b, y], target)
+    args = [_aligned(np.random.rand(1, c, h, w).astype("float32")), _aligned(wp),
+            _aligned(np.random.rand(oc).astype("float32")), tvm.runtime.empty([int(d) for d in y.shape], "float32")]
+    oh, ow = (int(d) for d in y.shape[2:])
+    flops = 2.0 * oc * oh * ow * (c // g) * k * k
+    ms, gf = _time(f, args, flops)
+    print(f"{name:30s} {layout['kind']:9s} {ms:8.3f} ms {gf:7.1f} GFLOP/s  build {build_s:.2f} s", flush=True)
+
+
+def bench_dense(name, spec, target):
+    m, kk, n = spec
+    layout = K.dense_weight_layout(n, kk)
+    wp = K.pack_dense_weight(np.random.rand(n, kk).astype("float32"), layout)
+    x = te.placeholder((m, kk), name="x")
+    wpl = te.placeholder(wp.shape, name="w")
+    b = te.placeholder((n,), name="b")
+    y = K.dense_compute(x, wpl, b, layout=layout, n=n)
+    f, build_s = _build([x, wpl, b, y], target)
+    args = [_aligned(np.random.rand(m, kk).astype("float32")), _aligned(wp),
+            _aligned(np.random.rand(n).astype("float32")), tvm.runtime.empty((m, n), "float32")]
+    ms, gf = _time(f, args, 2.0 * m * n * kk)
+    print(f"{name:30s} {'dense':9s} {ms:8.3f} ms {gf:7.1f} GFLOP/s  build {build_s:.2f} s", flush=True)
+
+
+def bench_numpy_peak():
+    a = np.random.rand(512, 512).astype("float32")
+    best = min(_wall(lambda: a @ a) for _ in range(5))
+    print(f"{'numpy matmul 512^3':30s} {'blas':9s} {best * 1e3:8.3f} ms {2 * 512 ** 3 / best / 1e9:7.1f} GFLOP/s")
+
+
+def _wall(fn, n=20):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def main(filters: list[str]) -> None:
+    target = tvm.target.Target.from_device(tvm.cpu())
+    print(f"threads={tvm.runtime.num_threads()} target={target}")
+    bench_numpy_peak()
+    for name, spec in CONVS.items():
+        if not filters or any(f in name for f in filters):
+            bench_conv(name, spec, target)
+    for name, spec in DENSES.items():
+        if not filters or any(f in name for f in filters):
+            bench_dense(name, spec, target)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,306 @@
+"""CPU schedule rules: one kernel's PrimFunc (from te.create_prim_func) -> a scheduled PrimFunc.
+
+Rules are tried in order; the first that applies and succeeds wins. A rule works on a fresh `s_tir.Schedule`, so a
+rule that fails half-way leaves nothing behind, and the generic rule at the end degrades step by step instead of
+failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it returns the function unscheduled.
+
+  conv_packed   anchor `conv2d_nchw_packed` (cpu_kernels.py): [ow_tile x oc_block] register tile, reductions
+                outside it, computed into a local buffer under the tile loop of the kernel's final NCHW epilogue
+  conv_rowwise  anchors `conv2d_depthwise` / `conv2d_nchw_plain`: a row segment of output width in registers
+  dense_packed  anchor `dense_packed`: [m_tile x n_tile] register tile, k outside it
+  generic       injective and reduction blocks: inline, parallel outer spatial loops, vectorize inner ones
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import tvm
+from tvm import s_tir, tirx
+
+from compiler.backend import cpu_kernels as K
+
+log = logging.getLogger(__name__)
+
+VECTOR_MAX = 64          # widest loop handed to `vectorize` (LLVM splits it into registers)
+PARALLEL_MIN_WORK = 4096  # iterations worth a parallel launch (~ a few microseconds)
+ROW_SEGMENT_MAX = 64     # depthwise / plain conv: accumulators of one output row segment
+DENSE_M_TILE = 4
+UNROLL_MAX_STEP = 16
+
+_SPATIAL = 0  # tirx.IterVar.DataPar
+_REDUCE = 2   # tirx.IterVar.CommReduce
+
+
+def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
+    """Schedule one kernel for the CPU `target`; returns a new PrimFunc (never raises for a valid one)."""
+    names = _block_names(func)
+    for applies, rule in _RULES:
+        if not applies(names):
+            continue
+        try:
+            sch = s_tir.Schedule(func)
+            rule(sch, target)
+            return sch.mod["main"]
+        except Exception as err:  # ScheduleError, TVMError: fall through to a simpler rule
+            log.debug("schedule rule %s failed: %s", rule.__name__, err)
+    try:
+        sch = s_tir.Schedule(func)
+        _schedule_generic(sch, target)
+        return sch.mod["main"]
+    except Exception as err:
+        log.warning("generic CPU schedule failed, kernel left unscheduled: %s", err)
+        return func
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _block_names(func: tirx.PrimFunc) -> set[str]:
+    try:
+        sch = s_tir.Schedule(func)
+        return {sch.get(b).name_hint for b in _root_blocks(sch)}
+    except Exception:
+        return set()
+
+
+def _try(fn: Callable, *args):
+    """Run one optional schedule step; a failed step changes nothing (schedule primitives are atomic)."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        log.debug("schedule step %s failed: %s", getattr(fn, "__name__", fn), err)
+        return None
+
+
+def _root_blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _is_output(sch: s_tir.Schedule, block) -> bool:
+    root = sch.get_sblock("root")
+    outs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    return sch.get(block).name_hint in outs
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _iter_types(sch: s_tir.Schedule, block) -> list[int]:
+    return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+
+
+def _is_spatial_block(sch: s_tir.Schedule, block) -> bool:
+    return all(t == _SPATIAL for t in _iter_types(sch, block)) and sch.get(block).init is None
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _inline_all(sch: s_tir.Schedule, keep: set[str] = frozenset()) -> None:
+    """Inline every non-output spatial block into its consumers, then trailing ones into their producers."""
+    for block in _root_blocks(sch):
+        name = sch.get(block).name_hint
+        if name in keep or _is_output(sch, block) or not _is_spatial_block(sch, block):
+            continue
+        _try(sch.compute_inline, block)
+
+
+def _vector_lanes(target: tvm.target.Target) -> int:
+    attrs = target.attrs
+    feats = " ".join(str(x) for x in attrs.get("mattr", []) or [])
+    mcpu = str(attrs.get("mcpu", ""))
+    avx512 = ("avx512" in feats or any(c in mcpu for c in ("znver4", "znver5", "skylake-avx512", "cascadelake",
+                                                             "icelake", "sapphirerapids", "tigerlake", "cooperlake")))
+    return 16 if avx512 else 8
+
+
+# ------------------------------------------------------------------------------------------ conv: packed
+
+def _schedule_conv_packed(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    conv = sch.get_sblock(K.CONV_PACKED)
+    ann = sch.get(conv).annotations
+    tile = int(ann[K.ANN_OW_TILE])
+    ocb = int(ann[K.ANN_OC_BLOCK])
+    out = _anchor_epilogue(sch, conv, K.PAD)
+    if len(sch.get_loops(out)) != 4:
+        raise ValueError("conv epilogue is not a single NCHW block")
+    n, o, h, w = sch.get_loops(out)
+    oo, oi = sch.split(o, [None, ocb])
+    wo, wi = sch.split(w, [None, tile])
+    sch.reorder(n, oo, h, wo, oi, wi)
+    sch.compute_at(conv, wo, preserve_unit_loops=True)
+    sch.set_scope(conv, 0, "local")
+    loops = sch.get_loops(conv)
+    cw, coi, ric, rkh, rkw = loops[-5:]
+    sch.reorder(ric, rkh, rkw, cw, coi)
+    sch.unroll(cw)
+    sch.vectorize(coi)
+    sch.parallel(sch.fuse(n, oo, h))
+    _schedule_tile_writeback(sch, out, oi, wi)
+    init = sch.decompose_reduction(conv, ric)
+    _try(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    _try(lambda: sch.unroll(sch.get_loops(init)[-2]))
+    _schedule_pad(sch, target)
+
+
+def _schedule_tile_writeback(sch, out, oi, wi):
+    """The [oc_block x ow_tile] register tile goes to NCHW memory: unrolled, output width contiguous."""
+    sch.unroll(oi)
+    sch.unroll(wi)
+
+
+def _schedule_pad(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    for block in _root_blocks(sch):
+        if sch.get(block).name_hint == K.PAD:
+            _schedule_spatial(sch, block, _vector_lanes(target))
+
+
+# ------------------------------------------------------------------------------------------ conv: row-wise
+
+def _schedule_conv_rowwise(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """Depthwise / plain conv: a segment of one output row is accumulated in registers, vectorized over width."""
+    names = {sch.get(b).name_hint for b in _root_blocks(sch)}
+    conv = sch.get_sblock(K.CONV_DEPTHWISE if K.CONV_DEPTHWISE in names else K.CONV_PLAIN)
+    out = _anchor_epilogue(sch, conv, K.PAD)
+    if len(sch.get_loops(out)) != 4:
+        raise ValueError("conv epilogue is not a single NCHW block")
+    n, o, h, w = sch.get_loops(out)
+    ow = _extent(sch, w)
+    seg = _largest_divisor(ow, ROW_SEGMENT_MAX)
+    if seg < 8 and ow > ROW_SEGMENT_MAX:
+        seg = 16
+    wo, wi = sch.split(w, [None, seg])
+    sch.parallel(sch.fuse(n, o, h))
+    sch.compute_at(conv, wo, preserve_unit_loops=True)
+    sch.set_scope(conv, 0, "local")
+    cw, ric, rkh, rkw = sch.get_loops(conv)[-4:]
+    sch.reorder(ric, rkh, rkw, cw)
+    sch.vectorize(cw)
+    _try(sch.vectorize, wi)
+    init = sch.decompose_reduction(conv, ric)
+    _try(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    _schedule_pad(sch, target)
+
+
+def _anchor_epilogue(sch: s_tir.Schedule, anchor, *keep: str):
+    """Inline the elementwise chain after `anchor`; returns the one block consuming it (a write-back if none)."""
+    _inline_all(sch, keep={sch.get(anchor).name_hint, *keep})
+    consumers = sch.get_consumers(anchor)
+    if not consumers:
+        return sch.cache_write(anchor, 0, "global")
+    if len(consumers) != 1 or not _is_spatial_block(sch, consumers[0]):
+        raise ValueError("anchor has several consumers")
+    return consumers[0]
+
+
+# ------------------------------------------------------------------------------------------ dense
+
+def _schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """[m_tile x n_tile] register tile (n_tile = the packed weight block), k outside it."""
+    lanes = _vector_lanes(target)
+    dense = sch.get_sblock(K.DENSE_PACKED)
+    nt = int(sch.get(dense).annotations[K.ANN_N_TILE])
+    out = _anchor_epilogue(sch, dense)
+    if len(sch.get_loops(out)) != 2:
+        raise ValueError("dense epilogue is not a single 2-D block")
+    m, n = sch.get_loops(out)
+    mt = _largest_divisor(_extent(sch, m), DENSE_M_TILE)
+    mo, mi = sch.split(m, [None, mt])
+    no, ni = sch.split(n, [None, nt])
+    sch.reorder(mo, no, mi, ni)
+    tile = sch.fuse(mo, no)
+    sch.parallel(tile)
+    sch.compute_at(dense, tile, preserve_unit_loops=True)
+    sch.set_scope(dense, 0, "local")
+    dm, dn, rk = sch.get_loops(dense)[-3:]
+    vec = min(lanes, nt)
+    dnv, dnl = sch.split(dn, [None, vec])
+    sch.reorder(rk, dm, dnv, dnl)
+    sch.unroll(dm)
+    sch.unroll(dnv)
+    sch.vectorize(dnl)
+    _, ni_l = sch.split(ni, [None, vec])
+    _try(sch.vectorize, ni_l)
+    init = sch.decompose_reduction(dense, rk)
+    _try(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+
+
+# ------------------------------------------------------------------------------------------ generic
+
+def _schedule_generic(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    lanes = _vector_lanes(target)
+    _inline_all(sch)
+    for block in _root_blocks(sch):
+        if _is_spatial_block(sch, block):
+            _try(_schedule_spatial, sch, block, lanes)
+        else:
+            _try(_schedule_reduction, sch, block, lanes)
+
+
+def _schedule_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Fuse outer loops and parallelize them; vectorize the innermost axis in lanes-wide pieces."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    ext = _extent(sch, inner)
+    outer = list(loops[:-1])
+    if ext is not None and ext > lanes and ext % lanes == 0 and ext > VECTOR_MAX:
+        o, inner = sch.split(inner, [None, lanes])
+        outer.append(o)
+    elif ext is None or ext < 4:
+        outer.append(inner)
+        inner = None
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    if inner is not None:
+        _try(sch.vectorize, inner)
+
+
+def _schedule_reduction(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Parallel over the spatial loops outside the reduction; vectorize the innermost spatial one if it is last."""
+    loops = sch.get_loops(block)
+    types = _iter_types(sch, block)
+    if len(loops) != len(types):
+        if loops:
+            _try(sch.parallel, loops[0])
+        return
+    spatial = [l for l, t in zip(loops, types) if t == _SPATIAL]
+    reduce = [l for l, t in zip(loops, types) if t != _SPATIAL]
+    if not spatial:
+        return
+    vec = None
+    last = spatial[-1]
+    last_ext = _extent(sch, last)
+    if types[-1] == _SPATIAL and last_ext is not None and last_ext >= 4:
+        vec = last  # already innermost: e.g. pooling over a window, then output width
+    elif reduce and last_ext is not None and 4 <= last_ext and types.index(_REDUCE) > len(spatial) - 1:
+        vec = None  # reducing the innermost memory axis (softmax, global pool): keep reads contiguous
+    outer = [l for l in spatial if l is not vec]
+    if vec is not None and last_ext > VECTOR_MAX:
+        o, vec = sch.split(vec, [None, lanes])
+        outer.append(o)
+        sch.reorder(*outer, *reduce, vec)
+    elif vec is not None:
+        sch.reorder(*outer, *reduce, vec)
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    if vec is not None and reduce:
+        _try(sch.vectorize, vec)
+        _try(sch.decompose_reduction, block, reduce[0])
+    elif vec is not None:
+        _try(sch.vectorize, vec)
+
+
+_RULES = [
+    (lambda names: K.CONV_PACKED in names, _schedule_conv_packed),
+    (lambda names: K.CONV_DEPTHWISE in names or K.CONV_PLAIN in names, _schedule_conv_rowwise),
+    (lambda names: K.DENSE_PACKED in names, _schedule_dense),
+]

@@ -1,0 +1,171 @@
+"""The graph IR: a typed SSA graph of op applications.
+
+* A `Value` is defined exactly once: as a graph input, as a parameter (a constant with data), or as an output of
+  one `Node`. Its `type` is static (shape + dtype).
+* A `Node` applies an `OpDef` (an object from the op registry, never a string) to input values, with typed
+  attributes; the op's type rule gives the types of its outputs.
+* `Graph.nodes` is kept in a valid execution order (every input defined before use). Passes return new graphs or
+  edit in place through the small API below; `verify()` checks the invariants after each pass.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from runtime.errors import IRError
+
+from .types import TensorType
+
+if TYPE_CHECKING:
+    from compiler.ops.registry import OpDef
+
+
+class Value:
+    """An SSA value. `producer` is the defining node (None for inputs and params); `data` is set for params."""
+
+    __slots__ = ("name", "type", "producer", "data")
+
+    def __init__(self, name: str, type: TensorType, producer: "Node | None" = None, data: np.ndarray | None = None):
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.data = data
+
+    @property
+    def is_param(self) -> bool:
+        return self.producer is None and self.data is not None
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+
+class Node:
+    """One op application. `attrs` is a dict of the op's typed attributes, every one present (defaults filled)."""
+
+    __slots__ = ("op", "inputs", "attrs", "outputs", "name")
+
+    def __init__(self, op: "OpDef", inputs: Sequence[Value], attrs: dict[str, Any], name: str = ""):
+        self.op = op
+        self.inputs = list(inputs)
+        self.attrs = attrs
+        self.outputs: list[Value] = []
+        self.name = name  # where it came from (ONNX node name), for error messages; not part of the semantics
+
+    def __repr__(self) -> str:
+        ins = ", ".join("%" + v.name for v in self.inputs)
+        outs = ", ".join("%" + v.name for v in self.outputs)
+        return f"{outs} = {self.op.name}({ins})"
+
+
+_IDENT = re.compile(r"[A-Za-z0-9_.]+\Z")
+
+
+class Graph:
+    """A function: inputs and params in, outputs out, nodes in between in execution order."""
+
+    def __init__(self, name: str = "main"):
+        self.name = name
+        self.inputs: list[Value] = []
+        self.params: list[Value] = []
+        self.nodes: list[Node] = []
+        self.outputs: list[Value] = []
+        self._names: set[str] = set()
+        self._counter = 0
+
+    # -- construction --------------------------------------------------------------------------------------------------
+    def fresh_name(self, hint: str = "") -> str:
+        """A value name not used yet in this graph, close to `hint` (an ONNX tensor name, say)."""
+        if hint and hint not in self._names:
+            return hint
+        while True:
+            name = f"{hint}.{self._counter}" if hint else str(self._counter)
+            self._counter += 1
+            if name not in self._names:
+                return name
+
+    def _claim(self, name: str) -> str:
+        if name in self._names:
+            raise IRError(f"value name %{name} is defined twice")
+        self._names.add(name)
+        return name
+
+    def add_input(self, name: str, type: TensorType) -> Value:
+        v = Value(self._claim(self.fresh_name(name)), type)
+        self.inputs.append(v)
+        return v
+
+    def add_param(self, name: str, data: np.ndarray | None, type: TensorType | None = None) -> Value:
+        """A constant. `data` may be None only for graphs parsed from text without their parameter data."""
+        if data is not None:
+            data = np.ascontiguousarray(data)
+        ty = type if type is not None else TensorType.of(data)
+        v = Value(self._claim(self.fresh_name(name or "p")), ty, data=data)
+        if data is None:
+            v.data = None
+        self.params.append(v)
+        return v
+
+    def add_node(self, op: "OpDef", inputs: Sequence[Value], attrs: dict[str, Any] | None = None,
+                 name: str = "", out_names: Sequence[str] = ()) -> list[Value]:
+        """Append `op(inputs)` with attributes checked and defaulted; returns its output values (typed)."""
+        node = Node(op, inputs, op.check_attrs(attrs or {}, where=name), name)
+        types = op.infer_types([v.type for v in inputs], node.attrs, where=name)
+        for i, t in enumerate(types):
+            hint = out_names[i] if i < len(out_names) else ""
+            node.outputs.append(Value(self._claim(self.fresh_name(hint)), t, producer=node))
+        self.nodes.append(node)
+        return node.outputs
+
+    def rename(self, value: Value, name: str) -> None:
+        self._names.discard(value.name)
+        value.name = self._claim(name)
+
+    # -- queries --------------------------------------------------------------------------------------------------------
+    def users(self) -> dict[Value, list[Node]]:
+        """Map each value to the nodes that read it (in execution order)."""
+        out: dict[Value, list[Node]] = {}
+        for n in self.nodes:
+            for v in n.inputs:
+                out.setdefault(v, []).append(n)
+        return out
+
+    def values(self) -> Iterable[Value]:
+        yield from self.inputs
+        yield from self.params
+        for n in self.nodes:
+            yield from n.outputs
+
+    def replace_uses(self, old: Value, new: Value) -> None:
+        """Make every reader of `old` (nodes and graph outputs) read `new` instead."""
+        for n in self.nodes:
+            n.inputs = [new if v is old else v for v in n.inputs]
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    def remove_unused(self) -> None:
+        """Drop nodes whose outputs nobody reads and params nobody reads (dead code elimination)."""
+        live = set(self.outputs)
+        kept = []
+        for n in reversed(self.nodes):
+            if any(o in live for o in n.outputs):
+                kept.append(n)
+                live.update(n.inputs)
+        self.nodes = kept[::-1]
+        self.params = [p for p in self.params if p in live]
+        self._names = {v.name for v in self.values()}
+
+    def __str__(self) -> str:
+        from .printer import print_graph
+
+        return print_graph(self)
+
+    def verify(self) -> None:
+        from .verifier import verify
+
+        verify(self)
+
+
+def is_plain_identifier(name: str) -> bool:
+    return bool(_IDENT.match(name))

@@ -1,0 +1,7 @@
+"""All ops, declared one family per module. Importing this package registers every op in `OPS`, and every op is
+also an attribute here: `ops.conv2d`, `ops.relu`."""
+
+from .registry import NOT_DIFFERENTIABLE, OPS, Attr, FusionKind, OpDef, defop, get_op  # noqa: F401
+from . import elementwise, nn, shape  # noqa: F401,E402  (registration)
+
+globals().update(OPS)

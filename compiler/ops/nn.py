@@ -1,0 +1,288 @@
+"""Neural-network ops: convolution, dense/matmul, normalization, pooling, softmax.
+
+The heavy ops (conv2d, dense, matmul) are fusion anchors (OUT_ELEMWISE_FUSABLE). Their references are written for
+speed as well as clarity (im2col views + BLAS) because the tests run whole CNNs through the reference interpreter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from tvm import te, topi
+
+from compiler.ir.types import TensorType
+
+from .registry import Attr, FusionKind, defop, fail
+
+CONV_ATTRS = {
+    "strides": Attr("ints", (1, 1)),
+    "pads": Attr("ints", (0, 0, 0, 0)),  # begin_h, begin_w, end_h, end_w (ONNX order)
+    "dilations": Attr("ints", (1, 1)),
+    "groups": Attr("int", 1),
+}
+
+
+def conv_out_size(size, k, stride, pad_begin, pad_end, dilation, ceil=False):
+    span = size + pad_begin + pad_end - dilation * (k - 1) - 1
+    return (-(-span // stride) if ceil else span // stride) + 1
+
+
+def _conv2d_infer(types, *, strides, pads, dilations, groups):
+    x, w = types[0], types[1]
+    if x.rank != 4 or w.rank != 4:
+        fail(f"expects NCHW input and OIHW weight, got {x} and {w}")
+    if x.dtype != w.dtype:
+        fail(f"input {x} and weight {w} differ in dtype")
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    if groups < 1 or c % groups or o % groups or cg != c // groups:
+        fail(f"input channels {c}, weight {w} and groups={groups} are inconsistent "
+             f"(weight dim 1 must be {c}/groups)")
+    if len(types) == 3 and types[2].shape != (o,):
+        fail(f"bias must have shape ({o},), got {types[2]}")
+    oh = conv_out_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
+    ow = conv_out_size(wd, kw, strides[1], pads[1], pads[3], dilations[1])
+    if oh <= 0 or ow <= 0:
+        fail(f"kernel {kh}x{kw} does not fit input {h}x{wd} with pads {pads}")
+    return TensorType((n, o, oh, ow), x.dtype)
+
+
+def windows2d(x, kernel, strides, pads, dilations, fill=0.0, ceil=False):
+    """Sliding windows of an NCHW array as a view (N, C, OH, OW, KH, KW), padded with `fill`."""
+    kh, kw = kernel
+    n, c, h, w = x.shape
+    oh = conv_out_size(h, kh, strides[0], pads[0], pads[2], dilations[0], ceil)
+    ow = conv_out_size(w, kw, strides[1], pads[1], pads[3], dilations[1], ceil)
+    # extra padding at the end so that every window (ceil mode too) lies inside the array
+    eh = max(0, (oh - 1) * strides[0] + dilations[0] * (kh - 1) + 1 - (h + pads[0] + pads[2]))
+    ew = max(0, (ow - 1) * strides[1] + dilations[1] * (kw - 1) + 1 - (w + pads[1] + pads[3]))
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2] + eh), (pads[1], pads[3] + ew)), constant_values=fill)
+    win = sliding_window_view(xp, (dilations[0] * (kh - 1) + 1, dilations[1] * (kw - 1) + 1), axis=(2, 3))
+    return win[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]][:, :, :oh, :ow]
+
+
+def _conv2d_ref(x, w, b=None, *, strides, pads, dilations, groups):
+    o, cg, kh, kw = w.shape
+    win = windows2d(x, (kh, kw), strides, pads, dilations)  # N, C, OH, OW, KH, KW
+    n, c, oh, ow = win.shape[:4]
+    og = o // groups
+    out = np.empty((n, o, oh, ow), x.dtype)
+    if groups == c and cg == 1 and og == 1:  # depthwise
+        out[:] = np.einsum("ncpqhw,chw->ncpq", win, w[:, 0], optimize=True)
+    else:
+        for g in range(groups):
+            out[:, g * og:(g + 1) * og] = np.tensordot(
+                win[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og], axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+    return out
+
+
+def _conv2d_lower(x, w, b=None, *, strides, pads, dilations, groups):
+    c, o = x.shape[1], w.shape[0]
+    if groups == 1:
+        y = topi.nn.conv2d_nchw(x, w, strides, pads, dilations)
+    elif groups == c and groups == o:
+        y = topi.nn.depthwise_conv2d_nchw(x, topi.reshape(w, (c, 1, w.shape[2], w.shape[3])), strides, pads,
+                                          dilations)
+    else:
+        y = topi.nn.group_conv2d_nchw(x, w, strides, pads, dilations, groups)
+    if b is not None:
+        y = topi.add(y, topi.reshape(b, (1, o, 1, 1)))
+    return y
+
+
+conv2d = defop("conv2d", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv2d_infer, attrs=CONV_ATTRS, arity=(2, 3),
+               reference=_conv2d_ref, lower=_conv2d_lower,
+               doc="2-D convolution, NCHW input, OIHW weight, optional bias (O,).")
+
+
+def _dense_infer(types):
+    x, w = types[0], types[1]
+    if x.rank != 2 or w.rank != 2 or x.shape[1] != w.shape[1]:
+        fail(f"expects x (M, K) and weight (N, K), got {x} and {w}")
+    if len(types) == 3 and types[2].shape != (w.shape[0],):
+        fail(f"bias must have shape ({w.shape[0]},), got {types[2]}")
+    return TensorType((x.shape[0], w.shape[0]), x.dtype)
+
+
+def _dense_ref(x, w, b=None):
+    y = x @ w.T
+    return y + b if b is not None else y
+
+
+dense = defop("dense", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_dense_infer, arity=(2, 3), reference=_dense_ref,
+              lower=lambda x, w, b=None: topi.nn.dense(x, w, b),
+              doc="y = x @ w.T + b, with x (M, K), w (N, K) as stored by Linear and Gemm(transB=1).")
+
+
+def _matmul_infer(types):
+    a, b = types
+    if a.rank < 1 or b.rank < 1 or a.dtype != b.dtype:
+        fail(f"cannot multiply {a} and {b}")
+    ash = a.shape if a.rank > 1 else (1,) + a.shape
+    bsh = b.shape if b.rank > 1 else b.shape + (1,)
+    if ash[-1] != bsh[-2]:
+        fail(f"inner dimensions differ: {a} @ {b}")
+    try:
+        batch = np.broadcast_shapes(ash[:-2], bsh[:-2])
+    except ValueError:
+        fail(f"batch dimensions of {a} and {b} do not broadcast")
+    shape = tuple(batch) + ((ash[-2],) if a.rank > 1 else ()) + ((bsh[-1],) if b.rank > 1 else ())
+    return TensorType(shape, a.dtype)
+
+
+def _matmul_lower(a, b):
+    """numpy matmul semantics: 1-D operands promoted, batch dims broadcast."""
+    ar, br = len(a.shape), len(b.shape)
+    out_shape = [int(d) for d in _matmul_infer([TensorType([int(d) for d in a.shape], a.dtype),
+                                                TensorType([int(d) for d in b.shape], b.dtype)]).shape]
+    k = te.reduce_axis((0, a.shape[-1]), name="k")
+
+    def index(t, rank, batch, row, col):
+        bi = [0 if t.shape[i] == 1 else batch[len(batch) - (rank - 2) + i] for i in range(rank - 2)]
+        return t(*bi, *row, *col)
+
+    def f(*idx):
+        nb = len(out_shape) - (ar > 1) - (br > 1)
+        batch = idx[:nb]
+        i = idx[nb:nb + 1] if ar > 1 else ()
+        j = idx[nb + (ar > 1):] if br > 1 else ()
+        av = index(a, ar, batch, i, (k,)) if ar > 1 else a[k]
+        bv = index(b, br, batch, (k,), j) if br > 1 else b[k]
+        return te.sum(av * bv, axis=k)
+
+    return te.compute(out_shape, f, name="matmul")
+
+
+matmul = defop("matmul", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_matmul_infer, arity=(2, 2),
+               reference=lambda a, b: np.matmul(a, b), lower=_matmul_lower, doc="numpy.matmul semantics.")
+
+
+def _bn_infer(types, *, epsilon):
+    x = types[0]
+    if x.rank < 2:
+        fail(f"expects at least (N, C), got {x}")
+    for t in types[1:]:
+        if t.shape != (x.shape[1],):
+            fail(f"scale/bias/mean/var must have shape ({x.shape[1]},), got {t}")
+    return x
+
+
+def _bn_ref(x, scale, bias, mean, var, *, epsilon):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    inv = (scale / np.sqrt(var + x.dtype.type(epsilon))).reshape(shape)
+    return ((x - mean.reshape(shape)) * inv + bias.reshape(shape)).astype(x.dtype)
+
+
+def _bn_lower(x, scale, bias, mean, var, *, epsilon):
+    def f(*i):
+        c = i[1]
+        inv = scale[c] / te.sqrt(var[c] + te.const(epsilon, x.dtype))
+        return (x(*i) - mean[c]) * inv + bias[c]
+
+    return te.compute(x.shape, f, name="batch_norm")
+
+
+batch_norm = defop("batch_norm", FusionKind.BROADCAST, infer=_bn_infer, attrs={"epsilon": Attr("float", 1e-5)},
+                   arity=(5, 5), reference=_bn_ref, lower=_bn_lower,
+                   doc="Inference batch normalization over axis 1: (x - mean) / sqrt(var + eps) * scale + bias.")
+
+POOL_ATTRS = {
+    "kernel": Attr("ints"),
+    "strides": Attr("ints", (1, 1)),
+    "pads": Attr("ints", (0, 0, 0, 0)),
+    "dilations": Attr("ints", (1, 1)),
+    "ceil_mode": Attr("bool", False),
+}
+
+
+def _pool_infer(types, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad=False):
+    (x,) = types
+    if x.rank != 4:
+        fail(f"expects an NCHW input, got {x}")
+    oh = conv_out_size(x.shape[2], kernel[0], strides[0], pads[0], pads[2], dilations[0], ceil_mode)
+    ow = conv_out_size(x.shape[3], kernel[1], strides[1], pads[1], pads[3], dilations[1], ceil_mode)
+    if oh <= 0 or ow <= 0:
+        fail(f"window {kernel} does not fit input {x}")
+    return TensorType(x.shape[:2] + (oh, ow), x.dtype)
+
+
+def _max_pool_ref(x, *, kernel, strides, pads, dilations, ceil_mode):
+    return windows2d(x, kernel, strides, pads, dilations, fill=-np.inf, ceil=ceil_mode).max(axis=(4, 5))
+
+
+def _avg_pool_ref(x, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad):
+    total = windows2d(x, kernel, strides, pads, dilations, ceil=ceil_mode).sum(axis=(4, 5), dtype=np.float64)
+    # the divisor counts the window's cells inside the input (or inside the padded input): pool a map of ones
+    ones = np.ones((1, 1) + x.shape[2:])
+    if count_include_pad:
+        ones = np.pad(ones, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=1.0)
+        pads = (0, 0, 0, 0)
+    count = windows2d(ones, kernel, strides, pads, dilations, ceil=ceil_mode).sum(axis=(4, 5))
+    return (total / count).astype(x.dtype)
+
+
+def _pool_lower(pool_type):
+    def lower(x, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad=False):
+        return topi.nn.pool2d(x, kernel, strides, dilations, pads, pool_type, ceil_mode, "NCHW", count_include_pad)
+
+    return lower
+
+
+max_pool2d = defop("max_pool2d", FusionKind.REDUCTION, infer=_pool_infer, attrs=POOL_ATTRS,
+                   reference=_max_pool_ref, lower=_pool_lower("max"))
+avg_pool2d = defop("avg_pool2d", FusionKind.REDUCTION, infer=_pool_infer,
+                   attrs={**POOL_ATTRS, "count_include_pad": Attr("bool", False)},
+                   reference=_avg_pool_ref, lower=_pool_lower("avg"))
+
+
+def _gap_infer(types):
+    (x,) = types
+    if x.rank < 3:
+        fail(f"expects (N, C, spatial...), got {x}")
+    return TensorType(x.shape[:2] + (1,) * (x.rank - 2), x.dtype)
+
+
+def _gap_lower(x):
+    axes = list(range(2, len(x.shape)))
+    return topi.divide(topi.sum(x, axis=axes, keepdims=True),
+                       te.const(float(np.prod([int(x.shape[a]) for a in axes])), x.dtype))
+
+
+global_avg_pool = defop("global_avg_pool", FusionKind.REDUCTION, infer=_gap_infer,
+                        reference=lambda x: x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float64
+                                                   ).astype(x.dtype),
+                        lower=_gap_lower)
+
+
+def _lrn_ref(x, *, size, alpha, beta, bias):
+    sq = (x.astype(np.float64)) ** 2
+    c = x.shape[1]
+    padded = np.pad(sq, [(0, 0), ((size - 1) // 2, size // 2)] + [(0, 0)] * (x.ndim - 2))
+    s = sum(padded[:, i:i + c] for i in range(size))
+    return (x / (bias + alpha / size * s) ** beta).astype(x.dtype)
+
+
+lrn = defop("lrn", FusionKind.REDUCTION, infer=lambda types, **_: types[0],
+            attrs={"size": Attr("int"), "alpha": Attr("float", 1e-4), "beta": Attr("float", 0.75),
+                   "bias": Attr("float", 1.0)},
+            reference=_lrn_ref,
+            lower=lambda x, *, size, alpha, beta, bias: topi.nn.lrn(x, size, 1, alpha, beta, bias),
+            doc="Local response normalization across channels (axis 1), ONNX semantics.")
+
+
+def _softmax_infer(types, *, axis):
+    (x,) = types
+    if not 0 <= axis < x.rank:
+        fail(f"axis {axis} out of range for {x}")
+    return x
+
+
+def _softmax_ref(x, *, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)
+
+
+softmax = defop("softmax", FusionKind.REDUCTION, infer=_softmax_infer, attrs={"axis": Attr("int")},
+                reference=_softmax_ref, lower=lambda x, *, axis: topi.nn.softmax(x, axis))

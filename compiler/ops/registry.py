@@ -1,0 +1,159 @@
+"""The op registry: one `OpDef` per op, holding everything about it in one place.
+
+An op is an object (`ops.relu`), never a string: tables are keyed by the object, typos fail at import, and grep
+finds every use. A declaration gives
+  * the attribute schema (typed, with defaults),
+  * `infer`: the type rule (input types + attrs -> output types); errors raise `IRError` naming the op,
+  * `reference`: a numpy implementation, the oracle for tests and for constant folding,
+  * `lower`: the TVM TE lowering (te tensors + attrs -> te tensors), or None for ops the runtime does without a
+    kernel (views such as reshape),
+  * `grad`: the gradient rule for reverse-mode autodiff, `NOT_DIFFERENTIABLE`, or None while it is still missing,
+  * `kind`: the fusion kind, ordered as TVM's pattern kinds so that a fuser can compare them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from runtime.errors import IRError
+
+from compiler.ir.types import TensorType
+
+
+class FusionKind(enum.IntEnum):
+    """How an op may fuse with its neighbours (TVM's OpPatternKind)."""
+
+    ELEMWISE = 0  # out[i] = f(in[i]) with all shapes equal
+    BROADCAST = 1  # elementwise with broadcasting of some inputs
+    INJECTIVE = 2  # each output element reads a computable set of input elements (transpose, concat, pad)
+    REDUCTION = 3  # reduces some axes (softmax, pooling, mean)
+    OUT_ELEMWISE_FUSABLE = 4  # heavy anchor whose output can take elementwise epilogues (conv, dense, matmul)
+    OPAQUE = 8  # never fused
+
+
+class _NotDifferentiable:
+    def __repr__(self) -> str:
+        return "NOT_DIFFERENTIABLE"
+
+
+NOT_DIFFERENTIABLE = _NotDifferentiable()  # for ops with no gradient by nature (argmax, shape arithmetic, ...)
+
+REQUIRED = object()  # attribute default meaning "must be given"
+
+ATTR_KINDS = ("int", "float", "str", "bool", "ints", "floats")
+
+
+@dataclass(frozen=True)
+class Attr:
+    kind: str  # one of ATTR_KINDS
+    default: Any = REQUIRED
+
+    def coerce(self, value: Any) -> Any:
+        """Convert `value` to this attribute's canonical Python type (tuples for lists), or raise TypeError."""
+        k = self.kind
+        if k == "int":
+            if isinstance(value, bool) or int(value) != value:
+                raise TypeError(f"expected an int, got {value!r}")
+            return int(value)
+        if k == "float":
+            return float(value)
+        if k == "str":
+            if not isinstance(value, str):
+                raise TypeError(f"expected a string, got {value!r}")
+            return value
+        if k == "bool":
+            if value not in (True, False, 0, 1):
+                raise TypeError(f"expected a bool, got {value!r}")
+            return bool(value)
+        if k == "ints":
+            seq = tuple(value)
+            if any(isinstance(x, bool) or int(x) != x for x in seq):
+                raise TypeError(f"expected a tuple of ints, got {value!r}")
+            return tuple(int(x) for x in seq)
+        if k == "floats":
+            return tuple(float(x) for x in value)
+        raise AssertionError(k)
+
+
+@dataclass(frozen=True, eq=False)
+class OpDef:
+    name: str
+    kind: FusionKind
+    infer: Callable[..., Any]  # (list[TensorType], **attrs) -> TensorType | list[TensorType]
+    reference: Callable[..., Any]  # (*np.ndarray, **attrs) -> np.ndarray | tuple
+    lower: Callable[..., Any] | None = None  # (*te.Tensor, **attrs) -> te.Tensor | tuple; None: no kernel needed
+    grad: Any = None  # gradient rule, NOT_DIFFERENTIABLE, or None (missing)
+    attrs: Mapping[str, Attr] = field(default_factory=dict)
+    arity: tuple[int, int] = (1, 1)  # (min, max) number of inputs; max -1 = variadic
+    is_view: bool = False  # output aliases the input's memory (reshape): the runtime makes a view, not a kernel
+    doc: str = ""
+
+    def __repr__(self) -> str:
+        return f"<op {self.name}>"
+
+    def check_attrs(self, attrs: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+        """Validate attribute names and types, fill defaults; returns a new dict in schema order."""
+        at = f" (node {where!r})" if where else ""
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise IRError(f"op {self.name}{at}: unknown attribute(s) {sorted(unknown)}; "
+                          f"it takes {sorted(self.attrs) or 'none'}")
+        out = {}
+        for key, spec in self.attrs.items():
+            if key in attrs and attrs[key] is not None:
+                try:
+                    out[key] = spec.coerce(attrs[key])
+                except (TypeError, ValueError) as e:
+                    raise IRError(f"op {self.name}{at}: attribute {key}: {e}") from None
+            elif spec.default is REQUIRED:
+                raise IRError(f"op {self.name}{at}: missing required attribute {key!r}")
+            else:
+                out[key] = spec.default
+        return out
+
+    def infer_types(self, in_types: Sequence[TensorType], attrs: Mapping[str, Any], where: str = "") -> list[TensorType]:
+        at = f" (node {where!r})" if where else ""
+        lo, hi = self.arity
+        if len(in_types) < lo or (hi >= 0 and len(in_types) > hi):
+            want = f"{lo}" if lo == hi else f"{lo}..{'any' if hi < 0 else hi}"
+            raise IRError(f"op {self.name}{at}: takes {want} inputs, got {len(in_types)}")
+        try:
+            out = self.infer(list(in_types), **attrs)
+        except IRError as e:
+            raise IRError(f"op {self.name}{at}: {e}") from None
+        except (ValueError, TypeError, IndexError) as e:
+            raise IRError(f"op {self.name}{at}: invalid inputs "
+                          f"({', '.join(map(str, in_types))}): {e}") from None
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def evaluate(self, *arrays, **attrs) -> list:
+        """Run the numpy reference; always returns a list of outputs."""
+        out = self.reference(*arrays, **attrs)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def defop(name: str, kind: FusionKind, *, infer, reference, lower=None, grad=None, attrs=None,
+          arity=(1, 1), is_view=False, doc="") -> OpDef:
+    """Declare and register an op. Names are unique; the registry is the single source of truth."""
+    if name in OPS:
+        raise ValueError(f"op {name} declared twice")
+    op = OpDef(name, kind, infer, reference, lower, grad, dict(attrs or {}), arity, is_view, doc)
+    OPS[name] = op
+    return op
+
+
+def get_op(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise IRError(f"unknown op {name!r}") from None
+
+
+def fail(msg: str):
+    """Raise from a type rule: `OpDef.infer_types` prefixes the op and node."""
+    raise IRError(msg)

@@ -1,0 +1,93 @@
+"""Shape and data-movement ops: reshape, transpose, concat, pad, take."""
+
+from __future__ import annotations
+
+from math import prod
+
+import numpy as np
+from tvm import te, topi
+
+from compiler.ir.types import TensorType
+
+from .registry import Attr, FusionKind, defop, fail
+
+
+def _reshape_infer(types, *, shape):
+    (t,) = types
+    if prod(shape) != t.numel:
+        fail(f"cannot reshape {t} ({t.numel} elements) to {shape} ({prod(shape)} elements)")
+    return TensorType(shape, t.dtype)
+
+
+# Reshape of a contiguous tensor is a view: the runtime aliases the buffer and runs no kernel.
+reshape = defop("reshape", FusionKind.INJECTIVE, infer=_reshape_infer, attrs={"shape": Attr("ints")},
+                reference=lambda x, *, shape: x.reshape(shape),
+                lower=lambda x, *, shape: topi.reshape(x, shape), is_view=True)
+
+
+def _transpose_infer(types, *, perm):
+    (t,) = types
+    if sorted(perm) != list(range(t.rank)):
+        fail(f"perm {perm} is not a permutation of the {t.rank} axes of {t}")
+    return TensorType(tuple(t.shape[p] for p in perm), t.dtype)
+
+
+transpose = defop("transpose", FusionKind.INJECTIVE, infer=_transpose_infer, attrs={"perm": Attr("ints")},
+                  reference=lambda x, *, perm: np.ascontiguousarray(np.transpose(x, perm)),
+                  lower=lambda x, *, perm: topi.transpose(x, perm))
+
+
+def _concat_infer(types, *, axis):
+    first = types[0]
+    if not 0 <= axis < first.rank:
+        fail(f"axis {axis} out of range for rank {first.rank}")
+    for t in types[1:]:
+        if t.dtype != first.dtype or t.rank != first.rank or any(
+                a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis):
+            fail(f"inputs {', '.join(map(str, types))} differ outside axis {axis}")
+    shape = list(first.shape)
+    shape[axis] = sum(t.shape[axis] for t in types)
+    return TensorType(shape, first.dtype)
+
+
+concat = defop("concat", FusionKind.INJECTIVE, infer=_concat_infer, attrs={"axis": Attr("int")}, arity=(1, -1),
+               reference=lambda *xs, axis: np.concatenate(xs, axis=axis),
+               lower=lambda *xs, axis: topi.concatenate(xs, axis))
+
+
+def _pad_infer(types, *, pads, value):
+    (t,) = types
+    if len(pads) != 2 * t.rank:
+        fail(f"pads {pads} must have 2*rank = {2 * t.rank} entries (all begins, then all ends)")
+    return TensorType([d + pads[i] + pads[i + t.rank] for i, d in enumerate(t.shape)], t.dtype)
+
+
+def _pad_ref(x, *, pads, value):
+    r = x.ndim
+    if any(p < 0 for p in pads):  # negative pads crop
+        x = x[tuple(slice(max(-pads[i], 0), x.shape[i] - max(-pads[i + r], 0)) for i in range(r))]
+        pads = tuple(max(p, 0) for p in pads)
+    return np.pad(x, [(pads[i], pads[i + r]) for i in range(r)], constant_values=value)
+
+
+pad = defop("pad", FusionKind.INJECTIVE, infer=_pad_infer, attrs={"pads": Attr("ints"), "value": Attr("float", 0.0)},
+            reference=_pad_ref,
+            lower=lambda x, *, pads, value: topi.nn.pad(x, pads[:x.ndim], pads[x.ndim:], value))
+
+
+def _take_infer(types, *, axis):
+    data, idx = types
+    if not 0 <= axis < data.rank:
+        fail(f"axis {axis} out of range for {data}")
+    if idx.dtype not in ("int64", "int32"):
+        fail(f"indices must be int32 or int64, got {idx}")
+    return TensorType(data.shape[:axis] + idx.shape + data.shape[axis + 1:], data.dtype)
+
+
+def _take_ref(data, idx, *, axis):
+    idx = np.where(idx < 0, idx + data.shape[axis], idx)
+    return np.take(data, idx, axis=axis)
+
+
+take = defop("take", FusionKind.INJECTIVE, infer=_take_infer, attrs={"axis": Attr("int", 0)}, arity=(2, 2),
+             reference=_take_ref, lower=lambda d, i, *, axis: topi.take(d, i, axis=axis, mode="wrap"))

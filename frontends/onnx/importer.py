@@ -1,0 +1,226 @@
+"""ONNX -> TensorForge IR.
+
+Walks the ONNX graph in order, calling one converter per node (see `converters.py`). Values are either IR `Value`s
+or numpy arrays known at compile time; `Builder.emit` folds an op whose inputs are all known through the op's numpy
+reference, which evaluates shape-computing subgraphs (Shape -> Gather -> Concat -> Reshape) at compile time.
+Known arrays become graph params only where a real op reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from compiler.ir import Graph, TensorType, Value
+from compiler.ops import OpDef
+from runtime.errors import FrontendError, IRError, UnsupportedOpError
+
+from .converters import CONVERTERS, lookup_converter
+
+Ref = Value | np.ndarray | None  # what a converter receives for each input
+
+
+def onnx_dtype(elem_type: int) -> str:
+    try:
+        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
+    except Exception:
+        raise FrontendError(f"unsupported ONNX element type {helper.tensor_dtype_to_string(elem_type)}") from None
+
+
+class Builder:
+    """What converters use to emit IR. `node` is the ONNX node being converted (for error messages)."""
+
+    def __init__(self, graph: Graph, opset: int):
+        self.graph = graph
+        self.opset = opset
+        self.node: onnx.NodeProto | None = None
+        self.node_name = ""
+        self._params: dict[int, Value] = {}  # id(array) -> param, so one array becomes one param
+
+    def error(self, msg: str) -> FrontendError:
+        return FrontendError(f"ONNX node {self.node_name!r} ({self.node.op_type}): {msg}")
+
+    def type(self, x: Ref) -> TensorType:
+        return TensorType.of(x) if isinstance(x, np.ndarray) else x.type
+
+    def const(self, x: Ref, what: str) -> np.ndarray:
+        """The compile-time value of input `x`; fails clearly if it is only known at run time."""
+        if isinstance(x, np.ndarray):
+            return x
+        raise self.error(f"input {what!r} must be known at compile time (a constant or computed from shapes), "
+                         f"but it is the run-time value %{x.name}; rewrite the model so that it is constant")
+
+    def value(self, x: Ref) -> Value:
+        """An IR value for `x`, turning a known array into a param."""
+        if isinstance(x, Value):
+            return x
+        if id(x) not in self._params:
+            self._params[id(x)] = (self.graph.add_param(self.node_name + ".const", x), x)
+        return self._params[id(x)][0]
+
+    def emit(self, op: OpDef, inputs: Sequence[Ref], **attrs: Any):
+        """Apply `op`. Folds to an array when every input is known; returns one result or a list if several."""
+        try:
+            if all(isinstance(x, np.ndarray) for x in inputs):
+                attrs = op.check_attrs(attrs, where=self.node_name)
+                op.infer_types([TensorType.of(x) for x in inputs], attrs, where=self.node_name)
+                outs = [np.ascontiguousarray(o) for o in op.evaluate(*inputs, **attrs)]
+            else:
+                outs = self.graph.add_node(op, [self.value(x) for x in inputs], attrs, name=self.node_name)
+        except IRError as e:
+            raise self.error(str(e)) from None
+        return outs[0] if len(outs) == 1 else outs
+
+
+def load_model(model: "str | os.PathLike | onnx.ModelProto | bytes") -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        if isinstance(model, bytes):
+            proto = onnx.load_model_from_string(model)
+        else:
+            path = os.fspath(model)
+            if not os.path.exists(path):
+                raise FrontendError(f"ONNX file {path!r} does not exist")
+            proto = onnx.load(path)
+    except FrontendError:
+        raise
+    except Exception as e:  # protobuf DecodeError and friends: the message is often empty
+        raise FrontendError(f"cannot read ONNX model {model if not isinstance(model, bytes) else '<bytes>'!s}: "
+                            f"the file is truncated or not an ONNX model ({type(e).__name__}: {e})") from None
+    if not proto.graph.node and not proto.graph.output:
+        raise FrontendError("the ONNX model has an empty graph (truncated or not an ONNX model?)")
+    return proto
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1 if not model.opset_import else max(i.version for i in model.opset_import)
+
+
+def _node_name(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """Raise one error listing every unsupported (op type, opset) with its node names, not just the first."""
+    opset = _opset(model)
+    missing: dict[tuple[str, str, int], list[str]] = {}
+    for i, node in enumerate(model.graph.node):
+        domain = node.domain or ""
+        if domain not in ("", "ai.onnx") or lookup_converter(node.op_type, opset) is None:
+            missing.setdefault((domain, node.op_type, opset), []).append(_node_name(node, i))
+    if missing:
+        lines = []
+        for (domain, op_type, ver), names in missing.items():
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} nodes)" if len(names) > 8 else "")
+            lines.append(f"  {(domain + '.') if domain else ''}{op_type} (opset {ver}): {shown}")
+        raise UnsupportedOpError(
+            f"the model uses {len(missing)} unsupported op type(s):\n" + "\n".join(lines),
+            [(op, ver, names) for (_, op, ver), names in missing.items()])
+
+
+def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) -> TensorType:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type"):
+        raise FrontendError(f"graph input {vi.name!r} is not a tensor")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    if vi.name in shapes:
+        given = tuple(int(d) for d in shapes[vi.name])
+        if len(given) != len(dims) or any(d is not None and d != g for d, g in zip(dims, given)):
+            shown = "x".join("?" if d is None else str(d) for d in dims)
+            raise FrontendError(f"shape {'x'.join(map(str, given))} given for input {vi.name!r} does not match "
+                                f"its declared shape {shown}")
+        dims = list(given)
+    elif any(d is None for d in dims):
+        sym = [d.dim_param or "?" for d in tt.shape.dim if not d.HasField("dim_value")]
+        warnings.warn(f"input {vi.name!r} has symbolic dimension(s) {sym}; binding them to 1. Pass "
+                      f"shapes={{{vi.name!r}: (...)}} (CLI: --shape {vi.name}=AxBxC) to choose.", stacklevel=3)
+        dims = [1 if d is None else d for d in dims]
+    return TensorType(dims, onnx_dtype(tt.elem_type))
+
+
+def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+    """Convert an ONNX model (path, bytes or ModelProto) to a verified IR graph with static shapes."""
+    proto = load_model(model)
+    shapes = dict(shapes or {})
+    check_supported(proto)
+    opset = _opset(proto)
+    g = Graph(proto.graph.name.replace(" ", "_") or "main")
+    b = Builder(g, opset)
+    env: dict[str, Ref] = {}
+    for init in proto.graph.initializer:
+        try:
+            env[init.name] = np.ascontiguousarray(numpy_helper.to_array(init))
+        except Exception as e:
+            raise FrontendError(f"initializer {init.name!r} cannot be read ({e})") from None
+    graph_inputs = [vi for vi in proto.graph.input if vi.name not in env]
+    unknown = set(shapes) - {vi.name for vi in graph_inputs}
+    if unknown:
+        raise FrontendError(f"shapes given for unknown input(s) {sorted(unknown)}; the model's inputs are "
+                            f"{[vi.name for vi in graph_inputs]}")
+    for vi in graph_inputs:
+        env[vi.name] = g.add_input(vi.name, _input_type(vi, shapes))
+
+    for index, node in enumerate(proto.graph.node):
+        b.node, b.node_name = node, _node_name(node, index)
+        args = []
+        for name in node.input:
+            if name == "":
+                args.append(None)
+            elif name not in env:
+                raise b.error(f"input {name!r} is not produced by any earlier node, initializer or graph input")
+            elif env[name] is None:
+                raise b.error(f"input {name!r} is an output we do not compute (e.g. a training-only output)")
+            else:
+                args.append(env[name])
+        attrs = {a.name: _attr_value(a) for a in node.attribute}
+        conv = lookup_converter(node.op_type, opset)
+        try:
+            result = conv(b, *args, **attrs)
+        except TypeError as e:
+            if "argument" not in str(e):
+                raise
+            raise b.error(f"unexpected inputs or attributes ({e})") from None
+        results = list(result) if isinstance(result, (list, tuple)) else [result]
+        for i, name in enumerate(node.output):
+            if name == "":
+                continue
+            out = results[i] if i < len(results) else None
+            env[name] = out
+    outputs = []
+    for vi in proto.graph.output:
+        if vi.name not in env or env[vi.name] is None:
+            raise FrontendError(f"graph output {vi.name!r} is never computed")
+        b.node_name = vi.name
+        v = b.value(env[vi.name])
+        if v.producer is not None and v.name != vi.name and vi.name not in {x.name for x in g.values()}:
+            g.rename(v, vi.name)
+        outputs.append(v)
+    g.outputs = outputs
+    g.remove_unused()
+    g.verify()
+    return g
+
+
+def _attr_value(a: onnx.AttributeProto):
+    if a.type == onnx.AttributeProto.TENSOR:
+        return numpy_helper.to_array(a.t)
+    v = helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, list) and v and isinstance(v[0], bytes):
+        return [x.decode() for x in v]
+    return v
+
+
+def supported_ops() -> dict[str, list[int]]:
+    """ONNX op type -> the opset versions at which its converters start (for docs)."""
+    return {name: sorted(versions) for name, versions in sorted(CONVERTERS.items())}
