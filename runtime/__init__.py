@@ -1,0 +1,6 @@
+"""TensorForge's runtime: loads a compiled artifact and runs it. Needs numpy and TVM's runtime library only; it never
+imports the compiler, the frontends or `tvm` itself."""
+
+from .errors import (ArtifactError, CompileError, FrontendError, InputError, IRError,  # noqa: F401
+                     TensorForgeError, UnsupportedOpError)
+from .model import CompiledModel, load  # noqa: F401

@@ -3,7 +3,8 @@
 Activations stay NCHW / (M, K). Weights are packed once, at compile time, with numpy, into layouts whose innermost
 axis is a block of output channels, so one SIMD register holds `oc_block` consecutive output channels:
 
-  conv "packed":    OIHW  -> (OC_pad / b, IC / groups, KH, KW, b)   (zero rows pad OC up to a multiple of b)
+  conv "packed":    OIHW  -> (OC_pad / b, IC / groups, KH, KW, b); zero rows pad OC up to a multiple of b (groups
+                    == 1 only; a grouped conv uses a block b dividing OC / groups)
   conv "depthwise": OIHW kept as is; the schedule vectorizes over output width instead
   conv "plain":     OIHW kept as is (grouped convs whose channels per group do not split into blocks)
   dense "packed":   (N, K) -> (N_pad / b, K, b)
@@ -60,10 +61,11 @@ def conv2d_weight_layout(out_channels: int, in_channels_per_group: int, groups: 
         return {"kind": "packed", "oc_block": CONV_OC_BLOCK}
     if in_channels_per_group == 1:
         return {"kind": "depthwise"}
+    # A register tile must not straddle two groups, so the block divides the output channels per group.
     oc_per_group = out_channels // groups
-    for b in GROUPED_OC_BLOCKS:
-        if oc_per_group % b == 0:
-            return {"kind": "packed", "oc_block": b}
+    for block in GROUPED_OC_BLOCKS:
+        if oc_per_group % block == 0:
+            return {"kind": "packed", "oc_block": block}
     return {"kind": "plain"}
 
 
@@ -74,7 +76,7 @@ def pack_conv2d_weight(w: np.ndarray, layout: dict) -> np.ndarray:
         return np.ascontiguousarray(w)
     b = layout["oc_block"]
     oc, icg, kh, kw = w.shape
-    oc_pad = _round_up(oc, b)
+    oc_pad = _round_up(oc, b)  # only groups == 1 convs need padding: grouped ones use a block dividing OC / groups
     if oc_pad != oc:
         w = np.concatenate([w, np.zeros((oc_pad - oc, icg, kh, kw), np.float32)])
     return np.ascontiguousarray(w.reshape(oc_pad // b, b, icg, kh, kw).transpose(0, 2, 3, 4, 1))
@@ -136,7 +138,6 @@ def _conv_packed(x, w_packed, bias, b, out_channels, icg, ocg, groups, kernel, s
     w_needed = (ow_pad - 1) * sw + (kw - 1) * dw + 1
     right_extra = max(0, w_needed - (int(x.shape[3]) + left + right))
     xp = _pad_input(x, (top, left, bottom, right + right_extra))
-    ocb_count = int(w_packed.shape[0])
     blocks_per_group = ocg // b
     ric = te.reduce_axis((0, icg), name="ric")
     rkh = te.reduce_axis((0, kh), name="rkh")
@@ -146,7 +147,7 @@ def _conv_packed(x, w_packed, bias, b, out_channels, icg, ocg, groups, kernel, s
         return ric if groups == 1 else ob // blocks_per_group * icg + ric
 
     conv = te.compute(
-        (n, ocb_count, oh, ow_pad, b),
+        (n, int(w_packed.shape[0]), oh, ow_pad, b),
         lambda b_, ob, y, z, oi: te.sum(
             xp[b_, in_channel(ob), y * sh + rkh * dh, z * sw + rkw * dw] * w_packed[ob, ric, rkh, rkw, oi],
             axis=[ric, rkh, rkw]),

@@ -245,58 +245,83 @@ def _schedule_generic(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
 
 
 def _schedule_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """Fuse outer loops and parallelize them; vectorize the innermost axis in lanes-wide pieces."""
+    """Fuse outer loops and parallelize them (if worth it); vectorize the innermost axis in pieces."""
     loops = sch.get_loops(block)
     if not loops:
         return
     inner = loops[-1]
     ext = _extent(sch, inner)
     outer = list(loops[:-1])
-    if ext is not None and ext > lanes and ext % lanes == 0 and ext > VECTOR_MAX:
-        o, inner = sch.split(inner, [None, lanes])
-        outer.append(o)
-    elif ext is None or ext < 4:
+    if ext is None or ext < 4:
         outer.append(inner)
         inner = None
+    elif ext > VECTOR_MAX:
+        piece = _vector_piece(ext, lanes)
+        o, inner = sch.split(inner, [None, piece])
+        outer.append(o)
     if outer:
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if _work(sch, block) >= PARALLEL_MIN_WORK:
+            sch.parallel(fused)
     if inner is not None:
         _try(sch.vectorize, inner)
 
 
+def _vector_piece(ext: int, lanes: int) -> int:
+    """The widest multiple of 4 up to VECTOR_MAX dividing `ext`, else `lanes` (the split then has a tail)."""
+    for d in range(VECTOR_MAX, 3, -4):
+        if ext % d == 0:
+            return d
+    return lanes
+
+
+def _work(sch: s_tir.Schedule, block) -> int:
+    total = 1
+    for loop in sch.get_loops(block):
+        total *= _extent(sch, loop) or 1
+    return total
+
+
 def _schedule_reduction(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """Parallel over the spatial loops outside the reduction; vectorize the innermost spatial one if it is last."""
+    """Parallel over the spatial loops; the innermost one moves inside the reduction and is vectorized when it
+    indexes the last axis of both the output and an input (pooling windows, softmax over channels)."""
     loops = sch.get_loops(block)
     types = _iter_types(sch, block)
-    if len(loops) != len(types):
-        if loops:
-            _try(sch.parallel, loops[0])
+    if len(loops) != len(types) or not loops:
+        if loops and types and types[0] == _SPATIAL:
+            sch.parallel(loops[0])
         return
     spatial = [l for l, t in zip(loops, types) if t == _SPATIAL]
     reduce = [l for l, t in zip(loops, types) if t != _SPATIAL]
     if not spatial:
         return
-    vec = None
-    last = spatial[-1]
-    last_ext = _extent(sch, last)
-    if types[-1] == _SPATIAL and last_ext is not None and last_ext >= 4:
-        vec = last  # already innermost: e.g. pooling over a window, then output width
-    elif reduce and last_ext is not None and 4 <= last_ext and types.index(_REDUCE) > len(spatial) - 1:
-        vec = None  # reducing the innermost memory axis (softmax, global pool): keep reads contiguous
-    outer = [l for l in spatial if l is not vec]
-    if vec is not None and last_ext > VECTOR_MAX:
-        o, vec = sch.split(vec, [None, lanes])
-        outer.append(o)
+    work = _work(sch, block)
+    vec = spatial[-1] if _vectorizable_spatial(sch, block, len(spatial) - 1) else None
+    outer = spatial[:-1] if vec is not None else spatial
+    if vec is not None and _extent(sch, vec) > VECTOR_MAX:
+        o, vec = sch.split(vec, [None, _vector_piece(_extent(sch, vec), lanes)])
+        outer = [*outer, o]
+    if vec is not None:
         sch.reorder(*outer, *reduce, vec)
-    elif vec is not None:
-        sch.reorder(*outer, *reduce, vec)
-    if outer:
+    if outer and work >= PARALLEL_MIN_WORK:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
-    if vec is not None and reduce:
+    if vec is not None:
         _try(sch.vectorize, vec)
-        _try(sch.decompose_reduction, block, reduce[0])
-    elif vec is not None:
-        _try(sch.vectorize, vec)
+        if reduce:
+            _try(sch.decompose_reduction, block, reduce[0])
+
+
+def _vectorizable_spatial(sch: s_tir.Schedule, block, index: int) -> bool:
+    blk = sch.get(block)
+    iv = blk.iter_vars[index]
+    if not isinstance(iv.dom.extent, tirx.IntImm) or int(iv.dom.extent) < 4:
+        return False
+
+    def in_last_index(region) -> bool:
+        last = region.region[-1].min if len(region.region) else None
+        return last is not None and any(v.same_as(iv.var) for v in tirx.analysis.undefined_vars(last))
+
+    return any(in_last_index(w) for w in blk.writes) and any(in_last_index(r) for r in blk.reads)
 
 
 _RULES = [

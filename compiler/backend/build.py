@@ -1,0 +1,77 @@
+"""Build: schedule every kernel for the target and compile them all into one shared library."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from runtime.errors import CompileError
+
+from .lower import KernelSpec, build_prim_func
+
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")
+
+
+def resolve_target(target):
+    """'cpu' (or 'llvm') -> the host CPU with its real ISA. Plain 'llvm' would emit SSE-only code."""
+    import tvm
+    from tvm.target import Target
+
+    if isinstance(target, Target):
+        return target
+    if target in ("cpu", "llvm", None):
+        host = Target.from_device(tvm.cpu())
+        from runtime.tvm_loader import default_num_threads
+
+        return Target({**{k: v for k, v in host.export().items() if k in ("kind", "mtriple", "mcpu")},
+                       "num-cores": default_num_threads()})
+    raise CompileError(f"unknown target {target!r}; supported: 'cpu'")
+
+
+@dataclass
+class BuildResult:
+    library_path: str
+    kernel_names: dict[str, str]  # spec key -> kernel (global symbol) name
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def build_kernels(specs: list[KernelSpec], target, out_dir: str) -> BuildResult:
+    """Schedule and compile each distinct spec; one library for all of them."""
+    import tvm
+
+    from .cpu_schedule import schedule_cpu
+
+    funcs = {}
+    names: dict[str, str] = {}
+    t0 = time.perf_counter()
+    for spec in specs:
+        key = spec.key()
+        if key in names:
+            continue
+        name = f"{spec.op.name}_{key[:10]}"
+        func = build_prim_func(spec)
+        try:
+            func = schedule_cpu(func, target)
+        except Exception as e:  # the scheduler promises not to raise; if it does, say where
+            raise CompileError(f"scheduling kernel {name} ({spec.op.name} on "
+                               f"{', '.join(map(str, spec.in_types))}) failed: {type(e).__name__}: {e}") from e
+        funcs[name] = func.with_attr("global_symbol", name)
+        names[key] = name
+    t1 = time.perf_counter()
+    try:
+        ex = tvm.compile(tvm.IRModule(funcs), target=target)
+        path = os.path.join(out_dir, "kernels.so")
+        ex.export_library(path)
+    except Exception as e:
+        raise CompileError(f"building {len(funcs)} kernels for {target} failed: {type(e).__name__}: "
+                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
+    t2 = time.perf_counter()
+    return BuildResult(path, names, {"schedule_s": t1 - t0, "build_s": t2 - t1})
+
+
+def host_isa_flags() -> list[str]:
+    from runtime.model import cpu_features
+
+    have = cpu_features()
+    return [f for f in ISA_FLAGS if f in have]

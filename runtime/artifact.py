@@ -1,0 +1,92 @@
+"""The artifact file: one zip holding the kernel library, the execution plan (JSON) and the parameters (.npy).
+
+    plan.json          format, version, target, buffers, inputs, outputs, params, steps (see plan.py)
+    kernels.so         every kernel of the model, built for the target
+    params/<i>.npy     parameter i, read with allow_pickle=False (data only, never code); a parameter whose
+                       elements are all equal is stored in the plan as a splat value instead
+
+Writing is atomic: a temporary file in the destination's directory, fsync, then os.replace. A reader never sees a
+half-written artifact, and a crash leaves the old one in place.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .errors import ArtifactError
+
+FORMAT = "tensorforge-artifact"
+VERSION = 1
+
+
+def atomic_write(path: str, write) -> None:
+    """Call write(fileobj) on a temporary file next to `path`, then rename it over `path`."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ArtifactError(f"cannot write {path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_artifact(path: str, plan: dict, kernels_path: str, params: list[np.ndarray]) -> None:
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+            z.writestr("plan.json", json.dumps(plan, indent=1))
+            z.write(kernels_path, "kernels.so")
+            for entry, p in zip(plan["params"], params):
+                if "file" in entry:
+                    buf = io.BytesIO()
+                    np.save(buf, np.ascontiguousarray(p), allow_pickle=False)
+                    z.writestr(entry["file"], buf.getvalue())
+
+    atomic_write(path, write)
+
+
+def read_artifact(path: str, kernels_dir: str) -> tuple[dict, str, list[np.ndarray]]:
+    """Returns (plan, path of the extracted kernel library, params). Raises ArtifactError on any damage."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ArtifactError(f"artifact {path!r} does not exist")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            for required in ("plan.json", "kernels.so"):
+                if required not in names:
+                    raise ArtifactError(f"artifact {path!r} is damaged: {required} is missing")
+            plan = json.loads(z.read("plan.json"))
+            if not isinstance(plan, dict) or plan.get("format") != FORMAT:
+                raise ArtifactError(f"{path!r} is not a TensorForge artifact")
+            if plan.get("version") != VERSION:
+                raise ArtifactError(f"artifact {path!r} has format version {plan.get('version')}; this runtime "
+                                    f"reads version {VERSION}: recompile the model")
+            params = []
+            for entry in plan["params"]:
+                if "file" in entry:
+                    with z.open(entry["file"]) as f:
+                        params.append(np.lib.format.read_array(io.BufferedReader(f), allow_pickle=False))
+                else:  # a splat: every element equal, stored as one number
+                    params.append(None)
+            kernels = os.path.join(kernels_dir, "kernels.so")
+            with z.open("kernels.so") as src, open(kernels, "wb") as dst:
+                dst.write(src.read())
+    except ArtifactError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, ValueError, EOFError, OSError) as e:
+        raise ArtifactError(f"artifact {path!r} is damaged or truncated ({type(e).__name__}: {e})") from None
+    return plan, kernels, params

@@ -1,0 +1,185 @@
+"""CompiledModel: runs an execution plan over a kernel library with memory allocated once, at load time.
+
+The plan (JSON, built by compiler/backend/package.py):
+    buffers  [{"shape", "dtype", "view_of"?}]    every tensor of the program; a view aliases another buffer
+    inputs   [{"name", "buffer"}]                 copied into their buffers at the start of each run
+    outputs  [{"name", "buffer"}]                 copied out at the end (so later runs cannot overwrite them)
+    params   [{"buffer", "file" | "splat"}]       constants, filled once at load
+    steps    [{"kernel", "args", "node", "op"}]   kernel calls in order; args are buffer ids, outputs last
+Buffers are 64-byte aligned numpy arrays wrapped once as TVM tensors; a run allocates nothing but its outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import artifact
+from .errors import ArtifactError, InputError
+from .tvm_loader import as_tvm_tensor, init_runtime, load_kernels
+
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: Sequence[int], dtype: str, align: int = ALIGNMENT) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    nbytes = max(int(np.prod(shape, dtype=np.int64)), 1) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset:offset + nbytes].view(dtype)[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
+
+
+def cpu_features() -> set[str]:
+    """The CPU flags of this machine (Linux); empty if unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+class CompiledModel:
+    """A compiled model, ready to run. Build one with `compiler.compile_model` or `runtime.load`."""
+
+    def __init__(self, plan: dict, kernels_path: str, params: list, *, owned_dir: str | None = None,
+                 num_threads: int | None = None):
+        self.plan = plan
+        self._check_machine()
+        init_runtime(num_threads)
+        self._kernels_path = kernels_path
+        self._dir = owned_dir
+        if owned_dir:
+            self._cleanup = weakref.finalize(self, shutil.rmtree, owned_dir, True)
+        self._module = load_kernels(kernels_path)
+        self._allocate(params)
+        self._params_data = params
+
+    # -- setup ----------------------------------------------------------------------------------------------------------
+    def _check_machine(self) -> None:
+        need = set(self.plan.get("cpu_features", []))
+        have = cpu_features()
+        missing = sorted(need - have) if have else []
+        if missing:
+            raise ArtifactError(f"this model was compiled for a CPU with {', '.join(missing)}, which this machine "
+                                f"lacks; recompile it here (tensorforge compile)")
+
+    def _allocate(self, params: list) -> None:
+        plan = self.plan
+        arrays: list[np.ndarray | None] = [None] * len(plan["buffers"])
+        for i, b in enumerate(plan["buffers"]):
+            if "view_of" not in b:
+                arrays[i] = aligned_empty(b["shape"], b["dtype"])
+        for i, b in enumerate(plan["buffers"]):
+            if "view_of" in b:
+                base = arrays[b["view_of"]]
+                arrays[i] = base.reshape(b["shape"])
+        for entry, data in zip(plan["params"], params):
+            dst = arrays[entry["buffer"]]
+            if "splat" in entry:
+                dst.fill(entry["splat"])
+            else:
+                if data.shape != dst.shape or data.dtype != dst.dtype:
+                    raise ArtifactError(f"parameter for buffer {entry['buffer']} is {data.dtype}{list(data.shape)}, "
+                                        f"the plan expects {dst.dtype}{list(dst.shape)}: the artifact is damaged")
+                np.copyto(dst, data)
+        self._arrays = arrays
+        self._tensors = [as_tvm_tensor(a) for a in arrays]
+        try:
+            self._calls = [(self._module[s["kernel"]], [self._tensors[a] for a in s["args"]]) for s in plan["steps"]]
+        except Exception as e:
+            raise ArtifactError(f"the kernel library lacks a kernel the plan calls: {e}") from None
+        self._inputs = [(i["name"], arrays[i["buffer"]]) for i in plan["inputs"]]
+        self._outputs = [(o["name"], arrays[o["buffer"]]) for o in plan["outputs"]]
+
+    # -- metadata -------------------------------------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return [n for n, _ in self._inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [n for n, _ in self._outputs]
+
+    @property
+    def input_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {n: (a.shape, str(a.dtype)) for n, a in self._inputs}
+
+    @property
+    def num_kernels(self) -> int:
+        return len(self.plan["steps"])
+
+    # -- running --------------------------------------------------------------------------------------------------------
+    def _bind(self, feeds: Mapping[str, np.ndarray]) -> None:
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+        names = set(self.input_names)
+        unknown = sorted(set(feeds) - names)
+        missing = [n for n in self.input_names if n not in feeds]
+        if unknown or missing:
+            parts = []
+            if unknown:
+                parts.append(f"unknown input(s) {unknown}")
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            raise InputError("; ".join(parts) + f"; the model's inputs are {self.input_names}")
+        for name, dst in self._inputs:
+            src = feeds[name]
+            if not isinstance(src, np.ndarray):
+                src = np.asarray(src)
+            if src.shape != dst.shape:
+                raise InputError(f"input {name!r} has shape {list(src.shape)}, but the model was compiled for "
+                                 f"{list(dst.shape)}; pass an array of that shape or recompile with "
+                                 f"--shape {name}={'x'.join(map(str, src.shape)) or 'scalar'} "
+                                 f"(shapes={{{name!r}: {tuple(src.shape)}}})")
+            if src.dtype != dst.dtype:
+                raise InputError(f"input {name!r} has dtype {src.dtype}, the model expects {dst.dtype}; "
+                                 f"convert it with .astype(np.{dst.dtype})")
+            np.copyto(dst, src)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model; returns fresh arrays, one per output, in the model's output order."""
+        self._bind(feeds)
+        for fn, args in self._calls:
+            fn(*args)
+        return [a.copy() for _, a in self._outputs]
+
+    __call__ = run
+
+    def benchmark(self, feeds: Mapping[str, np.ndarray], repeat: int = 20, warmup: int = 3) -> list[float]:
+        """Seconds per run, `repeat` samples after `warmup` runs."""
+        self._bind(feeds)
+        for _ in range(warmup):
+            for fn, args in self._calls:
+                fn(*args)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for fn, args in self._calls:
+                fn(*args)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    # -- persistence ----------------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the artifact atomically (see runtime/artifact.py)."""
+        artifact.write_artifact(os.fspath(path), self.plan, self._kernels_path, self._params_data)
+
+
+def load(path: str | os.PathLike, num_threads: int | None = None) -> CompiledModel:
+    """Load an artifact written by `CompiledModel.save` (needs numpy and TVM's runtime only)."""
+    tmp = tempfile.mkdtemp(prefix="tensorforge-")
+    try:
+        plan, kernels, params = artifact.read_artifact(os.fspath(path), tmp)
+        return CompiledModel(plan, kernels, params, owned_dir=tmp, num_threads=num_threads)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

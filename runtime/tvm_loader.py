@@ -1,0 +1,72 @@
+"""Load compiled kernel libraries with TVM's runtime alone: `tvm_ffi` plus `libtvm_runtime.so`, never `import tvm`.
+
+`import tvm` pulls in the 260 MB compiler library (and, with torch installed, torch); a deployed model needs only
+the runtime. libtvm_runtime.so provides the thread pool that kernels with parallel loops call into, so it is
+loaded (RTLD_GLOBAL) before any kernel library. Its location: $TENSORFORGE_TVM_RUNTIME, else the apache-tvm
+wheel's `tvm/lib/`, found without importing the package.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+
+from .errors import ArtifactError
+
+_loaded = False
+
+
+def default_num_threads() -> int:
+    """All cores this process may use (TVM itself would take half the logical cores on x86)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _runtime_library() -> str:
+    env = os.environ.get("TENSORFORGE_TVM_RUNTIME")
+    if env:
+        return env
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or spec.origin is None:
+        raise ArtifactError("TVM's runtime library was not found: install apache-tvm, or point "
+                            "TENSORFORGE_TVM_RUNTIME at libtvm_runtime.so")
+    return os.path.join(os.path.dirname(spec.origin), "lib", "libtvm_runtime.so")
+
+
+def init_runtime(num_threads: int | None = None) -> None:
+    """Load libtvm_runtime.so once. The thread count is read by TVM when the first parallel kernel runs."""
+    global _loaded
+    if num_threads is not None:
+        os.environ["TVM_NUM_THREADS"] = str(int(num_threads))
+    else:
+        os.environ.setdefault("TVM_NUM_THREADS", str(default_num_threads()))
+    if _loaded:
+        return
+    import tvm_ffi  # noqa: F401  (loads libtvm_ffi.so, which libtvm_runtime.so needs)
+
+    path = _runtime_library()
+    try:
+        ctypes.CDLL(path, ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        raise ArtifactError(f"cannot load TVM's runtime library {path}: {e}") from None
+    _loaded = True
+
+
+def load_kernels(path: str):
+    """Load a kernel library (.so) exported by the compiler; returns a tvm_ffi Module."""
+    init_runtime()
+    import tvm_ffi
+
+    try:
+        return tvm_ffi.load_module(path)
+    except Exception as e:
+        raise ArtifactError(f"cannot load the kernel library {path}: {e}") from None
+
+
+def as_tvm_tensor(array):
+    import tvm_ffi
+
+    return tvm_ffi.from_dlpack(array)

@@ -1,0 +1,247 @@
+"""Every CPU compute + schedule against numpy on small shapes (compiled for the host CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from numpy.lib.stride_tricks import sliding_window_view
+from tvm import te, topi
+
+from compiler.backend import cpu_kernels as K
+from compiler.backend.cpu_schedule import schedule_cpu
+
+TARGET = tvm.target.Target.from_device(tvm.cpu())
+RNG = np.random.default_rng(0)
+
+
+def _rand(*shape):
+    return RNG.standard_normal(shape).astype("float32")
+
+
+def _run(inputs: list[te.Tensor], outputs: list[te.Tensor], arrays: list[np.ndarray], *, expect_in_ir=()):
+    """Schedule + compile one kernel, run it on `arrays`, return the outputs as numpy arrays."""
+    func = schedule_cpu(te.create_prim_func([*inputs, *outputs]), TARGET)
+    script = func.script()
+    for text in expect_in_ir:
+        assert text in script, f"{text!r} not in scheduled IR:\n{script}"
+    if sum(np.prod([int(d) for d in o.shape]) for o in outputs) >= 4096:
+        assert "T.parallel" in script, script
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=TARGET)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), tvm.cpu()) for a in arrays]
+    outs = [tvm.runtime.empty([int(d) for d in o.shape], "float32", tvm.cpu()) for o in outputs]
+    ex["main"](*args, *outs)
+    return [o.numpy() for o in outs]
+
+
+def _close(got, want):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ conv2d
+
+def conv2d_ref(x, w, b, strides, pads, dilations, groups):
+    top, left, bottom, right = pads
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    oc, icg, kh, kw = w.shape
+    sh, sw = strides
+    dh, dw = dilations
+    win = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+    ocg = oc // groups
+    outs = [np.einsum("nchwyx,ocyx->nohw", win[:, g * icg:(g + 1) * icg], w[g * ocg:(g + 1) * ocg])
+            for g in range(groups)]
+    out = np.concatenate(outs, axis=1)
+    return out if b is None else out + b[None, :, None, None]
+
+
+def _conv_tensors(c, h, w, oc, k, strides, pads, dilations, groups, bias=True):
+    kh, kw = k
+    layout = K.conv2d_weight_layout(oc, c // groups, groups, kh, kw)
+    wt = _rand(oc, c // groups, kh, kw)
+    wp = K.pack_conv2d_weight(wt, layout)
+    assert wp.flags.c_contiguous
+    x = te.placeholder((1, c, h, w), name="x")
+    wpl = te.placeholder(wp.shape, name="w")
+    b = te.placeholder((oc,), name="b") if bias else None
+    y = K.conv2d_nchw_compute(x, wpl, b, layout=layout, out_channels=oc, kernel=k, strides=strides, pads=pads,
+                              dilations=dilations, groups=groups)
+    xa, ba = _rand(1, c, h, w), _rand(oc)
+    ref = conv2d_ref(xa, wt, ba if bias else None, strides, pads, dilations, groups)
+    inputs = [x, wpl] + ([b] if bias else [])
+    arrays = [xa, wp] + ([ba] if bias else [])
+    return layout, inputs, arrays, y, ref
+
+
+LOCAL = 'scope="local"'  # the anchor rule succeeded: its accumulator tile lives in registers
+ANCHOR_IR = {"packed": "conv2d_nchw_packed_local", "depthwise": "conv2d_depthwise", "plain": "conv2d_nchw_plain"}
+
+# (C, H, W, OC, kernel, strides, pads (top, left, bottom, right), dilations, groups, bias, expected layout kind)
+CONV_CASES = {
+    "3x3_pad1": (8, 10, 10, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True, "packed"),
+    "1x1": (16, 9, 9, 16, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, "packed"),
+    "1x1_stride2": (16, 9, 9, 32, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, True, "packed"),
+    "7x7_s2_stem": (3, 23, 23, 16, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, True, "packed"),
+    "11x11_s4_oc_padded": (3, 35, 35, 24, (11, 11), (4, 4), (2, 2, 2, 2), (1, 1), 1, True, "packed"),
+    "5x5_asym_pads": (4, 9, 11, 8, (5, 5), (1, 1), (0, 1, 2, 1), (1, 1), 1, True, "packed"),
+    "3x1_dilated": (4, 12, 12, 16, (3, 1), (1, 1), (2, 0, 2, 0), (2, 1), 1, True, "packed"),
+    "wide_prime_ow": (4, 3, 37, 16, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, "packed"),
+    "ow_1": (8, 3, 3, 16, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1, True, "packed"),
+    "no_bias": (8, 6, 6, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, False, "packed"),
+    "depthwise_3x3": (12, 9, 9, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 12, True, "depthwise"),
+    "depthwise_s2_mult2": (6, 11, 11, 12, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 6, True, "depthwise"),
+    "depthwise_wide_row": (4, 4, 150, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4, False, "depthwise"),
+    "grouped_g3_block16": (12, 7, 7, 48, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3, True, "packed"),
+    "grouped_g4_block8": (8, 7, 7, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4, True, "packed"),
+    "grouped_g4_ocg28_block4": (8, 5, 6, 112, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 4, True, "packed"),
+    "grouped_g4_ocg34_plain": (8, 5, 6, 136, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 4, True, "plain"),
+    "grouped_g2_plain": (8, 7, 7, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, True, "plain"),
+}
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d(case):
+    c, h, w, oc, k, strides, pads, dil, groups, bias, kind = CONV_CASES[case]
+    layout, inputs, arrays, y, ref = _conv_tensors(c, h, w, oc, k, strides, pads, dil, groups, bias)
+    assert layout["kind"] == kind
+    (got,) = _run(inputs, [y], arrays, expect_in_ir=[ANCHOR_IR[kind], LOCAL, "T.vectorized"])
+    _close(got, ref)
+
+
+EPILOGUES = {
+    "relu": lambda y, extra: topi.nn.relu(y),
+    "residual_add_relu": lambda y, extra: topi.nn.relu(topi.add(y, extra)),
+    "bn_clip": lambda y, extra: topi.clip(topi.add(topi.multiply(y, 0.5), 0.25), 0.0, 6.0)  # te.const(0.5) here gives 0!,
+}
+EPILOGUE_REFS = {
+    "relu": lambda r, e: np.maximum(r, 0),
+    "residual_add_relu": lambda r, e: np.maximum(r + e, 0),
+    "bn_clip": lambda r, e: np.clip(r * 0.5 + 0.25, 0, 6),
+}
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("case", ["3x3_pad1", "depthwise_3x3", "grouped_g2_plain", "wide_prime_ow"])
+def test_conv2d_fused_epilogue(case, epilogue):
+    c, h, w, oc, k, strides, pads, dil, groups, bias, kind = CONV_CASES[case]
+    layout, inputs, arrays, y, ref = _conv_tensors(c, h, w, oc, k, strides, pads, dil, groups, bias)
+    extra = te.placeholder(y.shape, name="residual")
+    extra_a = _rand(*[int(d) for d in y.shape])
+    out = EPILOGUES[epilogue](y, extra)
+    uses_extra = epilogue == "residual_add_relu"
+    (got,) = _run(inputs + ([extra] if uses_extra else []), [out], arrays + ([extra_a] if uses_extra else []),
+                  expect_in_ir=[ANCHOR_IR[kind], LOCAL])
+    _close(got, EPILOGUE_REFS[epilogue](ref, extra_a))
+
+
+def test_conv2d_two_outputs_falls_back_correctly():
+    """Conv output and its relu both leave the kernel: the anchor rule cannot fuse, a fallback must still work."""
+    layout, inputs, arrays, y, ref = _conv_tensors(8, 6, 6, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    r = topi.nn.relu(y)
+    got_y, got_r = _run(inputs, [y, r], arrays)
+    _close(got_y, ref)
+    _close(got_r, np.maximum(ref, 0))
+
+
+def test_pack_conv2d_weight_layout():
+    w = _rand(20, 3, 2, 2)
+    wp = K.pack_conv2d_weight(w, {"kind": "packed", "oc_block": 16})
+    assert wp.shape == (2, 3, 2, 2, 16)
+    np.testing.assert_array_equal(wp[1, 2, 1, 0, 3], w[19, 2, 1, 0])
+    np.testing.assert_array_equal(wp[1, :, :, :, 4:], 0)
+
+
+# ------------------------------------------------------------------------------------------ dense
+
+@pytest.mark.parametrize("m,k,n,bias", [(1, 37, 10, True), (8, 64, 200, True), (3, 16, 130, False), (1, 256, 128, True)])
+def test_dense(m, k, n, bias):
+    layout = K.dense_weight_layout(n, k)
+    w = _rand(n, k)
+    wp = K.pack_dense_weight(w, layout)
+    x = te.placeholder((m, k), name="x")
+    wpl = te.placeholder(wp.shape, name="w")
+    b = te.placeholder((n,), name="b") if bias else None
+    y = topi.nn.relu(K.dense_compute(x, wpl, b, layout=layout, n=n))
+    xa, ba = _rand(m, k), _rand(n)
+    ref = xa @ w.T + (ba if bias else 0)
+    inputs, arrays = [x, wpl] + ([b] if bias else []), [xa, wp] + ([ba] if bias else [])
+    (got,) = _run(inputs, [y], arrays, expect_in_ir=["dense_packed_local", "T.vectorized"])
+    _close(got, np.maximum(ref, 0))
+
+
+# ------------------------------------------------------------------------------------------ injective
+
+def _injective_cases():
+    a = te.placeholder((2, 16, 5, 7), name="a")
+    a2 = te.placeholder((2, 16, 5, 7), name="a2")
+    c = te.placeholder((16, 1, 1), name="c")
+    big = te.placeholder((1, 64, 56, 56), name="big")
+    v = te.placeholder((1000,), name="v")
+    return {
+        "broadcast_add_relu": ([a, c], lambda: topi.nn.relu(topi.add(a, c)),
+                               lambda x, y: np.maximum(x + y, 0)),
+        "transpose": ([a], lambda: topi.transpose(a, (0, 2, 3, 1)), lambda x: x.transpose(0, 2, 3, 1)),
+        "concat": ([a, a2], lambda: topi.concatenate([a, topi.exp(a2)], axis=1),
+                   lambda x, y: np.concatenate([x, np.exp(y)], axis=1)),
+        "reshape": ([a], lambda: topi.reshape(topi.sigmoid(a), (2, 560)),
+                    lambda x: (1 / (1 + np.exp(-x))).reshape(2, 560)),
+        "pad": ([a], lambda: topi.nn.pad(a, [0, 0, 1, 2], [0, 0, 2, 1]),
+                lambda x: np.pad(x, ((0, 0), (0, 0), (1, 2), (2, 1)))),
+        "big_elementwise": ([big], lambda: topi.multiply(big, te.const(2.0)), lambda x: 2 * x),
+        "vector_1d": ([v], lambda: topi.tanh(v), np.tanh),
+    }
+
+
+@pytest.mark.parametrize("case", list(_injective_cases()))
+def test_injective(case):
+    inputs, build, ref = _injective_cases()[case]
+    arrays = [_rand(*[int(d) for d in t.shape]) for t in inputs]
+    (got,) = _run(inputs, [build()], arrays)
+    _close(got, ref(*arrays))
+
+
+# ------------------------------------------------------------------------------------------ reductions
+
+def _pool_ref(x, k, s, pads, kind):
+    top, left, bottom, right = pads
+    fill = -np.inf if kind == "max" else 0.0
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=fill)
+    win = sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    return win.max(axis=(4, 5)) if kind == "max" else win.mean(axis=(4, 5))
+
+
+def _lrn_ref(x, size, alpha, beta, bias):
+    sq = np.pad(x * x, ((0, 0), (size // 2, (size - 1) // 2), (0, 0), (0, 0)))
+    s = sliding_window_view(sq, size, axis=1).sum(-1)
+    return x / (bias + alpha / size * s) ** beta
+
+
+def _reduction_cases():
+    x = te.placeholder((1, 8, 13, 13), name="x")
+    x2 = te.placeholder((4, 1000), name="x2")
+    return {
+        "maxpool_3x3_s2": (x, lambda: topi.nn.pool2d(x, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "max"),
+                           lambda a: _pool_ref(a, 3, 2, (1, 1, 1, 1), "max")),
+        "avgpool_2x2_s2": (x, lambda: topi.nn.pool2d(x, (2, 2), (2, 2), (1, 1), (0, 0, 0, 0), "avg"),
+                           lambda a: _pool_ref(a, 2, 2, (0, 0, 0, 0), "avg")),
+        "avgpool_3x3_pad_count": (x, lambda: topi.nn.pool2d(x, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "avg",
+                                                            count_include_pad=True),
+                                  lambda a: _pool_ref(a, 3, 1, (1, 1, 1, 1), "avg")),
+        "global_avg_pool": (x, lambda: topi.nn.global_pool(x, "avg"), lambda a: a.mean(axis=(2, 3), keepdims=True)),
+        "reduce_sum_axis1": (x, lambda: topi.sum(x, axis=1, keepdims=True), lambda a: a.sum(1, keepdims=True)),
+        "reduce_mean_hw": (x, lambda: topi.divide(topi.sum(x, axis=(2, 3)), 169.0), lambda a: a.mean((2, 3))),
+        "softmax": (x2, lambda: topi.nn.softmax(x2, axis=-1),
+                    lambda a: np.exp(a - a.max(-1, keepdims=True)) / np.exp(a - a.max(-1, keepdims=True)).sum(
+                        -1, keepdims=True)),
+        "softmax_axis1_4d": (x, lambda: topi.nn.softmax(x, axis=1),
+                             lambda a: np.exp(a - a.max(1, keepdims=True)) / np.exp(a - a.max(1, keepdims=True)).sum(
+                                 1, keepdims=True)),
+        "lrn": (x, lambda: topi.nn.lrn(x, 5, 1, 1e-4, 0.75, 1.0), lambda a: _lrn_ref(a, 5, 1e-4, 0.75, 1.0)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_reduction_cases()))
+def test_reduction(case):
+    x, build, ref = _reduction_cases()[case]
+    a = _rand(*[int(d) for d in x.shape])
+    (got,) = _run([x], [build()], [a])
+    _close(got, ref(a))
