@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import onnx
 
-from compiler.ir import Graph
+from compiler.ir import Graph, print_graph
 from compiler.passes import PassManager, pipeline
 from runtime import CompiledModel
 from runtime.errors import CompileError
@@ -31,7 +31,8 @@ class CompileOptions:
 def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
     """Any supported model form -> IR graph. ONNX: a path, bytes or onnx.ModelProto; or an IR Graph as is."""
     if isinstance(model, Graph):
-        return model
+        model.verify()
+        return model.copy()  # passes edit graphs in place; the caller's graph stays as it was
     if isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto)):
         from frontends.onnx import from_onnx
 
@@ -60,6 +61,7 @@ def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
         result = build_kernels(specs, target, out_dir)
         options.timings.update(result.timings)
         plan, params = make_plan(g, result.kernel_names, target, host_isa_flags())
+        plan["ir"] = print_graph(g)
         return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -156,6 +156,13 @@ class Graph:
         self.params = [p for p in self.params if p in live]
         self._names = {v.name for v in self.values()}
 
+    def copy(self) -> "Graph":
+        """An independent copy (nodes and values new, parameter arrays shared: params are never mutated)."""
+        from .parser import parse_graph
+        from .printer import print_graph
+
+        return parse_graph(print_graph(self), {p.name: p.data for p in self.params})
+
     def __str__(self) -> str:
         from .printer import print_graph
 

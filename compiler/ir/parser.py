@@ -46,8 +46,10 @@ class _Tokens:
         col = pos - (text.rfind("\n", 0, pos) + 1) + 1
         return f"line {line}, column {col}"
 
-    def error(self, msg: str) -> ParseError:
-        pos = self.toks[self.i][2] if self.i < len(self.toks) else len(self.text)
+    def error(self, msg: str, back: int = 0) -> ParseError:
+        """An error at the current token, or at the token `back` places before it."""
+        i = self.i - back
+        pos = self.toks[i][2] if i < len(self.toks) else len(self.text)
         return ParseError(f"{self._where(self.text, pos)}: {msg}")
 
     def peek(self) -> tuple[str, str]:
@@ -122,7 +124,7 @@ def parse_graph(text: str, params: dict[str, np.ndarray] | None = None) -> Graph
     def lookup(tok: str) -> Value:
         name = _name(tok)
         if name not in env:
-            raise ts.error(f"value %{name} is used before it is defined")
+            raise ts.error(f"value %{name} is used before it is defined", back=1)
         return env[name]
 
     ts.next("punct", "(")
@@ -167,7 +169,7 @@ def parse_graph(text: str, params: dict[str, np.ndarray] | None = None) -> Graph
             define(out_toks[0], g.add_param(name, data, ty))
             continue
         if opname not in OPS:
-            raise ts.error(f"unknown op {opname!r}")
+            raise ts.error(f"unknown op {opname!r}", back=1)
         op = OPS[opname]
         ts.next("punct", "(")
         args = []

@@ -16,7 +16,7 @@ from compiler.ir.types import TensorType
 from .registry import Attr, FusionKind, defop, fail
 
 
-def same_type(types):
+def same_type(types, **_attrs):
     return types[0]
 
 

@@ -1,0 +1,223 @@
+"""The `tensorforge` command line: compile, run, inspect, demo.
+
+Errors print one line (`tensorforge: error: ...`) and exit 1; `--verbose` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from runtime.errors import TensorForgeError
+
+
+def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    """'x=1x3x224x224' -> ('x', (1, 3, 224, 224)). The name may contain '=' only before the last one."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: expected NAME=AxBxC, e.g. x=1x3x224x224")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: dimensions must be integers separated by 'x'") from None
+    if any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: dimensions must be positive")
+    return name, shape
+
+
+def parse_input_arg(text: str) -> tuple[str, str]:
+    name, sep, path = text.rpartition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--input {text!r}: expected NAME=FILE.npy")
+    return name, path
+
+
+def _compile_options(args):
+    from compiler.api import CompileOptions
+
+    return CompileOptions(target=args.target, opt_level=args.opt_level,
+                          dump_after=frozenset(args.dump_after or ()), disabled_passes=frozenset(args.disable_pass or ()))
+
+
+def cmd_compile(args) -> int:
+    from compiler.api import compile_model
+
+    options = _compile_options(args)
+    t0 = time.perf_counter()
+    model = compile_model(args.model, shapes=dict(args.shape or []), options=options)
+    model.save(args.output)
+    print(f"compiled {args.model} -> {args.output}: {model.num_kernels} kernel calls, "
+          f"{time.perf_counter() - t0:.1f} s")
+    if args.print_pass_times:
+        for stage, secs in options.timings.items():
+            print(f"  {stage:<28} {secs * 1e3:9.1f} ms")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import runtime
+
+    model = runtime.load(args.artifact, num_threads=args.threads)
+    feeds = {}
+    for name, path in args.input or []:
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise runtime.InputError(f"cannot read input {name!r} from {path!r}: {e}") from None
+    outputs = model.run(feeds)
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+    for name, value in zip(model.output_names, outputs):
+        line = f"{name}: {value.dtype}{list(value.shape)}"
+        if args.output_dir:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+            path = os.path.join(args.output_dir, safe + ".npy")
+            np.save(path, value)
+            line += f" -> {path}"
+        print(line)
+    if args.benchmark:
+        times = model.benchmark(feeds, repeat=args.benchmark)
+        print(f"median latency: {np.median(times) * 1e3:.3f} ms over {args.benchmark} runs")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    path = args.model
+    if path.endswith(".onnx"):
+        from compiler.api import import_model
+
+        g = import_model(path, dict(args.shape or []))
+        if args.json:
+            print(json.dumps({"ops": len(g.nodes), "inputs": [str(v.type) for v in g.inputs],
+                              "params_bytes": sum(p.type.nbytes for p in g.params)}))
+        else:
+            print(g, end="")
+        return 0
+    from runtime import artifact
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plan, _, _ = artifact.read_artifact(path, tmp)
+    if args.json:
+        print(json.dumps({"kernels": len({s["kernel"] for s in plan["steps"]}), "kernel_calls": len(plan["steps"]),
+                          "target": plan["target"], "inputs": plan["inputs"], "outputs": plan["outputs"]}))
+        return 0
+    print(f"artifact {path}: target {plan['target']}")
+    print(plan.get("ir", "(no IR stored)"), end="")
+    print(f"{len(plan['steps'])} kernel calls, {len({s['kernel'] for s in plan['steps']})} distinct kernels:")
+    for s in plan["steps"]:
+        print(f"  {s['kernel']:<40} {s['op']:<16} {s['node']}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from compiler.api import compile_model
+    from compiler.examples import small_cnn_onnx
+
+    model = small_cnn_onnx()
+    print("demo: a small CNN (3 conv+batchnorm+relu blocks, global pooling, linear, softmax) on a 1x3x32x32 image")
+    t0 = time.perf_counter()
+    compiled = compile_model(model, options=_compile_options(args))
+    print(f"compiled in {time.perf_counter() - t0:.1f} s: {compiled.num_kernels} kernel calls")
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    ours = compiled.run({"image": x})[0]
+    ours_ms = np.median(compiled.benchmark({"image": x}, repeat=args.repeat)) * 1e3
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        from compiler.ir import interpret
+        from frontends.onnx import from_onnx
+
+        ref = interpret(from_onnx(model), {"image": x})[0]
+        print("onnxruntime is not installed: checked against our numpy reference interpreter instead")
+        ref_name, ref_ms = "reference", None
+    else:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(os.environ.get("TVM_NUM_THREADS", "0") or 0)
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        ref = sess.run(None, {"image": x})[0]
+        samples = []
+        for _ in range(args.repeat + 3):
+            t = time.perf_counter()
+            sess.run(None, {"image": x})
+            samples.append(time.perf_counter() - t)
+        ref_name, ref_ms = "onnxruntime", np.median(samples[3:]) * 1e3
+    err = float(np.max(np.abs(ours - ref)))
+    ok = np.allclose(ours, ref, rtol=1e-3, atol=1e-5)
+    print(f"top class: tensorforge {int(ours.argmax())}, {ref_name} {int(ref.argmax())}; max abs difference {err:.2e}"
+          f" -> {'match' if ok else 'MISMATCH'}")
+    print(f"latency (median of {args.repeat}): tensorforge {ours_ms:.3f} ms"
+          + (f", onnxruntime {ref_ms:.3f} ms" if ref_ms is not None else ""))
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tensorforge", description="Compile and run neural networks with TVM kernels.")
+    p.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def compile_flags(sp):
+        sp.add_argument("--target", default="cpu", help="compilation target (default: cpu, the host CPU)")
+        sp.add_argument("-O", dest="opt_level", type=int, default=2, choices=(0, 1, 2), help="optimization level")
+        sp.add_argument("--dump-after", action="append", metavar="PASS", help="print the IR after this pass")
+        sp.add_argument("--disable-pass", action="append", metavar="PASS", help="skip this pass")
+
+    c = sub.add_parser("compile", help="compile an ONNX model into an artifact")
+    c.add_argument("model", help="ONNX file")
+    c.add_argument("-o", "--output", required=True, help="artifact file to write")
+    c.add_argument("--shape", action="append", type=parse_shape_arg, metavar="NAME=AxBxC",
+                   help="bind an input's shape (repeatable)")
+    c.add_argument("--print-pass-times", action="store_true", help="print the time of each pass and stage")
+    compile_flags(c)
+    c.set_defaults(func=cmd_compile)
+
+    r = sub.add_parser("run", help="run a compiled artifact on .npy inputs")
+    r.add_argument("artifact")
+    r.add_argument("--input", "-i", action="append", type=parse_input_arg, metavar="NAME=FILE.npy")
+    r.add_argument("-o", "--output-dir", help="write each output to DIR/<name>.npy")
+    r.add_argument("--threads", type=int, help="kernel threads (default: all cores)")
+    r.add_argument("--benchmark", type=int, metavar="N", help="also time N runs and print the median")
+    r.set_defaults(func=cmd_run)
+
+    i = sub.add_parser("inspect", help="print the IR of an ONNX model or a compiled artifact")
+    i.add_argument("model", help="ONNX file or artifact")
+    i.add_argument("--shape", action="append", type=parse_shape_arg, metavar="NAME=AxBxC")
+    i.add_argument("--json", action="store_true", help="print a JSON summary")
+    i.set_defaults(func=cmd_inspect)
+
+    d = sub.add_parser("demo", help="compile and run a built-in CNN, compared with onnxruntime")
+    d.add_argument("--repeat", type=int, default=50, help="timed runs per engine")
+    compile_flags(d)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TensorForgeError as e:
+        if args.verbose:
+            raise
+        print(f"tensorforge: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tensorforge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of ours: still one line, with a way to see more
+        if args.verbose:
+            raise
+        print(f"tensorforge: internal error: {type(e).__name__}: {e} (run with --verbose for the traceback)",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
