@@ -52,7 +52,7 @@ def write_artifact(path: str, plan: dict, kernels_path: str, params: list[np.nda
             for entry, p in zip(plan["params"], params):
                 if "file" in entry:
                     buf = io.BytesIO()
-                    np.save(buf, np.ascontiguousarray(p), allow_pickle=False)
+                    np.save(buf, np.asarray(p, order="C"), allow_pickle=False)
                     z.writestr(entry["file"], buf.getvalue())
 
     atomic_write(path, write)

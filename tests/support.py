@@ -81,9 +81,10 @@ def single_op_model(op_type: str, inputs: dict[str, np.ndarray], n_outputs: int 
     graph = helper.make_graph(
         [node], op_type,
         [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in inputs.items()],
-        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
+        [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
         [numpy_helper.from_array(v, k) for k, v in const_inputs.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)  # fills in the output types
 
 
 def assert_close(actual, expected, rtol=1e-3, atol=1e-5, what=""):

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 VECTOR_MAX = 64          # widest loop handed to `vectorize` (LLVM splits it into registers)
 PARALLEL_MIN_WORK = 4096  # iterations worth a parallel launch (~ a few microseconds)
-ROW_SEGMENT_MAX = int(__import__("os").environ.get("DSEG", 64))     # depthwise conv: accumulators of one output row segment
-PLAIN_SEGMENT_MAX = int(__import__("os").environ.get("SEG", 32))   # plain conv: [PLAIN_CHANNEL_TILE x 32] accumulators = 16 AVX-512 registers
-PLAIN_CHANNEL_TILE = int(__import__("os").environ.get("CT", 8))
+PLANE_MAX = 16384       # depthwise conv: a whole output plane (floats) per parallel task, else one row
+PLAIN_SEGMENT_MAX = 16   # plain conv: [8 x 16] accumulators; vectors wider than 16 lanes were 5x slower
+PLAIN_CHANNEL_TILE = 8
 DENSE_M_TILE = 4
 UNROLL_MAX_STEP = 16
 
@@ -167,10 +167,13 @@ def _schedule_pad(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
 # ------------------------------------------------------------------------------------------ conv: row-wise
 
 def _schedule_conv_rowwise(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
-    """Depthwise / plain conv: [channels x row segment] accumulated in registers, vectorized over output width.
+    """Depthwise / plain conv, vectorized over output width.
 
-    A plain (grouped) conv tiles several output channels so each input vector load feeds several FMAs; a depthwise
-    conv reads a different input channel per output channel, so its tile is one channel and a longer segment."""
+    A plain (grouped) conv keeps [channels x row segment] in registers, so each input vector load feeds several
+    FMAs. A depthwise conv reads a different input channel per output channel, so its work per row is tiny; it
+    accumulates a whole output plane per channel instead (one row at a time in registers), because TVM 0.27 lowers
+    every local buffer to a TVMBackendAllocWorkspace call at its scope: one call per row would dominate."""
+    lanes = _vector_lanes(target)
     names = {sch.get(b).name_hint for b in _root_blocks(sch)}
     depthwise = K.CONV_DEPTHWISE in names
     conv = sch.get_sblock(K.CONV_DEPTHWISE if depthwise else K.CONV_PLAIN)
@@ -179,11 +182,25 @@ def _schedule_conv_rowwise(sch: s_tir.Schedule, target: tvm.target.Target) -> No
         raise ValueError("conv epilogue is not a single NCHW block")
     n, o, h, w = sch.get_loops(out)
     ow = _extent(sch, w)
-    seg_max = ROW_SEGMENT_MAX if depthwise else PLAIN_SEGMENT_MAX
-    seg = _largest_divisor(ow, seg_max)
-    if seg < 8 and ow > seg_max:
-        seg = 16
-    channels = 1 if depthwise else _largest_divisor(_extent(sch, o), PLAIN_CHANNEL_TILE)
+    if depthwise:
+        sch.parallel(sch.fuse(n, o))
+        sch.compute_at(conv, h if _extent(sch, h) * ow > PLANE_MAX else sch.get_loops(out)[0],
+                       preserve_unit_loops=True)
+        sch.set_scope(conv, 0, "local")
+        ch, cw, ric, rkh, rkw = sch.get_loops(conv)[-5:]
+        piece = _largest_divisor(ow, 2 * lanes)
+        cwo, cw = sch.split(cw, [None, piece if piece >= lanes // 2 else lanes])
+        sch.reorder(ch, cwo, ric, rkh, rkw, cw)
+        sch.vectorize(cw)
+        _try(sch.vectorize, w)
+        init = sch.decompose_reduction(conv, ric)
+        _try(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+        _schedule_pad(sch, target)
+        return
+    seg = _largest_divisor(ow, PLAIN_SEGMENT_MAX)
+    if seg < 8 and ow > PLAIN_SEGMENT_MAX:
+        seg = PLAIN_SEGMENT_MAX
+    channels = _largest_divisor(_extent(sch, o), PLAIN_CHANNEL_TILE)
     oo, oi = sch.split(o, [None, channels])
     wo, wi = sch.split(w, [None, seg])
     sch.reorder(n, oo, h, wo, oi, wi)

@@ -59,4 +59,4 @@ def make_plan(g: Graph, kernel_names: dict[str, str], target, cpu_features: list
         "params": params,
         "steps": steps,
     }
-    return plan, [np.ascontiguousarray(d) for d in param_data]
+    return plan, [np.asarray(d, order="C") for d in param_data]

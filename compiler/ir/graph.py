@@ -100,7 +100,7 @@ class Graph:
     def add_param(self, name: str, data: np.ndarray | None, type: TensorType | None = None) -> Value:
         """A constant. `data` may be None only for graphs parsed from text without their parameter data."""
         if data is not None:
-            data = np.ascontiguousarray(data)
+            data = np.asarray(data, order="C")
         ty = type if type is not None else TensorType.of(data)
         v = Value(self._claim(self.fresh_name(name or "p")), ty, data=data)
         if data is None:

@@ -135,8 +135,8 @@ def _matmul_infer(types):
 def _matmul_lower(a, b):
     """numpy matmul semantics: 1-D operands promoted, batch dims broadcast."""
     ar, br = len(a.shape), len(b.shape)
-    out_shape = [int(d) for d in _matmul_infer([TensorType([int(d) for d in a.shape], a.dtype),
-                                                TensorType([int(d) for d in b.shape], b.dtype)]).shape]
+    out_shape = [int(d) for d in _matmul_infer([TensorType([int(d) for d in a.shape], str(a.dtype)),
+                                                TensorType([int(d) for d in b.shape], str(b.dtype))]).shape]
     k = te.reduce_axis((0, a.shape[-1]), name="k")
 
     def index(t, rank, batch, row, col):

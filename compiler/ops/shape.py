@@ -33,7 +33,7 @@ def _transpose_infer(types, *, perm):
 
 
 transpose = defop("transpose", FusionKind.INJECTIVE, infer=_transpose_infer, attrs={"perm": Attr("ints")},
-                  reference=lambda x, *, perm: np.ascontiguousarray(np.transpose(x, perm)),
+                  reference=lambda x, *, perm: np.asarray(np.transpose(x, perm), order="C"),
                   lower=lambda x, *, perm: topi.transpose(x, perm))
 
 

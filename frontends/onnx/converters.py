@@ -160,7 +160,7 @@ def Constant(b, *, value=None, value_float=None, value_floats=None, value_int=No
     for v, dtype in ((value, None), (value_float, np.float32), (value_floats, np.float32), (value_int, np.int64),
                      (value_ints, np.int64)):
         if v is not None:
-            return np.ascontiguousarray(np.asarray(v, dtype=dtype))
+            return np.asarray(np.asarray(v, dtype=dtype), order="C")
     raise b.error("only dense numeric Constant values are supported")
 
 
@@ -322,7 +322,7 @@ def Gemm(b, A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=
     if C is not None and beta != 0.0:
         cty = b.type(C)
         if isinstance(C, np.ndarray) and cty.numel in (1, n) and (cty.rank <= 1 or cty.shape[-1] == n or cty.numel == 1):
-            bias = np.ascontiguousarray(np.broadcast_to(C.reshape(-1) * C.dtype.type(beta), (n,))).astype(C.dtype)
+            bias = np.asarray(np.broadcast_to(C.reshape(-1) * C.dtype.type(beta), (n,)), order="C").astype(C.dtype)
         else:
             if beta != 1.0:
                 C = b.emit(ops.mul, [C, np.asarray(beta, cty.dtype)])
@@ -336,7 +336,7 @@ def MatMul(b, A, B):
     if isinstance(B, np.ndarray) and tb.rank == 2 and ta.rank >= 2 and not isinstance(A, np.ndarray):
         # x @ W with a constant W is a dense layer: flatten the leading dims, keep W as (N, K)
         a2 = _reshape(b, A, (prod(ta.shape[:-1]), ta.shape[-1])) if ta.rank > 2 else A
-        y = b.emit(ops.dense, [a2, np.ascontiguousarray(B.T)])
+        y = b.emit(ops.dense, [a2, np.asarray(B.T, order="C")])
         return _reshape(b, y, ta.shape[:-1] + (tb.shape[1],)) if ta.rank > 2 else y
     return b.emit(ops.matmul, [A, B])
 

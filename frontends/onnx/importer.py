@@ -69,7 +69,7 @@ class Builder:
             if all(isinstance(x, np.ndarray) for x in inputs):
                 attrs = op.check_attrs(attrs, where=self.node_name)
                 op.infer_types([TensorType.of(x) for x in inputs], attrs, where=self.node_name)
-                outs = [np.ascontiguousarray(o) for o in op.evaluate(*inputs, **attrs)]
+                outs = [np.asarray(o, order="C") for o in op.evaluate(*inputs, **attrs)]
             else:
                 outs = self.graph.add_node(op, [self.value(x) for x in inputs], attrs, name=self.node_name)
         except IRError as e:
@@ -158,7 +158,7 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
     env: dict[str, Ref] = {}
     for init in proto.graph.initializer:
         try:
-            env[init.name] = np.ascontiguousarray(numpy_helper.to_array(init))
+            env[init.name] = np.asarray(numpy_helper.to_array(init), order="C")
         except Exception as e:
             raise FrontendError(f"initializer {init.name!r} cannot be read ({e})") from None
     graph_inputs = [vi for vi in proto.graph.input if vi.name not in env]

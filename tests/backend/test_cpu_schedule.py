@@ -90,6 +90,7 @@ CONV_CASES = {
     "depthwise_3x3": (12, 9, 9, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 12, True, "depthwise"),
     "depthwise_s2_mult2": (6, 11, 11, 12, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 6, True, "depthwise"),
     "depthwise_wide_row": (4, 4, 150, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4, False, "depthwise"),
+    "depthwise_big_plane_rows": (2, 130, 131, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, True, "depthwise"),
     "grouped_g3_block16": (12, 7, 7, 48, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3, True, "packed"),
     "grouped_g4_block8": (8, 7, 7, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4, True, "packed"),
     "grouped_g4_ocg28_block4": (8, 5, 6, 112, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 4, True, "packed"),
