@@ -189,7 +189,9 @@ def _schedule_conv_rowwise(sch: s_tir.Schedule, target: tvm.target.Target) -> No
         sch.set_scope(conv, 0, "local")
         ch, cw, ric, rkh, rkw = sch.get_loops(conv)[-5:]
         piece = _largest_divisor(ow, 2 * lanes)
-        cwo, cw = sch.split(cw, [None, piece if piece >= lanes // 2 else lanes])
+        if piece < lanes // 2 and ow > 2 * lanes:
+            piece = lanes  # no good divisor: a predicated tail
+        cwo, cw = sch.split(cw, [None, piece])
         sch.reorder(ch, cwo, ric, rkh, rkw, cw)
         sch.vectorize(cw)
         _try(sch.vectorize, w)

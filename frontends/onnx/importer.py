@@ -135,9 +135,10 @@ def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) ->
     if vi.name in shapes:
         given = tuple(int(d) for d in shapes[vi.name])
         if len(given) != len(dims) or any(d is not None and d != g for d, g in zip(dims, given)):
-            shown = "x".join("?" if d is None else str(d) for d in dims)
-            raise FrontendError(f"shape {'x'.join(map(str, given))} given for input {vi.name!r} does not match "
-                                f"its declared shape {shown}")
+            shown = ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+                              for d in tt.shape.dim)
+            raise FrontendError(f"shape {given} given for input {vi.name!r} does not match its declared shape "
+                                f"[{shown}]")
         dims = list(given)
     elif any(d is None for d in dims):
         sym = [d.dim_param or "?" for d in tt.shape.dim if not d.HasField("dim_value")]

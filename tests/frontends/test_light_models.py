@@ -1,0 +1,44 @@
+"""The nine light models shipped with onnx, end to end: import, compile, save, load, run.
+
+Each model is checked twice: as shipped (every weight one constant, so outputs are uniform) against onnx's
+expected output file and onnxruntime, and with random weights against onnxruntime and our reference interpreter,
+which is the comparison that can tell a right answer from a wrong one.
+"""
+
+import numpy as np
+import onnx
+import pytest
+
+import runtime
+from compiler import compile_model
+from compiler.ir import interpret
+from frontends.onnx import from_onnx
+from tests.support import (LIGHT_MODELS, assert_close, light_expected, light_input, light_path, ort_run,
+                           randomize_weights)
+
+
+@pytest.mark.parametrize("name", LIGHT_MODELS)
+def test_light_model_as_shipped(name, tmp_path):
+    model = onnx.load(light_path(name))
+    feeds = light_input(model)
+    compiled = compile_model(light_path(name))
+    out = compiled.run(feeds)
+    assert_close(out[0], light_expected(name), rtol=1e-3, atol=1e-5, what=f"{name} vs expected output")
+    assert_close(out[0], ort_run(model, feeds)[0], rtol=1e-3, atol=1e-5, what=f"{name} vs onnxruntime")
+    path = tmp_path / f"{name}.tfa"
+    compiled.save(path)
+    reloaded = runtime.load(path)
+    np.testing.assert_array_equal(reloaded.run(feeds)[0], out[0])
+
+
+@pytest.mark.parametrize("name", LIGHT_MODELS)
+def test_light_model_random_weights(name):
+    model = randomize_weights(onnx.load(light_path(name)), seed=hash(name) % 1000)
+    feeds = light_input(model)
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.uniform(0, 1, v.shape).astype(np.float32) for k, v in feeds.items()}
+    out = compile_model(model).run(feeds)[0]
+    expected = ort_run(model, feeds)[0]
+    assert np.abs(expected).max() > 0 and np.std(expected) > 0  # a comparison that can fail
+    assert_close(out, expected, rtol=1e-3, atol=1e-5, what=f"{name} vs onnxruntime")
+    assert_close(interpret(from_onnx(model), feeds)[0], expected, rtol=1e-3, atol=1e-5, what=f"{name} reference")

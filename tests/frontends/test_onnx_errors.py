@@ -1,0 +1,111 @@
+"""Bad ONNX input gets one clear error of our own type, naming what was wrong."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from compiler import compile_model
+from frontends.onnx import from_onnx
+from runtime.errors import FrontendError, TensorForgeError, UnsupportedOpError
+from tests.support import light_path, single_op_model
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FrontendError, match="does not exist"):
+        compile_model(str(tmp_path / "nope.onnx"))
+
+
+def test_truncated_file(tmp_path):
+    data = open(light_path("squeezenet"), "rb").read()
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FrontendError, match="truncated or not an ONNX model"):
+        compile_model(str(path))
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(FrontendError):
+        compile_model(str(path))
+
+
+def test_every_unsupported_op_is_listed_at_once():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="ok"),
+             helper.make_node("Hardmax", ["a"], ["b"], name="hm1"),
+             helper.make_node("Hardmax", ["b"], ["c"], name="hm2"),
+             helper.make_node("Celu", ["c"], ["y"], name="celu")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedOpError) as e:
+        from_onnx(model)
+    msg = str(e.value)
+    assert "2 unsupported op type(s)" in msg
+    assert "Hardmax (opset 17): hm1, hm2" in msg
+    assert "Celu (opset 17): celu" in msg
+    assert {(op, names[0]) for op, _, names in e.value.unsupported} == {("Hardmax", "hm1"), ("Celu", "celu")}
+
+
+def test_custom_domain_op_is_unsupported():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    node = helper.make_node("Relu", ["x"], ["y"], name="custom", domain="com.example")
+    model = helper.make_model(helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", 1, [2])]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    with pytest.raises(UnsupportedOpError, match=r"com.example.Relu \(opset 17\): custom"):
+        from_onnx(model)
+
+
+def test_bad_shapes_name_the_node():
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [4])
+    node = helper.make_node("Add", ["a", "b"], ["c"], name="the_add")
+    model = helper.make_model(helper.make_graph([node], "g", [a, b], [helper.make_tensor_value_info("c", 1, None)]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(FrontendError, match=r"ONNX node 'the_add' \(Add\).*\(2, 3\), \(4,\) do not broadcast"):
+        from_onnx(model)
+
+
+def test_runtime_value_where_a_constant_is_needed():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    s = helper.make_tensor_value_info("s", TensorProto.INT64, [2])
+    node = helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape_by_input")
+    model = helper.make_model(helper.make_graph([node], "g", [x, s], [helper.make_tensor_value_info("y", 1, None)]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(FrontendError, match=r"'reshape_by_input' \(Reshape\): input 'shape' must be known at compile"):
+        from_onnx(model)
+
+
+def _dynamic_model():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    return helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_symbolic_dims_bound_by_user_or_defaulted_with_warning():
+    g = from_onnx(_dynamic_model(), shapes={"x": (8, 4)})
+    assert g.inputs[0].type.shape == (8, 4)
+    with pytest.warns(UserWarning, match=r"input 'x' has symbolic dimension\(s\) \['batch'\]; binding them to 1"):
+        g = from_onnx(_dynamic_model())
+    assert g.inputs[0].type.shape == (1, 4)
+
+
+def test_bad_shape_bindings():
+    with pytest.raises(FrontendError, match=r"shapes given for unknown input\(s\) \['z'\]"):
+        from_onnx(_dynamic_model(), shapes={"z": (1, 4)})
+    with pytest.raises(FrontendError, match=r"shape \(8, 5\) given for input 'x' does not match its declared shape \[batch, 4\]"):
+        from_onnx(_dynamic_model(), shapes={"x": (8, 5)})
+
+
+def test_errors_share_one_base_class():
+    for cls in (FrontendError, UnsupportedOpError):
+        assert issubclass(cls, TensorForgeError)
+
+
+def test_only_2d_conv():
+    x = np.zeros((1, 2, 9), np.float32)
+    model = single_op_model("Conv", {"x": x}, const_inputs={"w": np.zeros((3, 2, 3), np.float32)})
+    with pytest.raises(FrontendError, match=r"only 2-D \(NCHW\) input is supported, got f32\[1,2,9\]"):
+        from_onnx(model)

@@ -1,0 +1,100 @@
+"""The `tensorforge` command line, end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler.cli import main
+from tests.support import light_expected, light_input, light_path
+
+
+@pytest.fixture(scope="module")
+def squeezenet_artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "squeezenet.tfa"
+    assert main(["compile", light_path("squeezenet"), "-o", str(out), "--print-pass-times"]) == 0
+    return out
+
+
+def test_compile_run_writes_outputs(squeezenet_artifact, tmp_path, capsys):
+    feeds = light_input(onnx.load(light_path("squeezenet")))
+    (name, x), = feeds.items()
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(squeezenet_artifact), "--input", f"{name}=" + str(tmp_path / "x.npy"),
+                 "-o", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "softmaxout_1: float32[1, 1000, 1, 1]" in printed
+    out = np.load(tmp_path / "out" / "softmaxout_1.npy")
+    np.testing.assert_allclose(out, light_expected("squeezenet"), rtol=1e-3, atol=1e-5)
+
+
+def test_inspect_onnx_and_artifact(squeezenet_artifact, capsys):
+    assert main(["inspect", light_path("squeezenet")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("graph ") and "conv2d(" in text and "return %softmaxout_1" in text
+    assert main(["inspect", str(squeezenet_artifact)]) == 0
+    text = capsys.readouterr().out
+    assert "conv2d_packed(" in text and "distinct kernels" in text
+    assert main(["inspect", str(squeezenet_artifact), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kernel_calls"] > 20 and info["outputs"][0]["name"] == "softmaxout_1"
+
+
+def test_shape_flag_and_dump(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.tfa"), "--shape", "x=3x4",
+                 "--dump-after", "pack_weights"]) == 0
+    assert "// IR after pack_weights" in capsys.readouterr().out
+    np.save(tmp_path / "x.npy", np.full((3, 4), -1.0, np.float32))
+    assert main(["run", str(tmp_path / "m.tfa"), "-i", f"x={tmp_path / 'x.npy'}"]) == 0
+    assert "y: float32[3, 4]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compile", "/no/such.onnx", "-o", "/tmp/x.tfa"], "ONNX file '/no/such.onnx' does not exist"),
+    (["run", "/no/such.tfa"], "artifact '/no/such.tfa' does not exist"),
+])
+def test_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tensorforge: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_run_with_wrong_input(squeezenet_artifact, tmp_path, capsys):
+    np.save(tmp_path / "bad.npy", np.zeros((1, 3, 10, 10), np.float32))
+    assert main(["run", str(squeezenet_artifact), "-i", f"data_0={tmp_path / 'bad.npy'}"]) == 1
+    assert "input 'data_0' has shape [1, 3, 10, 10]" in capsys.readouterr().err
+    assert main(["run", str(squeezenet_artifact), "-i", f"data_0={tmp_path / 'missing.npy'}"]) == 1
+    assert "cannot read input 'data_0'" in capsys.readouterr().err
+
+
+def test_bad_shape_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["compile", "m.onnx", "-o", "x", "--shape", "x=1xfoo"])
+    assert "dimensions must be integers" in capsys.readouterr().err
+
+
+def test_console_script_demo():
+    """The installed entry point, in a fresh process, as a newcomer runs it."""
+    exe = os.path.join(os.path.dirname(sys.executable), "tensorforge")
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "compiler.cli"]
+    proc = subprocess.run(cmd + ["demo", "--repeat", "5"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "-> match" in proc.stdout and "onnxruntime" in proc.stdout and "latency" in proc.stdout
+
+
+def test_verbose_shows_traceback():
+    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "--verbose", "run", "/no/such.tfa"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ArtifactError" in proc.stderr
