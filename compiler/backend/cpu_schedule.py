@@ -6,7 +6,8 @@ failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it returns t
 
   conv_packed   anchor `conv2d_nchw_packed` (cpu_kernels.py): [ow_tile x oc_block] register tile, reductions
                 outside it, computed into a local buffer under the tile loop of the kernel's final NCHW epilogue
-  conv_rowwise  anchors `conv2d_depthwise` / `conv2d_nchw_plain`: a row segment of output width in registers
+  conv_rowwise  anchors `conv2d_depthwise` / `conv2d_nchw_plain`: vectorized over output width; plain convs keep
+                [8 channels x 16 columns] in registers, depthwise convs accumulate one output plane per task
   dense_packed  anchor `dense_packed`: [m_tile x n_tile] register tile, k outside it
   generic       injective and reduction blocks: inline, parallel outer spatial loops, vectorize inner ones
 """
@@ -29,10 +30,8 @@ PLANE_MAX = 16384       # depthwise conv: a whole output plane (floats) per para
 PLAIN_SEGMENT_MAX = 16   # plain conv: [8 x 16] accumulators; vectors wider than 16 lanes were 5x slower
 PLAIN_CHANNEL_TILE = 8
 DENSE_M_TILE = 4
-UNROLL_MAX_STEP = 16
 
 _SPATIAL = 0  # tirx.IterVar.DataPar
-_REDUCE = 2   # tirx.IterVar.CommReduce
 
 
 def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
@@ -106,7 +105,7 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 
 def _inline_all(sch: s_tir.Schedule, keep: set[str] = frozenset()) -> None:
-    """Inline every non-output spatial block into its consumers, then trailing ones into their producers."""
+    """Inline every non-output spatial block (padding, elementwise, broadcast) into its consumers."""
     for block in _root_blocks(sch):
         name = sch.get(block).name_hint
         if name in keep or _is_output(sch, block) or not _is_spatial_block(sch, block):
@@ -126,6 +125,9 @@ def _vector_lanes(target: tvm.target.Target) -> int:
 # ------------------------------------------------------------------------------------------ conv: packed
 
 def _schedule_conv_packed(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """Loops of the final epilogue block: parallel(n, oc_block, oh) > ow_tile > [oc_block x ow_tile] write-back;
+    the conv is computed at the ow_tile loop into a local [ow_tile x oc_block] tile: (ic, kh, kw) outside, ow
+    unrolled, oc vectorized, so LLVM keeps the tile in ow_tile vector registers."""
     conv = sch.get_sblock(K.CONV_PACKED)
     ann = sch.get(conv).annotations
     tile = int(ann[K.ANN_OW_TILE])
@@ -344,7 +346,7 @@ def _schedule_reduction(sch: s_tir.Schedule, block, lanes: int) -> None:
 def _vectorizable_spatial(sch: s_tir.Schedule, block, index: int) -> bool:
     blk = sch.get(block)
     iv = blk.iter_vars[index]
-    if not isinstance(iv.dom.extent, tirx.IntImm) or int(iv.dom.extent) < 4:
+    if int(iv.iter_type) != _SPATIAL or not isinstance(iv.dom.extent, tirx.IntImm) or int(iv.dom.extent) < 4:
         return False
 
     def in_last_index(region) -> bool:

@@ -246,3 +246,17 @@ def test_reduction(case):
     a = _rand(*[int(d) for d in x.shape])
     (got,) = _run([x], [build()], [a])
     _close(got, ref(a))
+
+
+def test_odd_kernels_never_raise():
+    """Blocks no rule expects (multi-output argmax reduction, int outputs, a plain matmul) still schedule and run."""
+    x = te.placeholder((6, 37), name="x")
+    y = te.placeholder((37, 20), name="y")
+    a, b = _rand(6, 37), _rand(37, 20)
+    func = schedule_cpu(te.create_prim_func([x, topi.argmax(x, axis=1)]), TARGET)
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=TARGET)
+    out = tvm.runtime.empty((6,), "int32", tvm.cpu())
+    ex["main"](tvm.runtime.tensor(a, tvm.cpu()), out)
+    np.testing.assert_array_equal(out.numpy(), a.argmax(1))
+    (got,) = _run([x, y], [topi.nn.relu(topi.matmul(x, y))], [a, b])
+    _close(got, np.maximum(a @ b, 0))
