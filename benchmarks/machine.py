@@ -1,0 +1,35 @@
+"""A one-line description of the machine a benchmark ran on (CPU model, cores, ISA, library versions)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def describe_machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and cpu in ("", platform.machine()):
+                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    versions = []
+    for mod in ("numpy", "onnxruntime", "torch"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    try:
+        from importlib.metadata import version
+
+        versions.insert(0, f"apache-tvm {version('apache-tvm')}")
+    except Exception:
+        pass
+    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores available, {isa}, Python {platform.python_version()}, "
+            + ", ".join(versions))
