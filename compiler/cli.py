@@ -83,6 +83,18 @@ def cmd_run(args) -> int:
     if args.benchmark:
         times = model.benchmark(feeds, repeat=args.benchmark)
         print(f"median latency: {np.median(times) * 1e3:.3f} ms over {args.benchmark} runs")
+    if args.profile:
+        rows = model.profile(feeds)
+        total = sum(r["ms"] for r in rows) or 1.0
+        by_op: dict[str, float] = {}
+        for r in rows:
+            by_op[r["op"]] = by_op.get(r["op"], 0.0) + r["ms"]
+        print(f"profile: {total:.3f} ms in {len(rows)} kernel calls")
+        for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1]):
+            print(f"  {op:<20} {ms:9.3f} ms  {100 * ms / total:5.1f}%")
+        print("slowest calls:")
+        for r in sorted(rows, key=lambda r: -r["ms"])[:10]:
+            print(f"  {r['ms']:9.3f} ms  {r['op']:<16} {r['node']}")
     return 0
 
 
@@ -183,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output-dir", help="write each output to DIR/<name>.npy")
     r.add_argument("--threads", type=int, help="kernel threads (default: all cores)")
     r.add_argument("--benchmark", type=int, metavar="N", help="also time N runs and print the median")
+    r.add_argument("--profile", action="store_true", help="time each kernel call; print totals per op and the slowest")
     r.set_defaults(func=cmd_run)
 
     i = sub.add_parser("inspect", help="print the IR of an ONNX model or a compiled artifact")

@@ -7,6 +7,9 @@ what was wrong (the op, the ONNX node, the input name, the expected and actual s
 
 from __future__ import annotations
 
+__all__ = ["TensorForgeError", "FrontendError", "UnsupportedOpError", "IRError", "ParseError", "VerifyError",
+           "PassError", "CompileError", "ArtifactError", "InputError"]
+
 
 class TensorForgeError(Exception):
     """Base class of every error TensorForge raises on purpose."""

@@ -168,6 +168,18 @@ class CompiledModel:
             times.append(time.perf_counter() - t0)
         return times
 
+    def profile(self, feeds: Mapping[str, np.ndarray], repeat: int = 10) -> list[dict]:
+        """Median time of each kernel call over `repeat` runs, in plan order: [{"kernel", "op", "node", "ms"}]."""
+        self._bind(feeds)
+        samples = [[] for _ in self._calls]
+        for _ in range(repeat + 1):
+            for i, (fn, args) in enumerate(self._calls):
+                t0 = time.perf_counter()
+                fn(*args)
+                samples[i].append(time.perf_counter() - t0)
+        return [{"kernel": s["kernel"], "op": s["op"], "node": s["node"], "ms": float(np.median(t[1:])) * 1e3}
+                for s, t in zip(self.plan["steps"], samples)]
+
     # -- persistence ----------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the artifact atomically (see runtime/artifact.py)."""

@@ -56,8 +56,10 @@ def test_shape_flag_and_dump(tmp_path, capsys):
                  "--dump-after", "pack_weights"]) == 0
     assert "// IR after pack_weights" in capsys.readouterr().out
     np.save(tmp_path / "x.npy", np.full((3, 4), -1.0, np.float32))
-    assert main(["run", str(tmp_path / "m.tfa"), "-i", f"x={tmp_path / 'x.npy'}"]) == 0
-    assert "y: float32[3, 4]" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "m.tfa"), "-i", f"x={tmp_path / 'x.npy'}", "--benchmark", "3",
+                 "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "y: float32[3, 4]" in out and "median latency" in out and "relu" in out.split("profile:")[1]
 
 
 @pytest.mark.parametrize("argv, message", [

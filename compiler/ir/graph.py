@@ -109,15 +109,25 @@ class Graph:
         return v
 
     def add_node(self, op: "OpDef", inputs: Sequence[Value], attrs: dict[str, Any] | None = None,
-                 name: str = "", out_names: Sequence[str] = ()) -> list[Value]:
-        """Append `op(inputs)` with attributes checked and defaulted; returns its output values (typed)."""
+                 name: str = "", out_names: Sequence[str] = (), index: int | None = None) -> list[Value]:
+        """Add `op(inputs)` with attributes checked and defaulted, at the end or before position `index`;
+        returns its output values (typed)."""
         node = Node(op, inputs, op.check_attrs(attrs or {}, where=name), name)
         types = op.infer_types([v.type for v in inputs], node.attrs, where=name)
         for i, t in enumerate(types):
             hint = out_names[i] if i < len(out_names) else ""
             node.outputs.append(Value(self._claim(self.fresh_name(hint)), t, producer=node))
-        self.nodes.append(node)
+        self.nodes.insert(len(self.nodes) if index is None else index, node)
         return node.outputs
+
+    def remove_node(self, node: Node) -> None:
+        """Remove a node whose outputs nobody reads any more; their names become free."""
+        self.nodes.remove(node)
+        for v in node.outputs:
+            self._names.discard(v.name)
+
+    def is_free(self, name: str) -> bool:
+        return name not in self._names
 
     def rename(self, value: Value, name: str) -> None:
         self._names.discard(value.name)

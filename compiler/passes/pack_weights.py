@@ -13,37 +13,31 @@ def pack_weights(g: Graph) -> Graph:
     Only float32 weights that are params are packed; the plain op stays otherwise. The old node is replaced in
     place so the execution order is kept; unused original weights are dropped.
     """
-    users = g.users()
-    packed_cache: dict[tuple, object] = {}
-    for i, n in enumerate(g.nodes):
+    packed: dict[tuple, object] = {}  # one packed param per (weight, layout), shared by its readers
+    for n in list(g.nodes):
         w = n.inputs[1] if len(n.inputs) > 1 else None
         if w is None or not w.is_param or w.type.dtype != "float32":
             continue
         if n.op is ops.conv2d:
             o, icg, kh, kw = w.type.shape
             layout = cpu_kernels.conv2d_weight_layout(o, icg, n.attrs["groups"], kh, kw)
-            new_op = ops.conv2d_packed
+            new_op, pack = ops.conv2d_packed, cpu_kernels.pack_conv2d_weight
             attrs = {**n.attrs, "wlayout": layout["kind"], "block": layout.get("oc_block", 0), "out_channels": o}
-            pack = lambda data, layout=layout: cpu_kernels.pack_conv2d_weight(data, layout)  # noqa: E731
         elif n.op is ops.dense:
-            nn_, k = w.type.shape
-            layout = cpu_kernels.dense_weight_layout(nn_, k)
-            new_op = ops.dense_packed
-            attrs = {"block": layout["n_block"], "n": nn_}
-            pack = lambda data, layout=layout: cpu_kernels.pack_dense_weight(data, layout)  # noqa: E731
+            rows, k = w.type.shape
+            layout = cpu_kernels.dense_weight_layout(rows, k)
+            new_op, pack = ops.dense_packed, cpu_kernels.pack_dense_weight
+            attrs = {"block": layout["n_block"], "n": rows}
         else:
             continue
-        key = (id(w), tuple(sorted(layout.items())))
-        if key not in packed_cache:
-            packed_cache[key] = g.add_param(w.name + ".packed", pack(w.data))
-        wp = packed_cache[key]
+        key = (w, tuple(sorted(layout.items())))
+        if key not in packed:
+            packed[key] = g.add_param(w.name + ".packed", pack(w.data, layout))
+        (new_out,) = g.add_node(new_op, [n.inputs[0], packed[key]] + n.inputs[2:], attrs, name=n.name,
+                                index=g.nodes.index(n))
         old_out = n.outputs[0]
-        g.nodes.pop(i)
-        (new_out,) = g.add_node(new_op, [n.inputs[0], wp] + n.inputs[2:], attrs, name=n.name)
-        g.nodes.insert(i, g.nodes.pop())  # keep the execution order
         g.replace_uses(old_out, new_out)
-        g._names.discard(old_out.name)
+        g.remove_node(n)
         g.rename(new_out, old_out.name)
-    del users
     g.remove_unused()
     return g

@@ -321,7 +321,9 @@ def Gemm(b, A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=
     bias = None
     if C is not None and beta != 0.0:
         cty = b.type(C)
-        if isinstance(C, np.ndarray) and cty.numel in (1, n) and (cty.rank <= 1 or cty.shape[-1] == n or cty.numel == 1):
+        if isinstance(C, np.ndarray) and C.shape == (n,) and beta == 1.0:
+            bias = C  # the common case keeps the initializer (and its name)
+        elif isinstance(C, np.ndarray) and cty.numel in (1, n) and (cty.rank <= 1 or cty.shape[-1] == n or cty.numel == 1):
             bias = np.asarray(np.broadcast_to(C.reshape(-1) * C.dtype.type(beta), (n,)), order="C").astype(C.dtype)
         else:
             if beta != 1.0:

@@ -40,7 +40,8 @@ class Builder:
         self.opset = opset
         self.node: onnx.NodeProto | None = None
         self.node_name = ""
-        self._params: dict[int, Value] = {}  # id(array) -> param, so one array becomes one param
+        self._params: dict[int, tuple[Value, np.ndarray]] = {}  # id(array) -> param: one array, one param
+        self.names: dict[int, str] = {}  # id(array) -> its ONNX name (initializers, constant outputs)
 
     def error(self, msg: str) -> FrontendError:
         return FrontendError(f"ONNX node {self.node_name!r} ({self.node.op_type}): {msg}")
@@ -60,7 +61,8 @@ class Builder:
         if isinstance(x, Value):
             return x
         if id(x) not in self._params:
-            self._params[id(x)] = (self.graph.add_param(self.node_name + ".const", x), x)
+            name = self.names.get(id(x), self.node_name + ".const")
+            self._params[id(x)] = (self.graph.add_param(name, x), x)
         return self._params[id(x)][0]
 
     def emit(self, op: OpDef, inputs: Sequence[Ref], **attrs: Any):
@@ -160,6 +162,7 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
     for init in proto.graph.initializer:
         try:
             env[init.name] = np.asarray(numpy_helper.to_array(init), order="C")
+            b.names[id(env[init.name])] = init.name
         except Exception as e:
             raise FrontendError(f"initializer {init.name!r} cannot be read ({e})") from None
     graph_inputs = [vi for vi in proto.graph.input if vi.name not in env]
@@ -196,6 +199,11 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
                 continue
             out = results[i] if i < len(results) else None
             env[name] = out
+            if isinstance(out, np.ndarray):
+                b.names.setdefault(id(out), name)
+            elif isinstance(out, Value) and out.producer is not None and out.producer.name == b.node_name \
+                    and g.is_free(name):
+                g.rename(out, name)  # name the value after its ONNX tensor: readable IR and error messages
     outputs = []
     for vi in proto.graph.output:
         if vi.name not in env or env[vi.name] is None:

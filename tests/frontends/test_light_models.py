@@ -1,7 +1,8 @@
 """The nine light models shipped with onnx, end to end: import, compile, save, load, run.
 
-Each model is checked twice: as shipped (every weight one constant, so outputs are uniform) against onnx's
-expected output file and onnxruntime, and with random weights against onnxruntime and our reference interpreter,
+Each model is checked twice: as shipped (every weight one constant, so outputs are uniform) through the CLI
+(`tensorforge compile`, `tensorforge run`) and the runtime API, against onnx's expected output file and
+onnxruntime; and with random weights through `compile_model`, against onnxruntime and our reference interpreter,
 which is the comparison that can tell a right answer from a wrong one.
 """
 
@@ -11,6 +12,7 @@ import pytest
 
 import runtime
 from compiler import compile_model
+from compiler.cli import main
 from compiler.ir import interpret
 from frontends.onnx import from_onnx
 from tests.support import (LIGHT_MODELS, assert_close, light_expected, light_input, light_path, ort_run,
@@ -21,14 +23,16 @@ from tests.support import (LIGHT_MODELS, assert_close, light_expected, light_inp
 def test_light_model_as_shipped(name, tmp_path):
     model = onnx.load(light_path(name))
     feeds = light_input(model)
-    compiled = compile_model(light_path(name))
-    out = compiled.run(feeds)
-    assert_close(out[0], light_expected(name), rtol=1e-3, atol=1e-5, what=f"{name} vs expected output")
-    assert_close(out[0], ort_run(model, feeds)[0], rtol=1e-3, atol=1e-5, what=f"{name} vs onnxruntime")
-    path = tmp_path / f"{name}.tfa"
-    compiled.save(path)
-    reloaded = runtime.load(path)
-    np.testing.assert_array_equal(reloaded.run(feeds)[0], out[0])
+    ((input_name, x),) = feeds.items()
+    np.save(tmp_path / "x.npy", x)
+    artifact = tmp_path / f"{name}.tfa"
+    assert main(["compile", light_path(name), "-o", str(artifact)]) == 0
+    assert main(["run", str(artifact), "--input", f"{input_name}={tmp_path / 'x.npy'}", "-o", str(tmp_path)]) == 0
+    (output_name,) = [o.name for o in model.graph.output]
+    out = np.load(tmp_path / (output_name.replace("/", "_") + ".npy"))
+    assert_close(out, light_expected(name), rtol=1e-3, atol=1e-5, what=f"{name} vs expected output")
+    assert_close(out, ort_run(model, feeds)[0], rtol=1e-3, atol=1e-5, what=f"{name} vs onnxruntime")
+    np.testing.assert_array_equal(runtime.load(artifact).run(feeds)[0], out)
 
 
 @pytest.mark.parametrize("name", LIGHT_MODELS)
