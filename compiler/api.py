@@ -51,16 +51,16 @@ def optimize(g: Graph, options: CompileOptions) -> Graph:
 
 def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
     from compiler.backend.build import build_kernels, host_isa_flags, resolve_target
-    from compiler.backend.lower import KernelSpec, kernel_nodes
+    from compiler.backend.lower import Kernel, partition
     from compiler.backend.package import make_plan
 
     target = resolve_target(options.target)
     out_dir = tempfile.mkdtemp(prefix="tensorforge-build-")
     try:
-        specs = [KernelSpec.of(n) for n in kernel_nodes(g)]
-        result = build_kernels(specs, target, out_dir)
+        steps = partition(g)
+        result = build_kernels([s.spec for s in steps if isinstance(s, Kernel)], target, out_dir)
         options.timings.update(result.timings)
-        plan, params = make_plan(g, result.kernel_names, target, host_isa_flags())
+        plan, params = make_plan(g, target, host_isa_flags(), steps)
         plan["ir"] = print_graph(g)
         return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads)
     except BaseException:

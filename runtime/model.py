@@ -1,7 +1,9 @@
 """CompiledModel: runs an execution plan over a kernel library with memory allocated once, at load time.
 
 The plan (JSON, built by compiler/backend/package.py):
-    buffers  [{"shape", "dtype", "view_of"?}]    every tensor of the program; a view aliases another buffer
+    buffers  [{"shape", "dtype", "arena_offset"? | "view_of"?}]
+                                                  every tensor of the program: kernel results live in one arena
+                                                  (arena_bytes) at planned offsets; a view aliases another buffer
     inputs   [{"name", "buffer"}]                 copied into their buffers at the start of each run
     outputs  [{"name", "buffer"}]                 copied out at the end (so later runs cannot overwrite them)
     params   [{"buffer", "file" | "splat"}]       constants, filled once at load
@@ -75,8 +77,17 @@ class CompiledModel:
     def _allocate(self, params: list) -> None:
         plan = self.plan
         arrays: list[np.ndarray | None] = [None] * len(plan["buffers"])
+        # one arena for every tensor a kernel writes, at offsets chosen by the compiler's memory planner
+        self._arena = aligned_empty((int(plan.get("arena_bytes", 0)),), "uint8")
         for i, b in enumerate(plan["buffers"]):
-            if "view_of" not in b:
+            if "arena_offset" in b:
+                count = int(np.prod(b["shape"], dtype=np.int64))
+                start = int(b["arena_offset"])
+                nbytes = count * np.dtype(b["dtype"]).itemsize
+                if start % ALIGNMENT or start + nbytes > self._arena.size:
+                    raise ArtifactError(f"buffer {i} lies outside the arena or is misaligned: the artifact is damaged")
+                arrays[i] = self._arena[start:start + nbytes].view(b["dtype"]).reshape(b["shape"])
+            elif "view_of" not in b:
                 arrays[i] = aligned_empty(b["shape"], b["dtype"])
         for i, b in enumerate(plan["buffers"]):
             if "view_of" in b:

@@ -32,7 +32,7 @@ def resolve_target(target):
 @dataclass
 class BuildResult:
     library_path: str
-    kernel_names: dict[str, str]  # spec key -> kernel (global symbol) name
+    kernel_names: list[str]  # global symbols, one per distinct kernel (`KernelSpec.name()`)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -43,21 +43,18 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str) -> BuildResult:
     from .cpu_schedule import schedule_cpu
 
     funcs = {}
-    names: dict[str, str] = {}
     t0 = time.perf_counter()
     for spec in specs:
-        key = spec.key()
-        if key in names:
+        name = spec.name()
+        if name in funcs:
             continue
-        name = f"{spec.op.name}_{key[:10]}"
         func = build_prim_func(spec)
         try:
             func = schedule_cpu(func, target)
         except Exception as e:  # the scheduler promises not to raise; if it does, say where
-            raise CompileError(f"scheduling kernel {name} ({spec.op.name} on "
-                               f"{', '.join(map(str, spec.in_types))}) failed: {type(e).__name__}: {e}") from e
+            raise CompileError(f"scheduling kernel {name} (on {', '.join(map(str, spec.in_types))}) failed: "
+                               f"{type(e).__name__}: {e}") from e
         funcs[name] = func.with_attr("global_symbol", name)
-        names[key] = name
     t1 = time.perf_counter()
     try:
         ex = tvm.compile(tvm.IRModule(funcs), target=target)
@@ -67,7 +64,7 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str) -> BuildResult:
         raise CompileError(f"building {len(funcs)} kernels for {target} failed: {type(e).__name__}: "
                            f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
     t2 = time.perf_counter()
-    return BuildResult(path, names, {"schedule_s": t1 - t0, "build_s": t2 - t1})
+    return BuildResult(path, list(funcs), {"schedule_s": t1 - t0, "build_s": t2 - t1})
 
 
 def host_isa_flags() -> list[str]:

@@ -329,6 +329,8 @@ def _schedule_reduction(sch: s_tir.Schedule, block, lanes: int) -> None:
         return
     work = _work(sch, block)
     vec = spatial[-1] if _vectorizable_spatial(sch, block, len(spatial) - 1) else None
+    if vec is None and _schedule_row_reduction(sch, block, spatial, reduce, lanes, work):
+        return
     outer = spatial[:-1] if vec is not None else spatial
     if vec is not None and _extent(sch, vec) > VECTOR_MAX:
         o, vec = sch.split(vec, [None, _vector_piece(_extent(sch, vec), lanes)])
@@ -343,17 +345,52 @@ def _schedule_reduction(sch: s_tir.Schedule, block, lanes: int) -> None:
             _try(sch.decompose_reduction, block, reduce[0])
 
 
+def _schedule_row_reduction(sch: s_tir.Schedule, block, spatial: list, reduce: list, lanes: int, work: int) -> bool:
+    """A reduction along the contiguous last axis (layer-norm row sums, softmax over the last axis): `lanes` partial
+    results (rfactor) make the loads and the adds vectors and cut the serial dependency chain by `lanes`. The
+    partials are combined by a scalar loop, `lanes` adds per row. False if the pattern differs."""
+    blk = sch.get(block)
+    inner = reduce[-1]
+    ext = _extent(sch, inner)
+    ivar = blk.iter_vars[-1]
+    if (ext is None or ext < 2 * lanes or ext % lanes or int(ivar.iter_type) == _SPATIAL
+            or len(spatial) + len(reduce) != len(blk.iter_vars)
+            or not any(len(r.region) and any(v.same_as(ivar.var) for v in tirx.analysis.undefined_vars(
+                r.region[-1].min)) for r in blk.reads)):
+        return False
+    _, ri = sch.split(inner, [None, lanes])
+    rf = sch.rfactor(ri, len(spatial))  # partials [spatial..., lanes]: one vector store per row
+    for blk_, vector in ((rf, True), (block, False)):  # loops: spatial..., reduce..., (the lanes loop)
+        loops = sch.get_loops(blk_)
+        outer = sch.fuse(*loops[:len(spatial)]) if len(spatial) > 1 else loops[0]
+        if work >= PARALLEL_MIN_WORK:
+            sch.parallel(outer)
+        if vector:
+            sch.vectorize(loops[-1])
+            sch.decompose_reduction(rf, sch.get_loops(rf)[1])
+    return True
+
+
 def _vectorizable_spatial(sch: s_tir.Schedule, block, index: int) -> bool:
     blk = sch.get(block)
     iv = blk.iter_vars[index]
     if int(iv.iter_type) != _SPATIAL or not isinstance(iv.dom.extent, tirx.IntImm) or int(iv.dom.extent) < 4:
         return False
 
-    def in_last_index(region) -> bool:
-        last = region.region[-1].min if len(region.region) else None
-        return last is not None and any(v.same_as(iv.var) for v in tirx.analysis.undefined_vars(last))
+    reduce_vars = [v.var for v in blk.iter_vars if int(v.iter_type) != _SPATIAL]
 
-    return any(in_last_index(w) for w in blk.writes) and any(in_last_index(r) for r in blk.reads)
+    def last_index_vars(region) -> list:
+        return list(tirx.analysis.undefined_vars(region.region[-1].min)) if len(region.region) else []
+
+    def in_last_index(region) -> bool:
+        return any(v.same_as(iv.var) for v in last_index_vars(region))
+
+    def gathers(region) -> bool:  # a row reduction (x[i, r]) read across lanes of i: strided, not a vector load
+        used = last_index_vars(region)
+        return not in_last_index(region) and any(v.same_as(r) for v in used for r in reduce_vars)
+
+    return (any(in_last_index(w) for w in blk.writes) and any(in_last_index(r) for r in blk.reads)
+            and not any(gathers(r) for r in blk.reads))
 
 
 _RULES = [

@@ -45,7 +45,7 @@ class Value:
 class Node:
     """One op application. `attrs` is a dict of the op's typed attributes, every one present (defaults filled)."""
 
-    __slots__ = ("op", "inputs", "attrs", "outputs", "name")
+    __slots__ = ("op", "inputs", "attrs", "outputs", "name", "group")
 
     def __init__(self, op: "OpDef", inputs: Sequence[Value], attrs: dict[str, Any], name: str = ""):
         self.op = op
@@ -53,6 +53,7 @@ class Node:
         self.attrs = attrs
         self.outputs: list[Value] = []
         self.name = name  # where it came from (ONNX node name), for error messages; not part of the semantics
+        self.group: str | None = None  # fused kernel this node belongs to (set by the fuse pass); members adjacent
 
     def __repr__(self) -> str:
         ins = ", ".join("%" + v.name for v in self.inputs)
@@ -71,9 +72,21 @@ class Graph:
         self.inputs: list[Value] = []
         self.params: list[Value] = []
         self.nodes: list[Node] = []
-        self.outputs: list[Value] = []
+        self._outputs: list[Value] = []
+        self.output_names: list[str] = []  # the names users see; passes that replace an output value keep them
+        self.fusion_reasons: dict = {}  # node -> why the fuse pass left it alone (for inspect --fusion)
         self._names: set[str] = set()
         self._counter = 0
+
+    @property
+    def outputs(self) -> list[Value]:
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, values) -> None:
+        """Set the outputs; each is named after its value (assign `output_names` afterwards to choose others)."""
+        self._outputs = list(values)
+        self.output_names = [v.name for v in self._outputs]
 
     # -- construction --------------------------------------------------------------------------------------------------
     def fresh_name(self, hint: str = "") -> str:
@@ -152,7 +165,7 @@ class Graph:
         """Make every reader of `old` (nodes and graph outputs) read `new` instead."""
         for n in self.nodes:
             n.inputs = [new if v is old else v for v in n.inputs]
-        self.outputs = [new if v is old else v for v in self.outputs]
+        self._outputs = [new if v is old else v for v in self._outputs]
 
     def remove_unused(self) -> None:
         """Drop nodes whose outputs nobody reads and params nobody reads (dead code elimination)."""

@@ -18,6 +18,7 @@ _TOKEN = re.compile(r"""
   | (?P<number>[-+]?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|inf|nan))
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
+  | (?P<group>@[A-Za-z0-9_.]+)
   | (?P<punct>[(){}\[\],=:])
 """, re.VERBOSE)
 
@@ -140,10 +141,14 @@ def parse_graph(text: str, params: dict[str, np.ndarray] | None = None) -> Graph
         kind, tok = ts.peek()
         if kind == "ident" and tok == "return":
             ts.next()
-            outs = [lookup(ts.next("value"))]
-            while ts.accept(","):
+            outs, names = [], []
+            while True:
                 outs.append(lookup(ts.next("value")))
+                names.append(_unquote(ts.next("string")) if ts.accept("as") else outs[-1].name)
+                if not ts.accept(","):
+                    break
             g.outputs = outs
+            g.output_names = names
             ts.next("punct", "}")
             break
         out_toks = [ts.next("value")]
@@ -191,8 +196,10 @@ def parse_graph(text: str, params: dict[str, np.ndarray] | None = None) -> Graph
         declared = [_parse_type(ts.next("type"))]
         while ts.accept(","):
             declared.append(_parse_type(ts.next("type")))
+        group = ts.next("group")[1:] if ts.peek()[0] == "group" else None
         try:
             outs = g.add_node(op, args, attrs, out_names=[_name(t) for t in out_toks])
+            outs[0].producer.group = group
         except IRError as e:
             raise ts.error(str(e)) from None
         if [o.type for o in outs] != declared or len(outs) != len(out_toks):

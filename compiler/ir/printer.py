@@ -9,6 +9,7 @@ text (tested). Example:
       return %z
     }
 
+A trailing `@name` marks the fused kernel a node belongs to (after the fuse pass).
 Parameters with at most INLINE_LIMIT elements print their data; larger ones print only their type (their data
 travels beside the text, e.g. in the artifact's parameter file).
 """
@@ -74,7 +75,11 @@ def print_graph(g: Graph) -> str:
         if n.attrs:
             attrs = " {" + ", ".join(f"{k}={format_attr(v)}" for k, v in n.attrs.items()) + "}"
         types = ", ".join(str(v.type) for v in n.outputs)
-        lines.append(f"  {outs} = {n.op.name}({args}){attrs} : {types}")
-    lines.append("  return " + ", ".join(format_name(v) for v in g.outputs))
+        group = f" @{n.group}" if n.group else ""
+        lines.append(f"  {outs} = {n.op.name}({args}){attrs} : {types}{group}")
+    rets = []
+    for v, name in zip(g.outputs, g.output_names):
+        rets.append(format_name(v) + ("" if name == v.name else " as " + format_attr(name)))
+    lines.append("  return " + ", ".join(rets))
     lines.append("}")
     return "\n".join(lines) + "\n"

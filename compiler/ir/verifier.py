@@ -48,8 +48,16 @@ def verify(g: Graph) -> None:
             if o.producer is not n:
                 raise VerifyError(f"{where}: output %{o.name} does not point back to its node")
             define(o, where)
+    closed: set[str] = set()
+    for prev, n in zip([None] + g.nodes, g.nodes):
+        if prev is not None and prev.group and prev.group != n.group:
+            closed.add(prev.group)
+        if n.group in closed:
+            raise VerifyError(f"the nodes of fused group @{n.group} are not adjacent in the execution order")
     if not g.outputs:
         raise VerifyError("the graph has no outputs")
+    if len(g.output_names) != len(g.outputs) or len(set(g.output_names)) != len(g.output_names):
+        raise VerifyError(f"output names {g.output_names} must be distinct, one per output")
     for v in g.outputs:
         if v not in defined:
             raise VerifyError(f"graph output %{v.name} is not defined in the graph")

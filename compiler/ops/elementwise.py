@@ -102,3 +102,28 @@ def _cast_infer(types, *, to):
 
 cast = defop("cast", FusionKind.ELEMWISE, infer=_cast_infer, attrs={"to": Attr("str")},
              reference=lambda x, *, to: x.astype(to), lower=lambda x, *, to: topi.cast(x, to))
+
+
+def _compare_infer(types):
+    return TensorType(broadcast_types(types).shape, "bool")
+
+
+equal = defop("equal", FusionKind.BROADCAST, infer=_compare_infer, arity=(2, 2),
+              reference=lambda a, b: np.asarray(np.equal(a, b)), lower=lambda a, b: topi.equal(a, b))
+
+
+def _where_infer(types):
+    cond, a, b = types
+    if cond.dtype != "bool":
+        fail(f"the condition must be bool, got {cond}")
+    out = broadcast_types([a, b])
+    try:
+        shape = np.broadcast_shapes(cond.shape, out.shape)
+    except ValueError:
+        fail(f"condition {cond} does not broadcast with {out}")
+    return TensorType(shape, out.dtype)
+
+
+where = defop("where", FusionKind.BROADCAST, infer=_where_infer, arity=(3, 3),
+              reference=lambda c, a, b: np.asarray(np.where(c, a, b)).astype(a.dtype, copy=False),
+              lower=lambda c, a, b: topi.where(c, a, b))

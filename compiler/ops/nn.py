@@ -286,3 +286,56 @@ def _softmax_ref(x, *, axis):
 
 softmax = defop("softmax", FusionKind.REDUCTION, infer=_softmax_infer, attrs={"axis": Attr("int")},
                 reference=_softmax_ref, lower=lambda x, *, axis: topi.nn.softmax(x, axis))
+
+
+def _layer_norm_infer(types, *, axis, epsilon):
+    x = types[0]
+    if not 0 <= axis < x.rank:
+        fail(f"axis {axis} out of range for {x}")
+    for t in types[1:]:
+        if t.shape != x.shape[axis:] or t.dtype != x.dtype:
+            fail(f"scale and bias must be {x.dtype}{list(x.shape[axis:])} (the normalized axes), got {t}")
+    return x
+
+
+def _layer_norm_ref(x, scale, bias=None, *, axis, epsilon):
+    axes = tuple(range(axis, x.ndim))
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
+    y = (x64 - mean) / np.sqrt(var + epsilon) * scale
+    return (y if bias is None else y + bias).astype(x.dtype)
+
+
+def _layer_norm_lower(x, scale, bias=None, *, axis, epsilon):
+    """Two passes over each row (sum, then sum of squared deviations): fp32 stays accurate where E[x^2] - E[x]^2
+    would cancel. The normalizing epilogue reads the two row sums; constants are Python floats (te.const(0.5)
+    without a dtype is float64 and promotes)."""
+    outer = x.shape[:axis]
+    inv_n = 1.0 / float(np.prod([int(d) for d in x.shape[axis:]]))
+
+    def reduce_axes():
+        return [te.reduce_axis((0, d), name=f"r{i}") for i, d in enumerate(x.shape[axis:])]
+
+    r1 = reduce_axes()
+    row_sum = te.compute(outer, lambda *i: te.sum(x(*i, *r1), axis=r1), name="layer_norm_sum")
+    r2 = reduce_axes()
+
+    def sq_dev(*i):
+        d = x(*i, *r2) - row_sum(*i) * inv_n
+        return te.sum(d * d, axis=r2)
+
+    row_sq = te.compute(outer, sq_dev, name="layer_norm_sqdev")
+
+    def normalize(*i):
+        o, inner = i[:axis], i[axis:]
+        y = (x(*i) - row_sum(*o) * inv_n) * te.rsqrt(row_sq(*o) * inv_n + epsilon) * scale(*inner)
+        return y if bias is None else y + bias(*inner)
+
+    return te.compute(x.shape, normalize, name="layer_norm")
+
+
+layer_norm = defop("layer_norm", FusionKind.REDUCTION, infer=_layer_norm_infer,
+                   attrs={"axis": Attr("int"), "epsilon": Attr("float", 1e-5)}, arity=(2, 3),
+                   reference=_layer_norm_ref, lower=_layer_norm_lower,
+                   doc="(x - mean) / sqrt(var + epsilon) * scale + bias over axes axis..rank-1 (biased variance).")

@@ -91,3 +91,39 @@ def _take_ref(data, idx, *, axis):
 
 take = defop("take", FusionKind.INJECTIVE, infer=_take_infer, attrs={"axis": Attr("int", 0)}, arity=(2, 2),
              reference=_take_ref, lower=lambda d, i, *, axis: topi.take(d, i, axis=axis, mode="wrap"))
+
+
+def _slice_infer(types, *, begins, ends, strides):
+    (t,) = types
+    if not len(begins) == len(ends) == len(strides) == t.rank or 0 in strides:
+        fail(f"begins {begins}, ends {ends} and strides {strides} must have one non-zero stride per axis of {t}")
+    return TensorType([len(range(b, e, s)) for b, e, s in zip(begins, ends, strides)], t.dtype)
+
+
+def _slice_ref(x, *, begins, ends, strides):
+    # normalized bounds (slice.indices): an end of -1 means "past index 0" for a negative stride
+    return np.ascontiguousarray(x[tuple(slice(b, None if e < 0 else e, s) for b, e, s in zip(begins, ends, strides))])
+
+
+def _slice_lower(x, *, begins, ends, strides):
+    shape = [len(range(b, e, s)) for b, e, s in zip(begins, ends, strides)]
+    return te.compute(shape, lambda *i: x(*[b + s * j for b, s, j in zip(begins, strides, i)]), name="slice")
+
+
+# Bounds are normalized by the frontend (`slice(...).indices(dim)`): 0 <= begin < dim, one per axis.
+strided_slice = defop("strided_slice", FusionKind.INJECTIVE, infer=_slice_infer,
+                      attrs={"begins": Attr("ints"), "ends": Attr("ints"), "strides": Attr("ints")},
+                      reference=_slice_ref, lower=_slice_lower,
+                      doc="x[b0:e0:s0, b1:e1:s1, ...] with normalized bounds, one triple per axis.")
+
+
+def _broadcast_to_infer(types, *, shape):
+    (t,) = types
+    if tuple(np.broadcast_shapes(t.shape, tuple(shape))) != tuple(shape):
+        fail(f"cannot broadcast {t} to {list(shape)}")
+    return TensorType(shape, t.dtype)
+
+
+broadcast_to = defop("broadcast_to", FusionKind.BROADCAST, infer=_broadcast_to_infer, attrs={"shape": Attr("ints")},
+                     reference=lambda x, *, shape: np.ascontiguousarray(np.broadcast_to(x, shape)),
+                     lower=lambda x, *, shape: topi.broadcast_to(x, shape))

@@ -6,21 +6,44 @@ The pipelines are plain lists, read top to bottom as the compiler's order. Later
 
 from __future__ import annotations
 
+from .cse import cse
+from .fold_constants import fold_constants
+from .fold_scale_shift import fold_scale_shift
+from .fuse import fuse
 from .manager import Pass, PassManager, pass_name  # noqa: F401
 from .pack_weights import pack_weights
+from .simplify import simplify
 
 
-def dead_code_elimination(g):
-    """Drop nodes and params that no output depends on."""
+def dce(g):
+    """Dead code elimination: drop nodes and params that no output depends on."""
     g.remove_unused()
     return g
 
 
+CLEANUPS: list[Pass] = [
+    fold_constants,  # evaluate what depends on params only
+    simplify,  # algebraic rewrite rules: x*1, reshape chains, cast round trips, ...
+    cse,  # merge equal params and equal nodes
+    dce,
+]
+
+OPTIMIZATIONS: list[Pass] = [
+    fold_scale_shift,  # batch norm and per-channel scale/shift into conv/dense weights
+    fold_constants,
+    dce,
+]
+
+
 def pipeline(opt_level: int = 2, target: str = "cpu") -> list[Pass]:
-    """The default pass list for an optimization level and target."""
+    """The pass list for an optimization level: -O0 nothing, -O1 cleanups, -O2 everything (the default)."""
     passes: list[Pass] = []
     if opt_level >= 1:
-        passes.append(dead_code_elimination)
+        passes += CLEANUPS
+    if opt_level >= 2:
+        passes += OPTIMIZATIONS
     if target == "cpu":
         passes.append(pack_weights)  # the CPU kernels need packed weights at every level
+    if opt_level >= 2:
+        passes.append(fuse)  # last: it groups the final ops into kernels
     return passes

@@ -1,0 +1,179 @@
+"""fuse: group ops into kernels by fusion kind, as TVM's FuseOps does, using post-dominators (networkx).
+
+Each node tries to join its group with its immediate post-dominator P (the first node every path from it reaches;
+graph outputs lead to a virtual sink), together with every node on the paths in between:
+  * a group with an anchor (conv, dense, matmul: OUT_ELEMWISE_FUSABLE) takes elementwise/broadcast ops up to P:
+    bias, batch-norm scale and shift, ReLU/GELU, residual adds;
+  * an elementwise/broadcast group joins a following injective op or reduction (relu -> max pool, exp -> softmax);
+  * an injective group joins a following injective op (transpose -> reshape -> concat chains).
+A group never holds two anchors, stays convex (no path leaves it and comes back), and its nodes are made adjacent in
+the execution order. The result is marked on the nodes (`node.group`), printed as `@name` in the IR. Nodes left
+alone get a reason in `FUSION_REASONS[node]`, for `tensorforge inspect --fusion`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from compiler.ir import Graph, Node
+from compiler.ops import FusionKind
+
+K = FusionKind
+SINK = "<sink>"
+
+
+@dataclass
+class _Group:
+    members: list[Node]
+    anchors: int  # OUT_ELEMWISE_FUSABLE members
+
+    @property
+    def kind(self) -> FusionKind:
+        if self.anchors:
+            return K.OUT_ELEMWISE_FUSABLE
+        return max(n.op.kind for n in self.members)
+
+
+@dataclass(frozen=True)
+class FuseOps:
+    max_group_size: int = 32
+    name: str = "fuse"
+
+    def __call__(self, g: Graph) -> Graph:
+        fuse_graph(g, self.max_group_size)
+        return g
+
+
+fuse = FuseOps()
+
+
+def _dataflow(g: Graph) -> nx.DiGraph:
+    G = nx.DiGraph()
+    G.add_nodes_from(g.nodes)
+    G.add_node(SINK)
+    for n in g.nodes:
+        for v in n.inputs:
+            if v.producer is not None:
+                G.add_edge(v.producer, n)
+    for v in g.outputs:
+        if v.producer is not None:
+            G.add_edge(v.producer, SINK)
+    for n in g.nodes:
+        if G.out_degree(n) == 0:
+            G.add_edge(n, SINK)
+    return G
+
+
+def _may_join(kind: FusionKind, member: Node, is_dom: bool) -> bool:
+    """May `member` (on the path, or the post-dominator itself) join a group of `kind`?"""
+    k = member.op.kind
+    if kind == K.OUT_ELEMWISE_FUSABLE:
+        return k <= K.BROADCAST
+    if kind <= K.BROADCAST:
+        return k <= K.INJECTIVE if not is_dom else k <= K.REDUCTION
+    if kind == K.INJECTIVE:
+        return k <= K.INJECTIVE
+    return False
+
+
+def fuse_graph(g: Graph, max_group_size: int = 32) -> dict[Node, str]:
+    """Mark fused groups on `g`'s nodes and reorder them; returns the reason each unfused node stayed alone."""
+    for n in g.nodes:
+        n.group = None
+    order = {n: i for i, n in enumerate(g.nodes)}
+    G = _dataflow(g)
+    ipdom = nx.immediate_dominators(G.reverse(copy=False), SINK)
+    group_of: dict[Node, _Group] = {n: _Group([n], int(n.op.kind == K.OUT_ELEMWISE_FUSABLE)) for n in g.nodes}
+    reasons: dict[Node, str] = {}
+
+    def between(a: Node, b: Node) -> set[Node]:
+        """Nodes on some path from a to b, both excluded."""
+        return (nx.descendants(G, a) & nx.ancestors(G, b)) - {a, b}
+
+    def convex(members: set[Node]) -> bool:
+        """No path leaves `members` and re-enters it: BFS from the members' outside successors, bounded by order."""
+        last = max(order[m] for m in members)
+        frontier = [s for m in members for s in G.successors(m) if s not in members and s != SINK]
+        seen = set()
+        while frontier:
+            x = frontier.pop()
+            if x in seen or order[x] > last:
+                continue
+            seen.add(x)
+            for s in G.successors(x):
+                if s in members:
+                    return False
+                if s != SINK:
+                    frontier.append(s)
+        return True
+
+    for n in g.nodes:
+        grp = group_of[n]
+        kind = grp.kind
+        if n.op.is_view and len(grp.members) == 1:
+            reasons[n] = "a view: runs as a zero-copy reshape, no kernel"
+            continue
+        if kind >= K.REDUCTION and kind != K.OUT_ELEMWISE_FUSABLE:
+            reasons.setdefault(n, "opaque op" if kind == K.OPAQUE else
+                               "a reduction ends its kernel (nothing fuses after it)")
+            continue
+        p = ipdom.get(n)
+        if p is None or p == SINK:
+            reasons.setdefault(n, "its output is a graph output" if any(o in g.outputs for o in n.outputs) else
+                               "its readers meet again only at the graph's end")
+            continue
+        path = between(n, p)
+        blocker = next((x for x in sorted(path, key=order.get) if not _may_join(kind, x, False)), None)
+        if blocker is None and not _may_join(kind, p, True):
+            blocker = p
+        if blocker is not None:
+            reasons.setdefault(n, f"cannot take {blocker.op.name} ({blocker.name or '?'}) into a "
+                                  f"{kind.name.lower()} kernel")
+            continue
+        joined = {m for x in path | {p, n} for m in group_of[x].members}
+        anchors = sum(1 for m in joined if m.op.kind == K.OUT_ELEMWISE_FUSABLE)
+        if anchors > 1:
+            reasons.setdefault(n, f"{p.op.name} ({p.name or '?'}) already belongs to another anchor's kernel")
+            continue
+        if anchors == 1 and any(m.op.kind > K.BROADCAST for m in joined if m.op.kind != K.OUT_ELEMWISE_FUSABLE):
+            reasons.setdefault(n, "an anchor's kernel takes only elementwise and broadcast ops")
+            continue
+        if len(joined) > max_group_size:
+            reasons.setdefault(n, f"the kernel would exceed {max_group_size} ops")
+            continue
+        if not convex(joined):
+            reasons.setdefault(n, f"fusing up to {p.op.name} ({p.name or '?'}) would make a cycle between kernels")
+            continue
+        merged = _Group(sorted(joined, key=order.get), anchors)
+        for m in joined:
+            group_of[m] = merged
+
+    groups = {id(gr): gr for gr in group_of.values()}.values()
+    fused = [gr for gr in groups if len(gr.members) > 1]
+    for i, gr in enumerate(sorted(fused, key=lambda gr: order[gr.members[0]])):
+        for m in gr.members:
+            m.group = f"k{i}"
+            reasons.pop(m, None)
+    _make_groups_adjacent(g, group_of, order)
+    g.fusion_reasons = reasons
+    return reasons
+
+
+def _make_groups_adjacent(g: Graph, group_of, order) -> None:
+    """Topologically order the groups (ties by original position) and lay out each group's members together."""
+    Q = nx.DiGraph()
+    rep = {n: id(group_of[n]) for n in g.nodes}
+    first = {}
+    for n in g.nodes:
+        first.setdefault(rep[n], order[n])
+        Q.add_node(rep[n])
+    for n in g.nodes:
+        for v in n.inputs:
+            if v.producer is not None and rep[v.producer] != rep[n]:
+                Q.add_edge(rep[v.producer], rep[n])
+    members = {}
+    for n in g.nodes:
+        members.setdefault(rep[n], []).append(n)
+    g.nodes = [n for r in nx.lexicographical_topological_sort(Q, key=first.get) for n in members[r]]

@@ -1,0 +1,73 @@
+"""simplify: algebraic simplification as a table of short rewrite rules (see rewrite.py for the engine).
+
+Dropout and Identity need no rule: the ONNX frontend maps them to their input for inference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler import ops
+from compiler.ir import Graph
+
+from .rewrite import Rewrite, apply_rules
+
+
+def _is_splat(data, value) -> bool:
+    return data is not None and data.size > 0 and bool(np.all(data == value))
+
+
+def _neutral(r: Rewrite, n, value, side):
+    """For a binary op: the other operand, if operand `side` is a splat of `value` that changes no shape/dtype."""
+    x, c = (n.inputs[1 - side], n.inputs[side])
+    if _is_splat(r.const(c), value) and x.type == n.outputs[0].type:
+        return x
+    return None
+
+
+def _merge_reshapes(r, n):
+    inner = r.producer(n.inputs[0], ops.reshape)
+    return r.emit(ops.reshape, [inner.inputs[0]], shape=n.attrs["shape"]) if inner else None
+
+
+def _merge_transposes(r, n):
+    inner = r.producer(n.inputs[0], ops.transpose)
+    if not inner:
+        return None
+    perm = tuple(inner.attrs["perm"][p] for p in n.attrs["perm"])
+    return r.emit(ops.transpose, [inner.inputs[0]], perm=perm)
+
+
+def _cast_round_trip(r, n):
+    inner = r.producer(n.inputs[0], ops.cast)
+    if not inner:
+        return None
+    x = inner.inputs[0]
+    mid, out = np.dtype(inner.attrs["to"]), np.dtype(n.attrs["to"])
+    if out == x.type.dtype and np.can_cast(x.type.dtype, mid, "safe"):
+        return x  # widening then narrowing back is exact
+    return None
+
+
+RULES = [
+    (ops.reshape, lambda r, n: n.inputs[0] if n.inputs[0].type == n.outputs[0].type else None),  # reshape(x, shape(x)) -> x
+    (ops.reshape, _merge_reshapes),  # reshape(reshape(x)) -> reshape(x)
+    (ops.transpose, lambda r, n: n.inputs[0] if n.attrs["perm"] == tuple(range(len(n.attrs["perm"]))) else None),
+    (ops.transpose, _merge_transposes),  # transpose(transpose(x, p), q) -> transpose(x, p[q])
+    (ops.mul, lambda r, n: _neutral(r, n, 1, 1) or _neutral(r, n, 1, 0)),  # x * 1 -> x, 1 * x -> x
+    (ops.add, lambda r, n: _neutral(r, n, 0, 1) or _neutral(r, n, 0, 0)),  # x + 0 -> x, 0 + x -> x
+    (ops.sub, lambda r, n: _neutral(r, n, 0, 1)),  # x - 0 -> x
+    (ops.div, lambda r, n: _neutral(r, n, 1, 1)),  # x / 1 -> x
+    (ops.pow, lambda r, n: _neutral(r, n, 1, 1)),  # x ** 1 -> x
+    (ops.neg, lambda r, n: (p := r.producer(n.inputs[0], ops.neg)) and p.inputs[0]),  # -(-x) -> x
+    (ops.relu, lambda r, n: r.producer(n.inputs[0], ops.relu) and n.inputs[0]),  # relu(relu(x)) -> relu(x)
+    (ops.cast, lambda r, n: n.inputs[0] if n.inputs[0].type.dtype == n.attrs["to"] else None),  # cast(x, dtype(x)) -> x
+    (ops.cast, _cast_round_trip),  # cast(cast(x, wider), dtype(x)) -> x
+    (ops.concat, lambda r, n: n.inputs[0] if len(n.inputs) == 1 else None),  # concat(x) -> x
+    (ops.pad, lambda r, n: n.inputs[0] if not any(n.attrs["pads"]) else None),  # pad(x, 0) -> x
+    (ops.clip, lambda r, n: n.inputs[0] if n.attrs["min"] == -np.inf and n.attrs["max"] == np.inf else None),
+]
+
+
+def simplify(g: Graph) -> Graph:
+    return apply_rules(g, RULES)
