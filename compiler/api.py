@@ -49,6 +49,36 @@ def optimize(g: Graph, options: CompileOptions) -> Graph:
     return g
 
 
+def fusion_report(g: Graph, steps) -> list[dict]:
+    """One entry per step: its kernel and nodes, and for an op left on its own, why the fuse pass left it."""
+    from compiler.backend.lower import Kernel
+
+    report = []
+    for s in steps:
+        nodes = s.nodes if isinstance(s, Kernel) else [s.node]
+        entry = {"kernel": s.spec.name() if isinstance(s, Kernel) else None,
+                 "nodes": [[n.op.name, n.name] for n in nodes]}
+        if len(nodes) == 1:
+            entry["reason"] = g.fusion_reasons.get(nodes[0], "fusion is off at this optimization level")
+        report.append(entry)
+    return report
+
+
+def analyze(model, shapes: Mapping[str, Sequence[int]] | None = None, options: CompileOptions | None = None
+            ) -> tuple[Graph, dict]:
+    """Import and optimize a model and plan its memory, without building kernels: (graph, plan without kernels)."""
+    from compiler.backend.build import resolve_target
+    from compiler.backend.lower import partition
+    from compiler.backend.package import make_plan
+
+    options = options or CompileOptions()
+    g = optimize(import_model(model, shapes), options)
+    steps = partition(g)
+    plan, _ = make_plan(g, resolve_target(options.target), [], steps)
+    plan["fusion"] = fusion_report(g, steps)
+    return g, plan
+
+
 def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
     from compiler.backend.build import build_kernels, host_isa_flags, resolve_target
     from compiler.backend.lower import Kernel, partition
@@ -62,6 +92,7 @@ def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
         options.timings.update(result.timings)
         plan, params = make_plan(g, target, host_isa_flags(), steps)
         plan["ir"] = print_graph(g)
+        plan["fusion"] = fusion_report(g, steps)
         return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)

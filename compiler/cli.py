@@ -101,31 +101,46 @@ def cmd_run(args) -> int:
 def cmd_inspect(args) -> int:
     path = args.model
     if path.endswith(".onnx"):
-        from compiler.api import import_model
+        from compiler.api import analyze, import_model
 
-        g = import_model(path, dict(args.shape or []))
-        if args.json:
-            print(json.dumps({"ops": len(g.nodes), "inputs": [str(v.type) for v in g.inputs],
-                              "params_bytes": sum(p.type.nbytes for p in g.params)}))
-        else:
+        if not (args.json or args.fusion or args.optimized):
+            print(import_model(path, dict(args.shape or [])), end="")
+            return 0
+        g, plan = analyze(path, dict(args.shape or []), _compile_options(args))
+        if args.optimized:
             print(g, end="")
-        return 0
-    from runtime import artifact
+    else:
+        import tempfile
 
-    import tempfile
+        from runtime import artifact
 
-    with tempfile.TemporaryDirectory() as tmp:
-        plan, _, _ = artifact.read_artifact(path, tmp)
+        with tempfile.TemporaryDirectory() as tmp:
+            plan, _, _ = artifact.read_artifact(path, tmp)
+        if not (args.json or args.fusion):
+            print(f"artifact {path}: target {plan['target']}")
+            print(plan.get("ir", "(no IR stored)"), end="")
+            print(f"{len(plan['steps'])} kernel calls, {len({s['kernel'] for s in plan['steps']})} distinct kernels:")
+            for s in plan["steps"]:
+                print(f"  {s['kernel']:<48} {s['op']:<28} {s['node']}")
+            return 0
+    if args.fusion:
+        _print_fusion(plan.get("fusion", []))
     if args.json:
-        print(json.dumps({"kernels": len({s["kernel"] for s in plan["steps"]}), "kernel_calls": len(plan["steps"]),
-                          "target": plan["target"], "inputs": plan["inputs"], "outputs": plan["outputs"]}))
-        return 0
-    print(f"artifact {path}: target {plan['target']}")
-    print(plan.get("ir", "(no IR stored)"), end="")
-    print(f"{len(plan['steps'])} kernel calls, {len({s['kernel'] for s in plan['steps']})} distinct kernels:")
-    for s in plan["steps"]:
-        print(f"  {s['kernel']:<40} {s['op']:<16} {s['node']}")
+        print(json.dumps(plan["stats"]))
     return 0
+
+
+def _print_fusion(report: list[dict]) -> None:
+    fused = [e for e in report if len(e["nodes"]) > 1]
+    alone = [e for e in report if len(e["nodes"]) == 1]
+    print(f"{len(report)} steps: {len(fused)} fused kernels, {len(alone)} ops on their own")
+    for e in fused:
+        print(f"  {e['kernel']}: " + " + ".join(f"{op} ({name})" if name else op for op, name in e["nodes"]))
+    if alone:
+        print("ops left on their own:")
+        for e in alone:
+            (op, name), = e["nodes"]
+            print(f"  {op} ({name or '?'}): {e['reason']}")
 
 
 def cmd_demo(args) -> int:
@@ -201,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print the IR of an ONNX model or a compiled artifact")
     i.add_argument("model", help="ONNX file or artifact")
     i.add_argument("--shape", action="append", type=parse_shape_arg, metavar="NAME=AxBxC")
-    i.add_argument("--json", action="store_true", help="print a JSON summary")
+    i.add_argument("--json", action="store_true", help="print the kernel and memory report as JSON")
+    i.add_argument("--fusion", action="store_true", help="list the fused kernels, and why each other op is alone")
+    i.add_argument("--optimized", action="store_true", help="ONNX: print the IR after the passes")
+    compile_flags(i)
     i.set_defaults(func=cmd_inspect)
 
     d = sub.add_parser("demo", help="compile and run a built-in CNN, compared with onnxruntime")

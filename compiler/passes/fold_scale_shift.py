@@ -50,15 +50,18 @@ def _fold(r: Rewrite, n, scale: bool):
         vec = _per_channel(c.data, y.type.shape, 1)
         if vec is None:
             continue
-        w = anchor.inputs[1].data
-        bias = anchor.inputs[2].data.astype(np.float64) if len(anchor.inputs) == 3 else np.zeros(w.shape[0])
+        w_param = anchor.inputs[1]
+        b_name = anchor.inputs[2].name if len(anchor.inputs) == 3 else w_param.name + ".bias"
+        bias = anchor.inputs[2].data.astype(np.float64) if len(anchor.inputs) == 3 else np.zeros(w_param.type.shape[0])
+        dtype = y.type.dtype
         if scale:
-            w = w * vec.reshape((-1,) + (1,) * (w.ndim - 1))
+            w = w_param.data * vec.reshape((-1,) + (1,) * (w_param.type.rank - 1))
+            w_param = r.g.add_param(w_param.name + ".scaled", w.astype(dtype))
             bias = bias * vec
         else:
             bias = bias + vec
-        dtype = y.type.dtype
-        inputs = [anchor.inputs[0], r.param(w.astype(dtype), "w_folded"), r.param(bias.astype(dtype), "b_folded")]
+        inputs = [anchor.inputs[0], w_param, r.g.add_param(b_name + (".scaled" if scale else ".shifted"),
+                                                           bias.astype(dtype))]
         return r.emit(anchor.op, inputs, **anchor.attrs)
     return None
 

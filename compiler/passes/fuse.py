@@ -22,6 +22,8 @@ from compiler.ops import FusionKind
 
 K = FusionKind
 SINK = "<sink>"
+KIND_LABEL = {K.ELEMWISE: "an elementwise", K.BROADCAST: "a broadcast", K.INJECTIVE: "an injective",
+              K.REDUCTION: "a reduction", K.OUT_ELEMWISE_FUSABLE: "a conv/dense", K.OPAQUE: "an opaque"}
 
 
 @dataclass
@@ -31,9 +33,10 @@ class _Group:
 
     @property
     def kind(self) -> FusionKind:
+        """The group's kind; views (reshapes) are transparent: they only re-index what flows through them."""
         if self.anchors:
             return K.OUT_ELEMWISE_FUSABLE
-        return max(n.op.kind for n in self.members)
+        return max((n.op.kind for n in self.members if not n.op.is_view), default=K.INJECTIVE)
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ def _may_join(kind: FusionKind, member: Node, is_dom: bool) -> bool:
     """May `member` (on the path, or the post-dominator itself) join a group of `kind`?"""
     k = member.op.kind
     if kind == K.OUT_ELEMWISE_FUSABLE:
-        return k <= K.BROADCAST
+        return k <= K.BROADCAST  # the anchor schedules take elementwise epilogues of the output's shape only
+    if member.op.is_view and kind <= K.BROADCAST:
+        return True  # exp -> reshape -> softmax is one kernel
     if kind <= K.BROADCAST:
         return k <= K.INJECTIVE if not is_dom else k <= K.REDUCTION
     if kind == K.INJECTIVE:
@@ -129,8 +134,8 @@ def fuse_graph(g: Graph, max_group_size: int = 32) -> dict[Node, str]:
         if blocker is None and not _may_join(kind, p, True):
             blocker = p
         if blocker is not None:
-            reasons.setdefault(n, f"cannot take {blocker.op.name} ({blocker.name or '?'}) into a "
-                                  f"{kind.name.lower()} kernel")
+            reasons.setdefault(n, f"{KIND_LABEL[kind]} kernel cannot take {blocker.op.name} "
+                                  f"({blocker.name or '?'}) after it")
             continue
         joined = {m for x in path | {p, n} for m in group_of[x].members}
         anchors = sum(1 for m in joined if m.op.kind == K.OUT_ELEMWISE_FUSABLE)

@@ -26,7 +26,7 @@ class Rewrite:
         return out
 
     def param(self, data: np.ndarray, hint: str = "c") -> Value:
-        return self.g.add_param(f"{self.node.name or 'rewrite'}.{hint}", data)
+        return self.g.add_param(f"{self.node.outputs[0].name}.{hint}", data)
 
     @staticmethod
     def const(v: Value) -> np.ndarray | None:

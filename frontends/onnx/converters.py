@@ -400,3 +400,162 @@ def Softmax_1(b, input, *, axis=1):
 @converter(since=13)
 def Softmax(b, input, *, axis=-1):
     return b.emit(ops.softmax, [input], axis=_axis(b, axis, b.type(input).rank))
+
+
+@converter(since=17)
+def LayerNormalization(b, X, Scale, B=None, *, axis=-1, epsilon=1e-5, stash_type=1):
+    # stash_type=1 asks for float32 statistics: our kernel computes in x's dtype, float32 for float32 models
+    xt = b.type(X)
+    ax = _axis(b, axis, xt.rank)
+    norm = xt.shape[ax:]
+
+    def fitted(t, what):
+        """Scale and bias as the op wants them, of the normalized shape; known ones are broadcast here."""
+        if b.type(t).shape == norm:
+            return t
+        if isinstance(t, np.ndarray):
+            try:
+                return np.ascontiguousarray(np.broadcast_to(t, norm))
+            except ValueError:
+                pass
+        raise b.error(f"{what} {b.type(t)} does not match the normalized shape {list(norm)}")
+
+    inputs = [X, fitted(Scale, "scale")] + ([fitted(B, "bias")] if B is not None else [])
+    return b.emit(ops.layer_norm, inputs, axis=ax, epsilon=epsilon), None, None  # Mean, InvStdDev not computed
+
+
+@converter(since=20)
+def Gelu(b, X, *, approximate="none"):
+    dt = b.type(X).dtype
+    half = np.asarray(0.5, dt)
+    if approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = b.emit(ops.mul, [b.emit(ops.mul, [X, X]), X])
+        inner = b.emit(ops.add, [X, b.emit(ops.mul, [cube, np.asarray(0.044715, dt)])])
+        t = b.emit(ops.tanh, [b.emit(ops.mul, [inner, np.asarray(np.sqrt(2 / np.pi), dt)])])
+    elif approximate == "none":  # 0.5 x (1 + erf(x / sqrt(2)))
+        t = b.emit(ops.erf, [b.emit(ops.mul, [X, np.asarray(1 / np.sqrt(2), dt)])])
+    else:
+        raise b.error(f"unknown approximate={approximate!r}")
+    return b.emit(ops.mul, [b.emit(ops.mul, [X, half]), b.emit(ops.add, [t, np.asarray(1, dt)])])
+
+
+@converter(since=11)
+def Range(b, start, limit, delta):
+    s, lim, d = (b.const(v, n).reshape(()) for v, n in ((start, "start"), (limit, "limit"), (delta, "delta")))
+    return np.arange(s, lim, d, dtype=s.dtype)
+
+
+@converter(since=11)
+def Equal(b, A, B):
+    return b.emit(ops.equal, [A, B])
+
+
+@converter(since=9)
+def Where(b, condition, X, Y):
+    return b.emit(ops.where, [condition, X, Y])
+
+
+@converter(since=8)
+def Expand(b, input, shape):
+    target = tuple(int(d) for d in b.const(shape, "shape"))
+    src = b.type(input).shape
+    try:
+        out = tuple(np.broadcast_shapes(src, target))  # ONNX Expand broadcasts both ways (a 1 in `shape` keeps src)
+    except ValueError:
+        raise b.error(f"cannot expand {b.type(input)} to {list(target)}") from None
+    return input if out == src else b.emit(ops.broadcast_to, [input], shape=out)
+
+
+def _slice(b, data, starts, ends, axes, steps):
+    shape = b.type(data).shape
+    rank = len(shape)
+    axes = list(range(len(starts))) if axes is None else [_axis(b, int(a), rank) for a in axes]
+    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+    begins, stops, strides = [0] * rank, list(shape), [1] * rank
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        if st == 0:
+            raise b.error("Slice steps must not be 0")
+        begins[a], stops[a], strides[a] = slice(int(s), int(e), st).indices(shape[a])
+    if begins == [0] * rank and stops == list(shape) and strides == [1] * rank:
+        return data
+    return b.emit(ops.strided_slice, [data], begins=begins, ends=stops, strides=strides)
+
+
+@converter()
+def Slice_1(b, data, *, starts, ends, axes=None):
+    return _slice(b, data, starts, ends, axes, None)
+
+
+@converter(since=10)
+def Slice(b, data, starts, ends, axes=None, steps=None):
+    return _slice(b, data, b.const(starts, "starts"), b.const(ends, "ends"),
+                  None if axes is None else b.const(axes, "axes"), None if steps is None else b.const(steps, "steps"))
+
+
+def _split(b, input, axis, split, num_outputs):
+    shape = b.type(input).shape
+    ax = _axis(b, axis, len(shape))
+    n = num_outputs or len(b.node.output)
+    if split is None:  # equal parts, the last one smaller (opset 18 rule; earlier opsets need a divisible axis)
+        part = -(-shape[ax] // n)
+        split = [min(part, shape[ax] - i * part) for i in range(n)]
+    split = [int(s) for s in split]
+    if sum(split) != shape[ax] or any(s < 0 for s in split):
+        raise b.error(f"split {split} does not add up to axis {ax} of {b.type(input)}")
+    outs, start = [], 0
+    for s in split:
+        outs.append(_slice(b, input, [start], [start + s], [ax], None))
+        start += s
+    return outs
+
+
+@converter(since=2)
+def Split_2(b, input, *, axis=0, split=None):
+    return _split(b, input, axis, split, None)
+
+
+@converter(since=13)
+def Split_13(b, input, split=None, *, axis=0):
+    return _split(b, input, axis, None if split is None else b.const(split, "split"), None)
+
+
+@converter(since=18)
+def Split(b, input, split=None, *, axis=0, num_outputs=None):
+    return _split(b, input, axis, None if split is None else b.const(split, "split"), num_outputs)
+
+
+def _reduce(op):
+    def convert(b, data, axes, keepdims, noop_with_empty_axes):
+        rank = b.type(data).rank
+        if axes is None or len(axes) == 0:
+            if noop_with_empty_axes:
+                return data
+            axes = range(rank)
+        ax = tuple(sorted({_axis(b, int(a), rank) for a in axes}))
+        return b.emit(op, [data], axes=ax, keepdims=bool(keepdims))
+
+    return convert
+
+
+_reduce_mean = _reduce(ops.reduce_mean)
+_reduce_sum = _reduce(ops.reduce_sum)
+
+
+@converter()
+def ReduceMean_1(b, data, *, axes=None, keepdims=1):
+    return _reduce_mean(b, data, axes, keepdims, 0)
+
+
+@converter(since=18)
+def ReduceMean(b, data, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+    return _reduce_mean(b, data, None if axes is None else b.const(axes, "axes"), keepdims, noop_with_empty_axes)
+
+
+@converter()
+def ReduceSum_1(b, data, *, axes=None, keepdims=1):
+    return _reduce_sum(b, data, axes, keepdims, 0)
+
+
+@converter(since=13)
+def ReduceSum(b, data, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+    return _reduce_sum(b, data, None if axes is None else b.const(axes, "axes"), keepdims, noop_with_empty_axes)

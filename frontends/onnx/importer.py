@@ -210,10 +210,11 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
             raise FrontendError(f"graph output {vi.name!r} is never computed")
         b.node_name = vi.name
         v = b.value(env[vi.name])
-        if v.producer is not None and v.name != vi.name and vi.name not in {x.name for x in g.values()}:
+        if v.producer is not None and v.name != vi.name and g.is_free(vi.name):
             g.rename(v, vi.name)
         outputs.append(v)
     g.outputs = outputs
+    g.output_names = [vi.name for vi in proto.graph.output]
     g.remove_unused()
     g.verify()
     return g

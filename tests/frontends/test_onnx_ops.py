@@ -73,6 +73,21 @@ CASES = [
     ("Pad", {"x": r(2, 3)}, {}, {"pads": [1, 0, 0, 2], "value": 1.0}, 9),
     ("Gather", {"x": r(5, 4)}, {"i": i64(4, 0, -1)}, {"axis": 0}, 17),
     ("Gather", {"x": r(3, 5)}, {"i": i64(1, 3)}, {"axis": 1}, 17),
+    ("Gelu", {"x": r(3, 7)}, {}, {}, 20),
+    ("Gelu", {"x": r(3, 7)}, {}, {"approximate": "tanh"}, 20),
+    ("Equal", {"a": r(4, 5).round(), "b": r(5).round()}, {}, {}, 17),
+    ("Where", {"c": rng.random((2, 1, 4)) > 0.5, "a": r(3, 4), "b": r(2, 3, 1)}, {}, {}, 17),
+    ("Expand", {"x": r(3, 1)}, {"s": i64(2, 1, 4)}, {}, 17),
+    ("Slice", {"x": r(5, 6, 7)}, {"st": i64(1, -1), "en": i64(100, -8), "ax": i64(0, 2), "sp": i64(2, -2)}, {}, 17),
+    ("Slice", {"x": r(5, 6)}, {"st": i64(0), "en": i64(-2)}, {}, 17),
+    ("Slice", {"x": r(5, 6)}, {}, {"starts": [1], "ends": [3], "axes": [1]}, 9),
+    ("ReduceMean", {"x": r(2, 3, 4)}, {"ax": i64(-1)}, {}, 18),
+    ("ReduceMean", {"x": r(2, 3, 4)}, {}, {"axes": [0, 2], "keepdims": 0}, 17),
+    ("ReduceMean", {"x": r(2, 3, 4)}, {}, {}, 17),
+    ("ReduceSum", {"x": r(2, 3, 4)}, {"ax": i64(1)}, {"keepdims": 0}, 17),
+    ("LayerNormalization", {"x": r(2, 5, 32)}, {"s": r(32), "b": r(32)}, {}, 17),
+    ("LayerNormalization", {"x": r(3, 4, 6)}, {"s": r(4, 6)}, {"axis": 1, "epsilon": 1e-3}, 17),
+    ("LayerNormalization", {"x": r(3, 4, 6), "s": r(6)}, {}, {"axis": -1}, 17),  # scale at run time, no bias
 ]
 
 
@@ -83,6 +98,31 @@ def test_converter_matches_onnxruntime(op_type, inputs, consts, attrs, opset):
     expected = ort_run(model, inputs)[0]
     assert_close(interpret(from_onnx(model), inputs)[0], expected, rtol=1e-4, atol=1e-5, what="reference")
     assert_close(compile_model(model).run(inputs)[0], expected, rtol=1e-4, atol=1e-5, what="compiled")
+
+
+@pytest.mark.parametrize("opset, consts, attrs", [(13, {"split": i64(2, 5)}, {}), (18, {}, {"num_outputs": 2}),
+                                                   (11, {}, {"split": [3, 4]})])
+def test_split_every_output(opset, consts, attrs):
+    x = r(2, 7, 3)
+    model = single_op_model("Split", {"x": x}, 2, const_inputs=consts, opset=opset, axis=1, **attrs)
+    for got, want in zip(compile_model(model).run({"x": x}), ort_run(model, {"x": x}), strict=True):
+        assert_close(got, want)
+
+
+def test_range_is_folded():
+    """Range on constants (position ids) is computed by the frontend; a run-time Add consumes it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Range", ["start", "limit", "delta"], ["pos"]),
+             helper.make_node("Cast", ["pos"], ["posf"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "posf"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("start", 2), ("limit", 11), ("delta", 3))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert [n.op.name for n in from_onnx(model).nodes] == ["add"]
+    x = r(2, 3)
+    assert_close(compile_model(model).run({"x": x})[0], ort_run(model, {"x": x})[0])
 
 
 def test_legacy_broadcast_add():

@@ -59,10 +59,21 @@ CASES = [
     ("lrn", [rand(1, 10, 5, 5)], {"size": 5, "alpha": 1e-2, "beta": 0.75, "bias": 2.0}, ()),
     ("softmax", [rand(3, 10, 4)], {"axis": 1}, ()),
     ("softmax", [rand(3, 1000)], {"axis": 1}, ()),
+    ("layer_norm", [rand(8, 64), pos(64), rand(64)], {"axis": 1, "epsilon": 1e-5}, (1, 2)),
+    ("layer_norm", [rand(2, 5, 48, lo=1.0, hi=3.0), pos(48)], {"axis": 2, "epsilon": 1e-3}, (1,)),
+    ("layer_norm", [rand(3, 4, 6), pos(4, 6), rand(4, 6)], {"axis": 1}, ()),  # two normalized axes, scale as input
+    ("layer_norm", [rand(7, 33), pos(33)], {"axis": 1}, ()),  # odd row length: no vector split
     ("reshape", [rand(2, 3, 4)], {"shape": (6, 4)}, ()),
     ("transpose", [rand(2, 3, 4)], {"perm": (2, 0, 1)}, ()),
     ("concat", [rand(2, 3, 4), rand(2, 5, 4), rand(2, 1, 4)], {"axis": 1}, ()),
     ("pad", [rand(2, 3, 4)], {"pads": (0, 1, 2, 0, 2, 1), "value": 0.5}, ()),
+    ("strided_slice", [rand(5, 6, 7)], {"begins": (1, 0, 6), "ends": (4, 6, -1), "strides": (2, 1, -3)}, ()),
+    ("broadcast_to", [rand(3, 1)], {"shape": (2, 3, 5)}, ()),
+    ("reduce_sum", [rand(4, 5, 6)], {"axes": (0, 2), "keepdims": False}, ()),
+    ("reduce_mean", [rand(2, 3, 64)], {"axes": (2,)}, ()),
+    ("reduce_mean", [rand(2, 3, 4, 5)], {"axes": (1, 3)}, ()),
+    ("equal", [rng.integers(0, 3, (4, 6)).astype(np.float32), rng.integers(0, 3, (6,)).astype(np.float32)], {}, ()),
+    ("where", [rng.random((3, 1, 5)) > 0.5, rand(4, 5), rand(3, 4, 1)], {}, ()),
     ("take", [rand(5, 6), np.array([[0, 4], [2, 2]], np.int64)], {"axis": 0}, (1,)),
     ("take", [rand(5, 6), np.array([5, -1, 0], np.int64)], {"axis": 1}, ()),
 ]

@@ -1,0 +1,252 @@
+"""PyTorch models for benchmarks (random, seeded weights, eval mode) and their ONNX export.
+
+    MODELS[name]() -> (module, example_input); export_onnx(name, batch=1, dynamo=False) -> onnx.ModelProto
+
+torchvision is not a dependency, so ResNet-50 is written out here. BERT's attention is plain matmul / softmax /
+transpose / reshape (no nn.MultiheadAttention, no scaled_dot_product_attention), so the exported ONNX uses only
+basic ops.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import onnx
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SEED = 0
+
+
+# ------------------------------------------------------------------------------------------ ResNet-50
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_ch: int, width: int, stride: int = 1):
+        super().__init__()
+        out_ch = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out_ch))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet(nn.Module):
+    def __init__(self, layers=(3, 4, 6, 3), num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        stages, in_ch = [], 64
+        for i, blocks in enumerate(layers):
+            width = 64 * 2 ** i
+            stage = []
+            for j in range(blocks):
+                stage.append(Bottleneck(in_ch, width, stride=2 if (j == 0 and i > 0) else 1))
+                in_ch = width * Bottleneck.expansion
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _randomize_batchnorm(module: nn.Module) -> None:
+    """Random running statistics, so BatchNorm is not the identity (fresh modules have mean 0, var 1)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.0)
+                m.bias.uniform_(-0.1, 0.1)
+
+
+# ------------------------------------------------------------------------------------------ BERT
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    ffn: int = 3072
+    max_positions: int = 512
+    eps: float = 1e-12
+
+
+BERT_BASE = BertConfig()
+BERT_SMALL = BertConfig(vocab_size=1000, hidden=128, layers=2, heads=4, ffn=512, max_positions=128)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.hidden // cfg.heads
+        self.query = nn.Linear(cfg.hidden, cfg.hidden)
+        self.key = nn.Linear(cfg.hidden, cfg.hidden)
+        self.value = nn.Linear(cfg.hidden, cfg.hidden)
+
+    def _split(self, x):  # (B, S, H) -> (B, heads, S, head_dim)
+        b, s, _ = x.shape
+        return x.view(b, s, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x):
+        q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
+        b, _, s, _ = ctx.shape
+        return ctx.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LayerNorm BERT layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)), FFN with exact (erf) GELU."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.attention = SelfAttention(cfg)
+        self.attn_out = nn.Linear(cfg.hidden, cfg.hidden)
+        self.attn_norm = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+        self.intermediate = nn.Linear(cfg.hidden, cfg.ffn)
+        self.output = nn.Linear(cfg.ffn, cfg.hidden)
+        self.out_norm = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+
+    def forward(self, x):
+        x = self.attn_norm(x + self.attn_out(self.attention(x)))
+        return self.out_norm(x + self.output(F.gelu(self.intermediate(x))))
+
+
+class BertEncoder(nn.Module):
+    """Token + position embeddings, embedding LayerNorm, `layers` encoder layers; returns the last hidden state."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.positions = nn.Embedding(cfg.max_positions, cfg.hidden)
+        self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.layers))
+
+    def forward(self, input_ids):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        x = self.norm(self.tokens(input_ids) + self.positions(positions))
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _init_bert(module: nn.Module) -> None:
+    """BERT's initialization (normal, std 0.02) with random LayerNorm affine params, so nothing is trivial."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear):
+                nn.init.uniform_(m.bias, -0.02, 0.02)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.uniform_(m.weight, 0.8, 1.2)
+            nn.init.uniform_(m.bias, -0.1, 0.1)
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(SEED)
+    return build().eval()
+
+
+def resnet50(batch: int = 1):
+    m = _seeded(ResNet)
+    torch.manual_seed(SEED + 1)
+    _randomize_batchnorm(m)
+    return m, torch.randn(batch, 3, 224, 224)
+
+
+def _bert(cfg: BertConfig, batch: int, seq: int = 128):
+    def build():
+        m = BertEncoder(cfg)
+        _init_bert(m)
+        return m
+
+    m = _seeded(build)
+    return m, torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(SEED))
+
+
+def bert_base(batch: int = 1):
+    return _bert(BERT_BASE, batch)
+
+
+def bert_small(batch: int = 1):
+    return _bert(BERT_SMALL, batch)
+
+
+def bert_layer(batch: int = 1):
+    def build():
+        m = EncoderLayer(BERT_BASE)
+        _init_bert(m)
+        return m
+
+    return _seeded(build), torch.randn(batch, 128, BERT_BASE.hidden, generator=torch.Generator().manual_seed(SEED))
+
+
+def mlp(batch: int = 1):
+    m = _seeded(lambda: nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                                      nn.Linear(512, 10)))
+    return m, torch.randn(batch, 784, generator=torch.Generator().manual_seed(SEED))
+
+
+# name -> builder(batch) -> (module in eval mode, example input)
+MODELS: dict[str, Callable[..., tuple[nn.Module, torch.Tensor]]] = {
+    "resnet50": resnet50,
+    "bert_base": bert_base,
+    "bert_layer": bert_layer,
+    "bert_small": bert_small,  # 2 layers, hidden 128: a fast stand-in for bert_base in tests
+    "mlp": mlp,
+}
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+def export_onnx(name: str, batch: int = 1, dynamo: bool = False) -> onnx.ModelProto:
+    """Export MODELS[name] to ONNX with static shapes: TorchScript exporter at opset 17, or dynamo at opset 18."""
+    module, x = MODELS[name](batch)
+    f = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=18, input_names=[INPUT_NAME],
+                                     output_names=[OUTPUT_NAME], verbose=False)
+            prog.save(f)
+        else:
+            torch.onnx.export(module, (x,), f, dynamo=False, opset_version=17, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME])
+    return onnx.load_from_string(f.getvalue())
+
+
+def example_feeds(name: str, batch: int = 1) -> tuple[dict, "torch.Tensor"]:
+    """({input name: numpy array}, the PyTorch output) for MODELS[name]."""
+    module, x = MODELS[name](batch)
+    with torch.no_grad():
+        y = module(x)
+    return {INPUT_NAME: x.numpy()}, y.numpy()
