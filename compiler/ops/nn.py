@@ -156,7 +156,8 @@ def _matmul_lower(a, b):
 
 
 matmul = defop("matmul", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_matmul_infer, arity=(2, 2),
-               reference=lambda a, b: np.matmul(a, b), lower=_matmul_lower, doc="numpy.matmul semantics.")
+               reference=lambda a, b: np.matmul(a, b), lower=_matmul_lower, prologue=True,
+               doc="numpy.matmul semantics. Its kernel may read its operands through transposes and reshapes.")
 
 
 def _bn_infer(types, *, epsilon):

@@ -88,6 +88,8 @@ class OpDef:
     attrs: Mapping[str, Attr] = field(default_factory=dict)
     arity: tuple[int, int] = (1, 1)  # (min, max) number of inputs; max -1 = variadic
     is_view: bool = False  # output aliases the input's memory (reshape): the runtime makes a view, not a kernel
+    movement: bool = False  # pure data movement (reshape, transpose, slice): no arithmetic, only re-indexing
+    prologue: bool = False  # an anchor whose kernel may read its inputs through movement ops (index remapping)
     doc: str = ""
 
     def __repr__(self) -> str:
@@ -138,11 +140,12 @@ OPS: dict[str, OpDef] = {}
 
 
 def defop(name: str, kind: FusionKind, *, infer, reference, lower=None, grad=None, attrs=None,
-          arity=(1, 1), is_view=False, doc="") -> OpDef:
+          arity=(1, 1), is_view=False, movement=False, prologue=False, doc="") -> OpDef:
     """Declare and register an op. Names are unique; the registry is the single source of truth."""
     if name in OPS:
         raise ValueError(f"op {name} declared twice")
-    op = OpDef(name, kind, infer, reference, lower, grad, dict(attrs or {}), arity, is_view, doc)
+    op = OpDef(name, kind, infer, reference, lower, grad, dict(attrs or {}), arity, is_view, movement or is_view,
+               prologue, doc)
     OPS[name] = op
     return op
 

@@ -34,7 +34,7 @@ def _transpose_infer(types, *, perm):
 
 transpose = defop("transpose", FusionKind.INJECTIVE, infer=_transpose_infer, attrs={"perm": Attr("ints")},
                   reference=lambda x, *, perm: np.asarray(np.transpose(x, perm), order="C"),
-                  lower=lambda x, *, perm: topi.transpose(x, perm))
+                  lower=lambda x, *, perm: topi.transpose(x, perm), movement=True)
 
 
 def _concat_infer(types, *, axis):
@@ -113,7 +113,7 @@ def _slice_lower(x, *, begins, ends, strides):
 # Bounds are normalized by the frontend (`slice(...).indices(dim)`): 0 <= begin < dim, one per axis.
 strided_slice = defop("strided_slice", FusionKind.INJECTIVE, infer=_slice_infer,
                       attrs={"begins": Attr("ints"), "ends": Attr("ints"), "strides": Attr("ints")},
-                      reference=_slice_ref, lower=_slice_lower,
+                      reference=_slice_ref, lower=_slice_lower, movement=True,
                       doc="x[b0:e0:s0, b1:e1:s1, ...] with normalized bounds, one triple per axis.")
 
 

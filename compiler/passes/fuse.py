@@ -5,7 +5,8 @@ graph outputs lead to a virtual sink), together with every node on the paths in 
   * a group with an anchor (conv, dense, matmul: OUT_ELEMWISE_FUSABLE) takes elementwise/broadcast ops up to P:
     bias, batch-norm scale and shift, ReLU/GELU, residual adds;
   * an elementwise/broadcast group joins a following injective op or reduction (relu -> max pool, exp -> softmax);
-  * an injective group joins a following injective op (transpose -> reshape -> concat chains).
+  * an injective group joins a following injective op (transpose -> reshape -> concat chains);
+  * transposes and reshapes feeding a batch matmul become its prologue: the matmul reads through them.
 A group never holds two anchors, stays convex (no path leaves it and comes back), and its nodes are made adjacent in
 the execution order. The result is marked on the nodes (`node.group`), printed as `@name` in the IR. Nodes left
 alone get a reason in `FUSION_REASONS[node]`, for `tensorforge inspect --fusion`.
@@ -30,6 +31,10 @@ KIND_LABEL = {K.ELEMWISE: "an elementwise", K.BROADCAST: "a broadcast", K.INJECT
 class _Group:
     members: list[Node]
     anchors: int  # OUT_ELEMWISE_FUSABLE members
+
+    @property
+    def movement_only(self) -> bool:
+        return all(n.op.movement for n in self.members)
 
     @property
     def kind(self) -> FusionKind:
@@ -130,8 +135,11 @@ def fuse_graph(g: Graph, max_group_size: int = 32) -> dict[Node, str]:
                                "its readers meet again only at the graph's end")
             continue
         path = between(n, p)
-        blocker = next((x for x in sorted(path, key=order.get) if not _may_join(kind, x, False)), None)
-        if blocker is None and not _may_join(kind, p, True):
+        # a transpose/reshape feeding an anchor that can read through it (batch matmul) becomes its prologue
+        prologue = grp.movement_only and p.op.prologue and all(x.op.movement for x in path)
+        blocker = None if prologue else next(
+            (x for x in sorted(path, key=order.get) if not _may_join(kind, x, False)), None)
+        if blocker is None and not prologue and not _may_join(kind, p, True):
             blocker = p
         if blocker is not None:
             reasons.setdefault(n, f"{KIND_LABEL[kind]} kernel cannot take {blocker.op.name} "
@@ -142,8 +150,11 @@ def fuse_graph(g: Graph, max_group_size: int = 32) -> dict[Node, str]:
         if anchors > 1:
             reasons.setdefault(n, f"{p.op.name} ({p.name or '?'}) already belongs to another anchor's kernel")
             continue
-        if anchors == 1 and any(m.op.kind > K.BROADCAST for m in joined if m.op.kind != K.OUT_ELEMWISE_FUSABLE):
-            reasons.setdefault(n, "an anchor's kernel takes only elementwise and broadcast ops")
+        anchor = next((m for m in joined if m.op.kind == K.OUT_ELEMWISE_FUSABLE), None)
+        if anchor is not None and any(m.op.kind > K.BROADCAST and not (anchor.op.prologue and m.op.movement and
+                                                                         order[m] < order[anchor])
+                                      for m in joined if m is not anchor):
+            reasons.setdefault(n, "an anchor's kernel takes only elementwise and broadcast ops after it")
             continue
         if len(joined) > max_group_size:
             reasons.setdefault(n, f"the kernel would exceed {max_group_size} ops")

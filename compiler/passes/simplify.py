@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler import ops
+from compiler.ops import OPS, FusionKind
 from compiler.ir import Graph
 
 from .rewrite import Rewrite, apply_rules
@@ -49,6 +50,42 @@ def _cast_round_trip(r, n):
     return None
 
 
+def _sink_reshape(r: Rewrite, n):
+    """op(reshape(y), c) -> reshape(op(y, c')) for elementwise/broadcast ops, when y comes from a conv/dense/
+    elementwise op: the reshape moves out of the way so the op can fuse into y's kernel. Each other operand c must
+    be of the reshape's output shape (it gets a free reshape back) or broadcast over trailing dims the reshape keeps.
+    """
+    for side, v in enumerate(n.inputs):
+        inner = r.producer(v, ops.reshape)
+        if inner is None:
+            continue
+        y = inner.inputs[0]
+        if y.producer is None or y.producer.op.kind not in (FusionKind.OUT_ELEMWISE_FUSABLE, FusionKind.ELEMWISE,
+                                                               FusionKind.BROADCAST):
+            continue
+        s_in, s_out = y.type.shape, v.type.shape
+        operands = []
+        for i, o in enumerate(n.inputs):
+            if i == side:
+                operands.append(y)
+            elif o.type.shape == s_out:
+                operands.append(r.emit(ops.reshape, [o], shape=s_in))
+            else:
+                t = len(o.type.shape)
+                while t and o.type.shape[len(o.type.shape) - t] == 1:
+                    t -= 1  # leading ones broadcast anyway
+                if t > min(len(s_in), len(s_out)) or s_in[len(s_in) - t:] != s_out[len(s_out) - t:]:
+                    break
+                operands.append(o if t == len(o.type.shape) else
+                                r.emit(ops.reshape, [o], shape=o.type.shape[len(o.type.shape) - t:]))
+        else:
+            out = r.emit(n.op, operands, **n.attrs)
+            if out.type.shape != s_in:
+                return None
+            return r.emit(ops.reshape, [out], shape=s_out)
+    return None
+
+
 RULES = [
     (ops.reshape, lambda r, n: n.inputs[0] if n.inputs[0].type == n.outputs[0].type else None),  # reshape(x, shape(x)) -> x
     (ops.reshape, _merge_reshapes),  # reshape(reshape(x)) -> reshape(x)
@@ -66,7 +103,8 @@ RULES = [
     (ops.concat, lambda r, n: n.inputs[0] if len(n.inputs) == 1 else None),  # concat(x) -> x
     (ops.pad, lambda r, n: n.inputs[0] if not any(n.attrs["pads"]) else None),  # pad(x, 0) -> x
     (ops.clip, lambda r, n: n.inputs[0] if n.attrs["min"] == -np.inf and n.attrs["max"] == np.inf else None),
-]
+] + [(op, _sink_reshape) for op in OPS.values() if op.kind <= FusionKind.BROADCAST and len(op.attrs) == 0
+     or op in (ops.clip, ops.leaky_relu)]
 
 
 def simplify(g: Graph) -> Graph:
