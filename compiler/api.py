@@ -25,6 +25,8 @@ class CompileOptions:
     dump_after: frozenset[str] = frozenset()
     disabled_passes: frozenset[str] = frozenset()
     num_threads: int | None = None
+    tuning_db: tuple[str, ...] = ()  # the user's tuning databases, searched before the shipped one
+    use_shipped_tuning: bool = True  # the repository's own records (compiler/backend/tuned) for matching targets
     timings: dict[str, float] = field(default_factory=dict)  # filled in: stage -> seconds
 
 
@@ -64,6 +66,21 @@ def fusion_report(g: Graph, steps) -> list[dict]:
     return report
 
 
+def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = None, *, trials: int = 64,
+               time_budget: float | None = None, retune: bool = False, options: CompileOptions | None = None,
+               progress=None):
+    """Tune every kernel of `model` with MetaSchedule into the database at `db_dir` (see backend/tuning.py)."""
+    from compiler.backend.build import resolve_target
+    from compiler.backend.lower import Kernel, partition
+    from compiler.backend.tuning import TuningDatabase, tune
+
+    options = options or CompileOptions()
+    g = optimize(import_model(model, shapes), options)
+    specs = [s.spec for s in partition(g) if isinstance(s, Kernel)]
+    db = TuningDatabase(os.fspath(db_dir), resolve_target(options.target))
+    return tune(specs, db, trials=trials, time_budget=time_budget, retune=retune, progress=progress)
+
+
 def analyze(model, shapes: Mapping[str, Sequence[int]] | None = None, options: CompileOptions | None = None
             ) -> tuple[Graph, dict]:
     """Import and optimize a model and plan its memory, without building kernels: (graph, plan without kernels)."""
@@ -79,6 +96,13 @@ def analyze(model, shapes: Mapping[str, Sequence[int]] | None = None, options: C
     return g, plan
 
 
+def tuning_databases(options: CompileOptions, target) -> list:
+    from compiler.backend.tuning import SHIPPED, TuningDatabase
+
+    roots = list(options.tuning_db) + ([SHIPPED] if options.use_shipped_tuning else [])
+    return [db for db in (TuningDatabase(r, target) for r in roots) if db.exists()]
+
+
 def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
     from compiler.backend.build import build_kernels, host_isa_flags, resolve_target
     from compiler.backend.lower import Kernel, partition
@@ -88,9 +112,13 @@ def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
     out_dir = tempfile.mkdtemp(prefix="tensorforge-build-")
     try:
         steps = partition(g)
-        result = build_kernels([s.spec for s in steps if isinstance(s, Kernel)], target, out_dir)
+        result = build_kernels([s.spec for s in steps if isinstance(s, Kernel)], target, out_dir,
+                               tuning_databases(options, target))
         options.timings.update(result.timings)
         plan, params = make_plan(g, target, host_isa_flags(), steps)
+        for step in plan["steps"]:
+            step["tuned"] = step["kernel"] in result.tuned
+        plan["stats"]["tuned_kernels"] = sum(step["tuned"] for step in plan["steps"])
         plan["ir"] = print_graph(g)
         plan["fusion"] = fusion_report(g, steps)
         return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads)
@@ -100,13 +128,17 @@ def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
 
 
 def compile_model(model, target: str = "cpu", shapes: Mapping[str, Sequence[int]] | None = None, *,
-                  opt_level: int = 2, options: CompileOptions | None = None) -> CompiledModel:
+                  opt_level: int = 2, tuning_db: str | Sequence[str] | None = None,
+                  options: CompileOptions | None = None) -> CompiledModel:
     """Compile a model for `target` and return a runnable `runtime.CompiledModel`.
 
     model: an ONNX file path, ONNX bytes, an `onnx.ModelProto`, or an IR `Graph`.
     shapes: binds inputs with symbolic dimensions, e.g. {"x": (1, 3, 224, 224)}; unbound ones default to 1.
+    tuning_db: a directory (or several) written by `tensorforge tune`; matching kernels use their tuned schedules.
     """
-    options = options or CompileOptions(target=target, opt_level=opt_level)
+    if options is None:
+        dbs = (tuning_db,) if isinstance(tuning_db, (str, os.PathLike)) else tuple(tuning_db or ())
+        options = CompileOptions(target=target, opt_level=opt_level, tuning_db=tuple(map(os.fspath, dbs)))
     t0 = time.perf_counter()
     g = import_model(model, shapes)
     t1 = time.perf_counter()

@@ -41,7 +41,9 @@ def _compile_options(args):
     from compiler.api import CompileOptions
 
     return CompileOptions(target=args.target, opt_level=args.opt_level,
-                          dump_after=frozenset(args.dump_after or ()), disabled_passes=frozenset(args.disable_pass or ()))
+                          dump_after=frozenset(args.dump_after or ()), disabled_passes=frozenset(args.disable_pass or ()),
+                          tuning_db=tuple(getattr(args, "tuning_db", None) or ()),
+                          use_shipped_tuning=not getattr(args, "no_shipped_tuning", False))
 
 
 def cmd_compile(args) -> int:
@@ -51,8 +53,8 @@ def cmd_compile(args) -> int:
     t0 = time.perf_counter()
     model = compile_model(args.model, shapes=dict(args.shape or []), options=options)
     model.save(args.output)
-    print(f"compiled {args.model} -> {args.output}: {model.num_kernels} kernel calls, "
-          f"{time.perf_counter() - t0:.1f} s")
+    print(f"compiled {args.model} -> {args.output}: {model.num_kernels} kernel calls "
+          f"({model.plan['stats']['tuned_kernels']} tuned), {time.perf_counter() - t0:.1f} s")
     if args.print_pass_times:
         for stage, secs in options.timings.items():
             print(f"  {stage:<28} {secs * 1e3:9.1f} ms")
@@ -121,7 +123,7 @@ def cmd_inspect(args) -> int:
             print(plan.get("ir", "(no IR stored)"), end="")
             print(f"{len(plan['steps'])} kernel calls, {len({s['kernel'] for s in plan['steps']})} distinct kernels:")
             for s in plan["steps"]:
-                print(f"  {s['kernel']:<48} {s['op']:<28} {s['node']}")
+                print(f"  {s['kernel']:<48} {'tuned' if s.get('tuned') else '     '} {s['op']:<28} {s['node']}")
             return 0
     if args.fusion:
         _print_fusion(plan.get("fusion", []))
@@ -141,6 +143,32 @@ def _print_fusion(report: list[dict]) -> None:
         for e in alone:
             (op, name), = e["nodes"]
             print(f"  {op} ({name or '?'}): {e['reason']}")
+
+
+def cmd_tune(args) -> int:
+    from tqdm import tqdm
+
+    from compiler.api import tune_model
+    from compiler.backend.tuning import parse_duration
+
+    try:
+        budget = parse_duration(args.time_budget) if args.time_budget else None
+    except ValueError as e:
+        raise SystemExit(f"tensorforge tune: {e}") from None
+    bar = tqdm(total=None, unit="kernel", desc="tuning", dynamic_ncols=True)
+
+    def progress(done, total, name, info):
+        bar.total = total
+        best = f"{info['gflops']:.1f} GFLOP/s" if info.get("gflops") else "n/a"
+        bar.set_postfix_str(f"{name[:40]} {info['trials']} trials, best {best}, ~{info['left_s'] / 60:.1f} min left")
+        bar.update(1)
+
+    result = tune_model(args.model, args.db, dict(args.shape or []), trials=args.trials, time_budget=budget,
+                        retune=args.retune, options=_compile_options(args), progress=progress)
+    bar.close()
+    print(f"tuned {result.tuned} kernel(s) in {result.seconds:.0f} s; {result.skipped} already in {args.db}; "
+          f"{result.remaining} left" + (" (time budget reached: run again to resume)" if result.remaining else ""))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -201,8 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shape", action="append", type=parse_shape_arg, metavar="NAME=AxBxC",
                    help="bind an input's shape (repeatable)")
     c.add_argument("--print-pass-times", action="store_true", help="print the time of each pass and stage")
+    c.add_argument("--tuning-db", action="append", metavar="DIR", help="use tuned schedules from this database")
+    c.add_argument("--no-shipped-tuning", action="store_true", help="ignore the repository's own tuning records")
     compile_flags(c)
     c.set_defaults(func=cmd_compile)
+
+    t = sub.add_parser("tune", help="auto-tune a model's kernels with MetaSchedule into a tuning database")
+    t.add_argument("model", help="ONNX file")
+    t.add_argument("--db", required=True, help="tuning database directory (created if missing; resumable)")
+    t.add_argument("--trials", type=int, default=64, help="measured candidates per kernel (default 64)")
+    t.add_argument("--time-budget", help="stop starting new kernels after this long, e.g. 30m, 2h")
+    t.add_argument("--retune", action="store_true", help="tune kernels that already have records again")
+    t.add_argument("--shape", action="append", type=parse_shape_arg, metavar="NAME=AxBxC")
+    compile_flags(t)
+    t.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("run", help="run a compiled artifact on .npy inputs")
     r.add_argument("artifact")

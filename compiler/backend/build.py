@@ -34,21 +34,29 @@ class BuildResult:
     library_path: str
     kernel_names: list[str]  # global symbols, one per distinct kernel (`KernelSpec.name()`)
     timings: dict[str, float] = field(default_factory=dict)
+    tuned: set[str] = field(default_factory=set)  # kernels whose schedule came from a tuning database
 
 
-def build_kernels(specs: list[KernelSpec], target, out_dir: str) -> BuildResult:
-    """Schedule and compile each distinct spec; one library for all of them."""
+def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = ()) -> BuildResult:
+    """Schedule and compile each distinct spec; one library for all of them. A kernel found in one of the `tuning`
+    databases (TuningDatabase, searched in order) takes its tuned schedule; the others get the default rules."""
     import tvm
 
     from .cpu_schedule import schedule_cpu
 
     funcs = {}
+    tuned = set()
     t0 = time.perf_counter()
     for spec in specs:
         name = spec.name()
         if name in funcs:
             continue
         func = build_prim_func(spec)
+        found = next((f for f in (db.lookup(spec, func) for db in tuning) if f is not None), None)
+        if found is not None:
+            funcs[name] = found.with_attr("global_symbol", name)
+            tuned.add(name)
+            continue
         try:
             func = schedule_cpu(func, target)
         except Exception as e:  # the scheduler promises not to raise; if it does, say where
@@ -64,7 +72,7 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str) -> BuildResult:
         raise CompileError(f"building {len(funcs)} kernels for {target} failed: {type(e).__name__}: "
                            f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
     t2 = time.perf_counter()
-    return BuildResult(path, list(funcs), {"schedule_s": t1 - t0, "build_s": t2 - t1})
+    return BuildResult(path, list(funcs), {"schedule_s": t1 - t0, "build_s": t2 - t1}, tuned)
 
 
 def host_isa_flags() -> list[str]:

@@ -260,3 +260,96 @@ def test_odd_kernels_never_raise():
     np.testing.assert_array_equal(out.numpy(), a.argmax(1))
     (got,) = _run([x, y], [topi.nn.relu(topi.matmul(x, y))], [a, b])
     _close(got, np.maximum(a @ b, 0))
+
+
+# ------------------------------------------------------------------------------------------ matmul
+
+from compiler.ops.nn import _matmul_lower  # noqa: E402  (the op's TE lowering, block name "matmul")
+
+MATMUL_LOCAL = "matmul"  # with LOCAL in the IR: the register-tile rule applied (not the generic fallback)
+
+
+def _gelu(y):
+    return te.compute(y.shape, lambda *i: 0.5 * y(*i) * (1.0 + te.erf(y(*i) * 0.7071067811865476)), name="gelu")
+
+
+def _gelu_ref(x):
+    from math import erf
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x * 0.7071067811865476))
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [
+    ((128, 256), (256, 512)),    # plain 2-D
+    ((8, 64, 32), (8, 32, 64)),   # batched
+    ((2, 3, 4, 5), (3, 5, 6)),    # broadcast batch, narrow j
+    ((1, 4, 9), (3, 9, 20)),      # size-1 batch broadcast against 3
+    ((37, 19), (19, 100)),        # j not a multiple of the tile: partial last tile
+    ((7,), (7, 3)),               # 1-D A: row vector times matrix
+    ((6, 70), (70,)),             # 1-D B: matrix-vector (left to the reduction rule)
+    ((2, 5, 70), (70,)),
+    ((16,), (16,)),               # dot product: a scalar
+])
+def test_matmul(a_shape, b_shape):
+    a, b = te.placeholder(a_shape, name="a"), te.placeholder(b_shape, name="b")
+    aa, ba = _rand(*a_shape), _rand(*b_shape)
+    tiled = len(b_shape) > 1
+    (got,) = _run([a, b], [_matmul_lower(a, b)], [aa, ba], expect_in_ir=[MATMUL_LOCAL, LOCAL] if tiled else ())
+    _close(got, np.matmul(aa, ba))
+
+
+def test_matmul_bias_gelu_epilogue_is_inlined():
+    a, b, bias = te.placeholder((64, 48), name="a"), te.placeholder((48, 96), name="b"), te.placeholder((96,), name="c")
+    out = _gelu(topi.add(topi.divide(_matmul_lower(a, b), 2.0), bias))
+    aa, ba, ca = _rand(64, 48), _rand(48, 96), _rand(96)
+    (got,) = _run([a, b, bias], [out], [aa, ba, ca], expect_in_ir=[LOCAL, "T.erf"])
+    _close(got, _gelu_ref((aa @ ba) / 2.0 + ca))
+
+
+def test_matmul_transposed_2d_operand_is_packed_once():
+    """x @ transpose(w) without batch: the strided B read is packed once, at the kernel's root, in parallel."""
+    x, w = te.placeholder((32, 40), name="x"), te.placeholder((80, 40), name="w")
+    xa, wa = _rand(32, 40), _rand(80, 40)
+    (got,) = _run([x, w], [_matmul_lower(x, topi.transpose(w, (1, 0)))], [xa, wa], expect_in_ir=[LOCAL, "T_transpose"])
+    _close(got, xa @ wa.T)
+
+
+BERT_SCORES = """graph g(%q: f32[1,128,12,64], %k: f32[1,128,12,64]) {
+  %d = param f32[] = [8.0]
+  %qt = transpose(%q) {perm=(0, 2, 1, 3)} : f32[1,12,128,64]
+  %kt = transpose(%k) {perm=(0, 2, 3, 1)} : f32[1,12,64,128]
+  %s = matmul(%qt, %kt) : f32[1,12,128,128]
+  %o = div(%s, %d) : f32[1,12,128,128]
+  return %o
+}
+"""
+BERT_CONTEXT = """graph g(%p: f32[1,12,128,128], %v: f32[1,128,12,64]) {
+  %vt = transpose(%v) {perm=(0, 2, 1, 3)} : f32[1,12,128,64]
+  %o = matmul(%p, %vt) : f32[1,12,128,64]
+  return %o
+}
+"""
+
+
+@pytest.mark.parametrize("text,strided", [(BERT_SCORES, True), (BERT_CONTEXT, False)], ids=["scores", "context"])
+def test_matmul_bert_attention_kernels(text, strided):
+    """The fused BERT attention kernels: transposes as prologues (K^T packed per head: strided along j), the
+    division by sqrt(d) as an epilogue. One fused kernel each, checked against the graph interpreter."""
+    from compiler.backend.lower import build_prim_func, partition
+    from compiler.ir import interpret, parse_graph
+    from compiler.passes import fuse
+
+    g = parse_graph(text)
+    feeds = {v.name: _rand(*v.type.shape) for v in g.inputs}
+    want = interpret(g, feeds)[0]
+    fuse(g)
+    (kernel,) = [s for s in partition(g) if hasattr(s, "spec")]
+    func = schedule_cpu(build_prim_func(kernel.spec), TARGET)
+    script = func.script()
+    assert LOCAL in script and "T.parallel" in script and "T.vectorized" in script, script
+    # the packed K^T panel is a stage of its own (computed per head); V's transpose is read in place
+    assert ("T_transpose[" in script) == strided, script
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=TARGET)
+    args = [tvm.runtime.tensor(feeds[v.name], tvm.cpu()) for v in kernel.inputs]
+    out = tvm.runtime.empty(want.shape, "float32", tvm.cpu())
+    ex["main"](*args, out)
+    _close(out.numpy(), want)

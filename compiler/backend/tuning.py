@@ -1,0 +1,205 @@
+"""Auto-tuning with MetaSchedule, and the tuning database that `compile_model` reads.
+
+Layout of a database directory:
+    DIR/<target key>/meta.json                     {"format", "target", "tvm_version"}: checked on every open
+    DIR/<target key>/database_workload.json        MetaSchedule's JSON database (workloads: the canonical,
+    DIR/<target key>/database_tuning_record.json    unscheduled PrimFunc of each kernel; records: schedule traces)
+    DIR/<target key>/index.json                    our kernels: spec key -> name, trials, best time, GFLOP/s
+One subdirectory per target: MetaSchedule's own lookup ignores the target, so a record tuned for one CPU must never
+be found by a query for another. A database written by another TVM version is ignored with a warning. A record
+applies only to a structurally equal workload: a changed kernel simply finds none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from runtime.artifact import atomic_write
+from runtime.errors import CompileError
+
+from .lower import KernelSpec, build_prim_func
+
+FORMAT = 1
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned")  # the repository's own database
+
+
+def target_key(target) -> str:
+    """A directory name for a target: kind and CPU, plus a hash of the whole target."""
+    cfg = target.export()
+    readable = "-".join(str(cfg.get(k)) for k in ("kind", "mcpu", "arch") if cfg.get(k))
+    digest = hashlib.sha256(_target_identity(target).encode()).hexdigest()[:10]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{readable}-{digest}")
+
+
+def _target_identity(target) -> str:
+    """What makes records valid: kind, triple, CPU and features, not the thread count."""
+    cfg = target.export()
+    return json.dumps({k: str(cfg.get(k)) for k in ("kind", "mtriple", "mcpu", "mattr", "arch") if cfg.get(k)},
+                      sort_keys=True)
+
+
+def parse_duration(text: str) -> float:
+    """'30m' -> 1800.0; also '90s', '2h', '45' (seconds)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise ValueError(f"bad duration {text!r}: use e.g. 90s, 30m, 2h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+@dataclass
+class TuningDatabase:
+    root: str
+    target: object
+
+    def __post_init__(self):
+        import tvm
+
+        self.dir = os.path.join(self.root, target_key(self.target))
+        self.meta = {"format": FORMAT, "target": _target_identity(self.target), "tvm_version": tvm.__version__}
+        self.usable = True
+        self._ms = None
+        meta_path = os.path.join(self.dir, "meta.json")
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                found = json.load(f)
+            if found.get("target") != self.meta["target"]:
+                raise CompileError(f"tuning database {self.dir} holds records for {found.get('target')}, "
+                                   f"not {self.meta['target']}: its directory name collides; move it away")
+            if found.get("format") != FORMAT or found.get("tvm_version") != tvm.__version__:
+                warnings.warn(f"tuning database {self.dir} was written by TVM {found.get('tvm_version')} "
+                              f"(format {found.get('format')}); this is TVM {tvm.__version__}: its records are ignored",
+                              stacklevel=2)
+                self.usable = False
+
+    # -- reading ------------------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.exists(os.path.join(self.dir, "database_tuning_record.json"))
+
+    def index(self) -> dict:
+        path = os.path.join(self.dir, "index.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    def _database(self):
+        from tvm.s_tir import meta_schedule as ms
+
+        if self._ms is None:
+            os.makedirs(self.dir, exist_ok=True)
+            self._ms = ms.database.JSONDatabase(work_dir=self.dir)
+        return self._ms
+
+    def lookup(self, spec: KernelSpec, func=None):
+        """The tuned PrimFunc for this kernel, or None. `func` is its canonical (unscheduled) PrimFunc, if built."""
+        if not self.usable or not self.exists() or spec.key() not in self.index():
+            return None
+        from tvm.s_tir import meta_schedule as ms
+
+        func = func if func is not None else build_prim_func(spec)
+        with _quiet():
+            sch = ms.tir_integration.compile_tir(self._database(), func, self.target)
+        return None if sch is None else sch.mod["main"]
+
+    # -- writing ------------------------------------------------------------------------------------------------------
+    def _write_index(self, index: dict) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        atomic_write(os.path.join(self.dir, "meta.json"), lambda f: f.write(json.dumps(self.meta, indent=1).encode()))
+        atomic_write(os.path.join(self.dir, "index.json"), lambda f: f.write(json.dumps(index, indent=1).encode()))
+
+
+class _quiet:
+    """Silence MetaSchedule's loggers (it prints a table per task)."""
+
+    def __enter__(self):
+        self.levels = {}
+        for name in ("tvm.s_tir.meta_schedule", "tvm.meta_schedule", "tvm"):
+            lg = logging.getLogger(name)
+            self.levels[name] = lg.level
+            lg.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def kernel_flops(func) -> float:
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(tvm.IRModule({"main": func})))
+    except Exception:
+        return 0.0
+
+
+@dataclass
+class TuneResult:
+    tuned: int
+    skipped: int
+    remaining: int
+    seconds: float
+
+
+def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, time_budget: float | None = None,
+         retune: bool = False, progress: Callable | None = None, seed: int = 0) -> TuneResult:
+    """Tune every distinct kernel not yet in `db` (resumable: finished kernels are kept in the index after each one).
+
+    `progress(done, total, name, info)` is called after each kernel; info has trials, best_us, gflops, left_s."""
+    from tvm.s_tir import meta_schedule as ms
+
+    t0 = time.perf_counter()
+    index = db.index()
+    tasks, seen = [], set()
+    for s in specs:
+        if s.key() not in seen:
+            seen.add(s.key())
+            tasks.append(s)
+    todo = [s for s in tasks if retune or s.key() not in index]
+    done = 0
+    for i, spec in enumerate(todo):
+        elapsed = time.perf_counter() - t0
+        per_task = elapsed / done if done else 0.0
+        if time_budget is not None and done and elapsed + per_task > time_budget:
+            break
+        func = build_prim_func(spec)
+        flops = kernel_flops(func)
+        with tempfile.TemporaryDirectory() as work, _quiet():
+            ms.tune_tir(func, db.target, work_dir=work, max_trials_global=trials, max_trials_per_task=trials,
+                        num_trials_per_iter=min(trials, 32), database=db._database(),
+                        builder=ms.builder.LocalBuilder(max_workers=1),
+                        runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
+                            number=3, repeat=1, min_repeat_ms=20)),
+                        cost_model="random", num_tuning_cores=1, seed=seed)
+        best = _best_seconds(db, func)
+        index[spec.key()] = {"name": spec.name(), "trials": trials, "best_us": None if best is None else best * 1e6,
+                             "gflops": None if not best or not flops else flops / best / 1e9}
+        db._write_index(index)
+        done += 1
+        if progress:
+            elapsed = time.perf_counter() - t0
+            left = (len(todo) - done) * elapsed / done
+            if time_budget is not None:
+                left = min(left, max(time_budget - elapsed, 0.0))
+            progress(done, len(todo), spec.name(), {**index[spec.key()], "left_s": left})
+    return TuneResult(done, len(tasks) - len(todo), len(todo) - done, time.perf_counter() - t0)
+
+
+def _best_seconds(db: TuningDatabase, func) -> float | None:
+    import tvm
+
+    with _quiet():
+        recs = db._database().get_top_k(db._database().commit_workload(tvm.IRModule({"main": func})), 1)
+    if not recs or not recs[0].run_secs:
+        return None
+    secs = [float(x) for x in recs[0].run_secs]
+    return sum(secs) / len(secs)

@@ -1,0 +1,112 @@
+"""Tuning: a real (tiny) MetaSchedule run into a database, then compile_model using its records; the database's
+checks on target, TVM version and workload."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from compiler import compile_model
+from compiler.api import CompileOptions, tune_model
+from compiler.backend.build import resolve_target
+from compiler.backend.tuning import TuningDatabase, parse_duration, target_key
+from compiler.ir import interpret, parse_graph
+from tests.support import assert_close
+
+TEXT = """graph g(%x: f32[16,64]) {
+  %w = param f32[32,64]
+  %b = param f32[32]
+  %d = dense(%x, %w, %b) : f32[16,32]
+  %r = relu(%d) : f32[16,32]
+  return %r
+}"""
+
+
+def graph(seed=0, text=TEXT):
+    rng = np.random.default_rng(seed)
+    g = parse_graph(text)
+    return parse_graph(text, {p.name: rng.standard_normal(p.type.shape).astype(np.float32) for p in g.params})
+
+
+@pytest.fixture(scope="module")
+def tuned_db(tmp_path_factory):
+    db = tmp_path_factory.mktemp("tuning")
+    calls = []
+    result = tune_model(graph(), db, trials=4, progress=lambda *a: calls.append(a))
+    assert result.tuned == 1 and result.remaining == 0 and len(calls) == 1
+    assert calls[0][3]["best_us"] > 0
+    return db
+
+
+def test_tuned_records_are_used_and_correct(tuned_db):
+    model = compile_model(graph(), tuning_db=str(tuned_db))
+    assert model.plan["stats"]["tuned_kernels"] == 1 and model.plan["steps"][0]["tuned"]
+    x = np.random.default_rng(1).standard_normal((16, 64)).astype(np.float32)
+    assert_close(model.run({"x": x})[0], interpret(graph(), {"x": x})[0], rtol=1e-4)
+    untuned = compile_model(graph(), options=CompileOptions(use_shipped_tuning=False))
+    assert untuned.plan["stats"]["tuned_kernels"] == 0
+
+
+def test_tuning_resumes(tuned_db):
+    result = tune_model(graph(), tuned_db, trials=4)
+    assert result.tuned == 0 and result.skipped == 1
+
+
+def test_changed_workload_finds_no_record(tuned_db):
+    other = TEXT.replace("16,", "8,").replace("f32[16,32]", "f32[8,32]")
+    model = compile_model(graph(text=other), tuning_db=str(tuned_db))
+    assert model.plan["stats"]["tuned_kernels"] == 0
+
+
+def test_records_are_kept_per_target(tuned_db):
+    from tvm.target import Target
+
+    host = resolve_target("cpu")
+    other = Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    assert target_key(other) != target_key(host)
+    assert not TuningDatabase(str(tuned_db), other).exists()
+    assert TuningDatabase(str(tuned_db), host).exists()
+
+
+def test_other_tvm_version_is_ignored(tuned_db, tmp_path):
+    import shutil
+
+    copy = tmp_path / "db"
+    shutil.copytree(tuned_db, copy)
+    sub = copy / target_key(resolve_target("cpu"))
+    meta = json.loads((sub / "meta.json").read_text())
+    meta["tvm_version"] = "0.0.1"
+    (sub / "meta.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="written by TVM 0.0.1"):
+        model = compile_model(graph(), tuning_db=str(copy))
+    assert model.plan["stats"]["tuned_kernels"] == 0
+
+
+def test_parse_duration():
+    assert parse_duration("30m") == 1800 and parse_duration("2h") == 7200 and parse_duration("45") == 45
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration("soon")
+
+
+def test_cli_tune_and_compile(tuned_db, tmp_path, capsys):
+    """The same kernel from an ONNX Gemm + Relu: `tune` finds it done, `compile --tuning-db` uses it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compiler.cli import main
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((32, 64)).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["d"], transB=1), helper.make_node("Relu", ["d"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 32])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["tune", str(path), "--db", str(tuned_db), "--trials", "4"]) == 0
+    assert "tuned 0 kernel(s)" in capsys.readouterr().out
+    assert main(["compile", str(path), "-o", str(tmp_path / "m.tfa"), "--tuning-db", str(tuned_db)]) == 0
+    assert "(1 tuned)" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "m.tfa")]) == 0
+    assert " tuned " in capsys.readouterr().out
