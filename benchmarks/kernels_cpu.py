@@ -1,6 +1,7 @@
-"""GFLOP/s of the scheduled CPU kernels on ResNet-50-like shapes (batch 1, fp32).
+"""GFLOP/s of the scheduled CPU kernels on ResNet-50-like and BERT-like shapes (batch 1, fp32).
 
 Run: TVM_NUM_THREADS=2 python benchmarks/kernels_cpu.py [name-substring ...]
+(matmul kernels: `bert_attn`, `matmul_`; BERT-base attention shapes, seq 128)
 """
 
 from __future__ import annotations
@@ -35,6 +36,26 @@ CONVS = {
     "shuffle_g4_1x1_136_28_plain": (136, 28, 28, 136, 1, 1, 0, 4),
 }
 DENSES = {"fc_2048to1000_m1": (1, 2048, 1000), "fc_2048to1000_m8": (8, 2048, 1000)}
+# matmul kernels as the fuse pass groups them (IR text; transposes are prologues, the division an epilogue)
+MATMULS = {
+    "bert_attn_scores": """graph g(%q: f32[1,128,12,64], %k: f32[1,128,12,64]) {
+  %d = param f32[] = [8.0]
+  %qt = transpose(%q) {perm=(0, 2, 1, 3)} : f32[1,12,128,64]
+  %kt = transpose(%k) {perm=(0, 2, 3, 1)} : f32[1,12,64,128]
+  %s = matmul(%qt, %kt) : f32[1,12,128,128]
+  %o = div(%s, %d) : f32[1,12,128,128]
+  return %o
+}""",
+    "bert_attn_context": """graph g(%p: f32[1,12,128,128], %v: f32[1,128,12,64]) {
+  %vt = transpose(%v) {perm=(0, 2, 1, 3)} : f32[1,12,128,64]
+  %o = matmul(%p, %vt) : f32[1,12,128,64]
+  return %o
+}""",
+    "matmul_128x768x768": """graph g(%a: f32[128,768], %b: f32[768,768]) {
+  %o = matmul(%a, %b) : f32[128,768]
+  return %o
+}""",
+}
 
 
 def _aligned(a: np.ndarray) -> tvm.runtime.Tensor:
@@ -88,6 +109,28 @@ def bench_dense(name, spec, target):
     print(f"{name:30s} {'dense':9s} {ms:8.3f} ms {gf:7.1f} GFLOP/s  build {build_s:.2f} s", flush=True)
 
 
+def bench_matmul(name, text, target):
+    from compiler.backend.lower import build_prim_func, partition
+    from compiler.ir import parse_graph
+    from compiler.passes import fuse
+
+    g = fuse(parse_graph(text))
+    (kernel,) = [s for s in partition(g) if hasattr(s, "spec")]
+    t0 = time.perf_counter()
+    func = schedule_cpu(build_prim_func(kernel.spec), target)
+    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    build_s = time.perf_counter() - t0
+    values = {p.name: np.asarray(p.data, np.float32) for p in g.params}
+    args = [tvm.runtime.tensor(values.get(v.name, np.asarray(np.random.rand(*v.type.shape), np.float32)), tvm.cpu())
+            for v in kernel.inputs]  # not _aligned: np.ascontiguousarray makes a 0-d param 1-d
+    (out,) = kernel.outputs
+    args.append(tvm.runtime.empty(out.type.shape, "float32"))
+    mm = [n for n in kernel.nodes if n.op.name == "matmul"][0]
+    flops = 2.0 * np.prod(mm.outputs[0].type.shape) * mm.inputs[0].type.shape[-1]
+    ms, gf = _time(ex.mod, args, flops)
+    print(f"{name:30s} {'matmul':9s} {ms:8.3f} ms {gf:7.1f} GFLOP/s  build {build_s:.2f} s", flush=True)
+
+
 def bench_numpy_peak():
     a = np.random.rand(512, 512).astype("float32")
     best = min(_wall(lambda: a @ a) for _ in range(5))
@@ -111,6 +154,9 @@ def main(filters: list[str]) -> None:
     for name, spec in DENSES.items():
         if not filters or any(f in name for f in filters):
             bench_dense(name, spec, target)
+    for name, text in MATMULS.items():
+        if not filters or any(f in name for f in filters):
+            bench_matmul(name, text, target)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,124 @@ def _init_bert(module: nn.Module) -> None:
             nn.init.uniform_(m.bias, -0.1, 0.1)
 
 
+# ------------------------------------------------------------------------------------------ MobileNetV2
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                   nn.ReLU6(), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (width 1.0, 224x224): inverted residual blocks with depthwise convolutions and ReLU6."""
+
+    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1)]  # expansion, channels, repeats, first stride
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers = [nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6()]
+        cin = 32
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+# ------------------------------------------------------------------------------------------ GPT-2
+
+@dataclass
+class GPT2Config:
+    vocab_size: int = 50257
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    max_positions: int = 1024
+    eps: float = 1e-5
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.hidden // cfg.heads
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.proj = nn.Linear(cfg.hidden, cfg.hidden)
+        # additive causal mask: 0 on and below the diagonal, -1e4 above (a constant, so ONNX folds its slice)
+        mask = torch.triu(torch.full((cfg.max_positions, cfg.max_positions), -1e4), diagonal=1)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x):
+        b, s, h = x.shape
+        q, k, v = self.qkv(x).split(h, dim=2)
+        q, k, v = (t.view(b, s, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + self.mask[:s, :s]
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.proj(ctx.transpose(1, 2).reshape(b, s, h))
+
+
+class GPT2Block(nn.Module):
+    """Pre-LayerNorm decoder block with tanh-approximated GELU, as GPT-2."""
+
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+        self.fc = nn.Linear(cfg.hidden, 4 * cfg.hidden)
+        self.out = nn.Linear(4 * cfg.hidden, cfg.hidden)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+class GPT2(nn.Module):
+    def __init__(self, cfg: GPT2Config):
+        super().__init__()
+        self.tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.positions = nn.Embedding(cfg.max_positions, cfg.hidden)
+        self.blocks = nn.ModuleList(GPT2Block(cfg) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+
+    def forward(self, input_ids):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        x = self.tokens(input_ids) + self.positions(positions)
+        for block in self.blocks:
+            x = block(x)
+        return torch.matmul(self.ln_f(x), self.tokens.weight.t())  # logits, tied to the token embedding
+
+
+# ------------------------------------------------------------------------------------------ LSTM
+
+class LSTMClassifier(nn.Module):
+    """A one-layer LSTM over a sequence of feature vectors; the last hidden state feeds a linear classifier."""
+
+    def __init__(self, features: int = 128, hidden: int = 256, classes: int = 10):
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        _, (h, _) = self.lstm(x)
+        return self.fc(h[-1])
+
+
 # ------------------------------------------------------------------------------------------ registry
 
 def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
@@ -209,6 +327,35 @@ def bert_layer(batch: int = 1):
     return _seeded(build), torch.randn(batch, 128, BERT_BASE.hidden, generator=torch.Generator().manual_seed(SEED))
 
 
+def mobilenet_v2(batch: int = 1):
+    m = _seeded(MobileNetV2)
+    torch.manual_seed(SEED + 1)
+    _randomize_batchnorm(m)
+    return m, torch.randn(batch, 3, 224, 224)
+
+
+def _gpt2(cfg: GPT2Config, batch: int, seq: int = 64):
+    def build():
+        m = GPT2(cfg)
+        _init_bert(m)
+        return m
+
+    m = _seeded(build)
+    return m, torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(SEED))
+
+
+def gpt2_small(batch: int = 1):
+    return _gpt2(GPT2Config(), batch)
+
+
+def gpt2_tiny(batch: int = 1):
+    return _gpt2(GPT2Config(vocab_size=500, hidden=64, layers=2, heads=4, max_positions=64), batch, seq=16)
+
+
+def lstm_classifier(batch: int = 1):
+    return _seeded(LSTMClassifier), torch.randn(batch, 64, 128, generator=torch.Generator().manual_seed(SEED))
+
+
 def mlp(batch: int = 1):
     m = _seeded(lambda: nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                                       nn.Linear(512, 10)))
@@ -222,6 +369,10 @@ MODELS: dict[str, Callable[..., tuple[nn.Module, torch.Tensor]]] = {
     "bert_layer": bert_layer,
     "bert_small": bert_small,  # 2 layers, hidden 128: a fast stand-in for bert_base in tests
     "mlp": mlp,
+    "mobilenet_v2": mobilenet_v2,
+    "gpt2_small": gpt2_small,  # 12 layers, 768 wide, seq 64, logits over 50257 tokens
+    "gpt2_tiny": gpt2_tiny,  # 2 layers, 64 wide: a fast stand-in for tests
+    "lstm_classifier": lstm_classifier,  # seq 64 x 128 features -> LSTM(256) -> 10 classes
 }
 
 INPUT_NAME = "input"

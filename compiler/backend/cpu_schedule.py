@@ -347,7 +347,7 @@ def _matmul_axes(sch: s_tir.Schedule, mm):
     blk = sch.get(mm)
     ivs = blk.iter_vars
     types = [int(iv.iter_type) for iv in ivs]
-    if types.count(_SPATIAL) != len(ivs) - 1 or types[-1] == _SPATIAL or len(blk.reads) != 2:
+    if len(ivs) < 2 or types.count(_SPATIAL) != len(ivs) - 1 or types[-1] == _SPATIAL or len(blk.reads) != 2:
         raise ValueError("not a single-reduction matmul block")
     k, j = ivs[-1].var, ivs[-2].var
 

@@ -68,14 +68,17 @@ def assign_offsets(tensors: list[Tensor], inplace: list[tuple[int, int]] = (), a
         return i
 
     span = {t.id: [t.first, t.last, t.nbytes] for t in tensors}
+    born = {t.id: t.first for t in tensors}  # per class: when its newest member was written
     for out, inp in inplace:
-        if out not in by_id or inp not in by_id:
+        if out not in by_id or inp not in by_id or find(out) != out:
+            continue  # an output reuses at most one input's storage
+        ri, o = find(inp), by_id[out]
+        # the class must die exactly where the output is born, and not have taken another output at that step
+        if ri == out or span[ri][1] != o.first or born[ri] >= o.first or span[ri][2] != o.nbytes:
             continue
-        ro, ri = find(out), find(inp)
-        if ro == ri or span[ri][1] != by_id[out].first or span[ro][2] != span[ri][2]:
-            continue
-        rep[ro] = ri
-        span[ri] = [min(span[ri][0], span[ro][0]), max(span[ri][1], span[ro][1]), span[ri][2]]
+        rep[out] = ri
+        span[ri] = [span[ri][0], max(span[ri][1], o.last), span[ri][2]]
+        born[ri] = o.first
     classes = [Tensor(r, _align(span[r][2], alignment), span[r][0], span[r][1]) for r in span if find(r) == r]
     # Like XLA, try a few placement orders and keep the smallest arena; large-first is the classic one.
     orders = [lambda c: (-c.nbytes, c.first, c.id),
@@ -125,6 +128,6 @@ def check_plan(tensors: list[Tensor], plan: MemoryPlan, alignment: int = ALIGNME
             if a.overlaps(b) and plan.classes.get(a.id) != plan.classes.get(b.id):
                 raise PlanError(f"tensors {a.id} (steps {a.first}-{a.last}) and {b.id} (steps {b.first}-{b.last}) "
                                 f"are live together and share bytes at offset {plan.offsets[b.id]}")
-            if a.overlaps(b) and plan.classes.get(a.id) == plan.classes.get(b.id) and not (
-                    a.last == b.first or b.last == a.first):
+            handoff = (a.last == b.first and a.first < b.first) or (b.last == a.first and b.first < a.first)
+            if a.overlaps(b) and plan.classes.get(a.id) == plan.classes.get(b.id) and not handoff:
                 raise PlanError(f"tensors {a.id} and {b.id} share storage but overlap beyond an in-place step")

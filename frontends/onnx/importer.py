@@ -53,8 +53,11 @@ class Builder:
         """The compile-time value of input `x`; fails clearly if it is only known at run time."""
         if isinstance(x, np.ndarray):
             return x
-        raise self.error(f"input {what!r} must be known at compile time (a constant or computed from shapes), "
-                         f"but it is the run-time value %{x.name}; rewrite the model so that it is constant")
+        err = self.error(f"input {what!r} must be known at compile time (a constant or computed from shapes), "
+                         f"but it is the run-time value %{x.name}; make it an initializer (specialized at compile "
+                         f"time) or rewrite the model so that it is constant")
+        err.needs_constant = x.name  # lets a caller (the conformance runner) specialize that input and retry
+        raise err
 
     def value(self, x: Ref) -> Value:
         """An IR value for `x`, turning a known array into a param."""

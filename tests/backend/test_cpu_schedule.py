@@ -349,7 +349,8 @@ def test_matmul_bert_attention_kernels(text, strided):
     # the packed K^T panel is a stage of its own (computed per head); V's transpose is read in place
     assert ("T_transpose[" in script) == strided, script
     ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=TARGET)
-    args = [tvm.runtime.tensor(feeds[v.name], tvm.cpu()) for v in kernel.inputs]
+    values = {**feeds, **{p.name: np.asarray(p.data, np.float32) for p in g.params}}
+    args = [tvm.runtime.tensor(values[v.name], tvm.cpu()) for v in kernel.inputs]
     out = tvm.runtime.empty(want.shape, "float32", tvm.cpu())
     ex["main"](*args, out)
     _close(out.numpy(), want)

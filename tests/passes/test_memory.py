@@ -33,6 +33,19 @@ def test_in_place_refused_when_input_lives_on():
     assert plan.offsets[0] != plan.offsets[1]
 
 
+def test_in_place_takes_one_input_and_one_output():
+    # out = add(a, b) with both inputs dying there: out may reuse a or b, never merge a and b
+    a, b, out = Tensor(0, 4096, 0, 2), Tensor(1, 4096, 1, 2), Tensor(2, 4096, 2, 3)
+    plan = assign_offsets([a, b, out], inplace=[(2, 0), (2, 1)])
+    check_plan([a, b, out], plan)
+    assert plan.offsets[0] != plan.offsets[1]
+    # two outputs of one step may not both take the same dying input
+    x, o1, o2 = Tensor(0, 4096, 0, 1), Tensor(1, 4096, 1, 1), Tensor(2, 4096, 1, 3)
+    plan = assign_offsets([x, o1, o2], inplace=[(1, 0), (2, 0)])
+    check_plan([x, o1, o2], plan)
+    assert plan.offsets[1] != plan.offsets[2]
+
+
 def test_checker_catches_overlap_and_misalignment():
     a, b = Tensor(0, 128, 0, 2), Tensor(1, 128, 1, 3)
     plan = assign_offsets([a, b])

@@ -1,0 +1,274 @@
+"""onnx's own operator conformance suite, run through our public API (`compile_model` + `run`).
+
+`onnx.backend.test.case.node.collect_testcases()` yields ~1900 cases, each a small model (one node, or its
+function body for the `_expanded` variants) with input and expected output arrays. Each case ends in one of:
+
+  pass         every output matches (shape, dtype, values within tolerance)
+  fail         it compiled and ran, but an output is wrong
+  unsupported  we refused the model with a `FrontendError` (an `UnsupportedOpError`, or a converter that names
+               what it cannot do): the clear error a user gets
+  crash        any other exception: a bug to fix
+
+Inputs that decide a shape. Some cases feed at run time a tensor that decides an output shape (Reshape's target,
+Unsqueeze's axes, Pad's pads, ...). Our IR has static shapes, so the runner *specializes at compile time*: when the
+importer reports that an input must be known at compile time (`FrontendError.needs_constant`), the runner turns that
+graph input into an initializer holding the case's value and compiles again. Such passes are counted as passes and
+also reported (`specialized`). A user gets the same result by making the input an initializer.
+
+Tolerance: onnx's runner's, rtol 1e-3 and atol 1e-7 unless the case says otherwise. Float outputs may in addition
+pass at atol 1e-5 (`FP32_ATOL`): fp32 kernels with vectorized transcendentals (exp, erf, tanh) and reassociated
+sums differ from numpy's float64-computed expectations by a few ulps near zero, where atol 1e-7 is below one ulp of
+the operands. Such cases count as passes.
+
+Compilation is cached by the (specialized) model's bytes: cases that differ only in data compile once.
+
+    python -m tests.frontends.onnx_conformance                 # run all cases, print a summary
+    python -m tests.frontends.onnx_conformance -k test_lstm    # only names containing a substring
+    python -m tests.frontends.onnx_conformance --write benchmarks/results/onnx_conformance.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from runtime.errors import FrontendError
+
+STATUSES = ("pass", "fail", "unsupported", "crash")
+FP32_ATOL = 1e-5
+REPORT = "benchmarks/results/onnx_conformance.md"
+
+# The op types whose base cases must all pass (the CI test checks them; see `is_base_case`).
+REQUIRED_OPS = (
+    "Softmax Reshape Conv Concat ConstantOfShape Gemm Relu Add MaxPool Mul Constant Identity Transpose Shape MatMul "
+    "Gather Unsqueeze Expand Flatten Where Cast Div AveragePool Equal LayerNormalization Pow And BatchNormalization "
+    "Dropout GlobalAveragePool IsNaN Sqrt Slice Erf LRN ReduceMean Sigmoid Split Resize Squeeze Sum GreaterOrEqual "
+    "LessOrEqual Clip Neg HardSwish Tanh ConvTranspose HardSigmoid LSTM GRU RNN LogSoftmax Sub Mod Abs Cos Less Log "
+    "Min Max Sin GatherND Gelu Reciprocal Exp Einsum Pad TopK ArgMax ReduceSum ReduceMax Tile Range CumSum Trilu"
+).split()
+
+
+@dataclass
+class Result:
+    name: str
+    op_type: str
+    status: str  # one of STATUSES
+    detail: str = ""
+    specialized: tuple[str, ...] = ()  # inputs turned into initializers (specialized at compile time)
+    seconds: float = 0.0
+
+
+def is_base_case(name: str) -> bool:
+    """A base case is a one-node test of the op itself: not the `_expanded` function-body variants (those test
+    the ops the function is made of)."""
+    return "_expanded" not in name
+
+
+def load_cases(names: Iterable[str] | None = None, contains: str | None = None) -> list:
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        cases = [c for c in collect_testcases() if c.kind == "node"]
+    if names is not None:
+        wanted = set(names)
+        cases = [c for c in cases if c.name in wanted]
+    if contains:
+        cases = [c for c in cases if contains in c.name]
+    return cases
+
+
+def op_types(cases) -> dict[str, str]:
+    """Case name -> the op type it tests; an `_expanded` case tests its base case's op."""
+    base = {c.name: c.model.graph.node[0].op_type for c in cases if len(c.model.graph.node) == 1}
+    out = {}
+    for c in cases:
+        root = c.name.split("_expanded")[0]
+        out[c.name] = base.get(c.name) or base.get(root) or (c.model.graph.node[0].op_type if c.model.graph.node
+                                                            else "?")
+    return out
+
+
+def _specialize(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose graph inputs in `values` are initializers with those values."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [vi for vi in m.graph.input if vi.name not in values]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    for name, v in values.items():
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(v), name))
+    return m
+
+
+def _compare(got: list, expected: list, rtol: float, atol: float) -> str:
+    """'' when all outputs match, else what differs."""
+    if len(got) != len(expected):
+        return f"{len(got)} outputs, expected {len(expected)}"
+    for i, (a, e) in enumerate(zip(got, expected)):
+        if not isinstance(e, np.ndarray):
+            return f"output {i}: expected a {type(e).__name__}, not a tensor"
+        a = np.asarray(a)
+        if a.shape != e.shape:
+            return f"output {i}: shape {a.shape}, expected {e.shape}"
+        if a.dtype != e.dtype:
+            return f"output {i}: dtype {a.dtype}, expected {e.dtype}"
+        if e.dtype.kind in "fc":
+            tol = (rtol, max(atol, FP32_ATOL))
+            if not np.allclose(a, e, rtol=tol[0], atol=tol[1], equal_nan=True):
+                err = np.abs(a.astype(np.float64) - e.astype(np.float64))
+                err = np.where(np.isnan(err), np.inf, err)
+                return f"output {i}: max abs error {err.max():.3g} (rtol {rtol}, atol {tol[1]})"
+        elif e.dtype.kind in "OUS":
+            if not np.array_equal(a, e):
+                return f"output {i}: values differ"
+        elif not np.array_equal(a, e):
+            return f"output {i}: {int((a != e).sum())} of {e.size} values differ"
+    return ""
+
+
+class Runner:
+    """Runs cases; compiled models are cached by the model's bytes (specialization included)."""
+
+    def __init__(self):
+        self._compiled: dict[bytes, object] = {}
+
+    def compile(self, model: onnx.ModelProto):
+        import compiler
+
+        key = model.SerializeToString()
+        if key not in self._compiled:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._compiled[key] = compiler.compile_model(model)
+        return self._compiled[key]
+
+    def run_case(self, case, op_type: str) -> Result:
+        t0 = time.perf_counter()
+        res = Result(case.name, op_type, "pass")
+        try:
+            for inputs, expected in case.data_sets:
+                status, detail, spec = self._run_data_set(case, inputs, expected)
+                res.specialized = tuple(sorted(set(res.specialized) | set(spec)))
+                if status != "pass":
+                    res.status, res.detail = status, detail
+                    break
+        except Exception as e:  # noqa: BLE001 - a crash is a result here
+            res.status, res.detail = "crash", f"{type(e).__name__}: {e}"
+        res.detail = res.detail.splitlines()[0][:300] if res.detail else ""
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def _run_data_set(self, case, inputs, expected):
+        model = case.model
+        names = [vi.name for vi in model.graph.input if vi.name not in {i.name for i in model.graph.initializer}]
+        feeds = dict(zip(names, inputs))
+        for name, v in feeds.items():
+            if not isinstance(v, np.ndarray):
+                return "unsupported", f"input {name!r} is a {type(v).__name__}, not a tensor", ()
+        specialized: dict[str, np.ndarray] = {}
+        while True:
+            try:
+                compiled = self.compile(_specialize(model, specialized) if specialized else model)
+                break
+            except FrontendError as e:
+                name = getattr(e, "needs_constant", None)
+                if name in feeds and name not in specialized:
+                    specialized[name] = feeds[name]
+                    continue
+                return "unsupported", f"{type(e).__name__}: {e}", tuple(specialized)
+        run_feeds = {k: v for k, v in feeds.items() if k not in specialized}
+        got = compiled.run(run_feeds)
+        diff = _compare(list(got), list(expected), case.rtol, case.atol)
+        return ("fail", diff, tuple(specialized)) if diff else ("pass", "", tuple(specialized))
+
+
+def run_cases(cases, progress=None) -> list[Result]:
+    kinds = op_types(load_cases()) if cases and any("_expanded" in c.name for c in cases) else op_types(cases)
+    runner = Runner()
+    results = []
+    with np.errstate(all="ignore"):
+        for c in cases:
+            results.append(runner.run_case(c, kinds.get(c.name, "?")))
+            if progress:
+                progress(results[-1])
+    return results
+
+
+def per_op(results: list[Result]) -> dict[str, Counter]:
+    table: dict[str, Counter] = {}
+    for r in results:
+        table.setdefault(r.op_type, Counter())[r.status] += 1
+    return dict(sorted(table.items()))
+
+
+def summary(results: list[Result]) -> str:
+    c = Counter(r.status for r in results)
+    spec = sum(1 for r in results if r.specialized and r.status == "pass")
+    return (f"{len(results)} cases: " + ", ".join(f"{c[s]} {s}" for s in STATUSES)
+            + f" ({spec} passes specialized at compile time)")
+
+
+def markdown(results: list[Result]) -> str:
+    lines = [
+        "# ONNX operator conformance",
+        "",
+        "The node test cases that ship with onnx (`onnx.backend.test.case.node.collect_testcases()`, onnx "
+        f"{onnx.__version__}), each compiled with `compiler.compile_model` and run, against the expected outputs.",
+        "Generated by `python -m tests.frontends.onnx_conformance --write " + REPORT + "`; the CI test "
+        "(`tests/frontends/test_onnx_conformance.py`) checks that no case crashes.",
+        "",
+        f"**{summary(results)}.**",
+        "",
+        "*unsupported*: refused at compile time with a clear `FrontendError` (an op, attribute or dtype we do not "
+        "convert). *specialized*: passes after turning a shape-deciding input (axes, pads, a target shape) into an "
+        "initializer, i.e. specialized at compile time. *expanded*: the `_expanded` cases run the op's function "
+        "body (other ops) and are counted under the op they expand.",
+        "",
+        "| op type | cases | passed | failed | unsupported | crashed | specialized | base cases passed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_op: dict[str, list[Result]] = {}
+    for r in results:
+        by_op.setdefault(r.op_type, []).append(r)
+    for op, rs in sorted(by_op.items()):
+        c = Counter(r.status for r in rs)
+        base = [r for r in rs if is_base_case(r.name)]
+        spec = sum(1 for r in rs if r.specialized and r.status == "pass")
+        lines.append(f"| {op} | {len(rs)} | {c['pass']} | {c['fail']} | {c['unsupported']} | {c['crash']} | "
+                     f"{spec} | {sum(r.status == 'pass' for r in base)}/{len(base)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-k", dest="contains", help="only cases whose name contains this")
+    p.add_argument("--write", metavar="PATH", help=f"write the per-op markdown table (e.g. {REPORT})")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every case that does not pass")
+    args = p.parse_args(argv)
+    cases = load_cases(contains=args.contains)
+
+    def progress(r):
+        if args.verbose and r.status != "pass":
+            print(f"{r.status:12s} {r.name}: {r.detail}", flush=True)
+
+    t0 = time.perf_counter()
+    results = run_cases(cases, progress)
+    print(summary(results), f"in {time.perf_counter() - t0:.0f} s")
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
