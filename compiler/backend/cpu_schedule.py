@@ -381,9 +381,11 @@ def _matmul_strided_producer(sch: s_tir.Schedule, mm, j_var):
     j2 = trial.get(mm2).iter_vars[-2].var
     for r in trial.get(mm2).reads:
         for d, rng in enumerate(r.region):
-            uses = any(v.same_as(j2) for v in tirx.analysis.undefined_vars(rng.min))
-            if uses and (d != len(r.region) - 1 or int(detect_linear_equation(rng.min, [j2])[0]) != 1):
-                return producers[0]
+            if not any(v.same_as(j2) for v in tirx.analysis.undefined_vars(rng.min)):
+                continue
+            coeff = detect_linear_equation(rng.min, [j2]) if d == len(r.region) - 1 else []
+            if len(coeff) != 2 or not isinstance(coeff[0], tirx.IntImm) or int(coeff[0]) != 1:
+                return producers[0]  # j in an outer dim, scaled, or not linear (reshape index arithmetic)
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.ir import Graph, Value
+from compiler.ir.analysis import graph_flops
 from compiler.ops import FusionKind
 from compiler.passes.memory import Tensor, assign_offsets, check_plan
 from runtime import artifact
@@ -100,6 +101,7 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
             "live_lower_bound_bytes": memory.live_lower_bound_bytes,
             "unplanned_bytes": memory.unplanned_bytes,
             "params_bytes": int(sum(p.type.nbytes for p in g.params)),
+            "flops": graph_flops(g),
         },
         "memory": {"tensors": [[t.id, t.nbytes, t.first, t.last] for t in tensors],
                    "classes": {str(k): v for k, v in memory.classes.items()}},

@@ -305,6 +305,15 @@ def test_matmul_bias_gelu_epilogue_is_inlined():
     _close(got, _gelu_ref((aa @ ba) / 2.0 + ca))
 
 
+def test_matmul_reshaped_operands():
+    """Reshape prologues: index arithmetic (// and %) in the operand reads, on both sides."""
+    x, w = te.placeholder((4, 6, 40), name="x"), te.placeholder((8, 120), name="w")
+    xa, wa = _rand(4, 6, 40), _rand(8, 120)
+    out = _matmul_lower(topi.reshape(x, (4, 12, 20)), topi.reshape(w, (20, 48)))
+    (got,) = _run([x, w], [out], [xa, wa], expect_in_ir=[LOCAL])
+    _close(got, xa.reshape(4, 12, 20) @ wa.reshape(20, 48))
+
+
 def test_matmul_transposed_2d_operand_is_packed_once():
     """x @ transpose(w) without batch: the strided B read is packed once, at the kernel's root, in parallel."""
     x, w = te.placeholder((32, 40), name="x"), te.placeholder((80, 40), name="w")

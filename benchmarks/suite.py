@@ -1,0 +1,218 @@
+"""The benchmark suite: TensorForge against onnxruntime, PyTorch eager, torch.compile and TVM Relax's default
+pipeline, on models defined in benchmarks/models.py (PyTorch, random weights) and exported to ONNX.
+
+For each model and batch size, every engine runs interleaved with the others in one process (rounds of one run
+each), and the table gives medians, the ratio to onnxruntime, compile (and tune) time, achieved GFLOP/s and its
+fraction of the machine's peak, which is measured in the same run (an OpenBLAS sgemm on the same threads).
+Writes benchmarks/results/suite.md and suite.png.
+
+    TVM_NUM_THREADS=2 python benchmarks/suite.py [--batch 1 8] [--engines tf ort torch compile relax] [model ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TVM_NUM_THREADS", "2")
+THREADS = int(os.environ["TVM_NUM_THREADS"])
+
+from benchmarks.machine import describe_machine  # noqa: E402
+
+DEFAULT_MODELS = ["resnet50", "mobilenet_v2", "bert_base", "gpt2_small", "lstm_classifier", "mlp"]
+ENGINES = {"tf": "TensorForge", "tf_untuned": "TensorForge (untuned)", "ort": "onnxruntime", "torch": "PyTorch eager",
+           "compile": "torch.compile", "relax": "TVM Relax default"}
+
+
+def machine_peak_gflops() -> float:
+    """Single-precision GEMM throughput of OpenBLAS on THREADS threads, in a fresh process (its threads are fixed
+    at import)."""
+    code = ("import numpy as np, time\n"
+            "a = np.random.rand(2048, 2048).astype(np.float32); b = a.copy(); a @ b\n"
+            "t = []\n"
+            "for _ in range(5):\n    s = time.perf_counter(); a @ b; t.append(time.perf_counter() - s)\n"
+            "print(2 * 2048**3 / min(t) / 1e9)")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    return float(out.stdout.strip()) if out.returncode == 0 else float("nan")
+
+
+def make_engines(name: str, batch: int, wanted: list[str]):
+    """{engine: (run callable, setup seconds)}, the ONNX model, feeds and the reference output."""
+    import onnx
+    import torch
+
+    from benchmarks.models import INPUT_NAME, MODELS, export_onnx
+    from compiler import compile_model
+    from compiler.api import CompileOptions
+
+    torch.set_num_threads(THREADS)
+    module, x = MODELS[name](batch)
+    model = export_onnx(name, batch)
+    feeds = {INPUT_NAME: x.numpy()}
+    with torch.no_grad():
+        ref = module(x).numpy()
+    engines, info = {}, {}
+
+    def timed_setup(key, fn):
+        t0 = time.perf_counter()
+        try:
+            run = fn()
+            run()  # first call: includes lazy compilation (torch.compile)
+            engines[key] = run
+            info[key] = time.perf_counter() - t0
+        except Exception as e:  # an engine that cannot run this model is reported, not fatal
+            info[key] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+
+    if "tf" in wanted or "tf_untuned" in wanted:
+        for key, shipped in (("tf", True), ("tf_untuned", False)):
+            if key in wanted:
+                def build(shipped=shipped):
+                    m = compile_model(model, options=CompileOptions(use_shipped_tuning=shipped))
+                    info[f"{key}_model"] = m
+                    return lambda: m.run(feeds)
+                timed_setup(key, build)
+    if "ort" in wanted:
+        from benchmarks.light_models import ort_session
+
+        def ort():
+            s = ort_session(model, THREADS)
+            return lambda: s.run(None, feeds)
+        timed_setup("ort", ort)
+    if "torch" in wanted:
+        def eager():
+            def run():
+                with torch.inference_mode():
+                    return module(x)
+            return run
+        timed_setup("torch", eager)
+    if "compile" in wanted:
+        def compiled():
+            cm = torch.compile(module)
+
+            def run():
+                with torch.inference_mode():
+                    return cm(x)
+            return run
+        timed_setup("compile", compiled)
+    if "relax" in wanted:
+        def relax():
+            import tvm
+            from tvm import relax as rx
+            from tvm.relax.frontend.onnx import from_onnx
+
+            mod = from_onnx(onnx.ModelProto.FromString(model.SerializeToString()), keep_params_in_input=False)
+            mod = rx.transform.DecomposeOpsForInference()(mod)
+            ex = tvm.compile(mod, target=tvm.target.Target.from_device(tvm.cpu()))
+            vm = rx.VirtualMachine(ex, tvm.cpu())
+            args = [tvm.runtime.tensor(feeds[INPUT_NAME])]
+            return lambda: vm["main"](*args)
+        timed_setup("relax", relax)
+    return engines, info, ref, feeds
+
+
+def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: float) -> dict:
+    engines, info, ref, feeds = make_engines(name, batch, wanted)
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(rounds):
+        for key, run in list(engines.items()):
+            t0 = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - t0)
+            if times[key][-1] > slow_cutoff_s and len(times[key]) >= 2:
+                del engines[key]  # a very slow engine (untuned Relax) gets fewer samples
+    row = {"model": name, "batch": batch, "setup": {k: v for k, v in info.items() if not k.endswith("_model")}}
+    row["ms"] = {k: float(np.median(v)) * 1e3 for k, v in times.items() if v}
+    tf = info.get("tf_model") or info.get("tf_untuned_model")
+    if tf is not None:
+        out = tf.run(feeds)[0]
+        row["match"] = bool(np.allclose(out, ref, rtol=1e-3, atol=1e-3))
+        row["flops"] = tf.plan["stats"]["flops"]
+        row["tuned_kernels"] = tf.plan["stats"].get("tuned_kernels", 0)
+        row["kernels"] = tf.num_kernels
+    return row
+
+
+def write_report(rows, peak, path_md, path_png, engines):
+    gm = lambda xs: float(np.exp(np.mean(np.log(xs)))) if xs else float("nan")  # noqa: E731
+    lines = ["# Benchmark suite", "",
+             f"Machine: {describe_machine()}. {THREADS} threads for every engine. Peak: OpenBLAS sgemm 2048^3 "
+             f"= {peak:.0f} GFLOP/s, measured in this run. fp32; medians of interleaved runs.", ""]
+    cols = [e for e in ENGINES if e in engines]
+    lines.append("| model | batch | " + " | ".join(f"{ENGINES[c]} ms" for c in cols) +
+                 " | TF / ORT | TF GFLOP/s | % of peak | TF compile s | kernels (tuned) | match |")
+    lines.append("|---|---:|" + "---:|" * len(cols) + "---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        ms = r["ms"]
+        cells = [f"{ms[c]:.2f}" if c in ms else str(r["setup"].get(c, "-"))[:40] for c in cols]
+        tf_key = "tf" if "tf" in ms else "tf_untuned"
+        ratio = ms[tf_key] / ms["ort"] if tf_key in ms and "ort" in ms else float("nan")
+        gflops = r.get("flops", 0) / (ms[tf_key] / 1e3) / 1e9 if tf_key in ms else float("nan")
+        setup = r["setup"].get(tf_key)
+        lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells) +
+                     f" | {ratio:.2f} | {gflops:.0f} | {100 * gflops / peak:.0f}% | "
+                     f"{setup:.1f} | {r.get('kernels', '-')} ({r.get('tuned_kernels', 0)}) | "
+                     f"{'yes' if r.get('match') else 'NO'} |" if isinstance(setup, float) else " | - | - | - |")
+    for key in ("tf", "tf_untuned"):
+        for batch in sorted({r["batch"] for r in rows}):
+            ratios = [r["ms"][key] / r["ms"]["ort"] for r in rows if r["batch"] == batch and key in r["ms"]
+                      and "ort" in r["ms"]]
+            if ratios:
+                lines.append(f"\nGeometric mean {ENGINES[key]} / onnxruntime at batch {batch}: {gm(ratios):.2f}")
+    text = "\n".join(lines) + "\n"
+    with open(path_md, "w") as f:
+        f.write(text)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels = [f"{r['model']}\nb{r['batch']}" for r in rows]
+        fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(rows)), 4.5))
+        width = 0.8 / len(cols)
+        for i, c in enumerate(cols):
+            vals = [r["ms"].get(c, np.nan) / r["ms"]["ort"] if "ort" in r["ms"] else np.nan for r in rows]
+            ax.bar(np.arange(len(rows)) + i * width, vals, width, label=ENGINES[c])
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(np.arange(len(rows)) + width * (len(cols) - 1) / 2, labels, fontsize=8)
+        ax.set_ylabel("latency / onnxruntime (lower is better)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        ax.set_title(f"Latency relative to onnxruntime ({THREADS} threads)")
+        fig.tight_layout()
+        fig.savefig(path_png, dpi=120)
+    except ImportError:
+        pass
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="*", default=DEFAULT_MODELS)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--engines", nargs="+", default=["tf", "ort", "torch", "compile", "relax"], choices=list(ENGINES))
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--slow-cutoff", type=float, default=2.0, help="seconds per run above which an engine runs twice")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "suite"))
+    args = p.parse_args(argv)
+    peak = machine_peak_gflops()
+    rows = []
+    for name in args.models:
+        for batch in args.batch:
+            rows.append(bench(name, batch, args.engines, args.rounds, args.slow_cutoff))
+            print(rows[-1]["model"], batch, {k: round(v, 2) for k, v in rows[-1]["ms"].items()}, file=sys.stderr,
+                  flush=True)
+    print(write_report(rows, peak, args.out + ".md", args.out + ".png", args.engines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

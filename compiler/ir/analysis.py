@@ -1,0 +1,33 @@
+"""Graph analyses used by reports and benchmarks."""
+
+from __future__ import annotations
+
+from .graph import Graph, Node
+
+
+def node_flops(n: Node) -> int:
+    """Floating-point operations of one node: 2 per multiply-add for conv/dense/matmul, one per output element
+    for everything else (views: none)."""
+    name = n.op.name
+    out = n.outputs[0].type
+    if name in ("conv2d", "conv2d_packed"):
+        batch, oc, oh, ow = out.shape
+        cin, (kh, kw) = n.inputs[0].type.shape[1], _kernel(n)
+        return 2 * batch * oc * oh * ow * (cin // n.attrs["groups"]) * kh * kw
+    if name in ("dense", "dense_packed"):
+        return 2 * out.numel * n.inputs[0].type.shape[-1]
+    if name == "matmul":
+        return 2 * out.numel * n.inputs[0].type.shape[-1]
+    if n.op.is_view:
+        return 0
+    return out.numel
+
+
+def _kernel(n: Node) -> tuple[int, int]:
+    w = n.inputs[1].type.shape  # OIHW, or packed (OC/b, IC/g, KH, KW, b): KH, KW are dims 2 and 3 either way
+    return w[2], w[3]
+
+
+def graph_flops(g: Graph) -> int:
+    return sum(node_flops(n) for n in g.nodes)
+
