@@ -30,8 +30,15 @@ class CompileOptions:
     timings: dict[str, float] = field(default_factory=dict)  # filled in: stage -> seconds
 
 
-def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
-    """Any supported model form -> IR graph. ONNX: a path, bytes or onnx.ModelProto; or an IR Graph as is."""
+def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None) -> Graph:
+    """Any supported model form -> IR graph. ONNX: a path, bytes or onnx.ModelProto; a torch.nn.Module with
+    `example_inputs`; or an IR Graph (copied)."""
+    if type(model).__module__.startswith("torch") or hasattr(model, "_modules"):
+        if example_inputs is None:
+            raise CompileError("compiling a PyTorch module needs example_inputs=(tensor, ...) to fix its shapes")
+        from frontends.torch import from_torch
+
+        return from_torch(model, example_inputs)
     if isinstance(model, Graph):
         model.verify()
         return model.copy()  # passes edit graphs in place; the caller's graph stays as it was
@@ -129,10 +136,11 @@ def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
 
 def compile_model(model, target: str = "cpu", shapes: Mapping[str, Sequence[int]] | None = None, *,
                   opt_level: int = 2, tuning_db: str | Sequence[str] | None = None,
-                  options: CompileOptions | None = None) -> CompiledModel:
+                  options: CompileOptions | None = None, example_inputs=None) -> CompiledModel:
     """Compile a model for `target` and return a runnable `runtime.CompiledModel`.
 
-    model: an ONNX file path, ONNX bytes, an `onnx.ModelProto`, or an IR `Graph`.
+    model: an ONNX file path, ONNX bytes, an `onnx.ModelProto`, a `torch.nn.Module` (with `example_inputs`, a tuple
+    of tensors that fixes the shapes), or an IR `Graph`.
     shapes: binds inputs with symbolic dimensions, e.g. {"x": (1, 3, 224, 224)}; unbound ones default to 1.
     tuning_db: a directory (or several) written by `tensorforge tune`; matching kernels use their tuned schedules.
     """
@@ -140,7 +148,7 @@ def compile_model(model, target: str = "cpu", shapes: Mapping[str, Sequence[int]
         dbs = (tuning_db,) if isinstance(tuning_db, (str, os.PathLike)) else tuple(tuning_db or ())
         options = CompileOptions(target=target, opt_level=opt_level, tuning_db=tuple(map(os.fspath, dbs)))
     t0 = time.perf_counter()
-    g = import_model(model, shapes)
+    g = import_model(model, shapes, example_inputs)
     t1 = time.perf_counter()
     g = optimize(g, options)
     t2 = time.perf_counter()

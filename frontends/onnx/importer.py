@@ -42,6 +42,7 @@ class Builder:
         self.node_name = ""
         self._params: dict[int, tuple[Value, np.ndarray]] = {}  # id(array) -> param: one array, one param
         self.names: dict[int, str] = {}  # id(array) -> its ONNX name (initializers, constant outputs)
+        self._keep: list[np.ndarray] = []
 
     def error(self, msg: str) -> FrontendError:
         return FrontendError(f"ONNX node {self.node_name!r} ({self.node.op_type}): {msg}")
@@ -68,6 +69,13 @@ class Builder:
             self._params[id(x)] = (self.graph.add_param(name, x), x)
         return self._params[id(x)][0]
 
+    def derive(self, new: np.ndarray, source: np.ndarray | None) -> np.ndarray:
+        """Record that `new` was computed from `source` at compile time: it inherits its name."""
+        if source is not None and id(source) in self.names and id(new) not in self.names:
+            self.names[id(new)] = self.names[id(source)]
+            self._keep.append(new)  # ids are only unique while the arrays live
+        return new
+
     def emit(self, op: OpDef, inputs: Sequence[Ref], **attrs: Any):
         """Apply `op`. Folds to an array when every input is known; returns one result or a list if several."""
         try:
@@ -75,6 +83,8 @@ class Builder:
                 attrs = op.check_attrs(attrs, where=self.node_name)
                 op.infer_types([TensorType.of(x) for x in inputs], attrs, where=self.node_name)
                 outs = [np.asarray(o, order="C") for o in op.evaluate(*inputs, **attrs)]
+                for o in outs:  # a folded weight (transposed, reshaped) keeps its source's name
+                    self.derive(o, next((x for x in inputs if id(x) in self.names), None))
             else:
                 outs = self.graph.add_node(op, [self.value(x) for x in inputs], attrs, name=self.node_name)
         except IRError as e:

@@ -1,0 +1,334 @@
+"""One converter per core-ATen op, keyed by the op overload itself (`torch.ops.aten.convolution.default`), named
+like it, its arguments as ATen declares them with ATen's defaults.
+
+A converter gets the builder `b` (frontends/onnx/importer.Builder: `b.emit` folds when every input is a known
+array) and the node's arguments with tensors already converted (IR values or numpy arrays).
+"""
+
+from __future__ import annotations
+
+from math import prod
+from typing import Callable
+
+import numpy as np
+import torch
+
+from compiler import ops
+
+aten = torch.ops.aten
+CONVERTERS: dict[object, Callable] = {}
+
+
+def converter(*targets):
+    def register(fn):
+        for t in targets:
+            CONVERTERS[t] = fn
+        return fn
+
+    return register
+
+
+def _axis(b, dim: int, rank: int) -> int:
+    if not -rank <= dim < max(rank, 1):
+        raise b.error(f"dim {dim} is out of range for rank {rank}")
+    return dim % rank if rank else 0
+
+
+def _reshape(b, x, shape):
+    return b.emit(ops.reshape, [x], shape=tuple(int(d) for d in shape))
+
+
+def _scalar(b, x, like):
+    """A Python number as an array of `like`'s dtype (ATen's scalar operands)."""
+    return np.asarray(x, dtype=b.type(like).dtype) if not isinstance(x, (np.ndarray,)) and not hasattr(x, "type") \
+        else x
+
+
+# -- elementwise ------------------------------------------------------------------------------------------------------
+def _unary(op):
+    return lambda b, x: b.emit(op, [x])
+
+
+for _t, _op in {aten.relu.default: ops.relu, aten.sigmoid.default: ops.sigmoid, aten.tanh.default: ops.tanh,
+                aten.exp.default: ops.exp, aten.log.default: ops.log, aten.sqrt.default: ops.sqrt,
+                aten.neg.default: ops.neg, aten.abs.default: ops.abs, aten.erf.default: ops.erf,
+                aten.reciprocal.default: ops.reciprocal, aten.sin.default: ops.sin, aten.cos.default: ops.cos}.items():
+    CONVERTERS[_t] = _unary(_op)
+
+
+def _binary(op):
+    def convert(b, self, other, alpha=1):
+        other = _scalar(b, other, self)
+        if alpha != 1:
+            other = b.emit(ops.mul, [other, np.asarray(alpha, b.type(self).dtype)])
+        return b.emit(op, [self, other])
+
+    return convert
+
+
+for _t, _op in {aten.add.Tensor: ops.add, aten.sub.Tensor: ops.sub, aten.mul.Tensor: ops.mul,
+                aten.div.Tensor: ops.div, aten.pow.Tensor_Scalar: ops.pow, aten.pow.Tensor_Tensor: ops.pow,
+                aten.maximum.default: ops.maximum, aten.minimum.default: ops.minimum}.items():
+    CONVERTERS[_t] = _binary(_op)
+
+
+@converter(aten.rsub.Scalar)
+def rsub(b, self, other, alpha=1):
+    return b.emit(ops.sub, [_scalar(b, other, self), b.emit(ops.mul, [self, np.asarray(alpha, b.type(self).dtype)])
+                            if alpha != 1 else self])
+
+
+@converter(aten.gelu.default)
+def gelu(b, self, approximate="none"):
+    dt = b.type(self).dtype
+    c = lambda v: np.asarray(v, dt)  # noqa: E731
+    if approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = b.emit(ops.mul, [b.emit(ops.mul, [self, self]), self])
+        inner = b.emit(ops.mul, [b.emit(ops.add, [self, b.emit(ops.mul, [cube, c(0.044715)])]),
+                                 c(np.sqrt(2 / np.pi))])
+        half = b.emit(ops.mul, [self, c(0.5)])
+        return b.emit(ops.mul, [half, b.emit(ops.add, [b.emit(ops.tanh, [inner]), c(1.0)])])
+    erf = b.emit(ops.erf, [b.emit(ops.mul, [self, c(1 / np.sqrt(2))])])
+    return b.emit(ops.mul, [b.emit(ops.mul, [self, c(0.5)]), b.emit(ops.add, [erf, c(1.0)])])
+
+
+@converter(aten.hardtanh.default)
+def hardtanh(b, self, min_val=-1.0, max_val=1.0):
+    return b.emit(ops.clip, [self], min=min_val, max=max_val)
+
+
+@converter(aten.clamp.default)
+def clamp(b, self, min=None, max=None):
+    return b.emit(ops.clip, [self], min=-np.inf if min is None else min, max=np.inf if max is None else max)
+
+
+@converter(aten.leaky_relu.default)
+def leaky_relu(b, self, negative_slope=0.01):
+    return b.emit(ops.leaky_relu, [self], alpha=negative_slope)
+
+
+@converter(aten.silu.default)
+def silu(b, self):
+    return b.emit(ops.mul, [self, b.emit(ops.sigmoid, [self])])
+
+
+@converter(aten.clone.default, aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default)
+def clone(b, self, memory_format=None):
+    return self
+
+
+@converter(aten._to_copy.default)
+def _to_copy(b, self, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
+    if dtype is None:
+        return self
+    return b.emit(ops.cast, [self], to=str(torch.empty((), dtype=dtype).numpy().dtype))
+
+
+# -- neural-network ops -----------------------------------------------------------------------------------------------
+@converter(aten.convolution.default)
+def convolution(b, input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    if transposed:
+        raise b.error("transposed convolution is not supported yet")
+    if b.type(input).rank != 4:
+        raise b.error(f"only 2-D convolution is supported, input is {b.type(input)}")
+    pads = (padding[0], padding[1], padding[0], padding[1])
+    inputs = [input, weight] + ([bias] if bias is not None else [])
+    return b.emit(ops.conv2d, inputs, strides=tuple(stride), pads=pads, dilations=tuple(dilation), groups=groups)
+
+
+@converter(aten.addmm.default)
+def addmm(b, self, mat1, mat2, beta=1, alpha=1):
+    if isinstance(mat2, np.ndarray) and beta == 1 and alpha == 1 and b.type(self).numel == b.type(mat2).shape[1]:
+        bias = b.derive(self.reshape(-1), self) if isinstance(self, np.ndarray) else \
+            _reshape(b, self, (b.type(self).numel,))
+        return b.emit(ops.dense, [mat1, b.derive(np.ascontiguousarray(mat2.T), mat2), bias])
+    y = b.emit(ops.matmul, [mat1, mat2])
+    if alpha != 1:
+        y = b.emit(ops.mul, [y, np.asarray(alpha, b.type(y).dtype)])
+    s = self if beta == 1 else b.emit(ops.mul, [self, np.asarray(beta, b.type(self).dtype)])
+    return b.emit(ops.add, [y, s])
+
+
+@converter(aten.mm.default, aten.bmm.default, aten.matmul.default)
+def mm(b, self, mat2):
+    if isinstance(mat2, np.ndarray) and mat2.ndim == 2 and not isinstance(self, np.ndarray):
+        shape = b.type(self).shape
+        x = _reshape(b, self, (prod(shape[:-1]), shape[-1])) if len(shape) != 2 else self
+        y = b.emit(ops.dense, [x, b.derive(np.ascontiguousarray(mat2.T), mat2)])
+        return _reshape(b, y, shape[:-1] + (mat2.shape[1],)) if len(shape) != 2 else y
+    return b.emit(ops.matmul, [self, mat2])
+
+
+@converter(aten._native_batch_norm_legit_no_training.default)
+def _native_batch_norm_legit_no_training(b, input, weight, bias, running_mean, running_var, momentum, eps):
+    c = b.type(input).shape[1]
+    dt = b.type(input).dtype
+    weight = weight if weight is not None else np.ones(c, dt)
+    bias = bias if bias is not None else np.zeros(c, dt)
+    y = b.emit(ops.batch_norm, [input, weight, bias, running_mean, running_var], epsilon=eps)
+    return y, None, None
+
+
+@converter(aten.native_layer_norm.default)
+def native_layer_norm(b, input, normalized_shape, weight, bias, eps):
+    rank = b.type(input).rank
+    dt = b.type(input).dtype
+    n = prod(normalized_shape)
+    weight = weight if weight is not None else np.ones(normalized_shape, dt)
+    inputs = [input, weight] + ([bias] if bias is not None else [])
+    return b.emit(ops.layer_norm, inputs, axis=rank - len(normalized_shape), epsilon=eps), None, None
+
+
+@converter(aten.max_pool2d_with_indices.default)
+def max_pool2d_with_indices(b, self, kernel_size, stride=(), padding=(0, 0), dilation=(1, 1), ceil_mode=False):
+    stride = tuple(stride) or tuple(kernel_size)
+    padding = tuple(padding) * (2 if len(padding) == 1 else 1)
+    y = b.emit(ops.max_pool2d, [self], kernel=tuple(kernel_size), strides=stride,
+               pads=(padding[0], padding[1], padding[0], padding[1]), dilations=tuple(dilation), ceil_mode=ceil_mode)
+    return y, None
+
+
+@converter(aten.avg_pool2d.default)
+def avg_pool2d(b, self, kernel_size, stride=(), padding=(0, 0), ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    if divisor_override is not None:
+        raise b.error("divisor_override is not supported")
+    stride = tuple(stride) or tuple(kernel_size)
+    return b.emit(ops.avg_pool2d, [self], kernel=tuple(kernel_size), strides=stride,
+                  pads=(padding[0], padding[1], padding[0], padding[1]), ceil_mode=ceil_mode,
+                  count_include_pad=count_include_pad)
+
+
+@converter(aten.mean.dim)
+def mean_dim(b, self, dim, keepdim=False, dtype=None):
+    rank = b.type(self).rank
+    axes = tuple(sorted(_axis(b, d, rank) for d in (dim if dim is not None else range(rank))))
+    if axes == tuple(range(2, rank)) and rank >= 3:  # global average pooling
+        y = b.emit(ops.global_avg_pool, [self])
+        return y if keepdim else _reshape(b, y, b.type(self).shape[:2])
+    return b.emit(ops.reduce_mean, [self], axes=axes, keepdims=keepdim)
+
+
+@converter(aten.sum.dim_IntList)
+def sum_dim(b, self, dim, keepdim=False, dtype=None):
+    rank = b.type(self).rank
+    axes = tuple(sorted(_axis(b, d, rank) for d in (dim if dim else range(rank))))
+    return b.emit(ops.reduce_sum, [self], axes=axes, keepdims=keepdim)
+
+
+@converter(aten._softmax.default)
+def _softmax(b, self, dim, half_to_float=False):
+    return b.emit(ops.softmax, [self], axis=_axis(b, dim, b.type(self).rank))
+
+
+@converter(aten.embedding.default)
+def embedding(b, weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
+    return b.emit(ops.take, [weight, indices], axis=0)
+
+
+# -- shapes -----------------------------------------------------------------------------------------------------------
+@converter(aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+def view(b, self, size):
+    size = list(size)
+    if -1 in size:
+        known = prod(d for d in size if d != -1)
+        size[size.index(-1)] = b.type(self).numel // max(known, 1)
+    return _reshape(b, self, size)
+
+
+@converter(aten.permute.default)
+def permute(b, self, dims):
+    rank = b.type(self).rank
+    return b.emit(ops.transpose, [self], perm=tuple(_axis(b, d, rank) for d in dims))
+
+
+@converter(aten.t.default)
+def t(b, self):
+    return b.emit(ops.transpose, [self], perm=(1, 0)) if b.type(self).rank == 2 else self
+
+
+@converter(aten.unsqueeze.default)
+def unsqueeze(b, self, dim):
+    shape = list(b.type(self).shape)
+    shape.insert(_axis(b, dim, len(shape) + 1), 1)
+    return _reshape(b, self, shape)
+
+
+@converter(aten.squeeze.dims, aten.squeeze.dim, aten.squeeze.default)
+def squeeze(b, self, dim=None):
+    shape = b.type(self).shape
+    dims = range(len(shape)) if dim is None else ([dim] if isinstance(dim, int) else dim)
+    drop = {_axis(b, d, len(shape)) for d in dims if shape[_axis(b, d, len(shape))] == 1}
+    return _reshape(b, self, [d for i, d in enumerate(shape) if i not in drop])
+
+
+@converter(aten.expand.default)
+def expand(b, self, size, implicit=False):
+    shape = b.type(self).shape
+    target = [s if t == -1 else t for s, t in zip((1,) * (len(size) - len(shape)) + shape, size)]
+    if tuple(target) == shape:
+        return self
+    return b.emit(ops.broadcast_to, [self], shape=tuple(target))
+
+
+@converter(aten.cat.default)
+def cat(b, tensors, dim=0):
+    return b.emit(ops.concat, list(tensors), axis=_axis(b, dim, b.type(tensors[0]).rank))
+
+
+@converter(aten.slice.Tensor)
+def slice_(b, self, dim=0, start=None, end=None, step=1):
+    shape = b.type(self).shape
+    ax = _axis(b, dim, len(shape))
+    s, e, st = slice(start, end, step).indices(shape[ax])
+    if (s, e, st) == (0, shape[ax], 1):
+        return self
+    begins, ends, strides = [0] * len(shape), list(shape), [1] * len(shape)
+    begins[ax], ends[ax], strides[ax] = s, e, st
+    return b.emit(ops.strided_slice, [self], begins=tuple(begins), ends=tuple(ends), strides=tuple(strides))
+
+
+@converter(aten.select.int)
+def select(b, self, dim, index):
+    shape = b.type(self).shape
+    ax = _axis(b, dim, len(shape))
+    index = index % shape[ax]
+    y = slice_(b, self, ax, index, index + 1, 1)
+    return _reshape(b, y, shape[:ax] + shape[ax + 1:])
+
+
+@converter(aten.split_with_sizes.default, aten.split.Tensor)
+def split_with_sizes(b, self, split_sizes, dim=0):
+    shape = b.type(self).shape
+    ax = _axis(b, dim, len(shape))
+    if isinstance(split_sizes, int):
+        split_sizes = [min(split_sizes, shape[ax] - i) for i in range(0, shape[ax], split_sizes)]
+    outs, start = [], 0
+    for size in split_sizes:
+        outs.append(slice_(b, self, ax, start, start + size, 1))
+        start += size
+    return outs
+
+
+@converter(aten.arange.start_step, aten.arange.start, aten.arange.default)
+def arange(b, start, end=None, step=1, dtype=None, layout=None, device=None, pin_memory=None):
+    if end is None:
+        start, end = 0, start
+    return np.arange(start, end, step, dtype=np.int64 if dtype in (None, torch.int64) else
+                     torch.empty((), dtype=dtype).numpy().dtype)
+
+
+@converter(aten.full.default)
+def full(b, size, fill_value, dtype=None, layout=None, device=None, pin_memory=None):
+    np_dtype = np.float32 if dtype is None else torch.empty((), dtype=dtype).numpy().dtype
+    return np.full(tuple(size), fill_value, dtype=np_dtype)
+
+
+@converter(aten.zeros.default)
+def zeros(b, size, dtype=None, layout=None, device=None, pin_memory=None):
+    return full(b, size, 0, dtype)
+
+
+@converter(aten.dropout.default)
+def dropout(b, input, p, train):
+    return input

@@ -1,0 +1,124 @@
+"""PyTorch -> TensorForge IR, through `torch.export` and its core-ATen decomposition.
+
+The exported program's graph is walked in order; parameters, buffers and constants become known arrays (params
+where a real op reads them), each call_function node goes to the converter registered for its ATen op overload
+(converters.py). Shapes are static: those of the example inputs.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from compiler.ir import Graph, TensorType, Value
+from frontends.onnx.importer import Builder
+from runtime.errors import FrontendError, IRError, UnsupportedOpError
+
+from .converters import CONVERTERS
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy())
+
+
+def export(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]):
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(module.eval(), tuple(example_inputs))
+            return ep.run_decompositions()
+    except Exception as e:
+        raise FrontendError(f"torch.export could not capture the module: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> Graph:
+    """Convert an nn.Module (inference) to a verified IR graph, with shapes fixed by `example_inputs`."""
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    ep = export(module, example_inputs)
+    gm = ep.graph_module
+    unsupported: dict[str, list[str]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is not operator.getitem and node.target not in CONVERTERS:
+            unsupported.setdefault(str(node.target), []).append(node.name)
+    if unsupported:
+        lines = [f"  {op}: {', '.join(names[:8])}" for op, names in unsupported.items()]
+        raise UnsupportedOpError(f"the module uses {len(unsupported)} unsupported ATen op(s):\n" + "\n".join(lines),
+                                 [(op, 0, names) for op, names in unsupported.items()])
+
+    g = Graph(type(module).__name__)
+    b = Builder(g, opset=0)
+    env: dict[str, object] = {}
+    sig = ep.graph_signature
+    state = {**ep.state_dict, **getattr(ep, "constants", {})}
+    user_inputs = iter(example_inputs)
+    for spec in sig.input_specs:
+        name = spec.arg.name
+        kind = spec.kind.name
+        if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
+            env[name] = _np(state[spec.target])
+            b.names[id(env[name])] = spec.target
+        elif kind == "USER_INPUT":
+            x = next(user_inputs)
+            env[name] = g.add_input(name if len(example_inputs) > 1 else "input", TensorType(tuple(x.shape),
+                                                                                             str(_np(x).dtype)))
+        else:
+            raise FrontendError(f"unsupported exported input kind {kind} ({name})")
+
+    def arg(a):
+        if isinstance(a, torch.fx.Node):
+            v = env[a.name]
+            if v is None:
+                raise b.error(f"input {a.name} is an output we do not compute")
+            return v
+        if isinstance(a, (list, tuple)):
+            return type(a)(arg(x) for x in a)
+        return a
+
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        b.node, b.node_name = _FakeOnnxNode(str(node.target)), node.name
+        if node.target is operator.getitem:
+            src, i = arg(node.args[0]), node.args[1]
+            env[node.name] = src[i]
+            continue
+        try:
+            out = CONVERTERS[node.target](b, *arg(node.args), **{k: arg(v) for k, v in node.kwargs.items()})
+        except IRError as e:
+            raise b.error(str(e)) from None
+        env[node.name] = out
+        if isinstance(out, Value) and out.producer is not None and g.is_free(node.name):
+            g.rename(out, node.name)
+        _check_meta(b, node, out)
+    outputs = []
+    (out_node,) = [n for n in gm.graph.nodes if n.op == "output"]
+    results = out_node.args[0]
+    results = results if isinstance(results, (list, tuple)) else [results]
+    for r in results:
+        b.node_name = "output"
+        outputs.append(b.value(arg(r)))
+    g.outputs = outputs
+    g.output_names = [f"output{i}" if len(outputs) > 1 else "output" for i in range(len(outputs))]
+    g.remove_unused()
+    g.verify()
+    return g
+
+
+class _FakeOnnxNode:
+    """What Builder.error reads: the op's name."""
+
+    def __init__(self, op_type: str):
+        self.op_type = op_type
+
+
+def _check_meta(b, node, out) -> None:
+    """Cross-check our type rule with the shape torch.export recorded."""
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor) and isinstance(out, (Value, np.ndarray)):
+        got = tuple(out.type.shape) if isinstance(out, Value) else out.shape
+        if tuple(val.shape) != got:
+            raise b.error(f"converted to shape {got}, but torch.export recorded {tuple(val.shape)}")

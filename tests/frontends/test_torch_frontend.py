@@ -1,0 +1,57 @@
+"""The PyTorch frontend: nn.Modules through torch.export (core ATen) compile and match PyTorch."""
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.models import MODELS
+from compiler import compile_model
+from frontends.torch import from_torch
+from runtime.errors import CompileError, UnsupportedOpError
+from tests.support import assert_close
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet50", "mobilenet_v2", "bert_small", "gpt2_tiny", "lstm_classifier"])
+def test_module_matches_pytorch(name):
+    module, x = MODELS[name](1)
+    with torch.no_grad():
+        expected = module(x).numpy()
+    model = compile_model(module, example_inputs=(x,))
+    assert_close(model.run({"input": x.numpy()})[0], expected, rtol=1e-3, atol=1e-4, what=name)
+
+
+def test_batch_norm_and_pooling_variants():
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.BatchNorm2d(8), torch.nn.LeakyReLU(0.2),
+        torch.nn.AvgPool2d(3, stride=2, padding=1), torch.nn.Conv2d(8, 8, 3, groups=8, padding=1), torch.nn.SiLU(),
+        torch.nn.MaxPool2d(2, ceil_mode=True), torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 5)).eval()
+    with torch.no_grad():
+        module[1].running_mean.uniform_(-1, 1)
+        module[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        expected = module(x).numpy()
+    assert_close(compile_model(module, example_inputs=(x,)).run({"input": x.numpy()})[0], expected, rtol=1e-3,
+                 atol=1e-4)
+
+
+def test_unsupported_aten_ops_are_listed_with_their_nodes():
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return torch.cumprod(x, 0) + torch.sort(x, 0).values
+
+    with pytest.raises(UnsupportedOpError, match=r"2 unsupported ATen op\(s\):\n.*cumprod.*\n.*sort"):
+        from_torch(Odd(), (torch.randn(3, 4),))
+
+
+def test_module_needs_example_inputs():
+    with pytest.raises(CompileError, match="needs example_inputs"):
+        compile_model(torch.nn.ReLU())
+
+
+def test_params_keep_their_names():
+    module, x = MODELS["mlp"](1)
+    g = from_torch(module, (x,))
+    assert any(p.name.startswith("0.weight") or p.name.startswith("0.bias") for p in g.params), \
+        [p.name for p in g.params]
