@@ -30,9 +30,17 @@ class CompileOptions:
     timings: dict[str, float] = field(default_factory=dict)  # filled in: stage -> seconds
 
 
-def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None) -> Graph:
+def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None,
+                 params=None) -> Graph:
     """Any supported model form -> IR graph. ONNX: a path, bytes or onnx.ModelProto; a torch.nn.Module with
-    `example_inputs`; or an IR Graph (copied)."""
+    `example_inputs`; a builder-API module (frontends.nn) with `shapes` for its inputs and optional `params`;
+    or an IR Graph (copied)."""
+    from frontends.nn import Module as BuilderModule
+
+    if isinstance(model, BuilderModule):
+        if not shapes:
+            raise CompileError("compiling a builder-API module needs shapes={input name: shape}")
+        return model.to_graph(shapes, params)
     if type(model).__module__.startswith("torch") or hasattr(model, "_modules"):
         if example_inputs is None:
             raise CompileError("compiling a PyTorch module needs example_inputs=(tensor, ...) to fix its shapes")
@@ -136,11 +144,12 @@ def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
 
 def compile_model(model, target: str = "cpu", shapes: Mapping[str, Sequence[int]] | None = None, *,
                   opt_level: int = 2, tuning_db: str | Sequence[str] | None = None,
-                  options: CompileOptions | None = None, example_inputs=None) -> CompiledModel:
+                  options: CompileOptions | None = None, example_inputs=None, params=None) -> CompiledModel:
     """Compile a model for `target` and return a runnable `runtime.CompiledModel`.
 
     model: an ONNX file path, ONNX bytes, an `onnx.ModelProto`, a `torch.nn.Module` (with `example_inputs`, a tuple
-    of tensors that fixes the shapes), or an IR `Graph`.
+    of tensors that fixes the shapes), a builder-API `frontends.nn.Module` (with `shapes` and optionally `params`,
+    else `model.init()`), or an IR `Graph`.
     shapes: binds inputs with symbolic dimensions, e.g. {"x": (1, 3, 224, 224)}; unbound ones default to 1.
     tuning_db: a directory (or several) written by `tensorforge tune`; matching kernels use their tuned schedules.
     """
@@ -148,7 +157,7 @@ def compile_model(model, target: str = "cpu", shapes: Mapping[str, Sequence[int]
         dbs = (tuning_db,) if isinstance(tuning_db, (str, os.PathLike)) else tuple(tuning_db or ())
         options = CompileOptions(target=target, opt_level=opt_level, tuning_db=tuple(map(os.fspath, dbs)))
     t0 = time.perf_counter()
-    g = import_model(model, shapes, example_inputs)
+    g = import_model(model, shapes, example_inputs, params)
     t1 = time.perf_counter()
     g = optimize(g, options)
     t2 = time.perf_counter()
