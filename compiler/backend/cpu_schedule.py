@@ -36,8 +36,8 @@ DENSE_M_TILE = 4
 MATMUL = "matmul"        # block name of ops/nn.py's matmul lowering
 MATMUL_I_TILE = 4        # register tile rows ...
 MATMUL_J_TILE = 64       # ... and columns (4 x 64 fp32 = 16 AVX-512 accumulators)
-MATMUL_PACK_BATCH_MIN = 4
-PACK_J = 8               # packing: rows (along j) per transposed block  # a packed operand is packed per batch entry if there are this many, else once, whole
+MATMUL_PACK_BATCH_MIN = 4  # with this many batch entries a strided B operand is packed per entry, else once, whole
+PACK_J = 8               # packing: rows (along j) per transposed block
 
 _SPATIAL = 0  # tirx.IterVar.DataPar
 
@@ -284,7 +284,7 @@ def _schedule_matmul(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     contiguous [k, j] panel, computed per batch entry (under the parallel batch loop) or once for all."""
     lanes = _vector_lanes(target)
     mm = sch.get_sblock(MATMUL)
-    i_var, j_var, k_var, nb = _matmul_axes(sch, mm)
+    i_var, j_var, _, nb = _matmul_axes(sch, mm)
     pack = _matmul_strided_producer(sch, mm, j_var)
     keep = (sch.get(pack).name_hint,) if pack is not None else ()
     out = _anchor_epilogue(sch, mm, *keep)
