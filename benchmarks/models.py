@@ -293,29 +293,35 @@ def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
     return build().eval()
 
 
-def resnet50(batch: int = 1):
-    m = _seeded(ResNet)
+def _cnn(cls, batch: int):
+    """An ImageNet-shaped CNN with randomized batch-norm statistics, and a 224x224 input batch."""
+    m = _seeded(cls)
     torch.manual_seed(SEED + 1)
     _randomize_batchnorm(m)
     return m, torch.randn(batch, 3, 224, 224)
 
 
-def _bert(cfg: BertConfig, batch: int, seq: int = 128):
+def _token_model(cls, cfg, batch: int, seq: int):
+    """A Transformer over token ids, BERT-initialized, and a batch of random ids."""
     def build():
-        m = BertEncoder(cfg)
+        m = cls(cfg)
         _init_bert(m)
         return m
 
-    m = _seeded(build)
-    return m, torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(SEED))
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(SEED))
+    return _seeded(build), ids
+
+
+def resnet50(batch: int = 1):
+    return _cnn(ResNet, batch)
 
 
 def bert_base(batch: int = 1):
-    return _bert(BERT_BASE, batch)
+    return _token_model(BertEncoder, BERT_BASE, batch, 128)
 
 
 def bert_small(batch: int = 1):
-    return _bert(BERT_SMALL, batch)
+    return _token_model(BertEncoder, BERT_SMALL, batch, 128)
 
 
 def bert_layer(batch: int = 1):
@@ -328,28 +334,15 @@ def bert_layer(batch: int = 1):
 
 
 def mobilenet_v2(batch: int = 1):
-    m = _seeded(MobileNetV2)
-    torch.manual_seed(SEED + 1)
-    _randomize_batchnorm(m)
-    return m, torch.randn(batch, 3, 224, 224)
-
-
-def _gpt2(cfg: GPT2Config, batch: int, seq: int = 64):
-    def build():
-        m = GPT2(cfg)
-        _init_bert(m)
-        return m
-
-    m = _seeded(build)
-    return m, torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(SEED))
+    return _cnn(MobileNetV2, batch)
 
 
 def gpt2_small(batch: int = 1):
-    return _gpt2(GPT2Config(), batch)
+    return _token_model(GPT2, GPT2Config(), batch, 64)
 
 
 def gpt2_tiny(batch: int = 1):
-    return _gpt2(GPT2Config(vocab_size=500, hidden=64, layers=2, heads=4, max_positions=64), batch, seq=16)
+    return _token_model(GPT2, GPT2Config(vocab_size=500, hidden=64, layers=2, heads=4, max_positions=64), batch, 16)
 
 
 def lstm_classifier(batch: int = 1):
