@@ -161,7 +161,7 @@ def _init_bert(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.uniform_(m.bias, -0.02, 0.02)
         elif isinstance(m, nn.LayerNorm):
             nn.init.uniform_(m.weight, 0.8, 1.2)
@@ -286,6 +286,115 @@ class LSTMClassifier(nn.Module):
         return self.fc(h[-1])
 
 
+class GRUClassifier(nn.Module):
+    """A one-layer GRU over feature vectors; the last hidden state feeds a linear classifier."""
+
+    def __init__(self, features: int = 128, hidden: int = 256, classes: int = 10):
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        _, h = self.gru(x)
+        return self.fc(h[-1])
+
+
+# ------------------------------------------------------------------------------------------ ViT
+
+@dataclass
+class ViTConfig:
+    image: int = 224
+    patch: int = 16
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    ffn: int = 3072
+    classes: int = 1000
+    eps: float = 1e-6
+
+
+class ViTBlock(nn.Module):
+    """Pre-LayerNorm encoder block (attention as plain matmul/softmax, exact GELU)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+        self.attn = SelfAttention(BertConfig(hidden=cfg.hidden, heads=cfg.heads))
+        self.proj = nn.Linear(cfg.hidden, cfg.hidden)
+        self.ln2 = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+        self.fc1 = nn.Linear(cfg.hidden, cfg.ffn)
+        self.fc2 = nn.Linear(cfg.ffn, cfg.hidden)
+
+    def forward(self, x):
+        x = x + self.proj(self.attn(self.ln1(x)))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class ViT(nn.Module):
+    """ViT-base/16: patch embedding (a strided conv), class token, learned positions, encoder, head."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, cfg.hidden, cfg.patch, stride=cfg.patch)
+        n = (cfg.image // cfg.patch) ** 2
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.hidden))
+        self.pos = nn.Parameter(torch.zeros(1, n + 1, cfg.hidden))
+        self.blocks = nn.ModuleList(ViTBlock(cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+        self.head = nn.Linear(cfg.hidden, cfg.classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+# ------------------------------------------------------------------------------------------ LLaMA block
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class LlamaBlock(nn.Module):
+    """A LLaMA-style decoder block: RMSNorm, causal attention with rotary position embeddings, SwiGLU MLP."""
+
+    def __init__(self, hidden: int = 512, heads: int = 8, ffn: int = 1376, seq: int = 64):
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.attn_norm, self.mlp_norm = RMSNorm(hidden), RMSNorm(hidden)
+        self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden, bias=False) for _ in range(4))
+        self.gate, self.up = nn.Linear(hidden, ffn, bias=False), nn.Linear(hidden, ffn, bias=False)
+        self.down = nn.Linear(ffn, hidden, bias=False)
+        inv = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
+        angles = torch.outer(torch.arange(seq).float(), inv)
+        self.register_buffer("cos", torch.cat([angles.cos(), angles.cos()], -1), persistent=False)
+        self.register_buffer("sin", torch.cat([angles.sin(), angles.sin()], -1), persistent=False)
+        self.register_buffer("mask", torch.triu(torch.full((seq, seq), -1e4), diagonal=1), persistent=False)
+
+    def _rotate(self, x):  # rotary embedding on (b, heads, s, head_dim)
+        half = self.head_dim // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * self.cos + rotated * self.sin
+
+    def forward(self, x):
+        b, s, h = x.shape
+        y = self.attn_norm(x)
+        q, k, v = (p(y).view(b, s, self.heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q, k = self._rotate(q), self._rotate(k)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + self.mask
+        x = x + self.o(torch.matmul(torch.softmax(scores, -1), v).transpose(1, 2).reshape(b, s, h))
+        y = self.mlp_norm(x)
+        return x + self.down(F.silu(self.gate(y)) * self.up(y))
+
+
 # ------------------------------------------------------------------------------------------ registry
 
 def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
@@ -349,6 +458,41 @@ def lstm_classifier(batch: int = 1):
     return _seeded(LSTMClassifier), torch.randn(batch, 64, 128, generator=torch.Generator().manual_seed(SEED))
 
 
+def gru_classifier(batch: int = 1):
+    return _seeded(GRUClassifier), torch.randn(batch, 64, 128, generator=torch.Generator().manual_seed(SEED))
+
+
+def _vit(cfg: ViTConfig, batch: int):
+    def build():
+        m = ViT(cfg)
+        _init_bert(m)
+        with torch.no_grad():
+            m.cls.normal_(std=0.02)
+            m.pos.normal_(std=0.02)
+        return m
+
+    return _seeded(build), torch.randn(batch, 3, cfg.image, cfg.image, generator=torch.Generator().manual_seed(SEED))
+
+
+def vit_base(batch: int = 1):
+    return _vit(ViTConfig(), batch)
+
+
+def vit_tiny(batch: int = 1):
+    return _vit(ViTConfig(image=32, patch=8, hidden=64, layers=2, heads=4, ffn=128, classes=10), batch)
+
+
+def llama_block(batch: int = 1):
+    def build():
+        m = LlamaBlock()
+        _init_bert(m)
+        for norm in (m.attn_norm, m.mlp_norm):
+            nn.init.uniform_(norm.weight, 0.8, 1.2)
+        return m
+
+    return _seeded(build), torch.randn(batch, 64, 512, generator=torch.Generator().manual_seed(SEED))
+
+
 def mlp(batch: int = 1):
     m = _seeded(lambda: nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                                       nn.Linear(512, 10)))
@@ -366,6 +510,10 @@ MODELS: dict[str, Callable[..., tuple[nn.Module, torch.Tensor]]] = {
     "gpt2_small": gpt2_small,  # 12 layers, 768 wide, seq 64, logits over 50257 tokens
     "gpt2_tiny": gpt2_tiny,  # 2 layers, 64 wide: a fast stand-in for tests
     "lstm_classifier": lstm_classifier,  # seq 64 x 128 features -> LSTM(256) -> 10 classes
+    "gru_classifier": gru_classifier,  # the same with a GRU
+    "vit_base": vit_base,  # ViT-B/16 at 224x224
+    "vit_tiny": vit_tiny,  # 2 layers, 64 wide, 32x32 images: a fast stand-in for tests
+    "llama_block": llama_block,  # one LLaMA-style decoder block: RMSNorm, rotary embeddings, SwiGLU, seq 64 x 512
 }
 
 INPUT_NAME = "input"

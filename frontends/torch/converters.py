@@ -72,6 +72,11 @@ for _t, _op in {aten.add.Tensor: ops.add, aten.sub.Tensor: ops.sub, aten.mul.Ten
     CONVERTERS[_t] = _binary(_op)
 
 
+@converter(aten.rsqrt.default)
+def rsqrt(b, self):
+    return b.emit(ops.reciprocal, [b.emit(ops.sqrt, [self])])
+
+
 @converter(aten.rsub.Scalar)
 def rsub(b, self, other, alpha=1):
     return b.emit(ops.sub, [_scalar(b, other, self), b.emit(ops.mul, [self, np.asarray(alpha, b.type(self).dtype)])
