@@ -42,7 +42,7 @@ def pipeline(opt_level: int = 2, target: str = "cpu") -> list[Pass]:
         passes += CLEANUPS
     if opt_level >= 2:
         passes += OPTIMIZATIONS
-    if target == "cpu":
+    if target in ("cpu", "llvm"):
         passes.append(pack_weights)  # the CPU kernels need packed weights at every level
     if opt_level >= 2:
         passes.append(fuse)  # last: it groups the final ops into kernels
