@@ -56,7 +56,27 @@ UNARY = {
     "sin": (np.sin, topi.sin),
     "cos": (np.cos, topi.cos),
     "reciprocal": (_keep(lambda x: 1.0 / x), lambda x: topi.divide(te.const(1, x.dtype), x)),
+    "sign": (np.sign, topi.sign),
+    "round": (np.round, lambda x: te.compute(x.shape, lambda *i: te.nearbyint(x(*i)), name="round")),  # half even
+    "tan": (np.tan, topi.tan),
+    "asin": (np.arcsin, topi.asin),
+    "acos": (np.arccos, topi.acos),
+    "atan": (np.arctan, topi.atan),
+    "sinh": (np.sinh, lambda x: (topi.exp(x) - topi.exp(topi.negative(x))) * 0.5),  # no LLVM sinh/cosh intrinsic
+    "cosh": (np.cosh, lambda x: (topi.exp(x) + topi.exp(topi.negative(x))) * 0.5),
+    "asinh": (np.arcsinh, topi.asinh),
+    "acosh": (np.arccosh, topi.acosh),
+    "atanh": (np.arctanh, topi.atanh),
+    "logical_not": (np.logical_not, topi.logical_not),
+    "bitwise_not": (np.invert, topi.bitwise_not),
 }
+
+def _pow_lower(a, b):
+    if str(a.dtype).startswith("float"):
+        return topi.power(a, b)
+    # integer powers: TVM's power is float-only; float64 is exact for the results that fit the integer type
+    return topi.cast(topi.round(topi.power(topi.cast(a, "float64"), topi.cast(b, "float64"))), a.dtype)
+
 
 # name: (numpy reference, TE lowering)
 BINARY = {
@@ -66,7 +86,15 @@ BINARY = {
     "div": (lambda a, b: (a / b).astype(a.dtype) if a.dtype.kind == "f" else np.floor_divide(a, b), topi.divide),
     "maximum": (np.maximum, topi.maximum),
     "minimum": (np.minimum, topi.minimum),
-    "pow": (lambda a, b: np.power(a, b).astype(a.dtype), topi.power),
+    "pow": (lambda a, b: np.power(a, b).astype(a.dtype), _pow_lower),
+    "logical_and": (np.logical_and, topi.logical_and),
+    "logical_or": (np.logical_or, topi.logical_or),
+    "logical_xor": (np.logical_xor, topi.logical_xor),
+    "bitwise_and": (np.bitwise_and, topi.bitwise_and),
+    "bitwise_or": (np.bitwise_or, topi.bitwise_or),
+    "bitwise_xor": (np.bitwise_xor, topi.bitwise_xor),
+    "left_shift": (np.left_shift, topi.left_shift),
+    "right_shift": (np.right_shift, topi.right_shift),
 }
 
 for _name, (_ref, _te) in UNARY.items():
@@ -80,15 +108,28 @@ for _name, (_ref, _te) in BINARY.items():
                              lower=lambda a, b, _f=_te: _f(a, b))
 
 
+def _clip_bounds(dtype, lo, hi):
+    """Bounds representable in `dtype` (infinite ones clamp to an integer type's range)."""
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        return int(np.clip(lo, info.min, info.max)), int(np.clip(hi, info.min, info.max))
+    return lo, hi
+
+
+def _clip_ref(x, *, min, max):
+    lo, hi = _clip_bounds(x.dtype, min, max)
+    return np.minimum(np.maximum(x, x.dtype.type(lo)), x.dtype.type(hi))  # min > max gives max, as ONNX says
+
+
 def _clip_lower(x, *, min, max):
-    lo = te.const(min, x.dtype)
-    hi = te.const(max, x.dtype)
-    return te.compute(x.shape, lambda *i: te.max(te.min(x(*i), hi), lo), name="clip")
+    lo, hi = _clip_bounds(str(x.dtype), min, max)
+    lo, hi = te.const(lo, x.dtype), te.const(hi, x.dtype)
+    return te.compute(x.shape, lambda *i: te.min(te.max(x(*i), lo), hi), name="clip")
 
 
 clip = defop("clip", FusionKind.ELEMWISE, infer=same_type,
              attrs={"min": Attr("float", -math.inf), "max": Attr("float", math.inf)},
-             reference=lambda x, *, min, max: np.clip(x, min, max).astype(x.dtype),
+             reference=_clip_ref,
              lower=_clip_lower)
 
 leaky_relu = defop("leaky_relu", FusionKind.ELEMWISE, infer=same_type, attrs={"alpha": Attr("float", 0.01)},
@@ -108,8 +149,64 @@ def _compare_infer(types):
     return TensorType(broadcast_types(types).shape, "bool")
 
 
-equal = defop("equal", FusionKind.BROADCAST, infer=_compare_infer, arity=(2, 2),
-              reference=lambda a, b: np.asarray(np.equal(a, b)), lower=lambda a, b: topi.equal(a, b))
+# name: (numpy reference, TE lowering); all return bool
+COMPARE = {
+    "equal": (np.equal, topi.equal),
+    "less": (np.less, topi.less),
+    "greater": (np.greater, topi.greater),
+    "less_equal": (np.less_equal, topi.less_equal),
+    "greater_equal": (np.greater_equal, topi.greater_equal),
+}
+for _name, (_ref, _te) in COMPARE.items():
+    globals()[_name] = defop(_name, FusionKind.BROADCAST, infer=_compare_infer, arity=(2, 2),
+                             reference=lambda a, b, _f=_ref: np.asarray(_f(a, b)), lower=lambda a, b, _f=_te: _f(a, b))
+
+
+def _float_test_infer(types):
+    if not types[0].dtype.startswith("float"):
+        fail(f"expects a float tensor, got {types[0]}")
+    return TensorType(types[0].shape, "bool")
+
+
+isnan = defop("isnan", FusionKind.ELEMWISE, infer=_float_test_infer, reference=lambda x: np.isnan(x),
+              lower=lambda x: topi.isnan(x))
+isinf = defop("isinf", FusionKind.ELEMWISE, infer=_float_test_infer, reference=lambda x: np.isinf(x),
+              lower=lambda x: topi.isinf(x))
+
+
+def _mod_ref(a, b, *, fmod):
+    with np.errstate(all="ignore"):
+        if fmod:
+            return np.fmod(a, b)
+        if a.dtype.kind in "iu":  # integer division by zero: numpy gives 0, so do the kernels' guards
+            return np.mod(a, np.where(b == 0, 1, b)) * (b != 0)
+        return np.mod(a, b)
+
+
+def _mod_lower(a, b, *, fmod):
+    floating = str(a.dtype).startswith("float")
+
+    def f(*i):
+        x, y = a(*[i[len(i) - len(a.shape) + k] if a.shape[k] != 1 else 0 for k in range(len(a.shape))]), \
+               b(*[i[len(i) - len(b.shape) + k] if b.shape[k] != 1 else 0 for k in range(len(b.shape))])
+        if floating:
+            # fmod: truncated (sign of x); mod: floored (sign of y)
+            r = x - te.trunc(x / y) * y  # C fmod (LLVM has no fmod intrinsic)
+            if fmod:
+                return r
+            zero = te.const(0, a.dtype)
+            return te.if_then_else(te.any(te.all(r < zero, y > zero), te.all(r > zero, y < zero)), r + y, r)  # floored, numpy.mod
+        safe = te.if_then_else(y == te.const(0, a.dtype), te.const(1, a.dtype), y)
+        r = te.truncmod(x, safe) if fmod else te.floormod(x, safe)
+        return te.if_then_else(y == te.const(0, a.dtype), te.const(0, a.dtype), r)
+
+    shape = [int(d) for d in np.broadcast_shapes(tuple(int(d) for d in a.shape), tuple(int(d) for d in b.shape))]
+    return te.compute(shape, f, name="mod")
+
+
+mod = defop("mod", FusionKind.BROADCAST, infer=lambda types, *, fmod: broadcast_types(types), attrs={"fmod": Attr("bool", False)}, arity=(2, 2),
+            reference=lambda a, b, *, fmod: np.asarray(_mod_ref(a, b, fmod=fmod)).astype(a.dtype),
+            lower=_mod_lower, doc="Remainder: fmod=True truncated (C fmod, sign of a), else floored (sign of b).")
 
 
 def _where_infer(types):

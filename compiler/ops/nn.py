@@ -24,7 +24,10 @@ CONV_ATTRS = {
 
 def conv_out_size(size, k, stride, pad_begin, pad_end, dilation, ceil=False):
     span = size + pad_begin + pad_end - dilation * (k - 1) - 1
-    return (-(-span // stride) if ceil else span // stride) + 1
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (out - 1) * stride >= size + pad_begin:
+        out -= 1  # ceil mode never starts a window in the end padding
+    return out
 
 
 def _conv2d_infer(types, *, strides, pads, dilations, groups):
@@ -340,3 +343,84 @@ layer_norm = defop("layer_norm", FusionKind.REDUCTION, infer=_layer_norm_infer,
                    attrs={"axis": Attr("int"), "epsilon": Attr("float", 1e-5)}, arity=(2, 3),
                    reference=_layer_norm_ref, lower=_layer_norm_lower,
                    doc="(x - mean) / sqrt(var + epsilon) * scale + bias over axes axis..rank-1 (biased variance).")
+
+
+def _log_softmax_ref(x, *, axis):
+    x64 = x.astype(np.float64)
+    m = x64.max(axis=axis, keepdims=True)
+    return (x64 - m - np.log(np.exp(x64 - m).sum(axis=axis, keepdims=True))).astype(x.dtype)
+
+
+log_softmax = defop("log_softmax", FusionKind.REDUCTION, infer=_softmax_infer, attrs={"axis": Attr("int")},
+                    reference=_log_softmax_ref, lower=lambda x, *, axis: topi.nn.log_softmax(x, axis))
+
+
+def _einsum_parse(equation, types):
+    lhs, _, rhs = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(types) or "." in equation:
+        fail(f"equation {equation!r} does not fit {len(types)} inputs (ellipses are not supported)")
+    sizes = {}
+    for term, t in zip(terms, types):
+        if len(term) != t.rank:
+            fail(f"term {term!r} does not match {t}")
+        for ch, d in zip(term, t.shape):
+            if sizes.setdefault(ch, d) != d:
+                fail(f"index {ch!r} has sizes {sizes[ch]} and {d}")
+    if not _:  # implicit output: the indices that appear once, sorted
+        rhs = "".join(sorted(ch for ch in sizes if lhs.count(ch) == 1))
+    return terms, rhs, sizes
+
+
+def _einsum_infer(types, *, equation):
+    if len({t.dtype for t in types}) != 1:
+        fail("operands have different dtypes")
+    _, rhs, sizes = _einsum_parse(equation, types)
+    return TensorType([sizes[ch] for ch in rhs], types[0].dtype)
+
+
+def _einsum_lower(*xs, equation):
+    types = [TensorType([int(d) for d in x.shape], str(x.dtype)) for x in xs]
+    terms, rhs, sizes = _einsum_parse(equation, types)
+    summed = [ch for ch in sizes if ch not in rhs]
+    raxes = {ch: te.reduce_axis((0, sizes[ch]), name=f"r{ch}") for ch in summed}
+
+    def f(*out):
+        env = dict(zip(rhs, out), **raxes)
+        prod = None
+        for term, x in zip(terms, xs):
+            v = x(*[env[ch] for ch in term])
+            prod = v if prod is None else prod * v
+        return te.sum(prod, axis=list(raxes.values())) if raxes else prod
+
+    return te.compute([sizes[ch] for ch in rhs], f, name="einsum")
+
+
+einsum = defop("einsum", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_einsum_infer, attrs={"equation": Attr("str")},
+               arity=(1, -1), reference=lambda *xs, equation: np.asarray(np.einsum(equation, *xs)).astype(xs[0].dtype),
+               lower=_einsum_lower, doc="numpy.einsum without ellipses: one te.compute, summing the absent indices.")
+
+
+def _topk_infer(types, *, k, axis, largest):
+    (x,) = types
+    if not 0 <= axis < x.rank or not 0 <= k <= x.shape[axis]:
+        fail(f"k={k}, axis={axis} do not fit {x}")
+    shape = tuple(k if i == axis else d for i, d in enumerate(x.shape))
+    return [TensorType(shape, x.dtype), TensorType(shape, "int64")]
+
+
+def _topk_ref(x, *, k, axis, largest):
+    n = x.shape[axis]
+    if largest:  # descending, equal values keep the lower index first: a stable sort of the reversed axis
+        idx = np.flip(n - 1 - np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
+    else:
+        idx = np.argsort(x, axis=axis, kind="stable")
+    idx = np.take(idx, np.arange(k), axis=axis)
+    return np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)
+
+
+topk = defop("topk", FusionKind.OPAQUE, infer=_topk_infer,
+             attrs={"k": Attr("int"), "axis": Attr("int"), "largest": Attr("bool", True)},
+             reference=_topk_ref,
+             lower=lambda x, *, k, axis, largest: tuple(topi.topk(x, k, axis, "both", not largest, "int64")),
+             doc="The k largest (or smallest) values along `axis` and their int64 indices, ties by lower index.")

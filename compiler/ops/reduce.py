@@ -40,3 +40,81 @@ reduce_sum = defop("reduce_sum", FusionKind.REDUCTION, infer=_reduce_infer, attr
                    lower=lambda x, *, axes, keepdims: topi.sum(x, axis=list(axes), keepdims=keepdims))
 reduce_mean = defop("reduce_mean", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
                     reference=_mean_ref, lower=_mean_lower)
+
+
+def _extreme_ref(fn):
+    def ref(x, *, axes, keepdims):
+        return np.asarray(fn(x, axis=tuple(axes), keepdims=keepdims)).astype(x.dtype)
+
+    return ref
+
+
+reduce_max = defop("reduce_max", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
+                   reference=_extreme_ref(np.max),
+                   lower=lambda x, *, axes, keepdims: topi.max(x, axis=list(axes), keepdims=keepdims))
+reduce_min = defop("reduce_min", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
+                   reference=_extreme_ref(np.min),
+                   lower=lambda x, *, axes, keepdims: topi.min(x, axis=list(axes), keepdims=keepdims))
+reduce_prod = defop("reduce_prod", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
+                    reference=_extreme_ref(np.prod),
+                    lower=lambda x, *, axes, keepdims: topi.prod(x, axis=list(axes), keepdims=keepdims))
+
+ARG_ATTRS = {"axis": Attr("int"), "keepdims": Attr("bool", True), "select_last_index": Attr("bool", False)}
+
+
+def _arg_infer(types, *, axis, keepdims, select_last_index):
+    (t,) = types
+    if not 0 <= axis < t.rank:
+        fail(f"axis {axis} out of range for {t}")
+    shape = [1 if i == axis else d for i, d in enumerate(t.shape)] if keepdims else \
+        [d for i, d in enumerate(t.shape) if i != axis]
+    return TensorType(shape, "int64")
+
+
+def _arg_ref(fn):
+    def ref(x, *, axis, keepdims, select_last_index):
+        if select_last_index:
+            idx = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
+        else:
+            idx = fn(x, axis=axis)
+        return np.asarray(np.expand_dims(idx, axis) if keepdims else idx, np.int64)
+
+    return ref
+
+
+def _arg_lower(fn):
+    def lower(x, *, axis, keepdims, select_last_index):
+        return topi.cast(fn(x, axis=axis, keepdims=keepdims, select_last_index=select_last_index), "int64")
+
+    return lower
+
+
+argmax = defop("argmax", FusionKind.REDUCTION, infer=_arg_infer, attrs=ARG_ATTRS, reference=_arg_ref(np.argmax),
+               lower=_arg_lower(topi.argmax), doc="Index of the first (or last) maximum along `axis`, int64.")
+argmin = defop("argmin", FusionKind.REDUCTION, infer=_arg_infer, attrs=ARG_ATTRS, reference=_arg_ref(np.argmin),
+               lower=_arg_lower(topi.argmin), doc="Index of the first (or last) minimum along `axis`, int64.")
+
+
+def _cumsum_infer(types, *, axis, exclusive, reverse):
+    if not 0 <= axis < types[0].rank:
+        fail(f"axis {axis} out of range for {types[0]}")
+    return types[0]
+
+
+def _cumsum_ref(x, *, axis, exclusive, reverse):
+    y = np.flip(x, axis) if reverse else x
+    s = np.cumsum(y, axis=axis, dtype=x.dtype)
+    if exclusive:
+        s = s - y
+    return np.ascontiguousarray(np.flip(s, axis) if reverse else s)
+
+
+def _cumsum_lower(x, *, axis, exclusive, reverse):
+    y = topi.flip(x, axis) if reverse else x
+    s = topi.cumsum(y, axis=axis, exclusive=exclusive)
+    return topi.flip(s, axis) if reverse else s
+
+
+cumsum = defop("cumsum", FusionKind.OPAQUE, infer=_cumsum_infer,
+               attrs={"axis": Attr("int"), "exclusive": Attr("bool", False), "reverse": Attr("bool", False)},
+               reference=_cumsum_ref, lower=_cumsum_lower, doc="Cumulative sum along `axis` (ONNX CumSum).")

@@ -127,3 +127,66 @@ def _broadcast_to_infer(types, *, shape):
 broadcast_to = defop("broadcast_to", FusionKind.BROADCAST, infer=_broadcast_to_infer, attrs={"shape": Attr("ints")},
                      reference=lambda x, *, shape: np.ascontiguousarray(np.broadcast_to(x, shape)),
                      lower=lambda x, *, shape: topi.broadcast_to(x, shape))
+
+
+def _gather_elements_infer(types, *, axis):
+    data, idx = types
+    if not 0 <= axis < data.rank or idx.rank != data.rank or idx.dtype not in ("int64", "int32"):
+        fail(f"indices {idx} do not fit data {data} at axis {axis}")
+    return TensorType(idx.shape, data.dtype)
+
+
+def _gather_elements_ref(data, idx, *, axis):
+    return np.take_along_axis(data, np.where(idx < 0, idx + data.shape[axis], idx), axis=axis)
+
+
+def _gather_elements_lower(data, idx, *, axis):
+    def f(*i):
+        j = idx(*i)
+        j = te.if_then_else(j < 0, j + data.shape[axis], j)
+        return data(*[j if k == axis else v for k, v in enumerate(i)])
+
+    return te.compute(idx.shape, f, name="gather_elements")
+
+
+gather_elements = defop("gather_elements", FusionKind.INJECTIVE, infer=_gather_elements_infer,
+                        attrs={"axis": Attr("int", 0)}, arity=(2, 2), reference=_gather_elements_ref,
+                        lower=_gather_elements_lower, doc="out[i][j][k] = data[idx[i][j][k]][j][k] for axis 0.")
+
+
+def _gather_nd_infer(types, *, batch_dims):
+    data, idx = types
+    m = idx.shape[-1] if idx.rank else 0
+    if idx.dtype not in ("int64", "int32") or idx.rank < 1 or batch_dims + m > data.rank:
+        fail(f"indices {idx} do not fit data {data}")
+    return TensorType(idx.shape[:-1] + data.shape[batch_dims + m:], data.dtype)
+
+
+def _gather_nd_ref(data, idx, *, batch_dims):
+    b = int(np.prod(data.shape[:batch_dims]))
+    d = data.reshape((b,) + data.shape[batch_dims:])
+    ix = idx.reshape((b, -1, idx.shape[-1]))
+    out = np.stack([d[i][tuple(np.where(ix[i] < 0, ix[i] + np.array(d.shape[1:1 + idx.shape[-1]]), ix[i]).T)]
+                    for i in range(b)])
+    return out.reshape(idx.shape[:-1] + data.shape[batch_dims + idx.shape[-1]:])
+
+
+def _gather_nd_lower(data, idx, *, batch_dims):
+    m = int(idx.shape[-1])
+    out_shape = list(idx.shape[:-1]) + list(data.shape[batch_dims + m:])
+    nidx = len(idx.shape) - 1
+
+    def f(*i):
+        pre, rest = i[:nidx], i[nidx:]
+        coords = []
+        for j in range(m):
+            c = idx(*pre, j)
+            coords.append(te.if_then_else(c < 0, c + data.shape[batch_dims + j], c))
+        return data(*pre[:batch_dims], *coords, *rest)
+
+    return te.compute(out_shape, f, name="gather_nd")
+
+
+gather_nd = defop("gather_nd", FusionKind.INJECTIVE, infer=_gather_nd_infer, attrs={"batch_dims": Attr("int", 0)},
+                  arity=(2, 2), reference=_gather_nd_ref, lower=_gather_nd_lower,
+                  doc="ONNX GatherND: the last index axis addresses the leading data axes after batch_dims.")

@@ -25,11 +25,28 @@ from .converters import CONVERTERS, lookup_converter
 Ref = Value | np.ndarray | None  # what a converter receives for each input
 
 
+# The element types our kernels compute in; the others (strings, bfloat16, float8, 4- and 2-bit types, complex)
+# are refused with a FrontendError naming the type.
+SUPPORTED_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                              "float16", "float32", "float64"})
+
+
 def onnx_dtype(elem_type: int) -> str:
     try:
-        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
+        name = str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
     except Exception:
-        raise FrontendError(f"unsupported ONNX element type {helper.tensor_dtype_to_string(elem_type)}") from None
+        name = None
+    if name not in SUPPORTED_DTYPES:
+        raise FrontendError(f"unsupported ONNX element type {helper.tensor_dtype_to_string(elem_type)}; supported: "
+                            f"{', '.join(sorted(SUPPORTED_DTYPES))}")
+    return name
+
+
+def check_array_dtype(x: np.ndarray, what: str) -> np.ndarray:
+    if str(x.dtype) not in SUPPORTED_DTYPES:
+        raise FrontendError(f"{what} has the unsupported element type {x.dtype}; supported: "
+                            f"{', '.join(sorted(SUPPORTED_DTYPES))}")
+    return x
 
 
 class Builder:
@@ -175,7 +192,10 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
     for init in proto.graph.initializer:
         try:
             env[init.name] = np.asarray(numpy_helper.to_array(init), order="C")
+            check_array_dtype(env[init.name], f"initializer {init.name!r}")
             b.names[id(env[init.name])] = init.name
+        except FrontendError:
+            raise
         except Exception as e:
             raise FrontendError(f"initializer {init.name!r} cannot be read ({e})") from None
     graph_inputs = [vi for vi in proto.graph.input if vi.name not in env]
@@ -207,6 +227,9 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
                 raise
             raise b.error(f"unexpected inputs or attributes ({e})") from None
         results = list(result) if isinstance(result, (list, tuple)) else [result]
+        for r in results:
+            if isinstance(r, np.ndarray):
+                check_array_dtype(r, f"ONNX node {b.node_name!r} ({node.op_type}): the value")
         for i, name in enumerate(node.output):
             if name == "":
                 continue

@@ -110,6 +110,15 @@ def _specialize(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.M
     return m
 
 
+def _as_array(x):
+    """Data-set values as arrays: numpy scalars become 0-d arrays, TensorProtos (types numpy lacks) are read."""
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    if isinstance(x, onnx.TensorProto):
+        return numpy_helper.to_array(x)
+    return x
+
+
 def _compare(got: list, expected: list, rtol: float, atol: float) -> str:
     """'' when all outputs match, else what differs."""
     if len(got) != len(expected):
@@ -171,7 +180,8 @@ class Runner:
     def _run_data_set(self, case, inputs, expected):
         model = case.model
         names = [vi.name for vi in model.graph.input if vi.name not in {i.name for i in model.graph.initializer}]
-        feeds = dict(zip(names, inputs))
+        feeds = dict(zip(names, map(_as_array, inputs)))
+        expected = [_as_array(e) for e in expected]
         for name, v in feeds.items():
             if not isinstance(v, np.ndarray):
                 return "unsupported", f"input {name!r} is a {type(v).__name__}, not a tensor", ()

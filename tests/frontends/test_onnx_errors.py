@@ -37,15 +37,15 @@ def test_every_unsupported_op_is_listed_at_once():
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="ok"),
              helper.make_node("Hardmax", ["a"], ["b"], name="hm1"),
              helper.make_node("Hardmax", ["b"], ["c"], name="hm2"),
-             helper.make_node("Celu", ["c"], ["y"], name="celu")]
+             helper.make_node("LpNormalization", ["c"], ["y"], name="lpn")]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(UnsupportedOpError) as e:
         from_onnx(model)
     msg = str(e.value)
     assert "2 unsupported op type(s)" in msg
     assert "Hardmax (opset 17): hm1, hm2" in msg
-    assert "Celu (opset 17): celu" in msg
-    assert {(op, names[0]) for op, _, names in e.value.unsupported} == {("Hardmax", "hm1"), ("Celu", "celu")}
+    assert "LpNormalization (opset 17): lpn" in msg
+    assert {(op, names[0]) for op, _, names in e.value.unsupported} == {("Hardmax", "hm1"), ("LpNormalization", "lpn")}
 
 
 def test_custom_domain_op_is_unsupported():
@@ -104,8 +104,8 @@ def test_errors_share_one_base_class():
         assert issubclass(cls, TensorForgeError)
 
 
-def test_only_2d_conv():
-    x = np.zeros((1, 2, 9), np.float32)
-    model = single_op_model("Conv", {"x": x}, const_inputs={"w": np.zeros((3, 2, 3), np.float32)})
-    with pytest.raises(FrontendError, match=r"only 2-D \(NCHW\) input is supported, got f32\[1,2,9\]"):
+def test_only_1d_and_2d_conv():
+    x = np.zeros((1, 2, 5, 5, 5), np.float32)
+    model = single_op_model("Conv", {"x": x}, const_inputs={"w": np.zeros((3, 2, 3, 3, 3), np.float32)})
+    with pytest.raises(FrontendError, match=r"only 1-D and 2-D \(NCW, NCHW\) input is supported, got f32\[1,2,5,5,5\]"):
         from_onnx(model)

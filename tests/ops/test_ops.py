@@ -76,6 +76,40 @@ CASES = [
     ("where", [rng.random((3, 1, 5)) > 0.5, rand(4, 5), rand(3, 4, 1)], {}, ()),
     ("take", [rand(5, 6), np.array([[0, 4], [2, 2]], np.int64)], {"axis": 0}, (1,)),
     ("take", [rand(5, 6), np.array([5, -1, 0], np.int64)], {"axis": 1}, ()),
+    *[(op, [rand(3, 17)], {}, ()) for op in ("sign", "round", "tan", "atan", "sinh", "cosh", "asinh")],
+    *[(op, [rand(3, 17, lo=-0.9, hi=0.9)], {}, ()) for op in ("asin", "acos", "atanh")],
+    ("acosh", [rand(3, 17, lo=1.0, hi=4.0)], {}, ()),
+    ("isnan", [np.array([1.0, np.nan, -np.inf, 0.0], np.float32)], {}, ()),
+    ("isinf", [np.array([1.0, np.nan, -np.inf, np.inf], np.float32)], {}, ()),
+    ("logical_not", [rng.random((3, 5)) > 0.5], {}, ()),
+    *[(op, [rng.random((3, 5)) > 0.5, rng.random((5,)) > 0.5], {}, ())
+      for op in ("logical_and", "logical_or", "logical_xor")],
+    ("bitwise_not", [rng.integers(-50, 50, (3, 5)).astype(np.int32)], {}, ()),
+    *[(op, [rng.integers(-50, 50, (3, 5)).astype(np.int32), rng.integers(-50, 50, (5,)).astype(np.int32)], {}, ())
+      for op in ("bitwise_and", "bitwise_or", "bitwise_xor")],
+    *[(op, [rng.integers(0, 1000, (3, 5)).astype(np.uint32), rng.integers(0, 8, (5,)).astype(np.uint32)], {}, ())
+      for op in ("left_shift", "right_shift")],
+    *[(op, [rand(4, 5).round(), rand(5).round()], {}, ())
+      for op in ("less", "greater", "less_equal", "greater_equal")],
+    ("mod", [rng.integers(-20, 20, (4, 5)).astype(np.int64), np.array([3, -3, 7, -2, 5], np.int64)], {}, ()),
+    ("mod", [rand(4, 5, lo=-9, hi=9), np.array([3, -3, 7, -2, 5], np.float32)], {"fmod": True}, ()),
+    ("mod", [rand(4, 5, lo=-9, hi=9), np.array([3, -3, 7, -2, 5], np.float32)], {"fmod": False}, ()),
+    ("reduce_max", [rand(4, 5, 6)], {"axes": (1,), "keepdims": True}, ()),
+    ("reduce_min", [rand(4, 5, 6)], {"axes": (0, 2), "keepdims": False}, ()),
+    ("reduce_prod", [rand(4, 5, 3, lo=0.5, hi=1.5)], {"axes": (2,)}, ()),
+    ("argmax", [rand(4, 7)], {"axis": 1}, ()),
+    ("argmin", [np.array([[1, 0, 0, 1], [2, 2, 1, 1]], np.float32)], {"axis": 1, "keepdims": False,
+                                                                        "select_last_index": True}, ()),
+    ("cumsum", [rand(3, 6)], {"axis": 1}, ()),
+    ("cumsum", [rand(3, 6)], {"axis": 0, "exclusive": True, "reverse": True}, ()),
+    ("log_softmax", [rand(3, 10, 4)], {"axis": 1}, ()),
+    ("einsum", [rand(2, 3, 4), rand(2, 4, 5)], {"equation": "bij,bjk->bik"}, ()),
+    ("einsum", [rand(3, 3)], {"equation": "ii->i"}, ()),
+    ("topk", [rand(3, 9)], {"k": 4, "axis": 1}, ()),
+    ("topk", [rand(6, 2)], {"k": 2, "axis": 0, "largest": False}, ()),
+    ("gather_elements", [rand(3, 4), np.array([[0, 2, -1, 1], [2, 2, 0, 0]], np.int64)], {"axis": 0}, ()),
+    ("gather_nd", [rand(3, 4, 5), np.array([[0, 1], [2, -1]], np.int64)], {}, ()),
+    ("gather_nd", [rand(2, 3, 4), np.array([[1], [0]], np.int64)], {"batch_dims": 1}, ()),
 ]
 
 
