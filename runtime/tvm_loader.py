@@ -52,6 +52,13 @@ def init_runtime(num_threads: int | None = None) -> None:
         ctypes.CDLL(path, ctypes.RTLD_GLOBAL)
     except OSError as e:
         raise ArtifactError(f"cannot load TVM's runtime library {path}: {e}") from None
+    # the extra runtime holds the library kernels some ops call (sort and top-k: tvm.contrib.sort.*)
+    extra = os.path.join(os.path.dirname(path), "libtvm_runtime_extra.so")
+    if os.path.exists(extra):
+        try:
+            ctypes.CDLL(extra, ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass  # only models that use those ops need it; their kernels will say so
     _loaded = True
 
 

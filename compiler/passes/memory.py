@@ -119,7 +119,7 @@ def check_plan(tensors: list[Tensor], plan: MemoryPlan, alignment: int = ALIGNME
             raise PlanError(f"tensor {t.id} at offset {off} is not {alignment}-byte aligned")
         if off < 0 or off + t.nbytes > plan.arena_bytes:
             raise PlanError(f"tensor {t.id} [{off}, {off + t.nbytes}) lies outside the arena of {plan.arena_bytes}")
-    ordered = sorted(tensors, key=lambda t: plan.offsets[t.id])
+    ordered = sorted((t for t in tensors if t.nbytes), key=lambda t: plan.offsets[t.id])  # empty ones hold no bytes
     for i, a in enumerate(ordered):
         a_end = plan.offsets[a.id] + a.nbytes
         for b in ordered[i + 1:]:

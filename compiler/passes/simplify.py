@@ -86,6 +86,19 @@ def _sink_reshape(r: Rewrite, n):
     return None
 
 
+def _empty(r: Rewrite, n):
+    """A result with no elements is a constant: no kernel ever runs on zero-size tensors."""
+    out = n.outputs[0]
+    return r.param(np.zeros(out.type.shape, out.type.dtype), "empty") if out.type.numel == 0 else None
+
+
+def _drop_empty_concat_inputs(r: Rewrite, n):
+    keep = [v for v in n.inputs if v.type.numel > 0]
+    if len(keep) == len(n.inputs) or not keep:
+        return None
+    return keep[0] if len(keep) == 1 else r.emit(ops.concat, keep, **n.attrs)
+
+
 RULES = [
     (ops.reshape, lambda r, n: n.inputs[0] if n.inputs[0].type == n.outputs[0].type else None),  # reshape(x, shape(x)) -> x
     (ops.reshape, _merge_reshapes),  # reshape(reshape(x)) -> reshape(x)
@@ -103,8 +116,9 @@ RULES = [
     (ops.concat, lambda r, n: n.inputs[0] if len(n.inputs) == 1 else None),  # concat(x) -> x
     (ops.pad, lambda r, n: n.inputs[0] if not any(n.attrs["pads"]) else None),  # pad(x, 0) -> x
     (ops.clip, lambda r, n: n.inputs[0] if n.attrs["min"] == -np.inf and n.attrs["max"] == np.inf else None),
+    (ops.concat, _drop_empty_concat_inputs),  # concat(x, empty) -> x
 ] + [(op, _sink_reshape) for op in OPS.values() if op.kind <= FusionKind.BROADCAST and len(op.attrs) == 0
-     or op in (ops.clip, ops.leaky_relu)]
+     or op in (ops.clip, ops.leaky_relu)] + [(op, _empty) for op in OPS.values()]
 
 
 def simplify(g: Graph) -> Graph:

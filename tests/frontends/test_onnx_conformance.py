@@ -15,13 +15,8 @@ from tests.frontends import onnx_conformance as conf
 
 PASS_FLOOR = 1090  # raise it as support grows
 
-# Cases that still crash, with the reason; the test fails if one of them starts passing or others crash.
-KNOWN_CRASHES = {
-    # zero-size tensors at run time: the runtime calls a kernel on a 0-element input
-    "test_slice_start_out_of_bounds", "test_tril_zero",
-    # memory planner: two live tensors share bytes (compiler/passes/memory.py)
-    "test_causal_conv_with_state_kernel_size_one_expanded",
-}
+# Cases that still crash, with the reason; the test fails if others crash.
+KNOWN_CRASHES: set[str] = set()
 
 # Base cases of REQUIRED_OPS outside our scope, by reason (regex on the case name). They must be `unsupported`.
 EXCLUDED = {

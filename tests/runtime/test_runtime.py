@@ -173,3 +173,24 @@ def test_save_into_missing_directory(cnn, tmp_path):
 
 def test_error_hierarchy():
     assert issubclass(ArtifactError, TensorForgeError) and issubclass(InputError, TensorForgeError)
+
+
+def test_library_kernels_run_without_the_compiler(tmp_path):
+    """TopK's kernel calls TVM's sort library (libtvm_runtime_extra.so): it must work in a runtime-only process."""
+    from tests.support import single_op_model
+
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    model = compile_model(single_op_model("TopK", {"x": x}, n_outputs=2, const_inputs={"k": np.array([2], np.int64)}))
+    path = tmp_path / "topk.tfa"
+    model.save(path)
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, runtime
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        values, indices = runtime.load({str(path)!r}).run({{"x": x}})
+        assert np.allclose(values, -np.sort(-x, axis=1)[:, :2]), values
+        assert "tvm" not in sys.modules
+        print("OK")
+    """)
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
