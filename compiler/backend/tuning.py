@@ -100,8 +100,12 @@ class TuningDatabase:
         return self._ms
 
     def lookup(self, spec: KernelSpec, func=None):
-        """The tuned PrimFunc for this kernel, or None. `func` is its canonical (unscheduled) PrimFunc, if built."""
-        if not self.usable or not self.exists() or spec.key() not in self.index():
+        """The tuned PrimFunc for this kernel, or None. `func` is its canonical (unscheduled) PrimFunc, if built.
+        A record that measured slower than our default schedule is not used."""
+        entry = self.index().get(spec.key()) if self.usable and self.exists() else None
+        if entry is None or not entry.get("best_us"):
+            return None
+        if entry.get("default_us") and entry["best_us"] >= entry["default_us"]:
             return None
         from tvm.s_tir import meta_schedule as ms
 
@@ -181,7 +185,9 @@ def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, t
                             number=3, repeat=1, min_repeat_ms=20)),
                         cost_model="random", num_tuning_cores=1, seed=seed)
         best = _best_seconds(db, func)
+        default = default_schedule_seconds(func, db.target)
         index[spec.key()] = {"name": spec.name(), "trials": trials, "best_us": None if best is None else best * 1e6,
+                             "default_us": None if default is None else default * 1e6,
                              "gflops": None if not best or not flops else flops / best / 1e9}
         db._write_index(index)
         done += 1
@@ -192,6 +198,29 @@ def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, t
                 left = min(left, max(time_budget - elapsed, 0.0))
             progress(done, len(todo), spec.name(), {**index[spec.key()], "left_s": left})
     return TuneResult(done, len(tasks) - len(todo), len(todo) - done, time.perf_counter() - t0)
+
+
+def default_schedule_seconds(func, target, repeat: int = 5) -> float | None:
+    """Time the kernel with our default schedule (compiler/backend/cpu_schedule.py) on random inputs."""
+    import numpy as np
+    import tvm
+
+    from .cpu_schedule import schedule_cpu
+
+    try:
+        ex = tvm.compile(tvm.IRModule({"main": schedule_cpu(func, target)}), target=target)
+        dev = tvm.cpu()
+        rng = np.random.default_rng(0)
+        args = []
+        for param in func.params:  # buffer-typed vars in TVM 0.27
+            shape = [int(d) for d in param.shape]
+            dtype = str(param.dtype)
+            data = rng.uniform(-1, 1, shape).astype(dtype) if dtype.startswith("float") else np.zeros(shape, dtype)
+            args.append(tvm.runtime.tensor(data, dev))
+        timer = ex.mod.time_evaluator("main", dev, number=3, repeat=repeat, min_repeat_ms=20)
+        return float(min(timer(*args).results))
+    except Exception:  # a kernel we cannot time here is simply not compared
+        return None
 
 
 def _best_seconds(db: TuningDatabase, func) -> float | None:

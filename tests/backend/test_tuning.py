@@ -39,13 +39,37 @@ def tuned_db(tmp_path_factory):
     return db
 
 
-def test_tuned_records_are_used_and_correct(tuned_db):
-    model = compile_model(graph(), tuning_db=str(tuned_db))
+def with_times(db, tmp_path, best_vs_default):
+    """A copy of the database whose record claims to be `best_vs_default` times the default schedule's time."""
+    import shutil
+
+    copy = tmp_path / f"db{best_vs_default}"
+    shutil.copytree(db, copy)
+    path = copy / target_key(resolve_target("cpu")) / "index.json"
+    index = json.loads(path.read_text())
+    for entry in index.values():
+        entry["best_us"] = entry["default_us"] * best_vs_default
+    path.write_text(json.dumps(index))
+    return copy
+
+
+def test_index_records_tuned_and_default_times(tuned_db):
+    (entry,) = TuningDatabase(str(tuned_db), resolve_target("cpu")).index().values()
+    assert entry["best_us"] > 0 and entry["default_us"] > 0 and entry["trials"] == 4
+
+
+def test_faster_records_are_used_and_correct(tuned_db, tmp_path):
+    model = compile_model(graph(), tuning_db=str(with_times(tuned_db, tmp_path, 0.5)))
     assert model.plan["stats"]["tuned_kernels"] == 1 and model.plan["steps"][0]["tuned"]
     x = np.random.default_rng(1).standard_normal((16, 64)).astype(np.float32)
     assert_close(model.run({"x": x})[0], interpret(graph(), {"x": x})[0], rtol=1e-4)
     untuned = compile_model(graph(), options=CompileOptions(use_shipped_tuning=False))
     assert untuned.plan["stats"]["tuned_kernels"] == 0
+
+
+def test_slower_records_are_not_used(tuned_db, tmp_path):
+    model = compile_model(graph(), tuning_db=str(with_times(tuned_db, tmp_path, 2.0)))
+    assert model.plan["stats"]["tuned_kernels"] == 0
 
 
 def test_tuning_resumes(tuned_db):
@@ -70,10 +94,7 @@ def test_records_are_kept_per_target(tuned_db):
 
 
 def test_other_tvm_version_is_ignored(tuned_db, tmp_path):
-    import shutil
-
-    copy = tmp_path / "db"
-    shutil.copytree(tuned_db, copy)
+    copy = with_times(tuned_db, tmp_path, 0.5)
     sub = copy / target_key(resolve_target("cpu"))
     meta = json.loads((sub / "meta.json").read_text())
     meta["tvm_version"] = "0.0.1"
@@ -106,7 +127,8 @@ def test_cli_tune_and_compile(tuned_db, tmp_path, capsys):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     assert main(["tune", str(path), "--db", str(tuned_db), "--trials", "4"]) == 0
     assert "tuned 0 kernel(s)" in capsys.readouterr().out
-    assert main(["compile", str(path), "-o", str(tmp_path / "m.tfa"), "--tuning-db", str(tuned_db)]) == 0
+    db = with_times(tuned_db, tmp_path, 0.5)
+    assert main(["compile", str(path), "-o", str(tmp_path / "m.tfa"), "--tuning-db", str(db)]) == 0
     assert "(1 tuned)" in capsys.readouterr().out
     assert main(["inspect", str(tmp_path / "m.tfa")]) == 0
     assert " tuned " in capsys.readouterr().out
