@@ -1,4 +1,5 @@
-"""The compiler's Python API: `compile_model(model, target="cpu", shapes=None) -> runtime.CompiledModel`."""
+"""The compiler's Python API: `compile_model(model, target="cpu", shapes=None) -> runtime.CompiledModel` and
+`compile_training(model, loss, optimizer) -> runtime.TrainingSession`."""
 
 from __future__ import annotations
 
@@ -118,7 +119,10 @@ def tuning_databases(options: CompileOptions, target) -> list:
     return [db for db in (TuningDatabase(r, target) for r in roots) if db.exists()]
 
 
-def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
+def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | None = None,
+                  initial_state: Mapping | None = None) -> CompiledModel:
+    """Build `g`'s kernels and plan. `state` (training graphs): output name -> input name of each persistent
+    state that kernels update in place, with `initial_state` its values at load (see backend/package.py)."""
     from compiler.backend.build import build_kernels, host_isa_flags, resolve_target
     from compiler.backend.lower import Kernel, partition
     from compiler.backend.package import make_plan
@@ -130,7 +134,7 @@ def compile_graph(g: Graph, options: CompileOptions) -> CompiledModel:
         result = build_kernels([s.spec for s in steps if isinstance(s, Kernel)], target, out_dir,
                                tuning_databases(options, target))
         options.timings.update(result.timings)
-        plan, params = make_plan(g, target, host_isa_flags(), steps)
+        plan, params = make_plan(g, target, host_isa_flags(), steps, state, initial_state)
         for step in plan["steps"]:
             step["tuned"] = step["kernel"] in result.tuned
         plan["stats"]["tuned_kernels"] = sum(step["tuned"] for step in plan["steps"])
@@ -165,3 +169,154 @@ def compile_model(model, target: str = "cpu", shapes: Mapping[str, Sequence[int]
     options.timings.update({"import_s": t1 - t0, "optimize_s": t2 - t1, "total_s": time.perf_counter() - t0})
     compiled.compile_timings = dict(options.timings)
     return compiled
+
+
+# -- training ---------------------------------------------------------------------------------------------------------
+def _trainable_names(model, g: Graph, trainable, frozen) -> set[str]:
+    """Which params train: the builder's trainable specs, an ONNX model's float initializers, a torch module's
+    parameters, every float param of a Graph; or the names given; minus `frozen`."""
+    from frontends.nn import Module as BuilderModule
+
+    float_params = {p.name for p in g.params if p.type.dtype.startswith("float")}
+    if trainable is not None:
+        names = set(trainable)
+    elif isinstance(model, BuilderModule):
+        names = {k for k, spec in model.named_param_specs() if spec.trainable}
+    elif isinstance(model, onnx.ModelProto):
+        names = {i.name for i in model.graph.initializer} & float_params
+    elif hasattr(model, "named_parameters"):
+        names = {k for k, _ in model.named_parameters()} & float_params
+    else:
+        names = float_params
+    return (names & {p.name for p in g.params}) - set(frozen)
+
+
+def order_updates_last(g: Graph, state_outputs: set) -> Graph:
+    """Run the kernels that write state after every other kernel (ties by position): a kernel that overwrites a
+    parameter in place must come after every reader of the old value. Groups stay adjacent."""
+    import networkx as nx
+
+    key = {}
+    for i, n in enumerate(g.nodes):
+        k = n.group or id(n)
+        tail = any(o in state_outputs for o in n.outputs)
+        key[k] = (max(key.get(k, (0, i))[0], int(tail)), min(key.get(k, (0, i))[1], i))
+    Q = nx.DiGraph()
+    members: dict = {}
+    for n in g.nodes:
+        k = n.group or id(n)
+        members.setdefault(k, []).append(n)
+        Q.add_node(k)
+        for v in n.inputs:
+            if v.producer is not None and (v.producer.group or id(v.producer)) != k:
+                Q.add_edge(v.producer.group or id(v.producer), k)
+    g.nodes = [n for k in nx.lexicographical_topological_sort(Q, key=key.get) for n in members[k]]
+    return g
+
+
+def compile_training(model, loss="cross_entropy", optimizer=None, target: str = "cpu", *,
+                     shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None, params=None,
+                     trainable=None, frozen: Sequence[str] = (), lr_schedule: Mapping | None = None,
+                     seed: int = 0, bn_momentum: float = 0.1, opt_level: int = 2,
+                     num_threads: int | None = None):
+    """Compile a model for training and return a `runtime.TrainingSession`.
+
+    model: as for `compile_model` (ONNX, builder-API module with `shapes`, torch module with `example_inputs`, or
+    Graph); its first output is the prediction the loss reads. The batch size is fixed by the shapes.
+    loss: "cross_entropy" (integer labels), "mse", "l1", "bce_with_logits", or a dict with "name" and any of
+    "reduction" ("mean"/"sum"), "label_smoothing", "ignore_index".
+    optimizer: {"name": "sgd"|"adam"|"adamw", "lr", "momentum", "nesterov", "weight_decay", "betas", "eps",
+    "clip_norm"} (PyTorch's semantics); lr_schedule: see `runtime.training.learning_rate`.
+    frozen: parameter names not to train.
+    """
+    from compiler.autodiff.training import LossSpec, OptimizerSpec, build_training_program
+    from runtime.training import TrainingSession
+
+    loss_spec = LossSpec(**({"name": loss} if isinstance(loss, str) else dict(loss)))
+    opt = dict(optimizer or {"name": "sgd", "lr": 0.01})
+    schedule = lr_schedule if lr_schedule is not None else opt.pop("schedule", None)
+    opt.pop("schedule", None)
+    if "betas" in opt:
+        opt["betas"] = tuple(opt["betas"])
+    opt_spec = OptimizerSpec(**opt)
+    onnx_source = None
+    if isinstance(model, (str, os.PathLike, bytes)):
+        from frontends.onnx.importer import load_model
+
+        model = load_model(model)
+    if isinstance(model, onnx.ModelProto):
+        onnx_source = model.SerializeToString()
+    fwd = import_model(model, shapes, example_inputs, params)
+    names = _trainable_names(model, fwd, trainable, frozen)
+    program = build_training_program(fwd, names, loss_spec, opt_spec, bn_momentum)
+    options = CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads)
+    bindings = program.state_bindings
+    g = optimize(program.graph, options)
+    new_values = {v for v, name in zip(g.outputs, g.output_names) if name in bindings}
+    g = order_updates_last(g, new_values)
+    initial = {s.name: s.initial for s in program.state}
+    train = compile_graph(g, options, state=bindings, initial_state=initial)
+    train.plan["stats"]["saved_activation_bytes"] = program.saved_activation_bytes
+    evaluator = compile_graph(optimize(program.eval_graph, CompileOptions(target=target, opt_level=opt_level,
+                                                                          num_threads=num_threads)),
+                              CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads))
+    spec = {"inputs": program.inputs, "labels": program.labels, "scalars": program.scalars,
+            "dropout": [[n, list(s)] for n, s in program.dropout], "seed": seed,
+            "optimizer": {"name": opt_spec.name, "lr": opt_spec.lr, "betas": list(opt_spec.betas),
+                          "weight_decay": opt_spec.weight_decay},
+            "schedule": dict(schedule) if schedule else None,
+            "state_kinds": {s.name: s.kind for s in program.state},
+            "trainable": sorted(names), "onnx": onnx_source}
+    return TrainingSession(train, evaluator, spec)
+
+
+def analyze_training(model, loss="cross_entropy", optimizer=None, *,
+                     shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None, params=None,
+                     trainable=None, frozen: Sequence[str] = (), options: CompileOptions | None = None
+                     ) -> tuple[Graph, dict]:
+    """`analyze` for the training graph: (optimized training graph, plan without kernels) with the fusion report
+    and memory statistics, `saved_activation_bytes` among them."""
+    from compiler.autodiff.training import LossSpec, OptimizerSpec, build_training_program
+    from compiler.backend.build import resolve_target
+    from compiler.backend.lower import partition
+    from compiler.backend.package import make_plan
+
+    options = options or CompileOptions()
+    loss_spec = LossSpec(**({"name": loss} if isinstance(loss, str) else dict(loss)))
+    opt = dict(optimizer or {"name": "sgd", "lr": 0.01})
+    opt.pop("schedule", None)
+    if isinstance(model, (str, os.PathLike, bytes)):
+        from frontends.onnx.importer import load_model
+
+        model = load_model(model)
+    fwd = import_model(model, shapes, example_inputs, params)
+    program = build_training_program(fwd, _trainable_names(model, fwd, trainable, frozen), loss_spec,
+                                     OptimizerSpec(**opt))
+    bindings = program.state_bindings
+    g = optimize(program.graph, options)
+    g = order_updates_last(g, {v for v, name in zip(g.outputs, g.output_names) if name in bindings})
+    steps = partition(g)
+    plan, _ = make_plan(g, resolve_target(options.target), [], steps, bindings,
+                        {s.name: s.initial for s in program.state})
+    plan["stats"]["saved_activation_bytes"] = program.saved_activation_bytes
+    plan["fusion"] = fusion_report(g, steps)
+    return g, plan
+
+
+def compile_gradients(model, loss="cross_entropy", target: str = "cpu", *,
+                      shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None, params=None,
+                      trainable=None, frozen: Sequence[str] = (), opt_level: int = 2) -> CompiledModel:
+    """The training graph cut before the optimizer, compiled: inputs are the model's inputs, `labels` and the
+    trainable parameters (and running statistics) by name; outputs `loss`, `logits`, then "<param>:grad" for each
+    trainable parameter in the model's order. For checking gradients and for tools."""
+    from compiler.autodiff.training import LossSpec, build_training_program
+
+    loss_spec = LossSpec(**({"name": loss} if isinstance(loss, str) else dict(loss)))
+    if isinstance(model, (str, os.PathLike, bytes)):
+        from frontends.onnx.importer import load_model
+
+        model = load_model(model)
+    fwd = import_model(model, shapes, example_inputs, params)
+    program = build_training_program(fwd, _trainable_names(model, fwd, trainable, frozen), loss_spec, None)
+    options = CompileOptions(target=target, opt_level=opt_level)
+    return compile_graph(optimize(program.graph, options), options)

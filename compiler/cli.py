@@ -1,4 +1,4 @@
-"""The `tensorforge` command line: compile, run, inspect, demo.
+"""The `tensorforge` command line: compile, run, inspect, tune, train, demo.
 
 Errors print one line (`tensorforge: error: ...`) and exit 1; `--verbose` shows the traceback instead.
 """
@@ -212,6 +212,49 @@ def cmd_demo(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from compiler.api import compile_training
+    from compiler.train_example import quadrant_blobs, small_cnn
+
+    t0 = time.perf_counter()
+    batch = args.batch
+    x_train, y_train = quadrant_blobs(args.train_size, seed=args.seed)
+    x_test, y_test = quadrant_blobs(args.test_size // batch * batch, seed=args.seed + 1)
+    optimizer = {"name": args.optimizer, "lr": args.lr}
+    if args.optimizer == "sgd":
+        optimizer["momentum"] = 0.9
+    session = compile_training(small_cnn(), "cross_entropy", optimizer, shapes={"x": (batch, 1, 16, 16)},
+                               lr_schedule={"name": "cosine", "total_steps": args.steps, "warmup_steps": 10},
+                               seed=args.seed)
+    print(f"train: quadrant-blob task, small CNN, {args.optimizer} lr {args.lr}, batch {batch}; "
+          f"compiled in {time.perf_counter() - t0:.1f} s")
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(x_train))
+    bar = tqdm(range(args.steps), desc="train", unit="step", disable=args.quiet)
+    correct = seen = 0
+    for step in bar:
+        start = (step * batch) % (len(order) - batch + 1)
+        idx = order[start:start + batch]
+        loss = session.step({"x": x_train[idx]}, y_train[idx])
+        correct += int((session.last_logits.argmax(1) == y_train[idx]).sum())
+        seen += batch
+        if step % 10 == 0 or step == args.steps - 1:
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / seen:.3f}")
+            correct = seen = 0
+    hits = 0
+    for i in range(0, len(x_test), batch):
+        (logits,) = session.eval({"x": x_test[i:i + batch]})
+        hits += int((logits.argmax(1) == y_test[i:i + batch]).sum())
+    accuracy = hits / len(x_test)
+    if args.checkpoint:
+        session.save_checkpoint(args.checkpoint)
+    print(f"held-out accuracy {accuracy:.4f} on {len(x_test)} images; total {time.perf_counter() - t0:.1f} s"
+          + (f"; checkpoint -> {args.checkpoint}" if args.checkpoint else ""))
+    return 0 if accuracy >= args.min_accuracy else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tensorforge", description="Compile and run neural networks with TVM kernels.")
     p.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
@@ -261,6 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--optimized", action="store_true", help="ONNX: print the IR after the passes")
     compile_flags(i)
     i.set_defaults(func=cmd_inspect)
+
+    tr = sub.add_parser("train", help="train a small CNN on a built-in synthetic task (compile_training demo)")
+    tr.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    tr.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    tr.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
+    tr.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine schedule, 10 warmup steps)")
+    tr.add_argument("--train-size", type=int, default=4096)
+    tr.add_argument("--test-size", type=int, default=1024)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--checkpoint", "-o", default="train_example.ckpt", help="checkpoint file to write ('' for none)")
+    tr.add_argument("--min-accuracy", type=float, default=0.95, help="exit 1 below this held-out accuracy")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="compile and run a built-in CNN, compared with onnxruntime")
     d.add_argument("--repeat", type=int, default=50, help="timed runs per engine")

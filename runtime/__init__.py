@@ -4,3 +4,4 @@ imports the compiler, the frontends or `tvm` itself."""
 from .errors import (ArtifactError, CompileError, FrontendError, InputError, IRError,  # noqa: F401
                      TensorForgeError, UnsupportedOpError)
 from .model import CompiledModel, load  # noqa: F401
+from .training import TrainingSession  # noqa: F401,E402

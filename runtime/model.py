@@ -8,6 +8,9 @@ The plan (JSON, built by compiler/backend/package.py):
     outputs  [{"name", "buffer"}]                 copied out at the end (so later runs cannot overwrite them)
     params   [{"buffer", "file" | "splat"}]       constants, filled once at load
     steps    [{"kernel", "args", "node", "op"}]   kernel calls in order; args are buffer ids, outputs last
+    state    [{"name", "buffer"}]                 optional: persistent state (a training graph's parameters and
+                                                  optimizer moments), filled at load like params, then updated
+                                                  in place by the kernels; read and written through `state`
 Buffers are 64-byte aligned numpy arrays wrapped once as TVM tensors; a run allocates nothing but its outputs.
 """
 
@@ -110,6 +113,12 @@ class CompiledModel:
             raise ArtifactError(f"the kernel library lacks a kernel the plan calls: {e}") from None
         self._inputs = [(i["name"], arrays[i["buffer"]]) for i in plan["inputs"]]
         self._outputs = [(o["name"], arrays[o["buffer"]]) for o in plan["outputs"]]
+        self._state = {s["name"]: arrays[s["buffer"]] for s in plan.get("state", [])}
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The persistent state buffers themselves (not copies): writing into them changes the model's state."""
+        return dict(self._state)
 
     # -- metadata -------------------------------------------------------------------------------------------------------
     @property

@@ -2,9 +2,17 @@
 
 Buffers: graph inputs and params get their own memory; every tensor a kernel writes lives in one arena at an offset
 chosen by the memory planner (compiler/passes/memory.py); a reshape is a view of its base buffer.
+
+Persistent state (a training graph's parameters, optimizer moments, running statistics; `state` maps the output
+carrying a state's next value to the input holding it): the state input gets its own buffer, filled once at load
+like a param and listed under "state"; the kernel computing the next value writes it into that same buffer, in
+place, so nothing is copied per step and the arena never covers it. `_check_state` proves that no kernel reads
+the old value after the update has overwritten it.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import numpy as np
 
@@ -13,6 +21,7 @@ from compiler.ir.analysis import graph_flops
 from compiler.ops import FusionKind
 from compiler.passes.memory import Tensor, assign_offsets, check_plan
 from runtime import artifact
+from runtime.errors import CompileError
 
 from .lower import Kernel, View, partition
 
@@ -27,9 +36,17 @@ def _inplace_candidates(k: Kernel) -> list[tuple[Value, Value]]:
             i.type.itemsize == o.type.itemsize]
 
 
-def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = None) -> tuple[dict, list]:
-    """The execution plan and the parameter arrays (in the plan's order) for a graph after the passes."""
+def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = None,
+              state: Mapping[str, str] | None = None, initial_state: Mapping[str, np.ndarray] | None = None
+              ) -> tuple[dict, list]:
+    """The execution plan and the parameter arrays (in the plan's order) for a graph after the passes.
+    `state`: output name -> input name of each persistent state update; `initial_state`: input name -> array."""
     steps = steps if steps is not None else partition(g)
+    state = dict(state or {})
+    state_in = {v.name: v for v in g.inputs if v.name in state.values()}
+    state_out = {name: v for v, name in zip(g.outputs, g.output_names) if name in state}
+    if state:
+        _check_state(steps, {state_out[o]: state_in[i] for o, i in state.items()})
     buffers: list[dict] = []
     ids: dict[Value, int] = {}
     root: dict[int, int] = {}  # buffer id -> the buffer whose memory it uses (itself unless a view)
@@ -46,6 +63,8 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
 
     for v in g.inputs:
         buffer(v)
+    for out_name, in_name in state.items():
+        ids[state_out[out_name]] = ids[state_in[in_name]]  # the update kernel writes the state's own buffer
     params, param_data = [], []
     for p in g.params:
         entry = {"buffer": buffer(p)}
@@ -56,6 +75,9 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
             entry["file"] = f"params/{len(params)}.npy"
         params.append(entry)
         param_data.append(p.data)
+    for v in state_in.values():
+        params.append({"buffer": ids[v], "file": f"params/{len(params)}.npy"})
+        param_data.append(np.asarray(initial_state[v.name], v.type.dtype))
     fixed = set(ids.values())  # inputs and params: not in the arena
 
     plan_steps, first, last, inplace = [], {}, {}, []
@@ -89,10 +111,12 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
         "cpu_features": cpu_features,
         "arena_bytes": memory.arena_bytes,
         "buffers": buffers,
-        "inputs": [{"name": v.name, "buffer": ids[v]} for v in g.inputs],
-        "outputs": [{"name": name, "buffer": ids[v]} for v, name in zip(g.outputs, g.output_names)],
+        "inputs": [{"name": v.name, "buffer": ids[v]} for v in g.inputs if v.name not in state_in],
+        "outputs": [{"name": name, "buffer": ids[v]} for v, name in zip(g.outputs, g.output_names)
+                    if name not in state],
         "params": params,
         "steps": plan_steps,
+        **({"state": [{"name": v.name, "buffer": ids[v]} for v in state_in.values()]} if state else {}),
         "stats": {
             "ops": len(g.nodes),
             "kernels": len(plan_steps),
@@ -107,6 +131,35 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
                    "classes": {str(k): v for k, v in memory.classes.items()}},
     }
     return plan, [np.asarray(d, order="C") for d in param_data]
+
+
+def _check_state(steps: list, updates: dict[Value, Value]) -> None:
+    """Each state update (new value -> old value) must be written by a kernel, after every read of the old value
+    (views of it included) by other kernels; its own kernel may read the old value elementwise only."""
+    aliases = {old: {old} for old in updates.values()}
+    for s in steps:
+        if isinstance(s, View):
+            for old, vs in aliases.items():
+                if s.node.inputs[0] in vs:
+                    vs.add(s.node.outputs[0])
+    writer = {}
+    for i, s in enumerate(steps):
+        if isinstance(s, Kernel):
+            for o in s.outputs:
+                writer[o] = i
+    for new, old in updates.items():
+        if new not in writer:
+            raise CompileError(f"the next value of state {old.name!r} is not computed by a kernel")
+        k = writer[new]
+        for j, s in enumerate(steps):
+            if not isinstance(s, Kernel) or not aliases[old] & set(s.inputs):
+                continue
+            if j > k:
+                raise CompileError(f"kernel {j} ({s.spec.name()}) reads state {old.name!r} after kernel {k} "
+                                   f"overwrote it with its update")
+            if j == k and any(n.op.kind > FusionKind.BROADCAST for n in s.nodes if aliases[old] & set(n.inputs)):
+                raise CompileError(f"kernel {k} ({s.spec.name()}) updates state {old.name!r} in place but reads it "
+                                   f"other than elementwise")
 
 
 def _nbytes(buf: dict) -> int:

@@ -12,6 +12,7 @@ from .fold_scale_shift import fold_scale_shift
 from .fuse import fuse
 from .manager import Pass, PassManager, pass_name  # noqa: F401
 from .pack_weights import pack_weights
+from .recognize import recognize
 from .simplify import simplify
 
 
@@ -25,6 +26,7 @@ CLEANUPS: list[Pass] = [
     fold_constants,  # evaluate what depends on params only
     simplify,  # algebraic rewrite rules: x*1, reshape chains, cast round trips, ...
     cse,  # merge equal params and equal nodes
+    recognize,  # decomposed GELU (erf and tanh forms) -> gelu
     dce,
 ]
 

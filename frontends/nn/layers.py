@@ -139,14 +139,15 @@ class Flatten(Module):
 
 
 class Dropout(Module):
-    """The identity at inference; the training runtime draws masks (see the training issue)."""
+    """The identity at inference (a `dropout` view); compile_training turns it into a masked scale whose mask
+    the runtime draws each step."""
 
     def __init__(self, p: float = 0.5):
         super().__init__()
         self.p = p
 
     def forward(self, t, x):
-        return x
+        return t.op(ops.dropout, [x], p=self.p) if self.p > 0 else x
 
 
 def _activation(name, build):

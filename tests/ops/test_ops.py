@@ -38,6 +38,8 @@ CASES = [
     ("pow", [pos(3, 5), rand(5)], {}, ()),
     ("clip", [rand(3, 9)], {"min": -0.5, "max": 0.7}, ()),
     ("leaky_relu", [rand(3, 9)], {"alpha": 0.2}, ()),
+    ("gelu", [rand(3, 9)], {}, ()),
+    ("gelu", [rand(3, 9)], {"approximate": "tanh"}, ()),
     ("cast", [rand(3, 9, lo=-50, hi=50)], {"to": "int32"}, ()),
     ("conv2d", [rand(1, 8, 13, 11), rand(16, 8, 3, 3), rand(16)], {"pads": (1, 1, 1, 1)}, (1, 2)),
     ("conv2d", [rand(2, 3, 20, 20), rand(20, 3, 5, 5)], {"strides": (2, 2), "pads": (2, 1, 1, 2)}, (1,)),
@@ -111,6 +113,10 @@ CASES = [
     ("gather_nd", [rand(3, 4, 5), np.array([[0, 1], [2, -1]], np.int64)], {}, ()),
     ("gather_nd", [rand(2, 3, 4), np.array([[1], [0]], np.int64)], {"batch_dims": 1}, ()),
 ]
+
+from tests.ops.grad_cases import GRAD_CASES  # noqa: E402  (training ops: compiler/ops/grad.py)
+
+CASES += GRAD_CASES
 
 
 def single_op_graph(opname, arrays, attrs, params):

@@ -1,0 +1,110 @@
+"""Reverse-mode differentiation of an IR graph: `backward(g, loss, wrt)` appends the backward nodes to `g`.
+
+Nodes are visited in reverse execution order; each op's gradient rule (`OpDef.grad`, attached in rules.py) maps
+the gradient of its output to gradients of its inputs, emitted as ordinary IR nodes through an `Emitter`.
+Contributions to a value read several times are summed. Only nodes on a path from `wrt` to `loss` are
+differentiated; an op on such a path without a rule is an error that names the op and the node.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from compiler import ops
+from compiler.ir import Graph, Node, Value
+from compiler.ops import NOT_DIFFERENTIABLE
+from runtime.errors import CompileError
+
+
+class AutodiffError(CompileError):
+    """The graph cannot be differentiated (an op without a gradient rule on the path to the loss, ...)."""
+
+
+class Emitter:
+    """Adds nodes to the graph being differentiated, with the few helpers every rule needs."""
+
+    def __init__(self, g: Graph, name: str = ""):
+        self.g = g
+        self.name = name  # the forward node being differentiated (backward nodes are named after it)
+
+    def op(self, opdef, inputs, **attrs) -> Value:
+        outs = self.g.add_node(opdef, [self.value(x, inputs) for x in inputs], attrs, name=self.name + ".grad")
+        return outs[0]
+
+    def const(self, value, dtype) -> Value:
+        return self.g.add_param("c", np.asarray(value, dtype).reshape(np.shape(value) or (1,)))
+
+    def value(self, x, siblings=()) -> Value:
+        if isinstance(x, Value):
+            return x
+        dtype = next((v.type.dtype for v in siblings if isinstance(v, Value)), "float32")
+        return self.const(x, dtype)
+
+    # -- helpers ------------------------------------------------------------------------------------------------------
+    def sum_to(self, v: Value, shape: tuple[int, ...]) -> Value:
+        """Undo numpy broadcasting: sum v over the axes along which `shape` was broadcast to v's shape."""
+        shape = tuple(shape)
+        if v.type.shape == shape:
+            return v
+        lead = v.type.rank - len(shape)
+        axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and v.type.shape[lead + i] != 1)
+        s = self.op(ops.reduce_sum, [v], axes=axes, keepdims=True) if axes else v
+        return self.op(ops.reshape, [s], shape=shape) if s.type.shape != shape else s
+
+    def broadcast(self, v: Value, shape: tuple[int, ...]) -> Value:
+        return v if v.type.shape == tuple(shape) else self.op(ops.broadcast_to, [v], shape=tuple(shape))
+
+    def add(self, a: Value, b: Value) -> Value:
+        return self.op(ops.add, [a, b])
+
+    def mul(self, a, b) -> Value:
+        return self.op(ops.mul, [a, b])
+
+    def scale(self, v: Value, s: float) -> Value:
+        return self.op(ops.mul, [v, self.const(s, v.type.dtype)])
+
+
+def _where(n: Node) -> str:
+    return f"op {n.op.name} (node {n.name or '?'}, output %{n.outputs[0].name})"
+
+
+def backward(g: Graph, loss: Value, wrt: Sequence[Value], seed: Value | None = None) -> dict[Value, Value]:
+    """Append to `g` the nodes computing d(sum of loss)/dv for each v in `wrt`; returns {v: gradient value}.
+    `seed` is dL/dloss (default: ones). A value in `wrt` that does not reach the loss gets a zero gradient."""
+    wanted = set(wrt)
+    depends = set(wanted)  # values that depend on some wrt value
+    forward = list(g.nodes)
+    for n in forward:
+        if any(v in depends for v in n.inputs):
+            depends.update(n.outputs)
+    if loss not in depends:
+        raise AutodiffError(f"the loss %{loss.name} does not depend on any of the values to differentiate")
+    e = Emitter(g)
+    grads: dict[Value, Value] = {loss: seed if seed is not None else e.const(np.ones(loss.type.shape), loss.type.dtype)}
+    for n in reversed(forward):
+        dys = [grads.get(o) for o in n.outputs]
+        if all(d is None for d in dys) or not any(v in depends for v in n.inputs):
+            continue
+        rule = n.op.grad
+        if rule is NOT_DIFFERENTIABLE:
+            continue
+        if rule is None:
+            raise AutodiffError(f"no gradient rule for {_where(n)}; attach one with "
+                                f"compiler.autodiff.rules.defgrad(ops.{n.op.name})")
+        if len(n.outputs) != 1:
+            raise AutodiffError(f"cannot differentiate multi-output {_where(n)}")
+        e.name = n.name or n.outputs[0].name
+        in_grads = rule(e, n, dys[0])
+        for v, gv in zip(n.inputs, in_grads):
+            if gv is None or v not in depends:
+                continue
+            if gv.type != v.type:
+                raise AutodiffError(f"the gradient rule of {_where(n)} gave {gv.type} for input %{v.name} "
+                                    f"of type {v.type}")
+            grads[v] = gv if v not in grads else e.add(grads[v], gv)
+    out = {}
+    for v in wrt:
+        out[v] = grads[v] if v in grads else e.const(np.zeros(v.type.shape), v.type.dtype)
+    return out

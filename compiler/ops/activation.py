@@ -1,0 +1,40 @@
+"""Composite activations that frontends and exporters spell out as chains of primitive ops; the `recognize` pass
+rewrites those chains into these single ops (readable IR, one TE stage, fusable like any elementwise op)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tvm import te
+
+from .elementwise import _erf, same_type
+from .registry import Attr, FusionKind, defop
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_ref(x, *, approximate):
+    x64 = x.astype(np.float64)
+    if approximate == "tanh":
+        y = 0.5 * x64 * (1.0 + np.tanh(SQRT_2_OVER_PI * (x64 + 0.044715 * x64 ** 3)))
+    else:
+        y = 0.5 * x64 * (1.0 + _erf(x64 / math.sqrt(2.0)))
+    return y.astype(x.dtype)
+
+
+def _gelu_lower(x, *, approximate):
+    def f(*i):
+        v = x(*i)
+        if approximate == "tanh":
+            inner = te.tanh(te.const(SQRT_2_OVER_PI, x.dtype) * (v + te.const(0.044715, x.dtype) * v * v * v))
+        else:
+            inner = te.erf(v * te.const(1.0 / math.sqrt(2.0), x.dtype))
+        return te.const(0.5, x.dtype) * v * (te.const(1.0, x.dtype) + inner)
+
+    return te.compute(x.shape, f, name="gelu")
+
+
+gelu = defop("gelu", FusionKind.ELEMWISE, infer=same_type, attrs={"approximate": Attr("str", "none")},
+             reference=_gelu_ref, lower=_gelu_lower,
+             doc="x * Phi(x): exact (erf) or approximate='tanh' as GPT-2 and PyTorch's approximate='tanh'.")

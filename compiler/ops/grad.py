@@ -1,0 +1,424 @@
+"""Ops that training needs: backward kernels, masks, losses and dropout.
+
+Gradient rules (compiler/autodiff/rules.py) are compositions of ordinary ops where that is cheap; the ops here are
+the pieces a composition would make slow or impossible: convolution and pooling backward (scatters written as
+gathers, so that every output element is one reduction), the scatter-add of an embedding lookup, the adjoint of a
+strided slice, comparison masks in the float dtype (so a ReLU backward is one multiply), and the fused softmax
+cross-entropy. Every reference works in any float dtype (the finite-difference tests run them in float64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from compiler.ir.types import TensorType
+
+from .nn import CONV_ATTRS, POOL_ATTRS, windows2d
+from .registry import Attr, FusionKind, defop, fail
+
+
+def _same(types, **_):
+    return types[0]
+
+
+def _broadcast(types, **_):
+    try:
+        shape = np.broadcast_shapes(*(t.shape for t in types))
+    except ValueError:
+        fail(f"shapes {', '.join(str(t.shape) for t in types)} do not broadcast")
+    return TensorType(shape, types[0].dtype)
+
+
+def _bcast_index(t, out_idx):
+    """Index a broadcast operand `t` with the output's index (numpy rules: align right, size-1 dims read 0)."""
+    r = len(t.shape)
+    idx = out_idx[len(out_idx) - r:]
+    return t(*[0 if int(d) == 1 else i for d, i in zip(t.shape, idx)])
+
+
+# -- masks: comparisons as 0/1 in the operands' float dtype -----------------------------------------------------------
+def _mask_lower(cmp):
+    def lower(a, b):
+        shape = [int(d) for d in np.broadcast_shapes(tuple(int(d) for d in a.shape), tuple(int(d) for d in b.shape))]
+        return te.compute(shape, lambda *i: tirx.Select(cmp(_bcast_index(a, i), _bcast_index(b, i)),
+                                                        tirx.const(1, a.dtype), tirx.const(0, a.dtype)), name="mask")
+
+    return lower
+
+
+ge_mask = defop("ge_mask", FusionKind.BROADCAST, infer=_broadcast, arity=(2, 2),
+                reference=lambda a, b: np.asarray(a >= b).astype(a.dtype),
+                lower=_mask_lower(lambda x, y: x >= y), doc="1 where a >= b, else 0, in a's dtype.")
+gt_mask = defop("gt_mask", FusionKind.BROADCAST, infer=_broadcast, arity=(2, 2),
+                reference=lambda a, b: np.asarray(a > b).astype(a.dtype),
+                lower=_mask_lower(lambda x, y: x > y), doc="1 where a > b, else 0, in a's dtype.")
+
+
+def _relu_grad_lower(x, dy):
+    return te.compute(x.shape, lambda *i: tirx.Select(x(*i) > tirx.const(0, x.dtype), dy(*i),
+                                                      tirx.const(0, x.dtype)), name="relu_grad")
+
+
+relu_grad = defop("relu_grad", FusionKind.ELEMWISE, infer=_same, arity=(2, 2),
+                  reference=lambda x, dy: np.where(x > 0, dy, np.zeros((), dy.dtype)).astype(dy.dtype),
+                  lower=_relu_grad_lower, doc="dy where x > 0, else 0 (the ReLU backward, one kernel).")
+
+
+# -- dropout ------------------------------------------------------------------------------------------------------------
+dropout = defop("dropout", FusionKind.ELEMWISE, infer=_same, attrs={"p": Attr("float", 0.5)},
+                reference=lambda x, *, p: x, lower=lambda x, *, p: x, is_view=True,
+                doc="Inference dropout: the identity (a view). The training rewrite turns it into dropout_train.")
+
+
+def _dropout_train_ref(x, u, *, p):
+    return np.where(u >= p, x * x.dtype.type(1.0 / (1.0 - p)), np.zeros((), x.dtype)).astype(x.dtype)
+
+
+def _dropout_train_lower(x, u, *, p):
+    scale = tirx.const(1.0 / (1.0 - p), x.dtype)
+    return te.compute(x.shape, lambda *i: tirx.Select(u(*i) >= tirx.const(p, u.dtype), x(*i) * scale,
+                                                      tirx.const(0, x.dtype)), name="dropout")
+
+
+dropout_train = defop("dropout_train", FusionKind.ELEMWISE, infer=_same, attrs={"p": Attr("float", 0.5)},
+                      arity=(2, 2), reference=_dropout_train_ref, lower=_dropout_train_lower,
+                      doc="Training dropout: x / (1 - p) where the uniform sample u >= p, else 0. Linear in x, so "
+                          "its backward is itself applied to dy.")
+
+
+# -- convolution backward -----------------------------------------------------------------------------------------------
+def _conv_bwd_data_infer(types, *, strides, pads, dilations, groups, input_shape):
+    return TensorType(input_shape, types[0].dtype)
+
+
+def _scatter_windows(contrib, in_hw, kernel, strides, pads, dilations):
+    """Adjoint of `windows2d`: add contrib (N, C, OH, OW, KH, KW) back into an (N, C, H, W) array."""
+    n, c, oh, ow = contrib.shape[:4]
+    h, w = in_hw
+    ph = max(h + pads[0] + pads[2], (oh - 1) * strides[0] + dilations[0] * (kernel[0] - 1) + 1)
+    pw = max(w + pads[1] + pads[3], (ow - 1) * strides[1] + dilations[1] * (kernel[1] - 1) + 1)
+    out = np.zeros((n, c, ph, pw), contrib.dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            hs, ws = i * dilations[0], j * dilations[1]
+            out[:, :, hs:hs + strides[0] * (oh - 1) + 1:strides[0], ws:ws + strides[1] * (ow - 1) + 1:strides[1]] \
+                += contrib[:, :, :, :, i, j]
+    return out[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w]
+
+
+def _conv_bwd_data_ref(dy, w, *, strides, pads, dilations, groups, input_shape):
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    n = dy.shape[0]
+    contrib = np.empty((n, cg * groups) + dy.shape[2:] + (kh, kw), dy.dtype)
+    for g in range(groups):
+        contrib[:, g * cg:(g + 1) * cg] = np.einsum("nopq,ochw->ncpqhw", dy[:, g * og:(g + 1) * og],
+                                                    w[g * og:(g + 1) * og], optimize=True)
+    return np.ascontiguousarray(_scatter_windows(contrib, input_shape[2:], (kh, kw), strides, pads, dilations))
+
+
+def _window_source(pos, pad, k, dil, stride, size):
+    """For input position `pos` and kernel tap `k`: (output index, is it a real window position?)."""
+    p = pos + pad - k * dil
+    return tirx.floordiv(p, stride), tirx.all(p >= 0, tirx.floormod(p, stride) == 0, tirx.floordiv(p, stride) < size)
+
+
+def _conv_bwd_data_lower(dy, w, *, strides, pads, dilations, groups, input_shape):
+    o, cg, kh, kw = (int(d) for d in w.shape)
+    oh, ow = int(dy.shape[2]), int(dy.shape[3])
+    og = o // groups
+    rj = te.reduce_axis((0, og), name="rj")
+    rh = te.reduce_axis((0, kh), name="rh")
+    rw = te.reduce_axis((0, kw), name="rw")
+
+    def f(n, c, h, x):
+        i, vi = _window_source(h, pads[0], rh, dilations[0], strides[0], oh)
+        j, vj = _window_source(x, pads[1], rw, dilations[1], strides[1], ow)
+        oc = tirx.floordiv(c, cg) * og + rj
+        val = dy[n, oc, tirx.Select(vi, i, 0), tirx.Select(vj, j, 0)] * w[oc, tirx.floormod(c, cg), rh, rw]
+        return te.sum(tirx.Select(tirx.all(vi, vj), val, tirx.const(0, dy.dtype)), axis=[rj, rh, rw])
+
+    return te.compute(tuple(input_shape), f, name="conv2d_backward_data")
+
+
+conv2d_backward_data = defop(
+    "conv2d_backward_data", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv_bwd_data_infer, arity=(2, 2),
+    attrs={**CONV_ATTRS, "input_shape": Attr("ints")}, reference=_conv_bwd_data_ref, lower=_conv_bwd_data_lower,
+    doc="dL/dx of conv2d(x, w) from dy and w (the transposed convolution), grouped and depthwise too.")
+
+
+def _conv_bwd_weight_infer(types, *, strides, pads, dilations, groups, kernel_shape):
+    return TensorType(kernel_shape, types[0].dtype)
+
+
+def _conv_bwd_weight_ref(dy, x, *, strides, pads, dilations, groups, kernel_shape):
+    o, cg, kh, kw = kernel_shape
+    og = o // groups
+    win = windows2d(x, (kh, kw), strides, pads, dilations)  # N, C, OH, OW, KH, KW
+    out = np.empty(kernel_shape, dy.dtype)
+    for g in range(groups):
+        out[g * og:(g + 1) * og] = np.einsum("nopq,ncpqhw->ochw", dy[:, g * og:(g + 1) * og],
+                                             win[:, g * cg:(g + 1) * cg], optimize=True)
+    return out
+
+
+def _conv_bwd_weight_lower(dy, x, *, strides, pads, dilations, groups, kernel_shape):
+    o, cg, kh, kw = kernel_shape
+    n, _, h, wd = (int(d) for d in x.shape)
+    oh, ow = int(dy.shape[2]), int(dy.shape[3])
+    og = o // groups
+    rn = te.reduce_axis((0, n), name="rn")
+    rp = te.reduce_axis((0, oh), name="rp")
+    rq = te.reduce_axis((0, ow), name="rq")
+
+    def f(oc, c, i, j):
+        hh = rp * strides[0] + i * dilations[0] - pads[0]
+        ww = rq * strides[1] + j * dilations[1] - pads[1]
+        inside = tirx.all(hh >= 0, hh < h, ww >= 0, ww < wd)
+        xv = x[rn, tirx.floordiv(oc, og) * cg + c, tirx.Select(inside, hh, 0), tirx.Select(inside, ww, 0)]
+        return te.sum(tirx.Select(inside, dy[rn, oc, rp, rq] * xv, tirx.const(0, dy.dtype)), axis=[rn, rp, rq])
+
+    return te.compute(tuple(kernel_shape), f, name="conv2d_backward_weight")
+
+
+conv2d_backward_weight = defop(
+    "conv2d_backward_weight", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv_bwd_weight_infer, arity=(2, 2),
+    attrs={**CONV_ATTRS, "kernel_shape": Attr("ints")}, reference=_conv_bwd_weight_ref,
+    lower=_conv_bwd_weight_lower, doc="dL/dw of conv2d(x, w) from dy and x, grouped and depthwise too.")
+
+
+# -- pooling backward -------------------------------------------------------------------------------------------------
+def _pool_grad_infer(types, **_):
+    return types[0]
+
+
+def _max_pool_grad_ref(x, y, dy, *, kernel, strides, pads, dilations, ceil_mode):
+    win = windows2d(x, kernel, strides, pads, dilations, fill=-np.inf, ceil=ceil_mode)
+    contrib = np.where(win == y[..., None, None], dy[..., None, None], np.zeros((), dy.dtype))
+    return np.ascontiguousarray(_scatter_windows(contrib, x.shape[2:], kernel, strides, pads, dilations))
+
+
+def _pool_grad_gather(x_shape, dy, kernel, strides, pads, dilations, term, name):
+    """dx[n, c, h, w] = sum over the windows holding (h, w) of term(n, c, oh, ow, h, w)."""
+    oh, ow = int(dy.shape[2]), int(dy.shape[3])
+    rh = te.reduce_axis((0, kernel[0]), name="rh")
+    rw = te.reduce_axis((0, kernel[1]), name="rw")
+
+    def f(n, c, h, w):
+        i, vi = _window_source(h, pads[0], rh, dilations[0], strides[0], oh)
+        j, vj = _window_source(w, pads[1], rw, dilations[1], strides[1], ow)
+        i, j = tirx.Select(vi, i, 0), tirx.Select(vj, j, 0)
+        return te.sum(tirx.Select(tirx.all(vi, vj), term(n, c, i, j, h, w), tirx.const(0, dy.dtype)), axis=[rh, rw])
+
+    return te.compute(x_shape, f, name=name)
+
+
+def _max_pool_grad_lower(x, y, dy, *, kernel, strides, pads, dilations, ceil_mode):
+    def term(n, c, i, j, h, w):
+        return tirx.Select(x[n, c, h, w] == y[n, c, i, j], dy[n, c, i, j], tirx.const(0, dy.dtype))
+
+    return _pool_grad_gather(x.shape, dy, kernel, strides, pads, dilations, term, "max_pool2d_grad")
+
+
+max_pool2d_grad = defop(
+    "max_pool2d_grad", FusionKind.REDUCTION, infer=_pool_grad_infer, attrs=POOL_ATTRS, arity=(3, 3),
+    reference=_max_pool_grad_ref, lower=_max_pool_grad_lower,
+    doc="dL/dx of y = max_pool2d(x) from x, y and dy: dy goes to every window element equal to the window's max.")
+
+
+def _avg_divisor(in_hw, kernel, strides, pads, dilations, ceil_mode, count_include_pad):
+    """The divisor of each output window (1, 1, OH, OW), as the forward reference computes it."""
+    ones = np.ones((1, 1) + tuple(in_hw))
+    if count_include_pad:
+        ones = np.pad(ones, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=1.0)
+        pads = (0, 0, 0, 0)
+    return windows2d(ones, kernel, strides, pads, dilations, ceil=ceil_mode).sum(axis=(4, 5))
+
+
+def _avg_pool_grad_ref(x, dy, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad):
+    div = _avg_divisor(x.shape[2:], kernel, strides, pads, dilations, ceil_mode, count_include_pad)
+    contrib = np.broadcast_to((dy / div).astype(dy.dtype)[..., None, None], dy.shape + tuple(kernel))
+    return np.ascontiguousarray(_scatter_windows(np.ascontiguousarray(contrib), x.shape[2:], kernel, strides, pads,
+                                                 dilations)).astype(dy.dtype)
+
+
+def _avg_pool_grad_lower(x, dy, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad):
+    div = _avg_divisor([int(d) for d in x.shape[2:]], kernel, strides, pads, dilations, ceil_mode,
+                       count_include_pad)[0, 0]
+    table = [[float(1.0 / v) for v in row] for row in div]
+
+    def inv_div(i, j):  # a small constant table, unrolled into nested selects per row/column when tiny
+        expr = tirx.const(table[0][0], dy.dtype)
+        for a, row in enumerate(table):
+            for b, v in enumerate(row):
+                if v != table[0][0]:
+                    expr = tirx.Select(tirx.all(i == a, j == b), tirx.const(v, dy.dtype), expr)
+        return expr
+
+    def term(n, c, i, j, h, w):
+        return dy[n, c, i, j] * inv_div(i, j)
+
+    return _pool_grad_gather(x.shape, dy, kernel, strides, pads, dilations, term, "avg_pool2d_grad")
+
+
+avg_pool2d_grad = defop(
+    "avg_pool2d_grad", FusionKind.REDUCTION, infer=_pool_grad_infer,
+    attrs={**POOL_ATTRS, "count_include_pad": Attr("bool", False)}, arity=(2, 2),
+    reference=_avg_pool_grad_ref, lower=_avg_pool_grad_lower,
+    doc="dL/dx of avg_pool2d(x) from x (for its shape) and dy.")
+
+
+# -- data movement adjoints -----------------------------------------------------------------------------------------------
+def _slice_grad_infer(types, *, input_shape, begins, strides):
+    return TensorType(input_shape, types[0].dtype)
+
+
+def _slice_grad_ref(dy, *, input_shape, begins, strides):
+    out = np.zeros(input_shape, dy.dtype)
+    out[tuple(slice(b, b + s * (n - 1) + 1 if s > 0 else (None if b + s * (n - 1) - 1 < 0 else b + s * (n - 1) - 1),
+                    s) for b, s, n in zip(begins, strides, dy.shape))] = dy
+    return out
+
+
+def _slice_grad_lower(dy, *, input_shape, begins, strides):
+    def f(*i):
+        conds, src = [], []
+        for x, b, s, n in zip(i, begins, strides, dy.shape):
+            d = x - b
+            conds += [tirx.floormod(d, s) == 0, tirx.floordiv(d, s) >= 0, tirx.floordiv(d, s) < n]
+            src.append(tirx.floordiv(d, s))
+        ok = tirx.all(*conds)
+        return tirx.Select(ok, dy(*[tirx.Select(ok, v, 0) for v in src]), tirx.const(0, dy.dtype))
+
+    return te.compute(tuple(input_shape), f, name="strided_slice_grad")
+
+
+strided_slice_grad = defop(
+    "strided_slice_grad", FusionKind.INJECTIVE, infer=_slice_grad_infer,
+    attrs={"input_shape": Attr("ints"), "begins": Attr("ints"), "strides": Attr("ints")},
+    reference=_slice_grad_ref, lower=_slice_grad_lower,
+    doc="The adjoint of strided_slice: dy placed at the sliced positions of a zero tensor of input_shape.")
+
+
+def _take_grad_infer(types, *, axis, input_shape):
+    return TensorType(input_shape, types[1].dtype)
+
+
+def _take_grad_ref(idx, dy, *, axis, input_shape):
+    out = np.zeros(input_shape, dy.dtype)
+    idx = np.where(idx < 0, idx + input_shape[axis], idx)
+    moved = np.moveaxis(out, axis, 0)
+    np.add.at(moved, idx, np.moveaxis(dy, list(range(axis, axis + idx.ndim)), list(range(idx.ndim))))
+    return out
+
+
+def _take_grad_lower(idx, dy, *, axis, input_shape):
+    reduce = [te.reduce_axis((0, int(d)), name=f"r{i}") for i, d in enumerate(idx.shape)]
+    dim = int(input_shape[axis])
+
+    def f(*i):
+        target = idx(*reduce)
+        target = tirx.Select(target < 0, target + dim, target)
+        src = list(i[:axis]) + reduce + list(i[axis + 1:])
+        return te.sum(tirx.Select(target == i[axis].astype(idx.dtype), dy(*src), tirx.const(0, dy.dtype)),
+                      axis=reduce)
+
+    return te.compute(tuple(input_shape), f, name="take_grad")
+
+
+take_grad = defop("take_grad", FusionKind.REDUCTION, infer=_take_grad_infer, arity=(2, 2),
+                  attrs={"axis": Attr("int"), "input_shape": Attr("ints")},
+                  reference=_take_grad_ref, lower=_take_grad_lower,
+                  doc="The adjoint of take (an embedding's backward): dy scatter-added at the indices.")
+
+
+# -- losses -------------------------------------------------------------------------------------------------------------
+CE_ATTRS = {"label_smoothing": Attr("float", 0.0), "ignore_index": Attr("int", -100)}
+
+
+def _ce_infer(types, *, label_smoothing, ignore_index):
+    logits, labels = types[0], types[1]
+    if logits.rank != 2 or labels.shape != logits.shape[:1] or labels.dtype not in ("int64", "int32"):
+        fail(f"expects logits (N, C) and integer labels (N,), got {logits} and {labels}")
+    return TensorType(logits.shape[:1], logits.dtype)
+
+
+def _ce_ref(logits, labels, *, label_smoothing, ignore_index):
+    x = logits.astype(np.float64)
+    lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+    valid = labels != ignore_index
+    picked = x[np.arange(len(x)), np.where(valid, labels, 0)]
+    loss = lse - (1 - label_smoothing) * picked - label_smoothing * x.mean(1)
+    return np.where(valid, loss, 0.0).astype(logits.dtype)
+
+
+def _row_stats(x):
+    n, c = x.shape
+    r1 = te.reduce_axis((0, c), name="r1")
+    mx = te.compute((n,), lambda i: te.max(x[i, r1], axis=r1), name="ce_max")
+    r2 = te.reduce_axis((0, c), name="r2")
+    se = te.compute((n,), lambda i: te.sum(te.exp(x[i, r2] - mx[i]), axis=r2), name="ce_sumexp")
+    r3 = te.reduce_axis((0, c), name="r3")
+    sx = te.compute((n,), lambda i: te.sum(x[i, r3], axis=r3), name="ce_sum")
+    return mx, se, sx
+
+
+def _ce_lower(logits, labels, *, label_smoothing, ignore_index):
+    n, c = (int(d) for d in logits.shape)
+    mx, se, sx = _row_stats(logits)
+    eps = label_smoothing
+
+    def f(i):
+        y = labels[i]
+        valid = y != tirx.const(ignore_index, labels.dtype)
+        picked = logits[i, tirx.Select(valid, y, tirx.const(0, labels.dtype))]
+        loss = te.log(se[i]) + mx[i] - tirx.const(1 - eps, logits.dtype) * picked \
+            - tirx.const(eps / c, logits.dtype) * sx[i]
+        return tirx.Select(valid, loss, tirx.const(0, logits.dtype))
+
+    return te.compute((n,), f, name="softmax_cross_entropy")
+
+
+softmax_cross_entropy = defop(
+    "softmax_cross_entropy", FusionKind.REDUCTION, infer=_ce_infer, attrs=CE_ATTRS, arity=(2, 2),
+    reference=_ce_ref, lower=_ce_lower,
+    doc="Per-sample -log softmax(logits)[label] with label smoothing (PyTorch's); 0 where label == ignore_index.")
+
+
+def _ce_grad_infer(types, **_):
+    return types[0]
+
+
+def _ce_grad_ref(logits, labels, dloss, *, label_smoothing, ignore_index):
+    x = logits.astype(np.float64)
+    p = np.exp(x - x.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    valid = labels != ignore_index
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(x)), np.where(valid, labels, 0)] = 1.0
+    g = p - (1 - label_smoothing) * onehot - label_smoothing / x.shape[1]
+    return (g * np.where(valid, dloss, 0.0)[:, None]).astype(logits.dtype)
+
+
+def _ce_grad_lower(logits, labels, dloss, *, label_smoothing, ignore_index):
+    n, c = (int(d) for d in logits.shape)
+    mx, se, _ = _row_stats(logits)
+    eps = label_smoothing
+
+    def f(i, j):
+        y = labels[i]
+        valid = y != tirx.const(ignore_index, labels.dtype)
+        p = te.exp(logits[i, j] - mx[i]) / se[i]
+        hit = tirx.Select(j.astype(labels.dtype) == y, tirx.const(1 - eps, logits.dtype), tirx.const(0, logits.dtype))
+        g = (p - hit - tirx.const(eps / c, logits.dtype)) * dloss[i]
+        return tirx.Select(valid, g, tirx.const(0, logits.dtype))
+
+    return te.compute((n, c), f, name="softmax_cross_entropy_grad")
+
+
+softmax_cross_entropy_grad = defop(
+    "softmax_cross_entropy_grad", FusionKind.REDUCTION, infer=_ce_grad_infer, attrs=CE_ATTRS, arity=(3, 3),
+    reference=_ce_grad_ref, lower=_ce_grad_lower,
+    doc="dL/dlogits of softmax_cross_entropy from logits, labels and the per-sample dL/dloss.")
+

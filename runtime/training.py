@@ -1,0 +1,190 @@
+"""TrainingSession: runs a compiled training graph step by step; the runtime half of `compiler.compile_training`.
+
+The training graph (compiler/autodiff/training.py) holds forward, loss, backward and optimizer update in one
+plan. Its persistent state (parameters, optimizer moments, batch-norm running statistics) lives in the
+CompiledModel's state buffers and is updated in place by the kernels: a step copies in only the batch, the labels,
+a few host-computed scalars (the scheduled learning rate, Adam's bias corrections) and one uniform sample per
+dropout, drawn from a seeded numpy Generator; it copies out only the loss and the logits.
+
+Like the rest of the runtime this module needs numpy and TVM's runtime only (ONNX export imports onnx lazily).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import zipfile
+from typing import Mapping
+
+import numpy as np
+
+from .artifact import atomic_write
+from .errors import ArtifactError, InputError
+from .model import CompiledModel
+
+CHECKPOINT_FORMAT = "tensorforge-checkpoint"
+
+
+def learning_rate(base_lr: float, schedule: Mapping | None, step: int) -> float:
+    """The learning rate at `step` (0-based), computed on the host and fed to the update kernels.
+
+    schedule: None (constant); {"name": "step", "step_size": k, "gamma": 0.1}; {"name": "cosine",
+    "total_steps": T, "min_lr": 0.0}; {"name": "constant"}. Any of them takes "warmup_steps": W, a linear warmup
+    from base_lr / W over the first W steps (multiplied in)."""
+    if not schedule:
+        return base_lr
+    name = schedule.get("name", "constant")
+    if name == "step":
+        lr = base_lr * schedule.get("gamma", 0.1) ** (step // int(schedule["step_size"]))
+    elif name == "cosine":
+        total, low = int(schedule["total_steps"]), float(schedule.get("min_lr", 0.0))
+        lr = low + (base_lr - low) * (1 + math.cos(math.pi * min(step, total) / total)) / 2
+    elif name in ("constant", "linear_warmup"):
+        lr = base_lr
+    else:
+        raise InputError(f"unknown learning-rate schedule {name!r}; supported: step, cosine, constant, "
+                         f"linear_warmup")
+    warmup = int(schedule.get("warmup_steps", 0))
+    if warmup > 0 and step < warmup:
+        lr *= (step + 1) / warmup
+    return lr
+
+
+class TrainingSession:
+    """A compiled model being trained. Build one with `compiler.compile_training`."""
+
+    def __init__(self, train: CompiledModel, evaluator: CompiledModel, spec: dict):
+        self._train = train
+        self._eval = evaluator
+        self.spec = spec
+        self.step_count = 0
+        self._rng = np.random.default_rng(spec.get("seed", 0))
+        self._state = train.state  # live buffers, updated by the kernels
+        self._kinds = spec["state_kinds"]
+        self._label_dtype = dict(train.input_specs)[spec["labels"]][1]
+        self.last_logits: np.ndarray | None = None
+
+    # -- stepping ---------------------------------------------------------------------------------------------------------
+    def learning_rate(self, step: int | None = None) -> float:
+        opt = self.spec["optimizer"]
+        return learning_rate(opt["lr"], self.spec.get("schedule"), self.step_count if step is None else step)
+
+    def _scalars(self) -> dict[str, np.ndarray]:
+        opt = self.spec["optimizer"]
+        lr = self.learning_rate()
+        t = self.step_count + 1
+        values = {"lr": lr, "decay": 1.0 - lr * opt.get("weight_decay", 0.0)}
+        if opt["name"] in ("adam", "adamw"):
+            b1, b2 = opt["betas"]
+            values["step_size"] = lr / (1.0 - b1 ** t)
+            values["inv_sqrt_bc2"] = 1.0 / math.sqrt(1.0 - b2 ** t)
+        return {name: np.array([values[kind]], np.float32) for kind, name in self.spec["scalars"].items()}
+
+    def step(self, feeds: Mapping[str, np.ndarray], labels: np.ndarray) -> float:
+        """One training step on a batch: forward, loss, backward, update. Returns the loss (before the update)."""
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+        full = dict(feeds)
+        full[self.spec["labels"]] = np.asarray(labels).astype(self._label_dtype, copy=False)
+        full.update(self._scalars())
+        for name, shape in self.spec["dropout"]:
+            full[name] = self._rng.random(tuple(shape), dtype=np.float32)
+        loss, logits = self._train.run(full)
+        self.step_count += 1
+        self.last_logits = logits
+        return float(loss.reshape(-1)[0])
+
+    def eval(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The model's outputs in inference mode (running statistics, no dropout) with the current parameters."""
+        full = dict(feeds)
+        for name in self._eval.input_names:
+            if name in self._state:
+                full[name] = self._state[name]
+        return self._eval.run(full)
+
+    # -- state ------------------------------------------------------------------------------------------------------------
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Copies of the trainable parameters and running statistics, by name."""
+        return {k: v.copy() for k, v in self._state.items() if self._kinds[k] in ("param", "running_mean",
+                                                                                  "running_var")}
+
+    def load_parameters(self, params: Mapping[str, np.ndarray]) -> None:
+        for k, v in params.items():
+            if k not in self._state:
+                raise InputError(f"unknown parameter {k!r}")
+            np.copyto(self._state[k], np.asarray(v, self._state[k].dtype))
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Parameters, optimizer state, step count and the dropout generator's state, written atomically."""
+        meta = {"format": CHECKPOINT_FORMAT, "step": self.step_count, "rng": self._rng.bit_generator.state,
+                "names": sorted(self._state)}
+
+        def write(f):
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+                z.writestr("meta.json", json.dumps(meta))
+                for i, name in enumerate(meta["names"]):
+                    buf = io.BytesIO()
+                    np.save(buf, self._state[name], allow_pickle=False)
+                    z.writestr(f"state/{i}.npy", buf.getvalue())
+
+        atomic_write(os.fspath(path), write)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        path = os.fspath(path)
+        try:
+            with zipfile.ZipFile(path) as z:
+                meta = json.loads(z.read("meta.json"))
+                if meta.get("format") != CHECKPOINT_FORMAT:
+                    raise ArtifactError(f"{path!r} is not a TensorForge checkpoint")
+                if sorted(meta["names"]) != sorted(self._state):
+                    raise ArtifactError(f"checkpoint {path!r} holds state {meta['names']}, this session has "
+                                        f"{sorted(self._state)}")
+                arrays = {}
+                for i, name in enumerate(meta["names"]):
+                    with z.open(f"state/{i}.npy") as f:
+                        arrays[name] = np.lib.format.read_array(io.BufferedReader(f), allow_pickle=False)
+        except ArtifactError:
+            raise
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            raise ArtifactError(f"checkpoint {path!r} is missing or damaged ({type(e).__name__}: {e})") from None
+        for name, a in arrays.items():
+            if a.shape != self._state[name].shape:
+                raise ArtifactError(f"checkpoint {path!r}: state {name!r} has shape {a.shape}, expected "
+                                    f"{self._state[name].shape}")
+        for name, a in arrays.items():
+            np.copyto(self._state[name], a)
+        self.step_count = int(meta["step"])
+        self._rng.bit_generator.state = meta["rng"]
+
+    def export_onnx(self, path: str | os.PathLike, model=None) -> None:
+        """Write the ONNX model this session was compiled from (or `model`) with the trained values of its
+        initializers (every initializer whose name is a trained parameter or running statistic)."""
+        import onnx
+        from onnx import numpy_helper
+
+        source = model if model is not None else self.spec.get("onnx")
+        if source is None:
+            raise InputError("export_onnx needs the source ONNX model (this session was not compiled from one)")
+        proto = onnx.ModelProto()
+        if isinstance(source, onnx.ModelProto):
+            proto.CopyFrom(source)
+        elif isinstance(source, (bytes, bytearray)):
+            proto.ParseFromString(bytes(source))
+        else:
+            proto = onnx.load(os.fspath(source))
+        params = self.parameters()
+        for init in proto.graph.initializer:
+            if init.name in params and tuple(init.dims) == params[init.name].shape:
+                init.CopyFrom(numpy_helper.from_array(params[init.name].astype(
+                    onnx.helper.tensor_dtype_to_np_dtype(init.data_type)), init.name))
+        atomic_write(os.fspath(path), lambda f: f.write(proto.SerializeToString()))
+
+    @property
+    def train_model(self) -> CompiledModel:
+        return self._train
+
+    @property
+    def eval_model(self) -> CompiledModel:
+        return self._eval

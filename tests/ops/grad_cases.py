@@ -1,0 +1,46 @@
+"""Compiled-vs-reference cases for the training ops of compiler/ops/grad.py (appended to test_ops.CASES, so the
+registry-completeness test there covers them)."""
+
+import numpy as np
+
+rng = np.random.default_rng(1)
+
+
+def rand(*shape, lo=-2.0, hi=2.0):
+    return rng.uniform(lo, hi, shape).astype(np.float32)
+
+
+def distinct(*shape):
+    return (rng.permutation(int(np.prod(shape))).reshape(shape) / 10.0).astype(np.float32)
+
+
+def _max_pool_case(x, **attrs):
+    from compiler.ops.nn import _max_pool_ref
+
+    full = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "ceil_mode": False, **attrs}
+    y = _max_pool_ref(x, **full)
+    return ("max_pool2d_grad", [x, y, rand(*y.shape)], attrs, ())
+
+
+CONV = {"strides": (2, 2), "pads": (1, 0, 0, 1), "dilations": (1, 2), "groups": 2}
+GRAD_CASES = [
+    ("ge_mask", [rand(3, 5), rand(5)], {}, ()),
+    ("gt_mask", [rand(2, 1, 4), rand(3, 4)], {}, ()),
+    ("relu_grad", [rand(4, 9), rand(4, 9)], {}, ()),
+    ("dropout", [rand(3, 7)], {"p": 0.3}, ()),
+    ("dropout_train", [rand(3, 7), rng.random((3, 7)).astype(np.float32)], {"p": 0.3}, ()),
+    ("conv2d_backward_data", [rand(2, 4, 3, 2), rand(4, 3, 3, 3)], {**CONV, "input_shape": (2, 6, 6, 7)}, ()),
+    ("conv2d_backward_data", [rand(1, 5, 6, 6), rand(5, 3, 3, 3)], {"pads": (1, 1, 1, 1), "input_shape": (1, 3, 6, 6)},
+     ()),
+    ("conv2d_backward_weight", [rand(2, 4, 3, 2), rand(2, 6, 6, 7)], {**CONV, "kernel_shape": (4, 3, 3, 3)}, ()),
+    _max_pool_case(distinct(2, 3, 7, 7), kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+    ("avg_pool2d_grad", [rand(1, 2, 7, 7), rand(1, 2, 4, 4)],
+     {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1), "count_include_pad": False}, ()),
+    ("avg_pool2d_grad", [rand(1, 2, 6, 6), rand(1, 2, 3, 3)],
+     {"kernel": (2, 2), "strides": (2, 2), "ceil_mode": True, "count_include_pad": True}, ()),
+    ("strided_slice_grad", [rand(2, 3)], {"input_shape": (6, 7), "begins": (1, 0), "strides": (2, 3)}, ()),
+    ("take_grad", [np.array([[0, 2], [2, -1]], np.int64), rand(2, 2, 3)], {"axis": 0, "input_shape": (5, 3)}, ()),
+    ("softmax_cross_entropy", [rand(5, 7), np.array([0, 6, 3, -100, 2], np.int64)], {"label_smoothing": 0.1}, ()),
+    ("softmax_cross_entropy_grad", [rand(5, 7), np.array([0, 6, 3, 1, 2], np.int64), rand(5)],
+     {"label_smoothing": 0.2, "ignore_index": 1}, ()),
+]
