@@ -118,3 +118,23 @@ def _cumsum_lower(x, *, axis, exclusive, reverse):
 cumsum = defop("cumsum", FusionKind.OPAQUE, infer=_cumsum_infer,
                attrs={"axis": Attr("int"), "exclusive": Attr("bool", False), "reverse": Attr("bool", False)},
                reference=_cumsum_ref, lower=_cumsum_lower, doc="Cumulative sum along `axis` (ONNX CumSum).")
+
+
+def _cumprod_ref(x, *, axis, exclusive, reverse):
+    y = np.flip(x, axis) if reverse else x
+    p = np.cumprod(y, axis=axis, dtype=x.dtype)
+    if exclusive:  # shift by one along the axis, a 1 first
+        ones = np.ones_like(np.take(p, [0], axis=axis))
+        p = np.concatenate([ones, np.take(p, range(p.shape[axis] - 1), axis=axis)], axis=axis)
+    return np.ascontiguousarray(np.flip(p, axis) if reverse else p)
+
+
+def _cumprod_lower(x, *, axis, exclusive, reverse):
+    y = topi.flip(x, axis) if reverse else x
+    p = topi.cumprod(y, axis=axis, exclusive=exclusive)
+    return topi.flip(p, axis) if reverse else p
+
+
+cumprod = defop("cumprod", FusionKind.OPAQUE, infer=_cumsum_infer,
+                attrs={"axis": Attr("int"), "exclusive": Attr("bool", False), "reverse": Attr("bool", False)},
+                reference=_cumprod_ref, lower=_cumprod_lower, doc="Cumulative product along `axis` (ONNX CumProd).")

@@ -190,3 +190,71 @@ def _gather_nd_lower(data, idx, *, batch_dims):
 gather_nd = defop("gather_nd", FusionKind.INJECTIVE, infer=_gather_nd_infer, attrs={"batch_dims": Attr("int", 0)},
                   arity=(2, 2), reference=_gather_nd_ref, lower=_gather_nd_lower,
                   doc="ONNX GatherND: the last index axis addresses the leading data axes after batch_dims.")
+
+
+# -- scatters: a copy of data with some elements replaced (or combined with `reduction`) by updates ----------------
+SCATTER_REDUCTIONS = ("none", "add", "mul", "max", "min")
+_NP_COMBINE = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def _scatter_elements_infer(types, *, axis, reduction):
+    data, idx, upd = types
+    if not 0 <= axis < data.rank or idx.rank != data.rank or idx.shape != upd.shape or upd.dtype != data.dtype \
+            or idx.dtype not in ("int64", "int32") or reduction not in SCATTER_REDUCTIONS:
+        fail(f"indices {idx} and updates {upd} do not fit data {data} at axis {axis} (reduction {reduction!r})")
+    return data
+
+
+def _scatter_elements_ref(data, idx, upd, *, axis, reduction):
+    out = data.copy()
+    idx = np.where(idx < 0, idx + data.shape[axis], idx)
+    for pos in np.ndindex(*idx.shape):  # in order: later updates win, as in onnx's reference
+        target = tuple(idx[pos] if k == axis else v for k, v in enumerate(pos))
+        out[target] = upd[pos] if reduction == "none" else _NP_COMBINE[reduction](out[target], upd[pos])
+    return out
+
+
+scatter_elements = defop(
+    "scatter_elements", FusionKind.OPAQUE, infer=_scatter_elements_infer,
+    attrs={"axis": Attr("int", 0), "reduction": Attr("str", "none")}, arity=(3, 3), reference=_scatter_elements_ref,
+    lower=lambda d, i, u, *, axis, reduction: topi.scatter_elements(
+        d, i, u, axis, "update" if reduction == "none" else reduction),
+    doc="ONNX ScatterElements: out = data; out[..idx[i]..] = updates[i] along `axis` (or combined by reduction).")
+
+
+def _scatter_nd_infer(types, *, reduction):
+    data, idx, upd = types
+    m = idx.shape[-1] if idx.rank else 0
+    if idx.dtype not in ("int64", "int32") or idx.rank < 1 or m > data.rank or upd.dtype != data.dtype \
+            or upd.shape != idx.shape[:-1] + data.shape[m:] or reduction not in SCATTER_REDUCTIONS:
+        fail(f"indices {idx} and updates {upd} do not fit data {data} (reduction {reduction!r})")
+    return data
+
+
+def _scatter_nd_ref(data, idx, upd, *, reduction):
+    out = data.copy()
+    for pos in np.ndindex(*idx.shape[:-1]):
+        target = tuple(int(v) + (data.shape[k] if v < 0 else 0) for k, v in enumerate(idx[pos]))
+        out[target] = upd[pos] if reduction == "none" else _NP_COMBINE[reduction](out[target], upd[pos])
+    return out
+
+
+def _scatter_nd_lower(data, idx, upd, *, reduction):
+    # topi wants the index tuple first: (M, ...) instead of (..., M)
+    r = len(idx.shape)
+    def dim(m):  # data.shape[m] for a loop variable m
+        d = te.const(int(data.shape[0]), idx.dtype)
+        for k in range(1, int(idx.shape[-1])):
+            d = te.if_then_else(m == k, te.const(int(data.shape[k]), idx.dtype), d)
+        return d
+
+    idx_t = te.compute([idx.shape[-1]] + list(idx.shape[:-1]), lambda m, *i: te.if_then_else(
+        idx(*i, m) < 0, idx(*i, m) + dim(m), idx(*i, m)), name="scatter_nd_indices")
+    mode = {"none": "update"}.get(reduction, reduction)
+    return topi.scatter_nd(data, idx_t, upd, mode)
+
+
+scatter_nd = defop("scatter_nd", FusionKind.OPAQUE, infer=_scatter_nd_infer,
+                   attrs={"reduction": Attr("str", "none")}, arity=(3, 3), reference=_scatter_nd_ref,
+                   lower=_scatter_nd_lower,
+                   doc="ONNX ScatterND: out = data; out[idx[i]] = updates[i] (or combined by reduction).")

@@ -112,6 +112,14 @@ CASES = [
     ("gather_elements", [rand(3, 4), np.array([[0, 2, -1, 1], [2, 2, 0, 0]], np.int64)], {"axis": 0}, ()),
     ("gather_nd", [rand(3, 4, 5), np.array([[0, 1], [2, -1]], np.int64)], {}, ()),
     ("gather_nd", [rand(2, 3, 4), np.array([[1], [0]], np.int64)], {"batch_dims": 1}, ()),
+    ("cumprod", [rand(3, 6, lo=0.5, hi=1.5)], {"axis": 1}, ()),
+    ("cumprod", [rand(3, 6, lo=0.5, hi=1.5)], {"axis": 0, "exclusive": True, "reverse": True}, ()),
+    ("scatter_elements", [rand(3, 4), np.array([[0, 2, -1, 1], [2, 1, 0, 0]], np.int64), rand(2, 4)], {"axis": 0},
+     ()),
+    ("scatter_elements", [rand(2, 5), np.array([[1, 1], [4, 0]], np.int64), rand(2, 2)], {"axis": 1,
+                                                                                        "reduction": "add"}, ()),
+    ("scatter_nd", [rand(4, 3, 2), np.array([[0, 1], [-1, 2]], np.int64), rand(2, 2)], {}, ()),
+    ("scatter_nd", [rand(4, 3), np.array([[1], [1], [3]], np.int64), rand(3, 3)], {"reduction": "max"}, ()),
 ]
 
 from tests.ops.grad_cases import GRAD_CASES  # noqa: E402  (training ops: compiler/ops/grad.py)
