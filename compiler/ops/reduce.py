@@ -49,12 +49,42 @@ def _extreme_ref(fn):
     return ref
 
 
+def _extreme_lower(largest: bool):
+    """max/min over `axes`. For floats the identity is -inf/+inf (topi starts from the lowest finite value, so a
+    max over a row of -inf would give -3.4e38 instead of -inf)."""
+
+    def lower(x, *, axes, keepdims):
+        if not str(x.dtype).startswith("float"):
+            return (topi.max if largest else topi.min)(x, axis=list(axes), keepdims=keepdims)
+        ident = te.const(float("-inf") if largest else float("inf"), x.dtype)
+        comb = (lambda a, b: te.max(a, b)) if largest else (lambda a, b: te.min(a, b))
+        reducer = te.comm_reducer(comb, lambda t: ident, name="max" if largest else "min")
+        rank = len(x.shape)
+        raxes = {a: te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes}
+        out_shape = [1 if a in raxes else x.shape[a] for a in range(rank)] if keepdims else \
+            [x.shape[a] for a in range(rank) if a not in raxes]
+
+        def f(*idx):
+            it = iter(idx)
+            full = []
+            for a in range(rank):
+                if a in raxes:
+                    if keepdims:
+                        next(it)
+                    full.append(raxes[a])
+                else:
+                    full.append(next(it))
+            return reducer(x(*full), axis=list(raxes.values()))
+
+        return te.compute(out_shape, f, name="reduce_max" if largest else "reduce_min")
+
+    return lower
+
+
 reduce_max = defop("reduce_max", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
-                   reference=_extreme_ref(np.max),
-                   lower=lambda x, *, axes, keepdims: topi.max(x, axis=list(axes), keepdims=keepdims))
+                   reference=_extreme_ref(np.max), lower=_extreme_lower(True))
 reduce_min = defop("reduce_min", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
-                   reference=_extreme_ref(np.min),
-                   lower=lambda x, *, axes, keepdims: topi.min(x, axis=list(axes), keepdims=keepdims))
+                   reference=_extreme_ref(np.min), lower=_extreme_lower(False))
 reduce_prod = defop("reduce_prod", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
                     reference=_extreme_ref(np.prod),
                     lower=lambda x, *, axes, keepdims: topi.prod(x, axis=list(axes), keepdims=keepdims))

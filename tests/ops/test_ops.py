@@ -39,6 +39,8 @@ CASES = [
     ("clip", [rand(3, 9)], {"min": -0.5, "max": 0.7}, ()),
     ("leaky_relu", [rand(3, 9)], {"alpha": 0.2}, ()),
     ("gelu", [rand(3, 9)], {}, ()),
+    ("reduce_max", [np.array([[-np.inf, -np.inf, -np.inf], [1.0, -np.inf, 2.0]], np.float32)], {"axes": (1,)}, ()),
+    ("reduce_min", [np.array([[np.inf, np.inf], [1.0, 3.0]], np.float32)], {"axes": (1,), "keepdims": False}, ()),
     ("gelu", [rand(3, 9)], {"approximate": "tanh"}, ()),
     ("cast", [rand(3, 9, lo=-50, hi=50)], {"to": "int32"}, ()),
     ("conv2d", [rand(1, 8, 13, 11), rand(16, 8, 3, 3), rand(16)], {"pads": (1, 1, 1, 1)}, (1, 2)),
