@@ -22,6 +22,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TVM_NUM_THREADS", "2")
+# Engines share the cores in one process: OpenMP threads (PyTorch, torch.compile) that spin after each op would
+# steal them from the engine timed next. Passive waiting keeps the interleaved measurements independent.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 THREADS = int(os.environ["TVM_NUM_THREADS"])
 
 from benchmarks.machine import describe_machine  # noqa: E402

@@ -58,8 +58,17 @@ def write_artifact(path: str, plan: dict, kernels_path: str, params: list[np.nda
     atomic_write(path, write)
 
 
-def read_artifact(path: str, kernels_dir: str) -> tuple[dict, str, list[np.ndarray]]:
-    """Returns (plan, path of the extracted kernel library, params). Raises ArtifactError on any damage."""
+def _read_param(path: str, member: str) -> np.ndarray:
+    try:
+        with zipfile.ZipFile(path) as z, z.open(member) as f:
+            return np.lib.format.read_array(io.BufferedReader(f), allow_pickle=False)
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError, OSError) as e:
+        raise ArtifactError(f"artifact {path!r} is damaged: cannot read {member} ({type(e).__name__}: {e})") from None
+
+
+def read_artifact(path: str, kernels_dir: str) -> tuple[dict, str, list]:
+    """Returns (plan, path of the extracted kernel library, params: for each plan entry a callable that reads the
+    array, or None for a splat). Raises ArtifactError on any damage."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ArtifactError(f"artifact {path!r} does not exist")
@@ -75,13 +84,12 @@ def read_artifact(path: str, kernels_dir: str) -> tuple[dict, str, list[np.ndarr
             if plan.get("version") != VERSION:
                 raise ArtifactError(f"artifact {path!r} has format version {plan.get('version')}; this runtime "
                                     f"reads version {VERSION}: recompile the model")
-            params = []
-            for entry in plan["params"]:
-                if "file" in entry:
-                    with z.open(entry["file"]) as f:
-                        params.append(np.lib.format.read_array(io.BufferedReader(f), allow_pickle=False))
-                else:  # a splat: every element equal, stored as one number
-                    params.append(None)
+            missing = [e["file"] for e in plan["params"] if "file" in e and e["file"] not in names]
+            if missing:
+                raise ArtifactError(f"artifact {path!r} is damaged: parameter file {missing[0]} is missing")
+            # each parameter is read when the model copies it into its buffer: one in memory at a time
+            params = [(lambda member=e["file"]: _read_param(path, member)) if "file" in e else None
+                      for e in plan["params"]]
             kernels = os.path.join(kernels_dir, "kernels.so")
             with z.open("kernels.so") as src, open(kernels, "wb") as dst:
                 dst.write(src.read())

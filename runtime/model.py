@@ -65,8 +65,7 @@ class CompiledModel:
         if owned_dir:
             self._cleanup = weakref.finalize(self, shutil.rmtree, owned_dir, True)
         self._module = load_kernels(kernels_path)
-        self._allocate(params)
-        self._params_data = params
+        self._allocate(params)  # params are copied into their aligned buffers and not kept twice
 
     # -- setup ----------------------------------------------------------------------------------------------------------
     def _check_machine(self) -> None:
@@ -101,6 +100,7 @@ class CompiledModel:
             if "splat" in entry:
                 dst.fill(entry["splat"])
             else:
+                data = data() if callable(data) else data  # artifacts read each parameter only when it is copied
                 if data.shape != dst.shape or data.dtype != dst.dtype:
                     raise ArtifactError(f"parameter for buffer {entry['buffer']} is {data.dtype}{list(data.shape)}, "
                                         f"the plan expects {dst.dtype}{list(dst.shape)}: the artifact is damaged")
@@ -203,7 +203,8 @@ class CompiledModel:
     # -- persistence ----------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the artifact atomically (see runtime/artifact.py)."""
-        artifact.write_artifact(os.fspath(path), self.plan, self._kernels_path, self._params_data)
+        params = [self._arrays[entry["buffer"]] for entry in self.plan["params"]]
+        artifact.write_artifact(os.fspath(path), self.plan, self._kernels_path, params)
 
 
 def load(path: str | os.PathLike, num_threads: int | None = None) -> CompiledModel:

@@ -1,0 +1,219 @@
+"""Elementwise and broadcasting ops, and activations composed of them."""
+
+from __future__ import annotations
+
+from math import prod  # noqa: F401
+
+import numpy as np  # noqa: F401
+from onnx import helper  # noqa: F401
+
+from compiler import ops  # noqa: F401
+
+from .base import CONVERTERS, converter  # noqa: F401
+from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
+
+
+# -- elementwise ------------------------------------------------------------------------------------------------------
+def _unary(op):
+    def convert(b, X):
+        return b.emit(op, [X])
+
+    return convert
+
+
+for _onnx, _op in {"Relu": ops.relu, "Sigmoid": ops.sigmoid, "Tanh": ops.tanh, "Exp": ops.exp, "Log": ops.log,
+                   "Sqrt": ops.sqrt, "Abs": ops.abs, "Neg": ops.neg, "Erf": ops.erf, "Floor": ops.floor,
+                   "Ceil": ops.ceil, "Sin": ops.sin, "Cos": ops.cos, "Reciprocal": ops.reciprocal, "Sign": ops.sign,
+                   "Round": ops.round, "Tan": ops.tan, "Asin": ops.asin, "Acos": ops.acos, "Atan": ops.atan,
+                   "Sinh": ops.sinh, "Cosh": ops.cosh, "Asinh": ops.asinh, "Acosh": ops.acosh, "Atanh": ops.atanh,
+                   "Not": ops.logical_not, "BitwiseNot": ops.bitwise_not, "IsNaN": ops.isnan}.items():
+    CONVERTERS[_onnx] = {1: _unary(_op)}
+
+
+def _legacy_broadcast(b, A, B, broadcast, axis):
+    """Opset < 7: B broadcasts onto A only with broadcast=1, aligned at `axis`."""
+    if broadcast and axis is not None:
+        ra, rb = b.type(A).rank, b.type(B).rank
+        ax = _axis(b, axis, ra)
+        B = _reshape(b, B, b.type(B).shape + (1,) * (ra - ax - rb))
+    return A, B
+
+
+def _binary(op):
+    def convert(b, A, B, broadcast=0, axis=None):
+        A, B = _legacy_broadcast(b, A, B, broadcast, axis)
+        return b.emit(op, [A, B])
+
+    return convert
+
+
+for _onnx, _op in {"Add": ops.add, "Sub": ops.sub, "Mul": ops.mul, "Div": ops.div, "Less": ops.less,
+                   "Greater": ops.greater, "LessOrEqual": ops.less_equal, "GreaterOrEqual": ops.greater_equal,
+                   "And": ops.logical_and, "Or": ops.logical_or, "Xor": ops.logical_xor,
+                   "BitwiseAnd": ops.bitwise_and, "BitwiseOr": ops.bitwise_or, "BitwiseXor": ops.bitwise_xor}.items():
+    CONVERTERS[_onnx] = {1: _binary(_op)}
+
+
+@converter()
+def Pow(b, X, Y, *, broadcast=0, axis=None):
+    X, Y = _legacy_broadcast(b, X, Y, broadcast, axis)
+    dt = b.type(X).dtype
+    if b.type(Y).dtype != dt:  # the result has the base's type; an exponent of another type is converted
+        Y = b.emit(ops.cast, [Y], to=dt)
+    return b.emit(ops.pow, [X, Y])
+
+
+def _variadic(op):
+    def convert(b, *xs):
+        acc = xs[0]
+        for x in xs[1:]:
+            acc = b.emit(op, [acc, x])
+        return acc
+
+    return convert
+
+
+for _onnx, _op in {"Sum": ops.add, "Max": ops.maximum, "Min": ops.minimum}.items():
+    CONVERTERS[_onnx] = {1: _variadic(_op)}
+
+
+@converter()
+def Identity(b, input):
+    return input
+
+
+@converter()
+def Dropout(b, data, ratio=None, training_mode=None, *, is_test=0, seed=None, **_legacy):
+    # inference (or a zero ratio): Dropout is the identity and keeps every element
+    training = training_mode is not None and bool(b.const(training_mode, "training_mode"))
+    if training and (ratio is None or float(np.asarray(b.const(ratio, "ratio")).reshape(-1)[0]) != 0.0):
+        raise b.error("training_mode=True with a non-zero ratio drops random elements; only inference is supported")
+    return data, np.ones(b.type(data).shape, bool)
+
+
+@converter()
+def Clip_1(b, input, *, min=-3.4028234663852886e38, max=3.4028234663852886e38):
+    return b.emit(ops.clip, [input], min=min, max=max)
+
+
+@converter(since=11)
+def Clip(b, input, min=None, max=None):
+    lo = float(b.const(min, "min")) if min is not None else -np.inf
+    hi = float(b.const(max, "max")) if max is not None else np.inf
+    return b.emit(ops.clip, [input], min=lo, max=hi)
+
+
+@converter()
+def LeakyRelu(b, X, *, alpha=0.01):
+    return b.emit(ops.leaky_relu, [X], alpha=alpha)
+
+
+@converter()
+def Cast(b, input, *, to, saturate=1, round_mode="up"):
+    from ..importer import onnx_dtype
+
+    return b.emit(ops.cast, [input], to=onnx_dtype(to))
+
+
+# -- more elementwise: activations composed of existing ops (they fuse into one kernel) -----------------------------
+@converter()
+def CastLike(b, input, target_type, *, saturate=1, round_mode="up"):
+    return b.emit(ops.cast, [input], to=b.type(target_type).dtype)
+
+
+@converter()
+def Size(b, data):
+    return np.array(b.type(data).numel, np.int64)
+
+
+@converter()
+def Mod(b, A, B, *, fmod=0):
+    return b.emit(ops.mod, [A, B], fmod=bool(fmod))
+
+
+@converter()
+def BitShift(b, X, Y, *, direction):
+    if direction not in ("LEFT", "RIGHT"):
+        raise b.error(f"unknown direction {direction!r}")
+    return b.emit(ops.left_shift if direction == "LEFT" else ops.right_shift, [X, Y])
+
+
+@converter()
+def IsInf(b, X, *, detect_negative=1, detect_positive=1):
+    inf = b.emit(ops.isinf, [X])
+    if detect_negative and detect_positive:
+        return inf
+    side = b.emit(ops.greater if detect_positive else ops.less, [X, _c(b, X, 0)])
+    if not (detect_negative or detect_positive):
+        return b.emit(ops.logical_and, [inf, b.emit(ops.logical_not, [inf])])
+    return b.emit(ops.logical_and, [inf, side])
+
+
+@converter()
+def HardSigmoid(b, X, *, alpha=0.2, beta=0.5):
+    y = b.emit(ops.add, [b.emit(ops.mul, [X, _c(b, X, alpha)]), _c(b, X, beta)])
+    return b.emit(ops.clip, [y], min=0.0, max=1.0)
+
+
+@converter()
+def HardSwish(b, X):
+    return b.emit(ops.mul, [X, HardSigmoid(b, X, alpha=1 / 6, beta=0.5)])
+
+
+@converter()
+def Elu(b, X, *, alpha=1.0):
+    neg = b.emit(ops.mul, [b.emit(ops.sub, [b.emit(ops.exp, [X]), _c(b, X, 1)]), _c(b, X, alpha)])
+    return b.emit(ops.where, [b.emit(ops.less, [X, _c(b, X, 0)]), neg, X])
+
+
+@converter()
+def Selu(b, X, *, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
+    neg = b.emit(ops.sub, [b.emit(ops.mul, [b.emit(ops.exp, [X]), _c(b, X, alpha)]), _c(b, X, alpha)])
+    y = b.emit(ops.where, [b.emit(ops.less_equal, [X, _c(b, X, 0)]), neg, X])
+    return b.emit(ops.mul, [y, _c(b, X, gamma)])
+
+
+@converter()
+def Celu(b, X, *, alpha=1.0):
+    e = b.emit(ops.sub, [b.emit(ops.exp, [b.emit(ops.div, [X, _c(b, X, alpha)])]), _c(b, X, 1)])
+    neg = b.emit(ops.minimum, [b.emit(ops.mul, [e, _c(b, X, alpha)]), _c(b, X, 0)])
+    return b.emit(ops.add, [b.emit(ops.relu, [X]), neg])
+
+
+@converter()
+def ThresholdedRelu(b, X, *, alpha=1.0):
+    return b.emit(ops.where, [b.emit(ops.greater, [X, _c(b, X, alpha)]), X, _c(b, X, 0)])
+
+
+@converter()
+def Shrink(b, input, *, bias=0.0, lambd=0.5):
+    x = input
+    lo = b.emit(ops.add, [x, _c(b, x, bias)])
+    hi = b.emit(ops.sub, [x, _c(b, x, bias)])
+    y = b.emit(ops.where, [b.emit(ops.greater, [x, _c(b, x, lambd)]), hi, _c(b, x, 0)])
+    return b.emit(ops.where, [b.emit(ops.less, [x, _c(b, x, -lambd)]), lo, y])
+
+
+@converter()
+def PRelu(b, X, slope):
+    return b.emit(ops.where, [b.emit(ops.less, [X, _c(b, X, 0)]), b.emit(ops.mul, [X, slope]), X])
+
+
+@converter()
+def Softplus(b, X):
+    return b.emit(ops.log, [b.emit(ops.add, [b.emit(ops.exp, [X]), _c(b, X, 1)])])
+
+
+@converter()
+def Softsign(b, input):
+    return b.emit(ops.div, [input, b.emit(ops.add, [b.emit(ops.abs, [input]), _c(b, input, 1)])])
+
+
+@converter()
+def Mish(b, X):
+    return b.emit(ops.mul, [X, b.emit(ops.tanh, [Softplus(b, X)])])
+
+
+@converter()
+def Mean(b, *xs):
+    return b.emit(ops.div, [_variadic(ops.add)(b, *xs), _c(b, xs[0], len(xs))])
