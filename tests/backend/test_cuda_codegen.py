@@ -15,8 +15,8 @@ from tests.support import light_path
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit), no GPU")
 
-# ops written as opaque sequential loops (scan, sort): no dlight rule binds them to GPU threads yet
-GPU_UNSUPPORTED = {"cumsum", "topk"}
+# ops written as opaque sequential loops (scans, sort, scatter): no dlight rule binds them to GPU threads yet
+GPU_UNSUPPORTED = {"cumsum", "cumprod", "topk", "scatter_elements"}
 
 
 def specs_of(g):
