@@ -131,40 +131,26 @@ def _cumsum_infer(types, *, axis, exclusive, reverse):
     return types[0]
 
 
-def _cumsum_ref(x, *, axis, exclusive, reverse):
-    y = np.flip(x, axis) if reverse else x
-    s = np.cumsum(y, axis=axis, dtype=x.dtype)
-    if exclusive:
-        s = s - y
-    return np.ascontiguousarray(np.flip(s, axis) if reverse else s)
+def _scan(name: str, np_scan, identity, topi_scan, doc: str):
+    """A cumulative op along `axis` (exclusive: shifted by one, the identity first; reverse: from the end)."""
+
+    def reference(x, *, axis, exclusive, reverse):
+        y = np.flip(x, axis) if reverse else x
+        s = np_scan(y, axis=axis, dtype=x.dtype)
+        if exclusive and s.shape[axis]:
+            first = np.full_like(np.take(s, [0], axis=axis), identity)
+            s = np.concatenate([first, np.take(s, range(s.shape[axis] - 1), axis=axis)], axis=axis)
+        return np.ascontiguousarray(np.flip(s, axis) if reverse else s)
+
+    def lower(x, *, axis, exclusive, reverse):
+        y = topi.flip(x, axis) if reverse else x
+        s = topi_scan(y, axis=axis, exclusive=exclusive)
+        return topi.flip(s, axis) if reverse else s
+
+    return defop(name, FusionKind.OPAQUE, infer=_cumsum_infer,
+                 attrs={"axis": Attr("int"), "exclusive": Attr("bool", False), "reverse": Attr("bool", False)},
+                 reference=reference, lower=lower, doc=doc)
 
 
-def _cumsum_lower(x, *, axis, exclusive, reverse):
-    y = topi.flip(x, axis) if reverse else x
-    s = topi.cumsum(y, axis=axis, exclusive=exclusive)
-    return topi.flip(s, axis) if reverse else s
-
-
-cumsum = defop("cumsum", FusionKind.OPAQUE, infer=_cumsum_infer,
-               attrs={"axis": Attr("int"), "exclusive": Attr("bool", False), "reverse": Attr("bool", False)},
-               reference=_cumsum_ref, lower=_cumsum_lower, doc="Cumulative sum along `axis` (ONNX CumSum).")
-
-
-def _cumprod_ref(x, *, axis, exclusive, reverse):
-    y = np.flip(x, axis) if reverse else x
-    p = np.cumprod(y, axis=axis, dtype=x.dtype)
-    if exclusive:  # shift by one along the axis, a 1 first
-        ones = np.ones_like(np.take(p, [0], axis=axis))
-        p = np.concatenate([ones, np.take(p, range(p.shape[axis] - 1), axis=axis)], axis=axis)
-    return np.ascontiguousarray(np.flip(p, axis) if reverse else p)
-
-
-def _cumprod_lower(x, *, axis, exclusive, reverse):
-    y = topi.flip(x, axis) if reverse else x
-    p = topi.cumprod(y, axis=axis, exclusive=exclusive)
-    return topi.flip(p, axis) if reverse else p
-
-
-cumprod = defop("cumprod", FusionKind.OPAQUE, infer=_cumsum_infer,
-                attrs={"axis": Attr("int"), "exclusive": Attr("bool", False), "reverse": Attr("bool", False)},
-                reference=_cumprod_ref, lower=_cumprod_lower, doc="Cumulative product along `axis` (ONNX CumProd).")
+cumsum = _scan("cumsum", np.cumsum, 0, topi.cumsum, "Cumulative sum along `axis` (ONNX CumSum).")
+cumprod = _scan("cumprod", np.cumprod, 1, topi.cumprod, "Cumulative product along `axis` (ONNX CumProd).")
