@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from tvm import te, topi
+from tvm import te, tirx, topi
 
 from compiler.ir.types import TensorType
 
-from .registry import Attr, FusionKind, defop, fail
+from .registry import NOT_DIFFERENTIABLE, Attr, FusionKind, defop, fail
 
 CONV_ATTRS = {
     "strides": Attr("ints", (1, 1)),
@@ -50,18 +50,27 @@ def _conv2d_infer(types, *, strides, pads, dilations, groups):
     return TensorType((n, o, oh, ow), x.dtype)
 
 
+def windows(x, kernel, strides, pads, dilations, fill=0.0, ceil=False):
+    """Sliding windows of an (N, C, *spatial) array as a view (N, C, *out, *kernel), padded with `fill`; `pads`
+    is (begins..., ends...) in ONNX order."""
+    nd = len(kernel)
+    size = x.shape[2:]
+    out = [conv_out_size(size[i], kernel[i], strides[i], pads[i], pads[nd + i], dilations[i], ceil)
+           for i in range(nd)]
+    # extra padding at the end so that every window (ceil mode too) lies inside the array
+    extra = [max(0, (out[i] - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - (size[i] + pads[i] + pads[nd + i]))
+             for i in range(nd)]
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[nd + i] + extra[i]) for i in range(nd)], constant_values=fill)
+    spans = tuple(dilations[i] * (kernel[i] - 1) + 1 for i in range(nd))
+    win = sliding_window_view(xp, spans, axis=tuple(range(2, 2 + nd)))
+    all2 = (slice(None),) * 2
+    win = win[all2 + tuple(slice(None, None, s) for s in strides) + tuple(slice(None, None, d) for d in dilations)]
+    return win[all2 + tuple(slice(0, o) for o in out)]
+
+
 def windows2d(x, kernel, strides, pads, dilations, fill=0.0, ceil=False):
     """Sliding windows of an NCHW array as a view (N, C, OH, OW, KH, KW), padded with `fill`."""
-    kh, kw = kernel
-    n, c, h, w = x.shape
-    oh = conv_out_size(h, kh, strides[0], pads[0], pads[2], dilations[0], ceil)
-    ow = conv_out_size(w, kw, strides[1], pads[1], pads[3], dilations[1], ceil)
-    # extra padding at the end so that every window (ceil mode too) lies inside the array
-    eh = max(0, (oh - 1) * strides[0] + dilations[0] * (kh - 1) + 1 - (h + pads[0] + pads[2]))
-    ew = max(0, (ow - 1) * strides[1] + dilations[1] * (kw - 1) + 1 - (w + pads[1] + pads[3]))
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2] + eh), (pads[1], pads[3] + ew)), constant_values=fill)
-    win = sliding_window_view(xp, (dilations[0] * (kh - 1) + 1, dilations[1] * (kw - 1) + 1), axis=(2, 3))
-    return win[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]][:, :, :oh, :ow]
+    return windows(x, kernel, strides, pads, dilations, fill, ceil)
 
 
 def _conv2d_ref(x, w, b=None, *, strides, pads, dilations, groups):
@@ -98,6 +107,52 @@ def _conv2d_lower(x, w, b=None, *, strides, pads, dilations, groups):
 conv2d = defop("conv2d", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv2d_infer, attrs=CONV_ATTRS, arity=(2, 3),
                reference=_conv2d_ref, lower=_conv2d_lower,
                doc="2-D convolution, NCHW input, OIHW weight, optional bias (O,).")
+
+
+def _conv3d_infer(types, *, strides, pads, dilations, groups):
+    x, w = types[0], types[1]
+    if x.rank != 5 or w.rank != 5:
+        fail(f"expects NCDHW input and OIDHW weight, got {x} and {w}")
+    if x.dtype != w.dtype:
+        fail(f"input {x} and weight {w} differ in dtype")
+    if len(strides) != 3 or len(dilations) != 3 or len(pads) != 6:
+        fail(f"strides {strides} and dilations {dilations} need 3 values, pads {pads} 6")
+    c, o, cg = x.shape[1], w.shape[0], w.shape[1]
+    if groups < 1 or c % groups or o % groups or cg != c // groups:
+        fail(f"input channels {c}, weight {w} and groups={groups} are inconsistent "
+             f"(weight dim 1 must be {c}/groups)")
+    if len(types) == 3 and types[2].shape != (o,):
+        fail(f"bias must have shape ({o},), got {types[2]}")
+    out = [conv_out_size(x.shape[2 + i], w.shape[2 + i], strides[i], pads[i], pads[3 + i], dilations[i])
+           for i in range(3)]
+    if min(out) <= 0:
+        fail(f"kernel {w.shape[2:]} does not fit input {x.shape[2:]} with pads {pads}")
+    return TensorType((x.shape[0], o, *out), x.dtype)
+
+
+def _conv3d_ref(x, w, b=None, *, strides, pads, dilations, groups):
+    o, cg = w.shape[:2]
+    win = windows(x, w.shape[2:], strides, pads, dilations)  # N, C, OD, OH, OW, KD, KH, KW
+    og = o // groups
+    out = np.empty((x.shape[0], o) + win.shape[2:5], x.dtype)
+    for g in range(groups):
+        out[:, g * og:(g + 1) * og] = np.tensordot(win[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og],
+                                                   axes=([1, 5, 6, 7], [1, 2, 3, 4])).transpose(0, 4, 1, 2, 3)
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1, 1)
+    return out
+
+
+def _conv3d_lower(x, w, b=None, *, strides, pads, dilations, groups):
+    y = topi.nn.conv3d_ncdhw(x, w, strides, pads, dilations, groups)
+    return y if b is None else topi.add(y, topi.reshape(b, (w.shape[0], 1, 1, 1)))
+
+
+conv3d = defop("conv3d", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv3d_infer, arity=(2, 3),
+               attrs={"strides": Attr("ints", (1, 1, 1)), "pads": Attr("ints", (0,) * 6),
+                      "dilations": Attr("ints", (1, 1, 1)), "groups": Attr("int", 1)},
+               reference=_conv3d_ref, lower=_conv3d_lower,
+               doc="3-D convolution, NCDHW input, OIDHW weight, optional bias (O,); pads (begins..., ends...).")
 
 
 def _dense_infer(types):
@@ -195,50 +250,164 @@ batch_norm = defop("batch_norm", FusionKind.BROADCAST, infer=_bn_infer, attrs={"
 POOL_ATTRS = {
     "kernel": Attr("ints"),
     "strides": Attr("ints", (1, 1)),
-    "pads": Attr("ints", (0, 0, 0, 0)),
+    "pads": Attr("ints", (0, 0, 0, 0)),  # begins..., ends... (ONNX order)
     "dilations": Attr("ints", (1, 1)),
     "ceil_mode": Attr("bool", False),
 }
+POOL3D_ATTRS = {**POOL_ATTRS, "strides": Attr("ints", (1, 1, 1)), "pads": Attr("ints", (0,) * 6),
+                "dilations": Attr("ints", (1, 1, 1))}
+_LAYOUTS = {2: "NCHW", 3: "NCDHW"}
 
 
-def _pool_infer(types, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad=False):
-    (x,) = types
-    if x.rank != 4:
-        fail(f"expects an NCHW input, got {x}")
-    oh = conv_out_size(x.shape[2], kernel[0], strides[0], pads[0], pads[2], dilations[0], ceil_mode)
-    ow = conv_out_size(x.shape[3], kernel[1], strides[1], pads[1], pads[3], dilations[1], ceil_mode)
-    if oh <= 0 or ow <= 0:
-        fail(f"window {kernel} does not fit input {x}")
-    return TensorType(x.shape[:2] + (oh, ow), x.dtype)
+def _pool_out_shape(shape, kernel, strides, pads, dilations, ceil_mode):
+    nd = len(kernel)
+    return tuple(conv_out_size(shape[2 + i], kernel[i], strides[i], pads[i], pads[nd + i], dilations[i], ceil_mode)
+                 for i in range(nd))
+
+
+def _pool_infer(nd):
+    """The type rule of an `nd`-D pooling op: (N, C, *spatial) in, (N, C, *out) out."""
+
+    def infer(types, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad=False):
+        (x,) = types
+        if x.rank != nd + 2:
+            fail(f"expects an {_LAYOUTS[nd]} input, got {x}")
+        if (len(kernel), len(strides), len(dilations), len(pads)) != (nd, nd, nd, 2 * nd):
+            fail(f"kernel {kernel}, strides {strides} and dilations {dilations} need {nd} values, pads {pads} "
+                 f"{2 * nd}")
+        out = _pool_out_shape(x.shape, kernel, strides, pads, dilations, ceil_mode)
+        if min(out) <= 0:
+            fail(f"window {kernel} does not fit input {x}")
+        return TensorType(x.shape[:2] + out, x.dtype)
+
+    return infer
+
+
+def _kernel_axes(kernel):
+    return tuple(range(-len(kernel), 0))
 
 
 def _max_pool_ref(x, *, kernel, strides, pads, dilations, ceil_mode):
-    return windows2d(x, kernel, strides, pads, dilations, fill=-np.inf, ceil=ceil_mode).max(axis=(4, 5))
+    return windows(x, kernel, strides, pads, dilations, fill=-np.inf, ceil=ceil_mode).max(axis=_kernel_axes(kernel))
 
 
 def _avg_pool_ref(x, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad):
-    total = windows2d(x, kernel, strides, pads, dilations, ceil=ceil_mode).sum(axis=(4, 5), dtype=np.float64)
+    axes = _kernel_axes(kernel)
+    total = windows(x, kernel, strides, pads, dilations, ceil=ceil_mode).sum(axis=axes, dtype=np.float64)
     # the divisor counts the window's cells inside the input (or inside the padded input): pool a map of ones
+    nd = len(kernel)
     ones = np.ones((1, 1) + x.shape[2:])
     if count_include_pad:
-        ones = np.pad(ones, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=1.0)
-        pads = (0, 0, 0, 0)
-    count = windows2d(ones, kernel, strides, pads, dilations, ceil=ceil_mode).sum(axis=(4, 5))
+        ones = np.pad(ones, [(0, 0), (0, 0)] + [(pads[i], pads[nd + i]) for i in range(nd)], constant_values=1.0)
+        pads = (0,) * (2 * nd)
+    count = windows(ones, kernel, strides, pads, dilations, ceil=ceil_mode).sum(axis=axes)
     return (total / count).astype(x.dtype)
 
 
 def _pool_lower(pool_type):
     def lower(x, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad=False):
-        return topi.nn.pool2d(x, kernel, strides, dilations, pads, pool_type, ceil_mode, "NCHW", count_include_pad)
+        pool = topi.nn.pool2d if len(kernel) == 2 else topi.nn.pool3d
+        return pool(x, kernel, strides, dilations, pads, pool_type, ceil_mode, _LAYOUTS[len(kernel)],
+                    count_include_pad)
 
     return lower
 
 
-max_pool2d = defop("max_pool2d", FusionKind.REDUCTION, infer=_pool_infer, attrs=POOL_ATTRS,
+max_pool2d = defop("max_pool2d", FusionKind.REDUCTION, infer=_pool_infer(2), attrs=POOL_ATTRS,
                    reference=_max_pool_ref, lower=_pool_lower("max"))
-avg_pool2d = defop("avg_pool2d", FusionKind.REDUCTION, infer=_pool_infer,
+avg_pool2d = defop("avg_pool2d", FusionKind.REDUCTION, infer=_pool_infer(2),
                    attrs={**POOL_ATTRS, "count_include_pad": Attr("bool", False)},
                    reference=_avg_pool_ref, lower=_pool_lower("avg"))
+max_pool3d = defop("max_pool3d", FusionKind.REDUCTION, infer=_pool_infer(3), attrs=POOL3D_ATTRS,
+                   reference=_max_pool_ref, lower=_pool_lower("max"), doc="max_pool2d over NCDHW.")
+avg_pool3d = defop("avg_pool3d", FusionKind.REDUCTION, infer=_pool_infer(3),
+                   attrs={**POOL3D_ATTRS, "count_include_pad": Attr("bool", False)},
+                   reference=_avg_pool_ref, lower=_pool_lower("avg"), doc="avg_pool2d over NCDHW.")
+
+
+# MaxPool's Indices: where each window's maximum is, as a flat index into the whole input (N and C included),
+# row-major (storage_order 0) or with the spatial axes column-major (1); the first maximum in the window's
+# row-major order wins, as in onnx's reference.
+def _pool_indices_infer(types, *, storage_order, **attrs):
+    x = types[0]
+    nd = len(attrs["kernel"])
+    if nd not in _LAYOUTS:
+        fail(f"only 2-D and 3-D windows, got kernel {attrs['kernel']}")
+    return TensorType(_pool_infer(nd)(types, **attrs).shape, "int64")
+
+
+def _spatial_index(coords, size, storage_order):
+    """Flat index of spatial coordinates inside one (n, c) plane."""
+    order = range(len(size)) if storage_order == 0 else reversed(range(len(size)))
+    flat = 0
+    for i in order:
+        flat = flat * size[i] + coords[i]
+    return flat
+
+
+def _max_pool_indices_ref(x, *, kernel, strides, pads, dilations, ceil_mode, storage_order):
+    nd = len(kernel)
+    win = windows(x, kernel, strides, pads, dilations, fill=-np.inf, ceil=ceil_mode)
+    inside = windows(np.ones((1, 1) + x.shape[2:], bool), kernel, strides, pads, dilations, fill=False,
+                     ceil=ceil_mode)
+    out = win.shape[2:2 + nd]
+    flat_win = win.reshape(win.shape[:2 + nd] + (-1,))
+    best = flat_win.max(axis=-1, keepdims=True)
+    pick = ((flat_win == best) & inside.reshape(inside.shape[:2 + nd] + (-1,))).argmax(axis=-1)  # first max
+    k = np.unravel_index(pick, kernel)
+    o = np.indices(out).reshape((1, 1, nd) + out)
+    coords = [o[:, :, i] * strides[i] - pads[i] + k[i] * dilations[i] for i in range(nd)]
+    plane = int(np.prod(x.shape[2:]))
+    nc = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * nd)
+    return (nc * plane + _spatial_index(coords, x.shape[2:], storage_order)).astype(np.int64)
+
+
+def _max_pool_indices_lower(x, *, kernel, strides, pads, dilations, ceil_mode, storage_order):
+    nd = len(kernel)
+    size = [int(d) for d in x.shape[2:]]
+    out = _pool_out_shape([int(d) for d in x.shape], kernel, strides, pads, dilations, ceil_mode)
+    last = tirx.const(int(np.prod(size)), "int64")  # the key of a padded cell: after every real one
+
+    def combine(a, b):
+        take = tirx.Or(b[1] > a[1], tirx.And(b[1] == a[1], b[0] < a[0]))
+        return tirx.Select(take, b[0], a[0]), tirx.Select(take, b[1], a[1])
+
+    argmax = te.comm_reducer(combine, lambda t0, t1: (last, te.min_value(t1)), name="window_argmax")
+    r = [te.reduce_axis((0, k), name=f"k{i}") for i, k in enumerate(kernel)]
+
+    def best(n, c, *o):
+        pos = [o[i] * strides[i] - pads[i] + r[i] * dilations[i] for i in range(nd)]
+        inside = tirx.all(*[tirx.all(p >= 0, p < size[i]) for i, p in enumerate(pos)])
+        safe = [tirx.Select(inside, p, 0) for p in pos]
+        key = _spatial_index([p.astype("int64") for p in safe], size, 0)
+        val = x(n, c, *safe)
+        return argmax((tirx.Select(inside, key, last), tirx.Select(inside, val, te.min_value(x.dtype))), axis=r)
+
+    key, _ = te.compute(tuple(int(d) for d in x.shape[:2]) + out, best, name="max_pool_argmax")
+    c_count, plane = int(x.shape[1]), int(np.prod(size))
+
+    def flat(n, c, *o):
+        k = key(n, c, *o)
+        if storage_order == 0:
+            spatial = k
+        else:
+            coords, rest = [], k
+            for d in reversed(size):
+                coords.insert(0, tirx.floormod(rest, d))
+                rest = tirx.floordiv(rest, d)
+            spatial = _spatial_index(coords, size, 1)
+        return (n.astype("int64") * c_count + c.astype("int64")) * plane + spatial
+
+    return te.compute(key.shape, flat, name="max_pool_indices")
+
+
+max_pool_indices = defop(
+    "max_pool_indices", FusionKind.REDUCTION, infer=_pool_indices_infer,
+    attrs={**POOL_ATTRS, "strides": Attr("ints"), "pads": Attr("ints"), "dilations": Attr("ints"),
+           "storage_order": Attr("int", 0)},
+    reference=_max_pool_indices_ref, lower=_max_pool_indices_lower, grad=NOT_DIFFERENTIABLE,
+    doc="MaxPool's Indices output (2-D or 3-D windows): the flat int64 index of each window's first maximum in the "
+        "input, row-major (storage_order=0) or with the spatial axes column-major (1).")
 
 
 def _gap_infer(types):

@@ -25,8 +25,6 @@ EXCLUDED = {
     "training mode (batch statistics, random dropout)": r"test_batchnorm_.*training_mode|test_training_dropout(?!_zero_ratio)",
     "uint64 sorting (TVM's sort has no uint64 kernel)": r"test_top_k_uint64$",
     "sequence and optional inputs": r"test_identity_(sequence|opt)$",
-    "3-D windows (only 1-D and 2-D pooling and convolution)": r"test_(maxpool|averagepool|convtranspose)_3d",
-    "MaxPool's Indices output": r"test_maxpool_with_argmax",
 }
 # Base cases of REQUIRED_OPS that still give wrong numbers (known, to fix).
 KNOWN_FAILURES = {

@@ -104,8 +104,9 @@ def test_errors_share_one_base_class():
         assert issubclass(cls, TensorForgeError)
 
 
-def test_only_1d_and_2d_conv():
-    x = np.zeros((1, 2, 5, 5, 5), np.float32)
-    model = single_op_model("Conv", {"x": x}, const_inputs={"w": np.zeros((3, 2, 3, 3, 3), np.float32)})
-    with pytest.raises(FrontendError, match=r"only 1-D and 2-D \(NCW, NCHW\) input is supported, got f32\[1,2,5,5,5\]"):
+def test_only_1d_2d_and_3d_conv():
+    x = np.zeros((1, 2, 3, 3, 3, 3), np.float32)
+    model = single_op_model("Conv", {"x": x}, const_inputs={"w": np.zeros((3, 2, 2, 2, 2, 2), np.float32)})
+    with pytest.raises(FrontendError, match=r"'conv_node' \(Conv\): only 1-D, 2-D and 3-D \(NCW, NCHW, NCDHW\) "
+                                            r"input is supported, got f32\[1,2,3,3,3,3\]"):
         from_onnx(model)

@@ -56,6 +56,16 @@ CASES = [
     ("AveragePool", {"x": r(1, 3, 10, 10)}, {}, {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 0, 0],
                                                   "count_include_pad": 1}, 17),
     ("GlobalAveragePool", {"x": r(2, 3, 5, 6)}, {}, {}, 17),
+    ("Conv", {"x": r(1, 4, 6, 7, 5)}, {"w": r(6, 2, 3, 3, 2), "b": r(6)},
+     {"group": 2, "strides": [1, 2, 1], "pads": [1, 0, 1, 1, 1, 0]}, 17),
+    ("ConvTranspose", {"x": r(1, 3, 4, 5, 3)}, {"w": r(3, 2, 3, 2, 3)}, {"strides": [2, 1, 2], "pads": [1, 0, 0, 0, 1, 1]},
+     17),
+    ("ConvTranspose", {"x": r(1, 4, 9)}, {"w": r(4, 3, 3), "b": r(3)}, {"strides": [2], "output_padding": [1]}, 17),
+    ("MaxPool", {"x": r(1, 2, 6, 7, 5)}, {}, {"kernel_shape": [3, 3, 2], "strides": [2, 2, 1], "pads": [1, 1, 0, 1, 0, 1]},
+     17),
+    ("AveragePool", {"x": r(1, 2, 6, 7, 5)}, {}, {"kernel_shape": [2, 3, 2], "strides": [2, 2, 2], "ceil_mode": 1},
+     17),
+    ("AveragePool", {"x": r(2, 3, 11)}, {}, {"kernel_shape": [3], "pads": [1, 1], "count_include_pad": 1}, 17),
     ("LRN", {"x": r(1, 6, 5, 5)}, {}, {"size": 3, "alpha": 0.01, "beta": 0.75, "bias": 1.5}, 17),
     ("Softmax", {"x": r(2, 3, 4)}, {}, {"axis": 1}, 11),  # legacy: flattens at axis
     ("Softmax", {"x": r(2, 3, 4)}, {}, {"axis": 1}, 13),
@@ -107,6 +117,20 @@ def test_split_every_output(opset, consts, attrs):
     model = single_op_model("Split", {"x": x}, 2, const_inputs=consts, opset=opset, axis=1, **attrs)
     for got, want in zip(compile_model(model).run({"x": x}), ort_run(model, {"x": x}), strict=True):
         assert_close(got, want)
+
+
+@pytest.mark.parametrize("shape, attrs", [
+    ((2, 3, 7, 6), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((2, 3, 7, 6), {"kernel_shape": [2, 3], "storage_order": 1}),
+    ((2, 3, 9), {"kernel_shape": [3], "strides": [2]}),
+])
+def test_maxpool_indices_output(shape, attrs):
+    x = r(*shape)
+    model = single_op_model("MaxPool", {"x": x}, 2, **attrs)
+    got = compile_model(model).run({"x": x})
+    want = ort_run(model, {"x": x})
+    assert_close(got[0], want[0])
+    assert got[1].dtype == np.int64 and np.array_equal(got[1], want[1])
 
 
 def test_range_is_folded():

@@ -96,6 +96,19 @@ CASES = [
     *[(op, [rand(4, 5).round(), rand(5).round()], {}, ())
       for op in ("less", "greater", "less_equal", "greater_equal")],
     ("mod", [rng.integers(-20, 20, (4, 5)).astype(np.int64), np.array([3, -3, 7, -2, 5], np.int64)], {}, ()),
+    ("conv3d", [rand(1, 4, 5, 6, 7), rand(6, 2, 3, 3, 2), rand(6)], {"groups": 2, "strides": (1, 2, 1),
+                                                                     "pads": (1, 0, 1, 0, 1, 1)}, ()),
+    ("max_pool3d", [rand(1, 2, 5, 6, 7)], {"kernel": (3, 2, 3), "strides": (2, 1, 2), "pads": (1, 0, 1, 1, 1, 0),
+                                           "ceil_mode": True}, ()),
+    ("avg_pool3d", [rand(1, 2, 5, 6, 7)], {"kernel": (2, 2, 2), "pads": (1, 1, 1, 1, 1, 1), "dilations": (2, 1, 2)},
+     ()),
+    ("avg_pool3d", [rand(1, 2, 5, 6, 7)], {"kernel": (3, 2, 3), "strides": (2, 1, 2), "pads": (1, 0, 1, 1, 1, 0),
+                                           "count_include_pad": True}, ()),
+    # ties (rounded values) must pick the first maximum in window order; padding never wins
+    ("max_pool_indices", [np.round(rand(2, 3, 7, 6))], {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1),
+                                                        "dilations": (1, 1), "storage_order": 1}, ()),
+    ("max_pool_indices", [np.round(rand(2, 3, 5, 6, 4))], {"kernel": (2, 3, 2), "strides": (1, 2, 2),
+                                                           "pads": (0, 1, 1, 1, 1, 0), "dilations": (1, 1, 1)}, ()),
     ("mod", [rand(4, 5, lo=-9, hi=9), np.array([3, -3, 7, -2, 5], np.float32)], {"fmod": True}, ()),
     ("mod", [rand(4, 5, lo=-9, hi=9), np.array([3, -3, 7, -2, 5], np.float32)], {"fmod": False}, ()),
     ("reduce_max", [rand(4, 5, 6)], {"axes": (1,), "keepdims": True}, ()),
@@ -157,6 +170,15 @@ def test_every_op_is_tested_and_declared_fully():
         assert isinstance(op.kind, FusionKind)
         assert callable(op.infer) and callable(op.reference) and callable(op.lower), op.name
         assert hasattr(op, "grad")  # the slot exists; the rules come with training
+
+
+def test_max_pool_indices_reference_by_hand():
+    """Window maxima 5 (first of two), 7 and 9 of a 1x1x2x4 map, 2x2 windows at stride 2: flat indices into the
+    input, row-major and column-major."""
+    x = np.array([[[[1, 5, 7, 0], [5, 2, 3, 7]]]], np.float32)
+    attrs = dict(kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1), ceil_mode=False)
+    assert ops.max_pool_indices.evaluate(x, storage_order=0, **attrs)[0].tolist() == [[[[1, 2]]]]
+    assert ops.max_pool_indices.evaluate(x, storage_order=1, **attrs)[0].tolist() == [[[[2, 4]]]]
 
 
 def test_packed_ops_are_used_for_param_weights():

@@ -49,11 +49,11 @@ def _reshape(b, x, shape):
 
 
 def _spatial_pads(b, x_shape, kernel, strides, dilations, pads, auto_pad, ceil=False):
-    """ONNX pads (begins..., ends...) for 2-D windows, resolving auto_pad."""
+    """ONNX pads (begins..., ends...) for windows of any rank, resolving auto_pad."""
     if auto_pad in ("NOTSET", ""):
-        return tuple(pads) if pads else (0, 0, 0, 0)
+        return tuple(pads) if pads else (0,) * (2 * len(kernel))
     if auto_pad == "VALID":
-        return (0, 0, 0, 0)
+        return (0,) * (2 * len(kernel))
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         begins, ends = [], []
         for size, k, s, d in zip(x_shape[2:], kernel, strides, dilations):
@@ -69,6 +69,12 @@ def _spatial_pads(b, x_shape, kernel, strides, dilations, pads, auto_pad, ceil=F
 def _require_2d(b, x, what="input"):
     if b.type(x).rank != 4:
         raise b.error(f"only 1-D and 2-D (NCW, NCHW) {what} is supported, got {b.type(x)}")
+
+
+def _require_spatial(b, x, what="input"):
+    """1-D inputs arrive here as 2-D (see `_as_2d`); 2-D and 3-D windows are computed."""
+    if b.type(x).rank not in (4, 5):
+        raise b.error(f"only 1-D, 2-D and 3-D (NCW, NCHW, NCDHW) {what} is supported, got {b.type(x)}")
 
 
 def _as_2d(fn):
@@ -91,9 +97,10 @@ def _as_2d(fn):
                  and b.type(a).rank == 3 else a) for i, a in enumerate(args)]
         out = fn(b, _reshape(b, X, (n, c, 1, w)), *args, **attrs)
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
-        y = outs[0]
-        ys = b.type(y).shape
-        outs[0] = _reshape(b, y, ys[:2] + ys[3:])
+        for i, y in enumerate(outs):  # every output (MaxPool's Indices too) drops the unit axis again
+            if y is not None:
+                ys = b.type(y).shape
+                outs[i] = _reshape(b, y, ys[:2] + ys[3:])
         return tuple(outs) if isinstance(out, (list, tuple)) else outs[0]
 
     convert.__name__ = fn.__name__

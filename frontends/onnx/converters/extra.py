@@ -11,7 +11,7 @@ from compiler import ops  # noqa: F401
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
-from .nn import _pool_attrs  # noqa: F401
+from .nn import POOL_OPS, _pool_attrs  # noqa: F401
 
 
 # -- scatters, cumulative products, normalizations, pooling by p-norm, quantization -------------------------------
@@ -84,7 +84,7 @@ def LpPool(b, X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape
     # (sum over the window of |x|^p)^(1/p): an average pool counting the padding, times the window size
     attrs = _pool_attrs(b, X, kernel_shape, strides, pads, auto_pad, dilations, ceil_mode)
     powered = b.emit(ops.pow, [b.emit(ops.abs, [X]), _c(b, X, p)])
-    s = b.emit(ops.avg_pool2d, [powered], count_include_pad=True, **attrs)
+    s = b.emit(POOL_OPS["avg", len(attrs["kernel"])], [powered], count_include_pad=True, **attrs)
     s = b.emit(ops.mul, [s, _c(b, X, prod(attrs["kernel"]))])
     return b.emit(ops.pow, [s, _c(b, X, 1.0 / p)])
 

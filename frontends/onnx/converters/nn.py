@@ -11,6 +11,7 @@ from compiler import ops  # noqa: F401
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
+from .base import _require_spatial
 
 
 # -- neural-network ops -----------------------------------------------------------------------------------------------
@@ -18,15 +19,17 @@ from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slic
 @_as_2d
 def Conv(b, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
          strides=None):
-    _require_2d(b, X)
+    _require_spatial(b, X)
     kernel = tuple(b.type(W).shape[2:])
     if kernel_shape is not None and tuple(kernel_shape) != kernel:
         raise b.error(f"kernel_shape {tuple(kernel_shape)} does not match the weight's {kernel}")
-    strides = tuple(strides or (1, 1))
-    dilations = tuple(dilations or (1, 1))
+    nd = len(kernel)
+    strides = tuple(strides or (1,) * nd)
+    dilations = tuple(dilations or (1,) * nd)
     p = _spatial_pads(b, b.type(X).shape, kernel, strides, dilations, pads, auto_pad)
     inputs = [X, W] + ([B] if B is not None else [])
-    return b.emit(ops.conv2d, inputs, strides=strides, pads=p, dilations=dilations, groups=group)
+    return b.emit(ops.conv2d if nd == 2 else ops.conv3d, inputs, strides=strides, pads=p, dilations=dilations,
+                  groups=group)
 
 
 @converter()
@@ -77,20 +80,32 @@ def BatchNormalization(b, X, scale, B, input_mean, input_var, *, epsilon=1e-5, m
 
 
 def _pool_attrs(b, X, kernel_shape, strides, pads, auto_pad, dilations, ceil_mode):
-    _require_2d(b, X)
+    _require_spatial(b, X)
     kernel = tuple(kernel_shape)
-    strides = tuple(strides or (1, 1))
-    dilations = tuple(dilations or (1, 1))
+    nd = b.type(X).rank - 2
+    if len(kernel) != nd:
+        raise b.error(f"kernel_shape {list(kernel)} does not match the {nd} spatial axes of {b.type(X)}")
+    strides = tuple(strides or (1,) * nd)
+    dilations = tuple(dilations or (1,) * nd)
     p = _spatial_pads(b, b.type(X).shape, kernel, strides, dilations, pads, auto_pad)
     return dict(kernel=kernel, strides=strides, pads=p, dilations=dilations, ceil_mode=bool(ceil_mode))
+
+
+POOL_OPS = {("max", 2): ops.max_pool2d, ("max", 3): ops.max_pool3d, ("avg", 2): ops.avg_pool2d,
+            ("avg", 3): ops.avg_pool3d}
 
 
 @converter()
 @_as_2d
 def MaxPool(b, X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape, pads=None, storage_order=0,
             strides=None):
-    y = b.emit(ops.max_pool2d, [X], **_pool_attrs(b, X, kernel_shape, strides, pads, auto_pad, dilations, ceil_mode))
-    return y, None  # the Indices output is not computed
+    attrs = _pool_attrs(b, X, kernel_shape, strides, pads, auto_pad, dilations, ceil_mode)
+    y = b.emit(POOL_OPS["max", len(attrs["kernel"])], [X], **attrs)
+    if len(b.node.output) < 2 or not b.node.output[1]:
+        return y, None
+    if storage_order not in (0, 1):
+        raise b.error(f"storage_order must be 0 or 1, got {storage_order}")
+    return y, b.emit(ops.max_pool_indices, [X], storage_order=storage_order, **attrs)
 
 
 @converter()
@@ -98,7 +113,7 @@ def MaxPool(b, X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shap
 def AveragePool(b, X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape,
                 pads=None, strides=None):
     attrs = _pool_attrs(b, X, kernel_shape, strides, pads, auto_pad, dilations, ceil_mode)
-    return b.emit(ops.avg_pool2d, [X], count_include_pad=bool(count_include_pad), **attrs)
+    return b.emit(POOL_OPS["avg", len(attrs["kernel"])], [X], count_include_pad=bool(count_include_pad), **attrs)
 
 
 @converter()

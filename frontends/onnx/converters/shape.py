@@ -11,6 +11,7 @@ from compiler import ops  # noqa: F401
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
+from .base import _require_spatial
 
 
 # -- constants and shapes ---------------------------------------------------------------------------------------------
@@ -288,47 +289,50 @@ def MeanVarianceNormalization(b, X, *, axes=(0, 2, 3)):
 def ConvTranspose(b, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
                   output_padding=None, output_shape=None, pads=None, strides=None):
     """As a stride-1 convolution of the input dilated by `strides` (zeros between pixels) and padded by
-    dilation * (k - 1) - pad, with the weight's in/out channels swapped (per group) and its window flipped."""
-    _require_2d(b, X)
-    n, c, h, w = b.type(X).shape
-    cin, cout_g, kh, kw = b.type(W).shape
-    kernel = (kh, kw)
-    strides = tuple(strides or (1, 1))
-    dil = tuple(dilations or (1, 1))
-    opad = list(output_padding or (0, 0))
+    dilation * (k - 1) - pad, with the weight's in/out channels swapped (per group) and its window flipped.
+    2-D and 3-D (1-D arrives as 2-D)."""
+    _require_spatial(b, X)
+    n, c, *size = b.type(X).shape
+    cin, cout_g, *kernel = b.type(W).shape
+    nd = len(size)
+    spatial = list(range(2, 2 + nd))
+    strides = tuple(strides or (1,) * nd)
+    dil = tuple(dilations or (1,) * nd)
+    opad = list(output_padding or (0,) * nd)
     span = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
     if output_shape is not None:  # total padding follows from the requested size
-        total = [s * (i - 1) + op + sp - o for s, i, op, sp, o in zip(strides, (h, w), opad, span, output_shape[-2:])]
+        total = [s * (i - 1) + op + sp - o for s, i, op, sp, o in zip(strides, size, opad, span, output_shape[-nd:])]
         small, big = [t // 2 for t in total], [t - t // 2 for t in total]
         p = small + big if auto_pad == "SAME_UPPER" else big + small
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        total = [max(0, s * (i - 1) + op + sp - i * s) for s, i, op, sp in zip(strides, (h, w), opad, span)]
+        total = [max(0, s * (i - 1) + op + sp - i * s) for s, i, op, sp in zip(strides, size, opad, span)]
         small, big = [t // 2 for t in total], [t - t // 2 for t in total]
         p = small + big if auto_pad == "SAME_UPPER" else big + small
     else:
-        p = list(pads or (0, 0, 0, 0))
+        p = list(pads or (0,) * (2 * nd))
     # dilate the input: (N, C, H, 1, W, 1) padded to (N, C, H, sh, W, sw), reshaped, the tail trimmed
-    sh, sw = strides
     x = X
-    if (sh, sw) != (1, 1):
-        x = _reshape(b, x, (n, c, h, 1, w, 1))
-        x = b.emit(ops.pad, [x], pads=(0, 0, 0, 0, 0, 0, 0, 0, 0, sh - 1, 0, sw - 1), value=0.0)
-        x = _reshape(b, x, (n, c, h * sh, w * sw))
-        x = _slice(b, x, [0, 0], [(h - 1) * sh + 1, (w - 1) * sw + 1], [2, 3], None)
-    before = [sp - 1 - p[0] for sp in span[:1]] + [span[1] - 1 - p[1]]
-    after = [span[0] - 1 - p[2] + opad[0], span[1] - 1 - p[3] + opad[1]]
+    if any(s != 1 for s in strides):
+        x = _reshape(b, x, (n, c) + sum(((i, 1) for i in size), ()))
+        x = b.emit(ops.pad, [x], pads=(0,) * (2 + 2 * nd) + (0, 0) + sum(((0, s - 1) for s in strides), ()),
+                   value=0.0)
+        x = _reshape(b, x, (n, c) + tuple(i * s for i, s in zip(size, strides)))
+        x = _slice(b, x, [0] * nd, [(i - 1) * s + 1 for i, s in zip(size, strides)], spatial, None)
+    before = [span[i] - 1 - p[i] for i in range(nd)]
+    after = [span[i] - 1 - p[nd + i] + opad[i] for i in range(nd)]
     crop = [max(0, -v) for v in before + after]
     if any(crop):
-        hh, ww = b.type(x).shape[2:]
-        x = _slice(b, x, [crop[0], crop[1]], [hh - crop[2], ww - crop[3]], [2, 3], None)
+        cur = b.type(x).shape[2:]
+        x = _slice(b, x, crop[:nd], [cur[i] - crop[nd + i] for i in range(nd)], spatial, None)
     grow = [max(0, v) for v in before + after]
     if any(grow):
-        x = b.emit(ops.pad, [x], pads=(0, 0, grow[0], grow[1], 0, 0, grow[2], grow[3]), value=0.0)
-    # weight (Cin, Cout/g, kh, kw) -> (Cout, Cin/g, kh, kw), flipped
+        x = b.emit(ops.pad, [x], pads=(0, 0, *grow[:nd], 0, 0, *grow[nd:]), value=0.0)
+    # weight (Cin, Cout/g, *k) -> (Cout, Cin/g, *k), flipped
     g = group
-    wt = _reshape(b, W, (g, cin // g, cout_g, kh, kw))
-    wt = b.emit(ops.transpose, [wt], perm=(0, 2, 1, 3, 4))
-    wt = _reshape(b, wt, (g * cout_g, cin // g, kh, kw))
-    wt = _slice(b, wt, [kh - 1, kw - 1], [-kh - 1, -kw - 1], [2, 3], [-1, -1])
+    wt = _reshape(b, W, (g, cin // g, cout_g, *kernel))
+    wt = b.emit(ops.transpose, [wt], perm=(0, 2, 1) + tuple(range(3, 3 + nd)))
+    wt = _reshape(b, wt, (g * cout_g, cin // g, *kernel))
+    wt = _slice(b, wt, [k - 1 for k in kernel], [-k - 1 for k in kernel], spatial, [-1] * nd)
     inputs = [x, wt] + ([B] if B is not None else [])
-    return b.emit(ops.conv2d, inputs, strides=(1, 1), pads=(0, 0, 0, 0), dilations=dil, groups=g)
+    return b.emit(ops.conv2d if nd == 2 else ops.conv3d, inputs, strides=(1,) * nd, pads=(0,) * (2 * nd),
+                  dilations=dil, groups=g)
