@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tvm import te, topi
+from tvm import te, tirx, topi
 
 from compiler.ir.types import TensorType
 
@@ -183,6 +183,18 @@ def _mod_ref(a, b, *, fmod):
         return np.mod(a, b)
 
 
+def _fmod(x, y):
+    """C fmod (truncated remainder, sign of x) in float64, as numpy: LLVM has no fmod intrinsic. The quotient of
+    float32 operands is truncated exactly in float64 (for quotients below 2**29); inf and nan cases as in C."""
+    x64, y64 = x.astype("float64"), y.astype("float64")
+    r = x64 - te.trunc(x64 / y64) * y64
+    r = tirx.Select(r == 0.0, tirx.copysign(tirx.const(0.0, "float64"), x64), r)  # fmod(-4, 2) is -0
+    nan = tirx.const(float("nan"), "float64")
+    r = tirx.Select(tirx.isinf(y64), x64, r)  # a finite x is its own remainder by +-inf
+    return tirx.Select(tirx.Or(tirx.Or(tirx.isinf(x64), y64 == 0.0), tirx.Or(tirx.isnan(x64), tirx.isnan(y64))),
+                       nan, r)
+
+
 def _mod_lower(a, b, *, fmod):
     floating = str(a.dtype).startswith("float")
 
@@ -190,12 +202,13 @@ def _mod_lower(a, b, *, fmod):
         x, y = a(*[i[len(i) - len(a.shape) + k] if a.shape[k] != 1 else 0 for k in range(len(a.shape))]), \
                b(*[i[len(i) - len(b.shape) + k] if b.shape[k] != 1 else 0 for k in range(len(b.shape))])
         if floating:
-            # fmod: truncated (sign of x); mod: floored (sign of y)
-            r = x - te.trunc(x / y) * y  # C fmod (LLVM has no fmod intrinsic)
-            if fmod:
-                return r
-            zero = te.const(0, a.dtype)
-            return te.if_then_else(te.any(te.all(r < zero, y > zero), te.all(r > zero, y < zero)), r + y, r)  # floored, numpy.mod
+            r = _fmod(x, y)
+            if not fmod:  # floored (sign of y), numpy's divmod: a nonzero remainder of the other sign moves by y
+                y64 = y.astype("float64")
+                other_sign = tirx.Or(tirx.And(y64 < 0.0, r > 0.0), tirx.And(y64 > 0.0, r < 0.0))
+                moved = tirx.Select(other_sign, r + y64, r)
+                r = tirx.Select(r == 0.0, tirx.copysign(tirx.const(0.0, "float64"), y64), moved)
+            return r.astype(a.dtype)
         safe = te.if_then_else(y == te.const(0, a.dtype), te.const(1, a.dtype), y)
         r = te.truncmod(x, safe) if fmod else te.floormod(x, safe)
         return te.if_then_else(y == te.const(0, a.dtype), te.const(0, a.dtype), r)

@@ -27,10 +27,7 @@ EXCLUDED = {
     "sequence and optional inputs": r"test_identity_(sequence|opt)$",
 }
 # Base cases of REQUIRED_OPS that still give wrong numbers (known, to fix).
-KNOWN_FAILURES = {
-    "test_mod_float_edge_cases_fmod_0_float16", "test_mod_float_edge_cases_fmod_0_float32",
-    "test_mod_float_edge_cases_fmod_0_float64",  # floored mod of +-inf / by +-inf
-}
+KNOWN_FAILURES: set[str] = set()
 
 
 @pytest.fixture(scope="module")

@@ -181,6 +181,21 @@ def test_max_pool_indices_reference_by_hand():
     assert ops.max_pool_indices.evaluate(x, storage_order=1, **attrs)[0].tolist() == [[[[2, 4]]]]
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("fmod", [False, True])
+def test_mod_matches_numpy_at_the_edges(dtype, fmod):
+    """numpy.mod / numpy.fmod exactly: signed zeros, +-inf and nan operands, division by zero."""
+    x = np.array([0, -0.0, 0, -0.0, -3, 3, -1, 1, np.inf, -np.inf, 1, 1, np.nan, 1, -4, 4, -7.5, 5.25], dtype)
+    y = np.array([-2, 2, 2, -2, np.inf, np.inf, -np.inf, -np.inf, 2, 2, 0, -0.0, 2, np.nan, 2, -2, 2, -0.5], dtype)
+    feeds = {"x0": x, "x1": y}
+    g = single_op_graph("mod", [x, y], {"fmod": fmod}, ())
+    want = np.fmod(x, y) if fmod else np.mod(x, y)
+    for got in (interpret(g, feeds)[0], compile_model(g).run(feeds)[0]):
+        assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True), (got, want)
+        finite = ~np.isnan(want)
+        assert np.array_equal(np.signbit(got[finite]), np.signbit(want[finite]))
+
+
 def test_packed_ops_are_used_for_param_weights():
     g = single_op_graph("conv2d", [rand(1, 8, 6, 6), rand(16, 8, 3, 3)], {}, (1,))
     from compiler.passes import pack_weights
