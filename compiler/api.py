@@ -20,7 +20,9 @@ from runtime.errors import CompileError
 
 @dataclass
 class CompileOptions:
-    target: str = "cpu"
+    target: str = "cpu"  # "cpu" (the host CPU) or "cuda" (an NVIDIA GPU of architecture `arch`)
+    arch: str | None = None  # cuda: "sm_90" (the default, Hopper), "sm_80", ...; SASS for it plus PTX
+    precision: str = "fp32"  # "fp16" / "bf16": matmul/dense/conv operands in half precision, fp32 accumulation
     opt_level: int = 2
     verify_each_pass: bool = True
     dump_after: frozenset[str] = frozenset()
@@ -58,8 +60,15 @@ def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, examp
     raise CompileError(f"cannot compile a {type(model).__name__}: pass an ONNX file path, onnx.ModelProto or Graph")
 
 
+def passes_for(options: CompileOptions) -> list:
+    """The pass list: the pipeline of the optimization level and target, plus mixed precision if asked for."""
+    from compiler.passes.mixed_precision import insert_mixed_precision
+
+    return insert_mixed_precision(pipeline(options.opt_level, options.target), options.precision)
+
+
 def optimize(g: Graph, options: CompileOptions) -> Graph:
-    pm = PassManager(pipeline(options.opt_level, options.target), verify_each=options.verify_each_pass,
+    pm = PassManager(passes_for(options), verify_each=options.verify_each_pass,
                      dump_after=options.dump_after, disabled=options.disabled_passes)
     g = pm.run(g)
     for name, secs in pm.timings:
@@ -91,10 +100,25 @@ def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = 
     from compiler.backend.tuning import TuningDatabase, tune
 
     options = options or CompileOptions()
+    target = resolve_target(options.target, options.arch)
+    if target.kind.name == "cuda":
+        _require_gpu_for_tuning(target)
     g = optimize(import_model(model, shapes), options)
     specs = [s.spec for s in partition(g) if isinstance(s, Kernel)]
-    db = TuningDatabase(os.fspath(db_dir), resolve_target(options.target))
+    db = TuningDatabase(os.fspath(db_dir), target)
     return tune(specs, db, trials=trials, time_budget=time_budget, retune=retune, progress=progress)
+
+
+def _require_gpu_for_tuning(target) -> None:
+    """MetaSchedule measures every candidate on the GPU: refuse at once, with the reason, where there is none."""
+    from runtime.cuda import DeviceError, check_arch, gpu_info
+
+    try:
+        info = gpu_info(0)
+        check_arch(str(target.export().get("arch")), info)
+    except DeviceError as e:
+        raise CompileError(f"tuning for CUDA builds candidates here but measures them on the GPU, and there is "
+                           f"none usable: {e}") from None
 
 
 def analyze(model, shapes: Mapping[str, Sequence[int]] | None = None, options: CompileOptions | None = None
@@ -107,7 +131,7 @@ def analyze(model, shapes: Mapping[str, Sequence[int]] | None = None, options: C
     options = options or CompileOptions()
     g = optimize(import_model(model, shapes), options)
     steps = partition(g)
-    plan, _ = make_plan(g, resolve_target(options.target), [], steps)
+    plan, _ = make_plan(g, resolve_target(options.target, options.arch), [], steps)
     plan["fusion"] = fusion_report(g, steps)
     return g, plan
 
@@ -120,26 +144,36 @@ def tuning_databases(options: CompileOptions, target) -> list:
 
 
 def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | None = None,
-                  initial_state: Mapping | None = None) -> CompiledModel:
+                  initial_state: Mapping | None = None):
     """Build `g`'s kernels and plan. `state` (training graphs): output name -> input name of each persistent
-    state that kernels update in place, with `initial_state` its values at load (see backend/package.py)."""
-    from compiler.backend.build import build_kernels, host_isa_flags, resolve_target
+    state that kernels update in place, with `initial_state` its values at load (see backend/package.py).
+    Returns a `runtime.CompiledModel`, or for the cuda target a `runtime.cuda.CudaModel` that sets up the GPU only
+    when it first runs (so that compiling needs no GPU)."""
+    from compiler.backend.build import build_kernels, host_isa_flags, is_cuda, resolve_target
     from compiler.backend.lower import Kernel, partition
     from compiler.backend.package import make_plan
 
-    target = resolve_target(options.target)
+    target = resolve_target(options.target, options.arch)
     out_dir = tempfile.mkdtemp(prefix="tensorforge-build-")
     try:
         steps = partition(g)
         result = build_kernels([s.spec for s in steps if isinstance(s, Kernel)], target, out_dir,
                                tuning_databases(options, target))
         options.timings.update(result.timings)
-        plan, params = make_plan(g, target, host_isa_flags(), steps, state, initial_state)
+        cuda = is_cuda(target)
+        # a CUDA library's host code is plain x86-64 (backend/cuda.py): no CPU features to require
+        plan, params = make_plan(g, target, [] if cuda else host_isa_flags(), steps, state, initial_state)
         for step in plan["steps"]:
             step["tuned"] = step["kernel"] in result.tuned
         plan["stats"]["tuned_kernels"] = sum(step["tuned"] for step in plan["steps"])
         plan["ir"] = print_graph(g)
         plan["fusion"] = fusion_report(g, steps)
+        plan["precision"] = options.precision
+        if cuda:
+            from runtime.cuda import CudaModel
+
+            plan["device"] = result.device
+            return CudaModel(plan, result.library_path, params, owned_dir=out_dir, defer=True)
         return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -148,7 +182,8 @@ def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | 
 
 def compile_model(model, target: str = "cpu", shapes: Mapping[str, Sequence[int]] | None = None, *,
                   opt_level: int = 2, tuning_db: str | Sequence[str] | None = None,
-                  options: CompileOptions | None = None, example_inputs=None, params=None) -> CompiledModel:
+                  options: CompileOptions | None = None, example_inputs=None, params=None,
+                  arch: str | None = None, precision: str = "fp32") -> CompiledModel:
     """Compile a model for `target` and return a runnable `runtime.CompiledModel`.
 
     model: an ONNX file path, ONNX bytes, an `onnx.ModelProto`, a `torch.nn.Module` (with `example_inputs`, a tuple
@@ -156,10 +191,15 @@ def compile_model(model, target: str = "cpu", shapes: Mapping[str, Sequence[int]
     else `model.init()`), or an IR `Graph`.
     shapes: binds inputs with symbolic dimensions, e.g. {"x": (1, 3, 224, 224)}; unbound ones default to 1.
     tuning_db: a directory (or several) written by `tensorforge tune`; matching kernels use their tuned schedules.
+    target "cuda": kernels for an NVIDIA GPU of architecture `arch` (default "sm_90"), device code compiled here
+    with nvcc; the result (a `runtime.cuda.CudaModel`) saves without a GPU and runs where there is one.
+    precision: "fp32", or "fp16"/"bf16" for half-precision matmul/dense/conv operands with fp32 accumulation
+    (compiler/passes/mixed_precision.py).
     """
     if options is None:
         dbs = (tuning_db,) if isinstance(tuning_db, (str, os.PathLike)) else tuple(tuning_db or ())
-        options = CompileOptions(target=target, opt_level=opt_level, tuning_db=tuple(map(os.fspath, dbs)))
+        options = CompileOptions(target=target, opt_level=opt_level, tuning_db=tuple(map(os.fspath, dbs)),
+                                 arch=arch, precision=precision)
     t0 = time.perf_counter()
     g = import_model(model, shapes, example_inputs, params)
     t1 = time.perf_counter()
@@ -218,7 +258,7 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
                      shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None, params=None,
                      trainable=None, frozen: Sequence[str] = (), lr_schedule: Mapping | None = None,
                      seed: int = 0, bn_momentum: float = 0.1, opt_level: int = 2,
-                     num_threads: int | None = None):
+                     num_threads: int | None = None, arch: str | None = None, precision: str = "fp32"):
     """Compile a model for training and return a `runtime.TrainingSession`.
 
     model: as for `compile_model` (ONNX, builder-API module with `shapes`, torch module with `example_inputs`, or
@@ -228,6 +268,9 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     optimizer: {"name": "sgd"|"adam"|"adamw", "lr", "momentum", "nesterov", "weight_decay", "betas", "eps",
     "clip_norm"} (PyTorch's semantics); lr_schedule: see `runtime.training.learning_rate`.
     frozen: parameter names not to train.
+    target: "cpu" or "cuda" (with `arch`); precision: "fp32", or "fp16"/"bf16" (mixed precision: the products of
+    forward and backward read half-precision operands and accumulate in fp32; parameters, gradients' sums and
+    optimizer state stay fp32; no loss scaling).
     """
     from compiler.autodiff.training import LossSpec, OptimizerSpec, build_training_program
     from runtime.training import TrainingSession
@@ -249,7 +292,8 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     fwd = import_model(model, shapes, example_inputs, params)
     names = _trainable_names(model, fwd, trainable, frozen)
     program = build_training_program(fwd, names, loss_spec, opt_spec, bn_momentum)
-    options = CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads)
+    options = CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads, arch=arch,
+                             precision=precision)
     bindings = program.state_bindings
     g = optimize(program.graph, options)
     new_values = {v for v, name in zip(g.outputs, g.output_names) if name in bindings}
@@ -257,9 +301,9 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     initial = {s.name: s.initial for s in program.state}
     train = compile_graph(g, options, state=bindings, initial_state=initial)
     train.plan["stats"]["saved_activation_bytes"] = program.saved_activation_bytes
-    evaluator = compile_graph(optimize(program.eval_graph, CompileOptions(target=target, opt_level=opt_level,
-                                                                          num_threads=num_threads)),
-                              CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads))
+    eval_options = CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads, arch=arch,
+                                  precision=precision)
+    evaluator = compile_graph(optimize(program.eval_graph, eval_options), eval_options)
     spec = {"inputs": program.inputs, "labels": program.labels, "scalars": program.scalars,
             "dropout": [[n, list(s)] for n, s in program.dropout], "seed": seed,
             "optimizer": {"name": opt_spec.name, "lr": opt_spec.lr, "betas": list(opt_spec.betas),
@@ -296,7 +340,7 @@ def analyze_training(model, loss="cross_entropy", optimizer=None, *,
     g = optimize(program.graph, options)
     g = order_updates_last(g, {v for v, name in zip(g.outputs, g.output_names) if name in bindings})
     steps = partition(g)
-    plan, _ = make_plan(g, resolve_target(options.target), [], steps, bindings,
+    plan, _ = make_plan(g, resolve_target(options.target, options.arch), [], steps, bindings,
                         {s.name: s.initial for s in program.state})
     plan["stats"]["saved_activation_bytes"] = program.saved_activation_bytes
     plan["fusion"] = fusion_report(g, steps)

@@ -40,7 +40,8 @@ def parse_input_arg(text: str) -> tuple[str, str]:
 def _compile_options(args):
     from compiler.api import CompileOptions
 
-    return CompileOptions(target=args.target, opt_level=args.opt_level,
+    return CompileOptions(target=args.target, opt_level=args.opt_level, arch=getattr(args, "arch", None),
+                          precision=getattr(args, "precision", "fp32"),
                           dump_after=frozenset(args.dump_after or ()), disabled_passes=frozenset(args.disable_pass or ()),
                           tuning_db=tuple(getattr(args, "tuning_db", None) or ()),
                           use_shipped_tuning=not getattr(args, "no_shipped_tuning", False))
@@ -119,7 +120,10 @@ def cmd_inspect(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             plan, _, _ = artifact.read_artifact(path, tmp)
         if not (args.json or args.fusion):
-            print(f"artifact {path}: target {plan['target']}")
+            device = plan.get("device")
+            print(f"artifact {path}: target {plan['target']}" + (
+                f"; device {device['kind']} {device['arch']} ({device.get('device_kernels', '?')} GPU kernels, "
+                f"precision {plan.get('precision', 'fp32')})" if device else ""))
             print(plan.get("ir", "(no IR stored)"), end="")
             print(f"{len(plan['steps'])} kernel calls, {len({s['kernel'] for s in plan['steps']})} distinct kernels:")
             for s in plan["steps"]:
@@ -261,14 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def compile_flags(sp):
-        sp.add_argument("--target", default="cpu", help="compilation target (default: cpu, the host CPU)")
+        sp.add_argument("--target", default="cpu",
+                        help="compilation target: cpu (the default, the host CPU) or cuda (an NVIDIA GPU)")
+        sp.add_argument("--arch", help="cuda: GPU architecture, sm_90 (the default, Hopper), sm_80, ...; "
+                                       "SASS for it plus PTX for newer GPUs")
+        sp.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="fp16/bf16: half-precision matmul/dense/conv operands, fp32 accumulation")
         sp.add_argument("-O", dest="opt_level", type=int, default=2, choices=(0, 1, 2), help="optimization level")
         sp.add_argument("--dump-after", action="append", metavar="PASS", help="print the IR after this pass")
         sp.add_argument("--disable-pass", action="append", metavar="PASS", help="skip this pass")
 
     c = sub.add_parser("compile", help="compile an ONNX model into an artifact")
     c.add_argument("model", help="ONNX file")
-    c.add_argument("-o", "--output", required=True, help="artifact file to write")
+    c.add_argument("-o", "--output", required=True, help="artifact file to write (a cuda artifact: runs where there "
+                                                         "is an NVIDIA GPU, compiled here without one)")
     c.add_argument("--shape", action="append", type=parse_shape_arg, metavar="NAME=AxBxC",
                    help="bind an input's shape (repeatable)")
     c.add_argument("--print-pass-times", action="store_true", help="print the time of each pass and stage")

@@ -120,6 +120,17 @@ class CompiledModel:
         """The persistent state buffers themselves (not copies): writing into them changes the model's state."""
         return dict(self._state)
 
+    def read_state(self, name: str) -> np.ndarray:
+        """A copy of persistent state `name` (the same call reads a CudaModel's state from the GPU)."""
+        if name not in self._state:
+            raise InputError(f"unknown state {name!r}")
+        return self._state[name].copy()
+
+    def write_state(self, name: str, value: np.ndarray) -> None:
+        if name not in self._state:
+            raise InputError(f"unknown state {name!r}")
+        np.copyto(self._state[name], np.asarray(value, self._state[name].dtype))
+
     # -- metadata -------------------------------------------------------------------------------------------------------
     @property
     def input_names(self) -> list[str]:
@@ -207,11 +218,21 @@ class CompiledModel:
         artifact.write_artifact(os.fspath(path), self.plan, self._kernels_path, params)
 
 
-def load(path: str | os.PathLike, num_threads: int | None = None) -> CompiledModel:
-    """Load an artifact written by `CompiledModel.save` (needs numpy and TVM's runtime only)."""
+def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int = 0):
+    """Load an artifact written by `save` (needs numpy and TVM's runtime only). A CUDA artifact gives a
+    `runtime.cuda.CudaModel` on GPU `device_id`, set up at once: without a usable GPU this raises
+    `runtime.cuda.DeviceError` (a RuntimeError) naming what is missing."""
     tmp = tempfile.mkdtemp(prefix="tensorforge-")
     try:
         plan, kernels, params = artifact.read_artifact(os.fspath(path), tmp)
+        if (plan.get("device") or {}).get("kind") == "cuda":
+            from .cuda import CudaModel
+
+            init_runtime(num_threads)
+            return CudaModel(plan, kernels, params, owned_dir=tmp, device_id=device_id)
+        if plan.get("device"):
+            raise ArtifactError(f"artifact {os.fspath(path)!r} is for device {plan['device'].get('kind')!r}, which "
+                                f"this runtime does not know")
         return CompiledModel(plan, kernels, params, owned_dir=tmp, num_threads=num_threads)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -61,8 +61,8 @@ class TrainingSession:
         self.spec = spec
         self.step_count = 0
         self._rng = np.random.default_rng(spec.get("seed", 0))
-        self._state = train.state  # live buffers, updated by the kernels
-        self._kinds = spec["state_kinds"]
+        self._kinds = spec["state_kinds"]  # state name -> kind
+        self._names = [s["name"] for s in train.plan.get("state", [])]  # the values live in the train model's buffers
         self._label_dtype = dict(train.input_specs)[spec["labels"]][1]
         self.last_logits: np.ndarray | None = None
 
@@ -99,34 +99,35 @@ class TrainingSession:
     def eval(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """The model's outputs in inference mode (running statistics, no dropout) with the current parameters."""
         full = dict(feeds)
+        state = self._train.state  # the live buffers (on a GPU: device tensors, which the evaluator reads in place)
         for name in self._eval.input_names:
-            if name in self._state:
-                full[name] = self._state[name]
+            if name in state:
+                full[name] = state[name]
         return self._eval.run(full)
 
     # -- state ------------------------------------------------------------------------------------------------------------
     def parameters(self) -> dict[str, np.ndarray]:
         """Copies of the trainable parameters and running statistics, by name."""
-        return {k: v.copy() for k, v in self._state.items() if self._kinds[k] in ("param", "running_mean",
-                                                                                  "running_var")}
+        return {k: self._train.read_state(k) for k in self._names if self._kinds[k] in ("param", "running_mean",
+                                                                                        "running_var")}
 
     def load_parameters(self, params: Mapping[str, np.ndarray]) -> None:
         for k, v in params.items():
-            if k not in self._state:
+            if k not in self._names:
                 raise InputError(f"unknown parameter {k!r}")
-            np.copyto(self._state[k], np.asarray(v, self._state[k].dtype))
+            self._train.write_state(k, v)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Parameters, optimizer state, step count and the dropout generator's state, written atomically."""
         meta = {"format": CHECKPOINT_FORMAT, "step": self.step_count, "rng": self._rng.bit_generator.state,
-                "names": sorted(self._state)}
+                "names": sorted(self._names)}
 
         def write(f):
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
                 z.writestr("meta.json", json.dumps(meta))
                 for i, name in enumerate(meta["names"]):
                     buf = io.BytesIO()
-                    np.save(buf, self._state[name], allow_pickle=False)
+                    np.save(buf, self._train.read_state(name), allow_pickle=False)
                     z.writestr(f"state/{i}.npy", buf.getvalue())
 
         atomic_write(os.fspath(path), write)
@@ -138,9 +139,9 @@ class TrainingSession:
                 meta = json.loads(z.read("meta.json"))
                 if meta.get("format") != CHECKPOINT_FORMAT:
                     raise ArtifactError(f"{path!r} is not a TensorForge checkpoint")
-                if sorted(meta["names"]) != sorted(self._state):
+                if sorted(meta["names"]) != sorted(self._names):
                     raise ArtifactError(f"checkpoint {path!r} holds state {meta['names']}, this session has "
-                                        f"{sorted(self._state)}")
+                                        f"{sorted(self._names)}")
                 arrays = {}
                 for i, name in enumerate(meta["names"]):
                     with z.open(f"state/{i}.npy") as f:
@@ -149,12 +150,14 @@ class TrainingSession:
             raise
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
             raise ArtifactError(f"checkpoint {path!r} is missing or damaged ({type(e).__name__}: {e})") from None
+        shapes = {s["name"]: tuple(self._train.plan["buffers"][s["buffer"]]["shape"])
+                  for s in self._train.plan.get("state", [])}
         for name, a in arrays.items():
-            if a.shape != self._state[name].shape:
+            if a.shape != shapes[name]:
                 raise ArtifactError(f"checkpoint {path!r}: state {name!r} has shape {a.shape}, expected "
-                                    f"{self._state[name].shape}")
+                                    f"{shapes[name]}")
         for name, a in arrays.items():
-            np.copyto(self._state[name], a)
+            self._train.write_state(name, a)
         self.step_count = int(meta["step"])
         self._rng.bit_generator.state = meta["rng"]
 

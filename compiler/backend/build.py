@@ -13,20 +13,31 @@ from .lower import KernelSpec, build_prim_func
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")
 
 
-def resolve_target(target):
-    """'cpu' (or 'llvm') -> the host CPU with its real ISA. Plain 'llvm' would emit SSE-only code."""
+def resolve_target(target, arch: str | None = None):
+    """'cpu' (or 'llvm') -> the host CPU with its real ISA (plain 'llvm' would emit SSE-only code);
+    'cuda' -> an NVIDIA GPU of architecture `arch` (default sm_90, Hopper), see backend/cuda.py."""
     import tvm
     from tvm.target import Target
 
     if isinstance(target, Target):
         return target
+    if target == "cuda":
+        from .cuda import DEFAULT_ARCH, cuda_target
+
+        return cuda_target(arch or DEFAULT_ARCH)
+    if arch is not None:
+        raise CompileError(f"--arch {arch} applies to the cuda target only, not {target!r}")
     if target in ("cpu", "llvm", None):
         host = Target.from_device(tvm.cpu())
         from runtime.tvm_loader import default_num_threads
 
         return Target({**{k: v for k, v in host.export().items() if k in ("kind", "mtriple", "mcpu")},
                        "num-cores": default_num_threads()})
-    raise CompileError(f"unknown target {target!r}; supported: 'cpu'")
+    raise CompileError(f"unknown target {target!r}; supported: 'cpu', 'cuda'")
+
+
+def is_cuda(target) -> bool:
+    return target.kind.name == "cuda"
 
 
 @dataclass
@@ -35,12 +46,21 @@ class BuildResult:
     kernel_names: list[str]  # global symbols, one per distinct kernel (`KernelSpec.name()`)
     timings: dict[str, float] = field(default_factory=dict)
     tuned: set[str] = field(default_factory=set)  # kernels whose schedule came from a tuning database
+    device: dict | None = None  # CUDA: the plan's "device" entry (arch, fatbin member, source hash)
+    extra_files: dict[str, str] = field(default_factory=dict)  # artifact member -> local file (the fatbin)
 
 
 def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = ()) -> BuildResult:
     """Schedule and compile each distinct spec; one library for all of them. A kernel found in one of the `tuning`
     databases (TuningDatabase, searched in order) takes its tuned schedule; the others get the default rules."""
     import tvm
+
+    if is_cuda(target):
+        from .cuda import build_cuda
+
+        b = build_cuda(specs, target, out_dir, tuning)
+        return BuildResult(b.library_path, b.kernel_names, b.timings, b.tuned, b.device,
+                           {b.device["fatbin"]: b.fatbin_path})
 
     from .cpu_schedule import schedule_cpu
 

@@ -34,9 +34,16 @@ def cuda_target(arch: str = DEFAULT_ARCH):
     if not re.fullmatch(r"sm_\d+a?", arch):
         raise CompileError(f"CUDA architecture {arch!r} is not of the form sm_XY (e.g. sm_90 for Hopper, sm_80 for "
                            f"Ampere)")
-    host = Target.from_device(tvm.cpu())
+    # the host code only unpacks arguments and launches kernels: compile it for the plain x86-64 triple (no -mcpu),
+    # so that an artifact built here runs next to a GPU whatever that machine's CPU is
+    triple = Target.from_device(tvm.cpu()).export().get("mtriple")
+    host = {"kind": "llvm", **({"mtriple": triple} if triple else {})}
     return Target({"kind": "cuda", "arch": arch, "max_shared_memory_per_block": 49152,
                    "max_threads_per_block": 1024, "thread_warp_size": 32}, host=host)
+
+
+def target_arch(target) -> str:
+    return str(target.export().get("arch", DEFAULT_ARCH))
 
 
 def schedule_cuda(mod, target):
@@ -104,18 +111,37 @@ class CudaBuild:
     kernel_names: list[str]
     device_kernels: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    tuned: set[str] = field(default_factory=set)  # kernels whose schedule came from a tuning database
+    arch: str = DEFAULT_ARCH
+
+    @property
+    def device(self) -> dict:
+        """The plan's "device" entry (runtime/cuda.py reads it)."""
+        return {"kind": "cuda", "arch": self.arch, "fatbin": "kernels.fatbin", "source_sha256": self.source_sha256,
+                "device_kernels": len(self.device_kernels)}
 
 
-def build_cuda(specs: list[KernelSpec], target, out_dir: str) -> CudaBuild:
+def build_cuda(specs: list[KernelSpec], target, out_dir: str, tuning: list = ()) -> CudaBuild:
+    """Schedule (a tuning record where one of the `tuning` databases has it, else dlight), generate CUDA, check
+    every kernel has device code, compile the device code with nvcc and export the host library."""
     import tvm
 
-    arch = str(target.export().get("arch", DEFAULT_ARCH))
+    arch = target_arch(target)
     t0 = time.perf_counter()
-    funcs = {}
+    funcs, tuned = {}, {}
     for spec in specs:
-        funcs.setdefault(spec.name(), lambda spec=spec: build_prim_func(spec).with_attr("global_symbol", spec.name()))
-    mod = tvm.IRModule({name: make() for name, make in funcs.items()})
-    mod, unscheduled = schedule_cuda(mod, target)
+        name = spec.name()
+        if name in funcs or name in tuned:
+            continue
+        func = build_prim_func(spec)
+        found = next((f for f in (db.lookup(spec, func) for db in tuning) if f is not None), None)
+        if found is not None:
+            tuned[name] = found.with_attr("global_symbol", name)
+        else:
+            funcs[name] = func.with_attr("global_symbol", name)
+    mod, unscheduled = schedule_cuda(tvm.IRModule(funcs), target) if funcs else (tvm.IRModule({}), {})
+    mod = tvm.IRModule({**{gv.name_hint: f for gv, f in mod.functions.items()}, **tuned})
+    funcs = {**funcs, **tuned}
     t1 = time.perf_counter()
     try:
         ex = tvm.compile(mod, target=target)
@@ -133,4 +159,4 @@ def build_cuda(specs: list[KernelSpec], target, out_dir: str) -> CudaBuild:
     with open(fat, "wb") as f:
         f.write(fatbin)
     return CudaBuild(lib, fat, source_digest(source), list(funcs), device_kernels(source),
-                     {"schedule_s": t1 - t0, "codegen_s": t2 - t1, "nvcc_s": t3 - t2})
+                     {"schedule_s": t1 - t0, "codegen_s": t2 - t1, "nvcc_s": t3 - t2}, set(tuned), arch)
