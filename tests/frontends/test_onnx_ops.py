@@ -133,6 +133,20 @@ def test_maxpool_indices_output(shape, attrs):
     assert got[1].dtype == np.int64 and np.array_equal(got[1], want[1])
 
 
+def test_batchnorm_training_mode_uses_batch_statistics():
+    """Outputs: y from the batch's statistics, then the running mean and variance moved towards them."""
+    from onnx.reference import ReferenceEvaluator
+
+    x, consts = r(4, 3, 5, 2), {"s": r(3), "b": r(3), "m": r(3), "v": r(3, lo=0.5)}
+    model = single_op_model("BatchNormalization", {"x": x}, 3, const_inputs=consts, opset=15,
+                            training_mode=1, momentum=0.8, epsilon=1e-3)
+    want = ReferenceEvaluator(model).run(None, {"x": x})
+    got = compile_model(model).run({"x": x})
+    assert len(got) == 3
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
 def test_range_is_folded():
     """Range on constants (position ids) is computed by the frontend; a run-time Add consumes it."""
     from onnx import TensorProto, helper, numpy_helper

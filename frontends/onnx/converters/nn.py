@@ -72,11 +72,26 @@ def MatMul(b, A, B):
 @converter()
 def BatchNormalization(b, X, scale, B, input_mean, input_var, *, epsilon=1e-5, momentum=0.9, spatial=1,
                        training_mode=0, is_test=None, consumed_inputs=None):
-    if training_mode:
-        raise b.error("training_mode=1 (batch statistics) is not supported for inference")
     if not spatial:
         raise b.error("spatial=0 is not supported")
-    return b.emit(ops.batch_norm, [X, scale, B, input_mean, input_var], epsilon=epsilon)
+    if not training_mode:
+        return b.emit(ops.batch_norm, [X, scale, B, input_mean, input_var], epsilon=epsilon)
+    # training: normalize with the batch's statistics (over every axis but the channels; biased variance) and
+    # return the running statistics moved towards them: running = input * momentum + batch * (1 - momentum)
+    xt = b.type(X)
+    axes = (0,) + tuple(range(2, xt.rank))
+    mean = b.emit(ops.reduce_mean, [X], axes=axes, keepdims=True)
+    d = b.emit(ops.sub, [X, mean])
+    var = b.emit(ops.reduce_mean, [b.emit(ops.mul, [d, d])], axes=axes, keepdims=True)
+    c = xt.shape[1]
+    mean_c, var_c = _reshape(b, mean, (c,)), _reshape(b, var, (c,))
+    y = b.emit(ops.batch_norm, [X, scale, B, mean_c, var_c], epsilon=epsilon)
+
+    def running(stat, batch):
+        kept = b.emit(ops.mul, [stat, _c(b, X, momentum)])
+        return b.emit(ops.add, [kept, b.emit(ops.mul, [batch, _c(b, X, 1.0 - momentum)])])
+
+    return y, running(input_mean, mean_c), running(input_var, var_c)
 
 
 def _pool_attrs(b, X, kernel_shape, strides, pads, auto_pad, dilations, ceil_mode):
