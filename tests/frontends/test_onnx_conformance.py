@@ -23,7 +23,6 @@ EXCLUDED = {
     "element types we do not compute (bfloat16, float8, 4- and 2-bit, strings)":
         r"test_cast_.*(BFLOAT16|FLOAT8|INT4|UINT4|FLOAT4|INT2|UINT2|E8M0)|_bfloat16|test_equal_string",
     "training-mode dropout: the expected outputs hold numpy's random mask": r"test_training_dropout(?!_zero_ratio)",
-    "uint64 sorting (TVM's sort has no uint64 kernel)": r"test_top_k_uint64$",
     "sequence and optional inputs": r"test_identity_(sequence|opt)$",
 }
 # Base cases of REQUIRED_OPS that still give wrong numbers (known, to fix).

@@ -147,6 +147,17 @@ def test_batchnorm_training_mode_uses_batch_statistics():
         assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("largest", [1, 0])
+def test_topk_uint64_across_the_sign_bit(largest):
+    """TVM sorts no uint64: keys u - 2**63 in int64 keep the order of values on both sides of 2**63."""
+    x = np.array([[0, 2**64 - 1, 2**63, 2**63 - 1, 5, 2**63 + 7]], np.uint64)
+    model = single_op_model("TopK", {"x": x}, 2, const_inputs={"k": i64(4)}, largest=largest)
+    values, indices = compile_model(model).run({"x": x})
+    order = np.argsort(x[0], kind="stable")[::-1][:4] if largest else np.argsort(x[0], kind="stable")[:4]
+    assert values.dtype == np.uint64 and values[0].tolist() == x[0][order].tolist()
+    assert indices[0].tolist() == order.tolist()
+
+
 def test_range_is_folded():
     """Range on constants (position ids) is computed by the frontend; a run-time Add consumes it."""
     from onnx import TensorProto, helper, numpy_helper

@@ -388,9 +388,15 @@ def TopK(b, X, K, *, axis=-1, largest=1, sorted=1):
 
 
 def _topk(b, X, k, axis, largest):
-    if b.type(X).dtype == "uint64":
-        raise b.error("uint64 inputs are not supported (TVM's sort has no uint64 kernel)")
-    return b.emit(ops.topk, [X], k=k, axis=_axis(b, axis, b.type(X).rank), largest=bool(largest))
+    attrs = dict(k=k, axis=_axis(b, axis, b.type(X).rank), largest=bool(largest))
+    if b.type(X).dtype != "uint64":
+        return b.emit(ops.topk, [X], **attrs)
+    # TVM's sort has no uint64 kernel: sort int64 keys of the same order, u - 2**63 (the wrapped cast with its sign
+    # bit flipped), and map the values back the same way
+    sign = np.asarray(np.iinfo(np.int64).min, np.int64)
+    keys = b.emit(ops.bitwise_xor, [b.emit(ops.cast, [X], to="int64"), sign])
+    values, indices = b.emit(ops.topk, [keys], **attrs)
+    return b.emit(ops.cast, [b.emit(ops.bitwise_xor, [values, sign])], to="uint64"), indices
 
 
 @converter()
