@@ -38,7 +38,7 @@ def test_inspect_onnx_and_artifact(squeezenet_artifact, capsys):
     assert text.startswith("graph ") and "conv2d(" in text and "return %softmaxout_1" in text
     assert main(["inspect", str(squeezenet_artifact)]) == 0
     text = capsys.readouterr().out
-    assert "conv2d_packed(" in text and "distinct kernels" in text
+    assert "conv2d_nchwc(" in text and "distinct kernels" in text
     assert main(["inspect", str(squeezenet_artifact), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert set(info) >= {"ops", "kernels", "arena_bytes", "live_lower_bound_bytes", "unplanned_bytes", "params_bytes"}
@@ -49,8 +49,8 @@ def test_inspect_report_and_fusion_for_onnx(capsys):
     assert main(["inspect", light_path("resnet50"), "--json", "--fusion"]) == 0
     out = capsys.readouterr().out
     report, stats = out.rsplit("\n", 2)[0], json.loads(out.strip().splitlines()[-1])
-    assert "fused kernels" in report and "conv2d_packed" in report and "add" in report
-    assert "max_pool2d (" in report and "a reduction ends its kernel" in report
+    assert "fused kernels" in report and "conv2d_nchwc" in report and "add" in report
+    assert "max_pool2d_nchwc (" in report and "a reduction ends its kernel" in report
     assert stats["kernels"] <= 58 and stats["params_bytes"] > 90e6
     assert main(["inspect", light_path("squeezenet"), "--optimized", "-O", "1"]) == 0
     assert "conv2d_packed(" in capsys.readouterr().out

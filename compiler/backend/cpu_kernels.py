@@ -30,6 +30,8 @@ OW_TILE_MIN = 6
 # Anchor block names; the scheduler dispatches on these.
 CONV_PACKED = "conv2d_nchw_packed"
 CONV_UNPACK = "conv2d_nchw_unpack"
+CONV_NCHWC = "conv2d_nchwc"          # blocked activations: the anchor of a conv whose output is NCHW[b]c
+CONV_NCHWC_OUT = "conv2d_nchwc_out"
 CONV_DEPTHWISE = "conv2d_depthwise"
 CONV_PLAIN = "conv2d_nchw_plain"
 CONV_BIAS = "conv2d_bias"
@@ -158,6 +160,65 @@ def _conv_packed(x, w_packed, bias, b, out_channels, icg, ocg, groups, kernel, s
         return v if bias is None else v + bias[o]
 
     return te.compute((n, out_channels, oh, ow), unpack, name=CONV_UNPACK, tag="injective")
+
+
+# ---------------------------------------------------------------------------------------------- conv2d, NCHW[x]c
+
+def conv2d_nchwc_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | None, *, in_block: int, block: int,
+                         out_channels: int, kernel: tuple[int, int], strides: tuple[int, int],
+                         pads: tuple[int, int, int, int], dilations: tuple[int, int]) -> te.Tensor:
+    """Conv2d (groups 1) with blocked activations: x is NCHW[in_block]c (or plain NCHW when in_block is 0), the
+    weight is packed as (OC / block, IC / in_block, KH, KW, in_block, block) (or (OC / block, IC, KH, KW, block)
+    for a plain input), the output is NCHW[block]c: (N, OC / block, OH, OW, block).
+
+    The anchor computes a width padded to whole register tiles, as the NCHW kernel does; the output block copies
+    the valid columns and adds the bias. Both the input's channel lanes and the output's are contiguous, so the
+    kernel's loads of weights and its stores are whole vectors with no transposition.
+    """
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilations
+    top, left, bottom, right = pads
+    if in_block:
+        n, cb, h, w, _ = (int(d) for d in x.shape)
+    else:
+        n, cb, h, w = (int(d) for d in x.shape)
+    oh = _conv_out_size(h, kh, sh, top, bottom, dh)
+    ow = _conv_out_size(w, kw, sw, left, right, dw)
+    tile = conv_ow_tile(ow)
+    ow_pad = _round_up(ow, tile)
+    w_needed = (ow_pad - 1) * sw + (kw - 1) * dw + 1
+    right_extra = max(0, w_needed - (w + left + right))
+    if in_block:
+        spatial = (top, left, bottom, right + right_extra)
+        xp = x if not any(spatial) else topi.nn.pad(x, [0, 0, top, left, 0], [0, 0, bottom, right + right_extra, 0],
+                                                    name=PAD)
+    else:
+        xp = _pad_input(x, (top, left, bottom, right + right_extra))
+    rkh = te.reduce_axis((0, kh), name="rkh")
+    rkw = te.reduce_axis((0, kw), name="rkw")
+    if in_block:
+        rcb = te.reduce_axis((0, cb), name="rcb")
+        rci = te.reduce_axis((0, in_block), name="rci")
+
+        def body(b_, ob, y, z, oi):
+            return te.sum(xp[b_, rcb, y * sh + rkh * dh, z * sw + rkw * dw, rci]
+                          * w_packed[ob, rcb, rkh, rkw, rci, oi], axis=[rcb, rkh, rkw, rci])
+    else:
+        ric = te.reduce_axis((0, cb), name="ric")
+
+        def body(b_, ob, y, z, oi):
+            return te.sum(xp[b_, ric, y * sh + rkh * dh, z * sw + rkw * dw] * w_packed[ob, ric, rkh, rkw, oi],
+                          axis=[ric, rkh, rkw])
+    ocb = out_channels // block
+    conv = te.compute((n, ocb, oh, ow_pad, block), body, name=CONV_NCHWC, tag=CONV_NCHWC,
+                      attrs={ANN_OW_TILE: tile, ANN_OC_BLOCK: block})
+
+    def out(b_, ob, y, z, oi):
+        v = conv[b_, ob, y, z, oi]
+        return v if bias is None else v + bias[ob * block + oi]
+
+    return te.compute((n, ocb, oh, ow, block), out, name=CONV_NCHWC_OUT, tag="injective")
 
 
 # ---------------------------------------------------------------------------------------------- dense

@@ -162,6 +162,42 @@ def _schedule_conv_packed(sch: s_tir.Schedule, target: tvm.target.Target) -> Non
     _schedule_pad(sch, target)
 
 
+def _schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """Blocked layout: loops of the final epilogue block: parallel(n, oc_block, oh) > ow_tile > [ow_tile x
+    oc_block] write-back, one contiguous vector store per output column; the conv is computed at the ow_tile loop
+    into a local tile with the reductions outside it, (ic_block, kh, kw, ic_lane) order, ow unrolled, oc vectorized."""
+    conv = sch.get_sblock(K.CONV_NCHWC)
+    ann = sch.get(conv).annotations
+    tile = int(ann[K.ANN_OW_TILE])
+    out = _anchor_epilogue(sch, conv, K.PAD)
+    if len(sch.get_loops(out)) != 5:
+        raise ValueError("conv epilogue is not a single NCHW[x]c block")
+    n, o, h, w, oi = sch.get_loops(out)
+    wo, wi = sch.split(w, [None, tile])
+    sch.reorder(n, o, h, wo, wi, oi)
+    sch.compute_at(conv, wo, preserve_unit_loops=True)
+    sch.set_scope(conv, 0, "local")
+    blocked_input = len(sch.get(conv).iter_vars) == 9  # n, ob, oh, ow, oi + (ic_block, kh, kw, ic_lane)
+    loops = sch.get_loops(conv)
+    if blocked_input:
+        cw, coi, rcb, rkh, rkw, rci = loops[-6:]
+        sch.reorder(rcb, rkh, rkw, rci, cw, coi)
+        first = rcb
+    else:
+        cw, coi, ric, rkh, rkw = loops[-5:]
+        sch.reorder(ric, rkh, rkw, cw, coi)
+        first = ric
+    sch.unroll(cw)
+    sch.vectorize(coi)
+    sch.parallel(sch.fuse(n, o, h))
+    sch.unroll(wi)
+    sch.vectorize(oi)
+    init = sch.decompose_reduction(conv, first)
+    _try(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    _try(lambda: sch.unroll(sch.get_loops(init)[-2]))
+    _schedule_pad(sch, target)
+
+
 def _schedule_tile_writeback(sch, out, oi, wi):
     """The [oc_block x ow_tile] register tile goes to NCHW memory: one vector store per output channel."""
     sch.unroll(oi)
@@ -549,6 +585,7 @@ def _vectorizable_spatial(sch: s_tir.Schedule, block, index: int) -> bool:
 
 _RULES = [
     (lambda names: K.CONV_PACKED in names, _schedule_conv_packed),
+    (lambda names: K.CONV_NCHWC in names, _schedule_conv_nchwc),
     (lambda names: K.CONV_DEPTHWISE in names or K.CONV_PLAIN in names, _schedule_conv_rowwise),
     (lambda names: K.DENSE_PACKED in names, _schedule_dense),
     (lambda names: MATMUL in names, _schedule_matmul),

@@ -8,9 +8,11 @@ unpack the weight and call the plain op's reference, so the interpreter checks t
 from __future__ import annotations
 
 import numpy as np
+from tvm import topi
 
 from compiler.ir.types import TensorType
 
+from . import nn
 from .nn import CONV_ATTRS, _conv2d_infer, _conv2d_ref, _dense_infer, _dense_ref
 from .registry import Attr, FusionKind, defop, fail
 
@@ -83,3 +85,127 @@ dense_packed = defop(
     attrs={"block": Attr("int"), "n": Attr("int")},
     reference=lambda x, wp, b=None, *, block, n: _dense_ref(x, unpack_dense_weight(wp, block=block, n=n), b),
     lower=_dense_packed_lower, doc="dense whose weight (N, K) is stored as (N/block, K, block).")
+
+
+# ---------------------------------------------------------------------------------------------- NCHW[x]c activations
+# The `alter_layout` pass (compiler/passes/layout.py) moves chains of convs, pools and elementwise ops into the
+# blocked channel layout NCHW[b]c: (N, C / b, H, W, b), the channel lanes innermost, where one vector register holds b
+# channels of one pixel. `to_blocked` / `from_blocked` convert at the edges.
+
+def block_nchw(x: np.ndarray, block: int) -> np.ndarray:
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // block, block, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def unblock_nchwc(x: np.ndarray) -> np.ndarray:
+    n, cb, h, w, b = x.shape
+    return np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w))
+
+
+def _blocked_type(t: TensorType, block: int) -> TensorType:
+    if t.rank != 4 or block <= 0 or t.shape[1] % block:
+        fail(f"cannot block {t} by {block} channels (needs NCHW with C divisible by the block)")
+    n, c, h, w = t.shape
+    return TensorType((n, c // block, h, w, block), t.dtype)
+
+
+def _unblocked_type(t: TensorType) -> TensorType:
+    if t.rank != 5:
+        fail(f"expects an NCHW[x]c input of rank 5, got {t}")
+    n, cb, h, w, b = t.shape
+    return TensorType((n, cb * b, h, w), t.dtype)
+
+
+to_blocked = defop(
+    "to_blocked", FusionKind.INJECTIVE, attrs={"block": Attr("int")}, movement=True,
+    infer=lambda types, *, block: _blocked_type(types[0], block),
+    reference=lambda x, *, block: block_nchw(x, block),
+    lower=lambda x, *, block: topi.layout_transform(x, "NCHW", f"NCHW{block}c"),
+    doc="NCHW -> NCHW[block]c (N, C/block, H, W, block).")
+
+from_blocked = defop(
+    "from_blocked", FusionKind.INJECTIVE, movement=True,
+    infer=lambda types: _unblocked_type(types[0]), reference=unblock_nchwc,
+    lower=lambda x: topi.layout_transform(x, f"NCHW{int(x.shape[4])}c", "NCHW"),
+    doc="NCHW[b]c -> NCHW.")
+
+
+def _nchwc_conv_attrs(attrs: dict) -> dict:
+    return {k: attrs[k] for k in ("strides", "pads", "dilations")}
+
+
+def repack_conv2d_weight_nchwc(wp: np.ndarray, in_block: int) -> np.ndarray:
+    """Packed (OC/b, IC, KH, KW, b) -> (OC/b, IC/in_block, KH, KW, in_block, b): for a blocked input, the weights
+    of one input-lane loop are contiguous."""
+    ocb, ic, kh, kw, b = wp.shape
+    return np.ascontiguousarray(wp.reshape(ocb, ic // in_block, in_block, kh, kw, b).transpose(0, 1, 3, 4, 2, 5))
+
+
+def _nchwc_weight(wp: np.ndarray, in_block: int) -> np.ndarray:
+    """The conv2d_nchwc weight back in the 5-D packed layout."""
+    if not in_block:
+        return wp
+    ocb, icb, kh, kw, ib, b = wp.shape
+    return wp.transpose(0, 1, 4, 2, 3, 5).reshape(ocb, icb * ib, kh, kw, b)
+
+
+def _conv2d_nchwc_infer(types, *, in_block, block, out_channels, strides, pads, dilations):
+    x = _unblocked_type(types[0]) if in_block else types[0]
+    if in_block and types[0].shape[4] != in_block:
+        fail(f"input {types[0]} is not blocked by {in_block}")
+    if out_channels % block:
+        fail(f"{out_channels} output channels do not split into blocks of {block}")
+    wt = types[1]
+    if in_block:
+        if wt.rank != 6 or wt.shape[4] != in_block:
+            fail(f"weight {wt} is not (OC/b, IC/{in_block}, KH, KW, {in_block}, b)")
+        wt = TensorType((wt.shape[0], wt.shape[1] * in_block) + wt.shape[2:4] + (wt.shape[5],), wt.dtype)
+    w = _unpacked_conv_type(wt, "packed", block, out_channels)
+    plain = _conv2d_infer([x, w] + types[2:], strides=strides, pads=pads, dilations=dilations, groups=1)
+    return _blocked_type(plain, block)
+
+
+def _conv2d_nchwc_ref(x, wp, b=None, *, in_block, block, out_channels, **conv):
+    xp = unblock_nchwc(x) if in_block else x
+    w = unpack_conv2d_weight(_nchwc_weight(wp, in_block), wlayout="packed", block=block, out_channels=out_channels)
+    return block_nchw(_conv2d_ref(xp, w, b, groups=1, **conv), block)
+
+
+def _conv2d_nchwc_lower(x, wp, b=None, *, in_block, block, out_channels, strides, pads, dilations):
+    from compiler.backend import cpu_kernels
+
+    return cpu_kernels.conv2d_nchwc_compute(x, wp, b, in_block=in_block, block=block, out_channels=out_channels,
+                                            kernel=(int(wp.shape[2]), int(wp.shape[3])), strides=strides,
+                                            pads=pads, dilations=dilations)
+
+
+conv2d_nchwc = defop(
+    "conv2d_nchwc", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv2d_nchwc_infer, arity=(2, 3),
+    attrs={"strides": CONV_ATTRS["strides"], "pads": CONV_ATTRS["pads"], "dilations": CONV_ATTRS["dilations"],
+           "in_block": Attr("int"), "block": Attr("int"), "out_channels": Attr("int")},
+    reference=_conv2d_nchwc_ref, lower=_conv2d_nchwc_lower,
+    doc="conv2d (groups 1) on NCHW[in_block]c activations (plain NCHW if in_block is 0) with a packed weight "
+        "(OC/block, IC/in_block, KH, KW, in_block, block), or (OC/block, IC, KH, KW, block) for a plain input; "
+        "the output is NCHW[block]c.")
+
+
+def _blocked_pool(pool):
+    """`pool` (an NCHW pooling op of ops/nn.py) on NCHW[b]c activations: same attributes, same window."""
+    def infer(types, **attrs):
+        x = types[0]
+        plain = pool.infer([_unblocked_type(x)], **attrs)
+        return _blocked_type(plain, x.shape[4])
+
+    def reference(x, **attrs):
+        return block_nchw(pool.reference(unblock_nchwc(x), **attrs), x.shape[4])
+
+    def lower(x, *, kernel, strides, pads, dilations, ceil_mode, count_include_pad=False):
+        return topi.nn.pool2d(x, kernel, strides, dilations, pads, "max" if pool.name.startswith("max") else "avg",
+                              ceil_mode, f"NCHW{int(x.shape[4])}c", count_include_pad)
+
+    return defop(pool.name + "_nchwc", pool.kind, infer=infer, attrs=pool.attrs, reference=reference, lower=lower,
+                 doc=f"{pool.name} on NCHW[b]c activations.")
+
+
+max_pool2d_nchwc = _blocked_pool(nn.max_pool2d)
+avg_pool2d_nchwc = _blocked_pool(nn.avg_pool2d)

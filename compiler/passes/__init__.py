@@ -10,6 +10,7 @@ from .cse import cse
 from .fold_constants import fold_constants
 from .fold_scale_shift import fold_scale_shift
 from .fuse import fuse
+from .layout import alter_layout
 from .manager import Pass, PassManager, pass_name  # noqa: F401
 from .pack_weights import pack_weights
 from .recognize import recognize
@@ -46,6 +47,8 @@ def pipeline(opt_level: int = 2, target: str = "cpu") -> list[Pass]:
         passes += OPTIMIZATIONS
     if target in ("cpu", "llvm"):
         passes.append(pack_weights)  # the CPU kernels need packed weights at every level
+        if opt_level >= 2:
+            passes += [alter_layout, dce]  # NCHW[16]c activations for the convs where it pays
     if opt_level >= 2:
         passes.append(fuse)  # last: it groups the final ops into kernels
     return passes

@@ -1,0 +1,142 @@
+"""alter_layout: run chains of CPU convolutions in the blocked channel layout NCHW[b]c, chosen per conv.
+
+In NCHW[b]c, (N, C / b, H, W, b), one vector register holds b channels of one pixel: a conv reads its packed
+weights and writes its output as whole contiguous vectors, and pooling vectorizes over the channel lanes. The pass
+  1. picks the convs that run blocked (`ConvPolicy`, measured in benchmarks/results/layout.md),
+  2. propagates the blocked layout forward through the ops that do not care about it: elementwise and broadcast
+     ops (per-channel params are re-blocked at compile time; a small plain operand gets a `to_blocked`), max and
+     average pooling, and concatenation along channels,
+  3. leaves every other consumer (graph outputs, reshapes, dense, grouped convs, ...) reading the plain tensor,
+     which a `from_blocked` right after the producer provides; dead ones are removed by DCE.
+Weights are already packed by `pack_weights` as (OC / b, IC, KH, KW, b); a conv on a blocked input gets them
+repacked at compile time as (OC / b, IC / b, KH, KW, b, b), so that its innermost input-lane loop reads contiguous
+weights. Convs whose input stays plain read NCHW directly (`in_block` 0), e.g. the first conv on the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler import ops
+from compiler.ir import Graph, Node, Value
+from compiler.ops import FusionKind
+from compiler.ops.layout import block_nchw, repack_conv2d_weight_nchwc
+
+_NOT_AGNOSTIC = {"batch_norm", "broadcast_to", "dropout_train"}  # elementwise kinds that still see axis 1 / RNG
+
+
+def _layout_agnostic(op) -> bool:
+    """Ops that compute one output element from the same element of each (broadcast) input."""
+    return op.kind in (FusionKind.ELEMWISE, FusionKind.BROADCAST) and op.name not in _NOT_AGNOSTIC
+
+
+@dataclass(frozen=True)
+class ConvPolicy:
+    """Which convs run blocked. Measured per conv shape (benchmarks/layout.py); see `wants`."""
+
+    block: int = 16
+    min_in_channels: int = 16  # blocked input lanes need C % block == 0; convs on fewer channels read NCHW
+
+    def wants(self, node: Node) -> bool:
+        a = node.attrs
+        if node.op is not ops.conv2d_packed or a["wlayout"] != "packed" or a["groups"] != 1:
+            return False
+        return a["block"] == self.block and a["out_channels"] % self.block == 0
+
+
+@dataclass(frozen=True)
+class AlterLayout:
+    policy: ConvPolicy = ConvPolicy()
+    name: str = "alter_layout"
+
+    def __call__(self, g: Graph) -> Graph:
+        alter_layout_graph(g, self.policy)
+        return g
+
+
+alter_layout = AlterLayout()
+
+
+def alter_layout_graph(g: Graph, policy: ConvPolicy = ConvPolicy()) -> int:
+    """Rewrite `g` in place; returns the number of convs moved to NCHW[b]c."""
+    b = policy.block
+    blocked: dict[Value, Value] = {}  # plain value -> the same tensor in NCHW[b]c
+    reblocked_params: dict[Value, Value] = {}
+    repacked: dict[Value, Value] = {}  # conv weights for a blocked input
+    converted = 0
+
+    def channels(v: Value) -> int | None:
+        return v.type.shape[1] if v.type.rank == 4 else None
+
+    def adapt(v: Value, like: Value, index: int) -> tuple[Value, int] | None:
+        """`v` as an operand of an elementwise op whose blocked operand is `like` (blocked form of a plain NCHW
+        tensor); returns (value, nodes inserted) or None when `v` cannot follow."""
+        if v in blocked:
+            return blocked[v], 0
+        if v.type.numel == 1:
+            return v, 0  # a scalar broadcasts in any layout
+        n, c, h, w = like.type.shape[0], like.type.shape[1] * b, like.type.shape[2], like.type.shape[3]
+        shape = (1,) * (4 - v.type.rank) + tuple(v.type.shape) if v.type.rank <= 4 else None
+        if shape is None or shape[1] != c or shape[0] not in (1, n) or shape[2] not in (1, h) or shape[3] not in (1, w):
+            return None
+        if v.is_param and v.data is not None:
+            if v not in reblocked_params:
+                data = np.asarray(v.data).reshape(shape)
+                reblocked_params[v] = g.add_param(v.name + ".nchwc", block_nchw(data, b))
+            return reblocked_params[v], 0
+        if v.type.rank != 4:
+            return None
+        (vb,) = g.add_node(ops.to_blocked, [v], {"block": b}, index=index)
+        return vb, 1
+
+    for n in list(g.nodes):
+        out = n.outputs[0] if len(n.outputs) == 1 else None
+        if out is None or out.type.dtype != "float32":
+            continue
+        index = g.nodes.index(n)
+        attrs: dict
+        if policy.wants(n):
+            x = n.inputs[0]
+            xin, in_block = (blocked[x], b) if x in blocked else (x, 0)
+            w = n.inputs[1]
+            if in_block:
+                if w not in repacked:
+                    repacked[w] = g.add_param(w.name + ".nchwc", repack_conv2d_weight_nchwc(w.data, in_block))
+                w = repacked[w]
+            a = n.attrs
+            attrs = {"strides": a["strides"], "pads": a["pads"], "dilations": a["dilations"], "in_block": in_block,
+                     "block": b, "out_channels": a["out_channels"]}
+            new_op, inputs = ops.conv2d_nchwc, [xin, w] + n.inputs[2:]
+            converted += 1
+        elif n.op in (ops.max_pool2d, ops.avg_pool2d) and n.inputs[0] in blocked:
+            new_op = ops.max_pool2d_nchwc if n.op is ops.max_pool2d else ops.avg_pool2d_nchwc
+            inputs, attrs = [blocked[n.inputs[0]]], dict(n.attrs)
+        elif n.op is ops.concat and n.attrs["axis"] == 1 and n.inputs and all(v in blocked for v in n.inputs):
+            new_op, inputs, attrs = ops.concat, [blocked[v] for v in n.inputs], {"axis": 1}
+        elif _layout_agnostic(n.op) and channels(out) is not None and any(v in blocked for v in n.inputs):
+            like = next(blocked[v] for v in n.inputs if v in blocked)
+            if like.type.shape[:4] != (out.type.shape[0], out.type.shape[1] // b) + out.type.shape[2:]:
+                continue  # the op broadcasts the blocked operand itself: leave it plain
+            adapted = []
+            for v in n.inputs:
+                got = adapt(v, like, index)
+                if got is None:
+                    break
+                adapted.append(got[0])
+                index += got[1]
+            else:
+                new_op, inputs, attrs = n.op, adapted, dict(n.attrs)
+            if len(adapted) != len(n.inputs):
+                continue
+        else:
+            continue
+        (yb,) = g.add_node(new_op, inputs, attrs, name=n.name, index=index)
+        (plain,) = g.add_node(ops.from_blocked, [yb], {}, index=index + 1)
+        g.replace_uses(out, plain)
+        g.remove_node(n)
+        g.rename(plain, out.name)
+        blocked[plain] = yb
+    g.remove_unused()
+    return converted

@@ -1,0 +1,154 @@
+"""alter_layout: which ops move to NCHW[16]c, where the layout transforms go, and the same numbers after."""
+
+import numpy as np
+import pytest
+
+from compiler import compile_model, ops
+from compiler.api import CompileOptions
+from compiler.ir import interpret, parse_graph, print_graph
+from compiler.passes import alter_layout, pack_weights
+from compiler.passes.layout import ConvPolicy, alter_layout_graph
+from tests.support import assert_close
+
+# conv on the image (3 channels: reads NCHW) -> blocked chain -> per-channel scale (a param: re-blocked at compile
+# time) -> residual add with a graph input (gets a to_blocked) -> 1x1 conv, channel concat, conv, average pool,
+# tanh -> reshape (needs NCHW: from_blocked) ; %a is also a graph output (from_blocked).
+CHAIN = """graph g(%x: f32[1,3,20,20], %y: f32[1,32,10,10]) {
+  %w1 = param f32[32,3,3,3]
+  %b1 = param f32[32]
+  %w2 = param f32[32,32,3,3]
+  %w3 = param f32[16,32,1,1]
+  %w4 = param f32[32,48,3,3]
+  %s = param f32[1,32,1,1]
+  %c1 = conv2d(%x, %w1, %b1) {strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,10,10]
+  %r1 = relu(%c1) : f32[1,32,10,10]
+  %c2 = conv2d(%r1, %w2) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,10,10]
+  %m = mul(%c2, %s) : f32[1,32,10,10]
+  %a = add(%m, %y) : f32[1,32,10,10]
+  %c3 = conv2d(%a, %w3) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[1,16,10,10]
+  %k = concat(%a, %c3) {axis=1} : f32[1,48,10,10]
+  %c4 = conv2d(%k, %w4) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,10,10]
+  %p = avg_pool2d(%c4) {kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1), ceil_mode=false, count_include_pad=false} : f32[1,32,5,5]
+  %t = tanh(%p) : f32[1,32,5,5]
+  %f = reshape(%t) {shape=(1, 800)} : f32[1,800]
+  return %f, %a
+}
+"""
+
+# the nodes after pack_weights + alter_layout (param lines left out: their data is random)
+CHAIN_EXPECTED = """\
+  %4 = conv2d_nchwc(%x, %w1.packed, %b1) {strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1), in_block=0, block=16, out_channels=32} : f32[1,2,10,10,16]
+  %6 = relu(%4) : f32[1,2,10,10,16]
+  %8 = conv2d_nchwc(%6, %w2.packed.nchwc) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), in_block=16, block=16, out_channels=32} : f32[1,2,10,10,16]
+  %10 = mul(%8, %s.nchwc) : f32[1,2,10,10,16]
+  %12 = to_blocked(%y) {block=16} : f32[1,2,10,10,16]
+  %13 = add(%10, %12) : f32[1,2,10,10,16]
+  %a = from_blocked(%13) : f32[1,32,10,10]
+  %15 = conv2d_nchwc(%13, %w3.packed.nchwc) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), in_block=16, block=16, out_channels=16} : f32[1,1,10,10,16]
+  %17 = concat(%13, %15) {axis=1} : f32[1,3,10,10,16]
+  %19 = conv2d_nchwc(%17, %w4.packed.nchwc) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), in_block=16, block=16, out_channels=32} : f32[1,2,10,10,16]
+  %21 = avg_pool2d_nchwc(%19) {kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1), ceil_mode=false, count_include_pad=false} : f32[1,2,5,5,16]
+  %23 = tanh(%21) : f32[1,2,5,5,16]
+  %t = from_blocked(%23) : f32[1,32,5,5]
+  %f = reshape(%t) {shape=(1, 800)} : f32[1,800]
+"""
+
+
+def setup(text=CHAIN):
+    g = parse_graph(text)
+    rng = np.random.default_rng(0)
+    params = {p.name: rng.uniform(-1, 1, p.type.shape).astype(np.float32) for p in g.params}
+    feeds = {v.name: rng.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs}
+    return params, feeds
+
+
+def node_lines(g) -> str:
+    return "".join(ln + "\n" for ln in print_graph(g).splitlines()
+                   if ln.startswith("  %") and " = param " not in ln)
+
+
+def test_golden_chain_and_edges():
+    params, feeds = setup()
+    g = alter_layout(pack_weights(parse_graph(CHAIN, params)))
+    g.verify()
+    assert node_lines(g) == CHAIN_EXPECTED
+    # the text parses back to the same graph
+    again = parse_graph(print_graph(g), {p.name: p.data for p in g.params})
+    assert print_graph(again) == print_graph(g)
+    # the reference interpreter gives the same numbers before and after (blocking is exact re-indexing)
+    before = interpret(parse_graph(CHAIN, params), feeds)
+    for got, want in zip(interpret(g, feeds), before):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_blocked_chain_matches_the_reference():
+    params, feeds = setup()
+    ref = interpret(parse_graph(CHAIN, params), feeds)
+    model = compile_model(parse_graph(CHAIN, params))
+    assert {s["op"].split("+")[0] for s in model.plan["steps"]} >= {"conv2d_nchwc", "avg_pool2d_nchwc"}
+    for got, want in zip(model.run(feeds), ref):
+        assert_close(got, want, rtol=1e-4, atol=1e-4)  # float32 sums of ~400 products of magnitude ~30
+
+
+def test_disabled_pass_keeps_nchw():
+    params, _ = setup()
+    model = compile_model(parse_graph(CHAIN, params),
+                          options=CompileOptions(disabled_passes=frozenset({"alter_layout"})))
+    assert not any("nchwc" in s["op"] or "blocked" in s["op"] for s in model.plan["steps"])
+
+
+def test_policy_decides_per_conv():
+    """A policy that refuses every conv leaves the graph as pack_weights made it; channel counts that do not split
+    into blocks stay NCHW."""
+    params, _ = setup()
+    g = pack_weights(parse_graph(CHAIN, params))
+    before = print_graph(g)
+
+    class Never(ConvPolicy):
+        def wants(self, node):
+            return False
+
+    assert alter_layout_graph(g, Never()) == 0
+    assert print_graph(g) == before
+    params, feeds = setup(ODD)
+    g = pack_weights(parse_graph(ODD, params))
+    assert alter_layout_graph(g) == 1  # 24 output channels do not split into blocks of 16: that conv stays NCHW
+    assert [n.op.name for n in g.nodes] == ["conv2d_packed", "relu", "conv2d_nchwc", "relu", "from_blocked"]
+    assert g.nodes[2].attrs["in_block"] == 0  # reads its NCHW input directly
+    for got, want in zip(interpret(g, feeds), interpret(parse_graph(ODD, params), feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+ODD = """graph g(%x: f32[1,3,8,8]) {
+  %w1 = param f32[24,3,3,3]
+  %w2 = param f32[32,24,3,3]
+  %c1 = conv2d(%x, %w1) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,24,8,8]
+  %r1 = relu(%c1) : f32[1,24,8,8]
+  %c2 = conv2d(%r1, %w2) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,8,8]
+  %r2 = relu(%c2) : f32[1,32,8,8]
+  return %r2
+}
+"""
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_blocked_pool_matches_plain(kind):
+    text = f"""graph g(%x: f32[2,32,9,9]) {{
+  %p = {kind}_pool2d(%x) {{kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1), ceil_mode=true{', count_include_pad=true' if kind == 'avg' else ''}}} : f32[2,32,5,5]
+  return %p
+}}
+"""
+    _, feeds = setup(text)
+    g = parse_graph(text)
+    x = g.inputs[0]
+    (xb,) = g.add_node(ops.to_blocked, [x], {"block": 16}, index=0)
+    pool = g.nodes[1]
+    (pb,) = g.add_node(getattr(ops, f"{kind}_pool2d_nchwc"), [xb], dict(pool.attrs))
+    (back,) = g.add_node(ops.from_blocked, [pb], {})
+    g.outputs = [g.outputs[0], back]
+    g.verify()
+    model = compile_model(g)
+    plain, blocked = model.run(feeds)
+    want = interpret(parse_graph(text), feeds)[0]
+    assert_close(plain, want, rtol=1e-5, atol=1e-6)
+    assert_close(blocked, want, rtol=1e-5, atol=1e-6)
