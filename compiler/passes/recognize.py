@@ -1,9 +1,14 @@
-"""recognize: rewrite decomposed activations, as exporters spell them, into single ops.
+"""recognize: rewrite decomposed activations and normalizations, as exporters spell them, into single ops.
 
     0.5 * x * (1 + erf(x / sqrt(2)))                          -> gelu(x)                  (any order of the products)
     0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))   -> gelu(x, approximate="tanh")
+    d / sqrt(mean(d^2) + eps), d = x - mean(x)               -> layer_norm(x, ones)      (means over trailing axes)
+    layer_norm(x, s) * g                                      -> layer_norm(x, s * g)     (g a constant, per row)
+    layer_norm(x, s) + b                                      -> layer_norm(x, s, b)
 A product is read as a bag of factors (through nested muls and divisions by constants), so every association
-and operand order an exporter picks matches the same rule.
+and operand order an exporter picks matches the same rule. The three layer-norm rules together match
+LayerNormalization as exporters before opset 17 write it (ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul,
+Add), with or without the affine part.
 """
 
 from __future__ import annotations
@@ -87,5 +92,87 @@ def _gelu(r: Rewrite, n):
     return None
 
 
+_NORM_DTYPES = frozenset({"float16", "float32", "float64"})
+
+
+def _trailing_mean(v: Value) -> tuple[Value, int] | None:
+    """(x, axis) when v = reduce_mean(x) over axes axis..rank-1, keeping them."""
+    p = v.producer
+    if p is None or p.op is not ops.reduce_mean or not p.attrs["keepdims"]:
+        return None
+    rank, axes = p.inputs[0].type.rank, tuple(p.attrs["axes"])
+    if not axes or axes != tuple(range(axes[0], rank)):
+        return None
+    return p.inputs[0], axes[0]
+
+
+def _is_square_of(v: Value, d: Value) -> bool:
+    p = v.producer
+    if p is not None and p.op is ops.pow and p.inputs[0] is d and _splat(p.inputs[1]) == 2.0:
+        return True
+    return p is not None and p.op is ops.mul and p.inputs[0] is d and p.inputs[1] is d
+
+
+def _layer_norm(r: Rewrite, n):
+    """d / sqrt(var + eps) with d = x - mean(x), var = mean(d^2), both means over the same trailing axes."""
+    d, root = n.inputs
+    sub, sqrt = d.producer, root.producer
+    if sub is None or sub.op is not ops.sub or sqrt is None or sqrt.op is not ops.sqrt:
+        return None
+    x = sub.inputs[0]
+    mean = _trailing_mean(sub.inputs[1])
+    if x.type != d.type or x.type.dtype not in _NORM_DTYPES or mean is None or mean[0] is not x:
+        return None
+    terms, eps = _terms(sqrt.inputs[0])
+    var = _trailing_mean(terms[0]) if len(terms) == 1 else None
+    if var is None or var[1] != mean[1] or not _is_square_of(var[0], d) or eps <= 0.0:
+        return None
+    axis = mean[1]
+    ones = r.param(np.ones(x.type.shape[axis:], x.type.dtype), "scale")
+    return r.emit(ops.layer_norm, [x, ones], axis=axis, epsilon=eps)
+
+
+def _per_row(v: Value, ln) -> np.ndarray | None:
+    """A constant operand of a mul/add after a layer norm as the op's scale/bias (the normalized shape), when it
+    varies only along the normalized axes; else None."""
+    if not v.is_param:
+        return None
+    x, axis = ln.inputs[0], ln.attrs["axis"]
+    norm, data = x.type.shape[axis:], v.data
+    lead = data.ndim - len(norm)
+    if data.dtype != np.dtype(x.type.dtype) or (lead > 0 and any(dim != 1 for dim in data.shape[:lead])):
+        return None
+    data = data.reshape(data.shape[max(lead, 0):])
+    try:
+        return np.ascontiguousarray(np.broadcast_to(data, norm))
+    except ValueError:
+        return None
+
+
+def _layer_norm_affine(r: Rewrite, n):
+    """layer_norm(x, s) * g -> layer_norm(x, s * g); layer_norm(x, s) + b -> layer_norm(x, s, b): g and b constant,
+    the layer norm without a bias and used only here."""
+    for a, c in (n.inputs, n.inputs[::-1]):
+        ln = a.producer
+        if ln is None or ln.op is not ops.layer_norm or len(ln.inputs) != 2 or a.type != n.outputs[0].type:
+            continue
+        data = _per_row(c, ln)
+        if data is None or len(r.g.users().get(a, ())) != 1 or a in r.g.outputs:
+            continue
+        x, scale = ln.inputs
+        if n.op is ops.add:
+            bias = c if c.type.shape == data.shape else r.param(data, "bias")
+            return r.emit(ops.layer_norm, [x, scale, bias], **ln.attrs)
+        if scale.is_param and np.all(scale.data == 1):  # the ones of _layer_norm: keep the model's own param
+            new = c if c.type.shape == data.shape else r.param(data, "scale")
+        elif scale.is_param:
+            new = r.param((scale.data * data).astype(data.dtype), "scale")
+        else:
+            continue
+        return r.emit(ops.layer_norm, [x, new], **ln.attrs)
+    return None
+
+
 def recognize(g: Graph) -> Graph:
-    return apply_rules(g, [(ops.mul, _gelu), (ops.div, _gelu)])
+    return apply_rules(g, [(ops.mul, _gelu), (ops.div, _gelu), (ops.div, _layer_norm), (ops.mul, _layer_norm_affine),
+                           (ops.add, _layer_norm_affine)])

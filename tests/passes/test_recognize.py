@@ -1,4 +1,4 @@
-"""recognize: decomposed GELU chains, in the orders exporters write them, become one gelu op."""
+"""recognize: decomposed GELU and LayerNorm chains, in the orders exporters write them, become one op."""
 
 import numpy as np
 import pytest
@@ -63,3 +63,145 @@ def test_near_misses_stay():
     text = ERF_TORCHSCRIPT.replace("[0.5]", "[0.25]")
     g = dce(recognize(parse_graph(text)))
     assert "gelu" not in print_graph(g)
+
+
+# -- layer norm: as the TorchScript exporter writes torch.nn.LayerNorm before opset 17 --------------------------------
+LN_TORCHSCRIPT = """graph g(%x: f32[2,3,4]) {
+  %two = param f32[] = [2.0]
+  %eps = param f32[] = [1e-05]
+  %w = param f32[4] = [1.0, 2.0, 3.0, 4.0]
+  %b = param f32[4] = [0.5, 0.0, -0.5, 1.0]
+  %m = reduce_mean(%x) {axes=(2,), keepdims=true} : f32[2,3,1]
+  %d = sub(%x, %m) : f32[2,3,4]
+  %p = pow(%d, %two) : f32[2,3,4]
+  %v = reduce_mean(%p) {axes=(2,), keepdims=true} : f32[2,3,1]
+  %ve = add(%v, %eps) : f32[2,3,1]
+  %s = sqrt(%ve) : f32[2,3,1]
+  %n = div(%d, %s) : f32[2,3,4]
+  %y0 = mul(%n, %w) : f32[2,3,4]
+  %y = add(%y0, %b) : f32[2,3,4]
+  return %y
+}"""
+LN_TORCHSCRIPT_AFTER = """graph g(%x: f32[2,3,4]) {
+  %w = param f32[4] = [1.0, 2.0, 3.0, 4.0]
+  %b = param f32[4] = [0.5, 0.0, -0.5, 1.0]
+  %2 = layer_norm(%x, %w, %b) {axis=2, epsilon=9.999999747378752e-06} : f32[2,3,4]
+  return %2 as "y"
+}"""
+
+# two trailing axes, d*d for the square, eps and the weight on the left, a weight with a leading unit axis
+LN_TWO_AXES = """graph g(%x: f32[2,3,4]) {
+  %eps = param f32[] = [0.001]
+  %w = param f32[1,3,4] = [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0]
+  %m = reduce_mean(%x) {axes=(1, 2), keepdims=true} : f32[2,1,1]
+  %d = sub(%x, %m) : f32[2,3,4]
+  %p = mul(%d, %d) : f32[2,3,4]
+  %v = reduce_mean(%p) {axes=(1, 2), keepdims=true} : f32[2,1,1]
+  %ve = add(%eps, %v) : f32[2,1,1]
+  %s = sqrt(%ve) : f32[2,1,1]
+  %n = div(%d, %s) : f32[2,3,4]
+  %y = mul(%w, %n) : f32[2,3,4]
+  return %y
+}"""
+LN_TWO_AXES_AFTER = """graph g(%x: f32[2,3,4]) {
+  %y.scale = param f32[3,4] = [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0]
+  %1 = layer_norm(%x, %y.scale) {axis=1, epsilon=0.0010000000474974513} : f32[2,3,4]
+  return %1 as "y"
+}"""
+
+# no affine part (elementwise_affine=False): the scale is ones
+LN_PLAIN = """graph g(%x: f32[2,3,4]) {
+  %two = param f32[] = [2.0]
+  %eps = param f32[] = [1e-05]
+  %m = reduce_mean(%x) {axes=(2,), keepdims=true} : f32[2,3,1]
+  %d = sub(%x, %m) : f32[2,3,4]
+  %p = pow(%d, %two) : f32[2,3,4]
+  %v = reduce_mean(%p) {axes=(2,), keepdims=true} : f32[2,3,1]
+  %ve = add(%v, %eps) : f32[2,3,1]
+  %s = sqrt(%ve) : f32[2,3,1]
+  %y = div(%d, %s) : f32[2,3,4]
+  return %y
+}"""
+LN_PLAIN_AFTER = """graph g(%x: f32[2,3,4]) {
+  %y.scale = param f32[4] = [1.0, 1.0, 1.0, 1.0]
+  %0 = layer_norm(%x, %y.scale) {axis=2, epsilon=9.999999747378752e-06} : f32[2,3,4]
+  return %0 as "y"
+}"""
+
+
+@pytest.mark.parametrize("before, after", [(LN_TORCHSCRIPT, LN_TORCHSCRIPT_AFTER), (LN_TWO_AXES, LN_TWO_AXES_AFTER),
+                                           (LN_PLAIN, LN_PLAIN_AFTER)])
+def test_layer_norm_chains_become_one_op(before, after):
+    g = parse_graph(before)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    want = interpret(g, {"x": x})[0]
+    out = dce(recognize(g))
+    out.verify()
+    assert print_graph(out) == print_graph(parse_graph(after))
+    np.testing.assert_allclose(interpret(out, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("edits, kept", [
+    ([("%v = reduce_mean(%p) {axes=(2,), keepdims=true} : f32[2,3,1]",  # the means over different axes
+       "%v = reduce_mean(%p) {axes=(1, 2), keepdims=true} : f32[2,1,1]"),
+      ("%ve = add(%v, %eps) : f32[2,3,1]", "%ve = add(%v, %eps) : f32[2,1,1]"),
+      ("%s = sqrt(%ve) : f32[2,3,1]", "%s = sqrt(%ve) : f32[2,1,1]")], None),
+    ([("%p = pow(%d, %two)", "%p = pow(%x, %two)")], None),  # the second moment of x, not of x - mean
+    ([("%m = reduce_mean(%x) {axes=(2,), keepdims=true} : f32[2,3,1]",  # the mean over a leading axis
+       "%m = reduce_mean(%x) {axes=(1,), keepdims=true} : f32[2,1,4]")], None),
+    ([("%eps = param f32[] = [1e-05]", "%eps = param f32[] = [0.0]")], None),  # no epsilon: not LayerNorm's
+    # a weight varying along the batch axis is not a layer norm's scale: the norm stays, the mul and add too
+    ([("%w = param f32[4] = [1.0, 2.0, 3.0, 4.0]", "%w = param f32[2,1,1] = [1.0, 2.0]")], "layer_norm"),
+])
+def test_layer_norm_near_misses_stay(edits, kept):
+    text = LN_TORCHSCRIPT
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new)
+    g = parse_graph(text)
+    x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
+    want = interpret(g, {"x": x})[0]
+    out = dce(recognize(g))
+    ops_after = [n.op.name for n in out.nodes]
+    assert ("layer_norm" in ops_after) == (kept == "layer_norm")
+    if kept:
+        assert "mul" in ops_after and "add" in ops_after
+    np.testing.assert_allclose(interpret(out, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_used_twice_keeps_its_scale_apart():
+    """A normalized value that feeds something else as well is not folded into the mul (that would compute the
+    norm twice)."""
+    text = LN_TORCHSCRIPT.replace("  return %y", "  %z = add(%y, %n) : f32[2,3,4]\n  return %z")
+    out = dce(recognize(parse_graph(text)))
+    assert [n.op.name for n in out.nodes].count("layer_norm") == 1
+    assert "mul" in [n.op.name for n in out.nodes]
+
+
+def test_torch_layernorm_export_opset14_compiles_to_one_layer_norm():
+    """The real thing: torch.nn.LayerNorm through the TorchScript exporter at opset 14, then the pipeline."""
+    torch = pytest.importorskip("torch")
+    import io
+    import warnings
+
+    from compiler import compile_model
+    from compiler.passes import cse, fold_constants, simplify
+    from frontends.onnx import from_onnx
+
+    torch.manual_seed(0)
+    ln = torch.nn.LayerNorm(16)
+    torch.nn.init.normal_(ln.weight)
+    torch.nn.init.normal_(ln.bias)
+    x = torch.randn(2, 5, 16)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ln, (x,), f, opset_version=14, dynamo=False, input_names=["x"])
+    g = from_onnx(f.getvalue())
+    assert "reduce_mean" in print_graph(g)  # the exporter decomposed it
+    out = dce(recognize(cse(simplify(fold_constants(g)))))
+    assert [n.op.name for n in out.nodes] == ["layer_norm"]
+    with torch.no_grad():
+        want = ln(x).numpy()
+    got = compile_model(f.getvalue()).run({"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
