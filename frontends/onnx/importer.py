@@ -31,13 +31,15 @@ SUPPORTED_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8"
                               "float16", "float32", "float64"})
 
 
-def onnx_dtype(elem_type: int) -> str:
+def onnx_dtype(elem_type: int, what: str = "") -> str:
+    """Our dtype name for an ONNX element type; `what` (e.g. "graph input 'x'") prefixes the error."""
     try:
         name = str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
     except Exception:
         name = None
     if name not in SUPPORTED_DTYPES:
-        raise FrontendError(f"unsupported ONNX element type {helper.tensor_dtype_to_string(elem_type)}; supported: "
+        raise FrontendError(f"{what + ': ' if what else ''}unsupported ONNX element type "
+                            f"{helper.tensor_dtype_to_string(elem_type)}; supported: "
                             f"{', '.join(sorted(SUPPORTED_DTYPES))}")
     return name
 
@@ -177,7 +179,7 @@ def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) ->
         warnings.warn(f"input {vi.name!r} has symbolic dimension(s) {sym}; binding them to 1. Pass "
                       f"shapes={{{vi.name!r}: (...)}} (CLI: --shape {vi.name}=AxBxC) to choose.", stacklevel=3)
         dims = [1 if d is None else d for d in dims]
-    return TensorType(dims, onnx_dtype(tt.elem_type))
+    return TensorType(dims, onnx_dtype(tt.elem_type, f"graph input {vi.name!r}"))
 
 
 def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:

@@ -110,3 +110,18 @@ def test_only_1d_2d_and_3d_conv():
     with pytest.raises(FrontendError, match=r"'conv_node' \(Conv\): only 1-D, 2-D and 3-D \(NCW, NCHW, NCDHW\) "
                                             r"input is supported, got f32\[1,2,3,3,3,3\]"):
         from_onnx(model)
+
+
+def test_unsupported_element_types_name_the_type_and_where():
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    model = helper.make_model(helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+                                                "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(FrontendError, match=r"graph input 'x': unsupported ONNX element type TensorProto.BFLOAT16"):
+        from_onnx(model)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT8E4M3FN, [2])
+    node = helper.make_node("Cast", ["x"], ["y"], name="to_fp8", to=TensorProto.FLOAT8E4M3FN)
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 21)])
+    with pytest.raises(FrontendError, match=r"'to_fp8' \(Cast\): to: unsupported ONNX element type TensorProto.FLOAT8E4M3FN"):
+        from_onnx(model)

@@ -112,7 +112,7 @@ def LeakyRelu(b, X, *, alpha=0.01):
 def Cast(b, input, *, to, saturate=1, round_mode="up"):
     from ..importer import onnx_dtype
 
-    return b.emit(ops.cast, [input], to=onnx_dtype(to))
+    return b.emit(ops.cast, [input], to=onnx_dtype(to, f"ONNX node {b.node_name!r} (Cast): to"))
 
 
 # -- more elementwise: activations composed of existing ops (they fuse into one kernel) -----------------------------
