@@ -54,11 +54,16 @@ def schedule_cuda(mod, target):
 
     rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
              dl.gpu.Transpose(), dl.gpu.Fallback()]
+    # dlight's Transpose stages a bfloat16 tile in shared memory that TVM 0.27's bf16 legalization then breaks
+    # ("dtype mismatch on BufferStore: buffer's dtype is uint16 ... RHS's dtype is bfloat16"): not for bf16 kernels
+    no_transpose = [r for r in rules if not isinstance(r, dl.gpu.Transpose)]
     out, failed = {}, {}
     for gv, func in mod.functions.items():
+        bf16 = any(str(p.dtype) == "bfloat16" for p in func.params) or "bfloat16" in func.script()
         try:
             with target:
-                out[gv.name_hint] = dl.ApplyDefaultSchedule(*rules)(tvm.IRModule({gv.name_hint: func}))[gv.name_hint]
+                out[gv.name_hint] = dl.ApplyDefaultSchedule(*(no_transpose if bf16 else rules))(
+                    tvm.IRModule({gv.name_hint: func}))[gv.name_hint]
         except Exception as e:  # e.g. scans and sorts written as opaque loops: no dlight rule binds them
             failed[gv.name_hint] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
             out[gv.name_hint] = func
