@@ -325,7 +325,7 @@ class CudaModel:
     `runtime.load` of a CUDA artifact (which sets it up at once, and fails with DeviceError without a GPU)."""
 
     def __init__(self, plan: dict, kernels_path: str, params: list, *, owned_dir: str | None = None,
-                 device_id: int = 0, defer: bool = False):
+                 device_id: int = 0, defer: bool = False, external_params: Mapping | None = None):
         device = plan.get("device") or {}
         if device.get("kind") != "cuda":
             raise ArtifactError("CudaModel needs a plan whose device is cuda")
@@ -336,6 +336,12 @@ class CudaModel:
         if owned_dir:
             self._cleanup = weakref.finalize(self, shutil.rmtree, owned_dir, True)
         self._host_params = list(params)  # until the device holds them
+        # params the artifact names instead of storing ({"external": name}): weights shipped separately
+        self._external = dict(external_params or {})
+        missing = sorted({e["external"] for e in plan["params"] if "external" in e} - set(self._external))
+        if missing:
+            raise ArtifactError(f"the artifact takes {len(missing)} parameter(s) from outside (external_params=), "
+                                f"missing: {', '.join(missing[:5])}")
         self._buffers = plan["buffers"]
         self._ready = False
         self.gpu: GpuInfo | None = None
@@ -360,6 +366,7 @@ class CudaModel:
             raise DeviceError(f"setting up the model on GPU {self.device_id} failed: {type(e).__name__}: "
                               f"{_first_line(e)}") from None
         self._host_params = None
+        self._external = {}
         self._ready = True
 
     def _allocate(self) -> None:
@@ -382,6 +389,12 @@ class CudaModel:
             b = self._buffers[entry["buffer"]]
             if "splat" in entry:
                 data = np.full(b["shape"], entry["splat"], _np_dtype(b["dtype"]))
+            elif "external" in entry:
+                data = np.asarray(self._external[entry["external"]])
+                data = (data.T if entry.get("transpose") else data).astype(_np_dtype(b["dtype"]))
+                if list(data.shape) != list(b["shape"]):
+                    raise InputError(f"external parameter {entry['external']!r} is {list(data.shape)}, the plan "
+                                     f"expects {b['shape']}")
             else:
                 data = data() if callable(data) else data
                 if list(data.shape) != list(b["shape"]) or str(data.dtype) != b["dtype"]:

@@ -218,10 +218,11 @@ class CompiledModel:
         artifact.write_artifact(os.fspath(path), self.plan, self._kernels_path, params)
 
 
-def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int = 0):
+def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int = 0, external_params=None):
     """Load an artifact written by `save` (needs numpy and TVM's runtime only). A CUDA artifact gives a
     `runtime.cuda.CudaModel` on GPU `device_id`, set up at once: without a usable GPU this raises
-    `runtime.cuda.DeviceError` (a RuntimeError) naming what is missing."""
+    `runtime.cuda.DeviceError` (a RuntimeError) naming what is missing; `external_params` supplies the weights
+    a CUDA artifact names instead of storing (benchmarks/cuda.py ships artifacts that way)."""
     tmp = tempfile.mkdtemp(prefix="tensorforge-")
     try:
         plan, kernels, params = artifact.read_artifact(os.fspath(path), tmp)
@@ -229,7 +230,8 @@ def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int
             from .cuda import CudaModel
 
             init_runtime(num_threads)
-            return CudaModel(plan, kernels, params, owned_dir=tmp, device_id=device_id)
+            return CudaModel(plan, kernels, params, owned_dir=tmp, device_id=device_id,
+                             external_params=external_params)
         if plan.get("device"):
             raise ArtifactError(f"artifact {os.fspath(path)!r} is for device {plan['device'].get('kind')!r}, which "
                                 f"this runtime does not know")
