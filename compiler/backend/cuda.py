@@ -70,6 +70,11 @@ def schedule_cuda(mod, target):
     return tvm.IRModule(out), failed
 
 
+def _last_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else ""
+
+
 def device_kernels(source: str) -> list[str]:
     return _KERNEL.findall(source)
 
@@ -148,11 +153,30 @@ def build_cuda(specs: list[KernelSpec], target, out_dir: str, tuning: list = ())
     mod = tvm.IRModule({**{gv.name_hint: f for gv, f in mod.functions.items()}, **tuned})
     funcs = {**funcs, **tuned}
     t1 = time.perf_counter()
-    try:
-        ex = tvm.compile(mod, target=target)
-    except Exception as e:
-        raise CompileError(f"building {len(funcs)} CUDA kernels failed: {type(e).__name__}: "
-                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
+    retried: set[str] = set()
+    while True:
+        try:
+            ex = tvm.compile(mod, target=target)
+            break
+        except Exception as e:
+            # a dlight rule may match a kernel that TVM then cannot lower (e.g. GeneralReduction on a reduction
+            # without a known reducer identity): schedule that kernel with the plain Fallback rule and try again
+            bad = re.search(r'GlobalVar\("(\w+)"\)', str(e))
+            name = bad.group(1) if bad else None
+            if name is None or name in retried or name not in funcs or name in tuned:
+                raise CompileError(f"building {len(funcs)} CUDA kernels failed: {type(e).__name__}: "
+                                   f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
+            retried.add(name)
+            from tvm.s_tir import dlight as dl
+
+            try:
+                with target:
+                    fixed = dl.ApplyDefaultSchedule(dl.gpu.Fallback())(tvm.IRModule({name: funcs[name]}))[name]
+            except Exception as e2:
+                unscheduled[name] = f"{type(e2).__name__}: {_last_line(e2)}"
+                fixed = funcs[name]
+            mod = tvm.IRModule({**{gv.name_hint: f for gv, f in mod.functions.items() if gv.name_hint != name},
+                                name: fixed})
     source = ex.mod.imports[0].inspect_source() if ex.mod.imports else ""
     check_device_code(list(funcs), source, unscheduled)
     t2 = time.perf_counter()
