@@ -193,12 +193,40 @@ def _matmul(e, n, dy):
 
 @defgrad(ops.conv2d)
 def _conv2d(e, n, dy):
+    """Ungrouped convs differentiate into the forward's own kernels: dx of a stride-1 conv is a conv of dy with the
+    flipped, channel-swapped weight; dw is a matrix product with the input's windows (im2col). Other convs use the
+    gather-form backward ops."""
     x, w = n.inputs[:2]
     conv = {k: n.attrs[k] for k in ("strides", "pads", "dilations", "groups")}
-    dx = e.op(ops.conv2d_backward_data, [dy, w], input_shape=x.type.shape, **conv)
-    dw = e.op(ops.conv2d_backward_weight, [dy, x], kernel_shape=w.type.shape, **conv)
+    ungrouped = conv["groups"] == 1
+    dx = _conv2d_input_grad(e, x, w, dy, conv) if ungrouped else None
+    if dx is None:
+        dx = e.op(ops.conv2d_backward_data, [dy, w], input_shape=x.type.shape, **conv)
+    if ungrouped:
+        o = w.type.shape[0]
+        dy_rows = e.op(ops.reshape, [e.op(ops.transpose, [dy], perm=(1, 0, 2, 3))], shape=(o, dy.type.numel // o))
+        cols = e.op(ops.im2col, [x], kernel=w.type.shape[2:], strides=conv["strides"], pads=conv["pads"],
+                    dilations=conv["dilations"])
+        dw = e.op(ops.conv2d_backward_weight_gemm, [dy_rows, cols], kernel_shape=w.type.shape)
+    else:
+        dw = e.op(ops.conv2d_backward_weight, [dy, x], kernel_shape=w.type.shape, **conv)
     db = [e.op(ops.reduce_sum, [dy], axes=(0, 2, 3), keepdims=False)] if len(n.inputs) == 3 else []
     return [dx, dw] + db
+
+
+def _conv2d_input_grad(e, x, w, dy, conv):
+    """dx = conv2d(dy, flip(w)) padded by dilation * (k - 1) - pad on each side, for stride 1; None otherwise (or
+    when a pad exceeds the window, which the gather form handles)."""
+    if conv["strides"] != (1, 1):
+        return None
+    kh, kw = w.type.shape[2:]
+    (dh, dw_), (pt, pl, pb, pr) = conv["dilations"], conv["pads"]
+    pads = (dh * (kh - 1) - pt, dw_ * (kw - 1) - pl, dh * (kh - 1) - pb, dw_ * (kw - 1) - pr)
+    if min(pads) < 0:
+        return None
+    dx = e.op(ops.conv2d, [dy, e.op(ops.conv2d_weight_flip, [w])], strides=(1, 1), pads=pads,
+              dilations=conv["dilations"], groups=1)
+    return dx if dx.type == x.type else None
 
 
 # -- normalization --------------------------------------------------------------------------------------------------------

@@ -589,4 +589,45 @@ _RULES = [
     (lambda names: K.CONV_DEPTHWISE in names or K.CONV_PLAIN in names, _schedule_conv_rowwise),
     (lambda names: K.DENSE_PACKED in names, _schedule_dense),
     (lambda names: MATMUL in names, _schedule_matmul),
+# ------------------------------------------------------------------------------------------ training kernels
+
+def _schedule_conv_wgrad(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """The conv weight gradient (cpu_kernels.conv2d_wgrad_compute): a 2-D matmul, then its (O, C, KH, KW) view
+    and the elementwise epilogue (an optimizer update). The product is small (the weight's size), so it gets a loop
+    nest of its own: parallel(j_tile, i_tile) > [i_tile x j_tile] accumulators in registers, k outside the
+    unrolled rows and the vectorized columns, written back to a buffer the epilogue's plain loop nest then reads.
+    (Computing the product under the 4-D epilogue's loops would need the view's index arithmetic undone.)"""
+    lanes = _vector_lanes(target)
+    mm = sch.get_sblock(MATMUL)
+    _inline_all(sch, keep={MATMUL})
+    if len(sch.get_loops(mm)) != 3:
+        raise ValueError("conv weight gradient product is not a 2-D matmul")
+    out = sch.cache_write(mm, 0, "local")  # mm now accumulates locally; `out` copies it to the product buffer
+    i, j = sch.get_loops(out)
+    nt = _matmul_j_tile(_extent(sch, j), lanes)
+    io, ii = sch.split(i, [None, _largest_divisor(_extent(sch, i), MATMUL_I_TILE)])
+    jo, ji = sch.split(j, [None, nt])
+    sch.reorder(jo, io, ii, ji)
+    tile = sch.fuse(jo, io)
+    sch.parallel(tile)
+    sch.compute_at(mm, tile, preserve_unit_loops=True)
+    mi, mj, mk = sch.get_loops(mm)[-3:]
+    vec = min(lanes, nt)
+    mjo, mjl = sch.split(mj, [None, vec])
+    sch.reorder(mk, mi, mjo, mjl)
+    sch.unroll(mi)
+    sch.unroll(mjo)
+    sch.vectorize(mjl)
+    _try(sch.unroll, ii)
+    jwo, jwl = sch.split(ji, [None, vec])
+    _try(sch.unroll, jwo)
+    _try(sch.vectorize, jwl)
+    init = sch.decompose_reduction(mm, mk)
+    _try(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    _try(lambda: sch.unroll(sch.get_loops(init)[-2]))
+    for block in sch.get_output_blocks(sch.get_sblock("root")):  # the view and its epilogue: one loop nest
+        _try(_schedule_spatial, sch, block, lanes)
+
+
 ]
+    (lambda names: K.CONV_WGRAD in names, _schedule_conv_wgrad),

@@ -43,6 +43,8 @@ class ConvPolicy:
         a = node.attrs
         if node.op is not ops.conv2d_packed or a["wlayout"] != "packed" or a["groups"] != 1:
             return False
+        if not node.inputs[1].is_param:
+            return False  # packed at run time (a training graph's weights): no compile-time repacking possible
         return a["block"] == self.block and a["out_channels"] % self.block == 0
 
 

@@ -69,6 +69,9 @@ CASES = [
     ("conv2d", ops.conv2d, CONV, [r(2, 3, 5, 5), r(4, 3, 3, 3), r(4)]),
     ("conv2d_strided", ops.conv2d, {**CONV, "strides": (2, 2), "pads": (0, 1, 1, 0), "dilations": (1, 2)},
      [r(1, 2, 6, 7), r(3, 2, 3, 2)]),
+    ("conv2d_dilated", ops.conv2d, {**CONV, "pads": (2, 0, 1, 1), "dilations": (2, 1)},
+     [r(1, 2, 6, 5), r(3, 2, 3, 2)]),  # stride 1, asymmetric pads: dx is a conv of dy with the flipped weight
+    ("conv2d_wide_pad", ops.conv2d, {**CONV, "pads": (3, 2, 3, 2)}, [r(1, 2, 3, 3), r(2, 2, 3, 3)]),  # pad > k-1
     ("conv2d_grouped", ops.conv2d, {**CONV, "groups": 2}, [r(1, 4, 5, 5), r(6, 2, 3, 3), r(6)]),
     ("conv2d_depthwise", ops.conv2d, {**CONV, "groups": 4}, [r(2, 4, 5, 5), r(4, 1, 3, 3)]),
     ("max_pool2d", ops.max_pool2d, POOL, [distinct(2, 2, 4, 4)]),
@@ -145,3 +148,26 @@ def test_op_without_rule_names_op_and_node():
     (loss,) = g.add_node(ops.reduce_sum, [y], {"axes": (0, 1, 2, 3)})
     with pytest.raises(AutodiffError, match=r"no gradient rule for op lrn \(node my_lrn"):
         backward(g, loss, [x])
+
+
+@pytest.mark.parametrize("attrs, fast", [
+    (CONV, True),
+    ({**CONV, "strides": (2, 2)}, False),  # dx: the gather form; dw: still the matrix product
+    ({**CONV, "pads": (3, 3, 3, 3)}, False),  # a pad wider than the window: dy would need negative padding
+])
+def test_conv_backward_reuses_forward_kernels(attrs, fast):
+    """An ungrouped conv differentiates into a conv of dy with the flipped weight (stride 1) and a matrix product
+    with im2col(x), the ops whose CPU kernels are register-tiled; otherwise the gather-form ops."""
+    g = Graph("conv")
+    x = g.add_input("x", TensorType((2, 3, 6, 6)))
+    w = g.add_input("w", TensorType((4, 3, 3, 3)))
+    (y,) = g.add_node(ops.conv2d, [x, w], attrs)
+    (loss,) = g.add_node(ops.reduce_sum, [y], {"axes": (0, 1, 2, 3), "keepdims": True})
+    grads = backward(g, loss, [x, w])
+    g.outputs = [grads[x], grads[w]]
+    g.remove_unused()
+    used = {n.op for n in g.nodes}
+    assert ops.conv2d_backward_weight_gemm in used and ops.im2col in used
+    assert ops.conv2d_backward_weight not in used
+    assert (ops.conv2d_weight_flip in used) == fast
+    assert (ops.conv2d_backward_data in used) == (not fast)

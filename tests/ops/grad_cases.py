@@ -43,4 +43,13 @@ GRAD_CASES = [
     ("softmax_cross_entropy", [rand(5, 7), np.array([0, 6, 3, -100, 2], np.int64)], {"label_smoothing": 0.1}, ()),
     ("softmax_cross_entropy_grad", [rand(5, 7), np.array([0, 6, 3, 1, 2], np.int64), rand(5)],
      {"label_smoothing": 0.2, "ignore_index": 1}, ()),
+    # run-time weight packing and the conv backward pieces of compiler/ops/train_layout.py
+    ("conv2d_weight_pack", [rand(20, 3, 3, 2)], {"block": 16}, ()),  # 20 output channels: 12 zero rows
+    ("conv2d_weight_pack", [rand(32, 4, 1, 1)], {"block": 16}, ()),
+    ("dense_weight_pack", [rand(10, 7)], {"block": 16}, ()),
+    ("dense_weight_pack", [rand(128, 5)], {"block": 64}, ()),
+    ("conv2d_weight_flip", [rand(5, 3, 3, 2)], {}, ()),
+    ("im2col", [rand(2, 3, 5, 6)], {"kernel": (3, 2), "strides": (2, 1), "pads": (1, 0, 1, 1),
+                                    "dilations": (1, 2)}, ()),
+    ("conv2d_backward_weight_gemm", [rand(4, 30), rand(30, 18)], {"kernel_shape": (4, 2, 3, 3)}, ()),
 ]

@@ -1,0 +1,189 @@
+"""Weight packing at run time, and the data movement that lets convolution backward reuse the fast kernels.
+
+In a training graph the weights are graph inputs (state updated every step), not params, so `pack_weights` cannot
+pack them at compile time. It packs them at run time instead: `conv2d(x, W)` -> `conv2d_packed(x,
+conv2d_weight_pack(W))`, `dense(x, W)` -> `dense_packed(x, dense_weight_pack(W))`; the pack is one cheap injective
+kernel per weight and step, read by every conv or dense that uses the weight.
+
+The convolution gradient rules (compiler/autodiff/rules.py) use two more ops so that the backward runs on the same
+register-tiled kernels as the forward:
+  * `conv2d_weight_flip`: the input gradient of a stride-1 conv is a conv of dy with the weight flipped in space
+    and with input and output channels swapped;
+  * `im2col`: the weight gradient is a matrix product, dW (O, C*KH*KW) = dy (O, N*OH*OW) @ im2col(x).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from compiler.ir.types import TensorType
+
+from .nn import CONV_ATTRS, conv_out_size, windows2d
+from .registry import Attr, FusionKind, defop, fail
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+# -- run-time packing: the same layouts as compiler/backend/cpu_kernels.py packs at compile time ------------------------
+def _conv_pack_infer(types, *, block):
+    w = types[0]
+    if w.rank != 4 or block <= 0:
+        fail(f"expects an OIHW weight and a positive block, got {w} and block {block}")
+    o, i, kh, kw = w.shape
+    return TensorType((_round_up(o, block) // block, i, kh, kw, block), w.dtype)
+
+
+def _conv_pack_ref(w, *, block):
+    from compiler.backend import cpu_kernels
+
+    return cpu_kernels.pack_conv2d_weight(w, {"kind": "packed", "oc_block": block}).astype(w.dtype)
+
+
+def _conv_pack_lower(w, *, block):
+    o = int(w.shape[0])
+    i, kh, kw = (int(d) for d in w.shape[1:])
+    ob = _round_up(o, block) // block
+    zero = tirx.const(0, w.dtype)
+
+    def f(b, c, y, x, lane):
+        oc = b * block + lane
+        if o % block == 0:
+            return w[oc, c, y, x]
+        return tirx.Select(oc < o, w[tirx.min(oc, o - 1), c, y, x], zero)
+
+    return te.compute((ob, i, kh, kw, block), f, name="conv2d_weight_pack")
+
+
+conv2d_weight_pack = defop(
+    "conv2d_weight_pack", FusionKind.INJECTIVE, infer=_conv_pack_infer, attrs={"block": Attr("int")},
+    reference=_conv_pack_ref, lower=_conv_pack_lower, movement=True,
+    doc="OIHW -> (OC_pad / block, IC, KH, KW, block), zero rows padding OC: conv2d_packed's 'packed' weight, "
+        "packed at run time (a weight that is not a compile-time param).")
+
+
+def _dense_pack_infer(types, *, block):
+    w = types[0]
+    if w.rank != 2 or block <= 0:
+        fail(f"expects an (N, K) weight and a positive block, got {w} and block {block}")
+    n, k = w.shape
+    return TensorType((_round_up(n, block) // block, k, block), w.dtype)
+
+
+def _dense_pack_ref(w, *, block):
+    from compiler.backend import cpu_kernels
+
+    return cpu_kernels.pack_dense_weight(w, {"kind": "packed", "n_block": block}).astype(w.dtype)
+
+
+def _dense_pack_lower(w, *, block):
+    n, k = (int(d) for d in w.shape)
+    nb = _round_up(n, block) // block
+    zero = tirx.const(0, w.dtype)
+
+    def f(b, kk, lane):
+        row = b * block + lane
+        if n % block == 0:
+            return w[row, kk]
+        return tirx.Select(row < n, w[tirx.min(row, n - 1), kk], zero)
+
+    return te.compute((nb, k, block), f, name="dense_weight_pack")
+
+
+dense_weight_pack = defop(
+    "dense_weight_pack", FusionKind.INJECTIVE, infer=_dense_pack_infer, attrs={"block": Attr("int")},
+    reference=_dense_pack_ref, lower=_dense_pack_lower, movement=True,
+    doc="(N, K) -> (N_pad / block, K, block), zero rows padding N: dense_packed's weight, packed at run time.")
+
+
+# -- convolution backward as forward kernels ----------------------------------------------------------------------------
+def _flip_infer(types):
+    w = types[0]
+    if w.rank != 4:
+        fail(f"expects an OIHW weight, got {w}")
+    o, i, kh, kw = w.shape
+    return TensorType((i, o, kh, kw), w.dtype)
+
+
+conv2d_weight_flip = defop(
+    "conv2d_weight_flip", FusionKind.INJECTIVE, infer=_flip_infer, movement=True,
+    reference=lambda w: np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]),
+    lower=lambda w: te.compute((w.shape[1], w.shape[0], w.shape[2], w.shape[3]),
+                               lambda i, o, y, x: w[o, i, w.shape[2] - 1 - y, w.shape[3] - 1 - x],
+                               name="conv2d_weight_flip"),
+    doc="W (O, I, KH, KW) -> W' (I, O, KH, KW), W'[i, o, y, x] = W[o, i, KH-1-y, KW-1-x]: the weight of the "
+        "convolution that computes a stride-1 conv's input gradient from dy.")
+
+IM2COL_ATTRS = {"kernel": Attr("ints"), "strides": CONV_ATTRS["strides"], "pads": CONV_ATTRS["pads"],
+                "dilations": CONV_ATTRS["dilations"]}
+
+
+def _im2col_infer(types, *, kernel, strides, pads, dilations):
+    x = types[0]
+    if x.rank != 4 or len(kernel) != 2:
+        fail(f"expects an NCHW input and a 2-D kernel, got {x} and kernel {kernel}")
+    n, c, h, w = x.shape
+    oh = conv_out_size(h, kernel[0], strides[0], pads[0], pads[2], dilations[0])
+    ow = conv_out_size(w, kernel[1], strides[1], pads[1], pads[3], dilations[1])
+    if oh <= 0 or ow <= 0:
+        fail(f"kernel {kernel} does not fit input {h}x{w} with pads {pads}")
+    return TensorType((n * oh * ow, c * kernel[0] * kernel[1]), x.dtype)
+
+
+def _im2col_ref(x, *, kernel, strides, pads, dilations):
+    win = windows2d(x, tuple(kernel), strides, pads, dilations)  # N, C, OH, OW, KH, KW
+    n, c, oh, ow, kh, kw = win.shape
+    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw))
+
+
+def _im2col_lower(x, *, kernel, strides, pads, dilations):
+    n, c, h, w = (int(d) for d in x.shape)
+    kh, kw = kernel
+    oh = conv_out_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
+    ow = conv_out_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
+
+    def f(m, r):
+        b, p, q = m // (oh * ow), m // ow % oh, m % ow
+        ch, i, j = r // (kh * kw), r // kw % kh, r % kw
+        y = p * strides[0] + i * dilations[0] - pads[0]
+        z = q * strides[1] + j * dilations[1] - pads[1]
+        inside = tirx.all(y >= 0, y < h, z >= 0, z < w)
+        return tirx.Select(inside, x[b, ch, tirx.Select(inside, y, 0), tirx.Select(inside, z, 0)],
+                           tirx.const(0, x.dtype))
+
+    return te.compute((n * oh * ow, c * kh * kw), f, name="im2col")
+
+
+im2col = defop(
+    "im2col", FusionKind.INJECTIVE, infer=_im2col_infer, attrs=IM2COL_ATTRS, reference=_im2col_ref,
+    lower=_im2col_lower,  # not `movement`: a matmul would take it as a prologue and gather it serially
+    doc="NCHW x -> (N*OH*OW, C*KH*KW): row (n, oh, ow) holds the conv window at that output position, zero where "
+        "it reads padding; conv2d(x, W) = im2col(x) @ W.reshape(O, -1).T. The conv weight gradient reads it.")
+
+
+def _wgrad_infer(types, *, kernel_shape):
+    rows, cols = types
+    if rows.rank != 2 or cols.rank != 2 or rows.shape[1] != cols.shape[0] or len(kernel_shape) != 4:
+        fail(f"expects dy rows (O, M), im2col columns (M, C*KH*KW) and a 4-D kernel shape, got {rows}, {cols} "
+             f"and {kernel_shape}")
+    o, c, kh, kw = kernel_shape
+    if rows.shape[0] != o or cols.shape[1] != c * kh * kw:
+        fail(f"{rows} @ {cols} does not give the weight gradient of shape {kernel_shape}")
+    return TensorType(tuple(kernel_shape), rows.dtype)
+
+
+def _wgrad_lower(rows, cols, *, kernel_shape):
+    from compiler.backend import cpu_kernels
+
+    return cpu_kernels.conv2d_wgrad_compute(rows, cols, tuple(kernel_shape))
+
+
+conv2d_backward_weight_gemm = defop(
+    "conv2d_backward_weight_gemm", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_wgrad_infer, arity=(2, 2),
+    attrs={"kernel_shape": Attr("ints")}, reference=lambda rows, cols, *, kernel_shape: (rows @ cols).reshape(
+        kernel_shape), lower=_wgrad_lower,
+    doc="dL/dw of an ungrouped conv2d as one matrix product, rows (O, N*OH*OW) = dy with channels first, cols = "
+        "im2col(x), shaped as the weight (O, C, KH, KW): a kernel that writes the weight's shape itself, so that "
+        "an optimizer update fused after it writes the parameter's buffer in place.")
