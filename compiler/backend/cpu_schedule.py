@@ -583,12 +583,6 @@ def _vectorizable_spatial(sch: s_tir.Schedule, block, index: int) -> bool:
             and not any(gathers(r) for r in blk.reads))
 
 
-_RULES = [
-    (lambda names: K.CONV_PACKED in names, _schedule_conv_packed),
-    (lambda names: K.CONV_NCHWC in names, _schedule_conv_nchwc),
-    (lambda names: K.CONV_DEPTHWISE in names or K.CONV_PLAIN in names, _schedule_conv_rowwise),
-    (lambda names: K.DENSE_PACKED in names, _schedule_dense),
-    (lambda names: MATMUL in names, _schedule_matmul),
 # ------------------------------------------------------------------------------------------ training kernels
 
 def _schedule_conv_wgrad(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
@@ -629,5 +623,11 @@ def _schedule_conv_wgrad(sch: s_tir.Schedule, target: tvm.target.Target) -> None
         _try(_schedule_spatial, sch, block, lanes)
 
 
-]
+_RULES = [
     (lambda names: K.CONV_WGRAD in names, _schedule_conv_wgrad),
+    (lambda names: K.CONV_PACKED in names, _schedule_conv_packed),
+    (lambda names: K.CONV_NCHWC in names, _schedule_conv_nchwc),
+    (lambda names: K.CONV_DEPTHWISE in names or K.CONV_PLAIN in names, _schedule_conv_rowwise),
+    (lambda names: K.DENSE_PACKED in names, _schedule_dense),
+    (lambda names: MATMUL in names, _schedule_matmul),
+]
