@@ -32,6 +32,7 @@ CONV_PACKED = "conv2d_nchw_packed"
 CONV_UNPACK = "conv2d_nchw_unpack"
 CONV_NCHWC = "conv2d_nchwc"          # blocked activations: the anchor of a conv whose output is NCHW[b]c
 CONV_NCHWC_OUT = "conv2d_nchwc_out"
+CONV_DW_NCHWC = "conv2d_depthwise_nchwc"  # depthwise conv on NCHW[b]c activations
 CONV_DEPTHWISE = "conv2d_depthwise"
 CONV_PLAIN = "conv2d_nchw_plain"
 CONV_BIAS = "conv2d_bias"
@@ -219,6 +220,39 @@ def conv2d_nchwc_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | No
         return v if bias is None else v + bias[ob * block + oi]
 
     return te.compute((n, ocb, oh, ow, block), out, name=CONV_NCHWC_OUT, tag="injective")
+
+
+def depthwise_conv2d_nchwc_compute(x: te.Tensor, w: te.Tensor, bias: te.Tensor | None, *, kernel: tuple[int, int],
+                                   strides: tuple[int, int], pads: tuple[int, int, int, int],
+                                   dilations: tuple[int, int]) -> te.Tensor:
+    """Depthwise conv (channel multiplier 1) on NCHW[b]c: x (N, C/b, H, W, b), weight (C/b, KH, KW, b), output
+    (N, C/b, OH, OW, b). Each output pixel's b channels are one vector: b independent FMAs per weight tap."""
+    n, cb, h, w_, b = (int(d) for d in x.shape)
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilations
+    top, left, bottom, right = pads
+    oh = _conv_out_size(h, kh, sh, top, bottom, dh)
+    ow = _conv_out_size(w_, kw, sw, left, right, dw)
+    tile = conv_ow_tile(ow)
+    ow_pad = _round_up(ow, tile)
+    right_extra = max(0, (ow_pad - 1) * sw + (kw - 1) * dw + 1 - (w_ + left + right))
+    bottom_pad, right_pad = bottom, right + right_extra
+    xp = x if not any((top, left, bottom_pad, right_pad)) else topi.nn.pad(
+        x, [0, 0, top, left, 0], [0, 0, bottom_pad, right_pad, 0], name=PAD)
+    rkh = te.reduce_axis((0, kh), name="rkh")
+    rkw = te.reduce_axis((0, kw), name="rkw")
+    conv = te.compute(
+        (n, cb, oh, ow_pad, b),
+        lambda b_, c, y, z, ci: te.sum(xp[b_, c, y * sh + rkh * dh, z * sw + rkw * dw, ci] * w[c, rkh, rkw, ci],
+                                       axis=[rkh, rkw]),
+        name=CONV_DW_NCHWC, tag=CONV_DW_NCHWC, attrs={ANN_OW_TILE: tile, ANN_OC_BLOCK: b})
+
+    def out(b_, c, y, z, ci):
+        v = conv[b_, c, y, z, ci]
+        return v if bias is None else v + bias[c * b + ci]
+
+    return te.compute((n, cb, oh, ow, b), out, name=CONV_NCHWC_OUT, tag="injective")
 
 
 # ---------------------------------------------------------------------------------------------- dense

@@ -163,10 +163,11 @@ def _schedule_conv_packed(sch: s_tir.Schedule, target: tvm.target.Target) -> Non
 
 
 def _schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
-    """Blocked layout: loops of the final epilogue block: parallel(n, oc_block, oh) > ow_tile > [ow_tile x
+    """Blocked layout (dense or depthwise conv): loops of the final epilogue block: parallel(n, oc_block, oh) > ow_tile > [ow_tile x
     oc_block] write-back, one contiguous vector store per output column; the conv is computed at the ow_tile loop
     into a local tile with the reductions outside it, (ic_block, kh, kw, ic_lane) order, ow unrolled, oc vectorized."""
-    conv = sch.get_sblock(K.CONV_NCHWC)
+    names = {sch.get(b).name_hint for b in _root_blocks(sch)}
+    conv = sch.get_sblock(K.CONV_NCHWC if K.CONV_NCHWC in names else K.CONV_DW_NCHWC)
     ann = sch.get(conv).annotations
     tile = int(ann[K.ANN_OW_TILE])
     out = _anchor_epilogue(sch, conv, K.PAD)
@@ -178,8 +179,13 @@ def _schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target) -> None
     sch.compute_at(conv, wo, preserve_unit_loops=True)
     sch.set_scope(conv, 0, "local")
     blocked_input = len(sch.get(conv).iter_vars) == 9  # n, ob, oh, ow, oi + (ic_block, kh, kw, ic_lane)
+    depthwise = len(sch.get(conv).iter_vars) == 7  # n, c, oh, ow, ci + (kh, kw)
     loops = sch.get_loops(conv)
-    if blocked_input:
+    if depthwise:
+        cw, coi, rkh, rkw = loops[-4:]
+        sch.reorder(rkh, rkw, cw, coi)
+        first = rkh
+    elif blocked_input:
         cw, coi, rcb, rkh, rkw, rci = loops[-6:]
         sch.reorder(rcb, rkh, rkw, rci, cw, coi)
         first = rcb
@@ -626,7 +632,7 @@ def _schedule_conv_wgrad(sch: s_tir.Schedule, target: tvm.target.Target) -> None
 _RULES = [
     (lambda names: K.CONV_WGRAD in names, _schedule_conv_wgrad),
     (lambda names: K.CONV_PACKED in names, _schedule_conv_packed),
-    (lambda names: K.CONV_NCHWC in names, _schedule_conv_nchwc),
+    (lambda names: K.CONV_NCHWC in names or K.CONV_DW_NCHWC in names, _schedule_conv_nchwc),
     (lambda names: K.CONV_DEPTHWISE in names or K.CONV_PLAIN in names, _schedule_conv_rowwise),
     (lambda names: K.DENSE_PACKED in names, _schedule_dense),
     (lambda names: MATMUL in names, _schedule_matmul),

@@ -189,6 +189,45 @@ conv2d_nchwc = defop(
         "the output is NCHW[block]c.")
 
 
+def _dw_nchwc_infer(types, *, strides, pads, dilations):
+    x, w = types[0], types[1]
+    xu = _unblocked_type(x)
+    b = x.shape[4]
+    if w.rank != 4 or w.shape[0] != x.shape[1] or w.shape[3] != b:
+        fail(f"weight {w} is not (C/{b}, KH, KW, {b}) for input {x}")
+    c = xu.shape[1]
+    plain_w = TensorType((c, 1) + w.shape[1:3], w.dtype)
+    plain = _conv2d_infer([xu, plain_w] + types[2:], strides=strides, pads=pads, dilations=dilations, groups=c)
+    return _blocked_type(plain, b)
+
+
+def block_depthwise_weight(w: np.ndarray, block: int) -> np.ndarray:
+    """(C, 1, KH, KW) -> (C/block, KH, KW, block)."""
+    c, _, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(c // block, block, kh, kw).transpose(0, 2, 3, 1))
+
+
+def _dw_nchwc_ref(x, w, b=None, *, strides, pads, dilations):
+    cb, kh, kw, blk = w.shape
+    plain_w = w.transpose(0, 3, 1, 2).reshape(cb * blk, 1, kh, kw)
+    return block_nchw(_conv2d_ref(unblock_nchwc(x), plain_w, b, strides=strides, pads=pads, dilations=dilations,
+                                  groups=cb * blk), blk)
+
+
+def _dw_nchwc_lower(x, w, b=None, *, strides, pads, dilations):
+    from compiler.backend import cpu_kernels
+
+    return cpu_kernels.depthwise_conv2d_nchwc_compute(x, w, b, kernel=(int(w.shape[1]), int(w.shape[2])),
+                                                      strides=strides, pads=pads, dilations=dilations)
+
+
+depthwise_conv2d_nchwc = defop(
+    "depthwise_conv2d_nchwc", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_dw_nchwc_infer, arity=(2, 3),
+    attrs={"strides": CONV_ATTRS["strides"], "pads": CONV_ATTRS["pads"], "dilations": CONV_ATTRS["dilations"]},
+    reference=_dw_nchwc_ref, lower=_dw_nchwc_lower,
+    doc="depthwise conv2d (channel multiplier 1) on NCHW[b]c activations, weight (C/b, KH, KW, b).")
+
+
 def _blocked_pool(pool):
     """`pool` (an NCHW pooling op of ops/nn.py) on NCHW[b]c activations: same attributes, same window."""
     def infer(types, **attrs):

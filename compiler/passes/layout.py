@@ -22,7 +22,7 @@ import numpy as np
 from compiler import ops
 from compiler.ir import Graph, Node, Value
 from compiler.ops import FusionKind
-from compiler.ops.layout import block_nchw, repack_conv2d_weight_nchwc
+from compiler.ops.layout import block_depthwise_weight, block_nchw, repack_conv2d_weight_nchwc
 
 _NOT_AGNOSTIC = {"batch_norm", "broadcast_to", "dropout_train"}  # elementwise kinds that still see axis 1 / RNG
 
@@ -47,6 +47,13 @@ class ConvPolicy:
             return False  # packed at run time (a training graph's weights): no compile-time repacking possible
         return a["block"] == self.block and a["out_channels"] % self.block == 0
 
+    def wants_depthwise(self, node: Node) -> bool:
+        """Depthwise convs (one channel per group, multiplier 1) on blocked channels."""
+        a = node.attrs
+        return (node.op is ops.conv2d_packed and a["wlayout"] == "depthwise" and a["groups"] == a["out_channels"]
+                and node.inputs[1].is_param and node.inputs[0].type.shape[1] == a["groups"]
+                and a["groups"] % self.block == 0)
+
 
 @dataclass(frozen=True)
 class AlterLayout:
@@ -61,8 +68,51 @@ class AlterLayout:
 alter_layout = AlterLayout()
 
 
+_BLOCKED_CONVS = ("conv2d_nchwc", "depthwise_conv2d_nchwc")
+
+
 def alter_layout_graph(g: Graph, policy: ConvPolicy = ConvPolicy()) -> int:
-    """Rewrite `g` in place; returns the number of convs moved to NCHW[b]c."""
+    """Rewrite `g` in place; returns the number of convs moved to NCHW[b]c.
+
+    A trial rewrite of a copy first finds the isolated convs: those whose input is plain and whose blocked output
+    reaches no other blocked conv or pool before it is turned back to NCHW. For them the blocked kernel is no faster
+    (benchmarks/results/layout.md) and the transform back is pure cost, so the real rewrite leaves them NCHW."""
+    trial = g.copy()
+    origins: dict[Node, str] = {}
+    _rewrite(trial, policy, frozenset(), origins)
+    isolated = _isolated_convs(trial, origins)
+    return _rewrite(g, policy, isolated, {})
+
+
+def _isolated_convs(g: Graph, origins: dict[Node, str]) -> frozenset[str]:
+    """The output names (in the graph before the rewrite) of the isolated convs."""
+    users = g.users()
+    isolated = set()
+    for n in g.nodes:
+        if n.op.name not in _BLOCKED_CONVS:
+            continue
+        src = n.inputs[0].producer
+        if src is not None and src.op is not ops.to_blocked and n.op.name != "conv2d_nchwc":
+            continue  # a depthwise conv on an already blocked input
+        if n.op.name == "conv2d_nchwc" and n.attrs["in_block"]:
+            continue
+        frontier, seen, gains = list(n.outputs), set(), False
+        while frontier and not gains:
+            v = frontier.pop()
+            for u in users.get(v, ()):
+                if u in seen or u.op is ops.from_blocked:
+                    continue
+                seen.add(u)
+                gains = u.op.name in _BLOCKED_CONVS or u.op.name.endswith("_pool2d_nchwc")
+                frontier.extend(u.outputs)
+        if not gains:
+            isolated.add(origins[n])
+    return frozenset(isolated)
+
+
+def _rewrite(g: Graph, policy: ConvPolicy, skip: frozenset[str], origins: dict[Node, str]) -> int:
+    """The rewrite; convs whose output name is in `skip` stay NCHW; `origins` gets each new node's original output
+    name."""
     b = policy.block
     blocked: dict[Value, Value] = {}  # plain value -> the same tensor in NCHW[b]c
     reblocked_params: dict[Value, Value] = {}
@@ -99,6 +149,8 @@ def alter_layout_graph(g: Graph, policy: ConvPolicy = ConvPolicy()) -> int:
             continue
         index = g.nodes.index(n)
         attrs: dict
+        if out.name in skip:
+            continue
         if policy.wants(n):
             x = n.inputs[0]
             xin, in_block = (blocked[x], b) if x in blocked else (x, 0)
@@ -111,6 +163,19 @@ def alter_layout_graph(g: Graph, policy: ConvPolicy = ConvPolicy()) -> int:
             attrs = {"strides": a["strides"], "pads": a["pads"], "dilations": a["dilations"], "in_block": in_block,
                      "block": b, "out_channels": a["out_channels"]}
             new_op, inputs = ops.conv2d_nchwc, [xin, w] + n.inputs[2:]
+            converted += 1
+        elif policy.wants_depthwise(n):
+            x = n.inputs[0]
+            if x in blocked:
+                xin = blocked[x]
+            else:
+                (xin,) = g.add_node(ops.to_blocked, [x], {"block": b}, index=index)
+                index += 1
+            w = n.inputs[1]
+            if w not in repacked:
+                repacked[w] = g.add_param(w.name + ".nchwc", block_depthwise_weight(w.data, b))
+            new_op, inputs = ops.depthwise_conv2d_nchwc, [xin, repacked[w]] + n.inputs[2:]
+            attrs = {k: n.attrs[k] for k in ("strides", "pads", "dilations")}
             converted += 1
         elif n.op in (ops.max_pool2d, ops.avg_pool2d) and n.inputs[0] in blocked:
             new_op = ops.max_pool2d_nchwc if n.op is ops.max_pool2d else ops.avg_pool2d_nchwc
@@ -135,6 +200,7 @@ def alter_layout_graph(g: Graph, policy: ConvPolicy = ConvPolicy()) -> int:
         else:
             continue
         (yb,) = g.add_node(new_op, inputs, attrs, name=n.name, index=index)
+        origins[yb.producer] = out.name
         (plain,) = g.add_node(ops.from_blocked, [yb], {}, index=index + 1)
         g.replace_uses(out, plain)
         g.remove_node(n)

@@ -112,21 +112,35 @@ def test_policy_decides_per_conv():
     assert print_graph(g) == before
     params, feeds = setup(ODD)
     g = pack_weights(parse_graph(ODD, params))
-    assert alter_layout_graph(g) == 1  # 24 output channels do not split into blocks of 16: that conv stays NCHW
-    assert [n.op.name for n in g.nodes] == ["conv2d_packed", "relu", "conv2d_nchwc", "relu", "from_blocked"]
-    assert g.nodes[2].attrs["in_block"] == 0  # reads its NCHW input directly
+    assert alter_layout_graph(g) == 2  # 24 output channels do not split into blocks of 16: that conv stays NCHW
+    assert [n.op.name for n in g.nodes] == ["conv2d_packed", "relu", "conv2d_nchwc", "relu", "conv2d_nchwc",
+                                            "from_blocked"]
+    assert g.nodes[2].attrs["in_block"] == 0 and g.nodes[4].attrs["in_block"] == 16  # the first reads NCHW
     for got, want in zip(interpret(g, feeds), interpret(parse_graph(ODD, params), feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_isolated_conv_stays_nchw():
+    """A conv on a plain input whose output reaches no other blocked conv or pool would only add a transform back."""
+    lone = ODD.replace("  %c3 = conv2d(%r2, %w3) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} "
+                       ": f32[1,32,8,8]\n", "").replace("return %c3", "return %r2").replace(
+        "  %w3 = param f32[32,32,3,3]\n", "")
+    params, _ = setup(lone)
+    g = pack_weights(parse_graph(lone, params))
+    before = print_graph(g)
+    assert alter_layout_graph(g) == 0 and print_graph(g) == before
 
 
 ODD = """graph g(%x: f32[1,3,8,8]) {
   %w1 = param f32[24,3,3,3]
   %w2 = param f32[32,24,3,3]
+  %w3 = param f32[32,32,3,3]
   %c1 = conv2d(%x, %w1) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,24,8,8]
   %r1 = relu(%c1) : f32[1,24,8,8]
   %c2 = conv2d(%r1, %w2) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,8,8]
   %r2 = relu(%c2) : f32[1,32,8,8]
-  return %r2
+  %c3 = conv2d(%r2, %w3) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,8,8]
+  return %c3
 }
 """
 
@@ -152,3 +166,30 @@ def test_blocked_pool_matches_plain(kind):
     want = interpret(parse_graph(text), feeds)[0]
     assert_close(plain, want, rtol=1e-5, atol=1e-6)
     assert_close(blocked, want, rtol=1e-5, atol=1e-6)
+
+
+DEPTHWISE = """graph g(%x: f32[1,3,16,16]) {
+  %w1 = param f32[32,3,3,3]
+  %wd = param f32[32,1,3,3]
+  %bd = param f32[32]
+  %w2 = param f32[16,32,1,1]
+  %c1 = conv2d(%x, %w1) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,16,16]
+  %r1 = relu(%c1) : f32[1,32,16,16]
+  %d = conv2d(%r1, %wd, %bd) {strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1), groups=32} : f32[1,32,8,8]
+  %r2 = clip(%d) {min=0.0, max=6.0} : f32[1,32,8,8]
+  %c2 = conv2d(%r2, %w2) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[1,16,8,8]
+  return %c2
+}
+"""
+
+
+def test_depthwise_conv_runs_blocked_between_blocked_convs():
+    params, feeds = setup(DEPTHWISE)
+    g = alter_layout(pack_weights(parse_graph(DEPTHWISE, params)))
+    assert [n.op.name for n in g.nodes] == ["conv2d_nchwc", "relu", "depthwise_conv2d_nchwc", "clip", "conv2d_nchwc",
+                                            "from_blocked"]
+    ref = interpret(parse_graph(DEPTHWISE, params), feeds)[0]
+    np.testing.assert_allclose(interpret(g, feeds)[0], ref, rtol=1e-5, atol=1e-5)
+    model = compile_model(parse_graph(DEPTHWISE, params))
+    assert any("depthwise_conv2d_nchwc" in s["op"] for s in model.plan["steps"])
+    assert_close(model.run(feeds)[0], ref, rtol=1e-4, atol=1e-4)
