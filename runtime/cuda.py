@@ -44,15 +44,11 @@ from typing import Mapping
 import numpy as np
 
 from . import artifact
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, DeviceError, InputError  # noqa: F401 (DeviceError: raised here, re-exported)
 from .tvm_loader import _runtime_library, init_runtime
 
 KDL_CUDA = 2  # DLPack device type of CUDA memory
 ALIGNMENT = 64
-
-
-class DeviceError(ArtifactError, RuntimeError):
-    """The GPU a CUDA artifact needs is not usable here: no driver, no GPU, too old a GPU, or no CUDA runtime."""
 
 
 def _first_line(e: BaseException) -> str:

@@ -8,7 +8,7 @@ what was wrong (the op, the ONNX node, the input name, the expected and actual s
 from __future__ import annotations
 
 __all__ = ["TensorForgeError", "FrontendError", "UnsupportedOpError", "IRError", "ParseError", "VerifyError",
-           "PassError", "CompileError", "ArtifactError", "InputError"]
+           "PassError", "CompileError", "ArtifactError", "DeviceError", "InputError"]
 
 
 class TensorForgeError(Exception):
@@ -53,6 +53,10 @@ class CompileError(TensorForgeError):
 # -- runtime ----------------------------------------------------------------------------------------------------------
 class ArtifactError(TensorForgeError):
     """A compiled artifact is missing, damaged, or was built for another machine or format version."""
+
+
+class DeviceError(ArtifactError, RuntimeError):
+    """The GPU a CUDA artifact needs is not usable here: no driver, no GPU, too old a GPU, or no CUDA runtime."""
 
 
 class InputError(TensorForgeError, ValueError):
