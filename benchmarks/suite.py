@@ -3,7 +3,8 @@ pipeline, on models defined in benchmarks/models.py (PyTorch, random weights) an
 
 For each model and batch size, every engine runs interleaved with the others in one process (rounds of one run
 each), and the table gives medians, the ratio to onnxruntime, compile (and tune) time, achieved GFLOP/s and its
-fraction of the machine's peak, which is measured in the same run (an OpenBLAS sgemm on the same threads).
+fraction of the machine's peak, which is measured in the same run (an OpenBLAS sgemm on the same threads), and
+each engine's peak memory (resident growth in a fresh process: load the model, run it three times).
 Writes benchmarks/results/suite.md and suite.png.
 
     TVM_NUM_THREADS=2 python benchmarks/suite.py [--batch 1 8] [--engines tf ort torch compile relax] [model ...]
@@ -45,6 +46,71 @@ def machine_peak_gflops() -> float:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": str(THREADS), "OMP_NUM_THREADS": str(THREADS)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     return float(out.stdout.strip()) if out.returncode == 0 else float("nan")
+
+
+PEAK_RSS = r"""
+import json, sys
+kind, name, batch, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, sys.argv[5])
+import numpy as np
+def status(key):  # kB, from /proc/self/status
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+feeds = dict(np.load(path + ".npz"))
+if kind == "tf":
+    import runtime
+    from runtime.tvm_loader import init_runtime
+    init_runtime()  # TVM's runtime library loaded before the baseline, as onnxruntime's is by its import
+elif kind == "ort":
+    import onnxruntime as ort
+else:
+    import torch
+    from benchmarks.models import MODELS
+    torch.set_num_threads(int(sys.argv[6]))
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+base = status("VmRSS")
+if kind == "tf":
+    m = runtime.load(path + ".tfa")
+    run = lambda: m.run(feeds)
+elif kind == "ort":
+    o = ort.SessionOptions(); o.intra_op_num_threads = int(sys.argv[6])
+    s = ort.InferenceSession(path + ".onnx", o, providers=["CPUExecutionProvider"])
+    run = lambda: s.run(None, feeds)
+else:
+    module, x = MODELS[name](batch)
+    def run():
+        with torch.inference_mode():
+            module(x)
+for _ in range(3):
+    run()
+print(json.dumps({"peak_mb": (status("VmHWM") - base) / 1024}))
+"""
+MEMORY_ENGINES = ("tf", "ort", "torch")
+
+
+def peak_memory(name: str, batch: int, model, feeds, tf_model) -> dict[str, float]:
+    """Peak resident memory growth (MB) of loading the model and running it three times, each engine in a fresh
+    process after its imports: weights, buffers and workspace together. TensorForge loads its artifact with the
+    runtime only; PyTorch builds the module (its weights) inside the measurement."""
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m")
+        np.savez(path + ".npz", **feeds)
+        with open(path + ".onnx", "wb") as f:
+            f.write(model.SerializeToString())
+        if tf_model is not None:
+            tf_model.save(path + ".tfa")
+        for kind in MEMORY_ENGINES:
+            if kind == "tf" and tf_model is None:
+                continue
+            r = subprocess.run([sys.executable, "-c", PEAK_RSS, kind, name, str(batch), path, ROOT, str(THREADS)],
+                               capture_output=True, text=True, timeout=600)
+            if r.returncode == 0:
+                out[kind] = float(__import__("json").loads(r.stdout.strip().splitlines()[-1])["peak_mb"])
+    return out
 
 
 def make_engines(name: str, batch: int, wanted: list[str]):
@@ -118,6 +184,7 @@ def make_engines(name: str, batch: int, wanted: list[str]):
             args = [tvm.runtime.tensor(feeds[INPUT_NAME])]
             return lambda: vm["main"](*args)
         timed_setup("relax", relax)
+    info["onnx"] = model
     return engines, info, ref, feeds
 
 
@@ -131,7 +198,8 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
             times[key].append(time.perf_counter() - t0)
             if times[key][-1] > slow_cutoff_s and len(times[key]) >= 2:
                 del engines[key]  # a very slow engine (untuned Relax) gets fewer samples
-    row = {"model": name, "batch": batch, "setup": {k: v for k, v in info.items() if not k.endswith("_model")}}
+    row = {"model": name, "batch": batch,
+           "setup": {k: v for k, v in info.items() if not k.endswith("_model") and k != "onnx"}}
     row["ms"] = {k: float(np.median(v)) * 1e3 for k, v in times.items() if v}
     tf = info.get("tf_model") or info.get("tf_untuned_model")
     if tf is not None:
@@ -140,6 +208,7 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
         row["flops"] = tf.plan["stats"]["flops"]
         row["tuned_kernels"] = tf.plan["stats"].get("tuned_kernels", 0)
         row["kernels"] = tf.num_kernels
+    row["peak_mb"] = peak_memory(name, batch, info["onnx"], feeds, tf)
     return row
 
 
@@ -147,11 +216,17 @@ def write_report(rows, peak, path_md, path_png, engines):
     gm = lambda xs: float(np.exp(np.mean(np.log(xs)))) if xs else float("nan")  # noqa: E731
     lines = ["# Benchmark suite", "",
              f"Machine: {describe_machine()}. {THREADS} threads for every engine. Peak: OpenBLAS sgemm 2048^3 "
-             f"= {peak:.0f} GFLOP/s, measured in this run. fp32; medians of interleaved runs.", ""]
+             f"= {peak:.0f} GFLOP/s, measured in this run. fp32; medians of interleaved runs. Peak MB: resident "
+             "memory growth of a fresh process that loads the model (weights included) and runs it three times.", ""]
     cols = [e for e in ENGINES if e in engines]
+
+    def mem(r):
+        return " / ".join(f"{r.get('peak_mb', {})[k]:.0f}" if k in r.get("peak_mb", {}) else "-"
+                          for k in MEMORY_ENGINES)
     lines.append("| model | batch | " + " | ".join(f"{ENGINES[c]} ms" for c in cols) +
-                 " | TF / ORT | TF GFLOP/s | % of peak | TF compile s | kernels (tuned) | match |")
-    lines.append("|---|---:|" + "---:|" * len(cols) + "---:|---:|---:|---:|---:|---|")
+                 " | TF / ORT | TF GFLOP/s | % of peak | TF compile s | kernels (tuned) | match "
+                 "| peak MB: TF / ORT / eager |")
+    lines.append("|---|---:|" + "---:|" * len(cols) + "---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         ms = r["ms"]
         cells = [f"{ms[c]:.2f}" if c in ms else str(r["setup"].get(c, "-"))[:40] for c in cols]
@@ -162,7 +237,8 @@ def write_report(rows, peak, path_md, path_png, engines):
         lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells) +
                      f" | {ratio:.2f} | {gflops:.0f} | {100 * gflops / peak:.0f}% | "
                      f"{setup:.1f} | {r.get('kernels', '-')} ({r.get('tuned_kernels', 0)}) | "
-                     f"{'yes' if r.get('match') else 'NO'} |" if isinstance(setup, float) else " | - | - | - |")
+                     f"{'yes' if r.get('match') else 'NO'} | {mem(r)} |" if isinstance(setup, float)
+                     else " | - | - | - | - |")
     for key in ("tf", "tf_untuned"):
         for batch in sorted({r["batch"] for r in rows}):
             ratios = [r["ms"][key] / r["ms"]["ort"] for r in rows if r["batch"] == batch and key in r["ms"]
