@@ -123,5 +123,6 @@ def test_unsupported_element_types_name_the_type_and_where():
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT8E4M3FN, [2])
     node = helper.make_node("Cast", ["x"], ["y"], name="to_fp8", to=TensorProto.FLOAT8E4M3FN)
     model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 21)])
-    with pytest.raises(FrontendError, match=r"'to_fp8' \(Cast\): to: unsupported ONNX element type TensorProto.FLOAT8E4M3FN"):
+    with pytest.raises(FrontendError, match=r"'to_fp8' \(Cast\): to: unsupported ONNX element type "
+                                            r"TensorProto.FLOAT8E4M3FN"):
         from_onnx(model)
