@@ -328,11 +328,8 @@ def _softmax_ce(e, n, dy):
 for _op in _present("gelu"):
     @defgrad(_op)
     def _gelu(e, n, dy):
-        """d/dx x * Phi(x) = Phi(x) + x * phi(x) (the erf form)."""
-        if n.attrs.get("approximate", "none") != "none":
+        """d/dx x * Phi(x) = Phi(x) + x * phi(x) (the erf form), or the tanh form's derivative: one op."""
+        if n.attrs.get("approximate", "none") not in ("none", "tanh"):
             raise AutodiffError(f"gradient of gelu (node {n.name or '?'}) with approximate="
                                 f"{n.attrs['approximate']!r} is not supported")
-        x = _x(n)
-        cdf = e.scale(e.op(ops.add, [e.op(ops.erf, [e.scale(x, 1 / math.sqrt(2))]), 1.0]), 0.5)
-        pdf = e.scale(e.op(ops.exp, [e.scale(e.mul(x, x), -0.5)]), 1 / math.sqrt(2 * math.pi))
-        return [e.mul(dy, e.op(ops.add, [cdf, e.mul(x, pdf)]))]
+        return [e.op(ops.gelu_grad, [_x(n), dy], approximate=n.attrs.get("approximate", "none"))]

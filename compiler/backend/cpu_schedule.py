@@ -629,6 +629,38 @@ def _schedule_conv_wgrad(sch: s_tir.Schedule, target: tvm.target.Target) -> None
         _try(_schedule_spatial, sch, block, lanes)
 
 
+def _schedule_multi_output_elementwise(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """An elementwise kernel that writes several outputs of one shape (an optimizer update: the new moments, then
+    the parameter read from them): the outputs' loop nests merge into one parallel, vectorized nest whose body
+    computes every output in turn, instead of a loop nest (and a parallel launch) per output. Raises where the
+    kernel is anything else (a reduction, outputs of different shapes, one output), leaving it to the generic
+    rule."""
+    if not all(_is_spatial_block(sch, b) for b in _root_blocks(sch)):
+        raise ValueError("not an elementwise kernel")
+    _inline_all(sch)
+    blocks = _root_blocks(sch)
+    shapes = {tuple(_extent(sch, lp) for lp in sch.get_loops(b)) for b in blocks}
+    if len(blocks) < 2 or len(shapes) != 1 or None in next(iter(shapes)):
+        raise ValueError("not several outputs of one static shape")
+    written = [w.source for b in blocks for w in sch.get(b).writes]
+    for b in blocks:  # merging is sound only if each block reads the others' outputs at its own point
+        blk = sch.get(b)
+        for r in list(blk.reads) + list(blk.writes):
+            if any(r.source.same_as(w) for w in written) and not _at_own_point(r, blk):
+                raise ValueError("an output is read at another point than it is written")
+    for depth in range(len(next(iter(shapes)))):  # outermost first: each merge leaves one nest of that depth
+        sch.merge(*[sch.get_loops(b)[depth] for b in blocks])
+    _schedule_spatial(sch, blocks[-1], _vector_lanes(target))
+
+
+def _at_own_point(region, blk) -> bool:
+    """Does a buffer region of `blk` touch exactly element (v0, v1, ...) of the block's own iteration vars?"""
+    rng = region.region
+    return len(rng) == len(blk.iter_vars) and all(
+        isinstance(r.extent, tirx.IntImm) and int(r.extent) == 1 and r.min.same_as(iv.var)
+        for r, iv in zip(rng, blk.iter_vars))
+
+
 _RULES = [
     (lambda names: K.CONV_WGRAD in names, _schedule_conv_wgrad),
     (lambda names: K.CONV_PACKED in names, _schedule_conv_packed),
@@ -636,4 +668,5 @@ _RULES = [
     (lambda names: K.CONV_DEPTHWISE in names or K.CONV_PLAIN in names, _schedule_conv_rowwise),
     (lambda names: K.DENSE_PACKED in names, _schedule_dense),
     (lambda names: MATMUL in names, _schedule_matmul),
+    (lambda names: True, _schedule_multi_output_elementwise),
 ]

@@ -9,8 +9,10 @@ cross-entropy. Every reference works in any float dtype (the finite-difference t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from tvm import te, tirx
+from tvm import te, tirx, topi
 
 from compiler.ir.types import TensorType
 
@@ -63,6 +65,48 @@ def _relu_grad_lower(x, dy):
 relu_grad = defop("relu_grad", FusionKind.ELEMWISE, infer=_same, arity=(2, 2),
                   reference=lambda x, dy: np.where(x > 0, dy, np.zeros((), dy.dtype)).astype(dy.dtype),
                   lower=_relu_grad_lower, doc="dy where x > 0, else 0 (the ReLU backward, one kernel).")
+
+
+# -- gelu -------------------------------------------------------------------------------------------------------------
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_TANH_CUBIC = 0.044715
+
+
+def _gelu_grad_ref(x, dy, *, approximate):
+    v = x.astype(np.float64)
+    if approximate == "tanh":
+        t = np.tanh(SQRT_2_OVER_PI * (v + GELU_TANH_CUBIC * v ** 3))
+        d = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * GELU_TANH_CUBIC * v * v)
+    else:
+        cdf = 0.5 * (1 + np.vectorize(math.erf, otypes=[np.float64])(v / math.sqrt(2.0))) if v.size else v
+        d = cdf + v * np.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)
+    return (dy.astype(np.float64) * d).astype(dy.dtype)
+
+
+def _gelu_grad_lower(x, dy, *, approximate):
+    """TVM's erf and exp lower to scalar libm calls (22 ms and 4 ms for 2M floats on one core); topi's fast_erf
+    and fast_exp are vectorizable polynomials within a few ulp (0.5 ms and 0.4 ms)."""
+    def c(v):
+        return tirx.const(v, x.dtype)
+
+    if approximate == "tanh":
+        def f(*i):
+            v = x(*i)
+            t = te.tanh(c(SQRT_2_OVER_PI) * (v + c(GELU_TANH_CUBIC) * v * v * v))
+            d = c(0.5) * (c(1) + t) + c(0.5) * v * (c(1) - t * t) * c(SQRT_2_OVER_PI) * (
+                c(1) + c(3 * GELU_TANH_CUBIC) * v * v)
+            return dy(*i) * d
+
+        return te.compute(x.shape, f, name="gelu_grad")
+    erf = topi.fast_erf(te.compute(x.shape, lambda *i: x(*i) * c(1 / math.sqrt(2.0)), name="gelu_grad_scaled"))
+    pdf = topi.fast_exp(te.compute(x.shape, lambda *i: c(-0.5) * x(*i) * x(*i), name="gelu_grad_square"))
+    return te.compute(x.shape, lambda *i: dy(*i) * (c(0.5) * (c(1) + erf(*i)) + x(*i) * pdf(*i) * c(
+        1 / math.sqrt(2 * math.pi))), name="gelu_grad")
+
+
+gelu_grad = defop("gelu_grad", FusionKind.ELEMWISE, infer=_same, arity=(2, 2),
+                  attrs={"approximate": Attr("str", "none")}, reference=_gelu_grad_ref, lower=_gelu_grad_lower,
+                  doc="dy * gelu'(x), exact (erf) or approximate='tanh': the GELU backward, one kernel.")
 
 
 # -- dropout ------------------------------------------------------------------------------------------------------------

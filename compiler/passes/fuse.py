@@ -58,6 +58,9 @@ fuse = FuseOps()
 
 
 def _dataflow(g: Graph) -> nx.DiGraph:
+    """The nodes' dataflow graph with a virtual sink after the nodes no node reads. A graph output that other nodes
+    read leads to the sink through them only: the kernel that computes it writes it and keeps going (an optimizer
+    update writes the new moment, then the parameter from it: one kernel)."""
     G = nx.DiGraph()
     G.add_nodes_from(g.nodes)
     G.add_node(SINK)
@@ -65,13 +68,16 @@ def _dataflow(g: Graph) -> nx.DiGraph:
         for v in n.inputs:
             if v.producer is not None:
                 G.add_edge(v.producer, n)
-    for v in g.outputs:
-        if v.producer is not None:
-            G.add_edge(v.producer, SINK)
     for n in g.nodes:
         if G.out_degree(n) == 0:
             G.add_edge(n, SINK)
     return G
+
+
+def _written(members: set[Node], outputs: set, users: dict) -> int:
+    """How many values a kernel of `members` writes: graph outputs and values read outside it."""
+    return sum(1 for m in members for o in m.outputs
+               if o in outputs or any(r not in members for r in users.get(o, ())))
 
 
 def _may_join(kind: FusionKind, member: Node, is_dom: bool) -> bool:
@@ -97,6 +103,7 @@ def fuse_graph(g: Graph, max_group_size: int = 32) -> dict[Node, str]:
     ipdom = nx.immediate_dominators(G.reverse(copy=False), SINK)
     group_of: dict[Node, _Group] = {n: _Group([n], int(n.op.kind == K.OUT_ELEMWISE_FUSABLE)) for n in g.nodes}
     reasons: dict[Node, str] = {}
+    graph_outputs, users = set(g.outputs), g.users()
 
     def between(a: Node, b: Node) -> set[Node]:
         """Nodes on some path from a to b, both excluded."""
@@ -155,6 +162,9 @@ def fuse_graph(g: Graph, max_group_size: int = 32) -> dict[Node, str]:
                                                                          order[m] < order[anchor])
                                       for m in joined if m is not anchor):
             reasons.setdefault(n, "an anchor's kernel takes only elementwise and broadcast ops after it")
+            continue
+        if anchor is not None and _written(joined, graph_outputs, users) > 1:
+            reasons.setdefault(n, "an anchor's kernel writes one output (its schedule has one epilogue)")
             continue
         if len(joined) > max_group_size:
             reasons.setdefault(n, f"the kernel would exceed {max_group_size} ops")

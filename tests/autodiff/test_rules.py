@@ -93,6 +93,7 @@ CASES = [
 ]
 if "gelu" in ops.OPS:  # declared in compiler/ops/activation.py
     CASES.append(("gelu", ops.OPS["gelu"], {}, [r(3, 4, lo=-3.0, hi=3.0)]))
+    CASES.append(("gelu_tanh", ops.OPS["gelu"], {"approximate": "tanh"}, [r(3, 4, lo=-3.0, hi=3.0)]))
 NOT_DIFFERENTIATED = {"dropout_train": {1}}  # uniform samples: inputs, not variables
 
 

@@ -43,6 +43,8 @@ GRAD_CASES = [
     ("softmax_cross_entropy", [rand(5, 7), np.array([0, 6, 3, -100, 2], np.int64)], {"label_smoothing": 0.1}, ()),
     ("softmax_cross_entropy_grad", [rand(5, 7), np.array([0, 6, 3, 1, 2], np.int64), rand(5)],
      {"label_smoothing": 0.2, "ignore_index": 1}, ()),
+    ("gelu_grad", [rand(4, 40, lo=-6.0, hi=6.0), rand(4, 40)], {}, ()),  # fast_erf / fast_exp vs float64 libm
+    ("gelu_grad", [rand(3, 9, lo=-6.0, hi=6.0), rand(3, 9)], {"approximate": "tanh"}, ()),
     # run-time weight packing and the conv backward pieces of compiler/ops/train_layout.py
     ("conv2d_weight_pack", [rand(20, 3, 3, 2)], {"block": 16}, ()),  # 20 output channels: 12 zero rows
     ("conv2d_weight_pack", [rand(32, 4, 1, 1)], {"block": 16}, ()),

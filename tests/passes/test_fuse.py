@@ -4,7 +4,12 @@ import numpy as np
 import onnx
 import pytest
 
+import tvm
+from tvm.target import Target
+
 from compiler import compile_model
+from compiler.backend.cpu_schedule import schedule_cpu
+from compiler.backend.lower import Kernel, build_prim_func, partition
 from compiler.api import CompileOptions, analyze
 from compiler.ir import interpret, parse_graph, print_graph
 from compiler.passes import fuse
@@ -60,7 +65,9 @@ def test_fused_kernels_compute_the_same():
     assert_close(model.run(feeds)[0], interpret(g, feeds)[0], rtol=1e-4, atol=1e-6)
 
 
-def test_output_read_by_two_branches_is_not_fused_away():
+def test_output_read_by_two_branches_fuses_and_is_still_written():
+    """A graph output that other ops read joins their kernel, which writes it on the way (an optimizer update:
+    new moment, then the parameter from it)."""
     text = """graph g(%x: f32[4,4]) {
       %a = exp(%x) : f32[4,4]
       %b = relu(%a) : f32[4,4]
@@ -70,9 +77,8 @@ def test_output_read_by_two_branches_is_not_fused_away():
     }"""
     g = fuse(parse_graph(text))
     g.verify()
-    a = g.nodes[[n.op.name for n in g.nodes].index("exp")]
-    assert a.group is None and g.fusion_reasons[a] == "its output is a graph output"
-    assert {n.op.name for n in g.nodes if n.group} == {"relu", "neg", "add"}
+    assert {n.group for n in g.nodes} == {"k0"}
+    assert compile_model(parse_graph(text)).num_kernels == 1
     feeds = {"x": np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)}
     for got, want in zip(compile_model(parse_graph(text)).run(feeds), interpret(parse_graph(text), feeds)):
         assert_close(got, want, rtol=1e-5)
@@ -109,3 +115,57 @@ def test_fusion_report_lists_groups_and_reasons():
     alone = [e for e in plan["fusion"] if len(e["nodes"]) == 1]
     assert any([op for op, _ in e["nodes"]] == ["conv2d_nchwc", "add", "relu"] for e in fused)
     assert all(e["reason"] for e in alone)
+
+
+def test_anchor_kernel_writes_one_output():
+    """The anchor schedules have one epilogue: a conv's output that is also a graph output keeps its ReLU out."""
+    text = """graph g(%x: f32[1,8,6,6]) {
+      %w = param f32[16,8,3,3]
+      %c = conv2d(%x, %w) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,16,6,6]
+      %r = relu(%c) : f32[1,16,6,6]
+      return %r, %c
+    }"""
+    g = fuse(parse_graph(text, params_for(text)))
+    conv = next(n for n in g.nodes if n.op.name == "conv2d")
+    assert conv.group is None and "writes one output" in g.fusion_reasons[conv]
+
+
+ADAM_LIKE = """graph g(%g: f32[6,40], %m: f32[6,40], %v: f32[6,40], %p: f32[6,40]) {
+  %b1 = param f32[1]
+  %b2 = param f32[1]
+  %lr = param f32[1]
+  %m1 = mul(%m, %b1) : f32[6,40]
+  %m2 = add(%m1, %g) : f32[6,40]
+  %gg = mul(%g, %g) : f32[6,40]
+  %v1 = mul(%v, %b2) : f32[6,40]
+  %v2 = add(%v1, %gg) : f32[6,40]
+  %s = sqrt(%v2) : f32[6,40]
+  %q = div(%m2, %s) : f32[6,40]
+  %u = mul(%q, %lr) : f32[6,40]
+  %p2 = sub(%p, %u) : f32[6,40]
+  return %p2, %m2, %v2
+}
+"""
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_update_with_several_outputs_is_one_kernel(transposed):
+    """An optimizer update (new moments, then the parameter from them) is one kernel with one merged loop nest;
+    an output read at another point (a transpose) keeps separate loop nests, and both compute the same."""
+    text = ADAM_LIKE
+    if transposed:  # the parameter update reads the new moment transposed: no merged loop nest possible
+        text = text.replace("f32[6,40]", "f32[8,8]").replace("%q = div(%m2, %s)", "%mt = transpose(%m2) "
+                            "{perm=(1, 0)} : f32[8,8]\n  %q = div(%mt, %s)")
+    params = {"b1": np.array([0.9], np.float32), "b2": np.array([0.99], np.float32), "lr": np.array([0.1], np.float32)}
+    g = parse_graph(text, params)
+    shape = g.inputs[0].type.shape
+    rng = np.random.default_rng(0)
+    feeds = {v.name: rng.uniform(0.1, 1, shape).astype(np.float32) for v in g.inputs}
+    model = compile_model(parse_graph(text, params))
+    assert model.num_kernels == 1
+    for got, want in zip(model.run(feeds), interpret(g, feeds)):
+        assert_close(got, want, rtol=1e-5)
+    (kernel,) = [s for s in partition(fuse(parse_graph(text, params))) if isinstance(s, Kernel)]
+    script = schedule_cpu(build_prim_func(kernel.spec), Target.from_device(tvm.cpu())).script()
+    top_level_loops = [ln for ln in script.splitlines() if ln.startswith("    for ")]
+    assert len(top_level_loops) == (3 if transposed else 1)
