@@ -126,6 +126,20 @@ def conv_graphs(shape: str):
     return graphs
 
 
+RESNET_SHAPES = ["64->64 3x3/1 56x56", "64->256 1x1/1 56x56", "256->64 1x1/1 56x56", "128->128 3x3/1 28x28",
+                 "512->128 1x1/1 28x28", "256->256 3x3/1 14x14", "1024->256 1x1/1 14x14", "512->512 3x3/1 7x7",
+                 "2048->512 1x1/1 7x7"]
+
+
+def conv_flops(shape: str) -> float:
+    chans, k, hw = shape.split()
+    ic, oc = map(int, chans.split("->"))
+    kk, stride = k.split("/")
+    kh, kw = map(int, kk.split("x"))
+    h, w = map(int, hw.split("x"))
+    return 2.0 * ic * oc * kh * kw * (h // int(stride)) * (w // int(stride))
+
+
 def bench_kernels(shapes: list[str], repeat: int) -> list[tuple[str, float, float]]:
     """Each conv shape alone, NCHW[16]c against NCHW (layout transforms excluded: inside a chain there are none);
     the least time of `repeat` interleaved runs each, the run with the least interference from other jobs."""
@@ -149,7 +163,10 @@ def main(argv=None) -> int:
     ap.add_argument("models", nargs="*", default=DEFAULT_MODELS)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--kernels", type=int, default=15, metavar="N",
+                    help="also time ResNet-50's distinct 3x3 and 1x1 conv shapes alone, N interleaved rounds (0: no)")
     args = ap.parse_args(argv)
+    kernel_rows = bench_kernels(RESNET_SHAPES, args.kernels) if args.kernels else []
     rows = []
     for name in args.models:
         r = bench(name, args.rounds)
@@ -169,6 +186,12 @@ def main(argv=None) -> int:
                      f"{r['blocked_ms'] / r['plain_ms']:.3f} | {r['blocked_min_ms']:.2f} | {r['plain_min_ms']:.2f} | "
                      f"{r['blocked_min_ms'] / r['plain_min_ms']:.3f} | {r['kernels'][0]} / {r['kernels'][1]} | "
                      f"{faster}/{len(r['convs'])} |")
+    if kernel_rows:
+        lines += ["", "## One conv alone (+ bias + ReLU): NCHW[16]c in and out vs NCHW, no layout transforms", "",
+                  "Least time of the interleaved runs (ms) and GFLOP/s.", "",
+                  "| shape | NCHW[16]c ms | NCHW ms | ratio | NCHW[16]c GFLOP/s |", "|---|---:|---:|---:|---:|"]
+        for shape, b, p in kernel_rows:
+            lines.append(f"| {shape} | {b:.3f} | {p:.3f} | {b / p:.2f} | {conv_flops(shape) / b / 1e6:.0f} |")
     for r in rows:
         if not r["convs"]:
             continue

@@ -14,6 +14,13 @@ def node_flops(n: Node) -> int:
         batch, oc, oh, ow = out.shape
         cin, (kh, kw) = n.inputs[0].type.shape[1], _kernel(n)
         return 2 * batch * oc * oh * ow * (cin // n.attrs["groups"]) * kh * kw
+    if name == "conv2d_nchwc":  # output (N, OC/b, OH, OW, b); weight (OC/b, IC/ib, KH, KW, ib, b) or (OC/b, IC, ...)
+        x, w = n.inputs[0].type, n.inputs[1].type
+        cin = x.shape[1] * (x.shape[4] if x.rank == 5 else 1)
+        return 2 * out.numel * cin * w.shape[2] * w.shape[3]
+    if name == "depthwise_conv2d_nchwc":  # weight (C/b, KH, KW, b)
+        w = n.inputs[1].type
+        return 2 * out.numel * w.shape[1] * w.shape[2]
     if name in ("dense", "dense_packed"):
         return 2 * out.numel * n.inputs[0].type.shape[-1]
     if name == "matmul":

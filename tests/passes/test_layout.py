@@ -193,3 +193,16 @@ def test_depthwise_conv_runs_blocked_between_blocked_convs():
     model = compile_model(parse_graph(DEPTHWISE, params))
     assert any("depthwise_conv2d_nchwc" in s["op"] for s in model.plan["steps"])
     assert_close(model.run(feeds)[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_flop_count_is_unchanged_by_the_layout():
+    """Reports and benchmarks divide by the graph's FLOPs: blocked convs count the same multiply-adds."""
+    from compiler.ir.analysis import node_flops
+
+    for text in (CHAIN, DEPTHWISE):
+        params, _ = setup(text)
+        plain = pack_weights(parse_graph(text, params))
+        blocked = alter_layout(pack_weights(parse_graph(text, params)))
+        conv_flops = lambda g: sum(node_flops(n) for n in g.nodes if n.op.name.startswith("conv2d")  # noqa: E731
+                                   or n.op.name.startswith("depthwise"))
+        assert conv_flops(blocked) == conv_flops(plain) > 0
