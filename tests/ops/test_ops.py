@@ -191,7 +191,8 @@ def test_mod_matches_numpy_at_the_edges(dtype, fmod):
     y = np.array([-2, 2, 2, -2, np.inf, np.inf, -np.inf, -np.inf, 2, 2, 0, -0.0, 2, np.nan, 2, -2, 2, -0.5], dtype)
     feeds = {"x0": x, "x1": y}
     g = single_op_graph("mod", [x, y], {"fmod": fmod}, ())
-    want = np.fmod(x, y) if fmod else np.mod(x, y)
+    with np.errstate(all="ignore"):
+        want = np.fmod(x, y) if fmod else np.mod(x, y)
     for got in (interpret(g, feeds)[0], compile_model(g).run(feeds)[0]):
         assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True), (got, want)
         finite = ~np.isnan(want)
