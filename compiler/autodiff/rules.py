@@ -171,7 +171,7 @@ for _op in _present("log_softmax"):
 def _dense(e, n, dy):
     x, w = n.inputs[:2]
     dx = e.op(ops.matmul, [dy, w])  # (M, N) @ (N, K)
-    dw = e.op(ops.matmul, [e.op(ops.transpose, [dy], perm=(1, 0)), x])  # (N, M) @ (M, K)
+    dw = e.op(ops.weight_grad_gemm, [e.op(ops.transpose, [dy], perm=(1, 0)), x], shape=w.type.shape)  # (N,M)@(M,K)
     db = [e.op(ops.reduce_sum, [dy], axes=(0,), keepdims=False)] if len(n.inputs) == 3 else []
     return [dx, dw] + db
 
@@ -207,7 +207,7 @@ def _conv2d(e, n, dy):
         dy_rows = e.op(ops.reshape, [e.op(ops.transpose, [dy], perm=(1, 0, 2, 3))], shape=(o, dy.type.numel // o))
         cols = e.op(ops.im2col, [x], kernel=w.type.shape[2:], strides=conv["strides"], pads=conv["pads"],
                     dilations=conv["dilations"])
-        dw = e.op(ops.conv2d_backward_weight_gemm, [dy_rows, cols], kernel_shape=w.type.shape)
+        dw = e.op(ops.weight_grad_gemm, [dy_rows, cols], shape=w.type.shape)
     else:
         dw = e.op(ops.conv2d_backward_weight, [dy, x], kernel_shape=w.type.shape, **conv)
     db = [e.op(ops.reduce_sum, [dy], axes=(0, 2, 3), keepdims=False)] if len(n.inputs) == 3 else []

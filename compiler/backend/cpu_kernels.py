@@ -289,18 +289,24 @@ def dense_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | None, *, 
     return te.compute((m, n), lambda i, j: out[i, j] + bias[j], name=DENSE_BIAS, tag="broadcast")
 
 
-# ---------------------------------------------------------------------------------------------- conv weight gradient
+# ---------------------------------------------------------------------------------------------- weight gradients
 
-CONV_WGRAD = "conv2d_wgrad"     # the (O, C, KH, KW) view of the product; its product block is a "matmul"
-WGRAD_GEMM = "matmul"           # named as ops/nn.py's matmul block, so that the matmul schedule takes it
+WGRAD = "weight_grad"           # the weight-shaped view of the product; its product block is a "matmul"
+WGRAD_GEMM = "matmul"           # named as ops/nn.py's matmul block
 
 
-def conv2d_wgrad_compute(rows: te.Tensor, cols: te.Tensor, kernel_shape: tuple[int, int, int, int]) -> te.Tensor:
-    """dW (O, C, KH, KW) = (rows (O, M) @ cols (M, C*KH*KW)) viewed as the weight (see ops/train_layout.py)."""
+def weight_grad_gemm_compute(rows: te.Tensor, cols: te.Tensor, shape: tuple[int, ...]) -> te.Tensor:
+    """dW of shape (O, ...) = rows (O, M) @ cols (M, R), R = prod(shape[1:]) (see ops/train_layout.py)."""
     o, m = (int(d) for d in rows.shape)
     r = int(cols.shape[1])
     rk = te.reduce_axis((0, m), name="rk")
     mm = te.compute((o, r), lambda i, j: te.sum(rows[i, rk] * cols[rk, j], axis=rk), name=WGRAD_GEMM)
-    _, _, kh, kw = kernel_shape
-    return te.compute(kernel_shape, lambda i, c, y, x: mm[i, (c * kh + y) * kw + x], name=CONV_WGRAD,
-                      tag="injective")
+    inner = shape[1:]
+
+    def view(i, *idx):
+        flat = 0
+        for d, v in zip(inner, idx):
+            flat = flat * d + v
+        return mm[i, flat]
+
+    return te.compute(shape, view, name=WGRAD, tag="injective")

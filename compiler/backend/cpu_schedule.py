@@ -591,20 +591,20 @@ def _vectorizable_spatial(sch: s_tir.Schedule, block, index: int) -> bool:
 
 # ------------------------------------------------------------------------------------------ training kernels
 
-def _schedule_conv_wgrad(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
-    """The conv weight gradient (cpu_kernels.conv2d_wgrad_compute): a 2-D matmul, then its (O, C, KH, KW) view
-    and the elementwise epilogue (an optimizer update). The product is small (the weight's size), so it gets a loop
-    nest of its own: parallel(j_tile, i_tile) > [i_tile x j_tile] accumulators in registers, k outside the
-    unrolled rows and the vectorized columns, written back to a buffer the epilogue's plain loop nest then reads.
-    (Computing the product under the 4-D epilogue's loops would need the view's index arithmetic undone.)"""
+def _schedule_weight_grad(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """A weight gradient (cpu_kernels.weight_grad_gemm_compute): a 2-D matmul, then its weight-shaped view and the
+    elementwise epilogue (an optimizer update). The product is small (the weight's size), so it gets a loop nest
+    of its own: parallel(j_tile, i_tile) > [i_tile x j_tile] accumulators in registers, k outside the unrolled
+    rows and the vectorized columns, written back to a buffer the epilogue's plain loop nest then reads.
+    (Computing the product under a 4-D epilogue's loops would need the view's index arithmetic undone.)"""
     lanes = _vector_lanes(target)
     mm = sch.get_sblock(MATMUL)
     _inline_all(sch, keep={MATMUL})
     if len(sch.get_loops(mm)) != 3:
-        raise ValueError("conv weight gradient product is not a 2-D matmul")
+        raise ValueError("weight gradient product is not a 2-D matmul")
     out = sch.cache_write(mm, 0, "local")  # mm now accumulates locally; `out` copies it to the product buffer
     i, j = sch.get_loops(out)
-    nt = _matmul_j_tile(_extent(sch, j), lanes)
+    nt = _weight_grad_j_tile(_extent(sch, j), lanes)
     io, ii = sch.split(i, [None, _largest_divisor(_extent(sch, i), MATMUL_I_TILE)])
     jo, ji = sch.split(j, [None, nt])
     sch.reorder(jo, io, ii, ji)
@@ -627,6 +627,15 @@ def _schedule_conv_wgrad(sch: s_tir.Schedule, target: tvm.target.Target) -> None
     _try(lambda: sch.unroll(sch.get_loops(init)[-2]))
     for block in sch.get_output_blocks(sch.get_sblock("root")):  # the view and its epilogue: one loop nest
         _try(_schedule_spatial, sch, block, lanes)
+
+
+def _weight_grad_j_tile(n: int, lanes: int) -> int:
+    """Register-tile width of a weight gradient: 64 or 48 columns where the last, partial tile wastes at most a
+    tenth (measured: 64 with a partial tile beats matmul's exact 16 on 784 columns by 1.35x), else as matmul."""
+    for t in (MATMUL_J_TILE, 3 * MATMUL_J_TILE // 4):
+        if n >= t and t % lanes == 0 and -(-n // t) * t <= 1.1 * n:
+            return t
+    return _matmul_j_tile(n, lanes)
 
 
 PACK_K_TILE = 16  # run-time dense weight pack: source row elements per vector
@@ -686,7 +695,7 @@ def _at_own_point(region, blk) -> bool:
 
 
 _RULES = [
-    (lambda names: K.CONV_WGRAD in names, _schedule_conv_wgrad),
+    (lambda names: K.WGRAD in names, _schedule_weight_grad),
     (lambda names: K.CONV_PACKED in names, _schedule_conv_packed),
     (lambda names: K.CONV_NCHWC in names or K.CONV_DW_NCHWC in names, _schedule_conv_nchwc),
     (lambda names: K.CONV_DEPTHWISE in names or K.CONV_PLAIN in names, _schedule_conv_rowwise),

@@ -9,7 +9,8 @@ The convolution gradient rules (compiler/autodiff/rules.py) use two more ops so 
 register-tiled kernels as the forward:
   * `conv2d_weight_flip`: the input gradient of a stride-1 conv is a conv of dy with the weight flipped in space
     and with input and output channels swapped;
-  * `im2col`: the weight gradient is a matrix product, dW (O, C*KH*KW) = dy (O, N*OH*OW) @ im2col(x).
+  * `im2col`: the weight gradient is a matrix product, dW (O, C*KH*KW) = dy (O, N*OH*OW) @ im2col(x), computed
+    by `weight_grad_gemm` (dense weight gradients too) on a register-tiled schedule of its own.
 """
 
 from __future__ import annotations
@@ -163,27 +164,26 @@ im2col = defop(
         "it reads padding; conv2d(x, W) = im2col(x) @ W.reshape(O, -1).T. The conv weight gradient reads it.")
 
 
-def _wgrad_infer(types, *, kernel_shape):
+def _wgrad_infer(types, *, shape):
     rows, cols = types
-    if rows.rank != 2 or cols.rank != 2 or rows.shape[1] != cols.shape[0] or len(kernel_shape) != 4:
-        fail(f"expects dy rows (O, M), im2col columns (M, C*KH*KW) and a 4-D kernel shape, got {rows}, {cols} "
-             f"and {kernel_shape}")
-    o, c, kh, kw = kernel_shape
-    if rows.shape[0] != o or cols.shape[1] != c * kh * kw:
-        fail(f"{rows} @ {cols} does not give the weight gradient of shape {kernel_shape}")
-    return TensorType(tuple(kernel_shape), rows.dtype)
+    if rows.rank != 2 or cols.rank != 2 or rows.shape[1] != cols.shape[0] or len(shape) < 2:
+        fail(f"expects rows (O, M), columns (M, R) and a weight shape (O, ...), got {rows}, {cols} and {shape}")
+    if rows.shape[0] != shape[0] or cols.shape[1] != int(np.prod(shape[1:])):
+        fail(f"{rows} @ {cols} does not give a weight gradient of shape {shape}")
+    return TensorType(tuple(shape), rows.dtype)
 
 
-def _wgrad_lower(rows, cols, *, kernel_shape):
+def _wgrad_lower(rows, cols, *, shape):
     from compiler.backend import cpu_kernels
 
-    return cpu_kernels.conv2d_wgrad_compute(rows, cols, tuple(kernel_shape))
+    return cpu_kernels.weight_grad_gemm_compute(rows, cols, tuple(shape))
 
 
-conv2d_backward_weight_gemm = defop(
-    "conv2d_backward_weight_gemm", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_wgrad_infer, arity=(2, 2),
-    attrs={"kernel_shape": Attr("ints")}, reference=lambda rows, cols, *, kernel_shape: (rows @ cols).reshape(
-        kernel_shape), lower=_wgrad_lower,
-    doc="dL/dw of an ungrouped conv2d as one matrix product, rows (O, N*OH*OW) = dy with channels first, cols = "
-        "im2col(x), shaped as the weight (O, C, KH, KW): a kernel that writes the weight's shape itself, so that "
-        "an optimizer update fused after it writes the parameter's buffer in place.")
+weight_grad_gemm = defop(
+    "weight_grad_gemm", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_wgrad_infer, arity=(2, 2),
+    attrs={"shape": Attr("ints")}, reference=lambda rows, cols, *, shape: (rows @ cols).reshape(shape),
+    lower=_wgrad_lower,
+    doc="A weight gradient as one matrix product rows (O, M) @ cols (M, R), written in the weight's shape (O, ...): "
+        "a conv's dW from dy with channels first (O, N*OH*OW) and im2col(x), a dense's dW from dy transposed and x. "
+        "The kernel writes the weight's shape itself, so that an optimizer update fused after it writes the "
+        "parameter's buffer in place.")

@@ -168,7 +168,7 @@ def test_conv_backward_reuses_forward_kernels(attrs, fast):
     g.outputs = [grads[x], grads[w]]
     g.remove_unused()
     used = {n.op for n in g.nodes}
-    assert ops.conv2d_backward_weight_gemm in used and ops.im2col in used
+    assert ops.weight_grad_gemm in used and ops.im2col in used
     assert ops.conv2d_backward_weight not in used
     assert (ops.conv2d_weight_flip in used) == fast
     assert (ops.conv2d_backward_data in used) == (not fast)

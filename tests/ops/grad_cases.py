@@ -53,5 +53,6 @@ GRAD_CASES = [
     ("conv2d_weight_flip", [rand(5, 3, 3, 2)], {}, ()),
     ("im2col", [rand(2, 3, 5, 6)], {"kernel": (3, 2), "strides": (2, 1), "pads": (1, 0, 1, 1),
                                     "dilations": (1, 2)}, ()),
-    ("conv2d_backward_weight_gemm", [rand(4, 30), rand(30, 18)], {"kernel_shape": (4, 2, 3, 3)}, ()),
+    ("weight_grad_gemm", [rand(4, 30), rand(30, 18)], {"shape": (4, 2, 3, 3)}, ()),
+    ("weight_grad_gemm", [rand(5, 7), rand(7, 70)], {"shape": (5, 70)}, ()),  # 70 columns: a partial 64 tile
 ]
