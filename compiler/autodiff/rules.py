@@ -171,7 +171,7 @@ for _op in _present("log_softmax"):
 def _dense(e, n, dy):
     x, w = n.inputs[:2]
     dx = e.op(ops.matmul, [dy, w])  # (M, N) @ (N, K)
-    dw = e.op(ops.weight_grad_gemm, [e.op(ops.transpose, [dy], perm=(1, 0)), x], shape=w.type.shape)  # (N,M)@(M,K)
+    dw = e.op(ops.weight_grad_gemm, [dy, x], shape=w.type.shape, transpose_rows=True)  # dy.T (N, M) @ x (M, K)
     db = [e.op(ops.reduce_sum, [dy], axes=(0,), keepdims=False)] if len(n.inputs) == 3 else []
     return [dx, dw] + db
 

@@ -295,12 +295,18 @@ WGRAD = "weight_grad"           # the weight-shaped view of the product; its pro
 WGRAD_GEMM = "matmul"           # named as ops/nn.py's matmul block
 
 
-def weight_grad_gemm_compute(rows: te.Tensor, cols: te.Tensor, shape: tuple[int, ...]) -> te.Tensor:
-    """dW of shape (O, ...) = rows (O, M) @ cols (M, R), R = prod(shape[1:]) (see ops/train_layout.py)."""
-    o, m = (int(d) for d in rows.shape)
+def weight_grad_gemm_compute(rows: te.Tensor, cols: te.Tensor, shape: tuple[int, ...],
+                             transpose_rows: bool = False) -> te.Tensor:
+    """dW of shape (O, ...) = rows (O, M) @ cols (M, R), R = prod(shape[1:]), rows read as (M, O) if
+    `transpose_rows` (see ops/train_layout.py)."""
+    o, m = (int(d) for d in (rows.shape[::-1] if transpose_rows else rows.shape))
     r = int(cols.shape[1])
     rk = te.reduce_axis((0, m), name="rk")
-    mm = te.compute((o, r), lambda i, j: te.sum(rows[i, rk] * cols[rk, j], axis=rk), name=WGRAD_GEMM)
+
+    def row(i, k):
+        return rows[k, i] if transpose_rows else rows[i, k]
+
+    mm = te.compute((o, r), lambda i, j: te.sum(row(i, rk) * cols[rk, j], axis=rk), name=WGRAD_GEMM)
     inner = shape[1:]
 
     def view(i, *idx):

@@ -164,8 +164,10 @@ im2col = defop(
         "it reads padding; conv2d(x, W) = im2col(x) @ W.reshape(O, -1).T. The conv weight gradient reads it.")
 
 
-def _wgrad_infer(types, *, shape):
+def _wgrad_infer(types, *, shape, transpose_rows):
     rows, cols = types
+    if transpose_rows and rows.rank == 2:
+        rows = TensorType(rows.shape[::-1], rows.dtype)
     if rows.rank != 2 or cols.rank != 2 or rows.shape[1] != cols.shape[0] or len(shape) < 2:
         fail(f"expects rows (O, M), columns (M, R) and a weight shape (O, ...), got {rows}, {cols} and {shape}")
     if rows.shape[0] != shape[0] or cols.shape[1] != int(np.prod(shape[1:])):
@@ -173,17 +175,21 @@ def _wgrad_infer(types, *, shape):
     return TensorType(tuple(shape), rows.dtype)
 
 
-def _wgrad_lower(rows, cols, *, shape):
+def _wgrad_ref(rows, cols, *, shape, transpose_rows):
+    return ((rows.T if transpose_rows else rows) @ cols).reshape(shape)
+
+
+def _wgrad_lower(rows, cols, *, shape, transpose_rows):
     from compiler.backend import cpu_kernels
 
-    return cpu_kernels.weight_grad_gemm_compute(rows, cols, tuple(shape))
+    return cpu_kernels.weight_grad_gemm_compute(rows, cols, tuple(shape), transpose_rows)
 
 
 weight_grad_gemm = defop(
     "weight_grad_gemm", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_wgrad_infer, arity=(2, 2),
-    attrs={"shape": Attr("ints")}, reference=lambda rows, cols, *, shape: (rows @ cols).reshape(shape),
-    lower=_wgrad_lower,
-    doc="A weight gradient as one matrix product rows (O, M) @ cols (M, R), written in the weight's shape (O, ...): "
-        "a conv's dW from dy with channels first (O, N*OH*OW) and im2col(x), a dense's dW from dy transposed and x. "
+    attrs={"shape": Attr("ints"), "transpose_rows": Attr("bool", False)}, reference=_wgrad_ref, lower=_wgrad_lower,
+    doc="A weight gradient as one matrix product rows (O, M) @ cols (M, R) (rows given as (M, O) with "
+        "transpose_rows), written in the weight's shape (O, ...): a conv's dW from dy with channels first (O, "
+        "N*OH*OW) and im2col(x), a dense's dW from dy (M, N), transposed, and x (M, K). "
         "The kernel writes the weight's shape itself, so that an optimizer update fused after it writes the "
         "parameter's buffer in place.")
