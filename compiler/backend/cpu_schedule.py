@@ -662,6 +662,54 @@ def _schedule_dense_weight_pack(sch: s_tir.Schedule, target: tvm.target.Target) 
     sch.vectorize(ki)
 
 
+def _schedule_outer_reduction(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """A reduction over leading and trailing axes around kept ones (the per-channel sums of a batch norm's
+    backward: axes (0, 2, 3) of NCHW), which the generic rule leaves a serial scalar loop: the trailing reduced axes
+    are contiguous in memory, so they fuse into one loop whose `lanes` partial sums (rfactor) are vectors,
+    parallel over the kept axes. Raises for any other kernel."""
+    _inline_all(sch)
+    blocks = _root_blocks(sch)
+    reductions = [b for b in blocks if not _is_spatial_block(sch, b)]
+    if len(reductions) != 1 or blocks[0] != reductions[0]:
+        raise ValueError("not a single reduction (and an epilogue)")
+    block = reductions[0]
+    blk = sch.get(block)
+    types = _iter_types(sch, block)
+    loops = sch.get_loops(block)
+    nspatial = types.count(_SPATIAL)
+    if len(loops) != len(types) or types != sorted(types) or nspatial == len(types) or len(blk.reads) < 1:
+        raise ValueError("not spatial loops then reduction loops")
+    kept = [i for i, t in enumerate(types) if t == _SPATIAL and (_extent(sch, loops[i]) or 0) > 1]
+    if not kept:
+        raise ValueError("a full reduction")
+    reads = [r for r in blk.reads if len(r.region) >= 2]
+    reduce_vars = [iv.var for iv, t in zip(blk.iter_vars, types) if t != _SPATIAL]
+    trailing = 0  # reduce vars indexing the reads' last dims, innermost first, in order
+    for k, var in enumerate(reversed(reduce_vars)):
+        if not reads or not all(k < len(r.region) and r.region[-1 - k].min.same_as(var) for r in reads):
+            break
+        trailing += 1
+    if trailing == 0 or trailing == len(reduce_vars):
+        raise ValueError("no leading reduced axis: the generic row reduction suits it")
+    lanes = _vector_lanes(target)
+    inner_loops = loops[len(loops) - trailing:]
+    inner = sch.fuse(*inner_loops) if trailing > 1 else inner_loops[0]
+    ext = _extent(sch, inner)
+    if ext is None or ext < 2 * lanes or ext % lanes:
+        raise ValueError("trailing reduced axes too short or not a multiple of the vector width")
+    _, ri = sch.split(inner, [None, lanes])
+    rf = sch.rfactor(ri, nspatial)
+    outer = sch.fuse(*sch.get_loops(rf)[:nspatial])
+    if _work(sch, rf) >= PARALLEL_MIN_WORK:
+        sch.parallel(outer)
+    sch.vectorize(sch.get_loops(rf)[-1])
+    sch.decompose_reduction(rf, sch.get_loops(rf)[1])
+    final = sch.get_loops(block)
+    _try(lambda: sch.fuse(*final[:nspatial]))
+    for b in blocks[1:]:  # the epilogue (a mean's division): one value per kept element
+        _try(_schedule_spatial, sch, b, lanes)
+
+
 def _schedule_multi_output_elementwise(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     """An elementwise kernel that writes several outputs of one shape (an optimizer update: the new moments, then
     the parameter read from them): the outputs' loop nests merge into one parallel, vectorized nest whose body
@@ -702,5 +750,6 @@ _RULES = [
     (lambda names: K.DENSE_PACKED in names, _schedule_dense),
     (lambda names: MATMUL in names, _schedule_matmul),
     (lambda names: "dense_weight_pack" in names, _schedule_dense_weight_pack),
+    (lambda names: True, _schedule_outer_reduction),
     (lambda names: True, _schedule_multi_output_elementwise),
 ]

@@ -34,6 +34,8 @@ GRAD_CASES = [
      ()),
     ("conv2d_backward_weight", [rand(2, 4, 3, 2), rand(2, 6, 6, 7)], {**CONV, "kernel_shape": (4, 3, 3, 3)}, ()),
     _max_pool_case(distinct(2, 3, 7, 7), kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+    _max_pool_case(distinct(2, 3, 7, 9), kernel=(2, 3), strides=(2, 3)),  # tiling windows; row 6 in none
+    _max_pool_case(np.repeat(distinct(1, 2, 4, 2), 2, axis=3), kernel=(2, 2), strides=(2, 2)),  # ties: both get dy
     ("avg_pool2d_grad", [rand(1, 2, 7, 7), rand(1, 2, 4, 4)],
      {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1), "count_include_pad": False}, ()),
     ("avg_pool2d_grad", [rand(1, 2, 6, 6), rand(1, 2, 3, 3)],

@@ -1,0 +1,63 @@
+"""The CPU schedule rules written for training kernels (compiler/backend/cpu_schedule.py): each applies to its
+kernel (vectorized, register-tiled) and the kernel computes what the ops' numpy references compute."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+from tvm.target import Target
+
+from compiler import ops
+from compiler.backend.cpu_schedule import schedule_cpu
+
+TARGET = Target.from_device(tvm.cpu())
+rng = np.random.default_rng(0)
+
+
+def build(inputs, outputs):
+    """Scheduled script and a runner of the kernel over `inputs` (te placeholders) -> `outputs`."""
+    func = schedule_cpu(te.create_prim_func(inputs + outputs), TARGET)
+    fn = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)["main"]
+
+    def run(*arrays):
+        outs = [np.zeros([int(d) for d in o.shape], "float32") for o in outputs]
+        args = [tvm.runtime.tensor(a) for a in arrays] + [tvm.runtime.tensor(o) for o in outs]
+        fn(*args)
+        return [a.numpy() for a in args[len(arrays):]]
+
+    return func.script(), run
+
+
+@pytest.mark.parametrize("op, axes", [(ops.reduce_sum, (0, 2, 3)), (ops.reduce_mean, (0, 2, 3)),
+                                      (ops.reduce_sum, (0, 3))])
+def test_per_channel_reduction_is_vectorized(op, axes):
+    """A batch norm's backward sums over (N, H, W): vector partial sums over the contiguous trailing axes."""
+    shape = (4, 6, 4, 32)
+    x, y = (te.placeholder(shape, "float32", name=n) for n in "xy")
+    script, run = build([x, y], [op.lower(ops.mul.lower(x, y), axes=axes, keepdims=True)])
+    assert "rf" in script and "T.vectorized" in script
+    a, b = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    (got,) = run(a, b)
+    np.testing.assert_allclose(got, op.reference(a * b, axes=axes, keepdims=True), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, transpose_rows", [((16, 3, 3, 3), False), ((20, 70), True)])
+def test_weight_gradient_is_a_register_tiled_product(shape, transpose_rows):
+    r = int(np.prod(shape[1:]))
+    rows_shape = (40, shape[0]) if transpose_rows else (shape[0], 40)
+    rows, cols = te.placeholder(rows_shape, "float32", name="rows"), te.placeholder((40, r), "float32", name="c")
+    out = ops.weight_grad_gemm.lower(rows, cols, shape=shape, transpose_rows=transpose_rows)
+    script, run = build([rows, cols], [out])
+    assert "matmul_local" in script and "T.unroll" in script  # accumulators in registers
+    a, b = rng.standard_normal(rows_shape).astype(np.float32), rng.standard_normal((40, r)).astype(np.float32)
+    (got,) = run(a, b)
+    np.testing.assert_allclose(got, ops.weight_grad_gemm.reference(a, b, shape=shape, transpose_rows=transpose_rows),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_dense_weight_pack_reads_rows_contiguously():
+    w = te.placeholder((40, 48), "float32", name="w")
+    script, run = build([w], [ops.dense_weight_pack.lower(w, block=16)])
+    assert "T.vectorized(16)" in script and "T.unroll(16)" in script
+    a = rng.standard_normal((40, 48)).astype(np.float32)
+    np.testing.assert_array_equal(run(a)[0], ops.dense_weight_pack.reference(a, block=16))
