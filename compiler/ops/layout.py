@@ -228,6 +228,34 @@ depthwise_conv2d_nchwc = defop(
     doc="depthwise conv2d (channel multiplier 1) on NCHW[b]c activations, weight (C/b, KH, KW, b).")
 
 
+def _gap_nchwc_infer(types):
+    n, cb, h, w, b = _check_rank5(types[0])
+    return TensorType((n, cb * b, 1, 1), types[0].dtype)
+
+
+def _check_rank5(t: TensorType):
+    if t.rank != 5:
+        fail(f"expects an NCHW[x]c input of rank 5, got {t}")
+    return t.shape
+
+
+def _gap_nchwc_lower(x):
+    from tvm import te
+
+    n, cb, h, w, b = (int(d) for d in x.shape)
+    rh = te.reduce_axis((0, h), name="rh")
+    rw = te.reduce_axis((0, w), name="rw")
+    total = te.compute((n, cb * b, 1, 1), lambda i, c, _y, _z: te.sum(x[i, c // b, rh, rw, c % b], axis=[rh, rw]),
+                       name="gap_sum")
+    return te.compute(total.shape, lambda *i: total(*i) / te.const(float(h * w), x.dtype), name="gap_mean")
+
+
+global_avg_pool_nchwc = defop(
+    "global_avg_pool_nchwc", FusionKind.REDUCTION, infer=_gap_nchwc_infer,
+    reference=lambda x: nn.global_avg_pool.reference(unblock_nchwc(x)), lower=_gap_nchwc_lower,
+    doc="global average pool of an NCHW[b]c tensor; the (N, C, 1, 1) result is plain NCHW.")
+
+
 def _blocked_pool(pool):
     """`pool` (an NCHW pooling op of ops/nn.py) on NCHW[b]c activations: same attributes, same window."""
     def infer(types, **attrs):

@@ -5,7 +5,8 @@ weights and writes its output as whole contiguous vectors, and pooling vectorize
   1. picks the convs that run blocked (`ConvPolicy`, measured in benchmarks/results/layout.md),
   2. propagates the blocked layout forward through the ops that do not care about it: elementwise and broadcast
      ops (per-channel params are re-blocked at compile time; a small plain operand gets a `to_blocked`), max and
-     average pooling, and concatenation along channels,
+     average pooling, and concatenation along channels; a global average pool reads the blocked tensor and writes
+     its small result in NCHW,
   3. leaves every other consumer (graph outputs, reshapes, dense, grouped convs, ...) reading the plain tensor,
      which a `from_blocked` right after the producer provides; dead ones are removed by DCE.
 Weights are already packed by `pack_weights` as (OC / b, IC, KH, KW, b); a conv on a blocked input gets them
@@ -103,7 +104,8 @@ def _isolated_convs(g: Graph, origins: dict[Node, str]) -> frozenset[str]:
                 if u in seen or u.op is ops.from_blocked:
                     continue
                 seen.add(u)
-                gains = u.op.name in _BLOCKED_CONVS or u.op.name.endswith("_pool2d_nchwc")
+                gains = u.op.name in _BLOCKED_CONVS or u.op.name.endswith("pool2d_nchwc") or u.op.name.endswith(
+                    "pool_nchwc")
                 frontier.extend(u.outputs)
         if not gains:
             isolated.add(origins[n])
@@ -177,6 +179,13 @@ def _rewrite(g: Graph, policy: ConvPolicy, skip: frozenset[str], origins: dict[N
             new_op, inputs = ops.depthwise_conv2d_nchwc, [xin, repacked[w]] + n.inputs[2:]
             attrs = {k: n.attrs[k] for k in ("strides", "pads", "dilations")}
             converted += 1
+        elif n.op is ops.global_avg_pool and n.inputs[0] in blocked and n.inputs[0].type.rank == 4:
+            # reads the blocked tensor, writes the small plain (N, C, 1, 1) result: no transform at all
+            (y,) = g.add_node(ops.global_avg_pool_nchwc, [blocked[n.inputs[0]]], {}, name=n.name, index=index)
+            g.replace_uses(out, y)
+            g.remove_node(n)
+            g.rename(y, out.name)
+            continue
         elif n.op in (ops.max_pool2d, ops.avg_pool2d) and n.inputs[0] in blocked:
             new_op = ops.max_pool2d_nchwc if n.op is ops.max_pool2d else ops.avg_pool2d_nchwc
             inputs, attrs = [blocked[n.inputs[0]]], dict(n.attrs)

@@ -166,6 +166,7 @@ def test_op_compiled_matches_reference(opname, arrays, attrs, params):
 def test_every_op_is_tested_and_declared_fully():
     tested = {c[0] for c in CASES} | {"conv2d_packed", "dense_packed"}  # packed: via conv2d/dense with params
     tested |= {"to_blocked", "from_blocked", "conv2d_nchwc", "depthwise_conv2d_nchwc", "max_pool2d_nchwc",
+               "global_avg_pool_nchwc",
                "avg_pool2d_nchwc"}  # tests/passes/test_layout.py
     assert set(OPS) - tested == set(), "ops without a test case"
     for op in OPS.values():

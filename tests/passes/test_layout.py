@@ -206,3 +206,26 @@ def test_flop_count_is_unchanged_by_the_layout():
         conv_flops = lambda g: sum(node_flops(n) for n in g.nodes if n.op.name.startswith("conv2d")  # noqa: E731
                                    or n.op.name.startswith("depthwise"))
         assert conv_flops(blocked) == conv_flops(plain) > 0
+
+
+GAP = """graph g(%x: f32[2,16,9,9]) {
+  %w1 = param f32[32,16,3,3]
+  %w2 = param f32[32,32,3,3]
+  %c1 = conv2d(%x, %w1) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[2,32,9,9]
+  %c2 = conv2d(%c1, %w2) {strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[2,32,5,5]
+  %p = global_avg_pool(%c2) : f32[2,32,1,1]
+  %f = reshape(%p) {shape=(2, 32)} : f32[2,32]
+  return %f
+}
+"""
+
+
+def test_global_average_pool_reads_the_blocked_tensor():
+    params, feeds = setup(GAP)
+    g = alter_layout(pack_weights(parse_graph(GAP, params)))
+    assert [n.op.name for n in g.nodes] == ["conv2d_nchwc", "conv2d_nchwc", "global_avg_pool_nchwc", "reshape"]
+    ref = interpret(parse_graph(GAP, params), feeds)[0]
+    np.testing.assert_allclose(interpret(g, feeds)[0], ref, rtol=1e-5, atol=1e-5)
+    model = compile_model(parse_graph(GAP, params))
+    assert model.num_kernels == 3
+    assert_close(model.run(feeds)[0], ref, rtol=1e-4, atol=1e-4)
