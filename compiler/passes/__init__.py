@@ -27,7 +27,7 @@ CLEANUPS: list[Pass] = [
     fold_constants,  # evaluate what depends on params only
     simplify,  # algebraic rewrite rules: x*1, reshape chains, cast round trips, ...
     cse,  # merge equal params and equal nodes
-    recognize,  # decomposed GELU (erf and tanh forms) -> gelu
+    recognize,  # decomposed GELU (erf, tanh) -> gelu; decomposed LayerNorm (+ affine) -> layer_norm
     dce,
 ]
 

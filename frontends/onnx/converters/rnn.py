@@ -76,6 +76,12 @@ def _rnn(b, kind, X, W, R, B, sequence_lens, initial_h, initial_c, P, *, activat
         reverse = direction == "reverse" or d == 1
         f = fns[d * len(defaults):(d + 1) * len(defaults)]
         Wt = b.emit(ops.transpose, [pick(W, d)], perm=(1, 0))  # (in, gates*H)
+        # LSTM and RNN read every gate's recurrent product from one (H, gates*H) matmul per step, so each step is
+        # two kernels: [x_t slice + h @ R + add] and [gate slices + activations + cell update]. GRU's candidate gate
+        # multiplies h by r before its matmul (unless linear_before_reset), so it keeps one matmul per gate.
+        fused_gates = kind != "GRU" or bool(linear_before_reset)
+        if fused_gates:
+            R_all = b.emit(ops.transpose, [pick(R, d)], perm=(1, 0))  # (H, gates*H)
         Rg = [b.emit(ops.transpose, [pick(R, d, (g * H, (g + 1) * H))], perm=(1, 0)) for g in range(gates)]
         xw = b.emit(ops.matmul, [X, Wt])  # every step's input projection at once: (seq, batch, gates*H)
         if B is not None:
@@ -94,10 +100,18 @@ def _rnn(b, kind, X, W, R, B, sequence_lens, initial_h, initial_c, P, *, activat
         outs = [None] * seq
         for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
             xt = _reshape(b, _slice(b, xw, [t], [t + 1], [0], None), (batch, gates * H))
-            xg = [_slice(b, xt, [g * H], [(g + 1) * H], [1], None) for g in range(gates)]
-            hr = [b.emit(ops.matmul, [h, Rg[g]]) for g in range(gates)]
+            if fused_gates and kind != "GRU":
+                pre_all = b.emit(ops.add, [xt, b.emit(ops.matmul, [h, R_all])])  # (batch, gates*H)
+                pre = [_slice(b, pre_all, [g * H], [(g + 1) * H], [1], None) for g in range(gates)]
+            else:
+                xg = [_slice(b, xt, [g * H], [(g + 1) * H], [1], None) for g in range(gates)]
+                if fused_gates:  # GRU with linear_before_reset: all three recurrent products from h
+                    hr_all = b.emit(ops.matmul, [h, R_all])
+                    hr = [_slice(b, hr_all, [g * H], [(g + 1) * H], [1], None) for g in range(gates)]
+                else:
+                    hr = [b.emit(ops.matmul, [h, Rg[g]]) for g in range(gates)]
             if kind == "RNN":
-                h_new = f[0](clipped(b.emit(ops.add, [xg[0], hr[0]])))
+                h_new = f[0](clipped(pre[0]))
                 c_new = c
             elif kind == "GRU":  # gates z, r, h
                 z = f[0](clipped(b.emit(ops.add, [xg[0], hr[0]])))
@@ -114,7 +128,6 @@ def _rnn(b, kind, X, W, R, B, sequence_lens, initial_h, initial_c, P, *, activat
                 h_new = b.emit(ops.add, [hh, b.emit(ops.mul, [z, b.emit(ops.sub, [h, hh])])])
                 c_new = c
             else:  # LSTM gates i, o, f, c
-                pre = [b.emit(ops.add, [xg[g], hr[g]]) for g in range(4)]
                 if peep is not None:
                     pre[0] = b.emit(ops.add, [pre[0], b.emit(ops.mul, [c, peep[0]])])
                     pre[2] = b.emit(ops.add, [pre[2], b.emit(ops.mul, [c, peep[2]])])
