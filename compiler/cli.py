@@ -106,10 +106,18 @@ def cmd_inspect(args) -> int:
     if path.endswith(".onnx"):
         from compiler.api import analyze, import_model
 
-        if not (args.json or args.fusion or args.optimized):
+        if args.train:
+            from compiler.autodiff.training import training_report
+
+            g, plan = training_report(path, args.loss, {"name": args.optimizer, "lr": 0.01},
+                                      shapes=dict(args.shape or []), options=_compile_options(args))
+            if not (args.json or args.fusion):
+                print(g, end="")
+        elif not (args.json or args.fusion or args.optimized):
             print(import_model(path, dict(args.shape or [])), end="")
             return 0
-        g, plan = analyze(path, dict(args.shape or []), _compile_options(args))
+        else:
+            g, plan = analyze(path, dict(args.shape or []), _compile_options(args))
         if args.optimized:
             print(g, end="")
     else:
@@ -312,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the kernel and memory report as JSON")
     i.add_argument("--fusion", action="store_true", help="list the fused kernels, and why each other op is alone")
     i.add_argument("--optimized", action="store_true", help="ONNX: print the IR after the passes")
+    i.add_argument("--train", action="store_true",
+                   help="ONNX: the training program (forward, loss, backward, update) instead; --json adds "
+                        "saved_activation_bytes and state_bytes")
+    i.add_argument("--loss", default="cross_entropy", help="with --train: the loss (default cross_entropy)")
+    i.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"), help="with --train (default sgd)")
     compile_flags(i)
     i.set_defaults(func=cmd_inspect)
 

@@ -112,3 +112,20 @@ def test_verbose_shows_traceback():
     proc = subprocess.run([sys.executable, "-m", "compiler.cli", "--verbose", "run", "/no/such.tfa"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ArtifactError" in proc.stderr
+
+
+def test_inspect_training_program(tmp_path, capsys):
+    import onnx
+
+    from compiler.examples import small_cnn_onnx
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn_onnx(), str(path))
+    assert main(["inspect", str(path), "--train", "--optimizer", "adam", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(stats) >= {"ops", "kernels", "arena_bytes", "live_lower_bound_bytes", "unplanned_bytes",
+                          "params_bytes", "saved_activation_bytes", "state_bytes"}
+    # Adam keeps two moments beside each trainable float: the state holds at least 3 floats per weight
+    weights = sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer if t.data_type == 1)
+    assert stats["state_bytes"] >= 3 * 4 * weights > 0 and stats["saved_activation_bytes"] > 0
+    assert stats["arena_bytes"] >= stats["live_lower_bound_bytes"] > 0 and stats["kernels"] < stats["ops"]
