@@ -82,9 +82,19 @@ def backward(g: Graph, loss: Value, wrt: Sequence[Value], seed: Value | None = N
     if loss not in depends:
         raise AutodiffError(f"the loss %{loss.name} does not depend on any of the values to differentiate")
     e = Emitter(g)
-    grads: dict[Value, Value] = {loss: seed if seed is not None else e.const(np.ones(loss.type.shape), loss.type.dtype)}
+    # contributions to each value's gradient, summed when the value's producer is differentiated
+    parts: dict[Value, list[Value]] = {
+        loss: [seed if seed is not None else e.const(np.ones(loss.type.shape), loss.type.dtype)]}
+    grads: dict[Value, Value] = {}
+
+    def total(v: Value) -> Value | None:
+        if v not in grads and v in parts:
+            e.name = (v.producer.name if v.producer is not None else "") or v.name
+            grads[v] = _sum(e, parts[v])
+        return grads.get(v)
+
     for n in reversed(forward):
-        dys = [grads.get(o) for o in n.outputs]
+        dys = [total(o) for o in n.outputs]
         if all(d is None for d in dys) or not any(v in depends for v in n.inputs):
             continue
         rule = n.op.grad
@@ -103,8 +113,46 @@ def backward(g: Graph, loss: Value, wrt: Sequence[Value], seed: Value | None = N
             if gv.type != v.type:
                 raise AutodiffError(f"the gradient rule of {_where(n)} gave {gv.type} for input %{v.name} "
                                     f"of type {v.type}")
-            grads[v] = gv if v not in grads else e.add(grads[v], gv)
+            parts.setdefault(v, []).append(gv)
     out = {}
     for v in wrt:
-        out[v] = grads[v] if v in grads else e.const(np.zeros(v.type.shape), v.type.dtype)
+        out[v] = total(v) if v in parts else e.const(np.zeros(v.type.shape), v.type.dtype)
     return out
+
+
+def _slice_grad_parts(v: Value):
+    """(input_shape, axis, begin, dy) if `v` is a strided_slice_grad of unit strides that slices one axis only."""
+    n = v.producer
+    if n is None or n.op is not ops.strided_slice_grad or any(s != 1 for s in n.attrs["strides"]):
+        return None
+    shape, begins, dy = n.attrs["input_shape"], n.attrs["begins"], n.inputs[0]
+    cut = [k for k, (b, d, full) in enumerate(zip(begins, dy.type.shape, shape)) if b != 0 or d != full]
+    if len(cut) > 1:
+        return None
+    axis = cut[0] if cut else 0
+    return tuple(shape), axis, begins[axis], dy
+
+
+def _sum(e: Emitter, parts: list[Value]) -> Value:
+    """The sum of a value's gradient contributions. Those that are slice adjoints of disjoint slices along one axis
+    (a tensor read step by step) become one scatter_slices: k full-size adds would cost k passes over it."""
+    slices: dict[tuple, list] = {}
+    rest = []
+    for p in parts:
+        info = _slice_grad_parts(p)
+        if info is None:
+            rest.append(p)
+        else:
+            slices.setdefault(info[:2], []).append((info[2], info[3], p))
+    for (shape, axis), group in slices.items():
+        group.sort(key=lambda t: t[0])
+        disjoint = all(b + dy.type.shape[axis] <= b2 for (b, dy, _), (b2, _, _) in zip(group, group[1:]))
+        if len(group) < 2 or not disjoint:
+            rest += [p for _, _, p in group]
+            continue
+        rest.append(e.op(ops.scatter_slices, [dy for _, dy, _ in group], input_shape=shape, axis=axis,
+                         begins=tuple(b for b, _, _ in group)))
+    total = rest[0]
+    for p in rest[1:]:
+        total = e.add(total, p)
+    return total

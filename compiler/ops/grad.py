@@ -363,6 +363,58 @@ strided_slice_grad = defop(
     doc="The adjoint of strided_slice: dy placed at the sliced positions of a zero tensor of input_shape.")
 
 
+def _scatter_slices_infer(types, *, input_shape, axis, begins):
+    if len(begins) != len(types):
+        fail(f"{len(types)} slices but {len(begins)} begins")
+    if not 0 <= axis < len(input_shape):
+        fail(f"axis {axis} out of range for {input_shape}")
+    pos = 0
+    for t, b in zip(types, begins):
+        if t.rank != len(input_shape) or any(d != e for k, (d, e) in enumerate(zip(t.shape, input_shape)) if k != axis) \
+                or b < pos or b + t.shape[axis] > input_shape[axis]:
+            fail(f"slice {t} at {b} along axis {axis} does not fit {input_shape} after the previous slices")
+        pos = b + t.shape[axis]
+    return TensorType(tuple(input_shape), types[0].dtype)
+
+
+def _scatter_slices_ref(*dys, input_shape, axis, begins):
+    out = np.zeros(input_shape, dys[0].dtype)
+    for dy, b in zip(dys, begins):
+        idx = [slice(None)] * len(input_shape)
+        idx[axis] = slice(b, b + dy.shape[axis])
+        out[tuple(idx)] = dy
+    return out
+
+
+def _scatter_slices_lower(*dys, input_shape, axis, begins):
+    """A binary search over the slices' begins along `axis` (if_then_else: one branch runs), so each element reads
+    one slice, not every one: the sum of k strided_slice_grads costs k full passes, this one."""
+    sizes = [int(d.shape[axis]) for d in dys]
+    zero = tirx.const(0, dys[0].dtype)
+
+    def pick(i, lo, hi):
+        if hi - lo == 1:
+            b = begins[lo]
+            at = i[axis]
+            src = list(i)
+            src[axis] = at - b
+            return tirx.Select(tirx.all(at >= b, at < b + sizes[lo]), dys[lo](*[
+                tirx.Select(tirx.all(at >= b, at < b + sizes[lo]), v, 0) if k == axis else v
+                for k, v in enumerate(src)]), zero)
+        mid = (lo + hi) // 2
+        return tirx.if_then_else(i[axis] < begins[mid], pick(i, lo, mid), pick(i, mid, hi))
+
+    return te.compute(tuple(input_shape), lambda *i: pick(i, 0, len(dys)), name="scatter_slices")
+
+
+scatter_slices = defop(
+    "scatter_slices", FusionKind.INJECTIVE, infer=_scatter_slices_infer, arity=(1, -1),
+    attrs={"input_shape": Attr("ints"), "axis": Attr("int"), "begins": Attr("ints")},
+    reference=_scatter_slices_ref, lower=_scatter_slices_lower,
+    doc="Disjoint slices along `axis` placed into a zero tensor of input_shape, slice i from begins[i]: the sum of "
+        "the strided_slice_grads of one tensor read step by step (a recurrent net's per-step gates).")
+
+
 def _take_grad_infer(types, *, axis, input_shape):
     return TensorType(input_shape, types[1].dtype)
 

@@ -41,6 +41,8 @@ GRAD_CASES = [
     ("avg_pool2d_grad", [rand(1, 2, 6, 6), rand(1, 2, 3, 3)],
      {"kernel": (2, 2), "strides": (2, 2), "ceil_mode": True, "count_include_pad": True}, ()),
     ("strided_slice_grad", [rand(2, 3)], {"input_shape": (6, 7), "begins": (1, 0), "strides": (2, 3)}, ()),
+    ("scatter_slices", [rand(2, 1, 3), rand(2, 2, 3), rand(2, 1, 3)], {"input_shape": (2, 7, 3), "axis": 1,
+                                                                      "begins": (0, 2, 6)}, ()),
     ("take_grad", [np.array([[0, 2], [2, -1]], np.int64), rand(2, 2, 3)], {"axis": 0, "input_shape": (5, 3)}, ()),
     ("softmax_cross_entropy", [rand(5, 7), np.array([0, 6, 3, -100, 2], np.int64)], {"label_smoothing": 0.1}, ()),
     ("softmax_cross_entropy_grad", [rand(5, 7), np.array([0, 6, 3, 1, 2], np.int64), rand(5)],
