@@ -24,6 +24,16 @@ def _gelu_ref(x, *, approximate):
 
 
 def _gelu_lower(x, *, approximate):
+    if approximate != "tanh" and x.dtype == "float32":
+        # topi.fast_erf: a vectorizable rational approximation (~3e-7); te.erf becomes a scalar libm call per element
+        # (22 ms vs 0.5 ms on 2M floats, one thread)
+        from tvm import topi
+
+        scaled = te.compute(x.shape, lambda *i: x(*i) * te.const(1.0 / math.sqrt(2.0), x.dtype), name="gelu_in")
+        erf = topi.fast_erf(scaled)
+        return te.compute(x.shape, lambda *i: te.const(0.5, x.dtype) * x(*i) * (te.const(1.0, x.dtype) + erf(*i)),
+                          name="gelu")
+
     def f(*i):
         v = x(*i)
         if approximate == "tanh":

@@ -458,7 +458,9 @@ def _softmax_ref(x, *, axis):
 
 
 softmax = defop("softmax", FusionKind.REDUCTION, infer=_softmax_infer, attrs={"axis": Attr("int")},
-                reference=_softmax_ref, lower=lambda x, *, axis: topi.nn.softmax(x, axis))
+                reference=_softmax_ref, lower=lambda x, *, axis: (topi.nn.fast_softmax(x, axis) if x.dtype == "float32"
+                                                                  else topi.nn.softmax(x, axis)))
+# float32 softmax exponentiates with topi.fast_exp (vectorizable, ~1e-7 relative); te.exp is a scalar libm call
 
 
 def _layer_norm_infer(types, *, axis, epsilon):

@@ -336,4 +336,5 @@ def zeros(b, size, dtype=None, layout=None, device=None, pin_memory=None):
 
 @converter(aten.dropout.default)
 def dropout(b, input, p, train):
-    return input
+    # kept as a dropout node: a zero-copy view in inference, seeded train-mode dropout under compile_training
+    return b.emit(ops.dropout, [input], p=float(p)) if p > 0 else input

@@ -221,3 +221,18 @@ def test_supported_ops_table_is_complete_for_the_light_models():
                "Transpose"):
         assert op in table
     assert table["Softmax"] == [1, 13]
+
+
+def test_dropout_is_kept_for_training_and_removed_for_inference():
+    """ONNX Dropout becomes a `dropout` node (compile_training draws its mask); in inference it is a zero-copy view."""
+    from compiler.api import import_model
+    from tests.support import single_op_model
+
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    model = single_op_model("Dropout", {"x": x}, const_inputs={"ratio": np.array(0.25, np.float32)})
+    g = import_model(model)
+    (node,) = [n for n in g.nodes if n.op.name == "dropout"]
+    assert node.attrs["p"] == 0.25
+    compiled = compile_model(model)
+    assert compiled.num_kernels == 0
+    np.testing.assert_array_equal(compiled.run({"x": x})[0], x)

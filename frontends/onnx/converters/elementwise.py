@@ -8,6 +8,7 @@ import numpy as np  # noqa: F401
 from onnx import helper  # noqa: F401
 
 from compiler import ops  # noqa: F401
+from runtime.errors import FrontendError
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
@@ -88,7 +89,15 @@ def Dropout(b, data, ratio=None, training_mode=None, *, is_test=0, seed=None, **
     training = training_mode is not None and bool(b.const(training_mode, "training_mode"))
     if training and (ratio is None or float(np.asarray(b.const(ratio, "ratio")).reshape(-1)[0]) != 0.0):
         raise b.error("training_mode=True with a non-zero ratio drops random elements; only inference is supported")
-    return data, np.ones(b.type(data).shape, bool)
+    # kept as a dropout node: a zero-copy view in inference, seeded train-mode dropout under compile_training
+    try:
+        if ratio is None or isinstance(ratio, (int, float)):  # opset < 12: an attribute (default 0.5)
+            p = 0.5 if ratio is None else float(ratio)
+        else:
+            p = float(np.asarray(b.const(ratio, "ratio")).reshape(-1)[0])
+    except FrontendError:
+        p = 0.0  # a ratio only known at run time: inference only, where Dropout is the identity anyway
+    return (b.emit(ops.dropout, [data], p=p) if p > 0 else data), np.ones(b.type(data).shape, bool)
 
 
 @converter()
