@@ -1,8 +1,8 @@
 """The benchmark suite: TensorForge against onnxruntime, PyTorch eager, torch.compile and TVM Relax's default
 pipeline, on models defined in benchmarks/models.py (PyTorch, random weights) and exported to ONNX.
 
-For each model and batch size, every engine runs interleaved with the others in one process (rounds of one run
-each), and the table gives medians, the ratio to onnxruntime, compile (and tune) time, achieved GFLOP/s and its
+For each model and batch size, every engine runs interleaved with the others in one process (rounds of one
+untimed and one timed run each), and the table gives medians, the ratio to onnxruntime, compile (and tune) time, achieved GFLOP/s and its
 fraction of the machine's peak, which is measured in the same run (an OpenBLAS sgemm on the same threads), and
 each engine's peak memory (resident growth in a fresh process: load the model, run it three times).
 Writes benchmarks/results/suite.md and suite.png.
@@ -193,6 +193,9 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
     times: dict[str, list[float]] = {k: [] for k in engines}
     for _ in range(rounds):
         for key, run in list(engines.items()):
+            # one untimed run first: the engine timed before may leave threads spinning (onnxruntime's pool spins
+            # after each run) that would otherwise steal the cores from the first timed run after the switch
+            run()
             t0 = time.perf_counter()
             run()
             times[key].append(time.perf_counter() - t0)
