@@ -96,13 +96,9 @@ def conv_graphs(shape: str):
     from compiler.ir import parse_graph
     from compiler.ops.layout import block_nchw
 
-    chans, k, hw = shape.split()
-    ic, oc = map(int, chans.split("->"))
-    kk, stride = k.split("/")
-    kh, kw = map(int, kk.split("x"))
-    h, w = map(int, hw.split("x"))
+    ic, oc, kh, kw, stride, h, w = parse_conv_shape(shape)
     pad = kh // 2
-    oh, ow = (h + 2 * pad - kh) // int(stride) + 1, (w + 2 * pad - kw) // int(stride) + 1
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
     conv = f"strides=({stride}, {stride}), pads=({pad}, {pad}, {pad}, {pad}), dilations=(1, 1)"
     plain = f"""graph g(%x: f32[1,{ic},{h},{w}]) {{
   %w = param f32[{oc},{ic},{kh},{kw}]
@@ -133,13 +129,16 @@ RESNET_SHAPES = ["64->64 3x3/1 56x56", "64->256 1x1/1 56x56", "256->64 1x1/1 56x
                  "2048->512 1x1/1 7x7"]
 
 
-def conv_flops(shape: str) -> float:
+def parse_conv_shape(shape: str) -> tuple[int, ...]:
+    """'IC->OC KHxKW/S HxW' (as conv_shapes writes it) -> (ic, oc, kh, kw, stride, h, w)."""
     chans, k, hw = shape.split()
-    ic, oc = map(int, chans.split("->"))
     kk, stride = k.split("/")
-    kh, kw = map(int, kk.split("x"))
-    h, w = map(int, hw.split("x"))
-    return 2.0 * ic * oc * kh * kw * (h // int(stride)) * (w // int(stride))
+    return (*map(int, chans.split("->")), *map(int, kk.split("x")), int(stride), *map(int, hw.split("x")))
+
+
+def conv_flops(shape: str) -> float:
+    ic, oc, kh, kw, stride, h, w = parse_conv_shape(shape)
+    return 2.0 * ic * oc * kh * kw * (h // stride) * (w // stride)
 
 
 def bench_kernels(shapes: list[str], repeat: int) -> list[tuple[str, float, float]]:

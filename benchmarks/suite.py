@@ -13,6 +13,7 @@ Writes benchmarks/results/suite.md and suite.png.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def peak_memory(name: str, batch: int, model, feeds, tf_model) -> dict[str, floa
             r = subprocess.run([sys.executable, "-c", PEAK_RSS, kind, name, str(batch), path, ROOT, str(THREADS)],
                                capture_output=True, text=True, timeout=600)
             if r.returncode == 0:
-                out[kind] = float(__import__("json").loads(r.stdout.strip().splitlines()[-1])["peak_mb"])
+                out[kind] = float(json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"])
     return out
 
 

@@ -90,10 +90,23 @@ def _conv_out_size(size: int, k: int, stride: int, pad_begin: int, pad_end: int,
 
 
 def _pad_input(x: te.Tensor, pads: tuple[int, int, int, int]) -> te.Tensor:
+    """Zero-pad the spatial axes (2, 3) of NCHW or NCHW[b]c."""
     top, left, bottom, right = pads
     if top == left == bottom == right == 0:
         return x
-    return topi.nn.pad(x, [0, 0, top, left], [0, 0, bottom, right], name=PAD)
+    lanes = [0] * (len(x.shape) - 4)
+    return topi.nn.pad(x, [0, 0, top, left, *lanes], [0, 0, bottom, right, *lanes], name=PAD)
+
+
+def _tiled_input(x: te.Tensor, ow: int, kw: int, sw: int, dw: int, pads: tuple[int, int, int, int]):
+    """(x padded, ow_tile, ow_pad): the output width rounded up to whole register tiles, and the input padded with
+    extra zero columns on the right so that the padded output width reads inside it."""
+    top, left, bottom, right = pads
+    tile = conv_ow_tile(ow)
+    ow_pad = _round_up(ow, tile)
+    w_needed = (ow_pad - 1) * sw + (kw - 1) * dw + 1
+    right_extra = max(0, w_needed - (int(x.shape[3]) + left + right))
+    return _pad_input(x, (top, left, bottom, right + right_extra)), tile, ow_pad
 
 
 def conv2d_nchw_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | None, *, layout: dict,
@@ -133,14 +146,8 @@ def _conv_packed(x, w_packed, bias, b, out_channels, icg, ocg, groups, kernel, s
     kh, kw = kernel
     sh, sw = strides
     dh, dw = dilations
-    top, left, bottom, right = pads
     oh, ow = out_hw
-    tile = conv_ow_tile(ow)
-    ow_pad = _round_up(ow, tile)
-    # Extra zero columns on the right so the padded output width reads inside the padded input.
-    w_needed = (ow_pad - 1) * sw + (kw - 1) * dw + 1
-    right_extra = max(0, w_needed - (int(x.shape[3]) + left + right))
-    xp = _pad_input(x, (top, left, bottom, right + right_extra))
+    xp, tile, ow_pad = _tiled_input(x, ow, kw, sw, dw, pads)
     blocks_per_group = ocg // b
     ric = te.reduce_axis((0, icg), name="ric")
     rkh = te.reduce_axis((0, kh), name="rkh")
@@ -186,16 +193,7 @@ def conv2d_nchwc_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | No
         n, cb, h, w = (int(d) for d in x.shape)
     oh = _conv_out_size(h, kh, sh, top, bottom, dh)
     ow = _conv_out_size(w, kw, sw, left, right, dw)
-    tile = conv_ow_tile(ow)
-    ow_pad = _round_up(ow, tile)
-    w_needed = (ow_pad - 1) * sw + (kw - 1) * dw + 1
-    right_extra = max(0, w_needed - (w + left + right))
-    if in_block:
-        spatial = (top, left, bottom, right + right_extra)
-        xp = x if not any(spatial) else topi.nn.pad(x, [0, 0, top, left, 0], [0, 0, bottom, right + right_extra, 0],
-                                                    name=PAD)
-    else:
-        xp = _pad_input(x, (top, left, bottom, right + right_extra))
+    xp, tile, ow_pad = _tiled_input(x, ow, kw, sw, dw, pads)
     rkh = te.reduce_axis((0, kh), name="rkh")
     rkw = te.reduce_axis((0, kw), name="rkw")
     if in_block:
@@ -214,12 +212,18 @@ def conv2d_nchwc_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | No
     ocb = out_channels // block
     conv = te.compute((n, ocb, oh, ow_pad, block), body, name=CONV_NCHWC, tag=CONV_NCHWC,
                       attrs={ANN_OW_TILE: tile, ANN_OC_BLOCK: block})
+    return _nchwc_output(conv, bias, ow)
 
-    def out(b_, ob, y, z, oi):
-        v = conv[b_, ob, y, z, oi]
-        return v if bias is None else v + bias[ob * block + oi]
 
-    return te.compute((n, ocb, oh, ow, block), out, name=CONV_NCHWC_OUT, tag="injective")
+def _nchwc_output(conv: te.Tensor, bias: te.Tensor | None, ow: int) -> te.Tensor:
+    """The valid `ow` columns of a blocked anchor computed over whole register tiles, plus the (C,) bias."""
+    n, cb, oh, _, b = (int(d) for d in conv.shape)
+
+    def out(b_, c, y, z, ci):
+        v = conv[b_, c, y, z, ci]
+        return v if bias is None else v + bias[c * b + ci]
+
+    return te.compute((n, cb, oh, ow, b), out, name=CONV_NCHWC_OUT, tag="injective")
 
 
 def depthwise_conv2d_nchwc_compute(x: te.Tensor, w: te.Tensor, bias: te.Tensor | None, *, kernel: tuple[int, int],
@@ -234,12 +238,7 @@ def depthwise_conv2d_nchwc_compute(x: te.Tensor, w: te.Tensor, bias: te.Tensor |
     top, left, bottom, right = pads
     oh = _conv_out_size(h, kh, sh, top, bottom, dh)
     ow = _conv_out_size(w_, kw, sw, left, right, dw)
-    tile = conv_ow_tile(ow)
-    ow_pad = _round_up(ow, tile)
-    right_extra = max(0, (ow_pad - 1) * sw + (kw - 1) * dw + 1 - (w_ + left + right))
-    bottom_pad, right_pad = bottom, right + right_extra
-    xp = x if not any((top, left, bottom_pad, right_pad)) else topi.nn.pad(
-        x, [0, 0, top, left, 0], [0, 0, bottom_pad, right_pad, 0], name=PAD)
+    xp, tile, ow_pad = _tiled_input(x, ow, kw, sw, dw, pads)
     rkh = te.reduce_axis((0, kh), name="rkh")
     rkw = te.reduce_axis((0, kw), name="rkw")
     conv = te.compute(
@@ -247,12 +246,7 @@ def depthwise_conv2d_nchwc_compute(x: te.Tensor, w: te.Tensor, bias: te.Tensor |
         lambda b_, c, y, z, ci: te.sum(xp[b_, c, y * sh + rkh * dh, z * sw + rkw * dw, ci] * w[c, rkh, rkw, ci],
                                        axis=[rkh, rkw]),
         name=CONV_DW_NCHWC, tag=CONV_DW_NCHWC, attrs={ANN_OW_TILE: tile, ANN_OC_BLOCK: b})
-
-    def out(b_, c, y, z, ci):
-        v = conv[b_, c, y, z, ci]
-        return v if bias is None else v + bias[c * b + ci]
-
-    return te.compute((n, cb, oh, ow, b), out, name=CONV_NCHWC_OUT, tag="injective")
+    return _nchwc_output(conv, bias, ow)
 
 
 # ---------------------------------------------------------------------------------------------- dense

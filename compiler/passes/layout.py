@@ -69,7 +69,8 @@ class AlterLayout:
 alter_layout = AlterLayout()
 
 
-_BLOCKED_CONVS = ("conv2d_nchwc", "depthwise_conv2d_nchwc")
+_BLOCKED_CONVS = (ops.conv2d_nchwc, ops.depthwise_conv2d_nchwc)
+_GAINS = _BLOCKED_CONVS + (ops.max_pool2d_nchwc, ops.avg_pool2d_nchwc, ops.global_avg_pool_nchwc)  # faster blocked
 
 
 def alter_layout_graph(g: Graph, policy: ConvPolicy = ConvPolicy()) -> int:
@@ -90,12 +91,13 @@ def _isolated_convs(g: Graph, origins: dict[Node, str]) -> frozenset[str]:
     users = g.users()
     isolated = set()
     for n in g.nodes:
-        if n.op.name not in _BLOCKED_CONVS:
+        if n.op not in _BLOCKED_CONVS:
             continue
-        src = n.inputs[0].producer
-        if src is not None and src.op is not ops.to_blocked and n.op.name != "conv2d_nchwc":
-            continue  # a depthwise conv on an already blocked input
-        if n.op.name == "conv2d_nchwc" and n.attrs["in_block"]:
+        if n.op is ops.conv2d_nchwc:
+            plain_input = n.attrs["in_block"] == 0
+        else:  # a depthwise conv on a plain input reads it through a to_blocked
+            plain_input = n.inputs[0].producer is not None and n.inputs[0].producer.op is ops.to_blocked
+        if not plain_input:
             continue
         frontier, seen, gains = list(n.outputs), set(), False
         while frontier and not gains:
@@ -104,8 +106,7 @@ def _isolated_convs(g: Graph, origins: dict[Node, str]) -> frozenset[str]:
                 if u in seen or u.op is ops.from_blocked:
                     continue
                 seen.add(u)
-                gains = u.op.name in _BLOCKED_CONVS or u.op.name.endswith("pool2d_nchwc") or u.op.name.endswith(
-                    "pool_nchwc")
+                gains = gains or u.op in _GAINS
                 frontier.extend(u.outputs)
         if not gains:
             isolated.add(origins[n])
