@@ -14,7 +14,7 @@ from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slic
 from .elementwise import HardSigmoid  # noqa: F401
 
 
-# -- recurrent layers: unrolled over the (static) sequence into matmul / add / activations / slices ----------------
+# -- recurrent layers: unrolled over the (static) sequence into dense / add / activations / slices ----------------
 def _rnn_activation(b, name, alpha, beta):
     def act(x):
         dt = b.type(x).dtype
@@ -75,15 +75,17 @@ def _rnn(b, kind, X, W, R, B, sequence_lens, initial_h, initial_c, P, *, activat
     for d in range(ndir):
         reverse = direction == "reverse" or d == 1
         f = fns[d * len(defaults):(d + 1) * len(defaults)]
-        Wt = b.emit(ops.transpose, [pick(W, d)], perm=(1, 0))  # (in, gates*H)
-        # LSTM and RNN read every gate's recurrent product from one (H, gates*H) matmul per step, so each step is
-        # two kernels: [x_t slice + h @ R + add] and [gate slices + activations + cell update]. GRU's candidate gate
-        # multiplies h by r before its matmul (unless linear_before_reset), so it keeps one matmul per gate.
+        # Weights stay (gates*H, in) / (gates*H, H), the layout of a dense layer, so they are packed for the
+        # register-tiled GEMV/GEMM kernels (pack_weights) whether they are initializers or trained inputs.
+        # LSTM and RNN read every gate's recurrent product from one (batch, gates*H) dense per step, so each step is
+        # two kernels: [x_t slice + h @ R^T + add] and [gate slices + activations + cell update]. GRU's candidate
+        # gate multiplies h by r before its product (unless linear_before_reset), so it keeps one dense per gate.
         fused_gates = kind != "GRU" or bool(linear_before_reset)
-        if fused_gates:
-            R_all = b.emit(ops.transpose, [pick(R, d)], perm=(1, 0))  # (H, gates*H)
-        Rg = [b.emit(ops.transpose, [pick(R, d, (g * H, (g + 1) * H))], perm=(1, 0)) for g in range(gates)]
-        xw = b.emit(ops.matmul, [X, Wt])  # every step's input projection at once: (seq, batch, gates*H)
+        R_all = pick(R, d) if fused_gates else None  # (gates*H, H)
+        Rg = [pick(R, d, (g * H, (g + 1) * H)) for g in range(gates)]
+        in_size = b.type(X).shape[-1]
+        xw = b.emit(ops.dense, [_reshape(b, X, (seq * batch, in_size)), pick(W, d)])
+        xw = _reshape(b, xw, (seq, batch, gates * H))  # every step's input projection at once
         if B is not None:
             bd = pick(B, d)
             wb = _slice(b, bd, [0], [gates * H], [0], None)
@@ -101,15 +103,15 @@ def _rnn(b, kind, X, W, R, B, sequence_lens, initial_h, initial_c, P, *, activat
         for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
             xt = _reshape(b, _slice(b, xw, [t], [t + 1], [0], None), (batch, gates * H))
             if fused_gates and kind != "GRU":
-                pre_all = b.emit(ops.add, [xt, b.emit(ops.matmul, [h, R_all])])  # (batch, gates*H)
+                pre_all = b.emit(ops.add, [xt, b.emit(ops.dense, [h, R_all])])  # (batch, gates*H)
                 pre = [_slice(b, pre_all, [g * H], [(g + 1) * H], [1], None) for g in range(gates)]
             else:
                 xg = [_slice(b, xt, [g * H], [(g + 1) * H], [1], None) for g in range(gates)]
                 if fused_gates:  # GRU with linear_before_reset: all three recurrent products from h
-                    hr_all = b.emit(ops.matmul, [h, R_all])
+                    hr_all = b.emit(ops.dense, [h, R_all])
                     hr = [_slice(b, hr_all, [g * H], [(g + 1) * H], [1], None) for g in range(gates)]
                 else:
-                    hr = [b.emit(ops.matmul, [h, Rg[g]]) for g in range(gates)]
+                    hr = [b.emit(ops.dense, [h, Rg[g]]) for g in range(gates)]
             if kind == "RNN":
                 h_new = f[0](clipped(pre[0]))
                 c_new = c
@@ -123,7 +125,7 @@ def _rnn(b, kind, X, W, R, B, sequence_lens, initial_h, initial_c, P, *, activat
                         r = f[0](clipped(b.emit(ops.add, [b.emit(ops.add, [xg[1], hr[1]]), rb[1]])))
                     hh = f[1](clipped(b.emit(ops.add, [xg[2], b.emit(ops.mul, [r, rec])])))
                 else:
-                    hh = f[1](clipped(b.emit(ops.add, [xg[2], b.emit(ops.matmul, [b.emit(ops.mul, [r, h]), Rg[2]])])))
+                    hh = f[1](clipped(b.emit(ops.add, [xg[2], b.emit(ops.dense, [b.emit(ops.mul, [r, h]), Rg[2]])])))
                 # h' = (1 - z) * hh + z * h = hh + z * (h - hh)
                 h_new = b.emit(ops.add, [hh, b.emit(ops.mul, [z, b.emit(ops.sub, [h, hh])])])
                 c_new = c
