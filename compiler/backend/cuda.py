@@ -46,19 +46,133 @@ def target_arch(target) -> str:
     return str(target.export().get("arch", DEFAULT_ARCH))
 
 
+HALF = ("float16", "bfloat16")
+TENSOR_CORE_MIN = {"m": 64, "n": 64, "k": 32}  # smaller products pad too much of a 128x128x64 tensor-core tile
+
+
+def load_tensor_intrinsics() -> None:
+    """Register TVM's CUDA tensor-core intrinsics (wmma/mma) once, fast.
+
+    Importing tvm.s_tir.tensor_intrin.cuda parses ~250 TVMScript functions, and each `T.prim_func` calls
+    `inspect.stack()`, which looks up the module of every frame; during an import the stack holds importlib's frozen
+    frames, whose lookup scans all of sys.modules (~2000 with torch): 35-40 s. The parser uses the stack only to see
+    whether the function sits in an `@I.ir_module` class (none do there), so frames without source context serve."""
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin.cuda" in sys.modules:
+        return
+
+    def stack_without_source(context: int = 1):
+        frames, f = [], sys._getframe(1)
+        while f is not None:
+            frames.append(inspect.FrameInfo(f, f.f_code.co_filename, f.f_lineno, f.f_code.co_name, None, None))
+            f = f.f_back
+        return frames
+
+    original = inspect.stack
+    inspect.stack = stack_without_source
+    try:
+        import tvm.s_tir.tensor_intrin.cuda  # noqa: F401  (registers the intrinsics)
+    finally:
+        inspect.stack = original
+
+
+def inline_widening_casts(func):
+    """Inline the blocks that only widen a half-precision input to float32 (the prologues the fuse pass gives a
+    matmul on CUDA) into their readers: the matmul block then reads the float16 buffer itself, with the cast in its
+    body, `C[i, j] += f32(A[i, k]) * f32(B[j, k])`, which is what the tensor-core rule matches."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.analysis import get_root_block
+
+    sch = s_tir.Schedule(func)
+    inlined = False
+    for block in sch.get_child_blocks(get_root_block(sch)):
+        body = sch.get(block).body
+        # a load is a `TensorLoad` in TVM 0.27 (`tirx.BufferLoad` is a constructor function), its buffer `.source`
+        cast = body.value if isinstance(body, tirx.BufferStore) else None
+        source = getattr(getattr(cast, "value", None), "source", None) if isinstance(cast, tirx.Cast) else None
+        if source is not None and str(body.buffer.dtype) == "float32" and str(getattr(source, "dtype", "")) in HALF:
+            try:
+                sch.compute_inline(block)
+                inlined = True
+            except Exception:  # e.g. the cast writes an output of the kernel: leave it as it is
+                pass
+    return sch.mod["main"] if inlined else func
+
+
+def _tensor_core_rule():
+    """A dlight rule: dlight's tensor-core matmul (wmma 16x16x16, float16 operands, float32 or float16 sums) for
+    matmul-like kernels whose M, N and K reach TENSOR_CORE_MIN. dlight's own Matmul rule tries it only when every
+    extent exceeds 64, which leaves out attention's per-head products (K = 64 in BERT-base and GPT-2)."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.analysis import get_root_block
+    from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+    from tvm.s_tir.dlight.gpu.matmul import (MatmulTensorization, check_sm_version, get_in_out_dtypes,
+                                              get_index_map, get_reduction_blocks)
+
+    class TensorCoreMatmul(GPUScheduleRule):
+        def apply(self, func, target, tunable):
+            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+                return None
+            if target.kind.name != "cuda" or check_sm_version(str(target.attrs.get("arch", ""))) < 70:
+                return None
+            sch = s_tir.Schedule(func)
+            reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
+            if reductions is None:
+                return None
+            main = reductions[0]
+            if get_in_out_dtypes(sch.get(main)) not in (("float16", "float32"), ("float16", "float16")):
+                return None
+            # normalize to C[S, I, J] += A[S, I, K] * B[S, J, K] as dlight does, to read M, N and K
+            try:
+                for buffer in (("read", 0), ("read", 1), ("write", 0)):
+                    sch.reindex(main, buffer)
+                maps = get_index_map(sch.get(main))
+                if maps is None:
+                    return None
+                sch.transform_block_layout(main, maps[0])
+            except Exception:
+                return None
+            extents = [v.dom.extent for v in sch.get(main).iter_vars]
+            if len(extents) != 4 or not all(isinstance(e, tirx.IntImm) for e in extents[1:]):
+                return None
+            m, n, k = (int(e) for e in extents[1:])
+            if m < TENSOR_CORE_MIN["m"] or n < TENSOR_CORE_MIN["n"] or k < TENSOR_CORE_MIN["k"]:
+                return None
+            load_tensor_intrinsics()
+            return MatmulTensorization().apply(func, target, tunable)
+
+    return TensorCoreMatmul()
+
+
+TENSOR_CORE_CODE = ("wmma::mma_sync", "mma.sync", "wmma.mma", "ldmatrix")  # CUDA C (nvcuda::wmma) and PTX forms
+
+
+def tensor_core_kernels(source: str) -> list[str]:
+    """The `__global__` kernels of CUDA source whose body uses tensor-core instructions (wmma / mma / ldmatrix)."""
+    starts = [(m.start(), m.group(1)) for m in _KERNEL.finditer(source)] + [(len(source), None)]
+    found = [name for (a, name), (b, _) in zip(starts, starts[1:]) if any(t in source[a:b] for t in TENSOR_CORE_CODE)]
+    return list(dict.fromkeys(found))
+
+
 def schedule_cuda(mod, target):
-    """dlight's GPU rules, the first that applies wins: matmul/conv (implicit GEMM), GEMV, reductions, the rest.
-    Returns (scheduled module, {kernel: why it could not be scheduled})."""
+    """dlight's GPU rules, the first that applies wins: tensor-core matmul (float16 operands), matmul/conv (implicit
+    GEMM), GEMV, reductions, the rest. Half-precision operands' widening casts are inlined first, so the matmul reads
+    float16. Returns (scheduled module, {kernel: why it could not be scheduled})."""
     import tvm
     from tvm.s_tir import dlight as dl
 
-    rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-             dl.gpu.Transpose(), dl.gpu.Fallback()]
+    rules = [_tensor_core_rule(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(),
+             dl.gpu.GeneralReduction(), dl.gpu.Transpose(), dl.gpu.Fallback()]
     # dlight's Transpose stages a bfloat16 tile in shared memory that TVM 0.27's bf16 legalization then breaks
     # ("dtype mismatch on BufferStore: buffer's dtype is uint16 ... RHS's dtype is bfloat16"): not for bf16 kernels
     no_transpose = [r for r in rules if not isinstance(r, dl.gpu.Transpose)]
     out, failed = {}, {}
     for gv, func in mod.functions.items():
+        half = any(str(p.dtype) in HALF for p in func.params)
+        if half:
+            func = inline_widening_casts(func)
         bf16 = any(str(p.dtype) == "bfloat16" for p in func.params) or "bfloat16" in func.script()
         try:
             with target:
@@ -123,12 +237,14 @@ class CudaBuild:
     timings: dict[str, float] = field(default_factory=dict)
     tuned: set[str] = field(default_factory=set)  # kernels whose schedule came from a tuning database
     arch: str = DEFAULT_ARCH
+    tensor_core_kernels: list[str] = field(default_factory=list)  # device kernels that use wmma/mma
+    source: str = field(default="", repr=False)  # the CUDA source nvcc compiled
 
     @property
     def device(self) -> dict:
         """The plan's "device" entry (runtime/cuda.py reads it)."""
         return {"kind": "cuda", "arch": self.arch, "fatbin": "kernels.fatbin", "source_sha256": self.source_sha256,
-                "device_kernels": len(self.device_kernels)}
+                "device_kernels": len(self.device_kernels), "tensor_core_kernels": len(self.tensor_core_kernels)}
 
 
 def build_cuda(specs: list[KernelSpec], target, out_dir: str, tuning: list = ()) -> CudaBuild:
@@ -188,4 +304,5 @@ def build_cuda(specs: list[KernelSpec], target, out_dir: str, tuning: list = ())
     with open(fat, "wb") as f:
         f.write(fatbin)
     return CudaBuild(lib, fat, source_digest(source), list(funcs), device_kernels(source),
-                     {"schedule_s": t1 - t0, "codegen_s": t2 - t1, "nvcc_s": t3 - t2}, set(tuned), arch)
+                     {"schedule_s": t1 - t0, "codegen_s": t2 - t1, "nvcc_s": t3 - t2}, set(tuned), arch,
+                     tensor_core_kernels(source), source)

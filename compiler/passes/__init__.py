@@ -9,7 +9,7 @@ from __future__ import annotations
 from .cse import cse
 from .fold_constants import fold_constants
 from .fold_scale_shift import fold_scale_shift
-from .fuse import fuse
+from .fuse import fuse, fuse_cuda
 from .layout import alter_layout
 from .manager import Pass, PassManager, pass_name  # noqa: F401
 from .pack_weights import pack_weights
@@ -50,5 +50,6 @@ def pipeline(opt_level: int = 2, target: str = "cpu") -> list[Pass]:
         if opt_level >= 2:
             passes += [alter_layout, dce]  # NCHW[16]c activations for the convs where it pays
     if opt_level >= 2:
-        passes.append(fuse)  # last: it groups the final ops into kernels
+        # last: it groups the final ops into kernels (on CUDA, half-precision operands' casts join their matmul)
+        passes.append(fuse_cuda if target == "cuda" else fuse)
     return passes

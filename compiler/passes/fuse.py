@@ -6,7 +6,11 @@ graph outputs lead to a virtual sink), together with every node on the paths in 
     bias, batch-norm scale and shift, ReLU/GELU, residual adds;
   * an elementwise/broadcast group joins a following injective op or reduction (relu -> max pool, exp -> softmax);
   * an injective group joins a following injective op (transpose -> reshape -> concat chains);
-  * transposes and reshapes feeding a batch matmul become its prologue: the matmul reads through them.
+  * transposes and reshapes feeding a batch matmul become its prologue: the matmul reads through them;
+  * on the CUDA target (`cast_prologues`), a widening cast (float16/bfloat16 -> float32, as the mixed-precision pass
+    writes them) feeding a conv/dense/matmul becomes its prologue, and no producer's kernel takes it as an
+    epilogue: the anchor's kernel then loads half-precision data and multiplies it with float32 sums, the form of
+    a tensor-core matmul (backend/cuda.py), instead of reading a float32 copy written by another kernel.
 A group never holds two anchors, stays convex (no path leaves it and comes back), and its nodes are made adjacent in
 the execution order. The result is marked on the nodes (`node.group`), printed as `@name` in the IR. Nodes left
 alone get a reason in `FUSION_REASONS[node]`, for `tensorforge inspect --fusion`.
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from compiler import ops
 from compiler.ir import Graph, Node
 from compiler.ops import FusionKind
 
@@ -47,14 +52,23 @@ class _Group:
 @dataclass(frozen=True)
 class FuseOps:
     max_group_size: int = 32
+    cast_prologues: bool = False  # widening casts become conv/dense/matmul prologues (the CUDA target)
     name: str = "fuse"
 
     def __call__(self, g: Graph) -> Graph:
-        fuse_graph(g, self.max_group_size)
+        fuse_graph(g, self.max_group_size, self.cast_prologues)
         return g
 
 
 fuse = FuseOps()
+fuse_cuda = FuseOps(cast_prologues=True)
+
+HALF = ("float16", "bfloat16")
+
+
+def _widening_cast(n: Node) -> bool:
+    """cast(x: f16/bf16, to=float32): the read side of a half-precision operand."""
+    return n.op is ops.cast and n.attrs.get("to") == "float32" and n.inputs[0].type.dtype in HALF
 
 
 def _dataflow(g: Graph) -> nx.DiGraph:
@@ -94,8 +108,9 @@ def _may_join(kind: FusionKind, member: Node, is_dom: bool) -> bool:
     return False
 
 
-def fuse_graph(g: Graph, max_group_size: int = 32) -> dict[Node, str]:
-    """Mark fused groups on `g`'s nodes and reorder them; returns the reason each unfused node stayed alone."""
+def fuse_graph(g: Graph, max_group_size: int = 32, cast_prologues: bool = False) -> dict[Node, str]:
+    """Mark fused groups on `g`'s nodes and reorder them; returns the reason each unfused node stayed alone.
+    `cast_prologues`: widening casts read only by a conv/dense/matmul are that anchor's prologue (see above)."""
     for n in g.nodes:
         n.group = None
     order = {n: i for i, n in enumerate(g.nodes)}
@@ -104,6 +119,12 @@ def fuse_graph(g: Graph, max_group_size: int = 32) -> dict[Node, str]:
     group_of: dict[Node, _Group] = {n: _Group([n], int(n.op.kind == K.OUT_ELEMWISE_FUSABLE)) for n in g.nodes}
     reasons: dict[Node, str] = {}
     graph_outputs, users = set(g.outputs), g.users()
+
+    def cast_prologue(x: Node) -> bool:
+        """A widening cast whose every reader is one anchor: kept for that anchor's kernel."""
+        p = ipdom.get(x)
+        return (cast_prologues and _widening_cast(x) and p is not None and p != SINK
+                and p.op.kind == K.OUT_ELEMWISE_FUSABLE and all(r is p for o in x.outputs for r in users.get(o, ())))
 
     def between(a: Node, b: Node) -> set[Node]:
         """Nodes on some path from a to b, both excluded."""
@@ -144,10 +165,17 @@ def fuse_graph(g: Graph, max_group_size: int = 32) -> dict[Node, str]:
         path = between(n, p)
         # a transpose/reshape feeding an anchor that can read through it (batch matmul) becomes its prologue
         prologue = grp.movement_only and p.op.prologue and all(x.op.movement for x in path)
+        # CUDA: a widening cast read by one anchor is its prologue (the anchor loads the half-precision operand)
+        prologue = prologue or (not path and len(grp.members) == 1 and cast_prologue(n))
         blocker = None if prologue else next(
-            (x for x in sorted(path, key=order.get) if not _may_join(kind, x, False)), None)
-        if blocker is None and not prologue and not _may_join(kind, p, True):
+            (x for x in sorted(path, key=order.get) if not _may_join(kind, x, False) or cast_prologue(x)), None)
+        if blocker is None and not prologue and (not _may_join(kind, p, True) or cast_prologue(p)):
             blocker = p
+        if blocker is not None and cast_prologue(blocker):
+            reasons.setdefault(n, f"{blocker.op.name} ({blocker.name or '?'}) after it is kept as the prologue of "
+                                  f"{ipdom[blocker].op.name} ({ipdom[blocker].name or '?'}), which then reads "
+                                  f"{blocker.inputs[0].type.dtype}")
+            continue
         if blocker is not None:
             reasons.setdefault(n, f"{KIND_LABEL[kind]} kernel cannot take {blocker.op.name} "
                                   f"({blocker.name or '?'}) after it")

@@ -11,11 +11,12 @@ are stored in half precision (half the bytes), and an activation read by several
 normalizations, softmax, losses and every other op stay in float32, as do a training graph's master weights and
 optimizer state (the update kernels read the float32 state; only the products see rounded copies).
 
-The cast back to float32 sits right before its reader: a kernel that reads its operands through those casts loads
-half-precision data and accumulates in float32, the pattern of a tensor-core matmul. Folding those casts into the
-anchor's kernel is the fuse pass's job (today it fuses only movement ops as prologues, so each cast is a kernel of
-its own and the pass changes the numbers but does not yet make anything faster). It runs after the cleanups
-(constant folding would otherwise fold the weight casts away again) and before packing and fusion.
+The cast back to float32 sits right before its reader, one per reader (an activation read by the Q, K and V
+projections is rounded once and widened three times): on the CUDA target the fuse pass makes each widening cast
+the prologue of its reader's kernel, which then loads half-precision data and accumulates in float32, the pattern
+of a tensor-core matmul (backend/cuda.py schedules it with one). It runs after the cleanups (constant folding would
+otherwise fold the weight casts away again, and CSE would merge the per-reader casts) and before packing and
+fusion.
 """
 
 from __future__ import annotations
@@ -56,25 +57,27 @@ class MixedPrecision:
 
     def __call__(self, g: Graph) -> Graph:
         anchors = self.anchors()
-        rounded: dict[Value, Value] = {}  # float32 value -> the same value rounded to half precision, as float32
+        halves: dict[Value, Value] = {}  # float32 value -> the same value in half precision
         for n in list(g.nodes):
             slots = anchors.get(n.op)
             if slots is None or any(n.inputs[i].type.dtype != "float32" for i in slots):
                 continue
+            widened: dict[Value, Value] = {}  # one widening cast per reader and value: its kernel's prologue
             for i in slots:
                 v = n.inputs[i]
-                if v not in rounded:
-                    at = g.nodes.index(n)
+                at = g.nodes.index(n)
+                if v not in halves:
                     if v.is_param:
-                        half = g.add_param(v.name + "." + ("f16" if self.dtype == "float16" else "bf16"),
-                                           v.data.astype(_np_half(self.dtype)))
+                        halves[v] = g.add_param(v.name + "." + ("f16" if self.dtype == "float16" else "bf16"),
+                                                v.data.astype(_np_half(self.dtype)))
                     else:
-                        (half,) = g.add_node(ops.cast, [v], {"to": self.dtype}, name=n.name, index=at,
-                                             out_names=[v.name + ".half"])
+                        (halves[v],) = g.add_node(ops.cast, [v], {"to": self.dtype}, name=n.name, index=at,
+                                                  out_names=[v.name + ".half"])
                         at += 1
-                    (rounded[v],) = g.add_node(ops.cast, [half], {"to": "float32"}, name=n.name, index=at,
+                if v not in widened:
+                    (widened[v],) = g.add_node(ops.cast, [halves[v]], {"to": "float32"}, name=n.name, index=at,
                                                out_names=[v.name + ".rounded"])
-                n.inputs[i] = rounded[v]
+                n.inputs[i] = widened[v]
         g.remove_unused()  # float32 weights that only fed the products
         return g
 

@@ -103,3 +103,31 @@ def test_training_losses_vs_fp32():
     assert losses["fp32"][-1] < 0.5 * losses["fp32"][0]  # it learns
     assert not np.array_equal(losses["fp16"], losses["fp32"])
     np.testing.assert_allclose(losses["fp16"], losses["fp32"], rtol=2e-2, atol=2e-3)
+
+
+def test_cuda_fusion_takes_widening_casts_as_prologues():
+    """On CUDA each matmul's kernel loads its half-precision operands itself (one widening cast per reader, in the
+    reader's group); a producer's kernel writes the float16 copy; the CPU fusion leaves the casts alone."""
+    from compiler.passes.fuse import fuse, fuse_cuda
+
+    def mixed():
+        g, _ = dense_graph()
+        (h,) = g.add_node(ops.relu, [g.outputs[0]], name="act")
+        w3 = g.add_param("w3", np.ones((5, 6), np.float32))
+        (o,) = g.add_node(ops.dense, [h, w3], name="fc3")
+        g.outputs = [g.outputs[1], o]
+        return MixedPrecision("float16")(g)
+
+    g = fuse_cuda(mixed())
+    g.verify()
+    widening = [n for n in g.nodes if n.op is ops.cast and n.attrs["to"] == "float32"]
+    assert len(widening) == 6  # x for fc and fc2, the three weights, relu's output for fc3
+    for n in widening:
+        (reader,) = [r for r in g.nodes if n.outputs[0] in r.inputs]
+        assert reader.op is ops.dense and n.group is not None and n.group == reader.group
+    act = next(n for n in g.nodes if n.name == "act")
+    narrowing = next(n for n in g.nodes if n.op is ops.cast and n.inputs[0] is act.outputs[0])
+    assert narrowing.group == act.group  # fc's kernel writes relu's output as float16
+    cpu = fuse(mixed())
+    assert all(r.group is None or r.group != n.group for n in cpu.nodes if n.op is ops.cast and n.attrs["to"] ==
+               "float32" for r in cpu.nodes if n.outputs[0] in r.inputs and r.op is ops.dense)
