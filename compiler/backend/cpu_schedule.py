@@ -23,6 +23,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.sym import detect_linear_equation
 
+from compiler.backend import cpu_attention
 from compiler.backend import cpu_kernels as K
 
 log = logging.getLogger(__name__)
@@ -743,6 +744,7 @@ def _at_own_point(region, blk) -> bool:
 
 
 _RULES = [
+    (cpu_attention.is_attention, cpu_attention.schedule_attention),
     (lambda names: K.WGRAD in names, _schedule_weight_grad),
     (lambda names: K.CONV_PACKED in names, _schedule_conv_packed),
     (lambda names: K.CONV_NCHWC in names or K.CONV_DW_NCHWC in names, _schedule_conv_nchwc),

@@ -2,6 +2,7 @@
 also an attribute here: `ops.conv2d`, `ops.relu`."""
 
 from .registry import NOT_DIFFERENTIABLE, OPS, Attr, FusionKind, OpDef, defop, get_op  # noqa: F401
-from . import activation, elementwise, grad, layout, nn, reduce, shape, train_layout  # noqa: F401,E402  (registration)
+from . import (activation, attention, elementwise, grad, layout, nn, reduce, shape,  # noqa: F401,E402  (registration)
+               train_layout)
 
 globals().update(OPS)

@@ -5,6 +5,9 @@
     d / sqrt(mean(d^2) + eps), d = x - mean(x)               -> layer_norm(x, ones)      (means over trailing axes)
     layer_norm(x, s) * g                                      -> layer_norm(x, s * g)     (g a constant, per row)
     layer_norm(x, s) + b                                      -> layer_norm(x, s, b)
+    softmax(scale * q @ kT (+ mask)) @ v                     -> attention(q, k, v[, mask])  (scale anywhere in the
+                                                                product, on q or k too; kT a transpose of k; a mask
+                                                                equal to the causal -inf triangle -> causal=True)
 A product is read as a bag of factors (through nested muls and divisions by constants), so every association
 and operand order an exporter picks matches the same rule. The three layer-norm rules together match
 LayerNormalization as exporters before opset 17 write it (ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul,
@@ -173,6 +176,60 @@ def _layer_norm_affine(r: Rewrite, n):
     return None
 
 
+def _scaled(v: Value) -> tuple[Value, float]:
+    """v as (x, c) with v = c * x, c a constant (1.0 when v is no such product)."""
+    f, c = _factors(v)
+    return (f[0], c) if len(f) == 1 else (v, 1.0)
+
+
+def _untransposed(r: Rewrite, kt: Value) -> Value:
+    """k with kt = k^T over the last two axes: a transpose's source read with the composed permutation."""
+    rank = kt.type.rank
+    swap = tuple(range(rank - 2)) + (rank - 1, rank - 2)
+    t = kt.producer
+    if t is not None and t.op is ops.transpose:
+        perm = tuple(t.attrs["perm"][i] for i in swap)
+        return t.inputs[0] if perm == tuple(range(rank)) else r.emit(ops.transpose, [t.inputs[0]], perm=perm)
+    return r.emit(ops.transpose, [kt], perm=swap)
+
+
+def _attention(r: Rewrite, n):
+    """matmul(softmax(c * matmul(q, kT) [+ mask], last axis), v): the softmax and the scores used only here."""
+    probs, v = n.inputs
+    sm = probs.producer
+    if sm is None or sm.op is not ops.softmax or sm.attrs["axis"] != probs.type.rank - 1 or probs.type.rank < 2 \
+            or probs.type.dtype not in _NORM_DTYPES or len(r.g.users().get(probs, ())) != 1 or probs in r.g.outputs:
+        return None
+    scores, mask = sm.inputs[0], None
+    add = scores.producer
+    candidates = [(scores, None)]
+    if add is not None and add.op is ops.add:
+        candidates = [(add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])]
+    for scaled, mask in candidates:
+        mm, c = _scaled(scaled)
+        if mm.producer is not None and mm.producer.op is ops.matmul and mm.type.shape == scores.type.shape:
+            break
+    else:
+        return None
+    (q, cq), (kt, ck) = (_scaled(x) for x in mm.producer.inputs)
+    if q.type.rank != probs.type.rank or kt.type.rank != q.type.rank or v.type.rank != q.type.rank or \
+            not q.type.shape[:-2] == kt.type.shape[:-2] == v.type.shape[:-2]:
+        return None
+    if mask is not None and (mask.type.dtype != scores.type.dtype or mask.type.rank > scores.type.rank):
+        return None
+    causal = False
+    if mask is not None and mask.is_param:
+        from compiler.ops.attention import causal_bias
+
+        sq, skv = scores.type.shape[-2:]
+        data = mask.data.reshape(mask.data.shape[-2:]) if mask.data.size == sq * skv else None
+        causal = data is not None and data.shape == (sq, skv) and np.array_equal(
+            data, causal_bias(sq, skv, data.dtype))
+    k, c_in_k = _scaled(_untransposed(r, kt))
+    ins = [q, k, v] + ([mask] if mask is not None and not causal else [])
+    return r.emit(ops.attention, ins, scale=c * cq * ck * c_in_k, causal=causal)
+
+
 def recognize(g: Graph) -> Graph:
     return apply_rules(g, [(ops.mul, _gelu), (ops.div, _gelu), (ops.div, _layer_norm), (ops.mul, _layer_norm_affine),
-                           (ops.add, _layer_norm_affine)])
+                           (ops.add, _layer_norm_affine), (ops.matmul, _attention)])

@@ -120,6 +120,11 @@ CASES = [
     ("cumsum", [rand(3, 6)], {"axis": 1}, ()),
     ("cumsum", [rand(3, 6)], {"axis": 0, "exclusive": True, "reverse": True}, ()),
     ("log_softmax", [rand(3, 10, 4)], {"axis": 1}, ()),
+    # attention: the tiled CPU schedule (rows by 4, 16-lane row partials), odd sizes (its fallbacks), masks
+    ("attention", [rand(1, 3, 32, 16), rand(1, 3, 32, 16), rand(1, 3, 32, 8)], {"scale": 0.25}, ()),
+    ("attention", [rand(2, 2, 8, 16), rand(2, 2, 48, 16), rand(2, 2, 48, 16), rand(8, 48)], {"scale": 0.3}, (3,)),
+    ("attention", [rand(2, 5, 6), rand(2, 7, 6), rand(2, 7, 3), rand(2, 1, 7)], {"scale": 0.5}, ()),
+    ("attention", [rand(1, 2, 16, 8), rand(1, 2, 16, 8), rand(1, 2, 16, 8)], {"scale": 0.35, "causal": True}, ()),
     ("einsum", [rand(2, 3, 4), rand(2, 4, 5)], {"equation": "bij,bjk->bik"}, ()),
     ("einsum", [rand(3, 3)], {"equation": "ii->i"}, ()),
     ("topk", [rand(3, 9)], {"k": 4, "axis": 1}, ()),

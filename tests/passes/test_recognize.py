@@ -205,3 +205,89 @@ def test_torch_layernorm_export_opset14_compiles_to_one_layer_norm():
         want = ln(x).numpy()
     got = compile_model(f.getvalue()).run({"x": x.numpy()})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+# -- attention: the forms torch.onnx writes (TorchScript opset 17: Div after MatMul, k transposed out of the head
+# split; dynamo opset 18: the same with the mask added first; F.scaled_dot_product_attention: sqrt(scale) on q and on
+# k^T, a causal -inf mask) ------------------------------------------------------------------------------------------
+ATTN_TORCHSCRIPT = ("""graph g(%q: f32[1,2,4,8], %kh: f32[1,4,2,8], %v: f32[1,2,4,8]) {
+  %c = param f32[] = [2.8284270763397217]
+  %kt = transpose(%kh) {perm=(0, 2, 3, 1)} : f32[1,2,8,4]
+  %s = matmul(%q, %kt) : f32[1,2,4,4]
+  %d = div(%s, %c) : f32[1,2,4,4]
+  %p = softmax(%d) {axis=3} : f32[1,2,4,4]
+  %o = matmul(%p, %v) : f32[1,2,4,8]
+  return %o
+}""", """graph g(%q: f32[1,2,4,8], %kh: f32[1,4,2,8], %v: f32[1,2,4,8]) {
+  %0 = transpose(%kh) {perm=(0, 2, 1, 3)} : f32[1,2,4,8]
+  %1 = attention(%q, %0, %v) {scale=0.3535533966440824, causal=false} : f32[1,2,4,8]
+  return %1 as "o"
+}""")
+
+ATTN_DYNAMO_MASK = ("""graph g(%q: f32[1,2,4,8], %k: f32[1,2,4,8], %v: f32[1,2,4,8], %m: f32[1,1,4,4]) {
+  %c = param f32[] = [2.8284270763397217]
+  %kt = transpose(%k) {perm=(0, 1, 3, 2)} : f32[1,2,8,4]
+  %s = matmul(%q, %kt) : f32[1,2,4,4]
+  %d = div(%s, %c) : f32[1,2,4,4]
+  %a = add(%m, %d) : f32[1,2,4,4]
+  %p = softmax(%a) {axis=3} : f32[1,2,4,4]
+  %o = matmul(%p, %v) : f32[1,2,4,8]
+  return %o
+}""", """graph g(%q: f32[1,2,4,8], %k: f32[1,2,4,8], %v: f32[1,2,4,8], %m: f32[1,1,4,4]) {
+  %0 = attention(%q, %k, %v, %m) {scale=0.3535533966440824, causal=false} : f32[1,2,4,8]
+  return %0 as "o"
+}""")
+
+ATTN_SDPA_CAUSAL = ("""graph g(%q: f32[1,2,4,8], %k: f32[1,2,4,8], %v: f32[1,2,4,8]) {
+  %r = param f32[] = [0.5946035385131836]
+  %mask = param f32[4,4] = [0.0, -inf, -inf, -inf, 0.0, 0.0, -inf, -inf, 0.0, 0.0, 0.0, -inf, 0.0, 0.0, 0.0, 0.0]
+  %qs = mul(%q, %r) : f32[1,2,4,8]
+  %kt = transpose(%k) {perm=(0, 1, 3, 2)} : f32[1,2,8,4]
+  %ks = mul(%kt, %r) : f32[1,2,8,4]
+  %s = matmul(%qs, %ks) : f32[1,2,4,4]
+  %a = add(%s, %mask) : f32[1,2,4,4]
+  %p = softmax(%a) {axis=3} : f32[1,2,4,4]
+  %o = matmul(%p, %v) : f32[1,2,4,8]
+  return %o
+}""", """graph g(%q: f32[1,2,4,8], %k: f32[1,2,4,8], %v: f32[1,2,4,8]) {
+  %0 = attention(%q, %k, %v) {scale=0.353553368012399, causal=true} : f32[1,2,4,8]
+  return %0 as "o"
+}""")
+
+
+def _attention_feeds(g):
+    r = np.random.default_rng(0)
+    return {v.name: r.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs}
+
+
+@pytest.mark.parametrize("before, after", [ATTN_TORCHSCRIPT, ATTN_DYNAMO_MASK, ATTN_SDPA_CAUSAL],
+                         ids=["torchscript", "dynamo-mask", "sdpa-causal"])
+def test_attention_chains_become_one_op(before, after):
+    g = parse_graph(before)
+    feeds = _attention_feeds(g)
+    want = interpret(g, feeds)[0]
+    out = dce(recognize(g))
+    out.verify()
+    assert print_graph(out) == print_graph(parse_graph(after))
+    np.testing.assert_allclose(interpret(out, feeds)[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("edit", [
+    ("%p = softmax(%a) {axis=3}", "%p = softmax(%a) {axis=2}"),  # not over the keys
+    ("return %o", "return %o, %p"),  # the probabilities are an output too: kept, not computed twice
+    ("%a = add(%m, %d)", "%a = sub(%m, %d)"),  # not an additive mask
+])
+def test_attention_near_misses_stay(edit):
+    g = parse_graph(ATTN_DYNAMO_MASK[0].replace(*edit))
+    assert "attention" not in [n.op.name for n in dce(recognize(g)).nodes]
+
+
+def test_additive_mask_that_is_not_the_causal_triangle_stays_an_input():
+    """GPT-2's -1e4 triangle (not -inf) is kept as the mask: causal=true would change scores of order 1e4."""
+    text = ATTN_SDPA_CAUSAL[0].replace("-inf", "-10000.0")
+    g = parse_graph(text)
+    out = dce(recognize(g))
+    (node,) = out.nodes
+    assert node.op.name == "attention" and not node.attrs["causal"] and node.inputs[3].name == "mask"
+    feeds = _attention_feeds(g)
+    np.testing.assert_allclose(interpret(out, feeds)[0], interpret(parse_graph(text), feeds)[0], rtol=1e-5, atol=1e-6)

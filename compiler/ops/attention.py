@@ -1,0 +1,138 @@
+"""Scaled dot-product attention as one op. Exporters write it as matmul -> scale -> (+ mask) -> softmax -> matmul;
+the `recognize` pass rewrites that chain into `attention`, whose CPU kernel (compiler/backend/cpu_attention.py)
+computes each head's scores, softmax and weighted sum in one pass over cache-resident buffers.
+
+    attention(q, k, v[, mask]) {scale, causal} = softmax(scale * q @ k^T + mask + causal_bias) @ v
+      q (..., Sq, D), k (..., Skv, D), v (..., Skv, Dv), the same leading (batch, head) dims; mask additive,
+      broadcastable to (..., Sq, Skv); causal: key j is masked (-inf) for query i when j > i (PyTorch's is_causal).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx, topi
+
+from compiler.ir.types import FLOAT_DTYPES, TensorType
+
+from .registry import Attr, FusionKind, defop, fail
+
+# the stages of the lowering, by block name: the CPU schedule finds them by these names
+KT, QK, MAX, EXP, SUM, PV, OUT = ("attention_kt", "attention_qk", "attention_max", "attention_exp", "attention_sum",
+                                  "attention_pv", "attention")
+
+
+def _attention_infer(types, *, scale, causal):
+    q, k, v = types[:3]
+    if q.rank < 2 or not q.rank == k.rank == v.rank:
+        fail(f"q, k and v must have the same rank >= 2, got {q}, {k}, {v}")
+    if q.dtype not in FLOAT_DTYPES or not q.dtype == k.dtype == v.dtype:
+        fail(f"q, k and v must share one float dtype, got {q}, {k}, {v}")
+    if not q.shape[:-2] == k.shape[:-2] == v.shape[:-2]:
+        fail(f"q, k and v must have the same leading (batch, head) dims, got {q}, {k}, {v}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        fail(f"shapes do not chain: q {q} @ k^T {k}, then @ v {v}")
+    scores = q.shape[:-1] + (k.shape[-2],)
+    if len(types) == 4:
+        mask = types[3]
+        try:
+            fits = mask.rank <= len(scores) and np.broadcast_shapes(mask.shape, scores) == scores
+        except ValueError:
+            fits = False
+        if mask.dtype != q.dtype or not fits:
+            fail(f"the mask {mask} must be {q.dtype} and broadcast to the scores' shape {list(scores)}")
+    return TensorType(q.shape[:-1] + (v.shape[-1],), q.dtype)
+
+
+def causal_bias(sq: int, skv: int, dtype) -> np.ndarray:
+    """0 where key j may be attended from query i (j <= i), -inf elsewhere: the additive form of causal=True."""
+    return np.where(np.arange(skv)[None, :] > np.arange(sq)[:, None], -np.inf, 0.0).astype(dtype)
+
+
+def _attention_ref(q, k, v, mask=None, *, scale, causal):
+    s = np.matmul(q.astype(np.float64), np.swapaxes(k.astype(np.float64), -1, -2)) * scale
+    if mask is not None:
+        s = s + mask.astype(np.float64)
+    if causal:
+        s = s + causal_bias(q.shape[-2], k.shape[-2], np.float64)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        p = e / e.sum(axis=-1, keepdims=True)
+    return np.matmul(p, v.astype(np.float64)).astype(q.dtype)
+
+
+def _bcast_index(t, idx):
+    """Index a broadcast operand with the full index (numpy rules: align right, size-1 dims read 0)."""
+    idx = idx[len(idx) - len(t.shape):]
+    return t(*[0 if int(d) == 1 else i for d, i in zip(t.shape, idx)])
+
+
+def _attention_lower(q, k, v, mask=None, *, scale, causal):
+    """Stages: K^T (a contiguous panel per head), Q K^T, the row max of the scaled and masked scores, their
+    exponentials, the row sums, exp @ V, and the division by the row sum (the softmax's, applied to Dv columns
+    instead of Skv). Accumulates in the operands' dtype (fp16/bf16 kernels: see mixed_precision for fp32 sums)."""
+    *batch, sq, d = (int(x) for x in q.shape)
+    skv, dv, nb = int(k.shape[-2]), int(v.shape[-1]), len(batch)
+    dt = q.dtype
+    kt = te.compute((*batch, d, skv), lambda *i: k(*i[:nb], i[nb + 1], i[nb]), name=KT)
+    rd = te.reduce_axis((0, d), name="rd")
+    qk = te.compute((*batch, sq, skv), lambda *i: te.sum(q(*i[:-1], rd) * kt(*i[:-2], rd, i[-1]), axis=rd), name=QK)
+    lowest = tirx.min_value(dt)
+
+    def score(*i):
+        s = qk(*i) * tirx.const(scale, dt)
+        if mask is not None:
+            s = s + _bcast_index(mask, i)
+        if causal:
+            s = tirx.Select(i[-1] > i[-2], lowest, s)
+        return s
+
+    rm = te.reduce_axis((0, skv), name="rm")
+    row_max = te.compute((*batch, sq), lambda *i: te.max(score(*i, rm), axis=rm), name=MAX)
+    shifted = te.compute((*batch, sq, skv), lambda *i: score(*i) - row_max(*i[:-1]), name="attention_shifted")
+    if dt == "float32":  # topi.fast_exp vectorizes; te.exp is a scalar libm call per element
+        ex = topi.fast_exp(shifted)
+        ex = te.compute(ex.shape, lambda *i: ex(*i), name=EXP)
+    else:
+        ex = te.compute((*batch, sq, skv), lambda *i: te.exp(shifted(*i)), name=EXP)
+    rs = te.reduce_axis((0, skv), name="rs")
+    row_sum = te.compute((*batch, sq), lambda *i: te.sum(ex(*i, rs), axis=rs), name=SUM)
+    rj = te.reduce_axis((0, skv), name="rj")
+    pv = te.compute((*batch, sq, dv), lambda *i: te.sum(ex(*i[:-1], rj) * v(*i[:-2], rj, i[-1]), axis=rj), name=PV)
+    return te.compute((*batch, sq, dv), lambda *i: pv(*i) / row_sum(*i[:-1]), name=OUT)
+
+
+def _attention_grad(e, n, dy):
+    """Through the decomposition: P = softmax(S), S = scale * Q K^T + mask (+ causal bias), O = P V.
+    dV = P^T dO, dS = P * (dP - rowsum(dP * P)) with dP = dO V^T, dQ = scale dS K, dK = scale dS^T Q, dmask = dS
+    summed to the mask's shape."""
+    from compiler import ops
+
+    q, k, v = n.inputs[:3]
+    mask = n.inputs[3] if len(n.inputs) == 4 else None
+    scale = n.attrs["scale"]
+    r = q.type.rank
+    swap = tuple(range(r - 2)) + (r - 1, r - 2)
+
+    def t(x):
+        return e.op(ops.transpose, [x], perm=swap)
+
+    s = e.scale(e.op(ops.matmul, [q, t(k)]), scale)
+    if mask is not None:
+        s = e.add(s, mask)
+    if n.attrs["causal"]:
+        s = e.add(s, e.const(causal_bias(q.type.shape[-2], k.type.shape[-2], q.type.dtype), q.type.dtype))
+    p = e.op(ops.softmax, [s], axis=r - 1)
+    dv = e.op(ops.matmul, [t(p), dy])
+    dp = e.op(ops.matmul, [dy, t(v)])
+    rows = e.op(ops.reduce_sum, [e.mul(dp, p)], axes=(r - 1,), keepdims=True)
+    ds = e.mul(p, e.op(ops.sub, [dp, rows]))
+    dq = e.scale(e.op(ops.matmul, [ds, k]), scale)
+    dk = e.scale(e.op(ops.matmul, [t(ds), q]), scale)
+    return [dq, dk, dv] + ([e.sum_to(ds, mask.type.shape)] if mask is not None else [])
+
+
+attention = defop("attention", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_attention_infer, arity=(3, 4),
+                  attrs={"scale": Attr("float"), "causal": Attr("bool", False)},
+                  reference=_attention_ref, lower=_attention_lower, grad=_attention_grad, prologue=True,
+                  doc="softmax(scale * q @ k^T + mask [causal]) @ v over the last two axes. Its kernel may read "
+                      "q, k and v through transposes and reshapes (the heads split out of a projection).")
