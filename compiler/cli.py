@@ -157,11 +157,39 @@ def _print_fusion(report: list[dict]) -> None:
             print(f"  {op} ({name or '?'}): {e['reason']}")
 
 
+def cmd_tune_cuda(args) -> int:
+    """CUDA tuning without RPC: --prepare builds the candidates here, --ingest stores the GPU's measurements."""
+    from compiler.backend import cuda_tuning
+
+    if args.prepare and args.ingest:
+        raise SystemExit("tensorforge tune: --prepare and --ingest are two steps: give one")
+    if args.prepare:
+        def progress(done, total, name, info):
+            print(f"[{done}/{total}] {name}: {info['candidates']} candidate(s)", flush=True)
+
+        m = cuda_tuning.prepare_model(args.model, args.prepare, dict(args.shape or []), options=_compile_options(args),
+                                      candidates=args.trials, progress=progress)
+        print(f"bundle {args.prepare}: {len(m['tasks'])} kernel(s) for {m['arch']}; on the GPU machine, from the "
+              f"repository root: python {os.path.join(args.prepare, 'measure.py')} {args.prepare}; then here: "
+              f"tensorforge tune {args.model} --target cuda --db {args.db} --ingest {args.prepare}")
+        return 0
+    results = args.results or os.path.join(args.ingest, "results.json")
+    done = cuda_tuning.ingest_results(args.ingest, results, args.db)
+    faster = sum(1 for e in done.values() if e["best_us"] and e["default_us"] and e["best_us"] < e["default_us"])
+    print(f"ingested {len(done)} kernel(s) into {args.db}; {faster} beat the default schedule")
+    return 0
+
+
 def cmd_tune(args) -> int:
     from tqdm import tqdm
 
     from compiler.api import tune_model
     from compiler.backend.tuning import parse_duration
+
+    if args.target == "cuda" and (args.prepare or args.ingest):
+        return cmd_tune_cuda(args)
+    if args.prepare or args.ingest or args.results:
+        raise SystemExit("tensorforge tune: --prepare, --ingest and --results are for --target cuda")
 
     try:
         budget = parse_duration(args.time_budget) if args.time_budget else None
@@ -302,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-budget", help="stop starting new kernels after this long, e.g. 30m, 2h")
     t.add_argument("--retune", action="store_true", help="tune kernels that already have records again")
     t.add_argument("--shape", action="append", type=parse_shape_arg, metavar="NAME=AxBxC")
+    t.add_argument("--prepare", metavar="DIR", help="cuda: build candidates (--trials per kernel) into a bundle "
+                                                    "to measure on the GPU machine (DIR/measure.py)")
+    t.add_argument("--ingest", metavar="DIR", help="cuda: store a measured bundle's results in --db")
+    t.add_argument("--results", metavar="FILE", help="cuda, with --ingest: the results file (default DIR/results.json)")
     compile_flags(t)
     t.set_defaults(func=cmd_tune)
 
