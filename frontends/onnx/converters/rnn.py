@@ -101,14 +101,16 @@ def _rnn(b, kind, X, W, R, B, sequence_lens, initial_h, initial_c, P, *, activat
         peep = [pick(P, d, (g * H, (g + 1) * H)) for g in range(3)] if P is not None else None
         outs = [None] * seq
         for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
+            # the recurrent product is emitted before the x_t slice, so that the fuser reaches the dense first and
+            # takes the add (with the slice read inline) as its epilogue: one kernel, not dense + slice/add
+            hr_all = b.emit(ops.dense, [h, R_all]) if fused_gates else None
             xt = _reshape(b, _slice(b, xw, [t], [t + 1], [0], None), (batch, gates * H))
             if fused_gates and kind != "GRU":
-                pre_all = b.emit(ops.add, [xt, b.emit(ops.dense, [h, R_all])])  # (batch, gates*H)
+                pre_all = b.emit(ops.add, [hr_all, xt])  # (batch, gates*H)
                 pre = [_slice(b, pre_all, [g * H], [(g + 1) * H], [1], None) for g in range(gates)]
             else:
                 xg = [_slice(b, xt, [g * H], [(g + 1) * H], [1], None) for g in range(gates)]
                 if fused_gates:  # GRU with linear_before_reset: all three recurrent products from h
-                    hr_all = b.emit(ops.dense, [h, R_all])
                     hr = [_slice(b, hr_all, [g * H], [(g + 1) * H], [1], None) for g in range(gates)]
                 else:
                     hr = [b.emit(ops.dense, [h, Rg[g]]) for g in range(gates)]
