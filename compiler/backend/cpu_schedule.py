@@ -25,6 +25,7 @@ from tvm.sym import detect_linear_equation
 
 from compiler.backend import cpu_attention
 from compiler.backend import cpu_kernels as K
+from compiler.backend import cpu_winograd as KW
 
 log = logging.getLogger(__name__)
 
@@ -745,6 +746,7 @@ def _at_own_point(region, blk) -> bool:
 
 _RULES = [
     (cpu_attention.is_attention, cpu_attention.schedule_attention),
+    (lambda names: KW.WINO_GEMM in names, KW.schedule_winograd),
     (lambda names: K.WGRAD in names, _schedule_weight_grad),
     (lambda names: K.CONV_PACKED in names, _schedule_conv_packed),
     (lambda names: K.CONV_NCHWC in names or K.CONV_DW_NCHWC in names, _schedule_conv_nchwc),

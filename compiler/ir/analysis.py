@@ -18,6 +18,9 @@ def node_flops(n: Node) -> int:
         x, w = n.inputs[0].type, n.inputs[1].type
         cin = x.shape[1] * (x.shape[4] if x.rank == 5 else 1)
         return 2 * out.numel * cin * w.shape[2] * w.shape[3]
+    if name == "winograd_conv2d":  # counted as the direct 3x3 conv it replaces; input (N, IC/b, H, W, b)
+        x = n.inputs[0].type
+        return 2 * out.numel * x.shape[1] * x.shape[4] * 9
     if name == "depthwise_conv2d_nchwc":  # weight (C/b, KH, KW, b)
         w = n.inputs[1].type
         return 2 * out.numel * w.shape[1] * w.shape[2]

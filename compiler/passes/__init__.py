@@ -15,6 +15,7 @@ from .manager import Pass, PassManager, pass_name  # noqa: F401
 from .pack_weights import pack_weights
 from .recognize import recognize
 from .simplify import simplify
+from .winograd import winograd
 
 
 def dce(g):
@@ -48,7 +49,7 @@ def pipeline(opt_level: int = 2, target: str = "cpu") -> list[Pass]:
     if target in ("cpu", "llvm"):
         passes.append(pack_weights)  # the CPU kernels need packed weights at every level
         if opt_level >= 2:
-            passes += [alter_layout, dce]  # NCHW[16]c activations for the convs where it pays
+            passes += [alter_layout, winograd, dce]  # NCHW[16]c activations; Winograd 3x3 convs where they pay
     if opt_level >= 2:
         # last: it groups the final ops into kernels (on CUDA, half-precision operands' casts join their matmul)
         passes.append(fuse_cuda if target == "cuda" else fuse)

@@ -173,6 +173,7 @@ def test_every_op_is_tested_and_declared_fully():
     tested |= {"to_blocked", "from_blocked", "conv2d_nchwc", "depthwise_conv2d_nchwc", "max_pool2d_nchwc",
                "global_avg_pool_nchwc",
                "avg_pool2d_nchwc"}  # tests/passes/test_layout.py
+    tested |= {"winograd_conv2d"}  # tests/passes/test_winograd.py
     assert set(OPS) - tested == set(), "ops without a test case"
     for op in OPS.values():
         assert isinstance(op.kind, FusionKind)

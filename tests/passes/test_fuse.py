@@ -102,7 +102,7 @@ def test_two_anchors_never_share_a_kernel():
 @pytest.mark.parametrize("name", ["resnet50", "squeezenet", "densenet121"])
 def test_kernel_counts(name):
     g, plan = analyze(light_path(name))
-    convs = sum(1 for n in g.nodes if n.op.name in ("conv2d_packed", "conv2d_nchwc"))
+    convs = sum(1 for n in g.nodes if n.op.name in ("conv2d_packed", "conv2d_nchwc", "winograd_conv2d"))
     kernels = plan["stats"]["kernels"]
     if name == "resnet50":  # one kernel per conv (bias, batch norm, ReLU and residual add fused in) + a handful
         assert convs == 53 and kernels <= convs + 5

@@ -84,7 +84,8 @@ def test_golden_chain_and_edges():
 def test_compiled_blocked_chain_matches_the_reference():
     params, feeds = setup()
     ref = interpret(parse_graph(CHAIN, params), feeds)
-    model = compile_model(parse_graph(CHAIN, params))
+    # Winograd off: its F(4, 3) rounding (tests/passes/test_winograd.py) exceeds this chain's tight tolerance
+    model = compile_model(parse_graph(CHAIN, params), options=CompileOptions(disabled_passes=frozenset({"winograd"})))
     assert {s["op"].split("+")[0] for s in model.plan["steps"]} >= {"conv2d_nchwc", "avg_pool2d_nchwc"}
     for got, want in zip(model.run(feeds), ref):
         assert_close(got, want, rtol=1e-4, atol=1e-4)  # float32 sums of ~400 products of magnitude ~30

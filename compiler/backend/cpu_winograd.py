@@ -1,0 +1,251 @@
+"""Winograd F(m x m, 3 x 3) convolution on NCHW[16]c activations: transforms, TE compute and CPU schedule.
+
+For a stride-1, dilation-1, 3x3 conv, each m x m output tile needs an alpha x alpha input tile (alpha = m + 2):
+
+    Y = A^T [ U (.) V ] A,     U = G g G^T (per output/input channel pair, at compile time),  V = B^T d B
+
+and the element-wise products summed over input channels are alpha^2 independent matrix products
+M[xi] = V[xi] @ U[xi] of (tiles x IC) by (IC x OC). F(4, 3) does 36 multiplies per 16 outputs where the direct
+conv does 144: 4x fewer, paid for by the input and output transforms and by two trips through memory (V and M).
+
+The kernel is four TE stages in one PrimFunc:
+  winograd_pad     the input zero-padded to whole tiles (N, IC/16, th*m + 2, tw*m + 2, 16)
+  winograd_input   V (alpha, alpha, P, IC), P = N * th * tw tiles; B^T d B written out as sparse sums
+  winograd_gemm    M (alpha, alpha, P, OC) = V @ U per (eps, nu); U is (alpha, alpha, OC/nb, IC, nb)
+  winograd_output  (N, OC/16, OH, OW, 16) = A^T M A + bias, the conv's fused epilogue inlined after it
+The transforms' constant matrices are unrolled at TE construction into sums of the non-zero terms (+x, -x, c*x),
+selected by the unrolled loop indices, so no multiply by 0 or 1 reaches the machine code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import s_tir, te, tirx, topi
+
+BLOCK = 16            # channel lanes of the NCHW[16]c activations
+WINO_PAD = "winograd_pad"
+WINO_INPUT = "winograd_input"
+WINO_GEMM = "winograd_gemm"
+WINO_OUTPUT = "winograd_output"
+GEMM_P_TILE = 4       # register tile of the batched GEMM: tiles ... (measured: 6 x 64, 8 x 32, 6 x 32 are slower)
+GEMM_OC_TILES = (64, 32, 16)  # ... x output channels (4 x 64 fp32 = 16 AVX-512 accumulators)
+
+# Lavin & Gray's matrices (points 0, +-1, +-2, inf): A^T (m x alpha), G (alpha x 3), B^T (alpha x alpha).
+_MATRICES = {
+    2: (np.array([[1, 1, 1, 0], [0, 1, -1, -1]]),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])),
+    4: (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+        np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]])),
+}
+TILE_SIZES = tuple(_MATRICES)
+
+
+def matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A^T, G, B^T) of F(m, 3) in float64."""
+    at, g, bt = _MATRICES[m]
+    return at.astype(np.float64), g.astype(np.float64), bt.astype(np.float64)
+
+
+def gemm_oc_tile(out_channels: int) -> int:
+    return next(t for t in GEMM_OC_TILES if out_channels % t == 0)
+
+
+def transform_weight(w: np.ndarray, m: int) -> np.ndarray:
+    """OIHW 3x3 weight -> U = G g G^T packed as (alpha, alpha, OC/nb, IC, nb) float32, nb = gemm_oc_tile(OC)."""
+    _, g, _ = matrices(m)
+    u = np.einsum("ak,oikl,bl->abio", g, np.asarray(w, np.float64), g)  # (alpha, alpha, IC, OC)
+    alpha, _, ic, oc = u.shape
+    nb = gemm_oc_tile(oc)
+    return np.ascontiguousarray(u.reshape(alpha, alpha, ic, oc // nb, nb).transpose(0, 1, 3, 2, 4)).astype(np.float32)
+
+
+def _tiles(oh: int, ow: int, m: int) -> tuple[int, int]:
+    return -(-oh // m), -(-ow // m)
+
+
+def output_size(h: int, w: int, pads) -> tuple[int, int]:
+    top, left, bottom, right = pads
+    return h + top + bottom - 2, w + left + right - 2
+
+
+def reference(x: np.ndarray, u: np.ndarray, bias, *, pads, tile: int, out_channels: int) -> np.ndarray:
+    """The algorithm in numpy (float32 like the kernel): x NCHW[16]c, U from `transform_weight`; NCHW[16]c out."""
+    at, _, bt = (a.astype(np.float32) for a in matrices(tile))
+    m, alpha = tile, tile + 2
+    n, icb, h, w, b = x.shape
+    oh, ow = output_size(h, w, pads)
+    th, tw = _tiles(oh, ow, m)
+    top, left, _, _ = pads
+    xp = np.zeros((n, icb, th * m + 2, tw * m + 2, b), np.float32)
+    hh, ww = min(h, xp.shape[2] - top), min(w, xp.shape[3] - left)
+    xp[:, :, top:top + hh, left:left + ww] = x[:, :, :hh, :ww]
+    xc = xp.transpose(0, 2, 3, 1, 4).reshape(n, th * m + 2, tw * m + 2, icb * b)
+    rows = np.arange(th)[:, None] * m + np.arange(alpha)[None]  # (th, alpha)
+    cols = np.arange(tw)[:, None] * m + np.arange(alpha)[None]
+    d = xc[:, rows[:, :, None, None], cols[None, None]]  # (n, th, alpha, tw, alpha, IC)
+    v = np.einsum("ea,ntaubc,fb->efntuc", bt, d, bt, optimize=True).reshape(alpha, alpha, n * th * tw, -1)
+    alpha_, _, ocb_n, ic, nb = u.shape
+    uu = u.transpose(0, 1, 3, 2, 4).reshape(alpha, alpha, ic, ocb_n * nb)
+    mm = np.matmul(v, uu)  # (alpha, alpha, P, OC)
+    y = np.einsum("ia,abpo,jb->pijo", at, mm, at, optimize=True).reshape(n, th, tw, m, m, -1)
+    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, th * m, tw * m, -1)[:, :oh, :ow, :out_channels]
+    if bias is not None:
+        y = y + bias.astype(np.float32)
+    return np.ascontiguousarray(y.reshape(n, oh, ow, out_channels // BLOCK, BLOCK).transpose(0, 3, 1, 2, 4))
+
+
+# ---------------------------------------------------------------------------------------------- TE compute
+
+def _sparse_sum(coeffs, terms):
+    """sum_i coeffs[i] * terms[i] over the non-zero coefficients, +-1 as adds and subtractions."""
+    expr = None
+    for c, t in zip(coeffs, terms):
+        if c == 0:
+            continue
+        if c == 1:
+            e, neg = t, False
+        elif c == -1:
+            e, neg = t, True
+        else:
+            e, neg = t * float(c), False
+        if expr is None:
+            expr = -e if neg else e
+        else:
+            expr = expr - e if neg else expr + e
+    return expr if expr is not None else tirx.const(0.0, "float32")
+
+
+def _select(index, exprs):
+    """exprs[index] for a loop variable `index`; unrolled, the chain folds to one expression."""
+    out = exprs[-1]
+    for i in range(len(exprs) - 2, -1, -1):
+        out = tirx.Select(index == i, exprs[i], out)
+    return out
+
+
+def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, *, pads, tile: int,
+                            out_channels: int) -> te.Tensor:
+    """x (N, IC/16, H, W, 16), U (alpha, alpha, OC/nb, IC, nb) -> (N, OC/16, OH, OW, 16), 3x3 stride 1."""
+    at, _, bt = matrices(tile)
+    m, alpha = tile, tile + 2
+    n, icb, h, w, b = (int(d) for d in x.shape)
+    nb = int(u.shape[4])
+    ic = icb * b
+    oh, ow = output_size(h, w, pads)
+    th, tw = _tiles(oh, ow, m)
+    top, left, _, _ = pads
+    bottom, right = th * m + 2 - h - top, tw * m + 2 - w - left
+    xp = x
+    if top or left or bottom > 0 or right > 0:
+        xp = topi.nn.pad(x, [0, 0, top, left, 0], [0, 0, max(bottom, 0), max(right, 0), 0], name=WINO_PAD)
+    per_image = th * tw
+    tiles = n * per_image
+    tiles_pad = -(-tiles // GEMM_P_TILE) * GEMM_P_TILE  # whole register tiles; the extra rows repeat the last
+
+    def v_body(eps, nu, p, c):
+        if tiles_pad != tiles:
+            p = tirx.min(p, tiles - 1)
+        img, t = p // per_image, p % per_image
+        y0, x0 = t // tw * m, t % tw * m
+        d = [[xp[img, c // b, y0 + i, x0 + j, c % b] for j in range(alpha)] for i in range(alpha)]
+        rows = [[_sparse_sum(bt[e], [d[i][j] for i in range(alpha)]) for j in range(alpha)] for e in range(alpha)]
+        # (B^T d)[e, j] is a sum of d[:, j]; V[e, f] = sum_j (B^T d)[e, j] B^T[f, j], written out in full
+        return _select(eps, [_select(nu, [_sparse_sum(bt[f], rows[e]) for f in range(alpha)])
+                             for e in range(alpha)])
+
+    v = te.compute((alpha, alpha, tiles_pad, ic), v_body, name=WINO_INPUT)
+    rk = te.reduce_axis((0, ic), name="rk")
+    mm = te.compute((alpha, alpha, tiles_pad, out_channels),
+                    lambda e, f, p, o: te.sum(v[e, f, p, rk] * u[e, f, o // nb, rk, o % nb], axis=rk),
+                    name=WINO_GEMM)
+
+    def y_body(img, ob, yy, xx, lane):
+        p = img * per_image + yy // m * tw + xx // m
+        o = ob * b + lane
+        t = [[mm[i, j, p, o] for j in range(alpha)] for i in range(alpha)]
+        cols = [[_sparse_sum(at[r], t[i]) for r in range(m)] for i in range(alpha)]  # (M A)[i, r]
+        val = _select(yy % m, [_select(xx % m, [_sparse_sum(at[q], [cols[i][r] for i in range(alpha)])
+                                                  for r in range(m)]) for q in range(m)])
+        return val if bias is None else val + bias[o]
+
+    return te.compute((n, out_channels // b, oh, ow, b), y_body, name=WINO_OUTPUT, tag="winograd")
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+def schedule_winograd(sch: s_tir.Schedule, target) -> None:
+    """pad: parallel rows, vector lanes. input transform: parallel over (tile, channel block), the alpha x alpha
+    outputs unrolled, 16 lanes a vector. GEMM: parallel over (eps, nu, oc tile, tile group) > [4 tiles x nb
+    channels] accumulators in registers, k outside. output: parallel over (image, oc block, tile row) > the m x m
+    tile unrolled, 16 lanes a vector, the epilogue inlined into its stores."""
+    from . import cpu_schedule as S
+
+    lanes = S._vector_lanes(target)
+    S._inline_all(sch, keep={WINO_PAD, WINO_INPUT, WINO_GEMM})  # the output transform too: into the epilogue
+    outs = sch.get_output_blocks(sch.get_sblock("root"))
+    if len(outs) != 1 or len(sch.get_loops(outs[0])) != 5:
+        raise ValueError("winograd epilogue is not a single NCHW[16]c block")
+    out = outs[0]
+    m = int(sch.get(sch.get_sblock(WINO_GEMM)).reads[1].source.shape[0]) - 2  # alpha - 2, from U's shape
+    _schedule_output(sch, out, m, lanes)
+    _schedule_gemm(sch, lanes)
+    _schedule_input(sch, lanes)
+    for block in S._root_blocks(sch):
+        if sch.get(block).name_hint == WINO_PAD:
+            S._schedule_spatial(sch, block, lanes)
+
+
+def _schedule_output(sch, out, m, lanes):
+    n, ob, yy, xx, lane = sch.get_loops(out)
+    ty, yi = sch.split(yy, [None, m])
+    tx, xi = sch.split(xx, [None, m])
+    sch.reorder(n, ob, ty, tx, yi, xi, lane)
+    sch.parallel(sch.fuse(n, ob, ty))
+    sch.unroll(yi)
+    sch.unroll(xi)
+    sch.vectorize(lane)
+
+
+def _schedule_gemm(sch, lanes):
+    from . import cpu_schedule as S
+
+    mm = sch.get_sblock(WINO_GEMM)
+    nb = int(sch.get(mm).reads[1].source.shape[4])
+    wb = sch.cache_write(mm, 0, "local")  # mm accumulates in a local tile; wb copies it to M
+    e, f, p, o = sch.get_loops(wb)
+    pt = S._largest_divisor(S._extent(sch, p), GEMM_P_TILE)
+    po, pi = sch.split(p, [None, pt])
+    oo, oi = sch.split(o, [None, nb])
+    sch.reorder(e, f, oo, po, pi, oi)
+    tile = sch.fuse(e, f, oo, po)
+    sch.parallel(tile)
+    sch.compute_at(mm, tile, preserve_unit_loops=True)
+    mp, mo, mk = sch.get_loops(mm)[-3:]
+    vec = min(lanes, nb)
+    moo, mol = sch.split(mo, [None, vec])
+    sch.reorder(mk, mp, moo, mol)
+    sch.unroll(mp)
+    sch.unroll(moo)
+    sch.vectorize(mol)
+    sch.unroll(pi)
+    oio, oil = sch.split(oi, [None, vec])
+    sch.unroll(oio)
+    sch.vectorize(oil)
+    init = sch.decompose_reduction(mm, mk)
+    S._try(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    S._try(lambda: sch.unroll(sch.get_loops(init)[-2]))
+
+
+def _schedule_input(sch, lanes):
+    v = sch.get_sblock(WINO_INPUT)
+    e, f, p, c = sch.get_loops(v)
+    cb, cl = sch.split(c, [None, BLOCK])
+    sch.reorder(p, cb, e, f, cl)
+    sch.parallel(sch.fuse(p, cb))
+    sch.unroll(e)
+    sch.unroll(f)
+    sch.vectorize(cl)
