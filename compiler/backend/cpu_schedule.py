@@ -35,6 +35,7 @@ PLANE_MAX = 16384       # depthwise conv: a whole output plane (floats) per para
 PLAIN_SEGMENT_MAX = 16   # plain conv: [8 x 16] accumulators; vectors wider than 16 lanes were 5x slower
 PLAIN_CHANNEL_TILE = 8
 DENSE_M_TILE = 4
+DENSE_X_BLOCK_BYTES = 256 * 1024  # rows of x per block: they stay in L2 while every weight panel streams past them
 MATMUL = "matmul"        # block name of ops/nn.py's matmul lowering
 MATMUL_I_TILE = 4        # register tile rows ...
 MATMUL_J_TILE = 64       # ... and columns (4 x 64 fp32 = 16 AVX-512 accumulators)
@@ -287,7 +288,11 @@ def _anchor_epilogue(sch: s_tir.Schedule, anchor, *keep: str):
 # ------------------------------------------------------------------------------------------ dense
 
 def _schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
-    """[m_tile x n_tile] register tile (n_tile = the packed weight block), k outside it."""
+    """[m_tile x n_tile] register tile (n_tile = the packed weight block), k outside it.
+
+    Loop order [x row block] > [weight panel] > [row tile]: each [k x n_tile] weight panel is read once per block of
+    x rows that fits in L2 and reused by every row tile of the block. With the row tile outermost the whole weight
+    streamed past once per 4 rows: GPT-2's 154 MB LM head 16 times at seq 64 (66 -> 103 GFLOP/s, 1 thread)."""
     lanes = _vector_lanes(target)
     dense = sch.get_sblock(K.DENSE_PACKED)
     nt = int(sch.get(dense).annotations[K.ANN_N_TILE])
@@ -295,16 +300,34 @@ def _schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     if len(sch.get_loops(out)) != 2:
         raise ValueError("dense epilogue is not a single 2-D block")
     m, n = sch.get_loops(out)
-    mt = _largest_divisor(_extent(sch, m), DENSE_M_TILE)
-    mo, mi = sch.split(m, [None, mt])
-    no, ni = sch.split(n, [None, nt])
-    sch.reorder(mo, no, mi, ni)
-    tile = sch.fuse(mo, no)
-    sch.parallel(tile)
-    sch.compute_at(dense, tile, preserve_unit_loops=True)
+    m_ext, n_ext, k = _extent(sch, m), _extent(sch, n), _extent(sch, sch.get_loops(dense)[-1])
+    mt = _largest_divisor(m_ext, DENSE_M_TILE)
+    rows = max(mt, DENSE_X_BLOCK_BYTES // (4 * k) // mt * mt)
+    mb = next(r for r in range(min(rows, m_ext) // mt * mt, 0, -mt) if m_ext % r == 0)
+    vec = min(lanes, nt)
+
+    def tiles(mm, nn):
+        mbo, mrest = sch.split(mm, [None, mb])
+        mo, mi = sch.split(mrest, [None, mt])
+        no, ni = sch.split(nn, [None, nt])
+        sch.reorder(mbo, no, mo, mi, ni)
+        tile = sch.fuse(mbo, no, mo)
+        sch.parallel(tile)
+        return tile, ni
+
+    if n_ext % nt == 0:  # the write-back drives the tiles; the product is computed per tile into registers
+        tile, ni = tiles(m, n)
+        sch.compute_at(dense, tile, preserve_unit_loops=True)
+    else:
+        # N is not a multiple of the panel (GPT-2's 50257 logits): tiles over the padded product, with the
+        # write-back (clipped to N) computed per tile after it. Driving from the write-back would give the last
+        # tile a shorter product, a variable extent that keeps LLVM from vectorizing every tile.
+        dm, dn = sch.get_loops(dense)[:2]
+        tile, _ = tiles(dm, dn)
+        sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
+        ni = sch.get_loops(out)[-1]
     sch.set_scope(dense, 0, "local")
     dm, dn, rk = sch.get_loops(dense)[-3:]
-    vec = min(lanes, nt)
     dnv, dnl = sch.split(dn, [None, vec])
     sch.reorder(rk, dm, dnv, dnl)
     sch.unroll(dm)
