@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from runtime.errors import CompileError
 
+from .cuda_intrin import TENSOR_CORE_SM, load_tensor_intrinsics, tensorize_matmul  # noqa: F401 (re-exported)
 from .lower import KernelSpec, build_prim_func
 
 DEFAULT_ARCH = "sm_90"
@@ -50,43 +51,54 @@ HALF = ("float16", "bfloat16")
 TENSOR_CORE_MIN = {"m": 64, "n": 64, "k": 32}  # smaller products pad too much of a 128x128x64 tensor-core tile
 
 
-def load_tensor_intrinsics() -> None:
-    """Register TVM's CUDA tensor-core intrinsics (wmma/mma) once, fast.
+def _exact_in(value: float, dtype: str) -> bool:
+    import ml_dtypes
+    import numpy as np
 
-    Importing tvm.s_tir.tensor_intrin.cuda parses ~250 TVMScript functions, and each `T.prim_func` calls
-    `inspect.stack()`, which looks up the module of every frame; during an import the stack holds importlib's frozen
-    frames, whose lookup scans all of sys.modules (~2000 with torch): 35-40 s. The parser uses the stack only to see
-    whether the function sits in an `@I.ir_module` class (none do there), so frames without source context serve."""
-    import inspect
-    import sys
+    half = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    return float(np.asarray(value, dtype=half)) == value
 
-    if "tvm.s_tir.tensor_intrin.cuda" in sys.modules:
-        return
 
-    def stack_without_source(context: int = 1):
-        frames, f = [], sys._getframe(1)
-        while f is not None:
-            frames.append(inspect.FrameInfo(f, f.f_code.co_filename, f.f_lineno, f.f_code.co_name, None, None))
-            f = f.f_back
-        return frames
+def _moved_half(expr) -> set | None:
+    """The half-precision dtypes that `expr` only moves: it is made of widened half-precision loads
+    (`f32(x[...])`), `if_then_else`/`select` around them (padding, masking) and constants exact in half precision.
+    None where it computes anything else."""
+    from tvm import ir, tirx
 
-    original = inspect.stack
-    inspect.stack = stack_without_source
-    try:
-        import tvm.s_tir.tensor_intrin.cuda  # noqa: F401  (registers the intrinsics)
-    finally:
-        inspect.stack = original
+    if isinstance(expr, tirx.Cast):
+        source = getattr(expr.value, "source", None)  # a load (`TensorLoad`): its buffer
+        dtype = str(getattr(source, "dtype", ""))
+        return {dtype} if str(expr.ty) == "float32" and dtype in HALF else None
+    if isinstance(expr, tirx.FloatImm):
+        return set() if str(expr.ty) == "float32" else None
+    if isinstance(expr, tirx.Select):
+        branches = (expr.true_value, expr.false_value)
+    elif isinstance(expr, ir.Call) and getattr(expr.op, "name", "").endswith("if_then_else"):
+        branches = tuple(expr.args[1:])
+    else:
+        return None
+    found = [_moved_half(b) for b in branches]
+    if any(f is None for f in found):
+        return None
+    dtypes = set().union(*found)
+    constants = [b.value for b in branches if isinstance(b, tirx.FloatImm)]
+    return dtypes if all(_exact_in(c, d) for c in constants for d in dtypes) else None
 
 
 def inline_widening_casts(func):
-    """Inline the blocks that only widen a half-precision input to float32 (the prologues the fuse pass gives a
-    matmul on CUDA) into their readers: the matmul block then reads the float16 buffer itself, with the cast in its
-    body, `C[i, j] += f32(A[i, k]) * f32(B[j, k])`, which is what the tensor-core rule matches."""
+    """Give the matmul/conv of a kernel that reads half-precision inputs half-precision operands:
+    - inline the blocks that only widen a half-precision input to float32 (the prologues the fuse pass gives a
+      matmul on CUDA) into their readers: the matmul block then reads the float16 buffer itself, with the cast in its
+      body, `C[i, j] += f32(A[i, k]) * f32(B[j, k])`, which is what the tensor-core rule matches;
+    - compute the stages that only move such data (a conv's zero padding, `pad_temp = if_then_else(.., f32(x[..]),
+      0)`, transposes) in the half-precision dtype: exact (they copy values that were half precision, or write
+      constants exact in it), and their readers see `f32(pad_temp[..])`, so padded (3x3) convs get the tensor-core
+      schedule like 1x1 convs."""
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.analysis import get_root_block
 
     sch = s_tir.Schedule(func)
-    inlined = False
+    changed = False
     for block in sch.get_child_blocks(get_root_block(sch)):
         body = sch.get(block).body
         # a load is a `TensorLoad` in TVM 0.27 (`tirx.BufferLoad` is a constructor function), its buffer `.source`
@@ -95,34 +107,53 @@ def inline_widening_casts(func):
         if source is not None and str(body.buffer.dtype) == "float32" and str(getattr(source, "dtype", "")) in HALF:
             try:
                 sch.compute_inline(block)
-                inlined = True
+                changed = True
             except Exception:  # e.g. the cast writes an output of the kernel: leave it as it is
                 pass
-    return sch.mod["main"] if inlined else func
+    root = get_root_block(sch)
+    intermediates = list(sch.get(root).alloc_buffers)
+    for block in sch.get_child_blocks(root):  # in order: a chain of movements (transpose -> reshape) goes half
+        stmt = sch.get(block)
+        body = stmt.body
+        if (not isinstance(body, tirx.BufferStore) or stmt.init is not None or str(body.buffer.dtype) != "float32"
+                or not any(body.buffer.same_as(b) for b in intermediates)
+                or any(int(v.iter_type) != 0 for v in stmt.iter_vars)):  # spatial (data-parallel) blocks only
+            continue
+        dtypes = _moved_half(body.value)
+        if dtypes is not None and len(dtypes) == 1:
+            sch.unsafe_set_dtype(block, 0, dtypes.pop())
+            changed = True
+    return sch.mod["main"] if changed else func
 
 
 def _tensor_core_rule():
-    """A dlight rule: dlight's tensor-core matmul (wmma 16x16x16, float16 operands, float32 or float16 sums) for
-    matmul-like kernels whose M, N and K reach TENSOR_CORE_MIN. dlight's own Matmul rule tries it only when every
-    extent exceeds 64, which leaves out attention's per-head products (K = 64 in BERT-base and GPT-2)."""
+    """A dlight rule: a tensor-core matmul (wmma 16x16x16; float16 operands on sm_70+, bfloat16 on sm_80+; float32
+    sums, or float16 ones for a float16 product) for matmul-like kernels whose M, N and K reach TENSOR_CORE_MIN
+    (cuda_intrin.tensorize_matmul). dlight's own Matmul rule tries its float16-only tensor-core schedule only when
+    every extent exceeds 64, which leaves out attention's per-head products (K = 64 in BERT-base and GPT-2)."""
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.analysis import get_root_block
     from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
-    from tvm.s_tir.dlight.gpu.matmul import (MatmulTensorization, check_sm_version, get_in_out_dtypes,
-                                              get_index_map, get_reduction_blocks)
+    from tvm.s_tir.dlight.gpu.matmul import get_in_out_dtypes, get_index_map, get_reduction_blocks
 
     class TensorCoreMatmul(GPUScheduleRule):
         def apply(self, func, target, tunable):
             if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
                 return None
-            if target.kind.name != "cuda" or check_sm_version(str(target.attrs.get("arch", ""))) < 70:
+            if target.kind.name != "cuda":
                 return None
             sch = s_tir.Schedule(func)
             reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
             if reductions is None:
                 return None
             main = reductions[0]
-            if get_in_out_dtypes(sch.get(main)) not in (("float16", "float32"), ("float16", "float16")):
+            in_dtype, out_dtype = get_in_out_dtypes(sch.get(main))
+            stmt = sch.get(main)  # both operands in in_dtype (the wmma fragments of A and B share it)
+            if any(str(r.source.dtype) != in_dtype for r in stmt.reads if not r.source.same_as(stmt.writes[0].source)):
+                return None
+            sm = int(re.sub(r"\D", "", str(target.attrs.get("arch", ""))) or -1)  # sm_90a -> 90
+            if in_dtype not in TENSOR_CORE_SM or sm < TENSOR_CORE_SM[in_dtype] or out_dtype not in (
+                    "float32", in_dtype if in_dtype == "float16" else "float32"):
                 return None
             # normalize to C[S, I, J] += A[S, I, K] * B[S, J, K] as dlight does, to read M, N and K
             try:
@@ -140,8 +171,10 @@ def _tensor_core_rule():
             m, n, k = (int(e) for e in extents[1:])
             if m < TENSOR_CORE_MIN["m"] or n < TENSOR_CORE_MIN["n"] or k < TENSOR_CORE_MIN["k"]:
                 return None
-            load_tensor_intrinsics()
-            return MatmulTensorization().apply(func, target, tunable)
+            try:
+                return tensorize_matmul(func, in_dtype)
+            except Exception:  # a schedule step the kernel's shape does not allow: the next rule takes it
+                return None
 
     return TensorCoreMatmul()
 
@@ -157,9 +190,9 @@ def tensor_core_kernels(source: str) -> list[str]:
 
 
 def schedule_cuda(mod, target):
-    """dlight's GPU rules, the first that applies wins: tensor-core matmul (float16 operands), matmul/conv (implicit
-    GEMM), GEMV, reductions, the rest. Half-precision operands' widening casts are inlined first, so the matmul reads
-    float16. Returns (scheduled module, {kernel: why it could not be scheduled})."""
+    """dlight's GPU rules, the first that applies wins: tensor-core matmul (float16/bfloat16 operands), matmul/conv
+    (implicit GEMM), GEMV, reductions, the rest. Half-precision operands' widening casts are inlined first and their
+    padding/movement stages computed in half precision, so the matmul reads float16/bfloat16. Returns (scheduled module, {kernel: why it could not be scheduled})."""
     import tvm
     from tvm.s_tir import dlight as dl
 
