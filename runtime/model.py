@@ -27,13 +27,13 @@ import numpy as np
 
 from . import artifact
 from .errors import ArtifactError, InputError
-from .tvm_loader import as_tvm_tensor, init_runtime, load_kernels
+from .tvm_loader import as_tvm_tensor, init_runtime, load_kernels, numpy_dtype
 
 ALIGNMENT = 64
 
 
 def aligned_empty(shape: Sequence[int], dtype: str, align: int = ALIGNMENT) -> np.ndarray:
-    dtype = np.dtype(dtype)
+    dtype = numpy_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
     nbytes = max(int(np.prod(shape, dtype=np.int64)), 1) * dtype.itemsize
     raw = np.empty(nbytes + align, np.uint8)
     offset = (-raw.ctypes.data) % align
@@ -50,6 +50,15 @@ def cpu_features() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def _as_bfloat16(data: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """A bfloat16 parameter as `dst` holds it: .npy files store ml_dtypes.bfloat16 as raw 2-byte records (|V2), and
+    uint16 bit patterns are accepted too."""
+    if data.dtype != dst.dtype and data.dtype.itemsize == 2 and (data.dtype.kind in "Vu" or
+                                                                 data.dtype.name == "bfloat16"):
+        return np.ascontiguousarray(data).view(dst.dtype).reshape(data.shape)
+    return data
 
 
 class CompiledModel:
@@ -85,10 +94,10 @@ class CompiledModel:
             if "arena_offset" in b:
                 count = int(np.prod(b["shape"], dtype=np.int64))
                 start = int(b["arena_offset"])
-                nbytes = count * np.dtype(b["dtype"]).itemsize
+                nbytes = count * numpy_dtype(b["dtype"]).itemsize
                 if start % ALIGNMENT or start + nbytes > self._arena.size:
                     raise ArtifactError(f"buffer {i} lies outside the arena or is misaligned: the artifact is damaged")
-                arrays[i] = self._arena[start:start + nbytes].view(b["dtype"]).reshape(b["shape"])
+                arrays[i] = self._arena[start:start + nbytes].view(numpy_dtype(b["dtype"])).reshape(b["shape"])
             elif "view_of" not in b:
                 arrays[i] = aligned_empty(b["shape"], b["dtype"])
         for i, b in enumerate(plan["buffers"]):
@@ -101,12 +110,13 @@ class CompiledModel:
                 dst.fill(entry["splat"])
             else:
                 data = data() if callable(data) else data  # artifacts read each parameter only when it is copied
+                data = _as_bfloat16(data, dst) if plan["buffers"][entry["buffer"]]["dtype"] == "bfloat16" else data
                 if data.shape != dst.shape or data.dtype != dst.dtype:
                     raise ArtifactError(f"parameter for buffer {entry['buffer']} is {data.dtype}{list(data.shape)}, "
                                         f"the plan expects {dst.dtype}{list(dst.shape)}: the artifact is damaged")
                 np.copyto(dst, data)
         self._arrays = arrays
-        self._tensors = [as_tvm_tensor(a) for a in arrays]
+        self._tensors = [as_tvm_tensor(a, b["dtype"]) for a, b in zip(arrays, plan["buffers"])]
         try:
             self._calls = [(self._module[s["kernel"]], [self._tensors[a] for a in s["args"]]) for s in plan["steps"]]
         except Exception as e:
@@ -166,14 +176,18 @@ class CompiledModel:
             src = feeds[name]
             if not isinstance(src, np.ndarray):
                 src = np.asarray(src)
+            if dst.dtype != src.dtype and src.dtype == np.uint16 and dst.dtype.itemsize == 2 and dst.dtype.kind == "V":
+                src = src.view(dst.dtype)  # bfloat16 given as its bit patterns
             if src.shape != dst.shape:
                 raise InputError(f"input {name!r} has shape {list(src.shape)}, but the model was compiled for "
                                  f"{list(dst.shape)}; pass an array of that shape or recompile with "
                                  f"--shape {name}={'x'.join(map(str, src.shape)) or 'scalar'} "
                                  f"(shapes={{{name!r}: {tuple(src.shape)}}})")
             if src.dtype != dst.dtype:
+                how = (f".astype(np.{dst.dtype})" if dst.dtype.kind != "V" else
+                       ".astype(ml_dtypes.bfloat16), or pass its bit patterns as uint16")
                 raise InputError(f"input {name!r} has dtype {src.dtype}, the model expects {dst.dtype}; "
-                                 f"convert it with .astype(np.{dst.dtype})")
+                                 f"convert it with {how}")
             np.copyto(dst, src)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -73,7 +73,27 @@ def load_kernels(path: str):
         raise ArtifactError(f"cannot load the kernel library {path}: {e}") from None
 
 
-def as_tvm_tensor(array):
+def numpy_dtype(name: str):
+    """The numpy dtype that holds a plan dtype. bfloat16 is ml_dtypes.bfloat16 where ml_dtypes is installed (it
+    comes with the apache-tvm wheel, but the runtime does not require it), else its uint16 bit patterns."""
+    import numpy as np
+
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            return np.dtype(np.uint16)
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def as_tvm_tensor(array, dtype: str | None = None):
+    """A TVM tensor aliasing `array` (64-byte aligned, C-contiguous). `dtype` is the plan's dtype name: bfloat16
+    tensors, which DLPack-from-numpy cannot carry, travel as their uint16 bit patterns and are re-typed in place."""
     import tvm_ffi
 
+    if dtype == "bfloat16" or array.dtype.name == "bfloat16":
+        bits = tvm_ffi.from_dlpack(array.view("uint16"))
+        create_view = tvm_ffi.get_global_func("runtime.TVMTensorCreateView")
+        return create_view(bits, tvm_ffi.Shape([int(d) for d in array.shape]), tvm_ffi.dtype("bfloat16"), 0)
     return tvm_ffi.from_dlpack(array)

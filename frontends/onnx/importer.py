@@ -25,10 +25,10 @@ from .converters import CONVERTERS, lookup_converter
 Ref = Value | np.ndarray | None  # what a converter receives for each input
 
 
-# The element types our kernels compute in; the others (strings, bfloat16, float8, 4- and 2-bit types, complex)
-# are refused with a FrontendError naming the type.
+# The element types our kernels compute in; the others (strings, float8, 4- and 2-bit types, complex) are refused
+# with a FrontendError naming the type. bfloat16 arrays are ml_dtypes.bfloat16 (what onnx's numpy_helper gives).
 SUPPORTED_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                              "float16", "float32", "float64"})
+                              "float16", "bfloat16", "float32", "float64"})
 
 
 def onnx_dtype(elem_type: int, what: str = "") -> str:
@@ -44,8 +44,14 @@ def onnx_dtype(elem_type: int, what: str = "") -> str:
     return name
 
 
+def is_string_array(x) -> bool:
+    """Strings (onnx's numpy_helper gives object arrays of str) exist only at compile time: ops on constant strings
+    fold (Equal), and a string that a kernel would read is refused (`Builder.value`)."""
+    return isinstance(x, np.ndarray) and x.dtype.kind in "OUS"
+
+
 def check_array_dtype(x: np.ndarray, what: str) -> np.ndarray:
-    if str(x.dtype) not in SUPPORTED_DTYPES:
+    if str(x.dtype) not in SUPPORTED_DTYPES and not is_string_array(x):
         raise FrontendError(f"{what} has the unsupported element type {x.dtype}; supported: "
                             f"{', '.join(sorted(SUPPORTED_DTYPES))}")
     return x
@@ -83,6 +89,10 @@ class Builder:
         """An IR value for `x`, turning a known array into a param."""
         if isinstance(x, Value):
             return x
+        if is_string_array(x):
+            raise self.error("string tensors exist only at compile time (ops on constant strings are folded); "
+                             "this one would have to be computed on at run time or be a graph output, which we "
+                             "do not support")
         if id(x) not in self._params:
             name = self.names.get(id(x), self.node_name + ".const")
             self._params[id(x)] = (self.graph.add_param(name, x), x)
@@ -164,7 +174,10 @@ def check_supported(model: onnx.ModelProto) -> None:
 def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) -> TensorType:
     tt = vi.type.tensor_type
     if not vi.type.HasField("tensor_type"):
-        raise FrontendError(f"graph input {vi.name!r} is not a tensor")
+        kind = (vi.type.WhichOneof("value") or "untyped").replace("_type", "")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise FrontendError(f"graph input {vi.name!r} is {article} {kind}, not a tensor: compiled models take and "
+                            f"return tensors only (sequences and optionals have no run-time form)")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
     if vi.name in shapes:
         given = tuple(int(d) for d in shapes[vi.name])
@@ -174,11 +187,18 @@ def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) ->
             raise FrontendError(f"shape {given} given for input {vi.name!r} does not match its declared shape "
                                 f"[{shown}]")
         dims = list(given)
+    elif tt.elem_type == onnx.TensorProto.STRING:
+        pass  # refused below, asking for a constant
     elif any(d is None for d in dims):
         sym = [d.dim_param or "?" for d in tt.shape.dim if not d.HasField("dim_value")]
         warnings.warn(f"input {vi.name!r} has symbolic dimension(s) {sym}; binding them to 1. Pass "
                       f"shapes={{{vi.name!r}: (...)}} (CLI: --shape {vi.name}=AxBxC) to choose.", stacklevel=3)
         dims = [1 if d is None else d for d in dims]
+    if tt.elem_type == onnx.TensorProto.STRING:
+        err = FrontendError(f"graph input {vi.name!r} is a string tensor: strings are supported only as "
+                            f"compile-time constants, where the ops on them are folded; make it an initializer")
+        err.needs_constant = vi.name  # the conformance runner specializes it, as for shape-deciding inputs
+        raise err
     return TensorType(dims, onnx_dtype(tt.elem_type, f"graph input {vi.name!r}"))
 
 

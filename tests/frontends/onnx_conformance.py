@@ -18,7 +18,9 @@ also reported (`specialized`). A user gets the same result by making the input a
 Tolerance: onnx's runner's, rtol 1e-3 and atol 1e-7 unless the case says otherwise. Float outputs may in addition
 pass at atol 1e-5 (`FP32_ATOL`): fp32 kernels with vectorized transcendentals (exp, erf, tanh) and reassociated
 sums differ from numpy's float64-computed expectations by a few ulps near zero, where atol 1e-7 is below one ulp of
-the operands. Such cases count as passes.
+the operands. Such cases count as passes. bfloat16 outputs are compared as float32 values at rtol 2^-7
+(`BF16_RTOL`): one unit in the last place of a bf16 number, whose expected values are rounded to bf16 already, so a
+kernel that rounds once at the end (fused) and a reference that rounds after each op differ by up to that.
 
 Compilation is cached by the (specialized) model's bytes: cases that differ only in data compile once.
 
@@ -45,6 +47,7 @@ from runtime.errors import FrontendError
 
 STATUSES = ("pass", "fail", "unsupported", "crash")
 FP32_ATOL = 1e-5
+BF16_RTOL = 2.0 ** -7  # one bfloat16 ulp (8 significant bits): the expected values are themselves rounded to bf16
 REPORT = "benchmarks/results/onnx_conformance.md"
 
 # The op types whose base cases must all pass (the CI test checks them; see `is_base_case`).
@@ -131,8 +134,11 @@ def _compare(got: list, expected: list, rtol: float, atol: float) -> str:
             return f"output {i}: shape {a.shape}, expected {e.shape}"
         if a.dtype != e.dtype:
             return f"output {i}: dtype {a.dtype}, expected {e.dtype}"
+        bf16 = e.dtype.name == "bfloat16"
+        if bf16:  # ml_dtypes' kind is "V": compare the values, NaN equal to NaN
+            a, e = a.astype(np.float32), e.astype(np.float32)
         if e.dtype.kind in "fc":
-            tol = (rtol, max(atol, FP32_ATOL))
+            tol = (max(rtol, BF16_RTOL) if bf16 else rtol, max(atol, FP32_ATOL))
             if not np.allclose(a, e, rtol=tol[0], atol=tol[1], equal_nan=True):
                 err = np.abs(a.astype(np.float64) - e.astype(np.float64))
                 err = np.where(np.isnan(err), np.inf, err)
@@ -184,6 +190,10 @@ class Runner:
         expected = [_as_array(e) for e in expected]
         for name, v in feeds.items():
             if not isinstance(v, np.ndarray):
+                try:  # the compiler's own refusal, when it has one
+                    self.compile(model)
+                except FrontendError as e:
+                    return "unsupported", f"{type(e).__name__}: {e}", ()
                 return "unsupported", f"input {name!r} is a {type(v).__name__}, not a tensor", ()
         specialized: dict[str, np.ndarray] = {}
         while True:

@@ -113,11 +113,11 @@ def test_only_1d_2d_and_3d_conv():
 
 
 def test_unsupported_element_types_name_the_type_and_where():
-    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2])
+    x = helper.make_tensor_value_info("x", TensorProto.INT4, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
     model = helper.make_model(helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
-                                                "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(FrontendError, match=r"graph input 'x': unsupported ONNX element type TensorProto.BFLOAT16"):
+                                                "g", [x], [y]), opset_imports=[helper.make_opsetid("", 21)])
+    with pytest.raises(FrontendError, match=r"graph input 'x': unsupported ONNX element type TensorProto.INT4"):
         from_onnx(model)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT8E4M3FN, [2])
@@ -125,4 +125,61 @@ def test_unsupported_element_types_name_the_type_and_where():
     model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 21)])
     with pytest.raises(FrontendError, match=r"'to_fp8' \(Cast\): to: unsupported ONNX element type "
                                             r"TensorProto.FLOAT8E4M3FN"):
+        from_onnx(model)
+
+
+def _string_equal_model(initializers):
+    s = [helper.make_tensor_value_info(n, TensorProto.STRING, [2]) for n in ("a", "b") if n not in initializers]
+    z = helper.make_tensor_value_info("z", TensorProto.BOOL, [2])
+    graph = helper.make_graph([helper.make_node("Equal", ["a", "b"], ["z"], name="eq")], "g", s, [z],
+                              [onnx.numpy_helper.from_array(np.array(v, object), n) for n, v in initializers.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_strings_are_compile_time_constants_only():
+    with pytest.raises(FrontendError, match=r"graph input 'a' is a string tensor: strings are supported only as "
+                                            r"compile-time constants.*make it an initializer") as info:
+        from_onnx(_string_equal_model({"b": ["x", "y"]}))
+    assert info.value.needs_constant == "a"
+    # constant strings: Equal folds at compile time
+    (z,) = compile_model(_string_equal_model({"a": ["x", "y"], "b": ["x", "z"]})).run({})
+    np.testing.assert_array_equal(z, [True, False])
+    # a string a kernel would have to read (here: a graph output) is refused
+    graph = helper.make_graph([helper.make_node("Identity", ["a"], ["z"], name="id")], "g", [],
+                              [helper.make_tensor_value_info("z", TensorProto.STRING, [2])],
+                              [onnx.numpy_helper.from_array(np.array(["p", "q"], object), "a")])
+    with pytest.raises(FrontendError, match="string tensors exist only at compile time"):
+        from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+
+
+def test_sequence_graph_input_is_refused_clearly():
+    seq = helper.make_tensor_sequence_value_info("x", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [seq],
+                              [helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(FrontendError, match=r"graph input 'x' is a sequence, not a tensor: compiled models take "
+                                            r"and return tensors only"):
+        from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _training_dropout(**attrs):
+    x = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
+    return x, single_op_model("Dropout", {"x": x}, 2, const_inputs={"r": np.array(0.75, np.float32),
+                                                                  "t": np.array(True)}, **attrs)
+
+
+def test_seeded_training_dropout_draws_onnx_reference_mask():
+    """onnx's reference: np.random.seed(seed); mask = uniform(0, 1, shape) >= ratio; y = mask * x / (1 - ratio)."""
+    x, model = _training_dropout(seed=3)
+    np.random.seed(3)
+    mask = np.random.uniform(0, 1.0, x.shape) >= 0.75
+    y, m = compile_model(model).run({"x": x})
+    np.testing.assert_array_equal(m, mask)
+    np.testing.assert_allclose(y, mask * x * 4.0, rtol=0, atol=0)
+    assert 0 < mask.sum() < mask.size
+
+
+def test_unseeded_training_dropout_is_refused():
+    _, model = _training_dropout()
+    with pytest.raises(FrontendError, match=r"'dropout_node' \(Dropout\): training_mode=True with a non-zero ratio "
+                                            r"and no seed attribute.*compile_training"):
         from_onnx(model)

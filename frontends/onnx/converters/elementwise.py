@@ -87,8 +87,10 @@ def Identity(b, input):
 def Dropout(b, data, ratio=None, training_mode=None, *, is_test=0, seed=None, **_legacy):
     # inference (or a zero ratio): Dropout is the identity and keeps every element
     training = training_mode is not None and bool(b.const(training_mode, "training_mode"))
-    if training and (ratio is None or float(np.asarray(b.const(ratio, "ratio")).reshape(-1)[0]) != 0.0):
-        raise b.error("training_mode=True with a non-zero ratio drops random elements; only inference is supported")
+    if training:
+        p = 0.5 if ratio is None else float(np.asarray(b.const(ratio, "ratio")).reshape(-1)[0])
+        if p != 0.0:
+            return _seeded_dropout(b, data, p, seed)
     # kept as a dropout node: a zero-copy view in inference, seeded train-mode dropout under compile_training
     try:
         if ratio is None or isinstance(ratio, (int, float)):  # opset < 12: an attribute (default 0.5)
@@ -98,6 +100,22 @@ def Dropout(b, data, ratio=None, training_mode=None, *, is_test=0, seed=None, **
     except FrontendError:
         p = 0.0  # a ratio only known at run time: inference only, where Dropout is the identity anyway
     return (b.emit(ops.dropout, [data], p=p) if p > 0 else data), np.ones(b.type(data).shape, bool)
+
+
+def _seeded_dropout(b, data, p, seed):
+    """Training-mode Dropout with a `seed` attribute draws the mask as onnx's reference does (np.random.seed(seed),
+    uniform(0, 1, shape) >= ratio), once, at compile time: every run then drops the same elements, which is what
+    a seeded op means there. Without a seed each run would need a fresh mask (compile_training draws those)."""
+    if seed is None:
+        raise b.error("training_mode=True with a non-zero ratio and no seed attribute drops different random "
+                      "elements on each run; only inference (or a seeded Dropout, whose mask is fixed at compile "
+                      "time) is supported: use compiler.compile_training to train with dropout")
+    if not 0.0 <= p < 1.0:
+        raise b.error(f"ratio must be in [0, 1), got {p}")
+    dt = b.type(data).dtype
+    mask = np.random.RandomState(int(seed) % 2 ** 32).uniform(0, 1.0, b.type(data).shape) >= p
+    scale = (mask * np.asarray(1 / (1 - p), dt)).astype(dt)
+    return b.emit(ops.mul, [data, scale]), mask
 
 
 @converter()

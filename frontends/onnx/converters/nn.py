@@ -211,6 +211,10 @@ def Range(b, start, limit, delta):
 
 @converter(since=11)
 def Equal(b, A, B):
+    from ..importer import is_string_array
+
+    if is_string_array(A) or is_string_array(B):  # strings are compile-time constants only: fold with numpy
+        return np.asarray(np.equal(b.const(A, "A"), b.const(B, "B")), bool)
     return b.emit(ops.equal, [A, B])
 
 
