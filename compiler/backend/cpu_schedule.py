@@ -198,13 +198,21 @@ def _schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target) -> None
         first = ric
     sch.unroll(cw)
     sch.vectorize(coi)
-    sch.parallel(sch.fuse(n, o, h))
+    rows = sch.fuse(n, o, h)
+    sch.parallel(rows)
     sch.unroll(wi)
     sch.vectorize(oi)
     init = sch.decompose_reduction(conv, first)
     _try(lambda: sch.vectorize(sch.get_loops(init)[-1]))
     _try(lambda: sch.unroll(sch.get_loops(init)[-2]))
-    _schedule_pad(sch, target)
+    if depthwise and K.PAD in names:
+        # pad only the KH input rows each output row reads, in L1, instead of a whole padded copy of the input:
+        # at batch 8 MobileNetV2's early depthwise inputs (38 MB) padded to DRAM and read back cost 3x per image
+        pad = sch.get_sblock(K.PAD)
+        sch.compute_at(pad, rows, preserve_unit_loops=True)
+        _try(lambda: sch.vectorize(sch.get_loops(pad)[-1]))
+    else:
+        _schedule_pad(sch, target)
 
 
 def _schedule_tile_writeback(sch, out, oi, wi):
