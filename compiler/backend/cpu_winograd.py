@@ -8,13 +8,18 @@ and the element-wise products summed over input channels are alpha^2 independent
 M[xi] = V[xi] @ U[xi] of (tiles x IC) by (IC x OC). F(4, 3) does 36 multiplies per 16 outputs where the direct
 conv does 144: 4x fewer, paid for by the input and output transforms and by two trips through memory (V and M).
 
-The kernel is four TE stages in one PrimFunc:
-  winograd_pad     the input zero-padded to whole tiles (N, IC/16, th*m + 2, tw*m + 2, 16)
-  winograd_input   V (alpha, alpha, P, IC), P = N * th * tw tiles; B^T d B written out as sparse sums
-  winograd_gemm    M (alpha, alpha, P, OC) = V @ U per (eps, nu); U is (alpha, alpha, OC/nb, IC, nb)
-  winograd_output  (N, OC/16, OH, OW, 16) = A^T M A + bias, the conv's fused epilogue inlined after it
-The transforms' constant matrices are unrolled at TE construction into sums of the non-zero terms (+x, -x, c*x),
-selected by the unrolled loop indices, so no multiply by 0 or 1 reaches the machine code.
+The kernel is six TE stages in one PrimFunc; each transform is two 1-D passes (rows, then columns):
+  winograd_pad          the input zero-padded to whole tiles (N, IC/16, th*m + 2, tw*m + 2, 16)
+  winograd_input_rows   B^T d per tile (alpha, alpha, P, IC), P = N * th * tw tiles
+  winograd_input        V = (B^T d) B (alpha, alpha, P, IC)
+  winograd_gemm         M (alpha, alpha, P, OC) = V @ U per (eps, nu); U is (alpha, alpha, OC/nb, IC, nb)
+  winograd_output_cols  M A (alpha, m, P, OC)
+  winograd_output       (N, OC/16, OH, OW, 16) = A^T (M A) + bias, the conv's fused epilogue inlined after it
+Each transform output is a sum of at most alpha non-zero terms (+x, -x, c*x) of the previous pass, selected by
+the unrolled loop index, so no multiply by 0 or 1 reaches the machine code. The first version wrote
+V[eps, nu] = sum_ij B^T[eps, i] d[i, j] B^T[nu, j] in one pass and left TIR's common-subexpression pass to find
+the shared row sums in the 36 unrolled outputs: 3-6 s to compile each kernel (ResNet-50: 31 s in all). Two passes
+need no CSE: 0.3 s a kernel (ResNet-50: ~4 s in all), at the same speed (benchmarks/results/winograd.md).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from tvm import s_tir, te, tirx, topi
 
 BLOCK = 16            # channel lanes of the NCHW[16]c activations
 WINO_PAD = "winograd_pad"
+WINO_INPUT_ROWS = "winograd_input_rows"
 WINO_INPUT = "winograd_input"
 WINO_GEMM = "winograd_gemm"
+WINO_OUTPUT_COLS = "winograd_output_cols"
 WINO_OUTPUT = "winograd_output"
 GEMM_P_TILE = 4       # register tile of the batched GEMM: tiles ... (measured: 6 x 64, 8 x 32, 6 x 32 are slower)
 GEMM_OC_TILES = (64, 32, 16)  # ... x output channels (4 x 64 fp32 = 16 AVX-512 accumulators)
@@ -146,30 +153,33 @@ def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, 
     tiles = n * per_image
     tiles_pad = -(-tiles // GEMM_P_TILE) * GEMM_P_TILE  # whole register tiles; the extra rows repeat the last
 
-    def v_body(eps, nu, p, c):
+    def rows_body(eps, j, p, c):  # (B^T d)[eps, j] = sum_i B^T[eps, i] d[i, j]
         if tiles_pad != tiles:
             p = tirx.min(p, tiles - 1)
         img, t = p // per_image, p % per_image
         y0, x0 = t // tw * m, t % tw * m
-        d = [[xp[img, c // b, y0 + i, x0 + j, c % b] for j in range(alpha)] for i in range(alpha)]
-        rows = [[_sparse_sum(bt[e], [d[i][j] for i in range(alpha)]) for j in range(alpha)] for e in range(alpha)]
-        # (B^T d)[e, j] is a sum of d[:, j]; V[e, f] = sum_j (B^T d)[e, j] B^T[f, j], written out in full
-        return _select(eps, [_select(nu, [_sparse_sum(bt[f], rows[e]) for f in range(alpha)])
-                             for e in range(alpha)])
+        d = [xp[img, c // b, y0 + i, x0 + j, c % b] for i in range(alpha)]
+        return _select(eps, [_sparse_sum(bt[e], d) for e in range(alpha)])
 
-    v = te.compute((alpha, alpha, tiles_pad, ic), v_body, name=WINO_INPUT)
+    rows = te.compute((alpha, alpha, tiles_pad, ic), rows_body, name=WINO_INPUT_ROWS)
+    # V[eps, nu] = sum_j (B^T d)[eps, j] B^T[nu, j]
+    v = te.compute((alpha, alpha, tiles_pad, ic),
+                   lambda e, f, p, c: _select(f, [_sparse_sum(bt[k], [rows[e, j, p, c] for j in range(alpha)])
+                                                  for k in range(alpha)]), name=WINO_INPUT)
     rk = te.reduce_axis((0, ic), name="rk")
     mm = te.compute((alpha, alpha, tiles_pad, out_channels),
                     lambda e, f, p, o: te.sum(v[e, f, p, rk] * u[e, f, o // nb, rk, o % nb], axis=rk),
                     name=WINO_GEMM)
+    # (M A)[i, r] = sum_j M[i, j] A^T[r, j]
+    cols = te.compute((alpha, m, tiles, out_channels),
+                      lambda i, r, p, o: _select(r, [_sparse_sum(at[k], [mm[i, j, p, o] for j in range(alpha)])
+                                                     for k in range(m)]), name=WINO_OUTPUT_COLS)
 
-    def y_body(img, ob, yy, xx, lane):
+    def y_body(img, ob, yy, xx, lane):  # Y[q, r] = sum_i A^T[q, i] (M A)[i, r]
         p = img * per_image + yy // m * tw + xx // m
         o = ob * b + lane
-        t = [[mm[i, j, p, o] for j in range(alpha)] for i in range(alpha)]
-        cols = [[_sparse_sum(at[r], t[i]) for r in range(m)] for i in range(alpha)]  # (M A)[i, r]
-        val = _select(yy % m, [_select(xx % m, [_sparse_sum(at[q], [cols[i][r] for i in range(alpha)])
-                                                  for r in range(m)]) for q in range(m)])
+        val = _select(yy % m, [_sparse_sum(at[q], [cols[i, xx % m, p, o] for i in range(alpha)])
+                               for q in range(m)])
         return val if bias is None else val + bias[o]
 
     return te.compute((n, out_channels // b, oh, ow, b), y_body, name=WINO_OUTPUT, tag="winograd")
@@ -178,14 +188,16 @@ def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, 
 # ---------------------------------------------------------------------------------------------- schedule
 
 def schedule_winograd(sch: s_tir.Schedule, target) -> None:
-    """pad: parallel rows, vector lanes. input transform: parallel over (tile, channel block), the alpha x alpha
-    outputs unrolled, 16 lanes a vector. GEMM: parallel over (eps, nu, oc tile, tile group) > [4 tiles x nb
-    channels] accumulators in registers, k outside. output: parallel over (image, oc block, tile row) > the m x m
-    tile unrolled, 16 lanes a vector, the epilogue inlined into its stores."""
+    """pad: parallel rows, vector lanes. input transform: parallel over (tile, channel block) > per row eps: its
+    B^T d row, then its alpha outputs; unrolled, 16 lanes a vector. GEMM: parallel over (eps, nu, oc tile, tile
+    group) > [4 tiles x nb channels] accumulators in registers, k outside. output: parallel over (image, oc block,
+    tile row) > tile > per column r: its M A column, then its m outputs; unrolled, 16 lanes a vector, the epilogue
+    inlined into its stores."""
     from . import cpu_schedule as S
 
     lanes = S._vector_lanes(target)
-    S._inline_all(sch, keep={WINO_PAD, WINO_INPUT, WINO_GEMM})  # the output transform too: into the epilogue
+    # every stage but the output transform, which is inlined into the epilogue
+    S._inline_all(sch, keep={WINO_PAD, WINO_INPUT_ROWS, WINO_INPUT, WINO_GEMM, WINO_OUTPUT_COLS})
     outs = sch.get_output_blocks(sch.get_sblock("root"))
     if len(outs) != 1 or len(sch.get_loops(outs[0])) != 5:
         raise ValueError("winograd epilogue is not a single NCHW[16]c block")
@@ -203,11 +215,18 @@ def _schedule_output(sch, out, m, lanes):
     n, ob, yy, xx, lane = sch.get_loops(out)
     ty, yi = sch.split(yy, [None, m])
     tx, xi = sch.split(xx, [None, m])
-    sch.reorder(n, ob, ty, tx, yi, xi, lane)
+    sch.reorder(n, ob, ty, tx, xi, yi, lane)  # column r of (M A) is read by the m outputs of column r
     sch.parallel(sch.fuse(n, ob, ty))
     sch.unroll(yi)
     sch.unroll(xi)
     sch.vectorize(lane)
+    # column r of M A (alpha x 16 values) right before the m outputs that read it: 384 bytes, a stack array (a
+    # buffer of 1 KB or more would be a heap workspace taken and freed per tile)
+    cols = sch.get_sblock(WINO_OUTPUT_COLS)
+    sch.compute_at(cols, xi)
+    i, o = sch.get_loops(cols)[-2:]  # the tile's p and column r are single points: no loops
+    sch.unroll(i)
+    sch.vectorize(o)
 
 
 def _schedule_gemm(sch, lanes):
@@ -245,7 +264,14 @@ def _schedule_input(sch, lanes):
     e, f, p, c = sch.get_loops(v)
     cb, cl = sch.split(c, [None, BLOCK])
     sch.reorder(p, cb, e, f, cl)
-    sch.parallel(sch.fuse(p, cb))
+    tile = sch.fuse(p, cb)
+    sch.parallel(tile)
     sch.unroll(e)
     sch.unroll(f)
     sch.vectorize(cl)
+    # row eps of B^T d (alpha x 16 values) right before the alpha outputs that read it: a stack array, as above
+    rows = sch.get_sblock(WINO_INPUT_ROWS)
+    sch.compute_at(rows, e)
+    j, c = sch.get_loops(rows)[-2:]
+    sch.unroll(j)
+    sch.vectorize(c)
