@@ -22,7 +22,9 @@ from runtime.errors import CompileError
 class CompileOptions:
     target: str = "cpu"  # "cpu" (the host CPU) or "cuda" (an NVIDIA GPU of architecture `arch`)
     arch: str | None = None  # cuda: "sm_90" (the default, Hopper), "sm_80", ...; SASS for it plus PTX
-    precision: str = "fp32"  # "fp16" / "bf16": matmul/dense/conv operands in half precision, fp32 accumulation
+    precision: str = "fp32"  # "fp16" / "bf16": matmul/dense/conv operands in half precision, fp32 accumulation;
+    # on the cpu target "bf16" stores the dense/conv weights as bfloat16 instead (activations and sums in fp32)
+    training: bool = False  # set by compile_training: the cpu bf16 mode is for inference (weights are params)
     opt_level: int = 2
     verify_each_pass: bool = True
     dump_after: frozenset[str] = frozenset()
@@ -61,10 +63,16 @@ def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, examp
 
 
 def passes_for(options: CompileOptions) -> list:
-    """The pass list: the pipeline of the optimization level and target, plus mixed precision if asked for."""
-    from compiler.passes.mixed_precision import insert_mixed_precision
+    """The pass list: the pipeline of the optimization level and target, plus mixed precision if asked for: on the
+    cpu target, bf16 inference stores the packed weights as bfloat16 (passes/pack_weights.py); otherwise (CUDA,
+    fp16, training) the products read operands rounded to half precision (passes/mixed_precision.py)."""
+    from compiler.passes.mixed_precision import half_dtype, insert_mixed_precision
+    from compiler.passes.pack_weights import insert_bf16_weights
 
-    return insert_mixed_precision(pipeline(options.opt_level, options.target), options.precision)
+    passes = pipeline(options.opt_level, options.target)
+    if half_dtype(options.precision) == "bfloat16" and options.target in ("cpu", "llvm") and not options.training:
+        return insert_bf16_weights(passes)
+    return insert_mixed_precision(passes, options.precision)
 
 
 def optimize(g: Graph, options: CompileOptions) -> Graph:
@@ -194,7 +202,8 @@ def compile_model(model, target: str = "cpu", shapes: Mapping[str, Sequence[int]
     target "cuda": kernels for an NVIDIA GPU of architecture `arch` (default "sm_90"), device code compiled here
     with nvcc; the result (a `runtime.cuda.CudaModel`) saves without a GPU and runs where there is one.
     precision: "fp32", or "fp16"/"bf16" for half-precision matmul/dense/conv operands with fp32 accumulation
-    (compiler/passes/mixed_precision.py).
+    (compiler/passes/mixed_precision.py); on the cpu target "bf16" stores the dense and conv weights as bfloat16,
+    widened to fp32 in the kernels (activations and sums stay fp32; compiler/passes/pack_weights.py).
     """
     if options is None:
         dbs = (tuning_db,) if isinstance(tuning_db, (str, os.PathLike)) else tuple(tuning_db or ())
@@ -293,7 +302,7 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     names = _trainable_names(model, fwd, trainable, frozen)
     program = build_training_program(fwd, names, loss_spec, opt_spec, bn_momentum)
     options = CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads, arch=arch,
-                             precision=precision)
+                             precision=precision, training=True)
     bindings = program.state_bindings
     g = optimize(program.graph, options)
     new_values = {v for v, name in zip(g.outputs, g.output_names) if name in bindings}
@@ -302,7 +311,7 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     train = compile_graph(g, options, state=bindings, initial_state=initial)
     train.plan["stats"]["saved_activation_bytes"] = program.saved_activation_bytes
     eval_options = CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads, arch=arch,
-                                  precision=precision)
+                                  precision=precision, training=True)
     evaluator = compile_graph(optimize(program.eval_graph, eval_options), eval_options)
     spec = {"inputs": program.inputs, "labels": program.labels, "scalars": program.scalars,
             "dropout": [[n, list(s)] for n, s in program.dropout], "seed": seed,

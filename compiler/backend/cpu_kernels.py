@@ -45,6 +45,13 @@ ANN_OC_BLOCK = "tf_oc_block"
 ANN_N_TILE = "tf_n_tile"        # on DENSE_PACKED: columns per register tile (divides N_pad)
 
 
+def widen(w):
+    """A weight element as float32: a bfloat16 weight (CPU bf16 mode) is widened where it is loaded, which LLVM
+    vectorizes as a zero-extend and a 16-bit shift per vector (vpmovzxwd, vpslld), so the kernels read half the
+    weight bytes and still multiply and accumulate in float32."""
+    return w.astype("float32") if w.dtype == "bfloat16" else w
+
+
 def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
@@ -159,7 +166,7 @@ def _conv_packed(x, w_packed, bias, b, out_channels, icg, ocg, groups, kernel, s
     conv = te.compute(
         (n, int(w_packed.shape[0]), oh, ow_pad, b),
         lambda b_, ob, y, z, oi: te.sum(
-            xp[b_, in_channel(ob), y * sh + rkh * dh, z * sw + rkw * dw] * w_packed[ob, ric, rkh, rkw, oi],
+            xp[b_, in_channel(ob), y * sh + rkh * dh, z * sw + rkw * dw] * widen(w_packed[ob, ric, rkh, rkw, oi]),
             axis=[ric, rkh, rkw]),
         name=CONV_PACKED, tag=CONV_PACKED, attrs={ANN_OW_TILE: tile, ANN_OC_BLOCK: b})
 
@@ -202,12 +209,12 @@ def conv2d_nchwc_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | No
 
         def body(b_, ob, y, z, oi):
             return te.sum(xp[b_, rcb, y * sh + rkh * dh, z * sw + rkw * dw, rci]
-                          * w_packed[ob, rcb, rkh, rkw, rci, oi], axis=[rcb, rkh, rkw, rci])
+                          * widen(w_packed[ob, rcb, rkh, rkw, rci, oi]), axis=[rcb, rkh, rkw, rci])
     else:
         ric = te.reduce_axis((0, cb), name="ric")
 
         def body(b_, ob, y, z, oi):
-            return te.sum(xp[b_, ric, y * sh + rkh * dh, z * sw + rkw * dw] * w_packed[ob, ric, rkh, rkw, oi],
+            return te.sum(xp[b_, ric, y * sh + rkh * dh, z * sw + rkw * dw] * widen(w_packed[ob, ric, rkh, rkw, oi]),
                           axis=[ric, rkh, rkw])
     ocb = out_channels // block
     conv = te.compute((n, ocb, oh, ow_pad, block), body, name=CONV_NCHWC, tag=CONV_NCHWC,
@@ -276,7 +283,7 @@ def dense_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | None, *, 
     rk = te.reduce_axis((0, k), name="rk")
     out = te.compute(
         (m, n_pad),
-        lambda i, j: te.sum(x[i, rk] * w_packed[j // nb, rk, j % nb], axis=rk),
+        lambda i, j: te.sum(x[i, rk] * widen(w_packed[j // nb, rk, j % nb]), axis=rk),
         name=DENSE_PACKED, tag=DENSE_PACKED, attrs={ANN_N_TILE: nb})
     if bias is None:
         return te.compute((m, n), lambda i, j: out[i, j], name=DENSE_BIAS, tag="injective")

@@ -19,6 +19,19 @@ from .registry import Attr, FusionKind, defop, fail
 WEIGHT_LAYOUTS = ("packed", "depthwise", "plain")
 
 
+def computed_weight_type(x: TensorType, w: TensorType) -> TensorType:
+    """A float32 conv or dense may store its packed weight as bfloat16 (the `bf16_weights` pass, CPU bf16 mode):
+    its kernel widens each weight to float32 as it loads it, so the op computes in float32 on the rounded weight."""
+    if w.dtype == "bfloat16" and x.dtype == "float32":
+        return TensorType(w.shape, "float32")
+    return w
+
+
+def widen_weight(w: np.ndarray) -> np.ndarray:
+    """The references' side of `computed_weight_type`: a bfloat16 weight as float32 (exact)."""
+    return w.astype(np.float32) if w.dtype.name == "bfloat16" else w
+
+
 def unpack_conv2d_weight(wp: np.ndarray, *, wlayout: str, block: int, out_channels: int) -> np.ndarray:
     if wlayout != "packed":
         return wp
@@ -42,13 +55,13 @@ def _unpacked_conv_type(w: TensorType, wlayout, block, out_channels) -> TensorTy
 
 
 def _conv2d_packed_infer(types, *, wlayout, block, out_channels, **conv):
-    w = _unpacked_conv_type(types[1], wlayout, block, out_channels)
+    w = _unpacked_conv_type(computed_weight_type(types[0], types[1]), wlayout, block, out_channels)
     return _conv2d_infer([types[0], w] + types[2:], **conv)
 
 
 def _conv2d_packed_ref(x, wp, b=None, *, wlayout, block, out_channels, **conv):
-    return _conv2d_ref(x, unpack_conv2d_weight(wp, wlayout=wlayout, block=block, out_channels=out_channels), b,
-                       **conv)
+    return _conv2d_ref(x, unpack_conv2d_weight(widen_weight(wp), wlayout=wlayout, block=block,
+                                               out_channels=out_channels), b, **conv)
 
 
 def _conv2d_packed_lower(x, wp, b=None, *, wlayout, block, out_channels, strides, pads, dilations, groups):
@@ -68,7 +81,7 @@ conv2d_packed = defop(
 
 
 def _dense_packed_infer(types, *, block, n):
-    wp = types[1]
+    wp = computed_weight_type(types[0], types[1])
     if wp.rank != 3 or wp.shape[2] != block or wp.shape[0] * block < n:
         fail(f"packed weight {wp} does not match block {block} and n={n}")
     return _dense_infer([types[0], TensorType((n, wp.shape[1]), wp.dtype)] + types[2:])
@@ -83,7 +96,8 @@ def _dense_packed_lower(x, wp, b=None, *, block, n):
 dense_packed = defop(
     "dense_packed", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_dense_packed_infer, arity=(2, 3),
     attrs={"block": Attr("int"), "n": Attr("int")},
-    reference=lambda x, wp, b=None, *, block, n: _dense_ref(x, unpack_dense_weight(wp, block=block, n=n), b),
+    reference=lambda x, wp, b=None, *, block, n: _dense_ref(x, unpack_dense_weight(widen_weight(wp), block=block,
+                                                                                   n=n), b),
     lower=_dense_packed_lower, doc="dense whose weight (N, K) is stored as (N/block, K, block).")
 
 
@@ -155,7 +169,7 @@ def _conv2d_nchwc_infer(types, *, in_block, block, out_channels, strides, pads, 
         fail(f"input {types[0]} is not blocked by {in_block}")
     if out_channels % block:
         fail(f"{out_channels} output channels do not split into blocks of {block}")
-    wt = types[1]
+    wt = computed_weight_type(types[0], types[1])
     if in_block:
         if wt.rank != 6 or wt.shape[4] != in_block:
             fail(f"weight {wt} is not (OC/b, IC/{in_block}, KH, KW, {in_block}, b)")
@@ -167,7 +181,8 @@ def _conv2d_nchwc_infer(types, *, in_block, block, out_channels, strides, pads, 
 
 def _conv2d_nchwc_ref(x, wp, b=None, *, in_block, block, out_channels, **conv):
     xp = unblock_nchwc(x) if in_block else x
-    w = unpack_conv2d_weight(_nchwc_weight(wp, in_block), wlayout="packed", block=block, out_channels=out_channels)
+    w = unpack_conv2d_weight(_nchwc_weight(widen_weight(wp), in_block), wlayout="packed", block=block,
+                             out_channels=out_channels)
     return block_nchw(_conv2d_ref(xp, w, b, groups=1, **conv), block)
 
 

@@ -4,13 +4,20 @@ A weight that is a param is packed once, at compile time. A weight that is compu
 graph's parameters are graph inputs, updated in place every step) is packed by a kernel of its own each run
 (`conv2d_weight_pack` / `dense_weight_pack`, compiler/ops/train_layout.py): one pass over the weight, so that the
 conv or dense itself runs on the register-tiled packed kernel instead of the generic schedule.
+
+`bf16_weights` (the CPU's bf16 mode) then stores the packed weights as bfloat16.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
 from compiler import ops
 from compiler.backend import cpu_kernels
-from compiler.ir import Graph
+from compiler.ir import Graph, Value
 
 
 def pack_weights(g: Graph) -> Graph:
@@ -59,3 +66,50 @@ def pack_weights(g: Graph) -> Graph:
         g.rename(new_out, old_out.name)
     g.remove_unused()
     return g
+
+
+@dataclass(frozen=True)
+class StoreWeightsBF16:
+    """bf16_weights: the CPU's `precision="bf16"` mode. Every packed float32 weight of a dense or conv kernel
+    (dense_packed, conv2d_packed with the 'packed' layout, conv2d_nchwc) becomes a bfloat16 param,
+    rounded to nearest even; the kernel widens each weight to float32 as it loads it (cpu_kernels.widen), so
+    activations, products and sums stay float32 and only the weights lose precision (8 significant bits, a
+    relative error of at most 2^-9 each). It halves the bytes of weights the kernels stream, which is what bounds a
+    batch-1 dense (a GEMV reads each weight once); benchmarks/results/bf16_cpu.md has the accuracy and speed.
+
+    It runs after packing and the layout passes (which repack float32 arrays) and before fusion. Weights computed
+    at run time (training graphs) stay float32."""
+
+    name: ClassVar[str] = "bf16_weights"
+
+    def __call__(self, g: Graph) -> Graph:
+        import ml_dtypes
+
+        rounded: dict[Value, Value] = {}  # float32 packed weight -> its bfloat16 copy, shared by its readers
+        for n in g.nodes:
+            if n.op not in BF16_WEIGHT_OPS or (n.op is ops.conv2d_packed and n.attrs["wlayout"] != "packed"):
+                continue
+            x, w = n.inputs[0], n.inputs[1]
+            if not (w.is_param and w.data is not None and w.type.dtype == "float32" and x.type.dtype == "float32"):
+                continue
+            if w not in rounded:
+                rounded[w] = g.add_param(w.name + ".bf16", np.asarray(w.data, np.float32).astype(ml_dtypes.bfloat16))
+            n.inputs[1] = rounded[w]
+        g.remove_unused()  # the float32 weights
+        return g
+
+
+# Not winograd_conv2d: its transformed weight U = G g G^T, rounded to bf16, gave 15x the direct conv's error (the
+# output transform's coefficients, up to 8, amplify it: 3 % of the largest output on a 32-channel 3x3 conv), and
+# the Winograd GEMM is bound by arithmetic, not by weight bytes.
+BF16_WEIGHT_OPS = frozenset({ops.dense_packed, ops.conv2d_packed, ops.conv2d_nchwc})
+bf16_weights = StoreWeightsBF16()
+
+
+def insert_bf16_weights(passes: list) -> list:
+    """The CPU pipeline with `bf16_weights` right before fusion (or last, where nothing fuses)."""
+    from .manager import pass_name
+
+    names = [pass_name(p) for p in passes]
+    at = names.index("fuse") if "fuse" in names else len(passes)
+    return list(passes[:at]) + [bf16_weights] + list(passes[at:])
