@@ -1,6 +1,6 @@
-"""Bar chart of the suite's latency ratios to onnxruntime from its markdown tables (benchmarks/results/suite_b*.md).
+"""Bar chart of the suite's latency ratios to onnxruntime from its markdown tables (benchmarks/results/suite.md).
 
-    python benchmarks/plot_suite.py benchmarks/results/suite_b1.md benchmarks/results/suite_b8.md -o suite.png
+    python benchmarks/plot_suite.py benchmarks/results/suite.md -o suite.png
 """
 
 from __future__ import annotations
