@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 from benchmarks.light_models import timed  # noqa: E402
-from benchmarks.machine import describe_machine  # noqa: E402
+from benchmarks.machine import describe_machine, write_lines  # noqa: E402
 from compiler import compile_model  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "bf16_cpu.md")
@@ -110,10 +110,7 @@ def main(argv=None) -> int:
         lines.append(f"| {r['model']} | {r['fp32_med']:.3f} | {r['bf16_med']:.3f} | "
                      f"{r['bf16_med'] / r['fp32_med']:.3f} | {r['fp32_min']:.3f} | {r['bf16_min']:.3f} | "
                      f"{r['bf16_min'] / r['fp32_min']:.3f} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("wrote", args.out)
+    write_lines(args.out, lines)
     return 0
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 from benchmarks.light_models import timed  # noqa: E402
-from benchmarks.machine import describe_machine  # noqa: E402
+from benchmarks.machine import describe_machine, write_lines  # noqa: E402
 from compiler import compile_model  # noqa: E402
 from compiler.api import CompileOptions, compile_graph, import_model, optimize  # noqa: E402
 from compiler.examples import LIGHT_MODELS, light_input, light_path, randomize_weights  # noqa: E402
@@ -200,10 +200,7 @@ def main(argv=None) -> int:
                   "| conv node | shape | NCHW[16]c | NCHW | ratio |", "|---|---|---:|---:|---:|"]
         for node, (b, p) in r["convs"].items():
             lines.append(f"| {node} | {r['shapes'].get(node, '')} | {b:.3f} | {p:.3f} | {b / p:.2f} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("wrote", args.out)
+    write_lines(args.out, lines)
     return 0
 
 

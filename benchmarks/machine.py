@@ -33,3 +33,11 @@ def describe_machine() -> str:
         pass
     return (f"{cpu}, {len(os.sched_getaffinity(0))} cores available, {isa}, Python {platform.python_version()}, "
             + ", ".join(versions))
+
+
+def write_lines(path: str, lines: list[str]) -> None:
+    """Write a markdown report (one line per entry), creating its directory; says where."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("wrote", path)

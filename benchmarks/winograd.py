@@ -24,7 +24,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 from benchmarks.layout import conv_flops, conv_graphs  # noqa: E402
 from benchmarks.light_models import timed  # noqa: E402
-from benchmarks.machine import describe_machine  # noqa: E402
+from benchmarks.machine import describe_machine, write_lines  # noqa: E402
 from compiler import compile_model  # noqa: E402
 from compiler.api import CompileOptions  # noqa: E402
 
@@ -127,10 +127,7 @@ def main(argv=None) -> int:
             lines.append(f"| {r['model']} | {r['with_ms']:.2f} | {r['without_ms']:.2f} | "
                          f"{r['with_ms'] / r['without_ms']:.3f} | {r['with_min']:.2f} | {r['without_min']:.2f} | "
                          f"{r['with_min'] / r['without_min']:.3f} | {r['winograd_kernels']} | {r['rel_err']:.1e} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("wrote", args.out)
+    write_lines(args.out, lines)
     return 0
 
 
