@@ -293,6 +293,19 @@ def _anchor_epilogue(sch: s_tir.Schedule, anchor, *keep: str):
     return consumers[0]
 
 
+def _register_tile(sch: s_tir.Schedule, block, vec: int):
+    """The [rows x cols] accumulator tile of a product computed at its tile loop (last three loops: rows, cols,
+    k): k outside the tile, rows unrolled, cols unrolled in `vec`-lane pieces that are vectorized, so that LLVM
+    keeps the tile in registers and each k step is one FMA per vector. Returns the k loop."""
+    rows, cols, k = sch.get_loops(block)[-3:]
+    co, cl = sch.split(cols, [None, vec])
+    sch.reorder(k, rows, co, cl)
+    sch.unroll(rows)
+    sch.unroll(co)
+    sch.vectorize(cl)
+    return k
+
+
 # ------------------------------------------------------------------------------------------ dense
 
 def _schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
@@ -335,12 +348,7 @@ def _schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
         sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
         ni = sch.get_loops(out)[-1]
     sch.set_scope(dense, 0, "local")
-    dm, dn, rk = sch.get_loops(dense)[-3:]
-    dnv, dnl = sch.split(dn, [None, vec])
-    sch.reorder(rk, dm, dnv, dnl)
-    sch.unroll(dm)
-    sch.unroll(dnv)
-    sch.vectorize(dnl)
+    rk = _register_tile(sch, dense, vec)
     _, ni_l = sch.split(ni, [None, vec])
     _try(sch.vectorize, ni_l)
     init = sch.decompose_reduction(dense, rk)
@@ -644,13 +652,8 @@ def _schedule_weight_grad(sch: s_tir.Schedule, target: tvm.target.Target) -> Non
     tile = sch.fuse(jo, io)
     sch.parallel(tile)
     sch.compute_at(mm, tile, preserve_unit_loops=True)
-    mi, mj, mk = sch.get_loops(mm)[-3:]
     vec = min(lanes, nt)
-    mjo, mjl = sch.split(mj, [None, vec])
-    sch.reorder(mk, mi, mjo, mjl)
-    sch.unroll(mi)
-    sch.unroll(mjo)
-    sch.vectorize(mjl)
+    mk = _register_tile(sch, mm, vec)
     _try(sch.unroll, ii)
     jwo, jwl = sch.split(ji, [None, vec])
     _try(sch.unroll, jwo)
