@@ -31,7 +31,7 @@ class Emitter:
 
     def op(self, opdef, inputs, **attrs) -> Value:
         outs = self.g.add_node(opdef, [self.value(x, inputs) for x in inputs], attrs, name=self.name + ".grad")
-        return outs[0]
+        return outs[0] if len(outs) == 1 else outs
 
     def const(self, value, dtype) -> Value:
         return self.g.add_param("c", np.asarray(value, dtype).reshape(np.shape(value) or (1,)))
@@ -103,10 +103,9 @@ def backward(g: Graph, loss: Value, wrt: Sequence[Value], seed: Value | None = N
         if rule is None:
             raise AutodiffError(f"no gradient rule for {_where(n)}; attach one with "
                                 f"compiler.autodiff.rules.defgrad(ops.{n.op.name})")
-        if len(n.outputs) != 1:
-            raise AutodiffError(f"cannot differentiate multi-output {_where(n)}")
         e.name = n.name or n.outputs[0].name
-        in_grads = rule(e, n, dys[0])
+        # a multi-output op's rule gets every output's gradient (None where an output does not reach the loss)
+        in_grads = rule(e, n, dys[0] if len(n.outputs) == 1 else dys)
         for v, gv in zip(n.inputs, in_grads):
             if gv is None or v not in depends:
                 continue

@@ -4,6 +4,6 @@ also an attribute here: `ops.conv2d`, `ops.relu`."""
 from .registry import NOT_DIFFERENTIABLE, OPS, Attr, FusionKind, OpDef, defop, get_op  # noqa: F401
 from . import (activation, attention, elementwise, grad, layout, nn, reduce, shape,  # noqa: F401,E402  (registration)
                train_layout)
-from . import winograd  # noqa: F401,E402  (registration: the Winograd conv)
+from . import rnn, winograd  # noqa: F401,E402  (registration: the LSTM recurrence, the Winograd conv)
 
 globals().update(OPS)
