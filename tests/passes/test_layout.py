@@ -99,8 +99,8 @@ def test_disabled_pass_keeps_nchw():
 
 
 def test_policy_decides_per_conv():
-    """A policy that refuses every conv leaves the graph as pack_weights made it; channel counts that do not split
-    into blocks stay NCHW."""
+    """A policy that refuses every conv leaves the graph as pack_weights made it; channel counts that would need too
+    much padding to split into blocks (8 -> 16) stay NCHW."""
     params, _ = setup()
     g = pack_weights(parse_graph(CHAIN, params))
     before = print_graph(g)
@@ -111,19 +111,19 @@ def test_policy_decides_per_conv():
 
     assert alter_layout_graph(g, Never()) == 0
     assert print_graph(g) == before
-    params, feeds = setup(ODD)
-    g = pack_weights(parse_graph(ODD, params))
-    assert alter_layout_graph(g) == 2  # 24 output channels do not split into blocks of 16: that conv stays NCHW
+    params, feeds = setup(ODD8)
+    g = pack_weights(parse_graph(ODD8, params))
+    assert alter_layout_graph(g) == 2  # 8 output channels would be padded to 16: that conv stays NCHW
     assert [n.op.name for n in g.nodes] == ["conv2d_packed", "relu", "conv2d_nchwc", "relu", "conv2d_nchwc",
                                             "from_blocked"]
     assert g.nodes[2].attrs["in_block"] == 0 and g.nodes[4].attrs["in_block"] == 16  # the first reads NCHW
-    for got, want in zip(interpret(g, feeds), interpret(parse_graph(ODD, params), feeds)):
+    for got, want in zip(interpret(g, feeds), interpret(parse_graph(ODD8, params), feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_isolated_conv_stays_nchw():
     """A conv on a plain input whose output reaches no other blocked conv or pool would only add a transform back."""
-    lone = ODD.replace("  %c3 = conv2d(%r2, %w3) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} "
+    lone = ODD8.replace("  %c3 = conv2d(%r2, %w3) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} "
                        ": f32[1,32,8,8]\n", "").replace("return %c3", "return %r2").replace(
         "  %w3 = param f32[32,32,3,3]\n", "")
     params, _ = setup(lone)
@@ -144,6 +144,66 @@ ODD = """graph g(%x: f32[1,3,8,8]) {
   return %c3
 }
 """
+ODD8 = ODD.replace("24", "8")
+
+
+def test_channels_padded_to_whole_blocks():
+    """24 output channels run blocked as 32 (zero weights and bias for the padding): the chain stays NCHW[16]c,
+    and the next conv reads the padded lanes with zero weights."""
+    params, feeds = setup(ODD)
+    g = pack_weights(parse_graph(ODD, params))
+    assert alter_layout_graph(g) == 3
+    assert [n.op.name for n in g.nodes] == ["conv2d_nchwc", "relu", "conv2d_nchwc", "relu", "conv2d_nchwc",
+                                            "from_blocked"]
+    assert g.nodes[0].attrs["out_channels"] == 32 and g.nodes[0].outputs[0].type.shape == (1, 2, 8, 8, 16)
+    assert g.nodes[2].inputs[1].type.shape[:2] == (2, 2)  # (OC/16, IC/16 = 32/16, ...): input lanes padded
+    want = interpret(parse_graph(ODD, params), feeds)
+    for got, w in zip(interpret(g, feeds), want):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5)
+    model = compile_model(parse_graph(ODD, params), options=CompileOptions(disabled_passes=frozenset({"winograd"})))
+    assert_close(model.run(feeds)[0], want[0], rtol=1e-4, atol=1e-4)
+
+
+# padded (24-channel) tensors through a residual add, a per-channel scale (param padded with zeros), a shift by a
+# non-zero constant (it would make the padded lanes non-zero: stays plain), a max pool, a global average pool
+# (its result sliced to 24 channels) and a graph output (from_blocked, then the slice)
+PADDED = """graph g(%x: f32[2,16,8,8]) {
+  %w1 = param f32[24,16,1,1]
+  %b1 = param f32[24]
+  %w2 = param f32[24,24,3,3]
+  %s = param f32[1,24,1,1]
+  %one = param f32[] = [1.0]
+  %w3 = param f32[32,24,1,1]
+  %c1 = conv2d(%x, %w1, %b1) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[2,24,8,8]
+  %c2 = conv2d(%c1, %w2) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[2,24,8,8]
+  %a = add(%c1, %c2) : f32[2,24,8,8]
+  %m = mul(%a, %s) : f32[2,24,8,8]
+  %p = max_pool2d(%m) {kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1), ceil_mode=false} : f32[2,24,4,4]
+  %c3 = conv2d(%p, %w3) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[2,32,4,4]
+  %e = add(%p, %one) : f32[2,24,4,4]
+  %gap = global_avg_pool(%p) : f32[2,24,1,1]
+  return %c3, %e, %gap, %m
+}
+"""
+
+
+def test_padded_channels_through_elementwise_pools_and_outputs():
+    params, feeds = setup(PADDED)
+    params["one"] = np.float32(1.0).reshape(())
+    g = alter_layout(pack_weights(parse_graph(PADDED, params)))
+    g.verify()
+    ops_of = {n.outputs[0].name: n.op.name for n in g.nodes}
+    assert ops_of["m"] == ops_of["p"] == "strided_slice"  # plain views of padded tensors
+    assert ops_of["e"] == "add"  # 0 + 1 != 0: the padded lanes would not stay zero, so the add stays plain
+    assert ops_of["gap"] == "strided_slice"
+    assert {"global_avg_pool_nchwc", "max_pool2d_nchwc", "mul"} <= set(ops_of.values())
+    assert [n.op.name for n in g.nodes].count("conv2d_nchwc") == 3
+    want = interpret(parse_graph(PADDED, params), feeds)
+    for got, w in zip(interpret(g, feeds), want):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5)
+    model = compile_model(parse_graph(PADDED, params), options=CompileOptions(disabled_passes=frozenset({"winograd"})))
+    for got, w in zip(model.run(feeds), want):
+        assert_close(got, w, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
