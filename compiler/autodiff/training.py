@@ -150,6 +150,10 @@ def build_training_program(fwd: Graph, trainable: set[str], loss: LossSpec, opt:
             u = train.add_input(f"{n.outputs[0].name}.u", TensorType(n.inputs[0].type.shape, "float32"))
             dropout.append((u.name, u.type.shape))
             env[n.outputs[0]] = e.op(ops.dropout_train, [ins[0], u], p=n.attrs["p"])
+        elif n.op is ops.lstm_sequence:  # keep every step's gate pre-activations for the backward
+            outs = train.add_node(n.op, ins, {**n.attrs, "save_gates": True}, name=n.name,
+                                  out_names=[o.name for o in n.outputs])
+            env.update(zip(n.outputs, outs))
         else:
             outs = train.add_node(n.op, ins, n.attrs, name=n.name, out_names=[o.name for o in n.outputs])
             env.update(zip(n.outputs, outs))

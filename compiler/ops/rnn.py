@@ -7,16 +7,18 @@ hidden units) computes the four gates' recurrent products in registers and appli
 directly, so that a step is one pass over the recurrent weight. The input projection of every step (x @ W^T + b)
 is not part of it: it is one large dense before the op.
 
-    lstm_sequence(x_proj, w_packed, h0, c0) {reverse} -> (Y, C)
+    lstm_sequence(x_proj, w_packed, h0, c0) {reverse, save_gates} -> (Y, C[, Z])
       x_proj (T, B, 4H): each step's input projection with both biases, gates in PyTorch's order i, f, g, o
       w_packed (H/U, H, 4, U): the recurrent weight R (4H, H), gate rows i, f, g, o, packed by `pack_lstm_weight`:
                w_packed[jb, k, g, u] = R[g*H + jb*U + u, k] (U = `lstm_unit_block(H)` hidden units per block)
       h0, c0 (B, H): the initial state
       Y, C (T, B, H): every step's hidden and cell state, in time order (reverse: the recurrence runs from T-1 down)
+      Z (T, B, 4H), with save_gates: every step's gate pre-activations z_t (training keeps them for the backward)
       z_t = x_proj[t] + h_{t-1} @ R^T;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
       c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
 
-The gradient (by BPTT) recomputes the gate pre-activations of all steps with one large dense, then runs
+The gradient (by BPTT) takes the gate pre-activations saved by the forward (the training graph sets save_gates;
+without them it recomputes them with one large dense), then runs
 `lstm_sequence_grad`, the reverse recurrence as one kernel (per step: the carried dh = dz_{t+1} @ R and the gates'
 backward), and finishes with two large products: dR = dz^T @ h_prev and dh0 = dz_0 @ R.
 
@@ -32,6 +34,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from compiler.ir.types import FLOAT_DTYPES, TensorType
+from runtime.errors import IRError
 
 from .registry import Attr, FusionKind, defop, fail
 
@@ -65,7 +68,7 @@ def unpack_lstm_weight(op, w_packed):
     return op(ops.reshape, [w], shape=(GATES * hidden, hidden))
 
 
-def _lstm_infer(types, *, reverse):
+def _lstm_infer(types, *, reverse, save_gates):
     x, w, h0, c0 = types
     if x.dtype not in FLOAT_DTYPES or not x.dtype == w.dtype == h0.dtype == c0.dtype:
         fail(f"inputs must share one float dtype, got {x}, {w}, {h0}, {c0}")
@@ -78,7 +81,7 @@ def _lstm_infer(types, *, reverse):
     if w.shape != (hidden // u, hidden, GATES, u):
         fail(f"the packed recurrent weight must be {[hidden // u, hidden, GATES, u]} (pack_lstm_weight), got {w}")
     out = TensorType((x.shape[0], b, hidden), x.dtype)
-    return [out, out]
+    return [out, out, x] if save_gates else [out, out]
 
 
 def _sigmoid(v):
@@ -89,18 +92,19 @@ def _steps(n: int, reverse: bool):
     return range(n - 1, -1, -1) if reverse else range(n)
 
 
-def _lstm_ref(x, w, h0, c0, *, reverse):
+def _lstm_ref(x, w, h0, c0, *, reverse, save_gates):
     steps, _, hidden = x.shape[0], *h0.shape
     r = np.ascontiguousarray(w.transpose(2, 0, 3, 1)).reshape(GATES * hidden, hidden)
     y, c_all = np.empty((steps,) + h0.shape, x.dtype), np.empty((steps,) + h0.shape, x.dtype)
+    z_all = np.empty_like(x)
     h, c = h0, c0
     for t in _steps(steps, reverse):
-        z = x[t] + h @ r.T
+        z = z_all[t] = x[t] + h @ r.T
         i, f, g, o = np.split(z, GATES, axis=1)
         c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
         h = _sigmoid(o) * np.tanh(c)
         y[t], c_all[t] = h, c
-    return [y, c_all]
+    return [y, c_all, z_all] if save_gates else [y, c_all]
 
 
 # -- the kernels: TIR written with the IR builder (a serial time loop around one parallel loop per step) -----------
@@ -144,15 +148,16 @@ def _time_loop(steps: int, reverse: bool, body):
                 body(t, t + 1 if reverse else t - 1)
 
 
-def _lstm_lower(x, w, h0, c0, *, reverse):
+def _lstm_lower(x, w, h0, c0, *, reverse, save_gates):
     steps, b, hidden = int(x.shape[0]), int(h0.shape[0]), int(h0.shape[1])
     nb, u = int(w.shape[0]), int(w.shape[3])
     rb = _block(b, ROW_BLOCKS)
     dt = x.dtype
 
-    def gen(xb, wb, h0b, c0b, yb, cb):
+    def gen(xb, wb, h0b, c0b, yb, cb, zb=None):
         with IRBuilder() as ib:
             X, W, H0, C0, Y, C = (T.buffer_proxy(v) for v in (xb, wb, h0b, c0b, yb, cb))
+            Z = T.buffer_proxy(zb) if zb is not None else None
 
             def step(t, prev):
                 with T.parallel(0, nb * (b // rb)) as task:
@@ -168,6 +173,11 @@ def _lstm_lower(x, w, h0, c0, *, reverse):
                             with T.unroll(0, GATES) as g:
                                 with T.vectorized(0, u) as v:
                                     acc[r, g, v] = acc[r, g, v] + hk * W[jb, k, g, v]
+                    if Z is not None:
+                        with T.unroll(0, rb) as r:
+                            with T.unroll(0, GATES) as g:
+                                with T.vectorized(0, u) as v:
+                                    Z[t, b0 + r, g * hidden + jb * u + v] = acc[r, g, v]
                     with T.unroll(0, rb) as r:
                         with T.vectorized(0, u) as v:
                             j = jb * u + v
@@ -179,9 +189,10 @@ def _lstm_lower(x, w, h0, c0, *, reverse):
             _time_loop(steps, reverse, step)
         return ib.get()
 
-    y, c = te.extern([(steps, b, hidden), (steps, b, hidden)], [x, w, h0, c0],
-                     lambda ins, outs: gen(*ins, *outs), name="lstm_sequence", tag="lstm_sequence", dtype=[dt, dt])
-    return y, c
+    shapes = [(steps, b, hidden), (steps, b, hidden)] + ([(steps, b, GATES * hidden)] if save_gates else [])
+    outs = te.extern(shapes, [x, w, h0, c0], lambda ins, outs: gen(*ins, *outs), name="lstm_sequence",
+                     tag="lstm_sequence", dtype=[dt] * len(shapes))
+    return tuple(outs)
 
 
 def _shifted(e, seq, first, reverse: bool):
@@ -203,17 +214,23 @@ def _lstm_grad(e, n, dys):
     from compiler import ops
 
     x, w, h0, c0 = n.inputs
-    y, c = n.outputs
+    y, c = n.outputs[:2]
     reverse = n.attrs["reverse"]
     steps, b, hidden = y.type.shape
     dt = y.type.dtype
-    dy, dc = (d if d is not None else e.const(np.zeros(y.type.shape), dt) for d in dys)
+    if len(dys) > 2 and dys[2] is not None:
+        raise IRError(f"lstm_sequence {n.name!r}: its saved gate pre-activations are for the backward only; "
+                      f"a loss must not depend on them")
+    dy, dc = (d if d is not None else e.const(np.zeros(y.type.shape), dt) for d in dys[:2])
     r = unpack_lstm_weight(e.op, w)  # (4H, H)
     h_prev = _shifted(e, y, h0, reverse)
     c_prev = _shifted(e, c, c0, reverse)
-    # every step's gate pre-activations at once: x_proj + h_prev @ R^T
-    hr = e.op(ops.dense, [e.op(ops.reshape, [h_prev], shape=(steps * b, hidden)), r])
-    z = e.add(x, e.op(ops.reshape, [hr], shape=(steps, b, GATES * hidden)))
+    if n.attrs["save_gates"]:
+        z = n.outputs[2]
+    else:  # every step's gate pre-activations at once: x_proj + h_prev @ R^T
+        hr = e.op(ops.dense, [e.op(ops.reshape, [h_prev], shape=(steps * b, hidden)), r])
+        z = e.add(hr, e.op(ops.reshape, [x], shape=(steps * b, GATES * hidden)))  # 2-D: the dense's epilogue
+        z = e.op(ops.reshape, [z], shape=(steps, b, GATES * hidden))
     dz, dc0 = e.op(lstm_sequence_grad, [z, c, c_prev, r, dy, dc], reverse=reverse)
     dz2 = e.op(ops.reshape, [dz], shape=(steps * b, GATES * hidden))
     dr = e.op(ops.matmul, [e.op(ops.transpose, [dz2], perm=(1, 0)),
@@ -226,7 +243,8 @@ def _lstm_grad(e, n, dys):
 
 
 lstm_sequence = defop("lstm_sequence", FusionKind.OPAQUE, infer=_lstm_infer, arity=(4, 4),
-                      attrs={"reverse": Attr("bool", False)}, reference=_lstm_ref, lower=_lstm_lower, grad=_lstm_grad,
+                      attrs={"reverse": Attr("bool", False), "save_gates": Attr("bool", False)},
+                      reference=_lstm_ref, lower=_lstm_lower, grad=_lstm_grad,
                       doc="An LSTM recurrence over a whole sequence (gates i, f, g, o); outputs every step's hidden "
                           "and cell state. See compiler/ops/rnn.py.")
 

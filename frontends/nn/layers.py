@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from compiler import ops
+from compiler.ops.rnn import pack_lstm_weight
 
 from .module import Module, kaiming_uniform, normal, ones, zeros
 
@@ -239,17 +240,21 @@ class RNN(_Recurrent):
 
 
 class LSTM(_Recurrent):
+    """Runs as one `lstm_sequence` op (the whole recurrence in one kernel; compiler/ops/rnn.py) after one dense for
+    every step's input projection."""
+
     gates = 4
 
-    def initial_state(self, t, b):
-        return t.const(np.zeros((b, self.hidden), np.float32))
-
-    def cell(self, t, xt, h, c):
-        z = t.op(ops.add, [xt, t.dense(h, t.p("weight_hh"), t.p("bias_hh"))])
-        i, f, g, o = (self.gate(t, z, k) for k in range(4))
-        i, f, o = (t.op(ops.sigmoid, [v]) for v in (i, f, o))
-        c = t.op(ops.add, [t.op(ops.mul, [f, c]), t.op(ops.mul, [i, t.op(ops.tanh, [g])])])
-        return t.op(ops.mul, [o, t.op(ops.tanh, [c])]), c
+    def forward(self, t, x):
+        b, s, features = x.type.shape
+        xs = t.transpose(x, (1, 0, 2))  # time-major: (s, b, features)
+        bias = t.op(ops.add, [t.p("bias_ih"), t.p("bias_hh")])
+        x_proj = t.dense(xs, t.p("weight_ih"), bias)  # (s, b, 4 * hidden)
+        w = pack_lstm_weight(t.op, t.p("weight_hh"), self.hidden)
+        zeros = t.const(np.zeros((b, self.hidden), np.float32))
+        y, _ = t.op(ops.lstm_sequence, [x_proj, w, zeros, zeros])
+        last = t.reshape(t.slice(y, 0, s - 1, s), (b, self.hidden))
+        return t.transpose(y, (1, 0, 2)), last
 
 
 class GRU(_Recurrent):

@@ -127,7 +127,8 @@ CASES = [
     ("attention", [rand(1, 2, 16, 8), rand(1, 2, 16, 8), rand(1, 2, 16, 8)], {"scale": 0.35, "causal": True}, ()),
     # the LSTM recurrence (weights packed (H/U, H, 4, U)): 4-row tiles and 16-unit blocks, odd sizes, reverse, one step
     ("lstm_sequence", [rand(6, 4, 128), rand(2, 32, 4, 16, lo=-0.3, hi=0.3), rand(4, 32), rand(4, 32)], {}, (1,)),
-    ("lstm_sequence", [rand(5, 3, 12), rand(3, 3, 4, 1), rand(3, 3), rand(3, 3)], {"reverse": True}, ()),
+    ("lstm_sequence", [rand(5, 3, 12), rand(3, 3, 4, 1), rand(3, 3), rand(3, 3)], {"reverse": True,
+                                                                                    "save_gates": True}, ()),
     ("lstm_sequence", [rand(1, 2, 40), rand(5, 10, 4, 2, lo=-0.5, hi=0.5), rand(2, 10), rand(2, 10)], {}, ()),
     ("lstm_sequence_grad", [rand(5, 4, 256), rand(5, 4, 64), rand(5, 4, 64), rand(256, 64, lo=-0.2, hi=0.2),
                             rand(5, 4, 64), rand(5, 4, 64)], {}, ()),

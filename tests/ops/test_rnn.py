@@ -34,7 +34,7 @@ def test_reference_matches_torch_lstm():
         want, (hn, cn) = lstm(torch.from_numpy(x), (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None]))
     p = {k: v.detach().numpy() for k, v in lstm.named_parameters()}
     x_proj = x @ p["weight_ih_l0"].T + p["bias_ih_l0"] + p["bias_hh_l0"]
-    y, c = ops.lstm_sequence.evaluate(x_proj, _pack(p["weight_hh_l0"]), h0, c0, reverse=False)
+    y, c = ops.lstm_sequence.evaluate(x_proj, _pack(p["weight_hh_l0"]), h0, c0, reverse=False, save_gates=False)
     np.testing.assert_allclose(y, want.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(c[-1], cn.numpy()[0], rtol=1e-10, atol=1e-12)
 
@@ -51,11 +51,11 @@ def test_pack_and_unpack_are_inverse():
     np.testing.assert_array_equal(back, a)
 
 
-def _loss_graph(shapes, reverse, use_c):
+def _loss_graph(shapes, reverse, use_c, save_gates=False):
     """loss = sum(Y * w1) [+ sum(C * w2)], and d loss / d (x_proj, w_packed, h0, c0)."""
     g = Graph("lstm_grad")
     ins = [g.add_input(f"x{i}", TensorType(s, "float64")) for i, s in enumerate(shapes)]
-    y, c = g.add_node(ops.lstm_sequence, ins, {"reverse": reverse})
+    y, c = g.add_node(ops.lstm_sequence, ins, {"reverse": reverse, "save_gates": save_gates})[:2]
     (loss,) = g.add_node(ops.mul, [y, g.add_param("w1", rng.uniform(-1, 1, y.type.shape))])
     if use_c:
         (lc,) = g.add_node(ops.mul, [c, g.add_param("w2", rng.uniform(-1, 1, c.type.shape))])
@@ -67,13 +67,15 @@ def _loss_graph(shapes, reverse, use_c):
     return g
 
 
-@pytest.mark.parametrize("reverse, use_c", [(False, True), (True, False)], ids=["forward-Y-and-C", "reverse-Y-only"])
-def test_gradient_matches_finite_differences(reverse, use_c):
+@pytest.mark.parametrize("reverse, use_c, save_gates", [(False, True, False), (True, False, True)],
+                         ids=["forward-Y-and-C", "reverse-Y-only-saved-gates"])
+def test_gradient_matches_finite_differences(reverse, use_c, save_gates):
     steps, b, hidden = 3, 2, 2
     shapes = [(steps, b, 4 * hidden), (hidden // lstm_unit_block(hidden), hidden, 4, lstm_unit_block(hidden)),
               (b, hidden), (b, hidden)]
     arrays = [rng.uniform(-1, 1, s) for s in shapes]
-    g = _loss_graph(shapes, reverse, use_c)
+    g = _loss_graph(shapes, reverse, use_c, save_gates)
+    assert any(n.op is ops.dense for n in g.nodes) != save_gates  # saved gates: no recomputing dense
     feeds = {f"x{i}": a for i, a in enumerate(arrays)}
     outs = interpret(g, feeds)
     h = 1e-6
@@ -98,14 +100,14 @@ def test_unrolled_equals_the_op(reverse):
     g.outputs = list(unrolled_lstm(_op(g), *ins, reverse=reverse))
     assert not any(n.op is ops.lstm_sequence for n in g.nodes)
     got = interpret(g, {f"x{i}": a for i, a in enumerate(arrays)})
-    want = ops.lstm_sequence.evaluate(*arrays, reverse=reverse)
+    want = ops.lstm_sequence.evaluate(*arrays, reverse=reverse, save_gates=False)
     for a, e in zip(got, want):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_compiled_backward_matches_the_interpreter(reverse):
-    """The forward and backward kernels (serial time loops, float32) inside a compiled training-style graph."""
+    """Without saved gates: the backward recomputes them (the training graph saves them: test_training.py)."""
     steps, b, hidden = 6, 4, 32
     shapes = [(steps, b, 4 * hidden), (hidden // 16, hidden, 4, 16), (b, hidden), (b, hidden)]
     g32 = Graph("lstm_grad32")
