@@ -8,6 +8,7 @@ import numpy as np  # noqa: F401
 from onnx import helper  # noqa: F401
 
 from compiler import ops  # noqa: F401
+from compiler.ops.rnn import pack_lstm_weight
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
@@ -75,6 +76,15 @@ def _rnn(b, kind, X, W, R, B, sequence_lens, initial_h, initial_c, P, *, activat
     for d in range(ndir):
         reverse = direction == "reverse" or d == 1
         f = fns[d * len(defaults):(d + 1) * len(defaults)]
+        if (kind == "LSTM" and acts[d * 3:(d + 1) * 3] == defaults and not alphas and not betas and clip is None
+                and P is None and lens is None):
+            y, h, c = _lstm_sequence(b, X, pick(W, d), pick(R, d), None if B is None else pick(B, d),
+                                     None if initial_h is None else pick(initial_h, d),
+                                     None if initial_c is None else pick(initial_c, d), H, reverse)
+            ys.append(y)
+            hs.append(h)
+            cs.append(c)
+            continue
         # Weights stay (gates*H, in) / (gates*H, H), the layout of a dense layer, so they are packed for the
         # register-tiled GEMV/GEMM kernels (pack_weights) whether they are initializers or trained inputs.
         # LSTM and RNN read every gate's recurrent product from one (batch, gates*H) dense per step, so each step is
@@ -160,6 +170,31 @@ def _rnn(b, kind, X, W, R, B, sequence_lens, initial_h, initial_c, P, *, activat
         Yh = b.emit(ops.transpose, [Yh], perm=(1, 0, 2))
         Yc = b.emit(ops.transpose, [Yc], perm=(1, 0, 2))
     return (Y, Yh, Yc) if kind == "LSTM" else (Y, Yh)
+
+
+def _lstm_sequence(b, X, W, R, B, h0, c0, H, reverse):
+    """One direction of an LSTM with the default activations and no clip, peepholes or sequence lengths, as one
+    `lstm_sequence` op (the recurrence in one kernel, compiler/ops/rnn.py) after one dense for every step's input
+    projection. ONNX's gate order i, o, f, c becomes the op's i, f, g, o. Returns Y (seq, 1, batch, H), Y_h and
+    Y_c (1, batch, H)."""
+    seq, batch, in_size = b.type(X).shape
+    dt = b.type(X).dtype
+
+    def ifgo(t, offset=0):  # ONNX blocks i, o, f, c along axis 0 (from `offset`) -> i, f, c, o
+        return b.emit(ops.concat, [_slice(b, t, [offset + k * H], [offset + (k + 1) * H], [0], None)
+                                   for k in (0, 2, 3, 1)], axis=0)
+
+    bias = None if B is None else b.emit(ops.add, [ifgo(B), ifgo(B, 4 * H)])
+    x2 = _reshape(b, X, (seq * batch, in_size))
+    xw = b.emit(ops.dense, [x2, ifgo(W)] + ([bias] if bias is not None else []))
+    xw = _reshape(b, xw, (seq, batch, 4 * H))
+    zeros = np.zeros((batch, H), dt)
+    y, c = b.emit(ops.lstm_sequence, [xw, pack_lstm_weight(b.emit, ifgo(R), H), zeros if h0 is None else h0,
+                                      zeros if c0 is None else c0], reverse=reverse)
+    last = 0 if reverse else seq - 1
+    y_h = _slice(b, y, [last], [last + 1], [0], None)
+    y_c = _slice(b, c, [last], [last + 1], [0], None)
+    return _reshape(b, y, (seq, 1, batch, H)), y_h, y_c
 
 
 @converter()
