@@ -338,3 +338,44 @@ def zeros(b, size, dtype=None, layout=None, device=None, pin_memory=None):
 def dropout(b, input, p, train):
     # kept as a dropout node: a zero-copy view in inference, seeded train-mode dropout under compile_training
     return b.emit(ops.dropout, [input], p=float(p)) if p > 0 else input
+
+
+# -- recurrent layers ---------------------------------------------------------------------------------------------------
+@converter(aten.lstm.input)
+def lstm(b, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """nn.LSTM (kept whole by the exporter, see importer.export): every layer and direction as one `lstm_sequence`
+    op after one input-projection dense. Gate order i, f, g, o is PyTorch's and the op's."""
+    from compiler.ops.rnn import pack_lstm_weight
+
+    h0, c0 = hx
+    dirs = 2 if bidirectional else 1
+    per = 4 if has_biases else 2
+    if len(params) != num_layers * dirs * per:
+        raise b.error(f"LSTM with {len(params)} weights for {num_layers} layer(s) x {dirs} direction(s) is not "
+                      f"supported (projections, proj_size > 0, are not)")
+    x = b.emit(ops.transpose, [input], perm=(1, 0, 2)) if batch_first else input  # time-major (T, B, F)
+    steps, batch, _ = b.type(x).shape
+    hs, cs = [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w_ih, w_hh, *bias = params[k * per:(k + 1) * per]
+            hidden = b.type(w_hh).shape[1]
+            features = b.type(x).shape[2]
+            proj = b.emit(ops.dense, [_reshape(b, x, (steps * batch, features)), w_ih]
+                          + ([b.emit(ops.add, [bias[0], bias[1]])] if bias else []))
+            proj = _reshape(b, proj, (steps, batch, 4 * hidden))
+            pick = [_reshape(b, b.emit(ops.strided_slice, [s], begins=(k, 0, 0), ends=(k + 1, batch, hidden),
+                                       strides=(1, 1, 1)), (batch, hidden)) for s in (h0, c0)]
+            y, c = b.emit(ops.lstm_sequence, [proj, pack_lstm_weight(b.emit, w_hh, hidden)] + pick, reverse=d == 1)
+            last = 0 if d == 1 else steps - 1
+            for seq, acc in ((y, hs), (c, cs)):
+                acc.append(b.emit(ops.strided_slice, [seq], begins=(last, 0, 0), ends=(last + 1, batch, hidden),
+                                  strides=(1, 1, 1)))
+            outs.append(y)
+        x = b.emit(ops.concat, outs, axis=2) if dirs > 1 else outs[0]  # (T, B, dirs * H); dropout: eval only
+    y = b.emit(ops.transpose, [x], perm=(1, 0, 2)) if batch_first else x
+    h_n = b.emit(ops.concat, hs, axis=0) if len(hs) > 1 else hs[0]
+    c_n = b.emit(ops.concat, cs, axis=0) if len(cs) > 1 else cs[0]
+    return [y, h_n, c_n]

@@ -24,11 +24,18 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy())
 
 
+# nn.LSTM: one lstm_sequence op per layer and direction instead of ~10 ops per time step
+KEEP_WHOLE = (torch.ops.aten.lstm.input,)
+
+
 def export(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]):
     try:
         with torch.no_grad():
             ep = torch.export.export(module.eval(), tuple(example_inputs))
-            return ep.run_decompositions()
+            table = torch.export.default_decompositions()
+            for op in KEEP_WHOLE:  # ops with a converter of their own, better than their decomposition
+                table.pop(op, None)
+            return ep.run_decompositions(table)
     except Exception as e:
         raise FrontendError(f"torch.export could not capture the module: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}") from None

@@ -36,6 +36,37 @@ def test_batch_norm_and_pooling_variants():
                  atol=1e-4)
 
 
+@pytest.mark.parametrize("layers, bidirectional, batch_first, bias, state", [
+    (1, False, True, True, False), (2, True, False, True, True), (1, True, True, False, True)],
+    ids=["1-layer", "2-layer-bidirectional-state", "no-bias-bidirectional-state"])
+def test_lstm_runs_as_lstm_sequence(layers, bidirectional, batch_first, bias, state):
+    """aten.lstm is kept whole by the exporter and becomes one lstm_sequence op per layer and direction."""
+    torch.manual_seed(1)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(6, 12, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                                      bias=bias)
+
+        def forward(self, x, h0, c0):
+            y, (h, c) = self.lstm(x, (h0, c0) if state else None)
+            return y, h, c
+
+    dirs = 2 if bidirectional else 1
+    x = torch.randn((3, 5, 6) if batch_first else (5, 3, 6))
+    h0, c0 = torch.randn(layers * dirs, 3, 12), torch.randn(layers * dirs, 3, 12)
+    net = Net().eval()
+    g = from_torch(net, (x, h0, c0))
+    assert sum(n.op.name == "lstm_sequence" for n in g.nodes) == layers * dirs
+    with torch.no_grad():
+        expected = [t.numpy() for t in net(x, h0, c0)]
+    feeds = {name: t.numpy() for name, t in zip([v.name for v in g.inputs], (x, h0, c0))}
+    got = compile_model(net, example_inputs=(x, h0, c0)).run(feeds)
+    for a, e, what in zip(got, expected, ("y", "h_n", "c_n")):
+        assert_close(a, e, rtol=1e-4, atol=1e-5, what=what)
+
+
 def test_unsupported_aten_ops_are_listed_with_their_nodes():
     class Odd(torch.nn.Module):
         def forward(self, x):
