@@ -299,6 +299,10 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     if isinstance(model, onnx.ModelProto):
         onnx_source = model.SerializeToString()
     fwd = import_model(model, shapes, example_inputs, params)
+    if target == "cuda":  # the backward is then built from the per-step ops (passes/unroll_lstm.py)
+        from compiler.passes import unroll_lstm
+
+        fwd = unroll_lstm(fwd)
     names = _trainable_names(model, fwd, trainable, frozen)
     program = build_training_program(fwd, names, loss_spec, opt_spec, bn_momentum)
     options = CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads, arch=arch,

@@ -15,6 +15,7 @@ from .manager import Pass, PassManager, pass_name  # noqa: F401
 from .pack_weights import pack_weights
 from .recognize import recognize
 from .simplify import simplify
+from .unroll_lstm import unroll_lstm
 from .winograd import winograd
 
 
@@ -42,6 +43,8 @@ OPTIMIZATIONS: list[Pass] = [
 def pipeline(opt_level: int = 2, target: str = "cpu") -> list[Pass]:
     """The pass list for an optimization level: -O0 nothing, -O1 cleanups, -O2 everything (the default)."""
     passes: list[Pass] = []
+    if target == "cuda":
+        passes.append(unroll_lstm)  # the recurrence as per-step kernels: a serial loop is no GPU kernel
     if opt_level >= 1:
         passes += CLEANUPS
     if opt_level >= 2:

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc
 
 # ops written as opaque sequential loops (scans, sort, scatter): no dlight rule binds them to GPU threads yet
 GPU_UNSUPPORTED = {"cumsum", "cumprod", "topk", "scatter_elements"}
+# the LSTM recurrence's kernels are CPU kernels: the CUDA pipeline unrolls the op first (test below)
+CPU_ONLY = {"lstm_sequence", "lstm_sequence_grad"}
 
 
 def specs_of(g):
@@ -24,7 +26,7 @@ def specs_of(g):
 
 
 def test_every_op_compiles_for_sm90(tmp_path):
-    specs = [spec for opname, arrays, attrs, params in CASES if opname not in GPU_UNSUPPORTED
+    specs = [spec for opname, arrays, attrs, params in CASES if opname not in GPU_UNSUPPORTED | CPU_ONLY
              for spec in specs_of(single_op_graph(opname, arrays, attrs, params))]
     result = build_cuda(specs, cuda_target("sm_90"), str(tmp_path))
     assert len(result.kernel_names) > 60
@@ -39,6 +41,17 @@ def test_kernel_without_device_code_is_refused(tmp_path):
         build_cuda(specs_of(single_op_graph(*case)), cuda_target("sm_90"), str(tmp_path))
     with pytest.raises(CompileError, match="got no GPU code.*k_missing"):
         check_device_code(["k_missing"], "extern \"C\" __global__ void __launch_bounds__(64) other_kernel(float* x)")
+
+
+def test_lstm_is_unrolled_for_cuda(tmp_path):
+    from compiler.ops import OPS
+
+    case = next(c for c in CASES if c[0] == "lstm_sequence")
+    assert pass_name(pipeline(2, "cuda")[0]) == "unroll_lstm"
+    g = optimize(single_op_graph(*case), CompileOptions(target="cuda"))
+    assert not any(n.op in (OPS["lstm_sequence"], OPS["lstm_sequence_grad"]) for n in g.nodes)
+    result = build_cuda(specs_of(g), cuda_target("sm_90"), str(tmp_path))
+    assert len(result.device_kernels) >= len(result.kernel_names) > 0
 
 
 @pytest.mark.slow

@@ -138,3 +138,22 @@ def test_type_rule_names_the_bad_input():
     with pytest.raises(IRError, match="x_proj must be"):
         g.add_node(ops.lstm_sequence, [g.add_input("x2", TensorType((3, 2, 31), "float32")),
                                        g.add_input("w2", TensorType((1, 8, 4, 8), "float32")), h, h])
+
+
+def test_unroll_pass_keeps_the_graph_s_results():
+    from compiler.passes import unroll_lstm
+
+    arrays = [rng.standard_normal((3, 2, 16)), _pack(rng.standard_normal((16, 4)) * 0.5),
+              rng.standard_normal((2, 4)), rng.standard_normal((2, 4))]
+    g = Graph("to_unroll")
+    ins = [g.add_input(f"x{i}", TensorType.of(a)) for i, a in enumerate(arrays)]
+    y, c = g.add_node(ops.lstm_sequence, ins, {"reverse": True}, out_names=["y", "c"])
+    (s,) = g.add_node(ops.add, [y, c])
+    g.outputs = [s, c]
+    feeds = {f"x{i}": a for i, a in enumerate(arrays)}
+    want = interpret(g, feeds)
+    unroll_lstm(g)
+    g.verify()
+    assert not any(n.op is ops.lstm_sequence for n in g.nodes) and g.outputs[1].name == "c"
+    for a, e in zip(interpret(g, feeds), want):
+        np.testing.assert_allclose(a, e, rtol=1e-12)
