@@ -43,6 +43,8 @@ PAD = "conv2d_pad"
 ANN_OW_TILE = "tf_ow_tile"      # on CONV_PACKED: width of the register tile (divides OW_pad)
 ANN_OC_BLOCK = "tf_oc_block"
 ANN_N_TILE = "tf_n_tile"        # on DENSE_PACKED: columns per register tile (divides N_pad)
+IM2COL = "im2col"               # ops/train_layout.py's im2col block (a conv's weight gradient reads it) ...
+ANN_IM2COL_DIMS = "tf_im2col_dims"  # ... annotated with (N, OH, OW, C, KH, KW): its rows are (N, OH, OW), columns (C, KH, KW)
 
 
 def widen(w):

@@ -674,6 +674,27 @@ def _weight_grad_j_tile(n: int, lanes: int) -> int:
     return _matmul_j_tile(n, lanes)
 
 
+def _schedule_im2col(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """im2col (ops/train_layout.py), x (N, C, H, W) -> (N*OH*OW, C*KH*KW): rows split into (n, oh, ow) and columns
+    into (c, kh, kw), so the index arithmetic (divisions by OH*OW, OW, KH*KW, KW) and the padding test fold into
+    the loops; parallel over (n, oh), kh and kw unrolled, each row written in order. The generic rule vectorized
+    the flat columns: gathers with the divisions per lane, 3.5x slower (1 thread, 32x32x16x16 3x3: 1.93 -> 0.55
+    ms; 32x64x8x8: 1.02 -> 0.25 ms)."""
+    _inline_all(sch)
+    blk = sch.get_sblock(K.IM2COL)
+    if not _is_output(sch, blk) or len(sch.get_loops(blk)) != 2:
+        raise ValueError("im2col is not a kernel's 2-D output")
+    n, oh, ow, c, kh, kw = (int(d) for d in sch.get(blk).annotations[K.ANN_IM2COL_DIMS])
+    rows, cols = sch.get_loops(blk)
+    bn, p, _ = sch.split(rows, [n, oh, ow])
+    _, i, j = sch.split(cols, [c, kh, kw])
+    outer = sch.fuse(bn, p)
+    if _work(sch, blk) >= PARALLEL_MIN_WORK:
+        sch.parallel(outer)
+    sch.unroll(i)
+    sch.unroll(j)
+
+
 PACK_K_TILE = 16  # run-time dense weight pack: source row elements per vector
 
 
@@ -788,6 +809,7 @@ _RULES = [
     (lambda names: K.DENSE_PACKED in names, _schedule_dense),
     (lambda names: MATMUL in names, _schedule_matmul),
     (lambda names: "dense_weight_pack" in names, _schedule_dense_weight_pack),
+    (lambda names: K.IM2COL in names, _schedule_im2col),
     (lambda names: True, _schedule_outer_reduction),
     (lambda names: True, _schedule_multi_output_elementwise),
 ]

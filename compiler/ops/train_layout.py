@@ -154,7 +154,10 @@ def _im2col_lower(x, *, kernel, strides, pads, dilations):
         return tirx.Select(inside, x[b, ch, tirx.Select(inside, y, 0), tirx.Select(inside, z, 0)],
                            tirx.const(0, x.dtype))
 
-    return te.compute((n * oh * ow, c * kh * kw), f, name="im2col")
+    from compiler.backend import cpu_kernels as K
+
+    return te.compute((n * oh * ow, c * kh * kw), f, name=K.IM2COL,
+                      attrs={K.ANN_IM2COL_DIMS: [n, oh, ow, c, kh, kw]})  # the CPU schedule splits the rows by these
 
 
 im2col = defop(

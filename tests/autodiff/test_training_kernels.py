@@ -61,3 +61,17 @@ def test_dense_weight_pack_reads_rows_contiguously():
     assert "T.vectorized(16)" in script and "T.unroll(16)" in script
     a = rng.standard_normal((40, 48)).astype(np.float32)
     np.testing.assert_array_equal(run(a)[0], ops.dense_weight_pack.reference(a, block=16))
+
+
+@pytest.mark.parametrize("shape, kernel, strides, pads", [((4, 8, 10, 12), (3, 3), (1, 1), (1, 1, 1, 1)),
+                                                          ((4, 6, 23, 19), (3, 2), (2, 1), (1, 0, 2, 1))])
+def test_im2col_rows_and_columns_are_split(shape, kernel, strides, pads):
+    """A conv weight gradient's im2col: rows split into (n, oh, ow), columns into (c, kh, kw) (the index
+    arithmetic's divisions fold into the loops), parallel over (n, oh), kh and kw unrolled."""
+    x = te.placeholder(shape, "float32", name="x")
+    attrs = {"kernel": kernel, "strides": strides, "pads": pads, "dilations": (1, 1)}
+    script, run = build([x], [ops.im2col.lower(x, **attrs)])
+    assert f"T.parallel({shape[0] * -(-(shape[2] + pads[0] + pads[2] - kernel[0] + 1) // strides[0])})" in script
+    assert f"T.unroll({kernel[0]})" in script and f"T.unroll({kernel[1]})" in script
+    a = rng.standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(run(a)[0], ops.im2col.reference(a, **attrs))
