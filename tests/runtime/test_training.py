@@ -71,7 +71,6 @@ TRAJECTORIES = [
     ("cnn_bn_pool", {"name": "sgd", "lr": 0.05, "momentum": 0.9}),
     ("cnn_bn_pool", {"name": "adamw", "lr": 0.01, "weight_decay": 0.1}),
     ("lstm", {"name": "sgd", "lr": 0.1, "momentum": 0.9}),  # the lstm_sequence kernels, forward and backward
-    ("lstm", {"name": "adam", "lr": 0.01}),
 ]
 
 
