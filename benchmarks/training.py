@@ -2,8 +2,8 @@
 
 Models (builder API, mirrored in PyTorch with the same weights): MLP 784-512-512-10 (batch 64), CNN (batch 32,
 3x32x32), LSTM classifier (batch 32, 64 steps), 4-layer Transformer encoder (batch 16, 128 tokens, d=256).
-Both engines use the same thread count; steps are interleaved (rounds of TF then torch) and medians reported.
-Writes benchmarks/results/training.md.
+Both engines use the same thread count; steps are interleaved (rounds of TF then torch, each engine's timed step
+right after an untimed one, after WARMUP steps each) and medians reported. Writes benchmarks/results/training.md.
 
     TVM_NUM_THREADS=2 python benchmarks/training.py [--rounds 10] [model ...]
 """
@@ -19,6 +19,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TVM_NUM_THREADS", "2")
+# Each engine's threads keep spinning for a while after its step (PyTorch's OpenMP pool, TVM's pool) and steal the
+# cores from the other engine's next step: MLP SGD (a 2.5 ms step) measured 10 ms timed right after a torch step.
+# So each timed step follows an untimed one of the same engine. (OMP_WAIT_POLICY=PASSIVE, as benchmarks/suite.py
+# sets, would also avoid it, but makes every PyTorch op pay a thread wake-up: not PyTorch as users run it.)
+WARMUP = 5
 
 import torch  # noqa: E402
 
@@ -79,13 +84,15 @@ def bench(name: str, opt_name: str, rounds: int) -> dict:
         return loss.item()
 
     ours, theirs = [], []
-    for _ in range(2):
+    for _ in range(WARMUP):
         session.step({"x": x}, y)
         torch_step()
     for _ in range(rounds):
+        session.step({"x": x}, y)  # untimed: the switch from the other engine (its threads, caches) costs this one
         t = time.perf_counter()
         session.step({"x": x}, y)
         ours.append(time.perf_counter() - t)
+        torch_step()
         t = time.perf_counter()
         torch_step()
         theirs.append(time.perf_counter() - t)
@@ -115,7 +122,8 @@ def main() -> None:
             rows.append(r)
     lines = ["# Training step time: TensorForge vs PyTorch eager", "",
              f"{describe_machine()}; {threads} threads each; median and minimum of {args.rounds} interleaved steps "
-             f"after 2 warm-up steps. One step = forward, cross-entropy loss, backward, optimizer update. "
+             f"(each after an untimed one) after {WARMUP} warm-up steps. One step = forward, cross-entropy loss, "
+             f"backward, optimizer update. "
              f"The machine is shared: read the medians and the minimums together.", "",
              "| model | optimizer | TensorForge ms (median / min) | PyTorch ms (median / min) | TF / torch (medians) | "
              "TF / torch (minimums) | compile s | kernels | ops | arena MiB | saved activations MiB |",
