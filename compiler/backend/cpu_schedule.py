@@ -695,6 +695,36 @@ def _schedule_im2col(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     sch.unroll(j)
 
 
+LAYOUT_TRANSFORM = "T_layout_trans"  # topi.layout_transform's block (ops/layout.py's to_blocked, from_blocked)
+UNBLOCK_W_TILE = 8
+
+
+def _schedule_from_blocked(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """NCHW[b]c -> NCHW (from_blocked, with any slice or elementwise op fused after it): a [b channels x W_TILE
+    columns] transposition per step, the channel lanes unrolled and the columns vectorized, so each source pixel's
+    b lanes are read together (one cache line) and each destination row piece is one vector store. The generic rule
+    vectorized whole rows, gathering every element at stride b: 1 thread, 8x6x56x56x16 1.91 -> 0.54 ms,
+    8x9x56x56x16 3.13 -> 1.49 ms. Raises for anything else (to_blocked writes 5-D)."""
+    _inline_all(sch)
+    blocks = _root_blocks(sch)
+    if len(blocks) != 1 or len(sch.get_loops(blocks[0])) != 4:
+        raise ValueError("not a single 4-D output")
+    block = blocks[0]
+    reads = [r for r in sch.get(block).reads if len(r.source.shape) == 5]
+    if len(reads) != 1 or not isinstance(reads[0].source.shape[4], tirx.IntImm):
+        raise ValueError("no NCHW[b]c operand")
+    lanes = int(reads[0].source.shape[4])
+    n, c, h, w = sch.get_loops(block)
+    cb, ci = sch.split(c, [None, lanes])
+    wo, wi = sch.split(w, [None, min(UNBLOCK_W_TILE, _extent(sch, w))])
+    sch.reorder(n, cb, h, wo, ci, wi)
+    outer = sch.fuse(n, cb, h)
+    if _work(sch, block) >= PARALLEL_MIN_WORK:
+        sch.parallel(outer)
+    sch.unroll(ci)
+    sch.vectorize(wi)
+
+
 PACK_K_TILE = 16  # run-time dense weight pack: source row elements per vector
 
 
@@ -810,6 +840,7 @@ _RULES = [
     (lambda names: MATMUL in names, _schedule_matmul),
     (lambda names: "dense_weight_pack" in names, _schedule_dense_weight_pack),
     (lambda names: K.IM2COL in names, _schedule_im2col),
+    (lambda names: LAYOUT_TRANSFORM in names, _schedule_from_blocked),
     (lambda names: True, _schedule_outer_reduction),
     (lambda names: True, _schedule_multi_output_elementwise),
 ]

@@ -351,3 +351,21 @@ def test_matmul_bert_attention_kernels(text, strided):
     out = tvm.runtime.empty(want.shape, "float32", tvm.cpu())
     ex["main"](*args, out)
     _close(out.numpy(), want)
+
+
+# ------------------------------------------------------------------------------------------ layout transforms
+
+@pytest.mark.parametrize("shape, channels", [((2, 3, 9, 13, 16), 48), ((2, 2, 8, 8, 16), 24), ((1, 4, 7, 7, 16), 64)])
+def test_from_blocked_transposes_lane_tiles(shape, channels):
+    """NCHW[16]c -> NCHW, and with a channel slice fused after it (a padded tensor's plain view): each step moves
+    [16 lanes x 8 columns], lanes unrolled, columns one vector store."""
+    from compiler import ops
+
+    x = te.placeholder(shape, name="x")
+    y = ops.from_blocked.lower(x)
+    n, _, h, w = (int(d) for d in y.shape)
+    if channels != int(y.shape[1]):
+        y = ops.strided_slice.lower(y, begins=(0, 0, 0, 0), ends=(n, channels, h, w), strides=(1, 1, 1, 1))
+    a = _rand(*shape)
+    (got,) = _run([x], [y], [a], expect_in_ir=("T.unroll(16)", "T.vectorized"))
+    np.testing.assert_array_equal(got, ops.from_blocked.reference(a)[:, :channels])
