@@ -27,7 +27,7 @@ import numpy as np
 
 from . import artifact
 from .errors import ArtifactError, InputError
-from .tvm_loader import as_tvm_tensor, init_runtime, load_kernels, numpy_dtype
+from .tvm_loader import STORAGE_DTYPES, as_tvm_tensor, init_runtime, load_kernels, numpy_dtype
 
 ALIGNMENT = 64
 
@@ -57,6 +57,14 @@ def _as_bfloat16(data: np.ndarray, dst: np.ndarray) -> np.ndarray:
     uint16 bit patterns are accepted too."""
     if data.dtype != dst.dtype and data.dtype.itemsize == 2 and (data.dtype.kind in "Vu" or
                                                                  data.dtype.name == "bfloat16"):
+        return np.ascontiguousarray(data).view(dst.dtype).reshape(data.shape)
+    return data
+
+
+def _as_storage_type(data: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """A float8/int4/... parameter as `dst` holds it: .npy files store ml_dtypes' types as raw 1-byte records (|V1),
+    and uint8 bytes are accepted too."""
+    if data.dtype != dst.dtype and data.dtype.itemsize == 1 and data.dtype.kind in "Vu":
         return np.ascontiguousarray(data).view(dst.dtype).reshape(data.shape)
     return data
 
@@ -104,6 +112,8 @@ class CompiledModel:
             if "view_of" in b:
                 base = arrays[b["view_of"]]
                 arrays[i] = base.reshape(b["shape"])
+                if arrays[i].dtype != numpy_dtype(b["dtype"]):  # a bitcast view: the same bytes re-typed
+                    arrays[i] = arrays[i].view(numpy_dtype(b["dtype"]))
         for entry, data in zip(plan["params"], params):
             dst = arrays[entry["buffer"]]
             if "splat" in entry:
@@ -111,6 +121,8 @@ class CompiledModel:
             else:
                 data = data() if callable(data) else data  # artifacts read each parameter only when it is copied
                 data = _as_bfloat16(data, dst) if plan["buffers"][entry["buffer"]]["dtype"] == "bfloat16" else data
+                data = _as_storage_type(data, dst) if plan["buffers"][entry["buffer"]]["dtype"] in STORAGE_DTYPES \
+                    else data
                 if data.shape != dst.shape or data.dtype != dst.dtype:
                     raise ArtifactError(f"parameter for buffer {entry['buffer']} is {data.dtype}{list(data.shape)}, "
                                         f"the plan expects {dst.dtype}{list(dst.shape)}: the artifact is damaged")
@@ -178,14 +190,17 @@ class CompiledModel:
                 src = np.asarray(src)
             if dst.dtype != src.dtype and src.dtype == np.uint16 and dst.dtype.itemsize == 2 and dst.dtype.kind == "V":
                 src = src.view(dst.dtype)  # bfloat16 given as its bit patterns
+            elif dst.dtype != src.dtype and src.dtype == np.uint8 and dst.dtype.name in STORAGE_DTYPES:
+                src = src.view(dst.dtype)  # float8, int4, ... given as their bytes
             if src.shape != dst.shape:
                 raise InputError(f"input {name!r} has shape {list(src.shape)}, but the model was compiled for "
                                  f"{list(dst.shape)}; pass an array of that shape or recompile with "
                                  f"--shape {name}={'x'.join(map(str, src.shape)) or 'scalar'} "
                                  f"(shapes={{{name!r}: {tuple(src.shape)}}})")
             if src.dtype != dst.dtype:
-                how = (f".astype(np.{dst.dtype})" if dst.dtype.kind != "V" else
-                       ".astype(ml_dtypes.bfloat16), or pass its bit patterns as uint16")
+                how = (f".astype(np.{dst.dtype})" if dst.dtype.name not in STORAGE_DTYPES | {"bfloat16"} else
+                       f".astype(ml_dtypes.{dst.dtype.name}), or pass its bit patterns as "
+                       f"uint{8 * dst.dtype.itemsize}")
                 raise InputError(f"input {name!r} has dtype {src.dtype}, the model expects {dst.dtype}; "
                                  f"convert it with {how}")
             np.copyto(dst, src)

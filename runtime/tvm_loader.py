@@ -73,17 +73,24 @@ def load_kernels(path: str):
         raise ArtifactError(f"cannot load the kernel library {path}: {e}") from None
 
 
+# Storage-only element types (compiler/ir/types.py STORAGE_DTYPES): ml_dtypes' numpy types, one element per byte;
+# kernels read and write their bytes as uint8.
+STORAGE_DTYPES = frozenset({"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+                            "float4_e2m1fn", "int4", "uint4", "int2", "uint2"})
+
+
 def numpy_dtype(name: str):
     """The numpy dtype that holds a plan dtype. bfloat16 is ml_dtypes.bfloat16 where ml_dtypes is installed (it
-    comes with the apache-tvm wheel, but the runtime does not require it), else its uint16 bit patterns."""
+    comes with the apache-tvm wheel, but the runtime does not require it), else its uint16 bit patterns; the
+    storage-only types (float8, int4, ...) likewise are ml_dtypes' types, else their uint8 bytes."""
     import numpy as np
 
-    if name == "bfloat16":
+    if name == "bfloat16" or name in STORAGE_DTYPES:
         try:
             import ml_dtypes
         except ImportError:
-            return np.dtype(np.uint16)
-        return np.dtype(ml_dtypes.bfloat16)
+            return np.dtype(np.uint16 if name == "bfloat16" else np.uint8)
+        return np.dtype(getattr(ml_dtypes, name))
     return np.dtype(name)
 
 
@@ -96,4 +103,6 @@ def as_tvm_tensor(array, dtype: str | None = None):
         bits = tvm_ffi.from_dlpack(array.view("uint16"))
         create_view = tvm_ffi.get_global_func("runtime.TVMTensorCreateView")
         return create_view(bits, tvm_ffi.Shape([int(d) for d in array.shape]), tvm_ffi.dtype("bfloat16"), 0)
+    if dtype in STORAGE_DTYPES or array.dtype.name in STORAGE_DTYPES:
+        return tvm_ffi.from_dlpack(array.view("uint8"))  # the kernels take these as uint8 (kernel_dtype)
     return tvm_ffi.from_dlpack(array)

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 
 from compiler.ir import Graph, Node, TensorType, Value
+from compiler.ir.types import kernel_dtype
 from compiler.ops import OpDef
 from runtime.errors import CompileError
 
@@ -118,7 +119,8 @@ def build_prim_func(spec: KernelSpec):
     """The unscheduled PrimFunc of a kernel: parameters are its inputs, then its outputs (destination passing)."""
     from tvm import te
 
-    placeholders = [te.placeholder(t.shape, t.dtype, name=f"in{i}") for i, t in enumerate(spec.in_types)]
+    # storage-only types (float8, int4, ...) reach TVM as their bytes, uint8
+    placeholders = [te.placeholder(t.shape, kernel_dtype(t.dtype), name=f"in{i}") for i, t in enumerate(spec.in_types)]
     results: list[list] = []
 
     def resolve(ref):
@@ -133,7 +135,7 @@ def build_prim_func(spec: KernelSpec):
     outs = [resolve(r) for r in spec.outputs]
     for o, t in zip(outs, spec.out_types):
         got = tuple(int(d) for d in o.shape)
-        if got != t.shape or o.dtype != t.dtype:
+        if got != t.shape or o.dtype != kernel_dtype(t.dtype):
             raise CompileError(f"the TE lowering of {spec.name()} gives {o.dtype}{list(got)}, the type rule says {t}")
     if any(isinstance(o.op, te.PlaceholderOp) for o in outs):
         # an output that is an input unchanged (e.g. a fused reshape chain folded away): copy it

@@ -14,13 +14,13 @@ from .types import SHORT_DTYPE, TensorType
 _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r\n]+|//[^\n]*)
   | (?P<value>%(?:[A-Za-z0-9_.]+|"(?:[^"\\]|\\.)*"))
-  | (?P<type>(?:f32|f64|f16|bf16|i64|i32|i16|i8|u64|u32|u16|u8|i1)\[[0-9, ]*\])
+  | (?P<type>(?:TYPES)\[[0-9, ]*\])
   | (?P<number>[-+]?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|inf|nan))
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<group>@[A-Za-z0-9_.]+)
   | (?P<punct>[(){}\[\],=:])
-""", re.VERBOSE)
+""".replace("TYPES", "|".join(sorted(SHORT_DTYPE, key=len, reverse=True))), re.VERBOSE)  # longest first
 
 
 def _unquote(s: str) -> str:

@@ -7,9 +7,9 @@ from math import prod
 import numpy as np
 from tvm import te, topi
 
-from compiler.ir.types import TensorType
+from compiler.ir.types import TensorType, kernel_dtype, numpy_dtype
 
-from .registry import Attr, FusionKind, defop, fail
+from .registry import NOT_DIFFERENTIABLE, Attr, FusionKind, defop, fail
 
 
 def _reshape_infer(types, *, shape):
@@ -23,6 +23,28 @@ def _reshape_infer(types, *, shape):
 reshape = defop("reshape", FusionKind.INJECTIVE, infer=_reshape_infer, attrs={"shape": Attr("ints")},
                 reference=lambda x, *, shape: x.reshape(shape),
                 lower=lambda x, *, shape: topi.reshape(x, shape), is_view=True)
+
+
+def _bitcast_infer(types, *, to):
+    (t,) = types
+    out = TensorType(t.shape, to)
+    if out.itemsize != t.itemsize or "bool" in (t.dtype, out.dtype):
+        fail(f"cannot reinterpret {t} as {to}: the element sizes differ (or one is bool)")
+    return out
+
+
+def _bitcast_lower(x, *, to):
+    from tvm import tirx
+
+    if kernel_dtype(to) == x.dtype:  # a storage-only type and its uint8 bytes: the same thing to a kernel
+        return te.compute(x.shape, lambda *i: x(*i), name="bitcast")
+    return te.compute(x.shape, lambda *i: tirx.reinterpret(kernel_dtype(to), x(*i)), name="bitcast")
+
+
+# The same bytes as another type of the same size (float8 <-> its uint8 bit patterns): a view, no kernel.
+bitcast = defop("bitcast", FusionKind.INJECTIVE, infer=_bitcast_infer, attrs={"to": Attr("str")},
+                reference=lambda x, *, to: np.ascontiguousarray(x).view(numpy_dtype(to)),
+                lower=_bitcast_lower, grad=NOT_DIFFERENTIABLE, is_view=True)
 
 
 def _transpose_infer(types, *, perm):

@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compiler.ir import Graph, TensorType, Value
+from compiler.ir.types import STORAGE_DTYPES
 from compiler.ops import OpDef
 from runtime.errors import FrontendError, IRError, UnsupportedOpError
 
@@ -25,10 +26,11 @@ from .converters import CONVERTERS, lookup_converter
 Ref = Value | np.ndarray | None  # what a converter receives for each input
 
 
-# The element types our kernels compute in; the others (strings, float8, 4- and 2-bit types, complex) are refused
-# with a FrontendError naming the type. bfloat16 arrays are ml_dtypes.bfloat16 (what onnx's numpy_helper gives).
+# The element types our kernels compute in, plus the storage-only types (float8, float4, 4- and 2-bit integers:
+# moved and cast, never computed on; see converters/cast.py); the others (strings, float8e8m0, complex) are refused
+# with a FrontendError naming the type. bfloat16 and the storage types are ml_dtypes' (what numpy_helper gives).
 SUPPORTED_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                              "float16", "bfloat16", "float32", "float64"})
+                              "float16", "bfloat16", "float32", "float64"}) | STORAGE_DTYPES
 
 
 def onnx_dtype(elem_type: int, what: str = "") -> str:
@@ -107,6 +109,12 @@ class Builder:
 
     def emit(self, op: OpDef, inputs: Sequence[Ref], **attrs: Any):
         """Apply `op`. Folds to an array when every input is known; returns one result or a list if several."""
+        stored = sorted({self.type(x).dtype for x in inputs if x is not None} & STORAGE_DTYPES)
+        if op.name == "cast" and attrs.get("to") in STORAGE_DTYPES:
+            stored = [attrs["to"]]  # converting to one takes converters/cast.py's tables, not a kernel's cast
+        if stored and not op.movement:
+            raise self.error(f"{op.name} would compute on {', '.join(stored)} values, which we only move, reshape "
+                             f"and Cast: cast them to a computing type (e.g. float32) first")
         try:
             if all(isinstance(x, np.ndarray) for x in inputs):
                 attrs = op.check_attrs(attrs, where=self.node_name)

@@ -20,7 +20,6 @@ KNOWN_CRASHES: set[str] = set()
 
 # Base cases of REQUIRED_OPS outside our scope, by reason (regex on the case name). They must be `unsupported`.
 EXCLUDED = {
-    "element types we do not compute (float8, 4- and 2-bit)": r"test_cast_.*(FLOAT8|INT4|UINT4|FLOAT4|INT2|UINT2|E8M0)",
     "sequence and optional graph inputs (compiled models take and return tensors only)":
         r"test_identity_(sequence|opt)$",
 }

@@ -149,6 +149,7 @@ CASES = [
                                                                                         "reduction": "add"}, ()),
     ("scatter_nd", [rand(4, 3, 2), np.array([[0, 1], [-1, 2]], np.int64), rand(2, 2)], {}, ()),
     ("scatter_nd", [rand(4, 3), np.array([[1], [1], [3]], np.int64), rand(3, 3)], {"reduction": "max"}, ()),
+    ("bitcast", [rng.integers(0, 256, (3, 5)).astype(np.uint8)], {"to": "int8"}, ()),  # float8 etc.: test_onnx_cast
 ]
 
 from tests.ops.grad_cases import GRAD_CASES  # noqa: E402  (training ops: compiler/ops/grad.py)

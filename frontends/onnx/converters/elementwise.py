@@ -135,19 +135,7 @@ def LeakyRelu(b, X, *, alpha=0.01):
     return b.emit(ops.leaky_relu, [X], alpha=alpha)
 
 
-@converter()
-def Cast(b, input, *, to, saturate=1, round_mode="up"):
-    from ..importer import onnx_dtype
-
-    return b.emit(ops.cast, [input], to=onnx_dtype(to, f"ONNX node {b.node_name!r} (Cast): to"))
-
-
 # -- more elementwise: activations composed of existing ops (they fuse into one kernel) -----------------------------
-@converter()
-def CastLike(b, input, target_type, *, saturate=1, round_mode="up"):
-    return b.emit(ops.cast, [input], to=b.type(target_type).dtype)
-
-
 @converter()
 def Size(b, data):
     return np.array(b.type(data).numel, np.int64)
