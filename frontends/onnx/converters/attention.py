@@ -32,6 +32,12 @@ def Attention(b, Q, K, V, attn_mask=None, past_key=None, past_value=None, nonpad
     from ..importer import onnx_dtype
 
     rank = b.type(Q).rank
+    # float16/bfloat16 compute in float32 (products, sums, softmax) and round once, at the outputs
+    half = b.type(Q).dtype
+    if half in ("float16", "bfloat16"):
+        Q, K, V, attn_mask, past_key, past_value = (
+            x if x is None or b.type(x).dtype != half else b.emit(ops.cast, [x], to="float32")
+            for x in (Q, K, V, attn_mask, past_key, past_value))
     dt = b.type(Q).dtype
     if rank == 3:
         if q_num_heads is None or kv_num_heads is None:
@@ -101,7 +107,7 @@ def Attention(b, Q, K, V, attn_mask=None, past_key=None, past_value=None, nonpad
         qk = b.emit(ops.mul, [b.emit(ops.tanh, [b.emit(ops.div, [qk, c])]), c])
     scores = _add_bias(b, bias, qk)
     qk_out = scores if qk_matmul_output_mode == 2 else qk
-    if softmax_precision is not None and onnx_dtype(softmax_precision) != dt:
+    if softmax_precision is not None and onnx_dtype(softmax_precision) not in (dt, half):
         scores = b.emit(ops.cast, [scores], to=onnx_dtype(softmax_precision))
     probs = b.emit(ops.softmax, [scores], axis=b.type(scores).rank - 1)
     if bias is not None:  # rows whose bias is -inf everywhere have no attendable key: zero probabilities
@@ -119,6 +125,9 @@ def Attention(b, Q, K, V, attn_mask=None, past_key=None, past_value=None, nonpad
     if rank == 3:
         y = b.emit(ops.transpose, [y], perm=(0, 2, 1, 3))
         y = _reshape(b, y, (batch, sq, hq * b.type(y).shape[-1]))
+    if dt != half:
+        y, present_key, present_value, qk_out = (b.emit(ops.cast, [x], to=half)
+                                                 for x in (y, present_key, present_value, qk_out))
     return y, present_key, present_value, qk_out
 
 
