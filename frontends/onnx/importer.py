@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -23,7 +24,16 @@ from runtime.errors import FrontendError, IRError, UnsupportedOpError
 
 from .converters import CONVERTERS, lookup_converter
 
-Ref = Value | np.ndarray | None  # what a converter receives for each input
+@dataclass(frozen=True)
+class TensorSequence:
+    """An ONNX sequence of tensors whose length is known at compile time (a sequence graph input, given with
+    shapes={name: [shape, ...]}): its tensors are inputs and outputs of their own, named `name.0`, `name.1`, ...
+    Only converters registered with `sequences=True` (Identity) receive one."""
+
+    items: tuple
+
+
+Ref = Value | np.ndarray | TensorSequence | None  # what a converter receives for each input
 
 
 # The element types our kernels compute in, plus the storage-only types (float8, float4, 4- and 2-bit integers:
@@ -179,13 +189,40 @@ def check_supported(model: onnx.ModelProto) -> None:
             [(op, ver, names) for (_, op, ver), names in missing.items()])
 
 
+def _present(t: onnx.TypeProto) -> onnx.TypeProto:
+    """An optional's element type (an optional graph input is compiled as present), other types as they are."""
+    return _present(t.optional_type.elem_type) if t.HasField("optional_type") else t
+
+
+def _kind(t: onnx.TypeProto) -> str:
+    kind = (t.WhichOneof("value") or "untyped").replace("_type", "")
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
+def _sequence_input(g: Graph, vi: onnx.ValueInfoProto, shapes: Mapping[str, Any]) -> TensorSequence:
+    """A sequence graph input whose length and tensor shapes are given at compile time: one input per tensor."""
+    elem = _present(vi.type).sequence_type.elem_type
+    if not elem.HasField("tensor_type"):
+        raise FrontendError(f"graph input {vi.name!r} is a sequence of {_kind(elem)[2:].strip()}s: only sequences "
+                            f"of tensors are supported")
+    given = shapes.get(vi.name)
+    if not isinstance(given, (list, tuple)) or not all(isinstance(s, (list, tuple)) for s in given):
+        err = FrontendError(f"graph input {vi.name!r} is a sequence of tensors: give its length and each tensor's "
+                            f"shape at compile time, shapes={{{vi.name!r}: [shape, ...]}}; its tensors become the "
+                            f"inputs '{vi.name}.0', '{vi.name}.1', ...")
+        err.needs_shapes = vi.name  # the conformance runner gives the case's shapes and retries
+        raise err
+    dtype = onnx_dtype(elem.tensor_type.elem_type, f"graph input {vi.name!r}")
+    return TensorSequence(tuple(g.add_input(f"{vi.name}.{i}", TensorType(tuple(int(d) for d in shape), dtype))
+                                for i, shape in enumerate(given)))
+
+
 def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) -> TensorType:
-    tt = vi.type.tensor_type
-    if not vi.type.HasField("tensor_type"):
-        kind = (vi.type.WhichOneof("value") or "untyped").replace("_type", "")
-        article = "an" if kind[0] in "aeiou" else "a"
-        raise FrontendError(f"graph input {vi.name!r} is {article} {kind}, not a tensor: compiled models take and "
-                            f"return tensors only (sequences and optionals have no run-time form)")
+    t = _present(vi.type)
+    tt = t.tensor_type
+    if not t.HasField("tensor_type"):
+        raise FrontendError(f"graph input {vi.name!r} is {_kind(vi.type)}, not a tensor: compiled models take "
+                            f"tensors, and sequences of tensors whose length is given at compile time")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
     if vi.name in shapes:
         given = tuple(int(d) for d in shapes[vi.name])
@@ -211,7 +248,8 @@ def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) ->
 
 
 def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
-    """Convert an ONNX model (path, bytes or ModelProto) to a verified IR graph with static shapes."""
+    """Convert an ONNX model (path, bytes or ModelProto) to a verified IR graph with static shapes. `shapes` binds
+    symbolic input dimensions, and gives a sequence input its length and tensor shapes ({name: [shape, ...]})."""
     proto = load_model(model)
     shapes = dict(shapes or {})
     check_supported(proto)
@@ -234,7 +272,10 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
         raise FrontendError(f"shapes given for unknown input(s) {sorted(unknown)}; the model's inputs are "
                             f"{[vi.name for vi in graph_inputs]}")
     for vi in graph_inputs:
-        env[vi.name] = g.add_input(vi.name, _input_type(vi, shapes))
+        if _present(vi.type).HasField("sequence_type"):
+            env[vi.name] = _sequence_input(g, vi, shapes)
+        else:
+            env[vi.name] = g.add_input(vi.name, _input_type(vi, shapes))
 
     for index, node in enumerate(proto.graph.node):
         b.node, b.node_name = node, _node_name(node, index)
@@ -250,6 +291,8 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
                 args.append(env[name])
         attrs = {a.name: _attr_value(a) for a in node.attribute}
         conv = lookup_converter(node.op_type, opset)
+        if any(isinstance(a, TensorSequence) for a in args) and not getattr(conv, "takes_sequences", False):
+            raise b.error("an input is a sequence of tensors, which we only pass through (Identity)")
         try:
             result = conv(b, *args, **attrs)
         except TypeError as e:
@@ -270,17 +313,22 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
             elif isinstance(out, Value) and out.producer is not None and out.producer.name == b.node_name \
                     and g.is_free(name):
                 g.rename(out, name)  # name the value after its ONNX tensor: readable IR and error messages
-    outputs = []
+    outputs, output_names = [], []
     for vi in proto.graph.output:
         if vi.name not in env or env[vi.name] is None:
             raise FrontendError(f"graph output {vi.name!r} is never computed")
         b.node_name = vi.name
-        v = b.value(env[vi.name])
-        if v.producer is not None and v.name != vi.name and g.is_free(vi.name):
-            g.rename(v, vi.name)
-        outputs.append(v)
+        seq = env[vi.name]  # a sequence output is its tensors, named like a sequence input's
+        named = ([(x, f"{vi.name}.{i}") for i, x in enumerate(seq.items)] if isinstance(seq, TensorSequence)
+                 else [(seq, vi.name)])
+        for x, name in named:
+            v = b.value(x)
+            if v.producer is not None and v.name != name and g.is_free(name):
+                g.rename(v, name)
+            outputs.append(v)
+            output_names.append(name)
     g.outputs = outputs
-    g.output_names = [vi.name for vi in proto.graph.output]
+    g.output_names = output_names
     g.remove_unused()
     g.verify()
     return g

@@ -22,7 +22,11 @@ the operands. Such cases count as passes. bfloat16 outputs are compared as float
 (`BF16_RTOL`): one unit in the last place of a bf16 number, whose expected values are rounded to bf16 already, so a
 kernel that rounds once at the end (fused) and a reference that rounds after each op differ by up to that.
 
-Compilation is cached by the (specialized) model's bytes: cases that differ only in data compile once.
+Sequence inputs (a list of tensors) are specialized too: their length and tensor shapes are given at compile time
+(`shapes={name: [shape, ...]}`), their tensors fed as the inputs `name.0`, `name.1`, ..., and a sequence output is
+regrouped from the outputs `name.0`, `name.1`, ...
+
+Compilation is cached by the (specialized) model's bytes and shapes: cases that differ only in data compile once.
 
     python -m tests.frontends.onnx_conformance                 # run all cases, print a summary
     python -m tests.frontends.onnx_conformance -k test_lstm    # only names containing a substring
@@ -127,6 +131,13 @@ def _compare(got: list, expected: list, rtol: float, atol: float) -> str:
     if len(got) != len(expected):
         return f"{len(got)} outputs, expected {len(expected)}"
     for i, (a, e) in enumerate(zip(got, expected)):
+        if isinstance(e, list):  # a sequence: its tensors in order
+            if not isinstance(a, list):
+                return f"output {i}: expected a sequence, got a tensor"
+            diff = _compare(a, e, rtol, atol)
+            if diff:
+                return f"output {i} (a sequence): {diff}"
+            continue
         if not isinstance(e, np.ndarray):
             return f"output {i}: expected a {type(e).__name__}, not a tensor"
         a = np.asarray(a)
@@ -163,14 +174,14 @@ class Runner:
     def __init__(self):
         self._compiled: dict[bytes, object] = {}
 
-    def compile(self, model: onnx.ModelProto):
+    def compile(self, model: onnx.ModelProto, shapes: dict | None = None):
         import compiler
 
-        key = model.SerializeToString()
+        key = model.SerializeToString() + repr(sorted((shapes or {}).items())).encode()
         if key not in self._compiled:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._compiled[key] = compiler.compile_model(model)
+                self._compiled[key] = compiler.compile_model(model, shapes=shapes)
         return self._compiled[key]
 
     def run_case(self, case, op_type: str) -> Result:
@@ -193,9 +204,10 @@ class Runner:
         model = case.model
         names = [vi.name for vi in model.graph.input if vi.name not in {i.name for i in model.graph.initializer}]
         feeds = dict(zip(names, map(_as_array, inputs)))
-        expected = [_as_array(e) for e in expected]
+        expected = [[_as_array(x) for x in e] if isinstance(e, list) else _as_array(e) for e in expected]
+        shapes: dict[str, list] = {}  # sequence inputs' lengths and tensor shapes, given at compile time
         for name, v in feeds.items():
-            if not isinstance(v, np.ndarray):
+            if not isinstance(v, (np.ndarray, list)):
                 try:  # the compiler's own refusal, when it has one
                     self.compile(model)
                 except FrontendError as e:
@@ -204,18 +216,43 @@ class Runner:
         specialized: dict[str, np.ndarray] = {}
         while True:
             try:
-                compiled = self.compile(_specialize(model, specialized) if specialized else model)
+                compiled = self.compile(_specialize(model, specialized) if specialized else model, shapes or None)
                 break
             except FrontendError as e:
                 name = getattr(e, "needs_constant", None)
-                if name in feeds and name not in specialized:
+                if name in feeds and name not in specialized and isinstance(feeds[name], np.ndarray):
                     specialized[name] = feeds[name]
                     continue
-                return "unsupported", f"{type(e).__name__}: {e}", tuple(specialized)
-        run_feeds = {k: v for k, v in feeds.items() if k not in specialized}
-        got = compiled.run(run_feeds)
-        diff = _compare(list(got), list(expected), case.rtol, case.atol)
+                name = getattr(e, "needs_shapes", None)
+                if name in feeds and name not in shapes and isinstance(feeds[name], list):
+                    shapes[name] = [tuple(np.asarray(x).shape) for x in feeds[name]]
+                    continue
+                return "unsupported", f"{type(e).__name__}: {e}", tuple(specialized) + tuple(shapes)
+        run_feeds = {}
+        for k, v in feeds.items():
+            if isinstance(v, list):
+                run_feeds.update({f"{k}.{i}": np.asarray(x) for i, x in enumerate(v)})
+            elif k not in specialized:
+                run_feeds[k] = v
+        got = _regroup(model, compiled.output_names, list(compiled.run(run_feeds)))
+        specialized = {**specialized, **shapes}
+        diff = _compare(got, list(expected), case.rtol, case.atol)
         return ("fail", diff, tuple(specialized)) if diff else ("pass", "", tuple(specialized))
+
+
+def _regroup(model: onnx.ModelProto, names: list[str], got: list) -> list:
+    """The compiled model's flat outputs as the ONNX graph's: a sequence output is the list of `name.i` outputs."""
+    by_name = dict(zip(names, got))
+    out = []
+    for vi in model.graph.output:
+        if vi.name in by_name:
+            out.append(by_name[vi.name])
+        else:
+            items = [by_name[n] for n in sorted((n for n in names if n.startswith(vi.name + ".")
+                                                 and n[len(vi.name) + 1:].isdigit()),
+                                                key=lambda n: int(n[len(vi.name) + 1:]))]
+            out.append(items)
+    return out
 
 
 def run_cases(cases, progress=None) -> list[Result]:

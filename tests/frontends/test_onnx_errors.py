@@ -152,12 +152,13 @@ def test_strings_are_compile_time_constants_only():
         from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
 
 
-def test_sequence_graph_input_is_refused_clearly():
-    seq = helper.make_tensor_sequence_value_info("x", TensorProto.FLOAT, None)
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [seq],
-                              [helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, None)])
-    with pytest.raises(FrontendError, match=r"graph input 'x' is a sequence, not a tensor: compiled models take "
-                                            r"and return tensors only"):
+def test_map_graph_input_is_refused_clearly():  # sequences of given length work: test_onnx_sequences.py
+    m = helper.make_value_info("x", helper.make_map_type_proto(TensorProto.INT64,
+                                                               helper.make_tensor_type_proto(TensorProto.FLOAT, None)))
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [m],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(FrontendError, match=r"graph input 'x' is a map, not a tensor: compiled models take tensors, "
+                                            r"and sequences of tensors whose length is given at compile time"):
         from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 

@@ -22,10 +22,13 @@ from compiler import ops
 CONVERTERS: dict[str, dict[int, Callable]] = {}
 
 
-def converter(since: int = 1):
+def converter(since: int = 1, sequences: bool = False):
+    """`sequences`: the converter accepts sequences of tensors (`importer.TensorSequence`) among its inputs."""
+
     def register(fn):
         name = fn.__name__.split("_")[0]
         CONVERTERS.setdefault(name, {})[since] = fn
+        fn.takes_sequences = sequences
         return fn
 
     return register

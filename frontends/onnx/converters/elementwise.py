@@ -78,9 +78,9 @@ for _onnx, _op in {"Sum": ops.add, "Max": ops.maximum, "Min": ops.minimum}.items
     CONVERTERS[_onnx] = {1: _variadic(_op)}
 
 
-@converter()
+@converter(sequences=True)
 def Identity(b, input):
-    return input
+    return input  # a tensor, or a sequence of tensors (also an optional's, compiled as present)
 
 
 @converter()
