@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 
 from compiler.ir import Graph, TensorType, Value
 from compiler.ir.types import STORAGE_DTYPES
+from compiler import ops
 from compiler.ops import OpDef
 from runtime.errors import FrontendError, IRError, UnsupportedOpError
 
@@ -120,7 +121,7 @@ class Builder:
     def emit(self, op: OpDef, inputs: Sequence[Ref], **attrs: Any):
         """Apply `op`. Folds to an array when every input is known; returns one result or a list if several."""
         stored = sorted({self.type(x).dtype for x in inputs if x is not None} & STORAGE_DTYPES)
-        if op.name == "cast" and attrs.get("to") in STORAGE_DTYPES:
+        if op is ops.cast and attrs.get("to") in STORAGE_DTYPES:
             stored = [attrs["to"]]  # converting to one takes converters/cast.py's tables, not a kernel's cast
         if stored and not op.movement:
             raise self.error(f"{op.name} would compute on {', '.join(stored)} values, which we only move, reshape "

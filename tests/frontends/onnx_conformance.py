@@ -294,7 +294,7 @@ def markdown(results: list[Result]) -> str:
         "",
         "*unsupported*: refused at compile time with a clear `FrontendError` (an op, attribute or dtype we do not "
         "convert). *specialized*: passes after turning a shape-deciding input (axes, pads, a target shape) into an "
-        "initializer, i.e. specialized at compile time. *expanded*: the `_expanded` cases run the op's function "
+        "initializer, or giving a sequence input's length and tensor shapes, i.e. specialized at compile time. *expanded*: the `_expanded` cases run the op's function "
         "body (other ops) and are counted under the op they expand.",
         "",
         "| op type | cases | passed | failed | unsupported | crashed | specialized | base cases passed |",

@@ -167,3 +167,12 @@ def test_cast_of_a_constant_folds_at_compile_time():
 def test_unknown_round_mode_is_refused():
     with pytest.raises(FrontendError, match=r"\(Cast\): unknown round_mode 'sideways'"):
         compile_model(_cast_model("float32", "float8_e8m0fnu", (2,), round_mode="sideways"))
+
+
+def test_other_converters_refuse_float8_inputs_clearly():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT8E4M3FN, (2,))
+    node = helper.make_node("DequantizeLinear", ["x", "s"], ["y"], name="dq")
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, (2,))],
+                              [numpy_helper.from_array(np.array(0.5, np.float32), "s")])
+    with pytest.raises(FrontendError, match=r"'dq' \(DequantizeLinear\): cast would compute on float8_e4m3fn values"):
+        compile_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
