@@ -9,7 +9,7 @@ import numpy as np
 from runtime.errors import IRError, ParseError
 
 from .graph import Graph, Value
-from .types import SHORT_DTYPE, TensorType
+from .types import SHORT_DTYPE, TensorType, numpy_dtype
 
 _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r\n]+|//[^\n]*)
@@ -168,7 +168,7 @@ def parse_graph(text: str, params: dict[str, np.ndarray] | None = None) -> Graph
                     ts.accept(",")
                 if len(items) != ty.numel:
                     raise ts.error(f"param %{name} of type {ty} has {len(items)} values")
-                data = np.array(items, dtype=ty.dtype).reshape(ty.shape)
+                data = np.array(items, dtype=numpy_dtype(ty.dtype)).reshape(ty.shape)
             if data is not None and (data.shape != ty.shape or str(data.dtype) != ty.dtype):
                 raise ts.error(f"data given for param %{name} is {data.dtype}{list(data.shape)}, expected {ty}")
             define(out_toks[0], g.add_param(name, data, ty))

@@ -53,7 +53,7 @@ def format_attr(value) -> str:
 
 def format_data(data: np.ndarray) -> str:
     flat = data.reshape(-1)
-    if data.dtype.kind == "f":
+    if data.dtype.kind == "f" or data.dtype.name.startswith(("float", "bfloat")):  # ml_dtypes' floats too
         items = [format_float(float(x)) for x in flat]
     else:
         items = [str(int(x)) for x in flat]

@@ -44,6 +44,24 @@ def test_round_trip_small_graph():
     np.testing.assert_array_equal(interpret(g, feeds)[0], interpret(g2, feeds)[0])
 
 
+def test_round_trip_ml_dtypes_params():
+    """bfloat16 and the storage-only types (float8, float4, int4, int2) print their values, not their bytes."""
+    import ml_dtypes
+
+    g = Graph("g")
+    values = {"float8_e4m3fn": [0.3125, -2.0, np.nan], "bfloat16": [1.5, -0.0078125, np.inf], "int4": [-8, 7, 3],
+              "uint2": [0, 3, 1], "float4_e2m1fn": [-6.0, 0.5, -0.0], "float8_e8m0fnu": [2.0 ** -127, 1.0, 4.0]}
+    g.outputs = [g.add_param(f"p_{dt}", np.array(v).astype(getattr(ml_dtypes, dt))) for dt, v in values.items()]
+    text = print_graph(g)
+    assert "param f8e4m3fn[3] = [0.3125, -2.0, nan]" in text and "param i4[3] = [-8, 7, 3]" in text
+    back = parse_graph(text)
+    assert print_graph(back) == text
+    for a, b in zip(g.params, back.params):
+        assert a.data.dtype == b.data.dtype
+        np.testing.assert_array_equal(a.data.view(np.uint8 if a.data.itemsize == 1 else np.uint16),
+                                      b.data.view(np.uint8 if b.data.itemsize == 1 else np.uint16))
+
+
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_round_trip_light_models(name):
     g = from_onnx(light_path(name))
