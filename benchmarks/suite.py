@@ -194,8 +194,11 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
     times: dict[str, list[float]] = {k: [] for k in engines}
     for _ in range(rounds):
         for key, run in list(engines.items()):
-            # one untimed run first: the engine timed before may leave threads spinning (onnxruntime's pool spins
-            # after each run) that would otherwise steal the cores from the first timed run after the switch
+            # a pause, then one untimed run: the engine run before may leave threads spinning (onnxruntime's pool
+            # spins after each run, longer than one short run of the next engine) that would steal a core from the
+            # next engine's timed run: a kernel of 64 parallel steps (the LSTM) ran 2.8x slower right after an
+            # onnxruntime run (1.28 vs 0.46 ms), MLP batch 1 took 2.57 instead of 0.03 ms
+            time.sleep(0.02)
             run()
             t0 = time.perf_counter()
             run()
