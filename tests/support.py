@@ -42,3 +42,21 @@ def assert_close(actual, expected, rtol=1e-3, atol=1e-5, what=""):
         err = np.abs(actual - expected)
         i = np.unravel_index(np.argmax(err - rtol * np.abs(expected)), err.shape)
         raise AssertionError(f"{what}: max abs error {err.max():.3g}; worst at {i}: {actual[i]} vs {expected[i]}")
+
+
+def assert_gradients_match_finite_differences(g, feeds: dict[str, np.ndarray], *, rtol: float, atol: float,
+                                              h: float = 1e-6) -> None:
+    """`g` outputs [loss, d loss / d feeds in order]: each gradient against central differences of the loss's sum,
+    through the reference interpreter (float64 feeds)."""
+    from compiler.ir import interpret
+
+    outs = interpret(g, feeds)
+    for i, (name, a) in enumerate(feeds.items()):
+        numeric = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            plus, minus = dict(feeds), dict(feeds)
+            plus[name], minus[name] = a.copy(), a.copy()
+            plus[name][idx] += h
+            minus[name][idx] -= h
+            numeric[idx] = (interpret(g, plus)[0].sum() - interpret(g, minus)[0].sum()) / (2 * h)
+        np.testing.assert_allclose(outs[1 + i], numeric, rtol=rtol, atol=atol, err_msg=f"input {name}")

@@ -34,7 +34,6 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from compiler.ir.types import FLOAT_DTYPES, TensorType
-from runtime.errors import IRError
 
 from .registry import Attr, FusionKind, defop, fail
 
@@ -219,7 +218,9 @@ def _lstm_grad(e, n, dys):
     steps, b, hidden = y.type.shape
     dt = y.type.dtype
     if len(dys) > 2 and dys[2] is not None:
-        raise IRError(f"lstm_sequence {n.name!r}: its saved gate pre-activations are for the backward only; "
+        from compiler.autodiff.reverse import AutodiffError
+
+        raise AutodiffError(f"lstm_sequence {n.name!r}: its saved gate pre-activations are for the backward only; "
                       f"a loss must not depend on them")
     dy, dc = (d if d is not None else e.const(np.zeros(y.type.shape), dt) for d in dys[:2])
     r = unpack_lstm_weight(e.op, w)  # (4H, H)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from compiler import ops
 from compiler.ir import Graph
 from compiler.ops.rnn import unrolled_lstm
+from runtime.errors import CompileError
 
 
 def unroll_lstm(g: Graph) -> Graph:
@@ -25,7 +26,8 @@ def unroll_lstm(g: Graph) -> Graph:
 
         y, c = unrolled_lstm(op, *n.inputs, reverse=n.attrs["reverse"])
         if n.attrs["save_gates"] and g.users().get(n.outputs[2]):
-            raise ValueError(f"unroll_lstm: the saved gates of {n.name!r} are read: unroll before autodiff")
+            raise CompileError(f"unroll_lstm: the saved gates of lstm_sequence {n.name!r} are read (a training "
+                               f"graph's backward): unroll the forward graph before autodiff")
         for old, new in zip(n.outputs, (y, c)):
             g.replace_uses(old, new)
         g.remove_node(n)

@@ -9,6 +9,7 @@ from compiler.autodiff import backward
 from compiler.ir import Graph, TensorType, interpret
 from compiler.ops.attention import causal_bias
 from runtime.errors import IRError
+from tests.support import assert_gradients_match_finite_differences
 
 rng = np.random.default_rng(3)
 
@@ -36,17 +37,7 @@ def test_gradient_matches_finite_differences(shapes, attrs):
     arrays = [rng.uniform(-1, 1, s) for s in shapes]
     g = _loss_graph(arrays, attrs)
     feeds = {f"x{i}": a for i, a in enumerate(arrays)}
-    outs = interpret(g, feeds)
-    h = 1e-6
-    for i, a in enumerate(arrays):
-        numeric = np.zeros_like(a)
-        for idx in np.ndindex(a.shape):
-            plus, minus = dict(feeds), dict(feeds)
-            plus[f"x{i}"], minus[f"x{i}"] = a.copy(), a.copy()
-            plus[f"x{i}"][idx] += h
-            minus[f"x{i}"][idx] -= h
-            numeric[idx] = (interpret(g, plus)[0].sum() - interpret(g, minus)[0].sum()) / (2 * h)
-        np.testing.assert_allclose(outs[1 + i], numeric, rtol=1e-5, atol=1e-7, err_msg=f"input {i}")
+    assert_gradients_match_finite_differences(g, feeds, rtol=1e-5, atol=1e-7)
 
 
 def test_reference_is_the_decomposition():

@@ -11,6 +11,7 @@ from compiler.autodiff import backward
 from compiler.ir import Graph, TensorType, interpret
 from compiler.ops.rnn import lstm_unit_block, pack_lstm_weight, unpack_lstm_weight, unrolled_lstm
 from runtime.errors import IRError
+from tests.support import assert_gradients_match_finite_differences
 
 rng = np.random.default_rng(5)
 
@@ -77,17 +78,7 @@ def test_gradient_matches_finite_differences(reverse, use_c, save_gates):
     g = _loss_graph(shapes, reverse, use_c, save_gates)
     assert any(n.op is ops.dense for n in g.nodes) != save_gates  # saved gates: no recomputing dense
     feeds = {f"x{i}": a for i, a in enumerate(arrays)}
-    outs = interpret(g, feeds)
-    h = 1e-6
-    for i, a in enumerate(arrays):
-        numeric = np.zeros_like(a)
-        for idx in np.ndindex(a.shape):
-            plus, minus = dict(feeds), dict(feeds)
-            plus[f"x{i}"], minus[f"x{i}"] = a.copy(), a.copy()
-            plus[f"x{i}"][idx] += h
-            minus[f"x{i}"][idx] -= h
-            numeric[idx] = (interpret(g, plus)[0].sum() - interpret(g, minus)[0].sum()) / (2 * h)
-        np.testing.assert_allclose(outs[1 + i], numeric, rtol=1e-6, atol=1e-8, err_msg=f"input {i}")
+    assert_gradients_match_finite_differences(g, feeds, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
