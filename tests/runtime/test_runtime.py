@@ -194,3 +194,48 @@ def test_library_kernels_run_without_the_compiler(tmp_path):
     np.save(tmp_path / "x.npy", x)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
+
+
+def test_cpu_list_parsing():
+    from runtime.tvm_loader import _parse_cpu_list
+
+    assert _parse_cpu_list("0-3,6\n") == {0, 1, 2, 3, 6}
+    assert _parse_cpu_list("1") == {1}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two cores")
+def test_caller_placement_keeps_the_callers_affinity(cnn):
+    """A run moves the caller off the thread pool's pinned cores and puts its own affinity back afterwards."""
+    from runtime.tvm_loader import CallerPlacement, caller_placement
+
+    before = os.sched_getaffinity(0)
+    cnn.run({"image": image()})
+    cnn.run({"image": image()})
+    assert os.sched_getaffinity(0) == before
+    if caller_placement.cpus is not None:  # TVM pinned its workers: the caller gets the cores left over
+        assert caller_placement.cpus and caller_placement.cpus < before
+    # a pool with a worker pinned to a core: that core is taken out of the caller's set
+    probe = CallerPlacement()
+    cpu = max(before)
+    import threading
+    ready, done = threading.Event(), threading.Event()
+
+    def pinned():
+        os.sched_setaffinity(0, {cpu})
+        ready.set()
+        done.wait()
+
+    t = threading.Thread(target=pinned)
+    t.start()
+    ready.wait()
+    try:
+        probe.resolve()
+    finally:
+        done.set()
+        t.join()
+    assert probe.cpus == before - {cpu}
+    saved = probe.enter()
+    assert os.sched_getaffinity(0) == before - {cpu}
+    probe.leave(saved)
+    assert os.sched_getaffinity(0) == before
