@@ -70,7 +70,13 @@ TRAJECTORIES = [
     ("mlp", {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3, "clip_norm": 0.5}),
     ("cnn_bn_pool", {"name": "sgd", "lr": 0.05, "momentum": 0.9}),
     ("cnn_bn_pool", {"name": "adamw", "lr": 0.01, "weight_decay": 0.1}),
+    ("cnn_bn_pool", {"name": "adam", "lr": 0.01}),
     ("lstm", {"name": "sgd", "lr": 0.1, "momentum": 0.9}),  # the lstm_sequence kernels, forward and backward
+    ("lstm", {"name": "adam", "lr": 0.01}),
+    ("gru", {"name": "sgd", "lr": 0.1, "momentum": 0.9}),
+    ("gru", {"name": "adam", "lr": 0.01}),
+    ("transformer", {"name": "sgd", "lr": 0.05, "momentum": 0.9}),
+    ("transformer", {"name": "adam", "lr": 0.005}),
 ]
 
 
