@@ -101,12 +101,16 @@ def fusion_report(g: Graph, steps) -> list[dict]:
 
 def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = None, *, trials: int = 64,
                time_budget: float | None = None, retune: bool = False, options: CompileOptions | None = None,
-               progress=None):
-    """Tune every kernel of `model` with MetaSchedule into the database at `db_dir` (see backend/tuning.py)."""
+               progress=None, search: str = "knobs"):
+    """Tune every kernel of `model` into the database at `db_dir` (see backend/tuning.py). search="knobs" varies
+    our own schedules' tile parameters (seconds per kernel); search="metaschedule" runs MetaSchedule's search with
+    `trials` candidates per kernel (CPU only here; minutes per kernel on a small machine)."""
     from compiler.backend.build import resolve_target
     from compiler.backend.lower import Kernel, partition
-    from compiler.backend.tuning import TuningDatabase, tune
+    from compiler.backend.tuning import TuningDatabase, search_knobs, tune
 
+    if search not in ("knobs", "metaschedule"):
+        raise CompileError(f"unknown search {search!r}: use 'knobs' or 'metaschedule'")
     options = options or CompileOptions()
     target = resolve_target(options.target, options.arch)
     if target.kind.name == "cuda":
@@ -114,6 +118,8 @@ def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = 
     g = optimize(import_model(model, shapes), options)
     specs = [s.spec for s in partition(g) if isinstance(s, Kernel)]
     db = TuningDatabase(os.fspath(db_dir), target)
+    if search == "knobs" and target.kind.name != "cuda":
+        return search_knobs(specs, db, time_budget=time_budget, retune=retune, progress=progress)
     return tune(specs, db, trials=trials, time_budget=time_budget, retune=retune, progress=progress)
 
 

@@ -204,7 +204,7 @@ def cmd_tune(args) -> int:
         bar.update(1)
 
     result = tune_model(args.model, args.db, dict(args.shape or []), trials=args.trials, time_budget=budget,
-                        retune=args.retune, options=_compile_options(args), progress=progress)
+                        retune=args.retune, options=_compile_options(args), progress=progress, search=args.search)
     bar.close()
     print(f"tuned {result.tuned} kernel(s) in {result.seconds:.0f} s; {result.skipped} already in {args.db}; "
           f"{result.remaining} left" + (" (time budget reached: run again to resume)" if result.remaining else ""))
@@ -323,10 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     compile_flags(c)
     c.set_defaults(func=cmd_compile)
 
-    t = sub.add_parser("tune", help="auto-tune a model's kernels with MetaSchedule into a tuning database")
+    t = sub.add_parser("tune", help="auto-tune a model's kernels into a tuning database (knob search or MetaSchedule)")
     t.add_argument("model", help="ONNX file")
     t.add_argument("--db", required=True, help="tuning database directory (created if missing; resumable)")
-    t.add_argument("--trials", type=int, default=64, help="measured candidates per kernel (default 64)")
+    t.add_argument("--search", choices=("knobs", "metaschedule"), default="knobs",
+                   help="knobs: vary the default schedules' tile parameters (fast); metaschedule: MetaSchedule's "
+                        "search, --trials candidates per kernel (slow on few cores)")
+    t.add_argument("--trials", type=int, default=64, help="metaschedule: measured candidates per kernel (default 64)")
     t.add_argument("--time-budget", help="stop starting new kernels after this long, e.g. 30m, 2h")
     t.add_argument("--retune", action="store_true", help="tune kernels that already have records again")
     t.add_argument("--shape", action="append", type=parse_shape_arg, metavar="NAME=AxBxC")

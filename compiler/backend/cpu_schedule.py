@@ -16,6 +16,7 @@ failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it returns t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
@@ -47,6 +48,14 @@ _SPATIAL = 0  # tirx.IterVar.DataPar
 
 def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
     """Schedule one kernel for the CPU `target`; returns a new PrimFunc (never raises for a valid one)."""
+    sch, _ = schedule_cpu_traced(func, target)
+    return func if sch is None else sch.mod["main"]
+
+
+def schedule_cpu_traced(func: tirx.PrimFunc, target: tvm.target.Target):
+    """(the schedule, with its trace, and the name of the rule that made it), or (None, None) when not even the
+    generic rule applies (library calls need no schedule). The trace replays the schedule on the unscheduled
+    function: the knob search (backend/tuning.py) stores it as a tuning record."""
     names = _block_names(func)
     for applies, rule in _RULES:
         if not applies(names):
@@ -54,16 +63,64 @@ def schedule_cpu(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFun
         try:
             sch = s_tir.Schedule(func)
             rule(sch, target)
-            return sch.mod["main"]
+            return sch, rule.__name__
         except Exception as err:  # ScheduleError, TVMError: fall through to a simpler rule
             log.debug("schedule rule %s failed: %s", rule.__name__, err)
     try:
         sch = s_tir.Schedule(func)
         _schedule_generic(sch, target)
-        return sch.mod["main"]
+        return sch, _schedule_generic.__name__
     except Exception as err:
         log.debug("generic CPU schedule failed, kernel left unscheduled (library calls need none): %s", err)
-        return func
+        return None, None
+
+
+# Schedule-only parameters that the knob search (backend/tuning.py) varies per kernel, by the rule that scheduled
+# it: {rule: {"module.NAME": candidate values}}. The defaults above are the first guess; none of these changes
+# the kernel's computation (tile sizes fixed by packed weights or tiled inputs are not here).
+TUNABLE = {
+    "_schedule_dense": {"cpu_schedule.DENSE_M_TILE": (2, 4, 6, 8),
+                        "cpu_schedule.DENSE_X_BLOCK_BYTES": (64 * 1024, 256 * 1024, 1024 * 1024)},
+    "_schedule_matmul": {"cpu_schedule.MATMUL_I_TILE": (2, 4, 6, 8),
+                         "cpu_schedule.MATMUL_J_TILE": (32, 48, 64, 128)},
+    "_schedule_weight_grad": {"cpu_schedule.MATMUL_I_TILE": (2, 4, 6, 8),
+                              "cpu_schedule.MATMUL_J_TILE": (32, 48, 64, 128)},
+    "schedule_attention": {"cpu_attention.ROWS": (2, 4, 6, 8), "cpu_attention.J_TILE": (32, 64, 128)},
+    "schedule_winograd": {"cpu_winograd.GEMM_P_TILE": (2, 4, 6, 8)},
+}
+
+
+@contextlib.contextmanager
+def knobs(values: dict):
+    """Schedule with some TUNABLE parameters set to other values: {"module.NAME": value}."""
+    import sys
+
+    old = {}
+    try:
+        for key, value in values.items():
+            module, name = key.split(".")
+            mod = sys.modules[f"compiler.backend.{module}"]
+            if not hasattr(mod, name):
+                raise KeyError(f"no schedule parameter {key}")
+            old[(mod, name)] = getattr(mod, name)
+            setattr(mod, name, value)
+        yield
+    finally:
+        for (mod, name), value in old.items():
+            setattr(mod, name, value)
+
+
+def knob_variants(rule: str | None) -> list[dict]:
+    """Every combination of the rule's TUNABLE values except the defaults themselves."""
+    import itertools
+    import sys
+
+    space = TUNABLE.get(rule or "", {})
+    if not space:
+        return []
+    keys = list(space)
+    default = tuple(getattr(sys.modules[f"compiler.backend.{k.split('.')[0]}"], k.split(".")[1]) for k in keys)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys)) if combo != default]
 
 
 # ------------------------------------------------------------------------------------------ helpers

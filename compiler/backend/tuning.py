@@ -28,6 +28,7 @@ from runtime.errors import CompileError
 
 from .lower import KernelSpec, build_prim_func
 
+log = logging.getLogger(__name__)
 FORMAT = 1
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned")  # the repository's own database
 
@@ -232,3 +233,101 @@ def _best_seconds(db: TuningDatabase, func) -> float | None:
         return None
     secs = [float(x) for x in recs[0].run_secs]
     return sum(secs) / len(secs)
+
+
+def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int = 5, margin: float = 0.03,
+                 retune: bool = False, progress: Callable | None = None, time_budget: float | None = None
+                 ) -> TuneResult:
+    """Tune by searching our own schedules: every kernel whose rule has TUNABLE parameters (cpu_schedule.py) is
+    scheduled once per combination of them, all variants are built into one library and timed in interleaved
+    rounds (median per variant); the best variant, if it beats the default by more than `margin` (a fraction; a
+    negative margin stores a slower one, which `lookup` then ignores: tests use it), is stored as a
+    MetaSchedule record (its schedule's trace) in `db`. The index keeps every searched kernel's default and best
+    time, so `lookup` takes a record only where it won. Cheap enough for a 2-core machine (seconds per kernel),
+    unlike MetaSchedule's search, which starts from a generic space. Resumable like `tune`."""
+    import numpy as np
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from .cpu_schedule import knob_variants, knobs, schedule_cpu_traced
+
+    t0 = time.perf_counter()
+    index = db.index()
+    tasks, seen = [], set()
+    for s in specs:
+        if s.key() not in seen:
+            seen.add(s.key())
+            tasks.append(s)
+    todo = [s for s in tasks if retune or s.key() not in index]
+    done = 0
+    dev = tvm.cpu()
+    for spec in todo:
+        elapsed = time.perf_counter() - t0
+        if time_budget is not None and done and elapsed + elapsed / done > time_budget:
+            break
+        func = build_prim_func(spec)
+        sch0, rule = schedule_cpu_traced(func, db.target)
+        variants = knob_variants(rule)
+        done += 1
+        if sch0 is None or not variants:
+            continue  # nothing to search: the default rules apply, no index entry needed
+        schedules = {"default": (sch0, {})}
+        for i, values in enumerate(variants):
+            with knobs(values):
+                sch, used = schedule_cpu_traced(func, db.target)
+            if sch is not None and used == rule:  # a variant its rule could not apply falls back: not a variant
+                schedules[f"v{i}"] = (sch, values)
+        try:
+            ex = tvm.compile(tvm.IRModule({sym: s.mod["main"].with_attr("global_symbol", sym)
+                                           for sym, (s, _) in schedules.items()}), target=db.target)
+        except Exception as e:  # one bad variant: build them one by one, dropping those that fail
+            log.debug("knob variants of %s did not build together: %s", spec.name(), e)
+            ex = None
+        rng = np.random.default_rng(0)
+        args = []
+        for param in func.params:
+            shape = [int(d) for d in param.shape]
+            dtype = str(param.dtype)
+            data = rng.uniform(-1, 1, shape).astype(dtype) if dtype.startswith("float") else np.zeros(shape, dtype)
+            args.append(tvm.runtime.tensor(data, dev))
+        timers = {}
+        for sym in schedules:
+            try:
+                mod = ex.mod if ex is not None else tvm.compile(
+                    tvm.IRModule({sym: schedules[sym][0].mod["main"].with_attr("global_symbol", sym)}),
+                    target=db.target).mod
+                timers[sym] = mod.time_evaluator(sym, dev, number=1, repeat=1, min_repeat_ms=30)
+                timers[sym](*args)  # warm-up (and a variant that fails to run is dropped here)
+            except Exception as e:
+                log.debug("knob variant %s of %s dropped: %s", sym, spec.name(), e)
+                timers.pop(sym, None)
+        if "default" not in timers:
+            continue
+        samples = {sym: [] for sym in timers}
+        for _ in range(rounds):
+            for sym, timer in timers.items():
+                samples[sym].append(float(timer(*args).mean))
+        med = {sym: float(np.median(v)) for sym, v in samples.items()}
+        variants_timed = [sym for sym in med if sym != "default"]
+        if not variants_timed:
+            continue
+        best = min(variants_timed, key=med.get)
+        flops = kernel_flops(func)
+        won = med[best] < (1 - margin) * med["default"]
+        if won:
+            with _quiet():
+                wl = db._database().commit_workload(tvm.IRModule({"main": func}))
+                db._database().commit_tuning_record(ms.database.TuningRecord(
+                    schedules[best][0].trace, wl, samples[best], db.target,
+                    ms.arg_info.ArgInfo.from_prim_func(func)))
+        chosen = best if won else "default"
+        index[spec.key()] = {"name": spec.name(), "method": "knobs", "trials": len(timers),
+                             "best_us": med[chosen] * 1e6, "default_us": med["default"] * 1e6,
+                             "knobs": schedules[chosen][1],
+                             "gflops": flops / med[chosen] / 1e9 if flops else None}
+        db._write_index(index)
+        if progress:
+            elapsed = time.perf_counter() - t0
+            left = (len(todo) - done) * elapsed / done
+            progress(done, len(todo), spec.name(), {**index[spec.key()], "left_s": left})
+    return TuneResult(done, len(tasks) - len(todo), len(todo) - done, time.perf_counter() - t0)

@@ -33,7 +33,7 @@ def graph(seed=0, text=TEXT):
 def tuned_db(tmp_path_factory):
     db = tmp_path_factory.mktemp("tuning")
     calls = []
-    result = tune_model(graph(), db, trials=4, progress=lambda *a: calls.append(a))
+    result = tune_model(graph(), db, trials=4, progress=lambda *a: calls.append(a), search="metaschedule")
     assert result.tuned == 1 and result.remaining == 0 and len(calls) == 1
     assert calls[0][3]["best_us"] > 0
     return db
@@ -73,7 +73,7 @@ def test_slower_records_are_not_used(tuned_db, tmp_path):
 
 
 def test_tuning_resumes(tuned_db):
-    result = tune_model(graph(), tuned_db, trials=4)
+    result = tune_model(graph(), tuned_db, trials=4, search="metaschedule")
     assert result.tuned == 0 and result.skipped == 1
 
 
@@ -132,3 +132,43 @@ def test_cli_tune_and_compile(tuned_db, tmp_path, capsys):
     assert "(1 tuned)" in capsys.readouterr().out
     assert main(["inspect", str(tmp_path / "m.tfa")]) == 0
     assert " tuned " in capsys.readouterr().out
+
+
+def test_knob_search_stores_a_replayable_record(tmp_path):
+    """The knob search times the dense kernel's tile variants against the default and stores the best as a
+    MetaSchedule record (forced here with a negative margin); compiling with it gives the same numbers."""
+    from compiler.api import optimize, import_model
+    from compiler.backend.lower import Kernel, partition
+    from compiler.backend.tuning import search_knobs
+
+    target = resolve_target("cpu")
+    specs = [s.spec for s in partition(optimize(import_model(graph(), None), CompileOptions())) if isinstance(s, Kernel)]
+    db = TuningDatabase(str(tmp_path / "knobs"), target)
+    calls = []
+    result = search_knobs(specs, db, rounds=2, margin=-10.0, progress=lambda *a: calls.append(a))
+    assert result.tuned == 1 and result.remaining == 0 and len(calls) == 1
+    (entry,) = db.index().values()
+    assert entry["method"] == "knobs" and entry["trials"] > 1 and entry["knobs"]
+    assert entry["best_us"] > 0 and entry["default_us"] > 0
+    assert search_knobs(specs, db).skipped == 1  # resumable: done kernels are not searched again
+    g = graph()
+    expected = interpret(g, {"x": np.ones((16, 64), np.float32)})[0]
+    model = compile_model(graph(), tuning_db=str(with_times(tmp_path / "knobs", tmp_path, 0.5)))
+    assert model.plan["stats"]["tuned_kernels"] == 1
+    assert_close(model.run({"x": np.ones((16, 64), np.float32)})[0], expected)
+    slower = compile_model(graph(), tuning_db=str(with_times(tmp_path / "knobs", tmp_path, 2.0)))
+    assert slower.plan["stats"]["tuned_kernels"] == 0
+
+
+def test_knob_variants_leave_the_defaults_alone():
+    from compiler.backend import cpu_schedule as S
+
+    variants = S.knob_variants("_schedule_dense")
+    assert variants and all(v != {"cpu_schedule.DENSE_M_TILE": S.DENSE_M_TILE,
+                                  "cpu_schedule.DENSE_X_BLOCK_BYTES": S.DENSE_X_BLOCK_BYTES} for v in variants)
+    with S.knobs({"cpu_schedule.DENSE_M_TILE": 8}):
+        assert S.DENSE_M_TILE == 8
+    assert S.DENSE_M_TILE == 4 and S.knob_variants("_schedule_generic") == []
+    with pytest.raises(KeyError, match="no schedule parameter"):
+        with S.knobs({"cpu_schedule.NO_SUCH": 1}):
+            pass
