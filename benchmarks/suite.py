@@ -189,16 +189,20 @@ def make_engines(name: str, batch: int, wanted: list[str]):
     return engines, info, ref, feeds
 
 
+PAUSE_S = 0.1  # longer than any engine's threads spin after a run (above)
+
+
 def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: float) -> dict:
     engines, info, ref, feeds = make_engines(name, batch, wanted)
     times: dict[str, list[float]] = {k: [] for k in engines}
     for _ in range(rounds):
         for key, run in list(engines.items()):
-            # a pause, then one untimed run: the engine run before may leave threads spinning (onnxruntime's pool
-            # spins after each run, longer than one short run of the next engine) that would steal a core from the
-            # next engine's timed run: a kernel of 64 parallel steps (the LSTM) ran 2.8x slower right after an
-            # onnxruntime run (1.28 vs 0.46 ms), MLP batch 1 took 2.57 instead of 0.03 ms
-            time.sleep(0.02)
+            # a pause, then one untimed run: the engine run before leaves threads spinning that would steal a core
+            # from the next engine's timed run. Measured (process CPU time while the caller sleeps): onnxruntime's
+            # pool spins ~40 ms after a run (our MLP batch 1 took 8 ms instead of 0.03 ms within it); TVM's spun
+            # ~150 ms until runtime/tvm_loader.py set TVM_THREAD_POOL_SPIN_COUNT (onnxruntime's MobileNetV2: 15
+            # instead of 4 ms)
+            time.sleep(PAUSE_S)
             run()
             t0 = time.perf_counter()
             run()

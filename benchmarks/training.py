@@ -23,6 +23,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 # cores from the other engine's next step: MLP SGD (a 2.5 ms step) measured 10 ms timed right after a torch step.
 # So each timed step follows an untimed one of the same engine. (OMP_WAIT_POLICY=PASSIVE, as benchmarks/suite.py
 # sets, would also avoid it, but makes every PyTorch op pay a thread wake-up: not PyTorch as users run it.)
+PAUSE_S = 0.1  # between the engines: longer than either's threads spin after a step (benchmarks/suite.py)
 WARMUP = 5
 
 import torch  # noqa: E402
@@ -88,12 +89,12 @@ def bench(name: str, opt_name: str, rounds: int) -> dict:
         session.step({"x": x}, y)
         torch_step()
     for _ in range(rounds):
-        time.sleep(0.02)  # the other engine's threads stop spinning
+        time.sleep(PAUSE_S)  # the other engine's threads stop spinning (benchmarks/suite.py)
         session.step({"x": x}, y)  # untimed: the switch from the other engine (its threads, caches) costs this one
         t = time.perf_counter()
         session.step({"x": x}, y)
         ours.append(time.perf_counter() - t)
-        time.sleep(0.02)
+        time.sleep(PAUSE_S)
         torch_step()
         t = time.perf_counter()
         torch_step()

@@ -17,6 +17,13 @@ from .errors import ArtifactError
 
 _loaded = False
 
+# How long an idle worker of TVM's thread pool spins (sched_yield calls) before it sleeps. TVM's default, 300000,
+# kept a core busy for ~150 ms after every run: onnxruntime's MobileNetV2 took 15 ms instead of 4 ms right after
+# one of our runs in the same process. 3000 (~1 ms) still covers the gaps between the kernels of a run (measured:
+# the same latency for the MLP, LSTM and MobileNetV2). Read by TVM when its pool starts; the environment wins.
+SPIN_COUNT = 3000
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(SPIN_COUNT))
+
 
 def default_num_threads() -> int:
     """All cores this process may use (TVM itself would take half the logical cores on x86)."""

@@ -172,3 +172,31 @@ def test_knob_variants_leave_the_defaults_alone():
     with pytest.raises(KeyError, match="no schedule parameter"):
         with S.knobs({"cpu_schedule.NO_SUCH": 1}):
             pass
+
+
+def test_shipped_database_is_consistent_and_its_records_build():
+    """Every target directory of the shipped database: written by this TVM, each index entry that claims a win has
+    a record, and every record's trace replays on its workload and compiles for that target (no CPU needed)."""
+    import tvm
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.target import Target
+
+    from compiler.backend.tuning import SHIPPED
+
+    dirs = [d for d in os.listdir(SHIPPED) if os.path.isdir(os.path.join(SHIPPED, d))]
+    assert dirs, "the repository ships a tuning database (benchmarks/tune_shipped.py writes it)"
+    for d in dirs:
+        path = os.path.join(SHIPPED, d)
+        meta = json.load(open(os.path.join(path, "meta.json")))
+        assert meta["tvm_version"] == tvm.__version__, f"{d}: written by TVM {meta['tvm_version']}: tune again"
+        target = Target(json.loads(meta["target"]))
+        assert target_key(target) == d
+        index = json.load(open(os.path.join(path, "index.json")))
+        wins = [e for e in index.values() if e["best_us"] < e["default_us"]]
+        records = ms.database.JSONDatabase(work_dir=path).get_all_tuning_records()
+        assert len(records) == len(wins) > 0
+        for rec in records:
+            sch = s_tir.Schedule(rec.workload.mod)
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            tvm.compile(sch.mod, target=target)
