@@ -203,7 +203,6 @@ def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, t
 
 def default_schedule_seconds(func, target, repeat: int = 5) -> float | None:
     """Time the kernel with our default schedule (compiler/backend/cpu_schedule.py) on random inputs."""
-    import numpy as np
     import tvm
 
     from .cpu_schedule import schedule_cpu
@@ -211,17 +210,26 @@ def default_schedule_seconds(func, target, repeat: int = 5) -> float | None:
     try:
         ex = tvm.compile(tvm.IRModule({"main": schedule_cpu(func, target)}), target=target)
         dev = tvm.cpu()
-        rng = np.random.default_rng(0)
-        args = []
-        for param in func.params:  # buffer-typed vars in TVM 0.27
-            shape = [int(d) for d in param.shape]
-            dtype = str(param.dtype)
-            data = rng.uniform(-1, 1, shape).astype(dtype) if dtype.startswith("float") else np.zeros(shape, dtype)
-            args.append(tvm.runtime.tensor(data, dev))
+        args = _random_args(func, dev)
         timer = ex.mod.time_evaluator("main", dev, number=3, repeat=repeat, min_repeat_ms=20)
         return float(min(timer(*args).results))
     except Exception:  # a kernel we cannot time here is simply not compared
         return None
+
+
+def _random_args(func, dev) -> list:
+    """Tensors for a kernel's parameters: uniform [-1, 1) floats, zeros otherwise."""
+    import numpy as np
+    import tvm
+
+    rng = np.random.default_rng(0)
+    args = []
+    for param in func.params:  # buffer-typed vars in TVM 0.27
+        shape = [int(d) for d in param.shape]
+        dtype = str(param.dtype)
+        data = rng.uniform(-1, 1, shape).astype(dtype) if dtype.startswith("float") else np.zeros(shape, dtype)
+        args.append(tvm.runtime.tensor(data, dev))
+    return args
 
 
 def _best_seconds(db: TuningDatabase, func) -> float | None:
@@ -283,13 +291,7 @@ def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int
         except Exception as e:  # one bad variant: build them one by one, dropping those that fail
             log.debug("knob variants of %s did not build together: %s", spec.name(), e)
             ex = None
-        rng = np.random.default_rng(0)
-        args = []
-        for param in func.params:
-            shape = [int(d) for d in param.shape]
-            dtype = str(param.dtype)
-            data = rng.uniform(-1, 1, shape).astype(dtype) if dtype.startswith("float") else np.zeros(shape, dtype)
-            args.append(tvm.runtime.tensor(data, dev))
+        args = _random_args(func, dev)
         timers = {}
         for sym in schedules:
             try:
