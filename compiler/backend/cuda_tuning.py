@@ -30,7 +30,7 @@ from runtime.errors import CompileError
 from .cuda import (_last_line, check_device_code, cuda_target, load_tensor_intrinsics, nvcc_fatbin, schedule_cuda,
                    source_digest)
 from .lower import KernelSpec, build_prim_func
-from .tuning import TuningDatabase, _quiet, kernel_flops
+from .tuning import TuningDatabase, _quiet, distinct_kernels, kernel_flops
 
 BUNDLE_FORMAT = 1
 MEASURE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_measure.py")
@@ -77,11 +77,7 @@ def prepare_bundle(specs: Sequence[KernelSpec], out_dir: str, arch: str = "sm_90
     import tvm
 
     target = cuda_target(arch)
-    tasks, seen = [], set()
-    for s in specs:
-        if s.key() not in seen:
-            seen.add(s.key())
-            tasks.append(s)
+    tasks = distinct_kernels(specs)
     if not tasks:
         raise CompileError("the model has no kernels to tune")
     os.makedirs(out_dir, exist_ok=True)

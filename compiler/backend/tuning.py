@@ -164,11 +164,7 @@ def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, t
 
     t0 = time.perf_counter()
     index = db.index()
-    tasks, seen = [], set()
-    for s in specs:
-        if s.key() not in seen:
-            seen.add(s.key())
-            tasks.append(s)
+    tasks = distinct_kernels(specs)
     todo = [s for s in tasks if retune or s.key() not in index]
     done = 0
     for i, spec in enumerate(todo):
@@ -199,6 +195,14 @@ def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, t
                 left = min(left, max(time_budget - elapsed, 0.0))
             progress(done, len(todo), spec.name(), {**index[spec.key()], "left_s": left})
     return TuneResult(done, len(tasks) - len(todo), len(todo) - done, time.perf_counter() - t0)
+
+
+def distinct_kernels(specs: Sequence[KernelSpec]) -> list[KernelSpec]:
+    """The specs with identical kernels (same key) once, in first-seen order."""
+    first: dict = {}
+    for s in specs:
+        first.setdefault(s.key(), s)
+    return list(first.values())
 
 
 def default_schedule_seconds(func, target, repeat: int = 5) -> float | None:
@@ -261,11 +265,7 @@ def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int
 
     t0 = time.perf_counter()
     index = db.index()
-    tasks, seen = [], set()
-    for s in specs:
-        if s.key() not in seen:
-            seen.add(s.key())
-            tasks.append(s)
+    tasks = distinct_kernels(specs)
     todo = [s for s in tasks if retune or s.key() not in index]
     done = 0
     dev = tvm.cpu()
