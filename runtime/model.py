@@ -213,12 +213,9 @@ class CompiledModel:
 
     def _execute(self) -> None:
         """Every kernel call of the plan, with the calling thread off the thread pool's cores (tvm_loader)."""
-        saved = caller_placement.enter()
-        try:
+        with caller_placement.placed():
             for fn, args in self._calls:
                 fn(*args)
-        finally:
-            caller_placement.leave(saved)
 
     __call__ = run
 
@@ -239,15 +236,12 @@ class CompiledModel:
         self._bind(feeds)
         samples = [[] for _ in self._calls]
         self._execute()  # the first run finds the thread pool's cores (tvm_loader.CallerPlacement)
-        saved = caller_placement.enter()
-        try:
+        with caller_placement.placed():
             for _ in range(repeat + 1):
                 for i, (fn, args) in enumerate(self._calls):
                     t0 = time.perf_counter()
                     fn(*args)
                     samples[i].append(time.perf_counter() - t0)
-        finally:
-            caller_placement.leave(saved)
         return [{"kernel": s["kernel"], "op": s["op"], "node": s["node"], "ms": float(np.median(t[1:])) * 1e3}
                 for s, t in zip(self.plan["steps"], samples)]
 

@@ -8,6 +8,7 @@ wheel's `tvm/lib/`, found without importing the package.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -154,28 +155,29 @@ class CallerPlacement:
         if pinned & allowed and free:
             self.cpus = free
 
-    def enter(self):
-        """Before a run: move the calling thread onto the free cores; returns what `leave` restores."""
-        if self.cpus is None:
-            return None
-        try:
-            saved = os.sched_getaffinity(0)
-            if saved == self.cpus:
-                return None
-            os.sched_setaffinity(0, self.cpus)
-            return saved
-        except OSError:
-            return None
-
-    def leave(self, saved) -> None:
-        """After a run: the calling thread's own affinity again (and, after the first run, find the pinned cores)."""
-        if saved is not None:
+    @contextlib.contextmanager
+    def placed(self):
+        """For the duration of a run: the calling thread on the free cores, then its own affinity again (and,
+        after the first run, find the pinned cores)."""
+        saved = None
+        if self.cpus is not None:
             try:
-                os.sched_setaffinity(0, saved)
+                current = os.sched_getaffinity(0)
+                if current != self.cpus:
+                    os.sched_setaffinity(0, self.cpus)
+                    saved = current
             except OSError:
                 pass
-        elif not self.resolved and os.environ.get("TVM_NUM_THREADS", "1") != "1":
-            self.resolve()
+        try:
+            yield
+        finally:
+            if saved is not None:
+                try:
+                    os.sched_setaffinity(0, saved)
+                except OSError:
+                    pass
+            elif not self.resolved and os.environ.get("TVM_NUM_THREADS", "1") != "1":
+                self.resolve()
 
 
 def _parse_cpu_list(text: str) -> set[int]:

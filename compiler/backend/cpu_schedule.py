@@ -17,7 +17,9 @@ failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it returns t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import sys
 from typing import Callable
 
 import tvm
@@ -90,18 +92,22 @@ TUNABLE = {
 }
 
 
+def _knob_owner(key: str):
+    """"module.NAME" -> (the backend module that holds the parameter, NAME)."""
+    module, name = key.split(".")
+    mod = sys.modules.get(f"compiler.backend.{module}")
+    if mod is None or not hasattr(mod, name):
+        raise KeyError(f"no schedule parameter {key}")
+    return mod, name
+
+
 @contextlib.contextmanager
 def knobs(values: dict):
     """Schedule with some TUNABLE parameters set to other values: {"module.NAME": value}."""
-    import sys
-
     old = {}
     try:
         for key, value in values.items():
-            module, name = key.split(".")
-            mod = sys.modules[f"compiler.backend.{module}"]
-            if not hasattr(mod, name):
-                raise KeyError(f"no schedule parameter {key}")
+            mod, name = _knob_owner(key)
             old[(mod, name)] = getattr(mod, name)
             setattr(mod, name, value)
         yield
@@ -112,14 +118,11 @@ def knobs(values: dict):
 
 def knob_variants(rule: str | None) -> list[dict]:
     """Every combination of the rule's TUNABLE values except the defaults themselves."""
-    import itertools
-    import sys
-
     space = TUNABLE.get(rule or "", {})
     if not space:
         return []
     keys = list(space)
-    default = tuple(getattr(sys.modules[f"compiler.backend.{k.split('.')[0]}"], k.split(".")[1]) for k in keys)
+    default = tuple(getattr(*_knob_owner(k)) for k in keys)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys)) if combo != default]
 
 

@@ -235,9 +235,8 @@ def test_caller_placement_keeps_the_callers_affinity(cnn):
         done.set()
         t.join()
     assert probe.cpus == before - {cpu}
-    saved = probe.enter()
-    assert os.sched_getaffinity(0) == before - {cpu}
-    probe.leave(saved)
+    with probe.placed():
+        assert os.sched_getaffinity(0) == before - {cpu}
     assert os.sched_getaffinity(0) == before
 
 
