@@ -101,7 +101,7 @@ def fusion_report(g: Graph, steps) -> list[dict]:
 
 def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = None, *, trials: int = 64,
                time_budget: float | None = None, retune: bool = False, options: CompileOptions | None = None,
-               progress=None, search: str = "knobs"):
+               progress=None, search: str = "knobs", build_timeout: float | None = None):
     """Tune every kernel of `model` into the database at `db_dir` (see backend/tuning.py). search="knobs" varies
     our own schedules' tile parameters (seconds per kernel); search="metaschedule" runs MetaSchedule's search with
     `trials` candidates per kernel (CPU only here; minutes per kernel on a small machine)."""
@@ -120,7 +120,8 @@ def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = 
     db = TuningDatabase(os.fspath(db_dir), target)
     if search == "knobs" and target.kind.name != "cuda":
         return search_knobs(specs, db, time_budget=time_budget, retune=retune, progress=progress)
-    return tune(specs, db, trials=trials, time_budget=time_budget, retune=retune, progress=progress)
+    extra = {} if build_timeout is None else {"build_timeout": float(build_timeout)}
+    return tune(specs, db, trials=trials, time_budget=time_budget, retune=retune, progress=progress, **extra)
 
 
 def _require_gpu_for_tuning(target) -> None:

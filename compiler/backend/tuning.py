@@ -155,11 +155,19 @@ class TuneResult:
     seconds: float
 
 
+# MetaSchedule's own builder and runner give up on a candidate after 30 s: on a loaded 2-core machine every build of
+# a small kernel took longer and tuning ended with no measurement at all. Ours wait this long (tensorforge tune
+# --build-timeout); a hung build still ends.
+BUILD_TIMEOUT_S = 600.0
+
+
 def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, time_budget: float | None = None,
-         retune: bool = False, progress: Callable | None = None, seed: int = 0) -> TuneResult:
+         retune: bool = False, progress: Callable | None = None, seed: int = 0,
+         build_timeout: float = BUILD_TIMEOUT_S) -> TuneResult:
     """Tune every distinct kernel not yet in `db` (resumable: finished kernels are kept in the index after each one).
 
-    `progress(done, total, name, info)` is called after each kernel; info has trials, best_us, gflops, left_s."""
+    `progress(done, total, name, info)` is called after each kernel; info has trials, best_us, gflops, left_s.
+    `build_timeout`: seconds MetaSchedule's builder and runner may take per candidate batch."""
     from tvm.s_tir import meta_schedule as ms
 
     t0 = time.perf_counter()
@@ -177,9 +185,10 @@ def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, t
         with tempfile.TemporaryDirectory() as work, _quiet():
             ms.tune_tir(func, db.target, work_dir=work, max_trials_global=trials, max_trials_per_task=trials,
                         num_trials_per_iter=min(trials, 32), database=db._database(),
-                        builder=ms.builder.LocalBuilder(max_workers=1),
-                        runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
-                            number=3, repeat=1, min_repeat_ms=20)),
+                        builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=build_timeout),
+                        runner=ms.runner.LocalRunner(timeout_sec=build_timeout,
+                                                     evaluator_config=ms.runner.EvaluatorConfig(
+                                                         number=3, repeat=1, min_repeat_ms=20)),
                         cost_model="random", num_tuning_cores=1, seed=seed)
         best = _best_seconds(db, func)
         default = default_schedule_seconds(func, db.target)
