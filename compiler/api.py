@@ -30,6 +30,7 @@ class CompileOptions:
     dump_after: frozenset[str] = frozenset()
     disabled_passes: frozenset[str] = frozenset()
     num_threads: int | None = None
+    max_concurrency: int | None = None  # concurrent runs of the compiled model at most (default: the CPUs)
     tuning_db: tuple[str, ...] = ()  # the user's tuning databases, searched before the shipped one
     use_shipped_tuning: bool = True  # the repository's own records (compiler/backend/tuned) for matching targets
     timings: dict[str, float] = field(default_factory=dict)  # filled in: stage -> seconds
@@ -189,7 +190,8 @@ def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | 
 
             plan["device"] = result.device
             return CudaModel(plan, result.library_path, params, owned_dir=out_dir, defer=True)
-        return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads)
+        return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads,
+                             max_concurrency=options.max_concurrency)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise

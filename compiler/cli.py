@@ -13,7 +13,47 @@ import time
 
 import numpy as np
 
-from runtime.errors import TensorForgeError
+from runtime.errors import InputError, TensorForgeError
+
+
+class UsageError(InputError):
+    """A command line argparse rejected: reported like every other error, in one line with exit status 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors raised as UsageError (not printed with the usage and exit status 2)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _check_output_file(path: str, flag: str, suggestion: str) -> None:
+    """Before the work that precedes writing it: `path` must name a file in an existing directory."""
+    if os.path.isdir(path):
+        raise InputError(f"{flag} {path} is a directory; give a file name, e.g. {os.path.join(path, suggestion)}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InputError(f"{flag} {path}: directory {directory} does not exist")
 
 
 def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
@@ -40,6 +80,10 @@ def parse_input_arg(text: str) -> tuple[str, str]:
 def _compile_options(args):
     from compiler.api import CompileOptions
 
+    for db in getattr(args, "tuning_db", None) or ():
+        if not os.path.isdir(db):
+            raise InputError(f"--tuning-db {db}: no such directory (tensorforge tune MODEL --db {db} creates one)")
+
     return CompileOptions(target=args.target, opt_level=args.opt_level, arch=getattr(args, "arch", None),
                           precision=getattr(args, "precision", "fp32"),
                           dump_after=frozenset(args.dump_after or ()), disabled_passes=frozenset(args.disable_pass or ()),
@@ -51,6 +95,8 @@ def cmd_compile(args) -> int:
     from compiler.api import compile_model
 
     options = _compile_options(args)
+    stem = os.path.splitext(os.path.basename(args.model))[0] or "model"
+    _check_output_file(args.output, "-o", stem + ".tfa")
     t0 = time.perf_counter()
     model = compile_model(args.model, shapes=dict(args.shape or []), options=options)
     model.save(args.output)
@@ -65,6 +111,9 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     import runtime
 
+    if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise InputError(f"-o/--output-dir {args.output_dir} is a file: run writes one .npy file per output into a "
+                         f"directory (created if missing)")
     model = runtime.load(args.artifact, num_threads=args.threads)
     feeds = {}
     for name, path in args.input or []:
@@ -74,7 +123,10 @@ def cmd_run(args) -> int:
             raise runtime.InputError(f"cannot read input {name!r} from {path!r}: {e}") from None
     outputs = model.run(feeds)
     if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
+        try:
+            os.makedirs(args.output_dir, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"-o/--output-dir {args.output_dir}: cannot create it ({e.strerror or e})") from None
     for name, value in zip(model.output_names, outputs):
         line = f"{name}: {value.dtype}{list(value.shape)}"
         if args.output_dir:
@@ -162,7 +214,7 @@ def cmd_tune_cuda(args) -> int:
     from compiler.backend import cuda_tuning
 
     if args.prepare and args.ingest:
-        raise SystemExit("tensorforge tune: --prepare and --ingest are two steps: give one")
+        raise InputError("tune: --prepare and --ingest are two steps: give one")
     if args.prepare:
         def progress(done, total, name, info):
             print(f"[{done}/{total}] {name}: {info['candidates']} candidate(s)", flush=True)
@@ -189,12 +241,12 @@ def cmd_tune(args) -> int:
     if args.target == "cuda" and (args.prepare or args.ingest):
         return cmd_tune_cuda(args)
     if args.prepare or args.ingest or args.results:
-        raise SystemExit("tensorforge tune: --prepare, --ingest and --results are for --target cuda")
+        raise InputError("tune: --prepare, --ingest and --results are for --target cuda")
 
     try:
         budget = parse_duration(args.time_budget) if args.time_budget else None
     except ValueError as e:
-        raise SystemExit(f"tensorforge tune: {e}") from None
+        raise InputError(f"tune: --time-budget {args.time_budget}: {e}") from None
     bar = tqdm(total=None, unit="kernel", desc="tuning", dynamic_ncols=True)
 
     def progress(done, total, name, info):
@@ -204,7 +256,8 @@ def cmd_tune(args) -> int:
         bar.update(1)
 
     result = tune_model(args.model, args.db, dict(args.shape or []), trials=args.trials, time_budget=budget,
-                        retune=args.retune, options=_compile_options(args), progress=progress, search=args.search)
+                        retune=args.retune, options=_compile_options(args), progress=progress, search=args.search,
+                        build_timeout=args.build_timeout)
     bar.close()
     print(f"tuned {result.tuned} kernel(s) in {result.seconds:.0f} s; {result.skipped} already in {args.db}; "
           f"{result.remaining} left" + (" (time budget reached: run again to resume)" if result.remaining else ""))
@@ -258,8 +311,13 @@ def cmd_train(args) -> int:
     from compiler.api import compile_training
     from compiler.train_example import quadrant_blobs, small_cnn
 
-    t0 = time.perf_counter()
     batch = args.batch
+    for flag, size in (("--train-size", args.train_size), ("--test-size", args.test_size)):
+        if size < batch:
+            raise InputError(f"{flag} {size} is smaller than --batch {batch}: it must hold at least one batch")
+    if args.checkpoint:
+        _check_output_file(args.checkpoint, "--checkpoint", "train_example.ckpt")
+    t0 = time.perf_counter()
     x_train, y_train = quadrant_blobs(args.train_size, seed=args.seed)
     x_test, y_test = quadrant_blobs(args.test_size // batch * batch, seed=args.seed + 1)
     optimizer = {"name": args.optimizer, "lr": args.lr}
@@ -296,7 +354,7 @@ def cmd_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tensorforge", description="Compile and run neural networks with TVM kernels.")
+    p = Parser(prog="tensorforge", description="Compile and run neural networks with TVM kernels.")
     p.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -329,9 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--search", choices=("knobs", "metaschedule"), default="knobs",
                    help="knobs: vary the default schedules' tile parameters (fast); metaschedule: MetaSchedule's "
                         "search, --trials candidates per kernel (slow on few cores)")
-    t.add_argument("--trials", type=int, default=64, help="metaschedule: measured candidates per kernel (default 64)")
+    t.add_argument("--trials", type=positive_int, default=64,
+                   help="metaschedule: measured candidates per kernel (default 64)")
     t.add_argument("--time-budget", help="stop starting new kernels after this long, e.g. 30m, 2h")
     t.add_argument("--retune", action="store_true", help="tune kernels that already have records again")
+    t.add_argument("--build-timeout", type=positive_float, default=None, metavar="SECONDS",
+                   help="metaschedule: seconds a candidate's build or measurement may take before it is dropped "
+                        "(default 600; MetaSchedule's own 30 s expires on a loaded small machine)")
     t.add_argument("--shape", action="append", type=parse_shape_arg, metavar="NAME=AxBxC")
     t.add_argument("--prepare", metavar="DIR", help="cuda: build candidates (--trials per kernel) into a bundle "
                                                     "to measure on the GPU machine (DIR/measure.py)")
@@ -344,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("artifact")
     r.add_argument("--input", "-i", action="append", type=parse_input_arg, metavar="NAME=FILE.npy")
     r.add_argument("-o", "--output-dir", help="write each output to DIR/<name>.npy")
-    r.add_argument("--threads", type=int, help="kernel threads (default: all cores)")
-    r.add_argument("--benchmark", type=int, metavar="N", help="also time N runs and print the median")
+    r.add_argument("--threads", type=positive_int, help="kernel threads (default: all cores)")
+    r.add_argument("--benchmark", type=positive_int, metavar="N", help="also time N runs and print the median")
     r.add_argument("--profile", action="store_true", help="time each kernel call; print totals per op and the slowest")
     r.set_defaults(func=cmd_run)
 
@@ -364,12 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inspect)
 
     tr = sub.add_parser("train", help="train a small CNN on a built-in synthetic task (compile_training demo)")
-    tr.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    tr.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    tr.add_argument("--steps", type=positive_int, default=300, help="training steps (default 300)")
+    tr.add_argument("--batch", type=positive_int, default=32, help="batch size (default 32)")
     tr.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
-    tr.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine schedule, 10 warmup steps)")
-    tr.add_argument("--train-size", type=int, default=4096)
-    tr.add_argument("--test-size", type=int, default=1024)
+    tr.add_argument("--lr", type=positive_float, default=0.05,
+                    help="peak learning rate (cosine schedule, 10 warmup steps)")
+    tr.add_argument("--train-size", type=positive_int, default=4096)
+    tr.add_argument("--test-size", type=positive_int, default=1024)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--checkpoint", "-o", default="train_example.ckpt", help="checkpoint file to write ('' for none)")
     tr.add_argument("--min-accuracy", type=float, default=0.95, help="exit 1 below this held-out accuracy")
@@ -377,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="compile and run a built-in CNN, compared with onnxruntime")
-    d.add_argument("--repeat", type=int, default=50, help="timed runs per engine")
+    d.add_argument("--repeat", type=positive_int, default=50, help="timed runs per engine")
     compile_flags(d)
     d.set_defaults(func=cmd_demo)
     return p
@@ -385,7 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"tensorforge: error: {e}", file=sys.stderr)
+        return 1
     try:
         return args.func(args)
     except TensorForgeError as e:

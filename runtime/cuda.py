@@ -45,6 +45,7 @@ import numpy as np
 
 from . import artifact
 from .errors import ArtifactError, DeviceError, InputError  # noqa: F401 (DeviceError: raised here, re-exported)
+from .plan import Executor, Plan, resolve_views
 from .tvm_loader import _runtime_library, init_runtime
 
 KDL_CUDA = 2  # DLPack device type of CUDA memory
@@ -321,11 +322,16 @@ class CudaModel:
     `runtime.load` of a CUDA artifact (which sets it up at once, and fails with DeviceError without a GPU)."""
 
     def __init__(self, plan: dict, kernels_path: str, params: list, *, owned_dir: str | None = None,
-                 device_id: int = 0, defer: bool = False, external_params: Mapping | None = None):
+                 device_id: int = 0, defer: bool = False, external_params: Mapping | None = None,
+                 max_concurrency: int | None = None):
         device = plan.get("device") or {}
         if device.get("kind") != "cuda":
             raise ArtifactError("CudaModel needs a plan whose device is cuda")
         self.plan = plan
+        self.program = Plan.parse(plan)
+        if max_concurrency is not None and int(max_concurrency) < 1:
+            raise InputError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self._max_concurrency = int(max_concurrency or 4)
         self.device_id = device_id
         self._kernels_path = kernels_path
         self._fatbin_path = os.path.join(os.path.dirname(kernels_path), device["fatbin"])
@@ -338,7 +344,6 @@ class CudaModel:
         if missing:
             raise ArtifactError(f"the artifact takes {len(missing)} parameter(s) from outside (external_params=), "
                                 f"missing: {', '.join(missing[:5])}")
-        self._buffers = plan["buffers"]
         self._ready = False
         self.gpu: GpuInfo | None = None
         if not defer:
@@ -366,52 +371,44 @@ class CudaModel:
         self._ready = True
 
     def _allocate(self) -> None:
-        plan, mem = self.plan, self._mem
-        tensors: list = [None] * len(self._buffers)
-        arena_bytes = int(plan.get("arena_bytes", 0))
-        self._arena = mem.empty([max(arena_bytes, ALIGNMENT)], "uint8")
-        for i, b in enumerate(self._buffers):
-            if "arena_offset" in b:
-                start, nbytes = int(b["arena_offset"]), _nbytes(b)
-                if start % ALIGNMENT or start + nbytes > arena_bytes:
-                    raise ArtifactError(f"buffer {i} lies outside the arena or is misaligned: the artifact is damaged")
-                tensors[i] = mem.view(self._arena, start, b["shape"], b["dtype"])
-            elif "view_of" not in b:
-                tensors[i] = mem.empty(b["shape"] if _nbytes(b) else [1], b["dtype"])
-        for i, b in enumerate(self._buffers):
-            if "view_of" in b:
-                tensors[i] = mem.view(tensors[b["view_of"]], 0, b["shape"], b["dtype"])
-        for entry, data in zip(plan["params"], self._host_params):
-            b = self._buffers[entry["buffer"]]
-            if "splat" in entry:
-                data = np.full(b["shape"], entry["splat"], _np_dtype(b["dtype"]))
-            elif "external" in entry:
-                data = np.asarray(self._external[entry["external"]])
-                data = (data.T if entry.get("transpose") else data).astype(_np_dtype(b["dtype"]))
-                if list(data.shape) != list(b["shape"]):
-                    raise InputError(f"external parameter {entry['external']!r} is {list(data.shape)}, the plan "
-                                     f"expects {b['shape']}")
+        """Parameters and state on the device once (shared by every run); an executor whose contexts each hold a
+        device arena and input buffers (runtime/plan.py, as on the CPU)."""
+        plan, prog, mem = self.plan, self.program, self._mem
+        shared: list = [None] * len(prog.buffers)
+        for entry, data in zip(prog.params, self._host_params):
+            b = prog.buffers[entry.buffer]
+            if entry.splat is not None:
+                data = np.full(b.shape, entry.splat, _np_dtype(b.dtype))
+            elif entry.external is not None:
+                data = np.asarray(self._external[entry.external])
+                data = (data.T if entry.transpose else data).astype(_np_dtype(b.dtype))
+                if tuple(data.shape) != b.shape:
+                    raise InputError(f"external parameter {entry.external!r} is {list(data.shape)}, the plan "
+                                     f"expects {list(b.shape)}")
             else:
                 data = data() if callable(data) else data
-                if list(data.shape) != list(b["shape"]) or str(data.dtype) != b["dtype"]:
-                    raise ArtifactError(f"parameter for buffer {entry['buffer']} is {data.dtype}{list(data.shape)}, "
-                                        f"the plan expects {b['dtype']}{b['shape']}: the artifact is damaged")
-            mem.copy_in(tensors[entry["buffer"]], data)
-        self._tensors = tensors
+                if tuple(data.shape) != b.shape or str(data.dtype) != b.dtype:
+                    raise ArtifactError(f"parameter for buffer {entry.buffer} is {data.dtype}{list(data.shape)}, "
+                                        f"the plan expects {b.dtype}{list(b.shape)}: the artifact is damaged")
+            shared[entry.buffer] = mem.empty(b.shape if b.nbytes else [1], b.dtype)
+            mem.copy_in(shared[entry.buffer], data)
+        resolve_views(prog, _ViewAdapter(mem), shared)
         try:
-            self._calls = [(self._module[s["kernel"]], [tensors[a] for a in s["args"]]) for s in plan["steps"]]
+            kernels = [self._module[s.kernel] for s in prog.steps]
         except Exception as e:
             raise ArtifactError(f"the kernel library lacks a kernel the plan calls: {_first_line(e)}") from None
+        self._executor = Executor(prog, kernels, _ViewAdapter(mem), shared, max_concurrency=self._max_concurrency)
+        self._shared = shared
         # where each input's buffer (or a view of it) is an argument: a tensor already on the GPU replaces it there
         views = {}
-        for i, b in enumerate(self._buffers):
-            if "view_of" in b:
-                views.setdefault(b["view_of"], []).append(i)
+        for i, b in enumerate(prog.buffers):
+            if b.view_of is not None:
+                views.setdefault(b.view_of, []).append(i)
         self._input_uses = {}
-        for entry in plan["inputs"]:
-            ids = {entry["buffer"]: None, **{v: tuple(self._buffers[v]["shape"]) for v in views.get(entry["buffer"], [])}}
-            self._input_uses[entry["name"]] = [(c, a, ids[arg]) for c, s in enumerate(plan["steps"])
-                                               for a, arg in enumerate(s["args"]) if arg in ids]
+        for name, buf in prog.inputs:
+            ids = {buf: None, **{v: prog.buffers[v].shape for v in views.get(buf, [])}}
+            self._input_uses[name] = [(c, a, ids[arg]) for c, st in enumerate(prog.steps)
+                                      for a, arg in enumerate(st.args) if arg in ids]
 
     # -- metadata -------------------------------------------------------------------------------------------------------
     @property
@@ -424,8 +421,8 @@ class CudaModel:
 
     @property
     def input_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        return {i["name"]: (tuple(self._buffers[i["buffer"]]["shape"]), self._buffers[i["buffer"]]["dtype"])
-                for i in self.plan["inputs"]}
+        return {name: (self.program.buffers[b].shape, self.program.buffers[b].dtype)
+                for name, b in self.program.inputs}
 
     @property
     def num_kernels(self) -> int:
@@ -437,32 +434,29 @@ class CudaModel:
         """The persistent state buffers on the GPU (tvm_ffi tensors, not copies); feeding one to another CudaModel
         on the same GPU is zero-copy."""
         self._setup()
-        return {s["name"]: self._tensors[s["buffer"]] for s in self.plan.get("state", [])}
+        return {name: self._shared[b] for name, b in self.program.state}
 
-    def _state_entry(self, name: str) -> dict:
-        for s in self.plan.get("state", []):
-            if s["name"] == name:
-                return self._buffers[s["buffer"]]
+    def _state_entry(self, name: str):
+        for n, b in self.program.state:
+            if n == name:
+                return self.program.buffers[b]
         raise InputError(f"unknown state {name!r}")
 
     def read_state(self, name: str) -> np.ndarray:
         b = self._state_entry(name)
-        return self._mem_ready().copy_out(self.state[name], b["shape"], b["dtype"])
+        return self._mem_ready().copy_out(self.state[name], b.shape, b.dtype)
 
     def write_state(self, name: str, value: np.ndarray) -> None:
         b = self._state_entry(name)
-        self._mem_ready().copy_in(self.state[name], np.asarray(value, _np_dtype(b["dtype"])).reshape(b["shape"]))
+        self._mem_ready().copy_in(self.state[name], np.asarray(value, _np_dtype(b.dtype)).reshape(b.shape))
 
     def _mem_ready(self) -> DeviceMemory:
         self._setup()
         return self._mem
 
     # -- running --------------------------------------------------------------------------------------------------------
-    def _bind(self, feeds: Mapping) -> list:
-        """Copy host inputs into their device buffers; returns the kernel calls, with GPU-resident inputs in place of
-        their buffers."""
-        import tvm_ffi
-
+    def _check(self, feeds: Mapping) -> list:
+        """Each input as (tensor on this GPU, None) or (None, host array), checked against its shape and dtype."""
         if not isinstance(feeds, Mapping):
             raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
         names = self.input_names
@@ -473,81 +467,92 @@ class CudaModel:
                 [f"missing input(s) {missing}"] if missing else [])
             raise InputError("; ".join(parts) + f"; the model's inputs are {names}")
         self._setup()
-        calls = self._calls
         specs = self.input_specs
-        for entry in self.plan["inputs"]:
-            name = entry["name"]
+        out = []
+        for name in names:
             shape, dtype = specs[name]
             src = feeds[name]
             on_gpu = _on_this_gpu(src, self.device_id)
             if on_gpu is not None:
-                t = on_gpu
-                got_shape, got_dtype = tuple(t.shape), str(t.dtype)
+                got_shape, got_dtype = tuple(on_gpu.shape), str(on_gpu.dtype)
             else:
                 if hasattr(src, "__dlpack__") and not isinstance(src, np.ndarray):
                     src = np.from_dlpack(src) if hasattr(src, "__dlpack_device__") else np.asarray(src)
                 src = np.asarray(src)
                 got_shape, got_dtype = tuple(src.shape), str(src.dtype)
-            if got_shape != shape:
+            if got_shape != tuple(shape):
                 raise InputError(f"input {name!r} has shape {list(got_shape)}, but the model was compiled for "
                                  f"{list(shape)}; pass an array of that shape or recompile with --shape "
                                  f"{name}={'x'.join(map(str, got_shape)) or 'scalar'}")
             if got_dtype != dtype:
                 raise InputError(f"input {name!r} has dtype {got_dtype}, the model expects {dtype}")
-            if on_gpu is None:
-                self._mem.copy_in(self._tensors[entry["buffer"]], src)
+            out.append((on_gpu, None if on_gpu is not None else src))
+        return out
+
+    def _bind(self, ctx, checked: list) -> list:
+        """Copy host inputs into the context's device buffers; returns the kernel calls, with GPU-resident inputs
+        in place of their buffers."""
+        calls = ctx.calls
+        for (name, buf), (t, host) in zip(self.program.inputs, checked):
+            dtype = self.program.buffers[buf].dtype
+            if t is None:
+                self._mem.copy_in(ctx.memory[buf], host)
             elif t.is_contiguous() and t.data_ptr() % ALIGNMENT == 0:
-                if calls is self._calls:
-                    calls = [(fn, list(args)) for fn, args in self._calls]
+                if calls is ctx.calls:
+                    calls = [(fn, list(args)) for fn, args in ctx.calls]
                 for c, a, view_shape in self._input_uses[name]:
                     calls[c][1][a] = t if view_shape is None else self._mem.view(t, 0, view_shape, dtype)
             else:  # strided or unaligned: one device-to-device copy into our own buffer
-                self._mem.copy(t, self._tensors[entry["buffer"]])
+                self._mem.copy(t, ctx.memory[buf])
         return calls
 
     def run(self, feeds: Mapping, *, device_outputs: bool = False) -> list:
         """Run the model. Inputs: numpy arrays (copied to the GPU) or tensors on this GPU (zero-copy).
-        Returns numpy arrays, or with device_outputs=True fresh tvm_ffi tensors on the GPU, in output order."""
-        calls = self._bind(feeds)
-        for fn, args in calls:
-            fn(*args)
-        outs = [(self._tensors[o["buffer"]], self._buffers[o["buffer"]]) for o in self.plan["outputs"]]
-        if device_outputs:
-            result = []
-            for t, b in outs:
-                fresh = self._mem.empty(b["shape"], b["dtype"])
-                self._mem.copy(t, fresh)
-                result.append(fresh)
-            return result
-        return [self._mem.copy_out(t, b["shape"], b["dtype"]) for t, b in outs]
+        Returns numpy arrays, or with device_outputs=True fresh tvm_ffi tensors on the GPU, in output order.
+        Thread-safe: concurrent runs take their own execution contexts (runtime/plan.py)."""
+        checked = self._check(feeds)
+        with self._executor.context() as ctx:
+            self._executor.execute(ctx, self._bind(ctx, checked))
+            outs = [(ctx.memory[b], self.program.buffers[b]) for _, b in self.program.outputs]
+            if device_outputs:
+                result = []
+                for t, b in outs:
+                    fresh = self._mem.empty(b.shape, b.dtype)
+                    self._mem.copy(t, fresh)
+                    result.append(fresh)
+                return result
+            return [self._mem.copy_out(t, b.shape, b.dtype) for t, b in outs]
 
     __call__ = run
 
     def benchmark(self, feeds: Mapping, repeat: int = 20, warmup: int = 3) -> list[float]:
         """Seconds per run (kernels only, inputs bound once), `repeat` samples after `warmup` runs."""
-        calls = self._bind(feeds)
+        checked = self._check(feeds)
         times = []
-        for i in range(warmup + repeat):
-            self._mem.sync()
-            t0 = time.perf_counter()
-            for fn, args in calls:
-                fn(*args)
-            self._mem.sync()
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+        with self._executor.context() as ctx:
+            calls = self._bind(ctx, checked)
+            for i in range(warmup + repeat):
+                self._mem.sync()
+                t0 = time.perf_counter()
+                self._executor.execute(ctx, calls)
+                self._mem.sync()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
         return times
 
     def profile(self, feeds: Mapping, repeat: int = 10) -> list[dict]:
         """Median time of each kernel call (synchronized after each) over `repeat` runs, in plan order."""
-        calls = self._bind(feeds)
-        samples = [[] for _ in calls]
-        for _ in range(repeat + 1):
-            for i, (fn, args) in enumerate(calls):
-                self._mem.sync()
-                t0 = time.perf_counter()
-                fn(*args)
-                self._mem.sync()
-                samples[i].append(time.perf_counter() - t0)
+        checked = self._check(feeds)
+        with self._executor.context() as ctx:
+            calls = self._bind(ctx, checked)
+            samples = [[] for _ in calls]
+            for _ in range(repeat + 1):
+                for i, (fn, args) in enumerate(calls):
+                    self._mem.sync()
+                    t0 = time.perf_counter()
+                    fn(*args)
+                    self._mem.sync()
+                    samples[i].append(time.perf_counter() - t0)
         return [{"kernel": s["kernel"], "op": s["op"], "node": s["node"], "ms": float(np.median(t[1:])) * 1e3}
                 for s, t in zip(self.plan["steps"], samples)]
 
@@ -555,12 +560,31 @@ class CudaModel:
     def save(self, path: str | os.PathLike) -> None:
         """Write the artifact atomically, fatbin included (see runtime/artifact.py); needs no GPU."""
         if self._ready:
-            params = [self._mem.copy_out(self._tensors[e["buffer"]], self._buffers[e["buffer"]]["shape"],
-                                         self._buffers[e["buffer"]]["dtype"]) for e in self.plan["params"]]
+            params = [self._mem.copy_out(self._shared[e.buffer], self.program.buffers[e.buffer].shape,
+                                         self.program.buffers[e.buffer].dtype) for e in self.program.params]
         else:
             params = [p() if callable(p) else p for p in self._host_params]
         artifact.write_artifact(os.fspath(path), self.plan, self._kernels_path, params,
                                 {self.plan["device"]["fatbin"]: self._fatbin_path})
+
+
+class _ViewAdapter:
+    """DeviceMemory as runtime/plan.py's executor calls it (views at offset 0 by (base, shape, dtype))."""
+
+    def __init__(self, mem: DeviceMemory):
+        self.mem = mem
+
+    def empty(self, shape, dtype):
+        return self.mem.empty(shape if int(np.prod(shape, dtype=np.int64)) else [1], dtype)
+
+    def region(self, arena, offset, shape, dtype):
+        return self.mem.view(arena, offset, shape, dtype)
+
+    def view(self, base, shape, dtype):
+        return self.mem.view(base, 0, shape, dtype)
+
+    def tensor(self, t, dtype):
+        return t
 
 
 def _on_this_gpu(value, device_id: int):

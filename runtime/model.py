@@ -7,11 +7,15 @@ The plan (JSON, built by compiler/backend/package.py):
     inputs   [{"name", "buffer"}]                 copied into their buffers at the start of each run
     outputs  [{"name", "buffer"}]                 copied out at the end (so later runs cannot overwrite them)
     params   [{"buffer", "file" | "splat"}]       constants, filled once at load
-    steps    [{"kernel", "args", "node", "op"}]   kernel calls in order; args are buffer ids, outputs last
+    steps    [{"kernel", "args", "node", "op", "work"}]
+                                                  kernel calls in order; args are buffer ids, outputs last;
+                                                  work: the kernel's size (small ones run on the caller alone)
     state    [{"name", "buffer"}]                 optional: persistent state (a training graph's parameters and
                                                   optimizer moments), filled at load like params, then updated
                                                   in place by the kernels; read and written through `state`
-Buffers are 64-byte aligned numpy arrays wrapped once as TVM tensors; a run allocates nothing but its outputs.
+Buffers are 64-byte aligned numpy arrays wrapped once as TVM tensors; a run allocates nothing but its outputs. The
+typed plan and the executor (execution contexts for concurrent callers) are runtime/plan.py's, shared with the
+CUDA runtime.
 """
 
 from __future__ import annotations
@@ -25,20 +29,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import artifact
+from . import artifact, cpu_pool
 from .errors import ArtifactError, InputError
-from .tvm_loader import STORAGE_DTYPES, as_tvm_tensor, caller_placement, init_runtime, load_kernels, numpy_dtype
-
-ALIGNMENT = 64
-
-
-def aligned_empty(shape: Sequence[int], dtype: str, align: int = ALIGNMENT) -> np.ndarray:
-    dtype = numpy_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
-    nbytes = max(int(np.prod(shape, dtype=np.int64)), 1) * dtype.itemsize
-    raw = np.empty(nbytes + align, np.uint8)
-    offset = (-raw.ctypes.data) % align
-    return raw[offset:offset + nbytes].view(dtype)[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
-
+from .plan import ALIGNMENT, Executor, HostMemory, Plan, aligned_empty, resolve_views  # noqa: F401 (re-exported)
+from .tvm_loader import STORAGE_DTYPES, default_num_threads, init_runtime, load_kernels, numpy_dtype
 
 def cpu_features() -> set[str]:
     """The CPU flags of this machine (Linux); empty if unknown."""
@@ -69,12 +63,26 @@ def _as_storage_type(data: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return data
 
 
+# Kernels with less work than this (multiply-adds or elements, the plan's per-step "work") run on the calling
+# thread alone: handing a loop out to the pool costs a few microseconds, more than such a kernel takes on one core.
+SERIAL_WORK = 100_000
+
+
 class CompiledModel:
-    """A compiled model, ready to run. Build one with `compiler.compile_model` or `runtime.load`."""
+    """A compiled model, ready to run. Build one with `compiler.compile_model` or `runtime.load`.
+
+    Thread-safe: `run` may be called from many threads at once. Parameters and kernels are shared; each concurrent
+    run takes an execution context (its own arena and input buffers) from a pool that grows on demand up to
+    `max_concurrency` (default: the number of CPUs) and is reused afterwards, so a steady state allocates nothing
+    but the returned outputs. A caller beyond that bound waits for a context. A plan with persistent state (a
+    training step updates it in place) runs one call at a time."""
 
     def __init__(self, plan: dict, kernels_path: str, params: list, *, owned_dir: str | None = None,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, max_concurrency: int | None = None, thread_pool: str = "tensorforge"):
+        if thread_pool not in ("tensorforge", "tvm"):
+            raise InputError(f"thread_pool must be 'tensorforge' or 'tvm', got {thread_pool!r}")
         self.plan = plan
+        self.program = Plan.parse(plan)
         self._check_machine()
         init_runtime(num_threads)
         self._kernels_path = kernels_path
@@ -82,7 +90,35 @@ class CompiledModel:
         if owned_dir:
             self._cleanup = weakref.finalize(self, shutil.rmtree, owned_dir, True)
         self._module = load_kernels(kernels_path)
-        self._allocate(params)  # params are copied into their aligned buffers and not kept twice
+        # thread_pool="tvm" keeps TVM's own pool (static split, pinned workers): the baseline of
+        # benchmarks/contention.py
+        own_pool = cpu_pool.adopt(kernels_path) if thread_pool == "tensorforge" else False
+        try:
+            kernels = [self._module[s.kernel] for s in self.program.steps]
+        except Exception as e:
+            raise ArtifactError(f"the kernel library lacks a kernel the plan calls: {e}") from None
+        mem = HostMemory()
+        shared = self._load_params(mem, params)  # copied into their aligned buffers and not kept twice
+        serial = [s.work is not None and s.work < SERIAL_WORK for s in self.program.steps]
+        self._executor = Executor(self.program, kernels, mem, shared,
+                                  max_concurrency=max_concurrency if max_concurrency is not None
+                                  else default_num_threads(),
+                                  serial=serial, set_serial=cpu_pool.serial_setter() if own_pool else None)
+        self._run_lock = _NullLock() if not self.program.state else __import__("threading").Lock()
+        first = self._executor.first
+        self._arena, self._arrays = first.arena, first.memory  # the first context's, for inspection
+        self._input_specs = [(name, first.memory[b]) for name, b in self.program.inputs]
+        self._state = {name: shared[b] for name, b in self.program.state}
+        self._shared = shared
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._executor.max_concurrency
+
+    @property
+    def contexts(self) -> int:
+        """Execution contexts allocated so far (at most max_concurrency)."""
+        return self._executor.created
 
     # -- setup ----------------------------------------------------------------------------------------------------------
     def _check_machine(self) -> None:
@@ -93,49 +129,28 @@ class CompiledModel:
             raise ArtifactError(f"this model was compiled for a CPU with {', '.join(missing)}, which this machine "
                                 f"lacks; recompile it here (tensorforge compile)")
 
-    def _allocate(self, params: list) -> None:
-        plan = self.plan
-        arrays: list[np.ndarray | None] = [None] * len(plan["buffers"])
-        # one arena for every tensor a kernel writes, at offsets chosen by the compiler's memory planner
-        self._arena = aligned_empty((int(plan.get("arena_bytes", 0)),), "uint8")
-        for i, b in enumerate(plan["buffers"]):
-            if "arena_offset" in b:
-                count = int(np.prod(b["shape"], dtype=np.int64))
-                start = int(b["arena_offset"])
-                nbytes = count * numpy_dtype(b["dtype"]).itemsize
-                if start % ALIGNMENT or start + nbytes > self._arena.size:
-                    raise ArtifactError(f"buffer {i} lies outside the arena or is misaligned: the artifact is damaged")
-                arrays[i] = self._arena[start:start + nbytes].view(numpy_dtype(b["dtype"])).reshape(b["shape"])
-            elif "view_of" not in b:
-                arrays[i] = aligned_empty(b["shape"], b["dtype"])
-        for i, b in enumerate(plan["buffers"]):
-            if "view_of" in b:
-                base = arrays[b["view_of"]]
-                arrays[i] = base.reshape(b["shape"])
-                if arrays[i].dtype != numpy_dtype(b["dtype"]):  # a bitcast view: the same bytes re-typed
-                    arrays[i] = arrays[i].view(numpy_dtype(b["dtype"]))
-        for entry, data in zip(plan["params"], params):
-            dst = arrays[entry["buffer"]]
-            if "splat" in entry:
-                dst.fill(entry["splat"])
-            else:
-                data = data() if callable(data) else data  # artifacts read each parameter only when it is copied
-                data = _as_bfloat16(data, dst) if plan["buffers"][entry["buffer"]]["dtype"] == "bfloat16" else data
-                data = _as_storage_type(data, dst) if plan["buffers"][entry["buffer"]]["dtype"] in STORAGE_DTYPES \
-                    else data
-                if data.shape != dst.shape or data.dtype != dst.dtype:
-                    raise ArtifactError(f"parameter for buffer {entry['buffer']} is {data.dtype}{list(data.shape)}, "
-                                        f"the plan expects {dst.dtype}{list(dst.shape)}: the artifact is damaged")
-                np.copyto(dst, data)
-        self._arrays = arrays
-        self._tensors = [as_tvm_tensor(a, b["dtype"]) for a, b in zip(arrays, plan["buffers"])]
-        try:
-            self._calls = [(self._module[s["kernel"]], [self._tensors[a] for a in s["args"]]) for s in plan["steps"]]
-        except Exception as e:
-            raise ArtifactError(f"the kernel library lacks a kernel the plan calls: {e}") from None
-        self._inputs = [(i["name"], arrays[i["buffer"]]) for i in plan["inputs"]]
-        self._outputs = [(o["name"], arrays[o["buffer"]]) for o in plan["outputs"]]
-        self._state = {s["name"]: arrays[s["buffer"]] for s in plan.get("state", [])}
+    def _load_params(self, mem: HostMemory, params: list) -> list:
+        """The shared buffers: parameters and persistent state (filled once, here), and views of them."""
+        prog = self.program
+        shared: list = [None] * len(prog.buffers)
+        for entry, data in zip(prog.params, params):
+            b = prog.buffers[entry.buffer]
+            dst = shared[entry.buffer] = mem.empty(b.shape, b.dtype)
+            if entry.splat is not None:
+                dst.fill(entry.splat)
+                continue
+            if entry.external is not None:
+                raise ArtifactError(f"parameter {entry.external!r} is external: only CUDA bundles take external "
+                                    f"parameters")
+            data = data() if callable(data) else data  # artifacts read each parameter only when it is copied
+            data = _as_bfloat16(data, dst) if b.dtype == "bfloat16" else data
+            data = _as_storage_type(data, dst) if b.dtype in STORAGE_DTYPES else data
+            if data.shape != dst.shape or data.dtype != dst.dtype:
+                raise ArtifactError(f"parameter for buffer {entry.buffer} is {data.dtype}{list(data.shape)}, "
+                                    f"the plan expects {dst.dtype}{list(dst.shape)}: the artifact is damaged")
+            np.copyto(dst, data)
+        resolve_views(prog, mem, shared)  # views of parameters and state are shared too
+        return shared
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -156,35 +171,37 @@ class CompiledModel:
     # -- metadata -------------------------------------------------------------------------------------------------------
     @property
     def input_names(self) -> list[str]:
-        return [n for n, _ in self._inputs]
+        return [n for n, _ in self.program.inputs]
 
     @property
     def output_names(self) -> list[str]:
-        return [n for n, _ in self._outputs]
+        return [n for n, _ in self.program.outputs]
 
     @property
     def input_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        return {n: (a.shape, str(a.dtype)) for n, a in self._inputs}
+        return {n: (a.shape, str(a.dtype)) for n, a in self._input_specs}
 
     @property
     def num_kernels(self) -> int:
         return len(self.plan["steps"])
 
     # -- running --------------------------------------------------------------------------------------------------------
-    def _bind(self, feeds: Mapping[str, np.ndarray]) -> None:
+    def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The feeds as arrays in input order, each checked against its input's shape and dtype."""
         if not isinstance(feeds, Mapping):
             raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
-        names = set(self.input_names)
-        unknown = sorted(set(feeds) - names)
-        missing = [n for n in self.input_names if n not in feeds]
+        names = self.input_names
+        unknown = sorted(set(feeds) - set(names))
+        missing = [n for n in names if n not in feeds]
         if unknown or missing:
             parts = []
             if unknown:
                 parts.append(f"unknown input(s) {unknown}")
             if missing:
                 parts.append(f"missing input(s) {missing}")
-            raise InputError("; ".join(parts) + f"; the model's inputs are {self.input_names}")
-        for name, dst in self._inputs:
+            raise InputError("; ".join(parts) + f"; the model's inputs are {names}")
+        out = []
+        for name, dst in self._input_specs:
             src = feeds[name]
             if not isinstance(src, np.ndarray):
                 src = np.asarray(src)
@@ -203,44 +220,66 @@ class CompiledModel:
                        f"uint{8 * dst.dtype.itemsize}")
                 raise InputError(f"input {name!r} has dtype {src.dtype}, the model expects {dst.dtype}; "
                                  f"convert it with {how}")
-            np.copyto(dst, src)
+            out.append(src)
+        return out
+
+    def _bound(self, feeds):
+        """A context manager: an execution context with the feeds copied in (the state lock held if stateful)."""
+        srcs = self._check_feeds(feeds)
+        ex = self._executor
+
+        class _Bound:
+            def __enter__(bound):
+                self._run_lock.acquire()
+                bound.cm = ex.context()
+                try:
+                    ctx = bound.cm.__enter__()
+                    for (_, b), src in zip(self.program.inputs, srcs):
+                        np.copyto(ctx.memory[b], src)
+                except BaseException:
+                    bound.__exit__(None, None, None)
+                    raise
+                return ctx
+
+            def __exit__(bound, *exc):
+                try:
+                    bound.cm.__exit__(*exc)
+                finally:
+                    self._run_lock.release()
+                return False
+        return _Bound()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the model; returns fresh arrays, one per output, in the model's output order."""
-        self._bind(feeds)
-        self._execute()
-        return [a.copy() for _, a in self._outputs]
-
-    def _execute(self) -> None:
-        """Every kernel call of the plan, with the calling thread off the thread pool's cores (tvm_loader)."""
-        with caller_placement.placed():
-            for fn, args in self._calls:
-                fn(*args)
+        """Run the model; returns fresh arrays, one per output, in the model's output order. Safe to call from
+        several threads at once (see the class docstring)."""
+        with self._bound(feeds) as ctx:
+            self._executor.execute(ctx)
+            return [ctx.memory[b].copy() for _, b in self.program.outputs]
 
     __call__ = run
 
     def benchmark(self, feeds: Mapping[str, np.ndarray], repeat: int = 20, warmup: int = 3) -> list[float]:
         """Seconds per run, `repeat` samples after `warmup` runs."""
-        self._bind(feeds)
-        for _ in range(warmup):
-            self._execute()
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            self._execute()
-            times.append(time.perf_counter() - t0)
+        with self._bound(feeds) as ctx:
+            for _ in range(warmup):
+                self._executor.execute(ctx)
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                self._executor.execute(ctx)
+                times.append(time.perf_counter() - t0)
         return times
 
     def profile(self, feeds: Mapping[str, np.ndarray], repeat: int = 10) -> list[dict]:
         """Median time of each kernel call over `repeat` runs, in plan order: [{"kernel", "op", "node", "ms"}]."""
-        self._bind(feeds)
-        samples = [[] for _ in self._calls]
-        self._execute()  # the first run finds the thread pool's cores (tvm_loader.CallerPlacement)
-        with caller_placement.placed():
+        ex = self._executor
+        with self._bound(feeds) as ctx:
+            samples = [[] for _ in ctx.calls]
+            ex.execute(ctx)
             for _ in range(repeat + 1):
-                for i, (fn, args) in enumerate(self._calls):
+                for i, call in enumerate(ctx.calls):
                     t0 = time.perf_counter()
-                    fn(*args)
+                    ex.execute(ctx, calls=[call]) if ex.set_serial is None else _one(ex, ctx, i)
                     samples[i].append(time.perf_counter() - t0)
         return [{"kernel": s["kernel"], "op": s["op"], "node": s["node"], "ms": float(np.median(t[1:])) * 1e3}
                 for s, t in zip(self.plan["steps"], samples)]
@@ -248,15 +287,19 @@ class CompiledModel:
     # -- persistence ----------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the artifact atomically (see runtime/artifact.py)."""
-        params = [self._arrays[entry["buffer"]] for entry in self.plan["params"]]
+        params = [self._shared[entry["buffer"]] for entry in self.plan["params"]]
         artifact.write_artifact(os.fspath(path), self.plan, self._kernels_path, params)
 
 
-def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int = 0, external_params=None):
+def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int = 0, external_params=None,
+         max_concurrency: int | None = None, thread_pool: str = "tensorforge"):
     """Load an artifact written by `save` (needs numpy and TVM's runtime only). A CUDA artifact gives a
     `runtime.cuda.CudaModel` on GPU `device_id`, set up at once: without a usable GPU this raises
     `runtime.cuda.DeviceError` (a RuntimeError) naming what is missing; `external_params` supplies the weights
-    a CUDA artifact names instead of storing (benchmarks/cuda.py ships artifacts that way)."""
+    a CUDA artifact names instead of storing (benchmarks/cuda.py ships artifacts that way).
+
+    `max_concurrency`: execution contexts (concurrent runs) at most, default the number of CPUs; `num_threads`:
+    threads per parallel kernel (process-wide); `thread_pool="tvm"` keeps TVM's own thread pool (for comparison)."""
     tmp = tempfile.mkdtemp(prefix="tensorforge-")
     try:
         plan, kernels, params = artifact.read_artifact(os.fspath(path), tmp)
@@ -269,7 +312,26 @@ def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int
         if plan.get("device"):
             raise ArtifactError(f"artifact {os.fspath(path)!r} is for device {plan['device'].get('kind')!r}, which "
                                 f"this runtime does not know")
-        return CompiledModel(plan, kernels, params, owned_dir=tmp, num_threads=num_threads)
+        return CompiledModel(plan, kernels, params, owned_dir=tmp, num_threads=num_threads,
+                             max_concurrency=max_concurrency, thread_pool=thread_pool)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class _NullLock:
+    def acquire(self):
+        return True
+
+    def release(self):
+        pass
+
+
+def _one(ex: Executor, ctx, i: int) -> None:
+    """Kernel call i alone, serial or not as in a run."""
+    ex.set_serial(ex.serial[i])
+    try:
+        fn, args = ctx.calls[i]
+        fn(*args)
+    finally:
+        ex.set_serial(False)

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import threading
 import zipfile
 from typing import Mapping
 
@@ -23,6 +24,7 @@ import numpy as np
 from .artifact import atomic_write
 from .errors import ArtifactError, InputError
 from .model import CompiledModel
+from .tvm_loader import STORAGE_DTYPES, numpy_dtype
 
 CHECKPOINT_FORMAT = "tensorforge-checkpoint"
 
@@ -53,9 +55,13 @@ def learning_rate(base_lr: float, schedule: Mapping | None, step: int) -> float:
 
 
 class TrainingSession:
-    """A compiled model being trained. Build one with `compiler.compile_training`."""
+    """A compiled model being trained. Build one with `compiler.compile_training`.
+
+    A session may be shared between threads: steps, evaluations and checkpoint reads and writes run one at a time
+    (a step updates the state every other call reads)."""
 
     def __init__(self, train: CompiledModel, evaluator: CompiledModel, spec: dict):
+        self._lock = threading.RLock()
         self._train = train
         self._eval = evaluator
         self.spec = spec
@@ -86,43 +92,47 @@ class TrainingSession:
         """One training step on a batch: forward, loss, backward, update. Returns the loss (before the update)."""
         if not isinstance(feeds, Mapping):
             raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
-        full = dict(feeds)
-        full[self.spec["labels"]] = np.asarray(labels).astype(self._label_dtype, copy=False)
-        full.update(self._scalars())
-        for name, shape in self.spec["dropout"]:
-            full[name] = self._rng.random(tuple(shape), dtype=np.float32)
-        loss, logits = self._train.run(full)
-        self.step_count += 1
-        self.last_logits = logits
-        return float(loss.reshape(-1)[0])
+        with self._lock:
+            full = dict(feeds)
+            full[self.spec["labels"]] = np.asarray(labels).astype(self._label_dtype, copy=False)
+            full.update(self._scalars())
+            for name, shape in self.spec["dropout"]:
+                full[name] = self._rng.random(tuple(shape), dtype=np.float32)
+            loss, logits = self._train.run(full)
+            self.step_count += 1
+            self.last_logits = logits
+            return float(loss.reshape(-1)[0])
 
     def eval(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """The model's outputs in inference mode (running statistics, no dropout) with the current parameters."""
-        full = dict(feeds)
-        state = self._train.state  # the live buffers (on a GPU: device tensors, which the evaluator reads in place)
-        for name in self._eval.input_names:
-            if name in state:
-                full[name] = state[name]
-        return self._eval.run(full)
+        with self._lock:
+            full = dict(feeds)
+            state = self._train.state  # the live buffers (on a GPU: device tensors, which the evaluator reads in place)
+            for name in self._eval.input_names:
+                if name in state:
+                    full[name] = state[name]
+            return self._eval.run(full)
 
     # -- state ------------------------------------------------------------------------------------------------------------
     def parameters(self) -> dict[str, np.ndarray]:
         """Copies of the trainable parameters and running statistics, by name."""
-        return {k: self._train.read_state(k) for k in self._names if self._kinds[k] in ("param", "running_mean",
-                                                                                        "running_var")}
+        with self._lock:
+            return {k: self._train.read_state(k) for k in self._names if self._kinds[k] in ("param", "running_mean",
+                                                                                            "running_var")}
 
     def load_parameters(self, params: Mapping[str, np.ndarray]) -> None:
-        for k, v in params.items():
-            if k not in self._names:
-                raise InputError(f"unknown parameter {k!r}")
-            self._train.write_state(k, v)
+        unknown = sorted(k for k in params if k not in self._names)
+        if unknown:
+            raise InputError(f"unknown parameter {unknown[0]!r}")
+        with self._lock:
+            for k, v in params.items():
+                self._train.write_state(k, v)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Parameters, optimizer state, step count and the dropout generator's state, written atomically."""
-        meta = {"format": CHECKPOINT_FORMAT, "step": self.step_count, "rng": self._rng.bit_generator.state,
-                "names": sorted(self._names)}
-
         def write(f):
+            meta = {"format": CHECKPOINT_FORMAT, "step": self.step_count, "rng": self._rng.bit_generator.state,
+                    "names": sorted(self._names)}
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
                 z.writestr("meta.json", json.dumps(meta))
                 for i, name in enumerate(meta["names"]):
@@ -130,36 +140,72 @@ class TrainingSession:
                     np.save(buf, self._train.read_state(name), allow_pickle=False)
                     z.writestr(f"state/{i}.npy", buf.getvalue())
 
-        atomic_write(os.fspath(path), write)
+        with self._lock:  # one step's state, count and generator, not a mix of two
+            atomic_write(os.fspath(path), write)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore a checkpoint written by `save_checkpoint`. Everything in it is checked first: a damaged or
+        mismatched checkpoint raises ArtifactError and leaves the session as it was."""
         path = os.fspath(path)
+        with self._lock:
+            meta, arrays, rng = self._read_checkpoint(path)
+            for name, a in arrays.items():
+                self._train.write_state(name, a)
+            self.step_count = meta["step"]
+            self._rng.bit_generator.state = rng.bit_generator.state
+
+    def _read_checkpoint(self, path: str) -> tuple[dict, dict[str, np.ndarray], np.random.Generator]:
+        """The checkpoint's meta.json, its state arrays (as this session's dtypes) and a generator in its rng state,
+        all checked against this session."""
         try:
+            if os.path.exists(path) and not os.path.isfile(path):
+                raise ArtifactError(f"checkpoint {path!r} is not a regular file")
             with zipfile.ZipFile(path) as z:
-                meta = json.loads(z.read("meta.json"))
-                if meta.get("format") != CHECKPOINT_FORMAT:
+                try:
+                    meta = json.loads(z.read("meta.json"))
+                except KeyError:
+                    raise ArtifactError(f"checkpoint {path!r} is damaged: meta.json is missing") from None
+                except ValueError as e:
+                    raise ArtifactError(f"checkpoint {path!r} is damaged: meta.json is not JSON ({e})") from None
+                if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
                     raise ArtifactError(f"{path!r} is not a TensorForge checkpoint")
-                if sorted(meta["names"]) != sorted(self._names):
-                    raise ArtifactError(f"checkpoint {path!r} holds state {meta['names']}, this session has "
+                names = meta.get("names")
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or \
+                        sorted(names) != sorted(self._names):
+                    raise ArtifactError(f"checkpoint {path!r} holds state {names}, this session has "
                                         f"{sorted(self._names)}")
+                step = meta.get("step")
+                if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+                    raise ArtifactError(f"checkpoint {path!r} is damaged: meta.json field 'step' is {step!r}, "
+                                        f"expected a non-negative integer")
+                rng = np.random.Generator(type(self._rng.bit_generator)())
+                try:
+                    rng.bit_generator.state = meta.get("rng")
+                except (ValueError, TypeError, KeyError, AttributeError) as e:
+                    raise ArtifactError(f"checkpoint {path!r} is damaged: meta.json field 'rng' is not a "
+                                        f"{type(self._rng.bit_generator).__name__} state ({type(e).__name__}: {e})"
+                                        ) from None
+                buffers = self._train.plan["buffers"]
+                specs = {s["name"]: buffers[s["buffer"]] for s in self._train.plan.get("state", [])}
                 arrays = {}
-                for i, name in enumerate(meta["names"]):
-                    with z.open(f"state/{i}.npy") as f:
-                        arrays[name] = np.lib.format.read_array(io.BufferedReader(f), allow_pickle=False)
+                for i, name in enumerate(names):
+                    member = f"state/{i}.npy"
+                    try:
+                        with z.open(member) as f:
+                            a = np.lib.format.read_array(io.BufferedReader(f), allow_pickle=False)
+                    except KeyError:
+                        raise ArtifactError(f"checkpoint {path!r} is damaged: {member} (state {name!r}) is "
+                                            f"missing") from None
+                    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as e:
+                        raise ArtifactError(f"checkpoint {path!r} is damaged: {member} (state {name!r}) cannot be "
+                                            f"read ({type(e).__name__}: {e})") from None
+                    arrays[name] = _as_state(a, specs[name], f"checkpoint {path!r}: {member} (state {name!r})")
         except ArtifactError:
             raise
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise ArtifactError(f"checkpoint {path!r} is missing or damaged ({type(e).__name__}: {e})") from None
-        shapes = {s["name"]: tuple(self._train.plan["buffers"][s["buffer"]]["shape"])
-                  for s in self._train.plan.get("state", [])}
-        for name, a in arrays.items():
-            if a.shape != shapes[name]:
-                raise ArtifactError(f"checkpoint {path!r}: state {name!r} has shape {a.shape}, expected "
-                                    f"{shapes[name]}")
-        for name, a in arrays.items():
-            self._train.write_state(name, a)
-        self.step_count = int(meta["step"])
-        self._rng.bit_generator.state = meta["rng"]
+        meta["step"] = step
+        return meta, arrays, rng
 
     def export_onnx(self, path: str | os.PathLike, model=None) -> None:
         """Write the ONNX model this session was compiled from (or `model`) with the trained values of its
@@ -177,7 +223,7 @@ class TrainingSession:
             proto.ParseFromString(bytes(source))
         else:
             proto = onnx.load(os.fspath(source))
-        params = self.parameters()
+        params = self.parameters()  # one consistent snapshot (under the lock)
         for init in proto.graph.initializer:
             if init.name in params and tuple(init.dims) == params[init.name].shape:
                 init.CopyFrom(numpy_helper.from_array(params[init.name].astype(
@@ -191,3 +237,15 @@ class TrainingSession:
     @property
     def eval_model(self) -> CompiledModel:
         return self._eval
+
+
+def _as_state(a: np.ndarray, buffer: dict, what: str) -> np.ndarray:
+    """A checkpoint array as the state buffer holds it, or ArtifactError if its shape or dtype is not the buffer's.
+    .npy files store bfloat16 and the storage-only types as raw records (|V2, |V1): re-typed by their size."""
+    shape, dtype = tuple(buffer["shape"]), numpy_dtype(buffer["dtype"])
+    if a.dtype != dtype and a.dtype.kind == "V" and a.dtype.itemsize == dtype.itemsize and \
+            (buffer["dtype"] == "bfloat16" or buffer["dtype"] in STORAGE_DTYPES):
+        a = np.ascontiguousarray(a).view(dtype).reshape(a.shape)
+    if a.shape != shape or a.dtype != dtype:
+        raise ArtifactError(f"{what} is {a.dtype}{list(a.shape)}, the session expects {dtype}{list(shape)}")
+    return a

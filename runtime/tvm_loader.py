@@ -1,30 +1,21 @@
 """Load compiled kernel libraries with TVM's runtime alone: `tvm_ffi` plus `libtvm_runtime.so`, never `import tvm`.
 
 `import tvm` pulls in the 260 MB compiler library (and, with torch installed, torch); a deployed model needs only
-the runtime. libtvm_runtime.so provides the thread pool that kernels with parallel loops call into, so it is
-loaded (RTLD_GLOBAL) before any kernel library. Its location: $TENSORFORGE_TVM_RUNTIME, else the apache-tvm
+the runtime. libtvm_runtime.so is loaded (RTLD_GLOBAL) before any kernel library: the libraries need its symbols
+(TVM's loader fills their function pointers from it); parallel loops then go to TensorForge's own pool
+(runtime/cpu_pool.py). Its location: $TENSORFORGE_TVM_RUNTIME, else the apache-tvm
 wheel's `tvm/lib/`, found without importing the package.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import importlib.util
 import os
-import threading
 
 from .errors import ArtifactError
 
 _loaded = False
-
-# How long an idle worker of TVM's thread pool spins (sched_yield calls) before it sleeps. TVM's default, 300000,
-# kept a core busy for ~150 ms after every run: onnxruntime's MobileNetV2 took 15 ms instead of 4 ms right after
-# one of our runs in the same process. 3000 (~1 ms) still covers the gaps between the kernels of a run (measured:
-# the same latency for the MLP, LSTM and MobileNetV2). Read by TVM when its pool starts; the environment wins.
-SPIN_COUNT = 3000
-os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(SPIN_COUNT))
-
 
 def default_num_threads() -> int:
     """All cores this process may use (TVM itself would take half the logical cores on x86)."""
@@ -46,12 +37,22 @@ def _runtime_library() -> str:
 
 
 def init_runtime(num_threads: int | None = None) -> None:
-    """Load libtvm_runtime.so once. The thread count is read by TVM when the first parallel kernel runs."""
+    """Load libtvm_runtime.so once and set the number of threads parallel kernels use (TensorForge's pool,
+    runtime/cpu_pool.py; TVM's, for libraries built before it, reads TVM_NUM_THREADS when it starts)."""
     global _loaded
+    from . import cpu_pool
+
     if num_threads is not None:
+        if int(num_threads) < 1:
+            from .errors import InputError
+
+            raise InputError(f"num_threads must be at least 1, got {num_threads}")
         os.environ["TVM_NUM_THREADS"] = str(int(num_threads))
+        cpu_pool.set_threads(int(num_threads))
     else:
         os.environ.setdefault("TVM_NUM_THREADS", str(default_num_threads()))
+        if os.environ.get("TVM_NUM_THREADS", "").isdigit() and int(os.environ["TVM_NUM_THREADS"]) >= 1:
+            cpu_pool.set_threads(int(os.environ["TVM_NUM_THREADS"]))
     if _loaded:
         return
     import tvm_ffi  # noqa: F401  (loads libtvm_ffi.so, which libtvm_runtime.so needs)
@@ -115,81 +116,3 @@ def as_tvm_tensor(array, dtype: str | None = None):
     if dtype in STORAGE_DTYPES or array.dtype.name in STORAGE_DTYPES:
         return tvm_ffi.from_dlpack(array.view("uint8"))  # the kernels take these as uint8 (kernel_dtype)
     return tvm_ffi.from_dlpack(array)
-
-
-class CallerPlacement:
-    """Keeps the thread that runs a model off the cores TVM's thread pool has pinned its workers to.
-
-    TVM pins worker i of its pool to core i (i >= 1) and leaves the calling thread free to run anywhere. When the
-    scheduler puts the caller on a worker's core (another library's threads moved it there, say), every parallel
-    kernel waits for a worker that shares its core, and Linux keeps both there: a 64-step LSTM took 1.2 ms instead
-    of 0.5 ms for hundreds of runs after an onnxruntime run in the same process. During a run the caller is
-    therefore allowed only the cores no worker is pinned to, and its own affinity is restored afterwards (two
-    system calls, ~3 us). The pinned cores are read from /proc once the pool exists (after the first run); with
-    one thread, TVM_BIND_THREADS=0, or outside Linux, this does nothing."""
-
-    def __init__(self):
-        self.cpus: set[int] | None = None
-        self.resolved = False
-
-    def resolve(self) -> None:
-        """Find the cores TVM's workers are pinned to; called after a run, when its thread pool exists."""
-        self.resolved = True
-        try:
-            allowed = os.sched_getaffinity(0)
-            me = str(threading.get_native_id())
-            pinned = set()
-            for tid in os.listdir("/proc/self/task"):
-                if tid == me:
-                    continue
-                with open(f"/proc/self/task/{tid}/status") as f:
-                    for line in f:
-                        if line.startswith("Cpus_allowed_list:"):
-                            cpus = _parse_cpu_list(line.split(":", 1)[1])
-                            if len(cpus) == 1:
-                                pinned |= cpus
-                            break
-        except (OSError, AttributeError, ValueError):
-            return
-        free = allowed - pinned
-        if pinned & allowed and free:
-            self.cpus = free
-
-    @contextlib.contextmanager
-    def placed(self):
-        """For the duration of a run: the calling thread on the free cores, then its own affinity again (and,
-        after the first run, find the pinned cores)."""
-        saved = None
-        if self.cpus is not None:
-            try:
-                current = os.sched_getaffinity(0)
-                if current != self.cpus:
-                    os.sched_setaffinity(0, self.cpus)
-                    saved = current
-            except OSError:
-                pass
-        try:
-            yield
-        finally:
-            if saved is not None:
-                try:
-                    os.sched_setaffinity(0, saved)
-                except OSError:
-                    pass
-            elif not self.resolved and os.environ.get("TVM_NUM_THREADS", "1") != "1":
-                self.resolve()
-
-
-def _parse_cpu_list(text: str) -> set[int]:
-    """'0-3,6' -> {0, 1, 2, 3, 6}"""
-    out = set()
-    for part in text.strip().split(","):
-        if "-" in part:
-            lo, hi = part.split("-")
-            out.update(range(int(lo), int(hi) + 1))
-        elif part:
-            out.add(int(part))
-    return out
-
-
-caller_placement = CallerPlacement()  # one per process: TVM has one thread pool

@@ -94,8 +94,7 @@ def test_run_with_wrong_input(squeezenet_artifact, tmp_path, capsys):
 
 
 def test_bad_shape_flag(capsys):
-    with pytest.raises(SystemExit):
-        main(["compile", "m.onnx", "-o", "x", "--shape", "x=1xfoo"])
+    assert main(["compile", "m.onnx", "-o", "x", "--shape", "x=1xfoo"]) == 1
     assert "dimensions must be integers" in capsys.readouterr().err
 
 

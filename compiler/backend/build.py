@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -63,6 +67,7 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
                            {b.device["fatbin"]: b.fatbin_path})
 
     from .cpu_schedule import schedule_cpu
+    from .index_checks import insert_index_asserts, scalar_index_checks
 
     funcs = {}
     tuned = set()
@@ -78,7 +83,8 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
             tuned.add(name)
             continue
         try:
-            func = schedule_cpu(func, target)
+            # run-time indices raise when out of range (index_checks.py)
+            func = scalar_index_checks(schedule_cpu(insert_index_asserts(func), target))
         except Exception as e:  # the scheduler promises not to raise; if it does, say where
             raise CompileError(f"scheduling kernel {name} (on {', '.join(map(str, spec.in_types))}) failed: "
                                f"{type(e).__name__}: {e}") from e
@@ -87,12 +93,40 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
     try:
         ex = tvm.compile(tvm.IRModule(funcs), target=target)
         path = os.path.join(out_dir, "kernels.so")
-        ex.export_library(path)
+        ex.export_library(path, addons=[cpu_pool_object()])
     except Exception as e:
         raise CompileError(f"building {len(funcs)} kernels for {target} failed: {type(e).__name__}: "
                            f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
     t2 = time.perf_counter()
     return BuildResult(path, list(funcs), {"schedule_s": t1 - t0, "build_s": t2 - t1}, tuned)
+
+
+POOL_SOURCE = os.path.join(os.path.dirname(__file__), "cpu_pool.c")
+_pool_object: str | None = None
+_pool_lock = threading.Lock()
+
+
+def cpu_pool_object() -> str:
+    """TensorForge's CPU thread pool (cpu_pool.c) compiled once per process with the system C compiler (the one
+    that links the kernel library), to be linked into every CPU kernel library (runtime/cpu_pool.py adopts it)."""
+    global _pool_object
+    with _pool_lock:
+        if _pool_object is not None and os.path.exists(_pool_object):
+            return _pool_object
+        with open(POOL_SOURCE, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:16]
+        directory = tempfile.mkdtemp(prefix="tensorforge-pool-")
+        obj = os.path.join(directory, f"cpu_pool-{digest}.o")
+        cc = os.environ.get("CC", "cc")
+        cmd = [cc, "-O2", "-fPIC", "-std=c11", "-pthread", "-D_GNU_SOURCE", "-c", POOL_SOURCE, "-o", obj]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            detail = getattr(e, "stderr", "") or str(e)
+            raise CompileError(f"compiling the CPU thread pool with {cc!r} failed (a C compiler is needed to build "
+                               f"CPU kernels): {detail.strip().splitlines()[-1] if detail.strip() else e}") from None
+        _pool_object = obj
+        return obj
 
 
 def host_isa_flags() -> list[str]:

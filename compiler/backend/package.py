@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 
 from compiler.ir import Graph, Value
-from compiler.ir.analysis import graph_flops
+from compiler.ir.analysis import graph_flops, node_flops
 from compiler.ops import FusionKind
 from compiler.passes.memory import Tensor, assign_offsets, check_plan
 from runtime import artifact
@@ -94,7 +94,7 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
             last.setdefault(ids[o], index)
         inplace += [(ids[o], root[ids[i]]) for o, i in _inplace_candidates(s)]
         plan_steps.append({"kernel": s.spec.name(), "args": args, "op": "+".join(n.op.name for n in s.nodes),
-                           "node": s.nodes[-1].name})
+                           "node": s.nodes[-1].name, "work": _work(s)})
     end = len(plan_steps)
     for v in g.outputs:
         last[root[ids[v]]] = end  # outputs are read after the last step
@@ -160,6 +160,14 @@ def _check_state(steps: list, updates: dict[Value, Value]) -> None:
             if j == k and any(n.op.kind > FusionKind.BROADCAST for n in s.nodes if aliases[old] & set(n.inputs)):
                 raise CompileError(f"kernel {k} ({s.spec.name()}) updates state {old.name!r} in place but reads it "
                                    f"other than elementwise")
+
+
+def _work(k: Kernel) -> int:
+    """A kernel's size for the runtime's choice to run it on the caller alone (runtime/model.py SERIAL_WORK):
+    its multiply-adds or elements computed, or the elements it reads and writes if that is more."""
+    flops = sum(node_flops(n) for n in k.nodes)
+    touched = sum(int(np.prod(v.type.shape, dtype=np.int64)) for v in (*k.inputs, *k.outputs))
+    return int(max(flops, touched))
 
 
 def _nbytes(buf: dict) -> int:
