@@ -56,7 +56,7 @@ def _tanh_lower(x):
 
 # name: (numpy reference, TE lowering)
 UNARY = {
-    "relu": (lambda x: np.maximum(x, np.zeros((), x.dtype)), topi.nn.relu),
+    "relu": (lambda x: np.maximum(x, np.zeros((), x.dtype)), lambda x: _relu_lower(x)),
     "sigmoid": (_keep(lambda x: 1.0 / (1.0 + np.exp(-x))), _sigmoid_lower),
     "tanh": (np.tanh, _tanh_lower),
     "exp": (np.exp, topi.exp),
@@ -92,14 +92,97 @@ def _pow_lower(a, b):
     return topi.cast(topi.round(topi.power(topi.cast(a, "float64"), topi.cast(b, "float64"))), a.dtype)
 
 
+def _broadcast_compute(a, b, fn, name):
+    """out[i] = fn(a[i'], b[i'']) with numpy broadcasting, as one stage (shapes are static here)."""
+    shape = [int(d) for d in np.broadcast_shapes(tuple(int(d) for d in a.shape), tuple(int(d) for d in b.shape))]
+
+    def at(t, i):
+        return t(*[i[len(i) - len(t.shape) + k] if int(t.shape[k]) != 1 else 0 for k in range(len(t.shape))])
+
+    return te.compute(shape, lambda *i: fn(at(a, i), at(b, i)), name=name)
+
+
+def _is_float(t) -> bool:
+    return str(t.dtype).startswith(("float", "bfloat"))
+
+
+def _relu_lower(x):
+    # max(x, 0) that keeps NaN (np.maximum does; TVM's max drops it): one select, it vectorizes
+    if not _is_float(x):
+        return topi.nn.relu(x)
+    zero = te.const(0, x.dtype)
+    return te.compute(x.shape, lambda *i: tirx.Select(x(*i) < zero, zero, x(*i)), name="compute")
+
+
+def _nan_max(x, y):
+    """np.maximum: NaN if either is NaN (the first one if both), else the larger; TVM's max drops NaN."""
+    return tirx.Select(tirx.Or(x > y, tirx.isnan(x)), x, y)
+
+
+def _nan_min(x, y):
+    return tirx.Select(tirx.Or(x < y, tirx.isnan(x)), x, y)
+
+
+def _extreme_binary_lower(largest: bool):
+    def lower(a, b):
+        if not _is_float(a):
+            return (topi.maximum if largest else topi.minimum)(a, b)
+        return _broadcast_compute(a, b, _nan_max if largest else _nan_min, "T_maximum" if largest else "T_minimum")
+
+    return lower
+
+
+def _int_safe_divisor(y, dtype):
+    """y, or 1 where dividing by y could trap: x86 idiv raises SIGFPE for y == 0 and for INT_MIN / -1, which
+    kills the process. (Testing x == INT_MIN as well does not work: TVM's simplifier drops that test.)"""
+    dtype = str(dtype)
+    bad = y == te.const(0, dtype)
+    if dtype.startswith("int"):
+        bad = tirx.Or(bad, y == te.const(-1, dtype))
+    return tirx.Select(bad, te.const(1, dtype), y)
+
+
+def _wrapping_neg(x, dtype):
+    """-x modulo 2**bits (INT_MIN stays INT_MIN, as numpy). Narrow types negate in int64 and truncate; int64
+    negates directly, which LLVM wraps (pinned by tests/ops/test_defined_behaviour.py). Not as unsigned: TVM's
+    simplifier folds 0u - u to 0."""
+    dtype = str(dtype)
+    if dtype != "int64":
+        return (tirx.const(0, "int64") - x.astype("int64")).astype(dtype)
+    return tirx.const(0, dtype) - x
+
+
+def _div_lower(a, b):
+    if _is_float(a):
+        return topi.divide(a, b)  # IEEE: x/0 is +-inf, 0/0 nan
+    dt = str(a.dtype)
+
+    def f(x, y):  # truncated (C, ONNX, onnxruntime); x / 0 is 0 as numpy's integer division; x / -1 wraps
+        q = tirx.truncdiv(x, _int_safe_divisor(y, dt))
+        if dt.startswith("int"):
+            q = tirx.Select(y == te.const(-1, dt), _wrapping_neg(x, dt), q)
+        return tirx.Select(y == te.const(0, dt), te.const(0, dt), q)
+
+    return _broadcast_compute(a, b, f, "T_divide")
+
+
+def _div_ref(a, b):
+    if a.dtype.kind == "f":
+        return (a / b).astype(a.dtype)
+    with np.errstate(all="ignore"):  # x // 0 is 0 and INT_MIN // -1 wraps, without a warning
+        q = np.floor_divide(a, b)
+        r = np.remainder(a, b)
+    return q + ((r != 0) & ((a < 0) != (b < 0))).astype(q.dtype)  # floored -> truncated toward zero
+
+
 # name: (numpy reference, TE lowering)
 BINARY = {
     "add": (np.add, topi.add),
     "sub": (np.subtract, topi.subtract),
     "mul": (np.multiply, topi.multiply),
-    "div": (lambda a, b: (a / b).astype(a.dtype) if a.dtype.kind == "f" else np.floor_divide(a, b), topi.divide),
-    "maximum": (np.maximum, topi.maximum),
-    "minimum": (np.minimum, topi.minimum),
+    "div": (_div_ref, _div_lower),
+    "maximum": (np.maximum, _extreme_binary_lower(True)),
+    "minimum": (np.minimum, _extreme_binary_lower(False)),
     "pow": (lambda a, b: np.power(a, b).astype(a.dtype), _pow_lower),
     "logical_and": (np.logical_and, topi.logical_and),
     "logical_or": (np.logical_or, topi.logical_or),
@@ -138,7 +221,13 @@ def _clip_ref(x, *, min, max):
 def _clip_lower(x, *, min, max):
     lo, hi = _clip_bounds(str(x.dtype), min, max)
     lo, hi = te.const(lo, x.dtype), te.const(hi, x.dtype)
-    return te.compute(x.shape, lambda *i: te.min(te.max(x(*i), lo), hi), name="clip")
+
+    def f(*i):  # min(max(x, lo), hi) as selects: NaN stays NaN (TVM's max/min drop it), min > max gives max
+        v = x(*i)
+        v = tirx.Select(v < lo, lo, v)
+        return tirx.Select(v > hi, hi, v)
+
+    return te.compute(x.shape, f, name="clip")
 
 
 clip = defop("clip", FusionKind.ELEMWISE, infer=same_type,
@@ -223,7 +312,7 @@ def _mod_lower(a, b, *, fmod):
                 moved = tirx.Select(other_sign, r + y64, r)
                 r = tirx.Select(r == 0.0, tirx.copysign(tirx.const(0.0, "float64"), y64), moved)
             return r.astype(a.dtype)
-        safe = te.if_then_else(y == te.const(0, a.dtype), te.const(1, a.dtype), y)
+        safe = _int_safe_divisor(y, a.dtype)  # x % 0 is 0 (numpy); x % -1 = x % 1 = 0 (no SIGFPE for INT_MIN)
         r = te.truncmod(x, safe) if fmod else te.floormod(x, safe)
         return te.if_then_else(y == te.const(0, a.dtype), te.const(0, a.dtype), r)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from tvm import te, topi
+from tvm import te, tirx, topi
 
 from compiler.ir.types import TensorType
 
@@ -51,13 +51,16 @@ def _extreme_ref(fn):
 
 def _extreme_lower(largest: bool):
     """max/min over `axes`. For floats the identity is -inf/+inf (topi starts from the lowest finite value, so a
-    max over a row of -inf would give -3.4e38 instead of -inf)."""
+    max over a row of -inf would give -3.4e38 instead of -inf), and a NaN wins, as in numpy (TVM's max/min drop
+    NaN; onnxruntime 1.31's ReduceMax/ReduceMin drop it too, we follow numpy and onnx's reference)."""
 
     def lower(x, *, axes, keepdims):
         if not str(x.dtype).startswith("float"):
             return (topi.max if largest else topi.min)(x, axis=list(axes), keepdims=keepdims)
         ident = te.const(float("-inf") if largest else float("inf"), x.dtype)
-        comb = (lambda a, b: te.max(a, b)) if largest else (lambda a, b: te.min(a, b))
+        # select(a > b or isnan(a), a, b): a NaN on either side wins; commutative up to which NaN is kept
+        comb = (lambda a, b: tirx.Select(tirx.Or(a > b, tirx.isnan(a)), a, b)) if largest else \
+            (lambda a, b: tirx.Select(tirx.Or(a < b, tirx.isnan(a)), a, b))
         reducer = te.comm_reducer(comb, lambda t: ident, name="max" if largest else "min")
         rank = len(x.shape)
         raxes = {a: te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes}
@@ -101,28 +104,88 @@ def _arg_infer(types, *, axis, keepdims, select_last_index):
     return TensorType(shape, "int64")
 
 
-def _arg_ref(fn):
+def _arg_ref(largest: bool):
+    """onnxruntime's ArgMax/ArgMin on NaN (1.31, whose scan starts from element 0 and moves on `>` / `<`, or `>=` /
+    `<=` with select_last_index): a NaN first element is the answer; any other NaN is never picked. numpy's
+    argmax picks the first NaN instead; ONNX leaves it open, and we follow onnxruntime."""
+
     def ref(x, *, axis, keepdims, select_last_index):
+        nan = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
+        key = np.where(nan, -np.inf if largest else np.inf, x) if nan.any() else x
+        best = (np.max if largest else np.min)(key, axis=axis, keepdims=True) if x.shape[axis] else key
+        hit = (key == best) & ~nan
         if select_last_index:
-            idx = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
+            idx = x.shape[axis] - 1 - np.argmax(np.flip(hit, axis), axis=axis)
         else:
-            idx = fn(x, axis=axis)
+            idx = np.argmax(hit, axis=axis)
+        first_nan = np.take(nan, 0, axis=axis) if x.shape[axis] else False
+        idx = np.where(first_nan | ~hit.any(axis=axis), 0, idx)
         return np.asarray(np.expand_dims(idx, axis) if keepdims else idx, np.int64)
 
     return ref
 
 
-def _arg_lower(fn):
+def _arg_lower(largest: bool):
+    """A (index, value) comm_reducer; values order as usual, a NaN below every number, equal values (or two NaN)
+    by index (the smaller wins, or the larger with select_last_index). Then a NaN first element gives index 0."""
+
     def lower(x, *, axis, keepdims, select_last_index):
-        return topi.cast(fn(x, axis=axis, keepdims=keepdims, select_last_index=select_last_index), "int64")
+        floating = str(x.dtype).startswith(("float", "bfloat"))
+
+        def combine(lhs, rhs):
+            (i0, v0), (i1, v1) = lhs, rhs
+            better = v0 > v1 if largest else v0 < v1
+            tie = v0 == v1
+            if floating:
+                nan0, nan1 = tirx.isnan(v0), tirx.isnan(v1)
+                better = tirx.Or(better, tirx.And(tirx.Not(nan0), nan1))
+                tie = tirx.Or(tie, tirx.And(nan0, nan1))
+            first = i0 > i1 if select_last_index else i0 < i1
+            take0 = tirx.Or(better, tirx.And(tie, first))
+            return tirx.Select(take0, i0, i1), tirx.Select(take0, v0, v1)
+
+        def identity(t_idx, t_val):
+            if floating:
+                worst = tirx.const(float("-inf") if largest else float("inf"), t_val)
+            else:
+                worst = tirx.min_value(t_val) if largest else tirx.max_value(t_val)
+            # an index that loses every tie, so that a row of -inf (argmax) still answers a real index
+            return tirx.const(-1 if select_last_index else 2 ** 31 - 1, t_idx), worst
+
+        reducer = te.comm_reducer(combine, identity, name="argmax" if largest else "argmin")
+        rank, n = len(x.shape), x.shape[axis]
+        k = te.reduce_axis((0, n), name="k")
+        out_shape = [1 if a == axis else x.shape[a] for a in range(rank)] if keepdims else \
+            [x.shape[a] for a in range(rank) if a != axis]
+
+        def full(idx, at):
+            idx = list(idx)
+            if keepdims:
+                idx[axis] = at
+            else:
+                idx.insert(axis, at)
+            return idx
+
+        name = "argmax" if largest else "argmin"
+        red_idx, _ = te.compute(out_shape, lambda *i: reducer((k, x(*full(i, k))), axis=k), name=f"{name}_red_temp")
+        zero = tirx.const(0, "int64")
+
+        def pick(*i):
+            r = red_idx(*i).astype("int64")
+            if not floating:
+                return r
+            first = x(*full(i, 0))
+            return tirx.Select(tirx.isnan(first), zero, r)
+
+        return te.compute(out_shape, pick, name=name)
 
     return lower
 
 
-argmax = defop("argmax", FusionKind.REDUCTION, infer=_arg_infer, attrs=ARG_ATTRS, reference=_arg_ref(np.argmax),
-               lower=_arg_lower(topi.argmax), doc="Index of the first (or last) maximum along `axis`, int64.")
-argmin = defop("argmin", FusionKind.REDUCTION, infer=_arg_infer, attrs=ARG_ATTRS, reference=_arg_ref(np.argmin),
-               lower=_arg_lower(topi.argmin), doc="Index of the first (or last) minimum along `axis`, int64.")
+argmax = defop("argmax", FusionKind.REDUCTION, infer=_arg_infer, attrs=ARG_ATTRS, reference=_arg_ref(True),
+               lower=_arg_lower(True), doc="Index of the first (or last) maximum along `axis`, int64.")
+argmin = defop("argmin", FusionKind.REDUCTION, infer=_arg_infer, attrs=ARG_ATTRS, reference=_arg_ref(False),
+               lower=_arg_lower(False), doc="Index of the first (or last) minimum along `axis`, int64.")
 
 
 def _cumsum_infer(types, *, axis, exclusive, reverse):

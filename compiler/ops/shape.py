@@ -77,24 +77,106 @@ concat = defop("concat", FusionKind.INJECTIVE, infer=_concat_infer, attrs={"axis
                lower=lambda *xs, axis: topi.concatenate(xs, axis))
 
 
-def _pad_infer(types, *, pads, value):
+PAD_MODES = ("constant", "edge", "reflect", "wrap")  # ONNX's (numpy's) pad modes
+
+
+def _pad_infer(types, *, pads, value, mode):
     (t,) = types
     if len(pads) != 2 * t.rank:
         fail(f"pads {pads} must have 2*rank = {2 * t.rank} entries (all begins, then all ends)")
+    if mode not in PAD_MODES:
+        fail(f"unknown pad mode {mode!r}; one of {', '.join(PAD_MODES)}")
+    if mode != "constant":
+        for a, n in enumerate(t.shape):
+            lo, hi = pads[a], pads[a + t.rank]
+            if lo < 0 or hi < 0:
+                fail(f"negative pads crop, which only mode 'constant' does; got {list(pads)}")
+            if (lo or hi) and n == 0:
+                fail(f"cannot pad axis {a} of size 0 in mode {mode!r}")
+            if mode == "reflect" and (lo >= n or hi >= n):
+                fail(f"reflect pads {lo}, {hi} of axis {a} must be smaller than its size {n}")
     return TensorType([d + pads[i] + pads[i + t.rank] for i, d in enumerate(t.shape)], t.dtype)
 
 
-def _pad_ref(x, *, pads, value):
+def _pad_ref(x, *, pads, value, mode):
     r = x.ndim
     if any(p < 0 for p in pads):  # negative pads crop
         x = x[tuple(slice(max(-pads[i], 0), x.shape[i] - max(-pads[i + r], 0)) for i in range(r))]
         pads = tuple(max(p, 0) for p in pads)
-    return np.pad(x, [(pads[i], pads[i + r]) for i in range(r)], constant_values=value)
+    widths = [(pads[i], pads[i + r]) for i in range(r)]
+    if mode == "constant":
+        return np.pad(x, widths, constant_values=value)
+    return np.pad(x, widths, mode=mode)
 
 
-pad = defop("pad", FusionKind.INJECTIVE, infer=_pad_infer, attrs={"pads": Attr("ints"), "value": Attr("float", 0.0)},
-            reference=_pad_ref,
-            lower=lambda x, *, pads, value: topi.nn.pad(x, pads[:x.ndim], pads[x.ndim:], value))
+def _pad_source_index(i, lo: int, n: int, mode: str):
+    """The input index that output index `i` of an axis padded by `lo` in front reads, as plain min/max/abs
+    arithmetic (no nested selects: chained pads inline into each other and stay small)."""
+    from tvm import tirx
+
+    j = i - lo
+    if mode == "edge":
+        return tirx.max(tirx.min(j, n - 1), 0)
+    if mode == "wrap":
+        return tirx.floormod(j, n)
+    # reflect, mirrored around 0 and n-1 without repeating the edge (pads < n: one reflection at most, checked by
+    # the type rule): j - 2*min(j, 0) - 2*max(j - (n-1), 0). Min/max, not abs: TVM's abs is a Select, and chained
+    # pads inlined into each other made nested Selects that took TVM's simplifier minutes
+    return j - 2 * tirx.min(j, 0) - 2 * tirx.max(j - (n - 1), 0)
+
+
+def _pad_lower(x, *, pads, value, mode):
+    r = len(x.shape)
+    if mode == "constant":
+        return topi.nn.pad(x, pads[:r], pads[r:], value)
+    shape = [int(d) for d in x.shape]
+    out = [d + pads[a] + pads[a + r] for a, d in enumerate(shape)]
+    return te.compute(out, lambda *i: x(*(_pad_source_index(i[a], pads[a], shape[a], mode)
+                                          if pads[a] or pads[a + r] else i[a] for a in range(r))), name="pad")
+
+
+# mode "constant" fills with `value`; "edge", "reflect" and "wrap" read the input at a remapped index.
+pad = defop("pad", FusionKind.INJECTIVE, infer=_pad_infer,
+            attrs={"pads": Attr("ints"), "value": Attr("float", 0.0), "mode": Attr("str", "constant")},
+            reference=_pad_ref, lower=_pad_lower)
+
+
+# -- gathers and scatters: indices may arrive at run time, so every kernel checks them ----------------------------
+def _index_error(what, sizes):
+    if len(sizes) == 1:
+        n = sizes[0]
+        return f"{what}: index out of range for an axis of size {n} (valid indices: {-n}..{n - 1})"
+    return f"{what}: index out of range for axes of sizes {tuple(sizes)} (valid indices: -size..size-1)"
+
+
+def _check_range(idx, sizes, what):
+    """The numpy references raise as the CPU kernels do (numpy alone would wrap -n-1 around to the end)."""
+    idx = np.asarray(idx)
+    n = np.asarray(sizes, np.int64) if len(sizes) > 1 else np.int64(sizes[0])
+    if idx.size and not np.all((idx >= -n) & (idx < n)):
+        raise IndexError(_index_error(what, sizes))
+
+
+def _checked_indices(idx, sizes, what):
+    """idx with negative entries counted from the end and clamped into [0, size): the gather or scatter reading
+    it never touches memory outside its tensor, on any target. `sizes`: one axis size, or one per entry of idx's
+    last axis (gather_nd, scatter_nd). On the CPU the block also raises for an index outside [-size, size)
+    (compiler/backend/index_checks.py adds the assertion named by the block's annotations)."""
+    from compiler.backend.index_checks import INDEX_CHECK, INDEX_SIZES
+
+    dt = str(idx.dtype)
+    sizes = [int(n) for n in sizes]
+
+    def f(*i):
+        n = te.const(sizes[0], dt)
+        for k in range(1, len(sizes)):
+            n = te.if_then_else(i[-1] == k, te.const(sizes[k], dt), n)
+        v = idx(*i)
+        v = te.if_then_else(v < te.const(0, dt), v + n, v)
+        return te.max(te.min(v, n - te.const(1, dt)), te.const(0, dt))
+
+    return te.compute(idx.shape, f, name="index_check",
+                      attrs={INDEX_CHECK: _index_error(what, sizes), INDEX_SIZES: sizes})
 
 
 def _take_infer(types, *, axis):
@@ -107,12 +189,14 @@ def _take_infer(types, *, axis):
 
 
 def _take_ref(data, idx, *, axis):
+    _check_range(idx, [data.shape[axis]], "take")
     idx = np.where(idx < 0, idx + data.shape[axis], idx)
     return np.take(data, idx, axis=axis)
 
 
 take = defop("take", FusionKind.INJECTIVE, infer=_take_infer, attrs={"axis": Attr("int", 0)}, arity=(2, 2),
-             reference=_take_ref, lower=lambda d, i, *, axis: topi.take(d, i, axis=axis, mode="wrap"))
+             reference=_take_ref, lower=lambda d, i, *, axis: topi.take(
+                 d, _checked_indices(i, [d.shape[axis]], "take"), axis=axis, mode="fast"))
 
 
 def _slice_infer(types, *, begins, ends, strides):
@@ -159,13 +243,15 @@ def _gather_elements_infer(types, *, axis):
 
 
 def _gather_elements_ref(data, idx, *, axis):
+    _check_range(idx, [data.shape[axis]], "gather_elements")
     return np.take_along_axis(data, np.where(idx < 0, idx + data.shape[axis], idx), axis=axis)
 
 
 def _gather_elements_lower(data, idx, *, axis):
+    checked = _checked_indices(idx, [data.shape[axis]], "gather_elements")
+
     def f(*i):
-        j = idx(*i)
-        j = te.if_then_else(j < 0, j + data.shape[axis], j)
+        j = checked(*i)
         return data(*[j if k == axis else v for k, v in enumerate(i)])
 
     return te.compute(idx.shape, f, name="gather_elements")
@@ -185,6 +271,7 @@ def _gather_nd_infer(types, *, batch_dims):
 
 
 def _gather_nd_ref(data, idx, *, batch_dims):
+    _check_range(idx, data.shape[batch_dims:batch_dims + idx.shape[-1]], "gather_nd")
     b = int(np.prod(data.shape[:batch_dims]))
     d = data.reshape((b,) + data.shape[batch_dims:])
     ix = idx.reshape((b, -1, idx.shape[-1]))
@@ -197,13 +284,11 @@ def _gather_nd_lower(data, idx, *, batch_dims):
     m = int(idx.shape[-1])
     out_shape = list(idx.shape[:-1]) + list(data.shape[batch_dims + m:])
     nidx = len(idx.shape) - 1
+    checked = _checked_indices(idx, data.shape[batch_dims:batch_dims + m], "gather_nd")
 
     def f(*i):
         pre, rest = i[:nidx], i[nidx:]
-        coords = []
-        for j in range(m):
-            c = idx(*pre, j)
-            coords.append(te.if_then_else(c < 0, c + data.shape[batch_dims + j], c))
+        coords = [checked(*pre, j) for j in range(m)]
         return data(*pre[:batch_dims], *coords, *rest)
 
     return te.compute(out_shape, f, name="gather_nd")
@@ -229,6 +314,7 @@ def _scatter_elements_infer(types, *, axis, reduction):
 
 def _scatter_elements_ref(data, idx, upd, *, axis, reduction):
     out = data.copy()
+    _check_range(idx, [data.shape[axis]], "scatter_elements")
     idx = np.where(idx < 0, idx + data.shape[axis], idx)
     for pos in np.ndindex(*idx.shape):  # in order: later updates win, as in onnx's reference
         target = tuple(idx[pos] if k == axis else v for k, v in enumerate(pos))
@@ -240,7 +326,8 @@ scatter_elements = defop(
     "scatter_elements", FusionKind.OPAQUE, infer=_scatter_elements_infer,
     attrs={"axis": Attr("int", 0), "reduction": Attr("str", "none")}, arity=(3, 3), reference=_scatter_elements_ref,
     lower=lambda d, i, u, *, axis, reduction: topi.scatter_elements(
-        d, i, u, axis, "update" if reduction == "none" else reduction),
+        d, _checked_indices(i, [d.shape[axis]], "scatter_elements"), u, axis,
+        "update" if reduction == "none" else reduction),
     doc="ONNX ScatterElements: out = data; out[..idx[i]..] = updates[i] along `axis` (or combined by reduction).")
 
 
@@ -254,6 +341,7 @@ def _scatter_nd_infer(types, *, reduction):
 
 
 def _scatter_nd_ref(data, idx, upd, *, reduction):
+    _check_range(idx, data.shape[:idx.shape[-1]], "scatter_nd")
     out = data.copy()
     for pos in np.ndindex(*idx.shape[:-1]):
         target = tuple(int(v) + (data.shape[k] if v < 0 else 0) for k, v in enumerate(idx[pos]))
@@ -263,15 +351,8 @@ def _scatter_nd_ref(data, idx, upd, *, reduction):
 
 def _scatter_nd_lower(data, idx, upd, *, reduction):
     # topi wants the index tuple first: (M, ...) instead of (..., M)
-    r = len(idx.shape)
-    def dim(m):  # data.shape[m] for a loop variable m
-        d = te.const(int(data.shape[0]), idx.dtype)
-        for k in range(1, int(idx.shape[-1])):
-            d = te.if_then_else(m == k, te.const(int(data.shape[k]), idx.dtype), d)
-        return d
-
-    idx_t = te.compute([idx.shape[-1]] + list(idx.shape[:-1]), lambda m, *i: te.if_then_else(
-        idx(*i, m) < 0, idx(*i, m) + dim(m), idx(*i, m)), name="scatter_nd_indices")
+    checked = _checked_indices(idx, data.shape[:int(idx.shape[-1])], "scatter_nd")
+    idx_t = te.compute([idx.shape[-1]] + list(idx.shape[:-1]), lambda m, *i: checked(*i, m), name="scatter_nd_indices")
     mode = {"none": "update"}.get(reduction, reduction)
     return topi.scatter_nd(data, idx_t, upd, mode)
 
