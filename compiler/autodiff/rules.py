@@ -306,6 +306,8 @@ def _concat(e, n, dy):
 @defgrad(ops.pad)
 def _pad(e, n, dy):
     pads, r = n.attrs["pads"], _x(n).type.rank
+    if n.attrs.get("mode", "constant") != "constant":  # edge/reflect/wrap read input elements several times
+        raise AutodiffError(f"gradient of pad (node {n.name or '?'}) in mode {n.attrs['mode']!r} is not supported")
     if any(p < 0 for p in pads):
         raise AutodiffError(f"gradient of pad (node {n.name or '?'}) with negative pads is not supported")
     begins = tuple(pads[:r])

@@ -13,8 +13,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-INDEX_CHECK = "tf.index_check"  # block annotation: the assertion's message
-INDEX_SIZES = "tf.index_sizes"  # block annotation: the axis sizes the indices must fit
+from compiler.ops.shape import INDEX_CHECK, INDEX_SIZES  # the annotations the ops' index_check blocks carry
 
 
 def insert_index_asserts(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -65,17 +64,43 @@ def _visit(s, devectorize=False):
     return s
 
 
+def _first_load(e):
+    """The first BufferLoad in an expression (depth first), or None."""
+    if type(e).__name__ == "BufferLoad":  # tirx.BufferLoad is a factory function in TVM 0.27, not the class
+        return e
+    for field in ("a", "b", "value", "condition", "true_value", "false_value"):
+        sub = getattr(e, field, None)
+        if sub is not None and not isinstance(sub, (int, float, str)):
+            found = _first_load(sub)
+            if found is not None:
+                return found
+    for arg in getattr(e, "args", None) or []:
+        found = _first_load(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _with_assert(blk):
     """assert -n <= idx[v] < n; then the block's own (clamping) store. The block reads the indices at its own
     iteration point; with several sizes the last iteration variable picks the size."""
-    src = blk.reads[0]
-    v = tirx.BufferLoad(src.source, [r.min for r in src.region])
+    if len(blk.reads):
+        src = blk.reads[0]
+        v = tirx.BufferLoad(src.source, [r.min for r in src.region])
+        dt = str(src.source.dtype)
+    else:  # no read region recorded: look for the load in the block's store
+        v = _first_load(blk.body.value)
+        if v is None:
+            # the clamp folded to a constant (an axis of size 1: every index becomes 0) and no longer reads the
+            # index: nothing to check against, and no memory is touched out of range
+            return blk.body
+        dt = str(v.buffer.dtype)
     sizes = [int(n) for n in blk.annotations[INDEX_SIZES]]
-    dt = str(src.source.dtype)
     n = tirx.const(sizes[0], dt)
-    last = blk.iter_vars[-1].var
-    for k in range(1, len(sizes)):
-        n = tirx.Select(last == k, tirx.const(sizes[k], dt), n)
+    if len(sizes) > 1:  # one size per entry of the indices' last axis (a 0-d index has no iteration variable)
+        last = blk.iter_vars[-1].var
+        for k in range(1, len(sizes)):
+            n = tirx.Select(last == k, tirx.const(sizes[k], dt), n)
     ok = tirx.And(v >= -n, v < n)
     # positional: TVM 0.27's Python signature says (kind, condition, ...), its constructor takes (condition, kind)
     check = tirx.AssertStmt(ok, tvm.ir.StringImm("IndexError"), [tvm.ir.StringImm(str(blk.annotations[INDEX_CHECK]))])

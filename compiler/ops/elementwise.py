@@ -114,13 +114,30 @@ def _relu_lower(x):
     return te.compute(x.shape, lambda *i: tirx.Select(x(*i) < zero, zero, x(*i)), name="compute")
 
 
+# (bits of the same width, magnitude mask, bits of +inf) per float type: NaN <=> (bits & mask) > inf
+_NAN_BITS = {"float32": ("int32", 0x7FFFFFFF, 0x7F800000), "float64": ("int64", 0x7FFFFFFFFFFFFFFF,
+             0x7FF0000000000000), "float16": ("int16", 0x7FFF, 0x7C00), "bfloat16": ("int16", 0x7FFF, 0x7F80)}
+
+
+def nan_test(v, dtype: str | None = None):
+    """v is NaN, tested on its bits. TVM 0.27's `tirx.isnan` gives wrong answers inside vectorized reductions (an
+    argmax along a leading axis picked index 1 everywhere) and fails on bfloat16; integer bit tests vectorize and
+    work for every float type. `x != x` is simplified to false by TVM."""
+    if dtype is None:  # a TE value has .dtype; a call's result (tirx.exp(...)) only its type, .ty
+        dtype = v.dtype if hasattr(v, "dtype") else v.ty
+    if str(dtype) in ("float16", "bfloat16"):  # their 16-bit lanes do not vectorize beside 32-bit ones here
+        return nan_test(v.astype("float32"), "float32")
+    bits, mask, inf = _NAN_BITS[str(dtype)]
+    return (tirx.reinterpret(bits, v) & tirx.const(mask, bits)) > tirx.const(inf, bits)
+
+
 def _nan_max(x, y):
     """np.maximum: NaN if either is NaN (the first one if both), else the larger; TVM's max drops NaN."""
-    return tirx.Select(tirx.Or(x > y, tirx.isnan(x)), x, y)
+    return tirx.Select(tirx.Or(x > y, nan_test(x)), x, y)
 
 
 def _nan_min(x, y):
-    return tirx.Select(tirx.Or(x < y, tirx.isnan(x)), x, y)
+    return tirx.Select(tirx.Or(x < y, nan_test(x)), x, y)
 
 
 def _extreme_binary_lower(largest: bool):
@@ -294,7 +311,7 @@ def _fmod(x, y):
     r = tirx.Select(r == 0.0, tirx.copysign(tirx.const(0.0, "float64"), x64), r)  # fmod(-4, 2) is -0
     nan = tirx.const(float("nan"), "float64")
     r = tirx.Select(tirx.isinf(y64), x64, r)  # a finite x is its own remainder by +-inf
-    return tirx.Select(tirx.Or(tirx.Or(tirx.isinf(x64), y64 == 0.0), tirx.Or(tirx.isnan(x64), tirx.isnan(y64))),
+    return tirx.Select(tirx.Or(tirx.Or(tirx.isinf(x64), y64 == 0.0), tirx.Or(nan_test(x64, "float64"), nan_test(y64, "float64"))),
                        nan, r)
 
 

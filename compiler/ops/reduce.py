@@ -6,6 +6,7 @@ import numpy as np
 from tvm import te, tirx, topi
 
 from compiler.ir.types import TensorType
+from compiler.ops.elementwise import nan_test
 
 from .registry import Attr, FusionKind, defop, fail
 
@@ -59,8 +60,8 @@ def _extreme_lower(largest: bool):
             return (topi.max if largest else topi.min)(x, axis=list(axes), keepdims=keepdims)
         ident = te.const(float("-inf") if largest else float("inf"), x.dtype)
         # select(a > b or isnan(a), a, b): a NaN on either side wins; commutative up to which NaN is kept
-        comb = (lambda a, b: tirx.Select(tirx.Or(a > b, tirx.isnan(a)), a, b)) if largest else \
-            (lambda a, b: tirx.Select(tirx.Or(a < b, tirx.isnan(a)), a, b))
+        comb = (lambda a, b: tirx.Select(tirx.Or(a > b, nan_test(a, x.dtype)), a, b)) if largest else \
+            (lambda a, b: tirx.Select(tirx.Or(a < b, nan_test(a, x.dtype)), a, b))
         reducer = te.comm_reducer(comb, lambda t: ident, name="max" if largest else "min")
         rank = len(x.shape)
         raxes = {a: te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes}
@@ -137,12 +138,15 @@ def _arg_lower(largest: bool):
             better = v0 > v1 if largest else v0 < v1
             tie = v0 == v1
             if floating:
-                nan0, nan1 = tirx.isnan(v0), tirx.isnan(v1)
+                nan0, nan1 = nan_test(v0, x.dtype), nan_test(v1, x.dtype)
                 better = tirx.Or(better, tirx.And(tirx.Not(nan0), nan1))
                 tie = tirx.Or(tie, tirx.And(nan0, nan1))
             first = i0 > i1 if select_last_index else i0 < i1
             take0 = tirx.Or(better, tirx.And(tie, first))
-            return tirx.Select(take0, i0, i1), tirx.Select(take0, v0, v1)
+            # the value's select must not read the index: on a vectorized loop TVM 0.27 stores the new index
+            # before it evaluates the value's select, which then saw the new index (wrong answers off the last
+            # axis). On a tie the two values are equal (or both NaN), so `better` alone picks the same value.
+            return tirx.Select(take0, i0, i1), tirx.Select(better, v0, v1)
 
         def identity(t_idx, t_val):
             if floating:
@@ -175,7 +179,7 @@ def _arg_lower(largest: bool):
             if not floating:
                 return r
             first = x(*full(i, 0))
-            return tirx.Select(tirx.isnan(first), zero, r)
+            return tirx.Select(nan_test(first, x.dtype), zero, r)
 
         return te.compute(out_shape, pick, name=name)
 

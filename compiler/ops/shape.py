@@ -157,13 +157,15 @@ def _check_range(idx, sizes, what):
         raise IndexError(_index_error(what, sizes))
 
 
+INDEX_CHECK = "tf.index_check"  # block annotation: the assertion's message (compiler/backend/index_checks.py)
+INDEX_SIZES = "tf.index_sizes"  # block annotation: the axis sizes the indices must fit
+
+
 def _checked_indices(idx, sizes, what):
     """idx with negative entries counted from the end and clamped into [0, size): the gather or scatter reading
     it never touches memory outside its tensor, on any target. `sizes`: one axis size, or one per entry of idx's
     last axis (gather_nd, scatter_nd). On the CPU the block also raises for an index outside [-size, size)
     (compiler/backend/index_checks.py adds the assertion named by the block's annotations)."""
-    from compiler.backend.index_checks import INDEX_CHECK, INDEX_SIZES
-
     dt = str(idx.dtype)
     sizes = [int(n) for n in sizes]
 

@@ -24,6 +24,8 @@ from compiler.ops import OpDef
 from runtime.errors import FrontendError, IRError, UnsupportedOpError
 
 from .converters import CONVERTERS, lookup_converter
+from .converters.base import MAX_CONSTANT_ELEMENTS
+from .verify import check_opsets, check_single_assignment, verify_model
 
 @dataclass(frozen=True)
 class TensorSequence:
@@ -129,7 +131,10 @@ class Builder:
         try:
             if all(isinstance(x, np.ndarray) for x in inputs):
                 attrs = op.check_attrs(attrs, where=self.node_name)
-                op.infer_types([TensorType.of(x) for x in inputs], attrs, where=self.node_name)
+                for t in op.infer_types([TensorType.of(x) for x in inputs], attrs, where=self.node_name):
+                    if t.numel > MAX_CONSTANT_ELEMENTS:
+                        raise self.error(f"folding {op.name} at compile time would build a constant of {t.numel} "
+                                         f"elements ({t}), more than the limit of {MAX_CONSTANT_ELEMENTS}")
                 outs = [np.asarray(o, order="C") for o in op.evaluate(*inputs, **attrs)]
                 for o in outs:  # a folded weight (transposed, reshaped) keeps its source's name
                     self.derive(o, next((x for x in inputs if id(x) in self.names), None))
@@ -253,7 +258,9 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
     symbolic input dimensions, and gives a sequence input its length and tensor shapes ({name: [shape, ...]})."""
     proto = load_model(model)
     shapes = dict(shapes or {})
-    check_supported(proto)
+    check_opsets(proto)
+    check_single_assignment(proto.graph)
+    check_supported(proto)  # first: one error listing every unsupported op, before onnx's checker finds the first
     opset = _opset(proto)
     g = Graph(proto.graph.name.replace(" ", "_") or "main")
     b = Builder(g, opset)
@@ -277,6 +284,8 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
             env[vi.name] = _sequence_input(g, vi, shapes)
         else:
             env[vi.name] = g.add_input(vi.name, _input_type(vi, shapes))
+    # after the inputs (whose unsupported types and missing shapes we name more precisely), before any converter
+    verify_model(proto, model if isinstance(model, (str, os.PathLike)) else None)
 
     for index, node in enumerate(proto.graph.node):
         b.node, b.node_name = node, _node_name(node, index)
@@ -290,6 +299,9 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
                 raise b.error(f"input {name!r} is an output we do not compute (e.g. a training-only output)")
             else:
                 args.append(env[name])
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.UNDEFINED:  # helper would read it as empty: a Conv would lose its pads
+                raise b.error(f"attribute {a.name!r} has the type UNDEFINED (a corrupt or hand-edited model)")
         attrs = {a.name: _attr_value(a) for a in node.attribute}
         conv = lookup_converter(node.op_type, opset)
         if any(isinstance(a, TensorSequence) for a in args) and not getattr(conv, "takes_sequences", False):
@@ -322,8 +334,12 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
         seq = env[vi.name]  # a sequence output is its tensors, named like a sequence input's
         named = ([(x, f"{vi.name}.{i}") for i, x in enumerate(seq.items)] if isinstance(seq, TensorSequence)
                  else [(seq, vi.name)])
+        declared = _declared_dtype(vi)
         for x, name in named:
             v = b.value(x)
+            if declared is not None and not isinstance(seq, TensorSequence) and declared != v.type.dtype:
+                raise FrontendError(f"graph output {vi.name!r} is declared {declared}, but the graph computes "
+                                    f"{v.type.dtype} for it")
             if v.producer is not None and v.name != name and g.is_free(name):
                 g.rename(v, name)
             outputs.append(v)
@@ -333,6 +349,17 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
     g.remove_unused()
     g.verify()
     return g
+
+
+def _declared_dtype(vi: onnx.ValueInfoProto) -> str | None:
+    """The dtype a graph output declares, if it declares a tensor of a type we know."""
+    t = _present(vi.type)
+    if not t.HasField("tensor_type") or not t.tensor_type.elem_type:
+        return None
+    try:
+        return onnx_dtype(t.tensor_type.elem_type)
+    except FrontendError:
+        return None
 
 
 def _attr_value(a: onnx.AttributeProto):

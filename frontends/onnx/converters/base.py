@@ -41,6 +41,43 @@ def lookup_converter(op_type: str, opset: int) -> Callable | None:
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
+# The largest tensor we build at compile time (ConstantOfShape, Range, folded ops): 2^28 elements, 1 GiB of float32.
+# Beyond it a model almost surely has a wrong shape (a garbage int64), and numpy would fail with a MemoryError.
+MAX_CONSTANT_ELEMENTS = 1 << 28
+
+
+def _check_constant_size(b, shape, what="the result"):
+    """Refuse to build a compile-time constant of `shape` when it is negative or too large."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise b.error(f"{what} would have the negative shape {list(shape)}")
+    if prod(shape) > MAX_CONSTANT_ELEMENTS:
+        raise b.error(f"{what} would be a compile-time constant of {prod(shape)} elements (shape {list(shape)}), "
+                      f"more than the limit of {MAX_CONSTANT_ELEMENTS}; is the shape computed right?")
+    return shape
+
+
+def _check_indices(b, indices, size: int, what: str = "indices", axis: int | None = None):
+    """Constant gather indices must lie in [-size, size - 1] (a kernel would wrap or read out of bounds)."""
+    if not isinstance(indices, np.ndarray) or indices.size == 0:
+        return
+    lo, hi = int(indices.min()), int(indices.max())
+    if lo < -size or hi >= size:
+        bad = lo if lo < -size else hi
+        on = f" of axis {axis}" if axis is not None else ""
+        raise b.error(f"input {what!r} holds the index {bad}, out of range [{-size}, {size - 1}] for the size "
+                      f"{size}{on} of the data")
+
+
+def _require_nonempty(b, x, what: str, index: int):
+    """Zero-size operands are refused for the kernels that cannot take them (matmul, dense); `index`: the input's
+    position in the node, to name its ONNX value too."""
+    if 0 in b.type(x).shape:
+        value = b.node.input[index] if b.node is not None and index < len(b.node.input) else "?"
+        raise b.error(f"input {what!r} (value {value!r}) has the zero-size shape {list(b.type(x).shape)}; zero-size tensors are not "
+                      f"supported by this op")
+
+
 def _axis(b, axis: int, rank: int) -> int:
     if not -rank <= axis < max(rank, 1):
         raise b.error(f"axis {axis} is out of range for rank {rank}")

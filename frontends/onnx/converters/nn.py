@@ -11,7 +11,7 @@ from compiler import ops  # noqa: F401
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
-from .base import _require_spatial
+from .base import _require_spatial, _check_constant_size, _require_nonempty
 
 
 # -- neural-network ops -----------------------------------------------------------------------------------------------
@@ -34,6 +34,8 @@ def Conv(b, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_
 
 @converter()
 def Gemm(b, A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=None):
+    _require_nonempty(b, A, "A", 0)
+    _require_nonempty(b, B, "B", 1)
     if transA:
         A = b.emit(ops.transpose, [A], perm=(1, 0))
     # dense wants the weight as (N, K); a known B is transposed and scaled at compile time
@@ -60,6 +62,8 @@ def Gemm(b, A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=
 
 @converter()
 def MatMul(b, A, B):
+    _require_nonempty(b, A, "A", 0)
+    _require_nonempty(b, B, "B", 1)
     ta, tb = b.type(A), b.type(B)
     if isinstance(B, np.ndarray) and tb.rank == 2 and ta.rank >= 2 and not isinstance(A, np.ndarray):
         # x @ W with a constant W is a dense layer: flatten the leading dims, keep W as (N, K)
@@ -206,6 +210,10 @@ def Gelu(b, X, *, approximate="none"):
 @converter(since=11)
 def Range(b, start, limit, delta):
     s, lim, d = (b.const(v, n).reshape(()) for v, n in ((start, "start"), (limit, "limit"), (delta, "delta")))
+    count = np.ceil((float(lim) - float(s)) / float(d)) if d != 0 else np.nan
+    if not np.isfinite(count):
+        raise b.error(f"Range({s}, {lim}, {d}) has no finite number of elements")
+    _check_constant_size(b, [max(int(count), 0)])
     return np.arange(s, lim, d, dtype=s.dtype)
 
 

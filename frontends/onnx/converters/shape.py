@@ -11,7 +11,7 @@ from compiler import ops  # noqa: F401
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
-from .base import _require_spatial
+from .base import _require_spatial, _check_constant_size, _check_indices
 
 
 # -- constants and shapes ---------------------------------------------------------------------------------------------
@@ -27,7 +27,7 @@ def Constant(b, *, value=None, value_float=None, value_floats=None, value_int=No
 
 @converter()
 def ConstantOfShape(b, input, *, value=None):
-    shape = tuple(int(d) for d in b.const(input, "input"))
+    shape = _check_constant_size(b, b.const(input, "input").reshape(-1))
     fill = np.asarray(value).reshape(-1)[0] if value is not None else np.float32(0)
     return np.full(shape, fill, dtype=np.asarray(fill).dtype)
 
@@ -41,6 +41,7 @@ def Shape(b, data, *, start=0, end=None):
 @converter()
 def Gather(b, data, indices, *, axis=0):
     ax = _axis(b, axis, b.type(data).rank)
+    _check_indices(b, indices, b.type(data).shape[ax], "indices", ax)
     return b.emit(ops.take, [data, indices], axis=ax)
 
 
@@ -151,42 +152,32 @@ def _pad(b, data, pads, mode, value):
         return b.emit(ops.pad, [data], pads=tuple(pads), value=value)
     if mode not in ("edge", "reflect", "wrap"):
         raise b.error(f"unknown Pad mode {mode!r}")
-    # edge / reflect / wrap: per axis, concatenate slices of the input (they fuse into one injective kernel)
     rank = b.type(data).rank
-    x = data
-    for a in range(rank):
+    if len(pads) != 2 * rank:
+        raise b.error(f"pads {list(pads)} must have 2*rank = {2 * rank} entries")
+    for a, n in enumerate(b.type(data).shape):
         lo, hi = pads[a], pads[a + rank]
         if lo < 0 or hi < 0:
             raise b.error(f"negative pads are only supported in constant mode, got {list(pads)}")
-        n = b.type(x).shape[a]
-        if mode == "reflect" and (lo >= n or hi >= n):
+        if mode == "reflect" and (lo >= n or hi >= n):  # as onnxruntime: one reflection at most
             raise b.error(f"reflect pads {lo}, {hi} must be smaller than the axis size {n}")
-
-        def part(start, stop, step):
-            return _slice(b, x, [start], [stop], [a], [step])
-
-        if mode == "edge":
-            before = [part(0, 1, 1)] * lo
-            after = [part(n - 1, n, 1)] * hi
-        elif mode == "reflect":
-            before = [part(lo, 0, -1)] if lo else []
-            after = [part(n - 2, n - 2 - hi, -1)] if hi else []
-        else:  # wrap
-            before = [part(n - lo, n, 1)] if lo else []
-            after = [part(0, hi, 1)] if hi else []
-        if before or after:
-            x = b.emit(ops.concat, before + [x] + after, axis=a)
-    return x
+    # one op reading the input at a remapped index (compiler/ops/shape.py): chained pads fuse and stay small
+    return b.emit(ops.pad, [data], pads=tuple(pads), value=0.0, mode=mode)
 
 
 # -- gathers and data movement ----------------------------------------------------------------------------------------
 @converter()
 def GatherElements(b, data, indices, *, axis=0):
-    return b.emit(ops.gather_elements, [data, indices], axis=_axis(b, axis, b.type(data).rank))
+    ax = _axis(b, axis, b.type(data).rank)
+    _check_indices(b, indices, b.type(data).shape[ax], "indices", ax)
+    return b.emit(ops.gather_elements, [data, indices], axis=ax)
 
 
 @converter()
 def GatherND(b, data, indices, *, batch_dims=0):
+    if isinstance(indices, np.ndarray) and indices.ndim and indices.shape[-1] <= b.type(data).rank - batch_dims:
+        for j in range(indices.shape[-1]):
+            _check_indices(b, indices[..., j], b.type(data).shape[batch_dims + j], "indices", batch_dims + j)
     return b.emit(ops.gather_nd, [data, indices], batch_dims=batch_dims)
 
 
