@@ -43,6 +43,8 @@ def adopt(kernels_path: str) -> bool:
             _configure(lib, _threads)
             lib.tf_pool_set_serial.argtypes = [ctypes.c_int]
             lib.tf_pool_set_serial.restype = ctypes.c_int
+            lib.tf_pool_runs.argtypes = [ctypes.c_int]
+            lib.tf_pool_runs.restype = ctypes.c_int
         try:
             pointer = ctypes.c_void_p.in_dll(lib, "__TVMBackendParallelLaunch")
         except ValueError:  # no kernel of this library has a parallel loop
@@ -74,6 +76,14 @@ def serial_setter():
     if _pool is None:
         return None
     return _pool.tf_pool_set_serial
+
+
+def run_counter():
+    """`count(delta) -> runs in flight`: a run starts (+1) or ends (-1). While as many runs are in flight as the
+    pool has threads, their loops run on their callers (compiler/backend/cpu_pool.c)."""
+    if _pool is None:
+        return None
+    return _pool.tf_pool_runs
 
 
 def stats() -> dict[str, int]:

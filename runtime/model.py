@@ -103,7 +103,8 @@ class CompiledModel:
         self._executor = Executor(self.program, kernels, mem, shared,
                                   max_concurrency=max_concurrency if max_concurrency is not None
                                   else default_num_threads(),
-                                  serial=serial, set_serial=cpu_pool.serial_setter() if own_pool else None)
+                                  serial=serial, set_serial=cpu_pool.serial_setter() if own_pool else None,
+                                  count_run=cpu_pool.run_counter() if own_pool else None)
         self._run_lock = _NullLock() if not self.program.state else __import__("threading").Lock()
         first = self._executor.first
         self._arena, self._arrays = first.arena, first.memory  # the first context's, for inspection

@@ -205,7 +205,8 @@ class Executor:
     """Runs a plan's kernels over execution contexts (see the module docstring). Thread-safe."""
 
     def __init__(self, plan: Plan, kernels: Sequence[Callable], mem, shared_memory: list, *,
-                 max_concurrency: int, serial: Sequence[bool] | None = None, set_serial: Callable | None = None):
+                 max_concurrency: int, serial: Sequence[bool] | None = None, set_serial: Callable | None = None,
+                 count_run: Callable | None = None):
         self.plan, self.kernels, self.mem = plan, list(kernels), mem
         self.shared_memory = shared_memory
         self.shared_tensors = [None if m is None else mem.tensor(m, b.dtype)
@@ -216,6 +217,7 @@ class Executor:
         self.max_concurrency = 1 if plan.state else int(max_concurrency)
         self.serial = list(serial) if serial is not None else [False] * len(plan.steps)
         self.set_serial = set_serial
+        self.count_run = count_run  # the thread pool's count of runs in flight (runtime/cpu_pool.py)
         self._lock = threading.Lock()
         self._available = threading.Condition(self._lock)
         self._free: list[Context] = []
@@ -265,6 +267,8 @@ class Executor:
         set_serial, flags = self.set_serial, self.serial
         serial = False
         i = 0
+        if self.count_run is not None:
+            self.count_run(1)
         try:
             for i, (fn, args) in enumerate(calls if calls is not None else ctx.calls):
                 if set_serial is not None and flags[i] != serial:
@@ -279,3 +283,5 @@ class Executor:
         finally:
             if serial:
                 set_serial(False)
+            if self.count_run is not None:
+                self.count_run(-1)

@@ -208,7 +208,7 @@ def test_library_kernels_run_without_the_compiler(tmp_path):
 
 def test_thread_pool_does_not_spin_after_a_run(cnn):
     """TVM's workers spun ~150 ms of CPU after every run with its default spin count (stealing a core from
-    whatever runs next); TensorForge's pool (runtime/cpu_pool.py) sleeps after ~0.2 ms idle."""
+    whatever runs next); TensorForge's pool (runtime/cpu_pool.py) sleeps after ~1 ms idle."""
     cnn.run({"image": image()})
     t0 = os.times()
     import time
