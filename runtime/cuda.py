@@ -1,5 +1,6 @@
 """The GPU runtime: runs a CUDA artifact with TVM's runtime alone (tvm_ffi, libtvm_runtime.so and
-libtvm_runtime_cuda.so; never `import tvm`).
+libtvm_runtime_cuda.so; never `import tvm`). (Over 500 lines as one idea: the four loading steps below, device
+memory and the model; the plan and its executor are runtime/plan.py's, shared with the CPU.)
 
 Loading, in order (each step fails with a one-line `DeviceError` naming what is missing):
  1. the CUDA driver (libcuda.so.1, through ctypes): cuInit, the GPU count, the compute capability of the GPU
