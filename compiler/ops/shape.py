@@ -354,7 +354,10 @@ def _scatter_nd_ref(data, idx, upd, *, reduction):
 def _scatter_nd_lower(data, idx, upd, *, reduction):
     # topi wants the index tuple first: (M, ...) instead of (..., M)
     checked = _checked_indices(idx, data.shape[:int(idx.shape[-1])], "scatter_nd")
-    idx_t = te.compute([idx.shape[-1]] + list(idx.shape[:-1]), lambda m, *i: checked(*i, m), name="scatter_nd_indices")
+    # max(., 0) (a no-op: checked indices are >= 0) keeps this block from looking like a pure transpose to dlight's
+    # CUDA Transpose rule, which compares its index lists with `!=` and raises on TVM expressions
+    idx_t = te.compute([idx.shape[-1]] + list(idx.shape[:-1]),
+                       lambda m, *i: te.max(checked(*i, m), te.const(0, checked.dtype)), name="scatter_nd_indices")
     mode = {"none": "update"}.get(reduction, reduction)
     return topi.scatter_nd(data, idx_t, upd, mode)
 
