@@ -175,6 +175,9 @@ static int run_chunks(uint32_t gen, int32_t self, int by_worker) {
 static void* worker_main(void* arg) {
   int32_t self = (int32_t)(intptr_t)arg; /* thread `self` of the pool; the caller is 0 */
   in_worker = 1;
+#ifdef __linux__
+  pthread_setname_np(pthread_self(), "tf-pool"); /* how tools (and the tests) tell our workers */
+#endif
   uint32_t seen = atomic_load(&current);
   for (;;) {
     int64_t idle_since = 0;

@@ -113,13 +113,19 @@ def test_pool_is_used_and_its_workers_are_not_pinned(cnn):
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if allowed is None or len(allowed) < 2 or not os.path.isdir("/proc/self/task"):
         return
-    for tid in os.listdir("/proc/self/task"):
+    workers = 0
+    for tid in os.listdir("/proc/self/task"):  # our workers are named tf-pool (TVM's own pool may exist too)
         try:
+            name = open(f"/proc/self/task/{tid}/comm").read().strip()
             status = open(f"/proc/self/task/{tid}/status").read()
         except OSError:
             continue
+        if name != "tf-pool":
+            continue
+        workers += 1
         line = next(li for li in status.splitlines() if li.startswith("Cpus_allowed_list:"))
-        assert "," in line or "-" in line, f"thread {tid} is pinned to one core: {line}"
+        assert "," in line or "-" in line, f"worker {tid} is pinned to one core: {line}"
+    assert workers == cpu_pool.threads() - 1
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
