@@ -200,8 +200,8 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
             # a pause, then one untimed run: the engine run before leaves threads spinning that would steal a core
             # from the next engine's timed run. Measured (process CPU time while the caller sleeps): onnxruntime's
             # pool spins ~40 ms after a run (our MLP batch 1 took 8 ms instead of 0.03 ms within it); TVM's spun
-            # ~150 ms until runtime/tvm_loader.py set TVM_THREAD_POOL_SPIN_COUNT (onnxruntime's MobileNetV2: 15
-            # instead of 4 ms)
+            # ~150 ms with its default spin count (onnxruntime's MobileNetV2: 15 instead of 4 ms); TensorForge's
+            # own pool (runtime/cpu_pool.py) spins 1 ms
             time.sleep(PAUSE_S)
             run()
             t0 = time.perf_counter()
