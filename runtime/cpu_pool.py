@@ -21,7 +21,6 @@ _lock = threading.Lock()
 _pool: ctypes.CDLL | None = None  # the library whose pool the process uses
 _launch_address: int | None = None
 _threads: int = 0  # as configured (0: every CPU this process may use)
-_adopted: dict[str, bool] = {}
 
 
 def _configure(lib: ctypes.CDLL, num_threads: int) -> None:

@@ -20,6 +20,7 @@ CUDA runtime.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -105,7 +106,6 @@ class CompiledModel:
                                   else default_num_threads(),
                                   serial=serial, set_serial=cpu_pool.serial_setter() if own_pool else None,
                                   count_run=cpu_pool.run_counter() if own_pool else None)
-        self._run_lock = _NullLock() if not self.program.state else __import__("threading").Lock()
         first = self._executor.first
         self._arena, self._arrays = first.arena, first.memory  # the first context's, for inspection
         self._input_specs = [(name, first.memory[b]) for name, b in self.program.inputs]
@@ -224,31 +224,14 @@ class CompiledModel:
             out.append(src)
         return out
 
+    @contextlib.contextmanager
     def _bound(self, feeds):
-        """A context manager: an execution context with the feeds copied in (the state lock held if stateful)."""
+        """An execution context with the feeds copied in (stateful plans: one at a time, see Executor)."""
         srcs = self._check_feeds(feeds)
-        ex = self._executor
-
-        class _Bound:
-            def __enter__(bound):
-                self._run_lock.acquire()
-                bound.cm = ex.context()
-                try:
-                    ctx = bound.cm.__enter__()
-                    for (_, b), src in zip(self.program.inputs, srcs):
-                        np.copyto(ctx.memory[b], src)
-                except BaseException:
-                    bound.__exit__(None, None, None)
-                    raise
-                return ctx
-
-            def __exit__(bound, *exc):
-                try:
-                    bound.cm.__exit__(*exc)
-                finally:
-                    self._run_lock.release()
-                return False
-        return _Bound()
+        with self._executor.context() as ctx:
+            for (_, b), src in zip(self.program.inputs, srcs):
+                np.copyto(ctx.memory[b], src)
+            yield ctx
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run the model; returns fresh arrays, one per output, in the model's output order. Safe to call from
@@ -278,9 +261,9 @@ class CompiledModel:
             samples = [[] for _ in ctx.calls]
             ex.execute(ctx)
             for _ in range(repeat + 1):
-                for i, call in enumerate(ctx.calls):
+                for i in range(len(ctx.calls)):
                     t0 = time.perf_counter()
-                    ex.execute(ctx, calls=[call]) if ex.set_serial is None else _one(ex, ctx, i)
+                    ex.call_one(ctx, i)
                     samples[i].append(time.perf_counter() - t0)
         return [{"kernel": s["kernel"], "op": s["op"], "node": s["node"], "ms": float(np.median(t[1:])) * 1e3}
                 for s, t in zip(self.plan["steps"], samples)]
@@ -309,7 +292,7 @@ def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int
 
             init_runtime(num_threads)
             return CudaModel(plan, kernels, params, owned_dir=tmp, device_id=device_id,
-                             external_params=external_params)
+                             external_params=external_params, max_concurrency=max_concurrency)
         if plan.get("device"):
             raise ArtifactError(f"artifact {os.fspath(path)!r} is for device {plan['device'].get('kind')!r}, which "
                                 f"this runtime does not know")
@@ -319,20 +302,3 @@ def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-class _NullLock:
-    def acquire(self):
-        return True
-
-    def release(self):
-        pass
-
-
-def _one(ex: Executor, ctx, i: int) -> None:
-    """Kernel call i alone, serial or not as in a run."""
-    ex.set_serial(ex.serial[i])
-    try:
-        fn, args = ctx.calls[i]
-        fn(*args)
-    finally:
-        ex.set_serial(False)

@@ -117,12 +117,6 @@ class Plan:
             i = self.buffers[i].view_of
         return i
 
-    @property
-    def shared(self) -> frozenset[int]:
-        """Buffers every run shares: parameters and persistent state, and views of them."""
-        fixed = {p.buffer for p in self.params} | {b for _, b in self.state}
-        return frozenset(i for i in range(len(self.buffers)) if self.root(i) in fixed)
-
 
 class HostMemory:
     """The CPU as a device: 64-byte aligned numpy arrays, wrapped once as TVM tensors (zero-copy)."""
@@ -142,12 +136,6 @@ class HostMemory:
 
     def tensor(self, array, dtype: str):
         return as_tvm_tensor(array, dtype)
-
-    def copy_in(self, dst, array: np.ndarray) -> None:
-        np.copyto(dst, array)
-
-    def copy_out(self, src, shape, dtype: str) -> np.ndarray:
-        return src.copy()
 
 
 def aligned_empty(shape: Sequence[int], dtype, align: int = ALIGNMENT) -> np.ndarray:
@@ -221,20 +209,9 @@ class Executor:
         self._lock = threading.Lock()
         self._available = threading.Condition(self._lock)
         self._free: list[Context] = []
-        self.created = 0
-        self.first = self._make()  # allocated at load: a plan that cannot be laid out fails there, not in a run
+        self.first = Context(self)  # allocated at load: a plan that cannot be laid out fails there, not in a run
+        self.created = 1
         self._free.append(self.first)
-
-    def _make(self) -> Context:
-        with self._lock:
-            self.created += 1
-        try:
-            return Context(self)
-        except BaseException:
-            with self._lock:
-                self.created -= 1
-                self._available.notify()
-            raise
 
     @contextlib.contextmanager
     def context(self):
@@ -260,6 +237,17 @@ class Executor:
             with self._lock:
                 self._free.append(ctx)
                 self._available.notify()
+
+    def call_one(self, ctx: Context, i: int) -> None:
+        """Kernel call i alone, on the pool or the caller as in a run (profiling)."""
+        if self.set_serial is not None:
+            self.set_serial(self.serial[i])
+        try:
+            fn, args = ctx.calls[i]
+            fn(*args)
+        finally:
+            if self.set_serial is not None:
+                self.set_serial(False)
 
     def execute(self, ctx: Context, calls: list | None = None) -> None:
         """Every kernel call in plan order (small kernels on the calling thread alone). A kernel that fails (its
