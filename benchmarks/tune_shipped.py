@@ -23,7 +23,7 @@ SUITE = ("resnet50", "mobilenet_v2", "bert_base", "gpt2_small", "lstm_classifier
 
 def main() -> None:
     from benchmarks.models import export_onnx
-    from compiler.api import tune_model
+    from compiler.tune import tune_model
     from compiler.backend.tuning import SHIPPED
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -14,6 +14,7 @@ import onnx
 
 from compiler.ir import Graph, print_graph
 from compiler.passes import PassManager, pipeline
+from compiler.passes.order_updates import order_updates_last
 from runtime import CompiledModel
 from runtime.errors import CompileError
 
@@ -100,58 +101,6 @@ def fusion_report(g: Graph, steps) -> list[dict]:
     return report
 
 
-def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = None, *, trials: int = 64,
-               time_budget: float | None = None, retune: bool = False, options: CompileOptions | None = None,
-               progress=None, search: str = "knobs", build_timeout: float | None = None):
-    """Tune every kernel of `model` into the database at `db_dir` (see backend/tuning.py). search="knobs" varies
-    our own schedules' tile parameters (seconds per kernel); search="metaschedule" runs MetaSchedule's search with
-    `trials` candidates per kernel (CPU only here; minutes per kernel on a small machine)."""
-    from compiler.backend.build import resolve_target
-    from compiler.backend.lower import Kernel, partition
-    from compiler.backend.tuning import TuningDatabase, search_knobs, tune
-
-    if search not in ("knobs", "metaschedule"):
-        raise CompileError(f"unknown search {search!r}: use 'knobs' or 'metaschedule'")
-    options = options or CompileOptions()
-    target = resolve_target(options.target, options.arch)
-    if target.kind.name == "cuda":
-        _require_gpu_for_tuning(target)
-    g = optimize(import_model(model, shapes), options)
-    specs = [s.spec for s in partition(g) if isinstance(s, Kernel)]
-    db = TuningDatabase(os.fspath(db_dir), target)
-    if search == "knobs" and target.kind.name != "cuda":
-        return search_knobs(specs, db, time_budget=time_budget, retune=retune, progress=progress)
-    extra = {} if build_timeout is None else {"build_timeout": float(build_timeout)}
-    return tune(specs, db, trials=trials, time_budget=time_budget, retune=retune, progress=progress, **extra)
-
-
-def _require_gpu_for_tuning(target) -> None:
-    """MetaSchedule measures every candidate on the GPU: refuse at once, with the reason, where there is none."""
-    from runtime.cuda import DeviceError, check_arch, gpu_info
-
-    try:
-        info = gpu_info(0)
-        check_arch(str(target.export().get("arch")), info)
-    except DeviceError as e:
-        raise CompileError(f"tuning for CUDA builds candidates here but measures them on the GPU, and there is "
-                           f"none usable: {e}") from None
-
-
-def analyze(model, shapes: Mapping[str, Sequence[int]] | None = None, options: CompileOptions | None = None
-            ) -> tuple[Graph, dict]:
-    """Import and optimize a model and plan its memory, without building kernels: (graph, plan without kernels)."""
-    from compiler.backend.build import resolve_target
-    from compiler.backend.lower import partition
-    from compiler.backend.package import make_plan
-
-    options = options or CompileOptions()
-    g = optimize(import_model(model, shapes), options)
-    steps = partition(g)
-    plan, _ = make_plan(g, resolve_target(options.target, options.arch), [], steps)
-    plan["fusion"] = fusion_report(g, steps)
-    return g, plan
-
-
 def tuning_databases(options: CompileOptions, target) -> list:
     from compiler.backend.tuning import SHIPPED, TuningDatabase
 
@@ -162,12 +111,12 @@ def tuning_databases(options: CompileOptions, target) -> list:
 def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | None = None,
                   initial_state: Mapping | None = None):
     """Build `g`'s kernels and plan. `state` (training graphs): output name -> input name of each persistent
-    state that kernels update in place, with `initial_state` its values at load (see backend/package.py).
+    state that kernels update in place, with `initial_state` its values at load (see backend/plan.py).
     Returns a `runtime.CompiledModel`, or for the cuda target a `runtime.cuda.CudaModel` that sets up the GPU only
     when it first runs (so that compiling needs no GPU)."""
     from compiler.backend.build import build_kernels, host_isa_flags, is_cuda, resolve_target
     from compiler.backend.lower import Kernel, partition
-    from compiler.backend.package import make_plan
+    from compiler.backend.plan import make_plan
 
     target = resolve_target(options.target, options.arch)
     out_dir = tempfile.mkdtemp(prefix="tensorforge-build-")
@@ -249,29 +198,6 @@ def _trainable_names(model, g: Graph, trainable, frozen) -> set[str]:
     return (names & {p.name for p in g.params}) - set(frozen)
 
 
-def order_updates_last(g: Graph, state_outputs: set) -> Graph:
-    """Run the kernels that write state after every other kernel (ties by position): a kernel that overwrites a
-    parameter in place must come after every reader of the old value. Groups stay adjacent."""
-    import networkx as nx
-
-    key = {}
-    for i, n in enumerate(g.nodes):
-        k = n.group or id(n)
-        tail = any(o in state_outputs for o in n.outputs)
-        key[k] = (max(key.get(k, (0, i))[0], int(tail)), min(key.get(k, (0, i))[1], i))
-    Q = nx.DiGraph()
-    members: dict = {}
-    for n in g.nodes:
-        k = n.group or id(n)
-        members.setdefault(k, []).append(n)
-        Q.add_node(k)
-        for v in n.inputs:
-            if v.producer is not None and (v.producer.group or id(v.producer)) != k:
-                Q.add_edge(v.producer.group or id(v.producer), k)
-    g.nodes = [n for k in nx.lexicographical_topological_sort(Q, key=key.get) for n in members[k]]
-    return g
-
-
 def compile_training(model, loss="cross_entropy", optimizer=None, target: str = "cpu", *,
                      shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None, params=None,
                      trainable=None, frozen: Sequence[str] = (), lr_schedule: Mapping | None = None,
@@ -334,39 +260,6 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
             "state_kinds": {s.name: s.kind for s in program.state},
             "trainable": sorted(names), "onnx": onnx_source}
     return TrainingSession(train, evaluator, spec)
-
-
-def analyze_training(model, loss="cross_entropy", optimizer=None, *,
-                     shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None, params=None,
-                     trainable=None, frozen: Sequence[str] = (), options: CompileOptions | None = None
-                     ) -> tuple[Graph, dict]:
-    """`analyze` for the training graph: (optimized training graph, plan without kernels) with the fusion report
-    and memory statistics, `saved_activation_bytes` among them."""
-    from compiler.autodiff.training import LossSpec, OptimizerSpec, build_training_program
-    from compiler.backend.build import resolve_target
-    from compiler.backend.lower import partition
-    from compiler.backend.package import make_plan
-
-    options = options or CompileOptions()
-    loss_spec = LossSpec(**({"name": loss} if isinstance(loss, str) else dict(loss)))
-    opt = dict(optimizer or {"name": "sgd", "lr": 0.01})
-    opt.pop("schedule", None)
-    if isinstance(model, (str, os.PathLike, bytes)):
-        from frontends.onnx.importer import load_model
-
-        model = load_model(model)
-    fwd = import_model(model, shapes, example_inputs, params)
-    program = build_training_program(fwd, _trainable_names(model, fwd, trainable, frozen), loss_spec,
-                                     OptimizerSpec(**opt))
-    bindings = program.state_bindings
-    g = optimize(program.graph, options)
-    g = order_updates_last(g, {v for v, name in zip(g.outputs, g.output_names) if name in bindings})
-    steps = partition(g)
-    plan, _ = make_plan(g, resolve_target(options.target, options.arch), [], steps, bindings,
-                        {s.name: s.initial for s in program.state})
-    plan["stats"]["saved_activation_bytes"] = program.saved_activation_bytes
-    plan["fusion"] = fusion_report(g, steps)
-    return g, plan
 
 
 def compile_gradients(model, loss="cross_entropy", target: str = "cpu", *,

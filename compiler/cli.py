@@ -156,10 +156,11 @@ def cmd_run(args) -> int:
 def cmd_inspect(args) -> int:
     path = args.model
     if path.endswith(".onnx"):
-        from compiler.api import analyze, import_model
+        from compiler.api import import_model
+        from compiler.report import analyze
 
         if args.train:
-            from compiler.autodiff.training import training_report
+            from compiler.report import training_report
 
             g, plan = training_report(path, args.loss, {"name": args.optimizer, "lr": 0.01},
                                       shapes=dict(args.shape or []), options=_compile_options(args))
@@ -212,6 +213,7 @@ def _print_fusion(report: list[dict]) -> None:
 def cmd_tune_cuda(args) -> int:
     """CUDA tuning without RPC: --prepare builds the candidates here, --ingest stores the GPU's measurements."""
     from compiler.backend import cuda_tuning
+    from compiler.tune import prepare_model
 
     if args.prepare and args.ingest:
         raise InputError("tune: --prepare and --ingest are two steps: give one")
@@ -219,7 +221,7 @@ def cmd_tune_cuda(args) -> int:
         def progress(done, total, name, info):
             print(f"[{done}/{total}] {name}: {info['candidates']} candidate(s)", flush=True)
 
-        m = cuda_tuning.prepare_model(args.model, args.prepare, dict(args.shape or []), options=_compile_options(args),
+        m = prepare_model(args.model, args.prepare, dict(args.shape or []), options=_compile_options(args),
                                       candidates=args.trials, progress=progress)
         print(f"bundle {args.prepare}: {len(m['tasks'])} kernel(s) for {m['arch']}; on the GPU machine, from the "
               f"repository root: python {os.path.join(args.prepare, 'measure.py')} {args.prepare}; then here: "
@@ -235,7 +237,7 @@ def cmd_tune_cuda(args) -> int:
 def cmd_tune(args) -> int:
     from tqdm import tqdm
 
-    from compiler.api import tune_model
+    from compiler.tune import tune_model
     from compiler.backend.tuning import parse_duration
 
     if args.target == "cuda" and (args.prepare or args.ingest):

@@ -1,6 +1,6 @@
 """CompiledModel: runs an execution plan over a kernel library with memory allocated once, at load time.
 
-The plan (JSON, built by compiler/backend/package.py):
+The plan (JSON, built by compiler/backend/plan.py):
     buffers  [{"shape", "dtype", "arena_offset"? | "view_of"?}]
                                                   every tensor of the program: kernel results live in one arena
                                                   (arena_bytes) at planned offsets; a view aliases another buffer

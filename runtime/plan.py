@@ -1,7 +1,7 @@
 """The execution plan as typed, immutable objects, and the executor that runs it: one of each for the CPU and the
 CUDA runtime (runtime/model.py, runtime/cuda.py).
 
-The plan arrives as JSON (built by compiler/backend/package.py, checked by runtime/plan_check.py); `Plan.parse`
+The plan arrives as JSON (built by compiler/backend/plan.py, checked by runtime/plan_check.py); `Plan.parse`
 turns it into frozen dataclasses once, at load. The `Executor` owns what is shared by every run (parameters and
 persistent state, filled once; the kernels) and hands out execution contexts: one per concurrent caller, each with
 its own arena and input buffers, taken from a pool that grows on demand up to a bound and is reused afterwards.
@@ -52,7 +52,7 @@ class Step:
     args: tuple[int, ...]  # buffer ids, outputs last
     op: str = ""
     node: str = ""
-    work: int | None = None  # multiply-adds or elements (package.py _work); None in older artifacts
+    work: int | None = None  # multiply-adds or elements (compiler/backend/plan.py _work); None in older artifacts
 
 
 @dataclass(frozen=True)

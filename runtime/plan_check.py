@@ -1,9 +1,9 @@
 """Checks an execution plan before anything runs it: a plan that passes cannot make a kernel read or write memory
 outside its buffers, read a tensor no step has written, or overwrite a tensor that is still needed.
 
-The compiler proves its own plans sound (compiler/backend/package.py, compiler/passes/memory.py); this module
+The compiler proves its own plans sound (compiler/backend/plan.py, compiler/backend/memory.py); this module
 re-proves the facts the runtime relies on for a plan read back from a file, without importing the compiler.
-The invariants, as package.py builds plans:
+The invariants, as compiler/backend/plan.py builds them:
 
   buffers   each is exactly one of: an input, a parameter or a state buffer (own memory; listed under
             inputs/params/state), a kernel result in the arena ("arena_offset": 64-byte aligned, inside

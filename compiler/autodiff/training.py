@@ -6,7 +6,7 @@
     outputs  `loss` (1,), `logits`, then the state's new values, named "<state>:new"
 
 The runtime keeps the state in buffers of its own and binds each "<state>:new" output to the buffer of "<state>":
-the update kernels write in place and nothing is copied per step (compiler/backend/package.py). Parameters are
+the update kernels write in place and nothing is copied per step (compiler/backend/plan.py). Parameters are
 graph inputs, not params, so that no pass treats them as constants.
 
 Train mode: batch_norm uses the batch's statistics (biased variance to normalize, unbiased for the running
@@ -302,26 +302,3 @@ def _update(e: Emitter, opt: OptimizerSpec, p: Value, g: Value, scalars: dict[st
     denom = e.op(ops.add, [e.mul(e.op(ops.sqrt, [new_v]), scalars["inv_sqrt_bc2"]), opt.eps])
     out[p.name] = e.op(ops.sub, [decayed, e.mul(e.op(ops.div, [new_m, denom]), scalars["step_size"])])
     return out
-
-
-# -- the inspect report -------------------------------------------------------------------------------------------------
-REPORT_KEYS = ("ops", "kernels", "arena_bytes", "live_lower_bound_bytes", "unplanned_bytes", "params_bytes",
-               "saved_activation_bytes", "state_bytes")
-
-
-def training_report(model, loss="cross_entropy", optimizer=None, *, shapes=None, example_inputs=None, params=None,
-                    trainable=None, frozen=(), options=None) -> tuple[Graph, dict]:
-    """`tensorforge inspect --train`: the training program (forward, loss, backward, update) optimized and planned
-    without building kernels. Returns (graph, plan); plan["stats"] holds the inference report's keys (ops, kernels,
-    arena_bytes, live_lower_bound_bytes, unplanned_bytes, params_bytes: the constants only, since the parameters
-    are state) plus saved_activation_bytes (forward values the backward reads) and state_bytes (parameters,
-    optimizer moments and running statistics, kept across steps); plan["fusion"] is the fusion report."""
-    from compiler.api import analyze_training
-
-    g, plan = analyze_training(model, loss, optimizer, shapes=shapes, example_inputs=example_inputs, params=params,
-                               trainable=trainable, frozen=frozen, options=options)
-    buffers = plan["buffers"]
-    plan["stats"]["state_bytes"] = int(sum(
-        np.prod(buffers[s["buffer"]]["shape"], dtype=np.int64) * np.dtype(buffers[s["buffer"]]["dtype"]).itemsize
-        for s in plan.get("state", [])))
-    return g, plan

@@ -190,18 +190,3 @@ def ingest_results(bundle_dir: str, results_path: str, db_root: str) -> dict:
         index[task["key"]] = done[task["key"]] = entry
     db._write_index(index)
     return done
-
-
-
-def prepare_model(model, out_dir: str, shapes=None, *, options=None, candidates: int = 16, progress=None) -> dict:
-    """`tensorforge tune MODEL --target cuda --prepare DIR`: the model's kernels (as compile_model would build them
-    for options.arch and options.precision) into a measurement bundle."""
-    from compiler.api import CompileOptions, import_model, optimize
-
-    from .lower import Kernel, partition
-
-    options = options or CompileOptions(target="cuda")
-    g = optimize(import_model(model, shapes), options)
-    specs = [s.spec for s in partition(g) if isinstance(s, Kernel)]
-    return prepare_bundle(specs, os.fspath(out_dir), options.arch or "sm_90", candidates=candidates,
-                          progress=progress)

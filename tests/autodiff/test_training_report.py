@@ -1,8 +1,8 @@
-"""`training_report` (compiler/autodiff/training.py): the inspect report of a training program."""
+"""`training_report` (compiler/report.py): the inspect report of a training program."""
 
 import pytest
 
-from compiler.autodiff.training import REPORT_KEYS, training_report
+from compiler.report import REPORT_KEYS, training_report
 from frontends import nn
 
 SHAPES = {"x": (4, 1, 8, 8)}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from compiler import compile_model
-from compiler.api import CompileOptions, tune_model
+from compiler.api import CompileOptions
+from compiler.tune import tune_model
 from compiler.backend.build import resolve_target
 from compiler.backend.tuning import TuningDatabase, parse_duration, target_key
 from compiler.ir import interpret, parse_graph

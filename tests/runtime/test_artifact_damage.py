@@ -230,7 +230,7 @@ def test_training_plans_pass_the_checker(tmp_path):
     import onnx
 
     from compiler.api import CompileOptions
-    from compiler.autodiff.training import training_report
+    from compiler.report import training_report
     from compiler.examples import small_cnn_onnx
 
     onnx.save(small_cnn_onnx(), str(tmp_path / "cnn.onnx"))

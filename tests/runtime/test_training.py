@@ -261,7 +261,7 @@ def test_op_without_gradient_rule_fails_naming_it():
 
 
 def test_training_graph_report_fuses_updates_and_counts_saved_activations():
-    from compiler.api import analyze_training
+    from compiler.report import analyze_training
 
     net, _ = mlp()
     g, plan = analyze_training(net, optimizer={"name": "adam", "lr": 0.01}, shapes={"x": (8, 20)})

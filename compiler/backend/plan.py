@@ -1,7 +1,7 @@
-"""Package: the runtime's execution plan (JSON) and parameter list, from the partitioned graph and its kernels.
+"""The runtime's execution plan (JSON) and parameter list, from the partitioned graph and its kernels.
 
 Buffers: graph inputs and params get their own memory; every tensor a kernel writes lives in one arena at an offset
-chosen by the memory planner (compiler/passes/memory.py); a reshape is a view of its base buffer.
+chosen by the memory planner (compiler/backend/memory.py); a reshape is a view of its base buffer.
 
 Persistent state (a training graph's parameters, optimizer moments, running statistics; `state` maps the output
 carrying a state's next value to the input holding it): the state input gets its own buffer, filled once at load
@@ -19,7 +19,7 @@ import numpy as np
 from compiler.ir import Graph, Value
 from compiler.ir.analysis import graph_flops, node_flops
 from compiler.ops import FusionKind
-from compiler.passes.memory import Tensor, assign_offsets, check_plan
+from compiler.backend.memory import Tensor, assign_offsets, check_plan
 from runtime import artifact
 from runtime.errors import CompileError
 

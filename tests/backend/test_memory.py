@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compiler.api import analyze
-from compiler.passes.memory import PlanError, Tensor, assign_offsets, check_plan, live_lower_bound
+from compiler.report import analyze
+from compiler.backend.memory import PlanError, Tensor, assign_offsets, check_plan, live_lower_bound
 from tests.support import LIGHT_MODELS, light_path
 
 
@@ -73,7 +73,7 @@ def test_light_model_plans_are_sound_and_tight(name):
     _, plan = analyze(light_path(name))
     mem = plan["memory"]
     ts = [Tensor(*row) for row in mem["tensors"]]
-    from compiler.passes.memory import MemoryPlan
+    from compiler.backend.memory import MemoryPlan
 
     offsets = {b: plan["buffers"][b]["arena_offset"] for b in (t.id for t in ts)}
     check_plan(ts, MemoryPlan(offsets, plan["arena_bytes"], {int(k): v for k, v in mem["classes"].items()}))
