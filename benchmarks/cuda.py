@@ -85,7 +85,7 @@ def prepare(args) -> int:
     import onnx
 
     from compiler import compile_model, compile_training
-    from compiler.api import CompileOptions
+    from compiler.options import CompileOptions
     from compiler.examples import light_expected, light_input, light_path
 
     os.makedirs(args.out, exist_ok=True)

@@ -25,7 +25,8 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 from benchmarks.light_models import timed  # noqa: E402
 from benchmarks.machine import describe_machine, write_lines  # noqa: E402
 from compiler import compile_model  # noqa: E402
-from compiler.api import CompileOptions, compile_graph, import_model, optimize  # noqa: E402
+from compiler.driver import compile_graph, import_model, optimize  # noqa: E402
+from compiler.options import CompileOptions  # noqa: E402
 from compiler.examples import LIGHT_MODELS, light_input, light_path, randomize_weights  # noqa: E402
 
 DEFAULT_MODELS = ["torch:resnet50", "torch:mobilenet_v2", "densenet121", "inception_v1", "squeezenet", "vgg19"]

@@ -94,7 +94,7 @@ class Recorder:
     builds. Installed around the pass manager's `run` and `tvm.compile`."""
 
     def __init__(self):
-        self.passes: list[tuple[str, str]] = []
+        self.passes: list[tuple[int, str, str]] = []  # (pass-manager run, pass name, IR text)
         self.modules: list = []
 
     def __enter__(self):
@@ -106,9 +106,13 @@ class Recorder:
         rec = self
         orig_run, orig_compile = pm_cls.run, tvm.compile
 
+        runs = [0]
+
         def run(pm, g):
+            runs[0] += 1
+            index = runs[0]
             object.__setattr__(pm, "dump_after", frozenset(pass_name(p) for p in pm.passes))
-            object.__setattr__(pm, "dump", lambda text: rec.passes.append(tuple(text.split("\n", 1))))
+            object.__setattr__(pm, "dump", lambda text: rec.passes.append((index, *text.split("\n", 1))))
             return orig_run(pm, g)
 
         def compile_(mod, *a, **k):
@@ -125,10 +129,11 @@ class Recorder:
 
 def _write_case(out: str, rec: Recorder, plans: dict, params: dict) -> None:
     os.makedirs(os.path.join(out, "ir"), exist_ok=True)
-    names = []
-    for i, (header, text) in enumerate(rec.passes):
-        names.append(header.removeprefix("// IR after "))
-        with open(os.path.join(out, "ir", f"{i:03d}.ir"), "w") as f:
+    names, count = [], {}
+    for run, header, text in rec.passes:  # one numbering per pass-manager run: a pass added at the end of one run
+        i = count[run] = count.get(run, -1) + 1  # shows as one new file, not as every later file shifted
+        names.append(f"{run}: {header.removeprefix('// IR after ')}")
+        with open(os.path.join(out, "ir", f"{run}-{i:03d}.ir"), "w") as f:
             f.write(text)
     with open(os.path.join(out, "passes.txt"), "w") as f:
         f.write("\n".join(names) + "\n")

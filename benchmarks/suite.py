@@ -121,7 +121,7 @@ def make_engines(name: str, batch: int, wanted: list[str]):
 
     from benchmarks.models import INPUT_NAME, MODELS, export_onnx
     from compiler import compile_model
-    from compiler.api import CompileOptions
+    from compiler.options import CompileOptions
 
     torch.set_num_threads(THREADS)
     module, x = MODELS[name](batch)

@@ -26,7 +26,7 @@ from benchmarks.layout import conv_flops, conv_graphs  # noqa: E402
 from benchmarks.light_models import timed  # noqa: E402
 from benchmarks.machine import describe_machine, write_lines  # noqa: E402
 from compiler import compile_model  # noqa: E402
-from compiler.api import CompileOptions  # noqa: E402
+from compiler.options import CompileOptions  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "winograd.md")
 OFF = CompileOptions(disabled_passes=frozenset({"winograd"}))
@@ -62,7 +62,7 @@ def bench_shapes(shapes: list[str], repeat: int) -> list[tuple[str, float, float
 
 
 def _compile_forced(g):
-    from compiler.api import compile_graph, import_model, optimize
+    from compiler.driver import compile_graph, import_model, optimize
     from compiler.passes.winograd import WinogradPolicy, winograd_graph
 
     opts = CompileOptions(disabled_passes=frozenset({"winograd", "fuse"}))

@@ -1,5 +1,30 @@
-"""The TensorForge compiler: frontends -> IR -> passes -> TVM kernels -> a runtime.CompiledModel."""
+"""The TensorForge compiler: frontends -> IR -> passes -> TVM kernels -> a runtime.CompiledModel.
+
+The API is loaded on first use (PEP 562), so that `import compiler.ir` (or any light submodule) does not import
+TVM, ONNX or PyTorch."""
 
 from runtime.errors import *  # noqa: F401,F403  (one exception hierarchy for compiler and runtime)
 
-from .api import CompileOptions, compile_model, compile_training, import_model  # noqa: F401
+_LAZY = {
+    "CompileOptions": "compiler.options",
+    "TargetSpec": "compiler.options",
+    "compile_model": "compiler.api",
+    "compile_training": "compiler.api",
+    "compile_gradients": "compiler.api",
+    "import_model": "compiler.driver",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'compiler' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

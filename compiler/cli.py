@@ -78,7 +78,7 @@ def parse_input_arg(text: str) -> tuple[str, str]:
 
 
 def _compile_options(args):
-    from compiler.api import CompileOptions
+    from compiler.options import CompileOptions
 
     for db in getattr(args, "tuning_db", None) or ():
         if not os.path.isdir(db):
@@ -103,7 +103,7 @@ def cmd_compile(args) -> int:
     print(f"compiled {args.model} -> {args.output}: {model.num_kernels} kernel calls "
           f"({model.plan['stats']['tuned_kernels']} tuned), {time.perf_counter() - t0:.1f} s")
     if args.print_pass_times:
-        for stage, secs in options.timings.items():
+        for stage, secs in model.compile_timings.items():
             print(f"  {stage:<28} {secs * 1e3:9.1f} ms")
     return 0
 
@@ -156,7 +156,7 @@ def cmd_run(args) -> int:
 def cmd_inspect(args) -> int:
     path = args.model
     if path.endswith(".onnx"):
-        from compiler.api import import_model
+        from compiler.driver import import_model
         from compiler.report import analyze
 
         if args.train:

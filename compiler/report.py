@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from compiler.api import CompileOptions, _trainable_names, fusion_report, import_model, optimize
-from compiler.backend.build import resolve_target
 from compiler.backend.lower import partition
 from compiler.backend.plan import make_plan
+from compiler.driver import import_model, optimize, training_graph
 from compiler.ir import Graph
-from compiler.passes.order_updates import order_updates_last
+from compiler.options import CompileOptions
 
 
 def analyze(model, shapes: Mapping[str, Sequence[int]] | None = None, options: CompileOptions | None = None
@@ -21,9 +19,7 @@ def analyze(model, shapes: Mapping[str, Sequence[int]] | None = None, options: C
     """Import and optimize a model and plan its memory, without building kernels: (graph, plan without kernels)."""
     options = options or CompileOptions()
     g = optimize(import_model(model, shapes), options)
-    steps = partition(g)
-    plan, _ = make_plan(g, resolve_target(options.target, options.arch), [], steps)
-    plan["fusion"] = fusion_report(g, steps)
+    plan, _ = make_plan(g, options.spec.tvm(), [], partition(g))
     return g, plan
 
 
@@ -31,30 +27,15 @@ def analyze_training(model, loss="cross_entropy", optimizer=None, *,
                      shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None, params=None,
                      trainable=None, frozen: Sequence[str] = (), options: CompileOptions | None = None
                      ) -> tuple[Graph, dict]:
-    """`analyze` for the training graph: (optimized training graph, plan without kernels) with the fusion report
-    and memory statistics, `saved_activation_bytes` among them."""
-    from compiler.autodiff.training import LossSpec, OptimizerSpec, build_training_program
-
+    """`analyze` for the training graph (the one compile_training builds): (optimized training graph, plan without
+    kernels) with the fusion report and memory statistics, `saved_activation_bytes` among them."""
     options = options or CompileOptions()
-    loss_spec = LossSpec(**({"name": loss} if isinstance(loss, str) else dict(loss)))
-    opt = dict(optimizer or {"name": "sgd", "lr": 0.01})
-    opt.pop("schedule", None)
-    if isinstance(model, (str, os.PathLike, bytes)):
-        from frontends.onnx.importer import load_model
-
-        model = load_model(model)
-    fwd = import_model(model, shapes, example_inputs, params)
-    program = build_training_program(fwd, _trainable_names(model, fwd, trainable, frozen), loss_spec,
-                                     OptimizerSpec(**opt))
-    bindings = program.state_bindings
-    g = optimize(program.graph, options)
-    g = order_updates_last(g, {v for v, name in zip(g.outputs, g.output_names) if name in bindings})
-    steps = partition(g)
-    plan, _ = make_plan(g, resolve_target(options.target, options.arch), [], steps, bindings,
-                        {s.name: s.initial for s in program.state})
-    plan["stats"]["saved_activation_bytes"] = program.saved_activation_bytes
-    plan["fusion"] = fusion_report(g, steps)
-    return g, plan
+    t = training_graph(model, loss, optimizer, options, shapes=shapes, example_inputs=example_inputs, params=params,
+                       trainable=trainable, frozen=frozen)
+    plan, _ = make_plan(t.graph, options.spec.tvm(), [], partition(t.graph), t.program.state_bindings,
+                        {s.name: s.initial for s in t.program.state})
+    plan["stats"]["saved_activation_bytes"] = t.program.saved_activation_bytes
+    return t.graph, plan
 
 
 REPORT_KEYS = ("ops", "kernels", "arena_bytes", "live_lower_bound_bytes", "unplanned_bytes", "params_bytes",

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from compiler.api import CompileOptions, import_model, optimize
+from compiler.driver import import_model, optimize
+from compiler.options import CompileOptions
 from compiler.backend.lower import Kernel, partition
 from runtime.errors import CompileError
 
@@ -17,13 +18,12 @@ def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = 
     """Tune every kernel of `model` into the database at `db_dir` (see backend/tuning.py). search="knobs" varies
     our own schedules' tile parameters (seconds per kernel); search="metaschedule" runs MetaSchedule's search with
     `trials` candidates per kernel (CPU only here; minutes per kernel on a small machine)."""
-    from compiler.backend.build import resolve_target
     from compiler.backend.tuning import TuningDatabase, search_knobs, tune
 
     if search not in ("knobs", "metaschedule"):
         raise CompileError(f"unknown search {search!r}: use 'knobs' or 'metaschedule'")
     options = options or CompileOptions()
-    target = resolve_target(options.target, options.arch)
+    target = options.spec.tvm()
     if target.kind.name == "cuda":
         _require_gpu_for_tuning(target)
     g = optimize(import_model(model, shapes), options)

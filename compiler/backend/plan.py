@@ -12,11 +12,11 @@ the old value after the update has overwritten it.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 
-from compiler.ir import Graph, Value
+from compiler.ir import Graph, Value, print_graph
 from compiler.ir.analysis import graph_flops, node_flops
 from compiler.ops import FusionKind
 from compiler.backend.memory import Tensor, assign_offsets, check_plan
@@ -36,11 +36,28 @@ def _inplace_candidates(k: Kernel) -> list[tuple[Value, Value]]:
             i.type.itemsize == o.type.itemsize]
 
 
+def fusion_report(g: Graph, steps) -> list[dict]:
+    """One entry per step: its kernel and nodes, and for an op left on its own, why the fuse pass left it."""
+    report = []
+    for s in steps:
+        nodes = s.nodes if isinstance(s, Kernel) else [s.node]
+        entry = {"kernel": s.spec.name() if isinstance(s, Kernel) else None,
+                 "nodes": [[n.op.name, n.name] for n in nodes]}
+        if len(nodes) == 1:
+            entry["reason"] = g.fusion_reasons.get(nodes[0], "fusion is off at this optimization level")
+        report.append(entry)
+    return report
+
+
 def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = None,
-              state: Mapping[str, str] | None = None, initial_state: Mapping[str, np.ndarray] | None = None
+              state: Mapping[str, str] | None = None, initial_state: Mapping[str, np.ndarray] | None = None, *,
+              tuned: Collection[str] | None = None, precision: str | None = None, device: dict | None = None
               ) -> tuple[dict, list]:
-    """The execution plan and the parameter arrays (in the plan's order) for a graph after the passes.
-    `state`: output name -> input name of each persistent state update; `initial_state`: input name -> array."""
+    """The execution plan and the parameter arrays (in the plan's order) for a graph after the passes, with its
+    fusion report. `state`: output name -> input name of each persistent state update; `initial_state`: input
+    name -> array. For built kernels (`tuned`: the kernels whose schedule came from a tuning database) the plan
+    also carries each step's tuned flag, the IR, the precision and, for CUDA, the `device` entry; without them it
+    is the report of `tensorforge inspect`."""
     steps = steps if steps is not None else partition(g)
     state = dict(state or {})
     state_in = {v.name: v for v in g.inputs if v.name in state.values()}
@@ -130,6 +147,15 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
         "memory": {"tensors": [[t.id, t.nbytes, t.first, t.last] for t in tensors],
                    "classes": {str(k): v for k, v in memory.classes.items()}},
     }
+    plan["fusion"] = fusion_report(g, steps)
+    if tuned is not None:
+        for step in plan_steps:
+            step["tuned"] = step["kernel"] in tuned
+        plan["stats"]["tuned_kernels"] = sum(step["tuned"] for step in plan_steps)
+        plan["ir"] = print_graph(g)
+        plan["precision"] = precision
+    if device is not None:
+        plan["device"] = device
     return plan, [np.asarray(d, order="C") for d in param_data]
 
 

@@ -61,7 +61,7 @@ class FuseOps:
 
 
 fuse = FuseOps()
-fuse_cuda = FuseOps(cast_prologues=True)
+fuse_cuda = FuseOps(cast_prologues=True, name="fuse_cuda")
 
 HALF = ("float16", "bfloat16")
 

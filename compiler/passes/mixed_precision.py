@@ -80,15 +80,3 @@ class MixedPrecision:
                 n.inputs[i] = widened[v]
         g.remove_unused()  # float32 weights that only fed the products
         return g
-
-
-def insert_mixed_precision(passes: list, precision: str) -> list:
-    """The pipeline with the mixed-precision pass before weight packing and fusion (or last), for 'fp16'/'bf16'."""
-    from .manager import pass_name
-
-    dtype = half_dtype(precision)
-    if dtype is None:
-        return list(passes)
-    names = [pass_name(p) for p in passes]
-    at = next((i for i, name in enumerate(names) if name in ("pack_weights", "fuse")), len(passes))
-    return list(passes[:at]) + [MixedPrecision(dtype)] + list(passes[at:])

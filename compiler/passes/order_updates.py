@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import networkx as nx
 
 from compiler.ir import Graph
+
+
+@dataclass(frozen=True)
+class OrderUpdatesLast:
+    """order_updates_last as a pass of the training pipeline: `state_outputs` are the output names that carry each
+    persistent state's next value (a kernel writes them in place over the state's buffer)."""
+
+    state_outputs: frozenset[str]
+    name: str = "order_updates_last"
+
+    def __call__(self, g: Graph) -> Graph:
+        return order_updates_last(g, {v for v, name in zip(g.outputs, g.output_names) if name in self.state_outputs})
 
 
 def order_updates_last(g: Graph, state_outputs: set) -> Graph:

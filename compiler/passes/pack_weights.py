@@ -104,12 +104,3 @@ class StoreWeightsBF16:
 # the Winograd GEMM is bound by arithmetic, not by weight bytes.
 BF16_WEIGHT_OPS = frozenset({ops.dense_packed, ops.conv2d_packed, ops.conv2d_nchwc})
 bf16_weights = StoreWeightsBF16()
-
-
-def insert_bf16_weights(passes: list) -> list:
-    """The CPU pipeline with `bf16_weights` right before fusion (or last, where nothing fuses)."""
-    from .manager import pass_name
-
-    names = [pass_name(p) for p in passes]
-    at = names.index("fuse") if "fuse" in names else len(passes)
-    return list(passes[:at]) + [bf16_weights] + list(passes[at:])

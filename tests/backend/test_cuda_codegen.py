@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from compiler.api import CompileOptions, optimize, import_model
+from compiler.driver import import_model, optimize
+from compiler.options import CompileOptions
 from compiler.backend.cuda import build_cuda, check_device_code, cuda_target
 from compiler.backend.lower import Kernel, partition
 from compiler.passes import fuse, pass_name, pipeline

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from compiler import ops
-from compiler.api import CompileOptions, optimize
+from compiler.driver import optimize
+from compiler.options import CompileOptions
 from compiler.backend.cuda import build_cuda, cuda_target, tensor_core_kernels
 from compiler.backend.lower import Kernel, partition
 from compiler.ir import Graph, TensorType

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from compiler import compile_model
-from compiler.api import CompileOptions
+from compiler.options import CompileOptions
 from compiler.tune import tune_model
 from compiler.backend.build import resolve_target
 from compiler.backend.tuning import TuningDatabase, parse_duration, target_key
@@ -138,7 +138,7 @@ def test_cli_tune_and_compile(tuned_db, tmp_path, capsys):
 def test_knob_search_stores_a_replayable_record(tmp_path):
     """The knob search times the dense kernel's tile variants against the default and stores the best as a
     MetaSchedule record (forced here with a negative margin); compiling with it gives the same numbers."""
-    from compiler.api import optimize, import_model
+    from compiler.driver import import_model, optimize
     from compiler.backend.lower import Kernel, partition
     from compiler.backend.tuning import search_knobs
 

@@ -225,7 +225,7 @@ def test_supported_ops_table_is_complete_for_the_light_models():
 
 def test_dropout_is_kept_for_training_and_removed_for_inference():
     """ONNX Dropout becomes a `dropout` node (compile_training draws its mask); in inference it is a zero-copy view."""
-    from compiler.api import import_model
+    from compiler.driver import import_model
     from tests.support import single_op_model
 
     x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)

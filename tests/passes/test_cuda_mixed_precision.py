@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from compiler import ops
-from compiler.api import CompileOptions, import_model, optimize, passes_for
+from compiler.driver import import_model, optimize, passes_for
+from compiler.options import CompileOptions
 from compiler.examples import small_cnn_onnx
 from compiler.ir import Graph, TensorType, interpret
 from compiler.passes import pass_name
 from compiler.passes.mixed_precision import MixedPrecision
-from runtime.errors import PassError
+from runtime.errors import CompileError, PassError
 
 
 def dense_graph():
@@ -65,9 +66,9 @@ def test_pipeline_placement_and_errors():
     cpu = [pass_name(p) for p in passes_for(CompileOptions(target="cpu", precision="fp16"))]
     cuda = [pass_name(p) for p in passes_for(CompileOptions(target="cuda", precision="bf16"))]
     assert cpu.index("mixed_precision") == cpu.index("pack_weights") - 1
-    assert cuda[-2:] == ["mixed_precision", "fuse"]
+    assert cuda[-2:] == ["mixed_precision", "fuse_cuda"]
     assert "mixed_precision" not in [pass_name(p) for p in passes_for(CompileOptions())]
-    with pytest.raises(PassError, match="unknown precision 'fp8'; supported: fp32, fp16, bf16"):
+    with pytest.raises(CompileError, match="unknown precision 'fp8'; supported: fp32, fp16, bf16"):
         passes_for(CompileOptions(precision="fp8"))
 
 

@@ -10,7 +10,8 @@ from tvm.target import Target
 from compiler import compile_model
 from compiler.backend.cpu_schedule import schedule_cpu
 from compiler.backend.lower import Kernel, build_prim_func, partition
-from compiler.api import CompileOptions, analyze
+from compiler.options import CompileOptions
+from compiler.report import analyze
 from compiler.ir import interpret, parse_graph, print_graph
 from compiler.passes import fuse
 from tests.support import LIGHT_MODELS, assert_close, light_input, light_path, randomize_weights

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from compiler import compile_model, ops
-from compiler.api import CompileOptions
+from compiler.options import CompileOptions
 from compiler.ir import interpret, parse_graph, print_graph
 from compiler.passes import alter_layout, pack_weights
 from compiler.passes.layout import ConvPolicy, alter_layout_graph

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from compiler import compile_model
-from compiler.api import CompileOptions
+from compiler.options import CompileOptions
 from compiler.ir import parse_graph
 from compiler.passes import PassManager, pipeline, pass_name
 from runtime.errors import PassError

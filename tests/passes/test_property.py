@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler import compile_model, ops
-from compiler.api import CompileOptions, optimize
+from compiler.driver import optimize
+from compiler.options import CompileOptions
 from compiler.ir import Graph, TensorType, interpret
 from tests.support import assert_close
 

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model, ops
-from compiler.api import CompileOptions
+from compiler.options import CompileOptions
 from compiler.backend import cpu_winograd as W
 from compiler.ir import interpret, parse_graph
 from compiler.ops.layout import block_nchw
@@ -127,7 +127,7 @@ def test_compiled_matches_onnxruntime():
 
 
 def _optimized(g, disabled=frozenset()):
-    from compiler.api import optimize
+    from compiler.driver import optimize
 
     return optimize(g.copy(), CompileOptions(disabled_passes=frozenset({"fuse"}) | disabled))
 

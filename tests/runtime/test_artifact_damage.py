@@ -229,7 +229,7 @@ def test_training_plans_pass_the_checker(tmp_path):
     """State buffers are written in place by the update kernels: legal in a training plan only."""
     import onnx
 
-    from compiler.api import CompileOptions
+    from compiler.options import CompileOptions
     from compiler.report import training_report
     from compiler.examples import small_cnn_onnx
 

@@ -1,0 +1,188 @@
+"""The compiler's one straight path: import -> passes -> partition -> build -> plan, and the one training flow.
+
+    import_model(model, ...)            any supported model form -> IR Graph
+    optimize(g, options, ...)           the pipeline of passes/pipeline.py over it
+    training_graph(model, loss, ...)    forward -> training program -> optimized graph (compile_training,
+                                        compile_gradients and analyze_training all go through here)
+    compile_graph(g, options, ...)      kernels + plan -> a runtime model
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from compiler.ir import Graph
+from compiler.options import CompileOptions
+from compiler.passes import PassManager, check_pass_names, pipeline, unroll_lstm
+from runtime.errors import CompileError
+
+
+def load_if_onnx(model):
+    """An ONNX path or bytes loaded into an onnx.ModelProto (checked and with its external data); else `model`."""
+    if isinstance(model, (str, os.PathLike, bytes)):
+        from frontends.onnx.importer import load_model
+
+        return load_model(model)
+    return model
+
+
+def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None,
+                 params=None) -> Graph:
+    """Any supported model form -> IR graph. ONNX: a path, bytes or onnx.ModelProto; a torch.nn.Module with
+    `example_inputs`; a builder-API module (frontends.nn) with `shapes` for its inputs and optional `params`;
+    or an IR Graph (copied)."""
+    from frontends.nn import Module as BuilderModule
+
+    if isinstance(model, BuilderModule):
+        if not shapes:
+            raise CompileError("compiling a builder-API module needs shapes={input name: shape}")
+        return model.to_graph(shapes, params)
+    if type(model).__module__.startswith("torch") or hasattr(model, "_modules"):
+        if example_inputs is None:
+            raise CompileError("compiling a PyTorch module needs example_inputs=(tensor, ...) to fix its shapes")
+        from frontends.torch import from_torch
+
+        return from_torch(model, example_inputs)
+    if isinstance(model, Graph):
+        model.verify()
+        return model.copy()  # passes edit graphs in place; the caller's graph stays as it was
+    if isinstance(model, (str, os.PathLike, bytes)) or type(model).__name__ == "ModelProto":
+        from frontends.onnx import from_onnx
+
+        return from_onnx(model, shapes)
+    raise CompileError(f"cannot compile a {type(model).__name__}: pass an ONNX file path, onnx.ModelProto or Graph")
+
+
+def passes_for(options: CompileOptions, training: bool = False, state_outputs=None) -> list:
+    """The pass list (passes/pipeline.py) for `options`; for a training graph, `training` and its `state_outputs`."""
+    return pipeline(options.opt_level, options.target, options.precision, training, state_outputs)
+
+
+def optimize(g: Graph, options: CompileOptions, *, training: bool = False, state_outputs=None,
+             timings: dict | None = None, check_names: bool = True) -> Graph:
+    """Run the pipeline for `options` (and for a training graph: `training`, with its `state_outputs`) over `g`.
+    Pass times go into `timings` as "pass:<name>" -> seconds."""
+    passes = passes_for(options, training, state_outputs)
+    if check_names:
+        check_pass_names(passes, options.disabled_passes, options.dump_after)
+    pm = PassManager(passes, verify_each=options.verify_each_pass, dump_after=options.dump_after,
+                     disabled=options.disabled_passes)
+    g = pm.run(g)
+    if timings is not None:
+        for name, secs in pm.timings:
+            timings[f"pass:{name}"] = secs
+    return g
+
+
+def default_trainable(model, g: Graph) -> set[str]:
+    """Which params train by default: the builder's trainable specs, an ONNX model's float initializers, a torch
+    module's parameters, every float param of a Graph."""
+    from frontends.nn import Module as BuilderModule
+
+    float_params = {p.name for p in g.params if p.type.dtype.startswith("float")}
+    if isinstance(model, BuilderModule):
+        return {k for k, spec in model.named_param_specs() if spec.trainable}
+    if type(model).__name__ == "ModelProto":
+        return {i.name for i in model.graph.initializer} & float_params
+    if hasattr(model, "named_parameters"):
+        return {k for k, _ in model.named_parameters()} & float_params
+    return float_params
+
+
+# -- training -----------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainingGraph:
+    program: object  # autodiff.training.TrainingProgram: the unoptimized graphs, state, inputs, labels, scalars
+    graph: Graph  # the training (or gradient) graph after the passes
+    trainable: set[str]
+    loss: object  # LossSpec
+    optimizer: object | None  # OptimizerSpec; None for the gradient graph
+    onnx_source: bytes | None  # the ONNX model it came from, for checkpoints that export back
+
+
+def loss_spec(loss):
+    from compiler.autodiff.training import LossSpec
+
+    return LossSpec(**({"name": loss} if isinstance(loss, str) else dict(loss)))
+
+
+def optimizer_spec(optimizer: Mapping | None):
+    """(OptimizerSpec, learning-rate schedule or None) from the user's optimizer dict."""
+    from compiler.autodiff.training import OptimizerSpec
+
+    opt = dict(optimizer or {"name": "sgd", "lr": 0.01})
+    schedule = opt.pop("schedule", None)
+    if "betas" in opt:
+        opt["betas"] = tuple(opt["betas"])
+    return OptimizerSpec(**opt), schedule
+
+
+def training_graph(model, loss, optimizer: Mapping | None, options: CompileOptions, *, gradients_only=False,
+                   shapes=None, example_inputs=None, params=None, trainable=None, frozen: Sequence[str] = (),
+                   bn_momentum: float = 0.1, timings: dict | None = None) -> TrainingGraph:
+    """The one training flow: import the forward graph; on CUDA unroll LSTMs first (the backward is built from the
+    per-step ops, passes/unroll_lstm.py); pick the trainable params; build the training program (forward, loss,
+    backward and, unless `gradients_only`, the optimizer's updates); run the training pipeline over it."""
+    from compiler.autodiff.training import build_training_program
+
+    model = load_if_onnx(model)
+    onnx_source = model.SerializeToString() if type(model).__name__ == "ModelProto" else None
+    fwd = import_model(model, shapes, example_inputs, params)
+    if options.spec.is_cuda:
+        fwd = unroll_lstm(fwd)
+    names = set(trainable) if trainable is not None else default_trainable(model, fwd)
+    names = (names & {p.name for p in fwd.params}) - set(frozen)
+    opt_spec = None if gradients_only else optimizer_spec(optimizer)[0]
+    spec = loss_spec(loss)
+    program = build_training_program(fwd, names, spec, opt_spec, bn_momentum)
+    state_outputs = None if gradients_only else set(program.state_bindings)
+    g = optimize(program.graph, options, training=True, state_outputs=state_outputs, timings=timings)
+    return TrainingGraph(program, g, names, spec, opt_spec, onnx_source)
+
+
+# -- kernels and plan ---------------------------------------------------------------------------------------------------
+def tuning_databases(options: CompileOptions, target) -> list:
+    from compiler.backend.tuning import SHIPPED, TuningDatabase
+
+    roots = list(options.tuning_db) + ([SHIPPED] if options.use_shipped_tuning else [])
+    return [db for db in (TuningDatabase(r, target) for r in roots) if db.exists()]
+
+
+def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | None = None,
+                  initial_state: Mapping | None = None, timings: dict | None = None):
+    """Build `g`'s kernels and plan. `state` (training graphs): output name -> input name of each persistent
+    state that kernels update in place, with `initial_state` its values at load (see backend/plan.py).
+    Returns a `runtime.CompiledModel`, or for the cuda target a `runtime.cuda.CudaModel` that sets up the GPU only
+    when it first runs (so that compiling needs no GPU)."""
+    from compiler.backend.build import build_kernels, host_isa_flags
+    from compiler.backend.lower import Kernel, partition
+    from compiler.backend.plan import make_plan
+    from runtime import CompiledModel
+
+    target = options.spec.tvm()
+    out_dir = tempfile.mkdtemp(prefix="tensorforge-build-")
+    try:
+        steps = partition(g)
+        result = build_kernels([s.spec for s in steps if isinstance(s, Kernel)], target, out_dir,
+                               tuning_databases(options, target))
+        if timings is not None:
+            timings.update(result.timings)
+        cuda = options.spec.is_cuda
+        # a CUDA library's host code is plain x86-64 (backend/cuda.py): no CPU features to require
+        plan, params = make_plan(g, target, [] if cuda else host_isa_flags(), steps, state, initial_state,
+                                 tuned=result.tuned, precision=options.precision, device=result.device)
+        if cuda:
+            from runtime.cuda import CudaModel
+
+            return CudaModel(plan, result.library_path, params, owned_dir=out_dir, defer=True)
+        return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads,
+                             max_concurrency=options.max_concurrency)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+

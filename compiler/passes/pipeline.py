@@ -1,0 +1,143 @@
+"""The compiler's pass order, as literal lists: per target and optimization level, and for training.
+
+Read top to bottom, each list is what runs, in order, with one line on why each pass is there. Entries that depend
+on the precision are `None` when they do not apply and are dropped (`_present`): the lists stay the single place
+that says where the mixed-precision and bf16-weight passes sit. Every pass name is unique, so `--disable-pass` and
+`--dump-after` name exactly one pass; names that match no pass of the pipeline are rejected (`check_pass_names`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from runtime.errors import InputError
+
+from .cse import cse
+from .dce import DeadCodeElimination
+from .fold_constants import FoldConstants
+from .fold_scale_shift import fold_scale_shift
+from .fuse import fuse, fuse_cuda
+from .layout import alter_layout
+from .manager import Pass, pass_name
+from .mixed_precision import MixedPrecision, half_dtype
+from .order_updates import OrderUpdatesLast
+from .pack_weights import bf16_weights, pack_weights
+from .recognize import recognize
+from .simplify import simplify
+from .unroll_lstm import unroll_lstm
+from .winograd import winograd
+
+fold_constants = FoldConstants()
+fold_constants_2 = FoldConstants(name="fold_constants_2")
+dce = DeadCodeElimination()
+dce_2 = DeadCodeElimination(name="dce_2")
+dce_3 = DeadCodeElimination(name="dce_3")
+
+CLEANUPS: list[Pass] = [
+    fold_constants,  # evaluate what depends on params only
+    simplify,  # algebraic rewrite rules: x*1, reshape chains, cast round trips, ...
+    cse,  # merge equal params and equal nodes
+    recognize,  # decomposed GELU (erf, tanh) -> gelu; decomposed LayerNorm (+ affine) -> layer_norm; attention
+    dce,  # what the rewrites left unread
+]
+
+OPTIMIZATIONS: list[Pass] = [
+    fold_scale_shift,  # batch norm and per-channel scale/shift into conv/dense weights
+    fold_constants_2,  # the folded weights' arithmetic, now on params only
+    dce_2,  # the scale/shift nodes and their unfolded params
+]
+
+
+def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None) -> list[Pass]:
+    """`mixed`: the mixed-precision pass or None; `stores`: the bf16-weights pass or None."""
+    lists = {
+        0: [
+            mixed,  # operands rounded before packing (packing copies the weights it reads)
+            pack_weights,  # the CPU kernels need packed weights at every level
+            stores,  # packed weights stored as bfloat16
+        ],
+        1: [
+            *CLEANUPS,
+            mixed,
+            pack_weights,
+            stores,
+        ],
+        2: [
+            *CLEANUPS,
+            *OPTIMIZATIONS,
+            mixed,
+            pack_weights,
+            alter_layout,  # NCHW[16]c activations between convs
+            winograd,  # Winograd 3x3 convs where they pay
+            dce_3,  # the plain-layout weights the layout passes replaced
+            stores,  # after packing and layout (they repack float32 arrays), before fusion
+            fuse,  # last: it groups the final ops into kernels
+        ],
+    }
+    return lists[opt_level]
+
+
+def cuda_pipeline(opt_level: int, mixed: Pass | None) -> list[Pass]:
+    lists = {
+        0: [
+            unroll_lstm,  # the recurrence as per-step kernels: a serial loop is no GPU kernel
+            mixed,
+        ],
+        1: [
+            unroll_lstm,
+            *CLEANUPS,
+            mixed,  # after the cleanups: constant folding would fold the weight casts away again
+        ],
+        2: [
+            unroll_lstm,
+            *CLEANUPS,
+            *OPTIMIZATIONS,
+            mixed,
+            fuse_cuda,  # last; half-precision operands' widening casts join their matmul as prologues
+        ],
+    }
+    return lists[opt_level]
+
+
+def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", training: bool = False,
+             state_outputs: Iterable[str] | None = None) -> list[Pass]:
+    """The pass list for an optimization level (-O0 nothing but what the target needs, -O1 cleanups, -O2
+    everything), a target ("cpu" or "cuda") and a precision. On the cpu target, bf16 inference stores the packed
+    weights as bfloat16 (passes/pack_weights.py); otherwise (CUDA, fp16, training) the products read operands
+    rounded to half precision (passes/mixed_precision.py). A training graph with persistent state (`state_outputs`,
+    the output names carrying each state's next value) ends with its update kernels ordered last."""
+    if opt_level not in (0, 1, 2):
+        raise InputError(f"unknown optimization level {opt_level!r}; supported: 0, 1, 2")
+    half = half_dtype(precision)
+    cpu_bf16_weights = target == "cpu" and half == "bfloat16" and not training
+    mixed = MixedPrecision(half) if half is not None and not cpu_bf16_weights else None
+    if target == "cuda":
+        passes = cuda_pipeline(opt_level, mixed)
+    else:
+        passes = cpu_pipeline(opt_level, mixed, bf16_weights if cpu_bf16_weights else None)
+    if state_outputs is not None:
+        passes = passes + [OrderUpdatesLast(frozenset(state_outputs))]  # in-place updates after every reader
+    return [p for p in passes if p is not None]
+
+
+def pass_names() -> set[str]:
+    """Every name a pass of some pipeline has."""
+    names = set()
+    for level in (0, 1, 2):
+        for precision in ("fp32", "fp16", "bf16"):
+            for target in ("cpu", "cuda"):
+                for training in (False, True):
+                    names |= {pass_name(p) for p in pipeline(level, target, precision, training, ())}
+    return names
+
+
+def check_pass_names(passes: list[Pass], disabled: Iterable[str], dump_after: Iterable[str]) -> None:
+    """Reject `--disable-pass` / `--dump-after` names that name no pass of `passes`."""
+    names = [pass_name(p) for p in passes]
+    for flag, given in (("--disable-pass", disabled), ("--dump-after", dump_after)):
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            where = " (it runs in another pipeline: check the target, -O level and precision)" \
+                if set(unknown) <= pass_names() else ""
+            raise InputError(f"{flag} {', '.join(unknown)}: no such pass in this pipeline{where}; its passes are: "
+                             f"{', '.join(names) or 'none'}")
