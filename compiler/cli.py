@@ -307,6 +307,53 @@ def cmd_demo(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_opt(args) -> int:
+    """IR text in, IR text out: the named passes over one graph (compiler/opt.py)."""
+    import numpy as np
+
+    from compiler.ir import parse_graph, print_graph
+    from compiler.ir.printer import INLINE_LIMIT
+    from compiler.opt import describe_passes, parse_pass_spec, run_passes
+
+    if args.list:
+        print("\n".join(describe_passes()))
+        return 0
+    if not args.file or not args.passes:
+        raise InputError("opt: give an IR file (or - for standard input) and -p PASS,...; --list names the passes")
+    passes = parse_pass_spec(",".join(args.passes))
+    if args.file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            with open(args.file) as f:
+                text = f.read()
+        except OSError as e:
+            raise InputError(f"opt: cannot read {args.file}: {e.strerror or e}") from None
+    params = {}
+    if args.params:
+        try:
+            with np.load(args.params, allow_pickle=False) as z:
+                params = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise InputError(f"opt: cannot read --params {args.params}: {e}") from None
+    g = parse_graph(text, params)
+    dumps = []
+    g = run_passes(g, passes, verify_each=not args.no_verify, dump=dumps.append)
+    out = print_graph(g)
+    if args.output:
+        from runtime.artifact import atomic_write
+
+        atomic_write(args.output, lambda f: f.write(out.encode()))
+    else:
+        sys.stdout.write(out)
+    if args.params_out:
+        from runtime.artifact import atomic_write
+
+        big = {p.name: p.data for p in g.params if p.data is not None and p.type.numel > INLINE_LIMIT}
+        atomic_write(args.params_out, lambda f: np.savez(f, **big))
+    return 0
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
@@ -440,6 +487,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--min-accuracy", type=float, default=0.95, help="exit 1 below this held-out accuracy")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
+
+    o = sub.add_parser("opt", help="run named passes over IR text and print the IR (golden tests from files)")
+    o.add_argument("file", nargs="?", help="IR file (as `tensorforge inspect` prints it), or - for standard input")
+    o.add_argument("-p", "--passes", action="append", metavar="PASS{opt=v},...",
+                   help="passes to run, in order, comma-separated (repeatable); --list names them")
+    o.add_argument("--params", metavar="FILE.npz", help="data of the params the text does not inline, by name")
+    o.add_argument("-o", "--output", metavar="FILE.ir", help="write the IR here instead of standard output")
+    o.add_argument("--params-out", metavar="FILE.npz", help="write the resulting non-inline params' data here")
+    o.add_argument("--no-verify", action="store_true", help="do not verify the IR after each pass")
+    o.add_argument("--list", action="store_true", help="list every pass with its options and exit")
+    o.set_defaults(func=cmd_opt)
 
     d = sub.add_parser("demo", help="compile and run a built-in CNN, compared with onnxruntime")
     d.add_argument("--repeat", type=positive_int, default=50, help="timed runs per engine")

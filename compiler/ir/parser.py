@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
@@ -10,6 +11,9 @@ from runtime.errors import IRError, ParseError
 
 from .graph import Graph, Value
 from .types import SHORT_DTYPE, TensorType, numpy_dtype
+
+if TYPE_CHECKING:
+    from compiler.ops import OpDef
 
 _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r\n]+|//[^\n]*)
@@ -109,9 +113,12 @@ def _parse_attr_value(ts: _Tokens):
     raise ts.error(f"expected an attribute value, found {tok!r}")
 
 
-def parse_graph(text: str, params: dict[str, np.ndarray] | None = None) -> Graph:
-    """Parse IR text. `params` supplies data for parameters whose data is not inline (by value name)."""
-    from compiler.ops import OPS  # the ops package imports the IR; import lazily to keep the layering acyclic
+def parse_graph(text: str, params: dict[str, np.ndarray] | None = None, ops: Mapping[str, OpDef] | None = None
+                ) -> Graph:
+    """Parse IR text. `params` supplies data for parameters whose data is not inline (by value name); `ops` is
+    the op table that names resolve in (as MLIR's parser takes a context), by default compiler.ops.OPS."""
+    if ops is None:
+        from compiler.ops import OPS as ops  # the ops package imports the IR: the one benign upward import
 
     params = params or {}
     ts = _Tokens(text)
@@ -173,9 +180,9 @@ def parse_graph(text: str, params: dict[str, np.ndarray] | None = None) -> Graph
                 raise ts.error(f"data given for param %{name} is {data.dtype}{list(data.shape)}, expected {ty}")
             define(out_toks[0], g.add_param(name, data, ty))
             continue
-        if opname not in OPS:
+        if opname not in ops:
             raise ts.error(f"unknown op {opname!r}", back=1)
-        op = OPS[opname]
+        op = ops[opname]
         ts.next("punct", "(")
         args = []
         while not ts.accept(")"):

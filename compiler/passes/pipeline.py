@@ -120,15 +120,22 @@ def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", t
     return [p for p in passes if p is not None]
 
 
-def pass_names() -> set[str]:
-    """Every name a pass of some pipeline has."""
-    names = set()
+def registered_passes() -> dict[str, Pass]:
+    """Every pass of some pipeline by its name (as the pipelines configure it: `mixed_precision` rounds to
+    float16 unless given another dtype), for `tensorforge opt` and for checking names."""
+    found: dict[str, Pass] = {}
     for level in (0, 1, 2):
         for precision in ("fp32", "fp16", "bf16"):
             for target in ("cpu", "cuda"):
                 for training in (False, True):
-                    names |= {pass_name(p) for p in pipeline(level, target, precision, training, ())}
-    return names
+                    for p in pipeline(level, target, precision, training, ()):
+                        found.setdefault(pass_name(p), p)
+    return found
+
+
+def pass_names() -> set[str]:
+    """Every name a pass of some pipeline has."""
+    return set(registered_passes())
 
 
 def check_pass_names(passes: list[Pass], disabled: Iterable[str], dump_after: Iterable[str]) -> None:
