@@ -1,4 +1,6 @@
-"""PyTorch models for benchmarks (random, seeded weights, eval mode) and their ONNX export.
+"""(Over 500 lines: a catalog, one definition per benchmark model, kept in one place.)
+
+PyTorch models for benchmarks (random, seeded weights, eval mode) and their ONNX export.
 
     MODELS[name]() -> (module, example_input); export_onnx(name, batch=1, dynamo=False) -> onnx.ModelProto
 

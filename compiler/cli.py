@@ -308,50 +308,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_opt(args) -> int:
-    """IR text in, IR text out: the named passes over one graph (compiler/opt.py)."""
-    import numpy as np
+    from compiler.opt import cmd_opt as run
 
-    from compiler.ir import parse_graph, print_graph
-    from compiler.ir.printer import INLINE_LIMIT
-    from compiler.opt import describe_passes, parse_pass_spec, run_passes
-
-    if args.list:
-        print("\n".join(describe_passes()))
-        return 0
-    if not args.file or not args.passes:
-        raise InputError("opt: give an IR file (or - for standard input) and -p PASS,...; --list names the passes")
-    passes = parse_pass_spec(",".join(args.passes))
-    if args.file == "-":
-        text = sys.stdin.read()
-    else:
-        try:
-            with open(args.file) as f:
-                text = f.read()
-        except OSError as e:
-            raise InputError(f"opt: cannot read {args.file}: {e.strerror or e}") from None
-    params = {}
-    if args.params:
-        try:
-            with np.load(args.params, allow_pickle=False) as z:
-                params = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise InputError(f"opt: cannot read --params {args.params}: {e}") from None
-    g = parse_graph(text, params)
-    dumps = []
-    g = run_passes(g, passes, verify_each=not args.no_verify, dump=dumps.append)
-    out = print_graph(g)
-    if args.output:
-        from runtime.artifact import atomic_write
-
-        atomic_write(args.output, lambda f: f.write(out.encode()))
-    else:
-        sys.stdout.write(out)
-    if args.params_out:
-        from runtime.artifact import atomic_write
-
-        big = {p.name: p.data for p in g.params if p.data is not None and p.type.numel > INLINE_LIMIT}
-        atomic_write(args.params_out, lambda f: np.savez(f, **big))
-    return 0
+    return run(args)
 
 
 def cmd_train(args) -> int:

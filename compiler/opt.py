@@ -12,9 +12,15 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
+import sys
 
+import numpy as np
+
+from compiler.ir import parse_graph, print_graph
+from compiler.ir.printer import INLINE_LIMIT
 from compiler.passes.manager import Pass, PassManager
 from compiler.passes.pipeline import registered_passes
+from runtime.artifact import atomic_write
 from runtime.errors import InputError
 
 _SPEC = re.compile(r"\s*([A-Za-z_][\w.]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
@@ -97,3 +103,40 @@ def describe_passes() -> list[str]:
 
 def run_passes(g, passes: list[Pass], verify_each: bool = True, dump=print):
     return PassManager(passes, verify_each=verify_each, dump=dump).run(g)
+
+
+def cmd_opt(args) -> int:
+    """IR text in, IR text out: the named passes over one graph (compiler/opt.py)."""
+    if args.list:
+        print("\n".join(describe_passes()))
+        return 0
+    if not args.file or not args.passes:
+        raise InputError("opt: give an IR file (or - for standard input) and -p PASS,...; --list names the passes")
+    passes = parse_pass_spec(",".join(args.passes))
+    if args.file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            with open(args.file) as f:
+                text = f.read()
+        except OSError as e:
+            raise InputError(f"opt: cannot read {args.file}: {e.strerror or e}") from None
+    params = {}
+    if args.params:
+        try:
+            with np.load(args.params, allow_pickle=False) as z:
+                params = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise InputError(f"opt: cannot read --params {args.params}: {e}") from None
+    g = parse_graph(text, params)
+    dumps = []
+    g = run_passes(g, passes, verify_each=not args.no_verify, dump=dumps.append)
+    out = print_graph(g)
+    if args.output:
+        atomic_write(args.output, lambda f: f.write(out.encode()))
+    else:
+        sys.stdout.write(out)
+    if args.params_out:
+        big = {p.name: p.data for p in g.params if p.data is not None and p.type.numel > INLINE_LIMIT}
+        atomic_write(args.params_out, lambda f: np.savez(f, **big))
+    return 0
