@@ -13,7 +13,7 @@ from .registry import Attr, FusionKind, defop, fail
 
 
 def _infer(types, *, pads, tile, out_channels):
-    from compiler.backend import cpu_winograd as W
+    from compiler.backend.cpu import winograd as W
 
     x, u = types[0], types[1]
     if tile not in W.TILE_SIZES:
@@ -37,13 +37,13 @@ def _infer(types, *, pads, tile, out_channels):
 
 
 def _reference(x, u, b=None, *, pads, tile, out_channels):
-    from compiler.backend import cpu_winograd as W
+    from compiler.backend.cpu import winograd as W
 
     return W.reference(x, u, b, pads=pads, tile=tile, out_channels=out_channels)
 
 
 def _lower(x, u, b=None, *, pads, tile, out_channels):
-    from compiler.backend import cpu_winograd as W
+    from compiler.backend.cpu import winograd as W
 
     return W.conv2d_winograd_compute(x, u, b, pads=pads, tile=tile, out_channels=out_channels)
 

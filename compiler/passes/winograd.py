@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from compiler import ops
-from compiler.backend import cpu_winograd
+from compiler.backend.cpu import winograd as cpu_winograd
 from compiler.ir import Graph, Node, Value
 from compiler.ops.layout import _nchwc_weight, unpack_conv2d_weight
 

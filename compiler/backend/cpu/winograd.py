@@ -24,8 +24,15 @@ need no CSE: 0.3 s a kernel (ResNet-50: ~4 s in all), at the same speed (benchma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 from tvm import s_tir, te, tirx, topi
+
+from compiler.backend.cpu.common import (
+    Knobs, Rule, attempt, inline_all, largest_divisor, loop_extent, register_tile, root_blocks, schedule_spatial,
+    vector_lanes)
 
 BLOCK = 16            # channel lanes of the NCHW[16]c activations
 WINO_PAD = "winograd_pad"
@@ -187,28 +194,33 @@ def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, 
 
 # ---------------------------------------------------------------------------------------------- schedule
 
-def schedule_winograd(sch: s_tir.Schedule, target) -> None:
+@dataclass(frozen=True)
+class WinogradKnobs(Knobs):
+    p_tile: int = GEMM_P_TILE  # register tile of the batched GEMM: tiles x output channels
+
+    SPACE: ClassVar[dict[str, tuple]] = {"p_tile": (2, 4, 6, 8)}
+
+
+def schedule_winograd(sch: s_tir.Schedule, target, knobs: WinogradKnobs = WinogradKnobs()) -> None:
     """pad: parallel rows, vector lanes. input transform: parallel over (tile, channel block) > per row eps: its
     B^T d row, then its alpha outputs; unrolled, 16 lanes a vector. GEMM: parallel over (eps, nu, oc tile, tile
     group) > [4 tiles x nb channels] accumulators in registers, k outside. output: parallel over (image, oc block,
     tile row) > tile > per column r: its M A column, then its m outputs; unrolled, 16 lanes a vector, the epilogue
     inlined into its stores."""
-    from . import cpu_schedule as S
-
-    lanes = S._vector_lanes(target)
+    lanes = vector_lanes(target)
     # every stage but the output transform, which is inlined into the epilogue
-    S._inline_all(sch, keep={WINO_PAD, WINO_INPUT_ROWS, WINO_INPUT, WINO_GEMM, WINO_OUTPUT_COLS})
+    inline_all(sch, keep={WINO_PAD, WINO_INPUT_ROWS, WINO_INPUT, WINO_GEMM, WINO_OUTPUT_COLS})
     outs = sch.get_output_blocks(sch.get_sblock("root"))
     if len(outs) != 1 or len(sch.get_loops(outs[0])) != 5:
         raise ValueError("winograd epilogue is not a single NCHW[16]c block")
     out = outs[0]
     m = int(sch.get(sch.get_sblock(WINO_GEMM)).reads[1].source.shape[0]) - 2  # alpha - 2, from U's shape
     _schedule_output(sch, out, m, lanes)
-    _schedule_gemm(sch, lanes)
+    _schedule_gemm(sch, lanes, knobs.p_tile)
     _schedule_input(sch, lanes)
-    for block in S._root_blocks(sch):
+    for block in root_blocks(sch):
         if sch.get(block).name_hint == WINO_PAD:
-            S._schedule_spatial(sch, block, lanes)
+            schedule_spatial(sch, block, lanes)
 
 
 def _schedule_output(sch, out, m, lanes):
@@ -229,14 +241,12 @@ def _schedule_output(sch, out, m, lanes):
     sch.vectorize(o)
 
 
-def _schedule_gemm(sch, lanes):
-    from . import cpu_schedule as S
-
+def _schedule_gemm(sch, lanes, p_tile):
     mm = sch.get_sblock(WINO_GEMM)
     nb = int(sch.get(mm).reads[1].source.shape[4])
     wb = sch.cache_write(mm, 0, "local")  # mm accumulates in a local tile; wb copies it to M
     e, f, p, o = sch.get_loops(wb)
-    pt = S._largest_divisor(S._extent(sch, p), GEMM_P_TILE)
+    pt = largest_divisor(loop_extent(sch, p), p_tile)
     po, pi = sch.split(p, [None, pt])
     oo, oi = sch.split(o, [None, nb])
     sch.reorder(e, f, oo, po, pi, oi)
@@ -244,14 +254,14 @@ def _schedule_gemm(sch, lanes):
     sch.parallel(tile)
     sch.compute_at(mm, tile, preserve_unit_loops=True)
     vec = min(lanes, nb)
-    mk = S._register_tile(sch, mm, vec)
+    mk = register_tile(sch, mm, vec)
     sch.unroll(pi)
     oio, oil = sch.split(oi, [None, vec])
     sch.unroll(oio)
     sch.vectorize(oil)
     init = sch.decompose_reduction(mm, mk)
-    S._try(lambda: sch.vectorize(sch.get_loops(init)[-1]))
-    S._try(lambda: sch.unroll(sch.get_loops(init)[-2]))
+    attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    attempt(lambda: sch.unroll(sch.get_loops(init)[-2]))
 
 
 def _schedule_input(sch, lanes):
@@ -270,3 +280,6 @@ def _schedule_input(sch, lanes):
     j, c = sch.get_loops(rows)[-2:]
     sch.unroll(j)
     sch.vectorize(c)
+
+
+winograd_rule = Rule("winograd", schedule_winograd, blocks=(WINO_GEMM,), knobs=WinogradKnobs())
