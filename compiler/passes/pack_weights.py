@@ -16,8 +16,8 @@ from typing import ClassVar
 import numpy as np
 
 from compiler import ops
-from compiler.backend import cpu_kernels
 from compiler.ir import Graph, Value
+from compiler.ops import packed as cpu_kernels  # the compile-time layouts and packers (once backend/cpu_kernels.py)
 
 
 def pack_weights(g: Graph) -> Graph:

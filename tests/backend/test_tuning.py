@@ -180,7 +180,7 @@ def test_knobs_are_passed_to_the_rule_not_patched():
 
     from compiler.backend.cpu.dense import DenseKnobs
     from compiler.backend.cpu.rules import RULES_BY_NAME, schedule_cpu_traced
-    from compiler.backend.cpu_kernels import dense_compute, dense_weight_layout
+    from compiler.ops.packed import dense_compute, dense_weight_layout
 
     target = resolve_target("cpu")
     x = te.placeholder((16, 64), name="x")

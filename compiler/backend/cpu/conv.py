@@ -1,14 +1,16 @@
 """Convolution schedules: the packed NCHW conv, the NCHW[b]c (blocked) convs, and the row-wise depthwise / plain
-convs. Each anchor block and the register tile it should use come from the compute (ops: `cpu_kernels`)."""
+convs. Each anchor block, and the register tile it should use, come from the compute (compiler/ops/packed.py,
+nchwc.py)."""
 
 from __future__ import annotations
 
 import tvm
 from tvm import s_tir
 
-from compiler.backend import cpu_kernels as K
 from compiler.backend.cpu.common import (
     Rule, anchor_epilogue, attempt, largest_divisor, loop_extent, root_blocks, schedule_spatial, vector_lanes)
+from compiler.ops.nchwc import CONV_DW_NCHWC, CONV_NCHWC
+from compiler.ops.packed import ANN_OC_BLOCK, ANN_OW_TILE, CONV_DEPTHWISE, CONV_PACKED, CONV_PLAIN, PAD
 
 PLANE_MAX = 16384       # depthwise conv: a whole output plane (floats) per parallel task, else one row
 PLAIN_SEGMENT_MAX = 16   # plain conv: [8 x 16] accumulators; vectors wider than 16 lanes were 5x slower
@@ -19,11 +21,11 @@ def schedule_conv_packed(sch: s_tir.Schedule, target: tvm.target.Target) -> None
     """Loops of the final epilogue block: parallel(n, oc_block, oh) > ow_tile > [oc_block x ow_tile] write-back;
     the conv is computed at the ow_tile loop into a local [ow_tile x oc_block] tile: (ic, kh, kw) outside, ow
     unrolled, oc vectorized, so LLVM keeps the tile in ow_tile vector registers."""
-    conv = sch.get_sblock(K.CONV_PACKED)
+    conv = sch.get_sblock(CONV_PACKED)
     ann = sch.get(conv).annotations
-    tile = int(ann[K.ANN_OW_TILE])
-    ocb = int(ann[K.ANN_OC_BLOCK])
-    out = anchor_epilogue(sch, conv, K.PAD)
+    tile = int(ann[ANN_OW_TILE])
+    ocb = int(ann[ANN_OC_BLOCK])
+    out = anchor_epilogue(sch, conv, PAD)
     if len(sch.get_loops(out)) != 4:
         raise ValueError("conv epilogue is not a single NCHW block")
     n, o, h, w = sch.get_loops(out)
@@ -50,10 +52,10 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     oc_block] write-back, one contiguous vector store per output column; the conv is computed at the ow_tile loop
     into a local tile with the reductions outside it, (ic_block, kh, kw, ic_lane) order, ow unrolled, oc vectorized."""
     names = {sch.get(b).name_hint for b in root_blocks(sch)}
-    conv = sch.get_sblock(K.CONV_NCHWC if K.CONV_NCHWC in names else K.CONV_DW_NCHWC)
+    conv = sch.get_sblock(CONV_NCHWC if CONV_NCHWC in names else CONV_DW_NCHWC)
     ann = sch.get(conv).annotations
-    tile = int(ann[K.ANN_OW_TILE])
-    out = anchor_epilogue(sch, conv, K.PAD)
+    tile = int(ann[ANN_OW_TILE])
+    out = anchor_epilogue(sch, conv, PAD)
     if len(sch.get_loops(out)) != 5:
         raise ValueError("conv epilogue is not a single NCHW[x]c block")
     n, o, h, w, oi = sch.get_loops(out)
@@ -85,10 +87,10 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     init = sch.decompose_reduction(conv, first)
     attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
     attempt(lambda: sch.unroll(sch.get_loops(init)[-2]))
-    if depthwise and K.PAD in names:
+    if depthwise and PAD in names:
         # pad only the KH input rows each output row reads, in L1, instead of a whole padded copy of the input:
         # at batch 8 MobileNetV2's early depthwise inputs (38 MB) padded to DRAM and read back cost 3x per image
-        pad = sch.get_sblock(K.PAD)
+        pad = sch.get_sblock(PAD)
         sch.compute_at(pad, rows, preserve_unit_loops=True)
         attempt(lambda: sch.vectorize(sch.get_loops(pad)[-1]))
     else:
@@ -103,7 +105,7 @@ def _schedule_tile_writeback(sch, out, oi, wi):
 
 def _schedule_pad(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     for block in root_blocks(sch):
-        if sch.get(block).name_hint == K.PAD:
+        if sch.get(block).name_hint == PAD:
             schedule_spatial(sch, block, vector_lanes(target))
 
 
@@ -116,9 +118,9 @@ def schedule_conv_rowwise(sch: s_tir.Schedule, target: tvm.target.Target) -> Non
     every local buffer to a TVMBackendAllocWorkspace call at its scope: one call per row would dominate."""
     lanes = vector_lanes(target)
     names = {sch.get(b).name_hint for b in root_blocks(sch)}
-    depthwise = K.CONV_DEPTHWISE in names
-    conv = sch.get_sblock(K.CONV_DEPTHWISE if depthwise else K.CONV_PLAIN)
-    out = anchor_epilogue(sch, conv, K.PAD)
+    depthwise = CONV_DEPTHWISE in names
+    conv = sch.get_sblock(CONV_DEPTHWISE if depthwise else CONV_PLAIN)
+    out = anchor_epilogue(sch, conv, PAD)
     if len(sch.get_loops(out)) != 4:
         raise ValueError("conv epilogue is not a single NCHW block")
     n, o, h, w = sch.get_loops(out)
@@ -160,6 +162,6 @@ def schedule_conv_rowwise(sch: s_tir.Schedule, target: tvm.target.Target) -> Non
     _schedule_pad(sch, target)
 
 
-conv_packed_rule = Rule("conv_packed", schedule_conv_packed, blocks=(K.CONV_PACKED,))
-conv_nchwc_rule = Rule("conv_nchwc", schedule_conv_nchwc, blocks=(K.CONV_NCHWC, K.CONV_DW_NCHWC))
-conv_rowwise_rule = Rule("conv_rowwise", schedule_conv_rowwise, blocks=(K.CONV_DEPTHWISE, K.CONV_PLAIN))
+conv_packed_rule = Rule("conv_packed", schedule_conv_packed, blocks=(CONV_PACKED,))
+conv_nchwc_rule = Rule("conv_nchwc", schedule_conv_nchwc, blocks=(CONV_NCHWC, CONV_DW_NCHWC))
+conv_rowwise_rule = Rule("conv_rowwise", schedule_conv_rowwise, blocks=(CONV_DEPTHWISE, CONV_PLAIN))

@@ -8,9 +8,9 @@ from typing import ClassVar
 import tvm
 from tvm import s_tir
 
-from compiler.backend import cpu_kernels as K
 from compiler.backend.cpu.common import (
     Knobs, Rule, anchor_epilogue, attempt, largest_divisor, loop_extent, register_tile, vector_lanes)
+from compiler.ops.packed import ANN_N_TILE, DENSE_PACKED
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ def schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target, knobs: DenseK
     x rows that fits in L2 and reused by every row tile of the block. With the row tile outermost the whole weight
     streamed past once per 4 rows: GPT-2's 154 MB LM head 16 times at seq 64 (66 -> 103 GFLOP/s, 1 thread)."""
     lanes = vector_lanes(target)
-    dense = sch.get_sblock(K.DENSE_PACKED)
-    nt = int(sch.get(dense).annotations[K.ANN_N_TILE])
+    dense = sch.get_sblock(DENSE_PACKED)
+    nt = int(sch.get(dense).annotations[ANN_N_TILE])
     out = anchor_epilogue(sch, dense)
     if len(sch.get_loops(out)) != 2:
         raise ValueError("dense epilogue is not a single 2-D block")
@@ -69,4 +69,4 @@ def schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target, knobs: DenseK
     attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
 
 
-dense_rule = Rule("dense", schedule_dense, blocks=(K.DENSE_PACKED,), knobs=DenseKnobs())
+dense_rule = Rule("dense", schedule_dense, blocks=(DENSE_PACKED,), knobs=DenseKnobs())

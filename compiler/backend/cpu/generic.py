@@ -9,8 +9,8 @@ from tvm import s_tir, tirx
 from compiler.backend.cpu.common import (
     PARALLEL_MIN_WORK, SPATIAL, VECTOR_MAX, Rule, attempt, inline_all, is_spatial_block, iter_types, loop_extent,
     loop_work, root_blocks, schedule_spatial, vector_lanes, vector_piece)
+from compiler.ops.nchwc import LAYOUT_TRANSFORM
 
-LAYOUT_TRANSFORM = "T_layout_trans"  # topi.layout_transform's block (ops/layout.py's to_blocked, from_blocked)
 UNBLOCK_W_TILE = 8
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from compiler.backend import cpu_kernels as K
 from compiler.backend.cpu.common import (
     PARALLEL_MIN_WORK, SPATIAL, Rule, attempt, inline_all, is_output, is_spatial_block, iter_types, largest_divisor,
     loop_extent, loop_work, register_tile, root_blocks, schedule_spatial, vector_lanes)
-from compiler.backend.cpu.matmul import MATMUL, MatmulKnobs, matmul_j_tile
+from compiler.backend.cpu.matmul import MatmulKnobs, matmul_j_tile
+from compiler.ops.train_layout import ANN_IM2COL_DIMS, DENSE_WEIGHT_PACK, IM2COL, MATMUL, WGRAD
 
 PACK_K_TILE = 16  # run-time dense weight pack: source row elements per vector
 
@@ -66,10 +66,10 @@ def schedule_im2col(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     the flat columns: gathers with the divisions per lane, 3.5x slower (1 thread, 32x32x16x16 3x3: 1.93 -> 0.55
     ms; 32x64x8x8: 1.02 -> 0.25 ms)."""
     inline_all(sch)
-    blk = sch.get_sblock(K.IM2COL)
+    blk = sch.get_sblock(IM2COL)
     if not is_output(sch, blk) or len(sch.get_loops(blk)) != 2:
         raise ValueError("im2col is not a kernel's 2-D output")
-    n, oh, ow, c, kh, kw = (int(d) for d in sch.get(blk).annotations[K.ANN_IM2COL_DIMS])
+    n, oh, ow, c, kh, kw = (int(d) for d in sch.get(blk).annotations[ANN_IM2COL_DIMS])
     rows, cols = sch.get_loops(blk)
     bn, p, _ = sch.split(rows, [n, oh, ow])
     _, i, j = sch.split(cols, [c, kh, kw])
@@ -86,7 +86,7 @@ def schedule_dense_weight_pack(sch: s_tir.Schedule, target: tvm.target.Target) -
     strided stores; vectorizing along the lanes instead gathers down a column (stride K: with K a power of two
     the rows share cache sets, 10x slower for 512 x 512)."""
     inline_all(sch)
-    blk = sch.get_sblock("dense_weight_pack")
+    blk = sch.get_sblock(DENSE_WEIGHT_PACK)
     ob, k, lane = sch.get_loops(blk)
     kext, lext = loop_extent(sch, k), loop_extent(sch, lane)
     if kext is None or lext is None:
@@ -181,8 +181,8 @@ def _at_own_point(region, blk) -> bool:
         for r, iv in zip(rng, blk.iter_vars))
 
 
-weight_grad_rule = Rule("weight_grad", schedule_weight_grad, blocks=(K.WGRAD,), knobs=MatmulKnobs())
-dense_weight_pack_rule = Rule("dense_weight_pack", schedule_dense_weight_pack, blocks=("dense_weight_pack",))
-im2col_rule = Rule("im2col", schedule_im2col, blocks=(K.IM2COL,))
+weight_grad_rule = Rule("weight_grad", schedule_weight_grad, blocks=(WGRAD,), knobs=MatmulKnobs())
+dense_weight_pack_rule = Rule("dense_weight_pack", schedule_dense_weight_pack, blocks=(DENSE_WEIGHT_PACK,))
+im2col_rule = Rule("im2col", schedule_im2col, blocks=(IM2COL,))
 outer_reduction_rule = Rule("outer_reduction", schedule_outer_reduction)
 multi_output_elementwise_rule = Rule("multi_output_elementwise", schedule_multi_output_elementwise)
