@@ -72,3 +72,19 @@ def test_rules_are_schedule_rule_objects_with_unique_names():
     assert len(RULES_BY_NAME) == len(RULES) + 1
     tunable = {r.name for r in RULES if knob_variants(r)}
     assert tunable == {"attention", "winograd", "weight_grad", "dense", "matmul"}
+
+
+def test_rules_drive_dlights_apply_default_schedule():
+    """The rules keep dlight's protocol: dlight's own driver schedules a kernel with them as schedule_cpu does."""
+    import tvm
+    from tvm.s_tir import dlight as dl
+
+    from compiler.backend.cpu.rules import schedule_cpu
+
+    a, b = _p(64, 32), _p(32, 64)
+    func = te.create_prim_func([a, b, ops.matmul.lower(a, b)])
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})
+    with target:
+        mod = dl.ApplyDefaultSchedule(*RULES, FALLBACK)(tvm.IRModule({"main": func}))
+    assert str(mod["main"].body) == str(schedule_cpu(func, target).body)
+    assert RULES_BY_NAME["dense"].apply(func, target, False) is None  # not its anchor: not applicable
