@@ -13,8 +13,8 @@ import numpy as np
 import tvm
 from tvm import te
 
-from compiler.backend import cpu_kernels as K
-from compiler.backend.cpu_schedule import schedule_cpu
+from compiler.backend.cpu.rules import schedule_cpu
+from compiler.ops import packed as K
 
 # name: (C, H, W, OC, k, stride, pad, groups)
 CONVS = {

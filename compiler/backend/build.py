@@ -66,7 +66,7 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
         return BuildResult(b.library_path, b.kernel_names, b.timings, b.tuned, b.device,
                            {b.device["fatbin"]: b.fatbin_path})
 
-    from .cpu_schedule import schedule_cpu
+    from .cpu.rules import schedule_cpu
     from .index_checks import insert_index_asserts, scalar_index_checks
 
     funcs = {}

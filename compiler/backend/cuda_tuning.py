@@ -161,7 +161,7 @@ def ingest_results(bundle_dir: str, results_path: str, db_root: str) -> dict:
                            f"{tvm.__version__}: its traces may not replay; prepare it again")
     target = cuda_target(manifest["arch"])
     db = TuningDatabase(os.fspath(db_root), target)
-    ms_db = db._database()
+    ms_db = db.ms_database()
     index = db.index()
     done = {}
     for task in manifest["tasks"]:
@@ -188,5 +188,5 @@ def ingest_results(bundle_dir: str, results_path: str, db_root: str) -> dict:
                  "default_us": median(default) * 1e6 if default else None,
                  "gflops": task["flops"] / tuned[0][1] / 1e9 if tuned and task.get("flops") else None}
         index[task["key"]] = done[task["key"]] = entry
-    db._write_index(index)
+    db.write_index(index)
     return done

@@ -92,7 +92,7 @@ class TuningDatabase:
         with open(path) as f:
             return json.load(f)
 
-    def _database(self):
+    def ms_database(self):
         from tvm.s_tir import meta_schedule as ms
 
         if self._ms is None:
@@ -112,14 +112,26 @@ class TuningDatabase:
 
         func = func if func is not None else build_prim_func(spec)
         with _quiet():
-            sch = ms.tir_integration.compile_tir(self._database(), func, self.target)
+            sch = ms.tir_integration.compile_tir(self.ms_database(), func, self.target)
         return None if sch is None else sch.mod["main"]
 
     # -- writing ------------------------------------------------------------------------------------------------------
-    def _write_index(self, index: dict) -> None:
+    def write_index(self, index: dict) -> None:
+        """Replace the index (and write meta.json): spec key -> {name, trials, best_us, default_us, gflops, ...}."""
         os.makedirs(self.dir, exist_ok=True)
         atomic_write(os.path.join(self.dir, "meta.json"), lambda f: f.write(json.dumps(self.meta, indent=1).encode()))
         atomic_write(os.path.join(self.dir, "index.json"), lambda f: f.write(json.dumps(index, indent=1).encode()))
+
+    def commit(self, func, trace, run_secs: Sequence[float]) -> None:
+        """Store a schedule `trace` of the unscheduled kernel `func` as a MetaSchedule record measured at
+        `run_secs` (seconds); `lookup` replays it on a structurally equal kernel."""
+        import tvm
+        from tvm.s_tir import meta_schedule as ms
+
+        with _quiet():
+            wl = self.ms_database().commit_workload(tvm.IRModule({"main": func}))
+            self.ms_database().commit_tuning_record(ms.database.TuningRecord(
+                trace, wl, [float(x) for x in run_secs], self.target, ms.arg_info.ArgInfo.from_prim_func(func)))
 
 
 class _quiet:
@@ -184,7 +196,7 @@ def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, t
         flops = kernel_flops(func)
         with tempfile.TemporaryDirectory() as work, _quiet():
             ms.tune_tir(func, db.target, work_dir=work, max_trials_global=trials, max_trials_per_task=trials,
-                        num_trials_per_iter=min(trials, 32), database=db._database(),
+                        num_trials_per_iter=min(trials, 32), database=db.ms_database(),
                         builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=build_timeout),
                         runner=ms.runner.LocalRunner(timeout_sec=build_timeout,
                                                      evaluator_config=ms.runner.EvaluatorConfig(
@@ -195,7 +207,7 @@ def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, t
         index[spec.key()] = {"name": spec.name(), "trials": trials, "best_us": None if best is None else best * 1e6,
                              "default_us": None if default is None else default * 1e6,
                              "gflops": None if not best or not flops else flops / best / 1e9}
-        db._write_index(index)
+        db.write_index(index)
         done += 1
         if progress:
             elapsed = time.perf_counter() - t0
@@ -215,10 +227,10 @@ def distinct_kernels(specs: Sequence[KernelSpec]) -> list[KernelSpec]:
 
 
 def default_schedule_seconds(func, target, repeat: int = 5) -> float | None:
-    """Time the kernel with our default schedule (compiler/backend/cpu_schedule.py) on random inputs."""
+    """Time the kernel with our default schedule (compiler/backend/cpu/rules.py) on random inputs."""
     import tvm
 
-    from .cpu_schedule import schedule_cpu
+    from .cpu.rules import schedule_cpu
 
     try:
         ex = tvm.compile(tvm.IRModule({"main": schedule_cpu(func, target)}), target=target)
@@ -249,7 +261,7 @@ def _best_seconds(db: TuningDatabase, func) -> float | None:
     import tvm
 
     with _quiet():
-        recs = db._database().get_top_k(db._database().commit_workload(tvm.IRModule({"main": func})), 1)
+        recs = db.ms_database().get_top_k(db.ms_database().commit_workload(tvm.IRModule({"main": func})), 1)
     if not recs or not recs[0].run_secs:
         return None
     secs = [float(x) for x in recs[0].run_secs]
@@ -259,8 +271,8 @@ def _best_seconds(db: TuningDatabase, func) -> float | None:
 def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int = 5, margin: float = 0.03,
                  retune: bool = False, progress: Callable | None = None, time_budget: float | None = None
                  ) -> TuneResult:
-    """Tune by searching our own schedules: every kernel whose rule has TUNABLE parameters (cpu_schedule.py) is
-    scheduled once per combination of them, all variants are built into one library and timed in interleaved
+    """Tune by searching our own schedules: every kernel whose rule has knobs (compiler/backend/cpu/) is
+    scheduled once per combination of their candidates, all variants are built into one library and timed in interleaved
     rounds (median per variant); the best variant, if it beats the default by more than `margin` (a fraction; a
     negative margin stores a slower one, which `lookup` then ignores: tests use it), is stored as a
     MetaSchedule record (its schedule's trace) in `db`. The index keeps every searched kernel's default and best
@@ -268,9 +280,8 @@ def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int
     unlike MetaSchedule's search, which starts from a generic space. Resumable like `tune`."""
     import numpy as np
     import tvm
-    from tvm.s_tir import meta_schedule as ms
 
-    from .cpu_schedule import knob_variants, knobs, schedule_cpu_traced
+    from .cpu.rules import knob_variants, knobs_record, schedule_cpu_traced
 
     t0 = time.perf_counter()
     index = db.index()
@@ -288,12 +299,11 @@ def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int
         done += 1
         if sch0 is None or not variants:
             continue  # nothing to search: the default rules apply, no index entry needed
-        schedules = {"default": (sch0, {})}
-        for i, values in enumerate(variants):
-            with knobs(values):
-                sch, used = schedule_cpu_traced(func, db.target)
-            if sch is not None and used == rule:  # a variant its rule could not apply falls back: not a variant
-                schedules[f"v{i}"] = (sch, values)
+        schedules = {"default": (sch0, None)}
+        for i, knobs in enumerate(variants):
+            sch, used = schedule_cpu_traced(func, db.target, knobs)
+            if sch is not None and used is not None and used.name == rule.name:  # else it fell back: no variant
+                schedules[f"v{i}"] = (sch, knobs)
         try:
             ex = tvm.compile(tvm.IRModule({sym: s.mod["main"].with_attr("global_symbol", sym)
                                            for sym, (s, _) in schedules.items()}), target=db.target)
@@ -326,17 +336,13 @@ def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int
         flops = kernel_flops(func)
         won = med[best] < (1 - margin) * med["default"]
         if won:
-            with _quiet():
-                wl = db._database().commit_workload(tvm.IRModule({"main": func}))
-                db._database().commit_tuning_record(ms.database.TuningRecord(
-                    schedules[best][0].trace, wl, samples[best], db.target,
-                    ms.arg_info.ArgInfo.from_prim_func(func)))
+            db.commit(func, schedules[best][0].trace, samples[best])
         chosen = best if won else "default"
         index[spec.key()] = {"name": spec.name(), "method": "knobs", "trials": len(timers),
                              "best_us": med[chosen] * 1e6, "default_us": med["default"] * 1e6,
-                             "knobs": schedules[chosen][1],
+                             **knobs_record(rule, schedules[chosen][1]),
                              "gflops": flops / med[chosen] / 1e9 if flops else None}
-        db._write_index(index)
+        db.write_index(index)
         if progress:
             elapsed = time.perf_counter() - t0
             left = (len(todo) - done) * elapsed / done

@@ -1,5 +1,5 @@
 """Scaled dot-product attention as one op. Exporters write it as matmul -> scale -> (+ mask) -> softmax -> matmul;
-the `recognize` pass rewrites that chain into `attention`, whose CPU kernel (compiler/backend/cpu_attention.py)
+the `recognize` pass rewrites that chain into `attention`, whose CPU kernel (backend/cpu/attention.py)
 computes each head's scores, softmax and weighted sum in one pass over cache-resident buffers.
 
     attention(q, k, v[, mask]) {scale, causal} = softmax(scale * q @ k^T + mask + causal_bias) @ v

@@ -1,4 +1,4 @@
-"""Ops on weights packed at compile time for the CPU kernels (see compiler/backend/cpu_kernels.py).
+"""Ops on weights packed at compile time for the CPU kernels (their TE computes and packers: packed.py, nchwc.py).
 
 `conv2d_packed` and `dense_packed` compute exactly what `conv2d` and `dense` compute; only the weight's memory
 layout differs. The `pack_weights` pass rewrites one into the other where the weight is a param. Their references
@@ -13,7 +13,9 @@ from tvm import topi
 from compiler.ir.types import TensorType
 
 from . import nn
+from .nchwc import conv2d_nchwc_compute, depthwise_conv2d_nchwc_compute
 from .nn import CONV_ATTRS, _conv2d_infer, _conv2d_ref, _dense_infer, _dense_ref
+from .packed import conv2d_nchw_compute, dense_compute
 from .registry import Attr, FusionKind, defop, fail
 
 WEIGHT_LAYOUTS = ("packed", "depthwise", "plain")
@@ -65,12 +67,10 @@ def _conv2d_packed_ref(x, wp, b=None, *, wlayout, block, out_channels, **conv):
 
 
 def _conv2d_packed_lower(x, wp, b=None, *, wlayout, block, out_channels, strides, pads, dilations, groups):
-    from compiler.backend import cpu_kernels
-
     kernel = (int(wp.shape[2]), int(wp.shape[3]))
     layout = {"kind": wlayout, "oc_block": block} if wlayout == "packed" else {"kind": wlayout}
-    return cpu_kernels.conv2d_nchw_compute(x, wp, b, layout=layout, out_channels=out_channels, kernel=kernel,
-                                           strides=strides, pads=pads, dilations=dilations, groups=groups)
+    return conv2d_nchw_compute(x, wp, b, layout=layout, out_channels=out_channels, kernel=kernel,
+                               strides=strides, pads=pads, dilations=dilations, groups=groups)
 
 
 conv2d_packed = defop(
@@ -88,9 +88,7 @@ def _dense_packed_infer(types, *, block, n):
 
 
 def _dense_packed_lower(x, wp, b=None, *, block, n):
-    from compiler.backend import cpu_kernels
-
-    return cpu_kernels.dense_compute(x, wp, b, layout={"kind": "packed", "n_block": block}, n=n)
+    return dense_compute(x, wp, b, layout={"kind": "packed", "n_block": block}, n=n)
 
 
 dense_packed = defop(
@@ -102,7 +100,7 @@ dense_packed = defop(
 
 
 # ---------------------------------------------------------------------------------------------- NCHW[x]c activations
-# The `alter_layout` pass (compiler/passes/layout.py) moves chains of convs, pools and elementwise ops into the
+# The `alter_layout` pass (passes/layout.py) moves chains of convs, pools and elementwise ops into the
 # blocked channel layout NCHW[b]c: (N, C / b, H, W, b), the channel lanes innermost, where one vector register holds b
 # channels of one pixel. `to_blocked` / `from_blocked` convert at the edges.
 
@@ -187,11 +185,9 @@ def _conv2d_nchwc_ref(x, wp, b=None, *, in_block, block, out_channels, **conv):
 
 
 def _conv2d_nchwc_lower(x, wp, b=None, *, in_block, block, out_channels, strides, pads, dilations):
-    from compiler.backend import cpu_kernels
-
-    return cpu_kernels.conv2d_nchwc_compute(x, wp, b, in_block=in_block, block=block, out_channels=out_channels,
-                                            kernel=(int(wp.shape[2]), int(wp.shape[3])), strides=strides,
-                                            pads=pads, dilations=dilations)
+    return conv2d_nchwc_compute(x, wp, b, in_block=in_block, block=block, out_channels=out_channels,
+                                kernel=(int(wp.shape[2]), int(wp.shape[3])), strides=strides,
+                                pads=pads, dilations=dilations)
 
 
 conv2d_nchwc = defop(
@@ -230,10 +226,8 @@ def _dw_nchwc_ref(x, w, b=None, *, strides, pads, dilations):
 
 
 def _dw_nchwc_lower(x, w, b=None, *, strides, pads, dilations):
-    from compiler.backend import cpu_kernels
-
-    return cpu_kernels.depthwise_conv2d_nchwc_compute(x, w, b, kernel=(int(w.shape[1]), int(w.shape[2])),
-                                                      strides=strides, pads=pads, dilations=dilations)
+    return depthwise_conv2d_nchwc_compute(x, w, b, kernel=(int(w.shape[1]), int(w.shape[2])),
+                                          strides=strides, pads=pads, dilations=dilations)
 
 
 depthwise_conv2d_nchwc = defop(

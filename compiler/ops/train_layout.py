@@ -21,14 +21,22 @@ from tvm import te, tirx
 from compiler.ir.types import TensorType
 
 from .nn import CONV_ATTRS, conv_out_size, windows2d
+from .packed import pack_conv2d_weight, pack_dense_weight
 from .registry import Attr, FusionKind, defop, fail
+
+# Block names the CPU schedule rules (backend/cpu/training.py) dispatch on.
+DENSE_WEIGHT_PACK = "dense_weight_pack"
+IM2COL = "im2col"
+ANN_IM2COL_DIMS = "tf_im2col_dims"  # on IM2COL: (N, OH, OW, C, KH, KW): its rows are (N, OH, OW), columns (C, KH, KW)
+WGRAD = "weight_grad"  # the weight-shaped view of weight_grad_gemm's product ...
+MATMUL = "matmul"      # ... whose block is named as ops/nn.py's matmul block (the CPU's matmul rule dispatches on it)
 
 
 def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-# -- run-time packing: the same layouts as compiler/backend/cpu_kernels.py packs at compile time ------------------------
+# -- run-time packing: the same layouts as packed.py packs at compile time ---------------------------------------------
 def _conv_pack_infer(types, *, block):
     w = types[0]
     if w.rank != 4 or block <= 0:
@@ -38,9 +46,7 @@ def _conv_pack_infer(types, *, block):
 
 
 def _conv_pack_ref(w, *, block):
-    from compiler.backend import cpu_kernels
-
-    return cpu_kernels.pack_conv2d_weight(w, {"kind": "packed", "oc_block": block}).astype(w.dtype)
+    return pack_conv2d_weight(w, {"kind": "packed", "oc_block": block}).astype(w.dtype)
 
 
 def _conv_pack_lower(w, *, block):
@@ -74,9 +80,7 @@ def _dense_pack_infer(types, *, block):
 
 
 def _dense_pack_ref(w, *, block):
-    from compiler.backend import cpu_kernels
-
-    return cpu_kernels.pack_dense_weight(w, {"kind": "packed", "n_block": block}).astype(w.dtype)
+    return pack_dense_weight(w, {"kind": "packed", "n_block": block}).astype(w.dtype)
 
 
 def _dense_pack_lower(w, *, block):
@@ -90,7 +94,7 @@ def _dense_pack_lower(w, *, block):
             return w[row, kk]
         return tirx.Select(row < n, w[tirx.min(row, n - 1), kk], zero)
 
-    return te.compute((nb, k, block), f, name="dense_weight_pack")
+    return te.compute((nb, k, block), f, name=DENSE_WEIGHT_PACK)
 
 
 dense_weight_pack = defop(
@@ -154,10 +158,8 @@ def _im2col_lower(x, *, kernel, strides, pads, dilations):
         return tirx.Select(inside, x[b, ch, tirx.Select(inside, y, 0), tirx.Select(inside, z, 0)],
                            tirx.const(0, x.dtype))
 
-    from compiler.backend import cpu_kernels as K
-
-    return te.compute((n * oh * ow, c * kh * kw), f, name=K.IM2COL,
-                      attrs={K.ANN_IM2COL_DIMS: [n, oh, ow, c, kh, kw]})  # the CPU schedule splits the rows by these
+    return te.compute((n * oh * ow, c * kh * kw), f, name=IM2COL,
+                      attrs={ANN_IM2COL_DIMS: [n, oh, ow, c, kh, kw]})  # the CPU schedule splits the rows by these
 
 
 im2col = defop(
@@ -182,10 +184,31 @@ def _wgrad_ref(rows, cols, *, shape, transpose_rows):
     return ((rows.T if transpose_rows else rows) @ cols).reshape(shape)
 
 
-def _wgrad_lower(rows, cols, *, shape, transpose_rows):
-    from compiler.backend import cpu_kernels
+def weight_grad_gemm_compute(rows: te.Tensor, cols: te.Tensor, shape: tuple[int, ...],
+                             transpose_rows: bool = False) -> te.Tensor:
+    """dW of shape (O, ...) = rows (O, M) @ cols (M, R), R = prod(shape[1:]), rows read as (M, O) if
+    `transpose_rows` (the op `weight_grad_gemm` below)."""
+    o, m = (int(d) for d in (rows.shape[::-1] if transpose_rows else rows.shape))
+    r = int(cols.shape[1])
+    rk = te.reduce_axis((0, m), name="rk")
 
-    return cpu_kernels.weight_grad_gemm_compute(rows, cols, tuple(shape), transpose_rows)
+    def row(i, k):
+        return rows[k, i] if transpose_rows else rows[i, k]
+
+    mm = te.compute((o, r), lambda i, j: te.sum(row(i, rk) * cols[rk, j], axis=rk), name=MATMUL)
+    inner = shape[1:]
+
+    def view(i, *idx):
+        flat = 0
+        for d, v in zip(inner, idx):
+            flat = flat * d + v
+        return mm[i, flat]
+
+    return te.compute(shape, view, name=WGRAD, tag="injective")
+
+
+def _wgrad_lower(rows, cols, *, shape, transpose_rows):
+    return weight_grad_gemm_compute(rows, cols, tuple(shape), transpose_rows)
 
 
 weight_grad_gemm = defop(

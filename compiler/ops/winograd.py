@@ -1,25 +1,209 @@
-"""Winograd convolution: a stride-1, dilation-1, ungrouped 3x3 conv on NCHW[16]c activations whose weight was
-transformed at compile time (U = G g G^T, see compiler/backend/cpu_winograd.py). The `winograd` pass
-(compiler/passes/winograd.py) rewrites `conv2d_nchwc` into it where it is faster. Its reference runs the same
+"""Winograd F(m x m, 3 x 3) convolution on NCHW[16]c activations: the op, its transforms and TE compute.
+
+For a stride-1, dilation-1, 3x3 conv, each m x m output tile needs an alpha x alpha input tile (alpha = m + 2):
+
+    Y = A^T [ U (.) V ] A,     U = G g G^T (per output/input channel pair, at compile time),  V = B^T d B
+
+and the element-wise products summed over input channels are alpha^2 independent matrix products
+M[xi] = V[xi] @ U[xi] of (tiles x IC) by (IC x OC). F(4, 3) does 36 multiplies per 16 outputs where the direct
+conv does 144: 4x fewer, paid for by the input and output transforms and by two trips through memory (V and M).
+
+The kernel is six TE stages in one PrimFunc; each transform is two 1-D passes (rows, then columns):
+  winograd_pad          the input zero-padded to whole tiles (N, IC/16, th*m + 2, tw*m + 2, 16)
+  winograd_input_rows   B^T d per tile (alpha, alpha, P, IC), P = N * th * tw tiles
+  winograd_input        V = (B^T d) B (alpha, alpha, P, IC)
+  winograd_gemm         M (alpha, alpha, P, OC) = V @ U per (eps, nu); U is (alpha, alpha, OC/nb, IC, nb)
+  winograd_output_cols  M A (alpha, m, P, OC)
+  winograd_output       (N, OC/16, OH, OW, 16) = A^T (M A) + bias, the conv's fused epilogue inlined after it
+Each transform output is a sum of at most alpha non-zero terms (+x, -x, c*x) of the previous pass, selected by
+the unrolled loop index, so no multiply by 0 or 1 reaches the machine code. The first version wrote
+V[eps, nu] = sum_ij B^T[eps, i] d[i, j] B^T[nu, j] in one pass and left TIR's common-subexpression pass to find
+the shared row sums in the 36 unrolled outputs: 3-6 s to compile each kernel (ResNet-50: 31 s in all). Two passes
+need no CSE: 0.3 s a kernel (ResNet-50: ~4 s in all), at the same speed (benchmarks/results/winograd.md).
+
+The op `winograd_conv2d`: a stride-1, dilation-1, ungrouped 3x3 conv on NCHW[16]c activations whose weight was
+transformed at compile time (U = G g G^T, `transform_weight`). The `winograd` pass
+(passes/winograd.py) rewrites `conv2d_nchwc` into it where it is faster. Its reference runs the same
 algorithm in numpy (input transform, batched products, output transform); the tests compare it with the direct
 conv as well.
 """
 
 from __future__ import annotations
 
+import numpy as np
+from tvm import te, tirx, topi
+
 from compiler.ir.types import TensorType
 
 from .registry import Attr, FusionKind, defop, fail
 
+BLOCK = 16            # channel lanes of the NCHW[16]c activations
+WINO_PAD = "winograd_pad"
+WINO_INPUT_ROWS = "winograd_input_rows"
+WINO_INPUT = "winograd_input"
+WINO_GEMM = "winograd_gemm"
+WINO_OUTPUT_COLS = "winograd_output_cols"
+WINO_OUTPUT = "winograd_output"
+# the compute pads the tiles to whole groups of GEMM_P_TILE; the CPU schedule's knob (WinogradKnobs) starts from it
+GEMM_P_TILE = 4       # register tile of the batched GEMM: tiles ... (measured: 6 x 64, 8 x 32, 6 x 32 are slower)
+GEMM_OC_TILES = (64, 32, 16)  # ... x output channels (4 x 64 fp32 = 16 AVX-512 accumulators)
+
+# Lavin & Gray's matrices (points 0, +-1, +-2, inf): A^T (m x alpha), G (alpha x 3), B^T (alpha x alpha).
+_MATRICES = {
+    2: (np.array([[1, 1, 1, 0], [0, 1, -1, -1]]),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])),
+    4: (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+        np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]])),
+}
+TILE_SIZES = tuple(_MATRICES)
+
+
+def matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A^T, G, B^T) of F(m, 3) in float64."""
+    at, g, bt = _MATRICES[m]
+    return at.astype(np.float64), g.astype(np.float64), bt.astype(np.float64)
+
+
+def gemm_oc_tile(out_channels: int) -> int:
+    return next(t for t in GEMM_OC_TILES if out_channels % t == 0)
+
+
+def transform_weight(w: np.ndarray, m: int) -> np.ndarray:
+    """OIHW 3x3 weight -> U = G g G^T packed as (alpha, alpha, OC/nb, IC, nb) float32, nb = gemm_oc_tile(OC)."""
+    _, g, _ = matrices(m)
+    u = np.einsum("ak,oikl,bl->abio", g, np.asarray(w, np.float64), g)  # (alpha, alpha, IC, OC)
+    alpha, _, ic, oc = u.shape
+    nb = gemm_oc_tile(oc)
+    return np.ascontiguousarray(u.reshape(alpha, alpha, ic, oc // nb, nb).transpose(0, 1, 3, 2, 4)).astype(np.float32)
+
+
+def _tiles(oh: int, ow: int, m: int) -> tuple[int, int]:
+    return -(-oh // m), -(-ow // m)
+
+
+def output_size(h: int, w: int, pads) -> tuple[int, int]:
+    top, left, bottom, right = pads
+    return h + top + bottom - 2, w + left + right - 2
+
+
+def reference(x: np.ndarray, u: np.ndarray, bias, *, pads, tile: int, out_channels: int) -> np.ndarray:
+    """The algorithm in numpy (float32 like the kernel): x NCHW[16]c, U from `transform_weight`; NCHW[16]c out."""
+    at, _, bt = (a.astype(np.float32) for a in matrices(tile))
+    m, alpha = tile, tile + 2
+    n, icb, h, w, b = x.shape
+    oh, ow = output_size(h, w, pads)
+    th, tw = _tiles(oh, ow, m)
+    top, left, _, _ = pads
+    xp = np.zeros((n, icb, th * m + 2, tw * m + 2, b), np.float32)
+    hh, ww = min(h, xp.shape[2] - top), min(w, xp.shape[3] - left)
+    xp[:, :, top:top + hh, left:left + ww] = x[:, :, :hh, :ww]
+    xc = xp.transpose(0, 2, 3, 1, 4).reshape(n, th * m + 2, tw * m + 2, icb * b)
+    rows = np.arange(th)[:, None] * m + np.arange(alpha)[None]  # (th, alpha)
+    cols = np.arange(tw)[:, None] * m + np.arange(alpha)[None]
+    d = xc[:, rows[:, :, None, None], cols[None, None]]  # (n, th, alpha, tw, alpha, IC)
+    v = np.einsum("ea,ntaubc,fb->efntuc", bt, d, bt, optimize=True).reshape(alpha, alpha, n * th * tw, -1)
+    alpha_, _, ocb_n, ic, nb = u.shape
+    uu = u.transpose(0, 1, 3, 2, 4).reshape(alpha, alpha, ic, ocb_n * nb)
+    mm = np.matmul(v, uu)  # (alpha, alpha, P, OC)
+    y = np.einsum("ia,abpo,jb->pijo", at, mm, at, optimize=True).reshape(n, th, tw, m, m, -1)
+    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, th * m, tw * m, -1)[:, :oh, :ow, :out_channels]
+    if bias is not None:
+        y = y + bias.astype(np.float32)
+    return np.ascontiguousarray(y.reshape(n, oh, ow, out_channels // BLOCK, BLOCK).transpose(0, 3, 1, 2, 4))
+
+
+# ---------------------------------------------------------------------------------------------- TE compute
+
+def _sparse_sum(coeffs, terms):
+    """sum_i coeffs[i] * terms[i] over the non-zero coefficients, +-1 as adds and subtractions."""
+    expr = None
+    for c, t in zip(coeffs, terms):
+        if c == 0:
+            continue
+        if c == 1:
+            e, neg = t, False
+        elif c == -1:
+            e, neg = t, True
+        else:
+            e, neg = t * float(c), False
+        if expr is None:
+            expr = -e if neg else e
+        else:
+            expr = expr - e if neg else expr + e
+    return expr if expr is not None else tirx.const(0.0, "float32")
+
+
+def _select(index, exprs):
+    """exprs[index] for a loop variable `index`; unrolled, the chain folds to one expression."""
+    out = exprs[-1]
+    for i in range(len(exprs) - 2, -1, -1):
+        out = tirx.Select(index == i, exprs[i], out)
+    return out
+
+
+def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, *, pads, tile: int,
+                            out_channels: int) -> te.Tensor:
+    """x (N, IC/16, H, W, 16), U (alpha, alpha, OC/nb, IC, nb) -> (N, OC/16, OH, OW, 16), 3x3 stride 1."""
+    at, _, bt = matrices(tile)
+    m, alpha = tile, tile + 2
+    n, icb, h, w, b = (int(d) for d in x.shape)
+    nb = int(u.shape[4])
+    ic = icb * b
+    oh, ow = output_size(h, w, pads)
+    th, tw = _tiles(oh, ow, m)
+    top, left, _, _ = pads
+    bottom, right = th * m + 2 - h - top, tw * m + 2 - w - left
+    xp = x
+    if top or left or bottom > 0 or right > 0:
+        xp = topi.nn.pad(x, [0, 0, top, left, 0], [0, 0, max(bottom, 0), max(right, 0), 0], name=WINO_PAD)
+    per_image = th * tw
+    tiles = n * per_image
+    tiles_pad = -(-tiles // GEMM_P_TILE) * GEMM_P_TILE  # whole register tiles; the extra rows repeat the last
+
+    def rows_body(eps, j, p, c):  # (B^T d)[eps, j] = sum_i B^T[eps, i] d[i, j]
+        if tiles_pad != tiles:
+            p = tirx.min(p, tiles - 1)
+        img, t = p // per_image, p % per_image
+        y0, x0 = t // tw * m, t % tw * m
+        d = [xp[img, c // b, y0 + i, x0 + j, c % b] for i in range(alpha)]
+        return _select(eps, [_sparse_sum(bt[e], d) for e in range(alpha)])
+
+    rows = te.compute((alpha, alpha, tiles_pad, ic), rows_body, name=WINO_INPUT_ROWS)
+    # V[eps, nu] = sum_j (B^T d)[eps, j] B^T[nu, j]
+    v = te.compute((alpha, alpha, tiles_pad, ic),
+                   lambda e, f, p, c: _select(f, [_sparse_sum(bt[k], [rows[e, j, p, c] for j in range(alpha)])
+                                                  for k in range(alpha)]), name=WINO_INPUT)
+    rk = te.reduce_axis((0, ic), name="rk")
+    mm = te.compute((alpha, alpha, tiles_pad, out_channels),
+                    lambda e, f, p, o: te.sum(v[e, f, p, rk] * u[e, f, o // nb, rk, o % nb], axis=rk),
+                    name=WINO_GEMM)
+    # (M A)[i, r] = sum_j M[i, j] A^T[r, j]
+    cols = te.compute((alpha, m, tiles, out_channels),
+                      lambda i, r, p, o: _select(r, [_sparse_sum(at[k], [mm[i, j, p, o] for j in range(alpha)])
+                                                     for k in range(m)]), name=WINO_OUTPUT_COLS)
+
+    def y_body(img, ob, yy, xx, lane):  # Y[q, r] = sum_i A^T[q, i] (M A)[i, r]
+        p = img * per_image + yy // m * tw + xx // m
+        o = ob * b + lane
+        val = _select(yy % m, [_sparse_sum(at[q], [cols[i, xx % m, p, o] for i in range(alpha)])
+                               for q in range(m)])
+        return val if bias is None else val + bias[o]
+
+    return te.compute((n, out_channels // b, oh, ow, b), y_body, name=WINO_OUTPUT, tag="winograd")
+
+
+# ---------------------------------------------------------------------------------------------- the op
 
 def _infer(types, *, pads, tile, out_channels):
-    from compiler.backend import cpu_winograd as W
-
     x, u = types[0], types[1]
-    if tile not in W.TILE_SIZES:
-        fail(f"tile {tile} is not one of {W.TILE_SIZES}")
-    if x.rank != 5 or x.shape[4] != W.BLOCK:
-        fail(f"expects an NCHW[{W.BLOCK}]c input, got {x}")
+    if tile not in TILE_SIZES:
+        fail(f"tile {tile} is not one of {TILE_SIZES}")
+    if x.rank != 5 or x.shape[4] != BLOCK:
+        fail(f"expects an NCHW[{BLOCK}]c input, got {x}")
     n, icb, h, w, b = x.shape
     alpha = tile + 2
     if (u.rank != 5 or u.shape[:2] != (alpha, alpha) or u.shape[3] != icb * b
@@ -30,22 +214,18 @@ def _infer(types, *, pads, tile, out_channels):
         fail(f"input {x} and weight {u} differ in dtype")
     if len(types) == 3 and types[2].shape != (out_channels,):
         fail(f"bias must have shape ({out_channels},), got {types[2]}")
-    oh, ow = W.output_size(h, w, pads)
+    oh, ow = output_size(h, w, pads)
     if oh <= 0 or ow <= 0:
         fail(f"a 3x3 kernel does not fit input {h}x{w} with pads {pads}")
     return TensorType((n, out_channels // b, oh, ow, b), x.dtype)
 
 
 def _reference(x, u, b=None, *, pads, tile, out_channels):
-    from compiler.backend import cpu_winograd as W
-
-    return W.reference(x, u, b, pads=pads, tile=tile, out_channels=out_channels)
+    return reference(x, u, b, pads=pads, tile=tile, out_channels=out_channels)
 
 
 def _lower(x, u, b=None, *, pads, tile, out_channels):
-    from compiler.backend import cpu_winograd as W
-
-    return W.conv2d_winograd_compute(x, u, b, pads=pads, tile=tile, out_channels=out_channels)
+    return conv2d_winograd_compute(x, u, b, pads=pads, tile=tile, out_channels=out_channels)
 
 
 winograd_conv2d = defop(

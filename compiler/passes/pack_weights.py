@@ -16,8 +16,8 @@ from typing import ClassVar
 import numpy as np
 
 from compiler import ops
-from compiler.backend import cpu_kernels
 from compiler.ir import Graph, Value
+from compiler.ops import packed as layouts  # the compile-time weight layouts and packers
 
 
 def pack_weights(g: Graph) -> Graph:
@@ -35,16 +35,16 @@ def pack_weights(g: Graph) -> Graph:
             continue
         if n.op is ops.conv2d:
             o, icg, kh, kw = w.type.shape
-            layout = cpu_kernels.conv2d_weight_layout(o, icg, n.attrs["groups"], kh, kw)
+            layout = layouts.conv2d_weight_layout(o, icg, n.attrs["groups"], kh, kw)
             if not w.is_param and (layout["kind"] != "packed" or n.attrs["groups"] != 1):
                 continue  # run-time packing: the blocked layout of ungrouped convs only
-            new_op, pack = ops.conv2d_packed, cpu_kernels.pack_conv2d_weight
+            new_op, pack = ops.conv2d_packed, layouts.pack_conv2d_weight
             run_pack, block = ops.conv2d_weight_pack, layout.get("oc_block", 0)
             attrs = {**n.attrs, "wlayout": layout["kind"], "block": block, "out_channels": o}
         elif n.op is ops.dense:
             rows, k = w.type.shape
-            layout = cpu_kernels.dense_weight_layout(rows, k)
-            new_op, pack = ops.dense_packed, cpu_kernels.pack_dense_weight
+            layout = layouts.dense_weight_layout(rows, k)
+            new_op, pack = ops.dense_packed, layouts.pack_dense_weight
             run_pack, block = ops.dense_weight_pack, layout["n_block"]
             attrs = {"block": block, "n": rows}
         else:
@@ -72,7 +72,7 @@ def pack_weights(g: Graph) -> Graph:
 class StoreWeightsBF16:
     """bf16_weights: the CPU's `precision="bf16"` mode. Every packed float32 weight of a dense or conv kernel
     (dense_packed, conv2d_packed with the 'packed' layout, conv2d_nchwc) becomes a bfloat16 param,
-    rounded to nearest even; the kernel widens each weight to float32 as it loads it (cpu_kernels.widen), so
+    rounded to nearest even; the kernel widens each weight to float32 as it loads it (ops/packed.py widen), so
     activations, products and sums stay float32 and only the weights lose precision (8 significant bits, a
     relative error of at most 2^-9 each). It halves the bytes of weights the kernels stream, which is what bounds a
     batch-1 dense (a GEMV reads each weight once); benchmarks/results/bf16_cpu.md has the accuracy and speed.

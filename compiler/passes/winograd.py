@@ -27,7 +27,7 @@ the GEMM's 4-tile register rows are 3/4 padding and Winograd loses. So: every el
 input and output channels and at least `min_tiles` = 4 output tiles of 4x4.
 
 Compile time: a Winograd kernel builds in ~0.3 s (its transforms are two 1-D passes each, see
-backend/cpu_winograd.py); ResNet-50 compiles in ~4 s with its 13 Winograd convs (2.5 s without the pass; 14-31 s
+ops/winograd.py); ResNet-50 compiles in ~4 s with its 13 Winograd convs (2.5 s without the pass; 14-31 s
 with the first, one-pass transforms, whose common-subexpression elimination took 5 s a kernel).
 """
 
@@ -36,9 +36,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from compiler import ops
-from compiler.backend import cpu_winograd
 from compiler.ir import Graph, Node, Value
 from compiler.ops.layout import _nchwc_weight, unpack_conv2d_weight
+from compiler.ops.winograd import BLOCK, transform_weight
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class WinogradPolicy:
         if node.op is not ops.conv2d_nchwc:
             return False
         a, w = node.attrs, node.inputs[1]
-        return (a["in_block"] == cpu_winograd.BLOCK and a["block"] == cpu_winograd.BLOCK
+        return (a["in_block"] == BLOCK and a["block"] == BLOCK
                 and tuple(w.type.shape[2:4]) == (3, 3) and a["strides"] == (1, 1) and a["dilations"] == (1, 1)
                 and w.is_param and w.data is not None and node.inputs[0].type.dtype == "float32")
 
@@ -94,7 +94,7 @@ def winograd_graph(g: Graph, policy: WinogradPolicy = WinogradPolicy()) -> int:
         if w not in transformed:
             oihw = unpack_conv2d_weight(_nchwc_weight(w.data, a["in_block"]), wlayout="packed", block=a["block"],
                                         out_channels=a["out_channels"])
-            transformed[w] = g.add_param(w.name + ".winograd", cpu_winograd.transform_weight(oihw, policy.tile))
+            transformed[w] = g.add_param(w.name + ".winograd", transform_weight(oihw, policy.tile))
         attrs = {"pads": a["pads"], "tile": policy.tile, "out_channels": a["out_channels"]}
         (y,) = g.add_node(ops.winograd_conv2d, [n.inputs[0], transformed[w]] + n.inputs[2:], attrs, name=n.name,
                           index=g.nodes.index(n))

@@ -1,4 +1,4 @@
-"""The CPU schedule rules written for training kernels (compiler/backend/cpu_schedule.py): each applies to its
+"""The CPU schedule rules written for training kernels (compiler/backend/cpu/): each applies to its
 kernel (vectorized, register-tiled) and the kernel computes what the ops' numpy references compute."""
 
 import numpy as np
@@ -8,7 +8,7 @@ from tvm import te
 from tvm.target import Target
 
 from compiler import ops
-from compiler.backend.cpu_schedule import schedule_cpu
+from compiler.backend.cpu.rules import schedule_cpu
 
 TARGET = Target.from_device(tvm.cpu())
 rng = np.random.default_rng(0)

@@ -9,8 +9,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tvm import te, topi
 
 from benchmarks.kernels_cpu import MATMULS
-from compiler.backend import cpu_kernels as K
-from compiler.backend.cpu_schedule import schedule_cpu
+from compiler.backend.cpu.rules import schedule_cpu
+from compiler.ops import packed as K
 
 TARGET = tvm.target.Target.from_device(tvm.cpu())
 RNG = np.random.default_rng(0)

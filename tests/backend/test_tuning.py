@@ -1,6 +1,7 @@
 """Tuning: a real (tiny) MetaSchedule run into a database, then compile_model using its records; the database's
 checks on target, TVM version and workload."""
 
+import dataclasses
 import json
 import os
 
@@ -162,17 +163,78 @@ def test_knob_search_stores_a_replayable_record(tmp_path):
 
 
 def test_knob_variants_leave_the_defaults_alone():
-    from compiler.backend import cpu_schedule as S
+    from compiler.backend.cpu.dense import DenseKnobs
+    from compiler.backend.cpu.rules import RULES_BY_NAME, knob_variants
 
-    variants = S.knob_variants("_schedule_dense")
-    assert variants and all(v != {"cpu_schedule.DENSE_M_TILE": S.DENSE_M_TILE,
-                                  "cpu_schedule.DENSE_X_BLOCK_BYTES": S.DENSE_X_BLOCK_BYTES} for v in variants)
-    with S.knobs({"cpu_schedule.DENSE_M_TILE": 8}):
-        assert S.DENSE_M_TILE == 8
-    assert S.DENSE_M_TILE == 4 and S.knob_variants("_schedule_generic") == []
+    dense = RULES_BY_NAME["dense"]
+    variants = knob_variants(dense)
+    assert variants and DenseKnobs() not in variants and all(isinstance(v, DenseKnobs) for v in variants)
+    assert len(variants) == len(DenseKnobs.space()) - 1 and dense.knobs == DenseKnobs(m_tile=4)
+    assert knob_variants(RULES_BY_NAME["generic"]) == [] and knob_variants(None) == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dense.knobs.m_tile = 8
+
+
+def test_knobs_are_passed_to_the_rule_not_patched():
+    """A variant schedules with another knobs instance; the rule list itself keeps its defaults."""
+    from tvm import te
+
+    from compiler.backend.cpu.dense import DenseKnobs
+    from compiler.backend.cpu.rules import RULES_BY_NAME, schedule_cpu_traced
+    from compiler.ops.packed import dense_compute, dense_weight_layout
+
+    target = resolve_target("cpu")
+    x = te.placeholder((16, 64), name="x")
+    layout = dense_weight_layout(32, 64)
+    w = te.placeholder((32 // layout["n_block"], 64, layout["n_block"]), name="w")
+    func = te.create_prim_func([x, w, dense_compute(x, w, None, layout=layout, n=32)])
+    base, rule = schedule_cpu_traced(func, target)
+    other, rule2 = schedule_cpu_traced(func, target, DenseKnobs(m_tile=8))
+    assert rule.name == rule2.name == "dense" and rule2.knobs == DenseKnobs(m_tile=8)
+    assert RULES_BY_NAME["dense"].knobs == DenseKnobs()
+    assert base.mod.script() != other.mod.script()
+
+
+def test_knobs_of_index_entries_old_and_new():
+    """Indexes written before the knobs were dataclasses name them "module.NAME"; both forms load."""
+    from compiler.backend.cpu.attention import AttentionKnobs
+    from compiler.backend.cpu.dense import DenseKnobs
+    from compiler.backend.cpu.rules import RULES_BY_NAME, knobs_from_index, knobs_record
+    from compiler.backend.cpu.winograd import WinogradKnobs
+
+    assert knobs_from_index({"knobs": {"cpu_schedule.DENSE_M_TILE": 8, "cpu_schedule.DENSE_X_BLOCK_BYTES": 65536}}) \
+        == DenseKnobs(m_tile=8, x_block_bytes=65536)
+    assert knobs_from_index({"knobs": {"cpu_winograd.GEMM_P_TILE": 2}}) == WinogradKnobs(p_tile=2)
+    assert knobs_from_index({"knobs": {"cpu_attention.ROWS": 2, "cpu_attention.J_TILE": 128}}) \
+        == AttentionKnobs(rows=2, j_tile=128)
+    assert knobs_from_index({"knobs": {}}) is None
     with pytest.raises(KeyError, match="no schedule parameter"):
-        with S.knobs({"cpu_schedule.NO_SUCH": 1}):
-            pass
+        knobs_from_index({"knobs": {"cpu_schedule.NO_SUCH": 1}})
+    dense = RULES_BY_NAME["dense"]
+    for knobs in (DenseKnobs(m_tile=6), DenseKnobs()):
+        assert knobs_from_index(json.loads(json.dumps(knobs_record(dense, knobs)))) == knobs
+
+
+def test_shipped_records_knobs_load_into_the_dataclasses():
+    """Every knob-search entry of the shipped database (written with the old "module.NAME" keys) names knobs that
+    load into a rule's dataclass."""
+    from compiler.backend.cpu.common import Knobs
+    from compiler.backend.cpu.dense import DenseKnobs
+    from compiler.backend.cpu.rules import LEGACY_KNOB_KEYS, knobs_from_index
+    from compiler.backend.tuning import SHIPPED
+
+    loaded = []
+    for d in os.listdir(SHIPPED):
+        if os.path.isdir(os.path.join(SHIPPED, d)):
+            for entry in json.load(open(os.path.join(SHIPPED, d, "index.json"))).values():
+                if entry.get("method") == "knobs" and entry.get("knobs"):
+                    knobs = knobs_from_index(entry)
+                    assert isinstance(knobs, Knobs)
+                    for key, value in entry["knobs"].items():
+                        cls, field = LEGACY_KNOB_KEYS.get(key, (type(knobs), key))
+                        assert isinstance(knobs, cls) and getattr(knobs, field) == value
+                    loaded.append(knobs)
+    assert any(isinstance(k, DenseKnobs) for k in loaded)
 
 
 def test_shipped_database_is_consistent_and_its_records_build():

@@ -8,7 +8,7 @@ import tvm
 from tvm.target import Target
 
 from compiler import compile_model
-from compiler.backend.cpu_schedule import schedule_cpu
+from compiler.backend.cpu.rules import schedule_cpu
 from compiler.backend.lower import Kernel, build_prim_func, partition
 from compiler.options import CompileOptions
 from compiler.report import analyze

@@ -7,8 +7,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compiler import compile_model, ops
 from compiler.options import CompileOptions
-from compiler.backend import cpu_winograd as W
 from compiler.ir import interpret, parse_graph
+from compiler.ops import winograd as W
 from compiler.ops.layout import block_nchw
 from compiler.ops.nn import _conv2d_ref
 from compiler.passes import pipeline

@@ -1,12 +1,12 @@
-"""CPU schedule of the `attention` kernel (compiler/ops/attention.py), dispatched from cpu_schedule.py.
+"""CPU schedule of the `attention` kernel (compiler/ops/attention.py).
 
-The kernel's stages, per (batch, head) -- the parallel loop -- and per tile of ROWS query rows:
+The kernel's stages, per (batch, head) -- the parallel loop -- and per tile of `rows` query rows:
   K^T panel   once per head: k transposed into a contiguous [D x Skv] panel (prologue transposes read through)
-  Q K^T       [ROWS x J] register tiles (J a multiple of the vector width), D outside them; into a [ROWS x Skv]
+  Q K^T       [rows x J] register tiles (J a multiple of the vector width), D outside them; into a [rows x Skv]
               buffer that stays in L1
   max, exp    row max of the scaled, masked scores; exp(score - max) vectorized along Skv (fast_exp)
   sum         row sums, vectorized as `lanes` partial sums per row
-  exp @ V     [ROWS x Dv] register tile, Skv outside it; divided by the row sum in the write-back (plus any
+  exp @ V     [rows x Dv] register tile, Skv outside it; divided by the row sum in the write-back (plus any
               elementwise epilogue)
 Nothing of size Skv x Skv reaches memory: the decomposed form writes the scores and the probabilities out and reads
 them back (3 kernels), this one keeps a row tile's scores in registers and L1.
@@ -14,19 +14,24 @@ them back (3 kernels), this one keeps a row tile's scores in registers and L1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import tvm
-from tvm import s_tir, tirx
+from tvm import s_tir
 
-from compiler.ops.attention import EXP, KT, MAX, OUT, PV, QK, SUM
+from compiler.backend.cpu.common import SPATIAL, Knobs, Rule, vector_lanes
+from compiler.ops.attention import EXP, KT, MAX, PV, QK, SUM
 
-ROWS = 4  # query rows per tile: [4 x 64] fp32 accumulators are 16 AVX-512 registers
-J_TILE = 64  # score columns per register tile
 UNROLL_MAX = 16  # longest loop unrolled where it cannot be vectorized (odd sequence lengths: ViT's 197)
-_SPATIAL = 0
 
 
-def is_attention(names: set[str]) -> bool:
-    return QK in names and PV in names
+@dataclass(frozen=True)
+class AttentionKnobs(Knobs):
+    rows: int = 4     # query rows per tile: [4 x 64] fp32 accumulators are 16 AVX-512 registers
+    j_tile: int = 64  # score columns per register tile
+
+    SPACE: ClassVar[dict[str, tuple]] = {"rows": (2, 4, 6, 8), "j_tile": (32, 64, 128)}
 
 
 def _loops_extent(sch, loop) -> int:
@@ -82,21 +87,20 @@ def _inline_spatial(sch: s_tir.Schedule, keep: set[str]) -> None:
     for block in sch.get_child_blocks(root):  # prologue views, the score expression, fast_exp's pieces, epilogues
         blk = sch.get(block)
         if blk.name_hint in keep or blk.name_hint in outputs or blk.init is not None or \
-                any(int(iv.iter_type) != _SPATIAL for iv in blk.iter_vars):
+                any(int(iv.iter_type) != SPATIAL for iv in blk.iter_vars):
             continue
         sch.compute_inline(block)
 
 
-def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
-    from compiler.backend.cpu_schedule import _vector_lanes  # (cpu_schedule imports this module)
-
-    lanes = _vector_lanes(target)
+def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
+                       knobs: AttentionKnobs = AttentionKnobs()) -> None:
+    lanes = vector_lanes(target)
     _inline_spatial(sch, {KT, EXP})
     root = sch.get_sblock("root")
     (out,) = sch.get_output_blocks(root)
     *batch, i, c = sch.get_loops(out)
     sq = _loops_extent(sch, i)
-    rows = _divisor(sq, ROWS)
+    rows = _divisor(sq, knobs.rows)
     io, ii = sch.split(i, [None, rows])
     bh = (sch.fuse(*batch) if len(batch) > 1 else batch[0]) if batch else io
     sch.parallel(bh)
@@ -118,7 +122,7 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     qk = sch.get_sblock(QK)
     qr, qj, qd = sch.get_loops(qk)[-3:]
     skv = _loops_extent(sch, qj)
-    jt = _divisor(skv, J_TILE, lanes)
+    jt = _divisor(skv, knobs.j_tile, lanes)
     qjo, qji = sch.split(qj, [None, jt])
     sch.reorder(qjo, qd, qr, qji)
     if _loops_extent(sch, qjo) <= UNROLL_MAX:  # constant accumulator offsets: LLVM keeps them in registers
@@ -143,3 +147,6 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     ex = sch.get_sblock(EXP)
     _vector(sch, sch.get_loops(ex)[-1], lanes)
     _vector(sch, c, lanes)
+
+
+attention_rule = Rule("attention", schedule_attention, blocks=(QK, PV), needs_all=True, knobs=AttentionKnobs())

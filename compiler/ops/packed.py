@@ -1,4 +1,5 @@
-"""TE computes for the heavy CPU ops (conv2d, dense) and their compile-time weight packing.
+"""TE computes and compile-time weight packing of the CPU's conv2d and dense kernels (the ops `conv2d_packed` and
+`dense_packed` are declared in layout.py).
 
 Activations stay NCHW / (M, K). Weights are packed once, at compile time, with numpy, into layouts whose innermost
 axis is a block of output channels, so one SIMD register holds `oc_block` consecutive output channels:
@@ -11,14 +12,17 @@ axis is a block of output channels, so one SIMD register holds `oc_block` consec
 
 A packed conv is two TE stages: the anchor `conv2d_nchw_packed` computes (N, OC_pad/b, OH, OW_pad, b), padded so the
 schedule's register tiles are always full, and `conv2d_nchw_unpack` gathers it back to NCHW and adds the bias. The
-scheduler (cpu_schedule.py) finds the anchors by block name and reads the tile it should use from the block
-annotations written here (`ANN_OW_TILE`, `ANN_N_TILE`), so the compute and its schedule cannot disagree.
+CPU schedule rules (backend/cpu/) find the anchors by the block names below and read the tile they should
+use from the block annotations written here (`ANN_OW_TILE`, `ANN_N_TILE`), so the compute and its schedule cannot
+disagree.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from tvm import te, topi
+
+from .nn import conv_out_size
 
 CONV_OC_BLOCK = 16          # one AVX-512 register of fp32 output channels
 GROUPED_OC_BLOCKS = (16, 8, 4)  # grouped convs: the block must divide the output channels per group
@@ -27,12 +31,9 @@ DENSE_N_BLOCK = 64          # 4 independent accumulators per k step for the memo
 OW_TILE_MAX = 16            # register tile over output width: OW_TILE accumulators of oc_block lanes
 OW_TILE_MIN = 6
 
-# Anchor block names; the scheduler dispatches on these.
+# Anchor block names; the CPU schedule rules dispatch on these.
 CONV_PACKED = "conv2d_nchw_packed"
 CONV_UNPACK = "conv2d_nchw_unpack"
-CONV_NCHWC = "conv2d_nchwc"          # blocked activations: the anchor of a conv whose output is NCHW[b]c
-CONV_NCHWC_OUT = "conv2d_nchwc_out"
-CONV_DW_NCHWC = "conv2d_depthwise_nchwc"  # depthwise conv on NCHW[b]c activations
 CONV_DEPTHWISE = "conv2d_depthwise"
 CONV_PLAIN = "conv2d_nchw_plain"
 CONV_BIAS = "conv2d_bias"
@@ -40,11 +41,9 @@ DENSE_PACKED = "dense_packed"
 DENSE_BIAS = "dense_bias"
 PAD = "conv2d_pad"
 
-ANN_OW_TILE = "tf_ow_tile"      # on CONV_PACKED: width of the register tile (divides OW_pad)
+ANN_OW_TILE = "tf_ow_tile"      # on CONV_PACKED (and nchwc.py's anchors): width of the register tile (divides OW_pad)
 ANN_OC_BLOCK = "tf_oc_block"
 ANN_N_TILE = "tf_n_tile"        # on DENSE_PACKED: columns per register tile (divides N_pad)
-IM2COL = "im2col"               # ops/train_layout.py's im2col block (a conv's weight gradient reads it) ...
-ANN_IM2COL_DIMS = "tf_im2col_dims"  # ... annotated with (N, OH, OW, C, KH, KW): its rows are (N, OH, OW), columns (C, KH, KW)
 
 
 def widen(w):
@@ -94,11 +93,7 @@ def pack_conv2d_weight(w: np.ndarray, layout: dict) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(oc_pad // b, b, icg, kh, kw).transpose(0, 2, 3, 4, 1))
 
 
-def _conv_out_size(size: int, k: int, stride: int, pad_begin: int, pad_end: int, dilation: int) -> int:
-    return (size + pad_begin + pad_end - dilation * (k - 1) - 1) // stride + 1
-
-
-def _pad_input(x: te.Tensor, pads: tuple[int, int, int, int]) -> te.Tensor:
+def pad_input(x: te.Tensor, pads: tuple[int, int, int, int]) -> te.Tensor:
     """Zero-pad the spatial axes (2, 3) of NCHW or NCHW[b]c."""
     top, left, bottom, right = pads
     if top == left == bottom == right == 0:
@@ -107,7 +102,7 @@ def _pad_input(x: te.Tensor, pads: tuple[int, int, int, int]) -> te.Tensor:
     return topi.nn.pad(x, [0, 0, top, left, *lanes], [0, 0, bottom, right, *lanes], name=PAD)
 
 
-def _tiled_input(x: te.Tensor, ow: int, kw: int, sw: int, dw: int, pads: tuple[int, int, int, int]):
+def tiled_input(x: te.Tensor, ow: int, kw: int, sw: int, dw: int, pads: tuple[int, int, int, int]):
     """(x padded, ow_tile, ow_pad): the output width rounded up to whole register tiles, and the input padded with
     extra zero columns on the right so that the padded output width reads inside it."""
     top, left, bottom, right = pads
@@ -115,7 +110,7 @@ def _tiled_input(x: te.Tensor, ow: int, kw: int, sw: int, dw: int, pads: tuple[i
     ow_pad = _round_up(ow, tile)
     w_needed = (ow_pad - 1) * sw + (kw - 1) * dw + 1
     right_extra = max(0, w_needed - (int(x.shape[3]) + left + right))
-    return _pad_input(x, (top, left, bottom, right + right_extra)), tile, ow_pad
+    return pad_input(x, (top, left, bottom, right + right_extra)), tile, ow_pad
 
 
 def conv2d_nchw_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | None, *, layout: dict,
@@ -127,15 +122,15 @@ def conv2d_nchw_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | Non
     sh, sw = strides
     dh, dw = dilations
     top, left, bottom, right = pads
-    oh = _conv_out_size(h, kh, sh, top, bottom, dh)
-    ow = _conv_out_size(w, kw, sw, left, right, dw)
+    oh = conv_out_size(h, kh, sh, top, bottom, dh)
+    ow = conv_out_size(w, kw, sw, left, right, dw)
     icg = c // groups
     ocg = out_channels // groups
     if layout["kind"] == "packed":
         return _conv_packed(x, w_packed, bias, layout["oc_block"], out_channels, icg, ocg, groups,
                             (kh, kw), (sh, sw), (top, left, bottom, right), (dh, dw), (oh, ow))
     name = CONV_DEPTHWISE if layout["kind"] == "depthwise" else CONV_PLAIN
-    xp = _pad_input(x, pads)
+    xp = pad_input(x, pads)
     ric = te.reduce_axis((0, icg), name="ric")
     rkh = te.reduce_axis((0, kh), name="rkh")
     rkw = te.reduce_axis((0, kw), name="rkw")
@@ -156,7 +151,7 @@ def _conv_packed(x, w_packed, bias, b, out_channels, icg, ocg, groups, kernel, s
     sh, sw = strides
     dh, dw = dilations
     oh, ow = out_hw
-    xp, tile, ow_pad = _tiled_input(x, ow, kw, sw, dw, pads)
+    xp, tile, ow_pad = tiled_input(x, ow, kw, sw, dw, pads)
     blocks_per_group = ocg // b
     ric = te.reduce_axis((0, icg), name="ric")
     rkh = te.reduce_axis((0, kh), name="rkh")
@@ -177,85 +172,6 @@ def _conv_packed(x, w_packed, bias, b, out_channels, icg, ocg, groups, kernel, s
         return v if bias is None else v + bias[o]
 
     return te.compute((n, out_channels, oh, ow), unpack, name=CONV_UNPACK, tag="injective")
-
-
-# ---------------------------------------------------------------------------------------------- conv2d, NCHW[x]c
-
-def conv2d_nchwc_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | None, *, in_block: int, block: int,
-                         out_channels: int, kernel: tuple[int, int], strides: tuple[int, int],
-                         pads: tuple[int, int, int, int], dilations: tuple[int, int]) -> te.Tensor:
-    """Conv2d (groups 1) with blocked activations: x is NCHW[in_block]c (or plain NCHW when in_block is 0), the
-    weight is packed as (OC / block, IC / in_block, KH, KW, in_block, block) (or (OC / block, IC, KH, KW, block)
-    for a plain input), the output is NCHW[block]c: (N, OC / block, OH, OW, block).
-
-    The anchor computes a width padded to whole register tiles, as the NCHW kernel does; the output block copies
-    the valid columns and adds the bias. Both the input's channel lanes and the output's are contiguous, so the
-    kernel's loads of weights and its stores are whole vectors with no transposition.
-    """
-    kh, kw = kernel
-    sh, sw = strides
-    dh, dw = dilations
-    top, left, bottom, right = pads
-    if in_block:
-        n, cb, h, w, _ = (int(d) for d in x.shape)
-    else:
-        n, cb, h, w = (int(d) for d in x.shape)
-    oh = _conv_out_size(h, kh, sh, top, bottom, dh)
-    ow = _conv_out_size(w, kw, sw, left, right, dw)
-    xp, tile, ow_pad = _tiled_input(x, ow, kw, sw, dw, pads)
-    rkh = te.reduce_axis((0, kh), name="rkh")
-    rkw = te.reduce_axis((0, kw), name="rkw")
-    if in_block:
-        rcb = te.reduce_axis((0, cb), name="rcb")
-        rci = te.reduce_axis((0, in_block), name="rci")
-
-        def body(b_, ob, y, z, oi):
-            return te.sum(xp[b_, rcb, y * sh + rkh * dh, z * sw + rkw * dw, rci]
-                          * widen(w_packed[ob, rcb, rkh, rkw, rci, oi]), axis=[rcb, rkh, rkw, rci])
-    else:
-        ric = te.reduce_axis((0, cb), name="ric")
-
-        def body(b_, ob, y, z, oi):
-            return te.sum(xp[b_, ric, y * sh + rkh * dh, z * sw + rkw * dw] * widen(w_packed[ob, ric, rkh, rkw, oi]),
-                          axis=[ric, rkh, rkw])
-    ocb = out_channels // block
-    conv = te.compute((n, ocb, oh, ow_pad, block), body, name=CONV_NCHWC, tag=CONV_NCHWC,
-                      attrs={ANN_OW_TILE: tile, ANN_OC_BLOCK: block})
-    return _nchwc_output(conv, bias, ow)
-
-
-def _nchwc_output(conv: te.Tensor, bias: te.Tensor | None, ow: int) -> te.Tensor:
-    """The valid `ow` columns of a blocked anchor computed over whole register tiles, plus the (C,) bias."""
-    n, cb, oh, _, b = (int(d) for d in conv.shape)
-
-    def out(b_, c, y, z, ci):
-        v = conv[b_, c, y, z, ci]
-        return v if bias is None else v + bias[c * b + ci]
-
-    return te.compute((n, cb, oh, ow, b), out, name=CONV_NCHWC_OUT, tag="injective")
-
-
-def depthwise_conv2d_nchwc_compute(x: te.Tensor, w: te.Tensor, bias: te.Tensor | None, *, kernel: tuple[int, int],
-                                   strides: tuple[int, int], pads: tuple[int, int, int, int],
-                                   dilations: tuple[int, int]) -> te.Tensor:
-    """Depthwise conv (channel multiplier 1) on NCHW[b]c: x (N, C/b, H, W, b), weight (C/b, KH, KW, b), output
-    (N, C/b, OH, OW, b). Each output pixel's b channels are one vector: b independent FMAs per weight tap."""
-    n, cb, h, w_, b = (int(d) for d in x.shape)
-    kh, kw = kernel
-    sh, sw = strides
-    dh, dw = dilations
-    top, left, bottom, right = pads
-    oh = _conv_out_size(h, kh, sh, top, bottom, dh)
-    ow = _conv_out_size(w_, kw, sw, left, right, dw)
-    xp, tile, ow_pad = _tiled_input(x, ow, kw, sw, dw, pads)
-    rkh = te.reduce_axis((0, kh), name="rkh")
-    rkw = te.reduce_axis((0, kw), name="rkw")
-    conv = te.compute(
-        (n, cb, oh, ow_pad, b),
-        lambda b_, c, y, z, ci: te.sum(xp[b_, c, y * sh + rkh * dh, z * sw + rkw * dw, ci] * w[c, rkh, rkw, ci],
-                                       axis=[rkh, rkw]),
-        name=CONV_DW_NCHWC, tag=CONV_DW_NCHWC, attrs={ANN_OW_TILE: tile, ANN_OC_BLOCK: b})
-    return _nchwc_output(conv, bias, ow)
 
 
 # ---------------------------------------------------------------------------------------------- dense
@@ -290,32 +206,3 @@ def dense_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | None, *, 
     if bias is None:
         return te.compute((m, n), lambda i, j: out[i, j], name=DENSE_BIAS, tag="injective")
     return te.compute((m, n), lambda i, j: out[i, j] + bias[j], name=DENSE_BIAS, tag="broadcast")
-
-
-# ---------------------------------------------------------------------------------------------- weight gradients
-
-WGRAD = "weight_grad"           # the weight-shaped view of the product; its product block is a "matmul"
-WGRAD_GEMM = "matmul"           # named as ops/nn.py's matmul block
-
-
-def weight_grad_gemm_compute(rows: te.Tensor, cols: te.Tensor, shape: tuple[int, ...],
-                             transpose_rows: bool = False) -> te.Tensor:
-    """dW of shape (O, ...) = rows (O, M) @ cols (M, R), R = prod(shape[1:]), rows read as (M, O) if
-    `transpose_rows` (see ops/train_layout.py)."""
-    o, m = (int(d) for d in (rows.shape[::-1] if transpose_rows else rows.shape))
-    r = int(cols.shape[1])
-    rk = te.reduce_axis((0, m), name="rk")
-
-    def row(i, k):
-        return rows[k, i] if transpose_rows else rows[i, k]
-
-    mm = te.compute((o, r), lambda i, j: te.sum(row(i, rk) * cols[rk, j], axis=rk), name=WGRAD_GEMM)
-    inner = shape[1:]
-
-    def view(i, *idx):
-        flat = 0
-        for d, v in zip(inner, idx):
-            flat = flat * d + v
-        return mm[i, flat]
-
-    return te.compute(shape, view, name=WGRAD, tag="injective")

@@ -1,0 +1,208 @@
+"""What every CPU schedule family shares: the rule object, knob dataclasses, and the schedule helpers.
+
+A rule follows dlight's `ScheduleRule` protocol (`apply(func, target, tunable) -> Schedule | None`), as the CUDA
+backend's rules do, plus `applies(block_names)`: the anchor blocks it dispatches on, named by the op files that
+create them (compiler/ops/). A rule works on a fresh `s_tir.Schedule`, so a rule that fails half-way leaves nothing
+behind. A tunable rule carries its schedule-only parameters as a frozen dataclass (`Knobs`); the knob search
+(backend/tuning.py) schedules with other instances, never by patching module state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+
+log = logging.getLogger(__name__)
+
+VECTOR_MAX = 64          # widest loop handed to `vectorize` (LLVM splits it into registers)
+PARALLEL_MIN_WORK = 4096  # iterations worth a parallel launch (~ a few microseconds)
+SPATIAL = 0  # tirx.IterVar.DataPar
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Schedule-only parameters of one rule: none of them changes the kernel's computation (tile sizes fixed by
+    packed weights or tiled inputs are not knobs). Subclasses are frozen dataclasses whose defaults are the first
+    guess and whose SPACE lists the candidates of each field, in field order."""
+
+    SPACE: ClassVar[dict[str, tuple]] = {}
+
+    @classmethod
+    def space(cls) -> list[Knobs]:
+        """Every combination of the candidates (the defaults among them), fields varied in declaration order."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return [cls(**dict(zip(names, combo))) for combo in itertools.product(*(cls.SPACE[n] for n in names))]
+
+
+@dataclass(frozen=True)
+class Rule(ScheduleRule):
+    """A CPU schedule rule: `schedule(sch, target)` (or `schedule(sch, target, knobs)` for a tunable rule) schedules
+    a kernel in place and raises where the kernel does not fit it. `blocks` are the anchor block names the rule
+    dispatches on (any of them, or all with `needs_all`); a rule without blocks is tried on every kernel."""
+
+    name: str
+    schedule: Callable
+    blocks: tuple[str, ...] = ()
+    needs_all: bool = False
+    knobs: Knobs | None = None
+
+    def applies(self, names: set[str]) -> bool:
+        if not self.blocks:
+            return True
+        return (all if self.needs_all else any)(b in names for b in self.blocks)
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool = False) -> s_tir.Schedule | None:
+        """The scheduled kernel, or None where the rule does not apply or fails (ScheduleError, TVMError)."""
+        if not self.applies(block_names(func)):
+            return None
+        return self.apply_to(func, target)
+
+    def apply_to(self, func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+        """`apply` without the block-name test (the caller made it)."""
+        try:
+            sch = s_tir.Schedule(func)
+            if self.knobs is None:
+                self.schedule(sch, target)
+            else:
+                self.schedule(sch, target, self.knobs)
+            return sch
+        except Exception as err:  # ScheduleError, TVMError: the caller falls through to a simpler rule
+            log.debug("schedule rule %s failed: %s", self.name, err)
+            return None
+
+    def with_knobs(self, knobs: Knobs) -> Rule:
+        return dataclasses.replace(self, knobs=knobs)
+
+
+def block_names(func: tirx.PrimFunc) -> set[str]:
+    try:
+        sch = s_tir.Schedule(func)
+        return {sch.get(b).name_hint for b in root_blocks(sch)}
+    except Exception:
+        return set()
+
+
+def attempt(fn: Callable, *args):
+    """Run one optional schedule step; a failed step changes nothing (schedule primitives are atomic)."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        log.debug("schedule step %s failed: %s", getattr(fn, "__name__", fn), err)
+        return None
+
+
+def root_blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def is_output(sch: s_tir.Schedule, block) -> bool:
+    root = sch.get_sblock("root")
+    outs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    return sch.get(block).name_hint in outs
+
+
+def loop_extent(sch: s_tir.Schedule, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def iter_types(sch: s_tir.Schedule, block) -> list[int]:
+    return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+
+
+def is_spatial_block(sch: s_tir.Schedule, block) -> bool:
+    return all(t == SPATIAL for t in iter_types(sch, block)) and sch.get(block).init is None
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def inline_all(sch: s_tir.Schedule, keep: set[str] = frozenset()) -> None:
+    """Inline every non-output spatial block (padding, elementwise, broadcast) into its consumers."""
+    for block in root_blocks(sch):
+        name = sch.get(block).name_hint
+        if name in keep or is_output(sch, block) or not is_spatial_block(sch, block):
+            continue
+        attempt(sch.compute_inline, block)
+
+
+def vector_lanes(target: tvm.target.Target) -> int:
+    attrs = target.attrs
+    feats = " ".join(str(x) for x in attrs.get("mattr", []) or [])
+    mcpu = str(attrs.get("mcpu", ""))
+    avx512 = ("avx512" in feats or any(c in mcpu for c in ("znver4", "znver5", "skylake-avx512", "cascadelake",
+                                                             "icelake", "sapphirerapids", "tigerlake", "cooperlake")))
+    return 16 if avx512 else 8
+
+
+def anchor_epilogue(sch: s_tir.Schedule, anchor, *keep: str):
+    """Inline the elementwise chain after `anchor`; returns the one block consuming it (a write-back if none)."""
+    inline_all(sch, keep={sch.get(anchor).name_hint, *keep})
+    consumers = sch.get_consumers(anchor)
+    if not consumers:
+        return sch.cache_write(anchor, 0, "global")
+    if len(consumers) != 1 or not is_spatial_block(sch, consumers[0]):
+        raise ValueError("anchor has several consumers")
+    return consumers[0]
+
+
+def register_tile(sch: s_tir.Schedule, block, vec: int):
+    """The [rows x cols] accumulator tile of a product computed at its tile loop (last three loops: rows, cols,
+    k): k outside the tile, rows unrolled, cols unrolled in `vec`-lane pieces that are vectorized, so that LLVM
+    keeps the tile in registers and each k step is one FMA per vector. Returns the k loop."""
+    rows, cols, k = sch.get_loops(block)[-3:]
+    co, cl = sch.split(cols, [None, vec])
+    sch.reorder(k, rows, co, cl)
+    sch.unroll(rows)
+    sch.unroll(co)
+    sch.vectorize(cl)
+    return k
+
+
+def schedule_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Fuse outer loops and parallelize them (if worth it); vectorize the innermost axis in pieces."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    ext = loop_extent(sch, inner)
+    outer = list(loops[:-1])
+    if ext is None or ext < 4:
+        outer.append(inner)
+        inner = None
+    elif ext > VECTOR_MAX:
+        piece = vector_piece(ext, lanes)
+        o, inner = sch.split(inner, [None, piece])
+        outer.append(o)
+    if outer:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if loop_work(sch, block) >= PARALLEL_MIN_WORK:
+            sch.parallel(fused)
+    if inner is not None:
+        attempt(sch.vectorize, inner)
+
+
+def vector_piece(ext: int, lanes: int) -> int:
+    """The widest multiple of 4 up to VECTOR_MAX dividing `ext`, else `lanes` (the split then has a tail)."""
+    for d in range(VECTOR_MAX, 3, -4):
+        if ext % d == 0:
+            return d
+    return lanes
+
+
+def loop_work(sch: s_tir.Schedule, block) -> int:
+    total = 1
+    for loop in sch.get_loops(block):
+        total *= loop_extent(sch, loop) or 1
+    return total
