@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
@@ -59,9 +58,6 @@ class Node:
         ins = ", ".join("%" + v.name for v in self.inputs)
         outs = ", ".join("%" + v.name for v in self.outputs)
         return f"{outs} = {self.op.name}({ins})"
-
-
-_IDENT = re.compile(r"[A-Za-z0-9_.]+\Z")
 
 
 class Graph:
@@ -180,11 +176,21 @@ class Graph:
         self._names = {v.name for v in self.values()}
 
     def copy(self) -> "Graph":
-        """An independent copy (nodes and values new, parameter arrays shared: params are never mutated)."""
-        from .parser import parse_graph
-        from .printer import print_graph
-
-        return parse_graph(print_graph(self), {p.name: p.data for p in self.params})
+        """An independent copy (nodes and values new, parameter arrays shared: params are never mutated); the same
+        graph as printing and parsing it back gives, node names kept."""
+        g = Graph(self.name)
+        new: dict[Value, Value] = {}
+        for v in self.inputs:
+            new[v] = g.add_input(v.name, v.type)
+        for p in self.params:
+            new[p] = g.add_param(p.name, p.data, p.type)
+        for n in self.nodes:
+            outs = g.add_node(n.op, [new[v] for v in n.inputs], dict(n.attrs), n.name, [o.name for o in n.outputs])
+            outs[0].producer.group = n.group
+            new.update(zip(n.outputs, outs))
+        g.outputs = [new[v] for v in self.outputs]
+        g.output_names = list(self.output_names)
+        return g
 
     def __str__(self) -> str:
         from .printer import print_graph
@@ -195,7 +201,3 @@ class Graph:
         from .verifier import verify
 
         verify(self)
-
-
-def is_plain_identifier(name: str) -> bool:
-    return bool(_IDENT.match(name))

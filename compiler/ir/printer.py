@@ -17,10 +17,20 @@ travels beside the text, e.g. in the artifact's parameter file).
 from __future__ import annotations
 
 import math
+import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .graph import Graph, Value, is_plain_identifier
+if TYPE_CHECKING:
+    from .graph import Graph, Value
+
+_IDENT = re.compile(r"[A-Za-z0-9_.]+\Z")
+
+
+def is_plain_identifier(name: str) -> bool:
+    return bool(_IDENT.match(name))
+
 
 INLINE_LIMIT = 16
 

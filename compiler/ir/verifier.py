@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from runtime.errors import IRError, VerifyError
 
-from .graph import Graph
+if TYPE_CHECKING:
+    from .graph import Graph
 
 
 def verify(g: Graph) -> None:
