@@ -15,11 +15,7 @@ import numpy as np
 from compiler import ops
 from compiler.ir import Graph, Node, Value
 from compiler.ops import NOT_DIFFERENTIABLE
-from runtime.errors import CompileError
-
-
-class AutodiffError(CompileError):
-    """The graph cannot be differentiated (an op without a gradient rule on the path to the loss, ...)."""
+from runtime.errors import AutodiffError  # noqa: F401  (re-exported: compiler.autodiff.reverse.AutodiffError)
 
 
 class Emitter:

@@ -33,6 +33,8 @@ from tvm import te, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from runtime.errors import AutodiffError
+
 from compiler.ir.types import FLOAT_DTYPES, TensorType
 
 from .registry import Attr, FusionKind, defop, fail
@@ -218,8 +220,6 @@ def _lstm_grad(e, n, dys):
     steps, b, hidden = y.type.shape
     dt = y.type.dtype
     if len(dys) > 2 and dys[2] is not None:
-        from compiler.autodiff.reverse import AutodiffError
-
         raise AutodiffError(f"lstm_sequence {n.name!r}: its saved gate pre-activations are for the backward only; "
                       f"a loss must not depend on them")
     dy, dc = (d if d is not None else e.const(np.zeros(y.type.shape), dt) for d in dys[:2])
