@@ -37,7 +37,7 @@ from runtime.errors import AutodiffError
 
 from compiler.ir.types import FLOAT_DTYPES, TensorType
 
-from .registry import Attr, FusionKind, defop, fail
+from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 GATES = 4
 UNIT_BLOCKS = (16, 8, 4, 2, 1)  # hidden units per block of the forward kernel: 4 gates x 16 fp32 = 4 AVX-512 rows
@@ -336,7 +336,7 @@ def _lstm_grad_lower(z, c, c_prev, r, dy, dc, *, reverse):
 
 lstm_sequence_grad = defop(
     "lstm_sequence_grad", FusionKind.OPAQUE, infer=_lstm_grad_infer, arity=(6, 6), attrs={"reverse": Attr("bool", False)},
-    reference=_lstm_grad_ref, lower=_lstm_grad_lower,
+    reference=_lstm_grad_ref, lower=_lstm_grad_lower, grad=NO_RULE_YET,
     doc="BPTT through lstm_sequence: (z, c, c_prev, R, dY, dC) -> (dz: the gate pre-activations' gradient, dc0).")
 
 

@@ -21,7 +21,7 @@ from tvm import te, tirx
 from compiler.ir.types import TensorType
 
 from .nn import CONV_ATTRS, conv_out_size, windows2d
-from .registry import Attr, FusionKind, defop, fail
+from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 
 def _round_up(x: int, m: int) -> int:
@@ -60,7 +60,7 @@ def _conv_pack_lower(w, *, block):
 
 conv2d_weight_pack = defop(
     "conv2d_weight_pack", FusionKind.INJECTIVE, infer=_conv_pack_infer, attrs={"block": Attr("int")},
-    reference=_conv_pack_ref, lower=_conv_pack_lower, movement=True,
+    reference=_conv_pack_ref, lower=_conv_pack_lower, movement=True, grad=NO_RULE_YET,
     doc="OIHW -> (OC_pad / block, IC, KH, KW, block), zero rows padding OC: conv2d_packed's 'packed' weight, "
         "packed at run time (a weight that is not a compile-time param).")
 
@@ -95,7 +95,7 @@ def _dense_pack_lower(w, *, block):
 
 dense_weight_pack = defop(
     "dense_weight_pack", FusionKind.INJECTIVE, infer=_dense_pack_infer, attrs={"block": Attr("int")},
-    reference=_dense_pack_ref, lower=_dense_pack_lower, movement=True,
+    reference=_dense_pack_ref, lower=_dense_pack_lower, movement=True, grad=NO_RULE_YET,
     doc="(N, K) -> (N_pad / block, K, block), zero rows padding N: dense_packed's weight, packed at run time.")
 
 
@@ -110,7 +110,7 @@ def _flip_infer(types):
 
 conv2d_weight_flip = defop(
     "conv2d_weight_flip", FusionKind.INJECTIVE, infer=_flip_infer, movement=True,
-    reference=lambda w: np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]),
+    reference=lambda w: np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), grad=NO_RULE_YET,
     lower=lambda w: te.compute((w.shape[1], w.shape[0], w.shape[2], w.shape[3]),
                                lambda i, o, y, x: w[o, i, w.shape[2] - 1 - y, w.shape[3] - 1 - x],
                                name="conv2d_weight_flip"),
@@ -163,6 +163,7 @@ def _im2col_lower(x, *, kernel, strides, pads, dilations):
 im2col = defop(
     "im2col", FusionKind.INJECTIVE, infer=_im2col_infer, attrs=IM2COL_ATTRS, reference=_im2col_ref,
     lower=_im2col_lower,  # not `movement`: a matmul would take it as a prologue and gather it serially
+    grad=NO_RULE_YET,
     doc="NCHW x -> (N*OH*OW, C*KH*KW): row (n, oh, ow) holds the conv window at that output position, zero where "
         "it reads padding; conv2d(x, W) = im2col(x) @ W.reshape(O, -1).T. The conv weight gradient reads it.")
 
@@ -191,6 +192,7 @@ def _wgrad_lower(rows, cols, *, shape, transpose_rows):
 weight_grad_gemm = defop(
     "weight_grad_gemm", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_wgrad_infer, arity=(2, 2),
     attrs={"shape": Attr("ints"), "transpose_rows": Attr("bool", False)}, reference=_wgrad_ref, lower=_wgrad_lower,
+    grad=NO_RULE_YET,
     doc="A weight gradient as one matrix product rows (O, M) @ cols (M, R) (rows given as (M, O) with "
         "transpose_rows), written in the weight's shape (O, ...): a conv's dW from dy with channels first (O, "
         "N*OH*OW) and im2col(x), a dense's dW from dy (M, N), transposed, and x (M, K). "
