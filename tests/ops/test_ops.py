@@ -196,6 +196,13 @@ def test_every_op_is_declared_fully():
         assert callable(op.lower), f"{op.name}: no kernel"
 
 
+def test_every_op_is_imported_by_name_into_the_package():
+    """compiler/ops/__init__.py lists the ops by name (so editors resolve `ops.conv2d`): exactly the registry."""
+    listed = {name for name, value in vars(ops).items() if isinstance(value, OpDef)}
+    assert listed == set(OPS), f"missing: {sorted(set(OPS) - listed)}, extra: {sorted(listed - set(OPS))}"
+    assert all(getattr(ops, name) is op for name, op in OPS.items())
+
+
 def _identity_op(**facts):
     return OpDef("incomplete", FusionKind.ELEMWISE, infer=lambda types: types[0], reference=lambda x: x,
                  **{"lower": lambda x: x, **facts})
