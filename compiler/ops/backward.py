@@ -3,7 +3,7 @@
 Convolution and pooling backward (scatters written as gathers, so that every output element is one reduction), the
 scatter-add of an embedding lookup, the adjoint of a strided slice, and the ReLU / GELU backward as one kernel each.
 Every reference works in any float dtype (the finite-difference tests run them in float64). A backward kernel has
-no gradient rule of its own (NO_RULE_YET): reverse mode is run once, never on a graph it produced.
+no gradient rule of its own (NO_RULE_YET): second-order differentiation is not supported.
 """
 
 from __future__ import annotations
