@@ -8,7 +8,7 @@ what was wrong (the op, the ONNX node, the input name, the expected and actual s
 from __future__ import annotations
 
 __all__ = ["TensorForgeError", "FrontendError", "UnsupportedOpError", "IRError", "ParseError", "VerifyError",
-           "PassError", "CompileError", "ArtifactError", "DeviceError", "InputError"]
+           "PassError", "CompileError", "AutodiffError", "ArtifactError", "DeviceError", "InputError"]
 
 
 class TensorForgeError(Exception):
@@ -48,6 +48,10 @@ class PassError(TensorForgeError):
 # -- backend ----------------------------------------------------------------------------------------------------------
 class CompileError(TensorForgeError):
     """Lowering, scheduling or building kernels failed."""
+
+
+class AutodiffError(CompileError):
+    """The graph cannot be differentiated (an op without a gradient rule on the path to the loss, ...)."""
 
 
 # -- runtime ----------------------------------------------------------------------------------------------------------

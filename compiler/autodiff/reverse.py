@@ -1,9 +1,9 @@
 """Reverse-mode differentiation of an IR graph: `backward(g, loss, wrt)` appends the backward nodes to `g`.
 
-Nodes are visited in reverse execution order; each op's gradient rule (`OpDef.grad`, attached in rules.py) maps
+Nodes are visited in reverse execution order; each op's gradient rule (`OpDef.grad`, declared with the op) maps
 the gradient of its output to gradients of its inputs, emitted as ordinary IR nodes through an `Emitter`.
 Contributions to a value read several times are summed. Only nodes on a path from `wrt` to `loss` are
-differentiated; an op on such a path without a rule is an error that names the op and the node.
+differentiated; an op on such a path without a rule (`NO_RULE_YET`) is an error that names the op and the node.
 """
 
 from __future__ import annotations
@@ -14,12 +14,8 @@ import numpy as np
 
 from compiler import ops
 from compiler.ir import Graph, Node, Value
-from compiler.ops import NOT_DIFFERENTIABLE
-from runtime.errors import CompileError
-
-
-class AutodiffError(CompileError):
-    """The graph cannot be differentiated (an op without a gradient rule on the path to the loss, ...)."""
+from compiler.ops import NO_RULE_YET, NOT_DIFFERENTIABLE
+from runtime.errors import AutodiffError  # noqa: F401  (re-exported: compiler.autodiff.reverse.AutodiffError)
 
 
 class Emitter:
@@ -100,9 +96,9 @@ def backward(g: Graph, loss: Value, wrt: Sequence[Value], seed: Value | None = N
         rule = n.op.grad
         if rule is NOT_DIFFERENTIABLE:
             continue
-        if rule is None:
-            raise AutodiffError(f"no gradient rule for {_where(n)}; attach one with "
-                                f"compiler.autodiff.rules.defgrad(ops.{n.op.name})")
+        if rule is NO_RULE_YET or rule is None:  # None: an OpDef built by hand, not by defop
+            raise AutodiffError(f"no gradient rule for {_where(n)}; declare one with the op "
+                                f"(defop({n.op.name!r}, ..., grad=rule))")
         e.name = n.name or n.outputs[0].name
         # a multi-output op's rule gets every output's gradient (None where an output does not reach the loss)
         in_grads = rule(e, n, dys[0] if len(n.outputs) == 1 else dys)

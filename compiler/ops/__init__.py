@@ -1,9 +1,42 @@
-"""All ops, declared one family per module. Importing this package registers every op in `OPS`, and every op is
-also an attribute here: `ops.conv2d`, `ops.relu`."""
+"""All ops, declared one family per module. Importing this package registers every op in `OPS`; every op is also
+an attribute here (`ops.conv2d`, `ops.relu`), imported by name so that editors and linters resolve it
+(tests/ops/test_ops.py checks that the names below are exactly the registry).
 
-from .registry import NOT_DIFFERENTIABLE, OPS, Attr, FusionKind, OpDef, defop, get_op  # noqa: F401
-from . import (activation, attention, elementwise, grad, layout, nn, reduce, shape,  # noqa: F401,E402  (registration)
-               train_layout)
-from . import rnn, winograd  # noqa: F401,E402  (registration: the LSTM recurrence, the Winograd conv)
+    elementwise.py  unary, binary, comparison ops (tables)   activation.py  gelu
+    nn.py           conv, dense, matmul, pooling              norm.py        batch/layer norm, lrn, softmax
+    reduce.py       reductions, arg-extremes, scans, top-k, einsum
+    shape.py        reshape, transpose, slices, gathers, scatters
+    attention.py    scaled dot-product attention              rnn.py         the LSTM recurrence and its backward
+    training.py     masks, dropout, losses                    backward.py    backward kernels
+    layout.py       packed weights, NCHW[x]c activations      train_layout.py  run-time packing, im2col, weight grads
+    winograd.py     the Winograd conv
+"""
 
-globals().update(OPS)
+from .registry import (NO_RULE_YET, NOT_DIFFERENTIABLE, OPS, Attr, FusionKind, OpDef, defop, get_op,  # noqa: F401
+                       missing_facts)
+
+# every op by name (the imports also register them)
+from .activation import gelu  # noqa: F401
+from .attention import attention  # noqa: F401
+from .backward import (avg_pool2d_grad, conv2d_backward_data, conv2d_backward_weight, gelu_grad,  # noqa: F401
+                       max_pool2d_grad, relu_grad, scatter_slices, strided_slice_grad, take_grad)
+from .elementwise import (abs, acos, acosh, add, asin, asinh, atan, atanh, bitwise_and, bitwise_not,  # noqa: F401
+                          bitwise_or, bitwise_xor, cast, ceil, clip, cos, cosh, div, equal, erf, exp, floor, greater,
+                          greater_equal, isinf, isnan, leaky_relu, left_shift, less, less_equal, log, logical_and,
+                          logical_not, logical_or, logical_xor, maximum, minimum, mod, mul, neg, pow, reciprocal, relu,
+                          right_shift, round, sigmoid, sign, sin, sinh, sqrt, sub, tan, tanh, where)
+from .layout import (avg_pool2d_nchwc, conv2d_nchwc, conv2d_packed, dense_packed, depthwise_conv2d_nchwc,  # noqa: F401
+                     from_blocked, global_avg_pool_nchwc, max_pool2d_nchwc, to_blocked)
+from .nn import (avg_pool2d, avg_pool3d, conv2d, conv3d, dense, global_avg_pool, matmul, max_pool2d,  # noqa: F401
+                 max_pool3d, max_pool_indices)
+from .norm import (batch_norm, layer_norm, log_softmax, lrn, softmax)  # noqa: F401
+from .reduce import (argmax, argmin, cumprod, cumsum, einsum, reduce_max, reduce_mean, reduce_min,  # noqa: F401
+                     reduce_prod, reduce_sum, topk)
+from .rnn import (lstm_sequence, lstm_sequence_grad)  # noqa: F401
+from .shape import (bitcast, broadcast_to, concat, gather_elements, gather_nd, pad, reshape,  # noqa: F401
+                    scatter_elements, scatter_nd, strided_slice, take, transpose)
+from .train_layout import (conv2d_weight_flip, conv2d_weight_pack, dense_weight_pack, im2col,  # noqa: F401
+                           weight_grad_gemm)
+from .training import (dropout, dropout_train, ge_mask, gt_mask, softmax_cross_entropy,  # noqa: F401
+                       softmax_cross_entropy_grad)
+from .winograd import winograd_conv2d  # noqa: F401

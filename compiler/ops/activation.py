@@ -8,8 +8,11 @@ import math
 import numpy as np
 from tvm import te
 
+from runtime.errors import AutodiffError
+
+
 from .elementwise import _erf, same_type
-from .registry import Attr, FusionKind, defop
+from .registry import Attr, FusionKind, defop, ops
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -45,6 +48,14 @@ def _gelu_lower(x, *, approximate):
     return te.compute(x.shape, f, name="gelu")
 
 
+def _gelu_grad(e, n, dy):
+    """d/dx x * Phi(x) = Phi(x) + x * phi(x) (the erf form), or the tanh form's derivative: one op."""
+    if n.attrs.get("approximate", "none") not in ("none", "tanh"):
+        raise AutodiffError(f"gradient of gelu (node {n.name or '?'}) with approximate="
+                            f"{n.attrs['approximate']!r} is not supported")
+    return [e.op(ops.gelu_grad, [n.inputs[0], dy], approximate=n.attrs.get("approximate", "none"))]
+
+
 gelu = defop("gelu", FusionKind.ELEMWISE, infer=same_type, attrs={"approximate": Attr("str", "none")},
-             reference=_gelu_ref, lower=_gelu_lower,
+             reference=_gelu_ref, lower=_gelu_lower, grad=_gelu_grad,
              doc="x * Phi(x): exact (erf) or approximate='tanh' as GPT-2 and PyTorch's approximate='tanh'.")

@@ -105,7 +105,7 @@ def _attention_grad(e, n, dy):
     """Through the decomposition: P = softmax(S), S = scale * Q K^T + mask (+ causal bias), O = P V.
     dV = P^T dO, dS = P * (dP - rowsum(dP * P)) with dP = dO V^T, dQ = scale dS K, dK = scale dS^T Q, dmask = dS
     summed to the mask's shape."""
-    from compiler import ops
+    from .registry import ops
 
     q, k, v = n.inputs[:3]
     mask = n.inputs[3] if len(n.inputs) == 4 else None

@@ -1,7 +1,12 @@
-"""Elementwise and broadcasting ops, declared from two tables: one line per op.
+"""Elementwise and broadcasting ops, declared from two tables: one line per op, and their gradient rules.
 
 The type rules are written once per class (lesson 3): unary ops keep their input type, binary ops broadcast as
-numpy does and require equal dtypes.
+numpy does and require equal dtypes. So are the gradient rules: a unary rule gives its input's gradient, a binary
+rule both operands' gradients before they are summed back to the operands' shapes (`e.sum_to`).
+
+A gradient rule is `rule(e, node, dy) -> [gradient of each input or None]`: `e` is the `Emitter`
+(compiler/autodiff/reverse.py) that adds backward nodes, `node` the forward node (its inputs and output are there
+to reuse: sigmoid's backward reads y, not x), `dy` the gradient of its output.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from tvm import te, tirx, topi
 
 from compiler.ir.types import TensorType
 
-from .registry import Attr, FusionKind, defop, fail
+from .registry import GRAD_MARKS, NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
 
 
 def same_type(types, **_attrs):
@@ -52,6 +57,50 @@ def _sigmoid_lower(x):
 def _tanh_lower(x):
     # float32: topi.fast_tanh, a clamped rational approximation (~1e-7 absolute), vectorizable (5x te.tanh here)
     return topi.fast_tanh(x) if x.dtype == "float32" else topi.tanh(x)
+
+
+def _x(n):
+    return n.inputs[0]
+
+
+def _y(n):
+    return n.outputs[0]
+
+
+def _piecewise_constant(e, n, dy):
+    return None  # zero almost everywhere
+
+
+# name: the gradient of the input (lesson 3: one line per op), written with the forward's own output where that is
+# cheaper; or NOT_DIFFERENTIABLE / NO_RULE_YET. Every op of UNARY has an entry.
+UNARY_GRADS = {
+    "relu": lambda e, n, dy: e.op(ops.relu_grad, [_x(n), dy]),
+    "sigmoid": lambda e, n, dy: e.mul(dy, e.mul(_y(n), e.op(ops.sub, [1.0, _y(n)]))),
+    "tanh": lambda e, n, dy: e.mul(dy, e.op(ops.sub, [1.0, e.mul(_y(n), _y(n))])),
+    "exp": lambda e, n, dy: e.mul(dy, _y(n)),
+    "log": lambda e, n, dy: e.op(ops.div, [dy, _x(n)]),
+    "sqrt": lambda e, n, dy: e.op(ops.div, [e.scale(dy, 0.5), _y(n)]),
+    "abs": lambda e, n, dy: e.mul(dy, e.op(ops.sub, [e.op(ops.gt_mask, [_x(n), 0.0]),
+                                                     e.op(ops.gt_mask, [e.const(0.0, _x(n).type.dtype), _x(n)])])),
+    "neg": lambda e, n, dy: e.op(ops.neg, [dy]),
+    "erf": lambda e, n, dy: e.mul(e.scale(dy, 2 / math.sqrt(math.pi)),
+                                  e.op(ops.exp, [e.op(ops.neg, [e.mul(_x(n), _x(n))])])),
+    "floor": _piecewise_constant,
+    "ceil": _piecewise_constant,
+    "sin": lambda e, n, dy: e.mul(dy, e.op(ops.cos, [_x(n)])),
+    "cos": lambda e, n, dy: e.op(ops.neg, [e.mul(dy, e.op(ops.sin, [_x(n)]))]),
+    "reciprocal": lambda e, n, dy: e.op(ops.neg, [e.mul(dy, e.mul(_y(n), _y(n)))]),
+    "sign": _piecewise_constant,
+    "round": _piecewise_constant,
+    **dict.fromkeys(("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh"), NO_RULE_YET),
+    "logical_not": NOT_DIFFERENTIABLE,
+    "bitwise_not": NOT_DIFFERENTIABLE,
+}
+
+
+def _unary_rule(grad):
+    """The rule of a one-input op from its table entry: the input's gradient as a list."""
+    return grad if any(grad is m for m in GRAD_MARKS) else (lambda e, n, dy, _r=grad: [_r(e, n, dy)])
 
 
 # name: (numpy reference, TE lowering)
@@ -192,6 +241,38 @@ def _div_ref(a, b):
     return q + ((r != 0) & ((a < 0) != (b < 0))).astype(q.dtype)  # floored -> truncated toward zero
 
 
+# name: (da, db) before summing back to the operands' shapes; or NOT_DIFFERENTIABLE / NO_RULE_YET. Every op of
+# BINARY has an entry.
+BINARY_GRADS = {
+    "add": lambda e, n, dy: (dy, dy),
+    "sub": lambda e, n, dy: (dy, e.op(ops.neg, [dy])),
+    "mul": lambda e, n, dy: (e.mul(dy, n.inputs[1]), e.mul(dy, n.inputs[0])),
+    "div": lambda e, n, dy: (e.op(ops.div, [dy, n.inputs[1]]),
+                             e.op(ops.neg, [e.op(ops.div, [e.mul(dy, _y(n)), n.inputs[1]])])),
+    "maximum": lambda e, n, dy: _select_grad(e, dy, e.op(ops.ge_mask, n.inputs)),
+    "minimum": lambda e, n, dy: _select_grad(e, dy, e.op(ops.ge_mask, n.inputs[::-1])),
+    "pow": lambda e, n, dy: (
+        e.mul(dy, e.mul(n.inputs[1], e.op(ops.pow, [n.inputs[0], e.op(ops.sub, [n.inputs[1], 1.0])]))),
+        e.mul(dy, e.mul(e.op(ops.log, [n.inputs[0]]), _y(n)))),
+    **dict.fromkeys(("logical_and", "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor",
+                     "left_shift", "right_shift"), NOT_DIFFERENTIABLE),
+}
+
+
+def _select_grad(e, dy, mask):
+    """maximum/minimum: the gradient goes to the selected operand (the first one on ties)."""
+    da = e.mul(dy, mask)
+    return da, e.op(ops.sub, [dy, da])
+
+
+def _binary_rule(grad):
+    """The rule of a broadcasting two-input op from its table entry: both gradients summed back to the operands'
+    shapes (once for the whole class, lesson 3)."""
+    if any(grad is m for m in GRAD_MARKS):
+        return grad
+    return lambda e, n, dy, _r=grad: [e.sum_to(g, v.type.shape) for g, v in zip(_r(e, n, dy), n.inputs)]
+
+
 # name: (numpy reference, TE lowering)
 BINARY = {
     "add": (np.add, topi.add),
@@ -214,12 +295,12 @@ BINARY = {
 for _name, (_ref, _te) in UNARY.items():
     globals()[_name] = defop(_name, FusionKind.ELEMWISE, infer=same_type,
                              reference=lambda x, _f=_ref: np.asarray(_f(x)).astype(x.dtype, copy=False),
-                             lower=lambda x, _f=_te: _f(x))
+                             lower=lambda x, _f=_te: _f(x), grad=_unary_rule(UNARY_GRADS[_name]))
 
 for _name, (_ref, _te) in BINARY.items():
     globals()[_name] = defop(_name, FusionKind.BROADCAST, infer=broadcast_types, arity=(2, 2),
                              reference=lambda a, b, _f=_ref: np.asarray(_f(a, b)).astype(a.dtype, copy=False),
-                             lower=lambda a, b, _f=_te: _f(a, b))
+                             lower=lambda a, b, _f=_te: _f(a, b), grad=_binary_rule(BINARY_GRADS[_name]))
 
 
 def _clip_bounds(dtype, lo, hi):
@@ -247,22 +328,37 @@ def _clip_lower(x, *, min, max):
     return te.compute(x.shape, f, name="clip")
 
 
+def _clip_dx(e, n, dy):
+    return e.mul(dy, e.mul(e.op(ops.ge_mask, [_x(n), n.attrs["min"]]),
+                           e.op(ops.ge_mask, [e.const(n.attrs["max"], _x(n).type.dtype), _x(n)])))
+
+
 clip = defop("clip", FusionKind.ELEMWISE, infer=same_type,
              attrs={"min": Attr("float", -math.inf), "max": Attr("float", math.inf)},
              reference=_clip_ref,
-             lower=_clip_lower)
+             lower=_clip_lower, grad=_unary_rule(_clip_dx))
+
+
+def _leaky_relu_dx(e, n, dy):
+    return e.mul(dy, e.op(ops.add, [n.attrs["alpha"], e.scale(e.op(ops.gt_mask, [_x(n), 0.0]), 1 - n.attrs["alpha"])]))
+
 
 leaky_relu = defop("leaky_relu", FusionKind.ELEMWISE, infer=same_type, attrs={"alpha": Attr("float", 0.01)},
                    reference=lambda x, *, alpha: np.where(x >= 0, x, x * x.dtype.type(alpha)),
-                   lower=lambda x, *, alpha: topi.nn.leaky_relu(x, alpha))
+                   lower=lambda x, *, alpha: topi.nn.leaky_relu(x, alpha), grad=_unary_rule(_leaky_relu_dx))
 
 
 def _cast_infer(types, *, to):
     return TensorType(types[0].shape, to)
 
 
+def _cast_grad(e, n, dy):
+    src = _x(n).type.dtype
+    return [e.op(ops.cast, [dy], to=src) if src.startswith(("float", "bfloat")) else None]
+
+
 cast = defop("cast", FusionKind.ELEMWISE, infer=_cast_infer, attrs={"to": Attr("str")},
-             reference=lambda x, *, to: x.astype(to), lower=lambda x, *, to: topi.cast(x, to))
+             reference=lambda x, *, to: x.astype(to), lower=lambda x, *, to: topi.cast(x, to), grad=_cast_grad)
 
 
 def _compare_infer(types):
@@ -279,7 +375,8 @@ COMPARE = {
 }
 for _name, (_ref, _te) in COMPARE.items():
     globals()[_name] = defop(_name, FusionKind.BROADCAST, infer=_compare_infer, arity=(2, 2),
-                             reference=lambda a, b, _f=_ref: np.asarray(_f(a, b)), lower=lambda a, b, _f=_te: _f(a, b))
+                             reference=lambda a, b, _f=_ref: np.asarray(_f(a, b)), lower=lambda a, b, _f=_te: _f(a, b),
+                             grad=NOT_DIFFERENTIABLE)
 
 
 def _float_test_infer(types):
@@ -289,9 +386,9 @@ def _float_test_infer(types):
 
 
 isnan = defop("isnan", FusionKind.ELEMWISE, infer=_float_test_infer, reference=lambda x: np.isnan(x),
-              lower=lambda x: topi.isnan(x))
+              lower=lambda x: topi.isnan(x), grad=NOT_DIFFERENTIABLE)
 isinf = defop("isinf", FusionKind.ELEMWISE, infer=_float_test_infer, reference=lambda x: np.isinf(x),
-              lower=lambda x: topi.isinf(x))
+              lower=lambda x: topi.isinf(x), grad=NOT_DIFFERENTIABLE)
 
 
 def _mod_ref(a, b, *, fmod):
@@ -339,7 +436,8 @@ def _mod_lower(a, b, *, fmod):
 
 mod = defop("mod", FusionKind.BROADCAST, infer=lambda types, *, fmod: broadcast_types(types), attrs={"fmod": Attr("bool", False)}, arity=(2, 2),
             reference=lambda a, b, *, fmod: np.asarray(_mod_ref(a, b, fmod=fmod)).astype(a.dtype),
-            lower=_mod_lower, doc="Remainder: fmod=True truncated (C fmod, sign of a), else floored (sign of b).")
+            lower=_mod_lower, grad=NO_RULE_YET,
+            doc="Remainder: fmod=True truncated (C fmod, sign of a), else floored (sign of b).")
 
 
 def _where_infer(types):
@@ -354,6 +452,13 @@ def _where_infer(types):
     return TensorType(shape, out.dtype)
 
 
+def _where_grad(e, n, dy):
+    c, a, b = n.inputs
+    zero = e.const(0.0, dy.type.dtype)
+    return [None, e.sum_to(e.op(ops.where, [c, dy, zero]), a.type.shape),
+            e.sum_to(e.op(ops.where, [c, zero, dy]), b.type.shape)]
+
+
 where = defop("where", FusionKind.BROADCAST, infer=_where_infer, arity=(3, 3),
               reference=lambda c, a, b: np.asarray(np.where(c, a, b)).astype(a.dtype, copy=False),
-              lower=lambda c, a, b: topi.where(c, a, b))
+              lower=lambda c, a, b: topi.where(c, a, b), grad=_where_grad)

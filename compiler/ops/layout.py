@@ -16,7 +16,7 @@ from . import nn
 from .nchwc import conv2d_nchwc_compute, depthwise_conv2d_nchwc_compute
 from .nn import CONV_ATTRS, _conv2d_infer, _conv2d_ref, _dense_infer, _dense_ref
 from .packed import conv2d_nchw_compute, dense_compute
-from .registry import Attr, FusionKind, defop, fail
+from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 WEIGHT_LAYOUTS = ("packed", "depthwise", "plain")
 
@@ -76,7 +76,8 @@ def _conv2d_packed_lower(x, wp, b=None, *, wlayout, block, out_channels, strides
 conv2d_packed = defop(
     "conv2d_packed", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv2d_packed_infer, arity=(2, 3),
     attrs={**CONV_ATTRS, "wlayout": Attr("str"), "block": Attr("int", 0), "out_channels": Attr("int")},
-    reference=_conv2d_packed_ref, lower=_conv2d_packed_lower,
+    reference=_conv2d_packed_ref, lower=_conv2d_packed_lower, grad=NO_RULE_YET, flops=nn.conv2d_flops,
+    bf16_weight=True,
     doc="conv2d whose weight is stored in a CPU-friendly layout: 'packed' = (OC/block, IC/groups, KH, KW, block).")
 
 
@@ -96,7 +97,8 @@ dense_packed = defop(
     attrs={"block": Attr("int"), "n": Attr("int")},
     reference=lambda x, wp, b=None, *, block, n: _dense_ref(x, unpack_dense_weight(widen_weight(wp), block=block,
                                                                                    n=n), b),
-    lower=_dense_packed_lower, doc="dense whose weight (N, K) is stored as (N/block, K, block).")
+    lower=_dense_packed_lower, grad=NO_RULE_YET, flops=nn.gemm_flops, bf16_weight=True,
+    doc="dense whose weight (N, K) is stored as (N/block, K, block).")
 
 
 # ---------------------------------------------------------------------------------------------- NCHW[x]c activations
@@ -132,13 +134,13 @@ to_blocked = defop(
     "to_blocked", FusionKind.INJECTIVE, attrs={"block": Attr("int")}, movement=True,
     infer=lambda types, *, block: _blocked_type(types[0], block),
     reference=lambda x, *, block: block_nchw(x, block),
-    lower=lambda x, *, block: topi.layout_transform(x, "NCHW", f"NCHW{block}c"),
+    lower=lambda x, *, block: topi.layout_transform(x, "NCHW", f"NCHW{block}c"), grad=NO_RULE_YET,
     doc="NCHW -> NCHW[block]c (N, C/block, H, W, block).")
 
 from_blocked = defop(
     "from_blocked", FusionKind.INJECTIVE, movement=True,
     infer=lambda types: _unblocked_type(types[0]), reference=unblock_nchwc,
-    lower=lambda x: topi.layout_transform(x, f"NCHW{int(x.shape[4])}c", "NCHW"),
+    lower=lambda x: topi.layout_transform(x, f"NCHW{int(x.shape[4])}c", "NCHW"), grad=NO_RULE_YET,
     doc="NCHW[b]c -> NCHW.")
 
 
@@ -194,7 +196,10 @@ conv2d_nchwc = defop(
     "conv2d_nchwc", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv2d_nchwc_infer, arity=(2, 3),
     attrs={"strides": CONV_ATTRS["strides"], "pads": CONV_ATTRS["pads"], "dilations": CONV_ATTRS["dilations"],
            "in_block": Attr("int"), "block": Attr("int"), "out_channels": Attr("int")},
-    reference=_conv2d_nchwc_ref, lower=_conv2d_nchwc_lower,
+    reference=_conv2d_nchwc_ref, lower=_conv2d_nchwc_lower, grad=NO_RULE_YET, bf16_weight=True,
+    flops=lambda n: (2 * n.outputs[0].type.numel * n.inputs[0].type.shape[1]  # input (N, IC/ib, H, W, ib) or NCHW
+                     * (n.inputs[0].type.shape[4] if n.inputs[0].type.rank == 5 else 1)
+                     * n.inputs[1].type.shape[2] * n.inputs[1].type.shape[3]),  # weight (OC/b, IC/ib, KH, KW, ...)
     doc="conv2d (groups 1) on NCHW[in_block]c activations (plain NCHW if in_block is 0) with a packed weight "
         "(OC/block, IC/in_block, KH, KW, in_block, block), or (OC/block, IC, KH, KW, block) for a plain input; "
         "the output is NCHW[block]c.")
@@ -233,7 +238,9 @@ def _dw_nchwc_lower(x, w, b=None, *, strides, pads, dilations):
 depthwise_conv2d_nchwc = defop(
     "depthwise_conv2d_nchwc", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_dw_nchwc_infer, arity=(2, 3),
     attrs={"strides": CONV_ATTRS["strides"], "pads": CONV_ATTRS["pads"], "dilations": CONV_ATTRS["dilations"]},
-    reference=_dw_nchwc_ref, lower=_dw_nchwc_lower,
+    reference=_dw_nchwc_ref, lower=_dw_nchwc_lower, grad=NO_RULE_YET,
+    # weight (C/b, KH, KW, b)
+    flops=lambda n: 2 * n.outputs[0].type.numel * n.inputs[1].type.shape[1] * n.inputs[1].type.shape[2],
     doc="depthwise conv2d (channel multiplier 1) on NCHW[b]c activations, weight (C/b, KH, KW, b).")
 
 
@@ -261,7 +268,7 @@ def _gap_nchwc_lower(x):
 
 global_avg_pool_nchwc = defop(
     "global_avg_pool_nchwc", FusionKind.REDUCTION, infer=_gap_nchwc_infer,
-    reference=lambda x: nn.global_avg_pool.reference(unblock_nchwc(x)), lower=_gap_nchwc_lower,
+    reference=lambda x: nn.global_avg_pool.reference(unblock_nchwc(x)), lower=_gap_nchwc_lower, grad=NO_RULE_YET,
     doc="global average pool of an NCHW[b]c tensor; the (N, C, 1, 1) result is plain NCHW.")
 
 
@@ -280,6 +287,7 @@ def _blocked_pool(pool):
                               ceil_mode, f"NCHW{int(x.shape[4])}c", count_include_pad)
 
     return defop(pool.name + "_nchwc", pool.kind, infer=infer, attrs=pool.attrs, reference=reference, lower=lower,
+                 grad=NO_RULE_YET,
                  doc=f"{pool.name} on NCHW[b]c activations.")
 
 

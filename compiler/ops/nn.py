@@ -1,7 +1,8 @@
-"""Neural-network ops: convolution, dense/matmul, normalization, pooling, softmax.
+"""Neural-network ops: convolution, dense/matmul and pooling, with their gradient rules and FLOP counts.
 
 The heavy ops (conv2d, dense, matmul) are fusion anchors (OUT_ELEMWISE_FUSABLE). Their references are written for
 speed as well as clarity (im2col views + BLAS) because the tests run whole CNNs through the reference interpreter.
+Normalizations and softmax are in norm.py; einsum is in reduce.py (a product summed over the absent indices).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from tvm import te, tirx, topi
 
+from runtime.errors import AutodiffError
+
 from compiler.ir.types import TensorType
 
-from .registry import NOT_DIFFERENTIABLE, Attr, FusionKind, defop, fail
+from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
 
 CONV_ATTRS = {
     "strides": Attr("ints", (1, 1)),
@@ -104,8 +107,54 @@ def _conv2d_lower(x, w, b=None, *, strides, pads, dilations, groups):
     return y
 
 
+def conv2d_flops(n) -> int:
+    """2 per multiply-add. The weight is OIHW, or packed (OC/b, IC/g, KH, KW, b): KH, KW are dims 2 and 3 either way
+    (conv2d_packed counts the same)."""
+    batch, oc, oh, ow = n.outputs[0].type.shape
+    cin, (kh, kw) = n.inputs[0].type.shape[1], n.inputs[1].type.shape[2:4]
+    return 2 * batch * oc * oh * ow * (cin // n.attrs["groups"]) * kh * kw
+
+
+def _conv2d_grad(e, n, dy):
+    """Ungrouped convs differentiate into the forward's own kernels: dx of a stride-1 conv is a conv of dy with the
+    flipped, channel-swapped weight; dw is a matrix product with the input's windows (im2col). Other convs use the
+    gather-form backward ops."""
+    x, w = n.inputs[:2]
+    conv = {k: n.attrs[k] for k in ("strides", "pads", "dilations", "groups")}
+    ungrouped = conv["groups"] == 1
+    dx = _conv2d_input_grad(e, x, w, dy, conv) if ungrouped else None
+    if dx is None:
+        dx = e.op(ops.conv2d_backward_data, [dy, w], input_shape=x.type.shape, **conv)
+    if ungrouped:
+        o = w.type.shape[0]
+        dy_rows = e.op(ops.reshape, [e.op(ops.transpose, [dy], perm=(1, 0, 2, 3))], shape=(o, dy.type.numel // o))
+        cols = e.op(ops.im2col, [x], kernel=w.type.shape[2:], strides=conv["strides"], pads=conv["pads"],
+                    dilations=conv["dilations"])
+        dw = e.op(ops.weight_grad_gemm, [dy_rows, cols], shape=w.type.shape)
+    else:
+        dw = e.op(ops.conv2d_backward_weight, [dy, x], kernel_shape=w.type.shape, **conv)
+    db = [e.op(ops.reduce_sum, [dy], axes=(0, 2, 3), keepdims=False)] if len(n.inputs) == 3 else []
+    return [dx, dw] + db
+
+
+def _conv2d_input_grad(e, x, w, dy, conv):
+    """dx = conv2d(dy, flip(w)) padded by dilation * (k - 1) - pad on each side, for stride 1; None otherwise (or
+    when a pad exceeds the window, which the gather form handles)."""
+    if conv["strides"] != (1, 1):
+        return None
+    kh, kw = w.type.shape[2:]
+    (dh, dw_), (pt, pl, pb, pr) = conv["dilations"], conv["pads"]
+    pads = (dh * (kh - 1) - pt, dw_ * (kw - 1) - pl, dh * (kh - 1) - pb, dw_ * (kw - 1) - pr)
+    if min(pads) < 0:
+        return None
+    dx = e.op(ops.conv2d, [dy, e.op(ops.conv2d_weight_flip, [w])], strides=(1, 1), pads=pads,
+              dilations=conv["dilations"], groups=1)
+    return dx if dx.type == x.type else None
+
+
 conv2d = defop("conv2d", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv2d_infer, attrs=CONV_ATTRS, arity=(2, 3),
-               reference=_conv2d_ref, lower=_conv2d_lower,
+               reference=_conv2d_ref, lower=_conv2d_lower, grad=_conv2d_grad, flops=conv2d_flops,
+               half_operands=(0, 1),
                doc="2-D convolution, NCHW input, OIHW weight, optional bias (O,).")
 
 
@@ -151,7 +200,7 @@ def _conv3d_lower(x, w, b=None, *, strides, pads, dilations, groups):
 conv3d = defop("conv3d", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv3d_infer, arity=(2, 3),
                attrs={"strides": Attr("ints", (1, 1, 1)), "pads": Attr("ints", (0,) * 6),
                       "dilations": Attr("ints", (1, 1, 1)), "groups": Attr("int", 1)},
-               reference=_conv3d_ref, lower=_conv3d_lower,
+               reference=_conv3d_ref, lower=_conv3d_lower, grad=NO_RULE_YET,
                doc="3-D convolution, NCDHW input, OIDHW weight, optional bias (O,); pads (begins..., ends...).")
 
 
@@ -169,8 +218,22 @@ def _dense_ref(x, w, b=None):
     return y + b if b is not None else y
 
 
+def gemm_flops(n) -> int:
+    """dense and matmul: 2 per multiply-add over the inner dimension (dense_packed counts the same)."""
+    return 2 * n.outputs[0].type.numel * n.inputs[0].type.shape[-1]
+
+
+def _dense_grad(e, n, dy):
+    x, w = n.inputs[:2]
+    dx = e.op(ops.matmul, [dy, w])  # (M, N) @ (N, K)
+    dw = e.op(ops.weight_grad_gemm, [dy, x], shape=w.type.shape, transpose_rows=True)  # dy.T (N, M) @ x (M, K)
+    db = [e.op(ops.reduce_sum, [dy], axes=(0,), keepdims=False)] if len(n.inputs) == 3 else []
+    return [dx, dw] + db
+
+
 dense = defop("dense", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_dense_infer, arity=(2, 3), reference=_dense_ref,
-              lower=lambda x, w, b=None: topi.nn.dense(x, w, b),
+              lower=lambda x, w, b=None: topi.nn.dense(x, w, b), grad=_dense_grad, flops=gemm_flops,
+              half_operands=(0, 1),
               doc="y = x @ w.T + b, with x (M, K), w (N, K) as stored by Linear and Gemm(transB=1).")
 
 
@@ -213,39 +276,25 @@ def _matmul_lower(a, b):
     return te.compute(out_shape, f, name="matmul")
 
 
+def _swap_last(e, v):
+    r = v.type.rank
+    return e.op(ops.transpose, [v], perm=tuple(range(r - 2)) + (r - 1, r - 2))
+
+
+def _matmul_grad(e, n, dy):
+    a, b = n.inputs
+    if a.type.rank < 2 or b.type.rank < 2:
+        raise AutodiffError(f"gradient of matmul (node {n.name or '?'}) with a 1-D operand is not supported")
+    da = e.op(ops.matmul, [dy, _swap_last(e, b)])
+    db = e.op(ops.matmul, [_swap_last(e, a), dy])
+    return [e.sum_to(da, a.type.shape), e.sum_to(db, b.type.shape)]
+
+
 matmul = defop("matmul", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_matmul_infer, arity=(2, 2),
-               reference=lambda a, b: np.matmul(a, b), lower=_matmul_lower, prologue=True,
+               reference=lambda a, b: np.matmul(a, b), lower=_matmul_lower, prologue=True, grad=_matmul_grad,
+               flops=gemm_flops, half_operands=(0, 1),
                doc="numpy.matmul semantics. Its kernel may read its operands through transposes and reshapes.")
 
-
-def _bn_infer(types, *, epsilon):
-    x = types[0]
-    if x.rank < 2:
-        fail(f"expects at least (N, C), got {x}")
-    for t in types[1:]:
-        if t.shape != (x.shape[1],):
-            fail(f"scale/bias/mean/var must have shape ({x.shape[1]},), got {t}")
-    return x
-
-
-def _bn_ref(x, scale, bias, mean, var, *, epsilon):
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    inv = (scale / np.sqrt(var + x.dtype.type(epsilon))).reshape(shape)
-    return ((x - mean.reshape(shape)) * inv + bias.reshape(shape)).astype(x.dtype)
-
-
-def _bn_lower(x, scale, bias, mean, var, *, epsilon):
-    def f(*i):
-        c = i[1]
-        inv = scale[c] / te.sqrt(var[c] + te.const(epsilon, x.dtype))
-        return (x(*i) - mean[c]) * inv + bias[c]
-
-    return te.compute(x.shape, f, name="batch_norm")
-
-
-batch_norm = defop("batch_norm", FusionKind.BROADCAST, infer=_bn_infer, attrs={"epsilon": Attr("float", 1e-5)},
-                   arity=(5, 5), reference=_bn_ref, lower=_bn_lower,
-                   doc="Inference batch normalization over axis 1: (x - mean) / sqrt(var + eps) * scale + bias.")
 
 POOL_ATTRS = {
     "kernel": Attr("ints"),
@@ -313,16 +362,24 @@ def _pool_lower(pool_type):
     return lower
 
 
+def _max_pool_grad(e, n, dy):
+    return [e.op(ops.max_pool2d_grad, [n.inputs[0], n.outputs[0], dy], **n.attrs)]
+
+
+def _avg_pool_grad(e, n, dy):
+    return [e.op(ops.avg_pool2d_grad, [n.inputs[0], dy], **n.attrs)]
+
+
 max_pool2d = defop("max_pool2d", FusionKind.REDUCTION, infer=_pool_infer(2), attrs=POOL_ATTRS,
-                   reference=_max_pool_ref, lower=_pool_lower("max"))
+                   reference=_max_pool_ref, lower=_pool_lower("max"), grad=_max_pool_grad)
 avg_pool2d = defop("avg_pool2d", FusionKind.REDUCTION, infer=_pool_infer(2),
                    attrs={**POOL_ATTRS, "count_include_pad": Attr("bool", False)},
-                   reference=_avg_pool_ref, lower=_pool_lower("avg"))
+                   reference=_avg_pool_ref, lower=_pool_lower("avg"), grad=_avg_pool_grad)
 max_pool3d = defop("max_pool3d", FusionKind.REDUCTION, infer=_pool_infer(3), attrs=POOL3D_ATTRS,
-                   reference=_max_pool_ref, lower=_pool_lower("max"), doc="max_pool2d over NCDHW.")
+                   reference=_max_pool_ref, lower=_pool_lower("max"), grad=NO_RULE_YET, doc="max_pool2d over NCDHW.")
 avg_pool3d = defop("avg_pool3d", FusionKind.REDUCTION, infer=_pool_infer(3),
                    attrs={**POOL3D_ATTRS, "count_include_pad": Attr("bool", False)},
-                   reference=_avg_pool_ref, lower=_pool_lower("avg"), doc="avg_pool2d over NCDHW.")
+                   reference=_avg_pool_ref, lower=_pool_lower("avg"), grad=NO_RULE_YET, doc="avg_pool2d over NCDHW.")
 
 
 # MaxPool's Indices: where each window's maximum is, as a flat index into the whole input (N and C included),
@@ -423,175 +480,12 @@ def _gap_lower(x):
                        te.const(float(np.prod([int(x.shape[a]) for a in axes])), x.dtype))
 
 
+def _gap_grad(e, n, dy):
+    x = n.inputs[0]
+    return [e.scale(e.broadcast(dy, x.type.shape), 1.0 / int(np.prod(x.type.shape[2:])))]
+
+
 global_avg_pool = defop("global_avg_pool", FusionKind.REDUCTION, infer=_gap_infer,
                         reference=lambda x: x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float64
                                                    ).astype(x.dtype),
-                        lower=_gap_lower)
-
-
-def _lrn_ref(x, *, size, alpha, beta, bias):
-    sq = (x.astype(np.float64)) ** 2
-    c = x.shape[1]
-    padded = np.pad(sq, [(0, 0), ((size - 1) // 2, size // 2)] + [(0, 0)] * (x.ndim - 2))
-    s = sum(padded[:, i:i + c] for i in range(size))
-    return (x / (bias + alpha / size * s) ** beta).astype(x.dtype)
-
-
-lrn = defop("lrn", FusionKind.REDUCTION, infer=lambda types, **_: types[0],
-            attrs={"size": Attr("int"), "alpha": Attr("float", 1e-4), "beta": Attr("float", 0.75),
-                   "bias": Attr("float", 1.0)},
-            reference=_lrn_ref,
-            lower=lambda x, *, size, alpha, beta, bias: topi.nn.lrn(x, size, 1, alpha, beta, bias),
-            doc="Local response normalization across channels (axis 1), ONNX semantics.")
-
-
-def _softmax_infer(types, *, axis):
-    (x,) = types
-    if not 0 <= axis < x.rank:
-        fail(f"axis {axis} out of range for {x}")
-    return x
-
-
-def _softmax_ref(x, *, axis):
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)
-
-
-softmax = defop("softmax", FusionKind.REDUCTION, infer=_softmax_infer, attrs={"axis": Attr("int")},
-                reference=_softmax_ref, lower=lambda x, *, axis: (topi.nn.fast_softmax(x, axis) if x.dtype == "float32"
-                                                                  else topi.nn.softmax(x, axis)))
-# float32 softmax exponentiates with topi.fast_exp (vectorizable, ~1e-7 relative); te.exp is a scalar libm call
-
-
-def _layer_norm_infer(types, *, axis, epsilon):
-    x = types[0]
-    if not 0 <= axis < x.rank:
-        fail(f"axis {axis} out of range for {x}")
-    for t in types[1:]:
-        if t.shape != x.shape[axis:] or t.dtype != x.dtype:
-            fail(f"scale and bias must be {x.dtype}{list(x.shape[axis:])} (the normalized axes), got {t}")
-    return x
-
-
-def _layer_norm_ref(x, scale, bias=None, *, axis, epsilon):
-    axes = tuple(range(axis, x.ndim))
-    x64 = x.astype(np.float64)
-    mean = x64.mean(axis=axes, keepdims=True)
-    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
-    y = (x64 - mean) / np.sqrt(var + epsilon) * scale
-    return (y if bias is None else y + bias).astype(x.dtype)
-
-
-def _layer_norm_lower(x, scale, bias=None, *, axis, epsilon):
-    """Two passes over each row (sum, then sum of squared deviations): fp32 stays accurate where E[x^2] - E[x]^2
-    would cancel. The normalizing epilogue reads the two row sums; constants are Python floats (te.const(0.5)
-    without a dtype is float64 and promotes)."""
-    outer = x.shape[:axis]
-    inv_n = 1.0 / float(np.prod([int(d) for d in x.shape[axis:]]))
-
-    def reduce_axes():
-        return [te.reduce_axis((0, d), name=f"r{i}") for i, d in enumerate(x.shape[axis:])]
-
-    r1 = reduce_axes()
-    row_sum = te.compute(outer, lambda *i: te.sum(x(*i, *r1), axis=r1), name="layer_norm_sum")
-    r2 = reduce_axes()
-
-    def sq_dev(*i):
-        d = x(*i, *r2) - row_sum(*i) * inv_n
-        return te.sum(d * d, axis=r2)
-
-    row_sq = te.compute(outer, sq_dev, name="layer_norm_sqdev")
-
-    def normalize(*i):
-        o, inner = i[:axis], i[axis:]
-        y = (x(*i) - row_sum(*o) * inv_n) * te.rsqrt(row_sq(*o) * inv_n + epsilon) * scale(*inner)
-        return y if bias is None else y + bias(*inner)
-
-    return te.compute(x.shape, normalize, name="layer_norm")
-
-
-layer_norm = defop("layer_norm", FusionKind.REDUCTION, infer=_layer_norm_infer,
-                   attrs={"axis": Attr("int"), "epsilon": Attr("float", 1e-5)}, arity=(2, 3),
-                   reference=_layer_norm_ref, lower=_layer_norm_lower,
-                   doc="(x - mean) / sqrt(var + epsilon) * scale + bias over axes axis..rank-1 (biased variance).")
-
-
-def _log_softmax_ref(x, *, axis):
-    x64 = x.astype(np.float64)
-    m = x64.max(axis=axis, keepdims=True)
-    return (x64 - m - np.log(np.exp(x64 - m).sum(axis=axis, keepdims=True))).astype(x.dtype)
-
-
-log_softmax = defop("log_softmax", FusionKind.REDUCTION, infer=_softmax_infer, attrs={"axis": Attr("int")},
-                    reference=_log_softmax_ref, lower=lambda x, *, axis: topi.nn.log_softmax(x, axis))
-
-
-def _einsum_parse(equation, types):
-    lhs, _, rhs = equation.replace(" ", "").partition("->")
-    terms = lhs.split(",")
-    if len(terms) != len(types) or "." in equation:
-        fail(f"equation {equation!r} does not fit {len(types)} inputs (ellipses are not supported)")
-    sizes = {}
-    for term, t in zip(terms, types):
-        if len(term) != t.rank:
-            fail(f"term {term!r} does not match {t}")
-        for ch, d in zip(term, t.shape):
-            if sizes.setdefault(ch, d) != d:
-                fail(f"index {ch!r} has sizes {sizes[ch]} and {d}")
-    if not _:  # implicit output: the indices that appear once, sorted
-        rhs = "".join(sorted(ch for ch in sizes if lhs.count(ch) == 1))
-    return terms, rhs, sizes
-
-
-def _einsum_infer(types, *, equation):
-    if len({t.dtype for t in types}) != 1:
-        fail("operands have different dtypes")
-    _, rhs, sizes = _einsum_parse(equation, types)
-    return TensorType([sizes[ch] for ch in rhs], types[0].dtype)
-
-
-def _einsum_lower(*xs, equation):
-    types = [TensorType([int(d) for d in x.shape], str(x.dtype)) for x in xs]
-    terms, rhs, sizes = _einsum_parse(equation, types)
-    summed = [ch for ch in sizes if ch not in rhs]
-    raxes = {ch: te.reduce_axis((0, sizes[ch]), name=f"r{ch}") for ch in summed}
-
-    def f(*out):
-        env = dict(zip(rhs, out), **raxes)
-        prod = None
-        for term, x in zip(terms, xs):
-            v = x(*[env[ch] for ch in term])
-            prod = v if prod is None else prod * v
-        return te.sum(prod, axis=list(raxes.values())) if raxes else prod
-
-    return te.compute([sizes[ch] for ch in rhs], f, name="einsum")
-
-
-einsum = defop("einsum", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_einsum_infer, attrs={"equation": Attr("str")},
-               arity=(1, -1), reference=lambda *xs, equation: np.asarray(np.einsum(equation, *xs)).astype(xs[0].dtype),
-               lower=_einsum_lower, doc="numpy.einsum without ellipses: one te.compute, summing the absent indices.")
-
-
-def _topk_infer(types, *, k, axis, largest):
-    (x,) = types
-    if not 0 <= axis < x.rank or not 0 <= k <= x.shape[axis]:
-        fail(f"k={k}, axis={axis} do not fit {x}")
-    shape = tuple(k if i == axis else d for i, d in enumerate(x.shape))
-    return [TensorType(shape, x.dtype), TensorType(shape, "int64")]
-
-
-def _topk_ref(x, *, k, axis, largest):
-    n = x.shape[axis]
-    if largest:  # descending, equal values keep the lower index first: a stable sort of the reversed axis
-        idx = np.flip(n - 1 - np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
-    else:
-        idx = np.argsort(x, axis=axis, kind="stable")
-    idx = np.take(idx, np.arange(k), axis=axis)
-    return np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)
-
-
-topk = defop("topk", FusionKind.OPAQUE, infer=_topk_infer,
-             attrs={"k": Attr("int"), "axis": Attr("int"), "largest": Attr("bool", True)},
-             reference=_topk_ref,
-             lower=lambda x, *, k, axis, largest: tuple(topi.topk(x, k, axis, "both", not largest, "int64")),
-             doc="The k largest (or smallest) values along `axis` and their int64 indices, ties by lower index.")
+                        lower=_gap_lower, grad=_gap_grad)

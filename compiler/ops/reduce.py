@@ -1,4 +1,5 @@
-"""Reductions over a set of axes: reduce_sum, reduce_mean (ONNX ReduceSum / ReduceMean)."""
+"""Reductions over a set of axes: reduce_sum, reduce_mean (ONNX ReduceSum / ReduceMean), the extremes and their
+indices, scans, top-k, and einsum (a product summed over the indices absent from the output)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from tvm import te, tirx, topi
 from compiler.ir.types import TensorType
 from compiler.ops.elementwise import nan_test
 
-from .registry import Attr, FusionKind, defop, fail
+from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
 
 REDUCE_ATTRS = {"axes": Attr("ints"), "keepdims": Attr("bool", True)}  # axes: sorted, non-negative
 
@@ -37,10 +38,21 @@ def _mean_lower(x, *, axes, keepdims):
     return te.compute(s.shape, lambda *i: s(*i) * inv, name="reduce_mean")
 
 
+def _unreduce(e, n, dy):
+    x = n.inputs[0]
+    kept = tuple(1 if i in n.attrs["axes"] else d for i, d in enumerate(x.type.shape))
+    if dy.type.shape != kept:
+        dy = e.op(ops.reshape, [dy], shape=kept)
+    return e.broadcast(dy, x.type.shape)
+
+
 reduce_sum = defop("reduce_sum", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS, reference=_sum_ref,
-                   lower=lambda x, *, axes, keepdims: topi.sum(x, axis=list(axes), keepdims=keepdims))
+                   lower=lambda x, *, axes, keepdims: topi.sum(x, axis=list(axes), keepdims=keepdims),
+                   grad=lambda e, n, dy: [_unreduce(e, n, dy)])
 reduce_mean = defop("reduce_mean", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
-                    reference=_mean_ref, lower=_mean_lower)
+                    reference=_mean_ref, lower=_mean_lower,
+                    grad=lambda e, n, dy: [e.scale(_unreduce(e, n, dy), 1.0 / int(np.prod(
+                        [n.inputs[0].type.shape[a] for a in n.attrs["axes"]])))])
 
 
 def _extreme_ref(fn):
@@ -86,12 +98,13 @@ def _extreme_lower(largest: bool):
 
 
 reduce_max = defop("reduce_max", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
-                   reference=_extreme_ref(np.max), lower=_extreme_lower(True))
+                   reference=_extreme_ref(np.max), lower=_extreme_lower(True), grad=NO_RULE_YET)
 reduce_min = defop("reduce_min", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
-                   reference=_extreme_ref(np.min), lower=_extreme_lower(False))
+                   reference=_extreme_ref(np.min), lower=_extreme_lower(False), grad=NO_RULE_YET)
 reduce_prod = defop("reduce_prod", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
                     reference=_extreme_ref(np.prod),
-                    lower=lambda x, *, axes, keepdims: topi.prod(x, axis=list(axes), keepdims=keepdims))
+                    lower=lambda x, *, axes, keepdims: topi.prod(x, axis=list(axes), keepdims=keepdims),
+                    grad=NO_RULE_YET)
 
 ARG_ATTRS = {"axis": Attr("int"), "keepdims": Attr("bool", True), "select_last_index": Attr("bool", False)}
 
@@ -187,9 +200,11 @@ def _arg_lower(largest: bool):
 
 
 argmax = defop("argmax", FusionKind.REDUCTION, infer=_arg_infer, attrs=ARG_ATTRS, reference=_arg_ref(True),
-               lower=_arg_lower(True), doc="Index of the first (or last) maximum along `axis`, int64.")
+               lower=_arg_lower(True), grad=NOT_DIFFERENTIABLE,
+               doc="Index of the first (or last) maximum along `axis`, int64.")
 argmin = defop("argmin", FusionKind.REDUCTION, infer=_arg_infer, attrs=ARG_ATTRS, reference=_arg_ref(False),
-               lower=_arg_lower(False), doc="Index of the first (or last) minimum along `axis`, int64.")
+               lower=_arg_lower(False), grad=NOT_DIFFERENTIABLE,
+               doc="Index of the first (or last) minimum along `axis`, int64.")
 
 
 def _cumsum_infer(types, *, axis, exclusive, reverse):
@@ -216,8 +231,80 @@ def _scan(name: str, np_scan, identity, topi_scan, doc: str):
 
     return defop(name, FusionKind.OPAQUE, infer=_cumsum_infer,
                  attrs={"axis": Attr("int"), "exclusive": Attr("bool", False), "reverse": Attr("bool", False)},
-                 reference=reference, lower=lower, doc=doc)
+                 reference=reference, lower=lower, grad=NO_RULE_YET, doc=doc)
 
 
 cumsum = _scan("cumsum", np.cumsum, 0, topi.cumsum, "Cumulative sum along `axis` (ONNX CumSum).")
 cumprod = _scan("cumprod", np.cumprod, 1, topi.cumprod, "Cumulative product along `axis` (ONNX CumProd).")
+
+
+def _topk_infer(types, *, k, axis, largest):
+    (x,) = types
+    if not 0 <= axis < x.rank or not 0 <= k <= x.shape[axis]:
+        fail(f"k={k}, axis={axis} do not fit {x}")
+    shape = tuple(k if i == axis else d for i, d in enumerate(x.shape))
+    return [TensorType(shape, x.dtype), TensorType(shape, "int64")]
+
+
+def _topk_ref(x, *, k, axis, largest):
+    n = x.shape[axis]
+    if largest:  # descending, equal values keep the lower index first: a stable sort of the reversed axis
+        idx = np.flip(n - 1 - np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
+    else:
+        idx = np.argsort(x, axis=axis, kind="stable")
+    idx = np.take(idx, np.arange(k), axis=axis)
+    return np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)
+
+
+topk = defop("topk", FusionKind.OPAQUE, infer=_topk_infer,
+             attrs={"k": Attr("int"), "axis": Attr("int"), "largest": Attr("bool", True)},
+             reference=_topk_ref, grad=NO_RULE_YET,
+             lower=lambda x, *, k, axis, largest: tuple(topi.topk(x, k, axis, "both", not largest, "int64")),
+             doc="The k largest (or smallest) values along `axis` and their int64 indices, ties by lower index.")
+
+
+def _einsum_parse(equation, types):
+    lhs, _, rhs = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(types) or "." in equation:
+        fail(f"equation {equation!r} does not fit {len(types)} inputs (ellipses are not supported)")
+    sizes = {}
+    for term, t in zip(terms, types):
+        if len(term) != t.rank:
+            fail(f"term {term!r} does not match {t}")
+        for ch, d in zip(term, t.shape):
+            if sizes.setdefault(ch, d) != d:
+                fail(f"index {ch!r} has sizes {sizes[ch]} and {d}")
+    if not _:  # implicit output: the indices that appear once, sorted
+        rhs = "".join(sorted(ch for ch in sizes if lhs.count(ch) == 1))
+    return terms, rhs, sizes
+
+
+def _einsum_infer(types, *, equation):
+    if len({t.dtype for t in types}) != 1:
+        fail("operands have different dtypes")
+    _, rhs, sizes = _einsum_parse(equation, types)
+    return TensorType([sizes[ch] for ch in rhs], types[0].dtype)
+
+
+def _einsum_lower(*xs, equation):
+    types = [TensorType([int(d) for d in x.shape], str(x.dtype)) for x in xs]
+    terms, rhs, sizes = _einsum_parse(equation, types)
+    summed = [ch for ch in sizes if ch not in rhs]
+    raxes = {ch: te.reduce_axis((0, sizes[ch]), name=f"r{ch}") for ch in summed}
+
+    def f(*out):
+        env = dict(zip(rhs, out), **raxes)
+        prod = None
+        for term, x in zip(terms, xs):
+            v = x(*[env[ch] for ch in term])
+            prod = v if prod is None else prod * v
+        return te.sum(prod, axis=list(raxes.values())) if raxes else prod
+
+    return te.compute([sizes[ch] for ch in rhs], f, name="einsum")
+
+
+einsum = defop("einsum", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_einsum_infer, attrs={"equation": Attr("str")},
+               arity=(1, -1), reference=lambda *xs, equation: np.asarray(np.einsum(equation, *xs)).astype(xs[0].dtype),
+               lower=_einsum_lower, grad=NO_RULE_YET,
+               doc="numpy.einsum without ellipses: one te.compute, summing the absent indices.")

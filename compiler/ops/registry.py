@@ -7,8 +7,17 @@ finds every use. A declaration gives
   * `reference`: a numpy implementation, the oracle for tests and for constant folding,
   * `lower`: the TVM TE lowering (te tensors + attrs -> te tensors), or None for ops the runtime does without a
     kernel (views such as reshape),
-  * `grad`: the gradient rule for reverse-mode autodiff, `NOT_DIFFERENTIABLE`, or None while it is still missing,
-  * `kind`: the fusion kind, ordered as TVM's pattern kinds so that a fuser can compare them.
+  * `grad`: the gradient rule for reverse-mode autodiff (declared beside the op, JAX style), `NOT_DIFFERENTIABLE`,
+    or `NO_RULE_YET`; one of the three, never left out,
+  * `kind`: the fusion kind, ordered as TVM's pattern kinds so that a fuser can compare them,
+and the facts the passes and analyses read from the op instead of keeping tables of op names:
+  * `flops`: node -> floating-point operations (default: one per output element, none for views),
+  * `channel_axis_agnostic`: computes each output element from the same element of each (broadcast) input, so that
+    it may run on any memory layout of its operands (`alter_layout`); by default true for elementwise and broadcast
+    ops; false for those that still see the channel axis or draw random numbers,
+  * `half_operands`: the operand slots the op multiplies, which `mixed_precision` may round to half precision,
+  * `bf16_weight`: its weight (input 1), packed at compile time, may be stored as bfloat16 (`bf16_weights`).
+`missing_facts(op)` lists what a declaration lacks; tests/ops/test_ops.py runs it over every op.
 """
 
 from __future__ import annotations
@@ -33,12 +42,27 @@ class FusionKind(enum.IntEnum):
     OPAQUE = 8  # never fused
 
 
-class _NotDifferentiable:
+class _GradMark:
+    """An explicit statement in place of a gradient rule."""
+
+    def __init__(self, name: str):
+        self.name = name
+
     def __repr__(self) -> str:
-        return "NOT_DIFFERENTIABLE"
+        return self.name
 
 
-NOT_DIFFERENTIABLE = _NotDifferentiable()  # for ops with no gradient by nature (argmax, shape arithmetic, ...)
+# no gradient by nature (argmax, comparisons, masks, bit operations): reverse mode passes nothing through it
+NOT_DIFFERENTIABLE = _GradMark("NOT_DIFFERENTIABLE")
+# differentiable, but the rule is not written (yet): reverse mode reports the op if a gradient must pass through it
+NO_RULE_YET = _GradMark("NO_RULE_YET")
+GRAD_MARKS = (NOT_DIFFERENTIABLE, NO_RULE_YET)
+
+
+def per_element_flops(n) -> int:
+    """The default FLOP count of a node: one per output element; a view (reshape) costs none."""
+    return 0 if n.op.is_view else n.outputs[0].type.numel
+
 
 REQUIRED = object()  # attribute default meaning "must be given"
 
@@ -84,13 +108,17 @@ class OpDef:
     infer: Callable[..., Any]  # (list[TensorType], **attrs) -> TensorType | list[TensorType]
     reference: Callable[..., Any]  # (*np.ndarray, **attrs) -> np.ndarray | tuple
     lower: Callable[..., Any] | None = None  # (*te.Tensor, **attrs) -> te.Tensor | tuple; None: no kernel needed
-    grad: Any = None  # gradient rule, NOT_DIFFERENTIABLE, or None (missing)
+    grad: Any = None  # gradient rule, NOT_DIFFERENTIABLE or NO_RULE_YET; None only in an incomplete declaration
     attrs: Mapping[str, Attr] = field(default_factory=dict)
     arity: tuple[int, int] = (1, 1)  # (min, max) number of inputs; max -1 = variadic
     is_view: bool = False  # output aliases the input's memory (reshape): the runtime makes a view, not a kernel
     movement: bool = False  # pure data movement (reshape, transpose, slice): no arithmetic, only re-indexing
     prologue: bool = False  # an anchor whose kernel may read its inputs through movement ops (index remapping)
     doc: str = ""
+    flops: Callable[..., int] = per_element_flops  # (node) -> floating-point operations of one node
+    channel_axis_agnostic: bool = False  # may run on a blocked channel layout as on NCHW (see the module docstring)
+    half_operands: tuple[int, ...] = ()  # operand slots `mixed_precision` may round to half precision
+    bf16_weight: bool = False  # its packed weight (input 1) may be stored as bfloat16 (`bf16_weights`)
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -139,15 +167,63 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 
-def defop(name: str, kind: FusionKind, *, infer, reference, lower=None, grad=None, attrs=None,
-          arity=(1, 1), is_view=False, movement=False, prologue=False, doc="") -> OpDef:
-    """Declare and register an op. Names are unique; the registry is the single source of truth."""
+def defop(name: str, kind: FusionKind, *, infer, reference, grad, lower=None, attrs=None,
+          arity=(1, 1), is_view=False, movement=False, prologue=False, doc="", flops=per_element_flops,
+          channel_axis_agnostic=None, half_operands=(), bf16_weight=False) -> OpDef:
+    """Declare and register an op. Names are unique; the registry is the single source of truth. `grad` has no
+    default: every op says whether it has a rule. `channel_axis_agnostic` defaults to the op's class (elementwise
+    and broadcast ops are)."""
     if name in OPS:
         raise ValueError(f"op {name} declared twice")
-    op = OpDef(name, kind, infer, reference, lower, grad, dict(attrs or {}), arity, is_view, movement or is_view,
-               prologue, doc)
+    if channel_axis_agnostic is None:
+        channel_axis_agnostic = kind in (FusionKind.ELEMWISE, FusionKind.BROADCAST)
+    op = OpDef(name, kind, infer, reference, lower=lower, grad=grad, attrs=dict(attrs or {}), arity=arity,
+               is_view=is_view, movement=movement or is_view, prologue=prologue, doc=doc, flops=flops,
+               channel_axis_agnostic=channel_axis_agnostic, half_operands=tuple(half_operands),
+               bf16_weight=bf16_weight)
+    missing = missing_facts(op)
+    if missing:
+        raise ValueError(f"op {name}: incomplete declaration: {'; '.join(missing)}")
     OPS[name] = op
     return op
+
+
+def missing_facts(op: OpDef) -> list[str]:
+    """What the declaration of `op` lacks or states wrongly, one line per fact; empty when it is complete."""
+    out = []
+    if not isinstance(op.kind, FusionKind):
+        out.append(f"kind {op.kind!r} is not a FusionKind")
+    for fact in ("infer", "reference", "flops"):
+        if not callable(getattr(op, fact)):
+            out.append(f"{fact} is not callable")
+    if not (callable(op.lower) or (op.lower is None and op.is_view)):
+        out.append("lower is not callable (only a view may go without a kernel)")
+    if not (callable(op.grad) or any(op.grad is m for m in GRAD_MARKS)):
+        out.append(f"grad is {op.grad!r}: give a rule, NOT_DIFFERENTIABLE or NO_RULE_YET")
+    if not isinstance(op.channel_axis_agnostic, bool):
+        out.append(f"channel_axis_agnostic is {op.channel_axis_agnostic!r}, not a bool")
+    elif op.channel_axis_agnostic and op.kind not in (FusionKind.ELEMWISE, FusionKind.BROADCAST):
+        out.append("channel_axis_agnostic is set on an op that is not elementwise")
+    hi = op.arity[1]
+    if any(not isinstance(i, int) or i < 0 or (hi >= 0 and i >= hi) for i in op.half_operands):
+        out.append(f"half_operands {op.half_operands!r} are not operand slots of an op with arity {op.arity}")
+    if not isinstance(op.bf16_weight, bool) or (op.bf16_weight and hi >= 0 and hi < 2):
+        out.append(f"bf16_weight is {op.bf16_weight!r}: a bool, and true only for an op with a weight input")
+    return out
+
+
+class _Ops:
+    """`ops.relu` for the gradient rules, which emit sibling ops: each name is looked up in `OPS` when a rule runs,
+    so a family module reaches its siblings without importing the ops package (which imports every family)."""
+
+    def __getattr__(self, name: str) -> OpDef:
+        try:
+            return OPS[name]
+        except KeyError:
+            raise AttributeError(f"no op named {name!r}") from None
+
+
+ops = _Ops()
 
 
 def get_op(name: str) -> OpDef:

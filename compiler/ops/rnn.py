@@ -33,9 +33,11 @@ from tvm import te, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from runtime.errors import AutodiffError
+
 from compiler.ir.types import FLOAT_DTYPES, TensorType
 
-from .registry import Attr, FusionKind, defop, fail
+from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 GATES = 4
 UNIT_BLOCKS = (16, 8, 4, 2, 1)  # hidden units per block of the forward kernel: 4 gates x 16 fp32 = 4 AVX-512 rows
@@ -51,7 +53,7 @@ def pack_lstm_weight(op, r, hidden: int):
     """Emit R (4H, H), gates i, f, g, o, as `lstm_sequence`'s packed weight (H/U, H, 4, U) through reshape and
     transpose: folded at compile time for a constant weight, one cheap copy a step for a trained one. `op` is the
     builder's `op(opdef, inputs, **attrs)`."""
-    from compiler import ops
+    from .registry import ops
 
     u = lstm_unit_block(hidden)
     w = op(ops.reshape, [r], shape=(GATES, hidden // u, u, hidden))
@@ -60,7 +62,7 @@ def pack_lstm_weight(op, r, hidden: int):
 
 def unpack_lstm_weight(op, w_packed):
     """The inverse of `pack_lstm_weight`: (H/U, H, 4, U) -> R (4H, H)."""
-    from compiler import ops
+    from .registry import ops
 
     nb, hidden, _, u = w_packed.type.shape
     w = op(ops.transpose, [w_packed], perm=(2, 0, 3, 1))
@@ -196,7 +198,7 @@ def _lstm_lower(x, w, h0, c0, *, reverse, save_gates):
 
 def _shifted(e, seq, first, reverse: bool):
     """(T, B, H) values of the step before each step: `first` (B, H) at the first step, then seq[t -/+ 1]."""
-    from compiler import ops
+    from .registry import ops
 
     steps, b, hidden = seq.type.shape
     head = e.op(ops.reshape, [first], shape=(1, b, hidden))
@@ -210,7 +212,7 @@ def _shifted(e, seq, first, reverse: bool):
 
 
 def _lstm_grad(e, n, dys):
-    from compiler import ops
+    from .registry import ops
 
     x, w, h0, c0 = n.inputs
     y, c = n.outputs[:2]
@@ -218,8 +220,6 @@ def _lstm_grad(e, n, dys):
     steps, b, hidden = y.type.shape
     dt = y.type.dtype
     if len(dys) > 2 and dys[2] is not None:
-        from compiler.autodiff.reverse import AutodiffError
-
         raise AutodiffError(f"lstm_sequence {n.name!r}: its saved gate pre-activations are for the backward only; "
                       f"a loss must not depend on them")
     dy, dc = (d if d is not None else e.const(np.zeros(y.type.shape), dt) for d in dys[:2])
@@ -336,7 +336,7 @@ def _lstm_grad_lower(z, c, c_prev, r, dy, dc, *, reverse):
 
 lstm_sequence_grad = defop(
     "lstm_sequence_grad", FusionKind.OPAQUE, infer=_lstm_grad_infer, arity=(6, 6), attrs={"reverse": Attr("bool", False)},
-    reference=_lstm_grad_ref, lower=_lstm_grad_lower,
+    reference=_lstm_grad_ref, lower=_lstm_grad_lower, grad=NO_RULE_YET,
     doc="BPTT through lstm_sequence: (z, c, c_prev, R, dY, dC) -> (dz: the gate pre-activations' gradient, dc0).")
 
 
@@ -344,7 +344,7 @@ lstm_sequence_grad = defop(
 def unrolled_lstm(op, x, w, h0, c0, *, reverse: bool):
     """Emit `lstm_sequence` as dense / slices / activations per step with the builder's `op(opdef, inputs, **attrs)`;
     returns (Y, C)."""
-    from compiler import ops
+    from .registry import ops
 
     steps, b, g4 = x.type.shape
     hidden = g4 // GATES

@@ -1,4 +1,4 @@
-"""Shape and data-movement ops: reshape, transpose, concat, pad, take."""
+"""Shape and data-movement ops: reshape, transpose, concat, pad, take, and their gradient rules (adjoint movements)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ from math import prod
 import numpy as np
 from tvm import te, topi
 
+from runtime.errors import AutodiffError
+
 from compiler.ir.types import TensorType, kernel_dtype, numpy_dtype
 
-from .registry import NOT_DIFFERENTIABLE, Attr, FusionKind, defop, fail
+from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
+
+
+def _x(n):
+    return n.inputs[0]
 
 
 def _reshape_infer(types, *, shape):
@@ -22,7 +28,8 @@ def _reshape_infer(types, *, shape):
 # Reshape of a contiguous tensor is a view: the runtime aliases the buffer and runs no kernel.
 reshape = defop("reshape", FusionKind.INJECTIVE, infer=_reshape_infer, attrs={"shape": Attr("ints")},
                 reference=lambda x, *, shape: x.reshape(shape),
-                lower=lambda x, *, shape: topi.reshape(x, shape), is_view=True)
+                lower=lambda x, *, shape: topi.reshape(x, shape), is_view=True,
+                grad=lambda e, n, dy: [e.op(ops.reshape, [dy], shape=_x(n).type.shape)])
 
 
 def _bitcast_infer(types, *, to):
@@ -56,7 +63,8 @@ def _transpose_infer(types, *, perm):
 
 transpose = defop("transpose", FusionKind.INJECTIVE, infer=_transpose_infer, attrs={"perm": Attr("ints")},
                   reference=lambda x, *, perm: np.asarray(np.transpose(x, perm), order="C"),
-                  lower=lambda x, *, perm: topi.transpose(x, perm), movement=True)
+                  lower=lambda x, *, perm: topi.transpose(x, perm), movement=True,
+                  grad=lambda e, n, dy: [e.op(ops.transpose, [dy], perm=tuple(np.argsort(n.attrs["perm"])))])
 
 
 def _concat_infer(types, *, axis):
@@ -72,9 +80,20 @@ def _concat_infer(types, *, axis):
     return TensorType(shape, first.dtype)
 
 
+def _concat_grad(e, n, dy):
+    axis, start, out = n.attrs["axis"], 0, []
+    for v in n.inputs:
+        size = v.type.shape[axis]
+        begins, ends = [0] * v.type.rank, list(dy.type.shape)
+        begins[axis], ends[axis] = start, start + size
+        out.append(e.op(ops.strided_slice, [dy], begins=tuple(begins), ends=tuple(ends), strides=(1,) * v.type.rank))
+        start += size
+    return out
+
+
 concat = defop("concat", FusionKind.INJECTIVE, infer=_concat_infer, attrs={"axis": Attr("int")}, arity=(1, -1),
                reference=lambda *xs, axis: np.concatenate(xs, axis=axis),
-               lower=lambda *xs, axis: topi.concatenate(xs, axis))
+               lower=lambda *xs, axis: topi.concatenate(xs, axis), grad=_concat_grad)
 
 
 PAD_MODES = ("constant", "edge", "reflect", "wrap")  # ONNX's (numpy's) pad modes
@@ -136,9 +155,20 @@ def _pad_lower(x, *, pads, value, mode):
 
 
 # mode "constant" fills with `value`; "edge", "reflect" and "wrap" read the input at a remapped index.
+def _pad_grad(e, n, dy):
+    pads, r = n.attrs["pads"], _x(n).type.rank
+    if n.attrs.get("mode", "constant") != "constant":  # edge/reflect/wrap read input elements several times
+        raise AutodiffError(f"gradient of pad (node {n.name or '?'}) in mode {n.attrs['mode']!r} is not supported")
+    if any(p < 0 for p in pads):
+        raise AutodiffError(f"gradient of pad (node {n.name or '?'}) with negative pads is not supported")
+    begins = tuple(pads[:r])
+    ends = tuple(b + d for b, d in zip(begins, _x(n).type.shape))
+    return [e.op(ops.strided_slice, [dy], begins=begins, ends=ends, strides=(1,) * r)]
+
+
 pad = defop("pad", FusionKind.INJECTIVE, infer=_pad_infer,
             attrs={"pads": Attr("ints"), "value": Attr("float", 0.0), "mode": Attr("str", "constant")},
-            reference=_pad_ref, lower=_pad_lower)
+            reference=_pad_ref, lower=_pad_lower, grad=_pad_grad)
 
 
 # -- gathers and scatters: indices may arrive at run time, so every kernel checks them ----------------------------
@@ -196,9 +226,14 @@ def _take_ref(data, idx, *, axis):
     return np.take(data, idx, axis=axis)
 
 
+def _take_grad(e, n, dy):
+    data, idx = n.inputs
+    return [e.op(ops.take_grad, [idx, dy], axis=n.attrs["axis"], input_shape=data.type.shape), None]
+
+
 take = defop("take", FusionKind.INJECTIVE, infer=_take_infer, attrs={"axis": Attr("int", 0)}, arity=(2, 2),
              reference=_take_ref, lower=lambda d, i, *, axis: topi.take(
-                 d, _checked_indices(i, [d.shape[axis]], "take"), axis=axis, mode="fast"))
+                 d, _checked_indices(i, [d.shape[axis]], "take"), axis=axis, mode="fast"), grad=_take_grad)
 
 
 def _slice_infer(types, *, begins, ends, strides):
@@ -219,9 +254,14 @@ def _slice_lower(x, *, begins, ends, strides):
 
 
 # Bounds are normalized by the frontend (`slice(...).indices(dim)`): 0 <= begin < dim, one per axis.
+def _strided_slice_grad(e, n, dy):
+    return [e.op(ops.strided_slice_grad, [dy], input_shape=_x(n).type.shape, begins=n.attrs["begins"],
+                 strides=n.attrs["strides"])]
+
+
 strided_slice = defop("strided_slice", FusionKind.INJECTIVE, infer=_slice_infer,
                       attrs={"begins": Attr("ints"), "ends": Attr("ints"), "strides": Attr("ints")},
-                      reference=_slice_ref, lower=_slice_lower, movement=True,
+                      reference=_slice_ref, lower=_slice_lower, movement=True, grad=_strided_slice_grad,
                       doc="x[b0:e0:s0, b1:e1:s1, ...] with normalized bounds, one triple per axis.")
 
 
@@ -234,7 +274,9 @@ def _broadcast_to_infer(types, *, shape):
 
 broadcast_to = defop("broadcast_to", FusionKind.BROADCAST, infer=_broadcast_to_infer, attrs={"shape": Attr("ints")},
                      reference=lambda x, *, shape: np.ascontiguousarray(np.broadcast_to(x, shape)),
-                     lower=lambda x, *, shape: topi.broadcast_to(x, shape))
+                     lower=lambda x, *, shape: topi.broadcast_to(x, shape),
+                     grad=lambda e, n, dy: [e.sum_to(dy, _x(n).type.shape)],
+                     channel_axis_agnostic=False)  # a broadcast along axis 1 sees the channel axis
 
 
 def _gather_elements_infer(types, *, axis):
@@ -261,7 +303,8 @@ def _gather_elements_lower(data, idx, *, axis):
 
 gather_elements = defop("gather_elements", FusionKind.INJECTIVE, infer=_gather_elements_infer,
                         attrs={"axis": Attr("int", 0)}, arity=(2, 2), reference=_gather_elements_ref,
-                        lower=_gather_elements_lower, doc="out[i][j][k] = data[idx[i][j][k]][j][k] for axis 0.")
+                        lower=_gather_elements_lower, grad=NO_RULE_YET,
+                        doc="out[i][j][k] = data[idx[i][j][k]][j][k] for axis 0.")
 
 
 def _gather_nd_infer(types, *, batch_dims):
@@ -297,7 +340,7 @@ def _gather_nd_lower(data, idx, *, batch_dims):
 
 
 gather_nd = defop("gather_nd", FusionKind.INJECTIVE, infer=_gather_nd_infer, attrs={"batch_dims": Attr("int", 0)},
-                  arity=(2, 2), reference=_gather_nd_ref, lower=_gather_nd_lower,
+                  arity=(2, 2), reference=_gather_nd_ref, lower=_gather_nd_lower, grad=NO_RULE_YET,
                   doc="ONNX GatherND: the last index axis addresses the leading data axes after batch_dims.")
 
 
@@ -329,7 +372,7 @@ scatter_elements = defop(
     attrs={"axis": Attr("int", 0), "reduction": Attr("str", "none")}, arity=(3, 3), reference=_scatter_elements_ref,
     lower=lambda d, i, u, *, axis, reduction: topi.scatter_elements(
         d, _checked_indices(i, [d.shape[axis]], "scatter_elements"), u, axis,
-        "update" if reduction == "none" else reduction),
+        "update" if reduction == "none" else reduction), grad=NO_RULE_YET,
     doc="ONNX ScatterElements: out = data; out[..idx[i]..] = updates[i] along `axis` (or combined by reduction).")
 
 
@@ -364,5 +407,5 @@ def _scatter_nd_lower(data, idx, upd, *, reduction):
 
 scatter_nd = defop("scatter_nd", FusionKind.OPAQUE, infer=_scatter_nd_infer,
                    attrs={"reduction": Attr("str", "none")}, arity=(3, 3), reference=_scatter_nd_ref,
-                   lower=_scatter_nd_lower,
+                   lower=_scatter_nd_lower, grad=NO_RULE_YET,
                    doc="ONNX ScatterND: out = data; out[idx[i]] = updates[i] (or combined by reduction).")

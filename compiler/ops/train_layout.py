@@ -5,7 +5,7 @@ pack them at compile time. It packs them at run time instead: `conv2d(x, W)` -> 
 conv2d_weight_pack(W))`, `dense(x, W)` -> `dense_packed(x, dense_weight_pack(W))`; the pack is one cheap injective
 kernel per weight and step, read by every conv or dense that uses the weight.
 
-The convolution gradient rules (compiler/autodiff/rules.py) use two more ops so that the backward runs on the same
+The convolution gradient rules (compiler/ops/nn.py) use two more ops so that the backward runs on the same
 register-tiled kernels as the forward:
   * `conv2d_weight_flip`: the input gradient of a stride-1 conv is a conv of dy with the weight flipped in space
     and with input and output channels swapped;
@@ -22,7 +22,7 @@ from compiler.ir.types import TensorType
 
 from .nn import CONV_ATTRS, conv_out_size, windows2d
 from .packed import pack_conv2d_weight, pack_dense_weight
-from .registry import Attr, FusionKind, defop, fail
+from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 # Block names the CPU schedule rules (backend/cpu/training.py) dispatch on.
 DENSE_WEIGHT_PACK = "dense_weight_pack"
@@ -66,7 +66,7 @@ def _conv_pack_lower(w, *, block):
 
 conv2d_weight_pack = defop(
     "conv2d_weight_pack", FusionKind.INJECTIVE, infer=_conv_pack_infer, attrs={"block": Attr("int")},
-    reference=_conv_pack_ref, lower=_conv_pack_lower, movement=True,
+    reference=_conv_pack_ref, lower=_conv_pack_lower, movement=True, grad=NO_RULE_YET,
     doc="OIHW -> (OC_pad / block, IC, KH, KW, block), zero rows padding OC: conv2d_packed's 'packed' weight, "
         "packed at run time (a weight that is not a compile-time param).")
 
@@ -99,7 +99,7 @@ def _dense_pack_lower(w, *, block):
 
 dense_weight_pack = defop(
     "dense_weight_pack", FusionKind.INJECTIVE, infer=_dense_pack_infer, attrs={"block": Attr("int")},
-    reference=_dense_pack_ref, lower=_dense_pack_lower, movement=True,
+    reference=_dense_pack_ref, lower=_dense_pack_lower, movement=True, grad=NO_RULE_YET,
     doc="(N, K) -> (N_pad / block, K, block), zero rows padding N: dense_packed's weight, packed at run time.")
 
 
@@ -114,7 +114,7 @@ def _flip_infer(types):
 
 conv2d_weight_flip = defop(
     "conv2d_weight_flip", FusionKind.INJECTIVE, infer=_flip_infer, movement=True,
-    reference=lambda w: np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]),
+    reference=lambda w: np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), grad=NO_RULE_YET,
     lower=lambda w: te.compute((w.shape[1], w.shape[0], w.shape[2], w.shape[3]),
                                lambda i, o, y, x: w[o, i, w.shape[2] - 1 - y, w.shape[3] - 1 - x],
                                name="conv2d_weight_flip"),
@@ -165,6 +165,7 @@ def _im2col_lower(x, *, kernel, strides, pads, dilations):
 im2col = defop(
     "im2col", FusionKind.INJECTIVE, infer=_im2col_infer, attrs=IM2COL_ATTRS, reference=_im2col_ref,
     lower=_im2col_lower,  # not `movement`: a matmul would take it as a prologue and gather it serially
+    grad=NO_RULE_YET,
     doc="NCHW x -> (N*OH*OW, C*KH*KW): row (n, oh, ow) holds the conv window at that output position, zero where "
         "it reads padding; conv2d(x, W) = im2col(x) @ W.reshape(O, -1).T. The conv weight gradient reads it.")
 
@@ -214,6 +215,7 @@ def _wgrad_lower(rows, cols, *, shape, transpose_rows):
 weight_grad_gemm = defop(
     "weight_grad_gemm", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_wgrad_infer, arity=(2, 2),
     attrs={"shape": Attr("ints"), "transpose_rows": Attr("bool", False)}, reference=_wgrad_ref, lower=_wgrad_lower,
+    grad=NO_RULE_YET,
     doc="A weight gradient as one matrix product rows (O, M) @ cols (M, R) (rows given as (M, O) with "
         "transpose_rows), written in the weight's shape (O, ...): a conv's dW from dy with channels first (O, "
         "N*OH*OW) and im2col(x), a dense's dW from dy (M, N), transposed, and x (M, K). "

@@ -35,7 +35,7 @@ from tvm import te, tirx, topi
 
 from compiler.ir.types import TensorType
 
-from .registry import Attr, FusionKind, defop, fail
+from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 BLOCK = 16            # channel lanes of the NCHW[16]c activations
 WINO_PAD = "winograd_pad"
@@ -231,6 +231,8 @@ def _lower(x, u, b=None, *, pads, tile, out_channels):
 winograd_conv2d = defop(
     "winograd_conv2d", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_infer, arity=(2, 3),
     attrs={"pads": Attr("ints", (0, 0, 0, 0)), "tile": Attr("int", 4), "out_channels": Attr("int")},
-    reference=_reference, lower=_lower,
+    reference=_reference, lower=_lower, grad=NO_RULE_YET,
+    # counted as the direct 3x3 conv it replaces; input (N, IC/b, H, W, b)
+    flops=lambda n: 2 * n.outputs[0].type.numel * n.inputs[0].type.shape[1] * n.inputs[0].type.shape[4] * 9,
     doc="3x3 conv (stride 1, dilation 1, groups 1) by Winograd F(tile x tile, 3 x 3) on NCHW[16]c activations; "
         "weight U = G g G^T as (tile+2, tile+2, OC/nb, IC, nb); output NCHW[16]c.")

@@ -28,15 +28,7 @@ import numpy as np
 
 from compiler import ops
 from compiler.ir import Graph, Node, Value
-from compiler.ops import FusionKind
 from compiler.ops.layout import block_depthwise_weight, block_nchw, repack_conv2d_weight_nchwc
-
-_NOT_AGNOSTIC = {"batch_norm", "broadcast_to", "dropout_train"}  # elementwise kinds that still see axis 1 / RNG
-
-
-def _layout_agnostic(op) -> bool:
-    """Ops that compute one output element from the same element of each (broadcast) input."""
-    return op.kind in (FusionKind.ELEMWISE, FusionKind.BROADCAST) and op.name not in _NOT_AGNOSTIC
 
 
 @dataclass(frozen=True)
@@ -230,7 +222,7 @@ def _rewrite(g: Graph, policy: ConvPolicy, skip: frozenset[str], origins: dict[N
         elif (n.op is ops.concat and n.attrs["axis"] == 1 and n.inputs
               and all(v in blocked and not padded(v) for v in n.inputs)):
             new_op, inputs, attrs = ops.concat, [blocked[v] for v in n.inputs], {"axis": 1}
-        elif _layout_agnostic(n.op) and channels(out) is not None and any(v in blocked for v in n.inputs):
+        elif n.op.channel_axis_agnostic and channels(out) is not None and any(v in blocked for v in n.inputs):
             like = next(blocked[v] for v in n.inputs if v in blocked)
             c = channels(out)
             if like.type.shape[:4] != (out.type.shape[0], -(-c // b)) + out.type.shape[2:]:

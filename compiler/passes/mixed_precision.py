@@ -51,16 +51,11 @@ class MixedPrecision:
     dtype: str = "float16"  # the operands' storage type: float16 or bfloat16
     name: ClassVar[str] = "mixed_precision"
 
-    def anchors(self):
-        # op -> positions of the operands that are multiplied (a bias stays float32)
-        return {ops.matmul: (0, 1), ops.dense: (0, 1), ops.conv2d: (0, 1)}
-
     def __call__(self, g: Graph) -> Graph:
-        anchors = self.anchors()
         halves: dict[Value, Value] = {}  # float32 value -> the same value in half precision
         for n in list(g.nodes):
-            slots = anchors.get(n.op)
-            if slots is None or any(n.inputs[i].type.dtype != "float32" for i in slots):
+            slots = n.op.half_operands  # the operands it multiplies (matmul, dense, conv2d); a bias stays float32
+            if not slots or any(n.inputs[i].type.dtype != "float32" for i in slots):
                 continue
             widened: dict[Value, Value] = {}  # one widening cast per reader and value: its kernel's prologue
             for i in slots:

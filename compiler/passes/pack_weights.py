@@ -87,7 +87,7 @@ class StoreWeightsBF16:
 
         rounded: dict[Value, Value] = {}  # float32 packed weight -> its bfloat16 copy, shared by its readers
         for n in g.nodes:
-            if n.op not in BF16_WEIGHT_OPS or (n.op is ops.conv2d_packed and n.attrs["wlayout"] != "packed"):
+            if not n.op.bf16_weight or (n.op is ops.conv2d_packed and n.attrs["wlayout"] != "packed"):
                 continue
             x, w = n.inputs[0], n.inputs[1]
             if not (w.is_param and w.data is not None and w.type.dtype == "float32" and x.type.dtype == "float32"):
@@ -99,8 +99,8 @@ class StoreWeightsBF16:
         return g
 
 
+# The ops that may read a bfloat16 weight declare `bf16_weight=True` (dense_packed, conv2d_packed, conv2d_nchwc).
 # Not winograd_conv2d: its transformed weight U = G g G^T, rounded to bf16, gave 15x the direct conv's error (the
 # output transform's coefficients, up to 8, amplify it: 3 % of the largest output on a 32-channel 3x3 conv), and
 # the Winograd GEMM is bound by arithmetic, not by weight bytes.
-BF16_WEIGHT_OPS = frozenset({ops.dense_packed, ops.conv2d_packed, ops.conv2d_nchwc})
 bf16_weights = StoreWeightsBF16()

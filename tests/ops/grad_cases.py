@@ -1,5 +1,5 @@
-"""Compiled-vs-reference cases for the training ops of compiler/ops/grad.py (appended to test_ops.CASES, so the
-registry-completeness test there covers them)."""
+"""Compiled-vs-reference cases for the training ops of compiler/ops/training.py and backward.py (appended to
+test_ops.CASES, so the test there that every op is tested covers them)."""
 
 import numpy as np
 

@@ -10,7 +10,7 @@ import pytest
 
 from compiler import compile_model, ops
 from compiler.ir import Graph, TensorType, interpret
-from compiler.ops import OPS, FusionKind
+from compiler.ops import NO_RULE_YET, OPS, FusionKind, OpDef, defop, missing_facts
 from tests.support import assert_close
 
 rng = np.random.default_rng(0)
@@ -152,7 +152,7 @@ CASES = [
     ("bitcast", [rng.integers(0, 256, (3, 5)).astype(np.uint8)], {"to": "int8"}, ()),  # float8 etc.: test_onnx_cast
 ]
 
-from tests.ops.grad_cases import GRAD_CASES  # noqa: E402  (training ops: compiler/ops/grad.py)
+from tests.ops.grad_cases import GRAD_CASES  # noqa: E402  (compiler/ops/training.py, compiler/ops/backward.py)
 
 CASES += GRAD_CASES
 
@@ -178,17 +178,58 @@ def test_op_compiled_matches_reference(opname, arrays, attrs, params):
         assert_close(a, e, rtol=1e-4, atol=1e-5, what=opname)
 
 
-def test_every_op_is_tested_and_declared_fully():
+def test_every_op_is_tested():
     tested = {c[0] for c in CASES} | {"conv2d_packed", "dense_packed"}  # packed: via conv2d/dense with params
     tested |= {"to_blocked", "from_blocked", "conv2d_nchwc", "depthwise_conv2d_nchwc", "max_pool2d_nchwc",
                "global_avg_pool_nchwc",
                "avg_pool2d_nchwc"}  # tests/passes/test_layout.py
     tested |= {"winograd_conv2d"}  # tests/passes/test_winograd.py
     assert set(OPS) - tested == set(), "ops without a test case"
+
+
+def test_every_op_is_declared_fully():
+    """Every fact a pass or autodiff reads is on the op: a type rule, a reference, a kernel, a FLOP count, and a
+    gradient rule or an explicit NOT_DIFFERENTIABLE / NO_RULE_YET (never a silent None)."""
+    incomplete = {op.name: missing_facts(op) for op in OPS.values() if missing_facts(op)}
+    assert not incomplete, f"incomplete op declarations: {incomplete}"
     for op in OPS.values():
-        assert isinstance(op.kind, FusionKind)
-        assert callable(op.infer) and callable(op.reference) and callable(op.lower), op.name
-        assert hasattr(op, "grad")  # the slot exists; the rules come with training
+        assert callable(op.lower), f"{op.name}: no kernel"
+
+
+def test_every_op_is_imported_by_name_into_the_package():
+    """compiler/ops/__init__.py lists the ops by name (so editors resolve `ops.conv2d`): exactly the registry."""
+    listed = {name for name, value in vars(ops).items() if isinstance(value, OpDef)}
+    assert listed == set(OPS), f"missing: {sorted(set(OPS) - listed)}, extra: {sorted(listed - set(OPS))}"
+    assert all(getattr(ops, name) is op for name, op in OPS.items())
+
+
+def _identity_op(**facts):
+    return OpDef("incomplete", FusionKind.ELEMWISE, infer=lambda types: types[0], reference=lambda x: x,
+                 **{"lower": lambda x: x, **facts})
+
+
+@pytest.mark.parametrize("facts, missing", [
+    ({}, "grad is None: give a rule, NOT_DIFFERENTIABLE or NO_RULE_YET"),
+    ({"grad": NO_RULE_YET, "flops": None}, "flops is not callable"),
+    ({"grad": NO_RULE_YET, "lower": None}, "lower is not callable"),
+    ({"grad": NO_RULE_YET, "half_operands": (1,)}, "half_operands (1,) are not operand slots"),
+    ({"grad": NO_RULE_YET, "channel_axis_agnostic": None}, "channel_axis_agnostic is None, not a bool"),
+    ({"grad": NO_RULE_YET, "bf16_weight": True}, "bf16_weight is True: a bool, and true only for an op with a weight"),
+])
+def test_completeness_check_catches_an_incomplete_op(facts, missing):
+    found = missing_facts(_identity_op(**facts))
+    assert len(found) == 1 and found[0].startswith(missing), found
+    assert missing_facts(_identity_op(grad=NO_RULE_YET)) == []
+
+
+def test_an_op_declared_without_a_gradient_statement_is_refused():
+    with pytest.raises(TypeError, match="grad"):
+        defop("no_grad_stated", FusionKind.ELEMWISE, infer=lambda types: types[0], reference=lambda x: x,
+              lower=lambda x: x)
+    with pytest.raises(ValueError, match=r"op no_grad_stated: incomplete declaration: grad is None"):
+        defop("no_grad_stated", FusionKind.ELEMWISE, infer=lambda types: types[0], reference=lambda x: x,
+              lower=lambda x: x, grad=None)
+    assert "no_grad_stated" not in OPS
 
 
 def test_max_pool_indices_reference_by_hand():

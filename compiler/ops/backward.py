@@ -1,10 +1,9 @@
-"""Ops that training needs: backward kernels, masks, losses and dropout.
+"""Backward kernels: the gradient rules' pieces that a composition of ordinary ops would make slow or impossible.
 
-Gradient rules (compiler/autodiff/rules.py) are compositions of ordinary ops where that is cheap; the ops here are
-the pieces a composition would make slow or impossible: convolution and pooling backward (scatters written as
-gathers, so that every output element is one reduction), the scatter-add of an embedding lookup, the adjoint of a
-strided slice, comparison masks in the float dtype (so a ReLU backward is one multiply), and the fused softmax
-cross-entropy. Every reference works in any float dtype (the finite-difference tests run them in float64).
+Convolution and pooling backward (scatters written as gathers, so that every output element is one reduction), the
+scatter-add of an embedding lookup, the adjoint of a strided slice, and the ReLU / GELU backward as one kernel each.
+Every reference works in any float dtype (the finite-difference tests run them in float64). A backward kernel has
+no gradient rule of its own (NO_RULE_YET): second-order differentiation is not supported.
 """
 
 from __future__ import annotations
@@ -17,44 +16,11 @@ from tvm import te, tirx, topi
 from compiler.ir.types import TensorType
 
 from .nn import CONV_ATTRS, POOL_ATTRS, windows2d
-from .registry import Attr, FusionKind, defop, fail
+from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 
 def _same(types, **_):
     return types[0]
-
-
-def _broadcast(types, **_):
-    try:
-        shape = np.broadcast_shapes(*(t.shape for t in types))
-    except ValueError:
-        fail(f"shapes {', '.join(str(t.shape) for t in types)} do not broadcast")
-    return TensorType(shape, types[0].dtype)
-
-
-def _bcast_index(t, out_idx):
-    """Index a broadcast operand `t` with the output's index (numpy rules: align right, size-1 dims read 0)."""
-    r = len(t.shape)
-    idx = out_idx[len(out_idx) - r:]
-    return t(*[0 if int(d) == 1 else i for d, i in zip(t.shape, idx)])
-
-
-# -- masks: comparisons as 0/1 in the operands' float dtype -----------------------------------------------------------
-def _mask_lower(cmp):
-    def lower(a, b):
-        shape = [int(d) for d in np.broadcast_shapes(tuple(int(d) for d in a.shape), tuple(int(d) for d in b.shape))]
-        return te.compute(shape, lambda *i: tirx.Select(cmp(_bcast_index(a, i), _bcast_index(b, i)),
-                                                        tirx.const(1, a.dtype), tirx.const(0, a.dtype)), name="mask")
-
-    return lower
-
-
-ge_mask = defop("ge_mask", FusionKind.BROADCAST, infer=_broadcast, arity=(2, 2),
-                reference=lambda a, b: np.asarray(a >= b).astype(a.dtype),
-                lower=_mask_lower(lambda x, y: x >= y), doc="1 where a >= b, else 0, in a's dtype.")
-gt_mask = defop("gt_mask", FusionKind.BROADCAST, infer=_broadcast, arity=(2, 2),
-                reference=lambda a, b: np.asarray(a > b).astype(a.dtype),
-                lower=_mask_lower(lambda x, y: x > y), doc="1 where a > b, else 0, in a's dtype.")
 
 
 def _relu_grad_lower(x, dy):
@@ -64,7 +30,8 @@ def _relu_grad_lower(x, dy):
 
 relu_grad = defop("relu_grad", FusionKind.ELEMWISE, infer=_same, arity=(2, 2),
                   reference=lambda x, dy: np.where(x > 0, dy, np.zeros((), dy.dtype)).astype(dy.dtype),
-                  lower=_relu_grad_lower, doc="dy where x > 0, else 0 (the ReLU backward, one kernel).")
+                  lower=_relu_grad_lower, grad=NO_RULE_YET,
+                  doc="dy where x > 0, else 0 (the ReLU backward, one kernel).")
 
 
 # -- gelu -------------------------------------------------------------------------------------------------------------
@@ -106,29 +73,8 @@ def _gelu_grad_lower(x, dy, *, approximate):
 
 gelu_grad = defop("gelu_grad", FusionKind.ELEMWISE, infer=_same, arity=(2, 2),
                   attrs={"approximate": Attr("str", "none")}, reference=_gelu_grad_ref, lower=_gelu_grad_lower,
+                  grad=NO_RULE_YET,
                   doc="dy * gelu'(x), exact (erf) or approximate='tanh': the GELU backward, one kernel.")
-
-
-# -- dropout ------------------------------------------------------------------------------------------------------------
-dropout = defop("dropout", FusionKind.ELEMWISE, infer=_same, attrs={"p": Attr("float", 0.5)},
-                reference=lambda x, *, p: x, lower=lambda x, *, p: x, is_view=True,
-                doc="Inference dropout: the identity (a view). The training rewrite turns it into dropout_train.")
-
-
-def _dropout_train_ref(x, u, *, p):
-    return np.where(u >= p, x * x.dtype.type(1.0 / (1.0 - p)), np.zeros((), x.dtype)).astype(x.dtype)
-
-
-def _dropout_train_lower(x, u, *, p):
-    scale = tirx.const(1.0 / (1.0 - p), x.dtype)
-    return te.compute(x.shape, lambda *i: tirx.Select(u(*i) >= tirx.const(p, u.dtype), x(*i) * scale,
-                                                      tirx.const(0, x.dtype)), name="dropout")
-
-
-dropout_train = defop("dropout_train", FusionKind.ELEMWISE, infer=_same, attrs={"p": Attr("float", 0.5)},
-                      arity=(2, 2), reference=_dropout_train_ref, lower=_dropout_train_lower,
-                      doc="Training dropout: x / (1 - p) where the uniform sample u >= p, else 0. Linear in x, so "
-                          "its backward is itself applied to dy.")
 
 
 # -- convolution backward -----------------------------------------------------------------------------------------------
@@ -189,6 +135,7 @@ def _conv_bwd_data_lower(dy, w, *, strides, pads, dilations, groups, input_shape
 conv2d_backward_data = defop(
     "conv2d_backward_data", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv_bwd_data_infer, arity=(2, 2),
     attrs={**CONV_ATTRS, "input_shape": Attr("ints")}, reference=_conv_bwd_data_ref, lower=_conv_bwd_data_lower,
+    grad=NO_RULE_YET,
     doc="dL/dx of conv2d(x, w) from dy and w (the transposed convolution), grouped and depthwise too.")
 
 
@@ -229,7 +176,8 @@ def _conv_bwd_weight_lower(dy, x, *, strides, pads, dilations, groups, kernel_sh
 conv2d_backward_weight = defop(
     "conv2d_backward_weight", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv_bwd_weight_infer, arity=(2, 2),
     attrs={**CONV_ATTRS, "kernel_shape": Attr("ints")}, reference=_conv_bwd_weight_ref,
-    lower=_conv_bwd_weight_lower, doc="dL/dw of conv2d(x, w) from dy and x, grouped and depthwise too.")
+    lower=_conv_bwd_weight_lower, grad=NO_RULE_YET,
+    doc="dL/dw of conv2d(x, w) from dy and x, grouped and depthwise too.")
 
 
 # -- pooling backward -------------------------------------------------------------------------------------------------
@@ -285,7 +233,7 @@ def _max_pool_grad_tiled(x, y, dy, kernel):
 
 max_pool2d_grad = defop(
     "max_pool2d_grad", FusionKind.REDUCTION, infer=_pool_grad_infer, attrs=POOL_ATTRS, arity=(3, 3),
-    reference=_max_pool_grad_ref, lower=_max_pool_grad_lower,
+    reference=_max_pool_grad_ref, lower=_max_pool_grad_lower, grad=NO_RULE_YET,
     doc="dL/dx of y = max_pool2d(x) from x, y and dy: dy goes to every window element equal to the window's max.")
 
 
@@ -327,7 +275,7 @@ def _avg_pool_grad_lower(x, dy, *, kernel, strides, pads, dilations, ceil_mode, 
 avg_pool2d_grad = defop(
     "avg_pool2d_grad", FusionKind.REDUCTION, infer=_pool_grad_infer,
     attrs={**POOL_ATTRS, "count_include_pad": Attr("bool", False)}, arity=(2, 2),
-    reference=_avg_pool_grad_ref, lower=_avg_pool_grad_lower,
+    reference=_avg_pool_grad_ref, lower=_avg_pool_grad_lower, grad=NO_RULE_YET,
     doc="dL/dx of avg_pool2d(x) from x (for its shape) and dy.")
 
 
@@ -359,7 +307,7 @@ def _slice_grad_lower(dy, *, input_shape, begins, strides):
 strided_slice_grad = defop(
     "strided_slice_grad", FusionKind.INJECTIVE, infer=_slice_grad_infer,
     attrs={"input_shape": Attr("ints"), "begins": Attr("ints"), "strides": Attr("ints")},
-    reference=_slice_grad_ref, lower=_slice_grad_lower,
+    reference=_slice_grad_ref, lower=_slice_grad_lower, grad=NO_RULE_YET,
     doc="The adjoint of strided_slice: dy placed at the sliced positions of a zero tensor of input_shape.")
 
 
@@ -410,7 +358,7 @@ def _scatter_slices_lower(*dys, input_shape, axis, begins):
 scatter_slices = defop(
     "scatter_slices", FusionKind.INJECTIVE, infer=_scatter_slices_infer, arity=(1, -1),
     attrs={"input_shape": Attr("ints"), "axis": Attr("int"), "begins": Attr("ints")},
-    reference=_scatter_slices_ref, lower=_scatter_slices_lower,
+    reference=_scatter_slices_ref, lower=_scatter_slices_lower, grad=NO_RULE_YET,
     doc="Disjoint slices along `axis` placed into a zero tensor of input_shape, slice i from begins[i]: the sum of "
         "the strided_slice_grads of one tensor read step by step (a recurrent net's per-step gates).")
 
@@ -443,96 +391,5 @@ def _take_grad_lower(idx, dy, *, axis, input_shape):
 
 take_grad = defop("take_grad", FusionKind.REDUCTION, infer=_take_grad_infer, arity=(2, 2),
                   attrs={"axis": Attr("int"), "input_shape": Attr("ints")},
-                  reference=_take_grad_ref, lower=_take_grad_lower,
+                  reference=_take_grad_ref, lower=_take_grad_lower, grad=NO_RULE_YET,
                   doc="The adjoint of take (an embedding's backward): dy scatter-added at the indices.")
-
-
-# -- losses -------------------------------------------------------------------------------------------------------------
-CE_ATTRS = {"label_smoothing": Attr("float", 0.0), "ignore_index": Attr("int", -100)}
-
-
-def _ce_infer(types, *, label_smoothing, ignore_index):
-    logits, labels = types[0], types[1]
-    if logits.rank != 2 or labels.shape != logits.shape[:1] or labels.dtype not in ("int64", "int32"):
-        fail(f"expects logits (N, C) and integer labels (N,), got {logits} and {labels}")
-    return TensorType(logits.shape[:1], logits.dtype)
-
-
-def _ce_ref(logits, labels, *, label_smoothing, ignore_index):
-    x = logits.astype(np.float64)
-    lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
-    valid = labels != ignore_index
-    picked = x[np.arange(len(x)), np.where(valid, labels, 0)]
-    loss = lse - (1 - label_smoothing) * picked - label_smoothing * x.mean(1)
-    return np.where(valid, loss, 0.0).astype(logits.dtype)
-
-
-def _row_stats(x):
-    n, c = x.shape
-    r1 = te.reduce_axis((0, c), name="r1")
-    mx = te.compute((n,), lambda i: te.max(x[i, r1], axis=r1), name="ce_max")
-    r2 = te.reduce_axis((0, c), name="r2")
-    se = te.compute((n,), lambda i: te.sum(te.exp(x[i, r2] - mx[i]), axis=r2), name="ce_sumexp")
-    r3 = te.reduce_axis((0, c), name="r3")
-    sx = te.compute((n,), lambda i: te.sum(x[i, r3], axis=r3), name="ce_sum")
-    return mx, se, sx
-
-
-def _ce_lower(logits, labels, *, label_smoothing, ignore_index):
-    n, c = (int(d) for d in logits.shape)
-    mx, se, sx = _row_stats(logits)
-    eps = label_smoothing
-
-    def f(i):
-        y = labels[i]
-        valid = y != tirx.const(ignore_index, labels.dtype)
-        picked = logits[i, tirx.Select(valid, y, tirx.const(0, labels.dtype))]
-        loss = te.log(se[i]) + mx[i] - tirx.const(1 - eps, logits.dtype) * picked \
-            - tirx.const(eps / c, logits.dtype) * sx[i]
-        return tirx.Select(valid, loss, tirx.const(0, logits.dtype))
-
-    return te.compute((n,), f, name="softmax_cross_entropy")
-
-
-softmax_cross_entropy = defop(
-    "softmax_cross_entropy", FusionKind.REDUCTION, infer=_ce_infer, attrs=CE_ATTRS, arity=(2, 2),
-    reference=_ce_ref, lower=_ce_lower,
-    doc="Per-sample -log softmax(logits)[label] with label smoothing (PyTorch's); 0 where label == ignore_index.")
-
-
-def _ce_grad_infer(types, **_):
-    return types[0]
-
-
-def _ce_grad_ref(logits, labels, dloss, *, label_smoothing, ignore_index):
-    x = logits.astype(np.float64)
-    p = np.exp(x - x.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    valid = labels != ignore_index
-    onehot = np.zeros_like(p)
-    onehot[np.arange(len(x)), np.where(valid, labels, 0)] = 1.0
-    g = p - (1 - label_smoothing) * onehot - label_smoothing / x.shape[1]
-    return (g * np.where(valid, dloss, 0.0)[:, None]).astype(logits.dtype)
-
-
-def _ce_grad_lower(logits, labels, dloss, *, label_smoothing, ignore_index):
-    n, c = (int(d) for d in logits.shape)
-    mx, se, _ = _row_stats(logits)
-    eps = label_smoothing
-
-    def f(i, j):
-        y = labels[i]
-        valid = y != tirx.const(ignore_index, labels.dtype)
-        p = te.exp(logits[i, j] - mx[i]) / se[i]
-        hit = tirx.Select(j.astype(labels.dtype) == y, tirx.const(1 - eps, logits.dtype), tirx.const(0, logits.dtype))
-        g = (p - hit - tirx.const(eps / c, logits.dtype)) * dloss[i]
-        return tirx.Select(valid, g, tirx.const(0, logits.dtype))
-
-    return te.compute((n, c), f, name="softmax_cross_entropy_grad")
-
-
-softmax_cross_entropy_grad = defop(
-    "softmax_cross_entropy_grad", FusionKind.REDUCTION, infer=_ce_grad_infer, attrs=CE_ATTRS, arity=(3, 3),
-    reference=_ce_grad_ref, lower=_ce_grad_lower,
-    doc="dL/dlogits of softmax_cross_entropy from logits, labels and the per-sample dL/dloss.")
-
