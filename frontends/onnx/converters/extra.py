@@ -8,6 +8,7 @@ import numpy as np  # noqa: F401
 from onnx import helper  # noqa: F401
 
 from compiler import ops  # noqa: F401
+from frontends.onnx.dtypes import onnx_dtype
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
@@ -123,8 +124,6 @@ def DequantizeLinear(b, x, x_scale, x_zero_point=None, *, axis=1, block_size=0, 
 @converter(since=10)
 def QuantizeLinear(b, x, y_scale, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0, precision=0,
                    saturate=1):
-    from ..importer import onnx_dtype
-
     out = b.type(y_zero_point).dtype if y_zero_point is not None else (
         onnx_dtype(output_dtype) if output_dtype else "uint8")
     if out not in ("int8", "uint8", "int16", "uint16", "int32", "uint32"):
