@@ -1,7 +1,7 @@
 """One converter per core-ATen op, keyed by the op overload itself (`torch.ops.aten.convolution.default`), named
 like it, its arguments as ATen declares them with ATen's defaults.
 
-A converter gets the builder `b` (frontends/onnx/importer.Builder: `b.emit` folds when every input is a known
+A converter gets the builder `b` (frontends/builder.Builder: `b.emit` folds when every input is a known
 array) and the node's arguments with tensors already converted (IR values or numpy arrays).
 """
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from compiler.ir import Graph, TensorType, Value
-from frontends.onnx.importer import Builder
+from frontends.builder import Builder
 from runtime.errors import FrontendError, IRError, UnsupportedOpError
 
 from .converters import CONVERTERS
@@ -57,7 +57,7 @@ def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) 
                                  [(op, 0, names) for op, names in unsupported.items()])
 
     g = Graph(type(module).__name__)
-    b = Builder(g, opset=0)
+    b = Builder(g, "torch")
     env: dict[str, object] = {}
     sig = ep.graph_signature
     state = {**ep.state_dict, **getattr(ep, "constants", {})}
@@ -88,7 +88,7 @@ def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) 
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
-        b.node, b.node_name = _FakeOnnxNode(str(node.target)), node.name
+        b.at(node.name, str(node.target), node)
         if node.target is operator.getitem:
             src, i = arg(node.args[0]), node.args[1]
             env[node.name] = src[i]
@@ -113,13 +113,6 @@ def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) 
     g.remove_unused()
     g.verify()
     return g
-
-
-class _FakeOnnxNode:
-    """What Builder.error reads: the op's name."""
-
-    def __init__(self, op_type: str):
-        self.op_type = op_type
 
 
 def _check_meta(b, node, out) -> None:

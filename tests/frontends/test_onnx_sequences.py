@@ -1,4 +1,4 @@
-"""ONNX sequence (and optional) graph inputs whose length is given at compile time (frontends/onnx/importer.py
+"""ONNX sequence (and optional) graph inputs whose length is given at compile time (frontends/builder.py
 `TensorSequence`): each tensor of the sequence is an input of its own, `name.0`, `name.1`, ..., and a sequence
 output likewise; only Identity passes a sequence through."""
 

@@ -7,7 +7,7 @@ import torch
 from benchmarks.models import MODELS
 from compiler import compile_model
 from frontends.torch import from_torch
-from runtime.errors import CompileError, UnsupportedOpError
+from runtime.errors import CompileError, FrontendError, UnsupportedOpError
 from tests.support import assert_close
 
 
@@ -86,3 +86,9 @@ def test_params_keep_their_names():
     g = from_torch(module, (x,))
     assert any(p.name.startswith("0.weight") or p.name.startswith("0.bias") for p in g.params), \
         [p.name for p in g.params]
+
+
+def test_errors_name_the_torch_node():
+    with pytest.raises(FrontendError, match=r"^torch node 'convolution' \(aten\.convolution\.default\): transposed "
+                                            r"convolution is not supported yet"):
+        from_torch(torch.nn.ConvTranspose2d(2, 2, 3).eval(), (torch.randn(1, 2, 5, 5),))

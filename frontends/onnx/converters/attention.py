@@ -8,6 +8,7 @@ import numpy as np  # noqa: F401
 from onnx import helper  # noqa: F401
 
 from compiler import ops  # noqa: F401
+from frontends.onnx.dtypes import onnx_dtype
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
@@ -29,8 +30,6 @@ def Attention(b, Q, K, V, attn_mask=None, past_key=None, past_value=None, nonpad
               softmax_precision=None, left_window_size=-1, right_window_size=-1):
     """onnx's reference (`op_attention.py`) step by step: Q, K scaled by sqrt(scale) each, softcap, an additive
     bias (mask, causal and window frontiers, key padding), softmax, rows with no attendable key zeroed."""
-    from ..importer import onnx_dtype
-
     rank = b.type(Q).rank
     # float16/bfloat16 compute in float32 (products, sums, softmax) and round once, at the outputs
     half = b.type(Q).dtype

@@ -17,13 +17,14 @@ import numpy as np
 from onnx import helper
 
 from compiler import ops
+from frontends.builder import MAX_CONSTANT_ELEMENTS
 
 # op type -> {since opset: converter}
 CONVERTERS: dict[str, dict[int, Callable]] = {}
 
 
 def converter(since: int = 1, sequences: bool = False):
-    """`sequences`: the converter accepts sequences of tensors (`importer.TensorSequence`) among its inputs."""
+    """`sequences`: the converter accepts sequences of tensors (`frontends.builder.TensorSequence`) among its inputs."""
 
     def register(fn):
         name = fn.__name__.split("_")[0]
@@ -41,11 +42,6 @@ def lookup_converter(op_type: str, opset: int) -> Callable | None:
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
-# The largest tensor we build at compile time (ConstantOfShape, Range, folded ops): 2^28 elements, 1 GiB of float32.
-# Beyond it a model almost surely has a wrong shape (a garbage int64), and numpy would fail with a MemoryError.
-MAX_CONSTANT_ELEMENTS = 1 << 28
-
-
 def _check_constant_size(b, shape, what="the result"):
     """Refuse to build a compile-time constant of `shape` when it is negative or too large."""
     shape = tuple(int(d) for d in shape)

@@ -27,6 +27,7 @@ import numpy as np
 
 from compiler import ops
 from compiler.ir.types import STORAGE_DTYPES, numpy_dtype
+from frontends.onnx.dtypes import onnx_dtype
 
 from .base import converter
 
@@ -36,8 +37,6 @@ FLOAT8 = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz") 
 
 @converter()
 def Cast(b, input, *, to, saturate=1, round_mode="up"):
-    from ..importer import onnx_dtype
-
     return convert(b, input, onnx_dtype(to, f"ONNX node {b.node_name!r} (Cast): to"), bool(saturate), round_mode)
 
 

@@ -8,6 +8,7 @@ import numpy as np  # noqa: F401
 from onnx import helper  # noqa: F401
 
 from compiler import ops  # noqa: F401
+from frontends.builder import is_string_array
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401
@@ -219,8 +220,6 @@ def Range(b, start, limit, delta):
 
 @converter(since=11)
 def Equal(b, A, B):
-    from ..importer import is_string_array
-
     if is_string_array(A) or is_string_array(B):  # strings are compile-time constants only: fold with numpy
         return np.asarray(np.equal(b.const(A, "A"), b.const(B, "B")), bool)
     return b.emit(ops.equal, [A, B])
