@@ -79,21 +79,6 @@ def optimize(g: Graph, options: CompileOptions, *, training: bool = False, state
     return g
 
 
-def default_trainable(model, g: Graph) -> set[str]:
-    """Which params train by default: the builder's trainable specs, an ONNX model's float initializers, a torch
-    module's parameters, every float param of a Graph."""
-    from frontends.nn import Module as BuilderModule
-
-    float_params = {p.name for p in g.params if p.type.dtype.startswith("float")}
-    if isinstance(model, BuilderModule):
-        return {k for k, spec in model.named_param_specs() if spec.trainable}
-    if type(model).__name__ == "ModelProto":
-        return {i.name for i in model.graph.initializer} & float_params
-    if hasattr(model, "named_parameters"):
-        return {k for k, _ in model.named_parameters()} & float_params
-    return float_params
-
-
 # -- training -----------------------------------------------------------------------------------------------------------
 @dataclass
 class TrainingGraph:
@@ -129,6 +114,7 @@ def training_graph(model, loss, optimizer: Mapping | None, options: CompileOptio
     per-step ops, passes/unroll_lstm.py); pick the trainable params; build the training program (forward, loss,
     backward and, unless `gradients_only`, the optimizer's updates); run the training pipeline over it."""
     from compiler.autodiff.training import build_training_program
+    from frontends.trainable import default_trainable
 
     model = load_if_onnx(model)
     onnx_source = model.SerializeToString() if type(model).__name__ == "ModelProto" else None
