@@ -95,7 +95,7 @@ def conv_graphs(shape: str):
     """One conv (+ bias + ReLU) of `shape` ('IC->OC KxK/S HxW') twice: NCHW, and NCHW[16]c in and out (as inside a
     chain of blocked convs); and the feeds of each."""
     from compiler.ir import parse_graph
-    from compiler.ops.layout import block_nchw
+    from compiler.ops.nchwc import block_nchw
 
     ic, oc, kh, kw, stride, h, w = parse_conv_shape(shape)
     pad = kh // 2

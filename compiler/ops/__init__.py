@@ -8,8 +8,10 @@ an attribute here (`ops.conv2d`, `ops.relu`), imported by name so that editors a
     shape.py        reshape, transpose, slices, gathers, scatters
     attention.py    scaled dot-product attention              rnn.py         the LSTM recurrence and its backward
     training.py     masks, dropout, losses                    backward.py    backward kernels
-    layout.py       packed weights, NCHW[x]c activations      train_layout.py  run-time packing, im2col, weight grads
-    winograd.py     the Winograd conv
+    packed.py       conv/dense on weights packed at compile time, their computes and packers
+    nchwc.py        NCHW[x]c activations: layout changes, convs and pools on them
+    train_pack.py   run-time weight packing, im2col, weight-gradient GEMM (training on the CPU)
+    winograd.py     the Winograd conv: matrices, tile sizes, compute
 """
 
 from .registry import (NO_RULE_YET, NOT_DIFFERENTIABLE, OPS, Attr, FusionKind, OpDef, defop, get_op,  # noqa: F401
@@ -25,18 +27,19 @@ from .elementwise import (abs, acos, acosh, add, asin, asinh, atan, atanh, bitwi
                           greater_equal, isinf, isnan, leaky_relu, left_shift, less, less_equal, log, logical_and,
                           logical_not, logical_or, logical_xor, maximum, minimum, mod, mul, neg, pow, reciprocal, relu,
                           right_shift, round, sigmoid, sign, sin, sinh, sqrt, sub, tan, tanh, where)
-from .layout import (avg_pool2d_nchwc, conv2d_nchwc, conv2d_packed, dense_packed, depthwise_conv2d_nchwc,  # noqa: F401
-                     from_blocked, global_avg_pool_nchwc, max_pool2d_nchwc, to_blocked)
 from .nn import (avg_pool2d, avg_pool3d, conv2d, conv3d, dense, global_avg_pool, matmul, max_pool2d,  # noqa: F401
                  max_pool3d, max_pool_indices)
+from .nchwc import (avg_pool2d_nchwc, conv2d_nchwc, depthwise_conv2d_nchwc, from_blocked,  # noqa: F401
+                    global_avg_pool_nchwc, max_pool2d_nchwc, to_blocked)
 from .norm import (batch_norm, layer_norm, log_softmax, lrn, softmax)  # noqa: F401
+from .packed import conv2d_packed, dense_packed  # noqa: F401
 from .reduce import (argmax, argmin, cumprod, cumsum, einsum, reduce_max, reduce_mean, reduce_min,  # noqa: F401
                      reduce_prod, reduce_sum, topk)
 from .rnn import (lstm_sequence, lstm_sequence_grad)  # noqa: F401
 from .shape import (bitcast, broadcast_to, concat, gather_elements, gather_nd, pad, reshape,  # noqa: F401
                     scatter_elements, scatter_nd, strided_slice, take, transpose)
-from .train_layout import (conv2d_weight_flip, conv2d_weight_pack, dense_weight_pack, im2col,  # noqa: F401
-                           weight_grad_gemm)
+from .train_pack import (conv2d_weight_flip, conv2d_weight_pack, dense_weight_pack, im2col,  # noqa: F401
+                         weight_grad_gemm)
 from .training import (dropout, dropout_train, ge_mask, gt_mask, softmax_cross_entropy,  # noqa: F401
                        softmax_cross_entropy_grad)
 from .winograd import winograd_conv2d  # noqa: F401

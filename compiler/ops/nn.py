@@ -17,6 +17,8 @@ from compiler.ir.types import TensorType
 
 from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
 
+MATMUL = "matmul"  # the block of matmul's compute, which the CPU's matmul schedule rule dispatches on
+
 CONV_ATTRS = {
     "strides": Attr("ints", (1, 1)),
     "pads": Attr("ints", (0, 0, 0, 0)),  # begin_h, begin_w, end_h, end_w (ONNX order)
@@ -273,7 +275,7 @@ def _matmul_lower(a, b):
         bv = index(b, br, batch, (k,), j) if br > 1 else b[k]
         return te.sum(av * bv, axis=k)
 
-    return te.compute(out_shape, f, name="matmul")
+    return te.compute(out_shape, f, name=MATMUL)
 
 
 def _swap_last(e, v):

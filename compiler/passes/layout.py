@@ -28,7 +28,7 @@ import numpy as np
 
 from compiler import ops
 from compiler.ir import Graph, Node, Value
-from compiler.ops.layout import block_depthwise_weight, block_nchw, repack_conv2d_weight_nchwc
+from compiler.ops.nchwc import block_depthwise_weight, block_nchw, repack_conv2d_weight_nchwc
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A weight that is a param is packed once, at compile time. A weight that is computed or fed at run time (a training
 graph's parameters are graph inputs, updated in place every step) is packed by a kernel of its own each run
-(`conv2d_weight_pack` / `dense_weight_pack`, compiler/ops/train_layout.py): one pass over the weight, so that the
+(`conv2d_weight_pack` / `dense_weight_pack`, compiler/ops/train_pack.py): one pass over the weight, so that the
 conv or dense itself runs on the register-tiled packed kernel instead of the generic schedule.
 
 `bf16_weights` (the CPU's bf16 mode) then stores the packed weights as bfloat16.

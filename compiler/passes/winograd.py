@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 
 from compiler import ops
 from compiler.ir import Graph, Node, Value
-from compiler.ops.layout import _nchwc_weight, unpack_conv2d_weight
+from compiler.ops.nchwc import _nchwc_weight
+from compiler.ops.packed import unpack_conv2d_weight
 from compiler.ops.winograd import BLOCK, transform_weight
 
 

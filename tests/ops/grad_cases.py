@@ -49,7 +49,7 @@ GRAD_CASES = [
      {"label_smoothing": 0.2, "ignore_index": 1}, ()),
     ("gelu_grad", [rand(4, 40, lo=-6.0, hi=6.0), rand(4, 40)], {}, ()),  # fast_erf / fast_exp vs float64 libm
     ("gelu_grad", [rand(3, 9, lo=-6.0, hi=6.0), rand(3, 9)], {"approximate": "tanh"}, ()),
-    # run-time weight packing and the conv backward pieces of compiler/ops/train_layout.py
+    # run-time weight packing and the conv backward pieces of compiler/ops/train_pack.py
     ("conv2d_weight_pack", [rand(20, 3, 3, 2)], {"block": 16}, ()),  # 20 output channels: 12 zero rows
     ("conv2d_weight_pack", [rand(32, 4, 1, 1)], {"block": 16}, ()),
     ("dense_weight_pack", [rand(10, 7)], {"block": 16}, ()),

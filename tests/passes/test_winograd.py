@@ -9,7 +9,7 @@ from compiler import compile_model, ops
 from compiler.options import CompileOptions
 from compiler.ir import interpret, parse_graph
 from compiler.ops import winograd as W
-from compiler.ops.layout import block_nchw
+from compiler.ops.nchwc import block_nchw
 from compiler.ops.nn import _conv2d_ref
 from compiler.passes import pipeline
 from compiler.passes.manager import pass_name

@@ -13,7 +13,7 @@ from tvm.sym import detect_linear_equation
 from compiler.backend.cpu.common import (
     PARALLEL_MIN_WORK, SPATIAL, Knobs, Rule, anchor_epilogue, attempt, inline_all, largest_divisor, loop_extent,
     loop_work, vector_lanes)
-from compiler.ops.train_layout import MATMUL  # ops/nn.py's matmul block name (a weight gradient's product too)
+from compiler.ops.nn import MATMUL  # the matmul block name (a weight gradient's product too)
 
 MATMUL_PACK_BATCH_MIN = 4  # with this many batch entries a strided B operand is packed per entry, else once, whole
 PACK_J = 8               # packing: rows (along j) per transposed block

@@ -11,14 +11,15 @@ from compiler.backend.cpu.common import (
     PARALLEL_MIN_WORK, SPATIAL, Rule, attempt, inline_all, is_output, is_spatial_block, iter_types, largest_divisor,
     loop_extent, loop_work, register_tile, root_blocks, schedule_spatial, vector_lanes)
 from compiler.backend.cpu.matmul import MatmulKnobs, matmul_j_tile
-from compiler.ops.train_layout import ANN_IM2COL_DIMS, DENSE_WEIGHT_PACK, IM2COL, MATMUL, WGRAD
+from compiler.ops.nn import MATMUL
+from compiler.ops.train_pack import ANN_IM2COL_DIMS, DENSE_WEIGHT_PACK, IM2COL, WGRAD
 
 PACK_K_TILE = 16  # run-time dense weight pack: source row elements per vector
 
 
 def schedule_weight_grad(sch: s_tir.Schedule, target: tvm.target.Target,
                          knobs: MatmulKnobs = MatmulKnobs()) -> None:
-    """A weight gradient (ops/train_layout.py's weight_grad_gemm): a 2-D matmul, then its weight-shaped view and the
+    """A weight gradient (ops/train_pack.py's weight_grad_gemm): a 2-D matmul, then its weight-shaped view and the
     elementwise epilogue (an optimizer update). The product is small (the weight's size), so it gets a loop nest
     of its own: parallel(j_tile, i_tile) > [i_tile x j_tile] accumulators in registers, k outside the unrolled
     rows and the vectorized columns, written back to a buffer the epilogue's plain loop nest then reads.
@@ -60,7 +61,7 @@ def _weight_grad_j_tile(n: int, lanes: int, j_tile: int) -> int:
 
 
 def schedule_im2col(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
-    """im2col (ops/train_layout.py), x (N, C, H, W) -> (N*OH*OW, C*KH*KW): rows split into (n, oh, ow) and columns
+    """im2col (ops/train_pack.py), x (N, C, H, W) -> (N*OH*OW, C*KH*KW): rows split into (n, oh, ow) and columns
     into (c, kh, kw), so the index arithmetic (divisions by OH*OW, OW, KH*KW, KW) and the padding test fold into
     the loops; parallel over (n, oh), kh and kw unrolled, each row written in order. The generic rule vectorized
     the flat columns: gathers with the divisions per lane, 3.5x slower (1 thread, 32x32x16x16 3x3: 1.93 -> 0.55
@@ -81,7 +82,7 @@ def schedule_im2col(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
 
 
 def schedule_dense_weight_pack(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
-    """dense_weight_pack (ops/train_layout.py), (N, K) -> (N / b, K, b): a transposition per block of b rows.
+    """dense_weight_pack (ops/train_pack.py), (N, K) -> (N / b, K, b): a transposition per block of b rows.
     Vectorized along K, which reads each source row contiguously, with the b rows unrolled in groups of 16 and
     strided stores; vectorizing along the lanes instead gathers down a column (stride K: with K a power of two
     the rows share cache sets, 10x slower for 512 x 512)."""

@@ -20,7 +20,7 @@ from tvm import te, tirx
 
 from compiler.ir.types import TensorType
 
-from .nn import CONV_ATTRS, conv_out_size, windows2d
+from .nn import CONV_ATTRS, MATMUL, conv_out_size, windows2d
 from .packed import pack_conv2d_weight, pack_dense_weight
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
@@ -28,8 +28,7 @@ from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 DENSE_WEIGHT_PACK = "dense_weight_pack"
 IM2COL = "im2col"
 ANN_IM2COL_DIMS = "tf_im2col_dims"  # on IM2COL: (N, OH, OW, C, KH, KW): its rows are (N, OH, OW), columns (C, KH, KW)
-WGRAD = "weight_grad"  # the weight-shaped view of weight_grad_gemm's product ...
-MATMUL = "matmul"      # ... whose block is named as ops/nn.py's matmul block (the CPU's matmul rule dispatches on it)
+WGRAD = "weight_grad"  # the weight-shaped view of weight_grad_gemm's product, a matmul block (nn.MATMUL)
 
 
 def _round_up(x: int, m: int) -> int:
