@@ -56,7 +56,7 @@ def _spin(flag, cpu):
 def load_model(name: str):
     """(onnx model, feeds) for the demo CNN or a suite model at batch 1."""
     if name == "cnn":
-        from compiler.examples import small_cnn_onnx
+        from tensorforge.compiler.examples import small_cnn_onnx
 
         x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
         return small_cnn_onnx(), {"image": x}
@@ -67,9 +67,9 @@ def load_model(name: str):
 
 
 def make_engines(name: str, tmp: str):
-    import runtime
+    from tensorforge import runtime
     from benchmarks.light_models import ort_session
-    from compiler import compile_model
+    from tensorforge.compiler import compile_model
 
     model, feeds = load_model(name)
     t0 = time.perf_counter()
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "contention.md"))
     args = p.parse_args(argv)
 
-    from runtime import cpu_pool
+    from tensorforge.runtime import cpu_pool
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
     flag = mp.Value("b", False)

@@ -84,9 +84,9 @@ def externalize(model, sources: dict[str, np.ndarray]) -> int:
 def prepare(args) -> int:
     import onnx
 
-    from compiler import compile_model, compile_training
-    from compiler.options import CompileOptions
-    from compiler.examples import light_expected, light_input, light_path
+    from tensorforge.compiler import compile_model, compile_training
+    from tensorforge.compiler.options import CompileOptions
+    from tensorforge.compiler.examples import light_expected, light_input, light_path
 
     os.makedirs(args.out, exist_ok=True)
     index = {"arch": args.arch, "models": [], "training": []}
@@ -134,7 +134,7 @@ def prepare(args) -> int:
 
 def training_setups():
     """(name, builder net, input shape, classes): the training issue's CNN and a Transformer encoder classifier."""
-    from frontends import nn
+    from tensorforge.frontends import nn
     from tests.autodiff.torch_models import TransformerClassifier
 
     def block(i, o):
@@ -190,8 +190,8 @@ def max_rel(a, b) -> float:
 def run(args) -> int:
     import torch
 
-    import runtime
-    from runtime.cuda import DeviceError, gpu_info
+    from tensorforge import runtime
+    from tensorforge.runtime.cuda import DeviceError, gpu_info
 
     try:
         info = gpu_info(0)
@@ -268,8 +268,8 @@ def ort_time(path: str, feeds: dict, repeat: int) -> float | None:
 
 
 def run_training(args, t: dict) -> dict:
-    import runtime
-    from runtime.training import TrainingSession
+    from tensorforge import runtime
+    from tensorforge.runtime.training import TrainingSession
 
     train = runtime.load(os.path.join(args.bundle, f"train_{t['name']}.tfa"))
     evaluator = runtime.load(os.path.join(args.bundle, f"train_{t['name']}.eval.tfa"))

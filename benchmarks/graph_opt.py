@@ -28,9 +28,9 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 from benchmarks.light_models import ort_session, timed  # noqa: E402
 from benchmarks.machine import describe_machine  # noqa: E402
-from compiler import compile_model  # noqa: E402
-from compiler.options import CompileOptions  # noqa: E402
-from compiler.examples import LIGHT_MODELS, light_input, light_path, randomize_weights  # noqa: E402
+from tensorforge.compiler import compile_model  # noqa: E402
+from tensorforge.compiler.options import CompileOptions  # noqa: E402
+from tensorforge.compiler.examples import LIGHT_MODELS, light_input, light_path, randomize_weights  # noqa: E402
 
 PEAK_RSS = r"""
 import json, sys, numpy as np
@@ -41,7 +41,8 @@ def status(key):  # kB, from /proc/self/status
 kind, model_path, feeds_path = sys.argv[1:4]
 feeds = dict(np.load(feeds_path))
 if kind == "tf":
-    import runtime, tvm_ffi
+    import tvm_ffi
+    from tensorforge import runtime
 else:
     import onnxruntime as ort
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS

@@ -13,8 +13,8 @@ import numpy as np
 import tvm
 from tvm import te
 
-from compiler.backend.cpu.rules import schedule_cpu
-from compiler.ops import packed as K
+from tensorforge.compiler.backend.cpu.rules import schedule_cpu
+from tensorforge.compiler.ops import packed as K
 
 # name: (C, H, W, OC, k, stride, pad, groups)
 CONVS = {
@@ -110,9 +110,9 @@ def bench_dense(name, spec, target):
 
 
 def bench_matmul(name, text, target):
-    from compiler.backend.lower import build_prim_func, partition
-    from compiler.ir import parse_graph
-    from compiler.passes import fuse
+    from tensorforge.compiler.backend.lower import build_prim_func, partition
+    from tensorforge.compiler.ir import parse_graph
+    from tensorforge.compiler.passes import fuse
 
     g = fuse(parse_graph(text))
     (kernel,) = [s for s in partition(g) if hasattr(s, "spec")]

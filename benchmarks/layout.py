@@ -24,10 +24,10 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 from benchmarks.light_models import timed  # noqa: E402
 from benchmarks.machine import describe_machine, write_lines  # noqa: E402
-from compiler import compile_model  # noqa: E402
-from compiler.driver import compile_graph, import_model, optimize  # noqa: E402
-from compiler.options import CompileOptions  # noqa: E402
-from compiler.examples import LIGHT_MODELS, light_input, light_path, randomize_weights  # noqa: E402
+from tensorforge.compiler import compile_model  # noqa: E402
+from tensorforge.compiler.driver import compile_graph, import_model, optimize  # noqa: E402
+from tensorforge.compiler.options import CompileOptions  # noqa: E402
+from tensorforge.compiler.examples import LIGHT_MODELS, light_input, light_path, randomize_weights  # noqa: E402
 
 DEFAULT_MODELS = ["torch:resnet50", "torch:mobilenet_v2", "densenet121", "inception_v1", "squeezenet", "vgg19"]
 OUT = os.path.join(ROOT, "benchmarks", "results", "layout.md")
@@ -94,8 +94,8 @@ def conv_shapes(g) -> dict[str, str]:
 def conv_graphs(shape: str):
     """One conv (+ bias + ReLU) of `shape` ('IC->OC KxK/S HxW') twice: NCHW, and NCHW[16]c in and out (as inside a
     chain of blocked convs); and the feeds of each."""
-    from compiler.ir import parse_graph
-    from compiler.ops.nchwc import block_nchw
+    from tensorforge.compiler.ir import parse_graph
+    from tensorforge.compiler.ops.nchwc import block_nchw
 
     ic, oc, kh, kw, stride, h, w = parse_conv_shape(shape)
     pad = kh // 2

@@ -54,13 +54,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "pool_threshold.md"))
     args = p.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    from compiler import compile_model
-    from runtime import cpu_pool
+    from tensorforge.compiler import compile_model
+    from tensorforge.runtime import cpu_pool
 
     import tempfile
 
-    import runtime
-
+    from tensorforge import runtime
     rows = []
     tmp = tempfile.mkdtemp(prefix="tf-threshold-")
     for label, model, feeds in cases():

@@ -60,8 +60,8 @@ def status(key):  # kB, from /proc/self/status
             return int(line.split()[1])
 feeds = dict(np.load(path + ".npz"))
 if kind == "tf":
-    import runtime
-    from runtime.tvm_loader import init_runtime
+    from tensorforge import runtime
+    from tensorforge.runtime.tvm_loader import init_runtime
     init_runtime()  # TVM's runtime library loaded before the baseline, as onnxruntime's is by its import
 elif kind == "ort":
     import onnxruntime as ort
@@ -120,8 +120,8 @@ def make_engines(name: str, batch: int, wanted: list[str]):
     import torch
 
     from benchmarks.models import INPUT_NAME, MODELS, export_onnx
-    from compiler import compile_model
-    from compiler.options import CompileOptions
+    from tensorforge.compiler import compile_model
+    from tensorforge.compiler.options import CompileOptions
 
     torch.set_num_threads(THREADS)
     module, x = MODELS[name](batch)

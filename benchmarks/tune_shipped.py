@@ -23,8 +23,8 @@ SUITE = ("resnet50", "mobilenet_v2", "bert_base", "gpt2_small", "lstm_classifier
 
 def main() -> None:
     from benchmarks.models import export_onnx
-    from compiler.tune import tune_model
-    from compiler.backend.tuning import SHIPPED
+    from tensorforge.compiler.tune import tune_model
+    from tensorforge.compiler.backend.tuning import SHIPPED
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])

@@ -25,8 +25,8 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 from benchmarks.layout import conv_flops, conv_graphs  # noqa: E402
 from benchmarks.light_models import timed  # noqa: E402
 from benchmarks.machine import describe_machine, write_lines  # noqa: E402
-from compiler import compile_model  # noqa: E402
-from compiler.options import CompileOptions  # noqa: E402
+from tensorforge.compiler import compile_model  # noqa: E402
+from tensorforge.compiler.options import CompileOptions  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "winograd.md")
 OFF = CompileOptions(disabled_passes=frozenset({"winograd"}))
@@ -62,13 +62,13 @@ def bench_shapes(shapes: list[str], repeat: int) -> list[tuple[str, float, float
 
 
 def _compile_forced(g):
-    from compiler.driver import compile_graph, import_model, optimize
-    from compiler.passes.winograd import WinogradPolicy, winograd_graph
+    from tensorforge.compiler.driver import compile_graph, import_model, optimize
+    from tensorforge.compiler.passes.winograd import WinogradPolicy, winograd_graph
 
     opts = CompileOptions(disabled_passes=frozenset({"winograd", "fuse"}))
     h = optimize(import_model(g), opts)
     winograd_graph(h, WinogradPolicy(min_in_channels=1, min_out_channels=1, min_tiles=1))
-    from compiler.passes import fuse
+    from tensorforge.compiler.passes import fuse
 
     return compile_graph(fuse(h), CompileOptions())
 

@@ -3,15 +3,15 @@
 The API is loaded on first use (PEP 562), so that `import compiler.ir` (or any light submodule) does not import
 TVM, ONNX or PyTorch."""
 
-from runtime.errors import *  # noqa: F401,F403  (one exception hierarchy for compiler and runtime)
+from tensorforge.runtime.errors import *  # noqa: F401,F403  (one exception hierarchy for compiler and runtime)
 
 _LAZY = {
-    "CompileOptions": "compiler.options",
-    "TargetSpec": "compiler.options",
-    "compile_model": "compiler.api",
-    "compile_training": "compiler.api",
-    "compile_gradients": "compiler.api",
-    "import_model": "compiler.driver",
+    "CompileOptions": "tensorforge.compiler.options",
+    "TargetSpec": "tensorforge.compiler.options",
+    "compile_model": "tensorforge.compiler.api",
+    "compile_training": "tensorforge.compiler.api",
+    "compile_gradients": "tensorforge.compiler.api",
+    "import_model": "tensorforge.compiler.driver",
 }
 
 

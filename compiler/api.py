@@ -7,11 +7,11 @@ from __future__ import annotations
 import time
 from typing import Mapping, Sequence
 
-from compiler.driver import (compile_graph, import_model, loss_spec, optimize, optimizer_spec,  # noqa: F401
+from tensorforge.compiler.driver import (compile_graph, import_model, loss_spec, optimize, optimizer_spec,  # noqa: F401
                              training_graph)
-from compiler.options import CompileOptions  # noqa: F401  (part of the API)
-from runtime import CompiledModel
-from runtime.errors import CompileError
+from tensorforge.compiler.options import CompileOptions  # noqa: F401  (part of the API)
+from tensorforge.runtime import CompiledModel
+from tensorforge.runtime.errors import CompileError
 
 _UNSET = object()
 
@@ -73,7 +73,7 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     forward and backward read half-precision operands and accumulate in fp32; parameters, gradients' sums and
     optimizer state stay fp32; no loss scaling).
     """
-    from runtime.training import TrainingSession
+    from tensorforge.runtime.training import TrainingSession
 
     options = CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads, arch=arch,
                              precision=precision)

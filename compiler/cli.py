@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from runtime.errors import InputError, TensorForgeError
+from tensorforge.runtime.errors import InputError, TensorForgeError
 
 
 class UsageError(InputError):
@@ -78,7 +78,7 @@ def parse_input_arg(text: str) -> tuple[str, str]:
 
 
 def _compile_options(args):
-    from compiler.options import CompileOptions
+    from tensorforge.compiler.options import CompileOptions
 
     for db in getattr(args, "tuning_db", None) or ():
         if not os.path.isdir(db):
@@ -92,7 +92,7 @@ def _compile_options(args):
 
 
 def cmd_compile(args) -> int:
-    from compiler.api import compile_model
+    from tensorforge.compiler.api import compile_model
 
     options = _compile_options(args)
     stem = os.path.splitext(os.path.basename(args.model))[0] or "model"
@@ -109,8 +109,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import runtime
-
+    from tensorforge import runtime
     if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise InputError(f"-o/--output-dir {args.output_dir} is a file: run writes one .npy file per output into a "
                          f"directory (created if missing)")
@@ -156,11 +155,11 @@ def cmd_run(args) -> int:
 def cmd_inspect(args) -> int:
     path = args.model
     if path.endswith(".onnx"):
-        from compiler.driver import import_model
-        from compiler.report import analyze
+        from tensorforge.compiler.driver import import_model
+        from tensorforge.compiler.report import analyze
 
         if args.train:
-            from compiler.report import training_report
+            from tensorforge.compiler.report import training_report
 
             g, plan = training_report(path, args.loss, {"name": args.optimizer, "lr": 0.01},
                                       shapes=dict(args.shape or []), options=_compile_options(args))
@@ -176,7 +175,7 @@ def cmd_inspect(args) -> int:
     else:
         import tempfile
 
-        from runtime import artifact
+        from tensorforge.runtime import artifact
 
         with tempfile.TemporaryDirectory() as tmp:
             plan, _, _ = artifact.read_artifact(path, tmp)
@@ -212,8 +211,8 @@ def _print_fusion(report: list[dict]) -> None:
 
 def cmd_tune_cuda(args) -> int:
     """CUDA tuning without RPC: --prepare builds the candidates here, --ingest stores the GPU's measurements."""
-    from compiler.backend import cuda_tuning
-    from compiler.tune import prepare_model
+    from tensorforge.compiler.backend import cuda_tuning
+    from tensorforge.compiler.tune import prepare_model
 
     if args.prepare and args.ingest:
         raise InputError("tune: --prepare and --ingest are two steps: give one")
@@ -237,8 +236,8 @@ def cmd_tune_cuda(args) -> int:
 def cmd_tune(args) -> int:
     from tqdm import tqdm
 
-    from compiler.tune import tune_model
-    from compiler.backend.tuning import parse_duration
+    from tensorforge.compiler.tune import tune_model
+    from tensorforge.compiler.backend.tuning import parse_duration
 
     if args.target == "cuda" and (args.prepare or args.ingest):
         return cmd_tune_cuda(args)
@@ -267,8 +266,8 @@ def cmd_tune(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from compiler.api import compile_model
-    from compiler.examples import small_cnn_onnx
+    from tensorforge.compiler.api import compile_model
+    from tensorforge.compiler.examples import small_cnn_onnx
 
     model = small_cnn_onnx()
     print("demo: a small CNN (3 conv+batchnorm+relu blocks, global pooling, linear, softmax) on a 1x3x32x32 image")
@@ -281,8 +280,8 @@ def cmd_demo(args) -> int:
     try:
         import onnxruntime as ort
     except ImportError:
-        from compiler.ir import interpret
-        from frontends.onnx import from_onnx
+        from tensorforge.compiler.ir import interpret
+        from tensorforge.frontends.onnx import from_onnx
 
         ref = interpret(from_onnx(model), {"image": x})[0]
         print("onnxruntime is not installed: checked against our numpy reference interpreter instead")
@@ -308,7 +307,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_opt(args) -> int:
-    from compiler.opt import cmd_opt as run
+    from tensorforge.compiler.opt import cmd_opt as run
 
     return run(args)
 
@@ -316,8 +315,8 @@ def cmd_opt(args) -> int:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from compiler.api import compile_training
-    from compiler.train_example import quadrant_blobs, small_cnn
+    from tensorforge.compiler.api import compile_training
+    from tensorforge.compiler.train_example import quadrant_blobs, small_cnn
 
     batch = args.batch
     for flag, size in (("--train-size", args.train_size), ("--test-size", args.test_size)):

@@ -16,16 +16,16 @@ import tempfile
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from compiler.ir import Graph
-from compiler.options import CompileOptions
-from compiler.passes import PassManager, check_pass_names, pipeline, unroll_lstm
-from runtime.errors import CompileError
+from tensorforge.compiler.ir import Graph
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.passes import PassManager, check_pass_names, pipeline, unroll_lstm
+from tensorforge.runtime.errors import CompileError
 
 
 def load_if_onnx(model):
     """An ONNX path or bytes loaded into an onnx.ModelProto (checked and with its external data); else `model`."""
     if isinstance(model, (str, os.PathLike, bytes)):
-        from frontends.onnx.importer import load_model
+        from tensorforge.frontends.onnx.importer import load_model
 
         return load_model(model)
     return model
@@ -36,7 +36,7 @@ def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, examp
     """Any supported model form -> IR graph. ONNX: a path, bytes or onnx.ModelProto; a torch.nn.Module with
     `example_inputs`; a builder-API module (frontends.nn) with `shapes` for its inputs and optional `params`;
     or an IR Graph (copied)."""
-    from frontends.nn import Module as BuilderModule
+    from tensorforge.frontends.nn import Module as BuilderModule
 
     if isinstance(model, BuilderModule):
         if not shapes:
@@ -45,14 +45,14 @@ def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, examp
     if type(model).__module__.startswith("torch") or hasattr(model, "_modules"):
         if example_inputs is None:
             raise CompileError("compiling a PyTorch module needs example_inputs=(tensor, ...) to fix its shapes")
-        from frontends.torch import from_torch
+        from tensorforge.frontends.torch import from_torch
 
         return from_torch(model, example_inputs)
     if isinstance(model, Graph):
         model.verify()
         return model.copy()  # passes edit graphs in place; the caller's graph stays as it was
     if isinstance(model, (str, os.PathLike, bytes)) or type(model).__name__ == "ModelProto":
-        from frontends.onnx import from_onnx
+        from tensorforge.frontends.onnx import from_onnx
 
         return from_onnx(model, shapes)
     raise CompileError(f"cannot compile a {type(model).__name__}: pass an ONNX file path, onnx.ModelProto or Graph")
@@ -91,14 +91,14 @@ class TrainingGraph:
 
 
 def loss_spec(loss):
-    from compiler.autodiff.training import LossSpec
+    from tensorforge.compiler.autodiff.training import LossSpec
 
     return LossSpec(**({"name": loss} if isinstance(loss, str) else dict(loss)))
 
 
 def optimizer_spec(optimizer: Mapping | None):
     """(OptimizerSpec, learning-rate schedule or None) from the user's optimizer dict."""
-    from compiler.autodiff.training import OptimizerSpec
+    from tensorforge.compiler.autodiff.training import OptimizerSpec
 
     opt = dict(optimizer or {"name": "sgd", "lr": 0.01})
     schedule = opt.pop("schedule", None)
@@ -113,8 +113,8 @@ def training_graph(model, loss, optimizer: Mapping | None, options: CompileOptio
     """The one training flow: import the forward graph; on CUDA unroll LSTMs first (the backward is built from the
     per-step ops, passes/unroll_lstm.py); pick the trainable params; build the training program (forward, loss,
     backward and, unless `gradients_only`, the optimizer's updates); run the training pipeline over it."""
-    from compiler.autodiff.training import build_training_program
-    from frontends.trainable import default_trainable
+    from tensorforge.compiler.autodiff.training import build_training_program
+    from tensorforge.frontends.trainable import default_trainable
 
     model = load_if_onnx(model)
     onnx_source = model.SerializeToString() if type(model).__name__ == "ModelProto" else None
@@ -133,7 +133,7 @@ def training_graph(model, loss, optimizer: Mapping | None, options: CompileOptio
 
 # -- kernels and plan ---------------------------------------------------------------------------------------------------
 def tuning_databases(options: CompileOptions, target) -> list:
-    from compiler.backend.tuning import SHIPPED, TuningDatabase
+    from tensorforge.compiler.backend.tuning import SHIPPED, TuningDatabase
 
     roots = list(options.tuning_db) + ([SHIPPED] if options.use_shipped_tuning else [])
     return [db for db in (TuningDatabase(r, target) for r in roots) if db.exists()]
@@ -145,10 +145,10 @@ def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | 
     state that kernels update in place, with `initial_state` its values at load (see backend/plan.py).
     Returns a `runtime.CompiledModel`, or for the cuda target a `runtime.cuda.CudaModel` that sets up the GPU only
     when it first runs (so that compiling needs no GPU)."""
-    from compiler.backend.build import build_kernels, host_isa_flags
-    from compiler.backend.lower import Kernel, partition
-    from compiler.backend.plan import make_plan
-    from runtime import CompiledModel
+    from tensorforge.compiler.backend.build import build_kernels, host_isa_flags
+    from tensorforge.compiler.backend.lower import Kernel, partition
+    from tensorforge.compiler.backend.plan import make_plan
+    from tensorforge.runtime import CompiledModel
 
     target = options.spec.tvm()
     out_dir = tempfile.mkdtemp(prefix="tensorforge-build-")
@@ -163,7 +163,7 @@ def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | 
         plan, params = make_plan(g, target, [] if cuda else host_isa_flags(), steps, state, initial_state,
                                  tuned=result.tuned, precision=options.precision, device=result.device)
         if cuda:
-            from runtime.cuda import CudaModel
+            from tensorforge.runtime.cuda import CudaModel
 
             return CudaModel(plan, result.library_path, params, owned_dir=out_dir, defer=True)
         return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads,

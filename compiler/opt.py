@@ -16,12 +16,12 @@ import sys
 
 import numpy as np
 
-from compiler.ir import parse_graph, print_graph
-from compiler.ir.printer import INLINE_LIMIT
-from compiler.passes.manager import Pass, PassManager
-from compiler.passes.pipeline import registered_passes
-from runtime.artifact import atomic_write
-from runtime.errors import InputError
+from tensorforge.compiler.ir import parse_graph, print_graph
+from tensorforge.compiler.ir.printer import INLINE_LIMIT
+from tensorforge.compiler.passes.manager import Pass, PassManager
+from tensorforge.compiler.passes.pipeline import registered_passes
+from tensorforge.runtime.artifact import atomic_write
+from tensorforge.runtime.errors import InputError
 
 _SPEC = re.compile(r"\s*([A-Za-z_][\w.]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
 

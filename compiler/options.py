@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from runtime.errors import CompileError
+from tensorforge.runtime.errors import CompileError
 
 TARGETS = ("cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -33,7 +33,7 @@ class TargetSpec:
 
     def tvm(self):
         """The TVM target: the host CPU with its real ISA, or the CUDA architecture (backend/build.py)."""
-        from compiler.backend.build import resolve_target
+        from tensorforge.compiler.backend.build import resolve_target
 
         return resolve_target(self.kind, self.arch)
 

@@ -7,11 +7,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from compiler.backend.lower import partition
-from compiler.backend.plan import make_plan
-from compiler.driver import import_model, optimize, training_graph
-from compiler.ir import Graph
-from compiler.options import CompileOptions
+from tensorforge.compiler.backend.lower import partition
+from tensorforge.compiler.backend.plan import make_plan
+from tensorforge.compiler.driver import import_model, optimize, training_graph
+from tensorforge.compiler.ir import Graph
+from tensorforge.compiler.options import CompileOptions
 
 
 def analyze(model, shapes: Mapping[str, Sequence[int]] | None = None, options: CompileOptions | None = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from frontends import nn
+from tensorforge.frontends import nn
 
 SIZE = 16
 CLASSES = 4

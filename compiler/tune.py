@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from compiler.driver import import_model, optimize
-from compiler.options import CompileOptions
-from compiler.backend.lower import Kernel, partition
-from runtime.errors import CompileError
+from tensorforge.compiler.driver import import_model, optimize
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.backend.lower import Kernel, partition
+from tensorforge.runtime.errors import CompileError
 
 
 def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = None, *, trials: int = 64,
@@ -18,7 +18,7 @@ def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = 
     """Tune every kernel of `model` into the database at `db_dir` (see backend/tuning.py). search="knobs" varies
     our own schedules' tile parameters (seconds per kernel); search="metaschedule" runs MetaSchedule's search with
     `trials` candidates per kernel (CPU only here; minutes per kernel on a small machine)."""
-    from compiler.backend.tuning import TuningDatabase, search_knobs, tune
+    from tensorforge.compiler.backend.tuning import TuningDatabase, search_knobs, tune
 
     if search not in ("knobs", "metaschedule"):
         raise CompileError(f"unknown search {search!r}: use 'knobs' or 'metaschedule'")
@@ -37,7 +37,7 @@ def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = 
 
 def _require_gpu_for_tuning(target) -> None:
     """MetaSchedule measures every candidate on the GPU: refuse at once, with the reason, where there is none."""
-    from runtime.cuda import DeviceError, check_arch, gpu_info
+    from tensorforge.runtime.cuda import DeviceError, check_arch, gpu_info
 
     try:
         info = gpu_info(0)
@@ -50,7 +50,7 @@ def _require_gpu_for_tuning(target) -> None:
 def prepare_model(model, out_dir: str, shapes=None, *, options=None, candidates: int = 16, progress=None) -> dict:
     """`tensorforge tune MODEL --target cuda --prepare DIR`: the model's kernels (as compile_model would build them
     for options.arch and options.precision) into a measurement bundle."""
-    from compiler.backend.cuda_tuning import prepare_bundle
+    from tensorforge.compiler.backend.cuda_tuning import prepare_bundle
 
     options = options or CompileOptions(target="cuda")
     g = optimize(import_model(model, shapes), options)

@@ -13,11 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir import Graph, TensorType, Value
-from compiler.ir.types import STORAGE_DTYPES
-from compiler.ops import OpDef
-from runtime.errors import FrontendError, IRError
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, TensorType, Value
+from tensorforge.compiler.ir.types import STORAGE_DTYPES
+from tensorforge.compiler.ops import OpDef
+from tensorforge.runtime.errors import FrontendError, IRError
 
 
 @dataclass(frozen=True)

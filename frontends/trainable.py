@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import onnx
 
-from compiler.ir import Graph
-from frontends.nn import Module
+from tensorforge.compiler.ir import Graph
+from tensorforge.frontends.nn import Module
 
 
 def default_trainable(model, graph: Graph) -> set[str]:

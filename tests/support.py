@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compiler.examples import (LIGHT_DIR, LIGHT_MODELS, light_expected, light_input, light_path,  # noqa: F401
+from tensorforge.compiler.examples import (LIGHT_DIR, LIGHT_MODELS, light_expected, light_input, light_path,  # noqa: F401
                                randomize_weights)
 
 def ort_run(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -48,7 +48,7 @@ def assert_gradients_match_finite_differences(g, feeds: dict[str, np.ndarray], *
                                               h: float = 1e-6) -> None:
     """`g` outputs [loss, d loss / d feeds in order]: each gradient against central differences of the loss's sum,
     through the reference interpreter (float64 feeds)."""
-    from compiler.ir import interpret
+    from tensorforge.compiler.ir import interpret
 
     outs = interpret(g, feeds)
     for i, (name, a) in enumerate(feeds.items()):

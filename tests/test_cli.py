@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.cli import main
+from tensorforge.compiler.cli import main
 from tests.support import light_expected, light_input, light_path
 
 
@@ -101,14 +101,14 @@ def test_bad_shape_flag(capsys):
 def test_console_script_demo():
     """The installed entry point, in a fresh process, as a newcomer runs it."""
     exe = os.path.join(os.path.dirname(sys.executable), "tensorforge")
-    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "compiler.cli"]
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "tensorforge.compiler.cli"]
     proc = subprocess.run(cmd + ["demo", "--repeat", "5"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "-> match" in proc.stdout and "onnxruntime" in proc.stdout and "latency" in proc.stdout
 
 
 def test_verbose_shows_traceback():
-    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "--verbose", "run", "/no/such.tfa"],
+    proc = subprocess.run([sys.executable, "-m", "tensorforge.compiler.cli", "--verbose", "run", "/no/such.tfa"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ArtifactError" in proc.stderr
 
@@ -116,7 +116,7 @@ def test_verbose_shows_traceback():
 def test_inspect_training_program(tmp_path, capsys):
     import onnx
 
-    from compiler.examples import small_cnn_onnx
+    from tensorforge.compiler.examples import small_cnn_onnx
 
     path = tmp_path / "cnn.onnx"
     onnx.save(small_cnn_onnx(), str(path))

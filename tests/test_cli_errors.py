@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from compiler.cli import main
+from tensorforge.compiler.cli import main
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_run_a_directory(tmp_path, capsys):
 def test_console_script_exit_status(tmp_path):
     """The installed entry point, in a fresh process: status 1 and one line, not argparse's usage and status 2."""
     exe = os.path.join(os.path.dirname(sys.executable), "tensorforge")
-    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "compiler.cli"]
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "tensorforge.compiler.cli"]
     for argv in (["train", "--batch", "0"], ["run", str(tmp_path)]):
         proc = subprocess.run(cmd + argv, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr

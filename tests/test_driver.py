@@ -12,11 +12,11 @@ import onnx
 import pytest
 import torch
 
-from compiler import CompileOptions, compile_model
-from compiler.driver import optimize, training_graph
-from compiler.ir import parse_graph
-from compiler.report import analyze_training
-from runtime.errors import CompileError, InputError
+from tensorforge.compiler import CompileOptions, compile_model
+from tensorforge.compiler.driver import optimize, training_graph
+from tensorforge.compiler.ir import parse_graph
+from tensorforge.compiler.report import analyze_training
+from tensorforge.runtime.errors import CompileError, InputError
 
 
 class _LSTMNet(torch.nn.Module):
@@ -87,6 +87,6 @@ def test_options_are_frozen_checked_and_not_overridden_silently():
 
 
 def test_importing_the_ir_loads_neither_tvm_nor_onnx_nor_torch():
-    code = "import sys, compiler.ir; print(sorted(m for m in ('tvm', 'onnx', 'torch') if m in sys.modules))"
+    code = "import sys, tensorforge.compiler.ir; print(sorted(m for m in ('tvm', 'onnx', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -12,10 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir import Graph, Node, Value
-from compiler.ops import NO_RULE_YET, NOT_DIFFERENTIABLE
-from runtime.errors import AutodiffError  # noqa: F401  (re-exported: compiler.autodiff.reverse.AutodiffError)
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, Node, Value
+from tensorforge.compiler.ops import NO_RULE_YET, NOT_DIFFERENTIABLE
+from tensorforge.runtime.errors import AutodiffError  # noqa: F401  (re-exported: compiler.autodiff.reverse.AutodiffError)
 
 
 class Emitter:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir import Graph, TensorType, Value
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, TensorType, Value
 
 from .reverse import AutodiffError, Emitter, backward
 

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from runtime.errors import CompileError
+from tensorforge.runtime.errors import CompileError
 
 from .lower import KernelSpec, build_prim_func
 
@@ -33,7 +33,7 @@ def resolve_target(target, arch: str | None = None):
         raise CompileError(f"--arch {arch} applies to the cuda target only, not {target!r}")
     if target in ("cpu", "llvm", None):
         host = Target.from_device(tvm.cpu())
-        from runtime.tvm_loader import default_num_threads
+        from tensorforge.runtime.tvm_loader import default_num_threads
 
         return Target({**{k: v for k, v in host.export().items() if k in ("kind", "mtriple", "mcpu")},
                        "num-cores": default_num_threads()})
@@ -130,7 +130,7 @@ def cpu_pool_object() -> str:
 
 
 def host_isa_flags() -> list[str]:
-    from runtime.model import cpu_features
+    from tensorforge.runtime.model import cpu_features
 
     have = cpu_features()
     return [f for f in ISA_FLAGS if f in have]

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from runtime.errors import CompileError
+from tensorforge.runtime.errors import CompileError
 
 from .cuda_intrin import TENSOR_CORE_SM, load_tensor_intrinsics, tensorize_matmul  # noqa: F401 (re-exported)
 from .lower import KernelSpec, build_prim_func

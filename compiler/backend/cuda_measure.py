@@ -54,7 +54,7 @@ def measure_bundle(bundle: str, *, repeat: int = 10, number: int = 20, device_id
     """Time every candidate of the bundle on GPU `device_id`; returns the results (see write_results)."""
     import tvm_ffi
 
-    from runtime.cuda import DeviceMemory, _np_dtype, init_cuda, load_cuda_kernels
+    from tensorforge.runtime.cuda import DeviceMemory, _np_dtype, init_cuda, load_cuda_kernels
 
     with open(os.path.join(bundle, "manifest.json")) as f:
         manifest = json.load(f)

@@ -24,8 +24,8 @@ import shutil
 import time
 from typing import Callable, Sequence
 
-from runtime.artifact import atomic_write
-from runtime.errors import CompileError
+from tensorforge.runtime.artifact import atomic_write
+from tensorforge.runtime.errors import CompileError
 
 from .cuda import (_last_line, check_device_code, cuda_target, load_tensor_intrinsics, nvcc_fatbin, schedule_cuda,
                    source_digest)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from compiler.ops.shape import INDEX_CHECK, INDEX_SIZES  # the annotations the ops' index_check blocks carry
+from tensorforge.compiler.ops.shape import INDEX_CHECK, INDEX_SIZES  # the annotations the ops' index_check blocks carry
 
 
 def insert_index_asserts(func: tirx.PrimFunc) -> tirx.PrimFunc:

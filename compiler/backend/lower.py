@@ -13,10 +13,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from compiler.ir import Graph, Node, TensorType, Value
-from compiler.ir.types import kernel_dtype
-from compiler.ops import OpDef
-from runtime.errors import CompileError
+from tensorforge.compiler.ir import Graph, Node, TensorType, Value
+from tensorforge.compiler.ir.types import kernel_dtype
+from tensorforge.compiler.ops import OpDef
+from tensorforge.runtime.errors import CompileError
 
 Ref = tuple  # ("in", i): kernel input i; ("op", j, k): output k of the kernel's op j
 

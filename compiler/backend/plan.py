@@ -16,12 +16,12 @@ from typing import Collection, Mapping
 
 import numpy as np
 
-from compiler.ir import Graph, Value, print_graph
-from compiler.ir.analysis import graph_flops, node_flops
-from compiler.ops import FusionKind
-from compiler.backend.memory import Tensor, assign_offsets, check_plan
-from runtime import artifact
-from runtime.errors import CompileError
+from tensorforge.compiler.ir import Graph, Value, print_graph
+from tensorforge.compiler.ir.analysis import graph_flops, node_flops
+from tensorforge.compiler.ops import FusionKind
+from tensorforge.compiler.backend.memory import Tensor, assign_offsets, check_plan
+from tensorforge.runtime import artifact
+from tensorforge.runtime.errors import CompileError
 
 from .lower import Kernel, View, partition
 

@@ -23,8 +23,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from runtime.artifact import atomic_write
-from runtime.errors import CompileError
+from tensorforge.runtime.artifact import atomic_write
+from tensorforge.runtime.errors import CompileError
 
 from .lower import KernelSpec, build_prim_func
 

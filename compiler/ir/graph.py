@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from runtime.errors import IRError
+from tensorforge.runtime.errors import IRError
 
 from .types import TensorType
 
 if TYPE_CHECKING:
-    from compiler.ops.registry import OpDef
+    from tensorforge.compiler.ops.registry import OpDef
 
 
 class Value:

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from runtime.errors import IRError, ParseError
+from tensorforge.runtime.errors import IRError, ParseError
 
 from .graph import Graph, Value
 from .types import SHORT_DTYPE, TensorType, numpy_dtype
 
 if TYPE_CHECKING:
-    from compiler.ops import OpDef
+    from tensorforge.compiler.ops import OpDef
 
 _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r\n]+|//[^\n]*)
@@ -118,7 +118,7 @@ def parse_graph(text: str, params: dict[str, np.ndarray] | None = None, ops: Map
     """Parse IR text. `params` supplies data for parameters whose data is not inline (by value name); `ops` is
     the op table that names resolve in (as MLIR's parser takes a context), by default compiler.ops.OPS."""
     if ops is None:
-        from compiler.ops import OPS as ops  # the ops package imports the IR: the one benign upward import
+        from tensorforge.compiler.ops import OPS as ops  # the ops package imports the IR: the one benign upward import
 
     params = params or {}
     ts = _Tokens(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runtime.errors import IRError, VerifyError
+from tensorforge.runtime.errors import IRError, VerifyError
 
 if TYPE_CHECKING:
     from .graph import Graph

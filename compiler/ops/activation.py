@@ -8,7 +8,7 @@ import math
 import numpy as np
 from tvm import te
 
-from runtime.errors import AutodiffError
+from tensorforge.runtime.errors import AutodiffError
 
 
 from .elementwise import _erf, same_type

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx, topi
 
-from compiler.ir.types import FLOAT_DTYPES, TensorType
+from tensorforge.compiler.ir.types import FLOAT_DTYPES, TensorType
 
 from .registry import Attr, FusionKind, defop, fail
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from tvm import te, tirx, topi
 
-from compiler.ir.types import TensorType
+from tensorforge.compiler.ir.types import TensorType
 
 from .nn import CONV_ATTRS, POOL_ATTRS, windows2d
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from tvm import te, tirx, topi
 
-from compiler.ir.types import TensorType
+from tensorforge.compiler.ir.types import TensorType
 
 from .registry import GRAD_MARKS, NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
 

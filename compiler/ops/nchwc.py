@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, topi
 
-from compiler.ir.types import TensorType
+from tensorforge.compiler.ir.types import TensorType
 
 from . import nn
 from .nn import CONV_ATTRS, _conv2d_infer, _conv2d_ref, conv_out_size

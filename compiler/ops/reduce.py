@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx, topi
 
-from compiler.ir.types import TensorType
-from compiler.ops.elementwise import nan_test
+from tensorforge.compiler.ir.types import TensorType
+from tensorforge.compiler.ops.elementwise import nan_test
 
 from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
 

@@ -26,9 +26,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from runtime.errors import IRError
+from tensorforge.runtime.errors import IRError
 
-from compiler.ir.types import TensorType
+from tensorforge.compiler.ir.types import TensorType
 
 
 class FusionKind(enum.IntEnum):

@@ -33,9 +33,9 @@ from tvm import te, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from runtime.errors import AutodiffError
+from tensorforge.runtime.errors import AutodiffError
 
-from compiler.ir.types import FLOAT_DTYPES, TensorType
+from tensorforge.compiler.ir.types import FLOAT_DTYPES, TensorType
 
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 

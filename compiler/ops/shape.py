@@ -7,9 +7,9 @@ from math import prod
 import numpy as np
 from tvm import te, topi
 
-from runtime.errors import AutodiffError
+from tensorforge.runtime.errors import AutodiffError
 
-from compiler.ir.types import TensorType, kernel_dtype, numpy_dtype
+from tensorforge.compiler.ir.types import TensorType, kernel_dtype, numpy_dtype
 
 from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
 

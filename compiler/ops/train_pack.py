@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from compiler.ir.types import TensorType
+from tensorforge.compiler.ir.types import TensorType
 
 from .nn import CONV_ATTRS, MATMUL, conv_out_size, windows2d
 from .packed import pack_conv2d_weight, pack_dense_weight

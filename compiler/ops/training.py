@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from compiler.ir.types import TensorType
+from tensorforge.compiler.ir.types import TensorType
 
 from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx, topi
 
-from compiler.ir.types import TensorType
+from tensorforge.compiler.ir.types import TensorType
 
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 

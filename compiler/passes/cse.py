@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from compiler.ir import Graph
+from tensorforge.compiler.ir import Graph
 
 
 def _attr_key(attrs: dict) -> tuple:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.ir import Graph
+from tensorforge.compiler.ir import Graph
 
 
 @dataclass(frozen=True)

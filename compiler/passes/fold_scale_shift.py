@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir import Graph
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph
 
 from .rewrite import Rewrite, apply_rules
 

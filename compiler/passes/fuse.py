@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from compiler import ops
-from compiler.ir import Graph, Node
-from compiler.ops import FusionKind
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, Node
+from tensorforge.compiler.ops import FusionKind
 
 K = FusionKind
 SINK = "<sink>"

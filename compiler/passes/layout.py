@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir import Graph, Node, Value
-from compiler.ops.nchwc import block_depthwise_weight, block_nchw, repack_conv2d_weight_nchwc
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, Node, Value
+from tensorforge.compiler.ops.nchwc import block_depthwise_weight, block_nchw, repack_conv2d_weight_nchwc
 
 
 @dataclass(frozen=True)

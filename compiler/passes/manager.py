@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from compiler.ir import Graph
-from compiler.ir.verifier import verify
-from runtime.errors import PassError, TensorForgeError
+from tensorforge.compiler.ir import Graph
+from tensorforge.compiler.ir.verifier import verify
+from tensorforge.runtime.errors import PassError, TensorForgeError
 
 Pass = Callable[[Graph], Graph]
 

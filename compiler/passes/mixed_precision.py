@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from compiler import ops
-from compiler.ir import Graph, Value
-from runtime.errors import PassError
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, Value
+from tensorforge.runtime.errors import PassError
 
 PRECISIONS = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from compiler.ir import Graph
+from tensorforge.compiler.ir import Graph
 
 
 @dataclass(frozen=True)

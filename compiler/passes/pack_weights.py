@@ -15,9 +15,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir import Graph, Value
-from compiler.ops import packed as layouts  # the compile-time weight layouts and packers
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, Value
+from tensorforge.compiler.ops import packed as layouts  # the compile-time weight layouts and packers
 
 
 def pack_weights(g: Graph) -> Graph:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from runtime.errors import InputError
+from tensorforge.runtime.errors import InputError
 
 from .cse import cse
 from .dce import DeadCodeElimination

@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir import Graph, Value
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, Value
 
 from .rewrite import Rewrite, apply_rules
 
@@ -219,7 +219,7 @@ def _attention(r: Rewrite, n):
         return None
     causal = False
     if mask is not None and mask.is_param:
-        from compiler.ops.attention import causal_bias
+        from tensorforge.compiler.ops.attention import causal_bias
 
         sq, skv = scores.type.shape[-2:]
         data = mask.data.reshape(mask.data.shape[-2:]) if mask.data.size == sq * skv else None

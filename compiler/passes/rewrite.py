@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from compiler.ir import Graph, Node, Value
-from compiler.ops import OpDef
+from tensorforge.compiler.ir import Graph, Node, Value
+from tensorforge.compiler.ops import OpDef
 
 Rule = Callable[["Rewrite", Node], "Value | None"]
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler import ops
-from compiler.ops import OPS, FusionKind
-from compiler.ir import Graph
+from tensorforge.compiler import ops
+from tensorforge.compiler.ops import OPS, FusionKind
+from tensorforge.compiler.ir import Graph
 
 from .rewrite import Rewrite, apply_rules
 

@@ -8,10 +8,10 @@ so that the backward is built from the per-step ops too.
 
 from __future__ import annotations
 
-from compiler import ops
-from compiler.ir import Graph
-from compiler.ops.rnn import unrolled_lstm
-from runtime.errors import CompileError
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph
+from tensorforge.compiler.ops.rnn import unrolled_lstm
+from tensorforge.runtime.errors import CompileError
 
 
 def unroll_lstm(g: Graph) -> Graph:

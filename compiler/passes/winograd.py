@@ -35,11 +35,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from compiler import ops
-from compiler.ir import Graph, Node, Value
-from compiler.ops.nchwc import _nchwc_weight
-from compiler.ops.packed import unpack_conv2d_weight
-from compiler.ops.winograd import BLOCK, transform_weight
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, Node, Value
+from tensorforge.compiler.ops.nchwc import _nchwc_weight
+from tensorforge.compiler.ops.packed import unpack_conv2d_weight
+from tensorforge.compiler.ops.winograd import BLOCK, transform_weight
 
 
 @dataclass(frozen=True)

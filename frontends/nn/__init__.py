@@ -1,6 +1,6 @@
 """The builder API: define networks in Python with named parameters, compile them like any model.
 
-    from frontends import nn
+    from tensorforge.frontends import nn
     net = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
     model = compiler.compile_model(net, shapes={"x": (32, 784)})          # parameters from net.init(seed=0)
     model = compiler.compile_model(net, shapes={"x": (32, 784)}, params=trained)

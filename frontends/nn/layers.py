@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from compiler import ops
-from compiler.ops.rnn import pack_lstm_weight
+from tensorforge.compiler import ops
+from tensorforge.compiler.ops.rnn import pack_lstm_weight
 
 from .module import Module, kaiming_uniform, normal, ones, zeros
 

@@ -18,9 +18,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir import Graph, TensorType, Value
-from runtime.errors import FrontendError, IRError
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, TensorType, Value
+from tensorforge.runtime.errors import FrontendError, IRError
 
 Init = Callable[[np.random.Generator, tuple], np.ndarray]
 

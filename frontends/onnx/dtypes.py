@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from frontends.builder import SUPPORTED_DTYPES
-from runtime.errors import FrontendError
+from tensorforge.frontends.builder import SUPPORTED_DTYPES
+from tensorforge.runtime.errors import FrontendError
 
 
 def onnx_dtype(elem_type: int, what: str = "") -> str:

@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compiler.ir import Graph, TensorType, Value
-from frontends.builder import Builder, Ref, TensorSequence, check_array_dtype
-from frontends.onnx.dtypes import onnx_dtype
-from runtime.errors import FrontendError, UnsupportedOpError
+from tensorforge.compiler.ir import Graph, TensorType, Value
+from tensorforge.frontends.builder import Builder, Ref, TensorSequence, check_array_dtype
+from tensorforge.frontends.onnx.dtypes import onnx_dtype
+from tensorforge.runtime.errors import FrontendError, UnsupportedOpError
 
 from .converters import CONVERTERS, lookup_converter
 from .verify import check_opsets, check_single_assignment, verify_model

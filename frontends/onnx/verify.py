@@ -26,7 +26,7 @@ import re
 import onnx
 from onnx import helper
 
-from runtime.errors import FrontendError
+from tensorforge.runtime.errors import FrontendError
 
 MAX_PROTO_BYTES = onnx.checker.MAXIMUM_PROTOBUF  # above it, check by path (a module constant: tests lower it)
 _LARGE_INITIALIZER_BYTES = 1 << 20

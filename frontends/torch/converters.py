@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from compiler import ops
+from tensorforge.compiler import ops
 
 aten = torch.ops.aten
 CONVERTERS: dict[object, Callable] = {}
@@ -345,7 +345,7 @@ def dropout(b, input, p, train):
 def lstm(b, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
     """nn.LSTM (kept whole by the exporter, see importer.export): every layer and direction as one `lstm_sequence`
     op after one input-projection dense. Gate order i, f, g, o is PyTorch's and the op's."""
-    from compiler.ops.rnn import pack_lstm_weight
+    from tensorforge.compiler.ops.rnn import pack_lstm_weight
 
     h0, c0 = hx
     dirs = 2 if bidirectional else 1

@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from compiler.ir import Graph, TensorType, Value
-from frontends.builder import Builder
-from runtime.errors import FrontendError, IRError, UnsupportedOpError
+from tensorforge.compiler.ir import Graph, TensorType, Value
+from tensorforge.frontends.builder import Builder
+from tensorforge.runtime.errors import FrontendError, IRError, UnsupportedOpError
 
 from .converters import CONVERTERS
 

@@ -7,9 +7,9 @@ Only float inputs are differentiated; integer inputs (indices, labels) and bool 
 import numpy as np
 import pytest
 
-from compiler import ops
-from compiler.autodiff import AutodiffError, backward
-from compiler.ir import Graph, TensorType, interpret
+from tensorforge.compiler import ops
+from tensorforge.compiler.autodiff import AutodiffError, backward
+from tensorforge.compiler.ir import Graph, TensorType, interpret
 
 
 def r(*shape, lo=-1.0, hi=1.0, seed=0):

@@ -7,8 +7,8 @@ import tvm
 from tvm import te
 from tvm.target import Target
 
-from compiler import ops
-from compiler.backend.cpu.rules import schedule_cpu
+from tensorforge.compiler import ops
+from tensorforge.compiler.backend.cpu.rules import schedule_cpu
 
 TARGET = Target.from_device(tvm.cpu())
 rng = np.random.default_rng(0)

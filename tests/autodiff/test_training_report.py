@@ -2,8 +2,8 @@
 
 import pytest
 
-from compiler.report import REPORT_KEYS, training_report
-from frontends import nn
+from tensorforge.compiler.report import REPORT_KEYS, training_report
+from tensorforge.frontends import nn
 
 SHAPES = {"x": (4, 1, 8, 8)}
 

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import torch
 
-from compiler import ops
-from frontends import nn
+from tensorforge.compiler import ops
+from tensorforge.frontends import nn
 
 
 class TorchEncoderLayer(torch.nn.Module):

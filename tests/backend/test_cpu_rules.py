@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from tvm import te
 
-from compiler import ops
-from compiler.backend.cpu.common import Rule, block_names
-from compiler.backend.cpu.rules import FALLBACK, RULES, RULES_BY_NAME, knob_variants
+from tensorforge.compiler import ops
+from tensorforge.compiler.backend.cpu.common import Rule, block_names
+from tensorforge.compiler.backend.cpu.rules import FALLBACK, RULES, RULES_BY_NAME, knob_variants
 
 CONV = {"strides": (1, 1), "pads": (1, 1, 1, 1), "dilations": (1, 1)}
 
@@ -79,7 +79,7 @@ def test_rules_drive_dlights_apply_default_schedule():
     import tvm
     from tvm.s_tir import dlight as dl
 
-    from compiler.backend.cpu.rules import schedule_cpu
+    from tensorforge.compiler.backend.cpu.rules import schedule_cpu
 
     a, b = _p(64, 32), _p(32, 64)
     func = te.create_prim_func([a, b, ops.matmul.lower(a, b)])

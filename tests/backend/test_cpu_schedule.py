@@ -9,8 +9,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from tvm import te, topi
 
 from benchmarks.kernels_cpu import MATMULS
-from compiler.backend.cpu.rules import schedule_cpu
-from compiler.ops import packed as K
+from tensorforge.compiler.backend.cpu.rules import schedule_cpu
+from tensorforge.compiler.ops import packed as K
 
 TARGET = tvm.target.Target.from_device(tvm.cpu())
 RNG = np.random.default_rng(0)
@@ -265,7 +265,7 @@ def test_odd_kernels_never_raise():
 
 # ------------------------------------------------------------------------------------------ matmul
 
-from compiler.ops.nn import _matmul_lower  # noqa: E402  (the op's TE lowering, block name "matmul")
+from tensorforge.compiler.ops.nn import _matmul_lower  # noqa: E402  (the op's TE lowering, block name "matmul")
 
 MATMUL_LOCAL = "matmul"  # with LOCAL in the IR: the register-tile rule applied (not the generic fallback)
 
@@ -331,9 +331,9 @@ BERT_SCORES, BERT_CONTEXT = MATMULS["bert_attn_scores"], MATMULS["bert_attn_cont
 def test_matmul_bert_attention_kernels(text, strided):
     """The fused BERT attention kernels: transposes as prologues (K^T packed per head: strided along j), the
     division by sqrt(d) as an epilogue. One fused kernel each, checked against the graph interpreter."""
-    from compiler.backend.lower import build_prim_func, partition
-    from compiler.ir import interpret, parse_graph
-    from compiler.passes import fuse
+    from tensorforge.compiler.backend.lower import build_prim_func, partition
+    from tensorforge.compiler.ir import interpret, parse_graph
+    from tensorforge.compiler.passes import fuse
 
     g = parse_graph(text)
     feeds = {v.name: _rand(*v.type.shape) for v in g.inputs}
@@ -359,7 +359,7 @@ def test_matmul_bert_attention_kernels(text, strided):
 def test_from_blocked_transposes_lane_tiles(shape, channels):
     """NCHW[16]c -> NCHW, and with a channel slice fused after it (a padded tensor's plain view): each step moves
     [16 lanes x 8 columns], lanes unrolled, columns one vector store."""
-    from compiler import ops
+    from tensorforge.compiler import ops
 
     x = te.placeholder(shape, name="x")
     y = ops.from_blocked.lower(x)

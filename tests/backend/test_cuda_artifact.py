@@ -12,12 +12,12 @@ import zipfile
 import numpy as np
 import pytest
 
-import runtime
-from compiler import compile_model
-from compiler.cli import main
-from compiler.examples import small_cnn_onnx
-from runtime.cuda import CudaModel, DeviceError
-from runtime.errors import ArtifactError, CompileError
+from tensorforge import runtime
+from tensorforge.compiler import compile_model
+from tensorforge.compiler.cli import main
+from tensorforge.compiler.examples import small_cnn_onnx
+from tensorforge.runtime.cuda import CudaModel, DeviceError
+from tensorforge.runtime.errors import ArtifactError, CompileError
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit)")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -127,8 +127,9 @@ def fake_driver(tmp_path_factory):
 
 FAKE_SESSION = """
 import json, os, tempfile
-import runtime, runtime.cuda as C
-from runtime import artifact
+from tensorforge import runtime
+import tensorforge.runtime.cuda as C
+from tensorforge.runtime import artifact
 
 def attempt(devices, cc):
     os.environ["FAKE_CUDA_DEVICES"], os.environ["FAKE_CUDA_CC"] = str(devices), str(cc)  # read by each driver call
@@ -209,8 +210,8 @@ def test_tune_for_cuda_needs_a_gpu(tmp_path, monkeypatch, capsys):
 
 
 def test_training_compiles_for_cuda(monkeypatch):
-    from compiler import compile_training
-    from frontends import nn
+    from tensorforge.compiler import compile_training
+    from tensorforge.frontends import nn
 
     monkeypatch.setenv("TENSORFORGE_LIBCUDA", NO_DRIVER)
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))

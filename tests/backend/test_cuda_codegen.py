@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 
-from compiler.driver import import_model, optimize
-from compiler.options import CompileOptions
-from compiler.backend.cuda import build_cuda, check_device_code, cuda_target
-from compiler.backend.lower import Kernel, partition
-from compiler.passes import fuse, pass_name, pipeline
-from runtime.errors import CompileError
+from tensorforge.compiler.driver import import_model, optimize
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.backend.cuda import build_cuda, check_device_code, cuda_target
+from tensorforge.compiler.backend.lower import Kernel, partition
+from tensorforge.compiler.passes import fuse, pass_name, pipeline
+from tensorforge.runtime.errors import CompileError
 from tests.ops.test_ops import CASES, single_op_graph
 from tests.support import light_path
 
@@ -45,7 +45,7 @@ def test_kernel_without_device_code_is_refused(tmp_path):
 
 
 def test_lstm_is_unrolled_for_cuda(tmp_path):
-    from compiler.ops import OPS
+    from tensorforge.compiler.ops import OPS
 
     case = next(c for c in CASES if c[0] == "lstm_sequence")
     assert pass_name(pipeline(2, "cuda")[0]) == "unroll_lstm"

@@ -9,12 +9,12 @@ import shutil
 import numpy as np
 import pytest
 
-from compiler import ops
-from compiler.driver import optimize
-from compiler.options import CompileOptions
-from compiler.backend.cuda import build_cuda, cuda_target, tensor_core_kernels
-from compiler.backend.lower import Kernel, partition
-from compiler.ir import Graph, TensorType
+from tensorforge.compiler import ops
+from tensorforge.compiler.driver import optimize
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.backend.cuda import build_cuda, cuda_target, tensor_core_kernels
+from tensorforge.compiler.backend.lower import Kernel, partition
+from tensorforge.compiler.ir import Graph, TensorType
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit), no GPU")
 
@@ -143,7 +143,7 @@ def test_half_padding_is_exact():
     it; a padding value that float16 cannot hold keeps the stage float32."""
     from tvm import s_tir, te, topi
 
-    from compiler.backend.cuda import inline_widening_casts
+    from tensorforge.compiler.backend.cuda import inline_widening_casts
 
     def pad_dtype(value):
         x = te.placeholder((1, 8, 6, 6), "float16", name="x")

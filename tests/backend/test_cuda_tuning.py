@@ -9,15 +9,15 @@ import shutil
 import numpy as np
 import pytest
 
-from compiler import ops
-from compiler.backend import cuda_measure
-from compiler.backend.cuda import build_cuda, cuda_target
-from compiler.backend.cuda_tuning import ingest_results, prepare_bundle
-from compiler.backend.lower import Kernel, partition
-from compiler.backend.tuning import TuningDatabase
-from compiler.ir import Graph, TensorType
-from compiler.passes import fuse_cuda
-from runtime.errors import CompileError
+from tensorforge.compiler import ops
+from tensorforge.compiler.backend import cuda_measure
+from tensorforge.compiler.backend.cuda import build_cuda, cuda_target
+from tensorforge.compiler.backend.cuda_tuning import ingest_results, prepare_bundle
+from tensorforge.compiler.backend.lower import Kernel, partition
+from tensorforge.compiler.backend.tuning import TuningDatabase
+from tensorforge.compiler.ir import Graph, TensorType
+from tensorforge.compiler.passes import fuse_cuda
+from tensorforge.runtime.errors import CompileError
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit), no GPU")
 
@@ -106,7 +106,7 @@ def test_ingest_refuses_other_bundles_and_gpus(bundle, tmp_path):
 
 
 def test_cli_cuda_tune_steps(tmp_path, capsys):
-    from compiler.cli import main
+    from tensorforge.compiler.cli import main
 
     assert main(["tune", "m.onnx", "--db", str(tmp_path / "db"), "--target", "cuda", "--prepare", "a",
                  "--ingest", "b"]) == 1

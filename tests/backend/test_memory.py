@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compiler.report import analyze
-from compiler.backend.memory import PlanError, Tensor, assign_offsets, check_plan, live_lower_bound
+from tensorforge.compiler.report import analyze
+from tensorforge.compiler.backend.memory import PlanError, Tensor, assign_offsets, check_plan, live_lower_bound
 from tests.support import LIGHT_MODELS, light_path
 
 
@@ -73,7 +73,7 @@ def test_light_model_plans_are_sound_and_tight(name):
     _, plan = analyze(light_path(name))
     mem = plan["memory"]
     ts = [Tensor(*row) for row in mem["tensors"]]
-    from compiler.backend.memory import MemoryPlan
+    from tensorforge.compiler.backend.memory import MemoryPlan
 
     offsets = {b: plan["buffers"][b]["arena_offset"] for b in (t.id for t in ts)}
     check_plan(ts, MemoryPlan(offsets, plan["arena_bytes"], {int(k): v for k, v in mem["classes"].items()}))
@@ -83,8 +83,8 @@ def test_light_model_plans_are_sound_and_tight(name):
 
 
 def test_runtime_allocates_one_arena(tmp_path):
-    from compiler import compile_model
-    from compiler.examples import small_cnn_onnx
+    from tensorforge.compiler import compile_model
+    from tensorforge.compiler.examples import small_cnn_onnx
 
     m = compile_model(small_cnn_onnx())
     arena = m._arena

@@ -8,12 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from compiler import compile_model
-from compiler.options import CompileOptions
-from compiler.tune import tune_model
-from compiler.backend.build import resolve_target
-from compiler.backend.tuning import TuningDatabase, parse_duration, target_key
-from compiler.ir import interpret, parse_graph
+from tensorforge.compiler import compile_model
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.tune import tune_model
+from tensorforge.compiler.backend.build import resolve_target
+from tensorforge.compiler.backend.tuning import TuningDatabase, parse_duration, target_key
+from tensorforge.compiler.ir import interpret, parse_graph
 from tests.support import assert_close
 
 TEXT = """graph g(%x: f32[16,64]) {
@@ -117,7 +117,7 @@ def test_cli_tune_and_compile(tuned_db, tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from compiler.cli import main
+    from tensorforge.compiler.cli import main
 
     rng = np.random.default_rng(0)
     w, b = rng.standard_normal((32, 64)).astype(np.float32), rng.standard_normal(32).astype(np.float32)
@@ -139,9 +139,9 @@ def test_cli_tune_and_compile(tuned_db, tmp_path, capsys):
 def test_knob_search_stores_a_replayable_record(tmp_path):
     """The knob search times the dense kernel's tile variants against the default and stores the best as a
     MetaSchedule record (forced here with a negative margin); compiling with it gives the same numbers."""
-    from compiler.driver import import_model, optimize
-    from compiler.backend.lower import Kernel, partition
-    from compiler.backend.tuning import search_knobs
+    from tensorforge.compiler.driver import import_model, optimize
+    from tensorforge.compiler.backend.lower import Kernel, partition
+    from tensorforge.compiler.backend.tuning import search_knobs
 
     target = resolve_target("cpu")
     specs = [s.spec for s in partition(optimize(import_model(graph(), None), CompileOptions())) if isinstance(s, Kernel)]
@@ -163,8 +163,8 @@ def test_knob_search_stores_a_replayable_record(tmp_path):
 
 
 def test_knob_variants_leave_the_defaults_alone():
-    from compiler.backend.cpu.dense import DenseKnobs
-    from compiler.backend.cpu.rules import RULES_BY_NAME, knob_variants
+    from tensorforge.compiler.backend.cpu.dense import DenseKnobs
+    from tensorforge.compiler.backend.cpu.rules import RULES_BY_NAME, knob_variants
 
     dense = RULES_BY_NAME["dense"]
     variants = knob_variants(dense)
@@ -179,9 +179,9 @@ def test_knobs_are_passed_to_the_rule_not_patched():
     """A variant schedules with another knobs instance; the rule list itself keeps its defaults."""
     from tvm import te
 
-    from compiler.backend.cpu.dense import DenseKnobs
-    from compiler.backend.cpu.rules import RULES_BY_NAME, schedule_cpu_traced
-    from compiler.ops.packed import dense_compute, dense_weight_layout
+    from tensorforge.compiler.backend.cpu.dense import DenseKnobs
+    from tensorforge.compiler.backend.cpu.rules import RULES_BY_NAME, schedule_cpu_traced
+    from tensorforge.compiler.ops.packed import dense_compute, dense_weight_layout
 
     target = resolve_target("cpu")
     x = te.placeholder((16, 64), name="x")
@@ -197,10 +197,10 @@ def test_knobs_are_passed_to_the_rule_not_patched():
 
 def test_knobs_of_index_entries_old_and_new():
     """Indexes written before the knobs were dataclasses name them "module.NAME"; both forms load."""
-    from compiler.backend.cpu.attention import AttentionKnobs
-    from compiler.backend.cpu.dense import DenseKnobs
-    from compiler.backend.cpu.rules import RULES_BY_NAME, knobs_from_index, knobs_record
-    from compiler.backend.cpu.winograd import WinogradKnobs
+    from tensorforge.compiler.backend.cpu.attention import AttentionKnobs
+    from tensorforge.compiler.backend.cpu.dense import DenseKnobs
+    from tensorforge.compiler.backend.cpu.rules import RULES_BY_NAME, knobs_from_index, knobs_record
+    from tensorforge.compiler.backend.cpu.winograd import WinogradKnobs
 
     assert knobs_from_index({"knobs": {"cpu_schedule.DENSE_M_TILE": 8, "cpu_schedule.DENSE_X_BLOCK_BYTES": 65536}}) \
         == DenseKnobs(m_tile=8, x_block_bytes=65536)
@@ -218,10 +218,10 @@ def test_knobs_of_index_entries_old_and_new():
 def test_shipped_records_knobs_load_into_the_dataclasses():
     """Every knob-search entry of the shipped database (written with the old "module.NAME" keys) names knobs that
     load into a rule's dataclass."""
-    from compiler.backend.cpu.common import Knobs
-    from compiler.backend.cpu.dense import DenseKnobs
-    from compiler.backend.cpu.rules import LEGACY_KNOB_KEYS, knobs_from_index
-    from compiler.backend.tuning import SHIPPED
+    from tensorforge.compiler.backend.cpu.common import Knobs
+    from tensorforge.compiler.backend.cpu.dense import DenseKnobs
+    from tensorforge.compiler.backend.cpu.rules import LEGACY_KNOB_KEYS, knobs_from_index
+    from tensorforge.compiler.backend.tuning import SHIPPED
 
     loaded = []
     for d in os.listdir(SHIPPED):
@@ -245,7 +245,7 @@ def test_shipped_database_is_consistent_and_its_records_build():
     from tvm.s_tir import meta_schedule as ms
     from tvm.target import Target
 
-    from compiler.backend.tuning import SHIPPED
+    from tensorforge.compiler.backend.tuning import SHIPPED
 
     dirs = [d for d in os.listdir(SHIPPED) if os.path.isdir(os.path.join(SHIPPED, d))]
     assert dirs, "the repository ships a tuning database (benchmarks/tune_shipped.py writes it)"

@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from runtime.errors import FrontendError
+from tensorforge.runtime.errors import FrontendError
 
 STATUSES = ("pass", "fail", "unsupported", "crash")
 FP32_ATOL = 1e-5
@@ -175,8 +175,7 @@ class Runner:
         self._compiled: dict[bytes, object] = {}
 
     def compile(self, model: onnx.ModelProto, shapes: dict | None = None):
-        import compiler
-
+        from tensorforge import compiler
         key = model.SerializeToString() + repr(sorted((shapes or {}).items())).encode()
         if key not in self._compiled:
             with warnings.catch_warnings():

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from compiler import ops
-from compiler.ir import Graph, TensorType
-from frontends.builder import Builder, check_array_dtype, is_string_array
-from runtime.errors import FrontendError
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, TensorType
+from tensorforge.frontends.builder import Builder, check_array_dtype, is_string_array
+from tensorforge.runtime.errors import FrontendError
 
 
 def test_known_inputs_fold_and_keep_their_name():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from compiler import compile_model
-from frontends import nn
-from runtime.errors import FrontendError
+from tensorforge.compiler import compile_model
+from tensorforge.frontends import nn
+from tensorforge.runtime.errors import FrontendError
 from tests.support import assert_close
 
 
@@ -72,7 +72,7 @@ def test_transformer_block_matches_pytorch():
             self.ff = nn.Sequential(nn.Linear(d, 64), nn.GELU(), nn.Linear(64, d))
 
         def forward(self, t, x):
-            from compiler import ops
+            from tensorforge.compiler import ops
 
             x = t.op(ops.add, [x, self.attn(t, self.norm1(t, x))])
             return t.op(ops.add, [x, self.ff(t, self.norm2(t, x))])
@@ -105,7 +105,7 @@ def test_embedding():
     net = nn.Embedding(10, 4)
     params = net.init()
     ids = np.array([[1, 9, 0]], np.int64)
-    from compiler.ir import TensorType
+    from tensorforge.compiler.ir import TensorType
 
     g = net.to_graph({"x": TensorType((1, 3), "int64")}, params)
     model = compile_model(g)

@@ -1,4 +1,4 @@
-from frontends.onnx import docs
+from tensorforge.frontends.onnx import docs
 
 
 def test_readme_lists_exactly_the_supported_ops():

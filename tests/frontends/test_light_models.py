@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
-import runtime
-from compiler import compile_model
-from compiler.cli import main
-from compiler.ir import interpret
-from frontends.onnx import from_onnx
+from tensorforge import runtime
+from tensorforge.compiler import compile_model
+from tensorforge.compiler.cli import main
+from tensorforge.compiler.ir import interpret
+from tensorforge.frontends.onnx import from_onnx
 from tests.support import (LIGHT_MODELS, assert_close, light_expected, light_input, light_path, ort_run,
                            randomize_weights)
 

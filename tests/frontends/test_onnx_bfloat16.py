@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import runtime
-from compiler import compile_model
-from runtime.errors import FrontendError, InputError
-from runtime.tvm_loader import numpy_dtype
+from tensorforge import runtime
+from tensorforge.compiler import compile_model
+from tensorforge.runtime.errors import FrontendError, InputError
+from tensorforge.runtime.tvm_loader import numpy_dtype
 
 BF16 = ml_dtypes.bfloat16
 

@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import runtime
-from compiler import compile_model
-from runtime.errors import FrontendError, InputError
+from tensorforge import runtime
+from tensorforge.compiler import compile_model
+from tensorforge.runtime.errors import FrontendError, InputError
 
 F8 = {"float8_e4m3fn": TensorProto.FLOAT8E4M3FN, "float8_e4m3fnuz": TensorProto.FLOAT8E4M3FNUZ,
       "float8_e5m2": TensorProto.FLOAT8E5M2, "float8_e5m2fnuz": TensorProto.FLOAT8E5M2FNUZ}

@@ -5,9 +5,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from compiler import compile_model
-from frontends.onnx import from_onnx
-from runtime.errors import FrontendError, TensorForgeError, UnsupportedOpError
+from tensorforge.compiler import compile_model
+from tensorforge.frontends.onnx import from_onnx
+from tensorforge.runtime.errors import FrontendError, TensorForgeError, UnsupportedOpError
 from tests.support import light_path, single_op_model
 
 

@@ -12,9 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler import compile_model
-from frontends.onnx import from_onnx
-from runtime.errors import FrontendError
+from tensorforge.compiler import compile_model
+from tensorforge.frontends.onnx import from_onnx
+from tensorforge.runtime.errors import FrontendError
 
 F = TensorProto.FLOAT
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from compiler import compile_model
-from compiler.ir import interpret
-from frontends.onnx import from_onnx, supported_ops
+from tensorforge.compiler import compile_model
+from tensorforge.compiler.ir import interpret
+from tensorforge.frontends.onnx import from_onnx, supported_ops
 from tests.support import assert_close, ort_run, single_op_model
 
 rng = np.random.default_rng(1)
@@ -225,7 +225,7 @@ def test_supported_ops_table_is_complete_for_the_light_models():
 
 def test_dropout_is_kept_for_training_and_removed_for_inference():
     """ONNX Dropout becomes a `dropout` node (compile_training draws its mask); in inference it is a zero-copy view."""
-    from compiler.driver import import_model
+    from tensorforge.compiler.driver import import_model
     from tests.support import single_op_model
 
     x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)

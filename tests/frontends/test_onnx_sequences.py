@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from compiler import compile_model
-from runtime.errors import FrontendError
+from tensorforge.compiler import compile_model
+from tensorforge.runtime.errors import FrontendError
 
 
 def _model(op, x_type, y_type):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from benchmarks.models import MODELS
-from compiler import compile_model
-from frontends.torch import from_torch
-from runtime.errors import CompileError, FrontendError, UnsupportedOpError
+from tensorforge.compiler import compile_model
+from tensorforge.frontends.torch import from_torch
+from tensorforge.runtime.errors import CompileError, FrontendError, UnsupportedOpError
 from tests.support import assert_close
 
 

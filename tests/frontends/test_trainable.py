@@ -4,11 +4,11 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.ir import Graph
-from frontends import nn
-from frontends.onnx import from_onnx
-from frontends.torch import from_torch
-from frontends.trainable import default_trainable
+from tensorforge.compiler.ir import Graph
+from tensorforge.frontends import nn
+from tensorforge.frontends.onnx import from_onnx
+from tensorforge.frontends.torch import from_torch
+from tensorforge.frontends.trainable import default_trainable
 
 
 def test_builder_module_trains_its_trainable_specs():

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compiler import ops
-from compiler.ir import Graph, TensorType, interpret, parse_graph, print_graph
-from frontends.onnx import from_onnx
-from runtime.errors import ParseError
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, TensorType, interpret, parse_graph, print_graph
+from tensorforge.frontends.onnx import from_onnx
+from tensorforge.runtime.errors import ParseError
 from tests.support import LIGHT_MODELS, light_input, light_path
 
 

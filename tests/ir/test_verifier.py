@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from compiler import ops
-from compiler.ir import Graph, TensorType, verify
-from compiler.ir.graph import Value
-from runtime.errors import IRError, VerifyError
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, TensorType, verify
+from tensorforge.compiler.ir.graph import Value
+from tensorforge.runtime.errors import IRError, VerifyError
 
 
 def chain() -> Graph:

@@ -15,7 +15,7 @@ def distinct(*shape):
 
 
 def _max_pool_case(x, **attrs):
-    from compiler.ops.nn import _max_pool_ref
+    from tensorforge.compiler.ops.nn import _max_pool_ref
 
     full = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "ceil_mode": False, **attrs}
     y = _max_pool_ref(x, **full)

@@ -4,11 +4,11 @@ through the reference interpreter), its reference against the decomposition it r
 import numpy as np
 import pytest
 
-from compiler import ops
-from compiler.autodiff import backward
-from compiler.ir import Graph, TensorType, interpret
-from compiler.ops.attention import causal_bias
-from runtime.errors import IRError
+from tensorforge.compiler import ops
+from tensorforge.compiler.autodiff import backward
+from tensorforge.compiler.ir import Graph, TensorType, interpret
+from tensorforge.compiler.ops.attention import causal_bias
+from tensorforge.runtime.errors import IRError
 from tests.support import assert_gradients_match_finite_differences
 
 rng = np.random.default_rng(3)
@@ -63,7 +63,7 @@ def test_type_rule_names_the_problem(types, message):
 
 def test_cpu_kernel_is_one_tiled_kernel_for_an_odd_sequence_length():
     """ViT's 197 tokens: no vector-width multiple anywhere; the rows and columns fall back to short tiles."""
-    from compiler import compile_model
+    from tensorforge.compiler import compile_model
 
     g = Graph("vit_attention")
     arrays = [rng.standard_normal((1, 2, 197, 16)).astype(np.float32) for _ in range(3)]

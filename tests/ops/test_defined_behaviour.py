@@ -5,9 +5,9 @@ onnxruntime, NaN equal to NaN."""
 import numpy as np
 import pytest
 
-from compiler import compile_model
-from compiler.ir import interpret
-from frontends.onnx import from_onnx
+from tensorforge.compiler import compile_model
+from tensorforge.compiler.ir import interpret
+from tensorforge.frontends.onnx import from_onnx
 from tests.support import ort_run, single_op_model
 
 nan, inf = np.nan, np.inf

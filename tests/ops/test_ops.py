@@ -8,9 +8,9 @@ packed variants are exercised as well.
 import numpy as np
 import pytest
 
-from compiler import compile_model, ops
-from compiler.ir import Graph, TensorType, interpret
-from compiler.ops import NO_RULE_YET, OPS, FusionKind, OpDef, defop, missing_facts
+from tensorforge.compiler import compile_model, ops
+from tensorforge.compiler.ir import Graph, TensorType, interpret
+from tensorforge.compiler.ops import NO_RULE_YET, OPS, FusionKind, OpDef, defop, missing_facts
 from tests.support import assert_close
 
 rng = np.random.default_rng(0)
@@ -259,7 +259,7 @@ def test_mod_matches_numpy_at_the_edges(dtype, fmod):
 
 def test_packed_ops_are_used_for_param_weights():
     g = single_op_graph("conv2d", [rand(1, 8, 6, 6), rand(16, 8, 3, 3)], {}, (1,))
-    from compiler.passes import pack_weights
+    from tensorforge.compiler.passes import pack_weights
 
     out = pack_weights(g.copy())
     assert [n.op for n in out.nodes] == [ops.conv2d_packed]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from compiler import compile_model, ops
-from compiler.autodiff import backward
-from compiler.ir import Graph, TensorType, interpret
-from compiler.ops.rnn import lstm_unit_block, pack_lstm_weight, unpack_lstm_weight, unrolled_lstm
-from runtime.errors import IRError
+from tensorforge.compiler import compile_model, ops
+from tensorforge.compiler.autodiff import backward
+from tensorforge.compiler.ir import Graph, TensorType, interpret
+from tensorforge.compiler.ops.rnn import lstm_unit_block, pack_lstm_weight, unpack_lstm_weight, unrolled_lstm
+from tensorforge.runtime.errors import IRError
 from tests.support import assert_gradients_match_finite_differences
 
 rng = np.random.default_rng(5)
@@ -131,7 +131,7 @@ def test_type_rule_names_the_bad_input():
 
 
 def test_unroll_pass_keeps_the_graph_s_results():
-    from compiler.passes import unroll_lstm
+    from tensorforge.compiler.passes import unroll_lstm
 
     arrays = [rng.standard_normal((3, 2, 16)), _pack(rng.standard_normal((16, 4)) * 0.5),
               rng.standard_normal((2, 4)), rng.standard_normal((2, 4))]

@@ -5,12 +5,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from compiler import compile_model
-from compiler.driver import import_model, optimize, passes_for
-from compiler.options import CompileOptions
-from compiler.ir import interpret, parse_graph
-from compiler.passes.manager import pass_name
-from runtime.errors import CompileError, PassError
+from tensorforge.compiler import compile_model
+from tensorforge.compiler.driver import import_model, optimize, passes_for
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.ir import interpret, parse_graph
+from tensorforge.compiler.passes.manager import pass_name
+from tensorforge.runtime.errors import CompileError, PassError
 from tests.passes.test_winograd import chain
 from tests.support import assert_close
 

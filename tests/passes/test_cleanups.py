@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from compiler.ir import interpret, parse_graph, print_graph
-from compiler.passes import cse, dce, fold_constants, fold_scale_shift, simplify
+from tensorforge.compiler.ir import interpret, parse_graph, print_graph
+from tensorforge.compiler.passes import cse, dce, fold_constants, fold_scale_shift, simplify
 
 
 def run_pass(p, before: str, expected: str):

@@ -5,14 +5,14 @@ training, on the CPU: the same graph runs on the GPU)."""
 import numpy as np
 import pytest
 
-from compiler import ops
-from compiler.driver import import_model, optimize, passes_for
-from compiler.options import CompileOptions
-from compiler.examples import small_cnn_onnx
-from compiler.ir import Graph, TensorType, interpret
-from compiler.passes import pass_name
-from compiler.passes.mixed_precision import MixedPrecision
-from runtime.errors import CompileError, PassError
+from tensorforge.compiler import ops
+from tensorforge.compiler.driver import import_model, optimize, passes_for
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.examples import small_cnn_onnx
+from tensorforge.compiler.ir import Graph, TensorType, interpret
+from tensorforge.compiler.passes import pass_name
+from tensorforge.compiler.passes.mixed_precision import MixedPrecision
+from tensorforge.runtime.errors import CompileError, PassError
 
 
 def dense_graph():
@@ -89,8 +89,8 @@ def test_cnn_accuracy_vs_fp32():
 
 def test_training_losses_vs_fp32():
     """Twenty SGD steps of an MLP compiled for the CPU: mixed precision follows the fp32 losses closely."""
-    from compiler import compile_training
-    from frontends import nn
+    from tensorforge.compiler import compile_training
+    from tensorforge.frontends import nn
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((16, 12)).astype(np.float32)
@@ -109,7 +109,7 @@ def test_training_losses_vs_fp32():
 def test_cuda_fusion_takes_widening_casts_as_prologues():
     """On CUDA each matmul's kernel loads its half-precision operands itself (one widening cast per reader, in the
     reader's group); a producer's kernel writes the float16 copy; the CPU fusion leaves the casts alone."""
-    from compiler.passes.fuse import fuse, fuse_cuda
+    from tensorforge.compiler.passes.fuse import fuse, fuse_cuda
 
     def mixed():
         g, _ = dense_graph()

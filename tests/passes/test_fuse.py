@@ -7,13 +7,13 @@ import pytest
 import tvm
 from tvm.target import Target
 
-from compiler import compile_model
-from compiler.backend.cpu.rules import schedule_cpu
-from compiler.backend.lower import Kernel, build_prim_func, partition
-from compiler.options import CompileOptions
-from compiler.report import analyze
-from compiler.ir import interpret, parse_graph, print_graph
-from compiler.passes import fuse
+from tensorforge.compiler import compile_model
+from tensorforge.compiler.backend.cpu.rules import schedule_cpu
+from tensorforge.compiler.backend.lower import Kernel, build_prim_func, partition
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.report import analyze
+from tensorforge.compiler.ir import interpret, parse_graph, print_graph
+from tensorforge.compiler.passes import fuse
 from tests.support import LIGHT_MODELS, assert_close, light_input, light_path, randomize_weights
 
 CONV_BLOCK = """graph g(%x: f32[1,8,6,6], %skip: f32[1,16,6,6]) {

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from compiler import compile_model, ops
-from compiler.options import CompileOptions
-from compiler.ir import interpret, parse_graph, print_graph
-from compiler.passes import alter_layout, pack_weights
-from compiler.passes.layout import ConvPolicy, alter_layout_graph
+from tensorforge.compiler import compile_model, ops
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.ir import interpret, parse_graph, print_graph
+from tensorforge.compiler.passes import alter_layout, pack_weights
+from tensorforge.compiler.passes.layout import ConvPolicy, alter_layout_graph
 from tests.support import assert_close
 
 # conv on the image (3 channels: reads NCHW) -> blocked chain -> per-channel scale (a param: re-blocked at compile
@@ -258,7 +258,7 @@ def test_depthwise_conv_runs_blocked_between_blocked_convs():
 
 def test_flop_count_is_unchanged_by_the_layout():
     """Reports and benchmarks divide by the graph's FLOPs: blocked convs count the same multiply-adds."""
-    from compiler.ir.analysis import node_flops
+    from tensorforge.compiler.ir.analysis import node_flops
 
     for text in (CHAIN, DEPTHWISE):
         params, _ = setup(text)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from compiler import compile_model
-from compiler.options import CompileOptions
-from compiler.ir import parse_graph
-from compiler.passes import PassManager, pipeline, pass_name
-from runtime.errors import PassError
+from tensorforge.compiler import compile_model
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.ir import parse_graph
+from tensorforge.compiler.passes import PassManager, pipeline, pass_name
+from tensorforge.runtime.errors import PassError
 
 TEXT = """graph g(%x: f32[4]) {
   %one = param f32[1] = [1.0]
@@ -27,7 +27,7 @@ def crashes(g):
 
 
 def test_failure_names_the_pass_and_those_before_it():
-    from compiler.passes import cse, simplify
+    from tensorforge.compiler.passes import cse, simplify
 
     with pytest.raises(PassError, match=r"pass 'breaks_types' produced invalid IR: .* \(passes run before it: "
                                         r"simplify, cse\)"):
@@ -37,7 +37,7 @@ def test_failure_names_the_pass_and_those_before_it():
 
 
 def test_timing_dump_and_disable():
-    from compiler.passes import cse, simplify
+    from tensorforge.compiler.passes import cse, simplify
 
     dumps = []
     pm = PassManager([simplify, cse], dump_after=frozenset({"simplify"}), disabled=frozenset({"cse"}),
@@ -57,7 +57,7 @@ def test_levels():
 
 @pytest.mark.parametrize("level", [0, 1, 2])
 def test_every_level_computes_the_same(level):
-    from compiler.examples import small_cnn_onnx
+    from tensorforge.compiler.examples import small_cnn_onnx
     from tests.support import assert_close, ort_run
 
     model = small_cnn_onnx()

@@ -7,11 +7,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from compiler.cli import main
-from compiler.ir import interpret, parse_graph
-from compiler.opt import parse_pass_spec
-from compiler.passes import pass_name
-from runtime.errors import InputError
+from tensorforge.compiler.cli import main
+from tensorforge.compiler.ir import interpret, parse_graph
+from tensorforge.compiler.opt import parse_pass_spec
+from tensorforge.compiler.passes import pass_name
+from tensorforge.runtime.errors import InputError
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 CASES = sorted(p for p in GOLDEN.glob("*.ir") if not p.name.endswith(".expected.ir"))

@@ -5,10 +5,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler import compile_model, ops
-from compiler.driver import optimize
-from compiler.options import CompileOptions
-from compiler.ir import Graph, TensorType, interpret
+from tensorforge.compiler import compile_model, ops
+from tensorforge.compiler.driver import optimize
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.ir import Graph, TensorType, interpret
 from tests.support import assert_close
 
 C, H = 8, 6  # every conv-shaped value is (1, C, H, H); every matrix-shaped value is (H*H, C)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from compiler.ir import interpret, parse_graph, print_graph
-from compiler.passes import dce, recognize
+from tensorforge.compiler.ir import interpret, parse_graph, print_graph
+from tensorforge.compiler.passes import dce, recognize
 
 ERF_TORCHSCRIPT = """graph g(%x: f32[4,8]) {
   %s2 = param f32[] = [1.4142135381698608]
@@ -184,9 +184,9 @@ def test_torch_layernorm_export_opset14_compiles_to_one_layer_norm():
     import io
     import warnings
 
-    from compiler import compile_model
-    from compiler.passes import cse, fold_constants, simplify
-    from frontends.onnx import from_onnx
+    from tensorforge.compiler import compile_model
+    from tensorforge.compiler.passes import cse, fold_constants, simplify
+    from tensorforge.frontends.onnx import from_onnx
 
     torch.manual_seed(0)
     ln = torch.nn.LayerNorm(16)

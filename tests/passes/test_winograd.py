@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler import compile_model, ops
-from compiler.options import CompileOptions
-from compiler.ir import interpret, parse_graph
-from compiler.ops import winograd as W
-from compiler.ops.nchwc import block_nchw
-from compiler.ops.nn import _conv2d_ref
-from compiler.passes import pipeline
-from compiler.passes.manager import pass_name
-from compiler.passes.winograd import WinogradPolicy, winograd_graph
-from runtime.errors import IRError
+from tensorforge.compiler import compile_model, ops
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.ir import interpret, parse_graph
+from tensorforge.compiler.ops import winograd as W
+from tensorforge.compiler.ops.nchwc import block_nchw
+from tensorforge.compiler.ops.nn import _conv2d_ref
+from tensorforge.compiler.passes import pipeline
+from tensorforge.compiler.passes.manager import pass_name
+from tensorforge.compiler.passes.winograd import WinogradPolicy, winograd_graph
+from tensorforge.runtime.errors import IRError
 from tests.support import assert_close, ort_run
 
 OFF = CompileOptions(disabled_passes=frozenset({"winograd"}))
@@ -127,7 +127,7 @@ def test_compiled_matches_onnxruntime():
 
 
 def _optimized(g, disabled=frozenset()):
-    from compiler.driver import optimize
+    from tensorforge.compiler.driver import optimize
 
     return optimize(g.copy(), CompileOptions(disabled_passes=frozenset({"fuse"}) | disabled))
 

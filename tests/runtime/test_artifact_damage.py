@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import runtime
-from compiler import compile_model
-from runtime import artifact
-from runtime.errors import ArtifactError
-from runtime.plan_check import DTYPE_SIZES, validate_plan
+from tensorforge import runtime
+from tensorforge.compiler import compile_model
+from tensorforge.runtime import artifact
+from tensorforge.runtime.errors import ArtifactError
+from tensorforge.runtime.plan_check import DTYPE_SIZES, validate_plan
 
 
 def tiny_onnx():
@@ -219,7 +219,7 @@ def test_plan_checker_on_the_plan_itself(plan):
 
 def test_plan_dtypes_are_the_compilers():
     """runtime/plan_check.py's dtype table and compiler/ir/types.py's: one fact, pinned."""
-    from compiler.ir.types import DTYPE_SHORT, TensorType
+    from tensorforge.compiler.ir.types import DTYPE_SHORT, TensorType
 
     assert set(DTYPE_SIZES) == set(DTYPE_SHORT)
     assert all(DTYPE_SIZES[d] == TensorType((1,), d).itemsize for d in DTYPE_SHORT)
@@ -229,9 +229,9 @@ def test_training_plans_pass_the_checker(tmp_path):
     """State buffers are written in place by the update kernels: legal in a training plan only."""
     import onnx
 
-    from compiler.options import CompileOptions
-    from compiler.report import training_report
-    from compiler.examples import small_cnn_onnx
+    from tensorforge.compiler.options import CompileOptions
+    from tensorforge.compiler.report import training_report
+    from tensorforge.compiler.examples import small_cnn_onnx
 
     onnx.save(small_cnn_onnx(), str(tmp_path / "cnn.onnx"))
     _, p = training_report(str(tmp_path / "cnn.onnx"), "cross_entropy", {"name": "adam", "lr": 0.01}, shapes={},

@@ -10,9 +10,9 @@ import zipfile
 import numpy as np
 import pytest
 
-import compiler
-from frontends import nn
-from runtime.errors import ArtifactError
+from tensorforge import compiler
+from tensorforge.frontends import nn
+from tensorforge.runtime.errors import ArtifactError
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
-import runtime
-from compiler import compile_model
-from compiler.examples import small_cnn_onnx
-from runtime import cpu_pool
-from runtime.errors import InputError
+from tensorforge import runtime
+from tensorforge.compiler import compile_model
+from tensorforge.compiler.examples import small_cnn_onnx
+from tensorforge.runtime import cpu_pool
+from tensorforge.runtime.errors import InputError
 from tests.support import single_op_model
 
 
@@ -158,8 +158,8 @@ def test_an_error_in_a_parallel_chunk_reaches_the_caller(tmp_path):
     import tvm
     from tvm.script import tirx as T
 
-    from compiler.backend.build import cpu_pool_object, resolve_target
-    from runtime.tvm_loader import load_kernels
+    from tensorforge.compiler.backend.build import cpu_pool_object, resolve_target
+    from tensorforge.runtime.tvm_loader import load_kernels
 
     @T.prim_func
     def check(a: T.Buffer((4096,), "int32"), b: T.Buffer((4096,), "int32")):

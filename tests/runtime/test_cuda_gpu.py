@@ -7,10 +7,10 @@ inputs from PyTorch, outputs left on the GPU, save/load, training steps matching
 import numpy as np
 import pytest
 
-import runtime
-from compiler import compile_model, compile_training
-from compiler.examples import small_cnn_onnx
-from runtime.cuda import CudaModel, DeviceError, gpu_info
+from tensorforge import runtime
+from tensorforge.compiler import compile_model, compile_training
+from tensorforge.compiler.examples import small_cnn_onnx
+from tensorforge.runtime.cuda import CudaModel, DeviceError, gpu_info
 
 pytestmark = pytest.mark.gpu
 
@@ -62,7 +62,7 @@ def test_fp16_close_to_fp32(gpu):
 
 @pytest.mark.parametrize("which", ["cnn", "transformer"])
 def test_training_steps_match_cpu(gpu, which):
-    from frontends import nn
+    from tensorforge.frontends import nn
     from tests.autodiff.torch_models import TransformerClassifier
 
     if which == "cnn":

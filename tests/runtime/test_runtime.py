@@ -10,11 +10,11 @@ import zipfile
 import numpy as np
 import pytest
 
-import runtime
-from compiler import compile_model
-from compiler.examples import small_cnn_onnx
-from runtime.errors import ArtifactError, InputError, TensorForgeError
-from runtime.model import aligned_empty
+from tensorforge import runtime
+from tensorforge.compiler import compile_model
+from tensorforge.compiler.examples import small_cnn_onnx
+from tensorforge.runtime.errors import ArtifactError, InputError, TensorForgeError
+from tensorforge.runtime.model import aligned_empty
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,7 +45,7 @@ def test_runtime_never_imports_the_compiler(artifact):
     """In a fresh interpreter: load and run, then check what got imported."""
     code = textwrap.dedent(f"""
         import sys, numpy as np
-        import runtime
+        from tensorforge import runtime
         m = runtime.load({str(artifact)!r})
         out = m.run({{"image": np.ones((1, 3, 32, 32), np.float32)}})[0]
         assert out.shape == (1, 10) and abs(out.sum() - 1) < 1e-4
@@ -118,7 +118,7 @@ def _rewrite(artifact, tmp_path, edit_plan=None, drop=()):
     """A copy with the plan edited or members dropped, its manifest sealed again over what is left."""
     import hashlib
 
-    from runtime.artifact import MANIFEST, manifest_json
+    from tensorforge.runtime.artifact import MANIFEST, manifest_json
 
     out = tmp_path / "edited.tfa"
     digests = {}

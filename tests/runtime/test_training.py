@@ -6,11 +6,11 @@ import onnx
 import pytest
 import torch
 
-import compiler
-from compiler.api import compile_gradients
-from frontends import nn
-from runtime.errors import ArtifactError, CompileError
-from runtime.training import learning_rate
+from tensorforge import compiler
+from tensorforge.compiler.api import compile_gradients
+from tensorforge.frontends import nn
+from tensorforge.runtime.errors import ArtifactError, CompileError
+from tensorforge.runtime.training import learning_rate
 from tests.autodiff.torch_models import (TorchRecurrentClassifier, TorchTransformerClassifier, RecurrentClassifier,
                                          TransformerClassifier, cnn, load_into_torch, mlp, torch_name)
 
@@ -249,7 +249,7 @@ def test_torch_module_trains():
 def test_op_without_gradient_rule_fails_naming_it():
     net = nn.Sequential(nn.Linear(4, 4))
     g = net.to_graph({"x": (2, 4)})
-    from compiler import ops
+    from tensorforge.compiler import ops
 
     out = g.outputs[0]
     (r,) = g.add_node(ops.reshape, [out], {"shape": (2, 4, 1, 1)})
@@ -261,7 +261,7 @@ def test_op_without_gradient_rule_fails_naming_it():
 
 
 def test_training_graph_report_fuses_updates_and_counts_saved_activations():
-    from compiler.report import analyze_training
+    from tensorforge.compiler.report import analyze_training
 
     net, _ = mlp()
     g, plan = analyze_training(net, optimizer={"name": "adam", "lr": 0.01}, shapes={"x": (8, 20)})
@@ -277,7 +277,7 @@ def test_training_graph_report_fuses_updates_and_counts_saved_activations():
 
 
 def test_cli_train_example_learns(tmp_path):
-    from compiler.cli import main
+    from tensorforge.compiler.cli import main
 
     ckpt = tmp_path / "example.ckpt"
     assert main(["train", "--steps", "120", "--quiet", "--checkpoint", str(ckpt)]) == 0

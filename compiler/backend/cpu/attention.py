@@ -20,8 +20,8 @@ from typing import ClassVar
 import tvm
 from tvm import s_tir
 
-from compiler.backend.cpu.common import SPATIAL, Knobs, Rule, vector_lanes
-from compiler.ops.attention import EXP, KT, MAX, PV, QK, SUM
+from tensorforge.compiler.backend.cpu.common import SPATIAL, Knobs, Rule, vector_lanes
+from tensorforge.compiler.ops.attention import EXP, KT, MAX, PV, QK, SUM
 
 UNROLL_MAX = 16  # longest loop unrolled where it cannot be vectorized (odd sequence lengths: ViT's 197)
 

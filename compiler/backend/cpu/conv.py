@@ -7,10 +7,10 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir
 
-from compiler.backend.cpu.common import (
+from tensorforge.compiler.backend.cpu.common import (
     Rule, anchor_epilogue, attempt, largest_divisor, loop_extent, root_blocks, schedule_spatial, vector_lanes)
-from compiler.ops.nchwc import CONV_DW_NCHWC, CONV_NCHWC
-from compiler.ops.packed import ANN_OC_BLOCK, ANN_OW_TILE, CONV_DEPTHWISE, CONV_PACKED, CONV_PLAIN, PAD
+from tensorforge.compiler.ops.nchwc import CONV_DW_NCHWC, CONV_NCHWC
+from tensorforge.compiler.ops.packed import ANN_OC_BLOCK, ANN_OW_TILE, CONV_DEPTHWISE, CONV_PACKED, CONV_PLAIN, PAD
 
 PLANE_MAX = 16384       # depthwise conv: a whole output plane (floats) per parallel task, else one row
 PLAIN_SEGMENT_MAX = 16   # plain conv: [8 x 16] accumulators; vectors wider than 16 lanes were 5x slower

@@ -8,9 +8,9 @@ from typing import ClassVar
 import tvm
 from tvm import s_tir
 
-from compiler.backend.cpu.common import (
+from tensorforge.compiler.backend.cpu.common import (
     Knobs, Rule, anchor_epilogue, attempt, largest_divisor, loop_extent, register_tile, vector_lanes)
-from compiler.ops.packed import ANN_N_TILE, DENSE_PACKED
+from tensorforge.compiler.ops.packed import ANN_N_TILE, DENSE_PACKED
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from compiler.backend.cpu.common import (
+from tensorforge.compiler.backend.cpu.common import (
     PARALLEL_MIN_WORK, SPATIAL, VECTOR_MAX, Rule, attempt, inline_all, is_spatial_block, iter_types, loop_extent,
     loop_work, root_blocks, schedule_spatial, vector_lanes, vector_piece)
-from compiler.ops.nchwc import LAYOUT_TRANSFORM
+from tensorforge.compiler.ops.nchwc import LAYOUT_TRANSFORM
 
 UNBLOCK_W_TILE = 8
 

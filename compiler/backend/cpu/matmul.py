@@ -10,10 +10,10 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.sym import detect_linear_equation
 
-from compiler.backend.cpu.common import (
+from tensorforge.compiler.backend.cpu.common import (
     PARALLEL_MIN_WORK, SPATIAL, Knobs, Rule, anchor_epilogue, attempt, inline_all, largest_divisor, loop_extent,
     loop_work, vector_lanes)
-from compiler.ops.nn import MATMUL  # the matmul block name (a weight gradient's product too)
+from tensorforge.compiler.ops.nn import MATMUL  # the matmul block name (a weight gradient's product too)
 
 MATMUL_PACK_BATCH_MIN = 4  # with this many batch entries a strided B operand is packed per entry, else once, whole
 PACK_J = 8               # packing: rows (along j) per transposed block

@@ -28,15 +28,15 @@ import logging
 import tvm
 from tvm import s_tir, tirx
 
-from compiler.backend.cpu.attention import AttentionKnobs, attention_rule
-from compiler.backend.cpu.common import Knobs, Rule, block_names
-from compiler.backend.cpu.conv import conv_nchwc_rule, conv_packed_rule, conv_rowwise_rule
-from compiler.backend.cpu.dense import DenseKnobs, dense_rule
-from compiler.backend.cpu.generic import from_blocked_rule, generic_rule
-from compiler.backend.cpu.matmul import MatmulKnobs, matmul_rule
-from compiler.backend.cpu.training import (
+from tensorforge.compiler.backend.cpu.attention import AttentionKnobs, attention_rule
+from tensorforge.compiler.backend.cpu.common import Knobs, Rule, block_names
+from tensorforge.compiler.backend.cpu.conv import conv_nchwc_rule, conv_packed_rule, conv_rowwise_rule
+from tensorforge.compiler.backend.cpu.dense import DenseKnobs, dense_rule
+from tensorforge.compiler.backend.cpu.generic import from_blocked_rule, generic_rule
+from tensorforge.compiler.backend.cpu.matmul import MatmulKnobs, matmul_rule
+from tensorforge.compiler.backend.cpu.training import (
     dense_weight_pack_rule, im2col_rule, multi_output_elementwise_rule, outer_reduction_rule, weight_grad_rule)
-from compiler.backend.cpu.winograd import WinogradKnobs, winograd_rule
+from tensorforge.compiler.backend.cpu.winograd import WinogradKnobs, winograd_rule
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from compiler.backend.cpu.common import (
+from tensorforge.compiler.backend.cpu.common import (
     PARALLEL_MIN_WORK, SPATIAL, Rule, attempt, inline_all, is_output, is_spatial_block, iter_types, largest_divisor,
     loop_extent, loop_work, register_tile, root_blocks, schedule_spatial, vector_lanes)
-from compiler.backend.cpu.matmul import MatmulKnobs, matmul_j_tile
-from compiler.ops.nn import MATMUL
-from compiler.ops.train_pack import ANN_IM2COL_DIMS, DENSE_WEIGHT_PACK, IM2COL, WGRAD
+from tensorforge.compiler.backend.cpu.matmul import MatmulKnobs, matmul_j_tile
+from tensorforge.compiler.ops.nn import MATMUL
+from tensorforge.compiler.ops.train_pack import ANN_IM2COL_DIMS, DENSE_WEIGHT_PACK, IM2COL, WGRAD
 
 PACK_K_TILE = 16  # run-time dense weight pack: source row elements per vector
 

@@ -12,10 +12,10 @@ from typing import ClassVar
 
 from tvm import s_tir
 
-from compiler.backend.cpu.common import (
+from tensorforge.compiler.backend.cpu.common import (
     Knobs, Rule, attempt, inline_all, largest_divisor, loop_extent, register_tile, root_blocks, schedule_spatial,
     vector_lanes)
-from compiler.ops.winograd import (
+from tensorforge.compiler.ops.winograd import (
     BLOCK, GEMM_P_TILE, WINO_GEMM, WINO_INPUT, WINO_INPUT_ROWS, WINO_OUTPUT_COLS, WINO_PAD)
 
 

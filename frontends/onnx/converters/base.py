@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 from onnx import helper
 
-from compiler import ops
-from frontends.builder import MAX_CONSTANT_ELEMENTS
+from tensorforge.compiler import ops
+from tensorforge.frontends.builder import MAX_CONSTANT_ELEMENTS
 
 # op type -> {since opset: converter}
 CONVERTERS: dict[str, dict[int, Callable]] = {}

@@ -25,9 +25,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from compiler import ops
-from compiler.ir.types import STORAGE_DTYPES, numpy_dtype
-from frontends.onnx.dtypes import onnx_dtype
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir.types import STORAGE_DTYPES, numpy_dtype
+from tensorforge.frontends.onnx.dtypes import onnx_dtype
 
 from .base import converter
 

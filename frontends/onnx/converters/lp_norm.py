@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from math import prod
 
-from compiler import ops
+from tensorforge.compiler import ops
 
 from .base import _as_2d, _axis, _c, converter
 from .nn import POOL_OPS, _pool_attrs

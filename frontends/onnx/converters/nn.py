@@ -7,8 +7,8 @@ from math import prod  # noqa: F401
 import numpy as np  # noqa: F401
 from onnx import helper  # noqa: F401
 
-from compiler import ops  # noqa: F401
-from frontends.builder import is_string_array
+from tensorforge.compiler import ops  # noqa: F401
+from tensorforge.frontends.builder import is_string_array
 
 from .base import CONVERTERS, converter  # noqa: F401
 from .base import _axis, _reshape, _spatial_pads, _require_2d, _as_2d, _c, _slice  # noqa: F401

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler import ops
-from frontends.onnx.dtypes import onnx_dtype
+from tensorforge.compiler import ops
+from tensorforge.frontends.onnx.dtypes import onnx_dtype
 
 from .base import _axis, _reshape, _slice, converter
 

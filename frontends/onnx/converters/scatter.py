@@ -6,7 +6,7 @@ from math import prod
 
 import numpy as np
 
-from compiler import ops
+from tensorforge.compiler import ops
 
 from .base import _axis, _reshape, converter
 
