@@ -24,7 +24,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 from benchmarks.light_models import timed  # noqa: E402
 from benchmarks.machine import describe_machine, write_lines  # noqa: E402
-from tensorforge.compiler import compile_model  # noqa: E402
+from tensorforge import compile_model  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "bf16_cpu.md")
 MODELS = ["resnet50", "bert_base", "gpt2_small", "mlp", "lm_head_1token"]

@@ -69,7 +69,7 @@ def load_model(name: str):
 def make_engines(name: str, tmp: str):
     from tensorforge import runtime
     from benchmarks.light_models import ort_session
-    from tensorforge.compiler import compile_model
+    from tensorforge import compile_model
 
     model, feeds = load_model(name)
     t0 = time.perf_counter()

@@ -84,7 +84,7 @@ def externalize(model, sources: dict[str, np.ndarray]) -> int:
 def prepare(args) -> int:
     import onnx
 
-    from tensorforge.compiler import compile_model, compile_training
+    from tensorforge import compile_model, compile_training
     from tensorforge.compiler.options import CompileOptions
     from tensorforge.compiler.examples import light_expected, light_input, light_path
 

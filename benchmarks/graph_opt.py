@@ -28,7 +28,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 from benchmarks.light_models import ort_session, timed  # noqa: E402
 from benchmarks.machine import describe_machine  # noqa: E402
-from tensorforge.compiler import compile_model  # noqa: E402
+from tensorforge import compile_model  # noqa: E402
 from tensorforge.compiler.options import CompileOptions  # noqa: E402
 from tensorforge.compiler.examples import LIGHT_MODELS, light_input, light_path, randomize_weights  # noqa: E402
 

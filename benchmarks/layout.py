@@ -24,7 +24,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 from benchmarks.light_models import timed  # noqa: E402
 from benchmarks.machine import describe_machine, write_lines  # noqa: E402
-from tensorforge.compiler import compile_model  # noqa: E402
+from tensorforge import compile_model  # noqa: E402
 from tensorforge.compiler.driver import compile_graph, import_model, optimize  # noqa: E402
 from tensorforge.compiler.options import CompileOptions  # noqa: E402
 from tensorforge.compiler.examples import LIGHT_MODELS, light_input, light_path, randomize_weights  # noqa: E402

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 from benchmarks.machine import describe_machine  # noqa: E402
-from tensorforge.compiler import compile_model  # noqa: E402
+from tensorforge import compile_model  # noqa: E402
 from tensorforge.compiler.examples import LIGHT_MODELS, light_input, light_path, randomize_weights  # noqa: E402
 
 

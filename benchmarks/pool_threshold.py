@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "pool_threshold.md"))
     args = p.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    from tensorforge.compiler import compile_model
+    from tensorforge import compile_model
     from tensorforge.runtime import cpu_pool
 
     import tempfile

@@ -120,7 +120,7 @@ def make_engines(name: str, batch: int, wanted: list[str]):
     import torch
 
     from benchmarks.models import INPUT_NAME, MODELS, export_onnx
-    from tensorforge.compiler import compile_model
+    from tensorforge import compile_model
     from tensorforge.compiler.options import CompileOptions
 
     torch.set_num_threads(THREADS)

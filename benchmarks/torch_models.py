@@ -19,7 +19,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 from benchmarks.light_models import ort_session, timed  # noqa: E402
 from benchmarks.models import MODELS, example_feeds, export_onnx  # noqa: E402
-from tensorforge.compiler import compile_model  # noqa: E402
+from tensorforge import compile_model  # noqa: E402
 
 
 def bench(name: str, repeat: int, threads: int) -> dict:

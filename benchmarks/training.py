@@ -29,7 +29,7 @@ WARMUP = 5
 import torch  # noqa: E402
 
 from benchmarks.machine import describe_machine  # noqa: E402
-from tensorforge.compiler import compile_training  # noqa: E402
+from tensorforge import compile_training  # noqa: E402
 from tensorforge.frontends import nn  # noqa: E402
 from tests.autodiff.torch_models import (RecurrentClassifier, TorchRecurrentClassifier,  # noqa: E402
                                          TorchTransformerClassifier, TransformerClassifier, load_into_torch, mlp)

@@ -25,7 +25,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 from benchmarks.layout import conv_flops, conv_graphs  # noqa: E402
 from benchmarks.light_models import timed  # noqa: E402
 from benchmarks.machine import describe_machine, write_lines  # noqa: E402
-from tensorforge.compiler import compile_model  # noqa: E402
+from tensorforge import compile_model  # noqa: E402
 from tensorforge.compiler.options import CompileOptions  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "winograd.md")

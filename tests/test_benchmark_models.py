@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from benchmarks.models import export_onnx, example_feeds
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tests.support import assert_close
 
 

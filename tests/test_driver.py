@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-from tensorforge.compiler import CompileOptions, compile_model
+from tensorforge import CompileOptions, compile_model
 from tensorforge.compiler.driver import optimize, training_graph
 from tensorforge.compiler.ir import parse_graph
 from tensorforge.compiler.report import analyze_training

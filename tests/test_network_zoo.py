@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks.models import INPUT_NAME, MODELS, export_onnx
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tests.support import assert_close
 
 SMALL = ["bert_small", "gpt2_tiny", "vit_tiny", "lstm_classifier", "gru_classifier", "llama_block"]

@@ -12,8 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tensorforge import runtime
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model, runtime
 from tensorforge.compiler.cli import main
 from tensorforge.compiler.examples import small_cnn_onnx
 from tensorforge.runtime.cuda import CudaModel, DeviceError
@@ -210,7 +209,7 @@ def test_tune_for_cuda_needs_a_gpu(tmp_path, monkeypatch, capsys):
 
 
 def test_training_compiles_for_cuda(monkeypatch):
-    from tensorforge.compiler import compile_training
+    from tensorforge import compile_training
     from tensorforge.frontends import nn
 
     monkeypatch.setenv("TENSORFORGE_LIBCUDA", NO_DRIVER)

@@ -83,7 +83,7 @@ def test_light_model_plans_are_sound_and_tight(name):
 
 
 def test_runtime_allocates_one_arena(tmp_path):
-    from tensorforge.compiler import compile_model
+    from tensorforge import compile_model
     from tensorforge.compiler.examples import small_cnn_onnx
 
     m = compile_model(small_cnn_onnx())

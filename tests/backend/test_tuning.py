@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.compiler.options import CompileOptions
 from tensorforge.compiler.tune import tune_model
 from tensorforge.compiler.backend.build import resolve_target

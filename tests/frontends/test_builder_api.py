@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.frontends import nn
 from tensorforge.runtime.errors import FrontendError
 from tests.support import assert_close

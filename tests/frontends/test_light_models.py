@@ -10,8 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tensorforge import runtime
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model, runtime
 from tensorforge.compiler.cli import main
 from tensorforge.compiler.ir import interpret
 from tensorforge.frontends.onnx import from_onnx

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 
 HALF = {"float16": (np.float16, TensorProto.FLOAT16, 2.0 ** -11), "bfloat16": (ml_dtypes.bfloat16,
                                                                                 TensorProto.BFLOAT16, 2.0 ** -8)}

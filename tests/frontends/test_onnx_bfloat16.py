@@ -7,8 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorforge import runtime
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model, runtime
 from tensorforge.runtime.errors import FrontendError, InputError
 from tensorforge.runtime.tvm_loader import numpy_dtype
 

@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.frontends.onnx import from_onnx
 from tensorforge.runtime.errors import FrontendError, TensorForgeError, UnsupportedOpError
 from tests.support import light_path, single_op_model

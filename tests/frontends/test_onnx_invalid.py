@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.frontends.onnx import from_onnx
 from tensorforge.runtime.errors import FrontendError
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.compiler.ir import interpret
 from tensorforge.frontends.onnx import from_onnx, supported_ops
 from tests.support import assert_close, ort_run, single_op_model

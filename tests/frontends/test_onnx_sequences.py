@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.runtime.errors import FrontendError
 
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tests.support import assert_close
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmarks.models import MODELS
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.frontends.torch import from_torch
 from tensorforge.runtime.errors import CompileError, FrontendError, UnsupportedOpError
 from tests.support import assert_close

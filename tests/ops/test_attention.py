@@ -63,7 +63,7 @@ def test_type_rule_names_the_problem(types, message):
 
 def test_cpu_kernel_is_one_tiled_kernel_for_an_odd_sequence_length():
     """ViT's 197 tokens: no vector-width multiple anywhere; the rows and columns fall back to short tiles."""
-    from tensorforge.compiler import compile_model
+    from tensorforge import compile_model
 
     g = Graph("vit_attention")
     arrays = [rng.standard_normal((1, 2, 197, 16)).astype(np.float32) for _ in range(3)]

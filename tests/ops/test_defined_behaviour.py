@@ -5,7 +5,7 @@ onnxruntime, NaN equal to NaN."""
 import numpy as np
 import pytest
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.compiler.ir import interpret
 from tensorforge.frontends.onnx import from_onnx
 from tests.support import ort_run, single_op_model

@@ -8,7 +8,9 @@ packed variants are exercised as well.
 import numpy as np
 import pytest
 
-from tensorforge.compiler import compile_model, ops
+from tensorforge import compile_model
+
+from tensorforge.compiler import ops
 from tensorforge.compiler.ir import Graph, TensorType, interpret
 from tensorforge.compiler.ops import NO_RULE_YET, OPS, FusionKind, OpDef, defop, missing_facts
 from tests.support import assert_close

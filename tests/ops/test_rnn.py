@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tensorforge.compiler import compile_model, ops
+from tensorforge import compile_model
+
+from tensorforge.compiler import ops
 from tensorforge.compiler.autodiff import backward
 from tensorforge.compiler.ir import Graph, TensorType, interpret
 from tensorforge.compiler.ops.rnn import lstm_unit_block, pack_lstm_weight, unpack_lstm_weight, unrolled_lstm

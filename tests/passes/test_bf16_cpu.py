@@ -5,7 +5,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.compiler.driver import import_model, optimize, passes_for
 from tensorforge.compiler.options import CompileOptions
 from tensorforge.compiler.ir import interpret, parse_graph

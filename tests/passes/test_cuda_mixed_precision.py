@@ -89,7 +89,7 @@ def test_cnn_accuracy_vs_fp32():
 
 def test_training_losses_vs_fp32():
     """Twenty SGD steps of an MLP compiled for the CPU: mixed precision follows the fp32 losses closely."""
-    from tensorforge.compiler import compile_training
+    from tensorforge import compile_training
     from tensorforge.frontends import nn
 
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import pytest
 import tvm
 from tvm.target import Target
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.compiler.backend.cpu.rules import schedule_cpu
 from tensorforge.compiler.backend.lower import Kernel, build_prim_func, partition
 from tensorforge.compiler.options import CompileOptions

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from tensorforge.compiler import compile_model, ops
+from tensorforge import compile_model
+
+from tensorforge.compiler import ops
 from tensorforge.compiler.options import CompileOptions
 from tensorforge.compiler.ir import interpret, parse_graph, print_graph
 from tensorforge.compiler.passes import alter_layout, pack_weights

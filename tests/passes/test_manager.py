@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model
 from tensorforge.compiler.options import CompileOptions
 from tensorforge.compiler.ir import parse_graph
 from tensorforge.compiler.passes import PassManager, pipeline, pass_name

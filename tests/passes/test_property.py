@@ -5,7 +5,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tensorforge.compiler import compile_model, ops
+from tensorforge import compile_model
+
+from tensorforge.compiler import ops
 from tensorforge.compiler.driver import optimize
 from tensorforge.compiler.options import CompileOptions
 from tensorforge.compiler.ir import Graph, TensorType, interpret

@@ -184,7 +184,7 @@ def test_torch_layernorm_export_opset14_compiles_to_one_layer_norm():
     import io
     import warnings
 
-    from tensorforge.compiler import compile_model
+    from tensorforge import compile_model
     from tensorforge.compiler.passes import cse, fold_constants, simplify
     from tensorforge.frontends.onnx import from_onnx
 

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorforge.compiler import compile_model, ops
+from tensorforge import compile_model
+
+from tensorforge.compiler import ops
 from tensorforge.compiler.options import CompileOptions
 from tensorforge.compiler.ir import interpret, parse_graph
 from tensorforge.compiler.ops import winograd as W

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorforge import runtime
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model, runtime
 from tensorforge.runtime import artifact
 from tensorforge.runtime.errors import ArtifactError
 from tensorforge.runtime.plan_check import DTYPE_SIZES, validate_plan

@@ -10,8 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tensorforge import runtime
-from tensorforge.compiler import compile_model
+from tensorforge import compile_model, runtime
 from tensorforge.compiler.examples import small_cnn_onnx
 from tensorforge.runtime import cpu_pool
 from tensorforge.runtime.errors import InputError

@@ -7,8 +7,7 @@ inputs from PyTorch, outputs left on the GPU, save/load, training steps matching
 import numpy as np
 import pytest
 
-from tensorforge import runtime
-from tensorforge.compiler import compile_model, compile_training
+from tensorforge import compile_model, compile_training, runtime
 from tensorforge.compiler.examples import small_cnn_onnx
 from tensorforge.runtime.cuda import CudaModel, DeviceError, gpu_info
 

@@ -6,8 +6,7 @@ import onnx
 import pytest
 import torch
 
-from tensorforge import compiler
-from tensorforge.compiler.api import compile_gradients
+from tensorforge import compile_gradients, compiler
 from tensorforge.frontends import nn
 from tensorforge.runtime.errors import ArtifactError, CompileError
 from tensorforge.runtime.training import learning_rate
