@@ -207,14 +207,31 @@ def schedule_cuda(mod, target):
         if half:
             func = inline_widening_casts(func)
         bf16 = any(str(p.dtype) == "bfloat16" for p in func.params) or "bfloat16" in func.script()
+        out[gv.name_hint], why = _first_rule(no_transpose if bf16 else rules, gv.name_hint, func, target)
+        if why is not None:
+            failed[gv.name_hint] = why
+    return tvm.IRModule(out), failed
+
+
+def _first_rule(rules: list, name: str, func, target):
+    """(func scheduled by the first rule that applies, None), as dlight's ApplyDefaultSchedule does, except that a
+    rule raising on a kernel it does not handle (an assertion inside the rule) passes it on to the next rule instead
+    of failing the kernel; (func unscheduled, why) when no rule applies, e.g. scans and sorts written as opaque
+    loops."""
+    import tvm
+    from tvm.s_tir import dlight as dl
+
+    errors = []
+    for rule in rules:
         try:
             with target:
-                out[gv.name_hint] = dl.ApplyDefaultSchedule(*(no_transpose if bf16 else rules))(
-                    tvm.IRModule({gv.name_hint: func}))[gv.name_hint]
-        except Exception as e:  # e.g. scans and sorts written as opaque loops: no dlight rule binds them
-            failed[gv.name_hint] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-            out[gv.name_hint] = func
-    return tvm.IRModule(out), failed
+                got = dl.ApplyDefaultSchedule(rule)(tvm.IRModule({name: func}))[name]
+        except Exception as e:
+            errors.append(f"{type(rule).__name__}: {type(e).__name__}: {_last_line(e)}")
+            continue
+        if got.attrs is not None and "tirx.is_scheduled" in got.attrs:
+            return got, None
+    return func, "; ".join(errors) or "no rule applies"
 
 
 def _last_line(e: BaseException) -> str:

@@ -55,6 +55,18 @@ def test_lstm_is_unrolled_for_cuda(tmp_path):
     assert len(result.device_kernels) >= len(result.kernel_names) > 0
 
 
+def test_lstm_gradients_compile_for_cuda():
+    """The gradient graph of an LSTM on cuda (compile_gradients): its weight-gradient sums got no GPU code when
+    a dlight rule raised on them instead of declining, which stopped the rules after it (backend/cuda.py
+    _first_rule)."""
+    from tensorforge import compile_gradients
+    from tests.test_driver import _lstm_onnx
+
+    model = compile_gradients(_lstm_onnx(), target="cuda")  # compile only: the model sets up the GPU when run
+    assert model.plan["device"]["device_kernels"] >= len({s["kernel"] for s in model.plan["steps"]})
+    assert any(name.endswith(":grad") for name in (o["name"] for o in model.plan["outputs"]))
+
+
 @pytest.mark.slow
 def test_resnet50_compiles_for_cuda(tmp_path):
     assert "pack_weights" not in [pass_name(p) for p in pipeline(2, "cuda")]  # CPU weight layouts stay on the CPU
