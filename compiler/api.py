@@ -31,7 +31,7 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
     with nvcc; the result (a `runtime.cuda.CudaModel`) saves without a GPU and runs where there is one.
     precision: "fp32", or "fp16"/"bf16" for half-precision matmul/dense/conv operands with fp32 accumulation
     (compiler/passes/mixed_precision.py); on the cpu target "bf16" stores the dense and conv weights as bfloat16,
-    widened to fp32 in the kernels (activations and sums stay fp32; compiler/passes/pack_weights.py).
+    widened to fp32 in the kernels (activations and sums stay fp32; compiler/passes/cpu/bf16_weights.py).
     options: a `CompileOptions` holding all of the above (and more); then none of target, opt_level, tuning_db, arch
     and precision may be given too. Defaults: target "cpu", opt_level 2, precision "fp32".
     """

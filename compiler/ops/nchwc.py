@@ -100,7 +100,7 @@ def depthwise_conv2d_nchwc_compute(x: te.Tensor, w: te.Tensor, bias: te.Tensor |
 
 
 # ---------------------------------------------------------------------------------------------- NCHW[x]c activations
-# The `alter_layout` pass (passes/layout.py) moves chains of convs, pools and elementwise ops into the
+# The `alter_layout` pass (passes/cpu/layout.py) moves chains of convs, pools and elementwise ops into the
 # blocked channel layout NCHW[b]c: (N, C / b, H, W, b), the channel lanes innermost, where one vector register holds b
 # channels of one pixel. `to_blocked` / `from_blocked` convert at the edges.
 

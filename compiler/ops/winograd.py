@@ -23,7 +23,7 @@ need no CSE: 0.3 s a kernel (ResNet-50: ~4 s in all), at the same speed (benchma
 
 The op `winograd_conv2d`: a stride-1, dilation-1, ungrouped 3x3 conv on NCHW[16]c activations whose weight was
 transformed at compile time (U = G g G^T, `transform_weight`). The `winograd` pass
-(passes/winograd.py) rewrites `conv2d_nchwc` into it where it is faster. Its reference runs the same
+(passes/cpu/winograd.py) rewrites `conv2d_nchwc` into it where it is faster. Its reference runs the same
 algorithm in numpy (input transform, batched products, output transform); the tests compare it with the direct
 conv as well.
 """

@@ -12,20 +12,21 @@ from typing import Iterable
 
 from tensorforge.runtime.errors import InputError
 
+from .cpu.bf16_weights import bf16_weights
+from .cpu.layout import alter_layout
+from .cpu.pack_weights import pack_weights
+from .cpu.winograd import winograd
 from .cse import cse
 from .dce import DeadCodeElimination
 from .fold_constants import FoldConstants
 from .fold_scale_shift import fold_scale_shift
 from .fuse import fuse, fuse_cuda
-from .layout import alter_layout
 from .manager import Pass, pass_name
 from .mixed_precision import MixedPrecision, half_dtype
 from .order_updates import OrderUpdatesLast
-from .pack_weights import bf16_weights, pack_weights
 from .recognize import recognize
 from .simplify import simplify
 from .unroll_lstm import unroll_lstm
-from .winograd import winograd
 
 fold_constants = FoldConstants()
 fold_constants_2 = FoldConstants(name="fold_constants_2")
@@ -103,7 +104,7 @@ def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", t
              state_outputs: Iterable[str] | None = None) -> list[Pass]:
     """The pass list for an optimization level (-O0 nothing but what the target needs, -O1 cleanups, -O2
     everything), a target ("cpu" or "cuda") and a precision. On the cpu target, bf16 inference stores the packed
-    weights as bfloat16 (passes/pack_weights.py); otherwise (CUDA, fp16, training) the products read operands
+    weights as bfloat16 (passes/cpu/bf16_weights.py); otherwise (CUDA, fp16, training) the products read operands
     rounded to half precision (passes/mixed_precision.py). A training graph with persistent state (`state_outputs`,
     the output names carrying each state's next value) ends with its update kernels ordered last."""
     if opt_level not in (0, 1, 2):

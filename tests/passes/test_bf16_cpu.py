@@ -1,5 +1,5 @@
 """The CPU's bf16 mode (compile_model(..., precision="bf16") on the cpu target): packed dense/conv weights stored as
-bfloat16 and widened to fp32 in the kernels (compiler/passes/pack_weights.py, ops/packed.py `widen`)."""
+bfloat16 and widened to fp32 in the kernels (compiler/passes/cpu/bf16_weights.py, ops/packed.py `widen`)."""
 
 import ml_dtypes
 import numpy as np

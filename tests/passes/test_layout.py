@@ -9,7 +9,7 @@ from tensorforge.compiler import ops
 from tensorforge.compiler.options import CompileOptions
 from tensorforge.compiler.ir import interpret, parse_graph, print_graph
 from tensorforge.compiler.passes import alter_layout, pack_weights
-from tensorforge.compiler.passes.layout import ConvPolicy, alter_layout_graph
+from tensorforge.compiler.passes.cpu.layout import ConvPolicy, alter_layout_graph
 from tests.support import assert_close
 
 # conv on the image (3 channels: reads NCHW) -> blocked chain -> per-channel scale (a param: re-blocked at compile

@@ -15,7 +15,7 @@ from tensorforge.compiler.ops.nchwc import block_nchw
 from tensorforge.compiler.ops.nn import _conv2d_ref
 from tensorforge.compiler.passes import pipeline
 from tensorforge.compiler.passes.manager import pass_name
-from tensorforge.compiler.passes.winograd import WinogradPolicy, winograd_graph
+from tensorforge.compiler.passes.cpu.winograd import WinogradPolicy, winograd_graph
 from tensorforge.runtime.errors import IRError
 from tests.support import assert_close, ort_run
 
