@@ -211,7 +211,7 @@ def _print_fusion(report: list[dict]) -> None:
 
 def cmd_tune_cuda(args) -> int:
     """CUDA tuning without RPC: --prepare builds the candidates here, --ingest stores the GPU's measurements."""
-    from tensorforge.compiler.backend import cuda_tuning
+    from tensorforge.compiler.backend.cuda import bundle as cuda_tuning
     from tensorforge.compiler.tune import prepare_model
 
     if args.prepare and args.ingest:

@@ -1,5 +1,5 @@
 """Tuning a whole model: `tune_model` (kernels into a tuning database, CPU knobs or MetaSchedule) and, for CUDA
-without RPC, `prepare_model` (the model's kernels into a measurement bundle; see backend/cuda_tuning.py)."""
+without RPC, `prepare_model` (the model's kernels into a measurement bundle; see backend/cuda/bundle.py)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _require_gpu_for_tuning(target) -> None:
 def prepare_model(model, out_dir: str, shapes=None, *, options=None, candidates: int = 16, progress=None) -> dict:
     """`tensorforge tune MODEL --target cuda --prepare DIR`: the model's kernels (as compile_model would build them
     for options.arch and options.precision) into a measurement bundle."""
-    from tensorforge.compiler.backend.cuda_tuning import prepare_bundle
+    from tensorforge.compiler.backend.cuda.bundle import prepare_bundle
 
     options = options or CompileOptions(target="cuda")
     g = optimize(import_model(model, shapes), options)

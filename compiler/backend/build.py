@@ -19,14 +19,14 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", 
 
 def resolve_target(target, arch: str | None = None):
     """'cpu' (or 'llvm') -> the host CPU with its real ISA (plain 'llvm' would emit SSE-only code);
-    'cuda' -> an NVIDIA GPU of architecture `arch` (default sm_90, Hopper), see backend/cuda.py."""
+    'cuda' -> an NVIDIA GPU of architecture `arch` (default sm_90, Hopper), see backend/cuda/build.py."""
     import tvm
     from tvm.target import Target
 
     if isinstance(target, Target):
         return target
     if target == "cuda":
-        from .cuda import DEFAULT_ARCH, cuda_target
+        from .cuda.build import DEFAULT_ARCH, cuda_target
 
         return cuda_target(arch or DEFAULT_ARCH)
     if arch is not None:
@@ -60,7 +60,7 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
     import tvm
 
     if is_cuda(target):
-        from .cuda import build_cuda
+        from .cuda.build import build_cuda
 
         b = build_cuda(specs, target, out_dir, tuning)
         return BuildResult(b.library_path, b.kernel_names, b.timings, b.tuned, b.device,

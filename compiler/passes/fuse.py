@@ -10,7 +10,7 @@ graph outputs lead to a virtual sink), together with every node on the paths in 
   * on the CUDA target (`cast_prologues`), a widening cast (float16/bfloat16 -> float32, as the mixed-precision pass
     writes them) feeding a conv/dense/matmul becomes its prologue, and no producer's kernel takes it as an
     epilogue: the anchor's kernel then loads half-precision data and multiplies it with float32 sums, the form of
-    a tensor-core matmul (backend/cuda.py), instead of reading a float32 copy written by another kernel.
+    a tensor-core matmul (backend/cuda/build.py), instead of reading a float32 copy written by another kernel.
 A group never holds two anchors, stays convex (no path leaves it and comes back), and its nodes are made adjacent in
 the execution order. The result is marked on the nodes (`node.group`), printed as `@name` in the IR. Nodes left
 alone get a reason in `FUSION_REASONS[node]`, for `tensorforge inspect --fusion`.

@@ -14,7 +14,7 @@ optimizer state (the update kernels read the float32 state; only the products se
 The cast back to float32 sits right before its reader, one per reader (an activation read by the Q, K and V
 projections is rounded once and widened three times): on the CUDA target the fuse pass makes each widening cast
 the prologue of its reader's kernel, which then loads half-precision data and accumulates in float32, the pattern
-of a tensor-core matmul (backend/cuda.py schedules it with one). It runs after the cleanups (constant folding would
+of a tensor-core matmul (backend/cuda/build.py schedules it with one). It runs after the cleanups (constant folding would
 otherwise fold the weight casts away again, and CSE would merge the per-reader casts) and before packing and
 fusion.
 """

@@ -7,7 +7,7 @@ import pytest
 
 from tensorforge.compiler.driver import import_model, optimize
 from tensorforge.compiler.options import CompileOptions
-from tensorforge.compiler.backend.cuda import build_cuda, check_device_code, cuda_target
+from tensorforge.compiler.backend.cuda.build import build_cuda, check_device_code, cuda_target
 from tensorforge.compiler.backend.lower import Kernel, partition
 from tensorforge.compiler.passes import fuse, pass_name, pipeline
 from tensorforge.runtime.errors import CompileError
@@ -57,7 +57,7 @@ def test_lstm_is_unrolled_for_cuda(tmp_path):
 
 def test_lstm_gradients_compile_for_cuda():
     """The gradient graph of an LSTM on cuda (compile_gradients): its weight-gradient sums got no GPU code when
-    a dlight rule raised on them instead of declining, which stopped the rules after it (backend/cuda.py
+    a dlight rule raised on them instead of declining, which stopped the rules after it (backend/cuda/build.py
     _first_rule)."""
     from tensorforge import compile_gradients
     from tests.test_driver import _lstm_onnx

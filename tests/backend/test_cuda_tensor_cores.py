@@ -12,7 +12,7 @@ import pytest
 from tensorforge.compiler import ops
 from tensorforge.compiler.driver import optimize
 from tensorforge.compiler.options import CompileOptions
-from tensorforge.compiler.backend.cuda import build_cuda, cuda_target, tensor_core_kernels
+from tensorforge.compiler.backend.cuda.build import build_cuda, cuda_target, tensor_core_kernels
 from tensorforge.compiler.backend.lower import Kernel, partition
 from tensorforge.compiler.ir import Graph, TensorType
 
@@ -85,7 +85,7 @@ def ptx_of(source, arch):
 
 
 def test_bf16_products_use_tensor_cores_sm90_sm80(tmp_path):
-    """TVM 0.27 has no bf16 tensor-core intrinsics; ours (backend/cuda_intrin.py) give bf16 wmma fragments, which
+    """TVM 0.27 has no bf16 tensor-core intrinsics; ours (backend/cuda/intrin.py) give bf16 wmma fragments, which
     nvcc turns into `wmma.mma.sync ... .bf16.bf16.f32` for sm_90 and sm_80; sm_75 has no bf16 tensor cores."""
     for arch in ("sm_90", "sm_80"):
         kernels, result = build("bf16", arch, tmp_path / arch)
@@ -143,7 +143,7 @@ def test_half_padding_is_exact():
     it; a padding value that float16 cannot hold keeps the stage float32."""
     from tvm import s_tir, te, topi
 
-    from tensorforge.compiler.backend.cuda import inline_widening_casts
+    from tensorforge.compiler.backend.cuda.build import inline_widening_casts
 
     def pad_dtype(value):
         x = te.placeholder((1, 8, 6, 6), "float16", name="x")

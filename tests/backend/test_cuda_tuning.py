@@ -1,4 +1,4 @@
-"""CUDA tuning without RPC (compiler/backend/cuda_tuning.py, cuda_measure.py), compile-only: the bundle builds here
+"""CUDA tuning without RPC (compiler/backend/cuda/bundle.py, cuda_measure.py), compile-only: the bundle builds here
 (candidates compiled with nvcc), measure.py's timing and ranking run on fake timings, and ingesting a results file
 commits records that compile_model's lookup then uses. Measuring on a real GPU is not tested here."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tensorforge.compiler import ops
-from tensorforge.compiler.backend import cuda_measure
-from tensorforge.compiler.backend.cuda import build_cuda, cuda_target
-from tensorforge.compiler.backend.cuda_tuning import ingest_results, prepare_bundle
+from tensorforge.compiler.backend.cuda import measure as cuda_measure
+from tensorforge.compiler.backend.cuda.build import build_cuda, cuda_target
+from tensorforge.compiler.backend.cuda.bundle import ingest_results, prepare_bundle
 from tensorforge.compiler.backend.lower import Kernel, partition
 from tensorforge.compiler.backend.tuning import TuningDatabase
 from tensorforge.compiler.ir import Graph, TensorType

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from tensorforge.runtime.errors import CompileError
 
-from .cuda_intrin import TENSOR_CORE_SM, load_tensor_intrinsics, tensorize_matmul  # noqa: F401 (re-exported)
-from .lower import KernelSpec, build_prim_func
+from ..lower import KernelSpec, build_prim_func
+from .intrin import TENSOR_CORE_SM, load_tensor_intrinsics, tensorize_matmul  # noqa: F401 (re-exported)
 
 DEFAULT_ARCH = "sm_90"
 _KERNEL = re.compile(r'__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)\s*\(')

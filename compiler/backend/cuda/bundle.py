@@ -5,9 +5,9 @@ it in three steps that share nothing but files:
 
 1. `prepare_bundle` (here: full TVM + nvcc, no GPU): for every distinct kernel, MetaSchedule's CUDA design space
    (post-order-apply, tensor-core rules included) is sampled into `candidates` schedules (ReplayTrace), each a
-   function of the task's kernel library next to our default schedule (backend/cuda.py, "default"); each task's
+   function of the task's kernel library next to our default schedule (backend/cuda/build.py, "default"); each task's
    library is compiled with nvcc into a fatbin. The bundle holds manifest.json (tasks, argument shapes, symbols),
-   the libraries and fatbins, the traces (for step 3) and measure.py (backend/cuda_measure.py).
+   the libraries and fatbins, the traces (for step 3) and measure.py (backend/cuda/measure.py).
 2. `python BUNDLE/measure.py BUNDLE` on the GPU machine (TVM runtime + CUDA driver only) writes results.json.
 3. `ingest_results` (here): each measured candidate becomes a MetaSchedule tuning record (its trace, run times)
    in the tuning database under the bundle's CUDA target (backend/tuning.py: one directory per target, TVM version
@@ -27,13 +27,13 @@ from typing import Callable, Sequence
 from tensorforge.runtime.artifact import atomic_write
 from tensorforge.runtime.errors import CompileError
 
-from .cuda import (_last_line, check_device_code, cuda_target, load_tensor_intrinsics, nvcc_fatbin, schedule_cuda,
-                   source_digest)
-from .lower import KernelSpec, build_prim_func
-from .tuning import TuningDatabase, _quiet, distinct_kernels, kernel_flops
+from ..lower import KernelSpec, build_prim_func
+from ..tuning import TuningDatabase, _quiet, distinct_kernels, kernel_flops
+from .build import (_last_line, check_device_code, cuda_target, load_tensor_intrinsics, nvcc_fatbin, schedule_cuda,
+                    source_digest)
 
 BUNDLE_FORMAT = 1
-MEASURE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_measure.py")
+MEASURE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "measure.py")
 
 
 def _candidates(func, target, count: int, seed: int) -> list:
@@ -144,7 +144,7 @@ def ingest_results(bundle_dir: str, results_path: str, db_root: str) -> dict:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from .cuda_measure import RESULTS_FORMAT, median, rank
+    from .measure import RESULTS_FORMAT, median, rank
 
     manifest = _load_json(os.path.join(bundle_dir, "manifest.json"), "tuning bundle manifest")
     results = _load_json(results_path, "measurement results")

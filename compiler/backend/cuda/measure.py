@@ -1,6 +1,6 @@
 """Measure a CUDA tuning bundle on the GPU machine: the half of CUDA tuning that needs a GPU and nothing else.
 
-backend/cuda_tuning.py builds, here, every candidate schedule of every kernel with nvcc and writes a bundle; this
+backend/cuda/bundle.py builds, here, every candidate schedule of every kernel with nvcc and writes a bundle; this
 script (copied into the bundle as measure.py) runs where the GPU is, with only numpy, the TVM runtime and a CUDA
 driver: it loads each task's kernel library with its fatbin (runtime/cuda.py), times every candidate on random
 inputs and writes results.json, which `tensorforge tune --target cuda --ingest` turns into tuning records.
