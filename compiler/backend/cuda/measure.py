@@ -98,6 +98,31 @@ def write_results(results: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
+def _find_runtime(root: str) -> None:
+    """`tensorforge.runtime` installed, or else from a checkout at `root` (the repository root: its runtime/ folder
+    is the package), without installing anything: the GPU machine may have neither pip access nor TVM."""
+    try:
+        import tensorforge.runtime  # noqa: F401
+        return
+    except ImportError:
+        pass
+    import importlib.util
+    import types
+
+    folder = os.path.join(root, "runtime")
+    if not os.path.isfile(os.path.join(folder, "__init__.py")):
+        raise SystemExit(f"measure.py: tensorforge is not installed and {root} is no TensorForge checkout (no "
+                         f"runtime/ folder): run it from the repository root")
+    top = types.ModuleType("tensorforge")
+    top.__path__ = []
+    sys.modules["tensorforge"] = top
+    spec = importlib.util.spec_from_file_location("tensorforge.runtime", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tensorforge.runtime"] = module
+    spec.loader.exec_module(module)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle")
@@ -106,7 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--number", type=int, default=20)
     ap.add_argument("--device", type=int, default=0)
     args = ap.parse_args(argv)
-    sys.path.insert(0, os.getcwd())  # the repository root: runtime/
+    _find_runtime(os.getcwd())
     results = measure_bundle(args.bundle, repeat=args.repeat, number=args.number, device_id=args.device)
     out = args.out or os.path.join(args.bundle, "results.json")
     write_results(results, out)
