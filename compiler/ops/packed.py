@@ -24,7 +24,7 @@ disagree.
 from __future__ import annotations
 
 import numpy as np
-from tvm import te, topi
+from tvm import te, tirx, topi
 
 from tensorforge.compiler.ir.types import TensorType
 
@@ -36,6 +36,7 @@ CONV_OC_BLOCK = 16          # one AVX-512 register of fp32 output channels
 GROUPED_OC_BLOCKS = (16, 8, 4)  # grouped convs: the block must divide the output channels per group
 DENSE_N_VECTOR = 16
 DENSE_N_BLOCK = 64          # 4 independent accumulators per k step for the memory-bound GEMV
+DENSE_M_ROUND = 4           # the product's rows are padded to a multiple of this (the default register tile's rows)
 OW_TILE_MAX = 16            # register tile over output width: OW_TILE accumulators of oc_block lanes
 OW_TILE_MIN = 6
 
@@ -201,15 +202,24 @@ def pack_dense_weight(w: np.ndarray, layout: dict) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(n_pad // nb, nb, k).transpose(0, 2, 1))
 
 
+def dense_rows(m: int) -> int:
+    """The rows of the product: M, or M rounded up to DENSE_M_ROUND when it is not a multiple (ViT's 197 tokens):
+    a prime M left the schedule a 1-row register tile, 4x fewer FMAs per loaded weight; the padding rows re-read
+    the last row of x and are dropped by the write-back. Below DENSE_M_ROUND rows (GEMV) nothing is padded."""
+    return m if m <= DENSE_M_ROUND or m % DENSE_M_ROUND == 0 else -(-m // DENSE_M_ROUND) * DENSE_M_ROUND
+
+
 def dense_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | None, *, layout: dict, n: int) -> te.Tensor:
     """(M, K) x packed weight -> (M, N) = x @ w.T (+ bias)."""
     m, k = (int(d) for d in x.shape)
     nb = layout["n_block"]
     n_pad = int(w_packed.shape[0]) * nb
+    m_pad = dense_rows(m)
     rk = te.reduce_axis((0, k), name="rk")
+    row = (lambda i: i) if m_pad == m else (lambda i: tirx.min(i, m - 1))
     out = te.compute(
-        (m, n_pad),
-        lambda i, j: te.sum(x[i, rk] * widen(w_packed[j // nb, rk, j % nb]), axis=rk),
+        (m_pad, n_pad),
+        lambda i, j: te.sum(x[row(i), rk] * widen(w_packed[j // nb, rk, j % nb]), axis=rk),
         name=DENSE_PACKED, tag=DENSE_PACKED, attrs={ANN_N_TILE: nb})
     if bias is None:
         return te.compute((m, n), lambda i, j: out[i, j], name=DENSE_BIAS, tag="injective")

@@ -154,7 +154,8 @@ def test_pack_conv2d_weight_layout():
 
 # ------------------------------------------------------------------------------------------ dense
 
-@pytest.mark.parametrize("m,k,n,bias", [(1, 37, 10, True), (8, 64, 200, True), (3, 16, 130, False), (1, 256, 128, True)])
+@pytest.mark.parametrize("m,k,n,bias", [(1, 37, 10, True), (8, 64, 200, True), (3, 16, 130, False), (1, 256, 128, True),
+                                        (13, 32, 64, True), (197, 24, 80, False), (6, 16, 128, True)])
 def test_dense(m, k, n, bias):
     layout = K.dense_weight_layout(n, k)
     w = _rand(n, k)
@@ -168,6 +169,17 @@ def test_dense(m, k, n, bias):
     inputs, arrays = [x, wpl] + ([b] if bias else []), [xa, wp] + ([ba] if bias else [])
     (got,) = _run(inputs, [y], arrays, expect_in_ir=["dense_packed_local", "T.vectorized"])
     _close(got, np.maximum(ref, 0))
+
+
+@pytest.mark.parametrize("m, rows", [(1, 1), (3, 3), (4, 4), (6, 8), (13, 16), (197, 200), (200, 200)])
+def test_dense_rows_are_padded_to_whole_register_tiles(m, rows):
+    """A row count that is not a multiple of the register tile (ViT's 197 tokens) is computed over the next
+    multiple, so that the schedule keeps its 4-row tile instead of the largest divisor of M (1 for a prime)."""
+    assert K.dense_rows(m) == rows
+    x, wpl = te.placeholder((m, 16), name="x"), te.placeholder((1, 16, 64), name="w")
+    out = K.dense_compute(x, wpl, None, layout={"kind": "packed", "n_block": 64}, n=64)
+    anchor = out.op.input_tensors[0]
+    assert anchor.op.name == K.DENSE_PACKED and tuple(int(d) for d in anchor.shape) == (rows, 64)
 
 
 # ------------------------------------------------------------------------------------------ injective

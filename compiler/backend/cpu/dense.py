@@ -35,7 +35,10 @@ def schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target, knobs: DenseK
     if len(sch.get_loops(out)) != 2:
         raise ValueError("dense epilogue is not a single 2-D block")
     m, n = sch.get_loops(out)
-    m_ext, n_ext, k = loop_extent(sch, m), loop_extent(sch, n), loop_extent(sch, sch.get_loops(dense)[-1])
+    dm, dn = sch.get_loops(dense)[:2]
+    # tile the product's extents: rows and columns may be padded past the output's (ops/packed.py dense_rows)
+    m_ext, n_ext, k = loop_extent(sch, dm), loop_extent(sch, dn), loop_extent(sch, sch.get_loops(dense)[-1])
+    padded = (m_ext, n_ext) != (loop_extent(sch, m), loop_extent(sch, n))
     mt = largest_divisor(m_ext, knobs.m_tile)
     rows = max(mt, knobs.x_block_bytes // (4 * k) // mt * mt)
     mb = next(r for r in range(min(rows, m_ext) // mt * mt, 0, -mt) if m_ext % r == 0)
@@ -50,14 +53,13 @@ def schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target, knobs: DenseK
         sch.parallel(tile)
         return tile, ni
 
-    if n_ext % nt == 0:  # the write-back drives the tiles; the product is computed per tile into registers
+    if not padded:  # the write-back drives the tiles; the product is computed per tile into registers
         tile, ni = tiles(m, n)
         sch.compute_at(dense, tile, preserve_unit_loops=True)
     else:
-        # N is not a multiple of the panel (GPT-2's 50257 logits): tiles over the padded product, with the
-        # write-back (clipped to N) computed per tile after it. Driving from the write-back would give the last
-        # tile a shorter product, a variable extent that keeps LLVM from vectorizing every tile.
-        dm, dn = sch.get_loops(dense)[:2]
+        # the product is padded (GPT-2's 50257 logits, ViT's 197 rows): tiles over the padded product, with the
+        # write-back (clipped to the output) computed per tile after it. Driving from the write-back would give
+        # the last tile a shorter product, a variable extent that keeps LLVM from vectorizing every tile.
         tile, _ = tiles(dm, dn)
         sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
         ni = sch.get_loops(out)[-1]
