@@ -203,10 +203,18 @@ def pack_dense_weight(w: np.ndarray, layout: dict) -> np.ndarray:
 
 
 def dense_rows(m: int) -> int:
-    """The rows of the product: M, or M rounded up to DENSE_M_ROUND when it is not a multiple (ViT's 197 tokens):
-    a prime M left the schedule a 1-row register tile, 4x fewer FMAs per loaded weight; the padding rows re-read
-    the last row of x and are dropped by the write-back. Below DENSE_M_ROUND rows (GEMV) nothing is padded."""
-    return m if m <= DENSE_M_ROUND or m % DENSE_M_ROUND == 0 else -(-m // DENSE_M_ROUND) * DENSE_M_ROUND
+    """The rows of the product: M, or M rounded up to a multiple of DENSE_M_ROUND where M's divisors would starve the
+    schedule (backend/cpu/dense.py tiles rows by the largest divisor of M up to 4, in blocks that divide M): a
+    prime M (ViT's 197 tokens) left a 1-row register tile, 4x fewer FMAs per loaded weight, and M = 2 x prime a
+    2-row block, the weights streamed once per 2 rows. Padding rows re-read the last row of x; the write-back drops
+    them. Where the divisors are fine (50, 51, 99 rows) padding cost ~10 % (benchmarks/results/dense_rows.md)."""
+    if m <= DENSE_M_ROUND or m % DENSE_M_ROUND == 0:
+        return m
+    tile = next(d for d in range(DENSE_M_ROUND, 0, -1) if m % d == 0)
+    block = max(d for d in range(tile, min(m, 128) + 1, tile) if m % d == 0)
+    if tile >= 2 and block >= min(16, m):
+        return m
+    return -(-m // DENSE_M_ROUND) * DENSE_M_ROUND
 
 
 def dense_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | None, *, layout: dict, n: int) -> te.Tensor:

@@ -171,10 +171,11 @@ def test_dense(m, k, n, bias):
     _close(got, np.maximum(ref, 0))
 
 
-@pytest.mark.parametrize("m, rows", [(1, 1), (3, 3), (4, 4), (6, 8), (13, 16), (197, 200), (200, 200)])
+@pytest.mark.parametrize("m, rows", [(1, 1), (3, 3), (4, 4), (6, 6), (13, 16), (50, 50), (51, 51), (197, 200),
+                                     (200, 200), (202, 204)])
 def test_dense_rows_are_padded_to_whole_register_tiles(m, rows):
-    """A row count that is not a multiple of the register tile (ViT's 197 tokens) is computed over the next
-    multiple, so that the schedule keeps its 4-row tile instead of the largest divisor of M (1 for a prime)."""
+    """A row count whose divisors would starve the schedule (ViT's 197 tokens: a 1-row tile; 202 = 2 x 101: 2-row
+    blocks) is computed over the next multiple of 4; one with usable divisors (50, 51) is left alone."""
     assert K.dense_rows(m) == rows
     x, wpl = te.placeholder((m, 16), name="x"), te.placeholder((1, 16, 64), name="w")
     out = K.dense_compute(x, wpl, None, layout={"kind": "packed", "n_block": 64}, n=64)
