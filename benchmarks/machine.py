@@ -8,17 +8,24 @@ import platform
 
 def describe_machine() -> str:
     cpu = platform.processor() or platform.machine()
-    flags = set()
+    flags, family, model = set(), None, None
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name") and cpu in ("", platform.machine()):
                     cpu = line.split(":", 1)[1].strip()
+                if line.startswith("cpu family") and family is None:
+                    family = line.split(":", 1)[1].strip()
+                if line.startswith("model") and not line.startswith("model name") and model is None:
+                    model = line.split(":", 1)[1].strip()
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    isa += "".join(f", {name}" for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_tile", "AMX")) if flag in flags)
+    if family is not None:
+        cpu += f" (family {family} model {model})"
     versions = []
     for mod in ("numpy", "onnxruntime", "torch"):
         try:
