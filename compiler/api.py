@@ -7,8 +7,7 @@ from __future__ import annotations
 import time
 from typing import Mapping, Sequence
 
-from tensorforge.compiler.driver import (compile_graph, import_model, loss_spec, optimize, optimizer_spec,  # noqa: F401
-                             training_graph)
+from tensorforge.compiler.driver import compile_graph, import_model, optimize, training_graph  # noqa: F401
 from tensorforge.compiler.options import CompileOptions  # noqa: F401  (part of the API)
 from tensorforge.runtime import CompiledModel
 from tensorforge.runtime.errors import CompileError
@@ -77,11 +76,10 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
 
     options = CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads, arch=arch,
                              precision=precision)
-    opt_spec, schedule = optimizer_spec(optimizer)
-    schedule = lr_schedule if lr_schedule is not None else schedule
     t = training_graph(model, loss, optimizer, options, shapes=shapes, example_inputs=example_inputs, params=params,
                        trainable=trainable, frozen=frozen, bn_momentum=bn_momentum)
-    program = t.program
+    program, opt_spec = t.program, t.optimizer
+    schedule = lr_schedule if lr_schedule is not None else t.schedule
     train = compile_graph(t.graph, options, state=program.state_bindings,
                           initial_state={s.name: s.initial for s in program.state})
     train.plan["stats"]["saved_activation_bytes"] = program.saved_activation_bytes

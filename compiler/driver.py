@@ -85,8 +85,8 @@ class TrainingGraph:
     program: object  # autodiff.training.TrainingProgram: the unoptimized graphs, state, inputs, labels, scalars
     graph: Graph  # the training (or gradient) graph after the passes
     trainable: set[str]
-    loss: object  # LossSpec
     optimizer: object | None  # OptimizerSpec; None for the gradient graph
+    schedule: Mapping | None  # the learning-rate schedule given inside the optimizer dict
     onnx_source: bytes | None  # the ONNX model it came from, for checkpoints that export back
 
 
@@ -123,12 +123,11 @@ def training_graph(model, loss, optimizer: Mapping | None, options: CompileOptio
         fwd = unroll_lstm(fwd)
     names = set(trainable) if trainable is not None else default_trainable(model, fwd)
     names = (names & {p.name for p in fwd.params}) - set(frozen)
-    opt_spec = None if gradients_only else optimizer_spec(optimizer)[0]
-    spec = loss_spec(loss)
-    program = build_training_program(fwd, names, spec, opt_spec, bn_momentum)
+    opt_spec, schedule = (None, None) if gradients_only else optimizer_spec(optimizer)
+    program = build_training_program(fwd, names, loss_spec(loss), opt_spec, bn_momentum)
     state_outputs = None if gradients_only else set(program.state_bindings)
     g = optimize(program.graph, options, training=True, state_outputs=state_outputs, timings=timings)
-    return TrainingGraph(program, g, names, spec, opt_spec, onnx_source)
+    return TrainingGraph(program, g, names, opt_spec, schedule, onnx_source)
 
 
 # -- kernels and plan ---------------------------------------------------------------------------------------------------

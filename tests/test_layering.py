@@ -90,6 +90,15 @@ def test_imports_point_down(lower, forbidden):
     assert not up, f"{lower} imports upward: " + ", ".join(f"{a} -> {b}" for a, b in up)
 
 
+def test_frontends_use_only_the_ir_the_ops_and_the_errors():
+    """What the frontends may import of ours: the IR, the op table and the exception hierarchy."""
+    allowed = ("frontends", "compiler.ir", "compiler.ops", "runtime.errors")
+    g = import_graph()
+    bad = [(a, b) for a, b in g.edges if a.startswith("frontends")
+           and not any(b == x or b.startswith(x + ".") for x in allowed)]
+    assert not bad, "frontends import: " + ", ".join(f"{a} -> {b}" for a, b in bad)
+
+
 def test_files_stay_small_or_say_why():
     long = []
     for pkg in PACKAGES + ("tests", "benchmarks"):
