@@ -159,7 +159,7 @@ def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | 
             timings.update(result.timings)
         cuda = options.spec.is_cuda
         # a CUDA library's host code is plain x86-64 (backend/cuda/build.py): no CPU features to require
-        plan, params = make_plan(g, target, [] if cuda else host_isa_flags(), steps, state, initial_state,
+        plan, params = make_plan(g, target, [] if cuda else host_isa_flags(g), steps, state, initial_state,
                                  tuned=result.tuned, precision=options.precision, device=result.device)
         if cuda:
             from tensorforge.runtime.cuda import CudaModel

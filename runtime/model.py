@@ -31,20 +31,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import artifact, cpu_pool
+from .cpu_features import AMX_FLAGS, cpu_features, request_amx  # noqa: F401 (cpu_features: public here too)
 from .errors import ArtifactError, InputError
 from .plan import ALIGNMENT, Executor, HostMemory, Plan, aligned_empty, resolve_views  # noqa: F401 (re-exported)
 from .tvm_loader import STORAGE_DTYPES, default_num_threads, init_runtime, load_kernels, numpy_dtype
-
-def cpu_features() -> set[str]:
-    """The CPU flags of this machine (Linux); empty if unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _as_bfloat16(data: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -129,6 +119,8 @@ class CompiledModel:
         if missing:
             raise ArtifactError(f"this model was compiled for a CPU with {', '.join(missing)}, which this machine "
                                 f"lacks; recompile it here (tensorforge compile)")
+        if any(f in need for f in AMX_FLAGS):
+            request_amx()
 
     def _load_params(self, mem: HostMemory, params: list) -> list:
         """The shared buffers: parameters and persistent state (filled once, here), and views of them."""

@@ -129,8 +129,14 @@ def cpu_pool_object() -> str:
         return obj
 
 
-def host_isa_flags() -> list[str]:
-    from tensorforge.runtime.model import cpu_features
+def host_isa_flags(g=None) -> list[str]:
+    """The CPU flags a CPU library built here requires: the host's vector ISA, plus AMX where `g` has kernels on
+    AMX tiles (the runtime then asks Linux for AMX state before it runs them)."""
+    from tensorforge.compiler import ops
+    from tensorforge.runtime.cpu_features import AMX_FLAGS, cpu_features
 
     have = cpu_features()
-    return [f for f in ISA_FLAGS if f in have]
+    flags = [f for f in ISA_FLAGS if f in have]
+    if g is not None and any(n.op is ops.dense_amx for n in g.nodes):
+        flags += list(AMX_FLAGS)
+    return flags

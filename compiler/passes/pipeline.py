@@ -12,6 +12,7 @@ from typing import Iterable
 
 from tensorforge.runtime.errors import InputError
 
+from .cpu.amx import amx_dense
 from .cpu.bf16_weights import bf16_weights
 from .cpu.layout import alter_layout
 from .cpu.pack_weights import pack_weights
@@ -49,17 +50,20 @@ OPTIMIZATIONS: list[Pass] = [
 ]
 
 
-def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None) -> list[Pass]:
-    """`mixed`: the mixed-precision pass or None; `stores`: the bf16-weights pass or None."""
+def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix: Pass | None = None) -> list[Pass]:
+    """`mixed`: the mixed-precision pass or None; `stores`: the bf16-weights pass or None; `matrix`: the pass
+    that moves bf16 products to the CPU's matrix unit (AMX), or None."""
     lists = {
         0: [
             mixed,  # operands rounded before packing (packing copies the weights it reads)
+            matrix,  # bf16 dense on AMX tiles (where the CPU has them), before packing
             pack_weights,  # the CPU kernels need packed weights at every level
             stores,  # packed weights stored as bfloat16
         ],
         1: [
             *CLEANUPS,
             mixed,
+            matrix,
             pack_weights,
             stores,
         ],
@@ -67,6 +71,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None) -> lis
             *CLEANUPS,
             *OPTIMIZATIONS,
             mixed,
+            matrix,
             pack_weights,
             alter_layout,  # NCHW[16]c activations between convs
             winograd,  # Winograd 3x3 convs where they pay
@@ -103,8 +108,9 @@ def cuda_pipeline(opt_level: int, mixed: Pass | None) -> list[Pass]:
 def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", training: bool = False,
              state_outputs: Iterable[str] | None = None) -> list[Pass]:
     """The pass list for an optimization level (-O0 nothing but what the target needs, -O1 cleanups, -O2
-    everything), a target ("cpu" or "cuda") and a precision. On the cpu target, bf16 inference stores the packed
-    weights as bfloat16 (passes/cpu/bf16_weights.py); otherwise (CUDA, fp16, training) the products read operands
+    everything), a target ("cpu" or "cuda") and a precision. On the cpu target, bf16 inference computes dense products on
+    AMX tiles where the CPU has them (passes/cpu/amx.py) and stores the other packed weights as bfloat16
+    (passes/cpu/bf16_weights.py); otherwise (CUDA, fp16, training) the products read operands
     rounded to half precision (passes/mixed_precision.py). A training graph with persistent state (`state_outputs`,
     the output names carrying each state's next value) ends with its update kernels ordered last."""
     if opt_level not in (0, 1, 2):
@@ -115,7 +121,8 @@ def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", t
     if target == "cuda":
         passes = cuda_pipeline(opt_level, mixed)
     else:
-        passes = cpu_pipeline(opt_level, mixed, bf16_weights if cpu_bf16_weights else None)
+        passes = cpu_pipeline(opt_level, mixed, bf16_weights if cpu_bf16_weights else None,
+                              amx_dense if cpu_bf16_weights else None)
     if state_outputs is not None:
         passes = passes + [OrderUpdatesLast(frozenset(state_outputs))]  # in-place updates after every reader
     return [p for p in passes if p is not None]

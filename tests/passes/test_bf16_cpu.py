@@ -1,5 +1,6 @@
 """The CPU's bf16 mode (compile_model(..., precision="bf16") on the cpu target): packed dense/conv weights stored as
-bfloat16 and widened to fp32 in the kernels (compiler/passes/cpu/bf16_weights.py, ops/packed.py `widen`)."""
+bfloat16 and widened to fp32 in the kernels (compiler/passes/cpu/bf16_weights.py, ops/packed.py `widen`), where the
+product does not go to AMX tiles (dense with fewer than 16 rows here; the AMX dense: tests/ops/test_amx.py)."""
 
 import ml_dtypes
 import numpy as np
@@ -91,7 +92,9 @@ def test_fp32_is_the_default_and_unchanged():
     assert "bf16_weights" not in names and "mixed_precision" not in names
     assert set(_weight_params(optimize(import_model(g), CompileOptions())).values()) == {"float32"}
     bf16 = [pass_name(p) for p in passes_for(CompileOptions(precision="bf16"))]
-    assert bf16 == names[:-1] + ["bf16_weights", "fuse"]  # after packing and layout, right before fusion
+    pack = names.index("pack_weights")
+    # AMX dense right before packing; the bf16 weights after packing and layout, right before fusion
+    assert bf16 == names[:pack] + ["amx_dense"] + names[pack:-1] + ["bf16_weights", "fuse"]
 
 
 def test_other_precisions_and_targets_keep_mixed_precision():

@@ -12,6 +12,7 @@ of failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it return
   conv_nchwc    anchors `conv2d_nchwc` / `conv2d_depthwise_nchwc`: the same on NCHW[b]c activations
   conv_rowwise  anchors `conv2d_depthwise` / `conv2d_nchw_plain`: vectorized over output width; plain convs keep
                 [8 channels x 16 columns] in registers, depthwise convs accumulate one output plane per task
+  amx_dense     anchor `dense_amx` (ops/amx.py): 32 x 32 tiles of AMX tile registers, tensorized
   dense         anchor `dense_packed`: [m_tile x n_tile] register tile, k outside it
   matmul        anchor `matmul` (numpy semantics, ops/nn.py): [i_tile x j_tile] register tile, k outside it,
                 parallel over batch x tiles; transpose prologues inlined, or packed per batch when strided along j
@@ -28,6 +29,7 @@ import logging
 import tvm
 from tvm import s_tir, tirx
 
+from tensorforge.compiler.backend.cpu.amx import amx_dense_rule
 from tensorforge.compiler.backend.cpu.attention import AttentionKnobs, attention_rule
 from tensorforge.compiler.backend.cpu.common import Knobs, Rule, block_names
 from tensorforge.compiler.backend.cpu.conv import conv_nchwc_rule, conv_packed_rule, conv_rowwise_rule
@@ -47,6 +49,7 @@ RULES: tuple[Rule, ...] = (
     conv_packed_rule,
     conv_nchwc_rule,
     conv_rowwise_rule,
+    amx_dense_rule,
     dense_rule,
     matmul_rule,
     dense_weight_pack_rule,

@@ -1,0 +1,142 @@
+"""The AMX dense schedule (ops/amx.py `dense_amx`): 32 x 32 register tiles of AMX tile registers, tensorized.
+
+A tile task computes a [32 rows x 32 columns] block of the product over the whole K: tiles 0-3 accumulate it
+(float32, 16 x 16 each), tiles 4-5 hold two 16-row slices of x (bf16), tiles 6-7 two 16-column slices of the
+packed weight, and each 32-wide step of K is four `tdpbf16ps`. The tile registers are named by immediates in
+LLVM's AMX intrinsics (`llvm.x86.tileloadd64` and friends), called from TIR through a tensor intrinsic registered
+here, one per count of K blocks. Each task loads the tile configuration (`ldtilecfg`: palette 1, all eight tiles
+16 rows x 64 bytes) before its first tile instruction: the configuration is per thread. The process must have asked
+Linux for AMX state (runtime/cpu_features.py `request_amx`) or the first tile instruction faults.
+
+Loop order: [weight column panel] > [row block], fused and parallel, so consecutive tasks reuse a weight panel
+from L2 while x (converted once to bf16 bits, block `amx_a`, in parallel) stays in L2 as well. The elementwise
+epilogue (bias, activation, the fused chain) is computed per tile from the float32 accumulators, vectorized.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, loop_extent
+from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, TILE_ROWS
+
+_BYTES_PER_ROW = K_BLOCK * 2  # 64: every tile is TILE_ROWS x 64 bytes
+
+
+def tile_config_bytes() -> list[int]:
+    """The 64-byte `ldtilecfg` operand: palette 1, tiles 0-7 each TILE_ROWS rows of 64 bytes."""
+    cfg = [0] * 64
+    cfg[0] = 1
+    for t in range(8):
+        cfg[16 + 2 * t] = _BYTES_PER_ROW  # colsb, little-endian uint16
+        cfg[48 + t] = TILE_ROWS
+    return cfg
+
+
+def amx_intrin(k_blocks: int) -> str:
+    """The tensor intrinsic for one 32 x 32 tile over `k_blocks` blocks of K (registered on first use)."""
+    name = f"tensorforge_amx_bf16_32x32x{k_blocks * K_BLOCK}"
+    try:
+        TensorIntrin.get(name)
+        return name
+    except Exception:  # not registered yet (TVMError)
+        pass
+    kp, nb = K_BLOCK // PAIR, N_TILE // N_BLOCK
+    rows = M_TILE
+    colsb = _BYTES_PER_ROW
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1)
+        B = T.match_buffer(b, (nb, k_blocks, kp, N_BLOCK, PAIR), "bfloat16", offset_factor=1)
+        C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
+                    B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK, 0:PAIR])
+            T.writes(C[0:rows, 0:nb, 0:N_BLOCK])
+            for i, jb, jt, kb, kk, kt in T.grid(rows, nb, N_BLOCK, k_blocks, kp, PAIR):
+                with T.sblock("update"):
+                    vi, vjb, vjt, vkb, vkk, vkt = T.axis.remap("SSSRRR", [i, jb, jt, kb, kk, kt])
+                    C[vi, vjb, vjt] = C[vi, vjb, vjt] + T.reinterpret(
+                        "float32", T.shift_left(T.Cast("uint32", A[vi, vkb, vkk, vkt]), T.uint32(16))) * T.Cast(
+                        "float32", B[vjb, vkb, vkk, vjt, vkt])
+
+    def load(tile, ptr, stride):
+        return T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(tile), ptr, stride)
+
+    def store(tile, ptr, stride):
+        return T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(tile), ptr, stride)
+
+    def dot(c, a, b):
+        return T.call_llvm_intrin("void", "llvm.x86.tdpbf16ps", T.int8(c), T.int8(a), T.int8(b))
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa0, sa1, sa2 = T.int32(), T.int32(), T.int32()
+        sb0, sb1, sb2, sb3 = T.int32(), T.int32(), T.int32(), T.int32()
+        sc0, sc1 = T.int32(), T.int32()
+        A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1, strides=[sa0, sa1, sa2, 1])
+        B = T.match_buffer(b, (nb, k_blocks, kp, N_BLOCK, PAIR), "bfloat16", offset_factor=1,
+                           strides=[sb0, sb1, sb2, sb3, 1])
+        C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, strides=[sc0, sc1, 1],
+                           scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
+                    B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK, 0:PAIR])
+            T.writes(C[0:rows, 0:nb, 0:N_BLOCK])
+            cfg = T.alloc_buffer((64,), "uint8", scope="local")
+            for q in range(64):
+                cfg[q] = T.uint8(0)
+            cfg[0] = T.uint8(1)  # palette 1 (tile_config_bytes)
+            for q in range(8):
+                cfg[16 + 2 * q] = T.uint8(colsb)
+                cfg[48 + q] = T.uint8(TILE_ROWS)
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(cfg[0])))
+            T.evaluate(load(0, T.address_of(C[0, 0, 0]), T.Cast("int64", sc0 * 4)))
+            T.evaluate(load(1, T.address_of(C[0, 1, 0]), T.Cast("int64", sc0 * 4)))
+            T.evaluate(load(2, T.address_of(C[TILE_ROWS, 0, 0]), T.Cast("int64", sc0 * 4)))
+            T.evaluate(load(3, T.address_of(C[TILE_ROWS, 1, 0]), T.Cast("int64", sc0 * 4)))
+            for kb in range(k_blocks):
+                T.evaluate(load(4, T.address_of(A[0, kb, 0, 0]), T.Cast("int64", sa0 * 2)))
+                T.evaluate(load(5, T.address_of(A[TILE_ROWS, kb, 0, 0]), T.Cast("int64", sa0 * 2)))
+                T.evaluate(load(6, T.address_of(B[0, kb, 0, 0, 0]), T.Cast("int64", sb2 * 2)))
+                T.evaluate(load(7, T.address_of(B[1, kb, 0, 0, 0]), T.Cast("int64", sb2 * 2)))
+                T.evaluate(dot(0, 4, 6))
+                T.evaluate(dot(1, 4, 7))
+                T.evaluate(dot(2, 5, 6))
+                T.evaluate(dot(3, 5, 7))
+            T.evaluate(store(0, T.address_of(C[0, 0, 0]), T.Cast("int64", sc0 * 4)))
+            T.evaluate(store(1, T.address_of(C[0, 1, 0]), T.Cast("int64", sc0 * 4)))
+            T.evaluate(store(2, T.address_of(C[TILE_ROWS, 0, 0]), T.Cast("int64", sc0 * 4)))
+            T.evaluate(store(3, T.address_of(C[TILE_ROWS, 1, 0]), T.Cast("int64", sc0 * 4)))
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def schedule_amx_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    prod = sch.get_sblock(DENSE_AMX)
+    out = anchor_epilogue(sch, prod, AMX_A)
+    i, jb, jt, kb, kk, kt = sch.get_loops(prod)
+    k_blocks = loop_extent(sch, kb)
+    io, ii = sch.split(i, [None, M_TILE])
+    jbo, jbi = sch.split(jb, [None, N_TILE // N_BLOCK])
+    sch.reorder(jbo, io, ii, jbi, jt, kb, kk, kt)
+    tile = sch.fuse(jbo, io)
+    sch.parallel(tile)
+    sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
+    sch.set_scope(prod, 0, "local")
+    init = sch.decompose_reduction(prod, ii)
+    sch.tensorize(ii, amx_intrin(k_blocks))
+    attempt(lambda: sch.vectorize(sch.fuse(*sch.get_loops(init)[-2:])))
+    a = sch.get_sblock(AMX_A)
+    rows, blocks, pairs, pair = sch.get_loops(a)
+    sch.parallel(sch.fuse(rows, blocks))
+    attempt(lambda: sch.vectorize(sch.fuse(pairs, pair)))
+    attempt(sch.vectorize, sch.get_loops(out)[-1])
+
+
+amx_dense_rule = Rule("amx_dense", schedule_amx_dense, blocks=(DENSE_AMX,))

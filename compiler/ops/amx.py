@@ -1,0 +1,150 @@
+"""dense on the CPU's matrix unit (Intel AMX): `dense_amx`, its weight layout, packer and TE compute.
+
+The product is computed in bfloat16 with float32 accumulation by AMX tiles (`tdpbf16ps`): the CPU's bf16 mode
+(`precision="bf16"`) on a CPU with AMX-BF16 (passes/cpu/amx.py picks it; backend/cpu/amx.py schedules it).
+
+Layouts (bf16 = bfloat16, rounded to nearest even):
+  weight  (N, K) float32 -> (N_pad / 16, K_pad / 32, 16, 16, 2) bf16, zero padded: [n block][k block][k pair][n][2].
+          One [k block] of one [n block] is one 16 x 64-byte B tile (16 rows of k pairs, 16 columns of n, the
+          pair innermost: AMX's "VNNI" layout). Packed once, at compile time.
+  x       (M, K) float32 -> (M_pad, K_pad / 32, 16, 2) bf16 bits (uint16), inside the kernel (block `amx_a`): rows
+          padded to a multiple of 32 (re-reading the last row; the write-back drops them), k padded with zeros (to at
+          least 64).
+          A 16-row slice of one [k block] is one A tile. It is stored as uint16 bit patterns because TVM widens
+          kernel-internal bfloat16 buffers to float32; the conversion rounds to nearest even, NaN stays NaN.
+
+The product `dense_amx` is (M_pad, N_pad / 16, 16) float32; the schedule computes it in 32 x 32 register tiles
+(4 accumulator tiles, 2 A and 2 B tiles: the 8 tile registers) and the write-back `dense_amx_out` adds the bias
+and drops the padding; fused elementwise epilogues follow it.
+
+The reference rounds x and the weight to bf16 as the kernel does and multiplies in float32 (numpy), so the
+interpreter checks the packing; the kernel's sums differ from it only in summation order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from tensorforge.compiler.ir.types import TensorType
+
+from . import nn
+from .nn import _dense_infer
+from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
+
+TILE_ROWS = 16   # rows of an AMX tile
+PAIR = 2         # bf16 values per 32-bit lane (tdpbf16ps multiplies pairs)
+K_BLOCK = 32     # k values per tile row (64 bytes of bf16)
+N_BLOCK = 16     # n values per B tile row (16 float32 accumulators)
+M_TILE = 32      # rows of the register tile: 2 A tiles
+N_TILE = 32      # columns of the register tile: 2 B tiles
+
+AMX_A = "amx_a"
+DENSE_AMX = "dense_amx"
+DENSE_AMX_OUT = "dense_amx_out"
+
+MIN_ROWS = 16    # passes/cpu/amx.py: fewer rows than this keep the float32 kernel (a 32-row tile would idle)
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def padded_k(k: int) -> int:
+    """K rounded up to whole 32-wide blocks, at least two (TE drops a reduction axis of extent 1, and the tensor
+    intrinsic matches a block loop)."""
+    return max(_round_up(k, K_BLOCK), 2 * K_BLOCK)
+
+
+def pack_amx_weight(w: np.ndarray) -> np.ndarray:
+    """(N, K) float32 -> (N_pad / 16, K_pad / 32, 16, 16, 2) bfloat16, zero padded (C-contiguous)."""
+    import ml_dtypes
+
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    n_pad, k_pad = _round_up(n, N_TILE), padded_k(k)
+    full = np.zeros((n_pad, k_pad), ml_dtypes.bfloat16)
+    full[:n, :k] = w.astype(ml_dtypes.bfloat16)
+    return np.ascontiguousarray(
+        full.reshape(n_pad // N_BLOCK, N_BLOCK, k_pad // K_BLOCK, K_BLOCK // PAIR, PAIR).transpose(0, 2, 3, 1, 4))
+
+
+def unpack_amx_weight(wp: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The inverse of `pack_amx_weight`, as float32 (N, K)."""
+    nb, kb, kp, nt, pair = wp.shape
+    full = np.asarray(wp).astype(np.float32).transpose(0, 3, 1, 2, 4).reshape(nb * nt, kb * kp * pair)
+    return full[:n, :k]
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16 (ties to even) -> float32."""
+    import ml_dtypes
+
+    return np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def bf16_bits(v):
+    """A float32 TIR value -> its nearest bfloat16 as uint16 bits (ties to even; a NaN stays a quiet NaN)."""
+    u = tirx.reinterpret("uint32", v)
+    one = tirx.const(1, "uint32")
+    rounded = (u + tirx.const(0x7FFF, "uint32") + ((u >> 16) & one)) >> 16
+    nan = tirx.const(0x7FC0, "uint32")
+    return tirx.Select(v != v, nan, rounded).astype("uint16")
+
+
+def from_bf16_bits(b):
+    """uint16 bfloat16 bits -> the float32 value (exact)."""
+    return tirx.reinterpret("float32", b.astype("uint32") << tirx.const(16, "uint32"))
+
+
+def dense_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, n: int) -> te.Tensor:
+    """(M, K) float32 x packed bf16 weight -> (M, N) float32 = bf16(x) @ bf16(w).T (+ bias)."""
+    m, k = (int(d) for d in x.shape)
+    n_blocks, k_blocks = int(wp.shape[0]), int(wp.shape[1])
+    m_pad = _round_up(m, M_TILE)
+
+    def a_value(i, kb, kp, kt):
+        col = kb * K_BLOCK + kp * PAIR + kt
+        v = x[tirx.min(i, m - 1), tirx.min(col, k - 1)]
+        return bf16_bits(v if k % K_BLOCK == 0 else tirx.if_then_else(col < k, v, tirx.const(0.0, "float32")))
+
+    xa = te.compute((m_pad, k_blocks, K_BLOCK // PAIR, PAIR), a_value, name=AMX_A, tag="injective")
+    rkb = te.reduce_axis((0, k_blocks), name="rkb")
+    rkp = te.reduce_axis((0, K_BLOCK // PAIR), name="rkp")
+    rkt = te.reduce_axis((0, PAIR), name="rkt")
+    prod = te.compute(
+        (m_pad, n_blocks, N_BLOCK),
+        lambda i, jb, jt: te.sum(from_bf16_bits(xa[i, rkb, rkp, rkt]) * wp[jb, rkb, rkp, jt, rkt].astype("float32"),
+                                 axis=[rkb, rkp, rkt]),
+        name=DENSE_AMX, tag=DENSE_AMX)
+
+    def out(i, j):
+        v = prod[i, j // N_BLOCK, j % N_BLOCK]
+        return v if bias is None else v + bias[j]
+
+    return te.compute((m, n), out, name=DENSE_AMX_OUT, tag="broadcast" if bias is not None else "injective")
+
+
+def _infer(types, *, n, k):
+    x, wp = types[0], types[1]
+    if x.dtype != "float32" or wp.dtype != "bfloat16":
+        fail(f"expects a float32 x and a bfloat16 packed weight, got {x} and {wp}")
+    if (wp.rank != 5 or wp.shape[2:] != (K_BLOCK // PAIR, N_BLOCK, PAIR) or wp.shape[0] * N_BLOCK < n
+            or wp.shape[1] * K_BLOCK < k):
+        fail(f"packed weight {wp} does not match n={n}, k={k}")
+    return _dense_infer([x, TensorType((n, k), "float32")] + types[2:])
+
+
+def _reference(x, wp, b=None, *, n, k):
+    return nn._dense_ref(round_bf16(x), unpack_amx_weight(wp, n, k), b)
+
+
+def _lower(x, wp, b=None, *, n, k):
+    return dense_amx_compute(x, wp, b, n=n)
+
+
+dense_amx = defop(
+    "dense_amx", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_infer, arity=(2, 3),
+    attrs={"n": Attr("int"), "k": Attr("int")},
+    reference=_reference, lower=_lower, grad=NO_RULE_YET, flops=nn.gemm_flops,
+    doc="dense in bfloat16 on AMX tiles with float32 sums; weight (N, K) stored as (N/16, K/32, 16, 16, 2) bf16.")

@@ -1,0 +1,150 @@
+"""dense on AMX tiles (ops/amx.py, backend/cpu/amx.py, passes/cpu/amx.py): the weight layout, the bf16 rounding in
+TIR, the schedule (compiled for an AMX CPU on any host), and, on a CPU with AMX, whole models against the
+interpreter and fp32."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+from tvm.target import Target
+
+from tensorforge import compile_model
+from tensorforge.compiler import ops
+from tensorforge.compiler.backend.cpu.amx import tile_config_bytes
+from tensorforge.compiler.backend.cpu.rules import schedule_cpu_traced
+from tensorforge.compiler.driver import import_model, optimize
+from tensorforge.compiler.ir import interpret, parse_graph
+from tensorforge.compiler.ops import amx
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.compiler.passes.cpu.amx import AmxDense
+from tensorforge.runtime import cpu_features
+from tensorforge.runtime.errors import ArtifactError
+from tests.support import assert_close
+
+AMX_CPU = Target({"kind": "llvm", "mcpu": "sapphirerapids", "mtriple": "x86_64-linux-gnu"})
+needs_amx = pytest.mark.skipif(not cpu_features.has_amx(), reason="runs AMX kernels: this CPU has no AMX-BF16")
+
+GRAPH = """graph g(%x: f32[{m},{k}]) {{
+  %w1 = param f32[{n},{k}]
+  %b1 = param f32[{n}]
+  %w2 = param f32[24,{n}]
+  %h = dense(%x, %w1, %b1) : f32[{m},{n}]
+  %r = gelu(%h) : f32[{m},{n}]
+  %y = dense(%r, %w2) : f32[{m},24]
+  return %y
+}}
+"""
+
+
+def graph(m, k, n):
+    text = GRAPH.format(m=m, k=k, n=n)
+    rng = np.random.default_rng(0)
+    params = {p.name: (rng.standard_normal(p.type.shape) * 0.3).astype(np.float32)
+              for p in parse_graph(text).params}
+    return parse_graph(text, params)
+
+
+@pytest.mark.parametrize("n,k", [(32, 32), (100, 72), (17, 5)])
+def test_weight_packing_round_trips(n, k):
+    w = np.random.default_rng(1).standard_normal((n, k)).astype(np.float32)
+    wp = amx.pack_amx_weight(w)
+    assert wp.dtype == ml_dtypes.bfloat16
+    assert wp.shape == (-(-n // 32) * 2, max(2, -(-k // 32)), 16, 16, 2)
+    np.testing.assert_array_equal(amx.unpack_amx_weight(wp, n, k), amx.round_bf16(w))
+    # the padding is zeros, so padded columns of k add nothing and padded rows of n are dropped
+    full = wp.astype(np.float32).transpose(0, 3, 1, 2, 4).reshape(wp.shape[0] * 16, -1)
+    assert not full[n:].any() and not full[:, k:].any()
+
+
+def test_tile_configuration():
+    cfg = tile_config_bytes()
+    assert len(cfg) == 64 and cfg[0] == 1
+    assert [cfg[16 + 2 * t] | cfg[17 + 2 * t] << 8 for t in range(8)] == [64] * 8
+    assert cfg[48:56] == [16] * 8 and not any(cfg[56:])
+
+
+def test_bf16_rounding_in_tir_matches_ml_dtypes():
+    """x -> bf16 bits in the kernel (ties to even, NaN, +-inf, denormals, overflow to inf) as ml_dtypes rounds."""
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, 1.00390625, 1.01171875, 3.4e38, -3.4e38,
+                        1e-40, -1e-40, 1.17549435e-38, 65504.0], np.float32)
+    values = np.concatenate([special, np.random.default_rng(2).standard_normal(1000).astype(np.float32) * 100,
+                             np.frombuffer(np.random.default_rng(3).bytes(4000), np.float32)])
+    x = te.placeholder((values.size,), "float32", name="x")
+    y = te.compute(x.shape, lambda i: amx.bf16_bits(x[i]), name="y")
+    lib = tvm.compile(tvm.IRModule({"main": te.create_prim_func([x, y])}), target="llvm")
+    out = tvm.runtime.tensor(np.zeros(values.size, np.uint16))
+    lib["main"](tvm.runtime.tensor(values), out)
+    got = out.numpy().view(ml_dtypes.bfloat16).astype(np.float32)
+    with np.errstate(invalid="ignore"):  # NaN payloads
+        want = values.astype(ml_dtypes.bfloat16).astype(np.float32)
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), values[~same][:5]
+
+
+@pytest.mark.parametrize("m,k,n,epilogue", [(197, 768, 100, True), (16, 8, 64, False)])
+def test_the_schedule_puts_the_product_on_amx_tiles(m, k, n, epilogue):
+    """Compiled for an AMX CPU (no AMX needed here): the amx_dense rule schedules it and the code has tile
+    products, the configuration and the stores."""
+    x = te.placeholder((m, k), "float32", name="x")
+    wp = te.placeholder(amx.pack_amx_weight(np.zeros((n, k), np.float32)).shape, "bfloat16", name="w")
+    b = te.placeholder((n,), "float32", name="b")
+    out = amx.dense_amx_compute(x, wp, b if epilogue else None, n=n)
+    if epilogue:
+        out = te.compute(out.shape, lambda i, j: te.max(out[i, j], 0.0), name="relu")
+    func = te.create_prim_func([x, wp, b, out] if epilogue else [x, wp, out])
+    sch, rule = schedule_cpu_traced(func, AMX_CPU)
+    assert rule is not None and rule.name == "amx_dense"
+    asm = tvm.compile(sch.mod, target=AMX_CPU).mod.inspect_source("asm")
+    for instruction in ("ldtilecfg", "tileloadd", "tdpbf16ps", "tilestored"):
+        assert instruction in asm, instruction
+
+
+def test_the_pass_rewrites_only_dense_with_enough_rows_and_param_weights():
+    g = import_model(graph(20, 72, 100))
+    AmxDense(force=True)(g)
+    assert [n.op.name for n in g.nodes if n.op.name.startswith("dense")] == ["dense_amx", "dense_amx"]
+    small = import_model(graph(amx.MIN_ROWS - 1, 72, 100))
+    AmxDense(force=True)(small)
+    assert [n.op.name for n in small.nodes if n.op.name.startswith("dense")] == ["dense", "dense"]
+
+
+def test_the_reference_rounds_both_operands():
+    """The interpreter's dense_amx is fp32 arithmetic on bf16-rounded x and w (what the tiles multiply)."""
+    g = graph(32, 40, 48)
+    opt = import_model(g)
+    AmxDense(force=True)(opt)
+    x = np.random.default_rng(4).standard_normal((32, 40)).astype(np.float32)
+    w1, b1 = (p.data for p in g.params[:2])
+    first = next(n for n in opt.nodes if n.op is ops.dense_amx)
+    got = ops.dense_amx.reference(x, first.inputs[1].data, first.inputs[2].data, **first.attrs)
+    assert_close(got, amx.round_bf16(x) @ amx.round_bf16(w1).T + b1, rtol=1e-6, atol=1e-5)
+
+
+@needs_amx
+@pytest.mark.parametrize("m,k,n", [(197, 72, 100), (16, 768, 96), (64, 8, 32)])
+def test_bf16_models_on_amx_match_the_interpreter_and_fp32(m, k, n):
+    g = graph(m, k, n)
+    model = compile_model(g, precision="bf16")
+    assert {"amx_tile", "amx_bf16"} <= set(model.plan["cpu_features"])
+    assert [s["op"] for s in model.plan["steps"]].count("dense_amx") >= 1
+    x = np.random.default_rng(5).standard_normal((m, k)).astype(np.float32)
+    got = model.run({"x": x})[0]
+    opt = optimize(import_model(g), CompileOptions(precision="bf16"))
+    assert_close(got, interpret(opt, {"x": x})[0], rtol=1e-4, atol=1e-4 * np.abs(got).max(),
+                 what="vs the interpreter")
+    exact = interpret(g, {"x": x})[0]
+    err = np.abs(got - exact).max() / np.abs(exact).max()
+    assert 0 < err < 1.5e-2, err
+
+
+@needs_amx
+def test_a_model_with_amx_kernels_is_refused_where_linux_gives_no_amx(monkeypatch, tmp_path):
+    model = compile_model(graph(32, 32, 32), precision="bf16")
+    path = tmp_path / "m.tfa"
+    model.save(path)
+    from tensorforge import load
+
+    monkeypatch.setattr(cpu_features, "_amx_granted", False)
+    with pytest.raises(ArtifactError, match="AMX tiles.*Linux refused AMX state"):
+        load(path)
