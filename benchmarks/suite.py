@@ -1,5 +1,8 @@
-"""The benchmark suite: TensorForge against onnxruntime, PyTorch eager, torch.compile and TVM Relax's default
-pipeline, on models defined in benchmarks/models.py (PyTorch, random weights) and exported to ONNX.
+"""The benchmark suite: TensorForge against onnxruntime, PyTorch eager, torch.compile, TVM Relax's default
+pipeline and OpenVINO, on models defined in benchmarks/models.py (PyTorch, random weights) and exported to ONNX.
+TensorForge runs in fp32 and in its bf16 mode (`tf_bf16`: AMX tiles where the CPU has them); OpenVINO at fp32
+(`ov_f32`, INFERENCE_PRECISION_HINT=f32) and at its default precision (`ov`: bf16 on CPUs with AMX or
+AVX512-BF16). Every engine's largest relative output error against PyTorch fp32 is reported beside its time.
 
 For each model and batch size, every engine runs interleaved with the others in one process (rounds of one
 untimed and one timed run each), and the table gives medians, the ratio to onnxruntime, compile (and tune) time, achieved GFLOP/s and its
@@ -8,6 +11,8 @@ each engine's peak memory (resident growth in a fresh process: load the model, r
 Writes benchmarks/results/suite.md and suite.png.
 
     TVM_NUM_THREADS=2 python benchmarks/suite.py [--batch 1 8] [--engines tf ort torch compile relax] [model ...]
+    TVM_NUM_THREADS=1 python benchmarks/suite.py --batch 1 --engines tf tf_bf16 ort ov ov_f32 --out \
+        benchmarks/results/suite_bf16_1t bert_base gpt2_small vit_base resnet50
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ THREADS = int(os.environ["TVM_NUM_THREADS"])
 from benchmarks.machine import describe_machine  # noqa: E402
 
 DEFAULT_MODELS = ["resnet50", "mobilenet_v2", "bert_base", "gpt2_small", "lstm_classifier", "mlp"]
-ENGINES = {"tf": "TensorForge", "tf_untuned": "TensorForge (untuned)", "ort": "onnxruntime", "torch": "PyTorch eager",
-           "compile": "torch.compile", "relax": "TVM Relax default"}
+ENGINES = {"tf": "TensorForge", "tf_untuned": "TensorForge (untuned)", "tf_bf16": "TensorForge bf16",
+           "ort": "onnxruntime", "torch": "PyTorch eager", "compile": "torch.compile", "relax": "TVM Relax default",
+           "ov_f32": "OpenVINO fp32", "ov": "OpenVINO default (bf16)"}
 
 
 def machine_peak_gflops() -> float:
@@ -149,12 +155,38 @@ def make_engines(name: str, batch: int, wanted: list[str]):
                     info[f"{key}_model"] = m
                     return lambda: m.run(feeds)
                 timed_setup(key, build)
+    if "tf_bf16" in wanted:
+        def build_bf16():
+            m = compile_model(model, options=CompileOptions(precision="bf16"))
+            info["tf_bf16_model"] = m
+            return lambda: m.run(feeds)[0]
+        timed_setup("tf_bf16", build_bf16)
+    for key in ("ov", "ov_f32"):
+        if key in wanted:
+            def openvino(key=key):
+                import tempfile
+
+                import openvino as ov
+
+                core = ov.Core()
+                config = {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY"}
+                if key == "ov_f32":
+                    config["INFERENCE_PRECISION_HINT"] = "f32"
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = os.path.join(tmp, "m.onnx")
+                    with open(path, "wb") as f:
+                        f.write(model.SerializeToString())
+                    compiled = core.compile_model(core.read_model(path), "CPU", config)
+                info[f"{key}_precision"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+                request = compiled.create_infer_request()
+                return lambda: request.infer(feeds)[compiled.output(0)]
+            timed_setup(key, openvino)
     if "ort" in wanted:
         from benchmarks.light_models import ort_session
 
         def ort():
             s = ort_session(model, THREADS)
-            return lambda: s.run(None, feeds)
+            return lambda: s.run(None, feeds)[0]
         timed_setup("ort", ort)
     if "torch" in wanted:
         def eager():
@@ -194,6 +226,13 @@ PAUSE_S = 0.1  # longer than any engine's threads spin after a run (above)
 
 def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: float) -> dict:
     engines, info, ref, feeds = make_engines(name, batch, wanted)
+    errors = {}
+    for key, run in engines.items():  # the largest |output - PyTorch fp32| over the largest |PyTorch fp32|
+        out = run()
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        out = out.detach().numpy() if hasattr(out, "detach") else np.asarray(out)
+        if out.shape == ref.shape:
+            errors[key] = float(np.abs(out.astype(np.float64) - ref).max() / np.abs(ref).max())
     times: dict[str, list[float]] = {k: [] for k in engines}
     for _ in range(rounds):
         for key, run in list(engines.items()):
@@ -210,7 +249,8 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
             if times[key][-1] > slow_cutoff_s and len(times[key]) >= 2:
                 del engines[key]  # a very slow engine (untuned Relax) gets fewer samples
     row = {"model": name, "batch": batch,
-           "setup": {k: v for k, v in info.items() if not k.endswith("_model") and k != "onnx"}}
+           "setup": {k: v for k, v in info.items() if not k.endswith(("_model", "_precision")) and k != "onnx"},
+           "error": errors, "ov_precision": info.get("ov_precision")}
     row["ms"] = {k: float(np.median(v)) * 1e3 for k, v in times.items() if v}
     tf = info.get("tf_model") or info.get("tf_untuned_model")
     if tf is not None:
@@ -221,6 +261,36 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
         row["kernels"] = tf.num_kernels
     row["peak_mb"] = peak_memory(name, batch, info["onnx"], feeds, tf)
     return row
+
+
+def bf16_table(rows, engines, gm) -> list[str]:
+    """TensorForge's bf16 mode beside OpenVINO's default (bf16) and both at fp32: times, speed-ups, output errors."""
+    if "tf_bf16" not in engines:
+        return []
+    cols = [c for c in ("tf", "tf_bf16", "ort", "ov_f32", "ov") if c in engines]
+    lines = ["", "## bf16 (the CPU's matrix units) against fp32 and OpenVINO", "",
+             "Times in ms (medians, the same interleaved runs as above); error: the largest |output - PyTorch fp32| "
+             "over the largest |PyTorch fp32|.", "",
+             "| model | batch | " + " | ".join(f"{ENGINES[c]} ms" for c in cols) +
+             " | TF bf16 / TF fp32 | TF bf16 / OV default | error TF bf16 | error OV default | OV default runs |",
+             "|---|---:|" + "---:|" * len(cols) + "---:|---:|---:|---:|---|"]
+    for r in rows:
+        ms, err = r["ms"], r.get("error", {})
+        ratio = lambda a, b: f"{ms[a] / ms[b]:.2f}" if a in ms and b in ms else "-"  # noqa: E731
+        cells = [f"{ms[c]:.2f}" if c in ms else str(r["setup"].get(c, "-"))[:40] for c in cols]
+        e = lambda k: f"{100 * err[k]:.2f} %" if k in err else "-"  # noqa: E731
+        lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells) +
+                     f" | {ratio('tf_bf16', 'tf')} | {ratio('tf_bf16', 'ov')} | {e('tf_bf16')} | {e('ov')} | "
+                     f"{r.get('ov_precision') or '-'} |")
+    for a, b, what in (("tf_bf16", "ov", "TensorForge bf16 / OpenVINO default"),
+                       ("tf_bf16", "tf", "TensorForge bf16 / TensorForge fp32"),
+                       ("tf", "ov_f32", "TensorForge fp32 / OpenVINO fp32"),
+                       ("tf_bf16", "ort", "TensorForge bf16 / onnxruntime fp32")):
+        for batch in sorted({r["batch"] for r in rows}):
+            ratios = [r["ms"][a] / r["ms"][b] for r in rows if r["batch"] == batch and a in r["ms"] and b in r["ms"]]
+            if ratios:
+                lines.append(f"\nGeometric mean {what} at batch {batch}: {gm(ratios):.2f} ({len(ratios)} models)")
+    return lines
 
 
 def write_report(rows, peak, path_md, path_png, engines):
@@ -256,6 +326,7 @@ def write_report(rows, peak, path_md, path_png, engines):
                       and "ort" in r["ms"]]
             if ratios:
                 lines.append(f"\nGeometric mean {ENGINES[key]} / onnxruntime at batch {batch}: {gm(ratios):.2f}")
+    lines += bf16_table(rows, engines, gm)
     text = "\n".join(lines) + "\n"
     with open(path_md, "w") as f:
         f.write(text)
