@@ -61,15 +61,28 @@ def test_type_rule_names_the_problem(types, message):
         ops.attention.infer_types([TensorType(t) for t in types], {"scale": 1.0, "causal": False}, where="attn")
 
 
-def test_cpu_kernel_is_one_tiled_kernel_for_an_odd_sequence_length():
-    """ViT's 197 tokens: no vector-width multiple anywhere; the rows and columns fall back to short tiles."""
+@pytest.mark.parametrize("sq, skv, mask, causal", [(197, 197, False, False), (13, 19, True, False),
+                                                    (7, 33, False, True), (12, 197, True, False)])
+def test_cpu_kernel_is_one_tiled_kernel_for_an_odd_sequence_length(sq, skv, mask, causal):
+    """ViT's 197 tokens, and lengths that are no multiple of the row tile or the vector width: the kernel pads them
+    (masked keys, dropped rows), is scheduled by the attention rule, and matches the reference."""
+    from tvm import te
+
     from tensorforge import compile_model
+    from tensorforge.compiler.backend.build import resolve_target
+    from tensorforge.compiler.backend.cpu.rules import schedule_cpu_traced
 
     g = Graph("vit_attention")
-    arrays = [rng.standard_normal((1, 2, 197, 16)).astype(np.float32) for _ in range(3)]
+    arrays = [rng.standard_normal((1, 2, n, 16)).astype(np.float32) for n in (sq, skv, skv)]
+    if mask:
+        arrays.append(rng.standard_normal((1, 1, sq, skv)).astype(np.float32))
     ins = [g.add_input(f"x{i}", TensorType.of(a)) for i, a in enumerate(arrays)]
-    g.outputs = g.add_node(ops.attention, ins, {"scale": 0.25})
+    g.outputs = g.add_node(ops.attention, ins, {"scale": 0.25, "causal": causal})
     m = compile_model(g)
     assert [s["op"] for s in m.plan["steps"]] == ["attention"]
     feeds = {f"x{i}": a for i, a in enumerate(arrays)}
     np.testing.assert_allclose(m.run(feeds)[0], interpret(g, feeds)[0], rtol=1e-4, atol=1e-5)
+    placeholders = [te.placeholder(a.shape, "float32", name=f"x{i}") for i, a in enumerate(arrays)]
+    out = ops.attention.lower(*placeholders, scale=0.25, causal=causal)
+    _, rule = schedule_cpu_traced(te.create_prim_func([*placeholders, out]), resolve_target("cpu"))
+    assert rule.name == "attention"

@@ -21,7 +21,7 @@ import tvm
 from tvm import s_tir
 
 from tensorforge.compiler.backend.cpu.common import SPATIAL, Knobs, Rule, vector_lanes
-from tensorforge.compiler.ops.attention import EXP, KT, MAX, PV, QK, SUM
+from tensorforge.compiler.ops.attention import EXP, KT, MAX, OUT_PADDED, PV, QK, SUM
 
 UNROLL_MAX = 16  # longest loop unrolled where it cannot be vectorized (odd sequence lengths: ViT's 197)
 
@@ -95,9 +95,12 @@ def _inline_spatial(sch: s_tir.Schedule, keep: set[str]) -> None:
 def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
                        knobs: AttentionKnobs = AttentionKnobs()) -> None:
     lanes = vector_lanes(target)
-    _inline_spatial(sch, {KT, EXP})
+    _inline_spatial(sch, {KT, EXP, OUT_PADDED})
     root = sch.get_sblock("root")
-    (out,) = sch.get_output_blocks(root)
+    (final,) = sch.get_output_blocks(root)
+    # padded query rows (ops/attention.py): the row tiles drive the padded result, the write-back follows per head
+    padded = OUT_PADDED in {sch.get(b).name_hint for b in sch.get_child_blocks(root)}
+    out = sch.get_sblock(OUT_PADDED) if padded else final
     *batch, i, c = sch.get_loops(out)
     sq = _loops_extent(sch, i)
     rows = _divisor(sq, knobs.rows)
@@ -147,6 +150,10 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
     ex = sch.get_sblock(EXP)
     _vector(sch, sch.get_loops(ex)[-1], lanes)
     _vector(sch, c, lanes)
+    if padded:
+        sch.reverse_compute_at(final, bh, preserve_unit_loops=True)
+        sch.set_scope(out, 0, "local")
+        _vector(sch, sch.get_loops(final)[-1], lanes)
 
 
 attention_rule = Rule("attention", schedule_attention, blocks=(QK, PV), needs_all=True, knobs=AttentionKnobs())
