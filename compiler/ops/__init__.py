@@ -13,6 +13,7 @@ an attribute here (`ops.conv2d`, `ops.relu`), imported by name so that editors a
     train_pack.py   run-time weight packing, im2col, weight-gradient GEMM (training on the CPU)
     winograd.py     the Winograd conv: matrices, tile sizes, compute
     amx.py          dense in bfloat16 on Intel AMX tiles: weight layout, packer, compute
+    amx_conv.py     conv2d in bfloat16 on AMX tiles, an implicit GEMM on NCHW[16]c
 """
 
 from .registry import (NO_RULE_YET, NOT_DIFFERENTIABLE, OPS, Attr, FusionKind, OpDef, defop, get_op,  # noqa: F401
@@ -21,6 +22,7 @@ from .registry import (NO_RULE_YET, NOT_DIFFERENTIABLE, OPS, Attr, FusionKind, O
 # every op by name (the imports also register them)
 from .activation import gelu  # noqa: F401
 from .amx import dense_amx  # noqa: F401
+from .amx_conv import conv2d_amx  # noqa: F401
 from .attention import attention  # noqa: F401
 from .backward import (avg_pool2d_grad, conv2d_backward_data, conv2d_backward_weight, gelu_grad,  # noqa: F401
                        max_pool2d_grad, relu_grad, scatter_slices, strided_slice_grad, take_grad)

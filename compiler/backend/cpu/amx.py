@@ -22,6 +22,7 @@ from tvm.script import tirx as T
 
 from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, loop_extent
 from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, TILE_ROWS
+from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, ANN_STEP, ANN_TAPS, CONV_AMX
 
 _BYTES_PER_ROW = K_BLOCK * 2  # 64: every tile is TILE_ROWS x 64 bytes
 
@@ -140,3 +141,115 @@ def schedule_amx_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
 
 
 amx_dense_rule = Rule("amx_dense", schedule_amx_dense, blocks=(DENSE_AMX,))
+
+
+# ---------------------------------------------------------------------------------------------- conv2d_amx
+
+def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step: int) -> str:
+    """The tensor intrinsic for one [2 oc blocks x 32 pixels x 16 oc] tile of `conv2d_amx` (ops/amx_conv.py): the
+    reduction over `steps` = (32-channel block, kh, kw) steps, output pixels `step` input pixels apart, tap (i, j)
+    at i * h_step + j * w_step flattened pixels."""
+    name = f"tensorforge_amx_conv_{steps}_{kh}x{kw}_{step}_{h_step}_{w_step}"
+    try:
+        TensorIntrin.get(name)
+        return name
+    except Exception:  # not registered yet (TVMError)
+        pass
+    kp, nb, rows, colsb = K_BLOCK // PAIR, N_TILE // N_BLOCK, M_TILE, _BYTES_PER_ROW
+    cb, taps = steps // (kh * kw), kh * kw
+    span = step * (rows - 1) + (kh - 1) * h_step + (kw - 1) * w_step + 1
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (cb, span, kp, PAIR), "uint16", offset_factor=1)
+        B = T.match_buffer(b, (nb, steps, kp, N_BLOCK, PAIR), "bfloat16", offset_factor=1)
+        C = T.match_buffer(c, (nb, rows, N_BLOCK), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:nb, 0:rows, 0:N_BLOCK], A[0:cb, 0:span, 0:kp, 0:PAIR], B[0:nb, 0:steps, 0:kp, 0:N_BLOCK, 0:PAIR])
+            T.writes(C[0:nb, 0:rows, 0:N_BLOCK])
+            for ob, m, oi, r, rp, rt in T.grid(nb, rows, N_BLOCK, steps, kp, PAIR):
+                with T.sblock("update"):
+                    vob, vm, voi, vr, vp, vt = T.axis.remap("SSSRRR", [ob, m, oi, r, rp, rt])
+                    C[vob, vm, voi] = C[vob, vm, voi] + T.reinterpret("float32", T.shift_left(T.Cast(
+                        "uint32", A[vr // taps, vm * step + vr // kw % kh * h_step + vr % kw * w_step, vp, vt]),
+                        T.uint32(16))) * T.Cast("float32", B[vob, vr, vp, voi, vt])
+
+    def load(tile, ptr, stride):
+        return T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(tile), ptr, stride)
+
+    def store(tile, ptr, stride):
+        return T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(tile), ptr, stride)
+
+    def dot(c, a, b):
+        return T.call_llvm_intrin("void", "llvm.x86.tdpbf16ps", T.int8(c), T.int8(a), T.int8(b))
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa0, sa1, sa2 = T.int32(), T.int32(), T.int32()
+        sb0, sb1, sb2, sb3 = T.int32(), T.int32(), T.int32(), T.int32()
+        sc0, sc1 = T.int32(), T.int32()
+        A = T.match_buffer(a, (cb, span, kp, PAIR), "uint16", offset_factor=1, strides=[sa0, sa1, sa2, 1])
+        B = T.match_buffer(b, (nb, steps, kp, N_BLOCK, PAIR), "bfloat16", offset_factor=1,
+                           strides=[sb0, sb1, sb2, sb3, 1])
+        C = T.match_buffer(c, (nb, rows, N_BLOCK), "float32", offset_factor=1, strides=[sc0, sc1, 1])
+        with T.sblock("root"):
+            T.reads(C[0:nb, 0:rows, 0:N_BLOCK], A[0:cb, 0:span, 0:kp, 0:PAIR], B[0:nb, 0:steps, 0:kp, 0:N_BLOCK, 0:PAIR])
+            T.writes(C[0:nb, 0:rows, 0:N_BLOCK])
+            cfg = T.alloc_buffer((64,), "uint8", scope="local")
+            for q in range(64):
+                cfg[q] = T.uint8(0)
+            cfg[0] = T.uint8(1)  # palette 1 (tile_config_bytes)
+            for q in range(8):
+                cfg[16 + 2 * q] = T.uint8(colsb)
+                cfg[48 + q] = T.uint8(TILE_ROWS)
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(cfg[0])))
+            T.evaluate(load(0, T.address_of(C[0, 0, 0]), T.Cast("int64", sc1 * 4)))
+            T.evaluate(load(1, T.address_of(C[0, TILE_ROWS, 0]), T.Cast("int64", sc1 * 4)))
+            T.evaluate(load(2, T.address_of(C[1, 0, 0]), T.Cast("int64", sc1 * 4)))
+            T.evaluate(load(3, T.address_of(C[1, TILE_ROWS, 0]), T.Cast("int64", sc1 * 4)))
+            for r in range(steps):
+                T.evaluate(load(4, T.address_of(A[r // taps, r // kw % kh * h_step + r % kw * w_step, 0, 0]),
+                                T.Cast("int64", sa1 * 2 * step)))
+                T.evaluate(load(5, T.address_of(A[r // taps, r // kw % kh * h_step + r % kw * w_step
+                                                  + TILE_ROWS * step, 0, 0]), T.Cast("int64", sa1 * 2 * step)))
+                T.evaluate(load(6, T.address_of(B[0, r, 0, 0, 0]), T.Cast("int64", sb2 * 2)))
+                T.evaluate(load(7, T.address_of(B[1, r, 0, 0, 0]), T.Cast("int64", sb2 * 2)))
+                T.evaluate(dot(0, 4, 6))
+                T.evaluate(dot(1, 5, 6))
+                T.evaluate(dot(2, 4, 7))
+                T.evaluate(dot(3, 5, 7))
+            T.evaluate(store(0, T.address_of(C[0, 0, 0]), T.Cast("int64", sc1 * 4)))
+            T.evaluate(store(1, T.address_of(C[0, TILE_ROWS, 0]), T.Cast("int64", sc1 * 4)))
+            T.evaluate(store(2, T.address_of(C[1, 0, 0]), T.Cast("int64", sc1 * 4)))
+            T.evaluate(store(3, T.address_of(C[1, TILE_ROWS, 0]), T.Cast("int64", sc1 * 4)))
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def schedule_amx_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """[batch x oc block pair x 32-pixel tile] tasks, parallel; the product into its own buffer, then the write-back
+    (bias, the fused epilogue, the valid columns of each virtual row) as a parallel vectorized loop nest."""
+    prod = sch.get_sblock(CONV_AMX)
+    ann = sch.get(prod).annotations
+    step, (kh, kw, h_step, w_step) = int(ann[ANN_STEP]), (int(v) for v in ann[ANN_TAPS])
+    out = anchor_epilogue(sch, prod, AMX_CONV_A)
+    b, ob, m, oi, r, rp, rt = sch.get_loops(prod)
+    steps = loop_extent(sch, r)
+    mo, mi = sch.split(m, [None, M_TILE])
+    obo, obi = sch.split(ob, [None, N_TILE // N_BLOCK])
+    sch.reorder(b, obo, mo, obi, mi, oi, r, rp, rt)
+    sch.parallel(sch.fuse(b, obo, mo))
+    init = sch.decompose_reduction(prod, obi)
+    sch.tensorize(obi, amx_conv_intrin(steps, kh, kw, step, h_step, w_step))
+    attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    a = sch.get_sblock(AMX_CONV_A)
+    n_, c_, f_, pairs, pair = sch.get_loops(a)
+    sch.parallel(sch.fuse(n_, c_, f_))
+    attempt(lambda: sch.vectorize(sch.fuse(pairs, pair)))
+    loops = sch.get_loops(out)
+    sch.parallel(sch.fuse(*loops[:3]))
+    attempt(sch.vectorize, loops[-1])
+
+
+amx_conv_rule = Rule("amx_conv", schedule_amx_conv, blocks=(CONV_AMX,))

@@ -13,6 +13,7 @@ of failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it return
   conv_rowwise  anchors `conv2d_depthwise` / `conv2d_nchw_plain`: vectorized over output width; plain convs keep
                 [8 channels x 16 columns] in registers, depthwise convs accumulate one output plane per task
   amx_dense     anchor `dense_amx` (ops/amx.py): 32 x 32 tiles of AMX tile registers, tensorized
+  amx_conv      anchor `conv2d_amx` (ops/amx_conv.py): the same over output pixels x channels, an implicit GEMM
   dense         anchor `dense_packed`: [m_tile x n_tile] register tile, k outside it
   matmul        anchor `matmul` (numpy semantics, ops/nn.py): [i_tile x j_tile] register tile, k outside it,
                 parallel over batch x tiles; transpose prologues inlined, or packed per batch when strided along j
@@ -29,7 +30,7 @@ import logging
 import tvm
 from tvm import s_tir, tirx
 
-from tensorforge.compiler.backend.cpu.amx import amx_dense_rule
+from tensorforge.compiler.backend.cpu.amx import amx_conv_rule, amx_dense_rule
 from tensorforge.compiler.backend.cpu.attention import AttentionKnobs, attention_rule
 from tensorforge.compiler.backend.cpu.common import Knobs, Rule, block_names
 from tensorforge.compiler.backend.cpu.conv import conv_nchwc_rule, conv_packed_rule, conv_rowwise_rule
@@ -50,6 +51,7 @@ RULES: tuple[Rule, ...] = (
     conv_nchwc_rule,
     conv_rowwise_rule,
     amx_dense_rule,
+    amx_conv_rule,
     dense_rule,
     matmul_rule,
     dense_weight_pack_rule,
