@@ -88,8 +88,10 @@ def bf16_bits(v):
     u = tirx.reinterpret("uint32", v)
     one = tirx.const(1, "uint32")
     rounded = (u + tirx.const(0x7FFF, "uint32") + ((u >> 16) & one)) >> 16
-    nan = tirx.const(0x7FC0, "uint32")
-    return tirx.Select(v != v, nan, rounded).astype("uint16")
+    # a NaN keeps its sign and becomes quiet (rounding could carry it into an infinity); the test is on the bits:
+    # TVM folds v != v to false, and LLVM scalarizes a vector isnan select
+    nan = (u & tirx.const(0x7FFFFFFF, "uint32")) > tirx.const(0x7F800000, "uint32")
+    return tirx.Select(nan, (u >> 16) | tirx.const(0x40, "uint32"), rounded).astype("uint16")
 
 
 def from_bf16_bits(b):

@@ -11,7 +11,7 @@ stride, equal along both axes): one tile row per pixel at a constant stride of s
 each virtual row are computed and dropped by the write-back: 2 of 58 at 56x56 with a 3x3 conv, about half with
 stride 2.
 
-  x       (N, IC/16, H, W, 16) float32 -> `amx_conv_a` (N, IC_pad/32, F, 16, 2) bf16 bits (uint16): zero padded
+  x       (N, IC/16, H, W, 16) float32 -> `amx_conv_a` (N, IC_pad/32, F, 2, 16) bf16 bits (uint16): zero padded
           (the conv's pads, channels to 32, F pixels so every tile read is in bounds), flattened over (H, W)
   weight  OIHW float32 -> (OC_pad/16, CB * KH * KW, 16, 16, 2) bf16: [oc block][(ic block, kh, kw)][ic pair][oc][2],
           one B tile per (oc block, reduction step), zero padded; CB = IC_pad / 32 (at least 2 for a 1x1 conv)
@@ -35,6 +35,8 @@ CONV_AMX = "conv2d_amx"
 CONV_AMX_OUT = "conv2d_amx_out"
 ANN_STEP = "tf_amx_pixel_step"      # on CONV_AMX: input pixels between consecutive output pixels (the stride)
 ANN_TAPS = "tf_amx_taps"            # on CONV_AMX: (KH, KW, kh step, kw step) in flattened input pixels
+ANN_ROW = "tf_amx_row"              # on AMX_CONV_A: pixels per padded input row (the schedule splits by it, so the
+                                    # conversion's row and column are loop variables, not a division per element)
 IN_BLOCK = 16                       # the NCHW[16]c activations the op reads and writes
 
 
@@ -83,7 +85,7 @@ def geometry(h, w, kernel, strides, pads, dilations):
     wp = w + left + right
     wv = wp  # s input rows per output row: s * Wp flattened pixels, s * Wv along m
     m_pad = _round_up(oh * wv, M_TILE)
-    f = s * (m_pad - 1) + (kh - 1) * dh * wp + (kw - 1) * dw + 1
+    f = _round_up(s * (m_pad - 1) + (kh - 1) * dh * wp + (kw - 1) * dw + 1, wp)  # whole rows: see ANN_ROW
     return oh, ow, wp, wv, m_pad, f
 
 
@@ -98,15 +100,20 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
     top, left = pads[0], pads[1]
     oh, ow, wpad, wv, m_pad, f = geometry(h, w, (kh, kw), strides, pads, dilations)
 
-    def a_value(b, c32, px, kp, kt):
-        c = c32 * K_BLOCK + kp * PAIR + kt
+    whole = in_channels % K_BLOCK == 0  # no padded channels
+
+    def a_value(b, c32, px, half, lane):  # channel c32 * 32 + half * 16 + lane: one NCHW[16]c vector per half
+        c = c32 * K_BLOCK + half * IN_BLOCK + lane
         y, z = px // wpad - top, px % wpad - left
-        inside = tirx.all(y >= 0, y < h, z >= 0, z < w, c < in_channels)
-        v = x[b, tirx.min(c, in_channels - 1) // IN_BLOCK, tirx.max(tirx.min(y, h - 1), 0),
-              tirx.max(tirx.min(z, w - 1), 0), tirx.min(c, in_channels - 1) % IN_BLOCK]
+        inside = tirx.all(y >= 0, y < h, z >= 0, z < w)
+        block = c32 * (K_BLOCK // IN_BLOCK) + half
+        v = x[b, block if whole else tirx.min(block, in_channels // IN_BLOCK - 1),
+              tirx.max(tirx.min(y, h - 1), 0), tirx.max(tirx.min(z, w - 1), 0), lane]
+        inside = inside if whole else tirx.all(inside, c < in_channels)
         return bf16_bits(tirx.if_then_else(inside, v, tirx.const(0.0, "float32")))
 
-    xa = te.compute((n, cb, f, K_BLOCK // PAIR, PAIR), a_value, name=AMX_CONV_A, tag="injective")
+    halves = K_BLOCK // IN_BLOCK
+    xa = te.compute((n, cb, f, halves, IN_BLOCK), a_value, name=AMX_CONV_A, tag="injective", attrs={ANN_ROW: wpad})
     r = te.reduce_axis((0, steps), name="rstep")  # (channel block, kh, kw)
     rkp = te.reduce_axis((0, K_BLOCK // PAIR), name="rkp")
     rkt = te.reduce_axis((0, PAIR), name="rkt")
@@ -117,7 +124,8 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
     prod = te.compute(
         (n, ocb, m_pad, N_BLOCK),
         lambda b, ob, m, oi: te.sum(
-            from_bf16_bits(xa[b, r // (kh * kw), pixel(m, r), rkp, rkt]) * wp[ob, r, rkp, oi, rkt].astype("float32"),
+            from_bf16_bits(xa[b, r // (kh * kw), pixel(m, r), rkp // 8, rkp % 8 * PAIR + rkt])
+            * wp[ob, r, rkp, oi, rkt].astype("float32"),
             axis=[r, rkp, rkt]),
         name=CONV_AMX, tag=CONV_AMX, attrs={ANN_STEP: s, ANN_TAPS: [kh, kw, dh * wpad, dw]})
 
