@@ -1,6 +1,6 @@
-"""dense on AMX tiles (ops/amx.py, backend/cpu/amx.py, passes/cpu/amx.py): the weight layout, the bf16 rounding in
-TIR, the schedule (compiled for an AMX CPU on any host), and, on a CPU with AMX, whole models against the
-interpreter and fp32."""
+"""dense and conv2d on AMX tiles (ops/amx.py, ops/amx_conv.py, backend/cpu/amx.py, passes/cpu/amx.py): the weight
+layouts, the bf16 rounding in TIR, the references, the schedules (compiled for an AMX CPU on any host), and, on a
+CPU with AMX, whole models against the interpreter and fp32."""
 
 import ml_dtypes
 import numpy as np
@@ -15,7 +15,9 @@ from tensorforge.compiler.backend.cpu.amx import tile_config_bytes
 from tensorforge.compiler.backend.cpu.rules import schedule_cpu_traced
 from tensorforge.compiler.driver import import_model, optimize
 from tensorforge.compiler.ir import interpret, parse_graph
-from tensorforge.compiler.ops import amx
+from tensorforge.compiler.ops import amx, amx_conv
+from tensorforge.compiler.ops.nchwc import block_nchw
+from tensorforge.compiler.ops.nn import _conv2d_ref
 from tensorforge.compiler.options import CompileOptions
 from tensorforge.compiler.passes.cpu.amx import AmxDense
 from tensorforge.runtime import cpu_features
@@ -148,3 +150,83 @@ def test_a_model_with_amx_kernels_is_refused_where_linux_gives_no_amx(monkeypatc
     monkeypatch.setattr(cpu_features, "_amx_granted", False)
     with pytest.raises(ArtifactError, match="AMX tiles.*Linux refused AMX state"):
         load(path)
+
+
+# ---------------------------------------------------------------------------------------------- conv2d_amx
+
+CNN = """graph g(%x: f32[1,16,{h},{w}]) {{
+  %w1 = param f32[48,16,1,1]
+  %b1 = param f32[48]
+  %w2 = param f32[48,48,3,3]
+  %b2 = param f32[48]
+  %w3 = param f32[64,48,3,3]
+  %c1 = conv2d(%x, %w1, %b1) {{strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1}} : f32[1,48,{h},{w}]
+  %r1 = relu(%c1) : f32[1,48,{h},{w}]
+  %c2 = conv2d(%r1, %w2, %b2) {{strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1}} : f32[1,48,{h},{w}]
+  %s = add(%c2, %r1) : f32[1,48,{h},{w}]
+  %r2 = relu(%s) : f32[1,48,{h},{w}]
+  %y = conv2d(%r2, %w3) {{strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1}} : f32[1,64,{oh},{ow}]
+  return %y
+}}
+"""
+
+
+def cnn(h, w):
+    text = CNN.format(h=h, w=w, oh=(h - 1) // 2 + 1, ow=(w - 1) // 2 + 1)
+    rng = np.random.default_rng(6)
+    params = {p.name: (rng.standard_normal(p.type.shape) * 0.2).astype(np.float32) for p in parse_graph(text).params}
+    return parse_graph(text, params)
+
+
+@pytest.mark.parametrize("oc, ic, k", [(64, 64, 3), (48, 16, 1), (40, 100, 5)])
+def test_conv_weight_packing_round_trips(oc, ic, k):
+    w = np.random.default_rng(7).standard_normal((oc, ic, k, k)).astype(np.float32)
+    wp = amx_conv.pack_amx_conv_weight(w)
+    assert wp.shape == (-(-oc // 32) * 2, amx_conv.conv_channel_blocks(ic, k, k) * k * k, 16, 16, 2)
+    np.testing.assert_array_equal(amx_conv.unpack_amx_conv_weight(wp, oc, ic, k, k), amx.round_bf16(w))
+
+
+@pytest.mark.parametrize("ic, oc, hw, k, stride, pad", [(64, 64, 9, 3, 1, 1), (256, 64, 7, 1, 1, 0),
+                                                        (64, 128, 10, 1, 2, 0), (48, 48, 6, 3, 2, 1)])
+def test_the_conv_schedule_puts_the_product_on_amx_tiles(ic, oc, hw, k, stride, pad):
+    x = te.placeholder((1, ic // 16, hw, hw, 16), "float32", name="x")
+    wp = te.placeholder(amx_conv.pack_amx_conv_weight(np.zeros((oc, ic, k, k), np.float32)).shape, "bfloat16",
+                        name="w")
+    out = amx_conv.conv2d_amx_compute(x, wp, None, out_channels=oc, in_channels=ic, kernel=(k, k),
+                                      strides=(stride, stride), pads=(pad,) * 4, dilations=(1, 1))
+    sch, rule = schedule_cpu_traced(te.create_prim_func([x, wp, out]), AMX_CPU)
+    assert rule is not None and rule.name == "amx_conv"
+    asm = tvm.compile(sch.mod, target=AMX_CPU).mod.inspect_source("asm")
+    for instruction in ("ldtilecfg", "tilezero", "tileloadd", "tdpbf16ps", "tilestored"):
+        assert instruction in asm, instruction
+
+
+def test_the_conv_reference_is_the_conv_on_rounded_operands():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 48, 6, 5)).astype(np.float32)
+    w = rng.standard_normal((32, 48, 3, 3)).astype(np.float32)
+    got = ops.conv2d_amx.reference(block_nchw(x, 16), amx_conv.pack_amx_conv_weight(w), out_channels=32,
+                                   in_channels=48, kernel=(3, 3), strides=(2, 2), pads=(1, 0, 1, 2),
+                                   dilations=(1, 1))
+    want = _conv2d_ref(amx.round_bf16(x), amx.round_bf16(w), None, strides=(2, 2), pads=(1, 0, 1, 2),
+                       dilations=(1, 1), groups=1)
+    assert_close(got, block_nchw(want, 16), rtol=1e-5, atol=1e-4)
+
+
+@needs_amx
+@pytest.mark.parametrize("h, w", [(9, 11), (16, 16)])
+def test_bf16_cnn_on_amx_matches_the_interpreter_and_fp32(h, w):
+    """A 3x3 conv with a residual epilogue and a strided 3x3 conv on AMX (48 channels: padded to 64 in the
+    reduction, to 64 output channels in the product); the first conv reads the plain image and stays float32."""
+    g = cnn(h, w)
+    model = compile_model(g, precision="bf16")
+    steps = [s["op"] for s in model.plan["steps"]]
+    assert "conv2d_amx+add+relu" in steps and "conv2d_amx" in steps, steps
+    x = np.random.default_rng(9).standard_normal((1, 16, h, w)).astype(np.float32)
+    got = model.run({"x": x})[0]
+    opt = optimize(import_model(g), CompileOptions(precision="bf16"))
+    assert_close(got, interpret(opt, {"x": x})[0], rtol=1e-4, atol=1e-4 * np.abs(got).max(),
+                 what="vs the interpreter")
+    exact = interpret(g, {"x": x})[0]
+    err = np.abs(got - exact).max() / np.abs(exact).max()
+    assert 0 < err < 1.5e-2, err

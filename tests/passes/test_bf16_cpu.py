@@ -69,7 +69,9 @@ def test_blocked_convs_read_bf16_weights(winograd):
     Winograd conv keeps its transformed weight in fp32 (rounding it costs far more accuracy)."""
     g, _ = chain(10, 9, 32, 1, "residual_relu")
     x = np.random.default_rng(2).standard_normal((1, 16, 10, 9)).astype(np.float32)
-    options = CompileOptions(precision="bf16", disabled_passes=frozenset() if winograd else frozenset({"winograd"}))
+    # amx_conv off: on a CPU with AMX it would take these convs (tests/ops/test_amx.py)
+    options = CompileOptions(precision="bf16", disabled_passes=frozenset({"amx_conv"} if winograd
+                                                                        else {"winograd", "amx_conv"}))
     model = compile_model(g, options=options)
     ops = [s["op"] for s in model.plan["steps"]]
     assert any(o.startswith("winograd_conv2d") for o in ops) == winograd, ops
@@ -92,9 +94,11 @@ def test_fp32_is_the_default_and_unchanged():
     assert "bf16_weights" not in names and "mixed_precision" not in names
     assert set(_weight_params(optimize(import_model(g), CompileOptions())).values()) == {"float32"}
     bf16 = [pass_name(p) for p in passes_for(CompileOptions(precision="bf16"))]
-    pack = names.index("pack_weights")
-    # AMX dense right before packing; the bf16 weights after packing and layout, right before fusion
-    assert bf16 == names[:pack] + ["amx_dense"] + names[pack:-1] + ["bf16_weights", "fuse"]
+    pack, wino = names.index("pack_weights"), names.index("winograd")
+    # AMX dense right before packing, AMX convs after the layout pass and before Winograd; the bf16 weights after
+    # packing and layout, right before fusion
+    assert bf16 == (names[:pack] + ["amx_dense"] + names[pack:wino] + ["amx_conv"] + names[wino:-1]
+                    + ["bf16_weights", "fuse"])
 
 
 def test_other_precisions_and_targets_keep_mixed_precision():
