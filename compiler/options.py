@@ -43,7 +43,8 @@ class CompileOptions:
     target: str = "cpu"  # "cpu" (the host CPU) or "cuda" (an NVIDIA GPU of architecture `arch`)
     arch: str | None = None  # cuda: "sm_90" (the default, Hopper), "sm_80", ...; SASS for it plus PTX
     precision: str = "fp32"  # "fp16" / "bf16": matmul/dense/conv operands in half precision, fp32 accumulation;
-    # on the cpu target "bf16" stores the dense/conv weights as bfloat16 instead (activations and sums in fp32)
+    # on the cpu target "bf16" computes dense and blocked-conv products in bf16 on AMX tiles where the CPU has
+    # AMX-BF16 (fp32 sums), and elsewhere stores the dense/conv weights as bfloat16 (activations and sums fp32)
     opt_level: int = 2
     verify_each_pass: bool = True
     dump_after: frozenset[str] = frozenset()  # pass names after which the IR is printed

@@ -230,8 +230,11 @@ def default_schedule_seconds(func, target, repeat: int = 5) -> float | None:
     """Time the kernel with our default schedule (compiler/backend/cpu/rules.py) on random inputs."""
     import tvm
 
+    from tensorforge.runtime.cpu_features import amx_permission
+
     from .cpu.rules import schedule_cpu
 
+    amx_permission()  # bf16 kernels on AMX tiles fault without it (runtime/cpu_features.py)
     try:
         ex = tvm.compile(tvm.IRModule({"main": schedule_cpu(func, target)}), target=target)
         dev = tvm.cpu()
@@ -288,6 +291,9 @@ def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int
     tasks = distinct_kernels(specs)
     todo = [s for s in tasks if retune or s.key() not in index]
     done = 0
+    from tensorforge.runtime.cpu_features import amx_permission
+
+    amx_permission()  # bf16 kernels on AMX tiles fault without it
     dev = tvm.cpu()
     for spec in todo:
         elapsed = time.perf_counter() - t0
