@@ -177,7 +177,8 @@ def make_engines(name: str, batch: int, wanted: list[str]):
                     with open(path, "wb") as f:
                         f.write(model.SerializeToString())
                     compiled = core.compile_model(core.read_model(path), "CPU", config)
-                info[f"{key}_precision"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+                precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # "<Type: 'bfloat16'>"
+                info[f"{key}_precision"] = precision.split("'")[1] if "'" in precision else precision
                 request = compiled.create_infer_request()
                 return lambda: request.infer(feeds)[compiled.output(0)]
             timed_setup(key, openvino)
