@@ -10,7 +10,7 @@ from tvm import te
 
 from tensorforge.runtime.errors import AutodiffError
 
-
+from . import vecmath
 from .elementwise import _erf, same_type
 from .registry import Attr, FusionKind, defop, ops
 
@@ -40,7 +40,10 @@ def _gelu_lower(x, *, approximate):
     def f(*i):
         v = x(*i)
         if approximate == "tanh":
-            inner = te.tanh(te.const(SQRT_2_OVER_PI, x.dtype) * (v + te.const(0.044715, x.dtype) * v * v * v))
+            arg = te.const(SQRT_2_OVER_PI, x.dtype) * (v + te.const(0.044715, x.dtype) * v * v * v)
+            # float32: vecmath's tanh (within 2 ulp, vectorized); te.tanh is a scalar libm call per element (GPT-2's
+            # MLP GELU on 64 x 3072: 1.9 ms of a 0.5 ms bf16 dense)
+            inner = vecmath.tanh(arg) if x.dtype == "float32" else te.tanh(arg)
         else:
             inner = te.erf(v * te.const(1.0 / math.sqrt(2.0), x.dtype))
         return te.const(0.5, x.dtype) * v * (te.const(1.0, x.dtype) + inner)

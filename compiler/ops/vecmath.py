@@ -1,6 +1,7 @@
 """Accurate float32 exp, tanh and sigmoid as plain arithmetic on TIR expressions, so that LLVM vectorizes them.
 
-Not wired into the ops yet (issue 16, item 3): each function repeats its argument several times, so a fused chain
+Wired into the tanh form of GELU (ops/activation.py: GPT-2's MLP), whose argument is a short expression. Not yet
+into the elementwise ops (issue 16, item 3): each function repeats its argument several times, so a fused chain
 of them (tanh -> sigmoid -> ...) inlined as trees grows exponentially and the test run slowed to a crawl; binding
 the argument with a Let fixed that but then tanh's loop no longer vectorized. The next step is a Let-bound form
 that vectorizes (or CSE before vectorizing), then using it in elementwise exp/tanh/sigmoid, softmax, attention and
