@@ -253,6 +253,10 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
            "setup": {k: v for k, v in info.items() if not k.endswith(("_model", "_precision")) and k != "onnx"},
            "error": errors, "ov_precision": info.get("ov_precision")}
     row["ms"] = {k: float(np.median(v)) * 1e3 for k, v in times.items() if v}
+    bf16 = info.get("tf_bf16_model")
+    if bf16 is not None:  # the units the bf16 build computes on: its kernels on AMX tiles, of all its kernel calls
+        ops_ = [s["op"].split("+")[0] for s in bf16.plan["steps"]]
+        row["bf16_units"] = f"AMX {sum(o in ('dense_amx', 'conv2d_amx') for o in ops_)} of {len(ops_)} kernels"
     tf = info.get("tf_model") or info.get("tf_untuned_model")
     if tf is not None:
         out = tf.run(feeds)[0]
@@ -273,8 +277,9 @@ def bf16_table(rows, engines, gm) -> list[str]:
              "Times in ms (medians, the same interleaved runs as above); error: the largest |output - PyTorch fp32| "
              "over the largest |PyTorch fp32|.", "",
              "| model | batch | " + " | ".join(f"{ENGINES[c]} ms" for c in cols) +
-             " | TF bf16 / TF fp32 | TF bf16 / OV default | error TF bf16 | error OV default | OV default runs |",
-             "|---|---:|" + "---:|" * len(cols) + "---:|---:|---:|---:|---|"]
+             " | TF bf16 / TF fp32 | TF bf16 / OV default | error TF bf16 | error OV default | OV default runs "
+             "| TF bf16 units |",
+             "|---|---:|" + "---:|" * len(cols) + "---:|---:|---:|---:|---|---|"]
     for r in rows:
         ms, err = r["ms"], r.get("error", {})
         ratio = lambda a, b: f"{ms[a] / ms[b]:.2f}" if a in ms and b in ms else "-"  # noqa: E731
@@ -282,7 +287,7 @@ def bf16_table(rows, engines, gm) -> list[str]:
         e = lambda k: f"{100 * err[k]:.2f} %" if k in err else "-"  # noqa: E731
         lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells) +
                      f" | {ratio('tf_bf16', 'tf')} | {ratio('tf_bf16', 'ov')} | {e('tf_bf16')} | {e('ov')} | "
-                     f"{r.get('ov_precision') or '-'} |")
+                     f"{r.get('ov_precision') or '-'} | {r.get('bf16_units', '-')} |")
     for a, b, what in (("tf_bf16", "ov", "TensorForge bf16 / OpenVINO default"),
                        ("tf_bf16", "tf", "TensorForge bf16 / TensorForge fp32"),
                        ("tf", "ov_f32", "TensorForge fp32 / OpenVINO fp32"),
