@@ -12,7 +12,7 @@ from typing import Iterable
 
 from tensorforge.runtime.errors import InputError
 
-from .cpu.amx import amx_conv, amx_dense
+from .cpu.amx import amx_attention, amx_conv, amx_dense
 from .cpu.bf16_weights import bf16_weights
 from .cpu.layout import alter_layout
 from .cpu.pack_weights import pack_weights
@@ -51,13 +51,15 @@ OPTIMIZATIONS: list[Pass] = [
 
 
 def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix: Pass | None = None,
-                 matrix_conv: Pass | None = None) -> list[Pass]:
+                 matrix_conv: Pass | None = None, matrix_attention: Pass | None = None) -> list[Pass]:
     """`mixed`: the mixed-precision pass or None; `stores`: the bf16-weights pass or None; `matrix`,
-    `matrix_conv`: the passes that move bf16 dense and conv products to the CPU's matrix unit (AMX), or None."""
+    `matrix_conv`, `matrix_attention`: the passes that move bf16 dense, conv and attention products to the CPU's
+    matrix unit (AMX), or None."""
     lists = {
         0: [
             mixed,  # operands rounded before packing (packing copies the weights it reads)
             matrix,  # bf16 dense on AMX tiles (where the CPU has them), before packing
+            matrix_attention,  # bf16 attention products on AMX tiles, the softmax between them in fp32
             pack_weights,  # the CPU kernels need packed weights at every level
             stores,  # packed weights stored as bfloat16
         ],
@@ -65,6 +67,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix
             *CLEANUPS,
             mixed,
             matrix,
+            matrix_attention,
             pack_weights,
             stores,
         ],
@@ -73,6 +76,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix
             *OPTIMIZATIONS,
             mixed,
             matrix,
+            matrix_attention,
             pack_weights,
             alter_layout,  # NCHW[16]c activations between convs
             matrix_conv,  # bf16 blocked convs on AMX tiles, before Winograd takes the 3x3 ones in fp32
@@ -124,7 +128,8 @@ def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", t
         passes = cuda_pipeline(opt_level, mixed)
     else:
         passes = cpu_pipeline(opt_level, mixed, bf16_weights if cpu_bf16_weights else None,
-                              amx_dense if cpu_bf16_weights else None, amx_conv if cpu_bf16_weights else None)
+                              amx_dense if cpu_bf16_weights else None, amx_conv if cpu_bf16_weights else None,
+                              amx_attention if cpu_bf16_weights else None)
     if state_outputs is not None:
         passes = passes + [OrderUpdatesLast(frozenset(state_outputs))]  # in-place updates after every reader
     return [p for p in passes if p is not None]

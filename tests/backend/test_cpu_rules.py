@@ -36,6 +36,7 @@ KERNELS = [
     (ops.dense_amx, [_p(32, 64), te.placeholder((2, 2, 16, 16, 2), "bfloat16", name="w")], {"n": 32, "k": 64}),
     (ops.conv2d_amx, [_p(1, 2, 6, 6, 16), te.placeholder((2, 9, 16, 16, 2), "bfloat16", name="w")],
      {"out_channels": 32, "in_channels": 32, "kernel": (3, 3), "pads": (1, 1, 1, 1)}),
+    (ops.matmul_amx, [_p(1, 2, 32, 64), _p(1, 2, 64, 32)], {}),
     (ops.matmul, [_p(4, 32), _p(32, 16)], {}),
     (ops.dense_weight_pack, [_p(16, 32)], {"block": 16}),
     (ops.im2col, [_p(1, 3, 8, 8)], {"kernel": (3, 3), **CONV}),

@@ -14,12 +14,12 @@ from tensorforge.compiler import ops
 from tensorforge.compiler.backend.cpu.amx import tile_config_bytes
 from tensorforge.compiler.backend.cpu.rules import schedule_cpu_traced
 from tensorforge.compiler.driver import import_model, optimize
-from tensorforge.compiler.ir import interpret, parse_graph
-from tensorforge.compiler.ops import amx, amx_conv
+from tensorforge.compiler.ir import Graph, TensorType, interpret, parse_graph
+from tensorforge.compiler.ops import amx, amx_conv, amx_matmul
 from tensorforge.compiler.ops.nchwc import block_nchw
 from tensorforge.compiler.ops.nn import _conv2d_ref
 from tensorforge.compiler.options import CompileOptions
-from tensorforge.compiler.passes.cpu.amx import AmxDense
+from tensorforge.compiler.passes.cpu.amx import AmxAttention, AmxDense
 from tensorforge.runtime import cpu_features
 from tensorforge.runtime.errors import ArtifactError
 from tests.support import assert_close
@@ -228,5 +228,59 @@ def test_bf16_cnn_on_amx_matches_the_interpreter_and_fp32(h, w):
     assert_close(got, interpret(opt, {"x": x})[0], rtol=1e-4, atol=1e-4 * np.abs(got).max(),
                  what="vs the interpreter")
     exact = interpret(g, {"x": x})[0]
+    err = np.abs(got - exact).max() / np.abs(exact).max()
+    assert 0 < err < 1.5e-2, err
+
+
+# ---------------------------------------------------------------------------------------------- matmul_amx, attention
+
+def test_the_matmul_schedule_puts_both_products_on_amx_tiles():
+    a = te.placeholder((2, 3, 40, 72), "float32", name="a")
+    b = te.placeholder((2, 3, 72, 24), "float32", name="b")
+    out = amx_matmul.matmul_amx_compute(a, b)
+    sch, rule = schedule_cpu_traced(te.create_prim_func([a, b, out]), AMX_CPU)
+    assert rule is not None and rule.name == "amx_matmul"
+    asm = tvm.compile(sch.mod, target=AMX_CPU).mod.inspect_source("asm")
+    for instruction in ("ldtilecfg", "tilezero", "tileloadd", "tdpbf16ps", "tilestored"):
+        assert instruction in asm, instruction
+
+
+def attention_graph(sq, skv, causal, mask):
+    g = Graph("attn")
+    rng = np.random.default_rng(10)
+    arrays = [rng.standard_normal((1, 2, n, 64)).astype(np.float32) for n in (sq, skv, skv)]
+    if mask:
+        arrays.append(rng.standard_normal((1, 1, 1, skv)).astype(np.float32))
+    ins = [g.add_input(f"x{i}", TensorType.of(a)) for i, a in enumerate(arrays)]
+    g.outputs = g.add_node(ops.attention, ins, {"scale": 0.125, "causal": causal})
+    return g, {f"x{i}": a for i, a in enumerate(arrays)}
+
+
+@pytest.mark.parametrize("sq, skv, causal, mask, split", [(128, 128, False, True, True), (128, 128, True, False, True),
+                                                          (20, 144, False, False, True), (64, 64, True, False, False),
+                                                          (197, 197, False, False, False)])
+def test_the_attention_split_keeps_the_reference(sq, skv, causal, mask, split):
+    """amx_attention's chain (matmul_amx, scale, mask, causal bias, softmax, matmul_amx) against attention's own
+    reference on bf16-rounded inputs; short or odd key lengths keep the fused kernel."""
+    g, feeds = attention_graph(sq, skv, causal, mask)
+    opt = import_model(g)
+    AmxAttention(force=True)(opt)
+    names = [n.op.name for n in opt.nodes]
+    assert (names.count("matmul_amx") == 2 and "attention" not in names) == split, names
+    if split:
+        rounded = {k: amx.round_bf16(v) if k in ("x0", "x1", "x2") else v for k, v in feeds.items()}
+        want = interpret(g, rounded)[0]
+        assert_close(interpret(opt, feeds)[0], want, rtol=2e-2, atol=2e-2 * np.abs(want).max())
+
+
+@needs_amx
+def test_bf16_attention_on_amx_matches_the_interpreter_and_fp32():
+    g, feeds = attention_graph(128, 128, False, True)
+    model = compile_model(g, precision="bf16")
+    assert [s["op"].split("+")[0] for s in model.plan["steps"]].count("matmul_amx") == 2
+    got = model.run(feeds)[0]
+    opt = optimize(import_model(g), CompileOptions(precision="bf16"))
+    assert_close(got, interpret(opt, feeds)[0], rtol=1e-3, atol=1e-3 * np.abs(got).max(), what="vs the interpreter")
+    exact = interpret(g, feeds)[0]
     err = np.abs(got - exact).max() / np.abs(exact).max()
     assert 0 < err < 1.5e-2, err

@@ -97,8 +97,8 @@ def test_fp32_is_the_default_and_unchanged():
     pack, wino = names.index("pack_weights"), names.index("winograd")
     # AMX dense right before packing, AMX convs after the layout pass and before Winograd; the bf16 weights after
     # packing and layout, right before fusion
-    assert bf16 == (names[:pack] + ["amx_dense"] + names[pack:wino] + ["amx_conv"] + names[wino:-1]
-                    + ["bf16_weights", "fuse"])
+    assert bf16 == (names[:pack] + ["amx_dense", "amx_attention"] + names[pack:wino] + ["amx_conv"]
+                    + names[wino:-1] + ["bf16_weights", "fuse"])
 
 
 def test_other_precisions_and_targets_keep_mixed_precision():

@@ -23,6 +23,7 @@ from tvm.script import tirx as T
 from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, loop_extent
 from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, TILE_ROWS
 from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, ANN_ROW, ANN_STEP, ANN_TAPS, CONV_AMX, IN_BLOCK
+from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
 
 _BYTES_PER_ROW = K_BLOCK * 2  # 64: every tile is TILE_ROWS x 64 bytes
 
@@ -88,9 +89,11 @@ def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
     return name
 
 
-def amx_intrin(k_blocks: int) -> str:
-    """The tensor intrinsic for one 32 x 32 tile over `k_blocks` blocks of K (registered on first use)."""
-    name = f"tensorforge_amx_bf16_32x32x{k_blocks * K_BLOCK}"
+def amx_intrin(k_blocks: int, b_bits: bool = False) -> str:
+    """The tensor intrinsic for one 32 x 32 tile over `k_blocks` blocks of K (registered on first use). B is a
+    bfloat16 param (dense_amx's packed weight) or, with `b_bits`, bf16 bits (uint16) converted in the kernel
+    (matmul_amx's second operand)."""
+    name = f"tensorforge_amx_bf16_32x32x{k_blocks * K_BLOCK}" + ("_bits" if b_bits else "")
     try:
         TensorIntrin.get(name)
         return name
@@ -98,11 +101,17 @@ def amx_intrin(k_blocks: int) -> str:
         pass
     kp, nb = K_BLOCK // PAIR, N_TILE // N_BLOCK
     rows = M_TILE
+    b_dtype = "uint16" if b_bits else "bfloat16"
+
+    def widen_b(v):
+        if b_bits:
+            return T.reinterpret("float32", T.shift_left(T.Cast("uint32", v), T.uint32(16)))
+        return T.Cast("float32", v)
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1)
-        B = T.match_buffer(b, (nb, k_blocks, kp, N_BLOCK, PAIR), "bfloat16", offset_factor=1)
+        B = T.match_buffer(b, (nb, k_blocks, kp, N_BLOCK, PAIR), b_dtype, offset_factor=1)
         C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
@@ -112,8 +121,8 @@ def amx_intrin(k_blocks: int) -> str:
                 with T.sblock("update"):
                     vi, vjb, vjt, vkb, vkk, vkt = T.axis.remap("SSSRRR", [i, jb, jt, kb, kk, kt])
                     C[vi, vjb, vjt] = C[vi, vjb, vjt] + T.reinterpret(
-                        "float32", T.shift_left(T.Cast("uint32", A[vi, vkb, vkk, vkt]), T.uint32(16))) * T.Cast(
-                        "float32", B[vjb, vkb, vkk, vjt, vkt])
+                        "float32", T.shift_left(T.Cast("uint32", A[vi, vkb, vkk, vkt]), T.uint32(16))) * widen_b(
+                        B[vjb, vkb, vkk, vjt, vkt])
 
     def load(tile, ptr, stride):
         return T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(tile), ptr, stride)
@@ -130,7 +139,7 @@ def amx_intrin(k_blocks: int) -> str:
         sb0, sb1, sb2, sb3 = T.int32(), T.int32(), T.int32(), T.int32()
         sc0, sc1 = T.int32(), T.int32()
         A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1, strides=[sa0, sa1, sa2, 1])
-        B = T.match_buffer(b, (nb, k_blocks, kp, N_BLOCK, PAIR), "bfloat16", offset_factor=1,
+        B = T.match_buffer(b, (nb, k_blocks, kp, N_BLOCK, PAIR), b_dtype, offset_factor=1,
                            strides=[sb0, sb1, sb2, sb3, 1])
         C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, strides=[sc0, sc1, 1],
                            scope="local")
@@ -286,3 +295,33 @@ def schedule_amx_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
 
 
 amx_conv_rule = Rule("amx_conv", schedule_amx_conv, blocks=(CONV_AMX,))
+
+
+# ---------------------------------------------------------------------------------------------- matmul_amx
+
+def schedule_amx_matmul(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """dense_amx's tiles with the batch loops outermost: [batch x column panel x row block] tasks, parallel; both
+    operands converted to bf16 tile layouts first, in parallel."""
+    prod = sch.get_sblock(MATMUL_AMX)
+    out = anchor_epilogue(sch, prod, AMX_MM_A, AMX_MM_B)
+    *batch, i, jb, jt, kb, kk, kt = sch.get_loops(prod)
+    k_blocks = loop_extent(sch, kb)
+    io, ii = sch.split(i, [None, M_TILE])
+    jbo, jbi = sch.split(jb, [None, N_TILE // N_BLOCK])
+    sch.reorder(*batch, jbo, io, ii, jbi, jt, kb, kk, kt)
+    tile = sch.fuse(*batch, jbo, io)
+    sch.parallel(tile)
+    sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
+    sch.set_scope(prod, 0, "local")
+    init = sch.decompose_reduction(prod, ii)
+    sch.tensorize(ii, amx_intrin(k_blocks, b_bits=True))
+    sch.tensorize(sch.get_loops(init)[-3], amx_fill_intrin((M_TILE, N_TILE // N_BLOCK, N_BLOCK), "local"))
+    for name in (AMX_MM_A, AMX_MM_B):
+        block = sch.get_sblock(name)
+        loops = sch.get_loops(block)
+        sch.parallel(sch.fuse(*loops[:-2]))
+        attempt(lambda: sch.vectorize(sch.fuse(*sch.get_loops(block)[-2:])))
+    attempt(sch.vectorize, sch.get_loops(out)[-1])
+
+
+amx_matmul_rule = Rule("amx_matmul", schedule_amx_matmul, blocks=(MATMUL_AMX,))

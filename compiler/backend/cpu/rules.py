@@ -14,6 +14,7 @@ of failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it return
                 [8 channels x 16 columns] in registers, depthwise convs accumulate one output plane per task
   amx_dense     anchor `dense_amx` (ops/amx.py): 32 x 32 tiles of AMX tile registers, tensorized
   amx_conv      anchor `conv2d_amx` (ops/amx_conv.py): the same over output pixels x channels, an implicit GEMM
+  amx_matmul    anchor `matmul_amx` (ops/amx_matmul.py): the dense tiles under batch loops, both operands converted
   dense         anchor `dense_packed`: [m_tile x n_tile] register tile, k outside it
   matmul        anchor `matmul` (numpy semantics, ops/nn.py): [i_tile x j_tile] register tile, k outside it,
                 parallel over batch x tiles; transpose prologues inlined, or packed per batch when strided along j
@@ -30,7 +31,7 @@ import logging
 import tvm
 from tvm import s_tir, tirx
 
-from tensorforge.compiler.backend.cpu.amx import amx_conv_rule, amx_dense_rule
+from tensorforge.compiler.backend.cpu.amx import amx_conv_rule, amx_dense_rule, amx_matmul_rule
 from tensorforge.compiler.backend.cpu.attention import AttentionKnobs, attention_rule
 from tensorforge.compiler.backend.cpu.common import Knobs, Rule, block_names
 from tensorforge.compiler.backend.cpu.conv import conv_nchwc_rule, conv_packed_rule, conv_rowwise_rule
@@ -52,6 +53,7 @@ RULES: tuple[Rule, ...] = (
     conv_rowwise_rule,
     amx_dense_rule,
     amx_conv_rule,
+    amx_matmul_rule,
     dense_rule,
     matmul_rule,
     dense_weight_pack_rule,

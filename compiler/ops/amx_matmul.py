@@ -1,0 +1,85 @@
+"""Batched matmul of two activations on the CPU's matrix unit (Intel AMX): `matmul_amx`, attention's two products
+in the CPU's bf16 mode (passes/cpu/amx.py splits `attention` into them around a float32 softmax).
+
+    matmul_amx(a, b) = bf16(a) @ bf16(b), float32 sums; a (..., M, K), b (..., K, N), the same leading dims.
+
+Both operands are rounded and laid out in the kernel: a as dense_amx's x (`amx_mm_a`: (..., M_pad, K_pad/32, 16, 2)
+bf16 bits), b as B tiles (`amx_mm_b`: (..., N_pad/16, K_pad/32, 16, 16, 2) bf16 bits, [n block][k block][k pair]
+[n][2]); the product `matmul_amx` (..., M_pad, N_pad/16, 16) is computed by the dense intrinsic in 32 x 32 tiles
+(backend/cpu/amx.py), and `matmul_amx_out` drops the padding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from tensorforge.compiler.ir.types import TensorType
+
+from .amx import K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, bf16_bits, from_bf16_bits, padded_k, round_bf16
+from .registry import NO_RULE_YET, FusionKind, defop, fail
+
+AMX_MM_A = "amx_mm_a"
+AMX_MM_B = "amx_mm_b"
+MATMUL_AMX = "matmul_amx"
+MATMUL_AMX_OUT = "matmul_amx_out"
+MIN_ROWS = 16  # passes/cpu/amx.py: fewer rows (or columns) than this stay on the float32 kernels
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def matmul_amx_compute(a: te.Tensor, b: te.Tensor) -> te.Tensor:
+    *batch, m, k = (int(d) for d in a.shape)
+    n = int(b.shape[-1])
+    m_pad, n_pad, k_pad = _round_up(m, M_TILE), _round_up(n, N_TILE), padded_k(k)
+    kb = k_pad // K_BLOCK
+    nb = len(batch)
+    zero = tirx.const(0.0, "float32")
+
+    def a_value(*i):
+        row, blk, kp, kt = i[nb:]
+        col = blk * K_BLOCK + kp * PAIR + kt
+        v = a(*i[:nb], tirx.min(row, m - 1), tirx.min(col, k - 1))
+        return bf16_bits(v if k % K_BLOCK == 0 and k_pad == k else tirx.if_then_else(col < k, v, zero))
+
+    def b_value(*i):
+        nblk, blk, kp, nt, kt = i[nb:]
+        row, col = blk * K_BLOCK + kp * PAIR + kt, nblk * N_BLOCK + nt
+        v = b(*i[:nb], tirx.min(row, k - 1), tirx.min(col, n - 1))
+        return bf16_bits(tirx.if_then_else(tirx.all(row < k, col < n), v, zero))
+
+    xa = te.compute((*batch, m_pad, kb, K_BLOCK // PAIR, PAIR), a_value, name=AMX_MM_A, tag="injective")
+    xb = te.compute((*batch, n_pad // N_BLOCK, kb, K_BLOCK // PAIR, N_BLOCK, PAIR), b_value, name=AMX_MM_B,
+                    tag="injective")
+    rkb = te.reduce_axis((0, kb), name="rkb")
+    rkp = te.reduce_axis((0, K_BLOCK // PAIR), name="rkp")
+    rkt = te.reduce_axis((0, PAIR), name="rkt")
+    prod = te.compute(
+        (*batch, m_pad, n_pad // N_BLOCK, N_BLOCK),
+        lambda *i: te.sum(from_bf16_bits(xa(*i[:nb], i[nb], rkb, rkp, rkt))
+                          * from_bf16_bits(xb(*i[:nb], i[nb + 1], rkb, rkp, i[nb + 2], rkt)), axis=[rkb, rkp, rkt]),
+        name=MATMUL_AMX, tag=MATMUL_AMX)
+    return te.compute((*batch, m, n), lambda *i: prod(*i[:nb], i[nb], i[nb + 1] // N_BLOCK, i[nb + 1] % N_BLOCK),
+                      name=MATMUL_AMX_OUT, tag="injective")
+
+
+def _infer(types):
+    a, b = types
+    if a.dtype != "float32" or b.dtype != "float32" or a.rank < 3 or a.rank != b.rank:
+        fail(f"expects float32 operands of one rank >= 3, got {a} and {b}")
+    if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        fail(f"shapes do not chain: {a} @ {b}")
+    return TensorType(a.shape[:-1] + (b.shape[-1],), "float32")
+
+
+def _reference(a, b):
+    return np.matmul(round_bf16(a), round_bf16(b)).astype(np.float32)
+
+
+matmul_amx = defop(
+    "matmul_amx", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_infer, arity=(2, 2), reference=_reference,
+    lower=matmul_amx_compute, grad=NO_RULE_YET,
+    flops=lambda n: 2 * n.outputs[0].type.numel * n.inputs[0].type.shape[-1],
+    doc="batched matmul of two float32 activations in bfloat16 on AMX tiles with float32 sums.")
