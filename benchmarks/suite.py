@@ -256,7 +256,7 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
     bf16 = info.get("tf_bf16_model")
     if bf16 is not None:  # the units the bf16 build computes on: its kernels on AMX tiles, of all its kernel calls
         ops_ = [s["op"].split("+")[0] for s in bf16.plan["steps"]]
-        row["bf16_units"] = f"AMX {sum(o in ('dense_amx', 'conv2d_amx') for o in ops_)} of {len(ops_)} kernels"
+        row["bf16_units"] = f"AMX {sum(o in ('dense_amx', 'conv2d_amx', 'matmul_amx') for o in ops_)} of {len(ops_)} kernels"
     tf = info.get("tf_model") or info.get("tf_untuned_model")
     if tf is not None:
         out = tf.run(feeds)[0]
