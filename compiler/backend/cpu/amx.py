@@ -38,6 +38,20 @@ def tile_config_bytes() -> list[int]:
     return cfg
 
 
+def load(tile: int, ptr, stride):
+    """tileloadd: tile register `tile` (an immediate) <- 16 rows of 64 bytes at `ptr`, `stride` bytes apart."""
+    return T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(tile), ptr, stride)
+
+
+def store(tile: int, ptr, stride):
+    return T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(tile), ptr, stride)
+
+
+def dot(c: int, a: int, b: int):
+    """tdpbf16ps: tile c (16 x 16 float32) += tile a (16 x 32 bf16) . tile b (16 pairs x 16 x 2 bf16)."""
+    return T.call_llvm_intrin("void", "llvm.x86.tdpbf16ps", T.int8(c), T.int8(a), T.int8(b))
+
+
 def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
     """The tensor intrinsic for a tile's init block (C = 0 over `shape`, the 32 x 32 accumulators in the layout of
     the product): it loads the tile configuration and zeroes tiles 0-3, writing no memory. It is one half of a pair:
@@ -123,15 +137,6 @@ def amx_intrin(k_blocks: int, b_bits: bool = False) -> str:
                     C[vi, vjb, vjt] = C[vi, vjb, vjt] + T.reinterpret(
                         "float32", T.shift_left(T.Cast("uint32", A[vi, vkb, vkk, vkt]), T.uint32(16))) * widen_b(
                         B[vjb, vkb, vkk, vjt, vkt])
-
-    def load(tile, ptr, stride):
-        return T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(tile), ptr, stride)
-
-    def store(tile, ptr, stride):
-        return T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(tile), ptr, stride)
-
-    def dot(c, a, b):
-        return T.call_llvm_intrin("void", "llvm.x86.tdpbf16ps", T.int8(c), T.int8(a), T.int8(b))
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -223,15 +228,6 @@ def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step
                         "uint32", A[vr // taps, vm * step + vr // kw % kh * h_step + vr % kw * w_step, vp // 8,
                                     vp % 8 * PAIR + vt]),
                         T.uint32(16))) * T.Cast("float32", B[vob, vr, vp, voi, vt])
-
-    def load(tile, ptr, stride):
-        return T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(tile), ptr, stride)
-
-    def store(tile, ptr, stride):
-        return T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(tile), ptr, stride)
-
-    def dot(c, a, b):
-        return T.call_llvm_intrin("void", "llvm.x86.tdpbf16ps", T.int8(c), T.int8(a), T.int8(b))
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:

@@ -13,6 +13,20 @@ from tensorforge.compiler.ops import amx
 from tensorforge.runtime.cpu_features import has_amx
 
 
+def replace_output(g: Graph, n, new_out) -> None:
+    """`new_out` takes over the one output of `n` (its readers and its name); `n` goes."""
+    old_out = n.outputs[0]
+    g.replace_uses(old_out, new_out)
+    g.remove_node(n)
+    g.rename(new_out, old_out.name)
+
+
+def replace(g: Graph, n, op, inputs, attrs) -> None:
+    """Replace the one-output node `n` by `op(inputs)`, in its place in the order."""
+    (new_out,) = g.add_node(op, inputs, attrs, name=n.name, index=g.nodes.index(n))
+    replace_output(g, n, new_out)
+
+
 @dataclass(frozen=True)
 class AmxDense:
     """amx_dense: `dense(x, W)` with a float32 param weight and at least `amx.MIN_ROWS` rows becomes
@@ -40,12 +54,7 @@ class AmxDense:
             if w not in packed:
                 packed[w] = g.add_param(w.name + ".amx", amx.pack_amx_weight(w.data))
             n_out, k = w.type.shape
-            (new_out,) = g.add_node(ops.dense_amx, [x, packed[w]] + n.inputs[2:], {"n": n_out, "k": k},
-                                    name=n.name, index=g.nodes.index(n))
-            old_out = n.outputs[0]
-            g.replace_uses(old_out, new_out)
-            g.remove_node(n)
-            g.rename(new_out, old_out.name)
+            replace(g, n, ops.dense_amx, [x, packed[w]] + n.inputs[2:], {"n": n_out, "k": k})
         g.remove_unused()
         return g
 
@@ -89,12 +98,7 @@ class AmxConv:
             attrs = {"strides": a["strides"], "pads": a["pads"], "dilations": a["dilations"],
                      "out_channels": a["out_channels"], "in_channels": x.type.shape[1] * amx_conv.IN_BLOCK,
                      "kernel": (kh, kw)}
-            (new_out,) = g.add_node(ops.conv2d_amx, [x, packed[w]] + n.inputs[2:], attrs, name=n.name,
-                                    index=g.nodes.index(n))
-            old_out = n.outputs[0]
-            g.replace_uses(old_out, new_out)
-            g.remove_node(n)
-            g.rename(new_out, old_out.name)
+            replace(g, n, ops.conv2d_amx, [x, packed[w]] + n.inputs[2:], attrs)
         g.remove_unused()
         return g
 
@@ -148,10 +152,7 @@ class AmxAttention:
                 s = emit(ops.add, [s, g.add_param(f"{name}.causal", bias)], suffix="causal")
             p = emit(ops.softmax, [s], {"axis": rank - 1}, "softmax")
             out = emit(ops.matmul_amx, [p, v], suffix="pv")
-            old = n.outputs[0]
-            g.replace_uses(old, out)
-            g.remove_node(n)
-            g.rename(out, old.name)
+            replace_output(g, n, out)
         g.remove_unused()
         return g
 
