@@ -257,10 +257,11 @@ def attention_graph(sq, skv, causal, mask):
 
 @pytest.mark.parametrize("sq, skv, causal, mask, split", [(128, 128, False, True, True), (128, 128, True, False, True),
                                                           (20, 144, False, False, True), (64, 64, True, False, False),
-                                                          (197, 197, False, False, False)])
+                                                          (197, 197, False, True, True), (130, 131, True, False, True)])
 def test_the_attention_split_keeps_the_reference(sq, skv, causal, mask, split):
     """amx_attention's chain (matmul_amx, scale, mask, causal bias, softmax, matmul_amx) against attention's own
-    reference on bf16-rounded inputs; short or odd key lengths keep the fused kernel."""
+    reference on bf16-rounded inputs; key lengths off a multiple of 16 are padded and masked (ViT's 197), fewer than
+    128 keys keep the fused kernel."""
     g, feeds = attention_graph(sq, skv, causal, mask)
     opt = import_model(g)
     AmxAttention(force=True)(opt)
@@ -277,4 +278,19 @@ def test_bf16_attention_on_amx_matches_the_interpreter_and_fp32():
     g, feeds = attention_graph(128, 128, False, True)
     model = compile_model(g, precision="bf16")
     assert [s["op"].split("+")[0] for s in model.plan["steps"]].count("matmul_amx") == 2
+    # a plan whose only AMX kernels are matmul_amx asks for AMX state too (it ran into SIGILL in a fresh process)
+    assert {"amx_tile", "amx_bf16"} <= set(model.plan["cpu_features"])
     check_against_interpreter_and_fp32(g, model, feeds, rtol=1e-3)
+
+
+def test_every_amx_op_makes_the_plan_ask_for_amx():
+    """The CPU flags a plan requires (the runtime asks Linux for AMX state by them) name AMX for every *_amx op."""
+    from types import SimpleNamespace
+
+    from tensorforge.compiler.backend.build import host_isa_flags
+
+    amx_ops = [o for name, o in ops.OPS.items() if name.endswith("_amx")]
+    assert len(amx_ops) == 3
+    for op in amx_ops:
+        assert {"amx_tile", "amx_bf16"} <= set(host_isa_flags(SimpleNamespace(nodes=[SimpleNamespace(op=op)]))), op
+    assert not {"amx_tile", "amx_bf16"} & set(host_isa_flags(SimpleNamespace(nodes=[SimpleNamespace(op=ops.dense)])))

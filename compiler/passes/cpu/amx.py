@@ -109,7 +109,7 @@ amx_conv = AmxConv()
 @dataclass(frozen=True)
 class AmxAttention:
     """amx_attention: `attention(q, k, v[, mask])` on float32 activations with at least 16 query rows and MIN_KEYS keys
-    (a multiple of SOFTMAX_ROW) becomes
+    (padded to a multiple of SOFTMAX_ROW) becomes
     matmul_amx(q, k^T) -> * scale (+ mask, + the causal bias) -> softmax -> matmul_amx(p, v): both products in
     bfloat16 on AMX tiles (ops/amx_matmul.py), the softmax in float32. The fused fp32 attention kernel keeps a row
     tile's scores in registers, but its products run at ~80 GFLOP/s on one core; on the tiles the two products and
@@ -129,8 +129,7 @@ class AmxAttention:
                 continue
             q, k, v = n.inputs[:3]
             if not (all(t.type.dtype == "float32" for t in n.inputs) and q.type.rank >= 3
-                    and q.type.shape[-2] >= amx_matmul.MIN_ROWS and k.type.shape[-2] >= MIN_KEYS
-                    and k.type.shape[-2] % SOFTMAX_ROW == 0):
+                    and q.type.shape[-2] >= amx_matmul.MIN_ROWS and k.type.shape[-2] >= MIN_KEYS):
                 continue
             rank, name, at = q.type.rank, n.name or "attention", g.nodes.index(n)
 
@@ -140,15 +139,30 @@ class AmxAttention:
                 at += 1
                 return out
 
+            skv = k.type.shape[-2]
+            extra = -skv % SOFTMAX_ROW  # keys padded with zeros and masked out: the softmax rows vectorize
+            if extra:
+                pads = [0] * (2 * rank)
+                pads[rank + rank - 2] = extra
+                k = emit(ops.pad, [k], {"pads": tuple(pads)}, "k_padded")
+                v = emit(ops.pad, [v], {"pads": tuple(pads)}, "v_padded")
             perm = tuple(range(rank - 2)) + (rank - 1, rank - 2)
             kt = emit(ops.transpose, [k], {"perm": perm}, "kt")
             s = emit(ops.matmul_amx, [q, kt], suffix="qk")
             s = emit(ops.mul, [s, g.add_param(f"{name}.scale", np.array(n.attrs["scale"], np.float32))],
                      suffix="scaled")
+            if extra:
+                keys = np.where(np.arange(skv + extra) < skv, 0.0, -np.inf).astype(np.float32)
+                s = emit(ops.add, [s, g.add_param(f"{name}.key_padding", keys)], suffix="key_padding")
             if len(n.inputs) == 4:
-                s = emit(ops.add, [s, n.inputs[3]], suffix="masked")
+                mask = n.inputs[3]
+                if extra and mask.type.shape[-1] != 1:
+                    mpads = [0] * (2 * mask.type.rank)
+                    mpads[2 * mask.type.rank - 1] = extra
+                    mask = emit(ops.pad, [mask], {"pads": tuple(mpads)}, "mask_padded")
+                s = emit(ops.add, [s, mask], suffix="masked")
             if n.attrs["causal"]:
-                bias = causal_bias(q.type.shape[-2], k.type.shape[-2], np.float32)
+                bias = causal_bias(q.type.shape[-2], skv + extra, np.float32)
                 s = emit(ops.add, [s, g.add_param(f"{name}.causal", bias)], suffix="causal")
             p = emit(ops.softmax, [s], {"axis": rank - 1}, "softmax")
             out = emit(ops.matmul_amx, [p, v], suffix="pv")
@@ -157,9 +171,9 @@ class AmxAttention:
         return g
 
 
-# Key lengths that are no multiple of this keep the fused fp32 attention kernel: the standalone softmax's schedule
-# does not vectorize rows of other lengths (ViT-base's 197 keys: 34.7 ms for 12 layers on one core, against the
-# fused kernel's 23 ms for the whole attention).
+# Key lengths that are no multiple of this are padded to one (zero keys and values, masked out with -inf): the
+# standalone softmax's schedule does not vectorize rows of other lengths (ViT-base's 197 keys unpadded: 34.7 ms for
+# 12 layers on one core, against the fused fp32 kernel's 23 ms for the whole attention).
 SOFTMAX_ROW = 16
 # Fewer keys keep it too: GPT-2 small over 64 tokens ran 31.1 ms split against 29.1 ms fused (the split also
 # materializes the heads' transposes that the fused kernel reads as prologues); BERT-base over 128, 34.0 against
