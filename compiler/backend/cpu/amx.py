@@ -1,4 +1,5 @@
-"""The AMX dense schedule (ops/amx.py `dense_amx`): 32 x 32 register tiles of AMX tile registers, tensorized.
+"""The AMX schedules (ops/amx.py `dense_amx`, ops/amx_conv.py `conv2d_amx`, ops/amx_matmul.py `matmul_amx`): 32 x 32
+register tiles of AMX tile registers, tensorized.
 
 A tile task computes a [32 rows x 32 columns] block of the product over the whole K: tiles 0-3 accumulate it
 (float32, 16 x 16 each), tiles 4-5 hold two 16-row slices of x (bf16), tiles 6-7 two 16-column slices of the
@@ -11,6 +12,16 @@ Linux for AMX state (runtime/cpu_features.py `request_amx`) or the first tile in
 Loop order: [weight column panel] > [row block], fused and parallel, so consecutive tasks reuse a weight panel
 from L2 while x (converted once to bf16 bits, block `amx_a`, in parallel) stays in L2 as well. The elementwise
 epilogue (bias, activation, the fused chain) is computed per tile from the float32 accumulators, vectorized.
+
+Pitfalls met on TVM 0.27 (keep them in mind when changing these schedules):
+  - TVM widens kernel-internal bfloat16 buffers to float32 (its bf16 legalization), so a converted operand handed
+    to a tile load must be uint16 bits (ops/amx.py `bf16_bits`); params may stay bfloat16.
+  - Memory that the intrinsics touch only through `address_of` is invisible to TVM's buffer liveness. The dense
+    product lives in `local` scope and the conv product is written back in a loop of its own; a per-tile write-back
+    of the conv product (`reverse_compute_at` under the tile loop) let the tile stores land in the converted input's
+    allocation, and switching to `access_ptr` failed to build. Check numerics on several shapes after any change.
+  - One intrinsic per reduction extent: TE drops reduction axes of extent 1, so K and the conv's reduction steps
+    are padded to at least two blocks (ops/amx.py `padded_k`, ops/amx_conv.py `conv_channel_blocks`).
 """
 
 from __future__ import annotations
