@@ -9,6 +9,7 @@ per process and covers threads started before and after it. Plans whose kernels 
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 
 from .errors import ArtifactError
@@ -22,16 +23,17 @@ _amx_lock = threading.Lock()
 _amx_granted: bool | None = None
 
 
-def cpu_features() -> set[str]:
-    """The CPU flags of this machine (Linux /proc/cpuinfo); empty if unknown."""
+@functools.cache
+def cpu_features() -> frozenset[str]:
+    """The CPU flags of this machine (Linux /proc/cpuinfo, read once); empty if unknown."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def has_amx() -> bool:

@@ -99,18 +99,28 @@ def from_bf16_bits(b):
     return tirx.reinterpret("float32", b.astype("uint32") << tirx.const(16, "uint32"))
 
 
+def a_tiles(x: te.Tensor, k_blocks: int, name: str) -> te.Tensor:
+    """x (..., M, K) float32 -> (..., M_pad, k_blocks, 16, 2) bf16 bits, the A-tile layout: rows padded to a
+    multiple of 32 (re-reading the last row), K padded with zeros to `k_blocks` blocks of 32."""
+    *lead, m, k = (int(d) for d in x.shape)
+    nl = len(lead)
+
+    def value(*i):
+        row, kb, kp, kt = i[nl:]
+        col = kb * K_BLOCK + kp * PAIR + kt
+        v = x(*i[:nl], tirx.min(row, m - 1), tirx.min(col, k - 1))
+        whole = k_blocks * K_BLOCK == k  # else zeros past k (an inf there times a zero weight would give NaN)
+        return bf16_bits(v if whole else tirx.if_then_else(col < k, v, tirx.const(0.0, "float32")))
+
+    return te.compute((*lead, _round_up(m, M_TILE), k_blocks, K_BLOCK // PAIR, PAIR), value, name=name,
+                      tag="injective")
+
+
 def dense_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, n: int) -> te.Tensor:
     """(M, K) float32 x packed bf16 weight -> (M, N) float32 = bf16(x) @ bf16(w).T (+ bias)."""
-    m, k = (int(d) for d in x.shape)
     n_blocks, k_blocks = int(wp.shape[0]), int(wp.shape[1])
-    m_pad = _round_up(m, M_TILE)
-
-    def a_value(i, kb, kp, kt):
-        col = kb * K_BLOCK + kp * PAIR + kt
-        v = x[tirx.min(i, m - 1), tirx.min(col, k - 1)]
-        return bf16_bits(v if k % K_BLOCK == 0 else tirx.if_then_else(col < k, v, tirx.const(0.0, "float32")))
-
-    xa = te.compute((m_pad, k_blocks, K_BLOCK // PAIR, PAIR), a_value, name=AMX_A, tag="injective")
+    m, m_pad = int(x.shape[0]), _round_up(int(x.shape[0]), M_TILE)
+    xa = a_tiles(x, k_blocks, AMX_A)
     rkb = te.reduce_axis((0, k_blocks), name="rkb")
     rkp = te.reduce_axis((0, K_BLOCK // PAIR), name="rkp")
     rkt = te.reduce_axis((0, PAIR), name="rkt")

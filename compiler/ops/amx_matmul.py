@@ -16,7 +16,8 @@ from tvm import te, tirx
 
 from tensorforge.compiler.ir.types import TensorType
 
-from .amx import K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, bf16_bits, from_bf16_bits, padded_k, round_bf16
+from .amx import (K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, a_tiles, bf16_bits, from_bf16_bits, padded_k,
+                  round_bf16)
 from .registry import NO_RULE_YET, FusionKind, defop, fail
 
 AMX_MM_A = "amx_mm_a"
@@ -38,19 +39,13 @@ def matmul_amx_compute(a: te.Tensor, b: te.Tensor) -> te.Tensor:
     nb = len(batch)
     zero = tirx.const(0.0, "float32")
 
-    def a_value(*i):
-        row, blk, kp, kt = i[nb:]
-        col = blk * K_BLOCK + kp * PAIR + kt
-        v = a(*i[:nb], tirx.min(row, m - 1), tirx.min(col, k - 1))
-        return bf16_bits(v if k % K_BLOCK == 0 and k_pad == k else tirx.if_then_else(col < k, v, zero))
-
     def b_value(*i):
         nblk, blk, kp, nt, kt = i[nb:]
         row, col = blk * K_BLOCK + kp * PAIR + kt, nblk * N_BLOCK + nt
         v = b(*i[:nb], tirx.min(row, k - 1), tirx.min(col, n - 1))
         return bf16_bits(tirx.if_then_else(tirx.all(row < k, col < n), v, zero))
 
-    xa = te.compute((*batch, m_pad, kb, K_BLOCK // PAIR, PAIR), a_value, name=AMX_MM_A, tag="injective")
+    xa = a_tiles(a, kb, AMX_MM_A)
     xb = te.compute((*batch, n_pad // N_BLOCK, kb, K_BLOCK // PAIR, N_BLOCK, PAIR), b_value, name=AMX_MM_B,
                     tag="injective")
     rkb = te.reduce_axis((0, kb), name="rkb")

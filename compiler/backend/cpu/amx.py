@@ -49,6 +49,20 @@ def tile_config_bytes() -> list[int]:
     return cfg
 
 
+def _registered(name: str) -> bool:
+    """Whether a tensor intrinsic of this name is registered already (they are registered on first use)."""
+    try:
+        TensorIntrin.get(name)
+        return True
+    except Exception:  # TVMError: no such intrinsic
+        return False
+
+
+def bits_to_f32(v):
+    """uint16 bf16 bits -> float32 (exact), as the products' TE computes widen them (ops/amx.py from_bf16_bits)."""
+    return T.reinterpret("float32", T.shift_left(T.Cast("uint32", v), T.uint32(16)))
+
+
 def load(tile: int, ptr, stride):
     """tileloadd: tile register `tile` (an immediate) <- 16 rows of 64 bytes at `ptr`, `stride` bytes apart."""
     return T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(tile), ptr, stride)
@@ -71,11 +85,8 @@ def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
     registers saves the 4 KB memset and four tile loads per tile: a 1x1 conv with 64 input channels has only two
     reduction steps per tile."""
     name = f"tensorforge_amx_fill_{'x'.join(map(str, shape))}_{scope}"
-    try:
-        TensorIntrin.get(name)
+    if _registered(name):
         return name
-    except Exception:  # not registered yet (TVMError)
-        pass
     d0, d1, d2 = shape
     colsb = _BYTES_PER_ROW
 
@@ -119,19 +130,14 @@ def amx_intrin(k_blocks: int, b_bits: bool = False) -> str:
     bfloat16 param (dense_amx's packed weight) or, with `b_bits`, bf16 bits (uint16) converted in the kernel
     (matmul_amx's second operand)."""
     name = f"tensorforge_amx_bf16_32x32x{k_blocks * K_BLOCK}" + ("_bits" if b_bits else "")
-    try:
-        TensorIntrin.get(name)
+    if _registered(name):
         return name
-    except Exception:  # not registered yet (TVMError)
-        pass
     kp, nb = K_BLOCK // PAIR, N_TILE // N_BLOCK
     rows = M_TILE
     b_dtype = "uint16" if b_bits else "bfloat16"
 
     def widen_b(v):
-        if b_bits:
-            return T.reinterpret("float32", T.shift_left(T.Cast("uint32", v), T.uint32(16)))
-        return T.Cast("float32", v)
+        return bits_to_f32(v) if b_bits else T.Cast("float32", v)
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -145,8 +151,7 @@ def amx_intrin(k_blocks: int, b_bits: bool = False) -> str:
             for i, jb, jt, kb, kk, kt in T.grid(rows, nb, N_BLOCK, k_blocks, kp, PAIR):
                 with T.sblock("update"):
                     vi, vjb, vjt, vkb, vkk, vkt = T.axis.remap("SSSRRR", [i, jb, jt, kb, kk, kt])
-                    C[vi, vjb, vjt] = C[vi, vjb, vjt] + T.reinterpret(
-                        "float32", T.shift_left(T.Cast("uint32", A[vi, vkb, vkk, vkt]), T.uint32(16))) * widen_b(
+                    C[vi, vjb, vjt] = C[vi, vjb, vjt] + bits_to_f32(A[vi, vkb, vkk, vkt]) * widen_b(
                         B[vjb, vkb, vkk, vjt, vkt])
 
     @T.prim_func(s_tir=True)
@@ -182,26 +187,33 @@ def amx_intrin(k_blocks: int, b_bits: bool = False) -> str:
     return name
 
 
-def schedule_amx_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
-    prod = sch.get_sblock(DENSE_AMX)
-    out = anchor_epilogue(sch, prod, AMX_A)
-    i, jb, jt, kb, kk, kt = sch.get_loops(prod)
+def schedule_gemm_tiles(sch: s_tir.Schedule, anchor: str, conversions: tuple[str, ...], b_bits: bool) -> None:
+    """The product `anchor` in 32 x 32 tiles under its batch loops (none for dense): [batch x column panel x row
+    block] tasks, parallel, the epilogue per tile; the operands converted in the kernel (`conversions`: A, and for
+    matmul_amx B) first, each in parallel and vectorized along its 32 lanes."""
+    prod = sch.get_sblock(anchor)
+    out = anchor_epilogue(sch, prod, *conversions)
+    *batch, i, jb, jt, kb, kk, kt = sch.get_loops(prod)
     k_blocks = loop_extent(sch, kb)
     io, ii = sch.split(i, [None, M_TILE])
     jbo, jbi = sch.split(jb, [None, N_TILE // N_BLOCK])
-    sch.reorder(jbo, io, ii, jbi, jt, kb, kk, kt)
-    tile = sch.fuse(jbo, io)
+    sch.reorder(*batch, jbo, io, ii, jbi, jt, kb, kk, kt)
+    tile = sch.fuse(*batch, jbo, io)
     sch.parallel(tile)
     sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
     sch.set_scope(prod, 0, "local")
     init = sch.decompose_reduction(prod, ii)
-    sch.tensorize(ii, amx_intrin(k_blocks))
+    sch.tensorize(ii, amx_intrin(k_blocks, b_bits=b_bits))
     sch.tensorize(sch.get_loops(init)[-3], amx_fill_intrin((M_TILE, N_TILE // N_BLOCK, N_BLOCK), "local"))
-    a = sch.get_sblock(AMX_A)
-    rows, blocks, pairs, pair = sch.get_loops(a)
-    sch.parallel(sch.fuse(rows, blocks))
-    attempt(lambda: sch.vectorize(sch.fuse(pairs, pair)))
+    for name in conversions:
+        block = sch.get_sblock(name)
+        sch.parallel(sch.fuse(*sch.get_loops(block)[:-2]))
+        attempt(lambda: sch.vectorize(sch.fuse(*sch.get_loops(block)[-2:])))
     attempt(sch.vectorize, sch.get_loops(out)[-1])
+
+
+def schedule_amx_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    schedule_gemm_tiles(sch, DENSE_AMX, (AMX_A,), b_bits=False)
 
 
 amx_dense_rule = Rule("amx_dense", schedule_amx_dense, blocks=(DENSE_AMX,))
@@ -214,11 +226,8 @@ def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step
     reduction over `steps` = (32-channel block, kh, kw) steps, output pixels `step` input pixels apart, tap (i, j)
     at i * h_step + j * w_step flattened pixels."""
     name = f"tensorforge_amx_conv_{steps}_{kh}x{kw}_{step}_{h_step}_{w_step}"
-    try:
-        TensorIntrin.get(name)
+    if _registered(name):
         return name
-    except Exception:  # not registered yet (TVMError)
-        pass
     kp, nb, rows = K_BLOCK // PAIR, N_TILE // N_BLOCK, M_TILE
     cb, taps, halves = steps // (kh * kw), kh * kw, K_BLOCK // IN_BLOCK
     span = step * (rows - 1) + (kh - 1) * h_step + (kw - 1) * w_step + 1
@@ -235,10 +244,9 @@ def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step
             for ob, m, oi, r, rp, rt in T.grid(nb, rows, N_BLOCK, steps, kp, PAIR):
                 with T.sblock("update"):
                     vob, vm, voi, vr, vp, vt = T.axis.remap("SSSRRR", [ob, m, oi, r, rp, rt])
-                    C[vob, vm, voi] = C[vob, vm, voi] + T.reinterpret("float32", T.shift_left(T.Cast(
-                        "uint32", A[vr // taps, vm * step + vr // kw % kh * h_step + vr % kw * w_step, vp // 8,
-                                    vp % 8 * PAIR + vt]),
-                        T.uint32(16))) * T.Cast("float32", B[vob, vr, vp, voi, vt])
+                    C[vob, vm, voi] = C[vob, vm, voi] + bits_to_f32(
+                        A[vr // taps, vm * step + vr // kw % kh * h_step + vr % kw * w_step, vp // 8,
+                          vp % 8 * PAIR + vt]) * T.Cast("float32", B[vob, vr, vp, voi, vt])
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -307,28 +315,8 @@ amx_conv_rule = Rule("amx_conv", schedule_amx_conv, blocks=(CONV_AMX,))
 # ---------------------------------------------------------------------------------------------- matmul_amx
 
 def schedule_amx_matmul(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
-    """dense_amx's tiles with the batch loops outermost: [batch x column panel x row block] tasks, parallel; both
-    operands converted to bf16 tile layouts first, in parallel."""
-    prod = sch.get_sblock(MATMUL_AMX)
-    out = anchor_epilogue(sch, prod, AMX_MM_A, AMX_MM_B)
-    *batch, i, jb, jt, kb, kk, kt = sch.get_loops(prod)
-    k_blocks = loop_extent(sch, kb)
-    io, ii = sch.split(i, [None, M_TILE])
-    jbo, jbi = sch.split(jb, [None, N_TILE // N_BLOCK])
-    sch.reorder(*batch, jbo, io, ii, jbi, jt, kb, kk, kt)
-    tile = sch.fuse(*batch, jbo, io)
-    sch.parallel(tile)
-    sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
-    sch.set_scope(prod, 0, "local")
-    init = sch.decompose_reduction(prod, ii)
-    sch.tensorize(ii, amx_intrin(k_blocks, b_bits=True))
-    sch.tensorize(sch.get_loops(init)[-3], amx_fill_intrin((M_TILE, N_TILE // N_BLOCK, N_BLOCK), "local"))
-    for name in (AMX_MM_A, AMX_MM_B):
-        block = sch.get_sblock(name)
-        loops = sch.get_loops(block)
-        sch.parallel(sch.fuse(*loops[:-2]))
-        attempt(lambda: sch.vectorize(sch.fuse(*sch.get_loops(block)[-2:])))
-    attempt(sch.vectorize, sch.get_loops(out)[-1])
+    """dense_amx's tiles with the batch loops outermost; both operands converted to bf16 tile layouts first."""
+    schedule_gemm_tiles(sch, MATMUL_AMX, (AMX_MM_A, AMX_MM_B), b_bits=True)
 
 
 amx_matmul_rule = Rule("amx_matmul", schedule_amx_matmul, blocks=(MATMUL_AMX,))
