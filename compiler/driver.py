@@ -32,10 +32,11 @@ def load_if_onnx(model):
 
 
 def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None,
-                 params=None) -> Graph:
+                 params=None, keep_params: bool = False) -> Graph:
     """Any supported model form -> IR graph. ONNX: a path, bytes or onnx.ModelProto; a torch.nn.Module with
     `example_inputs`; a builder-API module (frontends.nn) with `shapes` for its inputs and optional `params`;
-    or an IR Graph (copied)."""
+    or an IR Graph (copied). keep_params (training): the model's parameters stay params of their own, in their own
+    layout, instead of being folded at import."""
     from tensorforge.frontends.nn import Module as BuilderModule
 
     if isinstance(model, BuilderModule):
@@ -47,14 +48,14 @@ def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, examp
             raise CompileError("compiling a PyTorch module needs example_inputs=(tensor, ...) to fix its shapes")
         from tensorforge.frontends.torch import from_torch
 
-        return from_torch(model, example_inputs)
+        return from_torch(model, example_inputs, keep_params)
     if isinstance(model, Graph):
         model.verify()
         return model.copy()  # passes edit graphs in place; the caller's graph stays as it was
     if isinstance(model, (str, os.PathLike, bytes)) or type(model).__name__ == "ModelProto":
         from tensorforge.frontends.onnx import from_onnx
 
-        return from_onnx(model, shapes)
+        return from_onnx(model, shapes, keep_params)
     raise CompileError(f"cannot compile a {type(model).__name__}: pass an ONNX file path, onnx.ModelProto or Graph")
 
 
@@ -118,7 +119,7 @@ def training_graph(model, loss, optimizer: Mapping | None, options: CompileOptio
 
     model = load_if_onnx(model)
     onnx_source = model.SerializeToString() if type(model).__name__ == "ModelProto" else None
-    fwd = import_model(model, shapes, example_inputs, params)
+    fwd = import_model(model, shapes, example_inputs, params, keep_params=True)
     if options.spec.is_cuda:
         fwd = unroll_lstm(fwd)
     names = set(trainable) if trainable is not None else default_trainable(model, fwd)

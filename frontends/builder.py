@@ -71,6 +71,7 @@ class Builder:
         self._params: dict[int, tuple[Value, np.ndarray]] = {}  # id(array) -> param: one array, one param
         self.names: dict[int, str] = {}  # id(array) -> its name in the model (initializers, constant outputs)
         self._keep: list[np.ndarray] = []
+        self._run_time: set[int] = set()  # ids of known arrays that ops read at run time (see `keep_at_run_time`)
 
     def at(self, name: str, op_type: str, node: Any = None) -> None:
         """Convert the node `name` of type `op_type` next."""
@@ -105,6 +106,13 @@ class Builder:
             self._params[id(x)] = (self.graph.add_param(name, x), x)
         return self._params[id(x)][0]
 
+    def keep_at_run_time(self, x: np.ndarray) -> None:
+        """Ops on `x` are not folded: a trained parameter must stay a graph param in the model's own layout, so
+        that training updates it (one Adam state per parameter, as PyTorch keeps) and returns it under its name.
+        Converters may still read its value with `const`."""
+        self._run_time.add(id(x))
+        self._keep.append(x)
+
     def derive(self, new: np.ndarray, source: np.ndarray | None) -> np.ndarray:
         """Record that `new` was computed from `source` at compile time: it inherits its name."""
         if source is not None and id(source) in self.names and id(new) not in self.names:
@@ -121,7 +129,7 @@ class Builder:
             raise self.error(f"{op.name} would compute on {', '.join(stored)} values, which we only move, reshape "
                              f"and Cast: cast them to a computing type (e.g. float32) first")
         try:
-            if all(isinstance(x, np.ndarray) for x in inputs):
+            if all(isinstance(x, np.ndarray) for x in inputs) and not any(id(x) in self._run_time for x in inputs):
                 attrs = op.check_attrs(attrs, where=self.node_name)
                 for t in op.infer_types([TensorType.of(x) for x in inputs], attrs, where=self.node_name):
                     if t.numel > MAX_CONSTANT_ELEMENTS:

@@ -130,9 +130,11 @@ def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) ->
     return TensorType(dims, onnx_dtype(tt.elem_type, f"graph input {vi.name!r}"))
 
 
-def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None, keep_params: bool = False) -> Graph:
     """Convert an ONNX model (path, bytes or ModelProto) to a verified IR graph with static shapes. `shapes` binds
-    symbolic input dimensions, and gives a sequence input its length and tensor shapes ({name: [shape, ...]})."""
+    symbolic input dimensions, and gives a sequence input its length and tensor shapes ({name: [shape, ...]}).
+    keep_params (training): float initializers stay graph params under their own names and layouts, read by
+    run-time ops rather than folded into new constants."""
     proto = load_model(model)
     shapes = dict(shapes or {})
     check_opsets(proto)
@@ -147,6 +149,8 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None) -> Graph
             env[init.name] = np.asarray(numpy_helper.to_array(init), order="C")
             check_array_dtype(env[init.name], f"initializer {init.name!r}")
             b.names[id(env[init.name])] = init.name
+            if keep_params and env[init.name].dtype.kind == "f":
+                b.keep_at_run_time(env[init.name])
         except FrontendError:
             raise
         except Exception as e:

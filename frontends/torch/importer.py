@@ -29,6 +29,8 @@ KEEP_WHOLE = (torch.ops.aten.lstm.input,)
 
 
 def export(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]):
+    """torch.export in eval mode; the caller's module is left in the mode it was in."""
+    was_training = module.training
     try:
         with torch.no_grad():
             ep = torch.export.export(module.eval(), tuple(example_inputs))
@@ -39,10 +41,15 @@ def export(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]):
     except Exception as e:
         raise FrontendError(f"torch.export could not capture the module: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        module.train(was_training)
 
 
-def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> Graph:
-    """Convert an nn.Module (inference) to a verified IR graph, with shapes fixed by `example_inputs`."""
+def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], keep_params: bool = False) -> Graph:
+    """Convert an nn.Module (inference) to a verified IR graph, with shapes fixed by `example_inputs`.
+    keep_params (training): the module's parameters stay graph params in their own names and layouts, read by run-time
+    ops rather than folded into new constants (an LSTM's two biases are not merged into one, its recurrent weight
+    is packed at run time)."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     ep = export(module, example_inputs)
@@ -68,6 +75,8 @@ def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) 
         if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
             env[name] = _np(state[spec.target])
             b.names[id(env[name])] = spec.target
+            if keep_params and kind == "PARAMETER":
+                b.keep_at_run_time(env[name])
         elif kind == "USER_INPUT":
             x = next(user_inputs)
             env[name] = g.add_input(name if len(example_inputs) > 1 else "input", TensorType(tuple(x.shape),

@@ -281,3 +281,48 @@ def test_cli_train_example_learns(tmp_path):
     ckpt = tmp_path / "example.ckpt"
     assert main(["train", "--steps", "120", "--quiet", "--checkpoint", str(ckpt)]) == 0
     assert ckpt.exists()
+
+
+class _TorchRNNClassifier(torch.nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        self.rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](16, 32, batch_first=True)
+        self.head = torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_torch_rnn_trains_with_adam_like_pytorch_and_returns_its_own_parameters(cell):
+    """A torch nn.LSTM/GRU trains through the lstm_sequence kernels (forward and backward) with one Adam state per
+    PyTorch parameter: bias_ih and bias_hh are not merged at import (merged, each Adam step moved the sum half as
+    far as PyTorch's two steps did, and 20 steps drifted 4.6e-3 away). parameters() gives PyTorch's names and
+    layouts, so the trained weights load back with load_state_dict."""
+    torch.manual_seed(0)
+    tnet = _TorchRNNClassifier(cell)
+    ref = _TorchRNNClassifier(cell)
+    ref.load_state_dict(tnet.state_dict())
+    xs, ys = _data((8, 12, 16), 5, steps=20)
+    session = compiler.compile_training(tnet, example_inputs=(torch.from_numpy(xs[0]),),
+                                        optimizer={"name": "adam", "lr": 0.01})
+    assert tnet.training  # importing for training leaves the caller's module in its mode
+    opt = torch.optim.Adam(ref.parameters(), lr=0.01)
+    for x, y in zip(xs, ys):
+        ours = session.step({"input": x}, y)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(ref(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        assert abs(ours - loss.item()) <= 1e-5 * abs(loss.item())
+    got = session.parameters()
+    tnet.load_state_dict({k: torch.from_numpy(got[k]) for k in tnet.state_dict()})
+    for k, v in ref.state_dict().items():
+        np.testing.assert_allclose(got[k], v.numpy(), rtol=1e-3, atol=1e-4, err_msg=k)
+
+
+def test_compile_model_leaves_the_module_in_training_mode():
+    tnet = _TorchRNNClassifier("lstm").train()
+    compiler.compile_model(tnet, example_inputs=(torch.zeros(2, 3, 16),))
+    assert tnet.training
