@@ -546,3 +546,9 @@ def example_feeds(name: str, batch: int = 1) -> tuple[dict, "torch.Tensor"]:
     with torch.no_grad():
         y = module(x)
     return {INPUT_NAME: x.numpy()}, y.numpy()
+
+
+# the Hugging Face transformers set (benchmarks/hf_models.py; needs the bench extra only when one is built)
+from benchmarks import hf_models  # noqa: E402
+
+MODELS.update(hf_models.MODELS)

@@ -39,7 +39,7 @@ from benchmarks.machine import describe_machine  # noqa: E402
 DEFAULT_MODELS = ["resnet50", "mobilenet_v2", "bert_base", "gpt2_small", "lstm_classifier", "mlp"]
 ENGINES = {"tf": "TensorForge", "tf_untuned": "TensorForge (untuned)", "tf_bf16": "TensorForge bf16",
            "ort": "onnxruntime", "torch": "PyTorch eager", "compile": "torch.compile", "relax": "TVM Relax default",
-           "ov_f32": "OpenVINO fp32", "ov": "OpenVINO default (bf16)"}
+           "ov_f32": "OpenVINO fp32", "ov": "OpenVINO default (bf16)", "iree": "IREE llvm-cpu"}
 
 
 def machine_peak_gflops() -> float:
@@ -182,6 +182,28 @@ def make_engines(name: str, batch: int, wanted: list[str]):
                 request = compiled.create_infer_request()
                 return lambda: request.infer(feeds)[compiled.output(0)]
             timed_setup(key, openvino)
+    if "iree" in wanted:
+        def iree():
+            import tempfile
+
+            import iree.compiler
+            import iree.runtime as rt
+
+            # IREE's task system: one worker group per thread, like the other engines' THREADS
+            rt.flags.parse_flags(f"--task_topology_group_count={THREADS}")
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "m.onnx")
+                with open(path, "wb") as f:
+                    f.write(model.SerializeToString())
+                subprocess.run([sys.executable, "-m", "iree.compiler.tools.import_onnx", path, "-o", path + ".mlir"],
+                               check=True, capture_output=True, timeout=600)
+                vmfb = iree.compiler.compile_file(path + ".mlir", target_backends=["llvm-cpu"],
+                                                  extra_args=["--iree-llvmcpu-target-cpu=host"])
+            ctx = rt.SystemContext(config=rt.Config("local-task"))
+            ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
+            fn = ctx.modules.module["main_graph"]
+            return lambda: fn(feeds[INPUT_NAME]).to_host()
+        timed_setup("iree", iree)
     if "ort" in wanted:
         from benchmarks.light_models import ort_session
 

@@ -29,11 +29,31 @@ SPLAT_MIN = 64  # params at least this large whose elements are all equal are st
 
 
 def _inplace_candidates(k: Kernel) -> list[tuple[Value, Value]]:
-    """(output, input) pairs where the kernel may write its output over its input: elementwise kernels only."""
-    if any(n.op.kind > FusionKind.BROADCAST for n in k.nodes):
-        return []
-    return [(o, i) for o in k.outputs for i in k.inputs if i.type.shape == o.type.shape and
-            i.type.itemsize == o.type.itemsize]
+    """(output, input) pairs where the kernel may write its output over its input.
+
+    Elementwise kernels: any input of the output's shape and element size. Other kernels (a dense or conv with an
+    epilogue, a transpose feeding an add): an input read only where the output's element at the same index is
+    computed, i.e. every node that depends on the input is elementwise with the output's shape, and the output is
+    the only kernel output that depends on it (ConvNeXt's and BERT's residual adds). An anchor's intermediate
+    lives in a buffer of its own (its epilogue is never inlined into a reduction block), so the residual is read
+    before the output element over it is written."""
+    if all(n.op.kind <= FusionKind.BROADCAST for n in k.nodes):
+        return [(o, i) for o in k.outputs for i in k.inputs if i.type.shape == o.type.shape and
+                i.type.itemsize == o.type.itemsize]
+    pairs = []
+    for i in k.inputs:
+        tainted, ok = {i}, True
+        for n in k.nodes:  # in order: a node's producers come before it
+            if not any(v in tainted for v in n.inputs):
+                continue
+            if n.op.kind > FusionKind.BROADCAST or any(o.type.shape != i.type.shape for o in n.outputs):
+                ok = False
+                break
+            tainted.update(n.outputs)
+        reached = [o for o in k.outputs if o in tainted]
+        if ok and len(reached) == 1 and reached[0].type.itemsize == i.type.itemsize:
+            pairs.append((reached[0], i))
+    return pairs
 
 
 def fusion_report(g: Graph, steps) -> list[dict]:
