@@ -76,7 +76,7 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
         name = spec.name()
         if name in funcs:
             continue
-        func = build_prim_func(spec)
+        func = build_prim_func(spec, target)
         found = next((f for f in (db.lookup(spec, func) for db in tuning) if f is not None), None)
         if found is not None:
             funcs[name] = found.with_attr("global_symbol", name)

@@ -115,8 +115,12 @@ def _kernel(members: list[Node], readers: dict[Value, set]) -> Kernel:
     return Kernel(spec, inputs, outputs, members)
 
 
-def build_prim_func(spec: KernelSpec):
-    """The unscheduled PrimFunc of a kernel: parameters are its inputs, then its outputs (destination passing)."""
+def build_prim_func(spec: KernelSpec, target=None):
+    """The unscheduled PrimFunc of a kernel: parameters are its inputs, then its outputs (destination passing).
+    `target`: lower inside its scope, so that ops may choose per target (ops/vecmath.py: not for CUDA)."""
+    if target is not None:
+        with target:
+            return build_prim_func(spec)
     from tvm import te
 
     # storage-only types (float8, int4, ...) reach TVM as their bytes, uint8

@@ -110,7 +110,7 @@ class TuningDatabase:
             return None
         from tvm.s_tir import meta_schedule as ms
 
-        func = func if func is not None else build_prim_func(spec)
+        func = func if func is not None else build_prim_func(spec, self.target)
         with _quiet():
             sch = ms.tir_integration.compile_tir(self.ms_database(), func, self.target)
         return None if sch is None else sch.mod["main"]
@@ -192,7 +192,7 @@ def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, t
         per_task = elapsed / done if done else 0.0
         if time_budget is not None and done and elapsed + per_task > time_budget:
             break
-        func = build_prim_func(spec)
+        func = build_prim_func(spec, db.target)
         flops = kernel_flops(func)
         with tempfile.TemporaryDirectory() as work, _quiet():
             ms.tune_tir(func, db.target, work_dir=work, max_trials_global=trials, max_trials_per_task=trials,
@@ -299,7 +299,7 @@ def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int
         elapsed = time.perf_counter() - t0
         if time_budget is not None and done and elapsed + elapsed / done > time_budget:
             break
-        func = build_prim_func(spec)
+        func = build_prim_func(spec, db.target)
         sch0, rule = schedule_cpu_traced(func, db.target)
         variants = knob_variants(rule)
         done += 1

@@ -27,13 +27,13 @@ def _gelu_ref(x, *, approximate):
 
 
 def _gelu_lower(x, *, approximate):
-    if approximate != "tanh" and x.dtype == "float32":
-        # topi.fast_erf: a vectorizable rational approximation (~3e-7); te.erf becomes a scalar libm call per element
-        # (22 ms vs 0.5 ms on 2M floats, one thread)
-        from tvm import topi
-
+    # float32: vecmath's erf and tanh (within 2 ulp, vectorized); te.erf and te.tanh are scalar libm calls per element
+    # (erf: 22 ms vs 0.5 ms on 2M floats, one thread; GPT-2's MLP GELU on 64 x 3072: 1.9 ms of a 0.5 ms bf16 dense).
+    # Where x reads a vecmath stage of the same kernel, libm (vecmath.stage explains why).
+    fast = vecmath.enabled(x.dtype) and not vecmath._reads_vecmath(x, {})
+    if approximate != "tanh" and fast:
         scaled = te.compute(x.shape, lambda *i: x(*i) * te.const(1.0 / math.sqrt(2.0), x.dtype), name="gelu_in")
-        erf = topi.fast_erf(scaled)
+        erf = vecmath.compute(scaled, vecmath.erf, "gelu_erf")
         return te.compute(x.shape, lambda *i: te.const(0.5, x.dtype) * x(*i) * (te.const(1.0, x.dtype) + erf(*i)),
                           name="gelu")
 
@@ -41,14 +41,12 @@ def _gelu_lower(x, *, approximate):
         v = x(*i)
         if approximate == "tanh":
             arg = te.const(SQRT_2_OVER_PI, x.dtype) * (v + te.const(0.044715, x.dtype) * v * v * v)
-            # float32: vecmath's tanh (within 2 ulp, vectorized); te.tanh is a scalar libm call per element (GPT-2's
-            # MLP GELU on 64 x 3072: 1.9 ms of a 0.5 ms bf16 dense)
-            inner = vecmath.tanh(arg) if x.dtype == "float32" else te.tanh(arg)
+            inner = vecmath.tanh(arg) if fast else te.tanh(arg)
         else:
             inner = te.erf(v * te.const(1.0 / math.sqrt(2.0), x.dtype))
         return te.const(0.5, x.dtype) * v * (te.const(1.0, x.dtype) + inner)
 
-    return te.compute(x.shape, f, name="gelu")
+    return te.compute(x.shape, f, name="gelu", tag=vecmath.TAG if fast else "")
 
 
 def _gelu_grad(e, n, dy):

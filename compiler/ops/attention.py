@@ -10,10 +10,11 @@ computes each head's scores, softmax and weighted sum in one pass over cache-res
 from __future__ import annotations
 
 import numpy as np
-from tvm import te, tirx, topi
+from tvm import te, tirx
 
 from tensorforge.compiler.ir.types import FLOAT_DTYPES, TensorType
 
+from . import vecmath
 from .registry import Attr, FusionKind, defop, fail
 
 # the stages of the lowering, by block name: the CPU schedule finds them by these names
@@ -108,9 +109,8 @@ def _attention_lower(q, k, v, mask=None, *, scale, causal):
     row_max = te.compute((*batch, sq_pad), lambda *i: te.max(score(*i, rm), axis=rm), name=MAX)
     shifted = te.compute((*batch, sq_pad, skv_pad), lambda *i: score(*i) - row_max(*i[:-1]),
                          name="attention_shifted")
-    if dt == "float32":  # topi.fast_exp vectorizes; te.exp is a scalar libm call per element
-        ex = topi.fast_exp(shifted)
-        ex = te.compute(ex.shape, lambda *i: ex(*i), name=EXP)
+    if vecmath.enabled(dt):  # vecmath's exp vectorizes, within 1 ulp; te.exp is a scalar libm call per element
+        ex = vecmath.compute(shifted, vecmath.exp, EXP)
     else:
         ex = te.compute((*batch, sq_pad, skv_pad), lambda *i: te.exp(shifted(*i)), name=EXP)
     rs = te.reduce_axis((0, skv_pad), name="rs")

@@ -18,6 +18,7 @@ from tvm import te, tirx, topi
 
 from tensorforge.compiler.ir.types import TensorType
 
+from . import vecmath
 from .registry import GRAD_MARKS, NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
 
 
@@ -46,17 +47,21 @@ def _keep(fn):
 
 
 def _sigmoid_lower(x):
-    # float32: 1 / (1 + fast_exp(-x)), a vectorizable polynomial (~1e-7 relative); te.exp and topi.sigmoid compile
-    # to a scalar libm call per element (3x slower on AVX-512: LSTM/GRU gates are mostly this)
-    if x.dtype != "float32":
-        return topi.sigmoid(x)
-    e = topi.fast_exp(topi.negative(x))
-    return te.compute(x.shape, lambda *i: te.const(1, x.dtype) / (te.const(1, x.dtype) + e(*i)), name="sigmoid")
+    # float32: vecmath's sigmoid (within 2 ulp, vectorized); te.exp and topi.sigmoid compile to a scalar libm call
+    # per element (3x slower on AVX-512), topi.fast_exp lost accuracy (the LSTM/GRU gates are mostly this)
+    return vecmath.stage(vecmath.sigmoid, x, "sigmoid", topi.sigmoid)
 
 
 def _tanh_lower(x):
-    # float32: topi.fast_tanh, a clamped rational approximation (~1e-7 absolute), vectorizable (5x te.tanh here)
-    return topi.fast_tanh(x) if x.dtype == "float32" else topi.tanh(x)
+    # float32: vecmath's tanh (within 1 ulp, vectorized); topi.fast_tanh was ~1e-7 *absolute*, thousands of ulp
+    # near zero
+    return vecmath.stage(vecmath.tanh, x, "tanh", topi.tanh)
+
+
+def _vecmath_lower(fn, libm):
+    """float32: `fn` from vecmath (vectorized, within 2 ulp); other dtypes and nested chains: `libm` (a scalar call
+    per element, correctly rounded or nearly)."""
+    return lambda x: vecmath.stage(fn, x, libm.__name__, libm)
 
 
 def _x(n):
@@ -108,12 +113,12 @@ UNARY = {
     "relu": (lambda x: np.maximum(x, np.zeros((), x.dtype)), lambda x: _relu_lower(x)),
     "sigmoid": (_keep(lambda x: 1.0 / (1.0 + np.exp(-x))), _sigmoid_lower),
     "tanh": (np.tanh, _tanh_lower),
-    "exp": (np.exp, topi.exp),
-    "log": (np.log, topi.log),
+    "exp": (np.exp, _vecmath_lower(vecmath.exp, topi.exp)),
+    "log": (np.log, _vecmath_lower(vecmath.log, topi.log)),
     "sqrt": (np.sqrt, topi.sqrt),
     "abs": (np.abs, topi.abs),
     "neg": (np.negative, topi.negative),
-    "erf": (_erf, topi.erf),
+    "erf": (_erf, _vecmath_lower(vecmath.erf, topi.erf)),
     "floor": (np.floor, topi.floor),
     "ceil": (np.ceil, topi.ceil),
     "sin": (np.sin, topi.sin),

@@ -6,6 +6,7 @@ import numpy as np
 from tvm import te, topi
 
 
+from . import vecmath
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail, ops
 
 
@@ -92,11 +93,25 @@ def _softmax_grad(e, n, dy):
     return [e.mul(y, e.op(ops.sub, [dy, s]))]
 
 
+def _softmax_lower(x, *, axis):
+    """float32: topi's softmax stages (row max, exp(x - max), row sum, divide) with vecmath's exp, vectorized and
+    within 1 ulp; te.exp is a scalar libm call per element, topi.fast_exp an approximation. Other dtypes: topi's."""
+    if not vecmath.enabled(x.dtype):
+        return topi.nn.softmax(x, axis)
+    axis = axis % len(x.shape)
+    rest = lambda i: i[:axis] + i[axis + 1:]  # noqa: E731
+    k1 = te.reduce_axis((0, x.shape[axis]), name="k")
+    k2 = te.reduce_axis((0, x.shape[axis]), name="k")
+    reduced = tuple(d for j, d in enumerate(x.shape) if j != axis)
+    mx = te.compute(reduced, lambda *i: te.max(x(*i[:axis], k1, *i[axis:]), axis=k1), name="T_softmax_maxelem")
+    delta = te.compute(x.shape, lambda *i: x(*i) - mx(*rest(i)), name="T_softmax_delta")
+    ex = vecmath.stage(vecmath.exp, delta, "T_softmax_exp", topi.exp)
+    total = te.compute(reduced, lambda *i: te.sum(ex(*i[:axis], k2, *i[axis:]), axis=k2), name="T_softmax_expsum")
+    return te.compute(x.shape, lambda *i: ex(*i) / total(*rest(i)), name="T_softmax_norm", attrs={"axis": axis})
+
+
 softmax = defop("softmax", FusionKind.REDUCTION, infer=_softmax_infer, attrs={"axis": Attr("int")},
-                reference=_softmax_ref, lower=lambda x, *, axis: (topi.nn.fast_softmax(x, axis) if x.dtype == "float32"
-                                                                  else topi.nn.softmax(x, axis)),
-                grad=_softmax_grad)
-# float32 softmax exponentiates with topi.fast_exp (vectorizable, ~1e-7 relative); te.exp is a scalar libm call
+                reference=_softmax_ref, lower=_softmax_lower, grad=_softmax_grad)
 
 
 def _layer_norm_infer(types, *, axis, epsilon):

@@ -37,6 +37,7 @@ from tensorforge.runtime.errors import AutodiffError
 
 from tensorforge.compiler.ir.types import FLOAT_DTYPES, TensorType
 
+from . import vecmath
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 GATES = 4
@@ -109,30 +110,14 @@ def _lstm_ref(x, w, h0, c0, *, reverse, save_gates):
 
 
 # -- the kernels: TIR written with the IR builder (a serial time loop around one parallel loop per step) -----------
-_TANH_P = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
-           -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16)  # odd numerator, x^1 .. x^13
-_TANH_Q = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)  # even, x^0 .. x^6
-
-
 def _tanh(x, dt):
-    """float32: the clamped rational approximation of topi.fast_tanh (~1e-7 absolute, vectorizes; tirx.tanh is a
-    scalar libm call per element); other dtypes: exact."""
-    if dt != "float32":
-        return tirx.tanh(x)
-    x = tirx.max(tirx.min(x, tirx.const(9.0, "float32")), tirx.const(-9.0, "float32"))
-    x2 = x * x
-    p = tirx.const(_TANH_P[-1], "float32")
-    for c in reversed(_TANH_P[:-1]):
-        p = p * x2 + tirx.const(c, "float32")
-    q = tirx.const(_TANH_Q[-1], "float32")
-    for c in reversed(_TANH_Q[:-1]):
-        q = q * x2 + tirx.const(c, "float32")
-    return x * p / q
+    """float32: vecmath's tanh (within 1 ulp, vectorizes; tirx.tanh is a scalar libm call per element); other dtypes:
+    exact."""
+    return vecmath.tanh(x) if dt == "float32" else tirx.tanh(x)
 
 
 def _sigm(x, dt):
-    half = tirx.const(0.5, dt)
-    return half + half * _tanh(x * half, dt)  # sigmoid(x) = (1 + tanh(x / 2)) / 2
+    return vecmath.sigmoid(x) if dt == "float32" else tirx.sigmoid(x)
 
 
 def _block(n: int, choices) -> int:
@@ -185,7 +170,8 @@ def _lstm_lower(x, w, h0, c0, *, reverse, save_gates):
                             c_prev = C0[b0 + r, j] if prev is None else C[prev, b0 + r, j]
                             c = _sigm(acc[r, 1, v], dt) * c_prev + _sigm(acc[r, 0, v], dt) * _tanh(acc[r, 2, v], dt)
                             C[t, b0 + r, j] = c
-                            Y[t, b0 + r, j] = _sigm(acc[r, 3, v], dt) * _tanh(c, dt)
+                            # tanh of the stored cell, not of its expression: vecmath repeats its argument
+                            Y[t, b0 + r, j] = _sigm(acc[r, 3, v], dt) * _tanh(C[t, b0 + r, j], dt)
 
             _time_loop(steps, reverse, step)
         return ib.get()

@@ -1,11 +1,12 @@
-"""Accurate float32 exp, tanh and sigmoid as plain arithmetic on TIR expressions, so that LLVM vectorizes them.
+"""Accurate float32 exp, tanh, sigmoid, log and erf as plain arithmetic on TIR expressions, so that LLVM vectorizes
+them.
 
-Wired into the tanh form of GELU (ops/activation.py: GPT-2's MLP), whose argument is a short expression. Not yet
-into the elementwise ops (issue 16, item 3): each function repeats its argument several times, so a fused chain
-of them (tanh -> sigmoid -> ...) inlined as trees grows exponentially and the test run slowed to a crawl; binding
-the argument with a Let fixed that but then tanh's loop no longer vectorized. The next step is a Let-bound form
-that vectorizes (or CSE before vectorizing), then using it in elementwise exp/tanh/sigmoid, softmax, attention and
-the LSTM kernels.
+Wired into the float32 lowering of the elementwise ops exp, log, tanh, sigmoid and erf (ops/elementwise.py), GELU in
+both forms and its gradient (ops/activation.py, ops/backward.py), softmax (ops/norm.py), attention's exponent
+(ops/attention.py) and the LSTM kernels' gates (ops/rnn.py). Each function repeats its argument several times, so
+a fused chain of them (tanh of a sigmoid of ...) inlined as one expression tree grows exponentially; `stage` makes
+the first level vecmath and any level that reads another vecmath stage of the same kernel a libm call (accurate,
+scalar). Binding the argument with a TIR Let does not help: TVM's simplifier inlines every pure Let.
 
 TVM lowers `exp`/`tanh` to scalar libm calls (accurate, one call per element), and topi's `fast_exp`/`fast_tanh` are
 vectorizable approximations that lose accuracy at the ends of the range (fast_tanh is ~1e-7 *absolute*, thousands of
@@ -17,6 +18,8 @@ correctly rounded result over the whole float32 range, NaN and +-inf included (t
               the denormal range are rounded once.
     tanh:     |x| < 0.625: x + x^3 P(x^2) (Cephes tanhf); else sign(x) (1 - 2 / (exp(2|x|) + 1)).
     sigmoid:  t = exp(-|x|); 1 / (1 + t) for x >= 0, t / (1 + t) below (no overflow, denormal tails kept).
+    log:      Cephes logf (below).
+    erf:      fdlibm's single-precision erf (below).
 """
 
 from __future__ import annotations
@@ -79,3 +82,121 @@ def sigmoid(x):
     t = exp(-tirx.abs(x))
     d = _c(1.0) + t
     return tirx.Select(x >= _c(0.0), _c(1.0) / d, t / d)  # NaN: t is NaN, so both are
+
+
+# -- log: Cephes logf. x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(1 + f) = f - f^2/2 + f^3 P(f); e ln 2 added in
+# two parts. Denormals are scaled by 2^23 first.
+_SQRTHF = 0.707106781186547524
+_LOG_P = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
+          2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+
+
+def log(x):
+    i32 = "int32"
+    denormal = x < _c(1.1754943508222875e-38)
+    xs = tirx.Select(denormal, x * _c(8388608.0), x)
+    bits = tirx.reinterpret(i32, xs)
+    e = ((bits >> tirx.const(23, i32)) & tirx.const(0xFF, i32)) - tirx.Select(denormal, tirx.const(149, i32),
+                                                                             tirx.const(126, i32))
+    m = tirx.reinterpret(F32, (bits & tirx.const(0x007FFFFF, i32)) | tirx.const(0x3F000000, i32))  # [0.5, 1)
+    low = m < _c(_SQRTHF)
+    e = e - tirx.Select(low, tirx.const(1, i32), tirx.const(0, i32))
+    f = tirx.Select(low, m + m - _c(1.0), m - _c(1.0))
+    z = f * f
+    p = _c(_LOG_P[0])
+    for c in _LOG_P[1:]:
+        p = p * f + _c(c)
+    ef = e.astype(F32)
+    y = p * f * z + ef * _c(_LN2_LO) - _c(0.5) * z
+    y = f + y + ef * _c(_LN2_HI)
+    y = tirx.Select(x == _c(float("inf")), x, y)
+    y = tirx.Select(x == _c(0.0), _c(float("-inf")), y)
+    return tirx.Select(x < _c(0.0), _c(float("nan")), tirx.Select(_is_nan(x), x, y))
+
+
+# -- erf: fdlibm's single-precision erf (sf_erf.c, Sun Microsystems, freely redistributable): a rational in x^2
+# below 0.84375, one in |x| - 1 up to 1.25, and 1 - erfc(|x|) above, with erfc = exp(-z^2 - 0.5625) exp((z - |x|)
+# (z + |x|) + R/S) / |x| (z: |x| with 13 low bits cleared, so z^2 is exact); 1 from 6 on. Every branch is computed
+# and one selected, so the loop vectorizes.
+_ERF_EFX = 1.2837916613e-01
+_ERF_ERX = 8.4506291151e-01
+_ERF_PP = (1.2837916613e-01, -3.2504209876e-01, -2.8481749818e-02, -5.7702702470e-03, -2.3763017452e-05)
+_ERF_QQ = (1.0, 3.9791721106e-01, 6.5022252500e-02, 5.0813062117e-03, 1.3249473704e-04, -3.9602282413e-06)
+_ERF_PA = (-2.3621185683e-03, 4.1485610604e-01, -3.7220788002e-01, 3.1834661961e-01, -1.1089469492e-01,
+           3.5478305072e-02, -2.1663755178e-03)
+_ERF_QA = (1.0, 1.0642088205e-01, 5.4039794207e-01, 7.1828655899e-02, 1.2617121637e-01, 1.3637083583e-02,
+           1.1984500103e-02)
+_ERF_RA = (-9.8649440333e-03, -6.9385856390e-01, -1.0558626175e01, -6.2375331879e01, -1.6239666748e02,
+           -1.8460508728e02, -8.1287437439e01, -9.8143291473e00)
+_ERF_SA = (1.0, 1.9651271820e01, 1.3765776062e02, 4.3456588745e02, 6.4538726807e02, 4.2900814819e02,
+           1.0863500214e02, 6.5702495575e00, -6.0424413532e-02)
+_ERF_RB = (-9.8649431020e-03, -7.9928326607e-01, -1.7757955551e01, -1.6063638306e02, -6.3756646729e02,
+           -1.0250950928e03, -4.8351919556e02)
+_ERF_SB = (1.0, 3.0338060379e01, 3.2579251099e02, 1.5367296143e03, 3.1998581543e03, 2.5530502930e03,
+           4.7452853394e02, -2.2440952301e01)
+
+
+def _poly(t, coeffs):
+    """coeffs[0] + coeffs[1] t + ... (Horner from the highest power)."""
+    p = _c(coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        p = p * t + _c(c)
+    return p
+
+
+def erf(x):
+    a = tirx.abs(x)
+    z = x * x
+    small = tirx.Select(a < _c(3.7252902984e-09), x + _c(_ERF_EFX) * x,  # |x| < 2^-28
+                        x + x * (_poly(z, _ERF_PP) / _poly(z, _ERF_QQ)))
+    s = a - _c(1.0)
+    mid = _c(_ERF_ERX) + _poly(s, _ERF_PA) / _poly(s, _ERF_QA)
+    t = _c(1.0) / z
+    near = a < _c(2.857142857)  # 1 / 0.35
+    rs = tirx.Select(near, _poly(t, _ERF_RA) / _poly(t, _ERF_SA), _poly(t, _ERF_RB) / _poly(t, _ERF_SB))
+    zc = tirx.reinterpret(F32, tirx.reinterpret("int32", a) & tirx.const(-8192, "int32"))  # 0xffffe000
+    erfc = exp(_c(-0.5625) - zc * zc) * exp((zc - a) * (zc + a) + rs) / a
+    tail = _c(1.0) - erfc
+    mag = tirx.Select(a < _c(1.25), mid, tirx.Select(a < _c(6.0), tail, _c(1.0)))
+    signed = tirx.Select(x < _c(0.0), -mag, mag)
+    y = tirx.Select(a < _c(0.84375), small, signed)
+    return tirx.Select(_is_nan(x), x, y)
+
+
+# -- the elementwise stages the ops lower to --------------------------------------------------------------------------
+TAG = "vecmath"
+
+
+def _reads_vecmath(t, seen: dict) -> bool:
+    """Does TE tensor `t` (transitively, through the compute stages of the same kernel) read a vecmath stage?"""
+    op = t.op
+    if op in seen:
+        return seen[op]
+    seen[op] = op.tag == TAG or any(_reads_vecmath(u, seen) for u in getattr(op, "input_tensors", ()))
+    return seen[op]
+
+
+def enabled(dtype: str) -> bool:
+    """vecmath applies to float32 on the CPU. Lowering for CUDA (backend/cuda/build.py lowers inside its target's
+    scope) keeps TVM's exp/tanh/erf: on a GPU they are a few fast instructions, and nvcc took minutes over the
+    polynomials."""
+    import tvm
+
+    target = tvm.target.Target.current(allow_none=True)
+    return dtype == F32 and (target is None or target.kind.name != "cuda")
+
+
+def stage(fn, x, name: str, fallback=None):
+    """out[i] = fn(x[i]) as one float32 TE stage tagged "vecmath", or `fallback(x)` (the libm call, a TE tensor)
+    where x itself reads a vecmath stage of the same kernel: each function repeats its argument several times, and
+    a nested chain (tanh of a sigmoid of ...) inlined as one expression tree grows exponentially (four levels ran
+    the compiler out of memory). One level, the common case, is the vectorized form."""
+    if fallback is not None and (not enabled(x.dtype) or _reads_vecmath(x, {})):
+        return fallback(x)
+    return compute(x, fn, name)
+
+
+def compute(x, fn, name: str):
+    from tvm import te
+
+    return te.compute(x.shape, lambda *i: fn(x(*i)), name=name, tag=TAG)

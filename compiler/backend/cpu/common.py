@@ -138,12 +138,29 @@ def inline_all(sch: s_tir.Schedule, keep: set[str] = frozenset()) -> None:
 
 
 def vector_lanes(target: tvm.target.Target) -> int:
-    attrs = target.attrs
-    feats = " ".join(str(x) for x in attrs.get("mattr", []) or [])
-    mcpu = str(attrs.get("mcpu", ""))
-    avx512 = ("avx512" in feats or any(c in mcpu for c in ("znver4", "znver5", "skylake-avx512", "cascadelake",
-                                                             "icelake", "sapphirerapids", "tigerlake", "cooperlake")))
-    return 16 if avx512 else 8
+    """float32 lanes of the target's widest vector: 16 with AVX-512, 8 with AVX/AVX2, 4 below. LLVM answers from
+    the target's CPU and features; a list of CPU names (the old way) left newer CPUs out: Emerald Rapids got 8-lane
+    (ymm) kernels, half its FMA width (dense 1 thread: 101 -> see benchmarks/results/amx_dense.md)."""
+    key = str(target)
+    if key not in _LANES:
+        _LANES[key] = _ask_llvm_lanes(target)
+    return _LANES[key]
+
+
+_LANES: dict[str, int] = {}
+
+
+def _ask_llvm_lanes(target: tvm.target.Target) -> int:
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm":
+        return 8
+    try:
+        if codegen.target_has_features("avx512f", target):
+            return 16
+        return 8 if codegen.target_has_features("avx", target) else 4
+    except Exception:  # not an x86 CPU LLVM knows
+        return 4
 
 
 def anchor_epilogue(sch: s_tir.Schedule, anchor, *keep: str):

@@ -17,9 +17,12 @@ from tensorforge.compiler.ops.packed import ANN_N_TILE, DENSE_PACKED
 class DenseKnobs(Knobs):
     m_tile: int = 4                  # register tile rows (the columns are the packed weight block)
     x_block_bytes: int = 256 * 1024  # rows of x per block: they stay in L2 while every weight panel streams past
+    k_block: int = 128               # k steps per pass over a block's row tiles (0: no blocking): the weight panel's
+    #                                  [k_block x n_tile] slice stays in L1 while every row tile of the block reads it
 
     SPACE: ClassVar[dict[str, tuple]] = {"m_tile": (2, 4, 6, 8),
-                                         "x_block_bytes": (64 * 1024, 256 * 1024, 1024 * 1024)}
+                                         "x_block_bytes": (64 * 1024, 256 * 1024, 1024 * 1024),
+                                         "k_block": (0, 64, 128, 256)}
 
 
 def schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target, knobs: DenseKnobs = DenseKnobs()) -> None:
@@ -43,6 +46,16 @@ def schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target, knobs: DenseK
     rows = max(mt, knobs.x_block_bytes // (4 * k) // mt * mt)
     mb = next(r for r in range(min(rows, m_ext) // mt * mt, 0, -mt) if m_ext % r == 0)
     vec = min(lanes, nt)
+    kb = largest_divisor(k, knobs.k_block) if knobs.k_block else 0
+    if kb >= 32 and k >= 2 * kb and m_ext > mt:
+        # the rows of a block: its [rows x k_block] slice of x within x_block_bytes, and enough blocks for every core
+        cores = int(target.attrs.get("num-cores", 1) or 1)
+        fits = [r for r in range(mt, m_ext + 1, mt) if m_ext % r == 0 and r * kb * 4 <= max(knobs.x_block_bytes,
+                                                                                                 mt * kb * 4)]
+        busy = [r for r in fits if (m_ext // r) * (n_ext // nt) >= 2 * cores]
+        _blocked_over_k(sch, dense, out, (dm, dn) if padded else (m, n), padded, max(busy or fits[:1]), mt, nt, kb,
+                        vec)
+        return
 
     def tiles(mm, nn):
         mbo, mrest = sch.split(mm, [None, mb])
@@ -69,6 +82,37 @@ def schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target, knobs: DenseK
     attempt(sch.vectorize, ni_l)
     init = sch.decompose_reduction(dense, rk)
     attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+
+
+def _blocked_over_k(sch, dense, out, loops, padded: bool, mb: int, mt: int, nt: int, kb: int, vec: int) -> None:
+    """One parallel task per [mb rows x n_tile columns] block; inside it, for each k block, every [mt x n_tile]
+    register tile of the block steps through the same [kb x n_tile] weight slice, which stays in L1. The block's
+    accumulators ([mb x n_tile], in L1) carry over from one k block to the next. Without it, each register tile
+    streamed the whole [k x n_tile] panel from L2: 146 against 212 GFLOP/s at 128 x 3072 -> 768 (1 thread,
+    AVX-512)."""
+    mm, nn = loops
+    mbo, mrest = sch.split(mm, [None, mb])
+    no, _ = sch.split(nn, [None, nt])
+    sch.reorder(mbo, no, mrest)
+    tile = sch.fuse(mbo, no)
+    sch.parallel(tile)
+    if padded:
+        sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
+    else:
+        sch.compute_at(dense, tile, preserve_unit_loops=True)
+    sch.set_scope(dense, 0, "local")
+    rows, cols, kk = sch.get_loops(dense)[-3:]
+    mo, mi = sch.split(rows, [None, mt])
+    ko, ki = sch.split(kk, [None, kb])
+    co, cl = sch.split(cols, [None, vec])
+    sch.reorder(ko, mo, ki, mi, co, cl)
+    sch.unroll(mi)
+    sch.unroll(co)
+    sch.vectorize(cl)
+    init = sch.decompose_reduction(dense, ko)
+    attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    _, ni_l = sch.split(sch.get_loops(out)[-1], [None, vec])
+    attempt(sch.vectorize, ni_l)
 
 
 dense_rule = Rule("dense", schedule_dense, blocks=(DENSE_PACKED,), knobs=DenseKnobs())

@@ -309,7 +309,7 @@ def build_cuda(specs: list[KernelSpec], target, out_dir: str, tuning: list = ())
         name = spec.name()
         if name in funcs or name in tuned:
             continue
-        func = build_prim_func(spec)
+        func = build_prim_func(spec, target)
         found = next((f for f in (db.lookup(spec, func) for db in tuning) if f is not None), None)
         if found is not None:
             tuned[name] = found.with_attr("global_symbol", name)

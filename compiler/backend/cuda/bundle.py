@@ -86,7 +86,7 @@ def prepare_bundle(specs: Sequence[KernelSpec], out_dir: str, arch: str = "sm_90
     traces: dict[str, dict] = {}
     t0 = time.perf_counter()
     for i, spec in enumerate(tasks):
-        func = build_prim_func(spec)
+        func = build_prim_func(spec, target)
         default, failed = schedule_cuda(tvm.IRModule({"main": func}), target)
         funcs = {} if failed else {"default": default["main"].with_attr("global_symbol", "default")}
         trace_of = {}
