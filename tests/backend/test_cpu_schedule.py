@@ -155,7 +155,8 @@ def test_pack_conv2d_weight_layout():
 # ------------------------------------------------------------------------------------------ dense
 
 @pytest.mark.parametrize("m,k,n,bias", [(1, 37, 10, True), (8, 64, 200, True), (3, 16, 130, False), (1, 256, 128, True),
-                                        (13, 32, 64, True), (197, 24, 80, False), (6, 16, 128, True)])
+                                        (13, 32, 64, True), (197, 24, 80, False), (6, 16, 128, True),
+                                        (64, 512, 128, True), (13, 384, 64, False)])  # the last two: blocked over k
 def test_dense(m, k, n, bias):
     layout = K.dense_weight_layout(n, k)
     w = _rand(n, k)
@@ -382,3 +383,37 @@ def test_from_blocked_transposes_lane_tiles(shape, channels):
     a = _rand(*shape)
     (got,) = _run([x], [y], [a], expect_in_ir=("T.unroll(16)", "T.vectorized"))
     np.testing.assert_array_equal(got, ops.from_blocked.reference(a)[:, :channels])
+
+
+def test_vector_width_comes_from_the_targets_features():
+    """The register tiles follow the vector unit LLVM knows the CPU to have, not a list of CPU names (which left
+    Emerald Rapids with 8-lane kernels)."""
+    from tensorforge.compiler.backend.cpu.common import vector_lanes
+
+    lanes = {cpu: vector_lanes(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
+             for cpu in ("emeraldrapids", "graniterapids", "sapphirerapids", "znver4", "skylake-avx512", "haswell",
+                         "znver3", "x86-64")}
+    assert lanes == {"emeraldrapids": 16, "graniterapids": 16, "sapphirerapids": 16, "znver4": 16,
+                     "skylake-avx512": 16, "haswell": 8, "znver3": 8, "x86-64": 4}
+
+
+def test_avx2_host_gets_tiles_that_fit_16_registers(monkeypatch):
+    """On an AVX2-only CPU (16 ymm registers) the dense tile is 4 x 24 columns and conv tiles at most 6 columns
+    (4 x 64 and 16 x 16 spilled: 2-3x slower); compiled for haswell here, the kernels still compute the right thing."""
+    monkeypatch.setattr(K, "host_vector_lanes", lambda: 8)
+    assert K.dense_weight_layout(768, 768)["n_block"] == 24 and K.dense_weight_layout(20, 768)["n_block"] == 8
+    assert K.conv_ow_tile(56) == 4 and K.conv_ow_tile(14) == 5 and K.conv_ow_tile(5) == 5
+    haswell = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    m, k, n = 16, 512, 96
+    layout = K.dense_weight_layout(n, k)
+    w, xa, ba = _rand(n, k), _rand(m, k), _rand(n)
+    wp = K.pack_dense_weight(w, layout)
+    x, wpl, b = te.placeholder((m, k), name="x"), te.placeholder(wp.shape, name="w"), te.placeholder((n,), name="b")
+    y = K.dense_compute(x, wpl, b, layout=layout, n=n)
+    lib = tvm.compile(tvm.IRModule({"main": schedule_cpu(te.create_prim_func([x, wpl, b, y]), haswell)}),
+                      target=haswell)
+    asm = lib.mod.inspect_source("asm")
+    assert "ymm" in asm and "zmm" not in asm
+    out = tvm.runtime.empty((m, n), "float32")
+    lib["main"](*(tvm.runtime.tensor(a) for a in (xa, wp, ba)), out)
+    _close(out.numpy(), xa @ w.T + ba)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,7 +46,7 @@ def schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target, knobs: DenseK
     mt = largest_divisor(m_ext, knobs.m_tile)
     rows = max(mt, knobs.x_block_bytes // (4 * k) // mt * mt)
     mb = next(r for r in range(min(rows, m_ext) // mt * mt, 0, -mt) if m_ext % r == 0)
-    vec = min(lanes, nt)
+    vec = math.gcd(lanes, nt)  # 24 columns on AVX2: three 8-lane vectors
     kb = largest_divisor(k, knobs.k_block) if knobs.k_block else 0
     if kb >= 32 and k >= 2 * kb and m_ext > mt:
         # the rows of a block: its [rows x k_block] slice of x within x_block_bytes, and enough blocks for every core
