@@ -13,7 +13,7 @@ from typing import Iterable
 from tensorforge.runtime.errors import InputError
 
 from .cpu.amx import amx_attention, amx_conv, amx_dense
-from .cpu.bf16_weights import bf16_weights
+from .cpu.bf16_weights import bf16_gelu, bf16_weights
 from .cpu.layout import alter_layout
 from .cpu.pack_weights import pack_weights
 from .cpu.winograd import winograd
@@ -51,10 +51,11 @@ OPTIMIZATIONS: list[Pass] = [
 
 
 def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix: Pass | None = None,
-                 matrix_conv: Pass | None = None, matrix_attention: Pass | None = None) -> list[Pass]:
+                 matrix_conv: Pass | None = None, matrix_attention: Pass | None = None,
+                 activations: Pass | None = None) -> list[Pass]:
     """`mixed`: the mixed-precision pass or None; `stores`: the bf16-weights pass or None; `matrix`,
     `matrix_conv`, `matrix_attention`: the passes that move bf16 dense, conv and attention products to the CPU's
-    matrix unit (AMX), or None."""
+    matrix unit (AMX), or None; `activations`: the bf16 mode's faster GELU, or None."""
     lists = {
         0: [
             mixed,  # operands rounded before packing (packing copies the weights it reads)
@@ -62,6 +63,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix
             matrix_attention,  # bf16 attention products on AMX tiles, the softmax between them in fp32
             pack_weights,  # the CPU kernels need packed weights at every level
             stores,  # packed weights stored as bfloat16
+            activations,  # bf16 mode: GELU's erf to bf16's precision, not to 2 ulp
         ],
         1: [
             *CLEANUPS,
@@ -70,6 +72,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix
             matrix_attention,
             pack_weights,
             stores,
+            activations,
         ],
         2: [
             *CLEANUPS,
@@ -83,6 +86,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix
             winograd,  # Winograd 3x3 convs where they pay
             dce_3,  # the plain-layout weights the layout passes replaced
             stores,  # after packing and layout (they repack float32 arrays), before fusion
+            activations,
             fuse,  # last: it groups the final ops into kernels
         ],
     }
@@ -129,7 +133,7 @@ def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", t
     else:
         passes = cpu_pipeline(opt_level, mixed, bf16_weights if cpu_bf16_weights else None,
                               amx_dense if cpu_bf16_weights else None, amx_conv if cpu_bf16_weights else None,
-                              amx_attention if cpu_bf16_weights else None)
+                              amx_attention if cpu_bf16_weights else None, bf16_gelu if cpu_bf16_weights else None)
     if state_outputs is not None:
         passes = passes + [OrderUpdatesLast(frozenset(state_outputs))]  # in-place updates after every reader
     return [p for p in passes if p is not None]

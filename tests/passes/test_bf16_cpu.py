@@ -96,9 +96,9 @@ def test_fp32_is_the_default_and_unchanged():
     bf16 = [pass_name(p) for p in passes_for(CompileOptions(precision="bf16"))]
     pack, wino = names.index("pack_weights"), names.index("winograd")
     # AMX dense right before packing, AMX convs after the layout pass and before Winograd; the bf16 weights after
-    # packing and layout, right before fusion
+    # packing and layout, then the bf16 GELU, right before fusion
     assert bf16 == (names[:pack] + ["amx_dense", "amx_attention"] + names[pack:wino] + ["amx_conv"]
-                    + names[wino:-1] + ["bf16_weights", "fuse"])
+                    + names[wino:-1] + ["bf16_weights", "bf16_gelu", "fuse"])
 
 
 def test_other_precisions_and_targets_keep_mixed_precision():
@@ -115,3 +115,23 @@ def test_unsupported_combinations_fail_clearly():
         compile_model(g, precision="bf8")
     with pytest.raises(CompileError, match="--arch sm_90 applies to the cuda target only"):
         compile_model(g, precision="bf16", arch="sm_90")
+
+
+def test_bf16_mode_computes_gelus_erf_with_the_fast_rational():
+    """bf16_gelu: the bf16 mode's GELU (erf form) uses topi.fast_erf (3e-7 absolute, under bf16's 4e-3 step);
+    fp32 keeps vecmath's erf (within 2 ulp). Both stay within 1e-6 of the float64 GELU."""
+    import math
+
+    text = """graph g(%x: f32[4,256]) {
+      %y = gelu(%x) {approximate="none"} : f32[4,256]
+      return %y
+    }"""
+    x = np.linspace(-8, 8, 1024, dtype=np.float32).reshape(4, 256)
+    x64 = x.astype(np.float64)
+    want = 0.5 * x64 * (1 + np.vectorize(math.erf)(x64 / math.sqrt(2)))
+    for precision, fast in (("bf16", True), ("fp32", False)):
+        g = optimize(parse_graph(text), CompileOptions(precision=precision))
+        (n,) = [n for n in g.nodes if n.op.name == "gelu"]
+        assert n.attrs.get("fast_erf", False) is fast
+        out = compile_model(parse_graph(text), options=CompileOptions(precision=precision)).run({"x": x})[0]
+        np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
