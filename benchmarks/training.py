@@ -3,7 +3,8 @@
 Models (builder API, mirrored in PyTorch with the same weights): MLP 784-512-512-10 (batch 64), CNN (batch 32,
 3x32x32), LSTM classifier (batch 32, 64 steps), 4-layer Transformer encoder (batch 16, 128 tokens, d=256).
 Both engines use the same thread count; steps are interleaved (rounds of TF then torch, each engine's timed step
-right after an untimed one, after WARMUP steps each) and medians reported. Writes benchmarks/results/training.md.
+right after an untimed one, after WARMUP steps each) and medians reported. Writes benchmarks/results/training.md
+(or --out).
 
     TVM_NUM_THREADS=2 python benchmarks/training.py [--rounds 10] [model ...]
 """
@@ -111,6 +112,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("models", nargs="*", default=list(MODELS))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                  "training.md"))
     args = ap.parse_args()
     threads = int(os.environ["TVM_NUM_THREADS"])
     torch.set_num_threads(threads)
@@ -136,7 +139,7 @@ def main() -> None:
                      f"{r['torch_ms']:.2f} / {r['torch_min_ms']:.2f} | {r['tf_ms'] / r['torch_ms']:.2f} | "
                      f"{r['tf_min_ms'] / r['torch_min_ms']:.2f} | {r['compile_s']:.1f} | {r['kernels']} | {r['ops']} | "
                      f"{r['arena_mb']:.1f} | {r['saved_mb']:.1f} |")
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "training.md")
+    out = args.out
     with open(out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
