@@ -290,16 +290,22 @@ def _lstm_grad_lower(z, c, c_prev, r, dy, dc, *, reverse):
                                 zj = DZ[later, b0 + q, j]
                                 with T.vectorized(0, u) as v:
                                     dh[q, v] = dh[q, v] + zj * R[j, kb * u + v]
+                    # the gates' activations first, into registers: each is read several times below, and an
+                    # expression repeated there is a copy of vecmath's polynomials (the kernel took 4x to compile)
+                    act = T.buffer_proxy(T.alloc_buffer((5, lanes), dt, scope="local"))
                     with T.unroll(0, rb) as q:
                         with T.serial(0, u // lanes) as vo:
                             with T.vectorized(0, lanes) as vi:
+                                k, bq = kb * u + vo * lanes + vi, b0 + q
+                                act[0, vi] = _sigm(Z[t, bq, k], dt)
+                                act[1, vi] = _sigm(Z[t, bq, hidden + k], dt)
+                                act[2, vi] = _tanh(Z[t, bq, 2 * hidden + k], dt)
+                                act[3, vi] = _sigm(Z[t, bq, 3 * hidden + k], dt)
+                                act[4, vi] = _tanh(C[t, bq, k], dt)
+                            with T.vectorized(0, lanes) as vi:
                                 v = vo * lanes + vi
                                 k, bq = kb * u + v, b0 + q
-                                i = _sigm(Z[t, bq, k], dt)
-                                f = _sigm(Z[t, bq, hidden + k], dt)
-                                g = _tanh(Z[t, bq, 2 * hidden + k], dt)
-                                o = _sigm(Z[t, bq, 3 * hidden + k], dt)
-                                tc = _tanh(C[t, bq, k], dt)
+                                i, f, g, o, tc = (act[a, vi] for a in range(5))
                                 one = tirx.const(1, dt)
                                 dct = DC[t, bq, k] + dh[q, v] * o * (one - tc * tc)
                                 if later is not None:
