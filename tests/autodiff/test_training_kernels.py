@@ -41,15 +41,18 @@ def test_per_channel_reduction_is_vectorized(op, axes):
     np.testing.assert_allclose(got, op.reference(a * b, axes=axes, keepdims=True), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape, transpose_rows", [((16, 3, 3, 3), False), ((20, 70), True)])
-def test_weight_gradient_is_a_register_tiled_product(shape, transpose_rows):
+@pytest.mark.parametrize("shape, transpose_rows, batch", [((16, 3, 3, 3), False, 40), ((20, 70), True, 40),
+                                                         ((24, 128), True, 512)])  # the last: blocked over the batch
+def test_weight_gradient_is_a_register_tiled_product(shape, transpose_rows, batch):
     r = int(np.prod(shape[1:]))
-    rows_shape = (40, shape[0]) if transpose_rows else (shape[0], 40)
-    rows, cols = te.placeholder(rows_shape, "float32", name="rows"), te.placeholder((40, r), "float32", name="c")
+    rows_shape = (batch, shape[0]) if transpose_rows else (shape[0], batch)
+    rows, cols = te.placeholder(rows_shape, "float32", name="rows"), te.placeholder((batch, r), "float32", name="c")
     out = ops.weight_grad_gemm.lower(rows, cols, shape=shape, transpose_rows=transpose_rows)
     script, run = build([rows, cols], [out])
     assert "matmul_local" in script and "T.unroll" in script  # accumulators in registers
-    a, b = rng.standard_normal(rows_shape).astype(np.float32), rng.standard_normal((40, r)).astype(np.float32)
+    if batch >= 2 * 128:
+        assert "T.grid(4, 6, 128)" in script, script  # 512 batch rows in 4 blocks of 128, 6 register tiles each
+    a, b = rng.standard_normal(rows_shape).astype(np.float32), rng.standard_normal((batch, r)).astype(np.float32)
     (got,) = run(a, b)
     np.testing.assert_allclose(got, ops.weight_grad_gemm.reference(a, b, shape=shape, transpose_rows=transpose_rows),
                                rtol=1e-4, atol=1e-4)

@@ -32,23 +32,64 @@ def schedule_weight_grad(sch: s_tir.Schedule, target: tvm.target.Target,
     out = sch.cache_write(mm, 0, "local")  # mm now accumulates locally; `out` copies it to the product buffer
     i, j = sch.get_loops(out)
     nt = _weight_grad_j_tile(loop_extent(sch, j), lanes, knobs.j_tile)
-    io, ii = sch.split(i, [None, largest_divisor(loop_extent(sch, i), knobs.i_tile)])
-    jo, ji = sch.split(j, [None, nt])
-    sch.reorder(jo, io, ii, ji)
-    tile = sch.fuse(jo, io)
-    sch.parallel(tile)
-    sch.compute_at(mm, tile, preserve_unit_loops=True)
-    vec = min(lanes, nt)
-    mk = register_tile(sch, mm, vec)
-    attempt(sch.unroll, ii)
-    jwo, jwl = sch.split(ji, [None, vec])
-    attempt(sch.unroll, jwo)
-    attempt(sch.vectorize, jwl)
-    init = sch.decompose_reduction(mm, mk)
-    attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
-    attempt(lambda: sch.unroll(sch.get_loops(init)[-2]))
+    it = largest_divisor(loop_extent(sch, i), knobs.i_tile)
+    k = loop_extent(sch, sch.get_loops(mm)[-1])
+    if k >= 2 * WGRAD_K_BLOCK and loop_extent(sch, i) > it and loop_extent(sch, j) % nt == 0:
+        _weight_grad_blocked(sch, mm, out, it, nt, lanes, target)
+    else:
+        io, ii = sch.split(i, [None, it])
+        jo, ji = sch.split(j, [None, nt])
+        sch.reorder(jo, io, ii, ji)
+        tile = sch.fuse(jo, io)
+        sch.parallel(tile)
+        sch.compute_at(mm, tile, preserve_unit_loops=True)
+        vec = min(lanes, nt)
+        mk = register_tile(sch, mm, vec)
+        attempt(sch.unroll, ii)
+        jwo, jwl = sch.split(ji, [None, vec])
+        attempt(sch.unroll, jwo)
+        attempt(sch.vectorize, jwl)
+        init = sch.decompose_reduction(mm, mk)
+        attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+        attempt(lambda: sch.unroll(sch.get_loops(init)[-2]))
     for block in sch.get_output_blocks(sch.get_sblock("root")):  # the view and its epilogue: one loop nest
         attempt(schedule_spatial, sch, block, lanes)
+
+
+WGRAD_K_BLOCK = 128  # rows of the batch per pass over a block's register tiles (their operand slices stay in L1)
+WGRAD_ROW_BLOCK = 128  # weight rows per parallel task: [128 x j_tile] accumulators (32 KB), in L1 across the k blocks
+
+
+def _weight_grad_blocked(sch, mm, out, it: int, nt: int, lanes: int, target) -> None:
+    """A weight gradient reduces over the whole batch (2048 rows for 16 x 128 tokens): one parallel task per
+    [row block x j_tile] block of the weight, and inside it, per block of WGRAD_K_BLOCK batch rows, every register
+    tile steps through the same operand slices, which stay in L1 (as the dense schedule does, backend/cpu/dense.py).
+    Unblocked, each register tile streamed its [batch x j_tile] slice from L2 or memory."""
+    i, j = sch.get_loops(out)
+    m, n = loop_extent(sch, i), loop_extent(sch, j)
+    cores = int(target.attrs.get("num-cores", 1) or 1)
+    rows = [r for r in range(it, m + 1, it) if m % r == 0 and r <= WGRAD_ROW_BLOCK]
+    busy = [r for r in rows if (m // r) * (n // nt) >= 2 * cores]
+    ib = max(busy or rows[:1])
+    ibo, ibi = sch.split(i, [None, ib])
+    jo, ji = sch.split(j, [None, nt])
+    sch.reorder(jo, ibo, ibi, ji)
+    tile = sch.fuse(jo, ibo)
+    sch.parallel(tile)
+    sch.compute_at(mm, tile, preserve_unit_loops=True)
+    rows_l, cols_l, kk = sch.get_loops(mm)[-3:]
+    mo, mi = sch.split(rows_l, [None, it])
+    ko, ki = sch.split(kk, [None, largest_divisor(loop_extent(sch, kk), WGRAD_K_BLOCK)])
+    vec = min(lanes, nt)
+    co, cl = sch.split(cols_l, [None, vec])
+    sch.reorder(ko, mo, ki, mi, co, cl)
+    sch.unroll(mi)
+    sch.unroll(co)
+    sch.vectorize(cl)
+    init = sch.decompose_reduction(mm, ko)
+    attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    _, wl = sch.split(sch.get_loops(out)[-1], [None, vec])
+    attempt(sch.vectorize, wl)
 
 
 def _weight_grad_j_tile(n: int, lanes: int, j_tile: int) -> int:
