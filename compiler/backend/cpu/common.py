@@ -187,6 +187,23 @@ def register_tile(sch: s_tir.Schedule, block, vec: int):
     return k
 
 
+def k_blocked_register_tile(sch: s_tir.Schedule, block, rows: int, k_block: int, vec: int) -> None:
+    """The product `block`, computed at its task's loop (last three loops: rows, cols, k) into the task's local
+    accumulators: for each block of `k_block` k steps, every [rows x cols] register tile of the task steps through
+    it, so a k block's operand slices stay in L1 while the accumulators carry over between k blocks (zeroed before
+    the first). The dense and weight-gradient schedules block this way."""
+    r, c, k = sch.get_loops(block)[-3:]
+    mo, mi = sch.split(r, [None, rows])
+    ko, ki = sch.split(k, [None, k_block])
+    co, cl = sch.split(c, [None, vec])
+    sch.reorder(ko, mo, ki, mi, co, cl)
+    sch.unroll(mi)
+    sch.unroll(co)
+    sch.vectorize(cl)
+    init = sch.decompose_reduction(block, ko)
+    attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+
+
 def schedule_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:
     """Fuse outer loops and parallelize them (if worth it); vectorize the innermost axis in pieces."""
     loops = sch.get_loops(block)

@@ -10,7 +10,8 @@ import tvm
 from tvm import s_tir
 
 from tensorforge.compiler.backend.cpu.common import (
-    Knobs, Rule, anchor_epilogue, attempt, largest_divisor, loop_extent, register_tile, vector_lanes)
+    Knobs, Rule, anchor_epilogue, attempt, k_blocked_register_tile, largest_divisor, loop_extent, register_tile,
+    vector_lanes)
 from tensorforge.compiler.ops.packed import ANN_N_TILE, DENSE_PACKED
 
 
@@ -102,16 +103,7 @@ def _blocked_over_k(sch, dense, out, loops, padded: bool, mb: int, mt: int, nt: 
     else:
         sch.compute_at(dense, tile, preserve_unit_loops=True)
     sch.set_scope(dense, 0, "local")
-    rows, cols, kk = sch.get_loops(dense)[-3:]
-    mo, mi = sch.split(rows, [None, mt])
-    ko, ki = sch.split(kk, [None, kb])
-    co, cl = sch.split(cols, [None, vec])
-    sch.reorder(ko, mo, ki, mi, co, cl)
-    sch.unroll(mi)
-    sch.unroll(co)
-    sch.vectorize(cl)
-    init = sch.decompose_reduction(dense, ko)
-    attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    k_blocked_register_tile(sch, dense, mt, kb, vec)
     _, ni_l = sch.split(sch.get_loops(out)[-1], [None, vec])
     attempt(sch.vectorize, ni_l)
 

@@ -8,8 +8,9 @@ import tvm
 from tvm import s_tir, tirx
 
 from tensorforge.compiler.backend.cpu.common import (
-    PARALLEL_MIN_WORK, SPATIAL, Rule, attempt, inline_all, is_output, is_spatial_block, iter_types, largest_divisor,
-    loop_extent, loop_work, register_tile, root_blocks, schedule_spatial, vector_lanes)
+    PARALLEL_MIN_WORK, SPATIAL, Rule, attempt, inline_all, is_output, is_spatial_block, iter_types,
+    k_blocked_register_tile, largest_divisor, loop_extent, loop_work, register_tile, root_blocks, schedule_spatial,
+    vector_lanes)
 from tensorforge.compiler.backend.cpu.matmul import MatmulKnobs, matmul_j_tile
 from tensorforge.compiler.ops.nn import MATMUL
 from tensorforge.compiler.ops.train_pack import ANN_IM2COL_DIMS, DENSE_WEIGHT_PACK, IM2COL, WGRAD
@@ -37,12 +38,7 @@ def schedule_weight_grad(sch: s_tir.Schedule, target: tvm.target.Target,
     if k >= 2 * WGRAD_K_BLOCK and loop_extent(sch, i) > it and loop_extent(sch, j) % nt == 0:
         _weight_grad_blocked(sch, mm, out, it, nt, lanes, target)
     else:
-        io, ii = sch.split(i, [None, it])
-        jo, ji = sch.split(j, [None, nt])
-        sch.reorder(jo, io, ii, ji)
-        tile = sch.fuse(jo, io)
-        sch.parallel(tile)
-        sch.compute_at(mm, tile, preserve_unit_loops=True)
+        ii, ji = _tasks(sch, mm, i, j, it, nt)
         vec = min(lanes, nt)
         mk = register_tile(sch, mm, vec)
         attempt(sch.unroll, ii)
@@ -70,26 +66,24 @@ def _weight_grad_blocked(sch, mm, out, it: int, nt: int, lanes: int, target) -> 
     cores = int(target.attrs.get("num-cores", 1) or 1)
     rows = [r for r in range(it, m + 1, it) if m % r == 0 and r <= WGRAD_ROW_BLOCK]
     busy = [r for r in rows if (m // r) * (n // nt) >= 2 * cores]
-    ib = max(busy or rows[:1])
-    ibo, ibi = sch.split(i, [None, ib])
-    jo, ji = sch.split(j, [None, nt])
-    sch.reorder(jo, ibo, ibi, ji)
-    tile = sch.fuse(jo, ibo)
-    sch.parallel(tile)
-    sch.compute_at(mm, tile, preserve_unit_loops=True)
-    rows_l, cols_l, kk = sch.get_loops(mm)[-3:]
-    mo, mi = sch.split(rows_l, [None, it])
-    ko, ki = sch.split(kk, [None, largest_divisor(loop_extent(sch, kk), WGRAD_K_BLOCK)])
+    _tasks(sch, mm, i, j, max(busy or rows[:1]), nt)
     vec = min(lanes, nt)
-    co, cl = sch.split(cols_l, [None, vec])
-    sch.reorder(ko, mo, ki, mi, co, cl)
-    sch.unroll(mi)
-    sch.unroll(co)
-    sch.vectorize(cl)
-    init = sch.decompose_reduction(mm, ko)
-    attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    k = loop_extent(sch, sch.get_loops(mm)[-1])
+    k_blocked_register_tile(sch, mm, it, largest_divisor(k, WGRAD_K_BLOCK), vec)
     _, wl = sch.split(sch.get_loops(out)[-1], [None, vec])
     attempt(sch.vectorize, wl)
+
+
+def _tasks(sch, mm, i, j, rows: int, nt: int):
+    """Parallel tasks of [rows x nt] over the write-back's loops (columns outer), the product computed in each;
+    returns the write-back's inner (row, column) loops."""
+    io, ii = sch.split(i, [None, rows])
+    jo, ji = sch.split(j, [None, nt])
+    sch.reorder(jo, io, ii, ji)
+    tile = sch.fuse(jo, io)
+    sch.parallel(tile)
+    sch.compute_at(mm, tile, preserve_unit_loops=True)
+    return ii, ji
 
 
 def _weight_grad_j_tile(n: int, lanes: int, j_tile: int) -> int:
