@@ -163,6 +163,14 @@ class Graph:
             n.inputs = [new if v is old else v for v in n.inputs]
         self._outputs = [new if v is old else v for v in self._outputs]
 
+    def take_over(self, n: "Node", new: Value) -> None:
+        """`new` takes over the one output of node `n`, its readers and its name; `n` goes (a pass replacing an op
+        by another)."""
+        old = n.outputs[0]
+        self.replace_uses(old, new)
+        self.remove_node(n)
+        self.rename(new, old.name)
+
     def remove_unused(self) -> None:
         """Drop nodes whose outputs nobody reads and params nobody reads (dead code elimination)."""
         live = set(self.outputs)

@@ -31,7 +31,7 @@ def _gelu_lower(x, *, approximate, fast_erf=False):
     # (erf: 22 ms vs 0.5 ms on 2M floats, one thread; GPT-2's MLP GELU on 64 x 3072: 1.9 ms of a 0.5 ms bf16 dense).
     # Where x reads a vecmath stage of the same kernel, libm (vecmath.stage explains why). fast_erf (set by the CPU's
     # bf16 mode, passes/cpu/bf16_weights.py): topi.fast_erf, 3e-7 absolute, 6x faster than vecmath's erf.
-    fast = vecmath.enabled(x.dtype) and not vecmath._reads_vecmath(x, {})
+    fast = vecmath.applies(x)
     if approximate != "tanh" and fast:
         from tvm import topi
 

@@ -57,7 +57,7 @@ def _gelu_grad_lower(x, dy, *, approximate):
     def c(v):
         return tirx.const(v, x.dtype)
 
-    fast = vecmath.enabled(x.dtype) and not vecmath._reads_vecmath(x, {})
+    fast = vecmath.applies(x)
     if approximate == "tanh":
         def f(*i):
             v = x(*i)

@@ -192,14 +192,18 @@ def enabled(dtype: str) -> bool:
     return dtype == F32 and (target is None or target.kind.name != "cuda")
 
 
-def stage(fn, x, name: str, fallback=None):
+def applies(x) -> bool:
+    """Whether a vecmath function may compute on TE tensor `x`: float32 on the CPU (`enabled`), and `x` reads no
+    vecmath stage of the same kernel (see `stage`)."""
+    return enabled(x.dtype) and not _reads_vecmath(x, {})
+
+
+def stage(fn, x, name: str, fallback):
     """out[i] = fn(x[i]) as one float32 TE stage tagged "vecmath", or `fallback(x)` (the libm call, a TE tensor)
-    where x itself reads a vecmath stage of the same kernel: each function repeats its argument several times, and
+    where vecmath does not apply (`applies`), e.g. x itself reads a vecmath stage of the same kernel: each function repeats its argument several times, and
     a nested chain (tanh of a sigmoid of ...) inlined as one expression tree grows exponentially (four levels ran
     the compiler out of memory). One level, the common case, is the vectorized form."""
-    if fallback is not None and (not enabled(x.dtype) or _reads_vecmath(x, {})):
-        return fallback(x)
-    return compute(x, fn, name)
+    return compute(x, fn, name) if applies(x) else fallback(x)
 
 
 def compute(x, fn, name: str):

@@ -187,6 +187,15 @@ def register_tile(sch: s_tir.Schedule, block, vec: int):
     return k
 
 
+def task_rows(m: int, step: int, most: int, other_tasks: int, target: tvm.target.Target) -> int:
+    """Rows of a k-blocked task: a multiple of `step` dividing `m`, at most `most` (or `step`), the largest that
+    still leaves every core two tasks (with `other_tasks` tasks along the columns), else the smallest."""
+    cores = int(target.attrs.get("num-cores", 1) or 1)
+    fits = [r for r in range(step, m + 1, step) if m % r == 0 and r <= max(most, step)]
+    busy = [r for r in fits if (m // r) * other_tasks >= 2 * cores]
+    return max(busy or fits[:1])
+
+
 def k_blocked_register_tile(sch: s_tir.Schedule, block, rows: int, k_block: int, vec: int) -> None:
     """The product `block`, computed at its task's loop (last three loops: rows, cols, k) into the task's local
     accumulators: for each block of `k_block` k steps, every [rows x cols] register tile of the task steps through

@@ -11,7 +11,7 @@ from tvm import s_tir
 
 from tensorforge.compiler.backend.cpu.common import (
     Knobs, Rule, anchor_epilogue, attempt, k_blocked_register_tile, largest_divisor, loop_extent, register_tile,
-    vector_lanes)
+    task_rows, vector_lanes)
 from tensorforge.compiler.ops.packed import ANN_N_TILE, DENSE_PACKED
 
 
@@ -45,19 +45,15 @@ def schedule_dense(sch: s_tir.Schedule, target: tvm.target.Target, knobs: DenseK
     m_ext, n_ext, k = loop_extent(sch, dm), loop_extent(sch, dn), loop_extent(sch, sch.get_loops(dense)[-1])
     padded = (m_ext, n_ext) != (loop_extent(sch, m), loop_extent(sch, n))
     mt = largest_divisor(m_ext, knobs.m_tile)
-    rows = max(mt, knobs.x_block_bytes // (4 * k) // mt * mt)
-    mb = next(r for r in range(min(rows, m_ext) // mt * mt, 0, -mt) if m_ext % r == 0)
     vec = math.gcd(lanes, nt)  # 24 columns on AVX2: three 8-lane vectors
     kb = largest_divisor(k, knobs.k_block) if knobs.k_block else 0
     if kb >= 32 and k >= 2 * kb and m_ext > mt:
         # the rows of a block: its [rows x k_block] slice of x within x_block_bytes, and enough blocks for every core
-        cores = int(target.attrs.get("num-cores", 1) or 1)
-        fits = [r for r in range(mt, m_ext + 1, mt) if m_ext % r == 0 and r * kb * 4 <= max(knobs.x_block_bytes,
-                                                                                                 mt * kb * 4)]
-        busy = [r for r in fits if (m_ext // r) * (n_ext // nt) >= 2 * cores]
-        _blocked_over_k(sch, dense, out, (dm, dn) if padded else (m, n), padded, max(busy or fits[:1]), mt, nt, kb,
-                        vec)
+        mb = task_rows(m_ext, mt, knobs.x_block_bytes // (4 * kb), n_ext // nt, target)
+        _blocked_over_k(sch, dense, out, (dm, dn) if padded else (m, n), padded, mb, mt, nt, kb, vec)
         return
+    rows = max(mt, knobs.x_block_bytes // (4 * k) // mt * mt)
+    mb = next(r for r in range(min(rows, m_ext) // mt * mt, 0, -mt) if m_ext % r == 0)
 
     def tiles(mm, nn):
         mbo, mrest = sch.split(mm, [None, mb])

@@ -10,7 +10,7 @@ from tvm import s_tir, tirx
 from tensorforge.compiler.backend.cpu.common import (
     PARALLEL_MIN_WORK, SPATIAL, Rule, attempt, inline_all, is_output, is_spatial_block, iter_types,
     k_blocked_register_tile, largest_divisor, loop_extent, loop_work, register_tile, root_blocks, schedule_spatial,
-    vector_lanes)
+    task_rows, vector_lanes)
 from tensorforge.compiler.backend.cpu.matmul import MatmulKnobs, matmul_j_tile
 from tensorforge.compiler.ops.nn import MATMUL
 from tensorforge.compiler.ops.train_pack import ANN_IM2COL_DIMS, DENSE_WEIGHT_PACK, IM2COL, WGRAD
@@ -36,7 +36,7 @@ def schedule_weight_grad(sch: s_tir.Schedule, target: tvm.target.Target,
     it = largest_divisor(loop_extent(sch, i), knobs.i_tile)
     k = loop_extent(sch, sch.get_loops(mm)[-1])
     if k >= 2 * WGRAD_K_BLOCK and loop_extent(sch, i) > it and loop_extent(sch, j) % nt == 0:
-        _weight_grad_blocked(sch, mm, out, it, nt, lanes, target)
+        _weight_grad_blocked(sch, mm, out, it, nt, k, lanes, target)
     else:
         ii, ji = _tasks(sch, mm, i, j, it, nt)
         vec = min(lanes, nt)
@@ -56,19 +56,15 @@ WGRAD_K_BLOCK = 128  # rows of the batch per pass over a block's register tiles 
 WGRAD_ROW_BLOCK = 128  # weight rows per parallel task: [128 x j_tile] accumulators (32 KB), in L1 across the k blocks
 
 
-def _weight_grad_blocked(sch, mm, out, it: int, nt: int, lanes: int, target) -> None:
+def _weight_grad_blocked(sch, mm, out, it: int, nt: int, k: int, lanes: int, target) -> None:
     """A weight gradient reduces over the whole batch (2048 rows for 16 x 128 tokens): one parallel task per
     [row block x j_tile] block of the weight, and inside it, per block of WGRAD_K_BLOCK batch rows, every register
     tile steps through the same operand slices, which stay in L1 (as the dense schedule does, backend/cpu/dense.py).
     Unblocked, each register tile streamed its [batch x j_tile] slice from L2 or memory."""
     i, j = sch.get_loops(out)
     m, n = loop_extent(sch, i), loop_extent(sch, j)
-    cores = int(target.attrs.get("num-cores", 1) or 1)
-    rows = [r for r in range(it, m + 1, it) if m % r == 0 and r <= WGRAD_ROW_BLOCK]
-    busy = [r for r in rows if (m // r) * (n // nt) >= 2 * cores]
-    _tasks(sch, mm, i, j, max(busy or rows[:1]), nt)
+    _tasks(sch, mm, i, j, task_rows(m, it, WGRAD_ROW_BLOCK, n // nt, target), nt)
     vec = min(lanes, nt)
-    k = loop_extent(sch, sch.get_loops(mm)[-1])
     k_blocked_register_tile(sch, mm, it, largest_divisor(k, WGRAD_K_BLOCK), vec)
     _, wl = sch.split(sch.get_loops(out)[-1], [None, vec])
     attempt(sch.vectorize, wl)

@@ -13,18 +13,10 @@ from tensorforge.compiler.ops import amx
 from tensorforge.runtime.cpu_features import has_amx
 
 
-def replace_output(g: Graph, n, new_out) -> None:
-    """`new_out` takes over the one output of `n` (its readers and its name); `n` goes."""
-    old_out = n.outputs[0]
-    g.replace_uses(old_out, new_out)
-    g.remove_node(n)
-    g.rename(new_out, old_out.name)
-
-
 def replace(g: Graph, n, op, inputs, attrs) -> None:
     """Replace the one-output node `n` by `op(inputs)`, in its place in the order."""
     (new_out,) = g.add_node(op, inputs, attrs, name=n.name, index=g.nodes.index(n))
-    replace_output(g, n, new_out)
+    g.take_over(n, new_out)
 
 
 @dataclass(frozen=True)
@@ -166,7 +158,7 @@ class AmxAttention:
                 s = emit(ops.add, [s, g.add_param(f"{name}.causal", bias)], suffix="causal")
             p = emit(ops.softmax, [s], {"axis": rank - 1}, "softmax")
             out = emit(ops.matmul_amx, [p, v], suffix="pv")
-            replace_output(g, n, out)
+            g.take_over(n, out)
         g.remove_unused()
         return g
 

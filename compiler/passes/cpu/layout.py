@@ -212,9 +212,7 @@ def _rewrite(g: Graph, policy: ConvPolicy, skip: frozenset[str], origins: dict[N
             (y,) = g.add_node(ops.global_avg_pool_nchwc, [blocked[n.inputs[0]]], {}, name=n.name, index=index)
             if padded(n.inputs[0]):
                 (y,) = g.add_node(ops.strided_slice, [y], _channel_slice(out), index=index + 1)
-            g.replace_uses(out, y)
-            g.remove_node(n)
-            g.rename(y, out.name)
+            g.take_over(n, y)
             continue
         elif n.op in (ops.max_pool2d, ops.avg_pool2d) and n.inputs[0] in blocked:
             new_op = ops.max_pool2d_nchwc if n.op is ops.max_pool2d else ops.avg_pool2d_nchwc
@@ -247,9 +245,7 @@ def _rewrite(g: Graph, policy: ConvPolicy, skip: frozenset[str], origins: dict[N
         (plain,) = g.add_node(ops.from_blocked, [yb], {}, index=index + 1)
         if plain.type.shape[1] != out.type.shape[1]:  # padded channels: the plain view slices them off
             (plain,) = g.add_node(ops.strided_slice, [plain], _channel_slice(out), index=index + 2)
-        g.replace_uses(out, plain)
-        g.remove_node(n)
-        g.rename(plain, out.name)
+        g.take_over(n, plain)
         blocked[plain] = yb
     g.remove_unused()
     return converted

@@ -57,9 +57,6 @@ def pack_weights(g: Graph) -> Graph:
                 index += 1
         (new_out,) = g.add_node(new_op, [n.inputs[0], packed[key]] + n.inputs[2:], attrs, name=n.name,
                                 index=index)
-        old_out = n.outputs[0]
-        g.replace_uses(old_out, new_out)
-        g.remove_node(n)
-        g.rename(new_out, old_out.name)
+        g.take_over(n, new_out)
     g.remove_unused()
     return g

@@ -99,10 +99,7 @@ def winograd_graph(g: Graph, policy: WinogradPolicy = WinogradPolicy()) -> int:
         attrs = {"pads": a["pads"], "tile": policy.tile, "out_channels": a["out_channels"]}
         (y,) = g.add_node(ops.winograd_conv2d, [n.inputs[0], transformed[w]] + n.inputs[2:], attrs, name=n.name,
                           index=g.nodes.index(n))
-        out = n.outputs[0]
-        g.replace_uses(out, y)
-        g.remove_node(n)
-        g.rename(y, out.name)
+        g.take_over(n, y)
         converted += 1
     g.remove_unused()
     return converted
