@@ -6,7 +6,7 @@ both forms and its gradient (ops/activation.py, ops/backward.py), softmax (ops/n
 (ops/attention.py) and the LSTM kernels' gates (ops/rnn.py). Each function repeats its argument several times, so
 a fused chain of them (tanh of a sigmoid of ...) inlined as one expression tree grows exponentially; `stage` makes
 the first level vecmath and any level that reads another vecmath stage of the same kernel a libm call (accurate,
-scalar). Binding the argument with a TIR Let does not help: TVM's simplifier inlines every pure Let.
+scalar). Within one function, the values used more than once are bound by TIR Lets (`_Lets`).
 
 TVM lowers `exp`/`tanh` to scalar libm calls (accurate, one call per element), and topi's `fast_exp`/`fast_tanh` are
 vectorizable approximations that lose accuracy at the ends of the range (fast_tanh is ~1e-7 *absolute*, thousands of
@@ -44,44 +44,73 @@ def _is_nan(x):
     return bits > tirx.const(0x7F800000, "int32")
 
 
+class _Lets:
+    """Let bindings for the values a function uses more than once: `v = lets(value)` gives a variable, and
+    `lets.wrap(result)` binds them all around the result. Each value is then computed once, and the expression stays
+    a small tree for TVM's passes: without them a fused dense+GELU kernel printed as 740 kB of TIR, and CSE and the
+    simplifier took 2.3 s over it. Constants and variables are not bound."""
+
+    def __init__(self):
+        self.binds = []
+
+    def __call__(self, value, name: str = "v"):
+        if hasattr(value, "asobject"):  # a TE tensor element
+            value = value.asobject()
+        if isinstance(value, (tirx.Var, tirx.IntImm, tirx.FloatImm)) or str(value.ty) == "bool":
+            return value  # (a bool Let fails to vectorize)
+        var = tirx.Var(name, value.ty)
+        self.binds.append((var, value))
+        return var
+
+    def wrap(self, body):
+        for var, value in reversed(self.binds):
+            body = tirx.Let(var, value, body)
+        return body
+
+
 def _pow2(n):
     """2^n for an int32 n in [-126, 127], from its bits."""
     return tirx.reinterpret(F32, (n + tirx.const(127, "int32")) << tirx.const(23, "int32"))
 
 
 def exp(x):
-    xc = tirx.max(tirx.min(x, _c(_EXP_HI)), _c(_EXP_LO))
-    n = tirx.floor(xc * _c(_LOG2E) + _c(0.5))
-    r = xc - n * _c(_LN2_HI)
-    r = r - n * _c(_LN2_LO)
+    b = _Lets()
+    x = b(x, "x")
+    xc = b(tirx.max(tirx.min(x, _c(_EXP_HI)), _c(_EXP_LO)), "xc")
+    n = b(tirx.floor(xc * _c(_LOG2E) + _c(0.5)), "n")
+    r = b(xc - n * _c(_LN2_HI) - n * _c(_LN2_LO), "r")
     p = _c(_EXP_P[0])
     for c in _EXP_P[1:]:
         p = p * r + _c(c)
     p = p * r * r + r + _c(1.0)
-    ni = n.astype("int32")
-    half = ni >> tirx.const(1, "int32")  # floor(n / 2): both halves in [-75, 64], normal powers of two
+    ni = b(n.astype("int32"), "ni")
+    half = b(ni >> tirx.const(1, "int32"), "half")  # floor(n / 2): both halves in [-75, 64], normal powers of two
     y = p * _pow2(half) * _pow2(ni - half)
     y = tirx.Select(x > _c(_EXP_HI), _c(float("inf")), y)
     y = tirx.Select(x < _c(_EXP_LO), _c(0.0), y)
-    return tirx.Select(_is_nan(x), x, y)
+    return b.wrap(tirx.Select(_is_nan(x), x, y))
 
 
 def tanh(x):
-    z = x * x
+    b = _Lets()
+    x = b(x, "x")
+    z = b(x * x, "z")
     p = _c(_TANH_P[0])
     for c in _TANH_P[1:]:
         p = p * z + _c(c)
     small = p * z * x + x
-    a = tirx.abs(x)
-    large = _c(1.0) - _c(2.0) / (exp(a + a) + _c(1.0))
+    a = b(tirx.abs(x), "a")
+    large = b(_c(1.0) - _c(2.0) / (exp(a + a) + _c(1.0)), "large")
     large = tirx.Select(x < _c(0.0), -large, large)
-    return tirx.Select(a < _c(0.625), small, large)  # NaN: the large branch, exp(NaN) = NaN
+    return b.wrap(tirx.Select(a < _c(0.625), small, large))  # NaN: the large branch, exp(NaN) = NaN
 
 
 def sigmoid(x):
-    t = exp(-tirx.abs(x))
-    d = _c(1.0) + t
-    return tirx.Select(x >= _c(0.0), _c(1.0) / d, t / d)  # NaN: t is NaN, so both are
+    b = _Lets()
+    x = b(x, "x")
+    t = b(exp(-tirx.abs(x)), "t")
+    d = b(_c(1.0) + t, "d")
+    return b.wrap(tirx.Select(x >= _c(0.0), _c(1.0) / d, t / d))  # NaN: t is NaN, so both are
 
 
 # -- log: Cephes logf. x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(1 + f) = f - f^2/2 + f^3 P(f); e ln 2 added in
@@ -93,25 +122,27 @@ _LOG_P = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 
 
 def log(x):
     i32 = "int32"
-    denormal = x < _c(1.1754943508222875e-38)
+    b = _Lets()
+    x = b(x, "x")
+    denormal = x < _c(1.1754943508222875e-38)  # (a bool Let does not vectorize)
     xs = tirx.Select(denormal, x * _c(8388608.0), x)
-    bits = tirx.reinterpret(i32, xs)
+    bits = b(tirx.reinterpret(i32, xs), "bits")
     e = ((bits >> tirx.const(23, i32)) & tirx.const(0xFF, i32)) - tirx.Select(denormal, tirx.const(149, i32),
                                                                              tirx.const(126, i32))
-    m = tirx.reinterpret(F32, (bits & tirx.const(0x007FFFFF, i32)) | tirx.const(0x3F000000, i32))  # [0.5, 1)
+    m = b(tirx.reinterpret(F32, (bits & tirx.const(0x007FFFFF, i32)) | tirx.const(0x3F000000, i32)), "m")  # [0.5, 1)
     low = m < _c(_SQRTHF)
     e = e - tirx.Select(low, tirx.const(1, i32), tirx.const(0, i32))
-    f = tirx.Select(low, m + m - _c(1.0), m - _c(1.0))
-    z = f * f
+    f = b(tirx.Select(low, m + m - _c(1.0), m - _c(1.0)), "f")
+    z = b(f * f, "z")
     p = _c(_LOG_P[0])
     for c in _LOG_P[1:]:
         p = p * f + _c(c)
-    ef = e.astype(F32)
+    ef = b(e.astype(F32), "ef")
     y = p * f * z + ef * _c(_LN2_LO) - _c(0.5) * z
     y = f + y + ef * _c(_LN2_HI)
     y = tirx.Select(x == _c(float("inf")), x, y)
     y = tirx.Select(x == _c(0.0), _c(float("-inf")), y)
-    return tirx.Select(x < _c(0.0), _c(float("nan")), tirx.Select(_is_nan(x), x, y))
+    return b.wrap(tirx.Select(x < _c(0.0), _c(float("nan")), tirx.Select(_is_nan(x), x, y)))
 
 
 # -- erf: fdlibm's single-precision erf (sf_erf.c, Sun Microsystems, freely redistributable): a rational in x^2
@@ -146,27 +177,29 @@ def _horner(t, coeffs):
 def erf(x):
     """fdlibm's four rationals are all evaluated (FMAs are cheap), but their numerators and denominators are chosen
     per lane before one division; with 1 / x^2 that makes two divisions and one exp, branch-free."""
-    a = tirx.abs(x)
+    b = _Lets()
+    x = b(x, "x")
+    a = b(tirx.abs(x), "a")
     small, mid, near = a < _c(0.84375), a < _c(1.25), a < _c(2.857142857)  # 2.857...: 1 / 0.35
     # the tail's |x| stops at 6, where erf is 1: exp then never reaches the denormals, whose arithmetic takes a
     # microcode assist per lane (an N(0, 4) input ran 2x slower)
-    at = tirx.min(a, _c(6.0))
-    z, s, t = x * x, a - _c(1.0), _c(1.0) / (at * at)
+    at = b(tirx.min(a, _c(6.0)), "at")
+    z, s, t = b(x * x, "z"), b(a - _c(1.0), "s"), b(_c(1.0) / (at * at), "t")
     num = tirx.Select(small, _horner(z, _ERF_PP), tirx.Select(mid, _horner(s, _ERF_PA), tirx.Select(
         near, _horner(t, _ERF_RA), _horner(t, _ERF_RB))))
     den = tirx.Select(small, _horner(z, _ERF_QQ), tirx.Select(mid, _horner(s, _ERF_QA), tirx.Select(
         near, _horner(t, _ERF_SA), _horner(t, _ERF_SB))))
-    r = num / den
+    r = b(num / den, "r")
     tiny = a < _c(3.7252902984e-09)  # |x| < 2^-28
     low = tirx.Select(small, tirx.Select(tiny, x + _c(_ERF_EFX) * x, x + x * r),
                       tirx.Select(x < _c(0.0), -(_c(_ERF_ERX) + r), _c(_ERF_ERX) + r))
-    zc = tirx.reinterpret(F32, tirx.reinterpret("int32", at) & tirx.const(-8192, "int32"))  # 0xffffe000
+    zc = b(tirx.reinterpret(F32, tirx.reinterpret("int32", at) & tirx.const(-8192, "int32")), "zc")  # 0xffffe000
     # erfc(|x|) = exp(-z^2 - 0.5625 + (z - |x|)(z + |x|) + R/S) / |x|, one exp (the argument's rounding costs
     # erfc under 1e-7 relative, far below erf's ulp here); 1 / |x| = |x| t
     erfc = exp(_c(-0.5625) - zc * zc + ((zc - at) * (zc + at) + r)) * (at * t)
-    tail = tirx.Select(a < _c(6.0), _c(1.0) - erfc, _c(1.0))
+    tail = b(tirx.Select(a < _c(6.0), _c(1.0) - erfc, _c(1.0)), "tail")
     y = tirx.Select(mid, low, tirx.Select(x < _c(0.0), -tail, tail))
-    return tirx.Select(_is_nan(x), x, y)
+    return b.wrap(tirx.Select(_is_nan(x), x, y))
 
 
 # -- the elementwise stages the ops lower to --------------------------------------------------------------------------
