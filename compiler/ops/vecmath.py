@@ -19,7 +19,7 @@ correctly rounded result over the whole float32 range, NaN and +-inf included (t
     tanh:     |x| < 0.625: x + x^3 P(x^2) (Cephes tanhf); else sign(x) (1 - 2 / (exp(2|x|) + 1)).
     sigmoid:  t = exp(-|x|); 1 / (1 + t) for x >= 0, t / (1 + t) below (no overflow, denormal tails kept).
     log:      Cephes logf (below).
-    erf:      fdlibm's single-precision erf (below).
+    erf:      two fitted polynomials and one exp (below).
 """
 
 from __future__ import annotations
@@ -145,26 +145,19 @@ def log(x):
     return b.wrap(tirx.Select(x < _c(0.0), _c(float("nan")), tirx.Select(_is_nan(x), x, y)))
 
 
-# -- erf: fdlibm's single-precision erf (sf_erf.c, Sun Microsystems, freely redistributable): a rational in x^2
-# below 0.84375, one in |x| - 1 up to 1.25, and 1 - erfc(|x|) above, with erfc = exp(-z^2 - 0.5625) exp((z - |x|)
-# (z + |x|) + R/S) / |x| (z: |x| with 13 low bits cleared, so z^2 is exact); 1 from 6 on. Branch-free, so the loop
-# vectorizes.
-_ERF_EFX = 1.2837916613e-01
-_ERF_ERX = 8.4506291151e-01
-_ERF_PP = (1.2837916613e-01, -3.2504209876e-01, -2.8481749818e-02, -5.7702702470e-03, -2.3763017452e-05)
-_ERF_QQ = (1.0, 3.9791721106e-01, 6.5022252500e-02, 5.0813062117e-03, 1.3249473704e-04, -3.9602282413e-06)
-_ERF_PA = (-2.3621185683e-03, 4.1485610604e-01, -3.7220788002e-01, 3.1834661961e-01, -1.1089469492e-01,
-           3.5478305072e-02, -2.1663755178e-03)
-_ERF_QA = (1.0, 1.0642088205e-01, 5.4039794207e-01, 7.1828655899e-02, 1.2617121637e-01, 1.3637083583e-02,
-           1.1984500103e-02)
-_ERF_RA = (-9.8649440333e-03, -6.9385856390e-01, -1.0558626175e01, -6.2375331879e01, -1.6239666748e02,
-           -1.8460508728e02, -8.1287437439e01, -9.8143291473e00)
-_ERF_SA = (1.0, 1.9651271820e01, 1.3765776062e02, 4.3456588745e02, 6.4538726807e02, 4.2900814819e02,
-           1.0863500214e02, 6.5702495575e00, -6.0424413532e-02)
-_ERF_RB = (-9.8649431020e-03, -7.9928326607e-01, -1.7757955551e01, -1.6063638306e02, -6.3756646729e02,
-           -1.0250950928e03, -4.8351919556e02)
-_ERF_SB = (1.0, 3.0338060379e01, 3.2579251099e02, 1.5367296143e03, 3.1998581543e03, 2.5530502930e03,
-           4.7452853394e02, -2.2440952301e01)
+# -- erf: two polynomials and one exp, no division. |x| < 0.921875: x + x P(x^2); above, 1 - erfc(|x|) with
+# log(erfc(a)) = Q(a - 2.4234375) - a^2; from 3.925 on, 1 (erfc there is below half an ulp of 1). The coefficients
+# are least-squares fits on Chebyshev nodes in float64 (tests/ops/test_vecmath.py refits them), within 1 ulp in
+# float32 Horner form. They replaced fdlibm's sf_erf.c (four rationals, two divisions): 2.8 -> 1.25 ms per 2M floats
+# (benchmarks/results/vecmath.md); GELU's erf was the costliest elementwise code in BERT and in a training step.
+_ERF_SMALL_END = 0.921875
+_ERF_ONE_FROM = 3.925
+_ERF_CENTER = 2.4234375
+_ERF_P = (0.12837915122509003, -0.3761250376701355, 0.11281904578208923, -0.026769496500492096,
+          0.004997011739760637, -0.0006008737254887819)
+_ERF_Q = (-1.5294793844223022, -0.3614668846130371, 0.058678459376096725, -0.011546885594725609,
+          0.0023331274278461933, -0.00045742819202132523, 8.470356260659173e-05, -1.4283556993177626e-05,
+          1.6355553498215158e-06)
 
 
 def _horner(t, coeffs):
@@ -175,30 +168,16 @@ def _horner(t, coeffs):
 
 
 def erf(x):
-    """fdlibm's four rationals are all evaluated (FMAs are cheap), but their numerators and denominators are chosen
-    per lane before one division; with 1 / x^2 that makes two divisions and one exp, branch-free."""
+    """Branch-free: both polynomials are evaluated and one chosen per lane."""
     b = _Lets()
     x = b(x, "x")
     a = b(tirx.abs(x), "a")
-    small, mid, near = a < _c(0.84375), a < _c(1.25), a < _c(2.857142857)  # 2.857...: 1 / 0.35
-    # the tail's |x| stops at 6, where erf is 1: exp then never reaches the denormals, whose arithmetic takes a
-    # microcode assist per lane (an N(0, 4) input ran 2x slower)
-    at = b(tirx.min(a, _c(6.0)), "at")
-    z, s, t = b(x * x, "z"), b(a - _c(1.0), "s"), b(_c(1.0) / (at * at), "t")
-    num = tirx.Select(small, _horner(z, _ERF_PP), tirx.Select(mid, _horner(s, _ERF_PA), tirx.Select(
-        near, _horner(t, _ERF_RA), _horner(t, _ERF_RB))))
-    den = tirx.Select(small, _horner(z, _ERF_QQ), tirx.Select(mid, _horner(s, _ERF_QA), tirx.Select(
-        near, _horner(t, _ERF_SA), _horner(t, _ERF_SB))))
-    r = b(num / den, "r")
-    tiny = a < _c(3.7252902984e-09)  # |x| < 2^-28
-    low = tirx.Select(small, tirx.Select(tiny, x + _c(_ERF_EFX) * x, x + x * r),
-                      tirx.Select(x < _c(0.0), -(_c(_ERF_ERX) + r), _c(_ERF_ERX) + r))
-    zc = b(tirx.reinterpret(F32, tirx.reinterpret("int32", at) & tirx.const(-8192, "int32")), "zc")  # 0xffffe000
-    # erfc(|x|) = exp(-z^2 - 0.5625 + (z - |x|)(z + |x|) + R/S) / |x|, one exp (the argument's rounding costs
-    # erfc under 1e-7 relative, far below erf's ulp here); 1 / |x| = |x| t
-    erfc = exp(_c(-0.5625) - zc * zc + ((zc - at) * (zc + at) + r)) * (at * t)
-    tail = b(tirx.Select(a < _c(6.0), _c(1.0) - erfc, _c(1.0)), "tail")
-    y = tirx.Select(mid, low, tirx.Select(x < _c(0.0), -tail, tail))
+    small = x + x * _horner(x * x, _ERF_P)
+    # |x| is capped where erf is 1 so that exp never reaches the denormals (a microcode assist per lane)
+    ac = b(tirx.min(a, _c(_ERF_ONE_FROM)), "ac")
+    large = b(tirx.Select(a < _c(_ERF_ONE_FROM),
+                          _c(1.0) - exp(_horner(ac - _c(_ERF_CENTER), _ERF_Q) - ac * ac), _c(1.0)), "large")
+    y = tirx.Select(a < _c(_ERF_SMALL_END), small, tirx.Select(x < _c(0.0), -large, large))
     return b.wrap(tirx.Select(_is_nan(x), x, y))
 
 

@@ -132,3 +132,23 @@ def test_nested_chain_compiles_and_stays_accurate():
     assert m.num_kernels == 1
     want = np.tanh(1 / (1 + np.exp(-np.exp(np.tanh(x.astype(np.float64))))))
     assert ulp_distance(got, want.astype(np.float32)).max() <= 4
+
+
+def _least_squares_on_chebyshev_nodes(f, lo, hi, degree, center):
+    k = np.arange(4000)
+    x = (lo + hi) / 2 + (hi - lo) / 2 * np.cos(np.pi * (k + 0.5) / len(k))
+    coeffs, *_ = np.linalg.lstsq(np.vander(x - center, degree + 1, increasing=True), f(x), rcond=None)
+    return coeffs
+
+
+def test_erf_coefficients_are_the_documented_fits():
+    """vecmath.erf's polynomials come from the fits its comment describes (so they can be redone, e.g. for float16):
+    P: (erf(x) / x - 1) in x^2 below 0.921875; Q: log(erfc(a)) + a^2 in a - center up to 3.925."""
+    erf, erfc = np.vectorize(math.erf), np.vectorize(math.erfc)
+    small = _least_squares_on_chebyshev_nodes(lambda t: erf(np.sqrt(t)) / np.sqrt(t) - 1, 1e-12,
+                                              vecmath._ERF_SMALL_END ** 2, len(vecmath._ERF_P) - 1, 0.0)
+    large = _least_squares_on_chebyshev_nodes(lambda a: np.log(erfc(a)) + a * a, vecmath._ERF_SMALL_END,
+                                              vecmath._ERF_ONE_FROM, len(vecmath._ERF_Q) - 1, vecmath._ERF_CENTER)
+    np.testing.assert_allclose(vecmath._ERF_P, small.astype(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(vecmath._ERF_Q, large.astype(np.float32), rtol=1e-6)
+    assert math.erfc(vecmath._ERF_ONE_FROM) < 2.0 ** -25  # erf rounds to 1 from there on
