@@ -220,8 +220,10 @@ def _lstm_grad(e, n, dys):
         z = e.op(ops.reshape, [z], shape=(steps, b, GATES * hidden))
     dz, dc0 = e.op(lstm_sequence_grad, [z, c, c_prev, r, dy, dc], reverse=reverse)
     dz2 = e.op(ops.reshape, [dz], shape=(steps * b, GATES * hidden))
-    dr = e.op(ops.matmul, [e.op(ops.transpose, [dz2], perm=(1, 0)),
-                           e.op(ops.reshape, [h_prev], shape=(steps * b, hidden))])
+    # dR = dz^T h_prev, a reduction over every step and batch row: the weight-gradient kernel (blocked over the
+    # rows, backend/cpu/training.py); as a matmul of a transposed operand it was 38 % of an LSTM training step
+    dr = e.op(ops.weight_grad_gemm, [dz2, e.op(ops.reshape, [h_prev], shape=(steps * b, hidden))],
+              shape=(GATES * hidden, hidden), transpose_rows=True)
     first = 0 if not reverse else steps - 1
     dz_first = e.op(ops.reshape, [e.op(ops.strided_slice, [dz], begins=(first, 0, 0), ends=(first + 1, b, GATES * hidden),
                                        strides=(1, 1, 1))], shape=(b, GATES * hidden))
