@@ -75,7 +75,7 @@ def test_rules_are_schedule_rule_objects_with_unique_names():
     assert all(isinstance(r, Rule) and isinstance(r, ScheduleRule) for r in (*RULES, FALLBACK))
     assert len(RULES_BY_NAME) == len(RULES) + 1
     tunable = {r.name for r in RULES if knob_variants(r)}
-    assert tunable == {"attention", "winograd", "weight_grad", "dense", "matmul"}
+    assert tunable == {"attention", "winograd", "weight_grad", "conv_nchwc", "dense", "matmul"}
 
 
 def test_rules_drive_dlights_apply_default_schedule():

@@ -417,3 +417,38 @@ def test_avx2_host_gets_tiles_that_fit_16_registers(monkeypatch):
     out = tvm.runtime.empty((m, n), "float32")
     lib["main"](*(tvm.runtime.tensor(a) for a in (xa, wp, ba)), out)
     _close(out.numpy(), xa @ w.T + ba)
+
+
+@pytest.mark.parametrize("blocked_input", [True, False])
+def test_every_conv_knob_computes_the_same_conv(blocked_input):
+    """The NCHW[16]c conv's knobs (output-channel blocks per register tile, accumulator budget) are tunable: every
+    point of the space schedules and gives the numpy result, and the default tile spans two output-channel blocks."""
+    from tensorforge.compiler.backend.cpu.conv import ConvKnobs
+    from tensorforge.compiler.backend.cpu.rules import schedule_cpu_traced
+    from tensorforge.compiler.ops.nchwc import block_nchw, conv2d_nchwc_compute, repack_conv2d_weight_nchwc
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    c, oc, hw, blk = 32, 64, 14, 16
+    xa, w = _rand(1, c, hw, hw), _rand(oc, c, 3, 3)
+    layout = K.conv2d_weight_layout(oc, c, 1, 3, 3)
+    assert layout["oc_block"] == blk
+    wp = K.pack_conv2d_weight(w, layout)
+    if blocked_input:
+        wp, x_in = repack_conv2d_weight_nchwc(wp, blk), block_nchw(xa, blk)
+    else:
+        x_in = xa
+    x = te.placeholder(x_in.shape, name="x")
+    wpl = te.placeholder(wp.shape, name="w")
+    y = conv2d_nchwc_compute(x, wpl, None, in_block=blk if blocked_input else 0, block=blk, out_channels=oc,
+                             kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1))
+    func = te.create_prim_func([x, wpl, y])
+    want = block_nchw(conv2d_ref(xa, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1), blk)
+    space = ConvKnobs.space()
+    assert ConvKnobs() == ConvKnobs(oc_tile=2, accumulators=16) and len(space) == 6
+    for knobs in space:
+        sch, rule = schedule_cpu_traced(func, target, knobs)
+        assert rule.name == "conv_nchwc" and rule.knobs == knobs
+        lib = tvm.compile(sch.mod, target=target)
+        out = tvm.runtime.empty(want.shape, "float32")
+        lib["main"](tvm.runtime.tensor(x_in), tvm.runtime.tensor(wp), out)
+        _close(out.numpy(), want)

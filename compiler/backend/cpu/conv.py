@@ -4,17 +4,32 @@ nchwc.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import tvm
 from tvm import s_tir
 
 from tensorforge.compiler.backend.cpu.common import (
-    Rule, anchor_epilogue, attempt, largest_divisor, loop_extent, root_blocks, schedule_spatial, vector_lanes)
+    Knobs, Rule, anchor_epilogue, attempt, largest_divisor, loop_extent, root_blocks, schedule_spatial, vector_lanes)
 from tensorforge.compiler.ops.nchwc import CONV_DW_NCHWC, CONV_NCHWC
 from tensorforge.compiler.ops.packed import ANN_OC_BLOCK, ANN_OW_TILE, CONV_DEPTHWISE, CONV_PACKED, CONV_PLAIN, PAD
 
 PLANE_MAX = 16384       # depthwise conv: a whole output plane (floats) per parallel task, else one row
 PLAIN_SEGMENT_MAX = 16   # plain conv: [8 x 16] accumulators; vectors wider than 16 lanes were 5x slower
 PLAIN_CHANNEL_TILE = 8
+
+
+@dataclass(frozen=True)
+class ConvKnobs(Knobs):
+    """Schedule-only parameters of the NCHW[x]c conv (the output width tile is fixed by the compute's padding)."""
+
+    oc_tile: int = 2        # output-channel blocks per register tile: each input broadcast feeds that many FMAs ...
+    accumulators: int = 16  # ... with the width tile split to keep oc_tile x width vector accumulators within this
+    #                         (at most 12 with AVX2's 16 registers). ResNet-50, one core, every NCHW16c conv kernel:
+    #                         1 x 14 or 1 x 7 tiles 21.1 ms, 2 x 7 16.2 ms; 2 x 14 and 4 x 7 (28 accumulators) spill
+
+    SPACE: ClassVar[dict[str, tuple]] = {"oc_tile": (1, 2, 4), "accumulators": (16, 28)}
 
 
 def schedule_conv_packed(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
@@ -47,10 +62,12 @@ def schedule_conv_packed(sch: s_tir.Schedule, target: tvm.target.Target) -> None
     _schedule_pad(sch, target)
 
 
-def schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+def schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target, knobs: ConvKnobs = ConvKnobs()) -> None:
     """Blocked layout (dense or depthwise conv): loops of the final epilogue block: parallel(n, oc_block, oh) > ow_tile > [ow_tile x
     oc_block] write-back, one contiguous vector store per output column; the conv is computed at the ow_tile loop
-    into a local tile with the reductions outside it, (ic_block, kh, kw, ic_lane) order, ow unrolled, oc vectorized."""
+    into a local tile with the reductions outside it, (ic_block, kh, kw, ic_lane) order, ow unrolled, oc vectorized.
+    With `knobs.oc_tile` > 1 (not depthwise) the tile spans that many output-channel blocks: parallel(n,
+    oc_block / oc_tile, oh) > ow_tile > [oc_tile x ow_tile x oc_block]."""
     names = {sch.get(b).name_hint for b in root_blocks(sch)}
     conv = sch.get_sblock(CONV_NCHWC if CONV_NCHWC in names else CONV_DW_NCHWC)
     ann = sch.get(conv).annotations
@@ -59,27 +76,39 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     if len(sch.get_loops(out)) != 5:
         raise ValueError("conv epilogue is not a single NCHW[x]c block")
     n, o, h, w, oi = sch.get_loops(out)
-    wo, wi = sch.split(w, [None, tile])
-    sch.reorder(n, o, h, wo, wi, oi)
-    sch.compute_at(conv, wo, preserve_unit_loops=True)
-    sch.set_scope(conv, 0, "local")
     blocked_input = len(sch.get(conv).iter_vars) == 9  # n, ob, oh, ow, oi + (ic_block, kh, kw, ic_lane)
     depthwise = len(sch.get(conv).iter_vars) == 7  # n, c, oh, ow, ci + (kh, kw)
+    oct_ = 1 if depthwise else largest_divisor(loop_extent(sch, o), knobs.oc_tile)
+    if oct_ > 1:
+        budget = knobs.accumulators if vector_lanes(target) >= 16 else min(knobs.accumulators, 12)
+        tile = largest_divisor(tile, max(1, budget // oct_))
+        o, ot = sch.split(o, [None, oct_])
+        wo, wi = sch.split(w, [None, tile])
+        sch.reorder(n, o, h, wo, ot, wi, oi)
+    else:
+        wo, wi = sch.split(w, [None, tile])
+        sch.reorder(n, o, h, wo, wi, oi)
+    sch.compute_at(conv, wo, preserve_unit_loops=True)
+    sch.set_scope(conv, 0, "local")
     loops = sch.get_loops(conv)
     if depthwise:
         cw, coi, rkh, rkw = loops[-4:]
         sch.reorder(rkh, rkw, cw, coi)
         first = rkh
     elif blocked_input:
-        cw, coi, rcb, rkh, rkw, rci = loops[-6:]
-        sch.reorder(rcb, rkh, rkw, rci, cw, coi)
+        co, _, cw, coi, rcb, rkh, rkw, rci = loops[-8:]
+        sch.reorder(rcb, rkh, rkw, rci, co, cw, coi)
         first = rcb
     else:
-        cw, coi, ric, rkh, rkw = loops[-5:]
-        sch.reorder(ric, rkh, rkw, cw, coi)
+        co, _, cw, coi, ric, rkh, rkw = loops[-7:]
+        sch.reorder(ric, rkh, rkw, co, cw, coi)
         first = ric
+    if not depthwise:
+        sch.unroll(co)
     sch.unroll(cw)
     sch.vectorize(coi)
+    if oct_ > 1:
+        sch.unroll(ot)
     rows = sch.fuse(n, o, h)
     sch.parallel(rows)
     sch.unroll(wi)
@@ -163,5 +192,5 @@ def schedule_conv_rowwise(sch: s_tir.Schedule, target: tvm.target.Target) -> Non
 
 
 conv_packed_rule = Rule("conv_packed", schedule_conv_packed, blocks=(CONV_PACKED,))
-conv_nchwc_rule = Rule("conv_nchwc", schedule_conv_nchwc, blocks=(CONV_NCHWC, CONV_DW_NCHWC))
+conv_nchwc_rule = Rule("conv_nchwc", schedule_conv_nchwc, blocks=(CONV_NCHWC, CONV_DW_NCHWC), knobs=ConvKnobs())
 conv_rowwise_rule = Rule("conv_rowwise", schedule_conv_rowwise, blocks=(CONV_DEPTHWISE, CONV_PLAIN))
