@@ -292,3 +292,22 @@ def test_global_average_pool_reads_the_blocked_tensor():
     model = compile_model(parse_graph(GAP, params))
     assert model.num_kernels == 3
     assert_close(model.run(feeds)[0], ref, rtol=1e-4, atol=1e-4)
+
+
+LONE_DEPTHWISE = """graph g(%x: f32[1,32,14,14]) {
+  %w = param f32[32,1,7,7]
+  %c = conv2d(%x, %w) {strides=(1, 1), pads=(3, 3, 3, 3), dilations=(1, 1), groups=32} : f32[1,32,14,14]
+  return %c
+}
+"""
+
+
+def test_a_lone_depthwise_conv_runs_blocked():
+    """Unlike a dense conv, a depthwise conv gains from NCHW[16]c even alone (the row-wise NCHW kernel of a 7x7 was
+    8x slower than the blocked one): it gets a to_blocked before and a from_blocked after, same numbers."""
+    params, feeds = setup(LONE_DEPTHWISE)
+    g = pack_weights(parse_graph(LONE_DEPTHWISE, params))
+    assert alter_layout_graph(g) == 1
+    assert [n.op.name for n in g.nodes] == ["to_blocked", "depthwise_conv2d_nchwc", "from_blocked"]
+    for got, want in zip(interpret(g, feeds), interpret(parse_graph(LONE_DEPTHWISE, params), feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
