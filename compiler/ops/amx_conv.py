@@ -100,7 +100,9 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
     top, left = pads[0], pads[1]
     oh, ow, wpad, wv, m_pad, f = geometry(h, w, (kh, kw), strides, pads, dilations)
 
-    whole = in_channels % K_BLOCK == 0  # no padded channels
+    # no padded channels: every reduction block is real input (a 1x1 conv on 32 channels still has two blocks,
+    # conv_channel_blocks, and its second must read zeros, not the memory past the input: that read NaN garbage)
+    whole = in_channels == cb * K_BLOCK
 
     def a_value(b, c32, px, half, lane):  # channel c32 * 32 + half * 16 + lane: one NCHW[16]c vector per half
         c = c32 * K_BLOCK + half * IN_BLOCK + lane

@@ -231,6 +231,46 @@ def test_bf16_cnn_on_amx_matches_the_interpreter_and_fp32(h, w):
     check_against_interpreter_and_fp32(g, model, {"x": x})
 
 
+POINTWISE = """graph g(%x: f32[1,16,12,12]) {
+  %w1 = param f32[32,16,3,3]
+  %w2 = param f32[16,32,1,1]
+  %w3 = param f32[32,16,3,3]
+  %c1 = conv2d(%x, %w1) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,12,12]
+  %r1 = relu(%c1) : f32[1,32,12,12]
+  %c2 = conv2d(%r1, %w2) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[1,16,12,12]
+  %r2 = relu(%c2) : f32[1,16,12,12]
+  %c3 = conv2d(%r2, %w3) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,12,12]
+  return %c3
+}
+"""
+
+
+@needs_amx
+def test_a_1x1_amx_conv_on_32_channels_reads_nothing_past_its_input(monkeypatch):
+    """A 1x1 conv's reduction has at least two 32-channel blocks (conv_channel_blocks); on 32 input channels the
+    second is padding and must read zeros. It read the memory past the input instead: with an arena of NaN bytes
+    (as memory reused from earlier work can be) the whole output was NaN (MobileNetV2 in bf16, in the suite)."""
+    from tensorforge.runtime import plan
+
+    real = plan.aligned_empty
+
+    def poisoned(shape, dtype, align=plan.ALIGNMENT):
+        a = real(shape, dtype, align)
+        a.view(np.uint8)[...] = 0xFF  # every float a NaN
+        return a
+
+    monkeypatch.setattr(plan, "aligned_empty", poisoned)
+    rng = np.random.default_rng(11)
+    params = {p.name: (rng.standard_normal(p.type.shape) * 0.2).astype(np.float32)
+              for p in parse_graph(POINTWISE).params}
+    g = parse_graph(POINTWISE, params)
+    model = compile_model(g, precision="bf16")
+    assert [s["op"] for s in model.plan["steps"]] == ["conv2d_nchwc+relu", "conv2d_amx+relu", "conv2d_amx", "from_blocked"]
+    x = rng.standard_normal((1, 16, 12, 12)).astype(np.float32)
+    assert not np.isnan(model.run({"x": x})[0]).any()
+    check_against_interpreter_and_fp32(g, model, {"x": x})
+
+
 # ---------------------------------------------------------------------------------------------- matmul_amx, attention
 
 def test_the_matmul_schedule_puts_both_products_on_amx_tiles():
