@@ -227,7 +227,10 @@ def gemm_flops(n) -> int:
 
 def _dense_grad(e, n, dy):
     x, w = n.inputs[:2]
-    dx = e.op(ops.matmul, [dy, w])  # (M, N) @ (N, K)
+    # dx = dy (M, N) @ w (N, K), as a dense on w's transpose: on the CPU it becomes a dense_packed on a weight
+    # packed at run time (contiguous k panels), where a matmul read w's rows 4 KB apart for a 1024-wide layer
+    # (Transformer training step, 2 threads: data gradients 37.7 -> 32.4 ms)
+    dx = e.op(ops.dense, [dy, e.op(ops.transpose, [w], perm=(1, 0))])
     dw = e.op(ops.weight_grad_gemm, [dy, x], shape=w.type.shape, transpose_rows=True)  # dy.T (N, M) @ x (M, K)
     db = [e.op(ops.reduce_sum, [dy], axes=(0,), keepdims=False)] if len(n.inputs) == 3 else []
     return [dx, dw] + db
