@@ -12,6 +12,7 @@ the layout logic exists once.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -118,11 +119,22 @@ class Plan:
         return i
 
 
+POISON_ENV = "TENSORFORGE_POISON_MEMORY"
+
+
 class HostMemory:
-    """The CPU as a device: 64-byte aligned numpy arrays, wrapped once as TVM tensors (zero-copy)."""
+    """The CPU as a device: 64-byte aligned numpy arrays, wrapped once as TVM tensors (zero-copy).
+
+    With $TENSORFORGE_POISON_MEMORY=1 every new arena and buffer is filled with 0xFF bytes (NaN as a float) before
+    use, so a kernel reading memory it never wrote, or past its input, gives NaN instead of the zeros a fresh page
+    happens to hold (the test suite runs this way: tests/conftest.py). A 1x1 AMX conv once read past its input and
+    returned all NaN only when the arena held reused memory."""
 
     def empty(self, shape: Sequence[int], dtype: str):
-        return aligned_empty(shape, dtype)
+        a = aligned_empty(shape, dtype)
+        if a.ndim and os.environ.get(POISON_ENV) == "1":
+            a.view(np.uint8)[...] = 0xFF
+        return a
 
     def region(self, arena, offset: int, shape: Sequence[int], dtype: str):
         nbytes = int(np.prod(shape, dtype=np.int64)) * numpy_dtype(dtype).itemsize

@@ -216,3 +216,15 @@ def test_thread_pool_does_not_spin_after_a_run(cnn):
     t1 = os.times()
     busy = (t1.user + t1.system) - (t0.user + t0.system)
     assert busy < 0.1, f"the process used {busy * 1e3:.0f} ms of CPU while idle for 300 ms"
+
+
+def test_poisoned_memory_is_nan_so_unwritten_reads_show(monkeypatch):
+    """$TENSORFORGE_POISON_MEMORY=1 (the test suite's setting, tests/conftest.py) fills new runtime memory with NaN
+    bytes, so every model test also checks that no kernel reads memory it never wrote."""
+    from tensorforge.runtime.plan import POISON_ENV, HostMemory
+
+    monkeypatch.setenv(POISON_ENV, "1")
+    assert np.isnan(HostMemory().empty((4, 8), "float32")).all()
+    assert (HostMemory().empty((16,), "uint8") == 0xFF).all()
+    monkeypatch.setenv(POISON_ENV, "0")
+    assert HostMemory().empty((4, 8), "float32").shape == (4, 8)
