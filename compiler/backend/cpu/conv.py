@@ -82,12 +82,9 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target, knobs: C
     if oct_ > 1:
         budget = knobs.accumulators if vector_lanes(target) >= 16 else min(knobs.accumulators, 12)
         tile = largest_divisor(tile, max(1, budget // oct_))
-        o, ot = sch.split(o, [None, oct_])
-        wo, wi = sch.split(w, [None, tile])
-        sch.reorder(n, o, h, wo, ot, wi, oi)
-    else:
-        wo, wi = sch.split(w, [None, tile])
-        sch.reorder(n, o, h, wo, wi, oi)
+    o, ot = sch.split(o, [None, oct_])
+    wo, wi = sch.split(w, [None, tile])
+    sch.reorder(n, o, h, wo, ot, wi, oi)
     sch.compute_at(conv, wo, preserve_unit_loops=True)
     sch.set_scope(conv, 0, "local")
     loops = sch.get_loops(conv)
@@ -107,8 +104,7 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, target: tvm.target.Target, knobs: C
         sch.unroll(co)
     sch.unroll(cw)
     sch.vectorize(coi)
-    if oct_ > 1:
-        sch.unroll(ot)
+    sch.unroll(ot)
     rows = sch.fuse(n, o, h)
     sch.parallel(rows)
     sch.unroll(wi)
@@ -192,5 +188,8 @@ def schedule_conv_rowwise(sch: s_tir.Schedule, target: tvm.target.Target) -> Non
 
 
 conv_packed_rule = Rule("conv_packed", schedule_conv_packed, blocks=(CONV_PACKED,))
-conv_nchwc_rule = Rule("conv_nchwc", schedule_conv_nchwc, blocks=(CONV_NCHWC, CONV_DW_NCHWC), knobs=ConvKnobs())
+conv_nchwc_rule = Rule("conv_nchwc", schedule_conv_nchwc, blocks=(CONV_NCHWC,), knobs=ConvKnobs())
+# the depthwise NCHW[x]c conv has no knobs (its tile is one output-channel block): a rule of its own, so the knob
+# search does not time it with knobs that change nothing
+conv_dw_nchwc_rule = Rule("conv_dw_nchwc", schedule_conv_nchwc, blocks=(CONV_DW_NCHWC,))
 conv_rowwise_rule = Rule("conv_rowwise", schedule_conv_rowwise, blocks=(CONV_DEPTHWISE, CONV_PLAIN))

@@ -34,7 +34,8 @@ from tvm import s_tir, tirx
 from tensorforge.compiler.backend.cpu.amx import amx_conv_rule, amx_dense_rule, amx_matmul_rule
 from tensorforge.compiler.backend.cpu.attention import AttentionKnobs, attention_rule
 from tensorforge.compiler.backend.cpu.common import Knobs, Rule, block_names
-from tensorforge.compiler.backend.cpu.conv import conv_nchwc_rule, conv_packed_rule, conv_rowwise_rule
+from tensorforge.compiler.backend.cpu.conv import (
+    conv_dw_nchwc_rule, conv_nchwc_rule, conv_packed_rule, conv_rowwise_rule)
 from tensorforge.compiler.backend.cpu.dense import DenseKnobs, dense_rule
 from tensorforge.compiler.backend.cpu.generic import from_blocked_rule, generic_rule
 from tensorforge.compiler.backend.cpu.matmul import MatmulKnobs, matmul_rule
@@ -50,6 +51,7 @@ RULES: tuple[Rule, ...] = (
     weight_grad_rule,
     conv_packed_rule,
     conv_nchwc_rule,
+    conv_dw_nchwc_rule,
     conv_rowwise_rule,
     amx_dense_rule,
     amx_conv_rule,

@@ -97,14 +97,10 @@ def _isolated_convs(g: Graph, origins: dict[Node, str]) -> frozenset[str]:
     users = g.users()
     isolated = set()
     for n in g.nodes:
-        if n.op not in _BLOCKED_CONVS:
-            continue
-        if n.op is not ops.conv2d_nchwc:
-            # a depthwise conv gains from the blocked layout even alone: HF ConvNeXt-tiny's first 7x7 depthwise
-            # convs (96 channels, 56x56) took 1.65 ms each NCHW (row-wise kernel, 18 GFLOP/s), 0.2 ms blocked
-            # plus ~0.1 ms for the transforms (one core)
-            continue
-        if n.attrs["in_block"] != 0:  # not on a plain input
+        # only a dense conv on a plain input can be isolated: a depthwise conv gains from the blocked layout even
+        # alone (HF ConvNeXt-tiny's first 7x7 depthwise convs, 96 channels at 56x56: 1.65 ms each on the NCHW
+        # row-wise kernel, 0.2 ms blocked plus ~0.1 ms for the transforms, one core)
+        if n.op is not ops.conv2d_nchwc or n.attrs["in_block"] != 0:
             continue
         frontier, seen, gains = list(n.outputs), set(), False
         while frontier and not gains:
