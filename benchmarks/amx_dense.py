@@ -117,6 +117,38 @@ def amx_peak_gflops(threads: int) -> float:
     return 4 * 2 * 16 * 16 * 32 * steps / best / 1e9 * threads
 
 
+def dp_peak_gflops(threads: int) -> float:
+    """One core's AVX512-BF16 peak: 16 independent `vdpbf16ps` chains (registers only), through the same LLVM
+    function the kernels inline (backend/cpu/bf16dot.py)."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from tensorforge.compiler.backend.build import resolve_target
+    from tensorforge.compiler.backend.cpu.bf16dot import DPBF16PS_LL
+
+    steps = 1 << 18
+
+    @T.prim_func
+    def dp(out: T.Buffer((16, 16), "float32")):
+        acc = T.alloc_buffer((16, 16), "float32", scope="local")
+        for c in T.unroll(16):
+            for v in T.vectorized(16):
+                acc[c, v] = T.float32(0)
+        for s in T.serial(steps, annotations={"pragma_import_llvm": DPBF16PS_LL}):
+            for c in T.unroll(16):
+                acc[c, T.Ramp(0, 1, 16)] = T.call_extern(
+                    "float32x16", "tf_dpbf16ps", acc[c, T.Ramp(0, 1, 16)],
+                    T.Broadcast(T.int32(0x3F803F80), 16), T.Broadcast(T.int32(0x00010001), 16))
+        for c in T.unroll(16):
+            for v in T.vectorized(16):
+                out[c, v] = acc[c, v]
+
+    lib = tvm.compile(tvm.IRModule({"main": dp}), target=resolve_target("cpu"))
+    buf = tvm.runtime.tensor(np.zeros((16, 16), np.float32))
+    best = min(_time(lambda: lib["main"](buf)) for _ in range(5))
+    return 2 * 32 * 16 * steps / best / 1e9 * threads
+
+
 def _time(fn) -> float:
     t0 = time.perf_counter()
     fn()

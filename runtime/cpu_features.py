@@ -36,6 +36,19 @@ def cpu_features() -> frozenset[str]:
     return frozenset()
 
 
+@functools.cache
+def cpu_vendor() -> str:
+    """This machine's CPU vendor as Linux names it ("GenuineIntel", "AuthenticAMD"); empty if unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def has_amx() -> bool:
     """This CPU has AMX tiles with bf16 products."""
     return all(f in cpu_features() for f in AMX_FLAGS)

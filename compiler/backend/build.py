@@ -188,13 +188,14 @@ def cpu_pool_object() -> str:
 
 
 def host_isa_flags(g=None) -> list[str]:
-    """The CPU flags a CPU library built here requires: the host's vector ISA, plus AMX where `g` has kernels on
-    AMX tiles (the runtime then asks Linux for AMX state before it runs them)."""
+    """The CPU flags a CPU library built here requires: the host's vector ISA (AVX512-BF16 among them where the host
+    has it), plus AMX where `g` has kernels on AMX tiles (the runtime then asks Linux for AMX state before it runs them)."""
     from tensorforge.compiler import ops
     from tensorforge.runtime.cpu_features import AMX_FLAGS, cpu_features
 
     have = cpu_features()
     flags = [f for f in ISA_FLAGS if f in have]
-    if g is not None and any(n.op in (ops.dense_amx, ops.conv2d_amx, ops.matmul_amx) for n in g.nodes):
+    if g is not None and any(n.op in (ops.dense_amx, ops.conv2d_amx, ops.matmul_amx) and n.attrs["unit"] == "amx"
+                             for n in g.nodes):
         flags += list(AMX_FLAGS)
     return flags

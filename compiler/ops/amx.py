@@ -43,6 +43,21 @@ AMX_A = "amx_a"
 DENSE_AMX = "dense_amx"
 DENSE_AMX_OUT = "dense_amx_out"
 
+# The unit that computes the products of dense_amx, conv2d_amx and matmul_amx (their `unit` attr): AMX tiles
+# (`tdpbf16ps`, backend/cpu/amx.py) or AVX512-BF16 vector dot products (`vdpbf16ps`, backend/cpu/bf16dot.py) on
+# CPUs without AMX (AMD Zen 4, Intel Cooper Lake). The operands' layouts are the same for both: one 64-byte B tile
+# row (16 columns x a pair of k) is one zmm operand of vdpbf16ps, one A pair (two k of one row) its broadcast lane.
+UNITS = ("amx", "avx512bf16")
+UNIT_ATTR = Attr("str", "amx")
+DP_SUFFIX = "_dp"  # the product block's name on AVX512-BF16: dense_amx_dp, conv2d_amx_dp, matmul_amx_dp
+
+
+def product_name(base: str, unit: str) -> str:
+    """The product block's name for `unit`: the schedule rules dispatch on it."""
+    if unit not in UNITS:
+        fail(f"unknown bf16 unit {unit!r}; supported: {', '.join(UNITS)}")
+    return base if unit == "amx" else base + DP_SUFFIX
+
 MIN_ROWS = 16    # passes/cpu/amx.py: fewer rows than this keep the float32 kernel (a 32-row tile would idle)
 
 
@@ -116,7 +131,8 @@ def a_tiles(x: te.Tensor, k_blocks: int, name: str) -> te.Tensor:
                       tag="injective")
 
 
-def dense_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, n: int) -> te.Tensor:
+def dense_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, n: int, unit: str = "amx"
+                      ) -> te.Tensor:
     """(M, K) float32 x packed bf16 weight -> (M, N) float32 = bf16(x) @ bf16(w).T (+ bias)."""
     n_blocks, k_blocks = int(wp.shape[0]), int(wp.shape[1])
     m, m_pad = int(x.shape[0]), _round_up(int(x.shape[0]), M_TILE)
@@ -128,7 +144,7 @@ def dense_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, n:
         (m_pad, n_blocks, N_BLOCK),
         lambda i, jb, jt: te.sum(from_bf16_bits(xa[i, rkb, rkp, rkt]) * wp[jb, rkb, rkp, jt, rkt].astype("float32"),
                                  axis=[rkb, rkp, rkt]),
-        name=DENSE_AMX, tag=DENSE_AMX)
+        name=product_name(DENSE_AMX, unit), tag=DENSE_AMX)
 
     def out(i, j):
         v = prod[i, j // N_BLOCK, j % N_BLOCK]
@@ -137,7 +153,7 @@ def dense_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, n:
     return te.compute((m, n), out, name=DENSE_AMX_OUT, tag="broadcast" if bias is not None else "injective")
 
 
-def _infer(types, *, n, k):
+def _infer(types, *, n, k, unit="amx"):
     x, wp = types[0], types[1]
     if x.dtype != "float32" or wp.dtype != "bfloat16":
         fail(f"expects a float32 x and a bfloat16 packed weight, got {x} and {wp}")
@@ -147,16 +163,16 @@ def _infer(types, *, n, k):
     return _dense_infer([x, TensorType((n, k), "float32")] + types[2:])
 
 
-def _reference(x, wp, b=None, *, n, k):
+def _reference(x, wp, b=None, *, n, k, unit="amx"):
     return nn._dense_ref(round_bf16(x), unpack_amx_weight(wp, n, k), b)
 
 
-def _lower(x, wp, b=None, *, n, k):
-    return dense_amx_compute(x, wp, b, n=n)
+def _lower(x, wp, b=None, *, n, k, unit):
+    return dense_amx_compute(x, wp, b, n=n, unit=unit)
 
 
 dense_amx = defop(
     "dense_amx", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_infer, arity=(2, 3),
-    attrs={"n": Attr("int"), "k": Attr("int")},
+    attrs={"n": Attr("int"), "k": Attr("int"), "unit": UNIT_ATTR},
     reference=_reference, lower=_lower, grad=NO_RULE_YET, flops=nn.gemm_flops,
-    doc="dense in bfloat16 on AMX tiles with float32 sums; weight (N, K) stored as (N/16, K/32, 16, 16, 2) bf16.")
+    doc="dense in bfloat16 on AMX tiles (or AVX512-BF16 dot products) with float32 sums; weight (N, K) stored as (N/16, K/32, 16, 16, 2) bf16.")

@@ -26,7 +26,7 @@ from tvm import te, tirx
 
 from tensorforge.compiler.ir.types import TensorType
 
-from .amx import K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, bf16_bits, from_bf16_bits
+from .amx import K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, UNIT_ATTR, bf16_bits, from_bf16_bits, product_name
 from .nn import CONV_ATTRS, _conv2d_infer, _conv2d_ref, conv_out_size
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
@@ -90,7 +90,7 @@ def geometry(h, w, kernel, strides, pads, dilations):
 
 
 def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, out_channels: int, in_channels: int,
-                       kernel, strides, pads, dilations) -> te.Tensor:
+                       kernel, strides, pads, dilations, unit: str = "amx") -> te.Tensor:
     n, _, h, w, _ = (int(d) for d in x.shape)
     ocb, steps = int(wp.shape[0]), int(wp.shape[1])
     kh, kw = kernel
@@ -129,7 +129,7 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
             from_bf16_bits(xa[b, r // (kh * kw), pixel(m, r), rkp // 8, rkp % 8 * PAIR + rkt])
             * wp[ob, r, rkp, oi, rkt].astype("float32"),
             axis=[r, rkp, rkt]),
-        name=CONV_AMX, tag=CONV_AMX, attrs={ANN_STEP: s, ANN_TAPS: [kh, kw, dh * wpad, dw]})
+        name=product_name(CONV_AMX, unit), tag=CONV_AMX, attrs={ANN_STEP: s, ANN_TAPS: [kh, kw, dh * wpad, dw]})
 
     def out(b, ob, y, z, oi):
         v = prod[b, ob, y * wv + z, oi]
@@ -139,7 +139,7 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
                       tag="broadcast" if bias is not None else "injective")
 
 
-def _infer(types, *, out_channels, in_channels, kernel, strides, pads, dilations):
+def _infer(types, *, out_channels, in_channels, kernel, strides, pads, dilations, unit="amx"):
     x, wt = types[0], types[1]
     if x.rank != 5 or x.shape[4] != IN_BLOCK or x.dtype != "float32" or x.shape[1] * IN_BLOCK != in_channels:
         fail(f"expects a float32 NCHW[16]c input with {in_channels} channels, got {x}")
@@ -159,7 +159,7 @@ def _infer(types, *, out_channels, in_channels, kernel, strides, pads, dilations
     return TensorType((on, oc // IN_BLOCK, oh, ow, IN_BLOCK), "float32")
 
 
-def _reference(x, wp, b=None, *, out_channels, in_channels, kernel, strides, pads, dilations):
+def _reference(x, wp, b=None, *, out_channels, in_channels, kernel, strides, pads, dilations, unit="amx"):
     from .amx import round_bf16
     from .nchwc import block_nchw, unblock_nchwc
 
@@ -180,7 +180,8 @@ def _flops(n):
 conv2d_amx = defop(
     "conv2d_amx", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_infer, arity=(2, 3),
     attrs={"strides": CONV_ATTRS["strides"], "pads": CONV_ATTRS["pads"], "dilations": CONV_ATTRS["dilations"],
-           "out_channels": Attr("int"), "in_channels": Attr("int"), "kernel": Attr("ints")},
+           "out_channels": Attr("int"), "in_channels": Attr("int"), "kernel": Attr("ints"),
+           "unit": UNIT_ATTR},
     reference=_reference, lower=_lower, grad=NO_RULE_YET, flops=_flops,
-    doc="conv2d (groups 1) on NCHW[16]c in bfloat16 on AMX tiles with float32 sums; weight "
+    doc="conv2d (groups 1) on NCHW[16]c in bfloat16 on AMX tiles (or AVX512-BF16 dot products) with float32 sums; weight "
         "(OC/16, IC/32 * KH * KW, 16, 16, 2) bf16; the output is NCHW[16]c.")

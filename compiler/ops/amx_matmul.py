@@ -16,8 +16,8 @@ from tvm import te, tirx
 
 from tensorforge.compiler.ir.types import TensorType
 
-from .amx import (K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, a_tiles, bf16_bits, from_bf16_bits, padded_k,
-                  round_bf16)
+from .amx import (K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, UNIT_ATTR, a_tiles, bf16_bits, from_bf16_bits, padded_k,
+                  product_name, round_bf16)
 from .registry import NO_RULE_YET, FusionKind, defop, fail
 
 AMX_MM_A = "amx_mm_a"
@@ -31,7 +31,7 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-def matmul_amx_compute(a: te.Tensor, b: te.Tensor) -> te.Tensor:
+def matmul_amx_compute(a: te.Tensor, b: te.Tensor, unit: str = "amx") -> te.Tensor:
     *batch, m, k = (int(d) for d in a.shape)
     n = int(b.shape[-1])
     m_pad, n_pad, k_pad = _round_up(m, M_TILE), _round_up(n, N_TILE), padded_k(k)
@@ -55,12 +55,12 @@ def matmul_amx_compute(a: te.Tensor, b: te.Tensor) -> te.Tensor:
         (*batch, m_pad, n_pad // N_BLOCK, N_BLOCK),
         lambda *i: te.sum(from_bf16_bits(xa(*i[:nb], i[nb], rkb, rkp, rkt))
                           * from_bf16_bits(xb(*i[:nb], i[nb + 1], rkb, rkp, i[nb + 2], rkt)), axis=[rkb, rkp, rkt]),
-        name=MATMUL_AMX, tag=MATMUL_AMX)
+        name=product_name(MATMUL_AMX, unit), tag=MATMUL_AMX)
     return te.compute((*batch, m, n), lambda *i: prod(*i[:nb], i[nb], i[nb + 1] // N_BLOCK, i[nb + 1] % N_BLOCK),
                       name=MATMUL_AMX_OUT, tag="injective")
 
 
-def _infer(types):
+def _infer(types, *, unit="amx"):
     a, b = types
     if a.dtype != "float32" or b.dtype != "float32" or a.rank < 3 or a.rank != b.rank:
         fail(f"expects float32 operands of one rank >= 3, got {a} and {b}")
@@ -69,12 +69,13 @@ def _infer(types):
     return TensorType(a.shape[:-1] + (b.shape[-1],), "float32")
 
 
-def _reference(a, b):
+def _reference(a, b, *, unit="amx"):
     return np.matmul(round_bf16(a), round_bf16(b)).astype(np.float32)
 
 
 matmul_amx = defop(
     "matmul_amx", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_infer, arity=(2, 2), reference=_reference,
-    lower=matmul_amx_compute, grad=NO_RULE_YET,
+    lower=matmul_amx_compute, grad=NO_RULE_YET, attrs={"unit": UNIT_ATTR},
     flops=lambda n: 2 * n.outputs[0].type.numel * n.inputs[0].type.shape[-1],
-    doc="batched matmul of two float32 activations in bfloat16 on AMX tiles with float32 sums.")
+    doc="batched matmul of two float32 activations in bfloat16 on AMX tiles (or AVX512-BF16 dot products) with "
+        "float32 sums.")

@@ -104,10 +104,10 @@ def test_the_schedule_puts_the_product_on_amx_tiles(m, k, n, epilogue):
 
 def test_the_pass_rewrites_only_dense_with_enough_rows_and_param_weights():
     g = import_model(graph(20, 72, 100))
-    AmxDense(force=True)(g)
+    AmxDense(unit="amx")(g)
     assert [n.op.name for n in g.nodes if n.op.name.startswith("dense")] == ["dense_amx", "dense_amx"]
     small = import_model(graph(amx.MIN_ROWS - 1, 72, 100))
-    AmxDense(force=True)(small)
+    AmxDense(unit="amx")(small)
     assert [n.op.name for n in small.nodes if n.op.name.startswith("dense")] == ["dense", "dense"]
 
 
@@ -115,7 +115,7 @@ def test_the_reference_rounds_both_operands():
     """The interpreter's dense_amx is fp32 arithmetic on bf16-rounded x and w (what the tiles multiply)."""
     g = graph(32, 40, 48)
     opt = import_model(g)
-    AmxDense(force=True)(opt)
+    AmxDense(unit="amx")(opt)
     x = np.random.default_rng(4).standard_normal((32, 40)).astype(np.float32)
     w1, b1 = (p.data for p in g.params[:2])
     first = next(n for n in opt.nodes if n.op is ops.dense_amx)
@@ -304,7 +304,7 @@ def test_the_attention_split_keeps_the_reference(sq, skv, causal, mask, split):
     128 keys keep the fused kernel."""
     g, feeds = attention_graph(sq, skv, causal, mask)
     opt = import_model(g)
-    AmxAttention(force=True)(opt)
+    AmxAttention(unit="amx")(opt)
     names = [n.op.name for n in opt.nodes]
     assert (names.count("matmul_amx") == 2 and "attention" not in names) == split, names
     if split:
@@ -331,6 +331,10 @@ def test_every_amx_op_makes_the_plan_ask_for_amx():
 
     amx_ops = [o for name, o in ops.OPS.items() if name.endswith("_amx")]
     assert len(amx_ops) == 3
+    def flags(op, **attrs):
+        return set(host_isa_flags(SimpleNamespace(nodes=[SimpleNamespace(op=op, attrs=attrs)])))
+
     for op in amx_ops:
-        assert {"amx_tile", "amx_bf16"} <= set(host_isa_flags(SimpleNamespace(nodes=[SimpleNamespace(op=op)]))), op
-    assert not {"amx_tile", "amx_bf16"} & set(host_isa_flags(SimpleNamespace(nodes=[SimpleNamespace(op=ops.dense)])))
+        assert {"amx_tile", "amx_bf16"} <= flags(op, unit="amx"), op
+        assert not {"amx_tile", "amx_bf16"} & flags(op, unit="avx512bf16"), op  # vdpbf16ps needs no tile state
+    assert not {"amx_tile", "amx_bf16"} & flags(ops.dense)

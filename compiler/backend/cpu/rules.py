@@ -15,6 +15,8 @@ of failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it return
   amx_dense     anchor `dense_amx` (ops/amx.py): 32 x 32 tiles of AMX tile registers, tensorized
   amx_conv      anchor `conv2d_amx` (ops/amx_conv.py): the same over output pixels x channels, an implicit GEMM
   amx_matmul    anchor `matmul_amx` (ops/amx_matmul.py): the dense tiles under batch loops, both operands converted
+  dp_dense, dp_conv, dp_matmul   anchors `dense_amx_dp`, `conv2d_amx_dp`, `matmul_amx_dp`: the same ops with
+                unit="avx512bf16", in zmm register tiles of `vdpbf16ps` (backend/cpu/bf16dot.py)
   dense         anchor `dense_packed`: [m_tile x n_tile] register tile, k outside it
   matmul        anchor `matmul` (numpy semantics, ops/nn.py): [i_tile x j_tile] register tile, k outside it,
                 parallel over batch x tiles; transpose prologues inlined, or packed per batch when strided along j
@@ -32,6 +34,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from tensorforge.compiler.backend.cpu.amx import amx_conv_rule, amx_dense_rule, amx_matmul_rule
+from tensorforge.compiler.backend.cpu.bf16dot import dp_conv_rule, dp_dense_rule, dp_matmul_rule
 from tensorforge.compiler.backend.cpu.attention import AttentionKnobs, attention_rule
 from tensorforge.compiler.backend.cpu.common import Knobs, Rule, block_names
 from tensorforge.compiler.backend.cpu.conv import (
@@ -56,6 +59,9 @@ RULES: tuple[Rule, ...] = (
     amx_dense_rule,
     amx_conv_rule,
     amx_matmul_rule,
+    dp_dense_rule,
+    dp_conv_rule,
+    dp_matmul_rule,
     dense_rule,
     matmul_rule,
     dense_weight_pack_rule,

@@ -1,7 +1,9 @@
-"""amx_dense, amx_conv: the CPU's bf16 mode puts dense and conv products on AMX tiles where the CPU has them."""
+"""amx_dense, amx_conv, amx_attention: the CPU's bf16 mode puts dense, conv and attention products on the CPU's bf16
+dot-product unit: AMX tiles where the CPU has them, else AVX512-BF16 vector dot products (`bf16_unit`)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -10,7 +12,34 @@ import numpy as np
 from tensorforge.compiler import ops
 from tensorforge.compiler.ir import Graph
 from tensorforge.compiler.ops import amx
-from tensorforge.runtime.cpu_features import has_amx
+from tensorforge.runtime.cpu_features import cpu_features, cpu_vendor, has_amx
+from tensorforge.runtime.errors import InputError
+
+BF16_UNIT_ENV = "TENSORFORGE_BF16_UNIT"
+
+
+def bf16_unit() -> str | None:
+    """The unit that computes the bf16 mode's products on this CPU: "amx" (AMX-BF16 tiles) where it has them,
+    "avx512bf16" (`vdpbf16ps`) on an AMD CPU with AVX512-BF16 (Zen 4 and later), else None (the float32 kernels,
+    with the weights stored as bfloat16). TENSORFORGE_BF16_UNIT=amx|avx512bf16|none picks another unit this CPU
+    has: on an AMX Xeon, `avx512bf16` compiles the kernels a Zen 4 would run (benchmarks/bf16_units.py).
+
+    Why not AVX512-BF16 on Intel: measured on an Emerald Rapids Xeon (Golden Cove cores), `vdpbf16ps` zmm issues
+    once per two cycles, 16 multiply-adds per cycle against 32 for the two fp32 FMA ports, so its kernels run at
+    half the fp32 kernels' speed (benchmarks/results/bf16_units.md); a Xeon that exposes AVX512-BF16 but not AMX
+    (a VM, Cooper Lake) keeps the fp32 kernels. Zen 4 issues `vdpbf16ps` zmm like a zmm FMA (two 256-bit halves),
+    twice the multiply-adds of fp32."""
+    have = {"amx": has_amx(), "avx512bf16": "avx512_bf16" in cpu_features(), "none": True}
+    wanted = os.environ.get(BF16_UNIT_ENV, "").strip().lower()
+    if wanted:
+        if wanted not in have:
+            raise InputError(f"{BF16_UNIT_ENV}={wanted!r} is not a bf16 unit; choose one of amx, avx512bf16, none")
+        if not have[wanted]:
+            raise InputError(f"{BF16_UNIT_ENV}={wanted}: this CPU has no {wanted.upper()} (its flags lack it)")
+        return None if wanted == "none" else wanted
+    if have["amx"]:
+        return "amx"
+    return "avx512bf16" if have["avx512bf16"] and cpu_vendor() == "AuthenticAMD" else None
 
 
 def replace(g: Graph, n, op, inputs, attrs) -> None:
@@ -23,17 +52,19 @@ def replace(g: Graph, n, op, inputs, attrs) -> None:
 class AmxDense:
     """amx_dense: `dense(x, W)` with a float32 param weight and at least `amx.MIN_ROWS` rows becomes
     `dense_amx(x, pack_amx_weight(W))` (ops/amx.py): x and W rounded to bfloat16, products summed in float32 on
-    the AMX unit, 8 bits of mantissa per operand as in OpenVINO's and PyTorch's bf16 modes. On a CPU without
-    AMX-BF16 the pass changes nothing (the bf16_weights pass then stores the packed weights as bfloat16).
+    the AMX unit (or with AVX512-BF16 dot products: `unit`), 8 bits of mantissa per operand as in OpenVINO's and
+    PyTorch's bf16 modes. On a CPU without either the pass changes nothing (the bf16_weights pass then stores the
+    packed weights as bfloat16).
 
     It runs before pack_weights, which packs the dense nodes it leaves. Weights computed at run time (training)
     keep the float32 kernels."""
 
     name: ClassVar[str] = "amx_dense"
-    force: bool = False  # tests: rewrite even where this CPU has no AMX (the code is compiled, not run)
+    unit: str | None = None  # None: this CPU's (bf16_unit); tests name one (the code is compiled, not run)
 
     def __call__(self, g: Graph) -> Graph:
-        if not (self.force or has_amx()):
+        unit = self.unit or bf16_unit()
+        if unit is None:
             return g
         packed: dict = {}  # one packed weight per float32 weight, shared by its readers
         for n in list(g.nodes):
@@ -46,7 +77,7 @@ class AmxDense:
             if w not in packed:
                 packed[w] = g.add_param(w.name + ".amx", amx.pack_amx_weight(w.data))
             n_out, k = w.type.shape
-            replace(g, n, ops.dense_amx, [x, packed[w]] + n.inputs[2:], {"n": n_out, "k": k})
+            replace(g, n, ops.dense_amx, [x, packed[w]] + n.inputs[2:], {"n": n_out, "k": k, "unit": unit})
         g.remove_unused()
         return g
 
@@ -58,20 +89,22 @@ amx_dense = AmxDense()
 class AmxConv:
     """amx_conv: `conv2d_nchwc` on an NCHW[16]c input with NCHW[16]c output (groups 1), a float32 param weight and
     equal strides becomes `conv2d_amx` (ops/amx_conv.py), the implicit GEMM on AMX tiles: x and the weight rounded
-    to bfloat16, sums in float32, the same layouts in and out. On a CPU without AMX-BF16 it changes nothing.
+    to bfloat16, sums in float32, the same layouts in and out (or with AVX512-BF16 dot products: `unit`). On a CPU
+    without either it changes nothing.
 
     It runs after alter_layout (which makes the blocked convs) and before winograd, which would otherwise take the
     3x3 convs in float32."""
 
     name: ClassVar[str] = "amx_conv"
-    force: bool = False  # tests: rewrite even where this CPU has no AMX (the code is compiled, not run)
+    unit: str | None = None  # None: this CPU's (bf16_unit); tests name one (the code is compiled, not run)
 
     def __call__(self, g: Graph) -> Graph:
         from tensorforge.compiler.ops import amx_conv
         from tensorforge.compiler.ops.nchwc import _nchwc_weight
         from tensorforge.compiler.ops.packed import unpack_conv2d_weight
 
-        if not (self.force or has_amx()):
+        unit = self.unit or bf16_unit()
+        if unit is None:
             return g
         packed: dict = {}
         for n in list(g.nodes):
@@ -89,7 +122,7 @@ class AmxConv:
                 packed[w] = g.add_param(w.name + ".amx", amx_conv.pack_amx_conv_weight(oihw))
             attrs = {"strides": a["strides"], "pads": a["pads"], "dilations": a["dilations"],
                      "out_channels": a["out_channels"], "in_channels": x.type.shape[1] * amx_conv.IN_BLOCK,
-                     "kernel": (kh, kw)}
+                     "kernel": (kh, kw), "unit": unit}
             replace(g, n, ops.conv2d_amx, [x, packed[w]] + n.inputs[2:], attrs)
         g.remove_unused()
         return g
@@ -105,16 +138,18 @@ class AmxAttention:
     matmul_amx(q, k^T) -> * scale (+ mask, + the causal bias) -> softmax -> matmul_amx(p, v): both products in
     bfloat16 on AMX tiles (ops/amx_matmul.py), the softmax in float32. The fused fp32 attention kernel keeps a row
     tile's scores in registers, but its products run at ~80 GFLOP/s on one core; on the tiles the two products and
-    the separate softmax are faster. On a CPU without AMX-BF16 it changes nothing."""
+    the separate softmax are faster. With AVX512-BF16 (`unit`) the products are vector dot products; on a CPU
+    without either it changes nothing."""
 
     name: ClassVar[str] = "amx_attention"
-    force: bool = False  # tests: rewrite even where this CPU has no AMX (the code is compiled, not run)
+    unit: str | None = None  # None: this CPU's (bf16_unit); tests name one (the code is compiled, not run)
 
     def __call__(self, g: Graph) -> Graph:
         from tensorforge.compiler.ops import amx_matmul
         from tensorforge.compiler.ops.attention import causal_bias
 
-        if not (self.force or has_amx()):
+        unit = self.unit or bf16_unit()
+        if unit is None:
             return g
         for n in list(g.nodes):
             if n.op is not ops.attention:
@@ -140,7 +175,7 @@ class AmxAttention:
                 v = emit(ops.pad, [v], {"pads": tuple(pads)}, "v_padded")
             perm = tuple(range(rank - 2)) + (rank - 1, rank - 2)
             kt = emit(ops.transpose, [k], {"perm": perm}, "kt")
-            s = emit(ops.matmul_amx, [q, kt], suffix="qk")
+            s = emit(ops.matmul_amx, [q, kt], {"unit": unit}, "qk")
             s = emit(ops.mul, [s, g.add_param(f"{name}.scale", np.array(n.attrs["scale"], np.float32))],
                      suffix="scaled")
             if extra:
@@ -157,7 +192,7 @@ class AmxAttention:
                 bias = causal_bias(q.type.shape[-2], skv + extra, np.float32)
                 s = emit(ops.add, [s, g.add_param(f"{name}.causal", bias)], suffix="causal")
             p = emit(ops.softmax, [s], {"axis": rank - 1}, "softmax")
-            out = emit(ops.matmul_amx, [p, v], suffix="pv")
+            out = emit(ops.matmul_amx, [p, v], {"unit": unit}, "pv")
             g.take_over(n, out)
         g.remove_unused()
         return g

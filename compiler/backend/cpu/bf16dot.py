@@ -1,0 +1,175 @@
+"""The AVX512-BF16 schedules: dense_amx, conv2d_amx and matmul_amx with `unit="avx512bf16"` (product blocks
+`*_dp`, ops/amx.py `product_name`) on CPUs with AVX512-BF16 but no AMX (AMD Zen 4, Intel Cooper Lake), in zmm
+register tiles of `vdpbf16ps`.
+
+One `vdpbf16ps` multiplies 16 float32 lanes by pairs of bf16: acc[j] += a0 * b[j][0] + a1 * b[j][1]. The operands
+are the AMX layouts as they are: a packed weight's [n block][k block][k pair] row (16 columns x 2 k, 64 bytes) is
+one zmm, an A pair (two k of one row, 4 bytes) is broadcast to every lane. A register tile is `rows` x `cols`
+blocks of 16 columns: per k pair, `cols` weight loads, `rows` broadcasts and rows x cols dot products into
+rows x cols accumulators (16 of the 32 zmm registers with the default 8 x 2). That is twice the multiply-adds of
+an fp32 FMA per instruction; on a 2-FMA-port Xeon both issue two per cycle, on Zen 4 `vdpbf16ps` zmm issues as
+two halves like an fp32 FMA.
+
+LLVM 22 declares the instruction as `llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x
+bfloat>)`, and TVM turns every bfloat16 vector expression into float32 (its BF16ComputeLegalize), so the operands
+cannot reach the intrinsic as bfloat16 from TIR. The tensor intrinsic calls `tf_dpbf16ps` (int32 vectors) instead,
+a three-line LLVM function (`DPBF16PS_LL`) that bitcasts and calls the intrinsic; the schedule imports it into the
+kernel's LLVM module (`pragma_import_llvm` on the task loop), where LLVM inlines it (alwaysinline, linkonce_odr so
+that the objects of a parallel build link).
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+from tensorforge.compiler.backend.cpu.amx import _registered, bits_to_f32
+from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, loop_extent
+from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, N_BLOCK, PAIR
+from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, ANN_ROW, CONV_AMX
+from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
+
+DENSE_DP, CONV_DP, MATMUL_DP = DENSE_AMX + DP_SUFFIX, CONV_AMX + DP_SUFFIX, MATMUL_AMX + DP_SUFFIX
+
+ROWS = 8  # register tile rows: divides the products' row padding (ops/amx.py M_TILE, 32)
+COLS = 2  # register tile columns in blocks of 16: divides the weights' column padding (N_TILE / N_BLOCK)
+
+DPBF16PS_LL = """
+define linkonce_odr <16 x float> @tf_dpbf16ps(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) alwaysinline {
+  %ab = bitcast <16 x i32> %a to <32 x bfloat>
+  %bb = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %ab, <32 x bfloat> %bb)
+  ret <16 x float> %r
+}
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+"""
+
+
+def dp_intrin(b_bits: bool, scope: str = "local") -> str:
+    """The tensor intrinsic for one `vdpbf16ps`: C[0:16] += A[0] * B[0:16, 0] + A[1] * B[0:16, 1], A a pair of bf16
+    bits (uint16), B the bfloat16 packed weight (or, with `b_bits`, bf16 bits converted in the kernel), C float32
+    in `scope`."""
+    name = f"tensorforge_dpbf16ps_{'bits' if b_bits else 'bf16'}_{scope}"
+    if _registered(name):
+        return name
+    b_dtype = "uint16" if b_bits else "bfloat16"
+
+    def widen_b(v):
+        return bits_to_f32(v) if b_bits else T.Cast("float32", v)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (PAIR,), "uint16", offset_factor=1)
+        B = T.match_buffer(b, (N_BLOCK, PAIR), b_dtype, offset_factor=1)
+        C = T.match_buffer(c, (N_BLOCK,), "float32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:N_BLOCK], A[0:PAIR], B[0:N_BLOCK, 0:PAIR])
+            T.writes(C[0:N_BLOCK])
+            for j, t in T.grid(N_BLOCK, PAIR):
+                with T.sblock("update"):
+                    vj, vt = T.axis.remap("SR", [j, t])
+                    C[vj] = C[vj] + bits_to_f32(A[vt]) * widen_b(B[vj, vt])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (PAIR,), "uint16", offset_factor=1)
+        B = T.match_buffer(b, (N_BLOCK, PAIR), b_dtype, offset_factor=1)
+        C = T.match_buffer(c, (N_BLOCK,), "float32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:N_BLOCK], A[0:PAIR], B[0:N_BLOCK, 0:PAIR])
+            T.writes(C[0:N_BLOCK])
+            C[T.Ramp(0, 1, N_BLOCK)] = T.call_extern(
+                "float32x16", "tf_dpbf16ps", C.vload([0], "float32x16"),
+                T.Broadcast(T.reinterpret("int32", A.vload([0], "uint16x2")), N_BLOCK),
+                T.reinterpret("int32x16", B.vload([0, 0], f"{b_dtype}x32")))
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def _convert_in_parallel(sch: s_tir.Schedule, names: tuple[str, ...]) -> None:
+    for name in names:
+        block = sch.get_sblock(name)
+        sch.parallel(sch.fuse(*sch.get_loops(block)[:-2]))
+        attempt(lambda: sch.vectorize(sch.fuse(*sch.get_loops(block)[-2:])))
+
+
+def schedule_dp_gemm(sch: s_tir.Schedule, anchor: str, conversions: tuple[str, ...], b_bits: bool) -> None:
+    """[batch x column panel x row tile] tasks, parallel; per task a ROWS x COLS*16 register tile over the whole K
+    (k block, k pair outside the tile), the epilogue per tile from the registers."""
+    prod = sch.get_sblock(anchor)
+    out = anchor_epilogue(sch, prod, *conversions)
+    *batch, i, jb, jt, kb, kk, kt = sch.get_loops(prod)
+    io, ii = sch.split(i, [None, ROWS])
+    jbo, jbi = sch.split(jb, [None, COLS])
+    sch.reorder(*batch, jbo, io, kb, kk, ii, jbi, jt, kt)
+    tile = sch.fuse(*batch, jbo, io)
+    sch.parallel(tile)
+    sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
+    sch.set_scope(prod, 0, "local")
+    init = sch.decompose_reduction(prod, kb)
+    sch.tensorize(jt, dp_intrin(b_bits))
+    sch.unroll(ii)
+    sch.unroll(jbi)
+    *_, iu, ju, jv = sch.get_loops(init)
+    sch.unroll(iu)
+    sch.unroll(ju)
+    sch.vectorize(jv)
+    sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
+    _convert_in_parallel(sch, conversions)
+    attempt(sch.vectorize, sch.get_loops(out)[-1])
+
+
+def schedule_dp_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    schedule_dp_gemm(sch, DENSE_DP, (AMX_A,), b_bits=False)
+
+
+def schedule_dp_matmul(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    schedule_dp_gemm(sch, MATMUL_DP, (AMX_MM_A, AMX_MM_B), b_bits=True)
+
+
+dp_dense_rule = Rule("dp_dense", schedule_dp_dense, blocks=(DENSE_DP,))
+dp_matmul_rule = Rule("dp_matmul", schedule_dp_matmul, blocks=(MATMUL_DP,))
+
+
+def schedule_dp_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """[batch x oc block pair x ROWS-pixel tile] tasks, parallel; per task a ROWS pixels x COLS*16 channels
+    register tile over every reduction step, stored to the product buffer; then the write-back (bias, the fused
+    epilogue, the valid columns of each virtual row) as a parallel vectorized loop nest, as on AMX."""
+    prod = sch.get_sblock(CONV_DP)
+    out = anchor_epilogue(sch, prod, AMX_CONV_A)
+    store = sch.cache_write(prod, 0, "local")
+    b, ob, m, oi, r, rp, rt = sch.get_loops(prod)
+    mo, mi = sch.split(m, [None, ROWS])
+    obo, obi = sch.split(ob, [None, COLS])
+    sch.reorder(b, obo, mo, r, rp, mi, obi, oi, rt)
+    tile = sch.fuse(b, obo, mo)
+    sch.parallel(tile)
+    sch.reverse_compute_at(store, tile, preserve_unit_loops=True)
+    init = sch.decompose_reduction(prod, r)
+    sch.tensorize(oi, dp_intrin(b_bits=False))
+    sch.unroll(mi)
+    sch.unroll(obi)
+    *_, iu, ju, jv = sch.get_loops(init)
+    sch.unroll(iu)
+    sch.unroll(ju)
+    sch.vectorize(jv)
+    *_, so, sm, sv = sch.get_loops(store)
+    sch.unroll(so)
+    sch.unroll(sm)
+    sch.vectorize(sv)
+    sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
+    a = sch.get_sblock(AMX_CONV_A)
+    n_, c_, f_, pairs, pair = sch.get_loops(a)
+    rows, _ = sch.split(f_, [None, int(sch.get(a).annotations[ANN_ROW])])
+    sch.parallel(sch.fuse(n_, c_, rows))
+    sch.unroll(pairs)
+    attempt(sch.vectorize, pair)
+    loops = sch.get_loops(out)
+    sch.parallel(sch.fuse(*loops[:3]))
+    attempt(sch.vectorize, loops[-1])
+
+
+dp_conv_rule = Rule("dp_conv", schedule_dp_conv, blocks=(CONV_DP,))

@@ -1,0 +1,115 @@
+"""The bf16 mode on AVX512-BF16 without AMX (backend/cpu/bf16dot.py, passes/cpu/amx.py `bf16_unit`): which unit a
+CPU gets, the `vdpbf16ps` schedules (compiled for a Zen 4 on any host), and, on a CPU with AVX512-BF16, whole
+models against the interpreter and fp32 (TENSORFORGE_BF16_UNIT=avx512bf16 picks the unit on an AMX machine)."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+from tvm.target import Target
+
+from tensorforge import compile_model
+from tensorforge.compiler.backend.cpu.rules import schedule_cpu_traced
+from tensorforge.compiler.ops import amx, amx_conv, amx_matmul
+from tensorforge.compiler.passes.cpu import amx as amx_pass
+from tensorforge.runtime import cpu_features
+from tensorforge.runtime.errors import InputError
+from tests.ops.test_amx import attention_graph, check_against_interpreter_and_fp32, cnn, graph
+
+ZEN4 = Target({"kind": "llvm", "mcpu": "znver4", "mtriple": "x86_64-linux-gnu"})
+needs_dp = pytest.mark.skipif("avx512_bf16" not in cpu_features.cpu_features(),
+                              reason="runs vdpbf16ps kernels: this CPU has no AVX512-BF16")
+
+
+@pytest.mark.parametrize("flags, vendor, want", [
+    ({"amx_tile", "amx_bf16", "avx512_bf16"}, "GenuineIntel", "amx"),
+    ({"avx512_bf16", "avx512f"}, "AuthenticAMD", "avx512bf16"),   # Zen 4
+    ({"avx512_bf16", "avx512f"}, "GenuineIntel", None),           # vdpbf16ps at half the FMA rate there
+    ({"avx512f"}, "AuthenticAMD", None),
+])
+def test_each_cpu_gets_its_bf16_unit(monkeypatch, flags, vendor, want):
+    monkeypatch.delenv(amx_pass.BF16_UNIT_ENV, raising=False)
+    monkeypatch.setattr(amx_pass, "cpu_features", lambda: frozenset(flags))
+    monkeypatch.setattr(amx_pass, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(amx_pass, "has_amx", lambda: {"amx_tile", "amx_bf16"} <= flags)
+    assert amx_pass.bf16_unit() == want
+
+
+def test_the_unit_can_be_chosen_among_those_the_cpu_has(monkeypatch):
+    monkeypatch.setattr(amx_pass, "cpu_features", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(amx_pass, "has_amx", lambda: False)
+    monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
+    assert amx_pass.bf16_unit() == "avx512bf16"
+    monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "none")
+    assert amx_pass.bf16_unit() is None
+    monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "amx")
+    with pytest.raises(InputError, match="TENSORFORGE_BF16_UNIT=amx: this CPU has no AMX"):
+        amx_pass.bf16_unit()
+    monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "tpu")
+    with pytest.raises(InputError, match="'tpu' is not a bf16 unit; choose one of amx, avx512bf16, none"):
+        amx_pass.bf16_unit()
+
+
+def _asm(func, rule_name):
+    sch, rule = schedule_cpu_traced(func, ZEN4)
+    assert rule is not None and rule.name == rule_name
+    return tvm.compile(sch.mod, target=ZEN4).mod.inspect_source("asm")
+
+
+@pytest.mark.parametrize("m,k,n", [(197, 768, 100), (16, 8, 64)])
+def test_the_dense_schedule_puts_the_product_on_vdpbf16ps(m, k, n):
+    """Compiled for a Zen 4: every k pair of a 8 x 32 register tile is 16 dot products on registers, no AMX."""
+    x = te.placeholder((m, k), "float32", name="x")
+    wp = te.placeholder(amx.pack_amx_weight(np.zeros((n, k), np.float32)).shape, "bfloat16", name="w")
+    out = amx.dense_amx_compute(x, wp, None, n=n, unit="avx512bf16")
+    asm = _asm(te.create_prim_func([x, wp, out]), "dp_dense")
+    assert asm.count("vdpbf16ps") >= 16 and "tdpbf16ps" not in asm and "ldtilecfg" not in asm
+
+
+def test_the_conv_and_matmul_schedules_put_their_products_on_vdpbf16ps():
+    x = te.placeholder((1, 4, 9, 9, 16), "float32", name="x")
+    wp = te.placeholder(amx_conv.pack_amx_conv_weight(np.zeros((64, 64, 3, 3), np.float32)).shape, "bfloat16",
+                        name="w")
+    out = amx_conv.conv2d_amx_compute(x, wp, None, out_channels=64, in_channels=64, kernel=(3, 3), strides=(1, 1),
+                                      pads=(1, 1, 1, 1), dilations=(1, 1), unit="avx512bf16")
+    assert _asm(te.create_prim_func([x, wp, out]), "dp_conv").count("vdpbf16ps") >= 16
+    a = te.placeholder((2, 40, 64), "float32", name="a")
+    b = te.placeholder((2, 64, 48), "float32", name="b")
+    out = amx_matmul.matmul_amx_compute(a, b, unit="avx512bf16")
+    assert _asm(te.create_prim_func([a, b, out]), "dp_matmul").count("vdpbf16ps") >= 16
+
+
+@needs_dp
+@pytest.mark.parametrize("m,k,n", [(197, 72, 100), (16, 768, 96), (64, 8, 32)])
+def test_bf16_dense_on_vdpbf16ps_matches_the_interpreter_and_fp32(monkeypatch, m, k, n):
+    monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
+    g = graph(m, k, n)
+    model = compile_model(g, precision="bf16")
+    assert [s["op"].split("+")[0] for s in model.plan["steps"]].count("dense_amx") == 2
+    assert "avx512_bf16" in model.plan["cpu_features"] and "amx_tile" not in model.plan["cpu_features"]
+    x = np.random.default_rng(5).standard_normal((m, k)).astype(np.float32)
+    check_against_interpreter_and_fp32(g, model, {"x": x})
+
+
+@needs_dp
+@pytest.mark.parametrize("h, w", [(9, 11), (16, 16)])
+def test_bf16_cnn_on_vdpbf16ps_matches_the_interpreter_and_fp32(monkeypatch, h, w):
+    """The AMX test's CNN: a 3x3 conv with a residual epilogue and a strided 3x3 conv, 48 channels padded to 64.
+    rtol 1e-3: the last conv's input is rounded to bf16 in the kernel, and a sum that differs from the interpreter's
+    in its last fp32 bit (summation order) can round to the neighbouring bf16 (one element 4e-4 off at 16x16)."""
+    monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
+    g = cnn(h, w)
+    model = compile_model(g, precision="bf16")
+    steps = [s["op"] for s in model.plan["steps"]]
+    assert "conv2d_amx+add+relu" in steps and "conv2d_amx" in steps, steps
+    x = np.random.default_rng(9).standard_normal((1, 16, h, w)).astype(np.float32)
+    check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=1e-3)
+
+
+@needs_dp
+def test_bf16_attention_on_vdpbf16ps_matches_the_interpreter_and_fp32(monkeypatch):
+    monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
+    g, feeds = attention_graph(128, 128, False, True)
+    model = compile_model(g, precision="bf16")
+    assert [s["op"].split("+")[0] for s in model.plan["steps"]].count("matmul_amx") == 2
+    check_against_interpreter_and_fp32(g, model, feeds, rtol=1e-3)
