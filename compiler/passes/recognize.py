@@ -193,9 +193,35 @@ def _untransposed(r: Rewrite, kt: Value) -> Value:
     return r.emit(ops.transpose, [kt], perm=swap)
 
 
+def _batch_view(r: Rewrite, v: Value, single_use: bool = False) -> Value:
+    """v's source where v is a reshape that only merges or splits the leading (batch) axes, as torch.export
+    writes a 4-D matmul (a bmm between reshapes to 3-D and back); else v itself. With `single_use`, only a source
+    read by nothing else."""
+    shaped = r.producer(v, ops.reshape)
+    if shaped is None or v.type.rank < 2:
+        return v
+    src = shaped.inputs[0]
+    if src.type.rank < 2 or src.type.shape[-2:] != v.type.shape[-2:] or src.type.dtype != v.type.dtype:
+        return v
+    if single_use and any(len(r.g.users().get(x, ())) != 1 or x in r.g.outputs for x in (src, v)):
+        return v
+    return src
+
+
 def _attention(r: Rewrite, n):
-    """matmul(softmax(c * matmul(q, kT) [+ mask], last axis), v): the softmax and the scores used only here."""
+    """matmul(softmax(c * matmul(q, kT) [+ mask], last axis), v): the softmax and the scores used only here. The
+    products may be batched over other leading axes than the softmax (reshapes of the batch axes around them, as
+    torch.export writes a 4-D matmul): the attention then runs on the softmax's axes, its output reshaped."""
+    out = _attention_core(r, n)
+    if out is not None and out.type.shape != n.outputs[0].type.shape:
+        out = r.emit(ops.reshape, [out], shape=n.outputs[0].type.shape)
+    return out
+
+
+def _attention_core(r: Rewrite, n):
     probs, v = n.inputs
+    probs = _batch_view(r, probs, single_use=True)
+    v = _batch_view(r, v)
     sm = probs.producer
     if sm is None or sm.op is not ops.softmax or sm.attrs["axis"] != probs.type.rank - 1 or probs.type.rank < 2 \
             or probs.type.dtype not in _NORM_DTYPES or len(r.g.users().get(probs, ())) != 1 or probs in r.g.outputs:
@@ -206,14 +232,17 @@ def _attention(r: Rewrite, n):
     if add is not None and add.op is ops.add:
         candidates = [(add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])]
     for scaled, mask in candidates:
-        mm, c = _scaled(scaled)
-        if mm.producer is not None and mm.producer.op is ops.matmul and mm.type.shape == scores.type.shape:
+        # the batch axes may be reshaped before or after the scaling (simplify moves reshapes past elementwise ops)
+        mm, c = _scaled(_batch_view(r, scaled, single_use=True))
+        mm = _batch_view(r, mm, single_use=True)  # the same elements as `scaled` in another batch shape
+        if mm.producer is not None and mm.producer.op is ops.matmul and mm.type.numel == scaled.type.numel \
+                and scaled.type.shape == scores.type.shape:
             break
     else:
         return None
-    (q, cq), (kt, ck) = (_scaled(x) for x in mm.producer.inputs)
+    (q, cq), (kt, ck) = (_scaled(_batch_view(r, x)) for x in mm.producer.inputs)
     if q.type.rank != probs.type.rank or kt.type.rank != q.type.rank or v.type.rank != q.type.rank or \
-            not q.type.shape[:-2] == kt.type.shape[:-2] == v.type.shape[:-2]:
+            not probs.type.shape[:-2] == q.type.shape[:-2] == kt.type.shape[:-2] == v.type.shape[:-2]:
         return None
     if mask is not None and (mask.type.dtype != scores.type.dtype or mask.type.rank > scores.type.rank):
         return None

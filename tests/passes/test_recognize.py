@@ -255,13 +255,35 @@ ATTN_SDPA_CAUSAL = ("""graph g(%q: f32[1,2,4,8], %k: f32[1,2,4,8], %v: f32[1,2,4
 }""")
 
 
+# torch.export of a 4-D q @ k^T (ViT's attention through compile_model(module)): a bmm between reshapes to 3-D and
+# back, with the division moved before the reshape by simplify, and the probabilities reshaped again for p @ v
+ATTN_EXPORT_BMM = ("""graph g(%q: f32[1,2,4,8], %k: f32[1,2,4,8], %v: f32[1,2,4,8]) {
+  %c = param f32[] = [2.8284270763397217]
+  %kt = transpose(%k) {perm=(0, 1, 3, 2)} : f32[1,2,8,4]
+  %q3 = reshape(%q) {shape=(2, 4, 8)} : f32[2,4,8]
+  %k3 = reshape(%kt) {shape=(2, 8, 4)} : f32[2,8,4]
+  %s = matmul(%q3, %k3) : f32[2,4,4]
+  %d = div(%s, %c) : f32[2,4,4]
+  %d4 = reshape(%d) {shape=(1, 2, 4, 4)} : f32[1,2,4,4]
+  %p = softmax(%d4) {axis=3} : f32[1,2,4,4]
+  %p3 = reshape(%p) {shape=(2, 4, 4)} : f32[2,4,4]
+  %v3 = reshape(%v) {shape=(2, 4, 8)} : f32[2,4,8]
+  %o = matmul(%p3, %v3) : f32[2,4,8]
+  return %o
+}""", """graph g(%q: f32[1,2,4,8], %k: f32[1,2,4,8], %v: f32[1,2,4,8]) {
+  %0 = attention(%q, %k, %v) {scale=0.3535533966440824, causal=false} : f32[1,2,4,8]
+  %1 = reshape(%0) {shape=(2, 4, 8)} : f32[2,4,8]
+  return %1 as "o"
+}""")
+
+
 def _attention_feeds(g):
     r = np.random.default_rng(0)
     return {v.name: r.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs}
 
 
-@pytest.mark.parametrize("before, after", [ATTN_TORCHSCRIPT, ATTN_DYNAMO_MASK, ATTN_SDPA_CAUSAL],
-                         ids=["torchscript", "dynamo-mask", "sdpa-causal"])
+@pytest.mark.parametrize("before, after", [ATTN_TORCHSCRIPT, ATTN_DYNAMO_MASK, ATTN_SDPA_CAUSAL, ATTN_EXPORT_BMM],
+                         ids=["torchscript", "dynamo-mask", "sdpa-causal", "export-bmm"])
 def test_attention_chains_become_one_op(before, after):
     g = parse_graph(before)
     feeds = _attention_feeds(g)
@@ -280,6 +302,20 @@ def test_attention_chains_become_one_op(before, after):
 def test_attention_near_misses_stay(edit):
     g = parse_graph(ATTN_DYNAMO_MASK[0].replace(*edit))
     assert "attention" not in [n.op.name for n in dce(recognize(g)).nodes]
+
+
+@pytest.mark.parametrize("edit", [
+    ("return %o", "return %o, %p3"),  # the reshaped probabilities are read elsewhere too
+    # a reshape that regroups the last two axes (keys into the rows) is no batch view
+    ("%p3 = reshape(%p) {shape=(2, 4, 4)} : f32[2,4,4]\n  %v3 = reshape(%v) {shape=(2, 4, 8)} : f32[2,4,8]\n"
+     "  %o = matmul(%p3, %v3) : f32[2,4,8]",
+     "%p3 = reshape(%p) {shape=(2, 2, 8)} : f32[2,2,8]\n  %v3 = reshape(%v) {shape=(2, 8, 4)} : f32[2,8,4]\n"
+     "  %o = matmul(%p3, %v3) : f32[2,2,4]"),
+])
+def test_attention_through_batch_reshapes_near_misses_stay(edit):
+    text = ATTN_EXPORT_BMM[0].replace(*edit)
+    assert text != ATTN_EXPORT_BMM[0]
+    assert "attention" not in [n.op.name for n in dce(recognize(parse_graph(text))).nodes]
 
 
 def test_additive_mask_that_is_not_the_causal_triangle_stays_an_input():
