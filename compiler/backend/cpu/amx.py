@@ -49,6 +49,36 @@ def tile_config_bytes() -> list[int]:
     return cfg
 
 
+# tile_config_bytes() as 8 little-endian uint64 words: palette 1; colsb 64 for tiles 0-7; 16 rows for tiles 0-7
+_CFG_WORDS = (1, 0, 0x0040004000400040, 0x0040004000400040, 0, 0, 0x1010101010101010, 0)
+
+
+@T.macro
+def configure_tiles():
+    """Load the tile configuration (`ldtilecfg`) unless this thread has it already (`sttilecfg` reads it back and
+    compares). `ldtilecfg` costs ~47 ns (180 cycles, measured on an Emerald Rapids core: as much as 11
+    `tdpbf16ps`), `sttilecfg` hides behind the tile work; a task with few reduction steps (a 1x1 conv on 64
+    channels: 8 `tdpbf16ps`) spent more on the configuration than on its products. Reading it back each time, rather
+    than remembering it, stays right when other code in the thread (oneDNN, through PyTorch) configures the tiles
+    differently in between."""
+    cur = T.alloc_buffer((8,), "uint64", scope="local")
+    want = T.alloc_buffer((8,), "uint64", scope="local")
+    for q in range(8):
+        cur[q] = T.uint64(0)
+    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sttilecfg", T.address_of(cur[0])))
+    want[0] = T.uint64(_CFG_WORDS[0])
+    want[1] = T.uint64(_CFG_WORDS[1])
+    want[2] = T.uint64(_CFG_WORDS[2])
+    want[3] = T.uint64(_CFG_WORDS[3])
+    want[4] = T.uint64(_CFG_WORDS[4])
+    want[5] = T.uint64(_CFG_WORDS[5])
+    want[6] = T.uint64(_CFG_WORDS[6])
+    want[7] = T.uint64(_CFG_WORDS[7])
+    if (cur[0] != want[0] or cur[1] != want[1] or cur[2] != want[2] or cur[3] != want[3] or cur[4] != want[4]
+            or cur[5] != want[5] or cur[6] != want[6] or cur[7] != want[7]):
+        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(want[0])))
+
+
 def _registered(name: str) -> bool:
     """Whether a tensor intrinsic of this name is registered already (they are registered on first use)."""
     try:
@@ -88,7 +118,6 @@ def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
     if _registered(name):
         return name
     d0, d1, d2 = shape
-    colsb = _BYTES_PER_ROW
 
     @T.prim_func(s_tir=True)
     def desc(c: T.handle) -> None:
@@ -108,14 +137,7 @@ def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
         with T.sblock("root"):
             T.reads()
             T.writes(C[0:d0, 0:d1, 0:d2])
-            cfg = T.alloc_buffer((64,), "uint8", scope="local")
-            for q in range(64):
-                cfg[q] = T.uint8(0)
-            cfg[0] = T.uint8(1)  # palette 1 (tile_config_bytes)
-            for q in range(8):
-                cfg[16 + 2 * q] = T.uint8(colsb)
-                cfg[48 + q] = T.uint8(TILE_ROWS)
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(cfg[0])))
+            configure_tiles()
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(0)))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(1)))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(2)))
@@ -127,14 +149,12 @@ def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
 
 def amx_zero_intrin(rows: int) -> str:
     """The tensor intrinsic for a task's zeroed sums (C = 0 over (rows, 2, 16), rows a multiple of 32, in local
-    memory): it loads the tile configuration once for the task and stores a zeroed tile over each 16 x 16 quarter.
-    The task's `amx_intrin(load_c=True)` calls then load, add to and store those sums, configuring nothing:
-    `ldtilecfg` costs ~180 cycles (47 ns measured on an Emerald Rapids core), as much as 11 `tdpbf16ps`."""
+    memory): it makes sure of the tile configuration once for the task (configure_tiles) and stores a zeroed tile
+    over each 16 x 16 quarter. The task's `amx_intrin(load_c=True)` calls then load, add to and store those sums."""
     name = f"tensorforge_amx_zero_{rows}"
     if _registered(name):
         return name
     nb = N_TILE // N_BLOCK
-    colsb = _BYTES_PER_ROW
 
     @T.prim_func(s_tir=True)
     def desc(c: T.handle) -> None:
@@ -154,14 +174,7 @@ def amx_zero_intrin(rows: int) -> str:
         with T.sblock("root"):
             T.reads()
             T.writes(C[0:rows, 0:nb, 0:N_BLOCK])
-            cfg = T.alloc_buffer((64,), "uint8", scope="local")
-            for q in range(64):
-                cfg[q] = T.uint8(0)
-            cfg[0] = T.uint8(1)  # palette 1 (tile_config_bytes)
-            for q in range(8):
-                cfg[16 + 2 * q] = T.uint8(colsb)
-                cfg[48 + q] = T.uint8(TILE_ROWS)
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(cfg[0])))
+            configure_tiles()
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(0)))
             for r in range(rows // TILE_ROWS):
                 T.evaluate(store(0, T.address_of(C[r * TILE_ROWS, 0, 0]), T.Cast("int64", s0 * 4)))
