@@ -66,6 +66,35 @@ def test_tile_configuration():
     assert cfg[48:56] == [16] * 8 and not any(cfg[56:])
 
 
+@needs_amx
+@pytest.mark.parametrize("before", ["released", "other", "ours"])
+def test_the_tile_configuration_is_loaded_where_the_thread_lacks_it(before):
+    """configure_tiles after no configuration, another one (8-row tiles: oneDNN's in the same thread), or ours:
+    the thread ends with ours every time."""
+    from tvm.script import tirx as T
+
+    from tensorforge.compiler.backend.cpu.amx import configure_tiles
+    from tensorforge.runtime.cpu_features import request_amx
+
+    request_amx()
+    other = tile_config_bytes()
+    other[48:56] = [8] * 8
+
+    @T.prim_func
+    def probe(first: T.Buffer((64,), "uint8"), got: T.Buffer((64,), "uint8")):
+        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilerelease"))
+        if before != "released":
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(first[0])))
+        configure_tiles()
+        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sttilecfg", T.address_of(got[0])))
+        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilerelease"))
+
+    lib = tvm.compile(tvm.IRModule({"main": probe}), target=AMX_CPU)
+    got = tvm.runtime.tensor(np.zeros(64, np.uint8))
+    lib["main"](tvm.runtime.tensor(np.array(other if before == "other" else tile_config_bytes(), np.uint8)), got)
+    assert got.numpy().tolist() == tile_config_bytes()
+
+
 def test_bf16_rounding_in_tir_matches_ml_dtypes():
     """x -> bf16 bits in the kernel (ties to even, NaN, +-inf, denormals, overflow to inf) as ml_dtypes rounds."""
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, 1.00390625, 1.01171875, 3.4e38, -3.4e38,
