@@ -191,6 +191,36 @@ def test_the_k_grouped_dense_kernel_sums_every_group(m, k, n):
     assert_close(out.numpy(), ops.dense_amx.reference(xv, wp, n=n, k=k), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("unit", ["amx", "avx512bf16"])
+@pytest.mark.parametrize("ic, oc, h, w, stride", [(64, 128, 9, 10, 2), (256, 64, 14, 14, 2), (32, 32, 7, 7, 3)])
+def test_a_strided_1x1_conv_gathers_its_pixels(unit, ic, oc, h, w, stride):
+    """A 1x1 conv with stride s and no padding runs at stride 1 over the pixels it reads (ops/amx_conv.py), on odd
+    and even sizes, against the reference (the conv on rounded operands), on each bf16 unit this CPU has."""
+    from tensorforge.compiler.backend.build import resolve_target
+    from tensorforge.runtime.cpu_features import request_amx
+
+    if unit == "amx" and not cpu_features.has_amx() or unit == "avx512bf16" and (
+            "avx512_bf16" not in cpu_features.cpu_features()):
+        pytest.skip(f"this CPU has no {unit}")
+    if unit == "amx":
+        request_amx()
+    rng = np.random.default_rng(12)
+    xv = block_nchw(rng.standard_normal((1, ic, h, w)).astype(np.float32), 16)
+    wp = amx_conv.pack_amx_conv_weight(rng.standard_normal((oc, ic, 1, 1)).astype(np.float32))
+    attrs = dict(out_channels=oc, in_channels=ic, kernel=(1, 1), strides=(stride, stride), pads=(0, 0, 0, 0),
+                 dilations=(1, 1))
+    x = te.placeholder(xv.shape, "float32", name="x")
+    wt = te.placeholder(wp.shape, "bfloat16", name="w")
+    y = amx_conv.conv2d_amx_compute(x, wt, None, unit=unit, **attrs)
+    target = resolve_target("cpu")
+    sch, rule = schedule_cpu_traced(te.create_prim_func([x, wt, y]), target)
+    assert rule.name == {"amx": "amx_conv", "avx512bf16": "dp_conv"}[unit]
+    want = ops.conv2d_amx.reference(xv, wp, **attrs)
+    out = tvm.runtime.tensor(np.full(want.shape, np.nan, np.float32))
+    tvm.compile(sch.mod, target=target)["main"](tvm.runtime.tensor(xv), tvm.runtime.tensor(wp), out)
+    assert_close(out.numpy(), want, rtol=1e-5, atol=1e-4)
+
+
 def check_against_interpreter_and_fp32(g, model, feeds, rtol=1e-4):
     """The bf16 build against the interpreter on the optimized graph (the same roundings; only summation order
     differs) and within bf16's accuracy of the fp32 graph (but not equal to it)."""
