@@ -319,11 +319,11 @@ def test_bf16_cnn_on_amx_matches_the_interpreter_and_fp32(h, w):
 
 
 POINTWISE = """graph g(%x: f32[1,16,12,12]) {
-  %w1 = param f32[32,16,3,3]
-  %w2 = param f32[16,32,1,1]
+  %w1 = param f32[80,16,3,3]
+  %w2 = param f32[16,80,1,1]
   %w3 = param f32[32,16,3,3]
-  %c1 = conv2d(%x, %w1) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,12,12]
-  %r1 = relu(%c1) : f32[1,32,12,12]
+  %c1 = conv2d(%x, %w1) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,80,12,12]
+  %r1 = relu(%c1) : f32[1,80,12,12]
   %c2 = conv2d(%r1, %w2) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[1,16,12,12]
   %r2 = relu(%c2) : f32[1,16,12,12]
   %c3 = conv2d(%r2, %w3) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1} : f32[1,32,12,12]
@@ -333,10 +333,11 @@ POINTWISE = """graph g(%x: f32[1,16,12,12]) {
 
 
 @needs_amx
-def test_a_1x1_amx_conv_on_32_channels_reads_nothing_past_its_input(monkeypatch):
-    """A 1x1 conv's reduction has at least two 32-channel blocks (conv_channel_blocks); on 32 input channels the
-    second is padding and must read zeros. It read the memory past the input instead: with an arena of NaN bytes
-    (as memory reused from earlier work can be) the whole output was NaN (MobileNetV2 in bf16, in the suite)."""
+def test_an_amx_conv_reads_nothing_past_its_input(monkeypatch):
+    """A conv's reduction runs over whole 32-channel blocks (conv_channel_blocks); on 80 input channels the third
+    is half padding and must read zeros. The padding once read the memory past the input instead (a 1x1 conv on 32
+    channels, whose second block was all padding): with an arena of NaN bytes (as memory reused from earlier work
+    can be) the whole output was NaN (MobileNetV2 in bf16, in the suite)."""
     from tensorforge.runtime import plan
 
     real = plan.aligned_empty
@@ -356,6 +357,23 @@ def test_a_1x1_amx_conv_on_32_channels_reads_nothing_past_its_input(monkeypatch)
     x = rng.standard_normal((1, 16, 12, 12)).astype(np.float32)
     assert not np.isnan(model.run({"x": x})[0]).any()
     check_against_interpreter_and_fp32(g, model, {"x": x})
+
+
+def test_convs_reducing_over_few_values_keep_the_float32_kernel():
+    """passes/cpu/amx.py MIN_CONV_REDUCTION: a 1x1 conv on 32 channels (padded to 64 on AMX; MobileNetV2's
+    expansions at 56x56 ran 1.6x slower there) stays float32, a 3x3 conv on 16 channels (144 values) goes to AMX.
+    (The pass rewrites on any CPU; this compiles the graph only up to the pass.)"""
+    from tensorforge.compiler.passes.cpu.amx import AmxConv
+    from tensorforge.compiler.passes.cpu.layout import alter_layout
+    from tensorforge.compiler.passes.pipeline import pack_weights
+
+    text = POINTWISE.replace("f32[80,16,3,3]", "f32[32,16,3,3]").replace("f32[16,80,1,1]", "f32[16,32,1,1]") \
+        .replace("f32[1,80,12,12]", "f32[1,32,12,12]")
+    params = {p.name: np.ones(p.type.shape, np.float32) for p in parse_graph(text).params}
+    g = alter_layout(pack_weights(import_model(parse_graph(text, params))))
+    AmxConv(unit="amx")(g)
+    convs = [n.op.name for n in g.nodes if n.op.name.startswith("conv2d")]
+    assert convs[1:] == ["conv2d_nchwc", "conv2d_amx"], convs
 
 
 # ---------------------------------------------------------------------------------------------- matmul_amx, attention
