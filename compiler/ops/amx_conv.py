@@ -22,6 +22,8 @@ runs at stride 1 on them (ResNet-50's downsampling convs, bf16 on one core: the 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tvm import te, tirx
 
@@ -38,6 +40,8 @@ ANN_STEP = "tf_amx_pixel_step"      # on CONV_AMX: input pixels between consecut
 ANN_TAPS = "tf_amx_taps"            # on CONV_AMX: (KH, KW, kh step, kw step) in flattened input pixels
 ANN_ROW = "tf_amx_row"              # on AMX_CONV_A: pixels per padded input row (the schedule splits by it, so the
                                     # conversion's row and column are loop variables, not a division per element)
+ANN_TASK_PIXELS = "tf_amx_task_pixels"  # on CONV_AMX (1x1 convs): pixels per schedule task, whole output rows and
+                                    # whole tiles (the write-back of a task's rows then follows its tiles)
 IN_BLOCK = 16                       # the NCHW[16]c activations the op reads and writes
 
 
@@ -107,6 +111,13 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
     dh, dw = dilations
     top, left = pads[0], pads[1]
     oh, ow, wpad, wv, m_pad, f = geometry(h, w, (kh, kw), strides, pads, dilations)
+    task = {}
+    if kh == kw == 1 and s == 1 and not any(pads):  # virtual rows are output rows: tasks of whole rows (ANN_TASK_PIXELS)
+        rows = M_TILE // math.gcd(ow, M_TILE)  # the fewest rows that make whole 32-pixel tiles
+        if rows < oh:
+            m_pad = -(-oh // rows) * rows * ow
+            f = max(f, m_pad)
+            task = {ANN_TASK_PIXELS: rows * ow}
 
     # no padded channels: every reduction block is real input (a 1x1 conv on 32 channels still has two blocks,
     # conv_channel_blocks, and its second must read zeros, not the memory past the input: that read NaN garbage)
@@ -137,7 +148,8 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
             from_bf16_bits(xa[b, r // (kh * kw), pixel(m, r), rkp // 8, rkp % 8 * PAIR + rkt])
             * wp[ob, r, rkp, oi, rkt].astype("float32"),
             axis=[r, rkp, rkt]),
-        name=product_name(CONV_AMX, unit), tag=CONV_AMX, attrs={ANN_STEP: s, ANN_TAPS: [kh, kw, dh * wpad, dw]})
+        name=product_name(CONV_AMX, unit), tag=CONV_AMX,
+        attrs={ANN_STEP: s, ANN_TAPS: [kh, kw, dh * wpad, dw], **(task if unit == "amx" else {})})
 
     def out(b, ob, y, z, oi):
         v = prod[b, ob, y * wv + z, oi]

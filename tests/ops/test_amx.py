@@ -192,10 +192,13 @@ def test_the_k_grouped_dense_kernel_sums_every_group(m, k, n):
 
 
 @pytest.mark.parametrize("unit", ["amx", "avx512bf16"])
-@pytest.mark.parametrize("ic, oc, h, w, stride", [(64, 128, 9, 10, 2), (256, 64, 14, 14, 2), (32, 32, 7, 7, 3)])
-def test_a_strided_1x1_conv_gathers_its_pixels(unit, ic, oc, h, w, stride):
-    """A 1x1 conv with stride s and no padding runs at stride 1 over the pixels it reads (ops/amx_conv.py), on odd
-    and even sizes, against the reference (the conv on rounded operands), on each bf16 unit this CPU has."""
+@pytest.mark.parametrize("ic, oc, h, w, stride", [(64, 128, 9, 10, 2), (256, 64, 14, 14, 2), (32, 32, 7, 7, 3),
+                                                  (64, 48, 12, 12, 1), (64, 32, 8, 8, 1), (96, 64, 23, 20, 2)])
+def test_1x1_convs_against_the_reference(unit, ic, oc, h, w, stride):
+    """1x1 convs, against the reference (the conv on rounded operands), on each bf16 unit this CPU has: with stride
+    s and no padding they run at stride 1 over the pixels they read (ops/amx_conv.py); on AMX their tasks are whole
+    output rows with a write-back of their own (ANN_TASK_PIXELS: 8 rows of 12, the last task half padding; 4 rows
+    of 8; 4 rows of 10 after a stride 2), on odd and even sizes."""
     from tensorforge.compiler.backend.build import resolve_target
     from tensorforge.runtime.cpu_features import request_amx
 

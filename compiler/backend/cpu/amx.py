@@ -17,9 +17,10 @@ Pitfalls met on TVM 0.27 (keep them in mind when changing these schedules):
   - TVM widens kernel-internal bfloat16 buffers to float32 (its bf16 legalization), so a converted operand handed
     to a tile load must be uint16 bits (ops/amx.py `bf16_bits`); params may stay bfloat16.
   - Memory that the intrinsics touch only through `address_of` is invisible to TVM's buffer liveness. The dense
-    product lives in `local` scope and the conv product is written back in a loop of its own; a per-tile write-back
-    of the conv product (`reverse_compute_at` under the tile loop) let the tile stores land in the converted input's
-    allocation, and switching to `access_ptr` failed to build. Check numerics on several shapes after any change.
+    product lives in `local` scope, and so does the product of a 1x1 conv's row task (schedule_amx_conv_rows);
+    other convs write their product back in a loop of its own: a per-tile write-back of the global conv product
+    (`reverse_compute_at` under the tile loop) let the tile stores land in the converted input's allocation, and
+    switching to `access_ptr` failed to build. Check numerics on several shapes after any change.
   - One intrinsic per reduction extent: TE drops reduction axes of extent 1, so K and the conv's reduction steps
     are padded to at least two blocks (ops/amx.py `padded_k`, ops/amx_conv.py `conv_channel_blocks`).
 """
@@ -33,7 +34,8 @@ from tvm.script import tirx as T
 
 from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, largest_divisor, loop_extent
 from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, TILE_ROWS
-from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, ANN_ROW, ANN_STEP, ANN_TAPS, CONV_AMX, IN_BLOCK
+from tensorforge.compiler.ops.amx_conv import (
+    AMX_CONV_A, ANN_ROW, ANN_STEP, ANN_TAPS, ANN_TASK_PIXELS, CONV_AMX, IN_BLOCK)
 from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
 
 _BYTES_PER_ROW = K_BLOCK * 2  # 64: every tile is TILE_ROWS x 64 bytes
@@ -334,11 +336,12 @@ amx_dense_rule = Rule("amx_dense", schedule_amx_dense, blocks=(DENSE_AMX,))
 
 # ---------------------------------------------------------------------------------------------- conv2d_amx
 
-def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step: int) -> str:
+def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step: int, scope: str = "global"
+                    ) -> str:
     """The tensor intrinsic for one [2 oc blocks x 32 pixels x 16 oc] tile of `conv2d_amx` (ops/amx_conv.py): the
     reduction over `steps` = (32-channel block, kh, kw) steps, output pixels `step` input pixels apart, tap (i, j)
-    at i * h_step + j * w_step flattened pixels."""
-    name = f"tensorforge_amx_conv_{steps}_{kh}x{kw}_{step}_{h_step}_{w_step}"
+    at i * h_step + j * w_step flattened pixels; the product C in `scope`."""
+    name = f"tensorforge_amx_conv_{steps}_{kh}x{kw}_{step}_{h_step}_{w_step}_{scope}"
     if _registered(name):
         return name
     kp, nb, rows = K_BLOCK // PAIR, N_TILE // N_BLOCK, M_TILE
@@ -349,7 +352,7 @@ def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (cb, span, halves, IN_BLOCK), "uint16", offset_factor=1)
         B = T.match_buffer(b, (nb, steps, kp, N_BLOCK, PAIR), "bfloat16", offset_factor=1)
-        C = T.match_buffer(c, (nb, rows, N_BLOCK), "float32", offset_factor=1)
+        C = T.match_buffer(c, (nb, rows, N_BLOCK), "float32", offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads(C[0:nb, 0:rows, 0:N_BLOCK], A[0:cb, 0:span, 0:halves, 0:IN_BLOCK],
                     B[0:nb, 0:steps, 0:kp, 0:N_BLOCK, 0:PAIR])
@@ -369,7 +372,8 @@ def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step
         A = T.match_buffer(a, (cb, span, halves, IN_BLOCK), "uint16", offset_factor=1, strides=[sa0, sa1, sa2, 1])
         B = T.match_buffer(b, (nb, steps, kp, N_BLOCK, PAIR), "bfloat16", offset_factor=1,
                            strides=[sb0, sb1, sb2, sb3, 1])
-        C = T.match_buffer(c, (nb, rows, N_BLOCK), "float32", offset_factor=1, strides=[sc0, sc1, 1])
+        C = T.match_buffer(c, (nb, rows, N_BLOCK), "float32", offset_factor=1, strides=[sc0, sc1, 1],
+                           scope=scope)
         with T.sblock("root"):
             T.reads(C[0:nb, 0:rows, 0:N_BLOCK], A[0:cb, 0:span, 0:halves, 0:IN_BLOCK],
                     B[0:nb, 0:steps, 0:kp, 0:N_BLOCK, 0:PAIR])
@@ -397,10 +401,14 @@ def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step
 
 def schedule_amx_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     """[batch x oc block pair x 32-pixel tile] tasks, parallel; the product into its own buffer, then the write-back
-    (bias, the fused epilogue, the valid columns of each virtual row) as a parallel vectorized loop nest."""
+    (bias, the fused epilogue, the valid columns of each virtual row) as a parallel vectorized loop nest. A conv
+    whose product is split in whole output rows (ANN_TASK_ROWS: 1x1 convs) gets schedule_amx_conv_rows instead."""
     prod = sch.get_sblock(CONV_AMX)
     ann = sch.get(prod).annotations
     step, (kh, kw, h_step, w_step) = int(ann[ANN_STEP]), (int(v) for v in ann[ANN_TAPS])
+    if ANN_TASK_PIXELS in ann:
+        schedule_amx_conv_rows(sch, prod, int(ann[ANN_TASK_PIXELS]), (kh, kw, step, h_step, w_step))
+        return
     out = anchor_epilogue(sch, prod, AMX_CONV_A)
     b, ob, m, oi, r, rp, rt = sch.get_loops(prod)
     steps = loop_extent(sch, r)
@@ -420,6 +428,35 @@ def schedule_amx_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     loops = sch.get_loops(out)
     sch.parallel(sch.fuse(*loops[:3]))
     attempt(sch.vectorize, loops[-1])
+
+
+def schedule_amx_conv_rows(sch: s_tir.Schedule, prod, task_pixels: int, geometry: tuple) -> None:
+    """[batch x oc block pair x `task_pixels` pixels (whole output rows)] tasks, parallel; in a task, its 32-pixel
+    tiles into a product buffer of the task's own (local), then the task's write-back (bias, the fused epilogue)
+    from it while it is in L1. The whole-product buffer made a 1x1 conv's output cross memory three times (product
+    stored, read back, output stored): the 1x1 convs of ResNet-50's first stage ran at 260-350 GFLOP/s on AMX."""
+    kh, kw, step, h_step, w_step = geometry
+    out = anchor_epilogue(sch, prod, AMX_CONV_A)
+    b, ob, m, oi, r, rp, rt = sch.get_loops(prod)
+    steps = loop_extent(sch, r)
+    mt, mrest = sch.split(m, [None, task_pixels])
+    mo, mi = sch.split(mrest, [None, M_TILE])
+    obo, obi = sch.split(ob, [None, N_TILE // N_BLOCK])
+    sch.reorder(b, obo, mt, mo, obi, mi, oi, r, rp, rt)
+    task = sch.fuse(b, obo, mt)
+    sch.parallel(task)
+    sch.set_scope(prod, 0, "local")
+    sch.reverse_compute_at(out, task, preserve_unit_loops=True)
+    init = sch.decompose_reduction(prod, obi)
+    sch.tensorize(obi, amx_conv_intrin(steps, kh, kw, step, h_step, w_step, scope="local"))
+    sch.tensorize(sch.get_loops(init)[-3], amx_fill_intrin((N_TILE // N_BLOCK, M_TILE, N_BLOCK), "local"))
+    a = sch.get_sblock(AMX_CONV_A)
+    n_, c_, f_, pairs, pair = sch.get_loops(a)
+    rows, _ = sch.split(f_, [None, int(sch.get(a).annotations[ANN_ROW])])
+    sch.parallel(sch.fuse(n_, c_, rows))
+    sch.unroll(pairs)
+    attempt(sch.vectorize, pair)
+    attempt(sch.vectorize, sch.get_loops(out)[-1])
 
 
 amx_conv_rule = Rule("amx_conv", schedule_amx_conv, blocks=(CONV_AMX,))
