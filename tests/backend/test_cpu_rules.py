@@ -43,6 +43,7 @@ KERNELS = [
      {"out_channels": 32, "in_channels": 32, "kernel": (3, 3), "pads": (1, 1, 1, 1), "unit": "avx512bf16"}),
     (ops.matmul_amx, [_p(1, 2, 32, 64), _p(1, 2, 64, 32)], {"unit": "avx512bf16"}),
     (ops.matmul, [_p(4, 32), _p(32, 16)], {}),
+    (ops.softmax, [_p(2, 4, 32)], {"axis": 2}),
     (ops.dense_weight_pack, [_p(16, 32)], {"block": 16}),
     (ops.im2col, [_p(1, 3, 8, 8)], {"kernel": (3, 3), **CONV}),
     (ops.from_blocked, [_p(1, 2, 8, 8, 16)], {}),

@@ -20,6 +20,8 @@ of failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it return
   dense         anchor `dense_packed`: [m_tile x n_tile] register tile, k outside it
   matmul        anchor `matmul` (numpy semantics, ops/nn.py): [i_tile x j_tile] register tile, k outside it,
                 parallel over batch x tiles; transpose prologues inlined, or packed per batch when strided along j
+  softmax_slabs anchors `T_softmax_maxelem` + `T_softmax_expsum` + `T_softmax_norm` (ops/norm.py), rank >= 3: one
+                [batch x head] slab per task, its stages in L2 (backend/cpu/softmax.py)
   dense_weight_pack, im2col, from_blocked: data movement with a loop order of its own
   outer_reduction, multi_output_elementwise: tried on every kernel; raise where it is not theirs
   generic       injective and reduction blocks: inline, parallel outer spatial loops, vectorize inner ones
@@ -42,6 +44,7 @@ from tensorforge.compiler.backend.cpu.conv import (
 from tensorforge.compiler.backend.cpu.dense import DenseKnobs, dense_rule
 from tensorforge.compiler.backend.cpu.generic import from_blocked_rule, generic_rule
 from tensorforge.compiler.backend.cpu.matmul import MatmulKnobs, matmul_rule
+from tensorforge.compiler.backend.cpu.softmax import softmax_rule
 from tensorforge.compiler.backend.cpu.training import (
     dense_weight_pack_rule, im2col_rule, multi_output_elementwise_rule, outer_reduction_rule, weight_grad_rule)
 from tensorforge.compiler.backend.cpu.winograd import WinogradKnobs, winograd_rule
@@ -64,6 +67,7 @@ RULES: tuple[Rule, ...] = (
     dp_matmul_rule,
     dense_rule,
     matmul_rule,
+    softmax_rule,
     dense_weight_pack_rule,
     im2col_rule,
     from_blocked_rule,
