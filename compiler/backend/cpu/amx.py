@@ -109,16 +109,8 @@ def dot(c: int, a: int, b: int):
     return T.call_llvm_intrin("void", "llvm.x86.tdpbf16ps", T.int8(c), T.int8(a), T.int8(b))
 
 
-def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
-    """The tensor intrinsic for a tile's init block (C = 0 over `shape`, the 32 x 32 accumulators in the layout of
-    the product): it loads the tile configuration and zeroes tiles 0-3, writing no memory. It is one half of a pair:
-    the update intrinsic that follows it in the same tile task (`amx_intrin`, `amx_conv_intrin`) accumulates into
-    tiles 0-3 as they are and stores them to C at its end; the schedules tensorize both, adjacent. Zeroing in
-    registers saves the 4 KB memset and four tile loads per tile: a 1x1 conv with 64 input channels has only two
-    reduction steps per tile."""
-    name = f"tensorforge_amx_fill_{'x'.join(map(str, shape))}_{scope}"
-    if _registered(name):
-        return name
+def _zeros_desc(shape: tuple[int, int, int], scope: str):
+    """The description of an init block: C = 0 over `shape` (float32, in `scope`)."""
     d0, d1, d2 = shape
 
     @T.prim_func(s_tir=True)
@@ -131,6 +123,22 @@ def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
                 with T.sblock("init"):
                     vi, vj, vk = T.axis.remap("SSS", [i, j, k])
                     C[vi, vj, vk] = T.float32(0)
+
+    return desc
+
+
+def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
+    """The tensor intrinsic for a tile's init block (C = 0 over `shape`, the 32 x 32 accumulators in the layout of
+    the product): it loads the tile configuration and zeroes tiles 0-3, writing no memory. It is one half of a pair:
+    the update intrinsic that follows it in the same tile task (`amx_intrin`, `amx_conv_intrin`) accumulates into
+    tiles 0-3 as they are and stores them to C at its end; the schedules tensorize both, adjacent. Zeroing in
+    registers saves the 4 KB memset and four tile loads per tile: a 1x1 conv with 64 input channels has only two
+    reduction steps per tile."""
+    name = f"tensorforge_amx_fill_{'x'.join(map(str, shape))}_{scope}"
+    if _registered(name):
+        return name
+    d0, d1, d2 = shape
+    desc = _zeros_desc(shape, scope)
 
     @T.prim_func(s_tir=True)
     def impl(c: T.handle) -> None:
@@ -157,17 +165,7 @@ def amx_zero_intrin(rows: int) -> str:
     if _registered(name):
         return name
     nb = N_TILE // N_BLOCK
-
-    @T.prim_func(s_tir=True)
-    def desc(c: T.handle) -> None:
-        C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads()
-            T.writes(C[0:rows, 0:nb, 0:N_BLOCK])
-            for i, j, k in T.grid(rows, nb, N_BLOCK):
-                with T.sblock("init"):
-                    vi, vj, vk = T.axis.remap("SSS", [i, j, k])
-                    C[vi, vj, vk] = T.float32(0)
+    desc = _zeros_desc((rows, nb, N_BLOCK), "local")
 
     @T.prim_func(s_tir=True)
     def impl(c: T.handle) -> None:
@@ -255,6 +253,26 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str
     return name
 
 
+def convert_in_parallel(sch: s_tir.Schedule, names: tuple[str, ...]) -> None:
+    """The operands' bf16 conversions (blocks `names`, ops/amx.py a_tiles and the like): parallel over their outer
+    loops, vectorized along their 32 lanes (16 pairs)."""
+    for name in names:
+        block = sch.get_sblock(name)
+        sch.parallel(sch.fuse(*sch.get_loops(block)[:-2]))
+        attempt(lambda: sch.vectorize(sch.fuse(*sch.get_loops(block)[-2:])))
+
+
+def schedule_conv_conversion(sch: s_tir.Schedule) -> None:
+    """The conv input's bf16 conversion (block AMX_CONV_A): parallel over (batch, channel block, padded row), the 32
+    channels of a pixel as two NCHW[16]c vectors, one contiguous load each."""
+    a = sch.get_sblock(AMX_CONV_A)
+    n_, c_, f_, pairs, pair = sch.get_loops(a)
+    rows, _ = sch.split(f_, [None, int(sch.get(a).annotations[ANN_ROW])])
+    sch.parallel(sch.fuse(n_, c_, rows))
+    sch.unroll(pairs)
+    attempt(sch.vectorize, pair)
+
+
 def schedule_gemm_tiles(sch: s_tir.Schedule, anchor: str, conversions: tuple[str, ...], b_bits: bool) -> None:
     """The product `anchor` in 32 x 32 tiles under its batch loops (none for dense): [batch x column panel x row
     block] tasks, parallel, the epilogue per tile; the operands converted in the kernel (`conversions`: A, and for
@@ -273,10 +291,7 @@ def schedule_gemm_tiles(sch: s_tir.Schedule, anchor: str, conversions: tuple[str
     init = sch.decompose_reduction(prod, ii)
     sch.tensorize(ii, amx_intrin(k_blocks, b_bits=b_bits))
     sch.tensorize(sch.get_loops(init)[-3], amx_fill_intrin((M_TILE, N_TILE // N_BLOCK, N_BLOCK), "local"))
-    for name in conversions:
-        block = sch.get_sblock(name)
-        sch.parallel(sch.fuse(*sch.get_loops(block)[:-2]))
-        attempt(lambda: sch.vectorize(sch.fuse(*sch.get_loops(block)[-2:])))
+    convert_in_parallel(sch, conversions)
     attempt(sch.vectorize, sch.get_loops(out)[-1])
 
 
@@ -301,10 +316,7 @@ def schedule_gemm_k_groups(sch: s_tir.Schedule, anchor: str, conversions: tuple[
     sch.tensorize(ii, amx_intrin(k_group, b_bits=b_bits, load_c=True))
     *_, zi, zii, _, _ = sch.get_loops(init)
     sch.tensorize(sch.fuse(zi, zii), amx_zero_intrin(row_blocks * M_TILE))
-    for name in conversions:
-        block = sch.get_sblock(name)
-        sch.parallel(sch.fuse(*sch.get_loops(block)[:-2]))
-        attempt(lambda: sch.vectorize(sch.fuse(*sch.get_loops(block)[-2:])))
+    convert_in_parallel(sch, conversions)
     attempt(sch.vectorize, sch.get_loops(out)[-1])
 
 
@@ -419,12 +431,7 @@ def schedule_amx_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     init = sch.decompose_reduction(prod, obi)
     sch.tensorize(obi, amx_conv_intrin(steps, kh, kw, step, h_step, w_step))
     sch.tensorize(sch.get_loops(init)[-3], amx_fill_intrin((N_TILE // N_BLOCK, M_TILE, N_BLOCK), "global"))
-    a = sch.get_sblock(AMX_CONV_A)
-    n_, c_, f_, pairs, pair = sch.get_loops(a)
-    rows, _ = sch.split(f_, [None, int(sch.get(a).annotations[ANN_ROW])])
-    sch.parallel(sch.fuse(n_, c_, rows))
-    sch.unroll(pairs)  # the 32 channels: two NCHW[16]c vectors, one contiguous load each
-    attempt(sch.vectorize, pair)
+    schedule_conv_conversion(sch)
     loops = sch.get_loops(out)
     sch.parallel(sch.fuse(*loops[:3]))
     attempt(sch.vectorize, loops[-1])
@@ -450,12 +457,7 @@ def schedule_amx_conv_rows(sch: s_tir.Schedule, prod, task_pixels: int, geometry
     init = sch.decompose_reduction(prod, obi)
     sch.tensorize(obi, amx_conv_intrin(steps, kh, kw, step, h_step, w_step, scope="local"))
     sch.tensorize(sch.get_loops(init)[-3], amx_fill_intrin((N_TILE // N_BLOCK, M_TILE, N_BLOCK), "local"))
-    a = sch.get_sblock(AMX_CONV_A)
-    n_, c_, f_, pairs, pair = sch.get_loops(a)
-    rows, _ = sch.split(f_, [None, int(sch.get(a).annotations[ANN_ROW])])
-    sch.parallel(sch.fuse(n_, c_, rows))
-    sch.unroll(pairs)
-    attempt(sch.vectorize, pair)
+    schedule_conv_conversion(sch)
     attempt(sch.vectorize, sch.get_loops(out)[-1])
 
 

@@ -25,10 +25,11 @@ from tvm import s_tir
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from tensorforge.compiler.backend.cpu.amx import _registered, bits_to_f32
-from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, loop_extent
+from tensorforge.compiler.backend.cpu.amx import (
+    _registered, bits_to_f32, convert_in_parallel, schedule_conv_conversion)
+from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt
 from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, N_BLOCK, PAIR
-from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, ANN_ROW, CONV_AMX
+from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, CONV_AMX
 from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
 
 DENSE_DP, CONV_DP, MATMUL_DP = DENSE_AMX + DP_SUFFIX, CONV_AMX + DP_SUFFIX, MATMUL_AMX + DP_SUFFIX
@@ -89,13 +90,6 @@ def dp_intrin(b_bits: bool, scope: str = "local") -> str:
     return name
 
 
-def _convert_in_parallel(sch: s_tir.Schedule, names: tuple[str, ...]) -> None:
-    for name in names:
-        block = sch.get_sblock(name)
-        sch.parallel(sch.fuse(*sch.get_loops(block)[:-2]))
-        attempt(lambda: sch.vectorize(sch.fuse(*sch.get_loops(block)[-2:])))
-
-
 def schedule_dp_gemm(sch: s_tir.Schedule, anchor: str, conversions: tuple[str, ...], b_bits: bool) -> None:
     """[batch x column panel x row tile] tasks, parallel; per task a ROWS x COLS*16 register tile over the whole K
     (k block, k pair outside the tile), the epilogue per tile from the registers."""
@@ -118,7 +112,7 @@ def schedule_dp_gemm(sch: s_tir.Schedule, anchor: str, conversions: tuple[str, .
     sch.unroll(ju)
     sch.vectorize(jv)
     sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
-    _convert_in_parallel(sch, conversions)
+    convert_in_parallel(sch, conversions)
     attempt(sch.vectorize, sch.get_loops(out)[-1])
 
 
@@ -161,12 +155,7 @@ def schedule_dp_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     sch.unroll(sm)
     sch.vectorize(sv)
     sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
-    a = sch.get_sblock(AMX_CONV_A)
-    n_, c_, f_, pairs, pair = sch.get_loops(a)
-    rows, _ = sch.split(f_, [None, int(sch.get(a).annotations[ANN_ROW])])
-    sch.parallel(sch.fuse(n_, c_, rows))
-    sch.unroll(pairs)
-    attempt(sch.vectorize, pair)
+    schedule_conv_conversion(sch)
     loops = sch.get_loops(out)
     sch.parallel(sch.fuse(*loops[:3]))
     attempt(sch.vectorize, loops[-1])
