@@ -1,7 +1,8 @@
 """Batched matmul of two activations on the CPU's matrix unit (Intel AMX): `matmul_amx`, attention's two products
 in the CPU's bf16 mode (passes/cpu/amx.py splits `attention` into them around a float32 softmax).
 
-    matmul_amx(a, b) = bf16(a) @ bf16(b), float32 sums; a (..., M, K), b (..., K, N), the same leading dims.
+    matmul_amx(a, b) = bf16(a) @ bf16(b), float32 sums; a (..., M, K), b (..., K, N), the same leading dims;
+    with transpose_b, b is (..., N, K) and read transposed by the conversion (attention's keys, no transpose kernel).
 
 Both operands are rounded and laid out in the kernel: a as dense_amx's x (`amx_mm_a`: (..., M_pad, K_pad/32, 16, 2)
 bf16 bits), b as B tiles (`amx_mm_b`: (..., N_pad/16, K_pad/32, 16, 16, 2) bf16 bits, [n block][k block][k pair]
@@ -18,7 +19,7 @@ from tensorforge.compiler.ir.types import TensorType
 
 from .amx import (K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, UNIT_ATTR, a_tiles, bf16_bits, from_bf16_bits, padded_k,
                   product_name, round_bf16)
-from .registry import NO_RULE_YET, FusionKind, defop, fail
+from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 AMX_MM_A = "amx_mm_a"
 AMX_MM_B = "amx_mm_b"
@@ -31,9 +32,9 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-def matmul_amx_compute(a: te.Tensor, b: te.Tensor, unit: str = "amx") -> te.Tensor:
+def matmul_amx_compute(a: te.Tensor, b: te.Tensor, unit: str = "amx", transpose_b: bool = False) -> te.Tensor:
     *batch, m, k = (int(d) for d in a.shape)
-    n = int(b.shape[-1])
+    n = int(b.shape[-2] if transpose_b else b.shape[-1])
     m_pad, n_pad, k_pad = _round_up(m, M_TILE), _round_up(n, N_TILE), padded_k(k)
     kb = k_pad // K_BLOCK
     nb = len(batch)
@@ -42,7 +43,8 @@ def matmul_amx_compute(a: te.Tensor, b: te.Tensor, unit: str = "amx") -> te.Tens
     def b_value(*i):
         nblk, blk, kp, nt, kt = i[nb:]
         row, col = blk * K_BLOCK + kp * PAIR + kt, nblk * N_BLOCK + nt
-        v = b(*i[:nb], tirx.min(row, k - 1), tirx.min(col, n - 1))
+        r, c = tirx.min(row, k - 1), tirx.min(col, n - 1)
+        v = b(*i[:nb], c, r) if transpose_b else b(*i[:nb], r, c)
         return bf16_bits(tirx.if_then_else(tirx.all(row < k, col < n), v, zero))
 
     xa = a_tiles(a, kb, AMX_MM_A)
@@ -60,22 +62,24 @@ def matmul_amx_compute(a: te.Tensor, b: te.Tensor, unit: str = "amx") -> te.Tens
                       name=MATMUL_AMX_OUT, tag="injective")
 
 
-def _infer(types, *, unit="amx"):
+def _infer(types, *, unit="amx", transpose_b=False):
     a, b = types
     if a.dtype != "float32" or b.dtype != "float32" or a.rank < 3 or a.rank != b.rank:
         fail(f"expects float32 operands of one rank >= 3, got {a} and {b}")
-    if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
-        fail(f"shapes do not chain: {a} @ {b}")
-    return TensorType(a.shape[:-1] + (b.shape[-1],), "float32")
+    k, n = (b.shape[-1], b.shape[-2]) if transpose_b else (b.shape[-2], b.shape[-1])
+    if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != k:
+        fail(f"shapes do not chain: {a} @ {b}{'^T' if transpose_b else ''}")
+    return TensorType(a.shape[:-1] + (n,), "float32")
 
 
-def _reference(a, b, *, unit="amx"):
-    return np.matmul(round_bf16(a), round_bf16(b)).astype(np.float32)
+def _reference(a, b, *, unit="amx", transpose_b=False):
+    return np.matmul(round_bf16(a), np.swapaxes(round_bf16(b), -1, -2) if transpose_b else round_bf16(b)
+                     ).astype(np.float32)
 
 
 matmul_amx = defop(
     "matmul_amx", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_infer, arity=(2, 2), reference=_reference,
-    lower=matmul_amx_compute, grad=NO_RULE_YET, attrs={"unit": UNIT_ATTR},
+    lower=matmul_amx_compute, grad=NO_RULE_YET, attrs={"unit": UNIT_ATTR, "transpose_b": Attr("bool", False)},
     flops=lambda n: 2 * n.outputs[0].type.numel * n.inputs[0].type.shape[-1],
     doc="batched matmul of two float32 activations in bfloat16 on AMX tiles (or AVX512-BF16 dot products) with "
         "float32 sums.")

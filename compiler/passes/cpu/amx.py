@@ -145,7 +145,7 @@ MIN_CONV_REDUCTION = 2 * amx.K_BLOCK
 class AmxAttention:
     """amx_attention: `attention(q, k, v[, mask])` on float32 activations with at least 16 query rows and MIN_KEYS keys
     (padded to a multiple of SOFTMAX_ROW) becomes
-    matmul_amx(q, k^T) -> * scale (+ mask, + the causal bias) -> softmax -> matmul_amx(p, v): both products in
+    matmul_amx(q, k, transpose_b) -> * scale (+ mask, + the causal bias) -> softmax -> matmul_amx(p, v): both products in
     bfloat16 on AMX tiles (ops/amx_matmul.py), the softmax in float32. The fused fp32 attention kernel keeps a row
     tile's scores in registers, but its products run at ~80 GFLOP/s on one core; on the tiles the two products and
     the separate softmax are faster. With AVX512-BF16 (`unit`) the products are vector dot products; on a CPU
@@ -183,9 +183,7 @@ class AmxAttention:
                 pads[rank + rank - 2] = extra
                 k = emit(ops.pad, [k], {"pads": tuple(pads)}, "k_padded")
                 v = emit(ops.pad, [v], {"pads": tuple(pads)}, "v_padded")
-            perm = tuple(range(rank - 2)) + (rank - 1, rank - 2)
-            kt = emit(ops.transpose, [k], {"perm": perm}, "kt")
-            s = emit(ops.matmul_amx, [q, kt], {"unit": unit}, "qk")
+            s = emit(ops.matmul_amx, [q, k], {"unit": unit, "transpose_b": True}, "qk")
             s = emit(ops.mul, [s, g.add_param(f"{name}.scale", np.array(n.attrs["scale"], np.float32))],
                      suffix="scaled")
             if extra:
