@@ -392,6 +392,35 @@ def test_the_matmul_schedule_puts_both_products_on_amx_tiles():
         assert instruction in asm, instruction
 
 
+@pytest.mark.parametrize("unit", ["amx", "avx512bf16"])
+def test_matmul_amx_reads_b_transposed(unit):
+    """transpose_b: b is (..., N, K), read transposed by the conversion (the attention split's keys), against the
+    reference, N and K off the tile sizes."""
+    from tensorforge.compiler.backend.build import resolve_target
+    from tensorforge.runtime.cpu_features import request_amx
+
+    if unit == "amx" and not cpu_features.has_amx() or unit == "avx512bf16" and (
+            "avx512_bf16" not in cpu_features.cpu_features()):
+        pytest.skip(f"this CPU has no {unit}")
+    if unit == "amx":
+        request_amx()
+    rng = np.random.default_rng(13)
+    av, bv = rng.standard_normal((2, 40, 72)).astype(np.float32), rng.standard_normal((2, 50, 72)).astype(np.float32)
+    a, b = te.placeholder(av.shape, "float32", name="a"), te.placeholder(bv.shape, "float32", name="b")
+    y = amx_matmul.matmul_amx_compute(a, b, unit=unit, transpose_b=True)
+    assert [int(d) for d in y.shape] == [2, 40, 50]
+    target = resolve_target("cpu")
+    sch, _ = schedule_cpu_traced(te.create_prim_func([a, b, y]), target)
+    out = tvm.runtime.tensor(np.full((2, 40, 50), np.nan, np.float32))
+    tvm.compile(sch.mod, target=target)["main"](tvm.runtime.tensor(av), tvm.runtime.tensor(bv), out)
+    want = ops.matmul_amx.reference(av, bv, transpose_b=True)
+    assert_close(out.numpy(), want, rtol=1e-5, atol=1e-4)
+    assert_close(want, amx.round_bf16(av) @ amx.round_bf16(bv).transpose(0, 2, 1), rtol=1e-5, atol=1e-4)
+    with pytest.raises(Exception, match="do not chain"):
+        ops.matmul_amx.infer([TensorType((2, 40, 72), "float32"), TensorType((2, 72, 50), "float32")],
+                             transpose_b=True)
+
+
 def attention_graph(sq, skv, causal, mask):
     g = Graph("attn")
     rng = np.random.default_rng(10)
