@@ -34,8 +34,14 @@ from benchmarks.machine import describe_machine, write_lines  # noqa: E402
 OUT = os.path.join(ROOT, "benchmarks", "results", "bf16_units.md")
 MODELS = ["resnet50", "bert_base"]
 SHAPES = [(128, 768, 3072), (128, 3072, 768), (197, 768, 3072)]
-UNIT_LABEL = {"amx": "bf16 AMX", "avx512bf16": "bf16 AVX512-BF16"}
 PEAK_OF = {"fp32": "fp32 FMA", "bf16 AMX": "AMX bf16", "bf16 AVX512-BF16": "vdpbf16ps"}
+
+
+def unit_label(unit: str) -> str:
+    from tensorforge.compiler.ops.amx import UNIT_LABELS
+
+    return f"bf16 {UNIT_LABELS[unit]}"
+
 
 
 @contextlib.contextmanager
@@ -53,16 +59,12 @@ def unit_env(unit: str | None):
             os.environ[BF16_UNIT_ENV] = old
 
 
-def units_here() -> list[str]:
-    from tensorforge.runtime.cpu_features import cpu_features, has_amx
-
-    return [u for u, ok in (("amx", has_amx()), ("avx512bf16", "avx512_bf16" in cpu_features())) if ok]
-
-
 def builds_of(compile_one) -> tuple[dict, dict]:
     """{label: model} and {label: compile seconds} for fp32 and each bf16 unit of this CPU."""
+    from tensorforge.compiler.passes.cpu.amx import bf16_units_here
+
     builds, compile_s = {}, {}
-    for label, unit, precision in [("fp32", None, "fp32")] + [(UNIT_LABEL[u], u, "bf16") for u in units_here()]:
+    for label, unit, precision in [("fp32", None, "fp32")] + [(unit_label(u), u, "bf16") for u in bf16_units_here()]:
         with unit_env(unit):
             t0 = time.perf_counter()
             builds[label] = compile_one(precision)
@@ -113,8 +115,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args(argv)
+    from tensorforge.compiler.passes.cpu.amx import bf16_units_here
+
     threads = int(os.environ["TVM_NUM_THREADS"])
-    units = units_here()
+    units = bf16_units_here()
     peaks = {"fp32 FMA": fp32_peak_gflops(threads)}
     if "avx512bf16" in units:
         peaks["vdpbf16ps"] = dp_peak_gflops(threads)
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
     print(peaks, flush=True)
     dense = [bench_dense(*s, args.rounds) for s in SHAPES]
     rows = [bench_model(name, args.rounds) for name in args.models]
-    labels = ["fp32"] + [UNIT_LABEL[u] for u in units]
+    labels = ["fp32"] + [unit_label(u) for u in units]
     bf16 = labels[1:]
     lines = ["# The bf16 mode on each bf16 unit of the CPU, against fp32", "",
              f"Machine: {describe_machine()}. {threads} thread(s), batch 1; the builds of a model run interleaved "

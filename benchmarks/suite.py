@@ -277,10 +277,11 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
     row["ms"] = {k: float(np.median(v)) * 1e3 for k, v in times.items() if v}
     bf16 = info.get("tf_bf16_model")
     if bf16 is not None:  # the units the bf16 build computes on: its kernels on the bf16 unit, of all its kernel calls
+        from tensorforge.compiler.ops.amx import UNIT_LABELS
         from tensorforge.compiler.passes.cpu.amx import bf16_unit
 
         ops_ = [s["op"].split("+")[0] for s in bf16.plan["steps"]]
-        unit = {"amx": "AMX", "avx512bf16": "AVX512-BF16"}.get(bf16_unit() or "", "bf16 unit")
+        unit = UNIT_LABELS.get(bf16_unit() or "", "bf16 unit")
         row["bf16_units"] = (f"{unit} {sum(o in ('dense_amx', 'conv2d_amx', 'matmul_amx') for o in ops_)} of "
                              f"{len(ops_)} kernels")
     tf = info.get("tf_model") or info.get("tf_untuned_model")

@@ -24,29 +24,27 @@ _amx_granted: bool | None = None
 
 
 @functools.cache
-def cpu_features() -> frozenset[str]:
-    """The CPU flags of this machine (Linux /proc/cpuinfo, read once); empty if unknown."""
+def _cpuinfo_field(name: str) -> str:
+    """The value of the first `name` line of Linux's /proc/cpuinfo (read once per field); empty if unknown."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-@functools.cache
-def cpu_vendor() -> str:
-    """This machine's CPU vendor as Linux names it ("GenuineIntel", "AuthenticAMD"); empty if unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
+                if line.split(":", 1)[0].strip() == name:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+@functools.cache
+def cpu_features() -> frozenset[str]:
+    """The CPU flags of this machine (Linux /proc/cpuinfo, read once); empty if unknown."""
+    return frozenset(_cpuinfo_field("flags").split())
+
+
+def cpu_vendor() -> str:
+    """This machine's CPU vendor as Linux names it ("GenuineIntel", "AuthenticAMD"); empty if unknown."""
+    return _cpuinfo_field("vendor_id")
 
 
 def has_amx() -> bool:

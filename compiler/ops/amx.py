@@ -48,6 +48,7 @@ DENSE_AMX_OUT = "dense_amx_out"
 # CPUs without AMX (AMD Zen 4, Intel Cooper Lake). The operands' layouts are the same for both: one 64-byte B tile
 # row (16 columns x a pair of k) is one zmm operand of vdpbf16ps, one A pair (two k of one row) its broadcast lane.
 UNITS = ("amx", "avx512bf16")
+UNIT_LABELS = {"amx": "AMX", "avx512bf16": "AVX512-BF16"}  # as reports name them
 UNIT_ATTR = Attr("str", "amx")
 DP_SUFFIX = "_dp"  # the product block's name on AVX512-BF16: dense_amx_dp, conv2d_amx_dp, matmul_amx_dp
 

@@ -19,7 +19,7 @@ from tensorforge.compiler.ops import amx, amx_conv, amx_matmul
 from tensorforge.compiler.ops.nchwc import block_nchw
 from tensorforge.compiler.ops.nn import _conv2d_ref
 from tensorforge.compiler.options import CompileOptions
-from tensorforge.compiler.passes.cpu.amx import AmxAttention, AmxDense
+from tensorforge.compiler.passes.cpu.amx import AmxAttention, AmxDense, bf16_units_here
 from tensorforge.runtime import cpu_features
 from tensorforge.runtime.errors import ArtifactError
 from tests.support import assert_close
@@ -168,27 +168,42 @@ def test_bf16_models_on_amx_match_the_interpreter_and_fp32(m, k, n, rtol):
     check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=rtol)
 
 
+def _use_unit(unit: str) -> None:
+    """Skip where this CPU lacks the bf16 `unit`; ask Linux for AMX state where it is AMX."""
+    from tensorforge.runtime.cpu_features import request_amx
+
+    if unit not in bf16_units_here():
+        pytest.skip(f"this CPU has no {unit}")
+    if unit == "amx":
+        request_amx()
+
+
+def _run_kernel(tensors, arrays, rule: str) -> np.ndarray:
+    """Schedule the TE kernel `tensors` (inputs, then the output) for this CPU, check the rule that took it, and
+    run it on `arrays` (the inputs) into a NaN-filled output."""
+    from tensorforge.compiler.backend.build import resolve_target
+
+    target = resolve_target("cpu")
+    sch, got = schedule_cpu_traced(te.create_prim_func(list(tensors)), target)
+    assert got.name == rule
+    out = tvm.runtime.tensor(np.full([int(d) for d in tensors[-1].shape], np.nan, np.float32))
+    tvm.compile(sch.mod, target=target)["main"](*(tvm.runtime.tensor(a) for a in arrays), out)
+    return out.numpy()
+
+
 @needs_amx
 @pytest.mark.parametrize("m,k,n", [(100, 300, 64), (197, 768, 96), (32, 2048, 32)])
 def test_the_k_grouped_dense_kernel_sums_every_group(m, k, n):
     """The kernel alone (one rounding of its inputs, as the reference): K in groups of blocks, the sums loaded and
     stored between groups, over 1 to 7 row blocks per task."""
-    from tensorforge.compiler.backend.build import resolve_target
-    from tensorforge.runtime.cpu_features import request_amx
-
-    request_amx()
+    _use_unit("amx")
     rng = np.random.default_rng(11)
     xv, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
     wp = amx.pack_amx_weight(w)
     x = te.placeholder((m, k), "float32", name="x")
     wt = te.placeholder(wp.shape, "bfloat16", name="w")
-    func = te.create_prim_func([x, wt, amx.dense_amx_compute(x, wt, None, n=n)])
-    target = resolve_target("cpu")
-    sch, rule = schedule_cpu_traced(func, target)
-    assert rule.name == "amx_dense"
-    out = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32))
-    tvm.compile(sch.mod, target=target)["main"](tvm.runtime.tensor(xv), tvm.runtime.tensor(wp), out)
-    assert_close(out.numpy(), ops.dense_amx.reference(xv, wp, n=n, k=k), rtol=1e-5, atol=1e-4)
+    got = _run_kernel([x, wt, amx.dense_amx_compute(x, wt, None, n=n)], [xv, wp], "amx_dense")
+    assert_close(got, ops.dense_amx.reference(xv, wp, n=n, k=k), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("unit", ["amx", "avx512bf16"])
@@ -199,14 +214,7 @@ def test_1x1_convs_against_the_reference(unit, ic, oc, h, w, stride):
     s and no padding they run at stride 1 over the pixels they read (ops/amx_conv.py); on AMX their tasks are whole
     output rows with a write-back of their own (ANN_TASK_PIXELS: 8 rows of 12, the last task half padding; 4 rows
     of 8; 4 rows of 10 after a stride 2), on odd and even sizes."""
-    from tensorforge.compiler.backend.build import resolve_target
-    from tensorforge.runtime.cpu_features import request_amx
-
-    if unit == "amx" and not cpu_features.has_amx() or unit == "avx512bf16" and (
-            "avx512_bf16" not in cpu_features.cpu_features()):
-        pytest.skip(f"this CPU has no {unit}")
-    if unit == "amx":
-        request_amx()
+    _use_unit(unit)
     rng = np.random.default_rng(12)
     xv = block_nchw(rng.standard_normal((1, ic, h, w)).astype(np.float32), 16)
     wp = amx_conv.pack_amx_conv_weight(rng.standard_normal((oc, ic, 1, 1)).astype(np.float32))
@@ -215,13 +223,8 @@ def test_1x1_convs_against_the_reference(unit, ic, oc, h, w, stride):
     x = te.placeholder(xv.shape, "float32", name="x")
     wt = te.placeholder(wp.shape, "bfloat16", name="w")
     y = amx_conv.conv2d_amx_compute(x, wt, None, unit=unit, **attrs)
-    target = resolve_target("cpu")
-    sch, rule = schedule_cpu_traced(te.create_prim_func([x, wt, y]), target)
-    assert rule.name == {"amx": "amx_conv", "avx512bf16": "dp_conv"}[unit]
-    want = ops.conv2d_amx.reference(xv, wp, **attrs)
-    out = tvm.runtime.tensor(np.full(want.shape, np.nan, np.float32))
-    tvm.compile(sch.mod, target=target)["main"](tvm.runtime.tensor(xv), tvm.runtime.tensor(wp), out)
-    assert_close(out.numpy(), want, rtol=1e-5, atol=1e-4)
+    got = _run_kernel([x, wt, y], [xv, wp], {"amx": "amx_conv", "avx512bf16": "dp_conv"}[unit])
+    assert_close(got, ops.conv2d_amx.reference(xv, wp, **attrs), rtol=1e-5, atol=1e-4)
 
 
 def check_against_interpreter_and_fp32(g, model, feeds, rtol=1e-4):
@@ -396,25 +399,15 @@ def test_the_matmul_schedule_puts_both_products_on_amx_tiles():
 def test_matmul_amx_reads_b_transposed(unit):
     """transpose_b: b is (..., N, K), read transposed by the conversion (the attention split's keys), against the
     reference, N and K off the tile sizes."""
-    from tensorforge.compiler.backend.build import resolve_target
-    from tensorforge.runtime.cpu_features import request_amx
-
-    if unit == "amx" and not cpu_features.has_amx() or unit == "avx512bf16" and (
-            "avx512_bf16" not in cpu_features.cpu_features()):
-        pytest.skip(f"this CPU has no {unit}")
-    if unit == "amx":
-        request_amx()
+    _use_unit(unit)
     rng = np.random.default_rng(13)
     av, bv = rng.standard_normal((2, 40, 72)).astype(np.float32), rng.standard_normal((2, 50, 72)).astype(np.float32)
     a, b = te.placeholder(av.shape, "float32", name="a"), te.placeholder(bv.shape, "float32", name="b")
     y = amx_matmul.matmul_amx_compute(a, b, unit=unit, transpose_b=True)
     assert [int(d) for d in y.shape] == [2, 40, 50]
-    target = resolve_target("cpu")
-    sch, _ = schedule_cpu_traced(te.create_prim_func([a, b, y]), target)
-    out = tvm.runtime.tensor(np.full((2, 40, 50), np.nan, np.float32))
-    tvm.compile(sch.mod, target=target)["main"](tvm.runtime.tensor(av), tvm.runtime.tensor(bv), out)
+    got = _run_kernel([a, b, y], [av, bv], {"amx": "amx_matmul", "avx512bf16": "dp_matmul"}[unit])
     want = ops.matmul_amx.reference(av, bv, transpose_b=True)
-    assert_close(out.numpy(), want, rtol=1e-5, atol=1e-4)
+    assert_close(got, want, rtol=1e-5, atol=1e-4)
     assert_close(want, amx.round_bf16(av) @ amx.round_bf16(bv).transpose(0, 2, 1), rtol=1e-5, atol=1e-4)
     with pytest.raises(Exception, match="do not chain"):
         ops.matmul_amx.infer([TensorType((2, 40, 72), "float32"), TensorType((2, 72, 50), "float32")],

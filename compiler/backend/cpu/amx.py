@@ -27,6 +27,8 @@ Pitfalls met on TVM 0.27 (keep them in mind when changing these schedules):
 
 from __future__ import annotations
 
+import struct
+
 import tvm
 from tvm import s_tir
 from tvm.s_tir import TensorIntrin
@@ -51,8 +53,8 @@ def tile_config_bytes() -> list[int]:
     return cfg
 
 
-# tile_config_bytes() as 8 little-endian uint64 words: palette 1; colsb 64 for tiles 0-7; 16 rows for tiles 0-7
-_CFG_WORDS = (1, 0, 0x0040004000400040, 0x0040004000400040, 0, 0, 0x1010101010101010, 0)
+# tile_config_bytes() as 8 little-endian uint64 words (configure_tiles compares and loads them)
+_CFG_WORDS = struct.unpack("<8Q", bytes(tile_config_bytes()))
 
 
 @T.macro
@@ -414,7 +416,7 @@ def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step
 def schedule_amx_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     """[batch x oc block pair x 32-pixel tile] tasks, parallel; the product into its own buffer, then the write-back
     (bias, the fused epilogue, the valid columns of each virtual row) as a parallel vectorized loop nest. A conv
-    whose product is split in whole output rows (ANN_TASK_ROWS: 1x1 convs) gets schedule_amx_conv_rows instead."""
+    whose product is split in whole output rows (ANN_TASK_PIXELS: 1x1 convs) gets schedule_amx_conv_rows instead."""
     prod = sch.get_sblock(CONV_AMX)
     ann = sch.get(prod).annotations
     step, (kh, kw, h_step, w_step) = int(ann[ANN_STEP]), (int(v) for v in ann[ANN_TAPS])

@@ -48,11 +48,12 @@ declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloa
 """
 
 
-def dp_intrin(b_bits: bool, scope: str = "local") -> str:
+def dp_intrin(b_bits: bool) -> str:
     """The tensor intrinsic for one `vdpbf16ps`: C[0:16] += A[0] * B[0:16, 0] + A[1] * B[0:16, 1], A a pair of bf16
     bits (uint16), B the bfloat16 packed weight (or, with `b_bits`, bf16 bits converted in the kernel), C float32
-    in `scope`."""
-    name = f"tensorforge_dpbf16ps_{'bits' if b_bits else 'bf16'}_{scope}"
+    accumulators (local)."""
+    name = f"tensorforge_dpbf16ps_{'bits' if b_bits else 'bf16'}"
+    scope = "local"
     if _registered(name):
         return name
     b_dtype = "uint16" if b_bits else "bfloat16"
@@ -90,6 +91,18 @@ def dp_intrin(b_bits: bool, scope: str = "local") -> str:
     return name
 
 
+def _in_registers(sch: s_tir.Schedule, block, *unrolled) -> None:
+    """A register tile: the tensorized update's tile loops `unrolled`, and `block` (its init, or its store) over the
+    tile's last three loops: rows and 16-column blocks unrolled, the 16 columns one vector. So LLVM keeps every
+    accumulator in a zmm register."""
+    for loop in unrolled:
+        sch.unroll(loop)
+    *_, rows, cols, lanes = sch.get_loops(block)
+    sch.unroll(rows)
+    sch.unroll(cols)
+    sch.vectorize(lanes)
+
+
 def schedule_dp_gemm(sch: s_tir.Schedule, anchor: str, conversions: tuple[str, ...], b_bits: bool) -> None:
     """[batch x column panel x row tile] tasks, parallel; per task a ROWS x COLS*16 register tile over the whole K
     (k block, k pair outside the tile), the epilogue per tile from the registers."""
@@ -105,12 +118,7 @@ def schedule_dp_gemm(sch: s_tir.Schedule, anchor: str, conversions: tuple[str, .
     sch.set_scope(prod, 0, "local")
     init = sch.decompose_reduction(prod, kb)
     sch.tensorize(jt, dp_intrin(b_bits))
-    sch.unroll(ii)
-    sch.unroll(jbi)
-    *_, iu, ju, jv = sch.get_loops(init)
-    sch.unroll(iu)
-    sch.unroll(ju)
-    sch.vectorize(jv)
+    _in_registers(sch, init, ii, jbi)
     sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
     convert_in_parallel(sch, conversions)
     attempt(sch.vectorize, sch.get_loops(out)[-1])
@@ -144,16 +152,8 @@ def schedule_dp_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     sch.reverse_compute_at(store, tile, preserve_unit_loops=True)
     init = sch.decompose_reduction(prod, r)
     sch.tensorize(oi, dp_intrin(b_bits=False))
-    sch.unroll(mi)
-    sch.unroll(obi)
-    *_, iu, ju, jv = sch.get_loops(init)
-    sch.unroll(iu)
-    sch.unroll(ju)
-    sch.vectorize(jv)
-    *_, so, sm, sv = sch.get_loops(store)
-    sch.unroll(so)
-    sch.unroll(sm)
-    sch.vectorize(sv)
+    _in_registers(sch, init, mi, obi)
+    _in_registers(sch, store)
     sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
     schedule_conv_conversion(sch)
     loops = sch.get_loops(out)

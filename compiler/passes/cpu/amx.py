@@ -18,6 +18,11 @@ from tensorforge.runtime.errors import InputError
 BF16_UNIT_ENV = "TENSORFORGE_BF16_UNIT"
 
 
+def bf16_units_here() -> list[str]:
+    """The bf16 units this CPU has, of ops/amx.py UNITS (whether or not `bf16_unit` would pick them)."""
+    return [u for u, ok in (("amx", has_amx()), ("avx512bf16", "avx512_bf16" in cpu_features())) if ok]
+
+
 def bf16_unit() -> str | None:
     """The unit that computes the bf16 mode's products on this CPU: "amx" (AMX-BF16 tiles) where it has them,
     "avx512bf16" (`vdpbf16ps`) on an AMD CPU with AVX512-BF16 (Zen 4 and later), else None (the float32 kernels,
@@ -29,17 +34,17 @@ def bf16_unit() -> str | None:
     half the fp32 kernels' speed (benchmarks/results/bf16_units.md); a Xeon that exposes AVX512-BF16 but not AMX
     (a VM, Cooper Lake) keeps the fp32 kernels. Zen 4 issues `vdpbf16ps` zmm like a zmm FMA (two 256-bit halves),
     twice the multiply-adds of fp32."""
-    have = {"amx": has_amx(), "avx512bf16": "avx512_bf16" in cpu_features(), "none": True}
+    have = bf16_units_here()
     wanted = os.environ.get(BF16_UNIT_ENV, "").strip().lower()
     if wanted:
-        if wanted not in have:
+        if wanted not in (*amx.UNITS, "none"):
             raise InputError(f"{BF16_UNIT_ENV}={wanted!r} is not a bf16 unit; choose one of amx, avx512bf16, none")
-        if not have[wanted]:
+        if wanted != "none" and wanted not in have:
             raise InputError(f"{BF16_UNIT_ENV}={wanted}: this CPU has no {wanted.upper()} (its flags lack it)")
         return None if wanted == "none" else wanted
-    if have["amx"]:
+    if "amx" in have:
         return "amx"
-    return "avx512bf16" if have["avx512bf16"] and cpu_vendor() == "AuthenticAMD" else None
+    return "avx512bf16" if "avx512bf16" in have and cpu_vendor() == "AuthenticAMD" else None
 
 
 def replace(g: Graph, n, op, inputs, attrs) -> None:
@@ -116,14 +121,15 @@ class AmxConv:
                     and a["strides"][0] == a["strides"][1]):
                 continue
             kh, kw = w.type.shape[2], w.type.shape[3]
-            if x.type.shape[1] * amx_conv.IN_BLOCK * kh * kw < MIN_CONV_REDUCTION:
+            in_channels = x.type.shape[1] * amx_conv.IN_BLOCK
+            if in_channels * kh * kw < MIN_CONV_REDUCTION:
                 continue
             if w not in packed:
                 oihw = unpack_conv2d_weight(_nchwc_weight(np.asarray(w.data), a["in_block"]), wlayout="packed",
                                             block=a["block"], out_channels=a["out_channels"])
                 packed[w] = g.add_param(w.name + ".amx", amx_conv.pack_amx_conv_weight(oihw))
             attrs = {"strides": a["strides"], "pads": a["pads"], "dilations": a["dilations"],
-                     "out_channels": a["out_channels"], "in_channels": x.type.shape[1] * amx_conv.IN_BLOCK,
+                     "out_channels": a["out_channels"], "in_channels": in_channels,
                      "kernel": (kh, kw), "unit": unit}
             replace(g, n, ops.conv2d_amx, [x, packed[w]] + n.inputs[2:], attrs)
         g.remove_unused()
