@@ -110,6 +110,18 @@ def bf16_bits(v):
     return tirx.Select(nan, (u >> 16) | tirx.const(0x40, "uint32"), rounded).astype("uint16")
 
 
+def operand_bits(v, keep):
+    """An activation element as bf16 bits (uint16): a float32 one rounded (`bf16_bits`), a bfloat16 one (stored so
+    by passes/cpu/bf16_activations.py) as it is; zero where `keep` is false (padding; None: everywhere)."""
+    if str(v.dtype) == "bfloat16":
+        bits = tirx.reinterpret("uint16", v)
+        return bits if keep is None else tirx.if_then_else(keep, bits, tirx.const(0, "uint16"))
+    return bf16_bits(v if keep is None else tirx.if_then_else(keep, v, tirx.const(0.0, "float32")))
+
+
+ACTIVATION_DTYPES = ("float32", "bfloat16")  # the dtypes of a bf16_input op's input 0
+
+
 def from_bf16_bits(b):
     """uint16 bfloat16 bits -> the float32 value (exact)."""
     return tirx.reinterpret("float32", b.astype("uint32") << tirx.const(16, "uint32"))

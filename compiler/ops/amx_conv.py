@@ -12,7 +12,7 @@ each virtual row are computed and dropped by the write-back: 2 of 58 at 56x56 wi
 stride 2. A strided 1x1 conv without padding is the exception: its conversion gathers the pixels it reads, and it
 runs at stride 1 on them (ResNet-50's downsampling convs, bf16 on one core: the whole model 13.3-13.6 -> 12.0 ms).
 
-  x       (N, IC/16, H, W, 16) float32 -> `amx_conv_a` (N, IC_pad/32, F, 2, 16) bf16 bits (uint16): zero padded
+  x       (N, IC/16, H, W, 16) float32 or bfloat16 (passes/cpu/bf16_activations.py) -> `amx_conv_a` (N, IC_pad/32, F, 2, 16) bf16 bits (uint16): zero padded
           (the conv's pads, channels to 32, F pixels so every tile read is in bounds), flattened over (H, W)
   weight  OIHW float32 -> (OC_pad/16, CB * KH * KW, 16, 16, 2) bf16: [oc block][(ic block, kh, kw)][ic pair][oc][2],
           one B tile per (oc block, reduction step), zero padded; CB = IC_pad / 32 (at least 2 for a 1x1 conv)
@@ -29,7 +29,8 @@ from tvm import te, tirx
 
 from tensorforge.compiler.ir.types import TensorType
 
-from .amx import K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, UNIT_ATTR, bf16_bits, from_bf16_bits, product_name
+from .amx import (ACTIVATION_DTYPES, K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, UNIT_ATTR, from_bf16_bits, operand_bits,
+                  product_name)
 from .nn import CONV_ATTRS, _conv2d_infer, _conv2d_ref, conv_out_size
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
@@ -131,7 +132,7 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
         v = x[b, block if whole else tirx.min(block, in_channels // IN_BLOCK - 1),
               tirx.max(tirx.min(y, h - 1), 0) * sub, tirx.max(tirx.min(z, w - 1), 0) * sub, lane]
         inside = inside if whole else tirx.all(inside, c < in_channels)
-        return bf16_bits(tirx.if_then_else(inside, v, tirx.const(0.0, "float32")))
+        return operand_bits(v, inside)
 
     halves = K_BLOCK // IN_BLOCK
     xa = te.compute((n, cb, f, halves, IN_BLOCK), a_value, name=AMX_CONV_A, tag="injective", attrs={ANN_ROW: wpad})
@@ -161,8 +162,9 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
 
 def _infer(types, *, out_channels, in_channels, kernel, strides, pads, dilations, unit="amx"):
     x, wt = types[0], types[1]
-    if x.rank != 5 or x.shape[4] != IN_BLOCK or x.dtype != "float32" or x.shape[1] * IN_BLOCK != in_channels:
-        fail(f"expects a float32 NCHW[16]c input with {in_channels} channels, got {x}")
+    if (x.rank != 5 or x.shape[4] != IN_BLOCK or x.dtype not in ACTIVATION_DTYPES
+            or x.shape[1] * IN_BLOCK != in_channels):
+        fail(f"expects a float32 or bfloat16 NCHW[16]c input with {in_channels} channels, got {x}")
     kh, kw = kernel
     if wt.dtype != "bfloat16" or wt.rank != 5 or wt.shape[2:] != (K_BLOCK // PAIR, N_BLOCK, PAIR):
         fail(f"weight {wt} is not the AMX conv layout")
@@ -184,7 +186,7 @@ def _reference(x, wp, b=None, *, out_channels, in_channels, kernel, strides, pad
     from .nchwc import block_nchw, unblock_nchwc
 
     w = unpack_amx_conv_weight(wp, out_channels, in_channels, *kernel)
-    y = _conv2d_ref(round_bf16(unblock_nchwc(x)), w, b, strides=strides, pads=pads, dilations=dilations, groups=1)
+    y = _conv2d_ref(round_bf16(unblock_nchwc(np.asarray(x, np.float32))), w, b, strides=strides, pads=pads, dilations=dilations, groups=1)
     return block_nchw(y, IN_BLOCK)
 
 
@@ -202,6 +204,6 @@ conv2d_amx = defop(
     attrs={"strides": CONV_ATTRS["strides"], "pads": CONV_ATTRS["pads"], "dilations": CONV_ATTRS["dilations"],
            "out_channels": Attr("int"), "in_channels": Attr("int"), "kernel": Attr("ints"),
            "unit": UNIT_ATTR},
-    reference=_reference, lower=_lower, grad=NO_RULE_YET, flops=_flops,
+    reference=_reference, lower=_lower, grad=NO_RULE_YET, flops=_flops, bf16_input=True,
     doc="conv2d (groups 1) on NCHW[16]c in bfloat16 on AMX tiles (or AVX512-BF16 dot products) with float32 sums; weight "
         "(OC/16, IC/32 * KH * KW, 16, 16, 2) bf16; the output is NCHW[16]c.")

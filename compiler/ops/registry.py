@@ -16,7 +16,9 @@ and the facts the passes and analyses read from the op instead of keeping tables
     it may run on any memory layout of its operands (`alter_layout`); by default true for elementwise and broadcast
     ops; false for those that still see the channel axis or draw random numbers,
   * `half_operands`: the operand slots the op multiplies, which `mixed_precision` may round to half precision,
-  * `bf16_weight`: its weight (input 1), packed at compile time, may be stored as bfloat16 (`bf16_weights`).
+  * `bf16_weight`: its weight (input 1), packed at compile time, may be stored as bfloat16 (`bf16_weights`),
+  * `bf16_input`: it reads its activation (input 0) as bfloat16 as well as float32, rounding a float32 one to bfloat16
+    itself (the bf16 products of passes/cpu/amx.py); `bf16_activations` may hand it a bfloat16 one.
 `missing_facts(op)` lists what a declaration lacks; tests/ops/test_ops.py runs it over every op.
 """
 
@@ -119,6 +121,7 @@ class OpDef:
     channel_axis_agnostic: bool = False  # may run on a blocked channel layout as on NCHW (see the module docstring)
     half_operands: tuple[int, ...] = ()  # operand slots `mixed_precision` may round to half precision
     bf16_weight: bool = False  # its packed weight (input 1) may be stored as bfloat16 (`bf16_weights`)
+    bf16_input: bool = False  # its input 0 may be bfloat16: it rounds a float32 one to bfloat16 anyway
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -169,7 +172,7 @@ OPS: dict[str, OpDef] = {}
 
 def defop(name: str, kind: FusionKind, *, infer, reference, grad, lower=None, attrs=None,
           arity=(1, 1), is_view=False, movement=False, prologue=False, doc="", flops=per_element_flops,
-          channel_axis_agnostic=None, half_operands=(), bf16_weight=False) -> OpDef:
+          channel_axis_agnostic=None, half_operands=(), bf16_weight=False, bf16_input=False) -> OpDef:
     """Declare and register an op. Names are unique; the registry is the single source of truth. `grad` has no
     default: every op says whether it has a rule. `channel_axis_agnostic` defaults to the op's class (elementwise
     and broadcast ops are)."""
@@ -180,7 +183,7 @@ def defop(name: str, kind: FusionKind, *, infer, reference, grad, lower=None, at
     op = OpDef(name, kind, infer, reference, lower=lower, grad=grad, attrs=dict(attrs or {}), arity=arity,
                is_view=is_view, movement=movement or is_view, prologue=prologue, doc=doc, flops=flops,
                channel_axis_agnostic=channel_axis_agnostic, half_operands=tuple(half_operands),
-               bf16_weight=bf16_weight)
+               bf16_weight=bf16_weight, bf16_input=bf16_input)
     missing = missing_facts(op)
     if missing:
         raise ValueError(f"op {name}: incomplete declaration: {'; '.join(missing)}")
@@ -209,6 +212,8 @@ def missing_facts(op: OpDef) -> list[str]:
         out.append(f"half_operands {op.half_operands!r} are not operand slots of an op with arity {op.arity}")
     if not isinstance(op.bf16_weight, bool) or (op.bf16_weight and hi >= 0 and hi < 2):
         out.append(f"bf16_weight is {op.bf16_weight!r}: a bool, and true only for an op with a weight input")
+    if not isinstance(op.bf16_input, bool):
+        out.append(f"bf16_input is {op.bf16_input!r}, not a bool")
     return out
 
 

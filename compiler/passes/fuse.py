@@ -7,6 +7,8 @@ graph outputs lead to a virtual sink), together with every node on the paths in 
   * an elementwise/broadcast group joins a following injective op or reduction (relu -> max pool, exp -> softmax);
   * an injective group joins a following injective op (transpose -> reshape -> concat chains);
   * transposes and reshapes feeding a batch matmul become its prologue: the matmul reads through them;
+  * a widening cast of an activation stored as bfloat16 (`_stored_half`) joins its reader's kernel, never its
+    producer's (that would write float32 again);
   * on the CUDA target (`cast_prologues`), a widening cast (float16/bfloat16 -> float32, as the mixed-precision pass
     writes them) feeding a conv/dense/matmul becomes its prologue, and no producer's kernel takes it as an
     epilogue: the anchor's kernel then loads half-precision data and multiplies it with float32 sums, the form of
@@ -69,6 +71,14 @@ HALF = ("float16", "bfloat16")
 def _widening_cast(n: Node) -> bool:
     """cast(x: f16/bf16, to=float32): the read side of a half-precision operand."""
     return n.op is ops.cast and n.attrs.get("to") == "float32" and n.inputs[0].type.dtype in HALF
+
+
+def _stored_half(n: Node) -> bool:
+    """cast(cast(x, bfloat16), float32): the read side of an activation stored as bfloat16 (passes/cpu/
+    bf16_activations.py). It belongs to its reader's kernel: in the producer's it would undo the storage."""
+    x = n.inputs[0] if n.inputs else None
+    return (_widening_cast(n) and x.producer is not None and x.producer.op is ops.cast
+            and x.producer.inputs[0].type.dtype == "float32")
 
 
 def _dataflow(g: Graph) -> nx.DiGraph:
@@ -168,9 +178,14 @@ def fuse_graph(g: Graph, max_group_size: int = 32, cast_prologues: bool = False)
         # CUDA: a widening cast read by one anchor is its prologue (the anchor loads the half-precision operand)
         prologue = prologue or (not path and len(grp.members) == 1 and cast_prologue(n))
         blocker = None if prologue else next(
-            (x for x in sorted(path, key=order.get) if not _may_join(kind, x, False) or cast_prologue(x)), None)
-        if blocker is None and not prologue and (not _may_join(kind, p, True) or cast_prologue(p)):
+            (x for x in sorted(path, key=order.get) if not _may_join(kind, x, False) or cast_prologue(x)
+             or _stored_half(x)), None)
+        if blocker is None and not prologue and (not _may_join(kind, p, True) or cast_prologue(p) or _stored_half(p)):
             blocker = p
+        if blocker is not None and _stored_half(blocker):
+            reasons.setdefault(n, f"{blocker.op.name} ({blocker.name or '?'}) after it reads the bfloat16 copy it "
+                                  f"stores; it joins its reader's kernel")
+            continue
         if blocker is not None and cast_prologue(blocker):
             reasons.setdefault(n, f"{blocker.op.name} ({blocker.name or '?'}) after it is kept as the prologue of "
                                   f"{ipdom[blocker].op.name} ({ipdom[blocker].name or '?'}), which then reads "

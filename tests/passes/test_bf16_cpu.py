@@ -96,9 +96,9 @@ def test_fp32_is_the_default_and_unchanged():
     bf16 = [pass_name(p) for p in passes_for(CompileOptions(precision="bf16"))]
     pack, wino = names.index("pack_weights"), names.index("winograd")
     # AMX dense right before packing, AMX convs after the layout pass and before Winograd; the bf16 weights after
-    # packing and layout, then the bf16 GELU, right before fusion
+    # packing and layout, then the bf16 GELU and the bf16 activations, right before fusion
     assert bf16 == (names[:pack] + ["amx_dense", "amx_attention"] + names[pack:wino] + ["amx_conv"]
-                    + names[wino:-1] + ["bf16_weights", "bf16_gelu", "fuse"])
+                    + names[wino:-1] + ["bf16_weights", "bf16_gelu", "bf16_activations", "fuse"])
 
 
 def test_other_precisions_and_targets_keep_mixed_precision():

@@ -1,0 +1,80 @@
+"""bf16_activations: in the CPU's bf16 mode, activations that go from one kernel to a bf16 product are stored as
+bfloat16, half the bytes of float32."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import Graph, Node, Value
+from tensorforge.compiler.ops import FusionKind
+
+K = FusionKind
+
+
+@dataclass(frozen=True)
+class StoreActivationsBF16:
+    """bf16_activations: a float32 activation read by a bf16 product (an op with `bf16_input`: conv2d_amx) becomes
+    `cast(x, bfloat16)`, written by its producer's kernel, and the product reads that instead of rounding x itself:
+    the same bf16 operand, half the bytes written and read. Its other readers (a residual add) read
+    `cast(bf16 x, float32)`, each in its own kernel, so their x is rounded to bfloat16 too (8 significant bits, as
+    OpenVINO's bf16 mode stores activations).
+
+    Only where it saves memory traffic: x must be computed by a conv/dense kernel's epilogue (the producer an anchor,
+    or elementwise ops after one, each read once), which then writes bfloat16 instead of float32; every other reader
+    must be elementwise (its kernel widens the value as it reads it); graph outputs stay float32. A bf16 product's
+    output read only by elementwise ops (ResNet's downsampling conv, read by the residual add) is stored as
+    bfloat16 too: its operands were bf16 already.
+
+    It runs last before fusion. Measured on one core of an Emerald Rapids Xeon (AMX): see the commit that brought
+    it and benchmarks/results/suite_bf16_1t.md."""
+
+    name: ClassVar[str] = "bf16_activations"
+
+    def __call__(self, g: Graph) -> Graph:
+        users = g.users()
+        outputs = set(g.outputs)
+        for n in list(g.nodes):
+            if len(n.outputs) != 1:
+                continue
+            x = n.outputs[0]
+            readers = users.get(x, [])
+            anchor = _anchor(n, users)
+            if x in outputs or x.type.dtype != "float32" or anchor is None:
+                continue
+            direct = [r for r in readers if r.op.bf16_input and r.inputs[0] is x and x not in r.inputs[1:]]
+            others = [r for r in readers if r not in direct]
+            if not readers or any(r.op.kind > K.BROADCAST for r in others):
+                continue
+            if not (direct or (anchor is n and n.op.bf16_input and all(_joins_other(r, x, users) for r in readers))):
+                continue
+            (low,) = g.add_node(ops.cast, [x], {"to": "bfloat16"}, name=f"{n.name}.bf16", index=g.nodes.index(n) + 1)
+            for r in direct:
+                r.inputs[0] = low
+            for r in others:
+                (wide,) = g.add_node(ops.cast, [low], {"to": "float32"}, name=f"{r.name}.f32", index=g.nodes.index(r))
+                r.inputs = [wide if v is x else v for v in r.inputs]
+        return g
+
+
+def _joins_other(r: Node, x: Value, users: dict[Value, list[Node]]) -> bool:
+    """Does the elementwise reader `r` of `x` also read another anchor's epilogue (a residual add after a conv)?
+    Then it belongs to that kernel, not to x's producer's."""
+    return any(v is not x and v.producer is not None and len(users.get(v, [])) == 1
+               and _anchor(v.producer, users) is not None for v in r.inputs)
+
+
+def _anchor(n: Node, users: dict[Value, list[Node]], depth: int = 8) -> Node | None:
+    """`n` if it is an anchor (conv, dense, matmul), or the anchor before the elementwise op `n` whose kernel will
+    take it (each value between them read once); else None."""
+    if n.op.kind == K.OUT_ELEMWISE_FUSABLE:
+        return n
+    if n.op.kind > K.BROADCAST or depth == 0:
+        return None
+    found = (_anchor(v.producer, users, depth - 1) for v in n.inputs
+             if v.producer is not None and len(users.get(v, [])) == 1)
+    return next((a for a in found if a is not None), None)
+
+
+bf16_activations = StoreActivationsBF16()
