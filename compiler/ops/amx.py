@@ -110,10 +110,11 @@ def bf16_bits(v):
     return tirx.Select(nan, (u >> 16) | tirx.const(0x40, "uint32"), rounded).astype("uint16")
 
 
-def operand_bits(v, keep):
+def operand_bits(v, keep, dtype: str):
     """An activation element as bf16 bits (uint16): a float32 one rounded (`bf16_bits`), a bfloat16 one (stored so
-    by passes/cpu/bf16_activations.py) as it is; zero where `keep` is false (padding; None: everywhere)."""
-    if str(v.dtype) == "bfloat16":
+    by passes/cpu/bf16_activations.py) as it is; zero where `keep` is false (padding; None: everywhere). `dtype`:
+    the tensor's."""
+    if str(dtype) == "bfloat16":
         bits = tirx.reinterpret("uint16", v)
         return bits if keep is None else tirx.if_then_else(keep, bits, tirx.const(0, "uint16"))
     return bf16_bits(v if keep is None else tirx.if_then_else(keep, v, tirx.const(0.0, "float32")))

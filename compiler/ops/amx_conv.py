@@ -132,7 +132,7 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
         v = x[b, block if whole else tirx.min(block, in_channels // IN_BLOCK - 1),
               tirx.max(tirx.min(y, h - 1), 0) * sub, tirx.max(tirx.min(z, w - 1), 0) * sub, lane]
         inside = inside if whole else tirx.all(inside, c < in_channels)
-        return operand_bits(v, inside)
+        return operand_bits(v, inside, x.dtype)
 
     halves = K_BLOCK // IN_BLOCK
     xa = te.compute((n, cb, f, halves, IN_BLOCK), a_value, name=AMX_CONV_A, tag="injective", attrs={ANN_ROW: wpad})

@@ -27,6 +27,10 @@ class StoreActivationsBF16:
     output read only by elementwise ops (ResNet's downsampling conv, read by the residual add) is stored as
     bfloat16 too: its operands were bf16 already.
 
+    Not dense_amx: BERT's and ConvNeXt's dense activations (<= 5 MB) stay in the caches, and a bfloat16 write after
+    the GELU epilogue cost the up-projection what it saved the down-projection (BERT-base bf16, one core: 27.6 ->
+    28.7 ms with dense_amx reading bfloat16; ConvNeXt-tiny 22.3 -> 22.1 ms).
+
     It runs last before fusion. Measured on one core of an Emerald Rapids Xeon (AMX): see the commit that brought
     it and benchmarks/results/suite_bf16_1t.md."""
 
