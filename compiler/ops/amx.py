@@ -123,6 +123,12 @@ def operand_bits(v, keep, dtype: str):
 ACTIVATION_DTYPES = ("float32", "bfloat16")  # the dtypes of a bf16_input op's input 0
 
 
+def pair_half(w, t):
+    """Half `t` (0: low, 1: high) of a uint32 word holding a pair of bf16 bits, as uint16 bits (matmul_amx's B words
+    hold a k pair: one 32-bit lane of a B tile)."""
+    return tirx.Cast("uint16", tirx.shift_right(w, tirx.Cast("uint32", t) * tirx.const(16, "uint32")))
+
+
 def from_bf16_bits(b):
     """uint16 bfloat16 bits -> the float32 value (exact)."""
     return tirx.reinterpret("float32", b.astype("uint32") << tirx.const(16, "uint32"))
@@ -137,8 +143,10 @@ def a_tiles(x: te.Tensor, k_blocks: int, name: str) -> te.Tensor:
     def value(*i):
         row, kb, kp, kt = i[nl:]
         col = kb * K_BLOCK + kp * PAIR + kt
-        v = x(*i[:nl], tirx.min(row, m - 1), tirx.min(col, k - 1))
         whole = k_blocks * K_BLOCK == k  # else zeros past k (an inf there times a zero weight would give NaN)
+        # clamped only where there is padding: a min() in the vectorized column's index made LLVM gather it, one
+        # scalar load per element (the attention's q conversion took most of its kernel)
+        v = x(*i[:nl], row if m % M_TILE == 0 else tirx.min(row, m - 1), col if whole else tirx.min(col, k - 1))
         return bf16_bits(v if whole else tirx.if_then_else(col < k, v, tirx.const(0.0, "float32")))
 
     return te.compute((*lead, _round_up(m, M_TILE), k_blocks, K_BLOCK // PAIR, PAIR), value, name=name,

@@ -5,8 +5,10 @@ in the CPU's bf16 mode (passes/cpu/amx.py splits `attention` into them around a 
     with transpose_b, b is (..., N, K) and read transposed by the conversion (attention's keys, no transpose kernel).
 
 Both operands are rounded and laid out in the kernel: a as dense_amx's x (`amx_mm_a`: (..., M_pad, K_pad/32, 16, 2)
-bf16 bits), b as B tiles (`amx_mm_b`: (..., N_pad/16, K_pad/32, 16, 16, 2) bf16 bits, [n block][k block][k pair]
-[n][2]); the product `matmul_amx` (..., M_pad, N_pad/16, 16) is computed by the dense intrinsic in 32 x 32 tiles
+bf16 bits), b as B tiles (`amx_mm_b`: (..., N_pad/16, K_pad/32, 16, 16) uint32 words, [n block][k block][k pair][n],
+each word a k pair's bf16 bits, low half first: the B tile's bytes. One word per lane lets the conversion store 16
+columns as one vector; as uint16 pairs the lanes ran across two rows of b and LLVM gathered them, one scalar load
+per element: most of the attention products' kernel time); the product `matmul_amx` (..., M_pad, N_pad/16, 16) is computed by the dense intrinsic in 32 x 32 tiles
 (backend/cpu/amx.py), and `matmul_amx_out` drops the padding.
 """
 
@@ -18,11 +20,12 @@ from tvm import te, tirx
 from tensorforge.compiler.ir.types import TensorType
 
 from .amx import (K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, UNIT_ATTR, a_tiles, bf16_bits, from_bf16_bits, padded_k,
-                  product_name, round_bf16)
+                  pair_half, product_name, round_bf16)
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 AMX_MM_A = "amx_mm_a"
 AMX_MM_B = "amx_mm_b"
+ANN_B_ROWS = "tf_amx_b_rows"  # on AMX_MM_B: b is read transposed, each column of the product one row of b
 MATMUL_AMX = "matmul_amx"
 MATMUL_AMX_OUT = "matmul_amx_out"
 MIN_ROWS = 16  # passes/cpu/amx.py: fewer rows (or columns) than this stay on the float32 kernels
@@ -41,22 +44,31 @@ def matmul_amx_compute(a: te.Tensor, b: te.Tensor, unit: str = "amx", transpose_
     zero = tirx.const(0.0, "float32")
 
     def b_value(*i):
-        nblk, blk, kp, nt, kt = i[nb:]
-        row, col = blk * K_BLOCK + kp * PAIR + kt, nblk * N_BLOCK + nt
-        r, c = tirx.min(row, k - 1), tirx.min(col, n - 1)
-        v = b(*i[:nb], c, r) if transpose_b else b(*i[:nb], r, c)
-        return bf16_bits(tirx.if_then_else(tirx.all(row < k, col < n), v, zero))
+        nblk, blk, kp, nt = i[nb:]
+        col = nblk * N_BLOCK + nt
+        c = col if n == n_pad else tirx.min(col, n - 1)  # clamped only where there is padding (a min() in a
+        # vectorized index makes LLVM gather it)
+
+        def bits(kt):
+            row = blk * K_BLOCK + kp * PAIR + kt
+            r = row if k == k_pad else tirx.min(row, k - 1)
+            v = b(*i[:nb], c, r) if transpose_b else b(*i[:nb], r, c)
+            inside = [cond for cond, pad in ((row < k, k != k_pad), (col < n, n != n_pad)) if pad]
+            return bf16_bits(tirx.if_then_else(tirx.all(*inside), v, zero) if inside else v).astype("uint32")
+
+        return bits(0) | (bits(1) << tirx.const(16, "uint32"))
 
     xa = a_tiles(a, kb, AMX_MM_A)
-    xb = te.compute((*batch, n_pad // N_BLOCK, kb, K_BLOCK // PAIR, N_BLOCK, PAIR), b_value, name=AMX_MM_B,
-                    tag="injective")
+    xb = te.compute((*batch, n_pad // N_BLOCK, kb, K_BLOCK // PAIR, N_BLOCK), b_value, name=AMX_MM_B,
+                    tag="injective", attrs={ANN_B_ROWS: 1} if transpose_b else {})
     rkb = te.reduce_axis((0, kb), name="rkb")
     rkp = te.reduce_axis((0, K_BLOCK // PAIR), name="rkp")
     rkt = te.reduce_axis((0, PAIR), name="rkt")
     prod = te.compute(
         (*batch, m_pad, n_pad // N_BLOCK, N_BLOCK),
         lambda *i: te.sum(from_bf16_bits(xa(*i[:nb], i[nb], rkb, rkp, rkt))
-                          * from_bf16_bits(xb(*i[:nb], i[nb + 1], rkb, rkp, i[nb + 2], rkt)), axis=[rkb, rkp, rkt]),
+                          * from_bf16_bits(pair_half(xb(*i[:nb], i[nb + 1], rkb, rkp, i[nb + 2]), rkt)),
+                          axis=[rkb, rkp, rkt]),
         name=product_name(MATMUL_AMX, unit), tag=MATMUL_AMX)
     return te.compute((*batch, m, n), lambda *i: prod(*i[:nb], i[nb], i[nb + 1] // N_BLOCK, i[nb + 1] % N_BLOCK),
                       name=MATMUL_AMX_OUT, tag="injective")

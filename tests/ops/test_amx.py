@@ -19,7 +19,7 @@ from tensorforge.compiler.ops import amx, amx_conv, amx_matmul
 from tensorforge.compiler.ops.nchwc import block_nchw
 from tensorforge.compiler.ops.nn import _conv2d_ref
 from tensorforge.compiler.options import CompileOptions
-from tensorforge.compiler.passes.cpu.amx import BF16_UNIT_ENV, AmxAttention, AmxDense, bf16_units_here
+from tensorforge.compiler.passes.cpu.amx import AmxAttention, AmxDense, bf16_units_here
 from tensorforge.runtime import cpu_features
 from tensorforge.runtime.errors import ArtifactError
 from tests.support import assert_close
@@ -329,12 +329,12 @@ def test_the_conv_reference_is_the_conv_on_rounded_operands():
     assert_close(got, block_nchw(want, 16), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("unit, h, w", [("amx", 9, 11), ("amx", 16, 16), ("avx512bf16", 9, 11)])
-def test_bf16_cnn_on_amx_matches_the_interpreter_and_fp32(unit, h, w, monkeypatch):
+@needs_amx
+@pytest.mark.parametrize("h, w", [(9, 11), (16, 16)])
+def test_bf16_cnn_on_amx_matches_the_interpreter_and_fp32(h, w):
     """A 3x3 conv with a residual epilogue and a strided 3x3 conv on AMX (48 channels: padded to 64 in the
-    reduction, to 64 output channels in the product); the first conv reads the plain image and stays float32."""
-    _use_unit(unit)
-    monkeypatch.setenv(BF16_UNIT_ENV, unit)
+    reduction, to 64 output channels in the product); the first conv reads the plain image and stays float32.
+    (On AVX512-BF16: tests/ops/test_bf16dot.py.)"""
     g = cnn(h, w)
     model = compile_model(g, precision="bf16")
     steps = [s["op"] for s in model.plan["steps"]]

@@ -94,16 +94,16 @@ def test_bf16_dense_on_vdpbf16ps_matches_the_interpreter_and_fp32(monkeypatch, m
 @needs_dp
 @pytest.mark.parametrize("h, w", [(9, 11), (16, 16)])
 def test_bf16_cnn_on_vdpbf16ps_matches_the_interpreter_and_fp32(monkeypatch, h, w):
-    """The AMX test's CNN: a 3x3 conv with a residual epilogue and a strided 3x3 conv, 48 channels padded to 64.
-    rtol 1e-3: the last conv's input is rounded to bf16 in the kernel, and a sum that differs from the interpreter's
-    in its last fp32 bit (summation order) can round to the neighbouring bf16 (one element 4e-4 off at 16x16)."""
+    """The AMX test's CNN: a 3x3 conv with a residual epilogue and a strided 3x3 conv, 48 channels padded to 64; the
+    activations between them stored as bfloat16. rtol 1e-2: a sum that differs from the interpreter's in its last
+    fp32 bit (summation order) can round to the neighbouring bf16 (2^-8 relative), and the next conv carries it on."""
     monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
     g = cnn(h, w)
     model = compile_model(g, precision="bf16")
     steps = [s["op"] for s in model.plan["steps"]]
-    assert "conv2d_amx+add+relu" in steps and "conv2d_amx" in steps, steps
+    assert "conv2d_amx+cast+add+relu+cast" in steps and "conv2d_amx" in steps, steps
     x = np.random.default_rng(9).standard_normal((1, 16, h, w)).astype(np.float32)
-    check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=1e-3)
+    check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=1e-2)
 
 
 @needs_dp

@@ -30,15 +30,15 @@ from __future__ import annotations
 import struct
 
 import tvm
-from tvm import s_tir
+from tvm import s_tir, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, largest_divisor, loop_extent
-from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, TILE_ROWS
+from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, TILE_ROWS, pair_half
 from tensorforge.compiler.ops.amx_conv import (
     AMX_CONV_A, ANN_ROW, ANN_STEP, ANN_TAPS, ANN_TASK_PIXELS, CONV_AMX, IN_BLOCK)
-from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
+from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, ANN_B_ROWS, MATMUL_AMX
 
 _BYTES_PER_ROW = K_BLOCK * 2  # 64: every tile is TILE_ROWS x 64 bytes
 
@@ -222,25 +222,36 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str
         return name
     kp, nb = K_BLOCK // PAIR, N_TILE // N_BLOCK
     rows = M_TILE
-    b_dtype = "uint16" if b_bits else "bfloat16"
+    row_bytes = 4 if b_bits else 2  # bytes per element of B: the tile row stride is B's k pair stride
+    b_shape = (nb, k_blocks, kp, N_BLOCK) if b_bits else (nb, k_blocks, kp, N_BLOCK, PAIR)
+    b_dtype = "uint32" if b_bits else "bfloat16"
 
-    def widen_b(v):
-        return bits_to_f32(v) if b_bits else T.Cast("float32", v)
+    def b_block(B, jb, kb):
+        """The first element of B's tile (jb, kb)."""
+        return B[jb, kb, 0, 0] if b_bits else B[jb, kb, 0, 0, 0]
+
+    def widen_b(B, jb, kb, kk, jt, kt):
+        """B's element as float32: a half of matmul_amx's pair words, or the packed bfloat16 weight."""
+        return bits_to_f32(pair_half(B[jb, kb, kk, jt], kt)) if b_bits else T.Cast("float32", B[jb, kb, kk, jt, kt])
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1)
-        B = T.match_buffer(b, (nb, k_blocks, kp, N_BLOCK, PAIR), b_dtype, offset_factor=1)
+        B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1)
         C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
-                    B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK, 0:PAIR])
+            if b_bits:
+                T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
+                        B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK])
+            else:
+                T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
+                        B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK, 0:PAIR])
             T.writes(C[0:rows, 0:nb, 0:N_BLOCK])
             for i, jb, jt, kb, kk, kt in T.grid(rows, nb, N_BLOCK, k_blocks, kp, PAIR):
                 with T.sblock("update"):
                     vi, vjb, vjt, vkb, vkk, vkt = T.axis.remap("SSSRRR", [i, jb, jt, kb, kk, kt])
                     C[vi, vjb, vjt] = C[vi, vjb, vjt] + bits_to_f32(A[vi, vkb, vkk, vkt]) * widen_b(
-                        B[vjb, vkb, vkk, vjt, vkt])
+                        B, vjb, vkb, vkk, vjt, vkt)
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -248,13 +259,17 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str
         sb0, sb1, sb2, sb3 = T.int32(), T.int32(), T.int32(), T.int32()
         sc0, sc1 = T.int32(), T.int32()
         A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1, strides=[sa0, sa1, sa2, 1])
-        B = T.match_buffer(b, (nb, k_blocks, kp, N_BLOCK, PAIR), b_dtype, offset_factor=1,
-                           strides=[sb0, sb1, sb2, sb3, 1])
+        B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1,
+                           strides=[sb0, sb1, sb2, 1] if b_bits else [sb0, sb1, sb2, sb3, 1])
         C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, strides=[sc0, sc1, 1],
                            scope="local")
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
-                    B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK, 0:PAIR])
+            if b_bits:
+                T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
+                        B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK])
+            else:
+                T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
+                        B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK, 0:PAIR])
             T.writes(C[0:rows, 0:nb, 0:N_BLOCK])
             # tiles 0-3 hold C: zeroed by the fill intrinsic just before (amx_fill_intrin), or loaded here
             if load_c:  # the tile configuration was loaded by the task's zeroing (amx_zero_intrin)
@@ -265,8 +280,8 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str
             for kb in range(k_blocks):
                 T.evaluate(load(4, T.address_of(A[0, kb, 0, 0]), T.Cast("int64", sa0 * 2)))
                 T.evaluate(load(5, T.address_of(A[TILE_ROWS, kb, 0, 0]), T.Cast("int64", sa0 * 2)))
-                T.evaluate(load(6, T.address_of(B[0, kb, 0, 0, 0]), T.Cast("int64", sb2 * 2)))
-                T.evaluate(load(7, T.address_of(B[1, kb, 0, 0, 0]), T.Cast("int64", sb2 * 2)))
+                T.evaluate(load(6, T.address_of(b_block(B, 0, kb)), T.Cast("int64", sb2 * row_bytes)))
+                T.evaluate(load(7, T.address_of(b_block(B, 1, kb)), T.Cast("int64", sb2 * row_bytes)))
                 T.evaluate(dot(0, 4, 6))
                 T.evaluate(dot(1, 4, 7))
                 T.evaluate(dot(2, 5, 6))
@@ -285,6 +300,11 @@ def convert_in_parallel(sch: s_tir.Schedule, names: tuple[str, ...]) -> None:
     loops, vectorized along their 32 lanes (16 pairs)."""
     for name in names:
         block = sch.get_sblock(name)
+        if name == AMX_MM_B:  # (..., k pair, 16 columns) uint32 pair words: a vector of 16 columns per k pair
+            *outer, kp, nt = sch.get_loops(block)
+            sch.parallel(sch.fuse(*outer))
+            attempt(lambda: sch.vectorize(nt))
+            continue
         sch.parallel(sch.fuse(*sch.get_loops(block)[:-2]))
         attempt(lambda: sch.vectorize(sch.fuse(*sch.get_loops(block)[-2:])))
 

@@ -28,7 +28,7 @@ from tvm.script import tirx as T
 from tensorforge.compiler.backend.cpu.amx import (
     _registered, bits_to_f32, convert_in_parallel, schedule_conv_conversion)
 from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt
-from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, N_BLOCK, PAIR
+from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, N_BLOCK, PAIR, pair_half
 from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, CONV_AMX
 from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
 
@@ -50,21 +50,17 @@ declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloa
 
 def dp_intrin(b_bits: bool) -> str:
     """The tensor intrinsic for one `vdpbf16ps`: C[0:16] += A[0] * B[0:16, 0] + A[1] * B[0:16, 1], A a pair of bf16
-    bits (uint16), B the bfloat16 packed weight (or, with `b_bits`, bf16 bits converted in the kernel), C float32
-    accumulators (local)."""
+    bits (uint16), B the bfloat16 packed weight (or, with `b_bits`, matmul_amx's uint32 pair words, one per column:
+    ops/amx_matmul.py), C float32 accumulators (local)."""
     name = f"tensorforge_dpbf16ps_{'bits' if b_bits else 'bf16'}"
     scope = "local"
     if _registered(name):
         return name
-    b_dtype = "uint16" if b_bits else "bfloat16"
-
-    def widen_b(v):
-        return bits_to_f32(v) if b_bits else T.Cast("float32", v)
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    def desc_bf16(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (PAIR,), "uint16", offset_factor=1)
-        B = T.match_buffer(b, (N_BLOCK, PAIR), b_dtype, offset_factor=1)
+        B = T.match_buffer(b, (N_BLOCK, PAIR), "bfloat16", offset_factor=1)
         C = T.match_buffer(c, (N_BLOCK,), "float32", offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads(C[0:N_BLOCK], A[0:PAIR], B[0:N_BLOCK, 0:PAIR])
@@ -72,12 +68,25 @@ def dp_intrin(b_bits: bool) -> str:
             for j, t in T.grid(N_BLOCK, PAIR):
                 with T.sblock("update"):
                     vj, vt = T.axis.remap("SR", [j, t])
-                    C[vj] = C[vj] + bits_to_f32(A[vt]) * widen_b(B[vj, vt])
+                    C[vj] = C[vj] + bits_to_f32(A[vt]) * T.Cast("float32", B[vj, vt])
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    def desc_bits(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (PAIR,), "uint16", offset_factor=1)
-        B = T.match_buffer(b, (N_BLOCK, PAIR), b_dtype, offset_factor=1)
+        B = T.match_buffer(b, (N_BLOCK,), "uint32", offset_factor=1)
+        C = T.match_buffer(c, (N_BLOCK,), "float32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:N_BLOCK], A[0:PAIR], B[0:N_BLOCK])
+            T.writes(C[0:N_BLOCK])
+            for j, t in T.grid(N_BLOCK, PAIR):
+                with T.sblock("update"):
+                    vj, vt = T.axis.remap("SR", [j, t])
+                    C[vj] = C[vj] + bits_to_f32(A[vt]) * bits_to_f32(pair_half(B[vj], vt))
+
+    @T.prim_func(s_tir=True)
+    def impl_bf16(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (PAIR,), "uint16", offset_factor=1)
+        B = T.match_buffer(b, (N_BLOCK, PAIR), "bfloat16", offset_factor=1)
         C = T.match_buffer(c, (N_BLOCK,), "float32", offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads(C[0:N_BLOCK], A[0:PAIR], B[0:N_BLOCK, 0:PAIR])
@@ -85,9 +94,22 @@ def dp_intrin(b_bits: bool) -> str:
             C[T.Ramp(0, 1, N_BLOCK)] = T.call_extern(
                 "float32x16", "tf_dpbf16ps", C.vload([0], "float32x16"),
                 T.Broadcast(T.reinterpret("int32", A.vload([0], "uint16x2")), N_BLOCK),
-                T.reinterpret("int32x16", B.vload([0, 0], f"{b_dtype}x32")))
+                T.reinterpret("int32x16", B.vload([0, 0], "bfloat16x32")))
 
-    TensorIntrin.register(name, desc, impl)
+    @T.prim_func(s_tir=True)
+    def impl_bits(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (PAIR,), "uint16", offset_factor=1)
+        B = T.match_buffer(b, (N_BLOCK,), "uint32", offset_factor=1)
+        C = T.match_buffer(c, (N_BLOCK,), "float32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:N_BLOCK], A[0:PAIR], B[0:N_BLOCK])
+            T.writes(C[0:N_BLOCK])
+            C[T.Ramp(0, 1, N_BLOCK)] = T.call_extern(
+                "float32x16", "tf_dpbf16ps", C.vload([0], "float32x16"),
+                T.Broadcast(T.reinterpret("int32", A.vload([0], "uint16x2")), N_BLOCK),
+                T.reinterpret("int32x16", B.vload([0], "uint32x16")))
+
+    TensorIntrin.register(name, desc_bits if b_bits else desc_bf16, impl_bits if b_bits else impl_bf16)
     return name
 
 
