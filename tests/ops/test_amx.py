@@ -389,21 +389,22 @@ def test_an_amx_conv_reads_nothing_past_its_input(monkeypatch):
     check_against_interpreter_and_fp32(g, model, {"x": x})
 
 
-def test_convs_reducing_over_few_values_keep_the_float32_kernel():
-    """passes/cpu/amx.py MIN_CONV_REDUCTION: a 1x1 conv on 32 channels (padded to 64 on AMX; MobileNetV2's
-    expansions at 56x56 ran 1.6x slower there) stays float32, a 3x3 conv on 16 channels (144 values) goes to AMX.
-    (The pass rewrites on any CPU; this compiles the graph only up to the pass.)"""
+@pytest.mark.parametrize("mid, want", [(16, "conv2d_nchwc"), (32, "conv2d_amx")])
+def test_convs_reducing_over_few_values_keep_the_float32_kernel(mid, want):
+    """passes/cpu/amx.py MIN_CONV_REDUCTION: a 1x1 conv on 16 channels (padded to 64 on AMX; MobileNetV2's
+    expansion at 112x112 ran 1.6x slower there) stays float32, one on 32 channels goes to AMX, and so does a 3x3 conv
+    on 16 channels (144 values). (The pass rewrites on any CPU; this compiles the graph only up to the pass.)"""
     from tensorforge.compiler.passes.cpu.amx import AmxConv
     from tensorforge.compiler.passes.cpu.layout import alter_layout
     from tensorforge.compiler.passes.pipeline import pack_weights
 
-    text = POINTWISE.replace("f32[80,16,3,3]", "f32[32,16,3,3]").replace("f32[16,80,1,1]", "f32[16,32,1,1]") \
-        .replace("f32[1,80,12,12]", "f32[1,32,12,12]")
+    text = POINTWISE.replace("f32[80,16,3,3]", f"f32[{mid},16,3,3]").replace("f32[16,80,1,1]", f"f32[16,{mid},1,1]") \
+        .replace("f32[1,80,12,12]", f"f32[1,{mid},12,12]")
     params = {p.name: np.ones(p.type.shape, np.float32) for p in parse_graph(text).params}
     g = alter_layout(pack_weights(import_model(parse_graph(text, params))))
     AmxConv(unit="amx")(g)
     convs = [n.op.name for n in g.nodes if n.op.name.startswith("conv2d")]
-    assert convs[1:] == ["conv2d_nchwc", "conv2d_amx"], convs
+    assert convs[1:] == [want, "conv2d_amx"], convs
 
 
 # ---------------------------------------------------------------------------------------------- matmul_amx, attention

@@ -141,10 +141,10 @@ amx_conv = AmxConv()
 # Convs reducing over fewer values (input channels x taps) keep the float32 kernel: the reduction is padded to two
 # 32-channel blocks (ops/amx_conv.py conv_channel_blocks), and at high resolution their time is the product's
 # round trip through memory, which the float32 kernel's in-register epilogue saves. MobileNetV2, one core, AMX
-# against float32: 16 -> 96 channels at 112x112 0.725 against 0.208 ms, 32 -> 144 at 56x56 0.221-0.239 against
-# 0.140-0.145, 32 -> 192 at 28x28 0.053-0.060 against 0.048; from 64 channels on AMX is ahead or even (96 -> 32 at
-# 56x56 0.093 against 0.090, 64 -> 384 at 14x14 0.021 against 0.048).
-MIN_CONV_REDUCTION = 2 * amx.K_BLOCK
+# against float32: 16 -> 96 channels at 112x112 0.437 against 0.281 ms; 32 channels on AMX are ahead since its 1x1
+# convs run in row tasks configured once per task (32 -> 192 at 28x28: 0.037 against 0.064 ms; the whole model
+# 3.28-3.32 -> 2.95-3.00 ms with 32-channel convs on AMX).
+MIN_CONV_REDUCTION = amx.K_BLOCK
 
 
 @dataclass(frozen=True)
