@@ -236,7 +236,7 @@ def _dw_nchwc_lower(x, w, b=None, *, strides, pads, dilations):
 depthwise_conv2d_nchwc = defop(
     "depthwise_conv2d_nchwc", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_dw_nchwc_infer, arity=(2, 3),
     attrs={"strides": CONV_ATTRS["strides"], "pads": CONV_ATTRS["pads"], "dilations": CONV_ATTRS["dilations"]},
-    reference=_dw_nchwc_ref, lower=_dw_nchwc_lower, grad=NO_RULE_YET,
+    reference=_dw_nchwc_ref, lower=_dw_nchwc_lower, grad=NO_RULE_YET, widens_input=True,
     # weight (C/b, KH, KW, b)
     flops=lambda n: 2 * n.outputs[0].type.numel * n.inputs[1].type.shape[1] * n.inputs[1].type.shape[2],
     doc="depthwise conv2d (channel multiplier 1) on NCHW[b]c activations, weight (C/b, KH, KW, b).")

@@ -18,7 +18,9 @@ and the facts the passes and analyses read from the op instead of keeping tables
   * `half_operands`: the operand slots the op multiplies, which `mixed_precision` may round to half precision,
   * `bf16_weight`: its weight (input 1), packed at compile time, may be stored as bfloat16 (`bf16_weights`),
   * `bf16_input`: it reads its activation (input 0) as bfloat16 as well as float32, rounding a float32 one to bfloat16
-    itself (the bf16 products of passes/cpu/amx.py); `bf16_activations` may hand it a bfloat16 one.
+    itself (the bf16 products of passes/cpu/amx.py); `bf16_activations` may hand it a bfloat16 one,
+  * `widens_input`: an anchor whose kernel may read its input 0 through a widening cast (bfloat16 -> float32) fused
+    in as its prologue: `bf16_activations` may store that input as bfloat16 (`fuse` keeps the cast with it).
 `missing_facts(op)` lists what a declaration lacks; tests/ops/test_ops.py runs it over every op.
 """
 
@@ -122,6 +124,7 @@ class OpDef:
     half_operands: tuple[int, ...] = ()  # operand slots `mixed_precision` may round to half precision
     bf16_weight: bool = False  # its packed weight (input 1) may be stored as bfloat16 (`bf16_weights`)
     bf16_input: bool = False  # its input 0 may be bfloat16: it rounds a float32 one to bfloat16 anyway
+    widens_input: bool = False  # its kernel may read input 0 through a fused bfloat16 -> float32 cast
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -172,7 +175,8 @@ OPS: dict[str, OpDef] = {}
 
 def defop(name: str, kind: FusionKind, *, infer, reference, grad, lower=None, attrs=None,
           arity=(1, 1), is_view=False, movement=False, prologue=False, doc="", flops=per_element_flops,
-          channel_axis_agnostic=None, half_operands=(), bf16_weight=False, bf16_input=False) -> OpDef:
+          channel_axis_agnostic=None, half_operands=(), bf16_weight=False, bf16_input=False,
+          widens_input=False) -> OpDef:
     """Declare and register an op. Names are unique; the registry is the single source of truth. `grad` has no
     default: every op says whether it has a rule. `channel_axis_agnostic` defaults to the op's class (elementwise
     and broadcast ops are)."""
@@ -183,7 +187,7 @@ def defop(name: str, kind: FusionKind, *, infer, reference, grad, lower=None, at
     op = OpDef(name, kind, infer, reference, lower=lower, grad=grad, attrs=dict(attrs or {}), arity=arity,
                is_view=is_view, movement=movement or is_view, prologue=prologue, doc=doc, flops=flops,
                channel_axis_agnostic=channel_axis_agnostic, half_operands=tuple(half_operands),
-               bf16_weight=bf16_weight, bf16_input=bf16_input)
+               bf16_weight=bf16_weight, bf16_input=bf16_input, widens_input=widens_input)
     missing = missing_facts(op)
     if missing:
         raise ValueError(f"op {name}: incomplete declaration: {'; '.join(missing)}")
@@ -214,6 +218,8 @@ def missing_facts(op: OpDef) -> list[str]:
         out.append(f"bf16_weight is {op.bf16_weight!r}: a bool, and true only for an op with a weight input")
     if not isinstance(op.bf16_input, bool):
         out.append(f"bf16_input is {op.bf16_input!r}, not a bool")
+    if not isinstance(op.widens_input, bool) or (op.widens_input and op.kind != FusionKind.OUT_ELEMWISE_FUSABLE):
+        out.append(f"widens_input is {op.widens_input!r}: a bool, and true only for a conv/dense-like anchor")
     return out
 
 

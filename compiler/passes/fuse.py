@@ -131,10 +131,12 @@ def fuse_graph(g: Graph, max_group_size: int = 32, cast_prologues: bool = False)
     graph_outputs, users = set(g.outputs), g.users()
 
     def cast_prologue(x: Node) -> bool:
-        """A widening cast whose every reader is one anchor: kept for that anchor's kernel."""
+        """A widening cast whose every reader is one anchor: kept for that anchor's kernel (on CUDA; on the CPU the
+        read side of a stored activation, `_stored_half`, where the anchor `widens_input`)."""
         p = ipdom.get(x)
-        return (cast_prologues and _widening_cast(x) and p is not None and p != SINK
-                and p.op.kind == K.OUT_ELEMWISE_FUSABLE and all(r is p for o in x.outputs for r in users.get(o, ())))
+        return ((cast_prologues and _widening_cast(x) or _stored_half(x) and p not in (None, SINK) and p.op.widens_input)
+                and p is not None and p != SINK and p.op.kind == K.OUT_ELEMWISE_FUSABLE
+                and all(r is p for o in x.outputs for r in users.get(o, ())))
 
     def between(a: Node, b: Node) -> set[Node]:
         """Nodes on some path from a to b, both excluded."""
@@ -175,7 +177,8 @@ def fuse_graph(g: Graph, max_group_size: int = 32, cast_prologues: bool = False)
         path = between(n, p)
         # a transpose/reshape feeding an anchor that can read through it (batch matmul) becomes its prologue
         prologue = grp.movement_only and p.op.prologue and all(x.op.movement for x in path)
-        # CUDA: a widening cast read by one anchor is its prologue (the anchor loads the half-precision operand)
+        # a widening cast read by one anchor is its prologue (the anchor loads the half-precision operand): CUDA, and
+        # the CPU's stored bf16 activations read by a depthwise conv
         prologue = prologue or (not path and len(grp.members) == 1 and cast_prologue(n))
         blocker = None if prologue else next(
             (x for x in sorted(path, key=order.get) if not _may_join(kind, x, False) or cast_prologue(x)

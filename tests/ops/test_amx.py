@@ -317,6 +317,20 @@ def test_the_conv_schedule_puts_the_product_on_amx_tiles(ic, oc, hw, k, stride, 
         assert instruction in asm, instruction
 
 
+@needs_amx
+def test_an_inverted_residual_with_stored_activations_matches_the_interpreter_and_fp32():
+    """MobileNetV2's block in bf16 on AMX: the expansion's output stored as bfloat16 and widened by the depthwise
+    kernel, the depthwise output stored for the projection (passes/cpu/bf16_activations.py)."""
+    from tests.passes.test_bf16_activations import inverted_graph
+
+    g = inverted_graph()
+    model = compile_model(g, precision="bf16")
+    steps = [s["op"] for s in model.plan["steps"]]
+    assert "cast+depthwise_conv2d_nchwc+clip+cast" in steps, steps
+    x = np.random.default_rng(15).standard_normal((1, 32, 10, 10)).astype(np.float32)
+    check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=1e-2)
+
+
 def test_the_conv_reference_is_the_conv_on_rounded_operands():
     rng = np.random.default_rng(8)
     x = rng.standard_normal((1, 48, 6, 5)).astype(np.float32)

@@ -117,3 +117,47 @@ def test_no_product_reads_it_nothing_changes():
     g = alter_layout(pack_weights(import_model(block_graph())))
     bf16_activations(g)
     assert not any(n.op is ops.cast for n in g.nodes)
+
+
+# MobileNetV2's inverted residual: a 1x1 expansion (bf16 product), a depthwise conv (float32), a 1x1 projection
+INVERTED = """graph g(%x: f32[1,32,10,10]) {
+  %w0 = param f32[32,32,1,1]
+  %we = param f32[64,32,1,1]
+  %wd = param f32[64,1,3,3]
+  %wp = param f32[32,64,1,1]
+  %c0 = conv2d(%x, %w0) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[1,32,10,10]
+  %r0 = relu(%c0) : f32[1,32,10,10]
+  %e = conv2d(%r0, %we) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[1,64,10,10]
+  %re = clip(%e) {min=0.0, max=6.0} : f32[1,64,10,10]
+  %d = conv2d(%re, %wd) {strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=64} : f32[1,64,10,10]
+  %rd = clip(%d) {min=0.0, max=6.0} : f32[1,64,10,10]
+  %p = conv2d(%rd, %wp) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[1,32,10,10]
+  %y = add(%p, %r0) : f32[1,32,10,10]
+  return %y
+}
+"""
+
+
+def inverted_graph():
+    rng = np.random.default_rng(2)
+    params = {p.name: (rng.standard_normal(p.type.shape) * 0.2).astype(np.float32)
+              for p in parse_graph(INVERTED).params}
+    return parse_graph(INVERTED, params)
+
+
+def test_a_depthwise_conv_reads_the_expansion_as_bfloat16_in_its_own_kernel():
+    """The expansion's output, read only by the depthwise conv (`widens_input`), is stored as bfloat16; the
+    widening cast is the depthwise kernel's prologue; the depthwise output, read by the AMX projection, is stored
+    too."""
+    g = bf16_activations(lowered(inverted_graph()))
+    g.verify()
+    dw = next(n for n in g.nodes if n.op is ops.depthwise_conv2d_nchwc)
+    widen = dw.inputs[0].producer
+    assert widen.op is ops.cast and widen.inputs[0].type.dtype == "bfloat16"
+    proj = [n for n in g.nodes if n.op is ops.conv2d_amx][-1]
+    assert proj.inputs[0].type.dtype == "bfloat16"
+    fuse(g)
+    assert widen.group is not None and widen.group == dw.group
+    x = np.random.default_rng(3).standard_normal((1, 32, 10, 10)).astype(np.float32)
+    got, exact = interpret(g, {"x": x})[0], interpret(inverted_graph(), {"x": x})[0]
+    assert 0 < np.abs(got - exact).max() / np.abs(exact).max() < 1.5e-2

@@ -23,7 +23,8 @@ class StoreActivationsBF16:
 
     Only where it saves memory traffic: x must be computed by a conv/dense kernel's epilogue (the producer an anchor,
     or elementwise ops after one, each read once), which then writes bfloat16 instead of float32; every other reader
-    must be elementwise (its kernel widens the value as it reads it); graph outputs stay float32. A bf16 product's
+    must be elementwise or an anchor that widens its input in its kernel (`widens_input`: MobileNetV2's depthwise
+    convs, after the AMX expansions); graph outputs stay float32. A bf16 product's
     output read only by elementwise ops (ResNet's downsampling conv, read by the residual add) is stored as
     bfloat16 too: its operands were bf16 already.
 
@@ -49,9 +50,11 @@ class StoreActivationsBF16:
                 continue
             direct = [r for r in readers if r.op.bf16_input and r.inputs[0] is x and x not in r.inputs[1:]]
             others = [r for r in readers if r not in direct]
-            if not readers or any(r.op.kind > K.BROADCAST for r in others):
+            if not readers or not all(_widens(r, x) for r in others):
                 continue
-            if not (direct or (anchor is n and n.op.bf16_input and all(_joins_other(r, x, users) for r in readers))):
+            if not (direct or anchor.op.bf16_input and (
+                    all(r.op.widens_input for r in readers)  # an AMX expansion read by a depthwise conv
+                    or anchor is n and all(_joins_other(r, x, users) for r in readers))):  # a downsampling conv
                 continue
             (low,) = g.add_node(ops.cast, [x], {"to": "bfloat16"}, name=f"{n.name}.bf16", index=g.nodes.index(n) + 1)
             for r in direct:
@@ -60,6 +63,12 @@ class StoreActivationsBF16:
                 (wide,) = g.add_node(ops.cast, [low], {"to": "float32"}, name=f"{r.name}.f32", index=g.nodes.index(r))
                 r.inputs = [wide if v is x else v for v in r.inputs]
         return g
+
+
+def _widens(r: Node, x: Value) -> bool:
+    """Can the reader `r` of x read it widened from bfloat16 in its own kernel? Elementwise ops, and anchors that
+    take the widening cast as their prologue (`widens_input`: the depthwise conv) when x is their input 0 only."""
+    return r.op.kind <= K.BROADCAST or (r.op.widens_input and r.inputs[0] is x and x not in r.inputs[1:])
 
 
 def _joins_other(r: Node, x: Value, users: dict[Value, list[Node]]) -> bool:
