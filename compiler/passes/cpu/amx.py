@@ -138,6 +138,91 @@ class AmxConv:
 
 amx_conv = AmxConv()
 
+
+@dataclass(frozen=True)
+class AmxStem:
+    """amx_stem: a strided conv on an image's few channels (ResNet-50's 7x7/2 and MobileNetV2's 3x3/2 on 3 channels:
+    `conv2d_nchwc` reading the plain input, `in_block` 0) becomes `conv2d_amx`, stride 1, over the input's
+    space-to-depth:
+
+        x (N, C, H, W) -> pad (the conv's, extended to whole s x s cells) -> (N, C * s * s, H2, W2), channel
+        (c, i, j) = pixel (s y + i, s z + j) of channel c, zero-padded to a multiple of 16 channels, NCHW[16]c
+        conv(x, w, stride s) = conv(s2d, w2, stride 1), w2[o, (c, i, j), a, b] = w[o, c, s a + i, s b + j] (zero past
+        the kernel): a ceil(KH / s) x ceil(KW / s) kernel.
+
+    On 3 channels amx_conv would pad every tap's 3 channels to a 32-channel block (10x the product); as 12 (16)
+    channels per cell the 7x7/2 conv is a 4x4 conv on 16 channels, 256 values per output against 147. The
+    space-to-depth is a pad, two reshapes, a transpose and the blocking: one injective kernel. It runs after
+    alter_layout, right before amx_conv; on a CPU without a bf16 unit it changes nothing."""
+
+    name: ClassVar[str] = "amx_stem"
+    unit: str | None = None  # None: this CPU's (bf16_unit); tests name one (the code is compiled, not run)
+
+    def __call__(self, g: Graph) -> Graph:
+        from tensorforge.compiler.ops import amx_conv
+        from tensorforge.compiler.ops.packed import unpack_conv2d_weight
+
+        unit = self.unit or bf16_unit()
+        if unit is None:
+            return g
+        b16 = amx_conv.IN_BLOCK
+        for n in list(g.nodes):
+            if n.op is not ops.conv2d_nchwc or n.attrs["in_block"] != 0 or n.attrs["block"] != b16:
+                continue
+            x, w, a = n.inputs[0], n.inputs[1], n.attrs
+            s = a["strides"][0]
+            if not (w.is_param and w.data is not None and w.type.dtype == "float32" and x.type.dtype == "float32"
+                    and x.type.rank == 4 and tuple(a["dilations"]) == (1, 1) and s >= 2 and a["strides"][1] == s):
+                continue
+            oihw = unpack_conv2d_weight(np.asarray(w.data), wlayout="packed", block=a["block"],
+                                        out_channels=a["out_channels"])
+            oc, c, kh, kw = oihw.shape
+            batch, _, h, wd = x.type.shape
+            cells = c * s * s
+            channels = -(-cells // b16) * b16
+            ka, kb = -(-kh // s), -(-kw // s)
+            if cells > MAX_STEM_CHANNELS or channels * ka * kb < MIN_CONV_REDUCTION:
+                continue
+            top, left, _, _ = a["pads"]
+            _, _, oh, ow, _ = n.outputs[0].type.shape
+            h2, w2 = oh + ka - 1, ow + kb - 1  # the cells the stride-1 conv reads
+            bottom2, right2 = s * h2 - h - top, s * w2 - wd - left
+            if bottom2 < 0 or right2 < 0:
+                continue  # the conv skips input rows at its end: not worth a crop here
+            name, at = n.name or "stem", g.nodes.index(n)
+
+            def emit(op, inputs, attrs, suffix):
+                nonlocal at
+                (out,) = g.add_node(op, inputs, attrs, name=f"{name}.{suffix}", index=at)
+                at += 1
+                return out
+
+            v = emit(ops.pad, [x], {"pads": (0, 0, top, left, 0, 0, bottom2, right2)}, "s2d_pad")
+            v = emit(ops.reshape, [v], {"shape": (batch, c, h2, s, w2, s)}, "s2d_cells")
+            v = emit(ops.transpose, [v], {"perm": (0, 1, 3, 5, 2, 4)}, "s2d_order")
+            v = emit(ops.reshape, [v], {"shape": (batch, cells, h2, w2)}, "s2d")
+            if channels > cells:
+                v = emit(ops.pad, [v], {"pads": (0, 0, 0, 0, 0, channels - cells, 0, 0)}, "s2d_channels")
+            v = emit(ops.to_blocked, [v], {"block": b16}, "s2d_blocked")
+            wk = np.zeros((oc, c, s, s, ka, kb), np.float32)  # [o, c, i, j, a, b] = w[o, c, s a + i, s b + j]
+            for i in range(s):
+                for j in range(s):
+                    part = oihw[:, :, i::s, j::s]
+                    wk[:, :, i, j, :part.shape[2], :part.shape[3]] = part
+            w2 = np.zeros((oc, channels, ka, kb), np.float32)
+            w2[:, :cells] = wk.reshape(oc, cells, ka, kb)
+            wp = g.add_param(f"{w.name}.s2d.amx", amx_conv.pack_amx_conv_weight(w2))
+            replace(g, n, ops.conv2d_amx, [v, wp] + n.inputs[2:],
+                    {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "out_channels": a["out_channels"],
+                     "in_channels": channels, "kernel": (ka, kb), "unit": unit})
+        g.remove_unused()
+        return g
+
+
+amx_stem = AmxStem()
+# At most this many space-to-depth channels (C * s * s): ConvNeXt's 4x4/4 stem on 3 channels gives 48, a 1x1 conv.
+MAX_STEM_CHANNELS = 64
+
 # Convs reducing over fewer values (input channels x taps) keep the float32 kernel: the reduction is padded to two
 # 32-channel blocks (ops/amx_conv.py conv_channel_blocks), and at high resolution their time is the product's
 # round trip through memory, which the float32 kernel's in-register epilogue saves. MobileNetV2, one core, AMX
