@@ -12,7 +12,7 @@ from typing import Iterable
 
 from tensorforge.runtime.errors import InputError
 
-from .cpu.amx import amx_attention, amx_conv, amx_dense, amx_stem
+from .cpu.amx import amx_attention, amx_conv, amx_dense, amx_stem, merge_denses
 from .cpu.bf16_activations import bf16_activations
 from .cpu.bf16_weights import bf16_gelu, bf16_weights
 from .cpu.layout import alter_layout
@@ -53,12 +53,14 @@ OPTIMIZATIONS: list[Pass] = [
 
 def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix: Pass | None = None,
                  matrix_conv: Pass | None = None, matrix_attention: Pass | None = None,
-                 activations: Pass | None = None, storage: Pass | None = None, stem: Pass | None = None) -> list[Pass]:
+                 activations: Pass | None = None, storage: Pass | None = None, stem: Pass | None = None,
+                 merge: Pass | None = None) -> list[Pass]:
     """`mixed`: the mixed-precision pass or None; `stores`: the bf16-weights pass or None; `matrix`,
     `matrix_conv`, `matrix_attention`: the passes that move bf16 dense, conv and attention products to the CPU's
     matrix unit (AMX), or None; `activations`: the bf16 mode's faster GELU, or None; `storage`: the pass that stores
     the bf16 products' activations as bfloat16, or None; `stem`: the pass that turns a strided conv on an image's few
-    channels into a conv the matrix unit takes, or None."""
+    channels into a conv the matrix unit takes, or None; `merge`: the pass that merges denses reading one input (for
+    the matrix unit), or None."""
     lists = {
         0: [
             mixed,  # operands rounded before packing (packing copies the weights it reads)
@@ -81,6 +83,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix
             *CLEANUPS,
             *OPTIMIZATIONS,
             mixed,
+            merge,  # bf16 mode: q, k and v projections as one dense, before amx_dense takes it
             matrix,
             matrix_attention,
             pack_weights,
@@ -139,7 +142,8 @@ def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", t
         passes = cpu_pipeline(opt_level, mixed, bf16_weights if cpu_bf16_weights else None,
                               amx_dense if cpu_bf16_weights else None, amx_conv if cpu_bf16_weights else None,
                               amx_attention if cpu_bf16_weights else None, bf16_gelu if cpu_bf16_weights else None,
-                              bf16_activations if cpu_bf16_weights else None, amx_stem if cpu_bf16_weights else None)
+                              bf16_activations if cpu_bf16_weights else None, amx_stem if cpu_bf16_weights else None,
+                              merge_denses if cpu_bf16_weights else None)
     if state_outputs is not None:
         passes = passes + [OrderUpdatesLast(frozenset(state_outputs))]  # in-place updates after every reader
     return [p for p in passes if p is not None]

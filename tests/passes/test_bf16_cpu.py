@@ -95,10 +95,11 @@ def test_fp32_is_the_default_and_unchanged():
     assert set(_weight_params(optimize(import_model(g), CompileOptions())).values()) == {"float32"}
     bf16 = [pass_name(p) for p in passes_for(CompileOptions(precision="bf16"))]
     pack, wino = names.index("pack_weights"), names.index("winograd")
-    # AMX dense right before packing, AMX convs after the layout pass and before Winograd; the bf16 weights after
+    # the merged and AMX denses right before packing, the AMX stem and convs after the layout pass and before
+    # Winograd; the bf16 weights after
     # packing and layout, then the bf16 GELU and the bf16 activations, right before fusion
-    assert bf16 == (names[:pack] + ["amx_dense", "amx_attention"] + names[pack:wino] + ["amx_conv"]
-                    + names[wino:-1] + ["bf16_weights", "bf16_gelu", "bf16_activations", "fuse"])
+    assert bf16 == (names[:pack] + ["merge_denses", "amx_dense", "amx_attention"] + names[pack:wino]
+                    + ["amx_stem", "amx_conv"] + names[wino:-1] + ["bf16_weights", "bf16_gelu", "bf16_activations", "fuse"])
 
 
 def test_other_precisions_and_targets_keep_mixed_precision():

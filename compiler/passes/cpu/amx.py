@@ -91,6 +91,55 @@ amx_dense = AmxDense()
 
 
 @dataclass(frozen=True)
+class MergeSiblingDenses:
+    """merge_denses: denses reading the same x (at least amx.MIN_ROWS rows) with float32 param weights, all with a
+    param bias or all without (attention's q, k and v projections), become one dense over their weights stacked
+    along N; each former dense's readers take its columns of the result (a `strided_slice`, which fuses with the heads'
+    reshape and transpose that follow it). One kernel with 3x the columns instead of three: x is converted to the
+    bf16 tile layout once, and the tile tasks are 3x as many. BERT-base's three 128 x 768 -> 768 projections took
+    0.168 ms each on AMX in the model (one core), the kernel alone 0.128 ms.
+
+    The CPU's bf16 mode only, before amx_dense (which then takes the merged dense) and on a CPU with a bf16 unit."""
+
+    name: ClassVar[str] = "merge_denses"
+    unit: str | None = None  # None: this CPU's (bf16_unit); tests name one (the code is compiled, not run)
+
+    def __call__(self, g: Graph) -> Graph:
+        if (self.unit or bf16_unit()) is None:
+            return g
+        siblings: dict = {}
+        for n in g.nodes:
+            if n.op is not ops.dense:
+                continue
+            x, w, bias = n.inputs[0], n.inputs[1], n.inputs[2:]
+            if (w.is_param and w.data is not None and w.type.dtype == "float32" and x.type.dtype == "float32"
+                    and x.type.shape[0] >= amx.MIN_ROWS and all(b.is_param and b.data is not None for b in bias)):
+                siblings.setdefault((x, len(bias)), []).append(n)
+        for (x, has_bias), group in siblings.items():
+            if len(group) < 2:
+                continue
+            weights = np.concatenate([np.asarray(n.inputs[1].data, np.float32) for n in group])
+            inputs = [x, g.add_param(f"{group[0].inputs[1].name}.merged", weights)]
+            if has_bias:
+                inputs.append(g.add_param(f"{group[0].inputs[2].name}.merged",
+                                          np.concatenate([np.asarray(n.inputs[2].data, np.float32) for n in group])))
+            at = min(g.nodes.index(n) for n in group)
+            (y,) = g.add_node(ops.dense, inputs, {}, name=f"{group[0].name or 'dense'}.merged", index=at)
+            rows, start = x.type.shape[0], 0
+            for i, n in enumerate(group):
+                width = n.inputs[1].type.shape[0]
+                (part,) = g.add_node(ops.strided_slice, [y], {"begins": (0, start), "ends": (rows, start + width),
+                                                      "strides": (1, 1)}, name=f"{n.name}.columns", index=at + 1 + i)
+                g.take_over(n, part)
+                start += width
+        g.remove_unused()
+        return g
+
+
+merge_denses = MergeSiblingDenses()
+
+
+@dataclass(frozen=True)
 class AmxConv:
     """amx_conv: `conv2d_nchwc` on an NCHW[16]c input with NCHW[16]c output (groups 1), a float32 param weight and
     equal strides becomes `conv2d_amx` (ops/amx_conv.py), the implicit GEMM on AMX tiles: x and the weight rounded

@@ -1,4 +1,5 @@
-"""amx_stem (compiler/passes/cpu/amx.py): an image's strided conv as a stride-1 AMX conv over its space-to-depth.
+"""amx_stem and merge_denses (compiler/passes/cpu/amx.py): an image's strided conv as a stride-1 AMX conv over its
+space-to-depth; denses reading one input as one dense.
 The rewrite runs for the AMX unit on any CPU (the graph only); the compiled kernels run where the CPU has AMX."""
 
 import numpy as np
@@ -78,3 +79,43 @@ def test_the_compiled_stem_matches_the_interpreter_and_fp32(oc, k, s, p, h, w):
     assert any(st["op"].startswith("conv2d_amx") for st in model.plan["steps"]), model.plan["steps"]
     x = np.random.default_rng(2).standard_normal((1, 3, h, w)).astype(np.float32)
     check_against_interpreter_and_fp32(g, model, {"x": x})
+
+
+# ---------------------------------------------------------------------------------------------- merge_denses
+
+QKV = """graph g(%x: f32[20,48]) {
+  %wq = param f32[32,48]
+  %bq = param f32[32]
+  %wk = param f32[32,48]
+  %bk = param f32[32]
+  %wv = param f32[16,48]
+  %bv = param f32[16]
+  %wo = param f32[8,48]
+  %q = dense(%x, %wq, %bq) : f32[20,32]
+  %k = dense(%x, %wk, %bk) : f32[20,32]
+  %v = dense(%x, %wv, %bv) : f32[20,16]
+  %o = dense(%x, %wo) : f32[20,8]
+  %s = add(%q, %k) : f32[20,32]
+  %r = relu(%v) : f32[20,16]
+  return %s, %r, %o
+}
+"""
+
+
+def test_denses_reading_one_input_become_one():
+    """q, k and v (with biases) become one dense of 80 columns read through column slices; the dense without a
+    bias stays alone; the results are the same."""
+    from tensorforge.compiler.passes.cpu.amx import MergeSiblingDenses
+
+    rng = np.random.default_rng(4)
+    params = {v.name: rng.standard_normal(v.type.shape).astype(np.float32) for v in parse_graph(QKV).params}
+    g = parse_graph(QKV, params)
+    merged = MergeSiblingDenses(unit="amx")(import_model(g))
+    merged.verify()
+    denses = [n for n in merged.nodes if n.op is ops.dense]
+    assert sorted(n.outputs[0].type.shape for n in denses) == [(20, 8), (20, 80)]
+    slices = [n for n in merged.nodes if n.op is ops.strided_slice]
+    assert [(n.attrs["begins"][1], n.attrs["ends"][1]) for n in slices] == [(0, 32), (32, 64), (64, 80)]
+    x = rng.standard_normal((20, 48)).astype(np.float32)
+    for got, want in zip(interpret(merged, {"x": x}), interpret(g, {"x": x})):
+        assert_close(got, want, rtol=1e-5, atol=1e-5)
