@@ -25,7 +25,6 @@ from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 AMX_MM_A = "amx_mm_a"
 AMX_MM_B = "amx_mm_b"
-ANN_B_ROWS = "tf_amx_b_rows"  # on AMX_MM_B: b is read transposed, each column of the product one row of b
 MATMUL_AMX = "matmul_amx"
 MATMUL_AMX_OUT = "matmul_amx_out"
 MIN_ROWS = 16  # passes/cpu/amx.py: fewer rows (or columns) than this stay on the float32 kernels
@@ -60,7 +59,7 @@ def matmul_amx_compute(a: te.Tensor, b: te.Tensor, unit: str = "amx", transpose_
 
     xa = a_tiles(a, kb, AMX_MM_A)
     xb = te.compute((*batch, n_pad // N_BLOCK, kb, K_BLOCK // PAIR, N_BLOCK), b_value, name=AMX_MM_B,
-                    tag="injective", attrs={ANN_B_ROWS: 1} if transpose_b else {})
+                    tag="injective")
     rkb = te.reduce_axis((0, kb), name="rkb")
     rkp = te.reduce_axis((0, K_BLOCK // PAIR), name="rkp")
     rkt = te.reduce_axis((0, PAIR), name="rkt")

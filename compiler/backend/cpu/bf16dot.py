@@ -25,8 +25,8 @@ from tvm import s_tir
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from tensorforge.compiler.backend.cpu.amx import (
-    _registered, bits_to_f32, convert_in_parallel, schedule_conv_conversion)
+from tensorforge.compiler.backend.cpu.amx import _registered, bits_to_f32, convert_in_parallel
+from tensorforge.compiler.backend.cpu.amx_conv import schedule_conv_conversion
 from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt
 from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, N_BLOCK, PAIR, pair_half
 from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, CONV_AMX

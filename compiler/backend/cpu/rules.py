@@ -35,7 +35,8 @@ import logging
 import tvm
 from tvm import s_tir, tirx
 
-from tensorforge.compiler.backend.cpu.amx import amx_conv_rule, amx_dense_rule, amx_matmul_rule
+from tensorforge.compiler.backend.cpu.amx import amx_dense_rule, amx_matmul_rule
+from tensorforge.compiler.backend.cpu.amx_conv import amx_conv_rule
 from tensorforge.compiler.backend.cpu.bf16dot import dp_conv_rule, dp_dense_rule, dp_matmul_rule
 from tensorforge.compiler.backend.cpu.attention import AttentionKnobs, attention_rule
 from tensorforge.compiler.backend.cpu.common import Knobs, Rule, block_names
