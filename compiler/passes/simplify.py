@@ -50,6 +50,16 @@ def _cast_round_trip(r, n):
     return None
 
 
+def _fed_by_anchor(v, depth: int = 8) -> bool:
+    """Is v computed by a conv/dense (an anchor), or by elementwise ops after one?"""
+    p = v.producer
+    if p is None or depth == 0:
+        return False
+    if p.op.kind == FusionKind.OUT_ELEMWISE_FUSABLE:
+        return True
+    return p.op.kind <= FusionKind.BROADCAST and any(_fed_by_anchor(i, depth - 1) for i in p.inputs)
+
+
 def _sink_reshape(r: Rewrite, n):
     """op(reshape(y), c) -> reshape(op(y, c')) for elementwise/broadcast ops, when y comes from a conv/dense/
     elementwise op: the reshape moves out of the way so the op can fuse into y's kernel. Each other operand c must
@@ -64,6 +74,9 @@ def _sink_reshape(r: Rewrite, n):
                                                                FusionKind.BROADCAST):
             continue
         s_in, s_out = y.type.shape, v.type.shape
+        if any(i != side and o.type.shape == s_out and _fed_by_anchor(o) for i, o in enumerate(n.inputs)):
+            continue  # that operand would take the reshape instead, out of its own anchor's kernel (and the next
+            # round would move it back: the residual adds of a pre-norm transformer flipped between 2-D and 3-D)
         operands = []
         for i, o in enumerate(n.inputs):
             if i == side:

@@ -160,3 +160,36 @@ def test_scale_does_not_fold_when_the_conv_output_has_other_readers():
       return %z
     }"""
     run_pass(fold_scale_shift, text, text)
+
+
+def test_residual_adds_move_into_the_dense_kernels_and_stay_there():
+    """A pre-norm transformer's residual stream: h = concat-like (not a kernel's epilogue) + pos, then
+    h + reshape(dense(...)) twice. The reshape sinks below each add so the add can join the dense's kernel, and the
+    rule does not move it back (it flipped every round between the 2-D and the 3-D form before)."""
+    from tensorforge.compiler import ops
+
+    text = """graph g(%x: f32[1,4,8], %p: f32[1,4,8]) {
+      %w1 = param f32[8,8]
+      %w2 = param f32[8,8]
+      %t = transpose(%x) {perm=(0, 1, 2)} : f32[1,4,8]
+      %h = add(%t, %p) : f32[1,4,8]
+      %f = reshape(%h) {shape=(4, 8)} : f32[4,8]
+      %d1 = dense(%f, %w1) : f32[4,8]
+      %r1 = reshape(%d1) {shape=(1, 4, 8)} : f32[1,4,8]
+      %h1 = add(%h, %r1) : f32[1,4,8]
+      %f1 = reshape(%h1) {shape=(4, 8)} : f32[4,8]
+      %d2 = dense(%f1, %w2) : f32[4,8]
+      %r2 = reshape(%d2) {shape=(1, 4, 8)} : f32[1,4,8]
+      %h2 = add(%h1, %r2) : f32[1,4,8]
+      return %h2
+    }"""
+    rng = np.random.default_rng(3)
+    params = {v.name: rng.standard_normal(v.type.shape).astype(np.float32) for v in parse_graph(text).params}
+    g = parse_graph(text, params)
+    feeds = {v.name: rng.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs}
+    want = interpret(g, feeds)[0]
+    out = simplify(parse_graph(text, params))
+    residual = [n for n in out.nodes if n.op is ops.add and any(v.producer is not None and v.producer.op is ops.dense
+                                                                for v in n.inputs)]
+    assert len(residual) == 2 and all(n.outputs[0].type.shape == (4, 8) for n in residual)
+    np.testing.assert_allclose(interpret(out, feeds)[0], want, rtol=1e-5, atol=1e-5)
