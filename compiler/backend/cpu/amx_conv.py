@@ -80,16 +80,16 @@ def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(1)))
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(2)))
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(3)))
-            for r in range(steps):
+            for r in range(steps):  # the loads in the order of their first use, as in amx_intrin
                 T.evaluate(load(4, T.address_of(A[r // taps, r // kw % kh * h_step + r % kw * w_step, 0, 0]),
                                 T.Cast("int64", sa1 * 2 * step)))
+                T.evaluate(load(6, T.address_of(B[0, r, 0, 0, 0]), T.Cast("int64", sb2 * 2)))
+                T.evaluate(dot(0, 4, 6))
+                T.evaluate(load(7, T.address_of(B[1, r, 0, 0, 0]), T.Cast("int64", sb2 * 2)))
+                T.evaluate(dot(2, 4, 7))
                 T.evaluate(load(5, T.address_of(A[r // taps, r // kw % kh * h_step + r % kw * w_step
                                                   + TILE_ROWS * step, 0, 0]), T.Cast("int64", sa1 * 2 * step)))
-                T.evaluate(load(6, T.address_of(B[0, r, 0, 0, 0]), T.Cast("int64", sb2 * 2)))
-                T.evaluate(load(7, T.address_of(B[1, r, 0, 0, 0]), T.Cast("int64", sb2 * 2)))
-                T.evaluate(dot(0, 4, 6))
                 T.evaluate(dot(1, 5, 6))
-                T.evaluate(dot(2, 4, 7))
                 T.evaluate(dot(3, 5, 7))
             T.evaluate(store(0, T.address_of(C[0, 0, 0]), T.Cast("int64", sc1 * 4)))
             T.evaluate(store(1, T.address_of(C[0, TILE_ROWS, 0]), T.Cast("int64", sc1 * 4)))
