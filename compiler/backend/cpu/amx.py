@@ -128,14 +128,19 @@ def _zeros_desc(shape: tuple[int, int, int], scope: str):
     return desc
 
 
-def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
-    """The tensor intrinsic for a tile's init block (C = 0 over `shape`, the 32 x 32 accumulators in the layout of
-    the product): it loads the tile configuration and zeroes tiles 0-3, writing no memory. It is one half of a pair:
-    the update intrinsic that follows it in the same tile task (`amx_intrin`, `amx_conv_intrin`) accumulates into
-    tiles 0-3 as they are and stores them to C at its end; the schedules tensorize both, adjacent. Zeroing in
-    registers saves the 4 KB memset and four tile loads per tile: a 1x1 conv with 64 input channels has only two
-    reduction steps per tile."""
-    name = f"tensorforge_amx_fill_{'x'.join(map(str, shape))}_{scope}"
+@T.macro
+def zero_accumulators():
+    """tilezero of the accumulator tiles 0-3."""
+    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(0)))
+    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(1)))
+    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(2)))
+    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(3)))
+
+
+def _init_intrin(kind: str, shape: tuple[int, int, int], scope: str, zero: bool) -> str:
+    """An init block's tensor intrinsic (C = 0 over `shape`) that writes no memory: it makes sure of the tile
+    configuration (configure_tiles) and, with `zero`, zeroes the accumulator tiles 0-3."""
+    name = f"tensorforge_amx_{kind}_{'x'.join(map(str, shape))}_{scope}"
     if _registered(name):
         return name
     d0, d1, d2 = shape
@@ -149,13 +154,21 @@ def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
             T.reads()
             T.writes(C[0:d0, 0:d1, 0:d2])
             configure_tiles()
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(0)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(1)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(2)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(3)))
+            if zero:
+                zero_accumulators()
 
     TensorIntrin.register(name, desc, impl)
     return name
+
+
+def amx_fill_intrin(shape: tuple[int, int, int], scope: str) -> str:
+    """The tensor intrinsic for a tile's init block (C = 0 over `shape`, the 32 x 32 accumulators in the layout of
+    the product): it loads the tile configuration and zeroes tiles 0-3, writing no memory. It is one half of a pair:
+    the update intrinsic that follows it in the same tile task (`amx_intrin`, `amx_conv_intrin`) accumulates into
+    tiles 0-3 as they are and stores them to C at its end; the schedules tensorize both, adjacent. Zeroing in
+    registers saves the 4 KB memset and four tile loads per tile: a 1x1 conv with 64 input channels has only two
+    reduction steps per tile."""
+    return _init_intrin("fill", shape, scope, zero=True)
 
 
 def amx_task_intrin(shape: tuple[int, int, int], scope: str) -> str:
@@ -164,23 +177,7 @@ def amx_task_intrin(shape: tuple[int, int, int], scope: str) -> str:
     (`amx_conv_intrin(zero_first=True)`) zero their accumulator tiles themselves and overwrite C. A per-tile fill
     checked the configuration once per 32 x 32 tile: `sttilecfg` and the loads that compare it took 13 % of a 1x1
     conv on 64 channels (perf, 64 -> 256 at 56x56, one core)."""
-    name = f"tensorforge_amx_task_{'x'.join(map(str, shape))}_{scope}"
-    if _registered(name):
-        return name
-    d0, d1, d2 = shape
-    desc = _zeros_desc(shape, scope)
-
-    @T.prim_func(s_tir=True)
-    def impl(c: T.handle) -> None:
-        s0, s1 = T.int32(), T.int32()
-        C = T.match_buffer(c, (d0, d1, d2), "float32", offset_factor=1, strides=[s0, s1, 1], scope=scope)
-        with T.sblock("root"):
-            T.reads()
-            T.writes(C[0:d0, 0:d1, 0:d2])
-            configure_tiles()
-
-    TensorIntrin.register(name, desc, impl)
-    return name
+    return _init_intrin("task", shape, scope, zero=False)
 
 
 def amx_zero_intrin(rows: int) -> str:

@@ -11,7 +11,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from tensorforge.compiler.backend.cpu.amx import (
-    _registered, amx_fill_intrin, amx_task_intrin, bits_to_f32, dot, load, store)
+    _registered, amx_fill_intrin, amx_task_intrin, bits_to_f32, dot, load, store, zero_accumulators)
 from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, loop_extent
 from tensorforge.compiler.ops.amx import K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, TILE_ROWS
 from tensorforge.compiler.ops.amx_conv import (
@@ -76,10 +76,7 @@ def amx_conv_intrin(steps: int, kh: int, kw: int, step: int, h_step: int, w_step
             T.writes(C[0:nb, 0:rows, 0:N_BLOCK])
             # tiles 0-3 hold C: zeroed by the fill intrinsic just before (amx_fill_intrin), not loaded, or zeroed here
             if zero_first:
-                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(0)))
-                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(1)))
-                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(2)))
-                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(3)))
+                zero_accumulators()
             for r in range(steps):  # the loads in the order of their first use, as in amx_intrin
                 T.evaluate(load(4, T.address_of(A[r // taps, r // kw % kh * h_step + r % kw * w_step, 0, 0]),
                                 T.Cast("int64", sa1 * 2 * step)))

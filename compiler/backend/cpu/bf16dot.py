@@ -57,59 +57,45 @@ def dp_intrin(b_bits: bool) -> str:
     if _registered(name):
         return name
 
+    b_shape, b_dtype = ((N_BLOCK,), "uint32") if b_bits else ((N_BLOCK, PAIR), "bfloat16")
+
+    def widen_b(B, j, t):
+        """B's element (column j, pair half t) as float32."""
+        return bits_to_f32(pair_half(B[j], t)) if b_bits else T.Cast("float32", B[j, t])
+
+    def b_row(B):
+        """The 16 columns' pairs as one int32x16 operand."""
+        return T.reinterpret("int32x16", B.vload([0], "uint32x16") if b_bits else B.vload([0, 0], "bfloat16x32"))
+
+    def b_all(B):
+        return B[0:N_BLOCK] if b_bits else B[0:N_BLOCK, 0:PAIR]
+
     @T.prim_func(s_tir=True)
-    def desc_bf16(a: T.handle, b: T.handle, c: T.handle) -> None:
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (PAIR,), "uint16", offset_factor=1)
-        B = T.match_buffer(b, (N_BLOCK, PAIR), "bfloat16", offset_factor=1)
+        B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1)
         C = T.match_buffer(c, (N_BLOCK,), "float32", offset_factor=1, scope=scope)
         with T.sblock("root"):
-            T.reads(C[0:N_BLOCK], A[0:PAIR], B[0:N_BLOCK, 0:PAIR])
+            T.reads(C[0:N_BLOCK], A[0:PAIR], b_all(B))
             T.writes(C[0:N_BLOCK])
             for j, t in T.grid(N_BLOCK, PAIR):
                 with T.sblock("update"):
                     vj, vt = T.axis.remap("SR", [j, t])
-                    C[vj] = C[vj] + bits_to_f32(A[vt]) * T.Cast("float32", B[vj, vt])
+                    C[vj] = C[vj] + bits_to_f32(A[vt]) * widen_b(B, vj, vt)
 
     @T.prim_func(s_tir=True)
-    def desc_bits(a: T.handle, b: T.handle, c: T.handle) -> None:
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (PAIR,), "uint16", offset_factor=1)
-        B = T.match_buffer(b, (N_BLOCK,), "uint32", offset_factor=1)
+        B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1)
         C = T.match_buffer(c, (N_BLOCK,), "float32", offset_factor=1, scope=scope)
         with T.sblock("root"):
-            T.reads(C[0:N_BLOCK], A[0:PAIR], B[0:N_BLOCK])
-            T.writes(C[0:N_BLOCK])
-            for j, t in T.grid(N_BLOCK, PAIR):
-                with T.sblock("update"):
-                    vj, vt = T.axis.remap("SR", [j, t])
-                    C[vj] = C[vj] + bits_to_f32(A[vt]) * bits_to_f32(pair_half(B[vj], vt))
-
-    @T.prim_func(s_tir=True)
-    def impl_bf16(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (PAIR,), "uint16", offset_factor=1)
-        B = T.match_buffer(b, (N_BLOCK, PAIR), "bfloat16", offset_factor=1)
-        C = T.match_buffer(c, (N_BLOCK,), "float32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:N_BLOCK], A[0:PAIR], B[0:N_BLOCK, 0:PAIR])
+            T.reads(C[0:N_BLOCK], A[0:PAIR], b_all(B))
             T.writes(C[0:N_BLOCK])
             C[T.Ramp(0, 1, N_BLOCK)] = T.call_extern(
                 "float32x16", "tf_dpbf16ps", C.vload([0], "float32x16"),
-                T.Broadcast(T.reinterpret("int32", A.vload([0], "uint16x2")), N_BLOCK),
-                T.reinterpret("int32x16", B.vload([0, 0], "bfloat16x32")))
+                T.Broadcast(T.reinterpret("int32", A.vload([0], "uint16x2")), N_BLOCK), b_row(B))
 
-    @T.prim_func(s_tir=True)
-    def impl_bits(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (PAIR,), "uint16", offset_factor=1)
-        B = T.match_buffer(b, (N_BLOCK,), "uint32", offset_factor=1)
-        C = T.match_buffer(c, (N_BLOCK,), "float32", offset_factor=1, scope=scope)
-        with T.sblock("root"):
-            T.reads(C[0:N_BLOCK], A[0:PAIR], B[0:N_BLOCK])
-            T.writes(C[0:N_BLOCK])
-            C[T.Ramp(0, 1, N_BLOCK)] = T.call_extern(
-                "float32x16", "tf_dpbf16ps", C.vload([0], "float32x16"),
-                T.Broadcast(T.reinterpret("int32", A.vload([0], "uint16x2")), N_BLOCK),
-                T.reinterpret("int32x16", B.vload([0], "uint32x16")))
-
-    TensorIntrin.register(name, desc_bits if b_bits else desc_bf16, impl_bits if b_bits else impl_bf16)
+    TensorIntrin.register(name, desc, impl)
     return name
 
 
