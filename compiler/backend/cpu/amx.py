@@ -226,6 +226,9 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str
         """The first element of B's tile (jb, kb)."""
         return B[jb, kb, 0, 0] if b_bits else B[jb, kb, 0, 0, 0]
 
+    def b_all(B):
+        return B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK] if b_bits else B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK, 0:PAIR]
+
     def widen_b(B, jb, kb, kk, jt, kt):
         """B's element as float32: a half of matmul_amx's pair words, or the packed bfloat16 weight."""
         return bits_to_f32(pair_half(B[jb, kb, kk, jt], kt)) if b_bits else T.Cast("float32", B[jb, kb, kk, jt, kt])
@@ -236,12 +239,7 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str
         B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1)
         C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            if b_bits:
-                T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
-                        B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK])
-            else:
-                T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
-                        B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK, 0:PAIR])
+            T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR], b_all(B))
             T.writes(C[0:rows, 0:nb, 0:N_BLOCK])
             for i, jb, jt, kb, kk, kt in T.grid(rows, nb, N_BLOCK, k_blocks, kp, PAIR):
                 with T.sblock("update"):
@@ -260,12 +258,7 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str
         C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, strides=[sc0, sc1, 1],
                            scope="local")
         with T.sblock("root"):
-            if b_bits:
-                T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
-                        B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK])
-            else:
-                T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR],
-                        B[0:nb, 0:k_blocks, 0:kp, 0:N_BLOCK, 0:PAIR])
+            T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR], b_all(B))
             T.writes(C[0:rows, 0:nb, 0:N_BLOCK])
             # tiles 0-3 hold C: zeroed by the fill intrinsic just before (amx_fill_intrin), or loaded here
             if load_c:  # the tile configuration was loaded by the task's zeroing (amx_zero_intrin)
