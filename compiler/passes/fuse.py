@@ -76,9 +76,10 @@ def _widening_cast(n: Node) -> bool:
 def _stored_half(n: Node) -> bool:
     """cast(cast(x, bfloat16), float32): the read side of an activation stored as bfloat16 (passes/cpu/
     bf16_activations.py). It belongs to its reader's kernel: in the producer's it would undo the storage."""
-    x = n.inputs[0] if n.inputs else None
-    return (_widening_cast(n) and x.producer is not None and x.producer.op is ops.cast
-            and x.producer.inputs[0].type.dtype == "float32")
+    if not _widening_cast(n):
+        return False
+    x = n.inputs[0]
+    return x.producer is not None and x.producer.op is ops.cast and x.producer.inputs[0].type.dtype == "float32"
 
 
 def _dataflow(g: Graph) -> nx.DiGraph:
@@ -134,8 +135,9 @@ def fuse_graph(g: Graph, max_group_size: int = 32, cast_prologues: bool = False)
         """A widening cast whose every reader is one anchor: kept for that anchor's kernel (on CUDA; on the CPU the
         read side of a stored activation, `_stored_half`, where the anchor `widens_input`)."""
         p = ipdom.get(x)
-        return ((cast_prologues and _widening_cast(x) or _stored_half(x) and p not in (None, SINK) and p.op.widens_input)
-                and p is not None and p != SINK and p.op.kind == K.OUT_ELEMWISE_FUSABLE
+        if p is None or p == SINK or p.op.kind != K.OUT_ELEMWISE_FUSABLE:
+            return False
+        return ((cast_prologues and _widening_cast(x) or _stored_half(x) and p.op.widens_input)
                 and all(r is p for o in x.outputs for r in users.get(o, ())))
 
     def between(a: Node, b: Node) -> set[Node]:

@@ -45,12 +45,14 @@ class StoreActivationsBF16:
                 continue
             x = n.outputs[0]
             readers = users.get(x, [])
-            anchor = _anchor(n, users)
-            if x in outputs or x.type.dtype != "float32" or anchor is None:
+            if not readers or x in outputs or x.type.dtype != "float32":
                 continue
-            direct = [r for r in readers if r.op.bf16_input and r.inputs[0] is x and x not in r.inputs[1:]]
+            anchor = _anchor(n, users)
+            if anchor is None:
+                continue
+            direct = [r for r in readers if r.op.bf16_input and _reads_as_input0(r, x)]
             others = [r for r in readers if r not in direct]
-            if not readers or not all(_widens(r, x) for r in others):
+            if not all(_widens(r, x) for r in others):
                 continue
             if not (direct or anchor.op.bf16_input and (
                     all(r.op.widens_input for r in readers)  # an AMX expansion read by a depthwise conv
@@ -65,10 +67,15 @@ class StoreActivationsBF16:
         return g
 
 
+def _reads_as_input0(r: Node, x: Value) -> bool:
+    """Does `r` read x as its input 0 and nowhere else?"""
+    return r.inputs[0] is x and x not in r.inputs[1:]
+
+
 def _widens(r: Node, x: Value) -> bool:
     """Can the reader `r` of x read it widened from bfloat16 in its own kernel? Elementwise ops, and anchors that
     take the widening cast as their prologue (`widens_input`: the depthwise conv) when x is their input 0 only."""
-    return r.op.kind <= K.BROADCAST or (r.op.widens_input and r.inputs[0] is x and x not in r.inputs[1:])
+    return r.op.kind <= K.BROADCAST or (r.op.widens_input and _reads_as_input0(r, x))
 
 
 def _joins_other(r: Node, x: Value, users: dict[Value, list[Node]]) -> bool:
