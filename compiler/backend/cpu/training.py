@@ -52,22 +52,44 @@ def schedule_weight_grad(sch: s_tir.Schedule, target: tvm.target.Target,
         attempt(schedule_spatial, sch, block, lanes)
 
 
-WGRAD_K_BLOCK = 128  # rows of the batch per pass over a block's register tiles (their operand slices stay in L1)
-WGRAD_ROW_BLOCK = 128  # weight rows per parallel task: [128 x j_tile] accumulators (32 KB), in L1 across the k blocks
+WGRAD_K_BLOCK = 64  # rows of the batch per pass over a block's register tiles (their operand slices stay in L1)
+WGRAD_ROW_BLOCK = 1024  # weight rows per parallel task at most (fewer where the cores need more tasks)
 
 
 def _weight_grad_blocked(sch, mm, out, it: int, nt: int, k: int, lanes: int, target) -> None:
     """A weight gradient reduces over the whole batch (2048 rows for 16 x 128 tokens): one parallel task per
     [row block x j_tile] block of the weight, and inside it, per block of WGRAD_K_BLOCK batch rows, every register
-    tile steps through the same operand slices, which stay in L1 (as the dense schedule does, backend/cpu/dense.py).
-    Unblocked, each register tile streamed its [batch x j_tile] slice from L2 or memory."""
+    tile steps through the same [k block x j_tile] slice of the columns operand, copied to a contiguous buffer
+    first: in place its rows are a power-of-two stride apart (256 or 1024 floats), so they fall into a few L1 sets
+    and evict each other. The task's accumulators (up to 1024 x j_tile, 256 KB) live in L2: each register tile
+    loads and stores them once per k block. Measured on the Xeon (2 threads, dW of a 2048-row batch): 1024 x 256
+    287 -> 413 GFLOP/s, 256 x 1024 291 -> 362, 256 x 256 326 -> 359 (128-row tasks, 128-step k blocks and no
+    copy before)."""
     i, j = sch.get_loops(out)
     m, n = loop_extent(sch, i), loop_extent(sch, j)
     _tasks(sch, mm, i, j, task_rows(m, it, WGRAD_ROW_BLOCK, n // nt, target), nt)
     vec = min(lanes, nt)
     k_blocked_register_tile(sch, mm, it, largest_divisor(k, WGRAD_K_BLOCK), vec)
+    attempt(_copy_column_slice, sch, mm, vec)
     _, wl = sch.split(sch.get_loops(out)[-1], [None, vec])
     attempt(sch.vectorize, wl)
+
+
+def _copy_column_slice(sch, mm, vec: int) -> None:
+    """Copy the k block's slice of the columns operand (the read indexed by the product's column) into a buffer of
+    its own at the k-block loop (k_blocked_register_tile's loops: ko, mo, ki, mi, co, cl), vectorized."""
+    block = sch.get(mm)
+    col = block.iter_vars[1].var
+    acc = block.writes[0].source
+    hits = [n for n, r in enumerate(block.reads)
+            if not r.source.same_as(acc)
+            and any(v.same_as(col) for v in tirx.analysis.undefined_vars(r.region[-1].min))]
+    if len(hits) != 1:
+        raise ValueError("no single columns operand")
+    copy = sch.cache_read(mm, hits[0], "global")
+    sch.compute_at(copy, sch.get_loops(mm)[-6])
+    _, cl = sch.split(sch.get_loops(copy)[-1], [None, vec])
+    sch.vectorize(cl)
 
 
 def _tasks(sch, mm, i, j, rows: int, nt: int):
@@ -218,3 +240,4 @@ dense_weight_pack_rule = Rule("dense_weight_pack", schedule_dense_weight_pack, b
 im2col_rule = Rule("im2col", schedule_im2col, blocks=(IM2COL,))
 outer_reduction_rule = Rule("outer_reduction", schedule_outer_reduction)
 multi_output_elementwise_rule = Rule("multi_output_elementwise", schedule_multi_output_elementwise)
+
