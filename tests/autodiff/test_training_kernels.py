@@ -50,10 +50,11 @@ def test_weight_gradient_is_a_register_tiled_product(shape, transpose_rows, batc
     out = ops.weight_grad_gemm.lower(rows, cols, shape=shape, transpose_rows=transpose_rows)
     script, run = build([rows, cols], [out])
     assert "matmul_local" in script and "T.unroll" in script  # accumulators in registers
-    if batch >= 2 * 64:
-        # 512 batch rows in 8 blocks of 64, 6 register tiles each; each block's [64 x 64] column slice copied to a
-        # buffer of its own first (its rows are r floats apart in place)
-        assert "T.grid(6, 64)" in script and "c_global" in script, script
+    if batch >= 2 * 32:
+        # 512 batch rows in 16 blocks of 32; per block, its [32 x 128] column slice copied to a buffer of its own
+        # (its rows are 128 floats apart in place), then 2 x 3 register tiles of 4 x 64 step through it
+        assert "for ax2_0 in range(16)" in script and "T.grid(32, 8)" in script, script
+        assert "T.grid(2, 3, 32)" in script and "c_global[v_rk, v_j]" in script, script
     a, b = rng.standard_normal(rows_shape).astype(np.float32), rng.standard_normal((batch, r)).astype(np.float32)
     (got,) = run(a, b)
     np.testing.assert_allclose(got, ops.weight_grad_gemm.reference(a, b, shape=shape, transpose_rows=transpose_rows),

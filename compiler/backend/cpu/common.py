@@ -196,21 +196,27 @@ def task_rows(m: int, step: int, most: int, other_tasks: int, target: tvm.target
     return max(busy or fits[:1])
 
 
-def k_blocked_register_tile(sch: s_tir.Schedule, block, rows: int, k_block: int, vec: int) -> None:
+def k_blocked_register_tile(sch: s_tir.Schedule, block, rows: int, k_block: int, vec: int, cols: int = 0):
     """The product `block`, computed at its task's loop (last three loops: rows, cols, k) into the task's local
     accumulators: for each block of `k_block` k steps, every [rows x cols] register tile of the task steps through
     it, so a k block's operand slices stay in L1 while the accumulators carry over between k blocks (zeroed before
-    the first). The dense and weight-gradient schedules block this way."""
+    the first). `cols`: the register tile's columns where the task has more (0: all of them). The dense and
+    weight-gradient schedules block this way. Returns the k-block loop."""
     r, c, k = sch.get_loops(block)[-3:]
     mo, mi = sch.split(r, [None, rows])
     ko, ki = sch.split(k, [None, k_block])
-    co, cl = sch.split(c, [None, vec])
-    sch.reorder(ko, mo, ki, mi, co, cl)
+    if cols and loop_extent(sch, c) > cols:
+        cb, co, cl = sch.split(c, [None, cols // vec, vec])
+        sch.reorder(ko, cb, mo, ki, mi, co, cl)
+    else:
+        co, cl = sch.split(c, [None, vec])
+        sch.reorder(ko, mo, ki, mi, co, cl)
     sch.unroll(mi)
     sch.unroll(co)
     sch.vectorize(cl)
     init = sch.decompose_reduction(block, ko)
     attempt(lambda: sch.vectorize(sch.get_loops(init)[-1]))
+    return ko
 
 
 def schedule_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:

@@ -35,7 +35,7 @@ def schedule_weight_grad(sch: s_tir.Schedule, target: tvm.target.Target,
     nt = _weight_grad_j_tile(loop_extent(sch, j), lanes, knobs.j_tile)
     it = largest_divisor(loop_extent(sch, i), knobs.i_tile)
     k = loop_extent(sch, sch.get_loops(mm)[-1])
-    if k >= 2 * WGRAD_K_BLOCK and loop_extent(sch, i) > it and loop_extent(sch, j) % nt == 0:
+    if k >= WGRAD_MIN_BATCH and loop_extent(sch, i) > it and loop_extent(sch, j) % nt == 0:
         _weight_grad_blocked(sch, mm, out, it, nt, k, lanes, target)
     else:
         ii, ji = _tasks(sch, mm, i, j, it, nt)
@@ -52,32 +52,38 @@ def schedule_weight_grad(sch: s_tir.Schedule, target: tvm.target.Target,
         attempt(schedule_spatial, sch, block, lanes)
 
 
-WGRAD_K_BLOCK = 64  # rows of the batch per pass over a block's register tiles (their operand slices stay in L1)
+WGRAD_K_BLOCK = 32  # rows of the batch per pass over a block's register tiles (their operand slices stay in L1)
 WGRAD_ROW_BLOCK = 1024  # weight rows per parallel task at most (fewer where the cores need more tasks)
+WGRAD_TASK_COLS = 256  # weight columns per parallel task at most
+WGRAD_MIN_BATCH = 128  # batch rows from which the product is blocked over them (MLP's 64 rows: not)
 
 
 def _weight_grad_blocked(sch, mm, out, it: int, nt: int, k: int, lanes: int, target) -> None:
     """A weight gradient reduces over the whole batch (2048 rows for 16 x 128 tokens): one parallel task per
-    [row block x j_tile] block of the weight, and inside it, per block of WGRAD_K_BLOCK batch rows, every register
-    tile steps through the same [k block x j_tile] slice of the columns operand, copied to a contiguous buffer
-    first: in place its rows are a power-of-two stride apart (256 or 1024 floats), so they fall into a few L1 sets
-    and evict each other. The task's accumulators (up to 1024 x j_tile, 256 KB) live in L2: each register tile
-    loads and stores them once per k block. Measured on the Xeon (2 threads, dW of a 2048-row batch): 1024 x 256
-    287 -> 413 GFLOP/s, 256 x 1024 291 -> 362, 256 x 256 326 -> 359 (128-row tasks, 128-step k blocks and no
-    copy before)."""
+    [row block x up to 256 columns] block of the weight, and inside it, per block of WGRAD_K_BLOCK batch rows, every
+    [it x nt] register tile steps through the same [k block x task columns] slice of the columns operand, copied to
+    a contiguous buffer first. In place its rows are a power-of-two stride apart (256 or 1024 floats), so they fall
+    into a few L1 sets and evict each other; and the copy reads whole 1 KB pieces of each row, where a task of one
+    register tile's 64 columns read 256 bytes of every row, too little for the prefetcher when the operand comes
+    from memory (a saved activation does). The task's accumulators (up to 1024 x 256) live in L2: each register
+    tile loads and stores them once per k block. Measured on the Xeon (2 threads, dW of a 2048-row batch, caches
+    flushed): 256 x 256 1.03 -> 0.85 ms, 256 x 1024 3.04 -> 2.79 ms (against 64-column tasks with the copy);
+    against 128 x 64 tasks, 128-step k blocks and no copy (operands in cache): 1024 x 256 287 -> 413 GFLOP/s,
+    256 x 1024 291 -> 362, 256 x 256 326 -> 359."""
     i, j = sch.get_loops(out)
     m, n = loop_extent(sch, i), loop_extent(sch, j)
-    _tasks(sch, mm, i, j, task_rows(m, it, WGRAD_ROW_BLOCK, n // nt, target), nt)
+    cols = max(c for c in range(nt, min(n, WGRAD_TASK_COLS) + 1, nt) if n % c == 0)
+    _tasks(sch, mm, i, j, task_rows(m, it, WGRAD_ROW_BLOCK, n // cols, target), cols)
     vec = min(lanes, nt)
-    k_blocked_register_tile(sch, mm, it, largest_divisor(k, WGRAD_K_BLOCK), vec)
-    attempt(_copy_column_slice, sch, mm, vec)
+    ko = k_blocked_register_tile(sch, mm, it, largest_divisor(k, WGRAD_K_BLOCK), vec, nt)
+    attempt(_copy_column_slice, sch, mm, ko, vec)
     _, wl = sch.split(sch.get_loops(out)[-1], [None, vec])
     attempt(sch.vectorize, wl)
 
 
-def _copy_column_slice(sch, mm, vec: int) -> None:
+def _copy_column_slice(sch, mm, ko, vec: int) -> None:
     """Copy the k block's slice of the columns operand (the read indexed by the product's column) into a buffer of
-    its own at the k-block loop (k_blocked_register_tile's loops: ko, mo, ki, mi, co, cl), vectorized."""
+    its own at the k-block loop `ko`, vectorized."""
     block = sch.get(mm)
     col = block.iter_vars[1].var
     acc = block.writes[0].source
@@ -87,7 +93,7 @@ def _copy_column_slice(sch, mm, vec: int) -> None:
     if len(hits) != 1:
         raise ValueError("no single columns operand")
     copy = sch.cache_read(mm, hits[0], "global")
-    sch.compute_at(copy, sch.get_loops(mm)[-6])
+    sch.compute_at(copy, ko)
     _, cl = sch.split(sch.get_loops(copy)[-1], [None, vec])
     sch.vectorize(cl)
 
