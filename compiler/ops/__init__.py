@@ -27,7 +27,7 @@ from .amx_conv import conv2d_amx  # noqa: F401
 from .amx_matmul import matmul_amx  # noqa: F401
 from .attention import attention  # noqa: F401
 from .backward import (avg_pool2d_grad, conv2d_backward_data, conv2d_backward_weight, gelu_grad,  # noqa: F401
-                       max_pool2d_grad, relu_grad, scatter_slices, strided_slice_grad, take_grad)
+                       layer_norm_grad, max_pool2d_grad, relu_grad, scatter_slices, strided_slice_grad, take_grad)
 from .elementwise import (abs, acos, acosh, add, asin, asinh, atan, atanh, bitwise_and, bitwise_not,  # noqa: F401
                           bitwise_or, bitwise_xor, cast, ceil, clip, cos, cosh, div, equal, erf, exp, floor, greater,
                           greater_equal, isinf, isnan, leaky_relu, left_shift, less, less_equal, log, logical_and,

@@ -81,3 +81,19 @@ def test_im2col_rows_and_columns_are_split(shape, kernel, strides, pads):
     assert f"T.unroll({kernel[0]})" in script and f"T.unroll({kernel[1]})" in script
     a = rng.standard_normal(shape).astype(np.float32)
     np.testing.assert_array_equal(run(a)[0], ops.im2col.reference(a, **attrs))
+
+
+def test_layer_norm_grad_is_one_task_per_block_of_rows():
+    """layer_norm_grad's schedule (backend/cpu/layer_norm_grad.py): per task of 16 rows, the row sums as vector
+    partials, dx, and the block's partial column sums of dscale (vector adds over the rows), all under one parallel
+    loop; the partials' sum after it."""
+    shape = (512, 48)
+    x, s, dy = (te.placeholder(sh, "float32", name=n) for sh, n in ((shape, "x"), (shape[1:], "s"), (shape, "dy")))
+    script, run = build([x, s, dy], list(ops.layer_norm_grad.lower(x, s, dy, epsilon=1e-5)))
+    assert script.count("T.parallel(") == 1 and "T.parallel(32)" in script, script  # 512 rows in 32 blocks
+    assert "ln_grad_sum_rf" in script and "ln_grad_part" in script
+    a, c = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    b = rng.uniform(0.5, 2, shape[1:]).astype(np.float32)
+    got = run(a, b, c)
+    for g, want in zip(got, ops.layer_norm_grad.reference(a, b, c, epsilon=1e-5)):
+        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)

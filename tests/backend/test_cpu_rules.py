@@ -47,6 +47,7 @@ KERNELS = [
     (ops.dense_weight_pack, [_p(16, 32)], {"block": 16}),
     (ops.im2col, [_p(1, 3, 8, 8)], {"kernel": (3, 3), **CONV}),
     (ops.from_blocked, [_p(1, 2, 8, 8, 16)], {}),
+    (ops.layer_norm_grad, [_p(32, 64), _p(64), _p(32, 64)], {}),
 ]
 
 

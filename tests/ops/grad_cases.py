@@ -49,6 +49,11 @@ GRAD_CASES = [
      {"label_smoothing": 0.2, "ignore_index": 1}, ()),
     ("gelu_grad", [rand(4, 40, lo=-6.0, hi=6.0), rand(4, 40)], {}, ()),  # fast_erf / fast_exp vs float64 libm
     ("gelu_grad", [rand(3, 9, lo=-6.0, hi=6.0), rand(3, 9)], {"approximate": "tanh"}, ()),
+    # the layer norm backward: its own schedule (48 rows in 3 blocks of 16; 13 rows in one block of 13; rows of
+    # 2 vectors) and the generic rule where a row is no whole number of vectors
+    ("layer_norm_grad", [rand(48, 64, lo=1.0, hi=3.0), rand(64, lo=0.1, hi=3.0), rand(48, 64)], {"epsilon": 1e-5}, ()),
+    ("layer_norm_grad", [rand(13, 32), rand(32, lo=0.1, hi=3.0), rand(13, 32)], {"epsilon": 1e-3}, ()),
+    ("layer_norm_grad", [rand(7, 33), rand(33, lo=0.1, hi=3.0), rand(7, 33)], {"epsilon": 1e-5}, ()),
     # run-time weight packing and the conv backward pieces of compiler/ops/train_pack.py
     ("conv2d_weight_pack", [rand(20, 3, 3, 2)], {"block": 16}, ()),  # 20 output channels: 12 zero rows
     ("conv2d_weight_pack", [rand(32, 4, 1, 1)], {"block": 16}, ()),

@@ -22,6 +22,8 @@ of failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it return
                 parallel over batch x tiles; transpose prologues inlined, or packed per batch when strided along j
   softmax_slabs anchors `T_softmax_maxelem` + `T_softmax_expsum` + `T_softmax_norm` (ops/norm.py), rank >= 3: one
                 [batch x head] slab per task, its stages in L2 (backend/cpu/softmax.py)
+  layer_norm_grad anchors `ln_grad_dx` + `ln_grad_part` (ops/backward.py): one block of rows per task, its
+                statistics, dx and partial dscale while the rows are in L1 (backend/cpu/layer_norm_grad.py)
   dense_weight_pack, im2col, from_blocked: data movement with a loop order of its own
   outer_reduction, multi_output_elementwise: tried on every kernel; raise where it is not theirs
   generic       injective and reduction blocks: inline, parallel outer spatial loops, vectorize inner ones
@@ -44,6 +46,7 @@ from tensorforge.compiler.backend.cpu.conv import (
     conv_dw_nchwc_rule, conv_nchwc_rule, conv_packed_rule, conv_rowwise_rule)
 from tensorforge.compiler.backend.cpu.dense import DenseKnobs, dense_rule
 from tensorforge.compiler.backend.cpu.generic import from_blocked_rule, generic_rule
+from tensorforge.compiler.backend.cpu.layer_norm_grad import layer_norm_grad_rule
 from tensorforge.compiler.backend.cpu.matmul import MatmulKnobs, matmul_rule
 from tensorforge.compiler.backend.cpu.softmax import softmax_rule
 from tensorforge.compiler.backend.cpu.training import (
@@ -69,6 +72,7 @@ RULES: tuple[Rule, ...] = (
     dense_rule,
     matmul_rule,
     softmax_rule,
+    layer_norm_grad_rule,
     dense_weight_pack_rule,
     im2col_rule,
     from_blocked_rule,
