@@ -75,14 +75,14 @@ lrn = defop("lrn", FusionKind.REDUCTION, infer=lambda types, **_: types[0],
             doc="Local response normalization across channels (axis 1), ONNX semantics.")
 
 
-def _softmax_infer(types, *, axis):
+def _softmax_infer(types, *, axis, fast_exp=False):
     (x,) = types
     if not 0 <= axis < x.rank:
         fail(f"axis {axis} out of range for {x}")
     return x
 
 
-def _softmax_ref(x, *, axis):
+def _softmax_ref(x, *, axis, fast_exp=False):
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)
 
@@ -93,9 +93,10 @@ def _softmax_grad(e, n, dy):
     return [e.mul(y, e.op(ops.sub, [dy, s]))]
 
 
-def _softmax_lower(x, *, axis):
+def _softmax_lower(x, *, axis, fast_exp=False):
     """float32: topi's softmax stages (row max, exp(x - max), row sum, normalize) with vecmath's exp, vectorized and
-    within 1 ulp; te.exp is a scalar libm call per element, topi.fast_exp an approximation. Other dtypes: topi's."""
+    within 1 ulp (`fast_exp`, set by the CPU's bf16 mode: vecmath.exp_fast, to bf16's precision); te.exp is a scalar
+    libm call per element, topi.fast_exp an approximation. Other dtypes: topi's."""
     if not vecmath.enabled(x.dtype):
         return topi.nn.softmax(x, axis)
     axis = axis % len(x.shape)
@@ -105,7 +106,7 @@ def _softmax_lower(x, *, axis):
     reduced = tuple(d for j, d in enumerate(x.shape) if j != axis)
     mx = te.compute(reduced, lambda *i: te.max(x(*i[:axis], k1, *i[axis:]), axis=k1), name="T_softmax_maxelem")
     delta = te.compute(x.shape, lambda *i: x(*i) - mx(*rest(i)), name="T_softmax_delta")
-    ex = vecmath.stage(vecmath.exp, delta, "T_softmax_exp", topi.exp)
+    ex = vecmath.stage(vecmath.exp_fast if fast_exp else vecmath.exp, delta, "T_softmax_exp", topi.exp)
     total = te.compute(reduced, lambda *i: te.sum(ex(*i[:axis], k2, *i[axis:]), axis=k2), name="T_softmax_expsum")
     # times the row's reciprocal, not divided by its sum: the reciprocal is one division per row (LLVM hoists it out
     # of the row's vector loop), a vdivps per 16 elements took ~30 % of the attention softmax (ViT-base's 12 x 197 x
@@ -115,7 +116,8 @@ def _softmax_lower(x, *, axis):
                       attrs={"axis": axis})
 
 
-softmax = defop("softmax", FusionKind.REDUCTION, infer=_softmax_infer, attrs={"axis": Attr("int")},
+softmax = defop("softmax", FusionKind.REDUCTION, infer=_softmax_infer,
+                attrs={"axis": Attr("int"), "fast_exp": Attr("bool", False)},
                 reference=_softmax_ref, lower=_softmax_lower, grad=_softmax_grad)
 
 

@@ -24,6 +24,8 @@ correctly rounded result over the whole float32 range, NaN and +-inf included (t
 
 from __future__ import annotations
 
+import math
+
 from tvm import tirx
 
 F32 = "float32"
@@ -89,6 +91,26 @@ def exp(x):
     y = tirx.Select(x > _c(_EXP_HI), _c(float("inf")), y)
     y = tirx.Select(x < _c(_EXP_LO), _c(0.0), y)
     return b.wrap(tirx.Select(_is_nan(x), x, y))
+
+
+FAST_EXP_LO, FAST_EXP_HI = -87.0, 88.0  # exp_fast's clamp: 2^n stays a normal float
+_INV_FACTORIALS = (1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0)  # e^r's Taylor polynomial, degree 5, highest first
+
+
+def exp_fast(x):
+    """exp to bf16's precision, for the CPU's bf16 mode (softmax's exponent, whose probabilities the next product
+    rounds to bf16 anyway: its step is 4e-3): relative error under 4e-6 on [-87, 88] (degree-5 Taylor polynomial on
+    [-ln2/2, ln2/2] after a one-constant range reduction), about half of `exp`'s instructions. Clamped: below -87 it
+    returns exp(-87) (1.6e-38, not 0), above 88 exp(88); NaN stays NaN."""
+    b = _Lets()
+    x = b(x, "x")
+    xc = b(tirx.max(tirx.min(x, _c(FAST_EXP_HI)), _c(FAST_EXP_LO)), "xc")
+    n = b(tirx.floor(xc * _c(_LOG2E) + _c(0.5)), "n")
+    r = b(xc - n * _c(math.log(2.0)), "r")
+    p = _c(_INV_FACTORIALS[0])
+    for c in _INV_FACTORIALS[1:]:
+        p = p * r + _c(c)
+    return b.wrap(tirx.Select(_is_nan(x), x, p * _pow2(n.astype("int32"))))
 
 
 def tanh(x):

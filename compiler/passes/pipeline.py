@@ -14,7 +14,7 @@ from tensorforge.runtime.errors import InputError
 
 from .cpu.amx import amx_attention, amx_conv, amx_dense, amx_stem, merge_denses
 from .cpu.bf16_activations import bf16_activations
-from .cpu.bf16_weights import bf16_gelu, bf16_weights
+from .cpu.bf16_weights import bf16_fast_math, bf16_weights
 from .cpu.layout import alter_layout
 from .cpu.pack_weights import pack_weights
 from .cpu.winograd import winograd
@@ -141,7 +141,7 @@ def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", t
     else:
         passes = cpu_pipeline(opt_level, mixed, bf16_weights if cpu_bf16_weights else None,
                               amx_dense if cpu_bf16_weights else None, amx_conv if cpu_bf16_weights else None,
-                              amx_attention if cpu_bf16_weights else None, bf16_gelu if cpu_bf16_weights else None,
+                              amx_attention if cpu_bf16_weights else None, bf16_fast_math if cpu_bf16_weights else None,
                               bf16_activations if cpu_bf16_weights else None, amx_stem if cpu_bf16_weights else None,
                               merge_denses if cpu_bf16_weights else None)
     if state_outputs is not None:

@@ -70,6 +70,21 @@ def test_within_a_few_ulp_over_the_whole_range(name, fn, reference, max_ulp):
         assert got[at] == expected or (np.isnan(got[at]) and np.isnan(expected)), (name, v, got[at], expected)
 
 
+def test_exp_fast_is_within_bf16s_needs():
+    """exp_fast (the bf16 mode's softmax exponent): relative error under 4e-6 on [-87, 88] (bf16's step is 4e-3),
+    clamped to exp(-87) / exp(88) outside, NaN stays NaN."""
+    x = sweep()
+    got = run(vecmath.exp_fast, x)
+    inside = (x >= -87.0) & (x <= 88.0)
+    want = np.exp(x[inside].astype(np.float64))
+    rel = np.abs(got[inside] - want) / want
+    assert rel.max() < 4e-6, (x[inside][np.argmax(rel)], rel.max())
+    assert np.all(got[x < -87.0] == np.float32(np.exp(np.float64(-87.0)))) or \
+        np.allclose(got[x < -87.0], np.exp(-87.0), rtol=4e-6)
+    assert np.allclose(got[x > 88.0], np.exp(88.0), rtol=4e-6)
+    assert np.all(np.isnan(got[np.isnan(x)]))
+
+
 def test_tanh_gelu_is_vectorized_and_accurate():
     """GELU's tanh form (GPT-2) computes its tanh with vecmath: against float64 over [-12, 12], NaN and +-inf, and
     its kernel has vector code (te.tanh would be a scalar libm call per element)."""

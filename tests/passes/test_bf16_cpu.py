@@ -99,7 +99,7 @@ def test_fp32_is_the_default_and_unchanged():
     # Winograd; the bf16 weights after
     # packing and layout, then the bf16 GELU and the bf16 activations, right before fusion
     assert bf16 == (names[:pack] + ["merge_denses", "amx_dense", "amx_attention"] + names[pack:wino]
-                    + ["amx_stem", "amx_conv"] + names[wino:-1] + ["bf16_weights", "bf16_gelu", "bf16_activations", "fuse"])
+                    + ["amx_stem", "amx_conv"] + names[wino:-1] + ["bf16_weights", "bf16_fast_math", "bf16_activations", "fuse"])
 
 
 def test_other_precisions_and_targets_keep_mixed_precision():
@@ -119,7 +119,7 @@ def test_unsupported_combinations_fail_clearly():
 
 
 def test_bf16_mode_computes_gelus_erf_with_the_fast_rational():
-    """bf16_gelu: the bf16 mode's GELU (erf form) uses topi.fast_erf (3e-7 absolute, under bf16's 4e-3 step);
+    """bf16_fast_math: the bf16 mode's GELU (erf form) uses topi.fast_erf (3e-7 absolute, under bf16's 4e-3 step);
     fp32 keeps vecmath's erf (within 2 ulp). Both stay within 1e-6 of the float64 GELU."""
     import math
 
@@ -136,3 +136,21 @@ def test_bf16_mode_computes_gelus_erf_with_the_fast_rational():
         assert n.attrs.get("fast_erf", False) is fast
         out = compile_model(parse_graph(text), options=CompileOptions(precision=precision)).run({"x": x})[0]
         np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_mode_computes_softmaxs_exponent_with_exp_fast():
+    """bf16_fast_math: the bf16 mode's softmax uses vecmath.exp_fast; fp32 keeps vecmath.exp. Both match the
+    float64 softmax (the fast one within 1e-5 relative, under bf16's step)."""
+    text = """graph g(%x: f32[2,4,64]) {
+      %y = softmax(%x) {axis=2} : f32[2,4,64]
+      return %y
+    }"""
+    x = np.random.default_rng(0).uniform(-30, 30, (2, 4, 64)).astype(np.float32)
+    e = np.exp(x.astype(np.float64) - x.max(axis=2, keepdims=True))
+    want = e / e.sum(axis=2, keepdims=True)
+    for precision, fast, tol in (("bf16", True, 1e-5), ("fp32", False, 1e-6)):
+        g = optimize(parse_graph(text), CompileOptions(precision=precision))
+        (n,) = [n for n in g.nodes if n.op.name == "softmax"]
+        assert n.attrs.get("fast_exp", False) is fast
+        out = compile_model(parse_graph(text), options=CompileOptions(precision=precision)).run({"x": x})[0]
+        np.testing.assert_allclose(out, want, rtol=tol, atol=1e-9)
