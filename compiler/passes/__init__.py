@@ -12,6 +12,7 @@ from .fold_constants import fold_constants  # noqa: F401
 from .fold_scale_shift import fold_scale_shift  # noqa: F401
 from .fuse import fuse, fuse_cuda  # noqa: F401
 from .manager import Pass, PassManager, pass_name  # noqa: F401
+from .patchify import patchify  # noqa: F401
 from .pipeline import CLEANUPS, OPTIMIZATIONS, check_pass_names, pipeline  # noqa: F401
 from .recognize import recognize  # noqa: F401
 from .simplify import simplify  # noqa: F401

@@ -26,6 +26,7 @@ from .fuse import fuse, fuse_cuda
 from .manager import Pass, pass_name
 from .mixed_precision import MixedPrecision, half_dtype
 from .order_updates import OrderUpdatesLast
+from .patchify import patchify
 from .recognize import recognize
 from .simplify import simplify
 from .unroll_lstm import unroll_lstm
@@ -46,6 +47,7 @@ CLEANUPS: list[Pass] = [
 
 OPTIMIZATIONS: list[Pass] = [
     fold_scale_shift,  # batch norm and per-channel scale/shift into conv/dense weights
+    patchify,  # a conv with kernel = stride (a ViT's patch embedding) as a dense over the patches
     fold_constants_2,  # the folded weights' arithmetic, now on params only
     dce_2,  # the scale/shift nodes and their unfolded params
 ]
