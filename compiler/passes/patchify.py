@@ -8,7 +8,8 @@ image), as a dense over the image's patches:
 The dense runs on the dense kernels (and, in the bf16 mode, on the matrix unit: passes/cpu/amx.py takes denses),
 where the conv had only the plain kernel of an isolated NCHW conv. ViT-base's patch embedding on one core of the
 Xeon: fp32 1.47 -> 1.30 ms, bf16 1.47 -> 0.37 ms (the patch gather 0.11 ms, a kernel of its own). A ViT flattens
-the result back to (N, patches, O) at once: `_tokens` makes that a reshape of the dense's rows. Only for weights that are params (their reshape folds) and kernels of at least MIN_PATCH pixels.
+the result back to (N, patches, O) at once: `_tokens` makes that a reshape of the dense's rows.
+Only for weights that are params (their reshape folds) and kernels of at least MIN_PATCH pixels.
 """
 
 from __future__ import annotations
