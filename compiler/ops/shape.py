@@ -168,7 +168,7 @@ def _pad_grad(e, n, dy):
 
 pad = defop("pad", FusionKind.INJECTIVE, infer=_pad_infer,
             attrs={"pads": Attr("ints"), "value": Attr("float", 0.0), "mode": Attr("str", "constant")},
-            reference=_pad_ref, lower=_pad_lower, grad=_pad_grad)
+            reference=_pad_ref, lower=_pad_lower, grad=_pad_grad, movement=True)
 
 
 # -- gathers and scatters: indices may arrive at run time, so every kernel checks them ----------------------------
