@@ -246,4 +246,3 @@ dense_weight_pack_rule = Rule("dense_weight_pack", schedule_dense_weight_pack, b
 im2col_rule = Rule("im2col", schedule_im2col, blocks=(IM2COL,))
 outer_reduction_rule = Rule("outer_reduction", schedule_outer_reduction)
 multi_output_elementwise_rule = Rule("multi_output_elementwise", schedule_multi_output_elementwise)
-
