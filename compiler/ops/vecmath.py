@@ -75,17 +75,29 @@ def _pow2(n):
     return tirx.reinterpret(F32, (n + tirx.const(127, "int32")) << tirx.const(23, "int32"))
 
 
-def exp(x):
-    b = _Lets()
-    x = b(x, "x")
-    xc = b(tirx.max(tirx.min(x, _c(_EXP_HI)), _c(_EXP_LO)), "xc")
+def _exp_poly(b, xc):
+    """(e^r, n) with xc = n ln2 + r, |r| <= ln2 / 2: the Cody-Waite reduction and the polynomial of `exp`."""
     n = b(tirx.floor(xc * _c(_LOG2E) + _c(0.5)), "n")
     r = b(xc - n * _c(_LN2_HI) - n * _c(_LN2_LO), "r")
     p = _c(_EXP_P[0])
     for c in _EXP_P[1:]:
         p = p * r + _c(c)
-    p = p * r * r + r + _c(1.0)
-    ni = b(n.astype("int32"), "ni")
+    return p * r * r + r + _c(1.0), b(n.astype("int32"), "ni")
+
+
+def _exp_normal(x):
+    """exp(x) for x known to give a normal float32 (-87 < x < 88) and not NaN: `exp` without its clamps and special
+    cases, bit for bit the same there (2^n in one factor: both of exp's factors are exact powers of two)."""
+    b = _Lets()
+    p, ni = _exp_poly(b, b(x, "x"))
+    return b.wrap(p * _pow2(ni))
+
+
+def exp(x):
+    b = _Lets()
+    x = b(x, "x")
+    xc = b(tirx.max(tirx.min(x, _c(_EXP_HI)), _c(_EXP_LO)), "xc")
+    p, ni = _exp_poly(b, xc)
     half = b(ni >> tirx.const(1, "int32"), "half")  # floor(n / 2): both halves in [-75, 64], normal powers of two
     y = p * _pow2(half) * _pow2(ni - half)
     y = tirx.Select(x > _c(_EXP_HI), _c(float("inf")), y)
@@ -197,8 +209,9 @@ def erf(x):
     small = x + x * _horner(x * x, _ERF_P)
     # |x| is capped where erf is 1 so that exp never reaches the denormals (a microcode assist per lane)
     ac = b(tirx.min(a, _c(_ERF_ONE_FROM)), "ac")
+    # the exponent lies in [-17, -0.8] for every ac (NaN lanes are replaced below): no clamps needed
     large = b(tirx.Select(a < _c(_ERF_ONE_FROM),
-                          _c(1.0) - exp(_horner(ac - _c(_ERF_CENTER), _ERF_Q) - ac * ac), _c(1.0)), "large")
+                          _c(1.0) - _exp_normal(_horner(ac - _c(_ERF_CENTER), _ERF_Q) - ac * ac), _c(1.0)), "large")
     y = tirx.Select(a < _c(_ERF_SMALL_END), small, tirx.Select(x < _c(0.0), -large, large))
     return b.wrap(tirx.Select(_is_nan(x), x, y))
 
