@@ -134,9 +134,11 @@ def tanh(x):
         p = p * z + _c(c)
     small = p * z * x + x
     a = b(tirx.abs(x), "a")
-    large = b(_c(1.0) - _c(2.0) / (exp(a + a) + _c(1.0)), "large")
+    # |x| capped at 44, where tanh is 1 already: e^(2|x|) then stays a normal float (`_exp_normal`, no clamps);
+    # bit for bit the results of the uncapped form
+    large = b(_c(1.0) - _c(2.0) / (_exp_normal(tirx.min(a, _c(44.0)) * _c(2.0)) + _c(1.0)), "large")
     large = tirx.Select(x < _c(0.0), -large, large)
-    return b.wrap(tirx.Select(a < _c(0.625), small, large))  # NaN: the large branch, exp(NaN) = NaN
+    return b.wrap(tirx.Select(_is_nan(x), x, tirx.Select(a < _c(0.625), small, large)))
 
 
 def sigmoid(x):
