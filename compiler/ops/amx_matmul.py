@@ -90,7 +90,8 @@ def _reference(a, b, *, unit="amx", transpose_b=False):
 
 matmul_amx = defop(
     "matmul_amx", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_infer, arity=(2, 2), reference=_reference,
-    lower=matmul_amx_compute, grad=NO_RULE_YET, prologue=True, attrs={"unit": UNIT_ATTR, "transpose_b": Attr("bool", False)},
+    lower=matmul_amx_compute, grad=NO_RULE_YET, prologue=True,
+    attrs={"unit": UNIT_ATTR, "transpose_b": Attr("bool", False)},
     flops=lambda n: 2 * n.outputs[0].type.numel * n.inputs[0].type.shape[-1],
     doc="batched matmul of two float32 activations in bfloat16 on AMX tiles (or AVX512-BF16 dot products) with "
         "float32 sums.")

@@ -123,25 +123,27 @@ def _layer_norm_grad_lower(x, scale, dy, *, epsilon):
     part = ln_grad_part_rows(rows)
     sum_, sqdev, rstd_, sum_g_, sum_gx_, dx_, part_, dscale_ = LN_GRAD_STAGES
 
-    def red(name):
-        return te.reduce_axis((0, n), name=name)
+    def red():
+        return te.reduce_axis((0, n), name="k")
 
-    k = red("k")
-    row_sum = te.compute((rows,), lambda i: te.sum(x[i, k], axis=k), name=sum_)
-    k = red("k")
-    row_sq = te.compute((rows,), lambda i: te.sum((x[i, k] - row_sum[i] * inv_n) * (x[i, k] - row_sum[i] * inv_n),
-                                                  axis=k), name=sqdev)
-    rstd = te.compute((rows,), lambda i: te.rsqrt(row_sq[i] * inv_n + epsilon), name=rstd_)
+    def xc(i, j):
+        return x[i, j] - row_sum[i] * inv_n
 
     def xhat(i, j):
-        return (x[i, j] - row_sum[i] * inv_n) * rstd[i]
+        return xc(i, j) * rstd[i]
+
+    k = red()
+    row_sum = te.compute((rows,), lambda i: te.sum(x[i, k], axis=k), name=sum_)
+    k = red()
+    row_sq = te.compute((rows,), lambda i: te.sum(xc(i, k) * xc(i, k), axis=k), name=sqdev)
+    rstd = te.compute((rows,), lambda i: te.rsqrt(row_sq[i] * inv_n + epsilon), name=rstd_)
 
     def g(i, j):
         return dy[i, j] * scale[j]
 
-    k = red("k")
+    k = red()
     sum_g = te.compute((rows,), lambda i: te.sum(g(i, k), axis=k), name=sum_g_)
-    k = red("k")
+    k = red()
     sum_gx = te.compute((rows,), lambda i: te.sum(g(i, k) * xhat(i, k), axis=k), name=sum_gx_)
     dx = te.compute((rows, n), lambda i, j: rstd[i] * (g(i, j) - sum_g[i] * inv_n - xhat(i, j) * (sum_gx[i] * inv_n)),
                     name=dx_)

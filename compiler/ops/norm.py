@@ -173,8 +173,9 @@ def _layer_norm_grad(e, n, dy):
     x, scale = n.inputs[:2]
     cols = scale.type.numel
     flat = (x.type.numel // cols if cols else 0, cols)
-    dx, dscale = e.op(ops.layer_norm_grad, [e.op(ops.reshape, [x], shape=flat), e.op(ops.reshape, [scale], shape=(cols,)),
-                                            e.op(ops.reshape, [dy], shape=flat)], epsilon=n.attrs["epsilon"])
+    operands = [e.op(ops.reshape, [x], shape=flat), e.op(ops.reshape, [scale], shape=(cols,)),
+                e.op(ops.reshape, [dy], shape=flat)]
+    dx, dscale = e.op(ops.layer_norm_grad, operands, epsilon=n.attrs["epsilon"])
     out = [e.op(ops.reshape, [dx], shape=x.type.shape), e.op(ops.reshape, [dscale], shape=scale.type.shape)]
     if len(n.inputs) == 3:
         out.append(e.sum_to(dy, n.inputs[2].type.shape))

@@ -2,8 +2,8 @@
 image), as a dense over the image's patches:
 
     conv2d(x (N, C, H, W), w (O, C, k, k), b, strides=k)
-      -> transpose(reshape(dense(reshape(transpose(reshape(x, (N, C, H/k, k, W/k, k)), (0, 2, 4, 1, 3, 5)),
-                                         (N*H/k*W/k, C*k*k)), reshape(w, (O, C*k*k)), b), (N, H/k, W/k, O)), (0, 3, 1, 2))
+      -> patches = reshape(transpose(reshape(x, (N, C, H/k, k, W/k, k)), (0, 2, 4, 1, 3, 5)), (N*H/k*W/k, C*k*k))
+         transpose(reshape(dense(patches, reshape(w, (O, C*k*k)), b), (N, H/k, W/k, O)), (0, 3, 1, 2))
 
 The dense runs on the dense kernels (and, in the bf16 mode, on the matrix unit: passes/cpu/amx.py takes denses),
 where the conv had only the plain kernel of an isolated NCHW conv. ViT-base's patch embedding on one core of the

@@ -121,6 +121,12 @@ def is_spatial_block(sch: s_tir.Schedule, block) -> bool:
     return all(t == SPATIAL for t in iter_types(sch, block)) and sch.get(block).init is None
 
 
+def reads_along(block, var) -> list:
+    """The block's read regions whose last (contiguous) index uses `var` (a block iter var's Var)."""
+    return [r for r in block.reads if len(r.region)
+            and any(v.same_as(var) for v in tirx.analysis.undefined_vars(r.region[-1].min))]
+
+
 def largest_divisor(n: int, limit: int) -> int:
     for d in range(min(n, limit), 0, -1):
         if n % d == 0:

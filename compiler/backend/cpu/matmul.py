@@ -12,7 +12,7 @@ from tvm.sym import detect_linear_equation
 
 from tensorforge.compiler.backend.cpu.common import (
     PARALLEL_MIN_WORK, SPATIAL, Knobs, Rule, anchor_epilogue, attempt, inline_all, largest_divisor, loop_extent,
-    loop_work, vector_lanes)
+    loop_work, reads_along, vector_lanes)
 from tensorforge.compiler.ops.nn import MATMUL  # the matmul block name (a weight gradient's product too)
 
 MATMUL_PACK_BATCH_MIN = 4  # with this many batch entries a strided B operand is packed per entry, else once, whole
@@ -126,7 +126,7 @@ def _matmul_strided_producer(sch: s_tir.Schedule, mm, j_var):
     """The block producing the B operand if inlining its prologue would make B's read strided along j (a
     transposed K in attention scores); None if B is an input or its inlined read is contiguous along j."""
     blk = sch.get(mm)
-    b_buf = [r for r in blk.reads if any(v.same_as(j_var) for v in tirx.analysis.undefined_vars(r.region[-1].min))]
+    b_buf = reads_along(blk, j_var)
     producers = [p for p in sch.get_producers(mm)
                  if any(w.source.same_as(b_buf[0].source) for w in sch.get(p).writes)]
     if not producers:

@@ -9,8 +9,8 @@ from tvm import s_tir, tirx
 
 from tensorforge.compiler.backend.cpu.common import (
     PARALLEL_MIN_WORK, SPATIAL, Rule, attempt, inline_all, is_output, is_spatial_block, iter_types,
-    k_blocked_register_tile, largest_divisor, loop_extent, loop_work, register_tile, root_blocks, schedule_spatial,
-    task_rows, vector_lanes)
+    k_blocked_register_tile, largest_divisor, loop_extent, loop_work, reads_along, register_tile, root_blocks,
+    schedule_spatial, task_rows, vector_lanes)
 from tensorforge.compiler.backend.cpu.matmul import MatmulKnobs, matmul_j_tile
 from tensorforge.compiler.ops.nn import MATMUL
 from tensorforge.compiler.ops.train_pack import ANN_IM2COL_DIMS, DENSE_WEIGHT_PACK, IM2COL, WGRAD
@@ -85,14 +85,12 @@ def _copy_column_slice(sch, mm, ko, vec: int) -> None:
     """Copy the k block's slice of the columns operand (the read indexed by the product's column) into a buffer of
     its own at the k-block loop `ko`, vectorized."""
     block = sch.get(mm)
-    col = block.iter_vars[1].var
     acc = block.writes[0].source
-    hits = [n for n, r in enumerate(block.reads)
-            if not r.source.same_as(acc)
-            and any(v.same_as(col) for v in tirx.analysis.undefined_vars(r.region[-1].min))]
-    if len(hits) != 1:
+    cols = [r for r in reads_along(block, block.iter_vars[1].var) if not r.source.same_as(acc)]
+    if len(cols) != 1:
         raise ValueError("no single columns operand")
-    copy = sch.cache_read(mm, hits[0], "global")
+    index = next(i for i, r in enumerate(block.reads) if r.same_as(cols[0]))
+    copy = sch.cache_read(mm, index, "global")
     sch.compute_at(copy, ko)
     _, cl = sch.split(sch.get_loops(copy)[-1], [None, vec])
     sch.vectorize(cl)
