@@ -192,10 +192,11 @@ def _run_kernel(tensors, arrays, rule: str) -> np.ndarray:
 
 
 @needs_amx
-@pytest.mark.parametrize("m,k,n", [(100, 300, 64), (197, 768, 96), (32, 2048, 32)])
-def test_the_k_grouped_dense_kernel_sums_every_group(m, k, n):
-    """The kernel alone (one rounding of its inputs, as the reference): K in groups of blocks, the sums loaded and
-    stored between groups, over 1 to 7 row blocks per task."""
+@pytest.mark.parametrize("m,k,n", [(100, 300, 64), (197, 768, 96), (32, 2048, 32), (288, 200, 64), (100, 4096, 32)])
+def test_the_dense_kernel_sums_every_k_block(m, k, n):
+    """The kernel alone (one rounding of its inputs, as the reference): whole-K row tiles with 1 to 7 row blocks to
+    a task, every row in one task (prefetching the next panel: past the weight's end for the last task) or 9 row
+    blocks in tasks of 3; past K = 3072, K in groups of blocks, the sums loaded and stored between groups."""
     _use_unit("amx")
     rng = np.random.default_rng(11)
     xv, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
@@ -204,6 +205,20 @@ def test_the_k_grouped_dense_kernel_sums_every_group(m, k, n):
     wt = te.placeholder(wp.shape, "bfloat16", name="w")
     got = _run_kernel([x, wt, amx.dense_amx_compute(x, wt, None, n=n)], [xv, wp], "amx_dense")
     assert_close(got, ops.dense_amx.reference(xv, wp, n=n, k=k), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("m, prefetches", [(128, True), (288, False)])
+def test_a_dense_task_with_every_row_prefetches_the_next_weight_panel(m, prefetches):
+    """Compiled for any x86 CPU with AMX (no AMX needed to compile): one task per panel with all the rows
+    prefetches the next panel into L2; tasks that share a panel do not (the next task's panel is this one)."""
+    target = AMX_CPU
+    x = te.placeholder((m, 256), "float32", name="x")
+    wt = te.placeholder((6, 8, 16, 16, 2), "bfloat16", name="w")
+    sch, rule = schedule_cpu_traced(te.create_prim_func([x, wt, amx.dense_amx_compute(x, wt, None, n=96)]), target)
+    assert rule.name == "amx_dense"
+    asm = tvm.compile(sch.mod, target=target).mod.inspect_source("asm")
+    assert asm.count("tdpbf16ps") > 0
+    assert ("prefetcht1" in asm) == prefetches
 
 
 @pytest.mark.parametrize("unit", ["amx", "avx512bf16"])

@@ -10,8 +10,9 @@ here, one per count of K blocks. Each task loads the tile configuration (`ldtile
 16 rows x 64 bytes) before its first tile instruction: the configuration is per thread. The process must have asked
 Linux for AMX state (runtime/cpu_features.py `request_amx`) or the first tile instruction faults.
 
-Loop order: [weight column panel] > [row block], fused and parallel, so consecutive tasks reuse a weight panel
-from L2 while x (converted once to bf16 bits, block `amx_a`, in parallel) stays in L2 as well. The elementwise
+Loop order (dense, schedule_gemm_row_tiles): tasks of [weight column panel x up to 8 row blocks], parallel, each
+tile over the whole K, so a task reads its weight panel from memory once and from L2 after, while x (converted once
+to bf16 bits, block `amx_a`, in parallel) stays in L2 as well; the next task's panel is prefetched. The elementwise
 epilogue (bias, activation, the fused chain) is computed per tile from the float32 accumulators, vectorized.
 
 Pitfalls met on TVM 0.27 (keep them in mind when changing these schedules):
@@ -207,17 +208,22 @@ def amx_zero_intrin(rows: int) -> str:
     return name
 
 
-def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str:
+def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False, zero_first: bool = False,
+               prefetch: int = 0) -> str:
     """The tensor intrinsic for one 32 x 32 tile over `k_blocks` blocks of K (registered on first use). B is a
     bfloat16 param (dense_amx's packed weight) or, with `b_bits`, bf16 bits (uint16) converted in the kernel
-    (matmul_amx's second operand). The accumulator tiles start as the fill intrinsic left them (zero), or with
-    `load_c` as loaded from C (a later group of K blocks adding to the sums of the earlier ones)."""
+    (matmul_amx's second operand). The accumulator tiles start as the fill intrinsic left them (zero), with
+    `load_c` as loaded from C (a later group of K blocks adding to the sums of the earlier ones), or with
+    `zero_first` zeroed here (after amx_task_intrin). With `prefetch` = R (schedule_gemm_row_tiles), the tile is
+    one of R row blocks that share a weight panel, and prefetches its R-th of the next panel (which follows this
+    one in B) into L2, spread over its K blocks; the row block's index comes from A's offset."""
     name = (f"tensorforge_amx_bf16_32x32x{k_blocks * K_BLOCK}" + ("_bits" if b_bits else "")
-            + ("_acc" if load_c else ""))
+            + ("_acc" if load_c else "") + ("_z" if zero_first else "") + (f"_pf{prefetch}" if prefetch else ""))
     if _registered(name):
         return name
     kp, nb = K_BLOCK // PAIR, N_TILE // N_BLOCK
     rows = M_TILE
+    prefetching = prefetch > 0
     row_bytes = 4 if b_bits else 2  # bytes per element of B: the tile row stride is B's k pair stride
     b_shape = (nb, k_blocks, kp, N_BLOCK) if b_bits else (nb, k_blocks, kp, N_BLOCK, PAIR)
     b_dtype = "uint32" if b_bits else "bfloat16"
@@ -252,7 +258,9 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str
         sa0, sa1, sa2 = T.int32(), T.int32(), T.int32()
         sb0, sb1, sb2, sb3 = T.int32(), T.int32(), T.int32(), T.int32()
         sc0, sc1 = T.int32(), T.int32()
-        A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1, strides=[sa0, sa1, sa2, 1])
+        a_off = T.int32()
+        A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1, strides=[sa0, sa1, sa2, 1],
+                           elem_offset=a_off)
         B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1,
                            strides=[sb0, sb1, sb2, 1] if b_bits else [sb0, sb1, sb2, sb3, 1])
         C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, strides=[sc0, sc1, 1],
@@ -261,6 +269,8 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str
             T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR], b_all(B))
             T.writes(C[0:rows, 0:nb, 0:N_BLOCK])
             # tiles 0-3 hold C: zeroed by the fill intrinsic just before (amx_fill_intrin), or loaded here
+            if zero_first:  # the task's init (amx_task_intrin) configured the tiles
+                zero_accumulators()
             if load_c:  # the tile configuration was loaded by the task's zeroing (amx_zero_intrin)
                 T.evaluate(load(0, T.address_of(C[0, 0, 0]), T.Cast("int64", sc0 * 4)))
                 T.evaluate(load(1, T.address_of(C[0, 1, 0]), T.Cast("int64", sc0 * 4)))
@@ -270,6 +280,15 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False) -> str
             # renaming, and issued first the four loads held the products back; 128 x 3072 -> 768 on one core 1201
             # -> 1304-1322 GFLOP/s, 128 x 768 -> 3072 1117 -> 1120-1168
             for kb in range(k_blocks):
+                if prefetching:
+                    # this row block's share of the next column panel (2 * k_blocks KB, 32 lines per K block),
+                    # `prefetch` row blocks to a task: the row block's index from A's offset
+                    for q in range(-(-32 // prefetch)):
+                        T.evaluate(T.call_llvm_intrin(
+                            "void", "llvm.prefetch",
+                            T.address_of(B[2, 0, 0, 0, (((a_off // (sa0 * rows)) % prefetch * k_blocks + kb) * 32
+                                                        // prefetch + q) * 32]),
+                            T.int32(0), T.int32(2), T.int32(1)))
                 T.evaluate(load(4, T.address_of(A[0, kb, 0, 0]), T.Cast("int64", sa0 * 2)))
                 T.evaluate(load(6, T.address_of(b_block(B, 0, kb)), T.Cast("int64", sb2 * row_bytes)))
                 T.evaluate(dot(0, 4, 6))
@@ -323,6 +342,36 @@ def schedule_gemm_tiles(sch: s_tir.Schedule, anchor: str, conversions: tuple[str
     attempt(sch.vectorize, sch.get_loops(out)[-1])
 
 
+def schedule_gemm_row_tiles(sch: s_tir.Schedule, anchor: str, conversions: tuple[str, ...], b_bits: bool,
+                            row_blocks: int) -> None:
+    """[batch x column panel x `row_blocks` row blocks] tasks, each row block's 32 x 32 tile over the whole K:
+    summed in the tile registers from zero and stored once (no sums going back and forth between K groups), the
+    tile configuration checked once per task. The panel comes from memory for the first row block and from L2 for
+    the others. Where a task has every row, each row block also prefetches (`prefetcht1`) its share of the next
+    task's panel: one core's stream of weights from L3 at 128 rows is about as long as its tile products, and the
+    hardware prefetcher alone leaves the first row block waiting on it."""
+    prod = sch.get_sblock(anchor)
+    out = anchor_epilogue(sch, prod, *conversions)
+    *batch, i, jb, jt, kb, kk, kt = sch.get_loops(prod)
+    k_blocks = loop_extent(sch, kb)
+    every_row = loop_extent(sch, i) == row_blocks * M_TILE
+    io, ii = sch.split(i, [None, M_TILE])
+    ioo, ioi = sch.split(io, [None, row_blocks])
+    jbo, jbi = sch.split(jb, [None, N_TILE // N_BLOCK])
+    sch.reorder(*batch, jbo, ioo, ioi, ii, jbi, jt, kb, kk, kt)
+    tile = sch.fuse(*batch, jbo, ioo)
+    sch.parallel(tile)
+    sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
+    sch.set_scope(prod, 0, "local")
+    init = sch.decompose_reduction(prod, ioi)
+    prefetch = row_blocks if every_row and not batch else 0
+    sch.tensorize(ii, amx_intrin(k_blocks, b_bits=b_bits, zero_first=True, prefetch=prefetch))
+    iio, iii = sch.get_loops(init)[-4:-2]
+    sch.tensorize(sch.fuse(iio, iii), amx_task_intrin((row_blocks * M_TILE, N_TILE // N_BLOCK, N_BLOCK), "local"))
+    convert_in_parallel(sch, conversions)
+    attempt(sch.vectorize, sch.get_loops(out)[-1])
+
+
 def schedule_gemm_k_groups(sch: s_tir.Schedule, anchor: str, conversions: tuple[str, ...], b_bits: bool,
                            row_blocks: int, k_group: int) -> None:
     """[batch x column panel x `row_blocks` row blocks] tasks; in a task, for each group of `k_group` K blocks,
@@ -349,18 +398,26 @@ def schedule_gemm_k_groups(sch: s_tir.Schedule, anchor: str, conversions: tuple[
 
 
 def schedule_amx_dense(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
-    """K groups where K has several of 4 to 8 blocks (schedule_gemm_k_groups: the product's 128 x 768 -> 3072 layer
-    941 -> 1099 GFLOP/s, 197 x 768 -> 3072 892 -> 1059, one Emerald Rapids core), else whole-K tiles."""
+    """Whole-K row tiles up to MAX_WHOLE_K_BLOCKS blocks of K (schedule_gemm_row_tiles; one Emerald Rapids core,
+    against K groups: 128 x 768 -> 3072 0.545 -> 0.508 ms, 128 x 3072 -> 768 0.479 -> 0.454, 197 x 768 -> 3072
+    0.861 -> 0.816), K groups past it where K has several of 4 to 8 blocks (schedule_gemm_k_groups), else whole-K
+    tiles."""
     prod = sch.get_sblock(DENSE_AMX)
     *_, i, _, _, kb, _, _ = sch.get_loops(prod)
     k_blocks = loop_extent(sch, kb)
+    row_blocks = largest_divisor(loop_extent(sch, i) // M_TILE, MAX_ROW_BLOCKS)
     group = largest_divisor(k_blocks, K_GROUP)
-    if k_blocks > group >= MIN_K_GROUP:
-        row_blocks = largest_divisor(loop_extent(sch, i) // M_TILE, MAX_ROW_BLOCKS)
+    if k_blocks <= MAX_WHOLE_K_BLOCKS:
+        schedule_gemm_row_tiles(sch, DENSE_AMX, (AMX_A,), False, row_blocks)
+    elif k_blocks > group >= MIN_K_GROUP:
         schedule_gemm_k_groups(sch, DENSE_AMX, (AMX_A,), False, row_blocks, group)
     else:
         schedule_gemm_tiles(sch, DENSE_AMX, (AMX_A,), b_bits=False)
 
+
+# Whole-K row tiles up to K = 3072 (a tile's A strip and the task's weight panel 192 KB each); at 4096 K groups
+# are faster (128 x 4096 -> 1024 0.85 against 0.91 ms, one core).
+MAX_WHOLE_K_BLOCKS = 96
 
 # A task of schedule_gemm_k_groups: up to MAX_ROW_BLOCKS blocks of 32 rows (their sums, 4 KB each, stay in L1),
 # K in groups of K_GROUP blocks of 32 (the weight panel's slice, 2 x K_GROUP KB, stays in L1 while every row block
