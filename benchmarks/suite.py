@@ -280,10 +280,12 @@ def bench(name: str, batch: int, wanted: list[str], rounds: int, slow_cutoff_s: 
         from tensorforge.compiler.ops.amx import UNIT_LABELS
         from tensorforge.compiler.passes.cpu.amx import bf16_unit
 
-        ops_ = [s["op"].split("+")[0] for s in bf16.plan["steps"]]
+        from tensorforge.compiler.ops import BF16_UNIT_OPS
+
+        names = {o.name for o in BF16_UNIT_OPS}
+        groups = [set(s["op"].split("+")) for s in bf16.plan["steps"]]
         unit = UNIT_LABELS.get(bf16_unit() or "", "bf16 unit")
-        row["bf16_units"] = (f"{unit} {sum(o in ('dense_amx', 'conv2d_amx', 'matmul_amx') for o in ops_)} of "
-                             f"{len(ops_)} kernels")
+        row["bf16_units"] = f"{unit} {sum(bool(g & names) for g in groups)} of {len(groups)} kernels"
     tf = info.get("tf_model") or info.get("tf_untuned_model")
     if tf is not None:
         out = tf.run(feeds)[0]

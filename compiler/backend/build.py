@@ -195,7 +195,6 @@ def host_isa_flags(g=None) -> list[str]:
 
     have = cpu_features()
     flags = [f for f in ISA_FLAGS if f in have]
-    if g is not None and any(n.op in (ops.dense_amx, ops.conv2d_amx, ops.matmul_amx) and n.attrs["unit"] == "amx"
-                             for n in g.nodes):
+    if g is not None and any(n.attrs.get("unit") == "amx" and n.op in ops.BF16_UNIT_OPS for n in g.nodes):
         flags += list(AMX_FLAGS)
     return flags

@@ -23,8 +23,10 @@ from .registry import (NO_RULE_YET, NOT_DIFFERENTIABLE, OPS, Attr, FusionKind, O
 # every op by name (the imports also register them)
 from .activation import gelu  # noqa: F401
 from .amx import dense_amx  # noqa: F401
+from .amx_attention import attention_amx  # noqa: F401
 from .amx_conv import conv2d_amx  # noqa: F401
 from .amx_matmul import matmul_amx  # noqa: F401
+
 from .attention import attention  # noqa: F401
 from .backward import (avg_pool2d_grad, conv2d_backward_data, conv2d_backward_weight, gelu_grad,  # noqa: F401
                        layer_norm_grad, max_pool2d_grad, relu_grad, scatter_slices, strided_slice_grad, take_grad)
@@ -49,3 +51,6 @@ from .train_pack import (conv2d_weight_flip, conv2d_weight_pack, dense_weight_pa
 from .training import (dropout, dropout_train, ge_mask, gt_mask, softmax_cross_entropy,  # noqa: F401
                        softmax_cross_entropy_grad)
 from .winograd import winograd_conv2d  # noqa: F401
+
+# the ops whose products run on the CPU's bf16 unit (their `unit` attr: ops/amx.py UNITS)
+BF16_UNIT_OPS = (dense_amx, conv2d_amx, matmul_amx, attention_amx)

@@ -96,7 +96,10 @@ def _exp_normal(x):
 def exp(x):
     b = _Lets()
     x = b(x, "x")
-    xc = b(tirx.max(tirx.min(x, _c(_EXP_HI)), _c(_EXP_LO)), "xc")
+    # below _EXP_LO the result is 0 (the select at the end); those lanes compute exp(0) meanwhile, not exp(-104):
+    # that one's scaling made a denormal, and on Intel cores every vector op producing a denormal takes a microcode
+    # assist (masked or padded attention scores, -inf or the lowest float, ran 3-4x slower)
+    xc = b(tirx.Select(x < _c(_EXP_LO), _c(0.0), tirx.min(x, _c(_EXP_HI))), "xc")
     p, ni = _exp_poly(b, xc)
     half = b(ni >> tirx.const(1, "int32"), "half")  # floor(n / 2): both halves in [-75, 64], normal powers of two
     y = p * _pow2(half) * _pow2(ni - half)

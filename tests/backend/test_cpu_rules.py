@@ -37,6 +37,7 @@ KERNELS = [
     (ops.conv2d_amx, [_p(1, 2, 6, 6, 16), te.placeholder((2, 9, 16, 16, 2), "bfloat16", name="w")],
      {"out_channels": 32, "in_channels": 32, "kernel": (3, 3), "pads": (1, 1, 1, 1)}),
     (ops.matmul_amx, [_p(1, 2, 32, 64), _p(1, 2, 64, 32)], {}),
+    (ops.attention_amx, [_p(1, 2, 64, 64), _p(1, 2, 64, 64), _p(1, 2, 64, 64)], {"scale": 0.125}),
     (ops.dense_amx, [_p(32, 64), te.placeholder((2, 2, 16, 16, 2), "bfloat16", name="w")],
      {"n": 32, "k": 64, "unit": "avx512bf16"}),
     (ops.conv2d_amx, [_p(1, 2, 6, 6, 16), te.placeholder((2, 9, 16, 16, 2), "bfloat16", name="w")],

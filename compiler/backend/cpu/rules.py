@@ -15,6 +15,8 @@ of failing. `schedule_cpu` never raises for a valid PrimFunc: at worst it return
   amx_dense     anchor `dense_amx` (ops/amx.py): 32 x 32 tiles of AMX tile registers, tensorized
   amx_conv      anchor `conv2d_amx` (ops/amx_conv.py): the same over output pixels x channels, an implicit GEMM
   amx_matmul    anchor `matmul_amx` (ops/amx_matmul.py): the dense tiles under batch loops, both operands converted
+  amx_attention anchors `attention_amx_s` + `attention_amx_o` (ops/amx_attention.py): per [batch x head] task and
+                block of 32 query rows, both products in AMX tiles, the softmax between them in L1
   dp_dense, dp_conv, dp_matmul   anchors `dense_amx_dp`, `conv2d_amx_dp`, `matmul_amx_dp`: the same ops with
                 unit="avx512bf16", in zmm register tiles of `vdpbf16ps` (backend/cpu/bf16dot.py)
   dense         anchor `dense_packed`: [m_tile x n_tile] register tile, k outside it
@@ -38,6 +40,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from tensorforge.compiler.backend.cpu.amx import amx_dense_rule, amx_matmul_rule
+from tensorforge.compiler.backend.cpu.amx_attention import amx_attention_rule
 from tensorforge.compiler.backend.cpu.amx_conv import amx_conv_rule
 from tensorforge.compiler.backend.cpu.bf16dot import dp_conv_rule, dp_dense_rule, dp_matmul_rule
 from tensorforge.compiler.backend.cpu.attention import AttentionKnobs, attention_rule
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 
 RULES: tuple[Rule, ...] = (
     attention_rule,
+    amx_attention_rule,
     winograd_rule,
     weight_grad_rule,
     conv_packed_rule,

@@ -283,8 +283,10 @@ MIN_CONV_REDUCTION = amx.K_BLOCK
 
 @dataclass(frozen=True)
 class AmxAttention:
-    """amx_attention: `attention(q, k, v[, mask])` on float32 activations with at least 16 query rows and MIN_KEYS keys
-    (padded to a multiple of SOFTMAX_ROW) becomes
+    """amx_attention: `attention(q, k, v[, mask])` on float32 activations with at least 16 query rows becomes
+    `attention_amx` (ops/amx_attention.py: one kernel, both products on AMX tiles, the scores in L1) where the unit
+    is AMX and there are MIN_FUSED_KEYS to MAX_FUSED_KEYS keys. Otherwise (AVX512-BF16, or longer rows), from
+    MIN_KEYS keys, it is split, keys padded to a multiple of SOFTMAX_ROW:
     matmul_amx(q, k, transpose_b) -> * scale (+ mask, + the causal bias) -> softmax -> matmul_amx(p, v): both products in
     bfloat16 on AMX tiles (ops/amx_matmul.py), the softmax in float32. The fused fp32 attention kernel keeps a row
     tile's scores in registers, but its products run at ~80 GFLOP/s on one core; on the tiles the two products and
@@ -305,10 +307,16 @@ class AmxAttention:
             if n.op is not ops.attention:
                 continue
             q, k, v = n.inputs[:3]
+            skv = k.type.shape[-2]
+            fused = unit == "amx" and MIN_FUSED_KEYS <= skv <= MAX_FUSED_KEYS
             if not (all(t.type.dtype == "float32" for t in n.inputs) and q.type.rank >= 3
-                    and q.type.shape[-2] >= amx_matmul.MIN_ROWS and k.type.shape[-2] >= MIN_KEYS):
+                    and q.type.shape[-2] >= amx_matmul.MIN_ROWS and (fused or skv >= MIN_KEYS)):
                 continue
             rank, name, at = q.type.rank, n.name or "attention", g.nodes.index(n)
+            if fused:
+                (out,) = g.add_node(ops.attention_amx, n.inputs, {**n.attrs, "unit": unit}, name=name, index=at)
+                g.take_over(n, out)
+                continue
 
             def emit(op, inputs, attrs=None, suffix=""):
                 nonlocal at
@@ -316,7 +324,6 @@ class AmxAttention:
                 at += 1
                 return out
 
-            skv = k.type.shape[-2]
             extra = -skv % SOFTMAX_ROW  # keys padded with zeros and masked out: the softmax rows vectorize
             if extra:
                 pads = [0] * (2 * rank)
@@ -350,6 +357,12 @@ class AmxAttention:
 # standalone softmax's schedule does not vectorize rows of other lengths (ViT-base's 197 keys unpadded: 34.7 ms for
 # 12 layers on one core, against the fused fp32 kernel's 23 ms for the whole attention).
 SOFTMAX_ROW = 16
+# Past this many keys the fused kernel's per-task scores and exponentials (32 rows x keys float32 each, on the
+# stack) would pass 256 KB each; the split form takes longer rows.
+MAX_FUSED_KEYS = 2048
+# The fused kernel from two 16-key blocks: GPT-2 small over 64 tokens 26.3 -> 25.7 ms against the fused float32
+# kernel; BERT-base 27.4 -> 26.5, ViT-base 48.6 -> 44.3 against the split form (one core, interleaved).
+MIN_FUSED_KEYS = 32
 # Fewer keys keep it too: GPT-2 small over 64 tokens ran 31.1 ms split against 29.1 ms fused (the split also
 # materializes the heads' transposes that the fused kernel reads as prologues); BERT-base over 128, 34.0 against
 # 35.9 ms (one core, interleaved).
