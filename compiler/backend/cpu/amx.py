@@ -209,16 +209,18 @@ def amx_zero_intrin(rows: int) -> str:
 
 
 def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False, zero_first: bool = False,
-               prefetch: int = 0) -> str:
+               prefetch: int = 0, operands: str = "global") -> str:
     """The tensor intrinsic for one 32 x 32 tile over `k_blocks` blocks of K (registered on first use). B is a
     bfloat16 param (dense_amx's packed weight) or, with `b_bits`, bf16 bits (uint16) converted in the kernel
     (matmul_amx's second operand). The accumulator tiles start as the fill intrinsic left them (zero), with
     `load_c` as loaded from C (a later group of K blocks adding to the sums of the earlier ones), or with
-    `zero_first` zeroed here (after amx_task_intrin). With `prefetch` = R (schedule_gemm_row_tiles), the tile is
+    `zero_first` zeroed here (after amx_task_intrin). `operands`: A's and B's scope ("local": attention_amx's
+    stack buffers). With `prefetch` = R (schedule_gemm_row_tiles), the tile is
     one of R row blocks that share a weight panel, and prefetches its R-th of the next panel (which follows this
     one in B) into L2, spread over its K blocks; the row block's index comes from A's offset."""
     name = (f"tensorforge_amx_bf16_32x32x{k_blocks * K_BLOCK}" + ("_bits" if b_bits else "")
-            + ("_acc" if load_c else "") + ("_z" if zero_first else "") + (f"_pf{prefetch}" if prefetch else ""))
+            + ("_acc" if load_c else "") + ("_z" if zero_first else "") + (f"_pf{prefetch}" if prefetch else "")
+            + ("" if operands == "global" else f"_{operands}"))
     if _registered(name):
         return name
     kp, nb = K_BLOCK // PAIR, N_TILE // N_BLOCK
@@ -241,8 +243,8 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False, zero_f
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1)
-        B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1)
+        A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1, scope=operands)
+        B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1, scope=operands)
         C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:rows, 0:nb, 0:N_BLOCK], A[0:rows, 0:k_blocks, 0:kp, 0:PAIR], b_all(B))
@@ -260,9 +262,9 @@ def amx_intrin(k_blocks: int, b_bits: bool = False, load_c: bool = False, zero_f
         sc0, sc1 = T.int32(), T.int32()
         a_off = T.int32()
         A = T.match_buffer(a, (rows, k_blocks, kp, PAIR), "uint16", offset_factor=1, strides=[sa0, sa1, sa2, 1],
-                           elem_offset=a_off)
+                           elem_offset=a_off, scope=operands)
         B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1,
-                           strides=[sb0, sb1, sb2, 1] if b_bits else [sb0, sb1, sb2, sb3, 1])
+                           strides=[sb0, sb1, sb2, 1] if b_bits else [sb0, sb1, sb2, sb3, 1], scope=operands)
         C = T.match_buffer(c, (rows, nb, N_BLOCK), "float32", offset_factor=1, strides=[sc0, sc1, 1],
                            scope="local")
         with T.sblock("root"):
