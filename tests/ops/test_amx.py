@@ -1,6 +1,6 @@
-"""dense and conv2d on AMX tiles (attention: tests/ops/test_amx_attention.py) (ops/amx.py, ops/amx_conv.py, backend/cpu/amx.py, passes/cpu/amx.py): the weight
+"""dense and conv2d on AMX tiles (ops/amx.py, ops/amx_conv.py, backend/cpu/amx.py, passes/cpu/amx.py): the weight
 layouts, the bf16 rounding in TIR, the references, the schedules (compiled for an AMX CPU on any host), and, on a
-CPU with AMX, whole models against the interpreter and fp32."""
+CPU with AMX, whole models against the interpreter and fp32. Attention: tests/ops/test_amx_attention.py."""
 
 import ml_dtypes
 import numpy as np
