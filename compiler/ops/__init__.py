@@ -44,6 +44,7 @@ from .packed import conv2d_packed, dense_packed  # noqa: F401
 from .reduce import (argmax, argmin, cumprod, cumsum, einsum, reduce_max, reduce_mean, reduce_min,  # noqa: F401
                      reduce_prod, reduce_sum, topk)
 from .rnn import (lstm_sequence, lstm_sequence_grad)  # noqa: F401
+from .rnn_bf16 import lstm_sequence_dp  # noqa: F401
 from .shape import (bitcast, broadcast_to, concat, gather_elements, gather_nd, pad, reshape,  # noqa: F401
                     scatter_elements, scatter_nd, strided_slice, take, transpose)
 from .train_pack import (conv2d_weight_flip, conv2d_weight_pack, dense_weight_pack, im2col,  # noqa: F401

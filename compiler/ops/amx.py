@@ -53,6 +53,21 @@ UNIT_ATTR = Attr("str", "amx")
 DP_SUFFIX = "_dp"  # the product block's name on AVX512-BF16: dense_amx_dp, conv2d_amx_dp, matmul_amx_dp
 
 
+# `vdpbf16ps` for kernels written in TIR: LLVM declares the instruction with <32 x bfloat> operands, and TVM turns
+# every bfloat16 vector expression into float32 (its BF16ComputeLegalize), so kernels call this LLVM function with
+# int32 vectors instead; the schedule (or the kernel, `pragma_import_llvm`) imports it into the kernel's LLVM module,
+# where LLVM inlines it (alwaysinline; linkonce_odr so that the objects of a parallel build link).
+DPBF16PS_LL = """
+define linkonce_odr <16 x float> @tf_dpbf16ps(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) alwaysinline {
+  %ab = bitcast <16 x i32> %a to <32 x bfloat>
+  %bb = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %ab, <32 x bfloat> %bb)
+  ret <16 x float> %r
+}
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+"""
+
+
 def product_name(base: str, unit: str) -> str:
     """The product block's name for `unit`: the schedule rules dispatch on it."""
     if unit not in UNITS:

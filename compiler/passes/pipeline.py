@@ -12,7 +12,7 @@ from typing import Iterable
 
 from tensorforge.runtime.errors import InputError
 
-from .cpu.amx import amx_attention, amx_conv, amx_dense, amx_stem, merge_denses
+from .cpu.amx import amx_attention, amx_conv, amx_dense, amx_stem, lstm_bf16, merge_denses
 from .cpu.bf16_activations import bf16_activations
 from .cpu.bf16_weights import bf16_fast_math, bf16_weights
 from .cpu.layout import alter_layout
@@ -56,13 +56,13 @@ OPTIMIZATIONS: list[Pass] = [
 def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix: Pass | None = None,
                  matrix_conv: Pass | None = None, matrix_attention: Pass | None = None,
                  activations: Pass | None = None, storage: Pass | None = None, stem: Pass | None = None,
-                 merge: Pass | None = None) -> list[Pass]:
+                 merge: Pass | None = None, recurrent: Pass | None = None) -> list[Pass]:
     """`mixed`: the mixed-precision pass or None; `stores`: the bf16-weights pass or None; `matrix`,
     `matrix_conv`, `matrix_attention`: the passes that move bf16 dense, conv and attention products to the CPU's
     matrix unit (AMX), or None; `activations`: the bf16 mode's faster GELU, or None; `storage`: the pass that stores
     the bf16 products' activations as bfloat16, or None; `stem`: the pass that turns a strided conv on an image's few
     channels into a conv the matrix unit takes, or None; `merge`: the pass that merges denses reading one input (for
-    the matrix unit), or None."""
+    the matrix unit), or None; `recurrent`: the pass that computes an LSTM's recurrent product in bf16, or None."""
     lists = {
         0: [
             mixed,  # operands rounded before packing (packing copies the weights it reads)
@@ -77,6 +77,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix
             mixed,
             matrix,
             matrix_attention,
+            recurrent,
             pack_weights,
             stores,
             activations,
@@ -88,6 +89,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix
             merge,  # bf16 mode: q, k and v projections as one dense, before amx_dense takes it
             matrix,
             matrix_attention,
+            recurrent,  # bf16 mode: an LSTM's recurrent product in AVX512-BF16 dot products
             pack_weights,
             alter_layout,  # NCHW[16]c activations between convs
             stem,  # bf16 mode: an image's strided conv as a stride-1 AMX conv on its space-to-depth
@@ -145,7 +147,7 @@ def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", t
                               amx_dense if cpu_bf16_weights else None, amx_conv if cpu_bf16_weights else None,
                               amx_attention if cpu_bf16_weights else None, bf16_fast_math if cpu_bf16_weights else None,
                               bf16_activations if cpu_bf16_weights else None, amx_stem if cpu_bf16_weights else None,
-                              merge_denses if cpu_bf16_weights else None)
+                              merge_denses if cpu_bf16_weights else None, lstm_bf16 if cpu_bf16_weights else None)
     if state_outputs is not None:
         passes = passes + [OrderUpdatesLast(frozenset(state_outputs))]  # in-place updates after every reader
     return [p for p in passes if p is not None]

@@ -149,3 +149,93 @@ def test_unroll_pass_keeps_the_graph_s_results():
     assert not any(n.op is ops.lstm_sequence for n in g.nodes) and g.outputs[1].name == "c"
     for a, e in zip(interpret(g, feeds), want):
         np.testing.assert_allclose(a, e, rtol=1e-12)
+
+
+# -- the bf16 mode's recurrence: lstm_sequence_dp (ops/rnn_bf16.py), passes/cpu/amx.py lstm_bf16 --------------------
+def _lstm_graph(steps, b, hidden, reverse, param_weight=True):
+    g = Graph("lstm")
+    arrays = {"x": (rng.standard_normal((steps, b, 4 * hidden)) * 0.5).astype(np.float32),
+              "h0": (rng.standard_normal((b, hidden)) * 0.5).astype(np.float32),
+              "c0": (rng.standard_normal((b, hidden)) * 0.5).astype(np.float32)}
+    w = _pack(rng.standard_normal((4 * hidden, hidden)) * 0.1).astype(np.float32)
+    x, h0, c0 = (g.add_input(k, TensorType.of(a)) for k, a in arrays.items())
+    wv = g.add_param("r", w) if param_weight else g.add_input("r", TensorType.of(w))
+    if not param_weight:
+        arrays["r"] = w
+    y, c = g.add_node(ops.lstm_sequence, [x, wv, h0, c0], {"reverse": reverse}, out_names=["y", "c"])
+    g.outputs = [y, c]
+    return g, arrays
+
+
+@pytest.mark.parametrize("steps, b, hidden, reverse", [(9, 1, 64, False), (6, 3, 32, True), (5, 8, 256, False)])
+def test_the_bf16_recurrence_pass_keeps_the_results_within_bf16_precision(steps, b, hidden, reverse):
+    """lstm_bf16 (forced: it rewrites only on CPUs with AVX512-BF16) gives lstm_sequence_dp with the weight as bf16
+    pairs, the outputs keeping their names; its reference (the float32 recurrence with h and R rounded to bf16) is
+    within 1 % of the float32 one."""
+    from tensorforge.compiler.passes.cpu.amx import LstmBf16
+
+    g, feeds = _lstm_graph(steps, b, hidden, reverse)
+    want = interpret(g, feeds)
+    LstmBf16(force=True)(g)
+    g.verify()
+    (node,) = [n for n in g.nodes if n.op is ops.lstm_sequence_dp]
+    assert [v.name for v in g.outputs] == ["y", "c"]
+    assert node.inputs[1].type.dtype == "uint32" and node.attrs["reverse"] == reverse
+    for got, exact in zip(interpret(g, feeds), want):
+        np.testing.assert_allclose(got, exact, rtol=0, atol=1e-2 * np.abs(exact).max())
+
+
+def test_the_bf16_recurrence_pass_leaves_what_it_cannot_take():
+    """Not rewritten: a weight that is an input (trained), hidden sizes off 16-unit blocks, saved gates (training)."""
+    from tensorforge.compiler.passes.cpu.amx import LstmBf16
+
+    for g, _ in (_lstm_graph(3, 1, 32, False, param_weight=False), _lstm_graph(3, 1, 24, False)):
+        LstmBf16(force=True)(g)
+        assert [n.op.name for n in g.nodes] == ["lstm_sequence"]
+
+
+def test_the_paired_weight_round_trips():
+    from tensorforge.compiler.ops.amx import round_bf16
+    from tensorforge.compiler.ops.rnn_bf16 import pair_lstm_weight, unpair_lstm_weight
+
+    w = rng.standard_normal((2, 32, 4, 16)).astype(np.float32)
+    pairs = pair_lstm_weight(w)
+    assert pairs.shape == (2, 16, 4, 16) and pairs.dtype == np.uint32
+    np.testing.assert_array_equal(unpair_lstm_weight(pairs), round_bf16(w))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_bf16_recurrence_kernel_matches_its_reference(reverse):
+    """Compiled for any x86 CPU with AVX512-BF16 (the assembly has vdpbf16ps); run and checked against the
+    reference where this CPU has AVX512-BF16."""
+    import tvm
+    from tvm import te
+    from tvm.target import Target
+
+    from tensorforge.compiler.backend.build import resolve_target
+    from tensorforge.compiler.backend.cpu.rules import schedule_cpu_traced
+    from tensorforge.compiler.ops.rnn_bf16 import pair_lstm_weight
+    from tensorforge.compiler.passes.cpu.amx import bf16_units_here
+
+    steps, b, hidden = 7, 2, 64
+    arrays = [(rng.standard_normal((steps, b, 4 * hidden)) * 0.5).astype(np.float32),
+              pair_lstm_weight(_pack(rng.standard_normal((4 * hidden, hidden)) * 0.1).astype(np.float32)),
+              (rng.standard_normal((b, hidden)) * 0.5).astype(np.float32),
+              (rng.standard_normal((b, hidden)) * 0.5).astype(np.float32)]
+    ins = [te.placeholder(a.shape, str(a.dtype), name=f"x{i}") for i, a in enumerate(arrays)]
+    outs = ops.lstm_sequence_dp.lower(*ins, reverse=reverse)
+    func = te.create_prim_func([*ins, *outs])
+    spr = Target({"kind": "llvm", "mcpu": "sapphirerapids", "mtriple": "x86_64-linux-gnu"})
+    sch, _ = schedule_cpu_traced(func, spr)
+    asm = tvm.compile(sch.mod if sch is not None else func, target=spr).mod.inspect_source("asm")
+    assert "vdpbf16ps" in asm
+    if "avx512bf16" not in bf16_units_here():
+        pytest.skip("this CPU has no AVX512-BF16: compiled, not run")
+    target = resolve_target("cpu")
+    sch, _ = schedule_cpu_traced(func, target)
+    lib = tvm.compile(sch.mod if sch is not None else func, target=target)
+    got = [tvm.runtime.tensor(np.full((steps, b, hidden), np.nan, np.float32)) for _ in range(2)]
+    lib["main"](*(tvm.runtime.tensor(a) for a in arrays), *got)
+    want = ops.lstm_sequence_dp.reference(*arrays, reverse=reverse)
+    for g_, w_ in zip(got, want):
+        np.testing.assert_allclose(g_.numpy(), w_, rtol=1e-3, atol=1e-3)

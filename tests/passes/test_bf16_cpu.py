@@ -98,7 +98,7 @@ def test_fp32_is_the_default_and_unchanged():
     # the merged and AMX denses right before packing, the AMX stem and convs after the layout pass and before
     # Winograd; the bf16 weights after
     # packing and layout, then the bf16 GELU and the bf16 activations, right before fusion
-    assert bf16 == (names[:pack] + ["merge_denses", "amx_dense", "amx_attention"] + names[pack:wino]
+    assert bf16 == (names[:pack] + ["merge_denses", "amx_dense", "amx_attention", "lstm_bf16"] + names[pack:wino]
                     + ["amx_stem", "amx_conv"] + names[wino:-1] + ["bf16_weights", "bf16_fast_math", "bf16_activations", "fuse"])
 
 

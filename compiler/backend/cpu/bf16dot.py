@@ -13,7 +13,7 @@ two halves like an fp32 FMA.
 LLVM 22 declares the instruction as `llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x
 bfloat>)`, and TVM turns every bfloat16 vector expression into float32 (its BF16ComputeLegalize), so the operands
 cannot reach the intrinsic as bfloat16 from TIR. The tensor intrinsic calls `tf_dpbf16ps` (int32 vectors) instead,
-a three-line LLVM function (`DPBF16PS_LL`) that bitcasts and calls the intrinsic; the schedule imports it into the
+a three-line LLVM function (ops/amx.py `DPBF16PS_LL`) that bitcasts and calls the intrinsic; the schedule imports it into the
 kernel's LLVM module (`pragma_import_llvm` on the task loop), where LLVM inlines it (alwaysinline, linkonce_odr so
 that the objects of a parallel build link).
 """
@@ -28,7 +28,7 @@ from tvm.script import tirx as T
 from tensorforge.compiler.backend.cpu.amx import _registered, bits_to_f32, convert_in_parallel
 from tensorforge.compiler.backend.cpu.amx_conv import schedule_conv_conversion
 from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt
-from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, N_BLOCK, PAIR, pair_half
+from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, DPBF16PS_LL, N_BLOCK, PAIR, pair_half
 from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, CONV_AMX
 from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
 
@@ -36,16 +36,6 @@ DENSE_DP, CONV_DP, MATMUL_DP = DENSE_AMX + DP_SUFFIX, CONV_AMX + DP_SUFFIX, MATM
 
 ROWS = 8  # register tile rows: divides the products' row padding (ops/amx.py M_TILE, 32)
 COLS = 2  # register tile columns in blocks of 16: divides the weights' column padding (N_TILE / N_BLOCK)
-
-DPBF16PS_LL = """
-define linkonce_odr <16 x float> @tf_dpbf16ps(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) alwaysinline {
-  %ab = bitcast <16 x i32> %a to <32 x bfloat>
-  %bb = bitcast <16 x i32> %b to <32 x bfloat>
-  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %ab, <32 x bfloat> %bb)
-  ret <16 x float> %r
-}
-declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
-"""
 
 
 def dp_intrin(b_bits: bool) -> str:
