@@ -14,7 +14,8 @@ from tensorforge.compiler.ops import amx, amx_conv, amx_matmul
 from tensorforge.compiler.passes.cpu import amx as amx_pass
 from tensorforge.runtime import cpu_features
 from tensorforge.runtime.errors import InputError
-from tests.ops.test_amx import attention_graph, check_against_interpreter_and_fp32, cnn, graph
+from tests.ops.test_amx import check_against_interpreter_and_fp32, cnn, graph
+from tests.ops.test_amx_attention import attention_graph
 
 ZEN4 = Target({"kind": "llvm", "mcpu": "znver4", "mtriple": "x86_64-linux-gnu"})
 needs_dp = pytest.mark.skipif("avx512_bf16" not in cpu_features.cpu_features(),
