@@ -418,6 +418,30 @@ def test_an_amx_conv_reads_nothing_past_its_input(monkeypatch):
     check_against_interpreter_and_fp32(g, model, {"x": x})
 
 
+@pytest.mark.parametrize("channels, want", [(96, "conv2d_amx"), (32, "conv2d_nchwc")])
+def test_a_conv_on_an_nchw_input_goes_to_amx_behind_a_layout_copy(channels, want):
+    """ConvNeXt's 2x2/2 downsampling after its channels-first norm: conv2d_nchwc on a plain NCHW input becomes
+    to_blocked + conv2d_amx from MIN_PLAIN_CONV_REDUCTION values per output (96 x 4 here; 32 x 4 stays float32),
+    within bf16's precision of the float32 conv (interpreter)."""
+    from tensorforge.compiler.ir import Graph, TensorType
+    from tensorforge.compiler.passes.cpu.amx import AmxConv
+
+    rng = np.random.default_rng(17)
+    g = Graph("downsample")
+    xv = rng.standard_normal((1, channels, 8, 8)).astype(np.float32)
+    x = g.add_input("x", TensorType.of(xv))
+    w = g.add_param("w", (rng.standard_normal((2, channels, 2, 2, 16)) * 0.1).astype(np.float32))
+    (y,) = g.add_node(ops.conv2d_nchwc, [x, w], {"in_block": 0, "block": 16, "out_channels": 32,
+                                                  "strides": (2, 2), "pads": (0, 0, 0, 0), "dilations": (1, 1)})
+    g.outputs = [y]
+    exact = interpret(g, {"x": xv})[0]
+    AmxConv(unit="amx")(g)
+    g.verify()
+    names = [n.op.name for n in g.nodes]
+    assert names == (["to_blocked", "conv2d_amx"] if want == "conv2d_amx" else ["conv2d_nchwc"]), names
+    assert_close(interpret(g, {"x": xv})[0], exact, rtol=0, atol=1e-2 * np.abs(exact).max())
+
+
 @pytest.mark.parametrize("mid, want", [(16, "conv2d_nchwc"), (32, "conv2d_amx")])
 def test_convs_reducing_over_few_values_keep_the_float32_kernel(mid, want):
     """passes/cpu/amx.py MIN_CONV_REDUCTION: a 1x1 conv on 16 channels (padded to 64 on AMX; MobileNetV2's

@@ -142,8 +142,9 @@ merge_denses = MergeSiblingDenses()
 
 @dataclass(frozen=True)
 class AmxConv:
-    """amx_conv: `conv2d_nchwc` on an NCHW[16]c input with NCHW[16]c output (groups 1), a float32 param weight and
-    equal strides becomes `conv2d_amx` (ops/amx_conv.py), the implicit GEMM on AMX tiles: x and the weight rounded
+    """amx_conv: `conv2d_nchwc` on an NCHW[16]c input (or an NCHW one with MIN_PLAIN_CONV_REDUCTION values per output,
+    blocked by a to_blocked copy first) with NCHW[16]c output (groups 1), a float32 param weight and equal strides
+    becomes `conv2d_amx` (ops/amx_conv.py), the implicit GEMM on AMX tiles: x and the weight rounded
     to bfloat16, sums in float32, the same layouts in and out (or with AVX512-BF16 dot products: `unit`). On a CPU
     without either it changes nothing.
 
@@ -166,14 +167,18 @@ class AmxConv:
             if n.op is not ops.conv2d_nchwc:
                 continue
             x, w, a = n.inputs[0], n.inputs[1], n.attrs
-            if not (a["in_block"] == amx_conv.IN_BLOCK and a["block"] == amx_conv.IN_BLOCK and w.is_param
-                    and w.data is not None and w.type.dtype == "float32" and x.type.dtype == "float32"
-                    and a["strides"][0] == a["strides"][1]):
+            plain = a["in_block"] == 0  # an NCHW input (ConvNeXt's downsampling after its channels-first norm)
+            if not ((a["in_block"] == amx_conv.IN_BLOCK or plain and x.type.shape[1] % amx_conv.IN_BLOCK == 0)
+                    and a["block"] == amx_conv.IN_BLOCK and w.is_param and w.data is not None
+                    and w.type.dtype == "float32" and x.type.dtype == "float32" and a["strides"][0] == a["strides"][1]):
                 continue
             kh, kw = w.type.shape[2], w.type.shape[3]
-            in_channels = x.type.shape[1] * amx_conv.IN_BLOCK
-            if in_channels * kh * kw < MIN_CONV_REDUCTION:
+            in_channels = x.type.shape[1] * (1 if plain else amx_conv.IN_BLOCK)
+            if in_channels * kh * kw < (MIN_PLAIN_CONV_REDUCTION if plain else MIN_CONV_REDUCTION):
                 continue
+            if plain:  # blocked for the AMX kernel: one layout copy against a float32 conv
+                (x,) = g.add_node(ops.to_blocked, [x], {"block": amx_conv.IN_BLOCK}, name=f"{n.name}.blocked",
+                                  index=g.nodes.index(n))
             if w not in packed:
                 oihw = unpack_conv2d_weight(_nchwc_weight(np.asarray(w.data), a["in_block"]), wlayout="packed",
                                             block=a["block"], out_channels=a["out_channels"])
@@ -280,6 +285,10 @@ MAX_STEM_CHANNELS = 64
 # convs run in row tasks configured once per task (32 -> 192 at 28x28: 0.037 against 0.064 ms; the whole model
 # 3.28-3.32 -> 2.95-3.00 ms with 32-channel convs on AMX).
 MIN_CONV_REDUCTION = amx.K_BLOCK
+# A conv on an NCHW input goes to AMX behind a to_blocked copy from this many values per output (input channels x
+# taps): ConvNeXt-tiny's 2x2/2 downsampling convs (384 to 1536 values) ran in float32 at ~170 GFLOP/s, 2.0 of the
+# bf16 model's 19.2 ms on one core.
+MIN_PLAIN_CONV_REDUCTION = 256
 
 
 @dataclass(frozen=True)
