@@ -33,8 +33,8 @@ import numpy as np
 from tvm import te, tirx
 
 from . import vecmath
-from .amx import (K_BLOCK, M_TILE, N_BLOCK, PAIR, UNIT_ATTR, a_tiles, bf16_bits, from_bf16_bits, padded_k,
-                  pair_half, round_bf16)
+from .amx import K_BLOCK, M_TILE, N_BLOCK, PAIR, UNIT_ATTR, a_tiles, bf16_bits, padded_k, round_bf16
+from .amx_matmul import pair_words, tile_product
 from .attention import _attention_infer, _bcast_index, causal_bias
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
@@ -49,48 +49,6 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-def pair_words(t: te.Tensor, nb: int, rows: int, cols: int, rows_pad: int, cols_pad: int, transposed: bool,
-               name: str) -> te.Tensor:
-    """B tiles of the matrix `t` (..., rows, cols), or of its transpose with `transposed` (t is (..., cols, rows)):
-    (..., cols_pad / 16, rows_pad / 32, 16, 16) uint32 words, [col block][row block][row pair][col], a word the
-    pair's bf16 bits, low half first; zeros past the edges."""
-    zero = tirx.const(0.0, "float32")
-
-    def value(*i):
-        cblk, rblk, rp, ct = i[nb:]
-        col = cblk * N_BLOCK + ct
-        c = col if cols == cols_pad else tirx.min(col, cols - 1)  # clamped only where padded (a min() in a
-        # vectorized index makes LLVM gather it)
-
-        def bits(rt):
-            row = rblk * K_BLOCK + rp * PAIR + rt
-            r = row if rows == rows_pad else tirx.min(row, rows - 1)
-            x = t(*i[:nb], c, r) if transposed else t(*i[:nb], r, c)
-            inside = [cond for cond, pad in ((row < rows, rows != rows_pad), (col < cols, cols != cols_pad)) if pad]
-            return bf16_bits(tirx.if_then_else(tirx.all(*inside), x, zero) if inside else x).astype("uint32")
-
-        return bits(0) | (bits(1) << tirx.const(16, "uint32"))
-
-    return te.compute((*[int(d) for d in t.shape[:nb]], cols_pad // N_BLOCK, rows_pad // K_BLOCK, K_BLOCK // PAIR,
-                       N_BLOCK), value, name=name, tag="injective")
-
-
-def _tile_product(a: te.Tensor, b: te.Tensor, nb: int, name: str) -> te.Tensor:
-    """a (..., M_pad, KB, 16, 2) bf16 bits x b (..., N_pad / 16, KB, 16, 16) pair words -> (..., M_pad, N_pad / 16,
-    16) float32 sums."""
-    *batch, m_pad, kb, _, _ = (int(d) for d in a.shape)
-    n_blocks = int(b.shape[nb])
-    rkb = te.reduce_axis((0, kb), name="rkb")
-    rkp = te.reduce_axis((0, K_BLOCK // PAIR), name="rkp")
-    rkt = te.reduce_axis((0, PAIR), name="rkt")
-    return te.compute(
-        (*batch, m_pad, n_blocks, N_BLOCK),
-        lambda *i: te.sum(from_bf16_bits(a(*i[:nb], i[nb], rkb, rkp, rkt))
-                          * from_bf16_bits(pair_half(b(*i[:nb], i[nb + 1], rkb, rkp, i[nb + 2]), rkt)),
-                          axis=[rkb, rkp, rkt]),
-        name=name, tag=name)
-
-
 def attention_amx_compute(q, k, v, mask=None, *, scale, causal, unit="amx"):
     *batch, sq, d = (int(x) for x in q.shape)
     skv, dv, nb = int(k.shape[-2]), int(v.shape[-1]), len(batch)
@@ -98,7 +56,7 @@ def attention_amx_compute(q, k, v, mask=None, *, scale, causal, unit="amx"):
     qa = a_tiles(q, padded_k(d) // K_BLOCK, Q)
     kw = pair_words(k, nb, d, skv, padded_k(d), n_pad, True, K)  # k^T: rows d, columns the keys
     vw = pair_words(v, nb, skv, dv, n_pad, _round_up(dv, 2 * N_BLOCK), False, V)  # rows: the keys
-    s = _tile_product(qa, kw, nb, S)
+    s = tile_product(qa, kw, nb, S, S)
     row = (lambda i: i) if m_pad == sq else (lambda i: tirx.min(i, sq - 1))
     key = (lambda j: j) if n_pad == skv else (lambda j: tirx.min(j, skv - 1))
     lowest = tirx.min_value("float32")
@@ -123,7 +81,7 @@ def attention_amx_compute(q, k, v, mask=None, *, scale, causal, unit="amx"):
     pa = te.compute((*batch, m_pad, n_pad // K_BLOCK, K_BLOCK // PAIR, PAIR),
                     lambda *i: bf16_bits(ex(*i[:nb], i[nb], i[nb + 1] * K_BLOCK + i[nb + 2] * PAIR + i[nb + 3])),
                     name=P, tag="injective")
-    o = _tile_product(pa, vw, nb, O)
+    o = tile_product(pa, vw, nb, O, O)
     dv_pad = _round_up(dv, 2 * N_BLOCK)
     exact = m_pad == sq and dv_pad == dv
     norm = te.compute((*batch, m_pad, dv_pad), lambda *i: o(*i[:-1], i[-1] // N_BLOCK, i[-1] % N_BLOCK)

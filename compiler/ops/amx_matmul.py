@@ -34,41 +34,57 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
+def pair_words(t: te.Tensor, nb: int, rows: int, cols: int, rows_pad: int, cols_pad: int, transposed: bool,
+               name: str) -> te.Tensor:
+    """B tiles of the matrix `t` (..., rows, cols), or of its transpose with `transposed` (t is (..., cols, rows)):
+    (..., cols_pad / 16, rows_pad / 32, 16, 16) uint32 words, [col block][row block][row pair][col], a word the
+    pair's bf16 bits, low half first; zeros past the edges."""
+    zero = tirx.const(0.0, "float32")
+
+    def value(*i):
+        cblk, rblk, rp, ct = i[nb:]
+        col = cblk * N_BLOCK + ct
+        c = col if cols == cols_pad else tirx.min(col, cols - 1)  # clamped only where padded (a min() in a
+        # vectorized index makes LLVM gather it)
+
+        def bits(rt):
+            row = rblk * K_BLOCK + rp * PAIR + rt
+            r = row if rows == rows_pad else tirx.min(row, rows - 1)
+            x = t(*i[:nb], c, r) if transposed else t(*i[:nb], r, c)
+            inside = [cond for cond, pad in ((row < rows, rows != rows_pad), (col < cols, cols != cols_pad)) if pad]
+            return bf16_bits(tirx.if_then_else(tirx.all(*inside), x, zero) if inside else x).astype("uint32")
+
+        return bits(0) | (bits(1) << tirx.const(16, "uint32"))
+
+    return te.compute((*[int(d) for d in t.shape[:nb]], cols_pad // N_BLOCK, rows_pad // K_BLOCK, K_BLOCK // PAIR,
+                       N_BLOCK), value, name=name, tag="injective")
+
+
+def tile_product(a: te.Tensor, b: te.Tensor, nb: int, name: str, tag: str) -> te.Tensor:
+    """a (..., M_pad, KB, 16, 2) bf16 bits x b (..., N_pad / 16, KB, 16, 16) pair words -> (..., M_pad, N_pad / 16,
+    16) float32 sums."""
+    *batch, m_pad, kb, _, _ = (int(d) for d in a.shape)
+    n_blocks = int(b.shape[nb])
+    rkb = te.reduce_axis((0, kb), name="rkb")
+    rkp = te.reduce_axis((0, K_BLOCK // PAIR), name="rkp")
+    rkt = te.reduce_axis((0, PAIR), name="rkt")
+    return te.compute(
+        (*batch, m_pad, n_blocks, N_BLOCK),
+        lambda *i: te.sum(from_bf16_bits(a(*i[:nb], i[nb], rkb, rkp, rkt))
+                          * from_bf16_bits(pair_half(b(*i[:nb], i[nb + 1], rkb, rkp, i[nb + 2]), rkt)),
+                          axis=[rkb, rkp, rkt]),
+        name=name, tag=tag)
+
+
 def matmul_amx_compute(a: te.Tensor, b: te.Tensor, unit: str = "amx", transpose_b: bool = False) -> te.Tensor:
     *batch, m, k = (int(d) for d in a.shape)
     n = int(b.shape[-2] if transpose_b else b.shape[-1])
     m_pad, n_pad, k_pad = _round_up(m, M_TILE), _round_up(n, N_TILE), padded_k(k)
     kb = k_pad // K_BLOCK
     nb = len(batch)
-    zero = tirx.const(0.0, "float32")
-
-    def b_value(*i):
-        nblk, blk, kp, nt = i[nb:]
-        col = nblk * N_BLOCK + nt
-        c = col if n == n_pad else tirx.min(col, n - 1)  # clamped only where there is padding (a min() in a
-        # vectorized index makes LLVM gather it)
-
-        def bits(kt):
-            row = blk * K_BLOCK + kp * PAIR + kt
-            r = row if k == k_pad else tirx.min(row, k - 1)
-            v = b(*i[:nb], c, r) if transpose_b else b(*i[:nb], r, c)
-            inside = [cond for cond, pad in ((row < k, k != k_pad), (col < n, n != n_pad)) if pad]
-            return bf16_bits(tirx.if_then_else(tirx.all(*inside), v, zero) if inside else v).astype("uint32")
-
-        return bits(0) | (bits(1) << tirx.const(16, "uint32"))
-
     xa = a_tiles(a, kb, AMX_MM_A)
-    xb = te.compute((*batch, n_pad // N_BLOCK, kb, K_BLOCK // PAIR, N_BLOCK), b_value, name=AMX_MM_B,
-                    tag="injective")
-    rkb = te.reduce_axis((0, kb), name="rkb")
-    rkp = te.reduce_axis((0, K_BLOCK // PAIR), name="rkp")
-    rkt = te.reduce_axis((0, PAIR), name="rkt")
-    prod = te.compute(
-        (*batch, m_pad, n_pad // N_BLOCK, N_BLOCK),
-        lambda *i: te.sum(from_bf16_bits(xa(*i[:nb], i[nb], rkb, rkp, rkt))
-                          * from_bf16_bits(pair_half(xb(*i[:nb], i[nb + 1], rkb, rkp, i[nb + 2]), rkt)),
-                          axis=[rkb, rkp, rkt]),
-        name=product_name(MATMUL_AMX, unit), tag=MATMUL_AMX)
+    xb = pair_words(b, nb, k, n, k_pad, n_pad, transpose_b, AMX_MM_B)
+    prod = tile_product(xa, xb, nb, product_name(MATMUL_AMX, unit), MATMUL_AMX)
     return te.compute((*batch, m, n), lambda *i: prod(*i[:nb], i[nb], i[nb + 1] // N_BLOCK, i[nb + 1] % N_BLOCK),
                       name=MATMUL_AMX_OUT, tag="injective")
 

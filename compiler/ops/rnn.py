@@ -134,6 +134,28 @@ def _time_loop(steps: int, reverse: bool, body):
                 body(t, t + 1 if reverse else t - 1)
 
 
+def gate_sums(X, t, b0: int, jb, rb: int, u: int, hidden: int, dt: str):
+    """A task's gate sums (rows b0.. b0+rb, hidden units jb*u.. of every gate; on the stack), started from x_proj."""
+    acc = T.buffer_proxy(T.alloc_buffer((rb, GATES, u), dt, scope="local"))
+    with T.unroll(0, rb) as r:
+        with T.unroll(0, GATES) as g:
+            with T.vectorized(0, u) as v:
+                acc[r, g, v] = X[t, b0 + r, g * hidden + jb * u + v]
+    return acc
+
+
+def cell_update(acc, C0, C, Y, t, prev, b0, jb, rb: int, u: int, dt: str) -> None:
+    """The gates applied to the task's sums: c_t and h_t of its rows and units (c_{t-1} from C0 at the first step)."""
+    with T.unroll(0, rb) as r:
+        with T.vectorized(0, u) as v:
+            j = jb * u + v
+            c_prev = C0[b0 + r, j] if prev is None else C[prev, b0 + r, j]
+            c = _sigm(acc[r, 1, v], dt) * c_prev + _sigm(acc[r, 0, v], dt) * _tanh(acc[r, 2, v], dt)
+            C[t, b0 + r, j] = c
+            # tanh of the stored cell, not of its expression: vecmath repeats its argument
+            Y[t, b0 + r, j] = _sigm(acc[r, 3, v], dt) * _tanh(C[t, b0 + r, j], dt)
+
+
 def _lstm_lower(x, w, h0, c0, *, reverse, save_gates):
     steps, b, hidden = int(x.shape[0]), int(h0.shape[0]), int(h0.shape[1])
     nb, u = int(w.shape[0]), int(w.shape[3])
@@ -148,11 +170,7 @@ def _lstm_lower(x, w, h0, c0, *, reverse, save_gates):
             def step(t, prev):
                 with T.parallel(0, nb * (b // rb)) as task:
                     jb, b0 = task % nb, task // nb * rb
-                    acc = T.buffer_proxy(T.alloc_buffer((rb, GATES, u), dt, scope="local"))
-                    with T.unroll(0, rb) as r:
-                        with T.unroll(0, GATES) as g:
-                            with T.vectorized(0, u) as v:
-                                acc[r, g, v] = X[t, b0 + r, g * hidden + jb * u + v]
+                    acc = gate_sums(X, t, b0, jb, rb, u, hidden, dt)
                     with T.serial(0, hidden) as k:
                         with T.unroll(0, rb) as r:
                             hk = H0[b0 + r, k] if prev is None else Y[prev, b0 + r, k]
@@ -164,14 +182,7 @@ def _lstm_lower(x, w, h0, c0, *, reverse, save_gates):
                             with T.unroll(0, GATES) as g:
                                 with T.vectorized(0, u) as v:
                                     Z[t, b0 + r, g * hidden + jb * u + v] = acc[r, g, v]
-                    with T.unroll(0, rb) as r:
-                        with T.vectorized(0, u) as v:
-                            j = jb * u + v
-                            c_prev = C0[b0 + r, j] if prev is None else C[prev, b0 + r, j]
-                            c = _sigm(acc[r, 1, v], dt) * c_prev + _sigm(acc[r, 0, v], dt) * _tanh(acc[r, 2, v], dt)
-                            C[t, b0 + r, j] = c
-                            # tanh of the stored cell, not of its expression: vecmath repeats its argument
-                            Y[t, b0 + r, j] = _sigm(acc[r, 3, v], dt) * _tanh(C[t, b0 + r, j], dt)
+                    cell_update(acc, C0, C, Y, t, prev, b0, jb, rb, u, dt)
 
             _time_loop(steps, reverse, step)
         return ib.get()

@@ -22,7 +22,7 @@ from tvm.script.ir_builder import tirx as T
 
 from .amx import DPBF16PS_LL, PAIR, bf16_bits, round_bf16
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
-from .rnn import GATES, ROW_BLOCKS, _block, _lstm_ref, _sigm, _tanh, _time_loop, lstm_unit_block
+from .rnn import GATES, ROW_BLOCKS, _block, _lstm_ref, _time_loop, cell_update, gate_sums, lstm_unit_block
 
 DP_FUNCTION = "tf_dpbf16ps"  # ops/amx.py DPBF16PS_LL, imported into the kernel's LLVM module
 
@@ -101,11 +101,7 @@ def _lower(x, w, h0, c0, *, reverse):
                     read, write = s % 2, (s + 1) % 2
                     with T.parallel(0, nb * (b // rb)) as task:
                         jb, b0 = task % nb, task // nb * rb
-                        acc = T.buffer_proxy(T.alloc_buffer((rb, GATES, u), dt, scope="local"))
-                        with T.unroll(0, rb) as r:
-                            with T.unroll(0, GATES) as g:
-                                with T.vectorized(0, u) as v:
-                                    acc[r, g, v] = X[t, b0 + r, g * hidden + jb * u + v]
+                        acc = gate_sums(X, t, b0, jb, rb, u, hidden, dt)
                         lanes = tirx.Ramp(0, 1, u)
                         with T.serial(0, half) as p:
                             with T.unroll(0, rb) as r:
@@ -115,13 +111,8 @@ def _lower(x, w, h0, c0, *, reverse):
                                         f"float32x{u}", DP_FUNCTION, tirx.BufferLoad(acc._buffer, [r, g, lanes]), hk,
                                         tirx.reinterpret(f"int32x{u}", tirx.BufferLoad(W._buffer, [jb, p, g, lanes]))),
                                         [r, g, lanes])
-                        with T.unroll(0, rb) as r:
-                            with T.vectorized(0, u) as v:
-                                j = jb * u + v
-                                c_prev = C0[b0 + r, j] if prev is None else C[prev, b0 + r, j]
-                                c = _sigm(acc[r, 1, v], dt) * c_prev + _sigm(acc[r, 0, v], dt) * _tanh(acc[r, 2, v], dt)
-                                C[t, b0 + r, j] = c
-                                Y[t, b0 + r, j] = _sigm(acc[r, 3, v], dt) * _tanh(C[t, b0 + r, j], dt)
+                        cell_update(acc, C0, C, Y, t, prev, b0, jb, rb, u, dt)
+                        with T.unroll(0, rb) as r:  # h_t's pairs for the next step
                             with T.serial(0, pairs_per_block) as q:
                                 k = jb * u + 2 * q
                                 hp[write, b0 + r, jb * pairs_per_block + q] = _pair(Y[t, b0 + r, k],
