@@ -3,8 +3,8 @@ per block of 32 query rows.
 
 Per slab: k^T and v converted once to B tiles (uint32 pair words, on the stack). Per row block: its q rows to A
 tiles, the 32 x Skv scores in 32 x 32 AMX register tiles (dense's tensor intrinsic, backend/cpu/amx.py), the row
-max and the row sum as vector partials, the exponentials (vecmath's exp) converted to A tiles, p @ v in 32 x 32
-tiles, and the division by the row sum in the write-back (with the fused epilogue). Every intermediate of the row
+max and the row sum as vector partials, the exponentials (vecmath's exp_fast: bf16's precision) as A tiles, p @ v
+in 32 x 32 tiles, and the division by the row sum in the write-back (with the fused epilogue). Every intermediate of the row
 block (scores 32 x Skv float32, exponentials, p) lives on the stack and stays in L1.
 """
 
