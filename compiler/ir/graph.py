@@ -163,13 +163,16 @@ class Graph:
             n.inputs = [new if v is old else v for v in n.inputs]
         self._outputs = [new if v is old else v for v in self._outputs]
 
-    def take_over(self, n: "Node", new: Value) -> None:
-        """`new` takes over the one output of node `n`, its readers and its name; `n` goes (a pass replacing an op
-        by another)."""
-        old = n.outputs[0]
-        self.replace_uses(old, new)
+    def take_over(self, n: "Node", *new: Value) -> None:
+        """The values `new` take over the outputs of node `n` (in order), their readers and their names; `n` goes (a
+        pass replacing an op by another)."""
+        if len(new) != len(n.outputs):
+            raise IRError(f"node {n.name!r} has {len(n.outputs)} output(s), {len(new)} given to take them over")
+        for old, value in zip(n.outputs, new):
+            self.replace_uses(old, value)
         self.remove_node(n)
-        self.rename(new, old.name)
+        for old, value in zip(n.outputs, new):
+            self.rename(value, old.name)
 
     def remove_unused(self) -> None:
         """Drop nodes whose outputs nobody reads and params nobody reads (dead code elimination)."""

@@ -33,7 +33,8 @@ import numpy as np
 from tvm import te, tirx
 
 from . import vecmath
-from .amx import K_BLOCK, M_TILE, N_BLOCK, PAIR, UNIT_ATTR, a_tiles, bf16_bits, padded_k, round_bf16
+from .amx import (K_BLOCK, M_TILE, N_BLOCK, PAIR, UNIT_ATTR, _round_up, a_tiles, bf16_bits, padded_k,
+                  round_bf16)
 from .amx_matmul import pair_words, tile_product
 from .attention import _attention_infer, _bcast_index, causal_bias
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
@@ -45,17 +46,14 @@ Q, K, V, S, MAX, EXP, SUM, P, O, NORM, OUT = (
 KEY_TILE = 32  # keys are padded to a multiple of this: 32-column score tiles, 32-key blocks of p @ v
 
 
-def _round_up(x: int, m: int) -> int:
-    return (x + m - 1) // m * m
-
-
 def attention_amx_compute(q, k, v, mask=None, *, scale, causal, unit="amx"):
     *batch, sq, d = (int(x) for x in q.shape)
     skv, dv, nb = int(k.shape[-2]), int(v.shape[-1]), len(batch)
     m_pad, n_pad = _round_up(sq, M_TILE), max(_round_up(skv, KEY_TILE), 2 * K_BLOCK)
+    dv_pad = _round_up(dv, 2 * N_BLOCK)
     qa = a_tiles(q, padded_k(d) // K_BLOCK, Q)
     kw = pair_words(k, nb, d, skv, padded_k(d), n_pad, True, K)  # k^T: rows d, columns the keys
-    vw = pair_words(v, nb, skv, dv, n_pad, _round_up(dv, 2 * N_BLOCK), False, V)  # rows: the keys
+    vw = pair_words(v, nb, skv, dv, n_pad, dv_pad, False, V)  # rows: the keys
     s = tile_product(qa, kw, nb, S, S)
     row = (lambda i: i) if m_pad == sq else (lambda i: tirx.min(i, sq - 1))
     key = (lambda j: j) if n_pad == skv else (lambda j: tirx.min(j, skv - 1))
@@ -82,7 +80,6 @@ def attention_amx_compute(q, k, v, mask=None, *, scale, causal, unit="amx"):
                     lambda *i: bf16_bits(ex(*i[:nb], i[nb], i[nb + 1] * K_BLOCK + i[nb + 2] * PAIR + i[nb + 3])),
                     name=P, tag="injective")
     o = tile_product(pa, vw, nb, O, O)
-    dv_pad = _round_up(dv, 2 * N_BLOCK)
     exact = m_pad == sq and dv_pad == dv
     norm = te.compute((*batch, m_pad, dv_pad), lambda *i: o(*i[:-1], i[-1] // N_BLOCK, i[-1] % N_BLOCK)
                       / row_sum(*i[:-1]), name=OUT if exact else NORM, tag="injective")

@@ -19,8 +19,8 @@ from tvm import te, tirx
 
 from tensorforge.compiler.ir.types import TensorType
 
-from .amx import (K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, UNIT_ATTR, a_tiles, bf16_bits, from_bf16_bits, padded_k,
-                  pair_half, product_name, round_bf16)
+from .amx import (K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, UNIT_ATTR, _round_up, a_tiles, bf16_bits, from_bf16_bits,
+                  padded_k, pair_half, product_name, round_bf16)
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 AMX_MM_A = "amx_mm_a"
@@ -28,10 +28,6 @@ AMX_MM_B = "amx_mm_b"
 MATMUL_AMX = "matmul_amx"
 MATMUL_AMX_OUT = "matmul_amx_out"
 MIN_ROWS = 16  # passes/cpu/amx.py: fewer rows (or columns) than this stay on the float32 kernels
-
-
-def _round_up(x: int, m: int) -> int:
-    return (x + m - 1) // m * m
 
 
 def pair_words(t: te.Tensor, nb: int, rows: int, cols: int, rows_pad: int, cols_pad: int, transposed: bool,

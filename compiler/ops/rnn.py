@@ -94,6 +94,13 @@ def _steps(n: int, reverse: bool):
     return range(n - 1, -1, -1) if reverse else range(n)
 
 
+def lstm_cell_ref(z, c):
+    """One step's gates applied (numpy): gate pre-activations z (B, 4H), c_{t-1} -> (h_t, c_t)."""
+    i, f, g, o = np.split(z, GATES, axis=1)
+    c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+    return _sigmoid(o) * np.tanh(c), c
+
+
 def _lstm_ref(x, w, h0, c0, *, reverse, save_gates):
     steps, _, hidden = x.shape[0], *h0.shape
     r = np.ascontiguousarray(w.transpose(2, 0, 3, 1)).reshape(GATES * hidden, hidden)
@@ -102,9 +109,7 @@ def _lstm_ref(x, w, h0, c0, *, reverse, save_gates):
     h, c = h0, c0
     for t in _steps(steps, reverse):
         z = z_all[t] = x[t] + h @ r.T
-        i, f, g, o = np.split(z, GATES, axis=1)
-        c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-        h = _sigmoid(o) * np.tanh(c)
+        h, c = lstm_cell_ref(z, c)
         y[t], c_all[t] = h, c
     return [y, c_all, z_all] if save_gates else [y, c_all]
 

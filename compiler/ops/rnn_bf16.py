@@ -20,9 +20,11 @@ from tvm import te, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from tensorforge.compiler.ir.types import TensorType
+
 from .amx import DPBF16PS_LL, PAIR, bf16_bits, round_bf16
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
-from .rnn import GATES, ROW_BLOCKS, _block, _lstm_ref, _time_loop, cell_update, gate_sums, lstm_unit_block
+from .rnn import GATES, ROW_BLOCKS, _block, _time_loop, cell_update, gate_sums, lstm_cell_ref, lstm_unit_block
 
 DP_FUNCTION = "tf_dpbf16ps"  # ops/amx.py DPBF16PS_LL, imported into the kernel's LLVM module
 
@@ -58,7 +60,7 @@ def _infer(types, *, reverse):
     if w.shape != (hidden // u, hidden // PAIR, GATES, u):
         fail(f"the paired recurrent weight must be {[hidden // u, hidden // PAIR, GATES, u]} (pair_lstm_weight), "
              f"got {w}")
-    out = x.__class__((x.shape[0], b, hidden), x.dtype)
+    out = TensorType((x.shape[0], b, hidden), x.dtype)
     return [out, out]
 
 
@@ -69,11 +71,7 @@ def _reference(x, w, h0, c0, *, reverse):
     y, c_all = np.empty((steps,) + h0.shape, np.float32), np.empty((steps,) + h0.shape, np.float32)
     h, c = h0, c0
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
-        z = x[t] + round_bf16(h) @ r.T
-        y1, c1 = _lstm_ref(z[None], np.zeros((hidden // lstm_unit_block(hidden), hidden, GATES,
-                                               lstm_unit_block(hidden)), np.float32),
-                           np.zeros_like(h), c, reverse=False, save_gates=False)
-        h, c = y1[0], c1[0]
+        h, c = lstm_cell_ref(x[t] + round_bf16(h) @ r.T, c)
         y[t], c_all[t] = h, c
     return [y, c_all]
 

@@ -14,8 +14,8 @@ import tvm
 from tvm import s_tir
 
 from tensorforge.compiler.backend.cpu.amx import amx_fill_intrin, amx_intrin
-from tensorforge.compiler.backend.cpu.attention import _inline_spatial, _row_partials, _vector, _vector_partials
-from tensorforge.compiler.backend.cpu.common import Rule, attempt, loop_extent, vector_lanes
+from tensorforge.compiler.backend.cpu.common import (
+    Rule, attempt, inline_spatial, loop_extent, row_partials, vector_lanes, vector_partials, vectorize_or_unroll)
 from tensorforge.compiler.ops.amx import M_TILE, N_BLOCK, N_TILE
 from tensorforge.compiler.ops.amx_attention import EXP, MAX, NORM, SUM, K, O, P, Q, S, V
 
@@ -38,7 +38,7 @@ def _tiles(sch: s_tir.Schedule, name: str) -> None:
 
 def schedule_amx_attention(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     lanes = vector_lanes(target)
-    _inline_spatial(sch, {Q, K, V, S, MAX, EXP, SUM, P, O, NORM})
+    inline_spatial(sch, {Q, K, V, S, MAX, EXP, SUM, P, O, NORM})
     root = sch.get_sblock("root")
     (final,) = sch.get_output_blocks(root)
     padded = NORM in {sch.get(b).name_hint for b in sch.get_child_blocks(root)}
@@ -49,7 +49,7 @@ def schedule_amx_attention(sch: s_tir.Schedule, target: tvm.target.Target) -> No
     slab = sch.fuse(*batch) if len(batch) > 1 else batch[0]
     mo, _ = sch.split(m, [None, M_TILE])
     sch.parallel(slab)
-    partials = {name: _row_partials(sch, sch.get_sblock(name), lanes) for name in (MAX, SUM)}
+    partials = {name: row_partials(sch, sch.get_sblock(name), lanes) for name in (MAX, SUM)}
     for name in (O, P, SUM, EXP, MAX, S, Q):  # consumers first
         sch.compute_at(sch.get_sblock(name), mo, preserve_unit_loops=True)
         if partials.get(name) is not None:
@@ -65,18 +65,18 @@ def schedule_amx_attention(sch: s_tir.Schedule, target: tvm.target.Target) -> No
     for rf in partials.values():
         if rf is not None:
             sch.set_scope(rf, 0, "local")
-            _vector_partials(sch, rf)
+            vector_partials(sch, rf)
     for name in (Q, P):  # A tiles: 16 pairs of one row, 32 uint16 lanes
         loops = sch.get_loops(sch.get_sblock(name))
         attempt(lambda: sch.vectorize(sch.fuse(*loops[-2:])))
     for name in (K, V):  # B tiles: 16 columns of words (k's gathered along its rows: scattering the words was slower)
         attempt(sch.vectorize, sch.get_loops(sch.get_sblock(name))[-1])
-    _vector(sch, sch.get_loops(sch.get_sblock(EXP))[-1], lanes)
-    _vector(sch, c, lanes)
+    vectorize_or_unroll(sch, sch.get_loops(sch.get_sblock(EXP))[-1], lanes)
+    vectorize_or_unroll(sch, c, lanes)
     if padded:
         sch.reverse_compute_at(final, slab, preserve_unit_loops=True)
         sch.set_scope(norm, 0, "local")
-        _vector(sch, sch.get_loops(final)[-1], lanes)
+        vectorize_or_unroll(sch, sch.get_loops(final)[-1], lanes)
 
 
 amx_attention_rule = Rule("amx_attention", schedule_amx_attention, blocks=(S, O), needs_all=True)

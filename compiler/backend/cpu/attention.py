@@ -20,10 +20,10 @@ from typing import ClassVar
 import tvm
 from tvm import s_tir
 
-from tensorforge.compiler.backend.cpu.common import SPATIAL, Knobs, Rule, vector_lanes
+from tensorforge.compiler.backend.cpu.common import (
+    UNROLL_MAX, Knobs, Rule, inline_spatial, row_partials, vector_lanes, vector_partials, vectorize_or_unroll)
 from tensorforge.compiler.ops.attention import EXP, KT, MAX, OUT_PADDED, PV, QK, SUM
 
-UNROLL_MAX = 16  # longest loop unrolled where it cannot be vectorized (odd sequence lengths: ViT's 197)
 
 
 @dataclass(frozen=True)
@@ -49,53 +49,10 @@ def _divisor(n: int, limit: int, multiple: int = 1) -> int:
     return 1
 
 
-def _vector(sch, loop, lanes: int) -> None:
-    """Vectorize `loop` in pieces of `lanes` (the outer piece unrolled) when it divides; else unroll a short one."""
-    ext = _loops_extent(sch, loop)
-    if ext % lanes == 0 and ext > lanes:
-        o, i = sch.split(loop, [None, lanes])
-        sch.unroll(o)
-        sch.vectorize(i)
-    elif ext <= lanes and ext % 4 == 0:
-        sch.vectorize(loop)
-    elif ext <= UNROLL_MAX:
-        sch.unroll(loop)
-
-
-def _row_partials(sch: s_tir.Schedule, block, lanes: int):
-    """A reduction along Skv as `lanes` partial results per row (rfactor), combined after: the partials' block,
-    or None where Skv is no multiple of the vector width."""
-    r = sch.get_loops(block)[-1]
-    ext = _loops_extent(sch, r)
-    if ext % lanes or ext == lanes:
-        return None
-    _, ri = sch.split(r, [None, lanes])
-    return sch.rfactor(ri, len(sch.get(block).iter_vars) - 1)
-
-
-def _vector_partials(sch: s_tir.Schedule, rf) -> None:
-    """rfactor puts the lane first among the partials block's iter vars (and compute_at its loops in that order):
-    move it innermost and vectorize it."""
-    lane, *rest = sch.get_loops(rf)[-len(sch.get(rf).iter_vars):]
-    sch.reorder(*rest, lane)
-    sch.vectorize(lane)
-
-
-def _inline_spatial(sch: s_tir.Schedule, keep: set[str]) -> None:
-    root = sch.get_sblock("root")
-    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
-    for block in sch.get_child_blocks(root):  # prologue views, the score expression, fast_exp's pieces, epilogues
-        blk = sch.get(block)
-        if blk.name_hint in keep or blk.name_hint in outputs or blk.init is not None or \
-                any(int(iv.iter_type) != SPATIAL for iv in blk.iter_vars):
-            continue
-        sch.compute_inline(block)
-
-
 def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
                        knobs: AttentionKnobs = AttentionKnobs()) -> None:
     lanes = vector_lanes(target)
-    _inline_spatial(sch, {KT, EXP, OUT_PADDED})
+    inline_spatial(sch, {KT, EXP, OUT_PADDED})
     root = sch.get_sblock("root")
     (final,) = sch.get_output_blocks(root)
     # padded query rows (ops/attention.py): the row tiles drive the padded result, the write-back follows per head
@@ -108,7 +65,7 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
     bh = (sch.fuse(*batch) if len(batch) > 1 else batch[0]) if batch else io
     sch.parallel(bh)
 
-    partials = {name: _row_partials(sch, sch.get_sblock(name), lanes) for name in (MAX, SUM)}
+    partials = {name: row_partials(sch, sch.get_sblock(name), lanes) for name in (MAX, SUM)}
     # per row tile: every stage but the K^T panel, consumers first
     for name in (PV, SUM, EXP, MAX, QK):
         sch.compute_at(sch.get_sblock(name), io, preserve_unit_loops=True)
@@ -117,7 +74,7 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
     # per head: the K^T panel, read along D (k's contiguous axis), written along Skv
     kt = sch.get_sblock(KT)
     sch.compute_at(kt, bh, preserve_unit_loops=True)
-    _vector(sch, sch.get_loops(kt)[-1], lanes)  # contiguous panel stores, k read with a stride of D
+    vectorize_or_unroll(sch, sch.get_loops(kt)[-1], lanes)  # contiguous panel stores, k read with a stride of D
     for name in (KT, QK, MAX, EXP, SUM, PV):  # per-task scratch: stack buffers, not workspace allocations
         sch.set_scope(sch.get_sblock(name), 0, "local")
 
@@ -131,7 +88,7 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
     if _loops_extent(sch, qjo) <= UNROLL_MAX:  # constant accumulator offsets: LLVM keeps them in registers
         sch.unroll(qjo)
     sch.unroll(qr)
-    _vector(sch, qji, lanes)
+    vectorize_or_unroll(sch, qji, lanes)
     sch.decompose_reduction(qk, qd)
 
     # exp @ V: [rows x Dv] accumulators, Skv outside
@@ -139,21 +96,21 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
     pr, pc, pj = sch.get_loops(pv)[-3:]
     sch.reorder(pj, pr, pc)
     sch.unroll(pr)
-    _vector(sch, pc, lanes)
+    vectorize_or_unroll(sch, pc, lanes)
     sch.decompose_reduction(pv, pj)
 
     for rf in partials.values():
         if rf is not None:
             sch.set_scope(rf, 0, "local")
-            _vector_partials(sch, rf)
+            vector_partials(sch, rf)
 
     ex = sch.get_sblock(EXP)
-    _vector(sch, sch.get_loops(ex)[-1], lanes)
-    _vector(sch, c, lanes)
+    vectorize_or_unroll(sch, sch.get_loops(ex)[-1], lanes)
+    vectorize_or_unroll(sch, c, lanes)
     if padded:
         sch.reverse_compute_at(final, bh, preserve_unit_loops=True)
         sch.set_scope(out, 0, "local")
-        _vector(sch, sch.get_loops(final)[-1], lanes)
+        vectorize_or_unroll(sch, sch.get_loops(final)[-1], lanes)
 
 
 attention_rule = Rule("attention", schedule_attention, blocks=(QK, PV), needs_all=True, knobs=AttentionKnobs())

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 VECTOR_MAX = 64          # widest loop handed to `vectorize` (LLVM splits it into registers)
 PARALLEL_MIN_WORK = 4096  # iterations worth a parallel launch (~ a few microseconds)
 SPATIAL = 0  # tirx.IterVar.DataPar
+UNROLL_MAX = 16  # longest loop unrolled where it cannot be vectorized (odd sequence lengths: ViT's 197)
 
 
 @dataclass(frozen=True)
@@ -261,3 +262,48 @@ def loop_work(sch: s_tir.Schedule, block) -> int:
     for loop in sch.get_loops(block):
         total *= loop_extent(sch, loop) or 1
     return total
+
+
+# -- row-wise stages (the attention kernels' softmax pieces) ------------------------------------------------------
+def vectorize_or_unroll(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    """Vectorize `loop` in pieces of `lanes` (the outer piece unrolled) when it divides; else unroll a short one."""
+    ext = loop_extent(sch, loop)
+    if ext % lanes == 0 and ext > lanes:
+        o, i = sch.split(loop, [None, lanes])
+        sch.unroll(o)
+        sch.vectorize(i)
+    elif ext <= lanes and ext % 4 == 0:
+        sch.vectorize(loop)
+    elif ext <= UNROLL_MAX:
+        sch.unroll(loop)
+
+
+def row_partials(sch: s_tir.Schedule, block, lanes: int):
+    """A row reduction (its last loop) as `lanes` partial results per row (rfactor), combined after: the partials'
+    block, or None where the row is no multiple of the vector width."""
+    r = sch.get_loops(block)[-1]
+    ext = loop_extent(sch, r)
+    if ext % lanes or ext == lanes:
+        return None
+    _, ri = sch.split(r, [None, lanes])
+    return sch.rfactor(ri, len(sch.get(block).iter_vars) - 1)
+
+
+def vector_partials(sch: s_tir.Schedule, rf) -> None:
+    """rfactor puts the lane first among the partials block's iter vars (and compute_at its loops in that order):
+    move it innermost and vectorize it."""
+    lane, *rest = sch.get_loops(rf)[-len(sch.get(rf).iter_vars):]
+    sch.reorder(*rest, lane)
+    sch.vectorize(lane)
+
+
+def inline_spatial(sch: s_tir.Schedule, keep: set[str]) -> None:
+    """Inline every spatial, non-output block not in `keep` (prologue views, score expressions, epilogues)."""
+    root = sch.get_sblock("root")
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    for block in sch.get_child_blocks(root):  # prologue views, the score expression, fast_exp's pieces, epilogues
+        blk = sch.get(block)
+        if blk.name_hint in keep or blk.name_hint in outputs or blk.init is not None or \
+                any(int(iv.iter_type) != SPATIAL for iv in blk.iter_vars):
+            continue
+        sch.compute_inline(block)

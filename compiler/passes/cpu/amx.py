@@ -24,6 +24,11 @@ def bf16_units_here() -> list[str]:
     return [u for u, ok in (("amx", has_amx()), ("avx512bf16", "avx512_bf16" in cpu_features())) if ok]
 
 
+def _wanted_unit() -> str:
+    """TENSORFORGE_BF16_UNIT as set ("" where unset)."""
+    return os.environ.get(BF16_UNIT_ENV, "").strip().lower()
+
+
 def bf16_unit() -> str | None:
     """The unit that computes the bf16 mode's products on this CPU: "amx" (AMX-BF16 tiles) where it has them,
     "avx512bf16" (`vdpbf16ps`) on an AMD CPU with AVX512-BF16 (Zen 4 and later), else None (the float32 kernels,
@@ -36,7 +41,7 @@ def bf16_unit() -> str | None:
     (a VM, Cooper Lake) keeps the fp32 kernels. Zen 4 issues `vdpbf16ps` zmm like a zmm FMA (two 256-bit halves),
     twice the multiply-adds of fp32."""
     have = bf16_units_here()
-    wanted = os.environ.get(BF16_UNIT_ENV, "").strip().lower()
+    wanted = _wanted_unit()
     if wanted:
         if wanted not in (*amx.UNITS, "none"):
             raise InputError(f"{BF16_UNIT_ENV}={wanted!r} is not a bf16 unit; choose one of amx, avx512bf16, none")
@@ -398,7 +403,7 @@ class LstmBf16:
 
         if not (self.force or "avx512bf16" in bf16_units_here()):
             return g
-        if os.environ.get(BF16_UNIT_ENV, "").strip().lower() == "none":
+        if _wanted_unit() == "none":
             return g
         for n in list(g.nodes):
             if n.op is not ops.lstm_sequence or n.attrs["save_gates"]:
@@ -411,11 +416,7 @@ class LstmBf16:
             pairs = g.add_param(w.name + ".bf16_pairs", rnn_bf16.pair_lstm_weight(np.asarray(w.data)))
             outs = g.add_node(ops.lstm_sequence_dp, [x, pairs, h0, c0], {"reverse": n.attrs["reverse"]},
                               name=n.name, index=g.nodes.index(n))
-            for old, new in zip(list(n.outputs), outs):
-                g.replace_uses(old, new)
-            g.remove_node(n)
-            for old, new in zip(n.outputs, outs):
-                g.rename(new, old.name)
+            g.take_over(n, *outs)
         g.remove_unused()
         return g
 
