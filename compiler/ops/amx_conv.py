@@ -16,7 +16,7 @@ runs at stride 1 on them (ResNet-50's downsampling convs, bf16 on one core: the 
           (the conv's pads, channels to 32, F pixels so every tile read is in bounds), flattened over (H, W)
   weight  OIHW float32 -> (OC_pad/16, CB * KH * KW, 16, 16, 2) bf16: [oc block][(ic block, kh, kw)][ic pair][oc][2],
           one B tile per (oc block, reduction step), zero padded; CB = IC_pad / 32 (at least 2 for a 1x1 conv)
-  product `conv2d_amx` (N, OC_pad/16, M_pad, 16) float32, M_pad = OH * Wv rounded up to 32
+  product `conv2d_amx` (N, OC_pad/16, M_pad, 16) float32, M_pad = OH * Wv rounded up to 32 (8 on AVX512-BF16)
   output  `conv2d_amx_out` (N, OC/16, OH, OW, 16) float32 (+ bias)
 """
 
@@ -30,7 +30,7 @@ from tvm import te, tirx
 from tensorforge.compiler.ir.types import TensorType
 
 from .amx import (ACTIVATION_DTYPES, K_BLOCK, M_TILE, N_BLOCK, N_TILE, PAIR, UNIT_ATTR, from_bf16_bits, operand_bits,
-                  product_name)
+                  padded_rows, product_name)
 from .nn import CONV_ATTRS, _conv2d_infer, _conv2d_ref, conv_out_size
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
@@ -79,7 +79,7 @@ def unpack_amx_conv_weight(wp: np.ndarray, oc: int, ic: int, kh: int, kw: int) -
     return full.reshape(ob * ot, cb * kp * pair, kh, kw)[:oc, :ic]
 
 
-def geometry(h, w, kernel, strides, pads, dilations):
+def geometry(h, w, kernel, strides, pads, dilations, unit="amx"):
     """(OH, OW, Wp, Wv, M_pad, F): the output size, the padded input width, the virtual row width (Wp), the padded
     pixel count and the flattened input pixels the kernel reads."""
     kh, kw = kernel
@@ -90,7 +90,7 @@ def geometry(h, w, kernel, strides, pads, dilations):
     ow = conv_out_size(w, kw, s, left, right, dw)
     wp = w + left + right
     wv = wp  # s input rows per output row: s * Wp flattened pixels, s * Wv along m
-    m_pad = _round_up(oh * wv, M_TILE)
+    m_pad = padded_rows(oh * wv, unit)
     f = _round_up(s * (m_pad - 1) + (kh - 1) * dh * wp + (kw - 1) * dw + 1, wp)  # whole rows: see ANN_ROW
     return oh, ow, wp, wv, m_pad, f
 
@@ -111,9 +111,10 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
         strides = (1, 1)
     dh, dw = dilations
     top, left = pads[0], pads[1]
-    oh, ow, wpad, wv, m_pad, f = geometry(h, w, (kh, kw), strides, pads, dilations)
+    oh, ow, wpad, wv, m_pad, f = geometry(h, w, (kh, kw), strides, pads, dilations, unit)
     task = {}
-    if kh == kw == 1 and s == 1 and not any(pads):  # virtual rows are output rows: tasks of whole rows (ANN_TASK_PIXELS)
+    # on AMX, virtual rows are output rows: tasks of whole rows (ANN_TASK_PIXELS)
+    if unit == "amx" and kh == kw == 1 and s == 1 and not any(pads):
         rows = M_TILE // math.gcd(ow, M_TILE)  # the fewest rows that make whole 32-pixel tiles
         if rows < oh:
             m_pad = -(-oh // rows) * rows * ow
@@ -150,7 +151,7 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
             * wp[ob, r, rkp, oi, rkt].astype("float32"),
             axis=[r, rkp, rkt]),
         name=product_name(CONV_AMX, unit), tag=CONV_AMX,
-        attrs={ANN_STEP: s, ANN_TAPS: [kh, kw, dh * wpad, dw], **(task if unit == "amx" else {})})
+        attrs={ANN_STEP: s, ANN_TAPS: [kh, kw, dh * wpad, dw], **task})
 
     def out(b, ob, y, z, oi):
         v = prod[b, ob, y * wv + z, oi]

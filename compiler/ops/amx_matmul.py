@@ -75,10 +75,10 @@ def tile_product(a: te.Tensor, b: te.Tensor, nb: int, name: str, tag: str) -> te
 def matmul_amx_compute(a: te.Tensor, b: te.Tensor, unit: str = "amx", transpose_b: bool = False) -> te.Tensor:
     *batch, m, k = (int(d) for d in a.shape)
     n = int(b.shape[-2] if transpose_b else b.shape[-1])
-    m_pad, n_pad, k_pad = _round_up(m, M_TILE), _round_up(n, N_TILE), padded_k(k)
+    n_pad, k_pad = _round_up(n, N_TILE), padded_k(k)
     kb = k_pad // K_BLOCK
     nb = len(batch)
-    xa = a_tiles(a, kb, AMX_MM_A)
+    xa = a_tiles(a, kb, AMX_MM_A, unit)
     xb = pair_words(b, nb, k, n, k_pad, n_pad, transpose_b, AMX_MM_B)
     prod = tile_product(xa, xb, nb, product_name(MATMUL_AMX, unit), MATMUL_AMX)
     return te.compute((*batch, m, n), lambda *i: prod(*i[:nb], i[nb], i[nb + 1] // N_BLOCK, i[nb + 1] % N_BLOCK),

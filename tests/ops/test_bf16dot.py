@@ -67,6 +67,24 @@ def test_the_dense_schedule_puts_the_product_on_vdpbf16ps(m, k, n):
     assert asm.count("vdpbf16ps") >= 16 and "tdpbf16ps" not in asm and "ldtilecfg" not in asm
 
 
+def test_products_are_padded_to_the_units_register_tile_rows():
+    """197 rows (ViT's tokens) are 200 on vdpbf16ps's 8-row tiles and 224 on AMX's 32; a 7x7 1x1 conv's 49 pixels 56
+    and 64."""
+    x = te.placeholder((197, 64), "float32", name="x")
+    wp = te.placeholder(amx.pack_amx_weight(np.zeros((32, 64), np.float32)).shape, "bfloat16", name="w")
+    a = te.placeholder((2, 197, 64), "float32", name="a")
+    xc = te.placeholder((1, 4, 7, 7, 16), "float32", name="xc")
+    wc = te.placeholder(amx_conv.pack_amx_conv_weight(np.zeros((64, 64, 1, 1), np.float32)).shape, "bfloat16",
+                        name="wc")
+    for unit, rows, pixels in (("avx512bf16", 200, 56), ("amx", 224, 64)):
+        assert int(amx.dense_amx_compute(x, wp, None, n=32, unit=unit).op.input_tensors[0].shape[0]) == rows
+        mm = amx_matmul.matmul_amx_compute(a, a, unit=unit, transpose_b=True)
+        assert int(mm.op.input_tensors[0].shape[1]) == rows
+        conv = amx_conv.conv2d_amx_compute(xc, wc, None, out_channels=64, in_channels=64, kernel=(1, 1),
+                                           strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), unit=unit)
+        assert int(conv.op.input_tensors[0].shape[2]) == pixels
+
+
 def test_the_conv_and_matmul_schedules_put_their_products_on_vdpbf16ps():
     x = te.placeholder((1, 4, 9, 9, 16), "float32", name="x")
     wp = te.placeholder(amx_conv.pack_amx_conv_weight(np.zeros((64, 64, 3, 3), np.float32)).shape, "bfloat16",

@@ -28,13 +28,13 @@ from tvm.script import tirx as T
 from tensorforge.compiler.backend.cpu.amx import _registered, bits_to_f32, convert_in_parallel
 from tensorforge.compiler.backend.cpu.amx_conv import schedule_conv_conversion
 from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt
-from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, DPBF16PS_LL, N_BLOCK, PAIR, pair_half
+from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, DPBF16PS_LL, N_BLOCK, PAIR, ROW_MULTIPLE, pair_half
 from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, CONV_AMX
 from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
 
 DENSE_DP, CONV_DP, MATMUL_DP = DENSE_AMX + DP_SUFFIX, CONV_AMX + DP_SUFFIX, MATMUL_AMX + DP_SUFFIX
 
-ROWS = 8  # register tile rows: divides the products' row padding (ops/amx.py M_TILE, 32)
+ROWS = ROW_MULTIPLE["avx512bf16"]  # register tile rows: the products' row padding on this unit (ops/amx.py)
 COLS = 2  # register tile columns in blocks of 16: divides the weights' column padding (N_TILE / N_BLOCK)
 
 
