@@ -56,6 +56,16 @@ def test_the_stem_becomes_a_stride_1_amx_conv_on_the_space_to_depth(oc, k, s, p,
     assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("oc, k, s, p, h, w", CASES)
+def test_on_avx512bf16_only_stems_whose_padded_products_are_mostly_real_are_rewritten(oc, k, s, p, h, w):
+    """3 channels as 12 of a 32-channel block (ResNet-50's 7x7/2: 147 of 512 products real, MobileNetV2's 3x3/2: 27
+    of 128) stay float32 on vdpbf16ps; ConvNeXt's 4x4/4 (48 of 64) goes to it."""
+    g, _ = stem(oc, k, s, p, h, w)
+    rewritten = AmxStem(unit="avx512bf16")(alter_layout(pack_weights(import_model(g))))
+    first = [n.op for n in rewritten.nodes if n.op.name.startswith("conv2d")][0]
+    assert first is (ops.conv2d_amx if k == s == 4 else ops.conv2d_nchwc)
+
+
 def test_convs_that_are_no_stem_stay():
     """A stride-1 conv and a strided conv on many channels are not rewritten (the first conv reads the plain input in
     both, `in_block` 0)."""
