@@ -80,8 +80,10 @@ def unpack_amx_conv_weight(wp: np.ndarray, oc: int, ic: int, kh: int, kw: int) -
 
 
 def geometry(h, w, kernel, strides, pads, dilations, unit="amx"):
-    """(OH, OW, Wp, Wv, M_pad, F): the output size, the padded input width, the virtual row width (Wp), the padded
-    pixel count and the flattened input pixels the kernel reads."""
+    """(OH, OW, Wp, Wv, M_pad, F): the output size, the padded input width, the virtual row width (Wp on AMX, whose
+    tile rows are pixels at a constant stride; OW on AVX512-BF16, which broadcasts each row's pixel on its own, so
+    rows are output pixels and no column is dropped), the padded pixel count and the flattened input pixels the
+    kernel reads."""
     kh, kw = kernel
     s = strides[0]
     dh, dw = dilations
@@ -89,9 +91,10 @@ def geometry(h, w, kernel, strides, pads, dilations, unit="amx"):
     oh = conv_out_size(h, kh, s, top, bottom, dh)
     ow = conv_out_size(w, kw, s, left, right, dw)
     wp = w + left + right
-    wv = wp  # s input rows per output row: s * Wp flattened pixels, s * Wv along m
+    wv = wp if unit == "amx" else ow  # s input rows per output row: s * Wp flattened pixels, s * Wv along m
     m_pad = padded_rows(oh * wv, unit)
-    f = _round_up(s * (m_pad - 1) + (kh - 1) * dh * wp + (kw - 1) * dw + 1, wp)  # whole rows: see ANN_ROW
+    last = (m_pad - 1) // wv * wp + (m_pad - 1) % wv  # the last row's first tap over s (as `pixel` reads it)
+    f = _round_up(s * last + (kh - 1) * dh * wp + (kw - 1) * dw + 1, wp)  # whole rows: see ANN_ROW
     return oh, ow, wp, wv, m_pad, f
 
 
@@ -142,7 +145,9 @@ def conv2d_amx_compute(x: te.Tensor, wp: te.Tensor, bias: te.Tensor | None, *, o
     rkt = te.reduce_axis((0, PAIR), name="rkt")
 
     def pixel(m, step):
-        return m * s + (step // kw) % kh * (dh * wpad) + step % kw * dw
+        # output pixel m = (m // Wv, m % Wv) at stride s; with Wv = Wp (AMX) that is s * m
+        first = m * s if wv == wpad else (m // wv * wpad + m % wv) * s
+        return first + (step // kw) % kh * (dh * wpad) + step % kw * dw
 
     prod = te.compute(
         (n, ocb, m_pad, N_BLOCK),
