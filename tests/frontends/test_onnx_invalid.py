@@ -76,6 +76,16 @@ def _negative_dim_initializer():
     return _model(nodes, [_vi("x", [2])], [_vi("y", None)], [t])
 
 
+def _large_initializer(n=300_000, raw_bytes=None):
+    """A 1.2 MB weight (onnx's checker gets the model without its data: frontends/onnx/verify.py), its raw data cut
+    to `raw_bytes`."""
+    t = numpy_helper.from_array(np.ones(n, np.float32), "w")
+    if raw_bytes is not None:
+        t.raw_data = t.raw_data[:raw_bytes]
+    nodes = [helper.make_node("Add", ["x", "w"], ["y"], name="a")]
+    return _model(nodes, [_vi("x", [n])], [_vi("y", [n])], [t])
+
+
 def _gather_const(op, idx):
     """data is a run-time input, the indices a constant (the case that once wrapped around silently)."""
     ind = numpy_helper.from_array(np.asarray(idx, np.int64), "ind")
@@ -152,6 +162,8 @@ CASES = [
     ("lppool_strides_0", lambda: _unary("LpPool", {"kernel_shape": [2, 2], "strides": [0, 1]}, name="lp"),
      r"'lp'.*strides"),
     ("initializer_negative_dim", _negative_dim_initializer, r"Negative dimension value \(tensor name: w\)"),
+    ("large_initializer_short_data", lambda: _large_initializer(raw_bytes=1_000_000),
+     r"initializer 'w' cannot be read \(cannot reshape array of size 250000 into shape \(300000,\)\)"),
     ("gather_constant_index_out_of_range", lambda: _gather_const("Gather", [0, 3]), r"'g'.*3"),
     ("gather_constant_index_below_range", lambda: _gather_const("Gather", [-4]), r"'g'.*-4"),
     ("gatherelements_constant_index_out_of_range", lambda: _gather_const("GatherElements", [[0, 5, 1], [0, 0, 0]]),
@@ -189,6 +201,11 @@ def test_onnxruntime_refuses_them_too(build):
              for vi in model.graph.input if vi.name not in inits}
     with pytest.raises(Exception):  # noqa: B017 - any of onnxruntime's errors: it refuses to load or to run it
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_a_valid_large_initializer_passes_the_check():
+    g = from_onnx(_large_initializer())
+    assert [p.type.shape for p in g.params] == [(300_000,)]
 
 
 def test_output_dtype_onnx_cannot_infer_is_checked_by_us():
