@@ -27,7 +27,7 @@ from tvm.script import tirx as T
 
 from tensorforge.compiler.backend.cpu.amx import _registered, bits_to_f32, convert_in_parallel
 from tensorforge.compiler.backend.cpu.amx_conv import schedule_conv_conversion
-from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt
+from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, loop_extent
 from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, DPBF16PS_LL, N_BLOCK, PAIR, ROW_MULTIPLE, pair_half
 from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, CONV_AMX
 from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
@@ -136,27 +136,32 @@ dp_matmul_rule = Rule("dp_matmul", schedule_dp_matmul, blocks=(MATMUL_DP,))
 
 def schedule_dp_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     """[batch x oc block pair x ROWS-pixel tile] tasks, parallel; per task a ROWS pixels x COLS*16 channels
-    register tile over every reduction step, stored to the product buffer; then the write-back (bias, the fused
-    epilogue, the valid columns of each virtual row) as a parallel vectorized loop nest, as on AMX."""
+    register tile over every reduction step, and the write-back (bias, the fused epilogue) of its pixels from the
+    registers, as dense does. The GEMM's rows are the output's pixels in order (ops/amx_conv.py: Wv = OW on this
+    unit), so the write-back's (row, column) become one pixel index first; the product never reaches memory (it
+    went there and back in a second loop nest: Zen 4, one core, bf16 ResNet-50 45.9 -> 44.5 ms, MobileNetV2 7.04 ->
+    6.74 ms)."""
     prod = sch.get_sblock(CONV_DP)
     out = anchor_epilogue(sch, prod, AMX_CONV_A)
-    store = sch.cache_write(prod, 0, "local")
+    ow = loop_extent(sch, sch.get_loops(out)[3])
+    sch.transform_block_layout(out, lambda b, ob, y, z, oi: (b, ob, y * ow + z, oi))
     b, ob, m, oi, r, rp, rt = sch.get_loops(prod)
     mo, mi = sch.split(m, [None, ROWS])
     obo, obi = sch.split(ob, [None, COLS])
     sch.reorder(b, obo, mo, r, rp, mi, obi, oi, rt)
     tile = sch.fuse(b, obo, mo)
     sch.parallel(tile)
-    sch.reverse_compute_at(store, tile, preserve_unit_loops=True)
+    sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
+    sch.set_scope(prod, 0, "local")
     init = sch.decompose_reduction(prod, r)
     sch.tensorize(oi, dp_intrin(b_bits=False))
     _in_registers(sch, init, mi, obi)
-    _in_registers(sch, store)
     sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
     schedule_conv_conversion(sch)
-    loops = sch.get_loops(out)
-    sch.parallel(sch.fuse(*loops[:3]))
-    attempt(sch.vectorize, loops[-1])
+    *_, o_ob, o_m, o_oi = sch.get_loops(out)
+    sch.unroll(o_ob)
+    sch.unroll(o_m)
+    attempt(sch.vectorize, o_oi)
 
 
 dp_conv_rule = Rule("dp_conv", schedule_dp_conv, blocks=(CONV_DP,))
