@@ -47,6 +47,12 @@ WINO_OUTPUT = "winograd_output"
 # the compute pads the tiles to whole groups of GEMM_P_TILE; the CPU schedule's knob (WinogradKnobs) starts from it
 GEMM_P_TILE = 4       # register tile of the batched GEMM: tiles ... (measured: 6 x 64, 8 x 32, 6 x 32 are slower)
 GEMM_OC_TILES = (64, 32, 16)  # ... x output channels (4 x 64 fp32 = 16 AVX-512 accumulators)
+# bf16 on AVX512-BF16 (unit "avx512bf16", backend/cpu/bf16dot.py): V as bf16 bits in the AMX A-tile layout, U as the
+# AMX dense weight layout per (eps, nu), the products `vdpbf16ps` register tiles. Only F(2, 3): with V and U rounded
+# to bf16, F(4, 3)'s transforms carry the rounding to 5 % of a ResNet layer's largest output (F(2, 3): 0.4 %, the
+# direct bf16 conv 0.27 %).
+WINO_GEMM_DP = "winograd_gemm_dp"
+DP_TILE = 2
 
 # Lavin & Gray's matrices (points 0, +-1, +-2, inf): A^T (m x alpha), G (alpha x 3), B^T (alpha x alpha).
 _MATRICES = {
@@ -81,6 +87,23 @@ def transform_weight(w: np.ndarray, m: int) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(alpha, alpha, ic, oc // nb, nb).transpose(0, 1, 3, 2, 4)).astype(np.float32)
 
 
+def transform_weight_dp(w: np.ndarray, m: int = DP_TILE) -> np.ndarray:
+    """OIHW 3x3 weight -> U = G g G^T as bf16, per (eps, nu) the AMX dense weight layout of U[eps, nu]^T (OC x IC):
+    (alpha, alpha, OC/16, IC/32, 16, 16, 2) (ops/amx.py pack_amx_weight)."""
+    from .amx import pack_amx_weight
+
+    _, g, _ = matrices(m)
+    u = np.einsum("ak,oikl,bl->aboi", g, np.asarray(w, np.float64), g).astype(np.float32)  # (alpha, alpha, OC, IC)
+    return np.stack([np.stack([pack_amx_weight(u[a, b]) for b in range(u.shape[1])]) for a in range(u.shape[0])])
+
+
+def _unpack_dp(u: np.ndarray, ic: int) -> np.ndarray:
+    """`transform_weight_dp`'s layout -> float32 (alpha, alpha, IC, OC)."""
+    alpha, _, ob, kb, kp, oi, pair = u.shape
+    full = np.asarray(u).astype(np.float32).transpose(0, 1, 3, 4, 6, 2, 5)  # (a, b, kb, kp, pair, ob, oi)
+    return full.reshape(alpha, alpha, kb * kp * pair, ob * oi)[:, :, :ic]
+
+
 def _tiles(oh: int, ow: int, m: int) -> tuple[int, int]:
     return -(-oh // m), -(-ow // m)
 
@@ -90,8 +113,12 @@ def output_size(h: int, w: int, pads) -> tuple[int, int]:
     return h + top + bottom - 2, w + left + right - 2
 
 
-def reference(x: np.ndarray, u: np.ndarray, bias, *, pads, tile: int, out_channels: int) -> np.ndarray:
-    """The algorithm in numpy (float32 like the kernel): x NCHW[16]c, U from `transform_weight`; NCHW[16]c out."""
+def reference(x: np.ndarray, u: np.ndarray, bias, *, pads, tile: int, out_channels: int, unit: str = "") -> np.ndarray:
+    """The algorithm in numpy (float32 like the kernel): x NCHW[16]c, U from `transform_weight` (with `unit`, from
+    `transform_weight_dp`, and V rounded to bf16); NCHW[16]c out."""
+    from .amx import round_bf16
+
+    x = np.asarray(x, np.float32)
     at, _, bt = (a.astype(np.float32) for a in matrices(tile))
     m, alpha = tile, tile + 2
     n, icb, h, w, b = x.shape
@@ -106,8 +133,12 @@ def reference(x: np.ndarray, u: np.ndarray, bias, *, pads, tile: int, out_channe
     cols = np.arange(tw)[:, None] * m + np.arange(alpha)[None]
     d = xc[:, rows[:, :, None, None], cols[None, None]]  # (n, th, alpha, tw, alpha, IC)
     v = np.einsum("ea,ntaubc,fb->efntuc", bt, d, bt, optimize=True).reshape(alpha, alpha, n * th * tw, -1)
-    alpha_, _, ocb_n, ic, nb = u.shape
-    uu = u.transpose(0, 1, 3, 2, 4).reshape(alpha, alpha, ic, ocb_n * nb)
+    if unit:
+        uu = _unpack_dp(u, icb * b)
+        v = round_bf16(v)
+    else:
+        alpha_, _, ocb_n, ic, nb = u.shape
+        uu = u.transpose(0, 1, 3, 2, 4).reshape(alpha, alpha, ic, ocb_n * nb)
     mm = np.matmul(v, uu)  # (alpha, alpha, P, OC)
     y = np.einsum("ia,abpo,jb->pijo", at, mm, at, optimize=True).reshape(n, th, tw, m, m, -1)
     y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, th * m, tw * m, -1)[:, :oh, :ow, :out_channels]
@@ -146,13 +177,18 @@ def _select(index, exprs):
 
 
 def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, *, pads, tile: int,
-                            out_channels: int) -> te.Tensor:
-    """x (N, IC/16, H, W, 16), U (alpha, alpha, OC/nb, IC, nb) -> (N, OC/16, OH, OW, 16), 3x3 stride 1."""
+                            out_channels: int, unit: str = "") -> te.Tensor:
+    """x (N, IC/16, H, W, 16), U (alpha, alpha, OC/nb, IC, nb) -> (N, OC/16, OH, OW, 16), 3x3 stride 1. With `unit`
+    ("avx512bf16"): U from `transform_weight_dp`, V as bf16 bits, the products in bf16 with float32 sums."""
+    from .amx import K_BLOCK, PAIR, bf16_bits, from_bf16_bits, padded_rows
+
     at, _, bt = matrices(tile)
     m, alpha = tile, tile + 2
     n, icb, h, w, b = (int(d) for d in x.shape)
     nb = int(u.shape[4])
     ic = icb * b
+    if x.dtype != "float32":
+        x = te.compute(x.shape, lambda *i: x(*i).astype("float32"), name="winograd_widen")
     oh, ow = output_size(h, w, pads)
     th, tw = _tiles(oh, ow, m)
     top, left, _, _ = pads
@@ -162,7 +198,8 @@ def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, 
         xp = topi.nn.pad(x, [0, 0, top, left, 0], [0, 0, max(bottom, 0), max(right, 0), 0], name=WINO_PAD)
     per_image = th * tw
     tiles = n * per_image
-    tiles_pad = -(-tiles // GEMM_P_TILE) * GEMM_P_TILE  # whole register tiles; the extra rows repeat the last
+    # whole register tiles; the extra rows repeat the last
+    tiles_pad = padded_rows(tiles, unit) if unit else -(-tiles // GEMM_P_TILE) * GEMM_P_TILE
 
     def rows_body(eps, j, p, c):  # (B^T d)[eps, j] = sum_i B^T[eps, i] d[i, j]
         if tiles_pad != tiles:
@@ -174,16 +211,38 @@ def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, 
 
     rows = te.compute((alpha, alpha, tiles_pad, ic), rows_body, name=WINO_INPUT_ROWS)
     # V[eps, nu] = sum_j (B^T d)[eps, j] B^T[nu, j]
-    v = te.compute((alpha, alpha, tiles_pad, ic),
-                   lambda e, f, p, c: _select(f, [_sparse_sum(bt[k], [rows[e, j, p, c] for j in range(alpha)])
-                                                  for k in range(alpha)]), name=WINO_INPUT)
-    rk = te.reduce_axis((0, ic), name="rk")
-    mm = te.compute((alpha, alpha, tiles_pad, out_channels),
-                    lambda e, f, p, o: te.sum(v[e, f, p, rk] * u[e, f, o // nb, rk, o % nb], axis=rk),
-                    name=WINO_GEMM)
+    def v_body(e, f, p, c):
+        return _select(f, [_sparse_sum(bt[k], [rows[e, j, p, c] for j in range(alpha)]) for k in range(alpha)])
+
+    if unit:  # V (alpha, alpha, P, IC/32, 16, 2) bf16 bits; M (alpha, alpha, P, OC/16, 16)
+        kb = int(u.shape[3])  # padded_k: at least two blocks, the second of 32 channels zeros
+
+        def v_bits(e, f, p, c, kp, t):
+            k = c * K_BLOCK + kp * PAIR + t
+            if kb * K_BLOCK == ic:
+                return bf16_bits(v_body(e, f, p, k))
+            return tirx.if_then_else(k < ic, bf16_bits(v_body(e, f, p, tirx.min(k, ic - 1))), tirx.const(0, "uint16"))
+
+        v = te.compute((alpha, alpha, tiles_pad, kb, K_BLOCK // PAIR, PAIR), v_bits, name=WINO_INPUT)
+        rkb = te.reduce_axis((0, kb), name="rkb")
+        rkp = te.reduce_axis((0, K_BLOCK // PAIR), name="rkp")
+        rkt = te.reduce_axis((0, PAIR), name="rkt")
+        prod = te.compute((alpha, alpha, tiles_pad, out_channels // BLOCK, BLOCK),
+                          lambda e, f, p, ob, oi: te.sum(from_bf16_bits(v[e, f, p, rkb, rkp, rkt])
+                                                         * u[e, f, ob, rkb, rkp, oi, rkt].astype("float32"),
+                                                         axis=[rkb, rkp, rkt]), name=WINO_GEMM_DP)
+
+        def mm(e, f, p, o):
+            return prod[e, f, p, o // BLOCK, o % BLOCK]
+    else:
+        v = te.compute((alpha, alpha, tiles_pad, ic), v_body, name=WINO_INPUT)
+        rk = te.reduce_axis((0, ic), name="rk")
+        mm = te.compute((alpha, alpha, tiles_pad, out_channels),
+                        lambda e, f, p, o: te.sum(v[e, f, p, rk] * u[e, f, o // nb, rk, o % nb], axis=rk),
+                        name=WINO_GEMM)
     # (M A)[i, r] = sum_j M[i, j] A^T[r, j]
     cols = te.compute((alpha, m, tiles, out_channels),
-                      lambda i, r, p, o: _select(r, [_sparse_sum(at[k], [mm[i, j, p, o] for j in range(alpha)])
+                      lambda i, r, p, o: _select(r, [_sparse_sum(at[k], [mm(i, j, p, o) for j in range(alpha)])
                                                      for k in range(m)]), name=WINO_OUTPUT_COLS)
 
     def y_body(img, ob, yy, xx, lane):  # Y[q, r] = sum_i A^T[q, i] (M A)[i, r]
@@ -198,7 +257,7 @@ def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, 
 
 # ---------------------------------------------------------------------------------------------- the op
 
-def _infer(types, *, pads, tile, out_channels):
+def _infer(types, *, pads, tile, out_channels, unit=""):
     x, u = types[0], types[1]
     if tile not in TILE_SIZES:
         fail(f"tile {tile} is not one of {TILE_SIZES}")
@@ -206,33 +265,45 @@ def _infer(types, *, pads, tile, out_channels):
         fail(f"expects an NCHW[{BLOCK}]c input, got {x}")
     n, icb, h, w, b = x.shape
     alpha = tile + 2
-    if (u.rank != 5 or u.shape[:2] != (alpha, alpha) or u.shape[3] != icb * b
+    if unit:
+        if unit != "avx512bf16" or tile != DP_TILE:
+            fail(f"unit {unit!r} with tile {tile}: only avx512bf16 with tile {DP_TILE}")
+        from .amx import padded_k
+
+        want = (alpha, alpha, out_channels // BLOCK, padded_k(icb * b) // 32, 16, 16, 2)
+        if u.dtype != "bfloat16" or u.shape != want or (icb * b) % 32 or out_channels % 32:
+            fail(f"transformed weight {u} is not bfloat16{list(want)} (channels multiples of 32)")
+        if x.dtype not in ("float32", "bfloat16"):
+            fail(f"expects a float32 or bfloat16 input, got {x}")
+    elif (u.rank != 5 or u.shape[:2] != (alpha, alpha) or u.shape[3] != icb * b
             or u.shape[2] * u.shape[4] != out_channels or out_channels % b):
         fail(f"transformed weight {u} is not ({alpha}, {alpha}, OC/nb, {icb * b}, nb) for {out_channels} "
              f"output channels")
-    if x.dtype != u.dtype:
+    elif x.dtype != u.dtype:
         fail(f"input {x} and weight {u} differ in dtype")
     if len(types) == 3 and types[2].shape != (out_channels,):
         fail(f"bias must have shape ({out_channels},), got {types[2]}")
     oh, ow = output_size(h, w, pads)
     if oh <= 0 or ow <= 0:
         fail(f"a 3x3 kernel does not fit input {h}x{w} with pads {pads}")
-    return TensorType((n, out_channels // b, oh, ow, b), x.dtype)
+    return TensorType((n, out_channels // b, oh, ow, b), "float32" if unit else x.dtype)
 
 
-def _reference(x, u, b=None, *, pads, tile, out_channels):
-    return reference(x, u, b, pads=pads, tile=tile, out_channels=out_channels)
+def _reference(x, u, b=None, *, pads, tile, out_channels, unit=""):
+    return reference(x, u, b, pads=pads, tile=tile, out_channels=out_channels, unit=unit)
 
 
-def _lower(x, u, b=None, *, pads, tile, out_channels):
-    return conv2d_winograd_compute(x, u, b, pads=pads, tile=tile, out_channels=out_channels)
+def _lower(x, u, b=None, *, pads, tile, out_channels, unit=""):
+    return conv2d_winograd_compute(x, u, b, pads=pads, tile=tile, out_channels=out_channels, unit=unit)
 
 
 winograd_conv2d = defop(
     "winograd_conv2d", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_infer, arity=(2, 3),
-    attrs={"pads": Attr("ints", (0, 0, 0, 0)), "tile": Attr("int", 4), "out_channels": Attr("int")},
+    attrs={"pads": Attr("ints", (0, 0, 0, 0)), "tile": Attr("int", 4), "out_channels": Attr("int"),
+           "unit": Attr("str", "")},
     reference=_reference, lower=_lower, grad=NO_RULE_YET,
     # counted as the direct 3x3 conv it replaces; input (N, IC/b, H, W, b)
     flops=lambda n: 2 * n.outputs[0].type.numel * n.inputs[0].type.shape[1] * n.inputs[0].type.shape[4] * 9,
     doc="3x3 conv (stride 1, dilation 1, groups 1) by Winograd F(tile x tile, 3 x 3) on NCHW[16]c activations; "
-        "weight U = G g G^T as (tile+2, tile+2, OC/nb, IC, nb); output NCHW[16]c.")
+        "weight U = G g G^T as (tile+2, tile+2, OC/nb, IC, nb); output NCHW[16]c. With unit avx512bf16: F(2 x 2, 3 x 3) "
+        "in bfloat16 with float32 sums (`vdpbf16ps`), U in the AMX dense weight layout per (eps, nu).")

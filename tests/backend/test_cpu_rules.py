@@ -43,6 +43,8 @@ KERNELS = [
     (ops.conv2d_amx, [_p(1, 2, 6, 6, 16), te.placeholder((2, 9, 16, 16, 2), "bfloat16", name="w")],
      {"out_channels": 32, "in_channels": 32, "kernel": (3, 3), "pads": (1, 1, 1, 1), "unit": "avx512bf16"}),
     (ops.matmul_amx, [_p(1, 2, 32, 64), _p(1, 2, 64, 32)], {"unit": "avx512bf16"}),
+    (ops.winograd_conv2d, [_p(1, 2, 8, 8, 16), te.placeholder((4, 4, 2, 1, 16, 16, 2), "bfloat16", name="u")],
+     {"pads": (1, 1, 1, 1), "tile": 2, "out_channels": 32, "unit": "avx512bf16"}),
     (ops.matmul, [_p(4, 32), _p(32, 16)], {}),
     (ops.softmax, [_p(2, 4, 32)], {"axis": 2}),
     (ops.dense_weight_pack, [_p(16, 32)], {"block": 16}),

@@ -9,6 +9,8 @@ from tvm import te
 from tvm.target import Target
 
 from tensorforge import compile_model
+from tensorforge.compiler import ops
+from tensorforge.compiler.ir import parse_graph
 from tensorforge.compiler.backend.cpu.rules import schedule_cpu_traced
 from tensorforge.compiler.ops import amx, amx_conv, amx_matmul
 from tensorforge.compiler.passes.cpu import amx as amx_pass
@@ -132,3 +134,82 @@ def test_bf16_attention_on_vdpbf16ps_matches_the_interpreter_and_fp32(monkeypatc
     model = compile_model(g, precision="bf16")
     assert [s["op"].split("+")[0] for s in model.plan["steps"]].count("matmul_amx") == 2
     check_against_interpreter_and_fp32(g, model, feeds, rtol=1e-3)
+
+
+# Winograd F(2x2, 3x3) in bf16 on AVX512-BF16 (ops/winograd.py unit avx512bf16): two 3x3 convs on multiples of 32
+# channels (the first conv, on the plain input, stays a conv), the second's output read by a residual add
+WINO = """graph g(%x: f32[1,32,{h},{w}]) {{
+  %w1 = param f32[32,32,1,1]
+  %w2 = param f32[64,32,3,3]
+  %b2 = param f32[64]
+  %w3 = param f32[32,64,3,3]
+  %c1 = conv2d(%x, %w1) {{strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1}} : f32[1,32,{h},{w}]
+  %r1 = relu(%c1) : f32[1,32,{h},{w}]
+  %c2 = conv2d(%r1, %w2, %b2) {{strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1}} : f32[1,64,{h},{w}]
+  %r2 = relu(%c2) : f32[1,64,{h},{w}]
+  %c3 = conv2d(%r2, %w3) {{strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1}} : f32[1,32,{h},{w}]
+  %y = add(%c3, %r1) : f32[1,32,{h},{w}]
+  return %y
+}}
+"""
+
+
+def wino_graph(h, w):
+    text = WINO.format(h=h, w=w)
+    rng = np.random.default_rng(11)
+    params = {p.name: (rng.standard_normal(p.type.shape) * 0.15).astype(np.float32) for p in parse_graph(text).params}
+    return parse_graph(text, params)
+
+
+def test_3x3_convs_on_32_channel_multiples_become_bf16_winograd():
+    from tensorforge.compiler.driver import import_model
+    from tensorforge.compiler.passes.cpu.layout import alter_layout
+    from tensorforge.compiler.passes.cpu.pack_weights import pack_weights
+
+    g = amx_pass.AmxConv(unit="avx512bf16")(alter_layout(pack_weights(import_model(wino_graph(9, 7)))))
+    wino = [n for n in g.nodes if n.op is ops.winograd_conv2d]
+    assert len(wino) == 2 and all(n.attrs["unit"] == "avx512bf16" and n.attrs["tile"] == 2 for n in wino)
+    assert [n.inputs[1].type.dtype for n in wino] == ["bfloat16"] * 2
+    # on AMX the same convs are AMX convs
+    g = amx_pass.AmxConv(unit="amx")(alter_layout(pack_weights(import_model(wino_graph(9, 7)))))
+    assert not any(n.op is ops.winograd_conv2d for n in g.nodes)
+
+
+def test_the_bf16_winograd_reference_is_within_bf16_of_the_conv():
+    from tensorforge.compiler.ops import winograd
+    from tensorforge.compiler.ops.nchwc import block_nchw
+    from tensorforge.compiler.ops.nn import _conv2d_ref
+
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.standard_normal((1, 64, 11, 10)), 0).astype(np.float32)
+    w = (rng.standard_normal((32, 64, 3, 3)) / 24).astype(np.float32)
+    u = winograd.transform_weight_dp(w)
+    got = winograd.reference(block_nchw(x, 16), u, None, pads=(1, 1, 1, 1), tile=2, out_channels=32,
+                             unit="avx512bf16")
+    want = block_nchw(_conv2d_ref(x, w, None, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1), 16)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert 1e-4 < err < 1e-2, err
+
+
+def test_the_bf16_winograd_schedule_puts_its_products_on_vdpbf16ps():
+    from tensorforge.compiler.ops import winograd
+
+    x = te.placeholder((1, 4, 14, 14, 16), "float32", name="x")
+    u = te.placeholder(winograd.transform_weight_dp(np.zeros((64, 64, 3, 3), np.float32)).shape, "bfloat16",
+                       name="u")
+    out = winograd.conv2d_winograd_compute(x, u, None, pads=(1, 1, 1, 1), tile=2, out_channels=64,
+                                           unit="avx512bf16")
+    asm = _asm(te.create_prim_func([x, u, out]), "dp_winograd")
+    assert asm.count("vdpbf16ps") >= 16 and "tdpbf16ps" not in asm
+
+
+@needs_dp
+@pytest.mark.parametrize("h, w", [(9, 7), (16, 16)])
+def test_bf16_winograd_on_vdpbf16ps_matches_the_interpreter_and_fp32(monkeypatch, h, w):
+    monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
+    g = wino_graph(h, w)
+    model = compile_model(g, precision="bf16")
+    steps = [s["op"].split("+")[0] for s in model.plan["steps"]]
+    assert steps.count("winograd_conv2d") == 2, steps
+    x = np.random.default_rng(4).standard_normal((1, 32, h, w)).astype(np.float32)
+    check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=1e-2)

@@ -27,10 +27,13 @@ from tvm.script import tirx as T
 
 from tensorforge.compiler.backend.cpu.amx import _registered, bits_to_f32, convert_in_parallel
 from tensorforge.compiler.backend.cpu.amx_conv import schedule_conv_conversion
-from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, loop_extent
+from tensorforge.compiler.backend.cpu.common import (Rule, anchor_epilogue, attempt, inline_all, loop_extent,
+                                                     root_blocks, schedule_spatial, vector_lanes)
+from tensorforge.compiler.backend.cpu.winograd import _schedule_input, _schedule_output
 from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, DPBF16PS_LL, N_BLOCK, PAIR, ROW_MULTIPLE, pair_half
 from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, CONV_AMX
 from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
+from tensorforge.compiler.ops.winograd import WINO_GEMM_DP, WINO_INPUT, WINO_INPUT_ROWS, WINO_OUTPUT_COLS, WINO_PAD
 
 DENSE_DP, CONV_DP, MATMUL_DP = DENSE_AMX + DP_SUFFIX, CONV_AMX + DP_SUFFIX, MATMUL_AMX + DP_SUFFIX
 
@@ -165,3 +168,40 @@ def schedule_dp_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
 
 
 dp_conv_rule = Rule("dp_conv", schedule_dp_conv, blocks=(CONV_DP,))
+
+
+def schedule_dp_winograd(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
+    """winograd_conv2d in bf16 (ops/winograd.py, unit avx512bf16): the transforms as the float32 kernel schedules
+    them (backend/cpu/winograd.py), V stored as bf16 bits; the products per (eps, nu) as dense's: [(eps, nu) x oc
+    block pair x ROWS tiles] tasks, a ROWS x COLS*16 register tile over IC, stored to M for the output transform."""
+    lanes = vector_lanes(target)
+    inline_all(sch, keep={WINO_PAD, WINO_INPUT_ROWS, WINO_INPUT, WINO_GEMM_DP, WINO_OUTPUT_COLS})
+    outs = sch.get_output_blocks(sch.get_sblock("root"))
+    if len(outs) != 1 or len(sch.get_loops(outs[0])) != 5:
+        raise ValueError("winograd epilogue is not a single NCHW[16]c block")
+    prod = sch.get_sblock(WINO_GEMM_DP)
+    m = int(sch.get(prod).reads[1].source.shape[0]) - 2
+    _schedule_output(sch, outs[0], m, lanes)
+    store = sch.cache_write(prod, 0, "local")
+    e, f, p, ob, oi, rkb, rkp, rkt = sch.get_loops(prod)
+    po, pi = sch.split(p, [None, ROWS])
+    obo, obi = sch.split(ob, [None, COLS])
+    sch.reorder(e, f, obo, po, rkb, rkp, pi, obi, oi, rkt)
+    tile = sch.fuse(e, f, obo, po)
+    sch.parallel(tile)
+    sch.reverse_compute_at(store, tile, preserve_unit_loops=True)
+    init = sch.decompose_reduction(prod, rkb)
+    sch.tensorize(oi, dp_intrin(b_bits=False))
+    _in_registers(sch, init, pi, obi)
+    _in_registers(sch, store)
+    sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
+    v = sch.get_sblock(WINO_INPUT)
+    *_, kb, kp, t = sch.get_loops(v)
+    sch.fuse(kb, kp, t)  # one channel axis, as the float32 V has
+    _schedule_input(sch, lanes)
+    for block in root_blocks(sch):
+        if sch.get(block).name_hint == WINO_PAD:
+            schedule_spatial(sch, block, lanes)
+
+
+dp_winograd_rule = Rule("dp_winograd", schedule_dp_winograd, blocks=(WINO_GEMM_DP,))

@@ -42,7 +42,7 @@ from tvm import s_tir, tirx
 from tensorforge.compiler.backend.cpu.amx import amx_dense_rule, amx_matmul_rule
 from tensorforge.compiler.backend.cpu.amx_attention import amx_attention_rule
 from tensorforge.compiler.backend.cpu.amx_conv import amx_conv_rule
-from tensorforge.compiler.backend.cpu.bf16dot import dp_conv_rule, dp_dense_rule, dp_matmul_rule
+from tensorforge.compiler.backend.cpu.bf16dot import dp_conv_rule, dp_dense_rule, dp_matmul_rule, dp_winograd_rule
 from tensorforge.compiler.backend.cpu.attention import AttentionKnobs, attention_rule
 from tensorforge.compiler.backend.cpu.common import Knobs, Rule, block_names
 from tensorforge.compiler.backend.cpu.conv import (
@@ -62,6 +62,7 @@ RULES: tuple[Rule, ...] = (
     attention_rule,
     amx_attention_rule,
     winograd_rule,
+    dp_winograd_rule,
     weight_grad_rule,
     conv_packed_rule,
     conv_nchwc_rule,
