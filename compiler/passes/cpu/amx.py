@@ -150,8 +150,9 @@ class AmxConv:
     """amx_conv: `conv2d_nchwc` on an NCHW[16]c input (or an NCHW one with MIN_PLAIN_CONV_REDUCTION values per output,
     blocked by a to_blocked copy first) with NCHW[16]c output (groups 1), a float32 param weight and equal strides
     becomes `conv2d_amx` (ops/amx_conv.py), the implicit GEMM on AMX tiles: x and the weight rounded
-    to bfloat16, sums in float32, the same layouts in and out (or with AVX512-BF16 dot products: `unit`). On a CPU
-    without either it changes nothing.
+    to bfloat16, sums in float32, the same layouts in and out (or with AVX512-BF16 dot products: `unit`). On
+    AVX512-BF16 a 3x3 stride-1 conv on 32-channel multiples becomes `winograd_conv2d` in bf16 instead (unit
+    avx512bf16, F(2x2, 3x3): `_dp_winograd_wanted`). On a CPU without either unit it changes nothing.
 
     It runs after alter_layout (which makes the blocked convs) and before winograd, which would otherwise take the
     3x3 convs in float32."""
