@@ -1,6 +1,6 @@
 """The AVX512-BF16 schedules: dense_amx, conv2d_amx and matmul_amx with `unit="avx512bf16"` (product blocks
-`*_dp`, ops/amx.py `product_name`) on CPUs with AVX512-BF16 but no AMX (AMD Zen 4, Intel Cooper Lake), in zmm
-register tiles of `vdpbf16ps`.
+`*_dp`, ops/amx.py `product_name`) and the bf16 Winograd conv (ops/winograd.py, block `winograd_gemm_dp`) on CPUs
+with AVX512-BF16 but no AMX (AMD Zen 4, Intel Cooper Lake), in zmm register tiles of `vdpbf16ps`.
 
 One `vdpbf16ps` multiplies 16 float32 lanes by pairs of bf16: acc[j] += a0 * b[j][0] + a1 * b[j][1]. The operands
 are the AMX layouts as they are: a packed weight's [n block][k block][k pair] row (16 columns x 2 k, 64 bytes) is
