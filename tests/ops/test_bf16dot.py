@@ -213,3 +213,31 @@ def test_bf16_winograd_on_vdpbf16ps_matches_the_interpreter_and_fp32(monkeypatch
     assert steps.count("winograd_conv2d") == 2, steps
     x = np.random.default_rng(4).standard_normal((1, 32, h, w)).astype(np.float32)
     check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=1e-2)
+
+
+# two images, a valid conv and one with uneven pads (tiles cross the images; the last tile row and column partial)
+WINO_EDGES = """graph g(%x: f32[2,32,10,9]) {
+  %w1 = param f32[32,32,1,1]
+  %w2 = param f32[64,32,3,3]
+  %w3 = param f32[32,64,3,3]
+  %c1 = conv2d(%x, %w1) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[2,32,10,9]
+  %r1 = relu(%c1) : f32[2,32,10,9]
+  %c2 = conv2d(%r1, %w2) {strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1} : f32[2,64,8,7]
+  %r2 = relu(%c2) : f32[2,64,8,7]
+  %y = conv2d(%r2, %w3) {strides=(1, 1), pads=(0, 1, 2, 1), dilations=(1, 1), groups=1} : f32[2,32,8,7]
+  return %y
+}
+"""
+
+
+@needs_dp
+def test_bf16_winograd_on_two_images_with_uneven_pads(monkeypatch):
+    monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
+    rng = np.random.default_rng(12)
+    params = {p.name: (rng.standard_normal(p.type.shape) * 0.15).astype(np.float32)
+              for p in parse_graph(WINO_EDGES).params}
+    g = parse_graph(WINO_EDGES, params)
+    model = compile_model(g, precision="bf16")
+    assert [s["op"].split("+")[0] for s in model.plan["steps"]].count("winograd_conv2d") == 2
+    x = rng.standard_normal((2, 32, 10, 9)).astype(np.float32)
+    check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=1e-2)
