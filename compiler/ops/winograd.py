@@ -35,6 +35,8 @@ from tvm import te, tirx, topi
 
 from tensorforge.compiler.ir.types import TensorType
 
+from .amx import (K_BLOCK, N_TILE, PAIR, bf16_bits, from_bf16_bits, pack_amx_weight, padded_k, padded_rows,
+                  round_bf16)
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 BLOCK = 16            # channel lanes of the NCHW[16]c activations
@@ -90,8 +92,6 @@ def transform_weight(w: np.ndarray, m: int) -> np.ndarray:
 def transform_weight_dp(w: np.ndarray, m: int = DP_TILE) -> np.ndarray:
     """OIHW 3x3 weight -> U = G g G^T as bf16, per (eps, nu) the AMX dense weight layout of U[eps, nu]^T (OC x IC):
     (alpha, alpha, OC/16, IC/32, 16, 16, 2) (ops/amx.py pack_amx_weight)."""
-    from .amx import pack_amx_weight
-
     _, g, _ = matrices(m)
     u = np.einsum("ak,oikl,bl->aboi", g, np.asarray(w, np.float64), g).astype(np.float32)  # (alpha, alpha, OC, IC)
     return np.stack([np.stack([pack_amx_weight(u[a, b]) for b in range(u.shape[1])]) for a in range(u.shape[0])])
@@ -116,9 +116,6 @@ def output_size(h: int, w: int, pads) -> tuple[int, int]:
 def reference(x: np.ndarray, u: np.ndarray, bias, *, pads, tile: int, out_channels: int, unit: str = "") -> np.ndarray:
     """The algorithm in numpy (float32 like the kernel): x NCHW[16]c, U from `transform_weight` (with `unit`, from
     `transform_weight_dp`, and V rounded to bf16); NCHW[16]c out."""
-    from .amx import round_bf16
-
-    x = np.asarray(x, np.float32)
     at, _, bt = (a.astype(np.float32) for a in matrices(tile))
     m, alpha = tile, tile + 2
     n, icb, h, w, b = x.shape
@@ -180,15 +177,11 @@ def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, 
                             out_channels: int, unit: str = "") -> te.Tensor:
     """x (N, IC/16, H, W, 16), U (alpha, alpha, OC/nb, IC, nb) -> (N, OC/16, OH, OW, 16), 3x3 stride 1. With `unit`
     ("avx512bf16"): U from `transform_weight_dp`, V as bf16 bits, the products in bf16 with float32 sums."""
-    from .amx import K_BLOCK, PAIR, bf16_bits, from_bf16_bits, padded_rows
-
     at, _, bt = matrices(tile)
     m, alpha = tile, tile + 2
     n, icb, h, w, b = (int(d) for d in x.shape)
     nb = int(u.shape[4])
     ic = icb * b
-    if x.dtype != "float32":
-        x = te.compute(x.shape, lambda *i: x(*i).astype("float32"), name="winograd_widen")
     oh, ow = output_size(h, w, pads)
     th, tw = _tiles(oh, ow, m)
     top, left, _, _ = pads
@@ -216,10 +209,11 @@ def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, 
 
     if unit:  # V (alpha, alpha, P, IC/32, 16, 2) bf16 bits; M (alpha, alpha, P, OC/16, 16)
         kb = int(u.shape[3])  # padded_k: at least two blocks, the second of 32 channels zeros
+        whole = kb * K_BLOCK == ic
 
         def v_bits(e, f, p, c, kp, t):
             k = c * K_BLOCK + kp * PAIR + t
-            if kb * K_BLOCK == ic:
+            if whole:
                 return bf16_bits(v_body(e, f, p, k))
             return tirx.if_then_else(k < ic, bf16_bits(v_body(e, f, p, tirx.min(k, ic - 1))), tirx.const(0, "uint16"))
 
@@ -268,13 +262,11 @@ def _infer(types, *, pads, tile, out_channels, unit=""):
     if unit:
         if unit != "avx512bf16" or tile != DP_TILE:
             fail(f"unit {unit!r} with tile {tile}: only avx512bf16 with tile {DP_TILE}")
-        from .amx import padded_k
-
-        want = (alpha, alpha, out_channels // BLOCK, padded_k(icb * b) // 32, 16, 16, 2)
-        if u.dtype != "bfloat16" or u.shape != want or (icb * b) % 32 or out_channels % 32:
+        want = (alpha, alpha, out_channels // BLOCK, padded_k(icb * b) // K_BLOCK, K_BLOCK // PAIR, BLOCK, PAIR)
+        if u.dtype != "bfloat16" or u.shape != want or (icb * b) % K_BLOCK or out_channels % N_TILE:
             fail(f"transformed weight {u} is not bfloat16{list(want)} (channels multiples of 32)")
-        if x.dtype not in ("float32", "bfloat16"):
-            fail(f"expects a float32 or bfloat16 input, got {x}")
+        if x.dtype != "float32":
+            fail(f"expects a float32 input, got {x}")
     elif (u.rank != 5 or u.shape[:2] != (alpha, alpha) or u.shape[3] != icb * b
             or u.shape[2] * u.shape[4] != out_channels or out_channels % b):
         fail(f"transformed weight {u} is not ({alpha}, {alpha}, OC/nb, {icb * b}, nb) for {out_channels} "

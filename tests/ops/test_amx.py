@@ -39,12 +39,15 @@ GRAPH = """graph g(%x: f32[{m},{k}]) {{
 """
 
 
-def graph(m, k, n):
-    text = GRAPH.format(m=m, k=k, n=n)
-    rng = np.random.default_rng(0)
-    params = {p.name: (rng.standard_normal(p.type.shape) * 0.3).astype(np.float32)
-              for p in parse_graph(text).params}
+def with_params(text: str, seed: int, scale: float):
+    """The graph of `text` with normal random params of standard deviation `scale`."""
+    rng = np.random.default_rng(seed)
+    params = {p.name: (rng.standard_normal(p.type.shape) * scale).astype(np.float32) for p in parse_graph(text).params}
     return parse_graph(text, params)
+
+
+def graph(m, k, n):
+    return with_params(GRAPH.format(m=m, k=k, n=n), 0, 0.3)
 
 
 @pytest.mark.parametrize("n,k", [(32, 32), (100, 72), (17, 5)])
@@ -303,10 +306,7 @@ CNN = """graph g(%x: f32[1,16,{h},{w}]) {{
 
 
 def cnn(h, w):
-    text = CNN.format(h=h, w=w, oh=(h - 1) // 2 + 1, ow=(w - 1) // 2 + 1)
-    rng = np.random.default_rng(6)
-    params = {p.name: (rng.standard_normal(p.type.shape) * 0.2).astype(np.float32) for p in parse_graph(text).params}
-    return parse_graph(text, params)
+    return with_params(CNN.format(h=h, w=w, oh=(h - 1) // 2 + 1, ow=(w - 1) // 2 + 1), 6, 0.2)
 
 
 @pytest.mark.parametrize("oc, ic, k", [(64, 64, 3), (48, 16, 1), (40, 100, 5)])
@@ -405,10 +405,7 @@ def test_an_amx_conv_reads_nothing_past_its_input(monkeypatch):
         return a
 
     monkeypatch.setattr(plan, "aligned_empty", poisoned)
-    rng = np.random.default_rng(11)
-    params = {p.name: (rng.standard_normal(p.type.shape) * 0.2).astype(np.float32)
-              for p in parse_graph(POINTWISE).params}
-    g = parse_graph(POINTWISE, params)
+    g = with_params(POINTWISE, 11, 0.2)
     model = compile_model(g, precision="bf16")
     # the activations between the convs stored as bfloat16 (passes/cpu/bf16_activations.py)
     assert [s["op"] for s in model.plan["steps"]] == ["conv2d_nchwc+relu+cast", "conv2d_amx+relu+cast", "conv2d_amx",

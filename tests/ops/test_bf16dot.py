@@ -10,13 +10,12 @@ from tvm.target import Target
 
 from tensorforge import compile_model
 from tensorforge.compiler import ops
-from tensorforge.compiler.ir import parse_graph
 from tensorforge.compiler.backend.cpu.rules import schedule_cpu_traced
 from tensorforge.compiler.ops import amx, amx_conv, amx_matmul
 from tensorforge.compiler.passes.cpu import amx as amx_pass
 from tensorforge.runtime import cpu_features
 from tensorforge.runtime.errors import InputError
-from tests.ops.test_amx import check_against_interpreter_and_fp32, cnn, graph
+from tests.ops.test_amx import check_against_interpreter_and_fp32, cnn, graph, with_params
 from tests.ops.test_amx_attention import attention_graph
 
 ZEN4 = Target({"kind": "llvm", "mcpu": "znver4", "mtriple": "x86_64-linux-gnu"})
@@ -155,10 +154,7 @@ WINO = """graph g(%x: f32[1,32,{h},{w}]) {{
 
 
 def wino_graph(h, w):
-    text = WINO.format(h=h, w=w)
-    rng = np.random.default_rng(11)
-    params = {p.name: (rng.standard_normal(p.type.shape) * 0.15).astype(np.float32) for p in parse_graph(text).params}
-    return parse_graph(text, params)
+    return with_params(WINO.format(h=h, w=w), 11, 0.15)
 
 
 def test_3x3_convs_on_32_channel_multiples_become_bf16_winograd():
@@ -233,11 +229,8 @@ WINO_EDGES = """graph g(%x: f32[2,32,10,9]) {
 @needs_dp
 def test_bf16_winograd_on_two_images_with_uneven_pads(monkeypatch):
     monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
-    rng = np.random.default_rng(12)
-    params = {p.name: (rng.standard_normal(p.type.shape) * 0.15).astype(np.float32)
-              for p in parse_graph(WINO_EDGES).params}
-    g = parse_graph(WINO_EDGES, params)
+    g = with_params(WINO_EDGES, 12, 0.15)
     model = compile_model(g, precision="bf16")
     assert [s["op"].split("+")[0] for s in model.plan["steps"]].count("winograd_conv2d") == 2
-    x = rng.standard_normal((2, 32, 10, 9)).astype(np.float32)
+    x = np.random.default_rng(13).standard_normal((2, 32, 10, 9)).astype(np.float32)
     check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=1e-2)

@@ -27,13 +27,12 @@ from tvm.script import tirx as T
 
 from tensorforge.compiler.backend.cpu.amx import _registered, bits_to_f32, convert_in_parallel
 from tensorforge.compiler.backend.cpu.amx_conv import schedule_conv_conversion
-from tensorforge.compiler.backend.cpu.common import (Rule, anchor_epilogue, attempt, inline_all, loop_extent,
-                                                     root_blocks, schedule_spatial, vector_lanes)
-from tensorforge.compiler.backend.cpu.winograd import _schedule_input, _schedule_output
+from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, loop_extent
+from tensorforge.compiler.backend.cpu.winograd import schedule_stages
 from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, DPBF16PS_LL, N_BLOCK, PAIR, ROW_MULTIPLE, pair_half
 from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, CONV_AMX
 from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
-from tensorforge.compiler.ops.winograd import WINO_GEMM_DP, WINO_INPUT, WINO_INPUT_ROWS, WINO_OUTPUT_COLS, WINO_PAD
+from tensorforge.compiler.ops.winograd import WINO_GEMM_DP
 
 DENSE_DP, CONV_DP, MATMUL_DP = DENSE_AMX + DP_SUFFIX, CONV_AMX + DP_SUFFIX, MATMUL_AMX + DP_SUFFIX
 
@@ -104,23 +103,37 @@ def _in_registers(sch: s_tir.Schedule, block, *unrolled) -> None:
     sch.vectorize(lanes)
 
 
+def _tile_tasks(sch: s_tir.Schedule, batch, rows, col_blocks, cols, reduction) -> tuple:
+    """[batch x pair of 16-column blocks x ROWS rows] tasks, parallel, of a product's loops; per task the reduction
+    outside the ROWS x COLS*16 register tile, its last loop (the pair half) inside. Returns the task loop and the
+    tile's row and column-block loops."""
+    ro, ri = sch.split(rows, [None, ROWS])
+    co, ci = sch.split(col_blocks, [None, COLS])
+    sch.reorder(*batch, co, ro, *reduction[:-1], ri, ci, cols, reduction[-1])
+    tile = sch.fuse(*batch, co, ro)
+    sch.parallel(tile)
+    return tile, ri, ci
+
+
+def _in_dot_products(sch: s_tir.Schedule, prod, tile, first_k, cols, ri, ci, b_bits: bool) -> None:
+    """The register tile's products as `vdpbf16ps` (its 16 columns `cols` tensorized), its accumulators zeroed
+    before the reduction's first loop `first_k`, all in registers."""
+    init = sch.decompose_reduction(prod, first_k)
+    sch.tensorize(cols, dp_intrin(b_bits))
+    _in_registers(sch, init, ri, ci)
+    sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
+
+
 def schedule_dp_gemm(sch: s_tir.Schedule, anchor: str, conversions: tuple[str, ...], b_bits: bool) -> None:
     """[batch x column panel x row tile] tasks, parallel; per task a ROWS x COLS*16 register tile over the whole K
     (k block, k pair outside the tile), the epilogue per tile from the registers."""
     prod = sch.get_sblock(anchor)
     out = anchor_epilogue(sch, prod, *conversions)
     *batch, i, jb, jt, kb, kk, kt = sch.get_loops(prod)
-    io, ii = sch.split(i, [None, ROWS])
-    jbo, jbi = sch.split(jb, [None, COLS])
-    sch.reorder(*batch, jbo, io, kb, kk, ii, jbi, jt, kt)
-    tile = sch.fuse(*batch, jbo, io)
-    sch.parallel(tile)
+    tile, ii, jbi = _tile_tasks(sch, batch, i, jb, jt, (kb, kk, kt))
     sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
     sch.set_scope(prod, 0, "local")
-    init = sch.decompose_reduction(prod, kb)
-    sch.tensorize(jt, dp_intrin(b_bits))
-    _in_registers(sch, init, ii, jbi)
-    sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
+    _in_dot_products(sch, prod, tile, kb, jt, ii, jbi, b_bits)
     convert_in_parallel(sch, conversions)
     attempt(sch.vectorize, sch.get_loops(out)[-1])
 
@@ -149,17 +162,10 @@ def schedule_dp_conv(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     ow = loop_extent(sch, sch.get_loops(out)[3])
     sch.transform_block_layout(out, lambda b, ob, y, z, oi: (b, ob, y * ow + z, oi))
     b, ob, m, oi, r, rp, rt = sch.get_loops(prod)
-    mo, mi = sch.split(m, [None, ROWS])
-    obo, obi = sch.split(ob, [None, COLS])
-    sch.reorder(b, obo, mo, r, rp, mi, obi, oi, rt)
-    tile = sch.fuse(b, obo, mo)
-    sch.parallel(tile)
+    tile, mi, obi = _tile_tasks(sch, (b,), m, ob, oi, (r, rp, rt))
     sch.reverse_compute_at(out, tile, preserve_unit_loops=True)
     sch.set_scope(prod, 0, "local")
-    init = sch.decompose_reduction(prod, r)
-    sch.tensorize(oi, dp_intrin(b_bits=False))
-    _in_registers(sch, init, mi, obi)
-    sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
+    _in_dot_products(sch, prod, tile, r, oi, mi, obi, b_bits=False)
     schedule_conv_conversion(sch)
     *_, o_ob, o_m, o_oi = sch.get_loops(out)
     sch.unroll(o_ob)
@@ -174,34 +180,17 @@ def schedule_dp_winograd(sch: s_tir.Schedule, target: tvm.target.Target) -> None
     """winograd_conv2d in bf16 (ops/winograd.py, unit avx512bf16): the transforms as the float32 kernel schedules
     them (backend/cpu/winograd.py), V stored as bf16 bits; the products per (eps, nu) as dense's: [(eps, nu) x oc
     block pair x ROWS tiles] tasks, a ROWS x COLS*16 register tile over IC, stored to M for the output transform."""
-    lanes = vector_lanes(target)
-    inline_all(sch, keep={WINO_PAD, WINO_INPUT_ROWS, WINO_INPUT, WINO_GEMM_DP, WINO_OUTPUT_COLS})
-    outs = sch.get_output_blocks(sch.get_sblock("root"))
-    if len(outs) != 1 or len(sch.get_loops(outs[0])) != 5:
-        raise ValueError("winograd epilogue is not a single NCHW[16]c block")
-    prod = sch.get_sblock(WINO_GEMM_DP)
-    m = int(sch.get(prod).reads[1].source.shape[0]) - 2
-    _schedule_output(sch, outs[0], m, lanes)
-    store = sch.cache_write(prod, 0, "local")
-    e, f, p, ob, oi, rkb, rkp, rkt = sch.get_loops(prod)
-    po, pi = sch.split(p, [None, ROWS])
-    obo, obi = sch.split(ob, [None, COLS])
-    sch.reorder(e, f, obo, po, rkb, rkp, pi, obi, oi, rkt)
-    tile = sch.fuse(e, f, obo, po)
-    sch.parallel(tile)
-    sch.reverse_compute_at(store, tile, preserve_unit_loops=True)
-    init = sch.decompose_reduction(prod, rkb)
-    sch.tensorize(oi, dp_intrin(b_bits=False))
-    _in_registers(sch, init, pi, obi)
-    _in_registers(sch, store)
-    sch.annotate(tile, "pragma_import_llvm", DPBF16PS_LL)
-    v = sch.get_sblock(WINO_INPUT)
-    *_, kb, kp, t = sch.get_loops(v)
-    sch.fuse(kb, kp, t)  # one channel axis, as the float32 V has
-    _schedule_input(sch, lanes)
-    for block in root_blocks(sch):
-        if sch.get(block).name_hint == WINO_PAD:
-            schedule_spatial(sch, block, lanes)
+
+    def gemm():
+        prod = sch.get_sblock(WINO_GEMM_DP)
+        store = sch.cache_write(prod, 0, "local")
+        e, f, p, ob, oi, rkb, rkp, rkt = sch.get_loops(prod)
+        tile, pi, obi = _tile_tasks(sch, (e, f), p, ob, oi, (rkb, rkp, rkt))
+        sch.reverse_compute_at(store, tile, preserve_unit_loops=True)
+        _in_dot_products(sch, prod, tile, rkb, oi, pi, obi, b_bits=False)
+        _in_registers(sch, store)
+
+    schedule_stages(sch, target, WINO_GEMM_DP, gemm)
 
 
 dp_winograd_rule = Rule("dp_winograd", schedule_dp_winograd, blocks=(WINO_GEMM_DP,))

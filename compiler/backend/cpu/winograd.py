@@ -33,15 +33,22 @@ def schedule_winograd(sch: s_tir.Schedule, target, knobs: WinogradKnobs = Winogr
     tile row) > tile > per column r: its M A column, then its m outputs; unrolled, 16 lanes a vector, the epilogue
     inlined into its stores."""
     lanes = vector_lanes(target)
+    schedule_stages(sch, target, WINO_GEMM, lambda: _schedule_gemm(sch, lanes, knobs.p_tile))
+
+
+def schedule_stages(sch: s_tir.Schedule, target, gemm: str, schedule_gemm) -> None:
+    """The Winograd kernel's stages around its batched GEMM (block `gemm`, scheduled by `schedule_gemm()`): the
+    float32 kernel's and the bf16 one's (backend/cpu/bf16dot.py)."""
+    lanes = vector_lanes(target)
     # every stage but the output transform, which is inlined into the epilogue
-    inline_all(sch, keep={WINO_PAD, WINO_INPUT_ROWS, WINO_INPUT, WINO_GEMM, WINO_OUTPUT_COLS})
+    inline_all(sch, keep={WINO_PAD, WINO_INPUT_ROWS, WINO_INPUT, gemm, WINO_OUTPUT_COLS})
     outs = sch.get_output_blocks(sch.get_sblock("root"))
     if len(outs) != 1 or len(sch.get_loops(outs[0])) != 5:
         raise ValueError("winograd epilogue is not a single NCHW[16]c block")
     out = outs[0]
-    m = int(sch.get(sch.get_sblock(WINO_GEMM)).reads[1].source.shape[0]) - 2  # alpha - 2, from U's shape
+    m = int(sch.get(sch.get_sblock(gemm)).reads[1].source.shape[0]) - 2  # alpha - 2, from U's shape
     _schedule_output(sch, out, m, lanes)
-    _schedule_gemm(sch, lanes, knobs.p_tile)
+    schedule_gemm()
     _schedule_input(sch, lanes)
     for block in root_blocks(sch):
         if sch.get(block).name_hint == WINO_PAD:
@@ -91,7 +98,8 @@ def _schedule_gemm(sch, lanes, p_tile):
 
 def _schedule_input(sch, lanes):
     v = sch.get_sblock(WINO_INPUT)
-    e, f, p, c = sch.get_loops(v)
+    e, f, p, *channel = sch.get_loops(v)
+    c = sch.fuse(*channel) if len(channel) > 1 else channel[0]  # bf16 V: (k block, k pair, pair half)
     cb, cl = sch.split(c, [None, BLOCK])
     sch.reorder(p, cb, e, f, cl)
     tile = sch.fuse(p, cb)
