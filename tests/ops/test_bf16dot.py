@@ -199,8 +199,42 @@ def test_the_bf16_winograd_schedule_puts_its_products_on_vdpbf16ps():
     assert asm.count("vdpbf16ps") >= 16 and "tdpbf16ps" not in asm
 
 
+def _winograd_func(channels, hw, out_channels):
+    from tensorforge.compiler.ops import winograd
+
+    x = te.placeholder((1, channels // 16, hw, hw, 16), "float32", name="x")
+    u = te.placeholder(winograd.transform_weight_dp(np.zeros((out_channels, channels, 3, 3), np.float32)).shape,
+                       "bfloat16", name="u")
+    out = winograd.conv2d_winograd_compute(x, u, None, pads=(1, 1, 1, 1), tile=2, out_channels=out_channels,
+                                           unit="avx512bf16")
+    return te.create_prim_func([x, u, out])
+
+
+@pytest.mark.parametrize("channels, hw, group", [
+    (64, 56, 56),     # 784 tiles in 14 groups
+    (128, 28, 40),    # 196 tiles (200 padded) in 5 groups, the last one's output 36 tiles
+    (32, 32, 64),     # 256 tiles: 128 would leave 2 groups
+    (256, 14, None),  # 49 tiles: no 4 groups of 32
+    (64, 7, None),    # 7x7: the output is not whole tiles
+    (512, 56, None),  # 56 tiles' V and M would not fit
+])
+def test_bf16_winograd_groups_of_tiles(channels, hw, group):
+    from tvm import s_tir
+
+    from tensorforge.compiler.backend.cpu import bf16dot, winograd as wino_schedule
+    from tensorforge.compiler.ops.winograd import WINO_GEMM_DP
+
+    sch = s_tir.Schedule(_winograd_func(channels, hw, channels))
+    assert wino_schedule.tile_group(sch, WINO_GEMM_DP, bf16dot.ROWS) == group
+
+
+def test_the_grouped_bf16_winograd_computes_each_group_in_turn():
+    asm = _asm(_winograd_func(64, 56, 64), "dp_winograd")
+    assert asm.count("vdpbf16ps") >= 16 and "tdpbf16ps" not in asm
+
+
 @needs_dp
-@pytest.mark.parametrize("h, w", [(9, 7), (16, 16)])
+@pytest.mark.parametrize("h, w", [(9, 7), (16, 16), (28, 28)])
 def test_bf16_winograd_on_vdpbf16ps_matches_the_interpreter_and_fp32(monkeypatch, h, w):
     monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
     g = wino_graph(h, w)

@@ -28,7 +28,7 @@ from tvm.script import tirx as T
 from tensorforge.compiler.backend.cpu.amx import _registered, bits_to_f32, convert_in_parallel
 from tensorforge.compiler.backend.cpu.amx_conv import schedule_conv_conversion
 from tensorforge.compiler.backend.cpu.common import Rule, anchor_epilogue, attempt, loop_extent
-from tensorforge.compiler.backend.cpu.winograd import schedule_stages
+from tensorforge.compiler.backend.cpu.winograd import schedule_grouped, schedule_stages, tile_group
 from tensorforge.compiler.ops.amx import AMX_A, DENSE_AMX, DP_SUFFIX, DPBF16PS_LL, N_BLOCK, PAIR, ROW_MULTIPLE, pair_half
 from tensorforge.compiler.ops.amx_conv import AMX_CONV_A, CONV_AMX
 from tensorforge.compiler.ops.amx_matmul import AMX_MM_A, AMX_MM_B, MATMUL_AMX
@@ -178,19 +178,36 @@ dp_conv_rule = Rule("dp_conv", schedule_dp_conv, blocks=(CONV_DP,))
 
 def schedule_dp_winograd(sch: s_tir.Schedule, target: tvm.target.Target) -> None:
     """winograd_conv2d in bf16 (ops/winograd.py, unit avx512bf16): the transforms as the float32 kernel schedules
-    them (backend/cpu/winograd.py), V stored as bf16 bits; the products per (eps, nu) as dense's: [(eps, nu) x oc
-    block pair x ROWS tiles] tasks, a ROWS x COLS*16 register tile over IC, stored to M for the output transform."""
+    them (backend/cpu/winograd.py), V stored as bf16 bits; the products per (eps, nu) as dense's: a ROWS x COLS*16
+    register tile over IC, stored to M for the output transform. Where the tiles split into groups whose V and M
+    fit in L2 (`tile_group`), every stage runs per group (`schedule_grouped`), the products as (eps, nu) > oc block
+    pair > ROWS tiles of the group; elsewhere the stages run one after the other over all tiles, the products in
+    [(eps, nu) x oc block pair x ROWS tiles] tasks."""
+    group = tile_group(sch, WINO_GEMM_DP, ROWS)
 
-    def gemm():
+    def tasks():
         prod = sch.get_sblock(WINO_GEMM_DP)
         store = sch.cache_write(prod, 0, "local")
         e, f, p, ob, oi, rkb, rkp, rkt = sch.get_loops(prod)
         tile, pi, obi = _tile_tasks(sch, (e, f), p, ob, oi, (rkb, rkp, rkt))
+        in_registers(prod, store, tile, pi, obi, oi, rkb)
+
+    def in_group(prod, store):
+        e, f, p, ob, oi, rkb, rkp, rkt = sch.get_loops(prod)[-8:]
+        tile, pi = sch.split(p, [None, ROWS])
+        obo, obi = sch.split(ob, [None, COLS])
+        sch.reorder(e, f, obo, tile, rkb, rkp, pi, obi, oi, rkt)
+        in_registers(prod, store, tile, pi, obi, oi, rkb)
+
+    def in_registers(prod, store, tile, pi, obi, oi, rkb):
         sch.reverse_compute_at(store, tile, preserve_unit_loops=True)
         _in_dot_products(sch, prod, tile, rkb, oi, pi, obi, b_bits=False)
         _in_registers(sch, store)
 
-    schedule_stages(sch, target, WINO_GEMM_DP, gemm)
+    if group is None:
+        schedule_stages(sch, target, WINO_GEMM_DP, tasks)
+    else:
+        schedule_grouped(sch, target, WINO_GEMM_DP, group, in_group)
 
 
 dp_winograd_rule = Rule("dp_winograd", schedule_dp_winograd, blocks=(WINO_GEMM_DP,))
