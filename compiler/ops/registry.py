@@ -18,7 +18,8 @@ and the facts the passes and analyses read from the op instead of keeping tables
   * `half_operands`: the operand slots the op multiplies, which `mixed_precision` may round to half precision,
   * `bf16_weight`: its weight (input 1), packed at compile time, may be stored as bfloat16 (`bf16_weights`),
   * `bf16_input`: it reads its activation (input 0) as bfloat16 as well as float32, rounding a float32 one to bfloat16
-    itself (the bf16 products of passes/cpu/amx.py); `bf16_activations` may hand it a bfloat16 one,
+    itself (the bf16 products of passes/cpu/amx.py); `bf16_activations` may hand it a bfloat16 one where its type
+    rule takes one with the node's attributes (the Winograd conv only in its bf16 form),
   * `widens_input`: an anchor whose kernel may read its input 0 through a widening cast (bfloat16 -> float32) fused
     in as its prologue: `bf16_activations` may store that input as bfloat16 (`fuse` keeps the cast with it).
 `missing_facts(op)` lists what a declaration lacks; tests/ops/test_ops.py runs it over every op.

@@ -191,6 +191,7 @@ def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, 
         xp = topi.nn.pad(x, [0, 0, top, left, 0], [0, 0, max(bottom, 0), max(right, 0), 0], name=WINO_PAD)
     per_image = th * tw
     tiles = n * per_image
+    widen = (lambda v: v.astype("float32")) if unit else (lambda v: v)  # a bfloat16 input (bf16_activations)
     # whole register tiles; the extra rows repeat the last
     tiles_pad = padded_rows(tiles, unit) if unit else -(-tiles // GEMM_P_TILE) * GEMM_P_TILE
 
@@ -199,7 +200,7 @@ def conv2d_winograd_compute(x: te.Tensor, u: te.Tensor, bias: te.Tensor | None, 
             p = tirx.min(p, tiles - 1)
         img, t = p // per_image, p % per_image
         y0, x0 = t // tw * m, t % tw * m
-        d = [xp[img, c // b, y0 + i, x0 + j, c % b] for i in range(alpha)]
+        d = [widen(xp[img, c // b, y0 + i, x0 + j, c % b]) for i in range(alpha)]
         return _select(eps, [_sparse_sum(bt[e], d) for e in range(alpha)])
 
     rows = te.compute((alpha, alpha, tiles_pad, ic), rows_body, name=WINO_INPUT_ROWS)
@@ -265,8 +266,8 @@ def _infer(types, *, pads, tile, out_channels, unit=""):
         want = (alpha, alpha, out_channels // BLOCK, padded_k(icb * b) // K_BLOCK, K_BLOCK // PAIR, BLOCK, PAIR)
         if u.dtype != "bfloat16" or u.shape != want or (icb * b) % K_BLOCK or out_channels % N_TILE:
             fail(f"transformed weight {u} is not bfloat16{list(want)} (channels multiples of 32)")
-        if x.dtype != "float32":
-            fail(f"expects a float32 input, got {x}")
+        if x.dtype not in ("float32", "bfloat16"):
+            fail(f"expects a float32 or bfloat16 input, got {x}")
     elif (u.rank != 5 or u.shape[:2] != (alpha, alpha) or u.shape[3] != icb * b
             or u.shape[2] * u.shape[4] != out_channels or out_channels % b):
         fail(f"transformed weight {u} is not ({alpha}, {alpha}, OC/nb, {icb * b}, nb) for {out_channels} "
@@ -293,9 +294,10 @@ winograd_conv2d = defop(
     "winograd_conv2d", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_infer, arity=(2, 3),
     attrs={"pads": Attr("ints", (0, 0, 0, 0)), "tile": Attr("int", 4), "out_channels": Attr("int"),
            "unit": Attr("str", "")},
-    reference=_reference, lower=_lower, grad=NO_RULE_YET,
+    reference=_reference, lower=_lower, grad=NO_RULE_YET, bf16_input=True,
     # counted as the direct 3x3 conv it replaces; input (N, IC/b, H, W, b)
     flops=lambda n: 2 * n.outputs[0].type.numel * n.inputs[0].type.shape[1] * n.inputs[0].type.shape[4] * 9,
     doc="3x3 conv (stride 1, dilation 1, groups 1) by Winograd F(tile x tile, 3 x 3) on NCHW[16]c activations; "
         "weight U = G g G^T as (tile+2, tile+2, OC/nb, IC, nb); output NCHW[16]c. With unit avx512bf16: F(2 x 2, 3 x 3) "
-        "in bfloat16 with float32 sums (`vdpbf16ps`), U in the AMX dense weight layout per (eps, nu).")
+        "in bfloat16 with float32 sums (`vdpbf16ps`), U in the AMX dense weight layout per (eps, nu), the input float32 "
+        "or bfloat16 (V is rounded to bfloat16 either way).")

@@ -161,3 +161,18 @@ def test_a_depthwise_conv_reads_the_expansion_as_bfloat16_in_its_own_kernel():
     x = np.random.default_rng(3).standard_normal((1, 32, 10, 10)).astype(np.float32)
     got, exact = interpret(g, {"x": x})[0], interpret(inverted_graph(), {"x": x})[0]
     assert 0 < np.abs(got - exact).max() / np.abs(exact).max() < 1.5e-2
+
+
+def test_the_bf16_winograd_reads_a_bfloat16_input_and_the_float32_one_does_not():
+    """On AVX512-BF16 the block's 3x3 conv is the bf16 Winograd conv, a bf16 product that takes a bfloat16 input
+    (its type rule with unit avx512bf16); the float32 Winograd conv (unit "") keeps reading float32."""
+    from tensorforge.compiler.passes.cpu.winograd import winograd
+
+    g = bf16_activations(AmxConv(unit="avx512bf16")(alter_layout(pack_weights(import_model(block_graph())))))
+    g.verify()
+    (wino,) = [n for n in g.nodes if n.op is ops.winograd_conv2d]
+    assert wino.attrs["unit"] == "avx512bf16" and wino.inputs[0].type.dtype == "bfloat16"
+    assert wino.inputs[0].producer.op is ops.cast
+    g = bf16_activations(winograd(alter_layout(pack_weights(import_model(block_graph())))))
+    wino = [n for n in g.nodes if n.op is ops.winograd_conv2d]
+    assert wino and all(n.attrs["unit"] == "" and n.inputs[0].type.dtype == "float32" for n in wino)

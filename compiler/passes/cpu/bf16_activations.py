@@ -8,15 +8,18 @@ from typing import ClassVar
 
 from tensorforge.compiler import ops
 from tensorforge.compiler.ir import Graph, Node, Value
+from tensorforge.compiler.ir.types import TensorType
 from tensorforge.compiler.ops import FusionKind
+from tensorforge.runtime.errors import IRError
 
 K = FusionKind
 
 
 @dataclass(frozen=True)
 class StoreActivationsBF16:
-    """bf16_activations: a float32 activation read by a bf16 product (an op with `bf16_input`: conv2d_amx) becomes
-    `cast(x, bfloat16)`, written by its producer's kernel, and the product reads that instead of rounding x itself:
+    """bf16_activations: a float32 activation read by a bf16 product (an op with `bf16_input`: conv2d_amx, the bf16
+    Winograd conv) becomes `cast(x, bfloat16)`, written by its producer's kernel, and the product reads that instead
+    of rounding x itself:
     the same bf16 operand, half the bytes written and read. Its other readers (a residual add) read
     `cast(bf16 x, float32)`, each in its own kernel, so their x is rounded to bfloat16 too (8 significant bits, as
     OpenVINO's bf16 mode stores activations).
@@ -50,11 +53,11 @@ class StoreActivationsBF16:
             anchor = _anchor(n, users)
             if anchor is None:
                 continue
-            direct = [r for r in readers if r.op.bf16_input and _reads_as_input0(r, x)]
+            direct = [r for r in readers if _takes_bf16(r, x)]
             others = [r for r in readers if r not in direct]
             if not all(_widens(r, x) for r in others):
                 continue
-            if not (direct or anchor.op.bf16_input and (
+            if not (direct or _bf16_product(anchor) and (
                     all(r.op.widens_input for r in readers)  # an AMX expansion read by a depthwise conv
                     or anchor is n and all(_joins_other(r, x, users) for r in readers))):  # a downsampling conv
                 continue
@@ -65,6 +68,25 @@ class StoreActivationsBF16:
                 (wide,) = g.add_node(ops.cast, [low], {"to": "float32"}, name=f"{r.name}.f32", index=g.nodes.index(r))
                 r.inputs = [wide if v is x else v for v in r.inputs]
         return g
+
+
+def _bf16_product(n: Node) -> bool:
+    """Is `n` a bf16 product: an op with `bf16_input` whose type rule takes a bfloat16 input 0 with n's attributes
+    (the Winograd conv only in its bf16 form)?"""
+    if not n.op.bf16_input:
+        return False
+    types = [v.type for v in n.inputs]
+    types[0] = TensorType(types[0].shape, "bfloat16")
+    try:
+        n.op.infer_types(types, n.attrs)
+    except IRError:
+        return False
+    return True
+
+
+def _takes_bf16(r: Node, x: Value) -> bool:
+    """Does the bf16 product `r` read x as its input 0 only?"""
+    return _reads_as_input0(r, x) and _bf16_product(r)
 
 
 def _reads_as_input0(r: Node, x: Value) -> bool:
