@@ -4,13 +4,16 @@ their arguments and call the driver (compiler/driver.py)."""
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from typing import Mapping, Sequence
 
 from tensorforge.compiler.driver import compile_graph, import_model, optimize, training_graph  # noqa: F401
 from tensorforge.compiler.options import CompileOptions  # noqa: F401  (part of the API)
+from tensorforge.compiler.specialize import SpecializingModel, specializable
 from tensorforge.runtime import CompiledModel
-from tensorforge.runtime.errors import CompileError
+from tensorforge.runtime.errors import CompileError, FrontendError
 
 _UNSET = object()
 
@@ -18,7 +21,8 @@ _UNSET = object()
 def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int]] | None = None, *,
                   opt_level: int = _UNSET, tuning_db: str | Sequence[str] | None = _UNSET,
                   options: CompileOptions | None = None, example_inputs=None, params=None,
-                  arch: str | None = _UNSET, precision: str = _UNSET) -> CompiledModel:
+                  arch: str | None = _UNSET, precision: str = _UNSET,
+                  dynamic: Mapping[str, Mapping[int, tuple[int, int]]] | None = None) -> CompiledModel | SpecializingModel:
     """Compile a model for `target` and return a runnable `runtime.CompiledModel`.
 
     model: an ONNX file path, ONNX bytes, an `onnx.ModelProto`, a `torch.nn.Module` (with `example_inputs`, a tuple
@@ -33,6 +37,11 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
     widened to fp32 in the kernels (activations and sums stay fp32; compiler/passes/cpu/bf16_weights.py).
     options: a `CompileOptions` holding all of the above (and more); then none of target, opt_level, tuning_db, arch
     and precision may be given too. Defaults: target "cpu", opt_level 2, precision "fp32".
+    An ONNX model with graph inputs whose values decide shapes (Reshape's shape, Pad's pads, a Reduce's axes, ...)
+    or sequence inputs gives a `compiler.specialize.SpecializingModel`: it compiles on `run` for the values it is
+    fed, and keeps each specialization (in memory and on disk).
+    dynamic: {input: {axis: (low, high)}}, e.g. {"input_ids": {0: (1, 8), 1: (1, 512)}}: those dimensions may take
+    any size in their range at run time; a `SpecializingModel` compiles each size met (the lower bounds at once).
     """
     given = {k: v for k, v in (("target", target), ("opt_level", opt_level), ("tuning_db", tuning_db),
                                 ("arch", arch), ("precision", precision)) if v is not _UNSET}
@@ -41,6 +50,56 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
     elif given:
         raise CompileError(f"compile_model: give either options= or {', '.join(given)}=, not both (options has "
                            f"{', '.join(f'{k}={getattr(options, k)!r}' for k in given)})")
+    if dynamic:
+        proto = _onnx_proto(model)
+        if proto is None:
+            raise CompileError(f"dynamic= is supported for ONNX models; this is a {type(model).__name__} (give its "
+                               f"shapes, or export it to ONNX with symbolic dimensions)")
+        spec = SpecializingModel(proto, shapes, lambda p, s: _compile(p, s, options), dynamic=dynamic,
+                                 fingerprint=_fingerprint(options))
+        spec.compile_lower_bounds()
+        return spec
+    with warnings.catch_warnings(record=True) as said:  # re-issued below unless the model specializes at run time
+        warnings.simplefilter("always")
+        try:
+            compiled = _compile(model, shapes, options, example_inputs, params)
+        except FrontendError as e:
+            proto = _onnx_proto(model)
+            if proto is not None and specializable(e, proto):  # its symbolic dims will be bound to the feeds'
+                return SpecializingModel(proto, shapes, lambda p, s: _compile(p, s, options), e,
+                                         fingerprint=_fingerprint(options))
+            _reissue(said)
+            raise
+    _reissue(said)
+    return compiled
+
+
+def _fingerprint(options: CompileOptions) -> str:
+    """What a compiled specialization depends on besides the model and its feeds: the options, the host CPU (its
+    kernels are built for it), the versions."""
+    import tvm
+
+    from tensorforge import __version__
+    from tensorforge.runtime.cpu_features import cpu_features
+
+    return repr((repr(options), sorted(cpu_features()), __version__, tvm.__version__))
+
+
+def _reissue(said) -> None:
+    for w in said:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _onnx_proto(model):
+    """The ONNX ModelProto of `model`, or None if it is not an ONNX model."""
+    if isinstance(model, (str, os.PathLike, bytes)) or type(model).__name__ == "ModelProto":
+        from tensorforge.frontends.onnx.importer import load_model
+
+        return load_model(model)
+    return None
+
+
+def _compile(model, shapes, options: CompileOptions, example_inputs=None, params=None) -> CompiledModel:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     g = import_model(model, shapes, example_inputs, params)

@@ -90,7 +90,7 @@ class Builder:
         err = self.error(f"input {what!r} must be known at compile time (a constant or computed from shapes), "
                          f"but it is the run-time value %{x.name}; make it an initializer (specialized at compile "
                          f"time) or rewrite the model so that it is constant")
-        err.needs_constant = x.name  # lets a caller (the conformance runner) specialize that input and retry
+        err.needs_constant = x.name  # compile_model compiles for a graph input's fed value (compiler/specialize.py)
         raise err
 
     def value(self, x: Ref) -> Value:

@@ -109,3 +109,17 @@ def test_run_still_works_with_output_dir(relu_onnx, tmp_path, capsys):
     assert main(["run", str(tmp_path / "m.tfa"), "-i", f"x={tmp_path / 'x.npy'}", "-o", str(tmp_path / "out"),
                  "--benchmark", "2"]) == 0
     assert np.array_equal(np.load(tmp_path / "out" / "y.npy"), np.zeros((2, 4), np.float32))
+
+
+def test_compile_a_model_whose_inputs_decide_shapes(tmp_path, capsys):
+    """The Python API compiles such a model per fed value (compiler/specialize.py); an artifact holds one
+    specialization, so the CLI says how to get one."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])
+    shape = helper.make_tensor_value_info("shape", TensorProto.INT64, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = helper.make_model(helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                                                [x, shape], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "r.onnx")
+    err = one_line_error(["compile", str(tmp_path / "r.onnx"), "-o", str(tmp_path / "r.tfa")], capsys)
+    assert "compiled per value of its input(s) ['shape']" in err and "make those inputs initializers" in err
+    assert not (tmp_path / "r.tfa").exists()

@@ -93,7 +93,7 @@ def _sequence_input(g: Graph, vi: onnx.ValueInfoProto, shapes: Mapping[str, Any]
         err = FrontendError(f"graph input {vi.name!r} is a sequence of tensors: give its length and each tensor's "
                             f"shape at compile time, shapes={{{vi.name!r}: [shape, ...]}}; its tensors become the "
                             f"inputs '{vi.name}.0', '{vi.name}.1', ...")
-        err.needs_shapes = vi.name  # the conformance runner gives the case's shapes and retries
+        err.needs_shapes = vi.name  # compile_model compiles for the fed sequence instead (compiler/specialize.py)
         raise err
     dtype = onnx_dtype(elem.tensor_type.elem_type, f"graph input {vi.name!r}")
     return TensorSequence(tuple(g.add_input(f"{vi.name}.{i}", TensorType(tuple(int(d) for d in shape), dtype))
@@ -125,7 +125,7 @@ def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) ->
     if tt.elem_type == onnx.TensorProto.STRING:
         err = FrontendError(f"graph input {vi.name!r} is a string tensor: strings are supported only as "
                             f"compile-time constants, where the ops on them are folded; make it an initializer")
-        err.needs_constant = vi.name  # the conformance runner specializes it, as for shape-deciding inputs
+        err.needs_constant = vi.name  # compile_model compiles for the fed value (compiler/specialize.py)
         raise err
     return TensorType(dims, onnx_dtype(tt.elem_type, f"graph input {vi.name!r}"))
 

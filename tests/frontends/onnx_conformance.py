@@ -9,11 +9,11 @@ function body for the `_expanded` variants) with input and expected output array
                what it cannot do): the clear error a user gets
   crash        any other exception: a bug to fix
 
-Inputs that decide a shape. Some cases feed at run time a tensor that decides an output shape (Reshape's target,
-Unsqueeze's axes, Pad's pads, ...). Our IR has static shapes, so the runner *specializes at compile time*: when the
-importer reports that an input must be known at compile time (`FrontendError.needs_constant`), the runner turns that
-graph input into an initializer holding the case's value and compiles again. Such passes are counted as passes and
-also reported (`specialized`). A user gets the same result by making the input an initializer.
+Every input is fed at run time, as onnxruntime's runner feeds it. Some cases feed a tensor that decides an output
+shape (Reshape's target, Unsqueeze's axes, Pad's pads, ...) or a sequence (a list of tensors): `compile_model` then
+gives a `SpecializingModel` (compiler/specialize.py), which compiles on `run` for the values and sequence shapes it
+is fed. Such passes are reported too (`specialized`, with the inputs compiled in); the runner itself specializes
+nothing.
 
 Tolerance: onnx's runner's, rtol 1e-3 and atol 1e-7 unless the case says otherwise. Float outputs may in addition
 pass at atol 1e-5 (`FP32_ATOL`): fp32 kernels with vectorized transcendentals (exp, erf, tanh) and reassociated
@@ -22,11 +22,8 @@ the operands. Such cases count as passes. bfloat16 outputs are compared as float
 (`BF16_RTOL`): one unit in the last place of a bf16 number, whose expected values are rounded to bf16 already, so a
 kernel that rounds once at the end (fused) and a reference that rounds after each op differ by up to that.
 
-Sequence inputs (a list of tensors) are specialized too: their length and tensor shapes are given at compile time
-(`shapes={name: [shape, ...]}`), their tensors fed as the inputs `name.0`, `name.1`, ..., and a sequence output is
-regrouped from the outputs `name.0`, `name.1`, ...
-
-Compilation is cached by the (specialized) model's bytes and shapes: cases that differ only in data compile once.
+Compilation is cached by the model's bytes: cases that differ only in data compile once (and a specializing model
+keeps its specializations).
 
     python -m tests.frontends.onnx_conformance                 # run all cases, print a summary
     python -m tests.frontends.onnx_conformance -k test_lstm    # only names containing a substring
@@ -36,6 +33,7 @@ Compilation is cached by the (specialized) model's bytes and shapes: cases that 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -47,7 +45,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from tensorforge.compiler.specialize import SpecializingModel
 from tensorforge.runtime.errors import FrontendError
+
+# the specializations compiled for the cases' values stay in memory, not in the user's on-disk cache
+os.environ.setdefault("TENSORFORGE_CACHE_DIR", "off")
 
 STATUSES = ("pass", "fail", "unsupported", "crash")
 FP32_ATOL = 1e-5
@@ -70,7 +72,7 @@ class Result:
     op_type: str
     status: str  # one of STATUSES
     detail: str = ""
-    specialized: tuple[str, ...] = ()  # inputs turned into initializers (specialized at compile time)
+    specialized: tuple[str, ...] = ()  # inputs compiled in at run time (a SpecializingModel's value inputs)
     seconds: float = 0.0
 
 
@@ -105,16 +107,11 @@ def op_types(cases) -> dict[str, str]:
     return out
 
 
-def _specialize(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of `model` whose graph inputs in `values` are initializers with those values."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    keep = [vi for vi in m.graph.input if vi.name not in values]
-    del m.graph.input[:]
-    m.graph.input.extend(keep)
-    for name, v in values.items():
-        m.graph.initializer.append(numpy_helper.from_array(np.asarray(v), name))
-    return m
+def _compiled_in(compiled) -> tuple[str, ...]:
+    """The inputs a specializing model compiles in (values and sequence shapes); () for any other model."""
+    if not isinstance(compiled, SpecializingModel):
+        return ()
+    return tuple(compiled.value_inputs) + tuple(compiled.sequence_inputs)
 
 
 def _as_array(x):
@@ -174,13 +171,13 @@ class Runner:
     def __init__(self):
         self._compiled: dict[bytes, object] = {}
 
-    def compile(self, model: onnx.ModelProto, shapes: dict | None = None):
+    def compile(self, model: onnx.ModelProto):
         from tensorforge import compiler
-        key = model.SerializeToString() + repr(sorted((shapes or {}).items())).encode()
+        key = model.SerializeToString()
         if key not in self._compiled:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._compiled[key] = compiler.compile_model(model, shapes=shapes)
+                self._compiled[key] = compiler.compile_model(model)
         return self._compiled[key]
 
     def run_case(self, case, op_type: str) -> Result:
@@ -204,7 +201,6 @@ class Runner:
         names = [vi.name for vi in model.graph.input if vi.name not in {i.name for i in model.graph.initializer}]
         feeds = dict(zip(names, map(_as_array, inputs)))
         expected = [[_as_array(x) for x in e] if isinstance(e, list) else _as_array(e) for e in expected]
-        shapes: dict[str, list] = {}  # sequence inputs' lengths and tensor shapes, given at compile time
         for name, v in feeds.items():
             if not isinstance(v, (np.ndarray, list)):
                 try:  # the compiler's own refusal, when it has one
@@ -212,31 +208,18 @@ class Runner:
                 except FrontendError as e:
                     return "unsupported", f"{type(e).__name__}: {e}", ()
                 return "unsupported", f"input {name!r} is a {type(v).__name__}, not a tensor", ()
-        specialized: dict[str, np.ndarray] = {}
-        while True:
-            try:
-                compiled = self.compile(_specialize(model, specialized) if specialized else model, shapes or None)
-                break
-            except FrontendError as e:
-                name = getattr(e, "needs_constant", None)
-                if name in feeds and name not in specialized and isinstance(feeds[name], np.ndarray):
-                    specialized[name] = feeds[name]
-                    continue
-                name = getattr(e, "needs_shapes", None)
-                if name in feeds and name not in shapes and isinstance(feeds[name], list):
-                    shapes[name] = [tuple(np.asarray(x).shape) for x in feeds[name]]
-                    continue
-                return "unsupported", f"{type(e).__name__}: {e}", tuple(specialized) + tuple(shapes)
-        run_feeds = {}
-        for k, v in feeds.items():
-            if isinstance(v, list):
-                run_feeds.update({f"{k}.{i}": np.asarray(x) for i, x in enumerate(v)})
-            elif k not in specialized:
-                run_feeds[k] = v
-        got = _regroup(model, compiled.output_names, list(compiled.run(run_feeds)))
-        specialized = {**specialized, **shapes}
+        try:
+            compiled = self.compile(model)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                outs = compiled.run(feeds)
+        except FrontendError as e:  # refused at compile time, or for the values a specializing model was fed
+            return "unsupported", f"{type(e).__name__}: {e}", _compiled_in(self._compiled.get(model.SerializeToString()))
+        spec = _compiled_in(compiled)
+        # a specializing model regroups sequence outputs itself
+        got = outs if isinstance(compiled, SpecializingModel) else _regroup(model, compiled.output_names, list(outs))
         diff = _compare(got, list(expected), case.rtol, case.atol)
-        return ("fail", diff, tuple(specialized)) if diff else ("pass", "", tuple(specialized))
+        return ("fail", diff, spec) if diff else ("pass", "", spec)
 
 
 def _regroup(model: onnx.ModelProto, names: list[str], got: list) -> list:
@@ -277,7 +260,7 @@ def summary(results: list[Result]) -> str:
     c = Counter(r.status for r in results)
     spec = sum(1 for r in results if r.specialized and r.status == "pass")
     return (f"{len(results)} cases: " + ", ".join(f"{c[s]} {s}" for s in STATUSES)
-            + f" ({spec} passes specialized at compile time)")
+            + f" ({spec} passes specialized at run time)")
 
 
 def markdown(results: list[Result]) -> str:
@@ -292,8 +275,9 @@ def markdown(results: list[Result]) -> str:
         f"**{summary(results)}.**",
         "",
         "*unsupported*: refused at compile time with a clear `FrontendError` (an op, attribute or dtype we do not "
-        "convert). *specialized*: passes after turning a shape-deciding input (axes, pads, a target shape) into an "
-        "initializer, or giving a sequence input's length and tensor shapes, i.e. specialized at compile time. *expanded*: the `_expanded` cases run the op's function "
+        "convert). *specialized*: passes of a model compiled on its first run for the values of its shape-deciding "
+        "inputs (axes, pads, a target shape) and the lengths of its sequence inputs, every input fed at run time "
+        "(`compiler.specialize.SpecializingModel`). *expanded*: the `_expanded` cases run the op's function "
         "body (other ops) and are counted under the op they expand.",
         "",
         "| op type | cases | passed | failed | unsupported | crashed | specialized | base cases passed |",

@@ -1,0 +1,339 @@
+"""Models whose run-time inputs decide shapes: specialized on their values at first sight, and cached.
+
+Some ONNX inputs decide an output's shape or an op's structure: Reshape's `shape`, Pad's `pads`, the `axes` of the
+Reduce ops, Slice's `starts`/`ends`, TopK's `k`, Tile's `repeats`, Expand's `shape`, ConstantOfShape, Range, ...
+The IR has static shapes, so the importer needs their values (it raises a `FrontendError` whose `needs_constant`
+names the input). When such a value is a graph input, `compile_model` returns a `SpecializingModel` instead of
+refusing the model: its `run(feeds)` takes those inputs' values from the feeds, compiles the model with them as
+constants (and a sequence input's length and tensor shapes, and symbolic dimensions bound to the feeds' sizes), and
+keeps the compiled model for the next run with the same values (an LRU of `MAX_SPECIALIZATIONS`). What the
+runtime runs is an ordinary `CompiledModel`; `specialize(feeds)` returns it (to save it as an artifact, inspect
+or profile it). torch.compile's recompile-on-new-shape works the same way; TensorRT asks for the values ahead.
+
+`compile_model(model, dynamic={"x": {0: (1, 32)}})` asks for the same on purpose: dimension 0 of input x may be
+anything from 1 to 32, and each size met is compiled exactly (a feed outside the range is an `InputError` naming
+the dimension and its range). The first specialization (the ranges' lower bounds) is compiled at once, so that a
+model the compiler refuses is refused by `compile_model`. An artifact (`save`) holds one specialization: artifacts
+covering a range without the compiler are not built yet.
+
+A first run with new values pays the compile (~0.05-0.5 s for small graphs, seconds for a large model); the model
+logs it on the `tensorforge` logger. Compiled specializations are also kept on disk (`cache_dir()`: the
+directory in TENSORFORGE_CACHE_DIR, else ~/.cache/tensorforge; "off" keeps none), keyed by the model, the values
+and shapes, the compile options, the host CPU's features and the versions, so another process loads them instead
+of compiling. Thread-safe: one compile at a time, runs in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from typing import Callable, Mapping
+
+import numpy as np
+
+from tensorforge.runtime.errors import CompileError, FrontendError, InputError
+
+log = logging.getLogger("tensorforge")
+
+MAX_SPECIALIZATIONS = 64  # compiled models kept per SpecializingModel (least recently used dropped first)
+CACHE_ENV = "TENSORFORGE_CACHE_DIR"
+
+
+def cache_dir() -> str | None:
+    """Where compiled specializations are kept across processes: $TENSORFORGE_CACHE_DIR, else
+    $XDG_CACHE_HOME/tensorforge or ~/.cache/tensorforge; None when TENSORFORGE_CACHE_DIR is "off" or empty."""
+    given = os.environ.get(CACHE_ENV)
+    if given is not None:
+        return None if given.strip().lower() in ("", "off", "0", "none") else given
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tensorforge")
+
+
+def check_dynamic(proto, dynamic: Mapping) -> dict[str, dict[int, tuple[int, int]]]:
+    """`dynamic` ({input: {axis: (low, high)}}) checked against the ONNX model's inputs; returns it normalized."""
+    inputs = _graph_inputs(proto)
+    out: dict[str, dict[int, tuple[int, int]]] = {}
+    for name, axes in dynamic.items():
+        if name not in inputs:
+            raise CompileError(f"dynamic: {name!r} is not an input of the model; its inputs are {list(inputs)}")
+        dims = _dims(inputs[name])
+        if not isinstance(axes, Mapping):
+            raise CompileError(f"dynamic[{name!r}] must map axes to (low, high) ranges, e.g. {{0: (1, 32)}}; "
+                               f"got {axes!r}")
+        out[name] = {}
+        for axis, rng in axes.items():
+            if not isinstance(axis, int) or not -len(dims) <= axis < len(dims):
+                raise CompileError(f"dynamic[{name!r}]: axis {axis!r} is not an axis of its {len(dims)} dimensions")
+            axis %= len(dims)
+            try:
+                low, high = (int(v) for v in rng)
+            except (TypeError, ValueError):
+                raise CompileError(f"dynamic[{name!r}][{axis}]: give a (low, high) range of sizes, got {rng!r}") \
+                    from None
+            if not 1 <= low <= high:
+                raise CompileError(f"dynamic[{name!r}][{axis}]: the range ({low}, {high}) must have 1 <= low <= high")
+            if dims[axis] is not None and not low <= dims[axis] <= high or dims[axis] is not None and low != high:
+                raise CompileError(f"dynamic[{name!r}][{axis}]: the model fixes that dimension at {dims[axis]}")
+            out[name][axis] = (low, high)
+    return out
+
+
+def specializable(error: FrontendError, proto) -> bool:
+    """Can a run-time value fix `error`: does it ask for the value (or the sequence shapes) of a graph input?"""
+    name = getattr(error, "needs_constant", None) or getattr(error, "needs_shapes", None)
+    return name is not None and name in _graph_inputs(proto)
+
+
+class SpecializingModel:
+    """An ONNX model compiled per value of its shape-deciding inputs (see the module docstring). `compile_fn(proto,
+    shapes)` compiles one specialization (compile_model with the caller's options)."""
+
+    def __init__(self, proto, shapes: Mapping | None, compile_fn: Callable, first_error: FrontendError | None = None,
+                 *, dynamic: Mapping | None = None, fingerprint: str = ""):
+        self._proto = proto
+        self._shapes = dict(shapes or {})
+        self._compile = compile_fn
+        self._values: set[str] = set()     # inputs whose values the importer needs: learned as it asks
+        self._sequences: set[str] = set()  # sequence inputs: their lengths and shapes
+        if first_error is not None:
+            self._learn(first_error)
+        self.dynamic = check_dynamic(proto, dynamic or {})
+        self._cache: OrderedDict[tuple, object] = OrderedDict()
+        self._model_id = hashlib.sha256(proto.SerializeToString() + repr(sorted(self._shapes.items())).encode()
+                                        + fingerprint.encode()).hexdigest()[:20]
+        self._lock = threading.Lock()
+        inputs = _graph_inputs(proto)
+        self.input_names = list(inputs)
+        self.output_names = [vi.name for vi in proto.graph.output]
+        self._symbolic = {name for name, vi in inputs.items()
+                          if (_has_symbolic_dims(vi) or name in self.dynamic) and name not in self._shapes}
+        self._declared = {name: _dims(vi) for name, vi in inputs.items()
+                          if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+
+    @property
+    def value_inputs(self) -> list[str]:
+        """The inputs whose values are compiled in (so far: learned from the importer on the first runs)."""
+        return sorted(self._values)
+
+    @property
+    def sequence_inputs(self) -> list[str]:
+        """The sequence inputs (their lengths and tensor shapes are compiled in)."""
+        return sorted(self._sequences)
+
+    @property
+    def specializations(self) -> int:
+        return len(self._cache)
+
+    def run(self, feeds: Mapping) -> list:
+        """Run the specialization for these feeds (compiled on first sight). A sequence input is fed as a list of
+        arrays and a sequence output comes back as one."""
+        compiled = self.specialize(feeds)
+        flat = {}
+        for name, v in feeds.items():
+            if name in self._values:
+                continue
+            if isinstance(v, (list, tuple)):
+                flat.update({f"{name}.{i}": np.asarray(x) for i, x in enumerate(v)})
+            else:
+                flat[name] = v
+        return _regroup(self.output_names, compiled.output_names, compiled.run(flat))
+
+    def specialize(self, feeds: Mapping):
+        """The `CompiledModel` for these feeds' values (and sequence and symbolic shapes), compiled on first sight."""
+        unknown = sorted(set(feeds) - set(self.input_names))
+        if unknown:
+            raise InputError(f"unknown input(s) {unknown}; the model's inputs are {self.input_names}")
+        for name, dims in self._declared.items():  # before compiling: a wrong shape is the feed's fault
+            if name in feeds and name not in self._values and not isinstance(feeds[name], (list, tuple)):
+                got = np.shape(feeds[name])
+                ranges = self.dynamic.get(name, {})
+                if len(got) != len(dims) or any(d is not None and d != g and i not in ranges
+                                                for i, (d, g) in enumerate(zip(dims, got))):
+                    raise InputError(f"input {name!r} has shape {tuple(got)}, but the model declares "
+                                     f"{['?' if d is None else d for d in dims]}")
+                for axis, (low, high) in ranges.items():
+                    if not low <= got[axis] <= high:
+                        raise InputError(f"input {name!r} dimension {axis} is {got[axis]}, outside its dynamic range "
+                                         f"[{low}, {high}] (shape {tuple(got)})")
+        with self._lock:
+            key = self._key(feeds)
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            compiled = self._load(key)
+            if compiled is None:
+                compiled = self._compile_for(feeds)
+                key = self._key(feeds)  # with every value input learned while compiling
+                self._store(key, compiled)
+            self._cache[key] = compiled
+            while len(self._cache) > MAX_SPECIALIZATIONS:
+                self._cache.popitem(last=False)
+            return compiled
+
+    def save(self, path) -> None:
+        inputs = self.value_inputs + self.sequence_inputs
+        raise CompileError(f"this model is compiled per value of its input(s) {inputs} (they decide shapes): save "
+                           f"one specialization, `model.specialize(feeds).save(path)`, or make those inputs "
+                           f"initializers")
+
+    def compile_lower_bounds(self) -> None:
+        """Compile the specialization at every dynamic range's lower bound (the other dimensions as declared), so
+        that a model the compiler refuses fails now. Skipped where inputs' values decide shapes (no value yet)."""
+        if self._values or self._sequences:
+            return
+        feeds = {}
+        for name, vi in _graph_inputs(self._proto).items():
+            dims = _dims(vi)
+            lows = self.dynamic.get(name, {})
+            shape = [lows[i][0] if i in lows else (d if d is not None else 1) for i, d in enumerate(dims)]
+            feeds[name] = np.zeros(shape, _onnx_numpy_dtype(vi))
+        self.specialize(feeds)
+
+    # -- internals ---------------------------------------------------------------------------------------------
+    def _path(self, key: tuple) -> str | None:
+        root = cache_dir()
+        if root is None:
+            return None
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
+        return os.path.join(root, "specializations", self._model_id, digest + ".tfa")
+
+    def _load(self, key: tuple):
+        path = self._path(key)
+        if path is None or not os.path.exists(path):
+            return None
+        from tensorforge.runtime import load
+
+        try:
+            compiled = load(path)
+        except Exception as e:  # noqa: BLE001 - a damaged or stale file is compiled again
+            log.warning("ignoring the cached specialization %s (%s: %s); compiling it again", path,
+                        type(e).__name__, e)
+            return None
+        log.info("loaded a cached specialization from %s", path)
+        return compiled
+
+    def _store(self, key: tuple, compiled) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            compiled.save(path)  # atomic (runtime/artifact.py)
+        except OSError as e:
+            log.warning("cannot keep the specialization in %s: %s", path, e)
+
+    def _learn(self, error: FrontendError) -> bool:
+        name = getattr(error, "needs_constant", None)
+        if name is not None:
+            self._values.add(name)
+            return True
+        name = getattr(error, "needs_shapes", None)
+        if name is not None:
+            self._sequences.add(name)
+            return True
+        return False
+
+    def _key(self, feeds: Mapping) -> tuple:
+        key = []
+        for name in sorted(self._values):
+            v = self._needed(feeds, name, "its value decides shapes")
+            a = np.asarray(v)
+            data = repr(a.tolist()) if a.dtype.kind == "O" else a.tobytes()
+            key.append((name, a.dtype.str, a.shape, data))
+        for name in sorted(self._sequences):
+            v = self._needed(feeds, name, "it is a sequence")
+            if not isinstance(v, (list, tuple)):
+                raise InputError(f"input {name!r} is a sequence: feed it as a list of arrays, got {type(v).__name__}")
+            key.append((name, tuple((np.asarray(x).shape, np.asarray(x).dtype.str) for x in v)))
+        for name in sorted(self._symbolic - self._values - self._sequences):
+            if name in feeds:
+                key.append((name, np.shape(feeds[name])))
+        return tuple(key)
+
+    @staticmethod
+    def _needed(feeds, name, why):
+        if name not in feeds:
+            raise InputError(f"missing input {name!r}: the model is compiled for its values at run time ({why})")
+        return feeds[name]
+
+    def _compile_for(self, feeds: Mapping):
+        while True:
+            values = {n: np.asarray(self._needed(feeds, n, "its value decides shapes")) for n in self._values}
+            shapes = dict(self._shapes)
+            for n in self._sequences:
+                shapes[n] = [tuple(np.asarray(x).shape) for x in self._needed(feeds, n, "it is a sequence")]
+            for n in self._symbolic - self._values - self._sequences:
+                if n in feeds and not isinstance(feeds[n], (list, tuple)):
+                    shapes[n] = tuple(np.shape(feeds[n]))
+            proto = _with_constants(self._proto, values) if values else self._proto
+            try:
+                compiled = self._compile(proto, shapes or None)
+            except FrontendError as e:
+                name = getattr(e, "needs_constant", None) or getattr(e, "needs_shapes", None)
+                if name in feeds and name not in self._values | self._sequences and self._learn(e):
+                    continue
+                raise
+            log.info("compiled a specialization for %s", ", ".join(
+                f"{n}={_short(values[n])}" for n in sorted(values)) or "these input shapes")
+            return compiled
+
+
+def _graph_inputs(proto) -> dict:
+    """The ONNX graph's inputs that are not initializers, by name."""
+    inits = {t.name for t in proto.graph.initializer}
+    return {vi.name: vi for vi in proto.graph.input if vi.name not in inits}
+
+
+def _dims(vi) -> list:
+    """A graph input's declared dimensions, None where symbolic."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+
+def _onnx_numpy_dtype(vi):
+    from onnx import helper
+
+    return helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+
+
+def _has_symbolic_dims(vi) -> bool:
+    t = vi.type.tensor_type
+    return vi.type.HasField("tensor_type") and t.HasField("shape") and any(
+        not d.HasField("dim_value") for d in t.shape.dim)
+
+
+def _with_constants(proto, values: Mapping[str, np.ndarray]):
+    """A copy of the ONNX model whose graph inputs in `values` are initializers holding those values."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    keep = [vi for vi in m.graph.input if vi.name not in values]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    for name, v in values.items():
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(v), name))
+    return m
+
+
+def _regroup(names: list[str], flat_names: list[str], flat: list) -> list:
+    """The compiled model's flat outputs as the ONNX graph's: a sequence output `s` (compiled as `s.0`, `s.1`,
+    ...) becomes the list of those."""
+    by_name = dict(zip(flat_names, flat))
+    out = []
+    for name in names:
+        if name in by_name:
+            out.append(by_name[name])
+            continue
+        items = sorted((n for n in flat_names if n.startswith(name + ".") and n[len(name) + 1:].isdigit()),
+                       key=lambda n: int(n[len(name) + 1:]))
+        out.append([by_name[n] for n in items])
+    return out
+
+
+def _short(a: np.ndarray) -> str:
+    text = np.array2string(np.asarray(a), threshold=8, separator=",")
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,232 @@
+"""compile_model on ONNX models whose run-time inputs decide shapes (compiler/specialize.py): a SpecializingModel
+compiles on run for the values it is fed, keeps each specialization, and refuses what it cannot do clearly."""
+
+import threading
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tensorforge import compile_model, runtime
+from tensorforge.compiler import specialize
+from tensorforge.compiler.specialize import SpecializingModel
+from tensorforge.runtime.errors import CompileError, FrontendError, InputError
+
+
+def _model(nodes, inputs, outputs, opset=17):
+    return helper.make_model(helper.make_graph(nodes, "g", inputs, outputs),
+                             opset_imports=[helper.make_opsetid("", opset)])
+
+
+def reshape_model(rows="2"):
+    """relu(reshape(x, shape)): `shape` decides the output's shape; x's first dimension may be symbolic."""
+    dims = [rows if not rows.isdigit() else int(rows), 6]
+    return _model([helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Relu", ["r"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims),
+                   helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+
+
+def slice_model():
+    """x[starts:ends] along axis 0, then * 2: two inputs decide the shape (the importer asks for them in turn)."""
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [0])
+    g = helper.make_graph([helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["s"]),
+                           helper.make_node("Add", ["s", "s"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 3]),
+                           helper.make_tensor_value_info("starts", TensorProto.INT64, [1]),
+                           helper.make_tensor_value_info("ends", TensorProto.INT64, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[axes])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_shape_input_is_compiled_in_on_first_sight_and_kept():
+    m = compile_model(reshape_model())
+    assert isinstance(m, SpecializingModel) and m.value_inputs == ["shape"]
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    for shape, count in (([3, 4], 1), ([4, 3], 2), ([3, 4], 2), ([-1, 2], 3)):
+        (y,) = m.run({"x": x, "shape": np.array(shape, np.int64)})
+        np.testing.assert_array_equal(y, np.maximum(x.reshape(shape), 0))
+        assert m.specializations == count
+
+
+def test_inputs_the_importer_asks_for_in_turn_are_all_compiled_in():
+    m = compile_model(slice_model())
+    x = np.arange(24, dtype=np.float32).reshape(8, 3)
+    for start, end in ((1, 5), (0, 8), (6, 7)):
+        (y,) = m.run({"x": x, "starts": np.array([start]), "ends": np.array([end])})
+        np.testing.assert_array_equal(y, x[start:end] * 2)
+    assert m.value_inputs == ["ends", "starts"] and m.specializations == 3
+
+
+def test_a_specialization_is_an_ordinary_compiled_model_that_saves(tmp_path):
+    m = compile_model(reshape_model())
+    feeds = {"x": np.ones((2, 6), np.float32), "shape": np.array([4, 3], np.int64)}
+    one = m.specialize(feeds)
+    assert one.input_names == ["x"] and one is m.specialize(feeds)
+    one.save(tmp_path / "r.tfa")
+    (y,) = runtime.load(tmp_path / "r.tfa").run({"x": feeds["x"]})
+    np.testing.assert_array_equal(y, np.ones((4, 3), np.float32))
+    with pytest.raises(CompileError, match=r"specialize\(feeds\)\.save"):
+        m.save(tmp_path / "all.tfa")
+
+
+def test_symbolic_dimensions_take_the_fed_sizes(recwarn):
+    m = compile_model(reshape_model("batch"))
+    assert not [w for w in recwarn if "binding them to 1" in str(w.message)]
+    for rows in (1, 3):
+        x = np.random.default_rng(rows).standard_normal((rows, 6)).astype(np.float32)
+        (y,) = m.run({"x": x, "shape": np.array([rows * 2, 3], np.int64)})
+        np.testing.assert_array_equal(y, np.maximum(x.reshape(rows * 2, 3), 0))
+
+
+def test_bad_feeds_get_clear_errors():
+    m = compile_model(reshape_model())
+    x = np.ones((2, 6), np.float32)
+    with pytest.raises(InputError, match="missing input 'shape'.*decides shapes"):
+        m.run({"x": x})
+    with pytest.raises(InputError, match=r"unknown input\(s\) \['z'\]"):
+        m.run({"x": x, "shape": np.array([3, 4]), "z": x})
+    with pytest.raises(FrontendError, match="Reshape"):  # 12 values cannot be 5 x 5
+        m.run({"x": x, "shape": np.array([5, 5], np.int64)})
+    with pytest.raises(InputError, match=r"input 'x' has shape \(3, 6\), but the model declares \[2, 6\]"):
+        m.run({"x": np.ones((3, 6), np.float32), "shape": np.array([3, 6], np.int64)})
+
+
+def test_sequence_inputs_are_fed_as_lists():
+    seq = helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, None))
+    model = _model([helper.make_node("Identity", ["seq"], ["out"])],
+                   [helper.make_value_info("seq", seq)], [helper.make_value_info("out", seq)], opset=18)
+    m = compile_model(model)
+    assert isinstance(m, SpecializingModel)
+    for parts in ([np.full((1, 2), 1, np.float32), np.full((3,), 3, np.float32)], [np.ones((2, 2), np.float32)]):
+        (ys,) = m.run({"seq": parts})
+        assert len(ys) == len(parts) and all(np.array_equal(a, b) for a, b in zip(ys, parts))
+    assert m.sequence_inputs == ["seq"] and m.specializations == 2
+    with pytest.raises(InputError, match="'seq' is a sequence: feed it as a list"):
+        m.run({"seq": parts[0]})
+
+
+def test_specializations_are_bounded(monkeypatch):
+    monkeypatch.setattr(specialize, "MAX_SPECIALIZATIONS", 2)
+    m = compile_model(reshape_model())
+    x = np.ones((2, 6), np.float32)
+    for shape in ([3, 4], [4, 3], [6, 2]):
+        m.run({"x": x, "shape": np.array(shape, np.int64)})
+    assert m.specializations == 2
+
+
+def test_threads_share_the_specializations():
+    m = compile_model(reshape_model())
+    x = np.random.default_rng(1).standard_normal((2, 6)).astype(np.float32)
+    shapes = [[3, 4], [4, 3]] * 8
+    errors = []
+
+    def work(shape):
+        try:
+            (y,) = m.run({"x": x, "shape": np.array(shape, np.int64)})
+            np.testing.assert_array_equal(y, np.maximum(x.reshape(shape), 0))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in shapes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and m.specializations == 2
+
+
+def test_a_value_computed_inside_the_graph_is_still_refused_clearly():
+    """The importer needs the value of an op's output (abs(shape)), not of a graph input: nothing to feed."""
+    model = _model([helper.make_node("Abs", ["shape"], ["a"]), helper.make_node("Reshape", ["x", "a"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+                    helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    with pytest.raises(FrontendError, match="must be known at compile time"):
+        compile_model(model)
+
+
+def test_models_with_constant_shapes_compile_as_before():
+    model = reshape_model()
+    model.graph.input.pop()
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([3, 4], np.int64), "shape"))
+    assert isinstance(compile_model(model), runtime.CompiledModel)
+
+
+def batch_model(op="Relu"):
+    """op(x) * 2 on x [batch, 6]: the batch is symbolic."""
+    return _model([helper.make_node(op, ["x"], ["r"]), helper.make_node("Add", ["r", "r"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])])
+
+
+def test_a_dynamic_dimension_takes_any_size_in_its_range():
+    m = compile_model(batch_model(), dynamic={"x": {0: (1, 4)}})
+    assert isinstance(m, SpecializingModel) and m.specializations == 1  # the lower bound, compiled at once
+    for rows in (1, 3, 4, 3):
+        x = np.random.default_rng(rows).standard_normal((rows, 6)).astype(np.float32)
+        (y,) = m.run({"x": x})
+        np.testing.assert_array_equal(y, np.maximum(x, 0) * 2)
+    assert m.specializations == 3
+    with pytest.raises(InputError, match=r"input 'x' dimension 0 is 5, outside its dynamic range \[1, 4\]"):
+        m.run({"x": np.zeros((5, 6), np.float32)})
+    with pytest.raises(InputError, match=r"input 'x' has shape \(2, 7\), but the model declares \['\?', 6\]"):
+        m.run({"x": np.zeros((2, 7), np.float32)})
+
+
+@pytest.mark.parametrize("dynamic, message", [
+    ({"y": {0: (1, 4)}}, r"dynamic: 'y' is not an input of the model; its inputs are \['x'\]"),
+    ({"x": {2: (1, 4)}}, r"axis 2 is not an axis of its 2 dimensions"),
+    ({"x": {0: (0, 4)}}, r"the range \(0, 4\) must have 1 <= low <= high"),
+    ({"x": {0: (5, 3)}}, r"the range \(5, 3\) must have 1 <= low <= high"),
+    ({"x": {0: 4}}, r"give a \(low, high\) range of sizes, got 4"),
+    ({"x": {1: (1, 8)}}, r"dynamic\['x'\]\[1\]: the model fixes that dimension at 6"),
+    ({"x": [0]}, r"must map axes to \(low, high\) ranges"),
+])
+def test_bad_dynamic_ranges_are_refused(dynamic, message):
+    with pytest.raises(CompileError, match=message):
+        compile_model(batch_model(), dynamic=dynamic)
+
+
+def test_a_dynamic_model_the_compiler_refuses_is_refused_at_once():
+    with pytest.raises(FrontendError, match="NoSuchOp"):
+        compile_model(batch_model("NoSuchOp"), dynamic={"x": {0: (1, 4)}})
+    from tensorforge.compiler.ir import parse_graph
+
+    g = parse_graph("graph g(%x: f32[2]) {\n  %y = relu(%x) : f32[2]\n  return %y\n}\n")
+    with pytest.raises(CompileError, match="dynamic= is supported for ONNX models; this is a Graph"):
+        compile_model(g, dynamic={"x": {0: (1, 4)}})
+
+
+def test_specializations_are_kept_on_disk_for_the_next_process(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(specialize.CACHE_ENV, str(tmp_path))
+    feeds = {"x": np.random.default_rng(2).standard_normal((2, 6)).astype(np.float32),
+             "shape": np.array([3, 4], np.int64)}
+    (want,) = compile_model(reshape_model()).run(feeds)
+    (saved,) = list(tmp_path.glob("specializations/*/*.tfa"))
+    m = compile_model(reshape_model())  # as a new process would: nothing in memory
+
+    def no_compile(*_):
+        raise AssertionError("compiled again")
+
+    m._compile = no_compile
+    with caplog.at_level("INFO", logger="tensorforge"):
+        (got,) = m.run(feeds)
+    np.testing.assert_array_equal(got, want)
+    assert "loaded a cached specialization" in caplog.text
+    with pytest.raises(AssertionError, match="compiled again"):  # other values: not in the cache
+        m.run({**feeds, "shape": np.array([4, 3], np.int64)})
+    # a damaged file is compiled again, and replaced
+    saved.write_bytes(b"not an artifact")
+    (got,) = compile_model(reshape_model()).run(feeds)
+    np.testing.assert_array_equal(got, want)
+    assert saved.read_bytes() != b"not an artifact"
+
+
+def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(specialize.CACHE_ENV, "off")
+    assert specialize.cache_dir() is None
+    monkeypatch.delenv(specialize.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert specialize.cache_dir() == str(tmp_path / "tensorforge")
