@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 from tensorforge.compiler.driver import compile_graph, import_model, optimize, training_graph  # noqa: F401
 from tensorforge.compiler.options import CompileOptions  # noqa: F401  (part of the API)
+from tensorforge.compiler.segments import SegmentedModel, segmentable
 from tensorforge.compiler.specialize import SpecializingModel, specializable
 from tensorforge.runtime import CompiledModel
 from tensorforge.runtime.errors import CompileError, FrontendError
@@ -22,7 +23,8 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
                   opt_level: int = _UNSET, tuning_db: str | Sequence[str] | None = _UNSET,
                   options: CompileOptions | None = None, example_inputs=None, params=None,
                   arch: str | None = _UNSET, precision: str = _UNSET,
-                  dynamic: Mapping[str, Mapping[int, tuple[int, int]]] | None = None) -> CompiledModel | SpecializingModel:
+                  dynamic: Mapping[str, Mapping[int, tuple[int, int]]] | None = None
+                  ) -> CompiledModel | SpecializingModel | SegmentedModel:
     """Compile a model for `target` and return a runnable `runtime.CompiledModel`.
 
     model: an ONNX file path, ONNX bytes, an `onnx.ModelProto`, a `torch.nn.Module` (with `example_inputs`, a tuple
@@ -40,6 +42,8 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
     An ONNX model with graph inputs whose values decide shapes (Reshape's shape, Pad's pads, a Reduce's axes, ...)
     or sequence inputs gives a `compiler.specialize.SpecializingModel`: it compiles on `run` for the values it is
     fed, and keeps each specialization (in memory and on disk).
+    An ONNX model with ops whose output shapes depend on the data (NonZero, Unique, NonMaxSuppression, Compress)
+    gives a `compiler.segments.SegmentedModel`: compiled segments with those ops run on the host between them.
     dynamic: {input: {axis: (low, high)}}, e.g. {"input_ids": {0: (1, 8), 1: (1, 512)}}: those dimensions may take
     any size in their range at run time; a `SpecializingModel` compiles each size met (the lower bounds at once).
     """
@@ -68,6 +72,8 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
             if proto is not None and specializable(e, proto):  # its symbolic dims will be bound to the feeds'
                 return SpecializingModel(proto, shapes, lambda p, s: _compile(p, s, options), e,
                                          fingerprint=_fingerprint(options))
+            if proto is not None and not shapes and segmentable(e, proto):
+                return SegmentedModel(proto, lambda p, s: _compile(p, s, options), _fingerprint(options))
             _reissue(said)
             raise
     _reissue(said)

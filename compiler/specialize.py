@@ -81,10 +81,48 @@ def check_dynamic(proto, dynamic: Mapping) -> dict[str, dict[int, tuple[int, int
     return out
 
 
+# A value the importer needs that the graph computes from its inputs (Range(0, n), Reshape(x, concat(a, b)), ...)
+# is specialized on those inputs if they are integer or boolean tensors of at most this many elements each.
+MAX_INDIRECT_ELEMENTS = 64
+
+
 def specializable(error: FrontendError, proto) -> bool:
-    """Can a run-time value fix `error`: does it ask for the value (or the sequence shapes) of a graph input?"""
+    """Can run-time values fix `error`: does it ask for the value (or the sequence shapes) of graph inputs?"""
+    return bool(needed_inputs(error, proto))
+
+
+def needed_inputs(error: FrontendError, proto) -> list[str]:
+    """The graph inputs whose values (or sequence shapes) the importer asks for in `error`: the one it names, or,
+    when it names a value computed inside the graph, the inputs that value is computed from (small integer or
+    boolean ones only: `MAX_INDIRECT_ELEMENTS`). [] if there are none, or others."""
     name = getattr(error, "needs_constant", None) or getattr(error, "needs_shapes", None)
-    return name is not None and name in _graph_inputs(proto)
+    inputs = _graph_inputs(proto)
+    if name is None or name in inputs:
+        return [] if name is None else [name]
+    if getattr(error, "needs_constant", None) is None:
+        return []
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    constants = {t.name for t in proto.graph.initializer}
+    found, seen, stack = [], set(), [name]
+    while stack:
+        v = stack.pop()
+        if v in seen or v == "" or v in constants:
+            continue
+        seen.add(v)
+        if v in inputs:
+            found.append(v)
+            continue
+        node = producers.get(v)
+        if node is None or any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+            return []  # not found in the graph, or computed in a subgraph: not followed
+        stack.extend(node.input)
+    for n in found:
+        t = inputs[n].type.tensor_type
+        dims = _dims(inputs[n]) if inputs[n].type.HasField("tensor_type") else [None]
+        small = None not in dims and int(np.prod(dims, dtype=np.int64)) <= MAX_INDIRECT_ELEMENTS
+        if not (small and np.dtype(_onnx_numpy_dtype(inputs[n])).kind in "iub") or not t.HasField("shape"):
+            return []
+    return sorted(found)
 
 
 class SpecializingModel:
@@ -226,15 +264,13 @@ class SpecializingModel:
             log.warning("cannot keep the specialization in %s: %s", path, e)
 
     def _learn(self, error: FrontendError) -> bool:
-        name = getattr(error, "needs_constant", None)
-        if name is not None:
-            self._values.add(name)
-            return True
-        name = getattr(error, "needs_shapes", None)
-        if name is not None:
-            self._sequences.add(name)
-            return True
-        return False
+        """Note the inputs `error` asks for; False if it asks for nothing we can feed."""
+        names = needed_inputs(error, self._proto)
+        if getattr(error, "needs_shapes", None) is not None:
+            self._sequences.update(names)
+        else:
+            self._values.update(names)
+        return bool(names)
 
     def _key(self, feeds: Mapping) -> tuple:
         key = []
@@ -272,8 +308,8 @@ class SpecializingModel:
             try:
                 compiled = self._compile(proto, shapes or None)
             except FrontendError as e:
-                name = getattr(e, "needs_constant", None) or getattr(e, "needs_shapes", None)
-                if name in feeds and name not in self._values | self._sequences and self._learn(e):
+                names = set(needed_inputs(e, self._proto))
+                if names and names <= set(feeds) and not names <= self._values | self._sequences and self._learn(e):
                     continue
                 raise
             log.info("compiled a specialization for %s", ", ".join(

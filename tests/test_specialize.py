@@ -137,11 +137,25 @@ def test_threads_share_the_specializations():
     assert not errors and m.specializations == 2
 
 
-def test_a_value_computed_inside_the_graph_is_still_refused_clearly():
-    """The importer needs the value of an op's output (abs(shape)), not of a graph input: nothing to feed."""
+def test_a_value_computed_inside_the_graph_specializes_on_the_inputs_it_comes_from():
+    """The importer needs abs(shape), an op's output: the model is compiled per value of `shape`."""
     model = _model([helper.make_node("Abs", ["shape"], ["a"]), helper.make_node("Reshape", ["x", "a"], ["y"])],
                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
                     helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = compile_model(model)
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    (y,) = m.run({"x": x, "shape": np.array([-3, 4], np.int64)})
+    np.testing.assert_array_equal(y, x.reshape(3, 4))
+    assert m.value_inputs == ["shape"]
+
+
+def test_a_shape_computed_from_float_data_is_still_refused_clearly():
+    """A shape that comes from a float tensor's values: specializing on the data would compile per input."""
+    model = _model([helper.make_node("Cast", ["s"], ["c"], to=TensorProto.INT64),
+                    helper.make_node("Reshape", ["x", "c"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+                    helper.make_tensor_value_info("s", TensorProto.FLOAT, [2])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     with pytest.raises(FrontendError, match="must be known at compile time"):
         compile_model(model)
