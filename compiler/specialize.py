@@ -20,7 +20,7 @@ A first run with new values pays the compile (~0.05-0.5 s for small graphs, seco
 logs it on the `tensorforge` logger. Compiled specializations are also kept on disk (`cache_dir()`: the
 directory in TENSORFORGE_CACHE_DIR, else ~/.cache/tensorforge; "off" keeps none), keyed by the model, the values
 and shapes, the compile options, the host CPU's features and the versions, so another process loads them instead
-of compiling. Thread-safe: one compile at a time, runs in parallel.
+of compiling. Thread-safe: one compile at a time, while runs of the specializations already built go on.
 """
 
 from __future__ import annotations
@@ -134,15 +134,18 @@ class SpecializingModel:
         self._proto = proto
         self._shapes = dict(shapes or {})
         self._compile = compile_fn
-        self._values: set[str] = set()     # inputs whose values the importer needs: learned as it asks
-        self._sequences: set[str] = set()  # sequence inputs: their lengths and shapes
+        # inputs whose values the importer needs, and sequence inputs (their lengths and shapes): learned as it asks,
+        # rebound (never changed in place) so that a thread computing a key reads a whole set
+        self._values: frozenset[str] = frozenset()
+        self._sequences: frozenset[str] = frozenset()
         if first_error is not None:
             self._learn(first_error)
         self.dynamic = check_dynamic(proto, dynamic or {})
         self._cache: OrderedDict[tuple, object] = OrderedDict()
         self._model_id = hashlib.sha256(proto.SerializeToString() + repr(sorted(self._shapes.items())).encode()
                                         + fingerprint.encode()).hexdigest()[:20]
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()       # the cache
+        self._compiling = threading.Lock()  # one compile at a time
         inputs = _graph_inputs(proto)
         self.input_names = list(inputs)
         self.output_names = [vi.name for vi in proto.graph.output]
@@ -197,19 +200,32 @@ class SpecializingModel:
                         raise InputError(f"input {name!r} dimension {axis} is {got[axis]}, outside its dynamic range "
                                          f"[{low}, {high}] (shape {tuple(got)})")
         with self._lock:
-            key = self._key(feeds)
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+            hit = self._cached(self._key(feeds))
+        if hit is not None:
+            return hit
+        with self._compiling:  # one compile at a time; runs of the specializations already built go on meanwhile
+            with self._lock:
+                key = self._key(feeds)  # with the value inputs another thread's compile learned
+                hit = self._cached(key)
+            if hit is not None:
+                return hit
             compiled = self._load(key)
             if compiled is None:
                 compiled = self._compile_for(feeds)
                 key = self._key(feeds)  # with every value input learned while compiling
                 self._store(key, compiled)
-            self._cache[key] = compiled
-            while len(self._cache) > MAX_SPECIALIZATIONS:
-                self._cache.popitem(last=False)
+            with self._lock:
+                self._cache[key] = compiled
+                while len(self._cache) > MAX_SPECIALIZATIONS:
+                    self._cache.popitem(last=False)
             return compiled
+
+    def _cached(self, key):
+        """The cached specialization for `key` (marked most recently used), or None. Under self._lock."""
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+        return hit
 
     def save(self, path) -> None:
         inputs = self.value_inputs + self.sequence_inputs
@@ -267,9 +283,9 @@ class SpecializingModel:
         """Note the inputs `error` asks for; False if it asks for nothing we can feed."""
         names = needed_inputs(error, self._proto)
         if getattr(error, "needs_shapes", None) is not None:
-            self._sequences.update(names)
+            self._sequences = self._sequences | frozenset(names)
         else:
-            self._values.update(names)
+            self._values = self._values | frozenset(names)
         return bool(names)
 
     def _key(self, feeds: Mapping) -> tuple:

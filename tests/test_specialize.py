@@ -244,3 +244,25 @@ def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(specialize.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert specialize.cache_dir() == str(tmp_path / "tensorforge")
+
+
+def test_runs_of_built_specializations_do_not_wait_for_a_compile():
+    m = compile_model(reshape_model())
+    x = np.ones((2, 6), np.float32)
+    m.run({"x": x, "shape": np.array([3, 4], np.int64)})
+    started, release = threading.Event(), threading.Event()
+    compile_fn = m._compile
+
+    def slow_compile(*args):
+        started.set()
+        assert release.wait(30)
+        return compile_fn(*args)
+
+    m._compile = slow_compile
+    other = threading.Thread(target=m.run, args=({"x": x, "shape": np.array([4, 3], np.int64)},))
+    other.start()
+    assert started.wait(30)
+    (y,) = m.run({"x": x, "shape": np.array([3, 4], np.int64)})  # while the other shape compiles
+    release.set()
+    other.join()
+    assert y.shape == (3, 4) and m.specializations == 2
