@@ -92,6 +92,39 @@ class SegmentedModel:
             env.update(zip(outs, runner.run({n: env[n] for n in ins})))
         return [env[n] for n in self.output_names]
 
+    def benchmark(self, feeds: Mapping, repeat: int = 20, warmup: int = 3) -> list[float]:
+        """Seconds per whole run (segments and host steps), `repeat` samples after `warmup` runs."""
+        import time
+
+        for _ in range(warmup):
+            self.run(feeds)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            self.run(feeds)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def profile(self, feeds: Mapping, repeat: int = 10) -> list[dict]:
+        """The segments' kernel calls (CompiledModel.profile's rows) and each host step's median time, in order."""
+        import time
+
+        rows, env = [], dict(feeds)
+        for runner, ins, outs in self.steps:
+            step_feeds = {n: env[n] for n in ins}
+            if isinstance(runner, SpecializingModel):
+                rows += runner.profile(step_feeds, repeat)
+            else:
+                samples = []
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    runner.run(step_feeds)
+                    samples.append(time.perf_counter() - t0)
+                rows.append({"kernel": "host", "op": runner.op_type, "node": runner.node_name,
+                             "ms": float(np.median(samples)) * 1e3})
+            env.update(zip(outs, runner.run(step_feeds)))
+        return rows
+
     @property
     def segments(self) -> list:
         """The compiled segments (SpecializingModels), in order."""
@@ -119,6 +152,7 @@ class _HostStep:
         graph = helper.make_graph([node], f"host_{node.op_type}", inputs, outputs, initializer=initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         self.op_type = node.op_type
+        self.node_name = node.name or node.op_type
         self._names = [vi.name for vi in inputs]
         self._outputs = [o for o in node.output if o]
         self._eval = ReferenceEvaluator(model)

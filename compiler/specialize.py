@@ -172,6 +172,33 @@ class SpecializingModel:
         """Run the specialization for these feeds (compiled on first sight). A sequence input is fed as a list of
         arrays and a sequence output comes back as one."""
         compiled = self.specialize(feeds)
+        return _regroup(self.output_names, compiled.output_names, compiled.run(self._flat(feeds)))
+
+    @property
+    def input_specs(self) -> dict[str, tuple[tuple, str]]:
+        """{input: (shape, dtype)} as the model declares them, None for a dimension decided at run time (a
+        sequence input: shape None)."""
+        out = {}
+        for name, vi in _graph_inputs(self._proto).items():
+            if not vi.type.HasField("tensor_type"):
+                out[name] = (None, "sequence")
+                continue
+            dims = self._declared.get(name)
+            ranges = self.dynamic.get(name, {})
+            shape = None if dims is None else tuple(None if i in ranges else d for i, d in enumerate(dims))
+            out[name] = (shape, np.dtype(_onnx_numpy_dtype(vi)).name)
+        return out
+
+    def benchmark(self, feeds: Mapping, repeat: int = 20, warmup: int = 3) -> list[float]:
+        """Seconds per run of the specialization for these feeds (compiled first if new), as CompiledModel's."""
+        return self.specialize(feeds).benchmark(self._flat(feeds), repeat, warmup)
+
+    def profile(self, feeds: Mapping, repeat: int = 10) -> list[dict]:
+        """Each kernel call's median time in the specialization for these feeds, as CompiledModel's."""
+        return self.specialize(feeds).profile(self._flat(feeds), repeat)
+
+    def _flat(self, feeds: Mapping) -> dict:
+        """The feeds as the specialization takes them: value inputs compiled in, sequences as `name.i` inputs."""
         flat = {}
         for name, v in feeds.items():
             if name in self._values:
@@ -180,7 +207,7 @@ class SpecializingModel:
                 flat.update({f"{name}.{i}": np.asarray(x) for i, x in enumerate(v)})
             else:
                 flat[name] = v
-        return _regroup(self.output_names, compiled.output_names, compiled.run(flat))
+        return flat
 
     def specialize(self, feeds: Mapping):
         """The `CompiledModel` for these feeds' values (and sequence and symbolic shapes), compiled on first sight."""
@@ -235,16 +262,22 @@ class SpecializingModel:
 
     def compile_lower_bounds(self) -> None:
         """Compile the specialization at every dynamic range's lower bound (the other dimensions as declared), so
-        that a model the compiler refuses fails now. Skipped where inputs' values decide shapes (no value yet)."""
-        if self._values or self._sequences:
+        that a model the compiler refuses fails now. Where inputs' values decide shapes, the zeros fed here are no
+        real values: a refusal then waits for the first run."""
+        inputs = _graph_inputs(self._proto)
+        if self._values or self._sequences or not all(vi.type.HasField("tensor_type") for vi in inputs.values()):
             return
         feeds = {}
-        for name, vi in _graph_inputs(self._proto).items():
-            dims = _dims(vi)
+        for name, vi in inputs.items():
             lows = self.dynamic.get(name, {})
-            shape = [lows[i][0] if i in lows else (d if d is not None else 1) for i, d in enumerate(dims)]
+            shape = [lows[i][0] if i in lows else (d if d is not None else 1) for i, d in enumerate(_dims(vi))]
             feeds[name] = np.zeros(shape, _onnx_numpy_dtype(vi))
-        self.specialize(feeds)
+        try:
+            self.specialize(feeds)
+        except FrontendError:
+            if not self._values:
+                raise
+            log.info("no specialization compiled ahead: the values of %s decide shapes", self.value_inputs)
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _path(self, key: tuple) -> str | None:

@@ -86,3 +86,12 @@ def test_what_a_segmented_model_refuses():
     model.graph.node.append(helper.make_node("NoSuchOp", ["y"], ["z"]))
     with pytest.raises(UnsupportedOpError, match="NoSuchOp"):
         compile_model(model)
+
+
+def test_a_segmented_model_benchmarks_and_profiles_like_a_compiled_one():
+    m = compile_model(positives_squared())
+    x = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
+    assert len(m.benchmark({"x": x}, repeat=3, warmup=1)) == 3
+    rows = m.profile({"x": x}, repeat=2)
+    assert [r["op"] for r in rows if r["kernel"] == "host"] == ["NonZero"]
+    assert all(r["ms"] >= 0 for r in rows) and len(rows) >= 3

@@ -266,3 +266,24 @@ def test_runs_of_built_specializations_do_not_wait_for_a_compile():
     release.set()
     other.join()
     assert y.shape == (3, 4) and m.specializations == 2
+
+
+def test_a_specializing_model_benchmarks_profiles_and_lists_its_inputs():
+    m = compile_model(reshape_model("batch"), dynamic={"x": {0: (1, 4)}})
+    assert m.input_specs == {"x": ((None, 6), "float32"), "shape": ((2,), "int64")}
+    feeds = {"x": np.ones((2, 6), np.float32), "shape": np.array([3, 4], np.int64)}
+    assert len(m.benchmark(feeds, repeat=2, warmup=1)) == 2
+    assert [r["op"] for r in m.profile(feeds, repeat=2)] == [s["op"] for s in m.specialize(feeds).plan["steps"]]
+
+
+def test_a_dynamic_model_with_value_inputs_waits_for_real_values():
+    """The lower-bound compile feeds zeros; zeros as a Reshape target (with allowzero) cannot be compiled, so the
+    model compiles on its first run instead of failing compile_model."""
+    model = reshape_model("batch")
+    model.graph.node[0].attribute.append(helper.make_attribute("allowzero", 1))
+    model.opset_import[0].version = 18
+    m = compile_model(model, dynamic={"x": {0: (1, 4)}})
+    assert m.specializations == 0 and m.value_inputs == ["shape"]
+    x = np.arange(18, dtype=np.float32).reshape(3, 6)
+    (y,) = m.run({"x": x, "shape": np.array([9, 2], np.int64)})
+    np.testing.assert_array_equal(y, np.maximum(x.reshape(9, 2), 0))
