@@ -108,14 +108,7 @@ def schedule_grouped(sch: s_tir.Schedule, target, gemm: str, group: int, schedul
     grp, pi = sch.split(p, [None, group])
     sch.reorder(grp, pi, ob, xi, yi, lane)
     sch.parallel(grp)
-    sch.unroll(yi)
-    sch.unroll(xi)
-    sch.vectorize(lane)
-    cols = sch.get_sblock(WINO_OUTPUT_COLS)
-    sch.compute_at(cols, xi)
-    i, o = sch.get_loops(cols)[-2:]
-    sch.unroll(i)
-    sch.vectorize(o)
+    _output_tile(sch, xi, yi, lane)
     # producers after their consumers, each computed at the group loop
     store = sch.cache_write(prod, 0, "local")
     sch.compute_at(store, grp, preserve_unit_loops=True)
@@ -137,6 +130,11 @@ def _schedule_output(sch, out, m, lanes):
     tx, xi = sch.split(xx, [None, m])
     sch.reorder(n, ob, ty, tx, xi, yi, lane)  # column r of (M A) is read by the m outputs of column r
     sch.parallel(sch.fuse(n, ob, ty))
+    _output_tile(sch, xi, yi, lane)
+
+
+def _output_tile(sch, xi, yi, lane):
+    """One output tile: per column r (loop `xi`), its M A column, then its m outputs (`yi`), 16 lanes a vector."""
     sch.unroll(yi)
     sch.unroll(xi)
     sch.vectorize(lane)
