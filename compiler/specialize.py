@@ -142,6 +142,7 @@ class SpecializingModel:
             self._learn(first_error)
         self.dynamic = check_dynamic(proto, dynamic or {})
         self._cache: OrderedDict[tuple, object] = OrderedDict()
+        self._meta: dict[tuple, dict] = {}  # what each cached specialization is for (bundle.json's entries)
         self._model_id = hashlib.sha256(proto.SerializeToString() + repr(sorted(self._shapes.items())).encode()
                                         + fingerprint.encode()).hexdigest()[:20]
         self._lock = threading.Lock()       # the cache
@@ -243,9 +244,20 @@ class SpecializingModel:
                 self._store(key, compiled)
             with self._lock:
                 self._cache[key] = compiled
+                self._meta[key] = self._describe(feeds)
                 while len(self._cache) > MAX_SPECIALIZATIONS:
-                    self._cache.popitem(last=False)
+                    self._meta.pop(self._cache.popitem(last=False)[0], None)
             return compiled
+
+    def _describe(self, feeds: Mapping) -> dict:
+        """What a specialization is for, as a bundle records it: the compiled-in values, the other inputs' shapes."""
+        values = {}
+        for n in sorted(self._values):
+            a = np.asarray(feeds[n])
+            values[n] = {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.reshape(-1).tolist()}
+        shapes = {n: ([list(np.shape(x)) for x in v] if isinstance(v, (list, tuple)) else list(np.shape(v)))
+                  for n, v in feeds.items() if n not in self._values}
+        return {"values": values, "shapes": shapes}
 
     def _cached(self, key):
         """The cached specialization for `key` (marked most recently used), or None. Under self._lock."""
@@ -255,10 +267,30 @@ class SpecializingModel:
         return hit
 
     def save(self, path) -> None:
-        inputs = self.value_inputs + self.sequence_inputs
-        raise CompileError(f"this model is compiled per value of its input(s) {inputs} (they decide shapes): save "
-                           f"one specialization, `model.specialize(feeds).save(path)`, or make those inputs "
-                           f"initializers")
+        """Write the specializations compiled so far as one bundle (runtime/bundle.py), atomically: `runtime.load`
+        gives a model that runs any of them, chosen by the feeds, without the compiler. Compile the ones to ship
+        first (`specialize(feeds)` for each value or shape)."""
+        import tempfile
+
+        from tensorforge.runtime import bundle
+
+        with self._lock:
+            entries = [(self._meta[k], m) for k, m in self._cache.items() if k in self._meta]
+        if not entries:
+            inputs = self.value_inputs + self.sequence_inputs + sorted(self.dynamic)
+            raise CompileError(f"nothing to save yet: this model is compiled per value or shape of its input(s) "
+                               f"{inputs}; compile the specializations to ship with `model.specialize(feeds)` (or "
+                               f"run it), then save them as one bundle (or make those inputs initializers)")
+        meta = {"format": bundle.FORMAT, "version": bundle.VERSION, "inputs": self.input_names,
+                "outputs": self.output_names, "value_inputs": self.value_inputs,
+                "sequence_inputs": self.sequence_inputs,
+                "specializations": [{**m, "member": f"s{i}.tfa"} for i, (m, _) in enumerate(entries)]}
+        with tempfile.TemporaryDirectory(prefix="tensorforge-bundle-") as tmp:
+            files = []
+            for i, (_, model) in enumerate(entries):
+                files.append(os.path.join(tmp, f"s{i}.tfa"))
+                model.save(files[-1])
+            bundle.write_bundle(os.fspath(path), meta, files)
 
     def compile_lower_bounds(self) -> None:
         """Compile the specialization at every dynamic range's lower bound (the other dimensions as declared), so

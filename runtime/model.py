@@ -275,7 +275,13 @@ def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int
     a CUDA artifact names instead of storing (benchmarks/cuda.py ships artifacts that way).
 
     `max_concurrency`: execution contexts (concurrent runs) at most, default the number of CPUs; `num_threads`:
-    threads per parallel kernel (process-wide); `thread_pool="tvm"` keeps TVM's own thread pool (for comparison)."""
+    threads per parallel kernel (process-wide); `thread_pool="tvm"` keeps TVM's own thread pool (for comparison).
+    A bundle (several specializations of one model, runtime/bundle.py) gives a `runtime.bundle.BundleModel`."""
+    from . import bundle
+
+    if bundle.is_bundle(os.fspath(path)):
+        return bundle.read_bundle(path, lambda one: load(one, num_threads, device_id, external_params,
+                                                          max_concurrency, thread_pool))
     tmp = tempfile.mkdtemp(prefix="tensorforge-")
     try:
         plan, kernels, params = artifact.read_artifact(os.fspath(path), tmp)

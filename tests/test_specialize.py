@@ -67,8 +67,52 @@ def test_a_specialization_is_an_ordinary_compiled_model_that_saves(tmp_path):
     one.save(tmp_path / "r.tfa")
     (y,) = runtime.load(tmp_path / "r.tfa").run({"x": feeds["x"]})
     np.testing.assert_array_equal(y, np.ones((4, 3), np.float32))
-    with pytest.raises(CompileError, match=r"specialize\(feeds\)\.save"):
-        m.save(tmp_path / "all.tfa")
+
+
+def test_the_specializations_save_as_one_bundle_the_runtime_chooses_from(tmp_path):
+    from tensorforge.runtime.bundle import BundleModel
+
+    m = compile_model(reshape_model())
+    with pytest.raises(CompileError, match=r"nothing to save yet.*\['shape'\].*model\.specialize\(feeds\)"):
+        m.save(tmp_path / "none.tfa")
+    x = np.arange(12, dtype=np.float32).reshape(2, 6) - 5
+    for shape in ([3, 4], [6, 2]):
+        m.specialize({"x": x, "shape": np.array(shape, np.int64)})
+    m.save(tmp_path / "r.tfa")
+    b = runtime.load(tmp_path / "r.tfa")
+    assert isinstance(b, BundleModel) and b.value_inputs == ["shape"] and len(b.specializations) == 2
+    for shape in ([6, 2], [3, 4]):
+        (y,) = b.run({"x": x, "shape": np.array(shape, np.int64)})
+        np.testing.assert_array_equal(y, np.maximum(x.reshape(shape), 0))
+    with pytest.raises(InputError, match=r"no specialization for \{'x': \[2, 6\], 'shape': \[4, 3\]\}"):
+        b.run({"x": x, "shape": np.array([4, 3], np.int64)})
+    with pytest.raises(InputError, match=r"missing input\(s\) \['shape'\]"):
+        b.run({"x": x})
+
+
+def test_a_dynamic_bundle_holds_the_shapes_compiled(tmp_path):
+    m = compile_model(batch_model(), dynamic={"x": {0: (1, 8)}})
+    m.specialize({"x": np.zeros((4, 6), np.float32)})
+    m.save(tmp_path / "b.tfa")
+    b = runtime.load(tmp_path / "b.tfa")
+    assert sorted(s["shapes"]["x"][0] for s in b.specializations) == [1, 4]
+    x = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
+    np.testing.assert_array_equal(b.run({"x": x})[0], np.maximum(x, 0) * 2)
+    with pytest.raises(InputError, match="no specialization"):
+        b.run({"x": np.zeros((3, 6), np.float32)})
+
+
+def test_a_damaged_bundle_is_refused(tmp_path):
+    from tensorforge.runtime.errors import ArtifactError
+
+    m = compile_model(batch_model(), dynamic={"x": {0: (1, 8)}})
+    m.save(tmp_path / "b.tfa")
+    data = bytearray((tmp_path / "b.tfa").read_bytes())
+    at = data.find(b'"inputs"')
+    data[at + 2] ^= 0x20  # one flipped bit in bundle.json
+    (tmp_path / "bad.tfa").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="is damaged: member bundle.json"):
+        runtime.load(tmp_path / "bad.tfa")
 
 
 def test_symbolic_dimensions_take_the_fed_sizes(recwarn):
