@@ -270,8 +270,6 @@ class SpecializingModel:
         """Write the specializations compiled so far as one bundle (runtime/bundle.py), atomically: `runtime.load`
         gives a model that runs any of them, chosen by the feeds, without the compiler. Compile the ones to ship
         first (`specialize(feeds)` for each value or shape)."""
-        import tempfile
-
         from tensorforge.runtime import bundle
 
         with self._lock:
@@ -283,14 +281,10 @@ class SpecializingModel:
                                f"run it), then save them as one bundle (or make those inputs initializers)")
         meta = {"format": bundle.FORMAT, "version": bundle.VERSION, "inputs": self.input_names,
                 "outputs": self.output_names, "value_inputs": self.value_inputs,
-                "sequence_inputs": self.sequence_inputs,
-                "specializations": [{**m, "member": f"s{i}.tfa"} for i, (m, _) in enumerate(entries)]}
-        with tempfile.TemporaryDirectory(prefix="tensorforge-bundle-") as tmp:
-            files = []
-            for i, (_, model) in enumerate(entries):
-                files.append(os.path.join(tmp, f"s{i}.tfa"))
-                model.save(files[-1])
-            bundle.write_bundle(os.fspath(path), meta, files)
+                "sequence_inputs": self.sequence_inputs, "specializations": [m for m, _ in entries]}
+        if not all(hasattr(model, "parts") for _, model in entries):
+            raise CompileError("bundles hold CPU specializations; save a CUDA one with model.specialize(feeds).save()")
+        bundle.write_bundle(os.fspath(path), meta, [model.parts() for _, model in entries])
 
     def compile_lower_bounds(self) -> None:
         """Compile the specialization at every dynamic range's lower bound (the other dimensions as declared), so

@@ -4,23 +4,28 @@ A model whose inputs decide shapes, or compiled with `dynamic=` ranges (compiler
 value and shape it meets. `SpecializingModel.save(path)` writes the specializations compiled so far as a bundle,
 which `runtime.load` reads without the compiler:
 
-    bundle.json     {"format": "tensorforge-bundle", "version", "inputs", "outputs", "value_inputs",
-                     "sequence_inputs", "specializations": [{"member": "s<i>.tfa", "values": {input: {"dtype",
-                     "shape", "data"}}, "shapes": {input: shape}}]}
-    s<i>.tfa        specialization i, a complete artifact (runtime/artifact.py), checked again when read
-    manifest.json   the SHA-256 and size of every other member, written last
+    bundle.json         {"format": "tensorforge-bundle", "version", "inputs", "outputs", "value_inputs",
+                         "sequence_inputs", "specializations": [{"plan": "s<i>/plan.json", "kernels":
+                         "s<i>/kernels.so", "values": {input: {"dtype", "shape", "data"}}, "shapes": {input: shape}}]}
+    s<i>/plan.json      specialization i's plan (runtime/model.py), its parameters' files named by content
+    s<i>/kernels.so     its kernels
+    params/<sha>.npy    every parameter, once: the specializations of a model share their weights
+    manifest.json       the SHA-256 and size of every other member, written last
 
-A run takes the specialization whose compiled-in values equal the fed ones and whose input shapes are the fed
-shapes; there is none for other feeds (an `InputError` lists what the bundle holds). Each specialization keeps its
-own parameters: a bundle of n specializations is about n times an artifact's size.
+Reading checks the manifest and every plan (runtime/plan_check.py) before anything runs, as for an artifact. A run
+takes the specialization whose compiled-in values equal the fed ones and whose input shapes are the fed shapes;
+there is none for other feeds (an `InputError` lists what the bundle holds). Bundles hold CPU specializations.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import io
 import json
 import os
-import shutil
 import tempfile
+import weakref
 import zipfile
 from typing import Mapping
 
@@ -35,65 +40,115 @@ META = "bundle.json"
 
 
 def is_bundle(path: str) -> bool:
-    """Is the file at `path` a bundle (a zip holding bundle.json)?"""
+    """Is the file at `path` a bundle (a zip holding bundle.json)? False for anything else, unreadable included
+    (reading it as an artifact then names the problem)."""
     try:
-        with zipfile.ZipFile(path) as z:
+        f = artifact._open_regular(path)
+    except ArtifactError:
+        return False
+    try:
+        with f, zipfile.ZipFile(f) as z:
             return META in z.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
 
 
-def write_bundle(path: str, meta: dict, artifacts: list[str]) -> None:
-    """Write `meta` (bundle.json, its specializations' members named s<i>.tfa) and the artifact files
-    `artifacts` (in the order of meta["specializations"]) atomically."""
-    import hashlib
+def write_bundle(path: str, meta: dict, parts: list[tuple[dict, str, list]]) -> None:
+    """Write `meta` (bundle.json without its specializations' members) and, per specialization, its (plan,
+    kernel library path, parameter arrays) atomically; each distinct parameter is stored once."""
+    meta = dict(meta)
 
     def write(f):
         digests = {}
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
-            data = json.dumps(meta, indent=1).encode()
-            z.writestr(META, data)
-            digests[META] = (hashlib.sha256(data).hexdigest(), len(data))
-            for spec, local in zip(meta["specializations"], artifacts):
-                z.write(local, spec["member"])
-                digests[spec["member"]] = artifact._file_digest(local)
+            def put(member: str, data: bytes) -> None:
+                if member not in digests:
+                    z.writestr(member, data)
+                    digests[member] = (hashlib.sha256(data).hexdigest(), len(data))
+
+            specs = []
+            for i, ((plan, kernels, params), spec) in enumerate(zip(parts, meta["specializations"])):
+                if plan.get("device"):
+                    raise ArtifactError(f"cannot write bundle {path}: it holds CPU specializations, and this one is "
+                                        f"for {plan['device'].get('kind')!r}")
+                plan = copy.deepcopy(plan)
+                for entry, p in zip(plan["params"], params):
+                    if "file" in entry:
+                        buf = io.BytesIO()
+                        np.save(buf, np.asarray(p, order="C"), allow_pickle=False)
+                        data = buf.getvalue()
+                        entry["file"] = f"params/{hashlib.sha256(data).hexdigest()[:40]}.npy"
+                        put(entry["file"], data)
+                spec = {**spec, "plan": f"s{i}/plan.json", "kernels": f"s{i}/kernels.so"}
+                put(spec["plan"], json.dumps(plan, indent=1).encode())
+                z.write(kernels, spec["kernels"])
+                digests[spec["kernels"]] = artifact._file_digest(kernels)
+                specs.append(spec)
+            put(META, json.dumps({**meta, "specializations": specs}, indent=1).encode())
             z.writestr(artifact.MANIFEST, artifact.manifest_json(digests))
 
     artifact.atomic_write(os.fspath(path), write)
 
 
-def read_bundle(path: str, load_one) -> "BundleModel":
-    """Read and check the bundle at `path`; `load_one(artifact path)` loads each specialization."""
+def read_bundle(path: str, make_model) -> "BundleModel":
+    """Read and check the bundle at `path`; `make_model(plan, kernels path, params, owned dir)` builds each
+    specialization's CompiledModel."""
+    from .plan_check import validate_plan
+
     path = os.fspath(path)
-    tmp = tempfile.mkdtemp(prefix="tensorforge-bundle-")
+    f = artifact._open_regular(path)
+    dirs = []
     try:
-        with zipfile.ZipFile(path) as z:
-            artifact._verify_manifest(path, z)
+        z = zipfile.ZipFile(f)
+        weakref.finalize(z, f.close)  # parameters are read from this open file when the models copy them in
+        artifact._verify_manifest(path, z)
+        names = set(z.namelist())
+        try:
+            meta = json.loads(z.read(META))
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}")
+            specs = list(meta["specializations"])
+            members = [(s["plan"], s["kernels"]) for s in specs]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ArtifactError(f"bundle {path!r} is damaged: {META} cannot be read ({type(e).__name__}: {e})") \
+                from None
+        if meta.get("version") != VERSION:
+            raise ArtifactError(f"bundle {path!r} has format version {meta.get('version')}; this runtime reads "
+                                f"version {VERSION}: save it again")
+        models = []
+        for i, (plan_member, kernels_member) in enumerate(members):
+            for member in (plan_member, kernels_member):
+                if member not in names:
+                    raise ArtifactError(f"bundle {path!r} is damaged: {member} is missing")
             try:
-                meta = json.loads(z.read(META))
-                specs = meta["specializations"]
-                if meta.get("format") != FORMAT:
-                    raise ValueError(f"format {meta.get('format')!r}")
-                if meta.get("version") != VERSION:
-                    raise ArtifactError(f"bundle {path!r} has format version {meta.get('version')}; this runtime "
-                                        f"reads version {VERSION}: save it again")
-                members = [s["member"] for s in specs]
-            except (ValueError, KeyError, TypeError) as e:
-                raise ArtifactError(f"bundle {path!r} is damaged: {META} cannot be read ({type(e).__name__}: "
-                                    f"{e})") from None
-            models = []
-            for i, member in enumerate(members):
-                if member not in z.namelist() or "/" in member or member.startswith("."):
-                    raise ArtifactError(f"bundle {path!r} is damaged: specialization {member!r} is missing")
-                local = os.path.join(tmp, f"s{i}.tfa")
-                with z.open(member) as src, open(local, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                models.append(load_one(local))
+                plan = json.loads(z.read(plan_member))
+            except ValueError as e:
+                raise ArtifactError(f"bundle {path!r} is damaged: {plan_member} ({e})") from None
+            if not isinstance(plan, dict) or plan.get("format") != artifact.FORMAT or plan.get("device"):
+                raise ArtifactError(f"bundle {path!r}: {plan_member} is not a CPU plan")
+            validate_plan(plan, f"bundle {path!r} specialization {i}")
+            missing = [e["file"] for e in plan["params"] if "file" in e and e["file"] not in names]
+            if missing:
+                raise ArtifactError(f"bundle {path!r} is damaged: parameter file {missing[0]} is missing")
+            params = [(lambda member=e["file"]: artifact._read_param(path, z, member)) if "file" in e else None
+                      for e in plan["params"]]
+            tmp = tempfile.mkdtemp(prefix="tensorforge-")
+            dirs.append(tmp)
+            kernels = os.path.join(tmp, "kernels.so")
+            with z.open(kernels_member) as src, open(kernels, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            models.append(make_model(plan, kernels, params, tmp))
         return BundleModel(meta, models)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ArtifactError(f"bundle {path!r} is damaged or truncated ({type(e).__name__}: {e})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        import shutil
+
+        for d in dirs[len(locals().get("models", [])):]:
+            shutil.rmtree(d, ignore_errors=True)
+        f.close()
+        if isinstance(e, (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, EOFError, OSError)):
+            raise ArtifactError(f"bundle {path!r} is damaged or truncated ({type(e).__name__}: {e})") from None
+        raise
 
 
 class BundleModel:

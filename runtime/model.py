@@ -263,8 +263,12 @@ class CompiledModel:
     # -- persistence ----------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the artifact atomically (see runtime/artifact.py)."""
-        params = [self._shared[entry["buffer"]] for entry in self.plan["params"]]
-        artifact.write_artifact(os.fspath(path), self.plan, self._kernels_path, params)
+        artifact.write_artifact(os.fspath(path), *self.parts())
+
+    def parts(self) -> tuple[dict, str, list]:
+        """What an artifact (or a bundle, runtime/bundle.py) stores of this model: (plan, kernel library path,
+        parameter arrays in plan order)."""
+        return self.plan, self._kernels_path, [self._shared[entry["buffer"]] for entry in self.plan["params"]]
 
 
 def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int = 0, external_params=None,
@@ -280,8 +284,9 @@ def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int
     from . import bundle
 
     if bundle.is_bundle(os.fspath(path)):
-        return bundle.read_bundle(path, lambda one: load(one, num_threads, device_id, external_params,
-                                                          max_concurrency, thread_pool))
+        return bundle.read_bundle(path, lambda plan, kernels, params, owned: CompiledModel(
+            plan, kernels, params, owned_dir=owned, num_threads=num_threads, max_concurrency=max_concurrency,
+            thread_pool=thread_pool))
     tmp = tempfile.mkdtemp(prefix="tensorforge-")
     try:
         plan, kernels, params = artifact.read_artifact(os.fspath(path), tmp)
