@@ -524,9 +524,17 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
 
-def export_onnx(name: str, batch: int = 1, dynamo: bool = False) -> onnx.ModelProto:
-    """Export MODELS[name] to ONNX with static shapes: TorchScript exporter at opset 17, or dynamo at opset 18."""
+def export_onnx(name: str, batch: int = 1, dynamo: bool = False, dynamic_axes: dict | None = None) -> onnx.ModelProto:
+    """Export MODELS[name] to ONNX with static shapes: TorchScript exporter at opset 17, or dynamo at opset 18.
+    `dynamic_axes` ({axis: name} of the input, TorchScript exporter only): those input dimensions stay symbolic."""
     module, x = MODELS[name](batch)
+    if dynamic_axes:
+        f = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), f, dynamo=False, opset_version=17, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: dynamic_axes})
+        return onnx.load_from_string(f.getvalue())
     f = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
