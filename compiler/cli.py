@@ -306,6 +306,24 @@ def cmd_demo(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_cache(args) -> int:
+    from tensorforge.compiler import specialize
+
+    root = specialize.cache_dir()
+    if root is None:
+        print(f"no on-disk cache ({specialize.CACHE_ENV}={os.environ.get(specialize.CACHE_ENV)!r})")
+        return 0
+    if args.clear:
+        deleted = specialize.trim_cache(limit=0)
+        print(f"deleted {deleted} cached specialization(s) from {root}")
+        return 0
+    files = specialize.cached_files()
+    total = sum(size for _, size, _ in files)
+    print(f"{root}: {len(files)} compiled specialization(s), {total / 2**20:.1f} MB of at most "
+          f"{specialize.cache_limit_bytes() / 2**20:.0f} MB ({specialize.CACHE_MAX_ENV})")
+    return 0
+
+
 def cmd_opt(args) -> int:
     from tensorforge.compiler.opt import cmd_opt as run
 
@@ -456,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-verify", action="store_true", help="do not verify the IR after each pass")
     o.add_argument("--list", action="store_true", help="list every pass with its options and exit")
     o.set_defaults(func=cmd_opt)
+
+    ca = sub.add_parser("cache", help="show (or --clear) the on-disk cache of specializations compiled at run time")
+    ca.add_argument("--clear", action="store_true", help="delete every cached specialization")
+    ca.set_defaults(func=cmd_cache)
 
     d = sub.add_parser("demo", help="compile and run a built-in CNN, compared with onnxruntime")
     d.add_argument("--repeat", type=positive_int, default=50, help="timed runs per engine")

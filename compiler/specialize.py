@@ -20,7 +20,7 @@ A first run with new values pays the compile (~0.05-0.5 s for small graphs, seco
 logs it on the `tensorforge` logger. Compiled specializations are also kept on disk (`cache_dir()`: the
 directory in TENSORFORGE_CACHE_DIR, else ~/.cache/tensorforge; "off" keeps none), keyed by the model, the values
 and shapes, the compile options, the host CPU's features and the versions, so another process loads them instead
-of compiling. Thread-safe: one compile at a time, while runs of the specializations already built go on.
+of compiling; past TENSORFORGE_CACHE_MAX_MB (4096) the least recently used are deleted. Thread-safe: one compile at a time, while runs of the specializations already built go on.
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from tensorforge.runtime.errors import CompileError, FrontendError, InputError
+from tensorforge.runtime.errors import ArtifactError, CompileError, FrontendError, InputError
 
 log = logging.getLogger("tensorforge")
 
 MAX_SPECIALIZATIONS = 64  # compiled models kept per SpecializingModel (least recently used dropped first)
 CACHE_ENV = "TENSORFORGE_CACHE_DIR"
+CACHE_MAX_ENV = "TENSORFORGE_CACHE_MAX_MB"  # the on-disk cache's bound; the least recently used files go first
+CACHE_MAX_MB = 4096
 
 
 def cache_dir() -> str | None:
@@ -50,6 +52,57 @@ def cache_dir() -> str | None:
         return None if given.strip().lower() in ("", "off", "0", "none") else given
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "tensorforge")
+
+
+def cache_limit_bytes() -> int:
+    given = os.environ.get(CACHE_MAX_ENV)
+    try:
+        return int(float(given) * 2**20) if given else CACHE_MAX_MB * 2**20
+    except ValueError:
+        raise InputError(f"{CACHE_MAX_ENV}={given!r}: give a size in MB") from None
+
+
+def cached_files() -> list[tuple[str, int, float]]:
+    """The on-disk cache's specializations: (path, bytes, last use), least recently used first."""
+    root = cache_dir()
+    if root is None:
+        return []
+    found = []
+    for base, _, files in os.walk(os.path.join(root, "specializations")):
+        for name in files:
+            if name.endswith(".tfa"):
+                path = os.path.join(base, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                found.append((path, st.st_size, st.st_mtime))
+    return sorted(found, key=lambda f: f[2])
+
+
+def trim_cache(keep: str | None = None, limit: int | None = None) -> int:
+    """Delete the least recently used specializations until the cache holds at most `limit` bytes (default
+    `cache_limit_bytes()`), never `keep`; returns how many were deleted."""
+    limit = cache_limit_bytes() if limit is None else limit
+    files = cached_files()
+    total = sum(size for _, size, _ in files)
+    deleted = 0
+    for path, size, _ in files:
+        if total <= limit:
+            break
+        if path == keep:
+            continue
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        total -= size
+        deleted += 1
+        try:
+            os.rmdir(os.path.dirname(path))  # the model's directory, once empty
+        except OSError:
+            pass
+    return deleted
 
 
 def check_dynamic(proto, dynamic: Mapping) -> dict[str, dict[int, tuple[int, int]]]:
@@ -326,6 +379,10 @@ class SpecializingModel:
                         type(e).__name__, e)
             return None
         log.info("loaded a cached specialization from %s", path)
+        try:
+            os.utime(path)  # recently used: trimmed last
+        except OSError:
+            pass
         return compiled
 
     def _store(self, key: tuple, compiled) -> None:
@@ -335,8 +392,10 @@ class SpecializingModel:
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             compiled.save(path)  # atomic (runtime/artifact.py)
-        except OSError as e:
+        except (OSError, ArtifactError) as e:
             log.warning("cannot keep the specialization in %s: %s", path, e)
+            return
+        trim_cache(keep=path)
 
     def _learn(self, error: FrontendError) -> bool:
         """Note the inputs `error` asks for; False if it asks for nothing we can feed."""

@@ -128,3 +128,26 @@ def test_inspect_training_program(tmp_path, capsys):
     weights = sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer if t.data_type == 1)
     assert stats["state_bytes"] >= 3 * 4 * weights > 0 and stats["saved_activation_bytes"] > 0
     assert stats["arena_bytes"] >= stats["live_lower_bound_bytes"] > 0 and stats["kernels"] < stats["ops"]
+
+
+def test_cache_shows_and_clears_the_specializations(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from tensorforge import compile_model
+    from tensorforge.compiler.cli import main
+
+    monkeypatch.setenv("TENSORFORGE_CACHE_DIR", str(tmp_path))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])
+    shape = helper.make_tensor_value_info("shape", TensorProto.INT64, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = helper.make_model(helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                                                [x, shape], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    compile_model(model).run({"x": np.ones((2, 6), np.float32), "shape": np.array([3, 4], np.int64)})
+    assert main(["cache"]) == 0
+    assert f"{tmp_path}: 1 compiled specialization(s)" in capsys.readouterr().out
+    assert main(["cache", "--clear"]) == 0
+    assert "deleted 1 cached specialization(s)" in capsys.readouterr().out
+    assert not list(tmp_path.rglob("*.tfa"))
+    monkeypatch.setenv("TENSORFORGE_CACHE_DIR", "off")
+    assert main(["cache"]) == 0 and "no on-disk cache" in capsys.readouterr().out

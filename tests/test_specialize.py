@@ -354,3 +354,21 @@ def test_a_bundle_stores_the_weights_its_specializations_share_once(tmp_path):
     for rows in (1, 16, 48):
         x = np.random.default_rng(rows).standard_normal((rows, 64)).astype(np.float32)
         np.testing.assert_allclose(b.run({"x": x})[0], x @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_the_disk_cache_keeps_within_its_bound(tmp_path, monkeypatch):
+    monkeypatch.setenv(specialize.CACHE_ENV, str(tmp_path))
+    m = compile_model(reshape_model())
+    x = np.ones((2, 6), np.float32)
+    for shape in ([3, 4], [4, 3]):
+        m.run({"x": x, "shape": np.array(shape, np.int64)})
+    files = specialize.cached_files()
+    assert len(files) == 2
+    one = files[-1][1]
+    monkeypatch.setenv(specialize.CACHE_MAX_ENV, str(one * 1.5 / 2**20))  # room for one file
+    m.run({"x": x, "shape": np.array([6, 2], np.int64)})
+    left = specialize.cached_files()
+    assert len(left) == 1 and left[0][0] != files[0][0] and left[0][0] != files[1][0]  # the newest kept
+    monkeypatch.setenv(specialize.CACHE_MAX_ENV, "lots")
+    with pytest.raises(InputError, match="TENSORFORGE_CACHE_MAX_MB='lots': give a size in MB"):
+        specialize.cache_limit_bytes()
