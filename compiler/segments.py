@@ -15,6 +15,7 @@ outputs the values later steps or the graph's outputs read.
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Mapping
 
 import numpy as np
@@ -39,6 +40,7 @@ class SegmentedModel:
 
     def __init__(self, proto, compile_fn: Callable, fingerprint: str = ""):
         import onnx
+        from onnx import helper
 
         inferred = onnx.shape_inference.infer_shapes(proto)
         types = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
@@ -46,6 +48,12 @@ class SegmentedModel:
         inits = {t.name: t for t in proto.graph.initializer}
         self.input_names = [vi.name for vi in proto.graph.input if vi.name not in inits]
         self.output_names = [vi.name for vi in proto.graph.output]
+        self._declared = {}  # graph input -> (dims, None where symbolic; numpy dtype)
+        for vi in proto.graph.input:
+            t = vi.type.tensor_type
+            if vi.name not in inits and vi.type.HasField("tensor_type") and t.HasField("shape"):
+                self._declared[vi.name] = ([d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim],
+                                           np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)))
         graph_outputs = set(self.output_names)
         runs: list[tuple[bool, list]] = []  # (host, nodes), in graph order
         for node in proto.graph.node:
@@ -87,6 +95,13 @@ class SegmentedModel:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise InputError(f"missing input(s) {missing}")
+        for name, (dims, dtype) in self._declared.items():
+            got = np.asarray(feeds[name])
+            if got.dtype != dtype:
+                raise InputError(f"input {name!r} has dtype {got.dtype}, but the model declares {dtype}")
+            if len(got.shape) != len(dims) or any(d is not None and d != g for d, g in zip(dims, got.shape)):
+                raise InputError(f"input {name!r} has shape {got.shape}, but the model declares "
+                                 f"{['?' if d is None else d for d in dims]}")
         env = dict(feeds)
         for runner, ins, outs in self.steps:
             env.update(zip(outs, runner.run({n: env[n] for n in ins})))
@@ -156,9 +171,11 @@ class _HostStep:
         self._names = [vi.name for vi in inputs]
         self._outputs = [o for o in node.output if o]
         self._eval = ReferenceEvaluator(model)
+        self._lock = threading.Lock()
 
     def run(self, feeds: Mapping) -> list:
-        return list(self._eval.run(None, {n: feeds[n] for n in self._names}))
+        with self._lock:  # onnx's evaluator is not documented as thread-safe
+            return list(self._eval.run(None, {n: feeds[n] for n in self._names}))
 
 
 def _reads(node) -> list[str]:

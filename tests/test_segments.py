@@ -79,6 +79,10 @@ def test_what_a_segmented_model_refuses():
         m.run({})
     with pytest.raises(InputError, match=r"unknown input\(s\) \['z'\]"):
         m.run({"x": np.zeros((3, 4), np.float32), "z": 1})
+    with pytest.raises(InputError, match=r"input 'x' has shape \(2, 4\), but the model declares \[3, 4\]"):
+        m.run({"x": np.zeros((2, 4), np.float32)})
+    with pytest.raises(InputError, match="input 'x' has dtype float64, but the model declares float32"):
+        m.run({"x": np.zeros((3, 4))})
     with pytest.raises(CompileError, match="data-dependent ops \\(NonZero\\) run on the host"):
         m.save("m.tfa")
     # another unsupported op beside a host op: refused as before, naming it
