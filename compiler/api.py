@@ -45,7 +45,8 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
     An ONNX model with ops whose output shapes depend on the data (NonZero, Unique, NonMaxSuppression, Compress)
     gives a `compiler.segments.SegmentedModel`: compiled segments with those ops run on the host between them.
     dynamic: {input: {axis: (low, high)}}, e.g. {"input_ids": {0: (1, 8), 1: (1, 512)}}: those dimensions may take
-    any size in their range at run time; a `SpecializingModel` compiles each size met (the lower bounds at once).
+    any size in their range at run time; a `SpecializingModel` compiles each size met (the lower bounds at once). A
+    PyTorch module is exported to ONNX for it (torch.onnx.export, its inputs named as forward's parameters).
     """
     given = {k: v for k, v in (("target", target), ("opt_level", opt_level), ("tuning_db", tuning_db),
                                 ("arch", arch), ("precision", precision)) if v is not _UNSET}
@@ -56,9 +57,11 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
                            f"{', '.join(f'{k}={getattr(options, k)!r}' for k in given)})")
     if dynamic:
         proto = _onnx_proto(model)
+        if proto is None and _is_torch(model):
+            proto = _torch_to_onnx(model, example_inputs, dynamic)
         if proto is None:
-            raise CompileError(f"dynamic= is supported for ONNX models; this is a {type(model).__name__} (give its "
-                               f"shapes, or export it to ONNX with symbolic dimensions)")
+            raise CompileError(f"dynamic= is supported for ONNX models and PyTorch modules; this is a "
+                               f"{type(model).__name__} (give its shapes instead)")
         spec = SpecializingModel(proto, shapes, lambda p, s: _compile(p, s, options), dynamic=dynamic,
                                  fingerprint=_fingerprint(options))
         spec.compile_lower_bounds()
@@ -94,6 +97,41 @@ def _fingerprint(options: CompileOptions) -> str:
 def _reissue(said) -> None:
     for w in said:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _is_torch(model) -> bool:
+    return type(model).__module__.startswith("torch") or hasattr(model, "_modules")
+
+
+def _torch_to_onnx(module, example_inputs, dynamic: Mapping):
+    """A PyTorch module with `dynamic` dimensions, as ONNX: torch.onnx.export (the TorchScript exporter) with those
+    axes symbolic, its inputs named as forward's parameters (the names `dynamic` uses)."""
+    import inspect
+    import io
+
+    import onnx
+    import torch
+
+    if example_inputs is None:
+        raise CompileError("compiling a PyTorch module needs example_inputs=(tensor, ...): with dynamic=, tensors of "
+                           "any size in the ranges")
+    example_inputs = tuple(example_inputs)
+    names = list(inspect.signature(module.forward).parameters)[:len(example_inputs)]
+    unknown = sorted(set(dynamic) - set(names))
+    if unknown:
+        raise CompileError(f"dynamic: {unknown} are not inputs of {type(module).__name__}.forward; its inputs are "
+                           f"{names}")
+    axes = {n: {int(a): f"{n}_{a}" for a in dynamic[n]} for n in dynamic}
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, example_inputs, buf, dynamo=False, opset_version=17, input_names=names,
+                              dynamic_axes=axes)
+        except Exception as e:  # noqa: BLE001 - the exporter's own errors, named
+            raise FrontendError(f"cannot export {type(module).__name__} with dynamic dimensions {axes} "
+                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return onnx.load_from_string(buf.getvalue())
 
 
 def _onnx_proto(model):

@@ -20,7 +20,8 @@ A first run with new values pays the compile (~0.05-0.5 s for small graphs, seco
 logs it on the `tensorforge` logger. Compiled specializations are also kept on disk (`cache_dir()`: the
 directory in TENSORFORGE_CACHE_DIR, else ~/.cache/tensorforge; "off" keeps none), keyed by the model, the values
 and shapes, the compile options, the host CPU's features and the versions, so another process loads them instead
-of compiling; past TENSORFORGE_CACHE_MAX_MB (4096) the least recently used are deleted. Thread-safe: one compile at a time, while runs of the specializations already built go on.
+of compiling; past TENSORFORGE_CACHE_MAX_MB (4096) the least recently used are deleted. Thread-safe: one
+compile at a time, while runs of the specializations already built go on.
 """
 
 from __future__ import annotations

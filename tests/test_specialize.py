@@ -253,7 +253,8 @@ def test_a_dynamic_model_the_compiler_refuses_is_refused_at_once():
     from tensorforge.compiler.ir import parse_graph
 
     g = parse_graph("graph g(%x: f32[2]) {\n  %y = relu(%x) : f32[2]\n  return %y\n}\n")
-    with pytest.raises(CompileError, match="dynamic= is supported for ONNX models; this is a Graph"):
+    with pytest.raises(CompileError, match="dynamic= is supported for ONNX models and PyTorch modules; this is a "
+                                           "Graph"):
         compile_model(g, dynamic={"x": {0: (1, 4)}})
 
 
@@ -372,3 +373,26 @@ def test_the_disk_cache_keeps_within_its_bound(tmp_path, monkeypatch):
     monkeypatch.setenv(specialize.CACHE_MAX_ENV, "lots")
     with pytest.raises(InputError, match="TENSORFORGE_CACHE_MAX_MB='lots': give a size in MB"):
         specialize.cache_limit_bytes()
+
+
+def test_a_pytorch_module_with_dynamic_dimensions():
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, tokens):
+            return torch.relu(self.fc(tokens)).sum(dim=1)
+
+    net = Net().eval()
+    m = compile_model(net, example_inputs=(torch.randn(2, 5, 8),), dynamic={"tokens": {0: (1, 4), 1: (1, 16)}})
+    for shape in ((1, 3, 8), (4, 16, 8)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = net(x).numpy()
+        np.testing.assert_allclose(m.run({"tokens": x.numpy()})[0], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(CompileError, match=r"dynamic: \['x'\] are not inputs of Net.forward; its inputs are "
+                                           r"\['tokens'\]"):
+        compile_model(net, example_inputs=(torch.randn(2, 5, 8),), dynamic={"x": {0: (1, 4)}})
