@@ -70,6 +70,29 @@ def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def parse_dynamic_arg(text: str) -> tuple[str, dict[int, tuple[int, int]]]:
+    """'ids=1..8x1..512' -> ('ids', {0: (1, 8), 1: (1, 512)}): LOW..HIGH for a dimension that may vary, a number
+    (or '?') for one that does not."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name or not dims:
+        raise argparse.ArgumentTypeError(f"--dynamic {text!r}: expected NAME=LOW..HIGHxD..., e.g. ids=1..8x1..512")
+    ranges = {}
+    for axis, d in enumerate(dims.lower().split("x")):
+        if ".." not in d:
+            if d != "?" and not d.isdigit():
+                raise argparse.ArgumentTypeError(f"--dynamic {text!r}: dimension {axis} is {d!r}; give LOW..HIGH, "
+                                                 f"a number or ?")
+            continue
+        low, _, high = d.partition("..")
+        if not (low.isdigit() and high.isdigit()) or not 1 <= int(low) <= int(high):
+            raise argparse.ArgumentTypeError(f"--dynamic {text!r}: dimension {axis}'s range {d!r} must be LOW..HIGH "
+                                             f"with 1 <= LOW <= HIGH")
+        ranges[axis] = (int(low), int(high))
+    if not ranges:
+        raise argparse.ArgumentTypeError(f"--dynamic {text!r}: no LOW..HIGH range (use --shape for fixed shapes)")
+    return name, ranges
+
+
 def parse_input_arg(text: str) -> tuple[str, str]:
     name, sep, path = text.rpartition("=")
     if not sep or not name or not path:
@@ -98,6 +121,17 @@ def cmd_compile(args) -> int:
     stem = os.path.splitext(os.path.basename(args.model))[0] or "model"
     _check_output_file(args.output, "-o", stem + ".tfa")
     t0 = time.perf_counter()
+    if args.at and not args.dynamic:
+        raise InputError("--at compiles shapes within --dynamic ranges: give --dynamic too")
+    if args.dynamic:
+        model = compile_model(args.model, shapes=dict(args.shape or []), options=options,
+                              dynamic=dict(args.dynamic))
+        for name, shape in args.at or []:
+            model.specialize_shapes({name: shape})
+        model.save(args.output)
+        print(f"compiled {args.model} -> {args.output}: a bundle of {model.specializations} specialization(s) "
+              f"for {dict(args.dynamic)}, {time.perf_counter() - t0:.1f} s")
+        return 0
     model = compile_model(args.model, shapes=dict(args.shape or []), options=options)
     model.save(args.output)
     print(f"compiled {args.model} -> {args.output}: {model.num_kernels} kernel calls "
@@ -400,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "is an NVIDIA GPU, compiled here without one)")
     c.add_argument("--shape", action="append", type=parse_shape_arg, metavar="NAME=AxBxC",
                    help="bind an input's shape (repeatable)")
+    c.add_argument("--dynamic", action="append", type=parse_dynamic_arg, metavar="NAME=LOW..HIGHxD",
+                   help="let an input's dimensions vary in ranges (repeatable); the output is a bundle of the shapes "
+                        "compiled: the lower bounds and each --at")
+    c.add_argument("--at", action="append", type=parse_shape_arg, metavar="NAME=AxBxC",
+                   help="with --dynamic: also compile this shape into the bundle (repeatable)")
     c.add_argument("--print-pass-times", action="store_true", help="print the time of each pass and stage")
     c.add_argument("--tuning-db", action="append", metavar="DIR", help="use tuned schedules from this database")
     c.add_argument("--no-shipped-tuning", action="store_true", help="ignore the repository's own tuning records")

@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -340,6 +340,28 @@ class SpecializingModel:
             raise CompileError("bundles hold CPU specializations; save a CUDA one with model.specialize(feeds).save()")
         bundle.write_bundle(os.fspath(path), meta, [model.parts() for _, model in entries])
 
+    def specialize_shapes(self, shapes: Mapping[str, Sequence[int]]):
+        """`specialize` for inputs of these shapes (the others at their ranges' lower bounds, as declared
+        elsewhere): what to compile ahead of shipping a bundle. Not for models whose inputs' values decide shapes."""
+        if self._values or self._sequences:
+            raise CompileError(f"the values of {self.value_inputs + self.sequence_inputs} decide shapes: specialize "
+                               f"with real feeds, model.specialize(feeds)")
+        feeds = self._zeros()
+        for name, shape in shapes.items():
+            if name not in feeds:
+                raise InputError(f"unknown input {name!r}; the model's inputs are {self.input_names}")
+            feeds[name] = np.zeros(tuple(shape), feeds[name].dtype)
+        return self.specialize(feeds)
+
+    def _zeros(self) -> dict:
+        """Zero feeds at every dynamic range's lower bound, the other dimensions as declared (symbolic ones 1)."""
+        feeds = {}
+        for name, vi in _graph_inputs(self._proto).items():
+            lows = self.dynamic.get(name, {})
+            shape = [lows[i][0] if i in lows else (d if d is not None else 1) for i, d in enumerate(_dims(vi))]
+            feeds[name] = np.zeros(shape, _onnx_numpy_dtype(vi))
+        return feeds
+
     def compile_lower_bounds(self) -> None:
         """Compile the specialization at every dynamic range's lower bound (the other dimensions as declared), so
         that a model the compiler refuses fails now. Where inputs' values decide shapes, the zeros fed here are no
@@ -347,13 +369,8 @@ class SpecializingModel:
         inputs = _graph_inputs(self._proto)
         if self._values or self._sequences or not all(vi.type.HasField("tensor_type") for vi in inputs.values()):
             return
-        feeds = {}
-        for name, vi in inputs.items():
-            lows = self.dynamic.get(name, {})
-            shape = [lows[i][0] if i in lows else (d if d is not None else 1) for i, d in enumerate(_dims(vi))]
-            feeds[name] = np.zeros(shape, _onnx_numpy_dtype(vi))
         try:
-            self.specialize(feeds)
+            self.specialize(self._zeros())
         except FrontendError:
             if not self._values:
                 raise

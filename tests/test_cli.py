@@ -151,3 +151,28 @@ def test_cache_shows_and_clears_the_specializations(tmp_path, monkeypatch, capsy
     assert not list(tmp_path.rglob("*.tfa"))
     monkeypatch.setenv("TENSORFORGE_CACHE_DIR", "off")
     assert main(["cache"]) == 0 and "no on-disk cache" in capsys.readouterr().out
+
+
+def test_compile_a_dynamic_model_into_a_bundle(tmp_path, capsys):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tensorforge import runtime
+    from tensorforge.compiler.cli import main
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    out = tmp_path / "m.tfa"
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(out), "--dynamic", "x=1..8x6", "--at", "x=4x6"]) == 0
+    assert "a bundle of 2 specialization(s) for {'x': {0: (1, 8)}}" in capsys.readouterr().out
+    b = runtime.load(out)
+    for rows in (1, 4):
+        v = np.linspace(-1, 1, rows * 6, dtype=np.float32).reshape(rows, 6)
+        np.testing.assert_array_equal(b.run({"x": v})[0], np.maximum(v, 0))
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(out), "--dynamic", "x=1..8x6", "--at",
+                 "x=9x6"]) == 1
+    assert "input 'x' dimension 0 is 9, outside its dynamic range [1, 8]" in capsys.readouterr().err

@@ -124,3 +124,20 @@ def test_compile_a_model_whose_inputs_decide_shapes(tmp_path, capsys):
     assert "nothing to save yet: this model is compiled per value or shape of its input(s) ['shape']" in err
     assert "make those inputs initializers" in err
     assert not (tmp_path / "r.tfa").exists()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("x=1..", "dimension 0's range '1..' must be LOW..HIGH with 1 <= LOW <= HIGH"),
+    ("x=8..2x6", "dimension 0's range '8..2'"),
+    ("x=4x6", "no LOW..HIGH range (use --shape for fixed shapes)"),
+    ("x=1..4xfoo", "dimension 1 is 'foo'; give LOW..HIGH, a number or ?"),
+    ("1..4", "expected NAME=LOW..HIGHxD"),
+])
+def test_bad_dynamic_flags(flag, message, relu_onnx, tmp_path, capsys):
+    assert message in one_line_error(["compile", relu_onnx, "-o", str(tmp_path / "m.tfa"), "--dynamic", flag],
+                                     capsys)
+
+
+def test_at_needs_dynamic(relu_onnx, tmp_path, capsys):
+    assert "--at compiles shapes within --dynamic ranges" in one_line_error(
+        ["compile", relu_onnx, "-o", str(tmp_path / "m.tfa"), "--at", "x=2x4"], capsys)

@@ -120,7 +120,9 @@ def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) ->
     elif any(d is None for d in dims):
         sym = [d.dim_param or "?" for d in tt.shape.dim if not d.HasField("dim_value")]
         warnings.warn(f"input {vi.name!r} has symbolic dimension(s) {sym}; binding them to 1. Pass "
-                      f"shapes={{{vi.name!r}: (...)}} (CLI: --shape {vi.name}=AxBxC) to choose.", stacklevel=3)
+                      f"shapes={{{vi.name!r}: (...)}} (CLI: --shape {vi.name}=AxBxC) to choose, or "
+                      f"dynamic={{{vi.name!r}: {{axis: (low, high)}}}} (CLI: --dynamic {vi.name}=1..8xB) for a range.",
+                      stacklevel=3)
         dims = [1 if d is None else d for d in dims]
     if tt.elem_type == onnx.TensorProto.STRING:
         err = FrontendError(f"graph input {vi.name!r} is a string tensor: strings are supported only as "
