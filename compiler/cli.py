@@ -209,8 +209,16 @@ def cmd_inspect(args) -> int:
     else:
         import tempfile
 
-        from tensorforge.runtime import artifact
+        from tensorforge.runtime import artifact, bundle
 
+        if bundle.is_bundle(path):
+            from tensorforge import runtime
+
+            b = runtime.load(path)
+            print(f"bundle {path}: {len(b.models)} specialization(s) of inputs {b.input_names}")
+            for spec, m in zip(b.specializations, b.models):
+                print(f"  {spec}: {m.num_kernels} kernel calls")
+            return 0
         with tempfile.TemporaryDirectory() as tmp:
             plan, _, _ = artifact.read_artifact(path, tmp)
         if not (args.json or args.fusion):

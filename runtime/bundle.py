@@ -173,8 +173,15 @@ class BundleModel:
         return [{"values": {n: v.tolist() for n, v in values.items()}, "shapes": dict(shapes)}
                 for values, shapes, _ in self._specs]
 
-    def run(self, feeds: Mapping) -> list:
-        model = self._choose(feeds)
+    def benchmark(self, feeds: Mapping, repeat: int = 20, warmup: int = 3) -> list[float]:
+        """Seconds per run of the specialization these feeds pick, as CompiledModel's."""
+        return self._choose(feeds).benchmark(self._flat(feeds), repeat, warmup)
+
+    def profile(self, feeds: Mapping, repeat: int = 10) -> list[dict]:
+        """Each kernel call's median time in the specialization these feeds pick, as CompiledModel's."""
+        return self._choose(feeds).profile(self._flat(feeds), repeat)
+
+    def _flat(self, feeds: Mapping) -> dict:
         flat = {}
         for name, v in feeds.items():
             if name in self.value_inputs:
@@ -183,7 +190,16 @@ class BundleModel:
                 flat.update({f"{name}.{i}": np.asarray(x) for i, x in enumerate(v)})
             else:
                 flat[name] = v
-        outs = model.run(flat)
+        return flat
+
+    @property
+    def models(self) -> list:
+        """The specializations' CompiledModels, in the bundle's order."""
+        return [model for _, _, model in self._specs]
+
+    def run(self, feeds: Mapping) -> list:
+        model = self._choose(feeds)
+        outs = model.run(self._flat(feeds))
         by_name = dict(zip(model.output_names, outs))
         result = []
         for name in self.output_names:

@@ -173,6 +173,13 @@ def test_compile_a_dynamic_model_into_a_bundle(tmp_path, capsys):
     for rows in (1, 4):
         v = np.linspace(-1, 1, rows * 6, dtype=np.float32).reshape(rows, 6)
         np.testing.assert_array_equal(b.run({"x": v})[0], np.maximum(v, 0))
+    assert len(b.benchmark({"x": v}, repeat=2, warmup=1)) == 2 and b.profile({"x": v}, repeat=2)
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "2 specialization(s) of inputs ['x']" in shown and "'shapes': {'x': [4, 6]}" in shown
+    np.save(tmp_path / "x.npy", v)
+    assert main(["run", str(out), "--input", f"x={tmp_path / 'x.npy'}", "--benchmark", "2"]) == 0
+    assert "median latency" in capsys.readouterr().out
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(out), "--dynamic", "x=1..8x6", "--at",
                  "x=9x6"]) == 1
     assert "input 'x' dimension 0 is 9, outside its dynamic range [1, 8]" in capsys.readouterr().err
