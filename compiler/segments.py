@@ -21,6 +21,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from tensorforge.compiler.specialize import SpecializingModel
+from tensorforge.runtime.bundle import check_names
 from tensorforge.runtime.errors import FrontendError, InputError, UnsupportedOpError
 
 HOST_OPS = frozenset({"NonZero", "Unique", "NonMaxSuppression", "Compress"})
@@ -89,12 +90,7 @@ class SegmentedModel:
             available.update(outs)
 
     def run(self, feeds: Mapping) -> list:
-        unknown = sorted(set(feeds) - set(self.input_names))
-        if unknown:
-            raise InputError(f"unknown input(s) {unknown}; the model's inputs are {self.input_names}")
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise InputError(f"missing input(s) {missing}")
+        check_names(feeds, self.input_names)
         for name, (dims, dtype) in self._declared.items():
             got = np.asarray(feeds[name])
             if got.dtype != dtype:

@@ -35,6 +35,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from tensorforge.runtime.bundle import flat_feeds, regroup
 from tensorforge.runtime.errors import ArtifactError, CompileError, FrontendError, InputError
 
 log = logging.getLogger("tensorforge")
@@ -227,7 +228,7 @@ class SpecializingModel:
         """Run the specialization for these feeds (compiled on first sight). A sequence input is fed as a list of
         arrays and a sequence output comes back as one."""
         compiled = self.specialize(feeds)
-        return _regroup(self.output_names, compiled.output_names, compiled.run(self._flat(feeds)))
+        return regroup(self.output_names, compiled.output_names, compiled.run(self._flat(feeds)))
 
     @property
     def input_specs(self) -> dict[str, tuple[tuple, str]]:
@@ -253,16 +254,7 @@ class SpecializingModel:
         return self.specialize(feeds).profile(self._flat(feeds), repeat)
 
     def _flat(self, feeds: Mapping) -> dict:
-        """The feeds as the specialization takes them: value inputs compiled in, sequences as `name.i` inputs."""
-        flat = {}
-        for name, v in feeds.items():
-            if name in self._values:
-                continue
-            if isinstance(v, (list, tuple)):
-                flat.update({f"{name}.{i}": np.asarray(x) for i, x in enumerate(v)})
-            else:
-                flat[name] = v
-        return flat
+        return flat_feeds(feeds, self._values)
 
     def specialize(self, feeds: Mapping):
         """The `CompiledModel` for these feeds' values (and sequence and symbolic shapes), compiled on first sight."""
@@ -505,21 +497,6 @@ def _with_constants(proto, values: Mapping[str, np.ndarray]):
     for name, v in values.items():
         m.graph.initializer.append(numpy_helper.from_array(np.asarray(v), name))
     return m
-
-
-def _regroup(names: list[str], flat_names: list[str], flat: list) -> list:
-    """The compiled model's flat outputs as the ONNX graph's: a sequence output `s` (compiled as `s.0`, `s.1`,
-    ...) becomes the list of those."""
-    by_name = dict(zip(flat_names, flat))
-    out = []
-    for name in names:
-        if name in by_name:
-            out.append(by_name[name])
-            continue
-        items = sorted((n for n in flat_names if n.startswith(name + ".") and n[len(name) + 1:].isdigit()),
-                       key=lambda n: int(n[len(name) + 1:]))
-        out.append([by_name[n] for n in items])
-    return out
 
 
 def _short(a: np.ndarray) -> str:

@@ -182,15 +182,7 @@ class BundleModel:
         return self._choose(feeds).profile(self._flat(feeds), repeat)
 
     def _flat(self, feeds: Mapping) -> dict:
-        flat = {}
-        for name, v in feeds.items():
-            if name in self.value_inputs:
-                continue
-            if isinstance(v, (list, tuple)):
-                flat.update({f"{name}.{i}": np.asarray(x) for i, x in enumerate(v)})
-            else:
-                flat[name] = v
-        return flat
+        return flat_feeds(feeds, self.value_inputs)
 
     @property
     def models(self) -> list:
@@ -199,25 +191,10 @@ class BundleModel:
 
     def run(self, feeds: Mapping) -> list:
         model = self._choose(feeds)
-        outs = model.run(self._flat(feeds))
-        by_name = dict(zip(model.output_names, outs))
-        result = []
-        for name in self.output_names:
-            if name in by_name:
-                result.append(by_name[name])
-            else:  # a sequence output: name.0, name.1, ...
-                items = sorted((n for n in model.output_names if n.startswith(name + ".")
-                                and n[len(name) + 1:].isdigit()), key=lambda n: int(n[len(name) + 1:]))
-                result.append([by_name[n] for n in items])
-        return result
+        return regroup(self.output_names, model.output_names, model.run(self._flat(feeds)))
 
     def _choose(self, feeds: Mapping):
-        unknown = sorted(set(feeds) - set(self.input_names))
-        if unknown:
-            raise InputError(f"unknown input(s) {unknown}; the model's inputs are {self.input_names}")
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise InputError(f"missing input(s) {missing}")
+        check_names(feeds, self.input_names)
         for values, shapes, model in self._specs:
             if all(_same_value(feeds[n], v) for n, v in values.items()) and all(
                     _shape_key(_fed_shape(feeds[n])) == _shape_key(s) for n, s in shapes.items()):
@@ -239,3 +216,43 @@ def _shape_key(s):
 def _same_value(fed, want: np.ndarray) -> bool:
     a = np.asarray(fed)
     return a.shape == want.shape and a.dtype == want.dtype and bool(np.array_equal(a, want))
+
+
+# -- feeds and outputs of a model compiled per specialization (shared with compiler/specialize.py, segments.py) --
+def check_names(feeds: Mapping, input_names: list[str]) -> None:
+    """An InputError for feeds with unknown or missing inputs."""
+    unknown = sorted(set(feeds) - set(input_names))
+    if unknown:
+        raise InputError(f"unknown input(s) {unknown}; the model's inputs are {input_names}")
+    missing = [n for n in input_names if n not in feeds]
+    if missing:
+        raise InputError(f"missing input(s) {missing}")
+
+
+def flat_feeds(feeds: Mapping, compiled_in) -> dict:
+    """The feeds as a specialization takes them: the inputs `compiled_in` (their values are constants in it)
+    dropped, a sequence input `s` (a list) fed as its tensors `s.0`, `s.1`, ..."""
+    flat = {}
+    for name, v in feeds.items():
+        if name in compiled_in:
+            continue
+        if isinstance(v, (list, tuple)):
+            flat.update({f"{name}.{i}": np.asarray(x) for i, x in enumerate(v)})
+        else:
+            flat[name] = v
+    return flat
+
+
+def regroup(names: list[str], flat_names: list[str], flat: list) -> list:
+    """A specialization's outputs (`flat_names`) as the model's (`names`): a sequence output `s`, compiled as
+    `s.0`, `s.1`, ..., becomes the list of those."""
+    by_name = dict(zip(flat_names, flat))
+    out = []
+    for name in names:
+        if name in by_name:
+            out.append(by_name[name])
+            continue
+        items = sorted((n for n in flat_names if n.startswith(name + ".") and n[len(name) + 1:].isdigit()),
+                       key=lambda n: int(n[len(name) + 1:]))
+        out.append([by_name[n] for n in items])
+    return out

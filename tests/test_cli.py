@@ -13,6 +13,17 @@ from tensorforge.compiler.cli import main
 from tests.support import light_expected, light_input, light_path
 
 
+def relu_onnx(path, dims):
+    """relu(x) on x of `dims` (names for symbolic ones), saved at `path`."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                                opset_imports=[helper.make_opsetid("", 17)]), path)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def squeezenet_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "squeezenet.tfa"
@@ -57,13 +68,7 @@ def test_inspect_report_and_fusion_for_onnx(capsys):
 
 
 def test_shape_flag_and_dump(tmp_path, capsys):
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, tmp_path / "m.onnx")
+    relu_onnx(tmp_path / "m.onnx", ["n", 4])
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.tfa"), "--shape", "x=3x4",
                  "--dump-after", "pack_weights"]) == 0
     assert "// IR after pack_weights" in capsys.readouterr().out
@@ -131,11 +136,9 @@ def test_inspect_training_program(tmp_path, capsys):
 
 
 def test_cache_shows_and_clears_the_specializations(tmp_path, monkeypatch, capsys):
-    import numpy as np
     from onnx import TensorProto, helper
 
     from tensorforge import compile_model
-    from tensorforge.compiler.cli import main
 
     monkeypatch.setenv("TENSORFORGE_CACHE_DIR", str(tmp_path))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])
@@ -154,18 +157,9 @@ def test_cache_shows_and_clears_the_specializations(tmp_path, monkeypatch, capsy
 
 
 def test_compile_a_dynamic_model_into_a_bundle(tmp_path, capsys):
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper
-
     from tensorforge import runtime
-    from tensorforge.compiler.cli import main
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, tmp_path / "m.onnx")
+    relu_onnx(tmp_path / "m.onnx", ["batch", 6])
     out = tmp_path / "m.tfa"
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(out), "--dynamic", "x=1..8x6", "--at", "x=4x6"]) == 0
     assert "a bundle of 2 specialization(s) for {'x': {0: (1, 8)}}" in capsys.readouterr().out
