@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import weakref
 import zipfile
@@ -97,7 +98,7 @@ def read_bundle(path: str, make_model) -> "BundleModel":
 
     path = os.fspath(path)
     f = artifact._open_regular(path)
-    dirs = []
+    pending = None  # a kernel directory no model owns yet (a model removes its own when it goes)
     try:
         z = zipfile.ZipFile(f)
         weakref.finalize(z, f.close)  # parameters are read from this open file when the models copy them in
@@ -132,19 +133,17 @@ def read_bundle(path: str, make_model) -> "BundleModel":
                 raise ArtifactError(f"bundle {path!r} is damaged: parameter file {missing[0]} is missing")
             params = [(lambda member=e["file"]: artifact._read_param(path, z, member)) if "file" in e else None
                       for e in plan["params"]]
-            tmp = tempfile.mkdtemp(prefix="tensorforge-")
-            dirs.append(tmp)
-            kernels = os.path.join(tmp, "kernels.so")
+            pending = tempfile.mkdtemp(prefix="tensorforge-")
+            kernels = os.path.join(pending, "kernels.so")
             with z.open(kernels_member) as src, open(kernels, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
-            models.append(make_model(plan, kernels, params, tmp))
+            models.append(make_model(plan, kernels, params, pending))
+            pending = None
         return BundleModel(meta, models)
     except BaseException as e:
-        import shutil
-
-        for d in dirs[len(locals().get("models", [])):]:
-            shutil.rmtree(d, ignore_errors=True)
+        if pending is not None:
+            shutil.rmtree(pending, ignore_errors=True)
         f.close()
         if isinstance(e, (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, EOFError, OSError)):
             raise ArtifactError(f"bundle {path!r} is damaged or truncated ({type(e).__name__}: {e})") from None

@@ -113,6 +113,10 @@ def test_a_damaged_bundle_is_refused(tmp_path):
     (tmp_path / "bad.tfa").write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="is damaged: member"):
         runtime.load(tmp_path / "bad.tfa")
+    # truncated: not even a zip any more, so it is read (and refused) as an artifact
+    (tmp_path / "cut.tfa").write_bytes(bytes(data[:len(data) // 2]))
+    with pytest.raises(ArtifactError, match="damaged|truncated"):
+        runtime.load(tmp_path / "cut.tfa")
 
 
 def test_symbolic_dimensions_take_the_fed_sizes(recwarn):
