@@ -1,5 +1,5 @@
-"""The `tensorforge` command line: compile, run, inspect, tune, train, demo.
-
+"""The `tensorforge` command line: compile, run, inspect, tune, train, cache, demo. Over 500 lines: a thin function
+per command and the one parser that declares every command's flags; the work itself lives in the compiler's modules.
 Errors print one line (`tensorforge: error: ...`) and exit 1; `--verbose` shows the traceback instead.
 """
 
