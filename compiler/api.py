@@ -9,7 +9,8 @@ import time
 import warnings
 from typing import Mapping, Sequence
 
-from tensorforge.compiler.driver import compile_graph, import_model, optimize, training_graph  # noqa: F401
+from tensorforge.compiler.driver import (compile_graph, import_model, is_torch_module, optimize,  # noqa: F401
+                                         training_graph)
 from tensorforge.compiler.options import CompileOptions  # noqa: F401  (part of the API)
 from tensorforge.compiler.segments import SegmentedModel, segmentable
 from tensorforge.compiler.specialize import SpecializingModel, specializable
@@ -55,15 +56,17 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
     elif given:
         raise CompileError(f"compile_model: give either options= or {', '.join(given)}=, not both (options has "
                            f"{', '.join(f'{k}={getattr(options, k)!r}' for k in given)})")
+    def compile_fn(proto, shapes_):  # one specialization of a model compiled per value or shape
+        return _compile(proto, shapes_, options)
+
     if dynamic:
         proto = _onnx_proto(model)
-        if proto is None and _is_torch(model):
+        if proto is None and is_torch_module(model):
             proto = _torch_to_onnx(model, example_inputs, dynamic)
         if proto is None:
             raise CompileError(f"dynamic= is supported for ONNX models and PyTorch modules; this is a "
                                f"{type(model).__name__} (give its shapes instead)")
-        spec = SpecializingModel(proto, shapes, lambda p, s: _compile(p, s, options), dynamic=dynamic,
-                                 fingerprint=_fingerprint(options))
+        spec = SpecializingModel(proto, shapes, compile_fn, dynamic=dynamic, fingerprint=_fingerprint(options))
         spec.compile_lower_bounds()
         return spec
     with warnings.catch_warnings(record=True) as said:  # re-issued below unless the model specializes at run time
@@ -73,10 +76,9 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
         except FrontendError as e:
             proto = _onnx_proto(model)
             if proto is not None and specializable(e, proto):  # its symbolic dims will be bound to the feeds'
-                return SpecializingModel(proto, shapes, lambda p, s: _compile(p, s, options), e,
-                                         fingerprint=_fingerprint(options))
+                return SpecializingModel(proto, shapes, compile_fn, e, fingerprint=_fingerprint(options))
             if proto is not None and not shapes and segmentable(e, proto):
-                return SegmentedModel(proto, lambda p, s: _compile(p, s, options), _fingerprint(options))
+                return SegmentedModel(proto, compile_fn, _fingerprint(options))
             _reissue(said)
             raise
     _reissue(said)
@@ -97,10 +99,6 @@ def _fingerprint(options: CompileOptions) -> str:
 def _reissue(said) -> None:
     for w in said:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-
-def _is_torch(model) -> bool:
-    return type(model).__module__.startswith("torch") or hasattr(model, "_modules")
 
 
 def _torch_to_onnx(module, example_inputs, dynamic: Mapping):

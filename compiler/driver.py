@@ -31,6 +31,11 @@ def load_if_onnx(model):
     return model
 
 
+def is_torch_module(model) -> bool:
+    """Is `model` a PyTorch module (told without importing torch)?"""
+    return type(model).__module__.startswith("torch") or hasattr(model, "_modules")
+
+
 def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None,
                  params=None, keep_params: bool = False) -> Graph:
     """Any supported model form -> IR graph. ONNX: a path, bytes or onnx.ModelProto; a torch.nn.Module with
@@ -43,7 +48,7 @@ def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, examp
         if not shapes:
             raise CompileError("compiling a builder-API module needs shapes={input name: shape}")
         return model.to_graph(shapes, params)
-    if type(model).__module__.startswith("torch") or hasattr(model, "_modules"):
+    if is_torch_module(model):
         if example_inputs is None:
             raise CompileError("compiling a PyTorch module needs example_inputs=(tensor, ...) to fix its shapes")
         from tensorforge.frontends.torch import from_torch

@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from tensorforge.compiler.specialize import SpecializingModel
+from tensorforge.compiler.specialize import SpecializingModel, check_shape, declared_inputs
 from tensorforge.runtime.bundle import check_names
 from tensorforge.runtime.errors import FrontendError, InputError, UnsupportedOpError
 
@@ -41,7 +41,6 @@ class SegmentedModel:
 
     def __init__(self, proto, compile_fn: Callable, fingerprint: str = ""):
         import onnx
-        from onnx import helper
 
         inferred = onnx.shape_inference.infer_shapes(proto)
         types = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
@@ -49,13 +48,7 @@ class SegmentedModel:
         inits = {t.name: t for t in proto.graph.initializer}
         self.input_names = [vi.name for vi in proto.graph.input if vi.name not in inits]
         self.output_names = [vi.name for vi in proto.graph.output]
-        self._declared = {}  # graph input -> (dims, None where symbolic; numpy dtype)
-        for vi in proto.graph.input:
-            t = vi.type.tensor_type
-            if vi.name not in inits and vi.type.HasField("tensor_type") and t.HasField("shape"):
-                self._declared[vi.name] = ([d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim],
-                                           np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)))
-        graph_outputs = set(self.output_names)
+        self._declared = declared_inputs(proto)
         runs: list[tuple[bool, list]] = []  # (host, nodes), in graph order
         for node in proto.graph.node:
             host = node.op_type in HOST_OPS
@@ -64,7 +57,7 @@ class SegmentedModel:
             else:
                 runs.append((host, [node]))
         later_reads: list[set[str]] = []  # what the steps after step i read, and the graph's outputs
-        reads = set(graph_outputs)
+        reads = set(self.output_names)
         for _, nodes in reversed(runs):
             later_reads.append(set(reads))
             for n in nodes:
@@ -95,9 +88,7 @@ class SegmentedModel:
             got = np.asarray(feeds[name])
             if got.dtype != dtype:
                 raise InputError(f"input {name!r} has dtype {got.dtype}, but the model declares {dtype}")
-            if len(got.shape) != len(dims) or any(d is not None and d != g for d, g in zip(dims, got.shape)):
-                raise InputError(f"input {name!r} has shape {got.shape}, but the model declares "
-                                 f"{['?' if d is None else d for d in dims]}")
+            check_shape(name, got.shape, dims)
         env = dict(feeds)
         for runner, ins, outs in self.steps:
             env.update(zip(outs, runner.run({n: env[n] for n in ins})))
@@ -165,7 +156,6 @@ class _HostStep:
         self.op_type = node.op_type
         self.node_name = node.name or node.op_type
         self._names = [vi.name for vi in inputs]
-        self._outputs = [o for o in node.output if o]
         self._eval = ReferenceEvaluator(model)
         self._lock = threading.Lock()
 

@@ -107,6 +107,26 @@ def trim_cache(keep: str | None = None, limit: int | None = None) -> int:
     return deleted
 
 
+def declared_inputs(proto) -> dict[str, tuple[list, np.dtype]]:
+    """The ONNX graph's tensor inputs with a declared shape: {name: (dims, None where symbolic; numpy dtype)}."""
+    return {name: (_dims(vi), np.dtype(_onnx_numpy_dtype(vi))) for name, vi in _graph_inputs(proto).items()
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+
+
+def check_shape(name: str, got, dims: list, ranges: Mapping[int, tuple[int, int]] | None = None) -> None:
+    """An InputError unless the fed shape `got` of input `name` has the declared `dims` (None: any size), its
+    dimensions in `ranges` within their (low, high)."""
+    got, ranges = tuple(got), ranges or {}
+    if len(got) != len(dims) or any(d is not None and d != g and i not in ranges
+                                    for i, (d, g) in enumerate(zip(dims, got))):
+        raise InputError(f"input {name!r} has shape {got}, but the model declares "
+                         f"{['?' if d is None else d for d in dims]}")
+    for axis, (low, high) in ranges.items():
+        if not low <= got[axis] <= high:
+            raise InputError(f"input {name!r} dimension {axis} is {got[axis]}, outside its dynamic range "
+                             f"[{low}, {high}] (shape {got})")
+
+
 def check_dynamic(proto, dynamic: Mapping) -> dict[str, dict[int, tuple[int, int]]]:
     """`dynamic` ({input: {axis: (low, high)}}) checked against the ONNX model's inputs; returns it normalized."""
     inputs = _graph_inputs(proto)
@@ -207,8 +227,7 @@ class SpecializingModel:
         self.output_names = [vi.name for vi in proto.graph.output]
         self._symbolic = {name for name, vi in inputs.items()
                           if (_has_symbolic_dims(vi) or name in self.dynamic) and name not in self._shapes}
-        self._declared = {name: _dims(vi) for name, vi in inputs.items()
-                          if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+        self._declared = {name: dims for name, (dims, _) in declared_inputs(proto).items()}
 
     @property
     def value_inputs(self) -> list[str]:
@@ -263,16 +282,7 @@ class SpecializingModel:
             raise InputError(f"unknown input(s) {unknown}; the model's inputs are {self.input_names}")
         for name, dims in self._declared.items():  # before compiling: a wrong shape is the feed's fault
             if name in feeds and name not in self._values and not isinstance(feeds[name], (list, tuple)):
-                got = np.shape(feeds[name])
-                ranges = self.dynamic.get(name, {})
-                if len(got) != len(dims) or any(d is not None and d != g and i not in ranges
-                                                for i, (d, g) in enumerate(zip(dims, got))):
-                    raise InputError(f"input {name!r} has shape {tuple(got)}, but the model declares "
-                                     f"{['?' if d is None else d for d in dims]}")
-                for axis, (low, high) in ranges.items():
-                    if not low <= got[axis] <= high:
-                        raise InputError(f"input {name!r} dimension {axis} is {got[axis]}, outside its dynamic range "
-                                         f"[{low}, {high}] (shape {tuple(got)})")
+                check_shape(name, np.shape(feeds[name]), dims, self.dynamic.get(name, {}))
         with self._lock:
             hit = self._cached(self._key(feeds))
         if hit is not None:

@@ -151,6 +151,13 @@ def _file_digest(local: str) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def param_bytes(p) -> bytes:
+    """A parameter as the .npy member that stores it."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(p, order="C"), allow_pickle=False)
+    return buf.getvalue()
+
+
 def write_artifact(path: str, plan: dict, kernels_path: str, params: list[np.ndarray],
                    extra_files: dict[str, str] | None = None) -> None:
     """`extra_files`: member name -> local file, for every member in `device_files(plan)`."""
@@ -172,9 +179,7 @@ def write_artifact(path: str, plan: dict, kernels_path: str, params: list[np.nda
                 digests[member] = _file_digest(local)
             for entry, p in zip(plan["params"], params):
                 if "file" in entry:
-                    buf = io.BytesIO()
-                    np.save(buf, np.asarray(p, order="C"), allow_pickle=False)
-                    put(entry["file"], buf.getvalue())
+                    put(entry["file"], param_bytes(p))
             z.writestr(MANIFEST, manifest_json(digests))
 
     atomic_write(path, write)
@@ -254,12 +259,37 @@ def _read_param(path: str, z: zipfile.ZipFile, member: str) -> np.ndarray:
         raise ArtifactError(f"artifact {path!r} is damaged: cannot read {member} ({type(e).__name__}: {e})") from None
 
 
+def plan_parts(what: str, path: str, z: zipfile.ZipFile, plan: dict, kernels_dir: str,
+               kernels_member: str = "kernels.so") -> tuple[str, list]:
+    """For a plan read from the zip `z` (an artifact's, or a bundle's specialization: `what` names it in errors):
+    checks it (runtime/plan_check.py) and that its members are there, then extracts `kernels_member` (and the device
+    files, `device_files(plan)`) into `kernels_dir`. Returns (the kernel library's path, params: for each plan entry
+    a callable that reads the array from `z`, or None for a splat)."""
+    from .plan_check import validate_plan
+
+    names = set(z.namelist())
+    validate_plan(plan, what)
+    for member in [kernels_member] + device_files(plan):
+        if member not in names or member in device_files(plan) and ("/" in member or member.startswith(".")):
+            raise ArtifactError(f"{what} is damaged: {member} is missing")
+    missing = [e["file"] for e in plan["params"] if "file" in e and e["file"] not in names]
+    if missing:
+        raise ArtifactError(f"{what} is damaged: parameter file {missing[0]} is missing")
+    params = [(lambda member=e["file"]: _read_param(path, z, member)) if "file" in e else None
+              for e in plan["params"]]
+    kernels = os.path.join(kernels_dir, "kernels.so")
+    for member, local in [(kernels_member, kernels)] + [(m, os.path.join(kernels_dir, m))
+                                                        for m in device_files(plan)]:
+        with z.open(member) as src, open(local, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+    return kernels, params
+
+
 def read_artifact(path: str, kernels_dir: str) -> tuple[dict, str, list]:
     """Returns (plan, path of the extracted kernel library, params: for each plan entry a callable that reads the
     array, or None for a splat). Device files (`device_files(plan)`) are extracted next to the kernel library.
     Raises ArtifactError on any damage, before anything is extracted."""
-    from .plan_check import validate_plan
-
     path = os.fspath(path)
     f = _open_regular(path)
     try:
@@ -290,21 +320,7 @@ def read_artifact(path: str, kernels_dir: str) -> tuple[dict, str, list]:
         _verify_manifest(path, z)
         if not isinstance(plan, dict) or plan.get("format") != FORMAT:
             raise ArtifactError(f"{path!r} is not a TensorForge artifact")
-        validate_plan(plan, f"artifact {path!r}")
-        for member in device_files(plan):
-            if member not in names or "/" in member or member.startswith("."):
-                raise ArtifactError(f"artifact {path!r} is damaged: {member} is missing")
-        missing = [e["file"] for e in plan["params"] if "file" in e and e["file"] not in names]
-        if missing:
-            raise ArtifactError(f"artifact {path!r} is damaged: parameter file {missing[0]} is missing")
-        params = [(lambda member=e["file"]: _read_param(path, z, member)) if "file" in e else None
-                  for e in plan["params"]]
-        kernels = os.path.join(kernels_dir, "kernels.so")
-        for member, local in [("kernels.so", kernels)] + [(m, os.path.join(kernels_dir, m))
-                                                           for m in device_files(plan)]:
-            with z.open(member) as src, open(local, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+        kernels, params = plan_parts(f"artifact {path!r}", path, z, plan, kernels_dir)
     except ArtifactError:
         f.close()
         raise

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -75,9 +74,7 @@ def write_bundle(path: str, meta: dict, parts: list[tuple[dict, str, list]]) -> 
                 plan = copy.deepcopy(plan)
                 for entry, p in zip(plan["params"], params):
                     if "file" in entry:
-                        buf = io.BytesIO()
-                        np.save(buf, np.asarray(p, order="C"), allow_pickle=False)
-                        data = buf.getvalue()
+                        data = artifact.param_bytes(p)
                         entry["file"] = f"params/{hashlib.sha256(data).hexdigest()[:40]}.npy"
                         put(entry["file"], data)
                 spec = {**spec, "plan": f"s{i}/plan.json", "kernels": f"s{i}/kernels.so"}
@@ -94,8 +91,6 @@ def write_bundle(path: str, meta: dict, parts: list[tuple[dict, str, list]]) -> 
 def read_bundle(path: str, make_model) -> "BundleModel":
     """Read and check the bundle at `path`; `make_model(plan, kernels path, params, owned dir)` builds each
     specialization's CompiledModel."""
-    from .plan_check import validate_plan
-
     path = os.fspath(path)
     f = artifact._open_regular(path)
     pending = None  # a kernel directory no model owns yet (a model removes its own when it goes)
@@ -118,26 +113,17 @@ def read_bundle(path: str, make_model) -> "BundleModel":
                                 f"version {VERSION}: save it again")
         models = []
         for i, (plan_member, kernels_member) in enumerate(members):
-            for member in (plan_member, kernels_member):
-                if member not in names:
-                    raise ArtifactError(f"bundle {path!r} is damaged: {member} is missing")
+            if plan_member not in names:
+                raise ArtifactError(f"bundle {path!r} is damaged: {plan_member} is missing")
             try:
                 plan = json.loads(z.read(plan_member))
             except ValueError as e:
                 raise ArtifactError(f"bundle {path!r} is damaged: {plan_member} ({e})") from None
             if not isinstance(plan, dict) or plan.get("format") != artifact.FORMAT or plan.get("device"):
                 raise ArtifactError(f"bundle {path!r}: {plan_member} is not a CPU plan")
-            validate_plan(plan, f"bundle {path!r} specialization {i}")
-            missing = [e["file"] for e in plan["params"] if "file" in e and e["file"] not in names]
-            if missing:
-                raise ArtifactError(f"bundle {path!r} is damaged: parameter file {missing[0]} is missing")
-            params = [(lambda member=e["file"]: artifact._read_param(path, z, member)) if "file" in e else None
-                      for e in plan["params"]]
             pending = tempfile.mkdtemp(prefix="tensorforge-")
-            kernels = os.path.join(pending, "kernels.so")
-            with z.open(kernels_member) as src, open(kernels, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+            kernels, params = artifact.plan_parts(f"bundle {path!r} specialization {i}", path, z, plan, pending,
+                                                  kernels_member)
             models.append(make_model(plan, kernels, params, pending))
             pending = None
         return BundleModel(meta, models)

@@ -63,6 +63,10 @@ def test_every_required_op_has_cases(results):
 
 def test_report_is_up_to_date(results):
     path = os.path.join(os.path.dirname(__file__), "..", "..", conf.REPORT)
+
+    def without_machine(text):
+        return "".join(line for line in text.splitlines(True) if not line.startswith(conf.MACHINE_PREFIX))
+
     with open(path) as f:
-        assert f.read() == conf.markdown(results), \
+        assert without_machine(f.read()) == without_machine(conf.markdown(results)), \
             f"regenerate it: python -m tests.frontends.onnx_conformance --write {conf.REPORT}"

@@ -237,12 +237,15 @@ def test_the_grouped_bf16_winograd_computes_each_group_in_turn():
 @pytest.mark.parametrize("h, w", [(9, 7), (16, 16), (28, 28)])
 def test_bf16_winograd_on_vdpbf16ps_matches_the_interpreter_and_fp32(monkeypatch, h, w):
     monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
-    g = wino_graph(h, w)
+    check_bf16_winograd(wino_graph(h, w), np.random.default_rng(4).standard_normal((1, 32, h, w)))
+
+
+def check_bf16_winograd(g, x):
+    """Both 3x3 convs of `g` compile to the bf16 Winograd kernel, and the model matches the interpreter and fp32."""
     model = compile_model(g, precision="bf16")
     steps = [s["op"].split("+")[0] for s in model.plan["steps"]]
     assert steps.count("winograd_conv2d") == 2, steps
-    x = np.random.default_rng(4).standard_normal((1, 32, h, w)).astype(np.float32)
-    check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=1e-2)
+    check_against_interpreter_and_fp32(g, model, {"x": x.astype(np.float32)}, rtol=1e-2)
 
 
 # two images, a valid conv and one with uneven pads (tiles cross the images; the last tile row and column partial)
@@ -263,8 +266,4 @@ WINO_EDGES = """graph g(%x: f32[2,32,10,9]) {
 @needs_dp
 def test_bf16_winograd_on_two_images_with_uneven_pads(monkeypatch):
     monkeypatch.setenv(amx_pass.BF16_UNIT_ENV, "avx512bf16")
-    g = with_params(WINO_EDGES, 12, 0.15)
-    model = compile_model(g, precision="bf16")
-    assert [s["op"].split("+")[0] for s in model.plan["steps"]].count("winograd_conv2d") == 2
-    x = np.random.default_rng(13).standard_normal((2, 32, 10, 9)).astype(np.float32)
-    check_against_interpreter_and_fp32(g, model, {"x": x}, rtol=1e-2)
+    check_bf16_winograd(with_params(WINO_EDGES, 12, 0.15), np.random.default_rng(13).standard_normal((2, 32, 10, 9)))

@@ -103,13 +103,16 @@ def _in_registers(sch: s_tir.Schedule, block, *unrolled) -> None:
     sch.vectorize(lanes)
 
 
-def _tile_tasks(sch: s_tir.Schedule, batch, rows, col_blocks, cols, reduction) -> tuple:
+def _tile_tasks(sch: s_tir.Schedule, batch, rows, col_blocks, cols, reduction, parallel: bool = True) -> tuple:
     """[batch x pair of 16-column blocks x ROWS rows] tasks, parallel, of a product's loops; per task the reduction
     outside the ROWS x COLS*16 register tile, its last loop (the pair half) inside. Returns the task loop and the
-    tile's row and column-block loops."""
+    tile's row and column-block loops. Not `parallel` (inside a parallel loop already): the loops stay nested,
+    the row-tile loop is the task loop."""
     ro, ri = sch.split(rows, [None, ROWS])
     co, ci = sch.split(col_blocks, [None, COLS])
     sch.reorder(*batch, co, ro, *reduction[:-1], ri, ci, cols, reduction[-1])
+    if not parallel:
+        return ro, ri, ci
     tile = sch.fuse(*batch, co, ro)
     sch.parallel(tile)
     return tile, ri, ci
@@ -194,9 +197,7 @@ def schedule_dp_winograd(sch: s_tir.Schedule, target: tvm.target.Target) -> None
 
     def in_group(prod, store):
         e, f, p, ob, oi, rkb, rkp, rkt = sch.get_loops(prod)[-8:]
-        tile, pi = sch.split(p, [None, ROWS])
-        obo, obi = sch.split(ob, [None, COLS])
-        sch.reorder(e, f, obo, tile, rkb, rkp, pi, obi, oi, rkt)
+        tile, pi, obi = _tile_tasks(sch, (e, f), p, ob, oi, (rkb, rkp, rkt), parallel=False)
         in_registers(prod, store, tile, pi, obi, oi, rkb)
 
     def in_registers(prod, store, tile, pi, obi, oi, rkb):
