@@ -64,16 +64,17 @@ def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, examp
     raise CompileError(f"cannot compile a {type(model).__name__}: pass an ONNX file path, onnx.ModelProto or Graph")
 
 
-def passes_for(options: CompileOptions, training: bool = False, state_outputs=None) -> list:
-    """The pass list (passes/pipeline.py) for `options`; for a training graph, `training` and its `state_outputs`."""
-    return pipeline(options.opt_level, options.target, options.precision, training, state_outputs)
+def passes_for(options: CompileOptions, training: bool = False, state_outputs=None, decoding: bool = False) -> list:
+    """The pass list (passes/pipeline.py) for `options`; for a training graph, `training` and its `state_outputs`;
+    for a decoder with its cache in place (compiler/decoding.py), `decoding`."""
+    return pipeline(options.opt_level, options.target, options.precision, training, state_outputs, decoding)
 
 
 def optimize(g: Graph, options: CompileOptions, *, training: bool = False, state_outputs=None,
-             timings: dict | None = None, check_names: bool = True) -> Graph:
+             timings: dict | None = None, check_names: bool = True, decoding: bool = False) -> Graph:
     """Run the pipeline for `options` (and for a training graph: `training`, with its `state_outputs`) over `g`.
     Pass times go into `timings` as "pass:<name>" -> seconds."""
-    passes = passes_for(options, training, state_outputs)
+    passes = passes_for(options, training, state_outputs, decoding)
     if check_names:
         check_pass_names(passes, options.disabled_passes, options.dump_after)
     pm = PassManager(passes, verify_each=options.verify_each_pass, dump_after=options.dump_after,

@@ -6,6 +6,8 @@ CPU or an NVIDIA GPU and a thin runtime out.
     outputs = model.run({"input": x})
     model.save("model.tfa"); model = tensorforge.load("model.tfa")
     session = tensorforge.compile_training(net, loss="cross_entropy", optimizer={"name": "adam", "lr": 1e-3})
+    decoder = tensorforge.compile_decoder("gpt2.onnx", max_length=1024)   # key/value cache written in place
+    tokens = tensorforge.generate(decoder, prompt_ids, max_new_tokens=128)
 
 The everyday API lives here; the layers are `tensorforge.compiler` (IR, ops, passes, backend), `tensorforge.frontends`
 and `tensorforge.runtime` (which never imports the compiler). Every error derives from `TensorForgeError`.
@@ -25,6 +27,8 @@ _LAZY = {
     "compile_model": "tensorforge.compiler.api",
     "compile_training": "tensorforge.compiler.api",
     "compile_gradients": "tensorforge.compiler.api",
+    "compile_decoder": "tensorforge.compiler.decoding",
+    "generate": "tensorforge.runtime.generate",
     "import_model": "tensorforge.compiler.driver",
     "CompileOptions": "tensorforge.compiler.options",
     "load": "tensorforge.runtime",

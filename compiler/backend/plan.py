@@ -84,6 +84,7 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
     state_out = {name: v for v, name in zip(g.outputs, g.output_names) if name in state}
     if state:
         _check_state(steps, {state_out[o]: state_in[i] for o, i in state.items()})
+    _check_in_place(g, {state_out[o]: state_in[i] for o, i in state.items()})
     buffers: list[dict] = []
     ids: dict[Value, int] = {}
     root: dict[int, int] = {}  # buffer id -> the buffer whose memory it uses (itself unless a view)
@@ -103,18 +104,22 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
     for out_name, in_name in state.items():
         ids[state_out[out_name]] = ids[state_in[in_name]]  # the update kernel writes the state's own buffer
     params, param_data = [], []
-    for p in g.params:
-        entry = {"buffer": buffer(p)}
-        flat = p.data.reshape(-1)
-        if flat.size >= SPLAT_MIN and flat.dtype.kind in "fiu" and (flat == flat[0]).all():
-            entry["splat"] = flat[0].item()
+
+    def param(buffer_id: int, data: np.ndarray, splat: bool = True) -> None:
+        flat = data.reshape(-1)
+        if splat and flat.size >= SPLAT_MIN and flat.dtype.kind in "fiu" and (flat == flat[0]).all():
+            params.append({"buffer": buffer_id, "splat": flat[0].item()})
         else:
-            entry["file"] = f"params/{len(params)}.npy"
-        params.append(entry)
-        param_data.append(p.data)
+            params.append({"buffer": buffer_id, "file": f"params/{len(params)}.npy"})
+        param_data.append(data)
+
+    for p in g.params:
+        param(buffer(p), p.data)
+    # a cache written in place (ops/cache.py) starts empty in every artifact, one number; other state (a training
+    # run's weights and moments) is saved as it stands
+    caches = {n.inputs[0] for n in g.nodes if n.op.in_place}
     for v in state_in.values():
-        params.append({"buffer": ids[v], "file": f"params/{len(params)}.npy"})
-        param_data.append(np.asarray(initial_state[v.name], v.type.dtype))
+        param(ids[v], np.asarray(initial_state[v.name], v.type.dtype), splat=v in caches)
     fixed = set(ids.values())  # inputs and params: not in the arena
 
     plan_steps, first, last, inplace = [], {}, {}, []
@@ -179,6 +184,16 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
     return plan, [np.asarray(d, order="C") for d in param_data]
 
 
+def _check_in_place(g: Graph, updates: dict[Value, Value]) -> None:
+    """An `in_place` op (ops/cache.py) writes part of its input 0's buffer and nothing else: its output must be a
+    state update of that very input, so that the plan gives both one buffer."""
+    for n in g.nodes:
+        if n.op.in_place and updates.get(n.outputs[0]) is not n.inputs[0]:
+            raise CompileError(f"{n.op.name} (node {n.name!r}) writes {n.inputs[0].name!r} in place, so its output "
+                               f"must be that persistent state's next value; it is not (compile it through "
+                               f"compile_decoder, compiler/decoding.py)")
+
+
 def _check_state(steps: list, updates: dict[Value, Value]) -> None:
     """Each state update (new value -> old value) must be written by a kernel, after every read of the old value
     (views of it included) by other kernels; its own kernel may read the old value elementwise only."""
@@ -203,7 +218,8 @@ def _check_state(steps: list, updates: dict[Value, Value]) -> None:
             if j > k:
                 raise CompileError(f"kernel {j} ({s.spec.name()}) reads state {old.name!r} after kernel {k} "
                                    f"overwrote it with its update")
-            if j == k and any(n.op.kind > FusionKind.BROADCAST for n in s.nodes if aliases[old] & set(n.inputs)):
+            if j == k and any(n.op.kind > FusionKind.BROADCAST and not (n.op.in_place and n.inputs[0] in aliases[old])
+                              for n in s.nodes if aliases[old] & set(n.inputs)):
                 raise CompileError(f"kernel {k} ({s.spec.name()}) updates state {old.name!r} in place but reads it "
                                    f"other than elementwise")
 

@@ -126,6 +126,7 @@ class OpDef:
     bf16_weight: bool = False  # its packed weight (input 1) may be stored as bfloat16 (`bf16_weights`)
     bf16_input: bool = False  # its input 0 may be bfloat16: it rounds a float32 one to bfloat16 anyway
     widens_input: bool = False  # its kernel may read input 0 through a fused bfloat16 -> float32 cast
+    in_place: bool = False  # its kernel writes part of input 0's buffer, which must be its output's (see below)
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -177,7 +178,7 @@ OPS: dict[str, OpDef] = {}
 def defop(name: str, kind: FusionKind, *, infer, reference, grad, lower=None, attrs=None,
           arity=(1, 1), is_view=False, movement=False, prologue=False, doc="", flops=per_element_flops,
           channel_axis_agnostic=None, half_operands=(), bf16_weight=False, bf16_input=False,
-          widens_input=False) -> OpDef:
+          widens_input=False, in_place=False) -> OpDef:
     """Declare and register an op. Names are unique; the registry is the single source of truth. `grad` has no
     default: every op says whether it has a rule. `channel_axis_agnostic` defaults to the op's class (elementwise
     and broadcast ops are)."""
@@ -188,7 +189,7 @@ def defop(name: str, kind: FusionKind, *, infer, reference, grad, lower=None, at
     op = OpDef(name, kind, infer, reference, lower=lower, grad=grad, attrs=dict(attrs or {}), arity=arity,
                is_view=is_view, movement=movement or is_view, prologue=prologue, doc=doc, flops=flops,
                channel_axis_agnostic=channel_axis_agnostic, half_operands=tuple(half_operands),
-               bf16_weight=bf16_weight, bf16_input=bf16_input, widens_input=widens_input)
+               bf16_weight=bf16_weight, bf16_input=bf16_input, widens_input=widens_input, in_place=in_place)
     missing = missing_facts(op)
     if missing:
         raise ValueError(f"op {name}: incomplete declaration: {'; '.join(missing)}")
@@ -221,6 +222,8 @@ def missing_facts(op: OpDef) -> list[str]:
         out.append(f"bf16_input is {op.bf16_input!r}, not a bool")
     if not isinstance(op.widens_input, bool) or (op.widens_input and op.kind != FusionKind.OUT_ELEMWISE_FUSABLE):
         out.append(f"widens_input is {op.widens_input!r}: a bool, and true only for a conv/dense-like anchor")
+    if not isinstance(op.in_place, bool) or (op.in_place and op.kind != FusionKind.OPAQUE):
+        out.append(f"in_place is {op.in_place!r}: a bool, and true only for an opaque op (a kernel of its own)")
     return out
 
 

@@ -18,6 +18,7 @@ from .cpu.bf16_weights import bf16_fast_math, bf16_weights
 from .cpu.layout import alter_layout
 from .cpu.pack_weights import pack_weights
 from .cpu.winograd import winograd
+from .cached_attention import cached_attention_pass
 from .cse import cse
 from .dce import DeadCodeElimination
 from .fold_constants import FoldConstants
@@ -56,13 +57,16 @@ OPTIMIZATIONS: list[Pass] = [
 def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix: Pass | None = None,
                  matrix_conv: Pass | None = None, matrix_attention: Pass | None = None,
                  activations: Pass | None = None, storage: Pass | None = None, stem: Pass | None = None,
-                 merge: Pass | None = None, recurrent: Pass | None = None) -> list[Pass]:
+                 merge: Pass | None = None, recurrent: Pass | None = None, decode: Pass | None = None
+                 ) -> list[Pass]:
     """`mixed`: the mixed-precision pass or None; `stores`: the bf16-weights pass or None; `matrix`,
     `matrix_conv`, `matrix_attention`: the passes that move bf16 dense, conv and attention products to the CPU's
     matrix unit (AMX), or None; `activations`: the bf16 mode's faster GELU, or None; `storage`: the pass that stores
     the bf16 products' activations as bfloat16, or None; `stem`: the pass that turns a strided conv on an image's few
     channels into a conv the matrix unit takes, or None; `merge`: the pass that merges denses reading one input (for
-    the matrix unit), or None; `recurrent`: the pass that computes an LSTM's recurrent product in bf16, or None."""
+    the matrix unit), or None; `recurrent`: the pass that computes an LSTM's recurrent product in bf16, or None;
+    `decode`: a decoder compiled with its cache in place (compiler/decoding.py): the pass that makes its attention
+    read only the cache's written keys, or None."""
     lists = {
         0: [
             mixed,  # operands rounded before packing (packing copies the weights it reads)
@@ -74,6 +78,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix
         ],
         1: [
             *CLEANUPS,
+            decode,  # decoding: attention over the written keys of a cache, before the bf16 passes take attention
             mixed,
             matrix,
             matrix_attention,
@@ -85,6 +90,7 @@ def cpu_pipeline(opt_level: int, mixed: Pass | None, stores: Pass | None, matrix
         2: [
             *CLEANUPS,
             *OPTIMIZATIONS,
+            decode,
             mixed,
             merge,  # bf16 mode: q, k and v projections as one dense, before amx_dense takes it
             matrix,
@@ -128,13 +134,15 @@ def cuda_pipeline(opt_level: int, mixed: Pass | None) -> list[Pass]:
 
 
 def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", training: bool = False,
-             state_outputs: Iterable[str] | None = None) -> list[Pass]:
+             state_outputs: Iterable[str] | None = None, decoding: bool = False) -> list[Pass]:
     """The pass list for an optimization level (-O0 nothing but what the target needs, -O1 cleanups, -O2
     everything), a target ("cpu" or "cuda") and a precision. On the cpu target, bf16 inference computes dense products on
     AMX tiles where the CPU has them (passes/cpu/amx.py) and stores the other packed weights as bfloat16
     (passes/cpu/bf16_weights.py); otherwise (CUDA, fp16, training) the products read operands
     rounded to half precision (passes/mixed_precision.py). A training graph with persistent state (`state_outputs`,
-    the output names carrying each state's next value) ends with its update kernels ordered last."""
+    the output names carrying each state's next value) ends with its update kernels ordered last. `decoding`: a
+    decoder whose key/value cache is written in place (compiler/decoding.py), whose attention reads the written keys
+    only (passes/cached_attention.py)."""
     if opt_level not in (0, 1, 2):
         raise InputError(f"unknown optimization level {opt_level!r}; supported: 0, 1, 2")
     half = half_dtype(precision)
@@ -147,7 +155,8 @@ def pipeline(opt_level: int = 2, target: str = "cpu", precision: str = "fp32", t
                               amx_dense if cpu_bf16_weights else None, amx_conv if cpu_bf16_weights else None,
                               amx_attention if cpu_bf16_weights else None, bf16_fast_math if cpu_bf16_weights else None,
                               bf16_activations if cpu_bf16_weights else None, amx_stem if cpu_bf16_weights else None,
-                              merge_denses if cpu_bf16_weights else None, lstm_bf16 if cpu_bf16_weights else None)
+                              merge_denses if cpu_bf16_weights else None, lstm_bf16 if cpu_bf16_weights else None,
+                              cached_attention_pass if decoding else None)
     if state_outputs is not None:
         passes = passes + [OrderUpdatesLast(frozenset(state_outputs))]  # in-place updates after every reader
     return [p for p in passes if p is not None]

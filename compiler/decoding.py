@@ -1,0 +1,149 @@
+"""Token-by-token decoding from one artifact: `compile_decoder` turns a decoder exported with its key/value cache as
+inputs and outputs (Hugging Face's ONNX layout: `input_ids`, `attention_mask`, optional `position_ids`, past
+keys/values in, `logits` and the presents out, each present a Concat of its past and the new entries) into a model
+whose cache is persistent state, updated in place.
+
+The design, a static cache (as Hugging Face's StaticCache and torch.compile's decoding recipes):
+  * the model is compiled once, for one new token and a past of `max_length - 1` entries, so every concat gives
+    `max_length` entries: the cache's full size;
+  * each concat becomes `cache_write(past, new, cache_position)` (ops/cache.py), which writes the new entry into the
+    past's own buffer at the step's position: per token one entry per layer moves, never the whole cache;
+  * the past inputs become persistent state (backend/plan.py), zero in a fresh model, and the presents leave the
+    outputs; a new input `cache_position` (int64, shape (1,)) says where the token goes;
+  * `attention_mask` (batch, max_length) marks the slots written so far: the model's own masking hides the rest,
+    which is why one artifact serves every past length from 0 to max_length - 1. `position_ids` carry the positions.
+runtime/generate.py drives it (`generate`), reading the roles from the plan's "decoder" entry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tensorforge.compiler.driver import compile_graph, import_model, load_if_onnx, optimize
+from tensorforge.compiler.ir.types import TensorType
+from tensorforge.compiler.options import CompileOptions
+from tensorforge.runtime.errors import CompileError
+
+CACHE_POSITION = "cache_position"
+ROLES = {"input_ids": True, "attention_mask": True, "position_ids": False}  # role -> required
+
+
+def cache_pairs(model) -> list[tuple[str, str, int]]:
+    """(past input, present output, axis) for each graph output that a Concat makes of a graph input (first) and
+    the new entries."""
+    g = model.graph
+    inputs = {i.name: i for i in g.input}
+    producer = {o: n for n in g.node for o in n.output}
+    pairs = []
+    for out in g.output:
+        n = producer.get(out.name)
+        if n is None or n.op_type != "Concat" or len(n.input) != 2 or n.input[0] not in inputs:
+            continue
+        axis = next((a.i for a in n.attribute if a.name == "axis"), None)
+        rank = len(inputs[n.input[0]].type.tensor_type.shape.dim)
+        if axis is None or not -rank <= axis < rank:
+            continue
+        pairs.append((n.input[0], out.name, axis % rank))
+    return pairs
+
+
+def decoder_shapes(model, pairs, max_length: int, batch: int) -> dict[str, tuple[int, ...]]:
+    """Every input's shape for one new token: the pasts hold max_length - 1 entries, the mask max_length slots."""
+    inputs = {i.name: i for i in model.graph.input}
+    missing = [r for r, required in ROLES.items() if required and r not in inputs]
+    past_names = {p for p, _, _ in pairs}
+    extra = sorted(set(inputs) - past_names - set(ROLES))
+    if missing or extra:
+        raise CompileError(f"compile_decoder expects inputs {', '.join(ROLES)} (position_ids optional) besides the "
+                           f"past keys/values; this model "
+                           + "; ".join(([f"lacks {missing}"] if missing else []) +
+                                       ([f"also takes {extra}"] if extra else []))
+                           + f" (its inputs: {list(inputs)})")
+    shapes = {"input_ids": (batch, 1), "attention_mask": (batch, max_length)}
+    if "position_ids" in inputs:
+        shapes["position_ids"] = (batch, 1)
+    for past, _, axis in pairs:
+        dims = inputs[past].type.tensor_type.shape.dim
+        shape = []
+        for a, d in enumerate(dims):
+            if a == axis:
+                shape.append(max_length - 1)
+            elif d.HasField("dim_value"):
+                shape.append(d.dim_value)
+            elif a == 0:
+                shape.append(batch)
+            else:
+                raise CompileError(f"past input {past!r}: dimension {a} ({d.dim_param or '?'}) is neither the batch "
+                                   f"(0) nor the cache axis ({axis}); export it with a fixed size")
+        shapes[past] = tuple(shape)
+    return shapes
+
+
+def write_in_place(g, pairs) -> None:
+    """Each present = concat(past, new) becomes cache_write(past, new, cache_position), the past grown to the full
+    cache (graph `g`, imported with the shapes of `decoder_shapes`)."""
+    from tensorforge.compiler.ops import cache_write, concat
+
+    position = g.add_input(CACHE_POSITION, TensorType((1,), "int64"))
+    by_name = {v.name: v for v in g.inputs}
+    outputs = dict(zip(g.output_names, g.outputs))
+    users = g.users()
+    for past_name, present_name, axis in pairs:
+        past, present = by_name.get(past_name), outputs.get(present_name)
+        node = present.producer if present is not None else None
+        if (past is None or node is None or node.op is not concat or node.inputs[0] is not past
+                or node.attrs["axis"] != axis or len(node.inputs) != 2):
+            raise CompileError(f"cache {past_name!r} -> {present_name!r}: after import the present is not a concat "
+                               f"of the past and the new entries along axis {axis}")
+        others = [n for n in users.get(past, []) if n is not node]
+        if others:
+            raise CompileError(f"past input {past_name!r} is read by {others[0].op.name} (node {others[0].name!r}) "
+                               f"besides its concat; a cache updated in place can only be appended to")
+        shape = list(past.type.shape)
+        shape[axis] += node.inputs[1].type.shape[axis]
+        past.type = TensorType(shape, past.type.dtype)
+        (written,) = g.add_node(cache_write, [past, node.inputs[1], position], {"axis": axis}, name=node.name,
+                                index=g.nodes.index(node))
+        g.take_over(node, written)
+    g.verify()
+
+
+def compile_decoder(model, max_length: int, *, batch: int = 1, options: CompileOptions | None = None,
+                    **option_kwargs):
+    """Compile a decoder with a key/value cache (see the module docstring) for every past length from 0 to
+    `max_length - 1`; returns a `runtime.CompiledModel` with the cache as persistent state, for
+    `runtime.generate.generate` (`tensorforge generate`). `options` or keyword options as `CompileOptions` takes
+    (precision, opt_level, ...); CPU only."""
+    if options is not None and option_kwargs:
+        raise CompileError(f"compile_decoder: give options= or {', '.join(option_kwargs)}=, not both")
+    options = options if options is not None else CompileOptions(**option_kwargs)
+    if options.spec.is_cuda:
+        raise CompileError("compile_decoder builds for the CPU only (the GPU runtime has no in-place cache yet)")
+    if int(max_length) != max_length or max_length < 2:
+        raise CompileError(f"max_length must be an integer of at least 2, got {max_length!r}")
+    proto = load_if_onnx(model)
+    if type(proto).__name__ != "ModelProto":
+        raise CompileError(f"compile_decoder takes an ONNX decoder (a file, bytes or a ModelProto), not a "
+                           f"{type(model).__name__}")
+    pairs = cache_pairs(proto)
+    if not pairs:
+        raise CompileError("no key/value cache found: compile_decoder needs graph outputs that are a Concat of a "
+                           "past input and new entries (Hugging Face's present.N.key = concat(past_key_values.N.key,"
+                           " k))")
+    shapes = decoder_shapes(proto, pairs, int(max_length), int(batch))
+    g = import_model(proto, shapes)
+    write_in_place(g, pairs)
+    g = optimize(g, options, decoding=True)
+    state = {present: past for past, present, _ in pairs}
+    initial = {past: np.zeros(g_input.type.shape, g_input.type.dtype)
+               for past, _, _ in pairs for g_input in g.inputs if g_input.name == past}
+    compiled = compile_graph(g, options, state=state, initial_state=initial)
+    outputs = compiled.output_names
+    logits = "logits" if "logits" in outputs else outputs[0]
+    compiled.plan["decoder"] = {
+        "input_ids": "input_ids", "attention_mask": "attention_mask",
+        "position_ids": "position_ids" if "position_ids" in shapes else None,
+        "cache_position": CACHE_POSITION, "logits": logits, "max_length": int(max_length), "batch": int(batch),
+        "cache": [past for past, _, _ in pairs]}
+    return compiled
+
