@@ -1,4 +1,4 @@
-"""The `tensorforge` command line: compile, run, inspect, tune, train, cache, demo. Over 500 lines: a thin function
+"""The `tensorforge` command line: compile, run, generate, inspect, tune, train, cache, demo. Over 500 lines: a thin function
 per command and the one parser that declares every command's flags; the work itself lives in the compiler's modules.
 Errors print one line (`tensorforge: error: ...`) and exit 1; `--verbose` shows the traceback instead.
 """
@@ -123,6 +123,17 @@ def cmd_compile(args) -> int:
     t0 = time.perf_counter()
     if args.at and not args.dynamic:
         raise InputError("--at compiles shapes within --dynamic ranges: give --dynamic too")
+    if args.decoder:
+        from tensorforge.compiler.decoding import compile_decoder
+
+        if args.dynamic or args.shape:
+            raise InputError("--decoder fixes every shape itself (one token per step, --max-length cache slots): "
+                             "drop --dynamic/--shape")
+        model = compile_decoder(args.model, args.max_length, options=options)
+        model.save(args.output)
+        print(f"compiled {args.model} -> {args.output}: a decoder with its key/value cache in place for "
+              f"{args.max_length} positions, {model.num_kernels} kernel calls, {time.perf_counter() - t0:.1f} s")
+        return 0
     if args.dynamic:
         model = compile_model(args.model, shapes=dict(args.shape or []), options=options,
                               dynamic=dict(args.dynamic))
@@ -183,6 +194,37 @@ def cmd_run(args) -> int:
         print("slowest calls:")
         for r in sorted(rows, key=lambda r: -r["ms"])[:10]:
             print(f"  {r['ms']:9.3f} ms  {r['op']:<16} {r['node']}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from tensorforge import runtime
+    from tensorforge.runtime.generate import generate, prompt_ids
+
+    ids = prompt_ids(args.prompt_ids)
+    if args.model.endswith(".onnx"):
+        from tensorforge.compiler.decoding import compile_decoder
+
+        t0 = time.perf_counter()
+        model = compile_decoder(args.model, args.max_length, options=_compile_options(args))
+        print(f"compiled {args.model} as a decoder for {args.max_length} positions in "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    else:
+        model = runtime.load(args.model, num_threads=args.threads)
+    times: list[float] = []
+
+    def shown(step, token, seconds):
+        times.append(seconds)
+        if args.stream:
+            print(" ".join(str(int(t)) for t in token), flush=True)
+
+    tokens = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                      seed=args.seed, eos_token_id=args.eos, on_token=shown)
+    if not args.stream:
+        print(" ".join(str(int(t)) for t in tokens[0]))
+    decode = times[1:] or times  # the first new token's step also follows the prompt's last token only
+    print(f"{tokens.shape[1]} new tokens after a {len(ids)}-token prompt: {np.median(decode) * 1e3:.2f} ms per "
+          f"token (median)", file=sys.stderr)
     return 0
 
 
@@ -447,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "compiled: the lower bounds and each --at")
     c.add_argument("--at", action="append", type=parse_shape_arg, metavar="NAME=AxBxC",
                    help="with --dynamic: also compile this shape into the bundle (repeatable)")
+    c.add_argument("--decoder", action="store_true",
+                   help="a decoder exported with its key/value cache as inputs and outputs (Hugging Face's layout): "
+                        "compile it once with the cache in place, for tensorforge generate")
+    c.add_argument("--max-length", type=positive_int, default=1024,
+                   help="with --decoder: cache slots, the longest prompt + generated text (default 1024)")
     c.add_argument("--print-pass-times", action="store_true", help="print the time of each pass and stage")
     c.add_argument("--tuning-db", action="append", metavar="DIR", help="use tuned schedules from this database")
     c.add_argument("--no-shipped-tuning", action="store_true", help="ignore the repository's own tuning records")
@@ -482,6 +529,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--benchmark", type=positive_int, metavar="N", help="also time N runs and print the median")
     r.add_argument("--profile", action="store_true", help="time each kernel call; print totals per op and the slowest")
     r.set_defaults(func=cmd_run)
+
+    gen = sub.add_parser("generate", help="generate tokens with a decoder (compiled with --decoder, or ONNX)")
+    gen.add_argument("model", help="artifact compiled with `tensorforge compile --decoder`, or the ONNX decoder")
+    gen.add_argument("--prompt-ids", required=True, metavar="IDS", help="the prompt's token ids, e.g. 464,2068,318")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate (default 32)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (the default): greedy; else sample")
+    gen.add_argument("--top-k", type=positive_int, help="sample from the k most likely tokens")
+    gen.add_argument("--seed", type=int, help="random seed for sampling")
+    gen.add_argument("--eos", type=int, metavar="ID", help="stop at this token id")
+    gen.add_argument("--stream", action="store_true", help="print each token as it comes")
+    gen.add_argument("--max-length", type=positive_int, default=1024,
+                     help="ONNX input: cache slots to compile for (default 1024)")
+    gen.add_argument("--threads", type=positive_int, help="kernel threads (default: all cores)")
+    compile_flags(gen)
+    gen.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("inspect", help="print the IR of an ONNX model or a compiled artifact")
     i.add_argument("model", help="ONNX file or artifact")

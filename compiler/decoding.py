@@ -22,7 +22,7 @@ import numpy as np
 from tensorforge.compiler.driver import compile_graph, import_model, load_if_onnx, optimize
 from tensorforge.compiler.ir.types import TensorType
 from tensorforge.compiler.options import CompileOptions
-from tensorforge.runtime.errors import CompileError
+from tensorforge.runtime.errors import CompileError, TensorForgeError
 
 CACHE_POSITION = "cache_position"
 ROLES = {"input_ids": True, "attention_mask": True, "position_ids": False}  # role -> required
@@ -131,7 +131,11 @@ def compile_decoder(model, max_length: int, *, batch: int = 1, options: CompileO
                            "past input and new entries (Hugging Face's present.N.key = concat(past_key_values.N.key,"
                            " k))")
     shapes = decoder_shapes(proto, pairs, int(max_length), int(batch))
-    g = import_model(proto, shapes)
+    try:
+        g = import_model(proto, shapes)
+    except TensorForgeError as e:
+        raise CompileError(f"importing the decoder with a cache of max_length={max_length} slots failed: {e} (is "
+                           f"max_length beyond the positions the model has, e.g. its position embeddings?)") from e
     write_in_place(g, pairs)
     g = optimize(g, options, decoding=True)
     state = {present: past for past, present, _ in pairs}

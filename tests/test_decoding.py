@@ -1,0 +1,152 @@
+"""Token-by-token decoding with the key/value cache in place (compiler/decoding.py, ops/cache.py,
+passes/cached_attention.py, runtime/generate.py), on the zoo's tiny GPT-2 exported with its cache as inputs and
+outputs (benchmarks/kv_decoder.py), against PyTorch growing its cache token by token and onnxruntime."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from benchmarks.kv_decoder import cache_names, decoder, export_decoder, greedy_reference  # noqa: E402
+from tensorforge import CompileError, InputError, compile_decoder, compile_model, generate, load  # noqa: E402
+from tensorforge.compiler.decoding import CACHE_POSITION  # noqa: E402
+from tensorforge.compiler.cli import main as cli  # noqa: E402
+
+MAX = 48
+PROMPT = [5, 17, 3, 99, 250, 7, 42, 8]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    module = decoder("gpt2_tiny")
+    onnx_model = export_decoder("gpt2_tiny", module)
+    return module, onnx_model, compile_decoder(onnx_model, MAX)
+
+
+def _step_feeds(token: int, t: int) -> dict:
+    mask = np.zeros((1, MAX), np.int64)
+    mask[0, :t + 1] = 1
+    return {"input_ids": np.array([[token]]), "attention_mask": mask, "position_ids": np.array([[t]]),
+            CACHE_POSITION: np.array([t])}
+
+
+def test_greedy_tokens_match_pytorch(tiny):
+    module, _, model = tiny
+    ref = greedy_reference(module, PROMPT, 30)
+    assert generate(model, PROMPT, 30)[0].tolist() == ref
+    # a second generation reuses the cache without clearing it: the stale slots are never read
+    assert generate(model, np.array([PROMPT]), 30)[0].tolist() == ref
+
+
+def test_every_step_matches_pytorch_and_onnxruntime(tiny):
+    """The logits of each step, and the cache row each step writes, against PyTorch's module run with the cache
+    grown by concatenation; one step against onnxruntime on the same ONNX file."""
+    ort = pytest.importorskip("onnxruntime")
+    module, onnx_model, model = tiny
+    past = module.empty_cache()
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    past_names, _ = cache_names(len(module.layers))
+    tokens = PROMPT + [11, 400, 23, 9]
+    for t, token in enumerate(tokens):
+        ids = torch.tensor([[token]])
+        with torch.no_grad():
+            want, *past = module(ids, torch.ones(1, t + 1, dtype=torch.int64), torch.tensor([[t]]), *past)
+        got = model.run(_step_feeds(token, t))[0]
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+        for name, p in zip(past_names, past):
+            np.testing.assert_allclose(model.state[name][:, :, t], p[:, :, t].numpy(), rtol=1e-5, atol=1e-5)
+    feeds = {"input_ids": np.array([[tokens[-1]]]), "attention_mask": np.ones((1, len(tokens)), np.int64),
+             "position_ids": np.array([[len(tokens) - 1]]),
+             **{n: p[:, :, :-1].numpy() for n, p in zip(past_names, past)}}
+    np.testing.assert_allclose(got, sess.run(["logits"], feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_cache_is_state_written_in_place(tiny):
+    """The pasts are persistent state, nothing but cache_write writes a buffer of the cache's shape, the presents
+    are no outputs, and an empty cache costs the artifact nothing (one number per cache)."""
+    module, _, model = tiny
+    plan = model.plan
+    past_names, _ = cache_names(len(module.layers))
+    state = {s["name"]: s["buffer"] for s in plan["state"]}
+    assert sorted(state) == sorted(past_names)
+    assert model.output_names == ["logits"]
+    assert model.input_names == ["input_ids", "attention_mask", "position_ids", CACHE_POSITION]
+    cache_shape = plan["buffers"][state[past_names[0]]]["shape"]
+    assert cache_shape == [1, 4, MAX, 16]
+    writes = [s for s in plan["steps"] if plan["buffers"][s["args"][-1]]["shape"] == cache_shape]
+    assert len(writes) == len(past_names) and all(s["op"] == "cache_write" for s in writes)
+    assert sorted(s["args"][-1] for s in writes) == sorted(state.values())  # the output is the state's buffer
+    assert any(s["op"] == "cached_attention" for s in plan["steps"])
+    splats = {p["buffer"] for p in plan["params"] if "splat" in p}
+    assert set(state.values()) <= splats
+
+
+def test_slots_after_the_position_are_never_read(tiny):
+    """NaN in every slot past the step's position: a kernel that read one (even masked) would return NaN."""
+    module, _, model = tiny
+    for name, buf in model.state.items():
+        buf[...] = np.nan
+    ref = greedy_reference(module, PROMPT, 6)
+    assert generate(model, PROMPT, 6)[0].tolist() == ref
+
+
+def test_sampling_is_reproducible_and_stops_at_eos(tiny):
+    _, _, model = tiny
+    a = generate(model, PROMPT, 12, temperature=0.8, top_k=20, seed=3)
+    b = generate(model, PROMPT, 12, temperature=0.8, top_k=20, seed=3)
+    assert a.tolist() == b.tolist() and a.shape == (1, 12)
+    assert ((0 <= a) & (a < 500)).all()
+    greedy = generate(model, PROMPT, 12)[0].tolist()
+    stop = greedy[3]
+    got = generate(model, PROMPT, 12, eos_token_id=stop)[0].tolist()
+    assert got == greedy[:greedy.index(stop) + 1]
+
+
+def test_saved_artifact_generates_the_same(tiny, tmp_path):
+    _, _, model = tiny
+    path = tmp_path / "decoder.tfa"
+    model.save(path)
+    assert os.path.getsize(path) < 4 * 2**20  # weights only: the cache is not stored
+    assert generate(load(path), PROMPT, 10).tolist() == generate(model, PROMPT, 10).tolist()
+
+
+def test_bad_input(tiny):
+    _, onnx_model, model = tiny
+    with pytest.raises(InputError, match="cache slots"):
+        generate(model, list(range(40)), 10)
+    with pytest.raises(InputError, match="batch"):
+        generate(model, np.array([PROMPT, PROMPT]), 4)
+    with pytest.raises(InputError, match="position outside the cache"):
+        model.run(_step_feeds(3, MAX))
+    with pytest.raises(InputError, match="temperature"):
+        generate(model, PROMPT, 4, temperature=-1)
+    with pytest.raises(InputError, match="compile_decoder"), pytest.warns(UserWarning, match="symbolic"):
+        generate(compile_model(export_decoder("gpt2_tiny")), PROMPT, 4)  # a plain compile binds past to 1
+
+
+def test_models_without_a_cache_are_refused():
+    from benchmarks.models import export_onnx
+
+    with pytest.raises(CompileError, match="no key/value cache"):
+        compile_decoder(export_onnx("mlp"), 16)
+    with pytest.raises(CompileError, match="position embeddings"):
+        compile_decoder(export_decoder("gpt2_tiny"), 100)  # the tiny model has 64 positions
+
+
+def test_cli_compile_and_generate(tiny, tmp_path, capsys):
+    module, onnx_model, _ = tiny
+    import onnx
+
+    src, out = tmp_path / "dec.onnx", tmp_path / "dec.tfa"
+    onnx.save(onnx_model, src)
+    assert cli(["compile", str(src), "--decoder", "--max-length", str(MAX), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert cli(["generate", str(out), "--prompt-ids", ",".join(map(str, PROMPT)), "--max-new-tokens", "9"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.split() == [str(t) for t in greedy_reference(module, PROMPT, 9)]
+    assert "ms per token" in printed.err
+    assert cli(["generate", str(out), "--prompt-ids", "1,x"]) == 1
