@@ -129,10 +129,11 @@ def cmd_compile(args) -> int:
         if args.dynamic or args.shape:
             raise InputError("--decoder fixes every shape itself (one token per step, --max-length cache slots): "
                              "drop --dynamic/--shape")
-        model = compile_decoder(args.model, args.max_length, options=options)
+        model = compile_decoder(args.model, args.max_length, prefill=args.prefill, options=options)
         model.save(args.output)
         print(f"compiled {args.model} -> {args.output}: a decoder with its key/value cache in place for "
-              f"{args.max_length} positions, {model.num_kernels} kernel calls, {time.perf_counter() - t0:.1f} s")
+              f"{args.max_length} positions (one token a step, {model.meta['decoder']['prefill'] or 1} a prompt "
+              f"step), {time.perf_counter() - t0:.1f} s")
         return 0
     if args.dynamic:
         model = compile_model(args.model, shapes=dict(args.shape or []), options=options,
@@ -206,7 +207,7 @@ def cmd_generate(args) -> int:
         from tensorforge.compiler.decoding import compile_decoder
 
         t0 = time.perf_counter()
-        model = compile_decoder(args.model, args.max_length, options=_compile_options(args))
+        model = compile_decoder(args.model, args.max_length, prefill=args.prefill, options=_compile_options(args))
         print(f"compiled {args.model} as a decoder for {args.max_length} positions in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     else:
@@ -494,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "compile it once with the cache in place, for tensorforge generate")
     c.add_argument("--max-length", type=positive_int, default=1024,
                    help="with --decoder: cache slots, the longest prompt + generated text (default 1024)")
+    c.add_argument("--prefill", type=positive_int, default=32,
+                   help="with --decoder: prompt tokens per call (a second plan sharing the weights; 1: none)")
     c.add_argument("--print-pass-times", action="store_true", help="print the time of each pass and stage")
     c.add_argument("--tuning-db", action="append", metavar="DIR", help="use tuned schedules from this database")
     c.add_argument("--no-shipped-tuning", action="store_true", help="ignore the repository's own tuning records")
@@ -541,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stream", action="store_true", help="print each token as it comes")
     gen.add_argument("--max-length", type=positive_int, default=1024,
                      help="ONNX input: cache slots to compile for (default 1024)")
+    gen.add_argument("--prefill", type=positive_int, default=32, help="ONNX input: prompt tokens per call")
     gen.add_argument("--threads", type=positive_int, help="kernel threads (default: all cores)")
     compile_flags(gen)
     gen.set_defaults(func=cmd_generate)

@@ -47,8 +47,9 @@ def cache_pairs(model) -> list[tuple[str, str, int]]:
     return pairs
 
 
-def decoder_shapes(model, pairs, max_length: int, batch: int) -> dict[str, tuple[int, ...]]:
-    """Every input's shape for one new token: the pasts hold max_length - 1 entries, the mask max_length slots."""
+def decoder_shapes(model, pairs, max_length: int, batch: int, new: int = 1) -> dict[str, tuple[int, ...]]:
+    """Every input's shape for `new` tokens a step: the pasts hold max_length - new entries (so that each concat
+    gives the full cache), the mask max_length slots."""
     inputs = {i.name: i for i in model.graph.input}
     missing = [r for r, required in ROLES.items() if required and r not in inputs]
     past_names = {p for p, _, _ in pairs}
@@ -59,15 +60,15 @@ def decoder_shapes(model, pairs, max_length: int, batch: int) -> dict[str, tuple
                            + "; ".join(([f"lacks {missing}"] if missing else []) +
                                        ([f"also takes {extra}"] if extra else []))
                            + f" (its inputs: {list(inputs)})")
-    shapes = {"input_ids": (batch, 1), "attention_mask": (batch, max_length)}
+    shapes = {"input_ids": (batch, new), "attention_mask": (batch, max_length)}
     if "position_ids" in inputs:
-        shapes["position_ids"] = (batch, 1)
+        shapes["position_ids"] = (batch, new)
     for past, _, axis in pairs:
         dims = inputs[past].type.tensor_type.shape.dim
         shape = []
         for a, d in enumerate(dims):
             if a == axis:
-                shape.append(max_length - 1)
+                shape.append(max_length - new)
             elif d.HasField("dim_value"):
                 shape.append(d.dim_value)
             elif a == 0:
@@ -108,19 +109,51 @@ def write_in_place(g, pairs) -> None:
     g.verify()
 
 
-def compile_decoder(model, max_length: int, *, batch: int = 1, options: CompileOptions | None = None,
-                    **option_kwargs):
-    """Compile a decoder with a key/value cache (see the module docstring) for every past length from 0 to
-    `max_length - 1`; returns a `runtime.CompiledModel` with the cache as persistent state, for
-    `runtime.generate.generate` (`tensorforge generate`). `options` or keyword options as `CompileOptions` takes
-    (precision, opt_level, ...); CPU only."""
+def _compile_step(proto, pairs, max_length: int, batch: int, new: int, options: CompileOptions, shared):
+    """One plan of the decoder: `new` tokens per call, the cache written in place."""
+    from tensorforge.compiler.ops import cache_write, cached_attention
+
+    shapes = decoder_shapes(proto, pairs, max_length, batch, new)
+    try:
+        g = import_model(proto, shapes)
+    except TensorForgeError as e:
+        raise CompileError(f"importing the decoder with a cache of max_length={max_length} slots failed: {e} (is "
+                           f"max_length beyond the positions the model has, e.g. its position embeddings?)") from e
+    write_in_place(g, pairs)
+    g = optimize(g, options, decoding=True)
+    if new > 1:  # the model's causal mask was computed for a full cache: only cached_attention sees the positions
+        users = g.users()
+        for n in g.nodes:
+            if n.op is cache_write:
+                for u in users.get(n.outputs[0], []):
+                    if u.op is not cached_attention:
+                        raise CompileError(f"a {new}-token prompt step needs every reader of the cache to be "
+                                           f"attention over it; {u.op.name} (node {u.name!r}) reads "
+                                           f"{n.outputs[0].name!r}: compile with prefill=1")
+    state = {present: past for past, present, _ in pairs}
+    initial = {v.name: np.zeros(v.type.shape, v.type.dtype) for v in g.inputs if v.name in state.values()}
+    return compile_graph(g, options, state=state, initial_state=initial, shared=shared)
+
+
+def compile_decoder(model, max_length: int, *, batch: int = 1, prefill: int = 32,
+                    options: CompileOptions | None = None, **option_kwargs):
+    """Compile a causal decoder with a key/value cache (see the module docstring) for every past length from 0 to
+    `max_length - 1`: a step plan for one token and, unless `prefill` is 1, a prompt plan for `prefill` tokens a call
+    (the prompt in chunks; the last one padded). Both share the weights and the cache. Returns a
+    `runtime.bundle.BundleModel` (save it; `tensorforge.load` reads it) for `runtime.generate.generate` (`tensorforge
+    generate`). `options` or keyword options as `CompileOptions` takes (precision, opt_level, ...); CPU only."""
+    from tensorforge.runtime import bundle
+    from tensorforge.runtime.model import SharedBuffers
+
     if options is not None and option_kwargs:
         raise CompileError(f"compile_decoder: give options= or {', '.join(option_kwargs)}=, not both")
     options = options if options is not None else CompileOptions(**option_kwargs)
     if options.spec.is_cuda:
         raise CompileError("compile_decoder builds for the CPU only (the GPU runtime has no in-place cache yet)")
-    if int(max_length) != max_length or max_length < 2:
-        raise CompileError(f"max_length must be an integer of at least 2, got {max_length!r}")
+    for name, value, low in (("max_length", max_length, 2), ("batch", batch, 1), ("prefill", prefill, 1)):
+        if isinstance(value, bool) or int(value) != value or value < low:
+            raise CompileError(f"{name} must be an integer of at least {low}, got {value!r}")
+    max_length, prefill = int(max_length), min(int(prefill), int(max_length) // 2)
     proto = load_if_onnx(model)
     if type(proto).__name__ != "ModelProto":
         raise CompileError(f"compile_decoder takes an ONNX decoder (a file, bytes or a ModelProto), not a "
@@ -130,24 +163,18 @@ def compile_decoder(model, max_length: int, *, batch: int = 1, options: CompileO
         raise CompileError("no key/value cache found: compile_decoder needs graph outputs that are a Concat of a "
                            "past input and new entries (Hugging Face's present.N.key = concat(past_key_values.N.key,"
                            " k))")
-    shapes = decoder_shapes(proto, pairs, int(max_length), int(batch))
-    try:
-        g = import_model(proto, shapes)
-    except TensorForgeError as e:
-        raise CompileError(f"importing the decoder with a cache of max_length={max_length} slots failed: {e} (is "
-                           f"max_length beyond the positions the model has, e.g. its position embeddings?)") from e
-    write_in_place(g, pairs)
-    g = optimize(g, options, decoding=True)
-    state = {present: past for past, present, _ in pairs}
-    initial = {past: np.zeros(g_input.type.shape, g_input.type.dtype)
-               for past, _, _ in pairs for g_input in g.inputs if g_input.name == past}
-    compiled = compile_graph(g, options, state=state, initial_state=initial)
-    outputs = compiled.output_names
-    logits = "logits" if "logits" in outputs else outputs[0]
-    compiled.plan["decoder"] = {
-        "input_ids": "input_ids", "attention_mask": "attention_mask",
-        "position_ids": "position_ids" if "position_ids" in shapes else None,
-        "cache_position": CACHE_POSITION, "logits": logits, "max_length": int(max_length), "batch": int(batch),
-        "cache": [past for past, _, _ in pairs]}
-    return compiled
-
+    shared = SharedBuffers()
+    plans = [_compile_step(proto, pairs, max_length, batch, new, options, shared)
+             for new in ((1, prefill) if prefill > 1 else (1,))]
+    step = plans[0]
+    spec = {"input_ids": "input_ids", "attention_mask": "attention_mask",
+            "position_ids": "position_ids" if "position_ids" in step.input_names else None,
+            "cache_position": CACHE_POSITION, "logits": "logits" if "logits" in step.output_names
+            else step.output_names[0], "max_length": max_length, "batch": int(batch),
+            "prefill": prefill if prefill > 1 else None, "cache": [past for past, _, _ in pairs]}
+    per_call = [[n for n in ("input_ids", "position_ids") if n in m.input_names] for m in plans]
+    meta = {"format": bundle.FORMAT, "version": bundle.VERSION, "inputs": step.input_names,
+            "outputs": step.output_names, "value_inputs": [], "sequence_inputs": [], "decoder": spec,
+            "specializations": [{"shapes": {n: list(m.input_specs[n][0]) for n in names}}
+                                for m, names in zip(plans, per_call)]}
+    return bundle.BundleModel(meta, plans)

@@ -146,11 +146,12 @@ def tuning_databases(options: CompileOptions, target) -> list:
 
 
 def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | None = None,
-                  initial_state: Mapping | None = None, timings: dict | None = None):
+                  initial_state: Mapping | None = None, timings: dict | None = None, shared=None):
     """Build `g`'s kernels and plan. `state` (training graphs): output name -> input name of each persistent
     state that kernels update in place, with `initial_state` its values at load (see backend/plan.py).
     Returns a `runtime.CompiledModel`, or for the cuda target a `runtime.cuda.CudaModel` that sets up the GPU only
-    when it first runs (so that compiling needs no GPU)."""
+    when it first runs (so that compiling needs no GPU). `shared` (a runtime.model.SharedBuffers): CPU models
+    holding their equal parameters and their state in common with others built with it."""
     from tensorforge.compiler.backend.build import build_kernels, host_isa_flags
     from tensorforge.compiler.backend.lower import Kernel, partition
     from tensorforge.compiler.backend.plan import make_plan
@@ -173,7 +174,7 @@ def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | 
 
             return CudaModel(plan, result.library_path, params, owned_dir=out_dir, defer=True)
         return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads,
-                             max_concurrency=options.max_concurrency)
+                             max_concurrency=options.max_concurrency, shared=shared)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise

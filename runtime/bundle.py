@@ -89,8 +89,12 @@ def write_bundle(path: str, meta: dict, parts: list[tuple[dict, str, list]]) -> 
 
 
 def read_bundle(path: str, make_model) -> "BundleModel":
-    """Read and check the bundle at `path`; `make_model(plan, kernels path, params, owned dir)` builds each
-    specialization's CompiledModel."""
+    """Read and check the bundle at `path`; `make_model(plan, kernels path, params, owned dir, shared)` builds each
+    specialization's CompiledModel, the specializations holding each distinct parameter once in memory and their
+    persistent state (a decoder's cache) in common (`shared`, a runtime.model.SharedBuffers)."""
+    from .model import SharedBuffers
+
+    shared = SharedBuffers(params_by_file=True)
     path = os.fspath(path)
     f = artifact._open_regular(path)
     pending = None  # a kernel directory no model owns yet (a model removes its own when it goes)
@@ -124,7 +128,7 @@ def read_bundle(path: str, make_model) -> "BundleModel":
             pending = tempfile.mkdtemp(prefix="tensorforge-")
             kernels, params = artifact.plan_parts(f"bundle {path!r} specialization {i}", path, z, plan, pending,
                                                   kernels_member)
-            models.append(make_model(plan, kernels, params, pending))
+            models.append(make_model(plan, kernels, params, pending, shared))
             pending = None
         return BundleModel(meta, models)
     except BaseException as e:
@@ -141,6 +145,7 @@ class BundleModel:
     docstring). Thread-safe as CompiledModel is."""
 
     def __init__(self, meta: dict, models: list):
+        self.meta = meta
         self.input_names = list(meta["inputs"])
         self.output_names = list(meta["outputs"])
         self.value_inputs = list(meta.get("value_inputs", []))
@@ -168,6 +173,12 @@ class BundleModel:
 
     def _flat(self, feeds: Mapping) -> dict:
         return flat_feeds(feeds, self.value_inputs)
+
+    def save(self, path) -> None:
+        """Write these specializations as a bundle again (atomically)."""
+        meta = {k: v for k, v in self.meta.items() if k != "specializations"}
+        specs = [{k: v for k, v in spec.items() if k not in ("plan", "kernels")} for spec in self.meta["specializations"]]
+        write_bundle(os.fspath(path), {**meta, "specializations": specs}, [m.parts() for m in self.models])
 
     @property
     def models(self) -> list:

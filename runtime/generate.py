@@ -27,8 +27,10 @@ _locks_guard = threading.Lock()
 
 
 def decoder_spec(model) -> dict:
-    """The plan's "decoder" entry (input roles, max_length, batch), or an InputError saying how to get one."""
-    spec = getattr(model, "plan", {}).get("decoder") if isinstance(getattr(model, "plan", None), dict) else None
+    """The bundle's "decoder" entry (input roles, max_length, batch, prefill), or an InputError saying how to get
+    one."""
+    meta = getattr(model, "meta", None)
+    spec = meta.get("decoder") if isinstance(meta, dict) else None
     if spec is None:
         raise InputError("this model was not compiled as a decoder with a key/value cache: compile it with "
                          "compile_decoder(onnx, max_length) or `tensorforge compile MODEL.onnx --decoder`")
@@ -84,25 +86,41 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     if temperature < 0 or (top_k is not None and top_k < 1):
         raise InputError(f"temperature must be >= 0 and top_k >= 1, got {temperature!r}, {top_k!r}")
     rng = np.random.default_rng(seed)
-    names = model.output_names
-    logits_at = names.index(spec["logits"])
+    logits_at = model.output_names.index(spec["logits"])
     mask = np.zeros((batch, max_length), np.int64)
     out: list[np.ndarray] = []
     done = np.zeros(batch, bool)
-    token = ids[:, 0].astype(np.int64)
+    chunk = spec.get("prefill") or 1
+
+    def call(tokens: np.ndarray, t: int) -> np.ndarray:
+        """Logits (batch, n, vocab) of `tokens` (batch, n) at positions t .. t + n - 1."""
+        n = tokens.shape[1]
+        mask[:, t:t + n] = 1
+        feeds = {spec["input_ids"]: tokens, spec["attention_mask"]: mask,
+                 spec["cache_position"]: np.array([t], np.int64)}
+        if spec.get("position_ids"):
+            feeds[spec["position_ids"]] = np.broadcast_to(np.arange(t, t + n, dtype=np.int64), (batch, n)).copy()
+        return model.run(feeds)[logits_at].reshape(batch, n, -1)
+
     with _lock(model):
-        for t in range(prompt + max_new_tokens - 1):
-            t0 = time.perf_counter()
-            mask[:, t] = 1
-            feeds = {spec["input_ids"]: token[:, None], spec["attention_mask"]: mask,
-                     spec["cache_position"]: np.array([t], np.int64)}
-            if spec.get("position_ids"):
-                feeds[spec["position_ids"]] = np.full((batch, 1), t, np.int64)
-            logits = model.run(feeds)[logits_at]
-            if t + 1 < prompt:
-                token = ids[:, t + 1].astype(np.int64)
-                continue
-            token = np.asarray(_choose(logits.reshape(batch, -1), temperature, top_k, rng), np.int64)
+        t0 = time.perf_counter()
+        t = 0  # the prompt: in chunks of `chunk` tokens while more than one is left, the last chunk padded
+        while t < prompt:
+            if chunk > 1 and prompt - t > 1 and t + chunk <= max_length:
+                n = min(chunk, prompt - t)
+                tokens = np.zeros((batch, chunk), np.int64)
+                tokens[:, :n] = ids[:, t:t + n]
+                last = call(tokens, t)[:, n - 1]
+                mask[:, t + n:] = 0  # the padding's slots are written again by the tokens that follow
+            else:
+                n = 1
+                last = call(ids[:, t:t + 1].astype(np.int64), t)[:, 0]
+            t += n
+        for t in range(prompt, prompt + max_new_tokens):
+            if t > prompt:
+                t0 = time.perf_counter()
+                last = call(token[:, None], t - 1)[:, 0]
+            token = np.asarray(_choose(last, temperature, top_k, rng), np.int64)
             if eos_token_id is not None:
                 token = np.where(done, eos_token_id, token)
                 done |= token == eos_token_id

@@ -21,6 +21,7 @@ CUDA runtime.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -59,6 +60,24 @@ def _as_storage_type(data: np.ndarray, dst: np.ndarray) -> np.ndarray:
 SERIAL_WORK = 100_000
 
 
+class SharedBuffers:
+    """Memory several CompiledModels of one model hold once (the specializations of a bundle, a decoder's step and
+    prompt plans): parameters by content, persistent state by name. `params_by_file`: the plans name each parameter
+    file by its content (a bundle's params/<sha>.npy), so the name is the key; otherwise each parameter's bytes are
+    hashed."""
+
+    def __init__(self, params_by_file: bool = False):
+        self.params_by_file = params_by_file
+        self.params: dict = {}
+        self.state: dict[str, np.ndarray] = {}
+
+    def param_key(self, entry, data) -> tuple:
+        if self.params_by_file:
+            return ("file", entry.file)
+        data = np.ascontiguousarray(data() if callable(data) else data)
+        return (data.dtype.str, data.shape, hashlib.sha1(data.view(np.uint8).reshape(-1)).hexdigest())
+
+
 class CompiledModel:
     """A compiled model, ready to run. Build one with `compiler.compile_model` or `runtime.load`.
 
@@ -69,7 +88,8 @@ class CompiledModel:
     training step updates it in place) runs one call at a time."""
 
     def __init__(self, plan: dict, kernels_path: str, params: list, *, owned_dir: str | None = None,
-                 num_threads: int | None = None, max_concurrency: int | None = None, thread_pool: str = "tensorforge"):
+                 num_threads: int | None = None, max_concurrency: int | None = None, thread_pool: str = "tensorforge",
+                 shared: SharedBuffers | None = None):
         if thread_pool not in ("tensorforge", "tvm"):
             raise InputError(f"thread_pool must be 'tensorforge' or 'tvm', got {thread_pool!r}")
         self.plan = plan
@@ -89,7 +109,7 @@ class CompiledModel:
         except Exception as e:
             raise ArtifactError(f"the kernel library lacks a kernel the plan calls: {e}") from None
         mem = HostMemory()
-        shared = self._load_params(mem, params)  # copied into their aligned buffers and not kept twice
+        shared = self._load_params(mem, params, shared)  # copied into their aligned buffers, not kept twice
         serial = [s.work is not None and s.work < SERIAL_WORK for s in self.program.steps]
         self._executor = Executor(self.program, kernels, mem, shared,
                                   max_concurrency=max_concurrency if max_concurrency is not None
@@ -122,13 +142,27 @@ class CompiledModel:
         if any(f in need for f in AMX_FLAGS):
             request_amx()
 
-    def _load_params(self, mem: HostMemory, params: list) -> list:
-        """The shared buffers: parameters and persistent state (filled once, here), and views of them."""
+    def _load_params(self, mem: HostMemory, params: list, among: SharedBuffers | None = None) -> list:
+        """The shared buffers: parameters and persistent state (filled once, here, or taken from the models
+        `among` holds memory with), and views of them."""
         prog = self.program
         shared: list = [None] * len(prog.buffers)
+        state_names = {b: name for name, b in prog.state}
         for entry, data in zip(prog.params, params):
             b = prog.buffers[entry.buffer]
+            key = None
+            if among is not None:
+                if entry.buffer in state_names:
+                    key, pool = state_names[entry.buffer], among.state
+                elif entry.splat is None and entry.external is None:
+                    key, pool = among.param_key(entry, data), among.params
+                have = pool.get(key) if key is not None else None
+                if have is not None and have.shape == tuple(b.shape) and have.dtype == numpy_dtype(b.dtype):
+                    shared[entry.buffer] = have  # parameters are never written; state is one for all the models
+                    continue
             dst = shared[entry.buffer] = mem.empty(b.shape, b.dtype)
+            if key is not None:
+                pool[key] = dst
             if entry.splat is not None:
                 dst.fill(entry.splat)
                 continue
@@ -284,9 +318,9 @@ def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int
     from . import bundle
 
     if bundle.is_bundle(os.fspath(path)):
-        return bundle.read_bundle(path, lambda plan, kernels, params, owned: CompiledModel(
+        return bundle.read_bundle(path, lambda plan, kernels, params, owned, shared: CompiledModel(
             plan, kernels, params, owned_dir=owned, num_threads=num_threads, max_concurrency=max_concurrency,
-            thread_pool=thread_pool))
+            thread_pool=thread_pool, shared=shared))
     tmp = tempfile.mkdtemp(prefix="tensorforge-")
     try:
         plan, kernels, params = artifact.read_artifact(os.fspath(path), tmp)

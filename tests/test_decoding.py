@@ -24,7 +24,7 @@ PROMPT = [5, 17, 3, 99, 250, 7, 42, 8]
 def tiny():
     module = decoder("gpt2_tiny")
     onnx_model = export_decoder("gpt2_tiny", module)
-    return module, onnx_model, compile_decoder(onnx_model, MAX)
+    return module, onnx_model, compile_decoder(onnx_model, MAX, prefill=5)  # an 8-token prompt: 5 + 3 padded
 
 
 def _step_feeds(token: int, t: int) -> dict:
@@ -58,7 +58,8 @@ def test_every_step_matches_pytorch_and_onnxruntime(tiny):
         got = model.run(_step_feeds(token, t))[0]
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
         for name, p in zip(past_names, past):
-            np.testing.assert_allclose(model.state[name][:, :, t], p[:, :, t].numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(model.models[0].state[name][:, :, t], p[:, :, t].numpy(), rtol=1e-5,
+                                       atol=1e-5)
     feeds = {"input_ids": np.array([[tokens[-1]]]), "attention_mask": np.ones((1, len(tokens)), np.int64),
              "position_ids": np.array([[len(tokens) - 1]]),
              **{n: p[:, :, :-1].numpy() for n, p in zip(past_names, past)}}
@@ -69,11 +70,11 @@ def test_cache_is_state_written_in_place(tiny):
     """The pasts are persistent state, nothing but cache_write writes a buffer of the cache's shape, the presents
     are no outputs, and an empty cache costs the artifact nothing (one number per cache)."""
     module, _, model = tiny
-    plan = model.plan
+    plan = model.models[0].plan
     past_names, _ = cache_names(len(module.layers))
     state = {s["name"]: s["buffer"] for s in plan["state"]}
     assert sorted(state) == sorted(past_names)
-    assert model.output_names == ["logits"]
+    assert model.output_names == ["logits"] == model.models[0].output_names
     assert model.input_names == ["input_ids", "attention_mask", "position_ids", CACHE_POSITION]
     cache_shape = plan["buffers"][state[past_names[0]]]["shape"]
     assert cache_shape == [1, 4, MAX, 16]
@@ -88,7 +89,7 @@ def test_cache_is_state_written_in_place(tiny):
 def test_slots_after_the_position_are_never_read(tiny):
     """NaN in every slot past the step's position: a kernel that read one (even masked) would return NaN."""
     module, _, model = tiny
-    for name, buf in model.state.items():
+    for name, buf in model.models[0].state.items():
         buf[...] = np.nan
     ref = greedy_reference(module, PROMPT, 6)
     assert generate(model, PROMPT, 6)[0].tolist() == ref
@@ -106,12 +107,34 @@ def test_sampling_is_reproducible_and_stops_at_eos(tiny):
     assert got == greedy[:greedy.index(stop) + 1]
 
 
+def test_prompt_in_chunks_matches_token_by_token(tiny):
+    """The prompt plan (5 tokens a call, causal per row over the cache) gives what one token a call gives, for
+    prompts of 1 to 13 tokens (chunks, a padded last chunk, single tokens), and the two plans share the weights
+    and the cache."""
+    module, onnx_model, model = tiny
+    step, prompt_plan = model.models
+    assert [m.input_specs["input_ids"][0] for m in model.models] == [(1, 1), (1, 5)]
+    for name, buf in step.state.items():
+        assert buf is prompt_plan.state[name]
+    weights = [b for b in step._shared if b is not None and b.size > 1000 and b.dtype == np.float32]
+    assert weights and any(b is c for b in weights for c in prompt_plan._shared if c is not None)
+    one_by_one = compile_decoder(onnx_model, MAX, prefill=1)
+    assert len(one_by_one.models) == 1
+    for length in (1, 2, 5, 6, 13):
+        prompt = (PROMPT * 2)[:length]
+        ref = greedy_reference(module, prompt, 5)
+        assert generate(model, prompt, 5)[0].tolist() == ref
+        assert generate(one_by_one, prompt, 5)[0].tolist() == ref
+
+
 def test_saved_artifact_generates_the_same(tiny, tmp_path):
     _, _, model = tiny
     path = tmp_path / "decoder.tfa"
     model.save(path)
-    assert os.path.getsize(path) < 4 * 2**20  # weights only: the cache is not stored
-    assert generate(load(path), PROMPT, 10).tolist() == generate(model, PROMPT, 10).tolist()
+    assert os.path.getsize(path) < 4 * 2**20  # weights once for both plans; the cache is not stored
+    loaded = load(path)
+    assert loaded.models[0].state["past_key_values.0.key"] is loaded.models[1].state["past_key_values.0.key"]
+    assert generate(loaded, PROMPT, 10).tolist() == generate(model, PROMPT, 10).tolist()
 
 
 def test_bad_input(tiny):
@@ -122,6 +145,8 @@ def test_bad_input(tiny):
         generate(model, np.array([PROMPT, PROMPT]), 4)
     with pytest.raises(InputError, match="position outside the cache"):
         model.run(_step_feeds(3, MAX))
+    with pytest.raises(CompileError, match="prefill"):
+        compile_decoder(onnx_model, MAX, prefill=0)
     with pytest.raises(InputError, match="temperature"):
         generate(model, PROMPT, 4, temperature=-1)
     with pytest.raises(InputError, match="compile_decoder"), pytest.warns(UserWarning, match="symbolic"):

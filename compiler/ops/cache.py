@@ -96,7 +96,7 @@ cache_write = defop(
 
 # -- attention over the written part of a cache ------------------------------------------------------------------------
 
-def _cached_attention_infer(types, *, scale, new):
+def _cached_attention_infer(types, *, scale):
     q, k, v, position = types[:4]
     if q.rank < 2 or not q.rank == k.rank == v.rank or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
         fail(f"q, k and v must have the same rank and leading (batch, head) dims, got {q}, {k}, {v}")
@@ -104,10 +104,10 @@ def _cached_attention_infer(types, *, scale, new):
         fail(f"q, k and v must be float32, got {q}, {k}, {v}")
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         fail(f"shapes do not chain: q {q} @ k^T {k}, then @ v {v}")
+    if q.shape[-2] > k.shape[-2]:
+        fail(f"{q.shape[-2]} query rows exceed the cache's {k.shape[-2]} keys")
     if position.dtype not in INT_DTYPES or position.numel != 1:
         fail(f"position must be one int32/int64 element, got {position}")
-    if not 1 <= new <= k.shape[-2]:
-        fail(f"new={new} entries per step must be in [1, {k.shape[-2]}]")
     if len(types) == 5:
         mask, scores = types[4], q.shape[:-1] + (k.shape[-2],)
         try:
@@ -119,29 +119,29 @@ def _cached_attention_infer(types, *, scale, new):
     return TensorType(q.shape[:-1] + (v.shape[-1],), q.dtype)
 
 
-def _cached_attention_ref(q, k, v, position, mask=None, *, scale, new):
-    n = int(np.asarray(position).reshape(-1)[0]) + new
-    if not new <= n <= k.shape[-2]:
-        raise IndexError(f"cache position {n - new} (+{new}) outside the cache's {k.shape[-2]} entries")
-    s = np.matmul(q.astype(np.float64), np.swapaxes(k[..., :n, :].astype(np.float64), -1, -2)) * scale
+def _cached_attention_ref(q, k, v, position, mask=None, *, scale):
+    start, sq = int(np.asarray(position).reshape(-1)[0]), q.shape[-2]
+    if not 0 <= start <= k.shape[-2] - sq:
+        raise IndexError(f"cache position {start} (+{sq} rows) outside the cache's {k.shape[-2]} entries")
+    s = np.matmul(q.astype(np.float64), np.swapaxes(k.astype(np.float64), -1, -2)) * scale
     if mask is not None:
-        s = s + np.broadcast_to(mask, q.shape[:-1] + (k.shape[-2],))[..., :n].astype(np.float64)
+        s = s + np.broadcast_to(mask, s.shape).astype(np.float64)
+    s = np.where(np.arange(k.shape[-2])[None, :] > start + np.arange(sq)[:, None], -np.inf, s)  # row i: j <= start+i
     e = np.exp(s - s.max(axis=-1, keepdims=True))
-    return np.matmul(e / e.sum(axis=-1, keepdims=True), v[..., :n, :].astype(np.float64)).astype(q.dtype)
+    return np.matmul(e / e.sum(axis=-1, keepdims=True), v.astype(np.float64)).astype(q.dtype)
 
 
 def _lanes(n: int) -> int:
     return next(w for w in (16, 8, 4, 2, 1) if n % w == 0)
 
 
-def _cached_attention_lower(q, k, v, position, mask=None, *, scale, new):
-    """Per (batch, head), in parallel, and per query row: the scores of the first position + new keys (the dot
-    products vectorized along D), their max, then exp-weighted rows of V summed in registers; nothing past the
-    written keys is read."""
+def _cached_attention_lower(q, k, v, position, mask=None, *, scale):
+    """Per (batch, head), in parallel, and per query row i: the scores of keys 0 .. position + i (the dot products
+    vectorized along D), their max, then exp-weighted rows of V summed in registers; no later key is read."""
     *batch, sq, d = (int(x) for x in q.shape)
     skv, dv = int(k.shape[-2]), int(v.shape[-1])
     heads = int(np.prod(batch, dtype=np.int64))
-    ld, lv = _lanes(d), _lanes(dv)
+    ld = _lanes(d)
     mask_shape = [int(x) for x in mask.shape] if mask is not None else None
 
     def lead(t):  # (batch..., ) indices of task t
@@ -161,27 +161,27 @@ def _cached_attention_lower(q, k, v, position, mask=None, *, scale, new):
         with IRBuilder() as ib:
             Q, K, V, P, O = (T.buffer_proxy(x) for x in (qb, kb, vb, pb, ob))
             M = T.buffer_proxy(mb) if mb is not None else None
-            n = T.cast(P[(0,) * len(pb.shape)], "int32") + new
+            start = T.cast(P[(0,) * len(pb.shape)], "int32")
             with T.serial(0, 1):
-                with T.Assert(tirx.all(n >= new, n <= skv),
+                with T.Assert(tirx.all(start >= 0, start <= skv - sq),
                               f"attention over the cache: position outside the cache of {skv} entries"):
                     with T.parallel(0, heads) as t:
                         b = lead(t)
                         s = T.buffer_proxy(T.alloc_buffer((skv,), "float32", scope="local"))
-                        acc = T.buffer_proxy(T.alloc_buffer((max(ld, lv),), "float32", scope="local"))
+                        acc = T.buffer_proxy(T.alloc_buffer((ld,), "float32", scope="local"))
                         out = T.buffer_proxy(T.alloc_buffer((dv,), "float32", scope="local"))
                         red = T.buffer_proxy(T.alloc_buffer((2,), "float32", scope="local"))  # max, sum
                         with T.serial(0, sq) as i:
                             red[0] = tirx.min_value("float32")
-                            with T.serial(0, n) as j:
-                                with T.vectorized(0, ld) as l:
-                                    acc[l] = T.float32(0)
+                            with T.serial(0, start + i + 1) as j:
+                                with T.vectorized(0, ld) as lane:
+                                    acc[lane] = T.float32(0)
                                 with T.serial(0, d // ld) as c:
-                                    with T.vectorized(0, ld) as l:
-                                        acc[l] = acc[l] + Q[(*b, i, c * ld + l)] * K[(*b, j, c * ld + l)]
+                                    with T.vectorized(0, ld) as lane:
+                                        acc[lane] = acc[lane] + Q[(*b, i, c * ld + lane)] * K[(*b, j, c * ld + lane)]
                                 dot = acc[0]
-                                for l in range(1, ld):
-                                    dot = dot + acc[l]
+                                for lane in range(1, ld):
+                                    dot = dot + acc[lane]
                                 x = dot * T.float32(scale)
                                 if M is not None:
                                     x = x + mask_at(M, b, i, j)
@@ -190,7 +190,7 @@ def _cached_attention_lower(q, k, v, position, mask=None, *, scale, new):
                             red[1] = T.float32(0)
                             with T.vectorized(0, dv) as c:
                                 out[c] = T.float32(0)
-                            with T.serial(0, n) as j:
+                            with T.serial(0, start + i + 1) as j:
                                 s[j] = tirx.exp(s[j] - red[0])
                                 red[1] = red[1] + s[j]
                                 with T.vectorized(0, dv) as c:
@@ -206,9 +206,8 @@ def _cached_attention_lower(q, k, v, position, mask=None, *, scale, new):
 
 cached_attention = defop(
     "cached_attention", FusionKind.OPAQUE, infer=_cached_attention_infer, reference=_cached_attention_ref,
-    lower=_cached_attention_lower, grad=NO_RULE_YET, attrs={"scale": Attr("float"), "new": Attr("int")},
-    arity=(4, 5),
+    lower=_cached_attention_lower, grad=NO_RULE_YET, attrs={"scale": Attr("float")}, arity=(4, 5),
     flops=lambda n: 2 * n.inputs[0].type.numel * n.inputs[1].type.shape[-2]
     + 2 * n.outputs[0].type.numel * n.inputs[1].type.shape[-2],
-    doc="softmax(scale * q @ k[:n]^T + mask[..., :n]) @ v[:n] with n = position + new: attention over the keys "
-        "a cache holds so far (its later slots are not read)")
+    doc="causal attention over a cache: query row i, the token at position + i, attends to keys 0 .. position + i "
+        "(softmax(scale * q k^T + mask) over those, times v); later slots are not read")

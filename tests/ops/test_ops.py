@@ -152,11 +152,11 @@ CASES = [
     ("scatter_nd", [rand(4, 3, 2), np.array([[0, 1], [-1, 2]], np.int64), rand(2, 2)], {}, ()),
     ("scatter_nd", [rand(4, 3), np.array([[1], [1], [3]], np.int64), rand(3, 3)], {"reduction": "max"}, ()),
     ("bitcast", [rng.integers(0, 256, (3, 5)).astype(np.uint8)], {"to": "int8"}, ()),  # float8 etc.: test_onnx_cast
-    # attention over the first position + new = 6 of 10 keys (decoding; the rest is never read)
+    # attention over a cache: row i (the token at position 5 + i) reads keys 0 .. 5 + i of 10 (decoding)
     ("cached_attention", [rand(2, 3, 1, 16), rand(2, 3, 10, 16), rand(2, 3, 10, 8), np.array([5], np.int64)],
-     {"scale": 0.25, "new": 1}, ()),
+     {"scale": 0.25}, ()),
     ("cached_attention", [rand(2, 2, 3, 4), rand(2, 2, 9, 4), rand(2, 2, 9, 4), np.array([2], np.int64),
-                          rand(2, 1, 1, 9)], {"scale": 0.5, "new": 3}, ()),
+                          rand(2, 1, 1, 9)], {"scale": 0.5}, ()),
 ]
 
 from tests.ops.grad_cases import GRAD_CASES  # noqa: E402  (compiler/ops/training.py, compiler/ops/backward.py)
