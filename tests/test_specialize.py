@@ -338,7 +338,7 @@ def test_a_dynamic_model_with_value_inputs_waits_for_real_values():
     np.testing.assert_array_equal(y, np.maximum(x.reshape(9, 2), 0))
 
 
-def test_a_bundle_stores_the_weights_its_specializations_share_once(tmp_path):
+def test_a_bundle_stores_the_weights_its_specializations_share_once_on_disk_and_in_memory(tmp_path):
     import zipfile
 
     w = np.random.default_rng(4).standard_normal((64, 32)).astype(np.float32)
@@ -359,6 +359,8 @@ def test_a_bundle_stores_the_weights_its_specializations_share_once(tmp_path):
     for rows in (1, 16, 48):
         x = np.random.default_rng(rows).standard_normal((rows, 64)).astype(np.float32)
         np.testing.assert_allclose(b.run({"x": x})[0], x @ w, rtol=1e-4, atol=1e-4)
+    weights = [{id(a) for a in m._shared if a is not None and a.size == w.size} for m in b.models]
+    assert len(b.models) == 3 and weights[0] and weights[0] == weights[1] == weights[2]  # one array for all
 
 
 def test_the_disk_cache_keeps_within_its_bound(tmp_path, monkeypatch):
