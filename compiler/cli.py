@@ -392,20 +392,20 @@ def cmd_demo(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from tensorforge.compiler import specialize
+    from tensorforge.compiler import disk_cache
 
-    root = specialize.cache_dir()
+    root = disk_cache.cache_dir()
     if root is None:
-        print(f"no on-disk cache ({specialize.CACHE_ENV}={os.environ.get(specialize.CACHE_ENV)!r})")
+        print(f"no on-disk cache ({disk_cache.CACHE_ENV}={os.environ.get(disk_cache.CACHE_ENV)!r})")
         return 0
     if args.clear:
-        deleted = specialize.trim_cache(limit=0)
+        deleted = disk_cache.trim_cache(limit=0)
         print(f"deleted {deleted} cached specialization(s) from {root}")
         return 0
-    files = specialize.cached_files()
+    files = disk_cache.cached_files()
     total = sum(size for _, size, _ in files)
     print(f"{root}: {len(files)} compiled specialization(s), {total / 2**20:.1f} MB of at most "
-          f"{specialize.cache_limit_bytes() / 2**20:.0f} MB ({specialize.CACHE_MAX_ENV})")
+          f"{disk_cache.cache_limit_bytes() / 2**20:.0f} MB ({disk_cache.CACHE_MAX_ENV})")
     return 0
 
 

@@ -143,7 +143,7 @@ def compile_decoder(model, max_length: int, *, batch: int = 1, prefill: int = 32
     `runtime.bundle.BundleModel` (save it; `tensorforge.load` reads it) for `runtime.generate.generate` (`tensorforge
     generate`). `options` or keyword options as `CompileOptions` takes (precision, opt_level, ...); CPU only."""
     from tensorforge.runtime import bundle
-    from tensorforge.runtime.model import SharedBuffers
+    from tensorforge.runtime.plan import SharedBuffers
 
     if options is not None and option_kwargs:
         raise CompileError(f"compile_decoder: give options= or {', '.join(option_kwargs)}=, not both")

@@ -35,78 +35,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from tensorforge.compiler.disk_cache import cache_dir, trim_cache
 from tensorforge.runtime.bundle import flat_feeds, regroup
 from tensorforge.runtime.errors import ArtifactError, CompileError, FrontendError, InputError
 
 log = logging.getLogger("tensorforge")
 
 MAX_SPECIALIZATIONS = 64  # compiled models kept per SpecializingModel (least recently used dropped first)
-CACHE_ENV = "TENSORFORGE_CACHE_DIR"
-CACHE_MAX_ENV = "TENSORFORGE_CACHE_MAX_MB"  # the on-disk cache's bound; the least recently used files go first
-CACHE_MAX_MB = 4096
-
-
-def cache_dir() -> str | None:
-    """Where compiled specializations are kept across processes: $TENSORFORGE_CACHE_DIR, else
-    $XDG_CACHE_HOME/tensorforge or ~/.cache/tensorforge; None when TENSORFORGE_CACHE_DIR is "off" or empty."""
-    given = os.environ.get(CACHE_ENV)
-    if given is not None:
-        return None if given.strip().lower() in ("", "off", "0", "none") else given
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tensorforge")
-
-
-def cache_limit_bytes() -> int:
-    given = os.environ.get(CACHE_MAX_ENV)
-    try:
-        return int(float(given) * 2**20) if given else CACHE_MAX_MB * 2**20
-    except ValueError:
-        raise InputError(f"{CACHE_MAX_ENV}={given!r}: give a size in MB") from None
-
-
-def cached_files() -> list[tuple[str, int, float]]:
-    """The on-disk cache's specializations: (path, bytes, last use), least recently used first."""
-    root = cache_dir()
-    if root is None:
-        return []
-    found = []
-    for base, _, files in os.walk(os.path.join(root, "specializations")):
-        for name in files:
-            if name.endswith(".tfa"):
-                path = os.path.join(base, name)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                found.append((path, st.st_size, st.st_mtime))
-    return sorted(found, key=lambda f: f[2])
-
-
-def trim_cache(keep: str | None = None, limit: int | None = None) -> int:
-    """Delete the least recently used specializations until the cache holds at most `limit` bytes (default
-    `cache_limit_bytes()`), never `keep`; returns how many were deleted."""
-    limit = cache_limit_bytes() if limit is None else limit
-    files = cached_files()
-    total = sum(size for _, size, _ in files)
-    deleted = 0
-    for path, size, _ in files:
-        if total <= limit:
-            break
-        if path == keep:
-            continue
-        try:
-            os.unlink(path)
-        except OSError:
-            continue
-        total -= size
-        deleted += 1
-        try:
-            os.rmdir(os.path.dirname(path))  # the model's directory, once empty
-        except OSError:
-            pass
-    return deleted
-
-
 def declared_inputs(proto) -> dict[str, tuple[list, np.dtype]]:
     """The ONNX graph's tensor inputs with a declared shape: {name: (dims, None where symbolic; numpy dtype)}."""
     return {name: (_dims(vi), np.dtype(_onnx_numpy_dtype(vi))) for name, vi in _graph_inputs(proto).items()
@@ -288,22 +223,51 @@ class SpecializingModel:
         if hit is not None:
             return hit
         with self._compiling:  # one compile at a time; runs of the specializations already built go on meanwhile
-            with self._lock:
-                key = self._key(feeds)  # with the value inputs another thread's compile learned
-                hit = self._cached(key)
-            if hit is not None:
-                return hit
+            return self._build(feeds)
+
+    def _build(self, feeds: Mapping):
+        """The specialization for `feeds`: cached, a loop over a smaller batch's (compiler/batch_loop.py), loaded
+        from the disk cache, or compiled. Under self._compiling."""
+        with self._lock:
+            key = self._key(feeds)  # with the value inputs another thread's compile learned
+            hit = self._cached(key)
+        if hit is not None:
+            return hit
+        meta = self._describe(feeds)
+        compiled, loop = self._loop_for(feeds)
+        if compiled is not None:
+            meta["loop"] = loop
+        else:
             compiled = self._load(key)
             if compiled is None:
                 compiled = self._compile_for(feeds)
                 key = self._key(feeds)  # with every value input learned while compiling
                 self._store(key, compiled)
-            with self._lock:
-                self._cache[key] = compiled
-                self._meta[key] = self._describe(feeds)
-                while len(self._cache) > MAX_SPECIALIZATIONS:
-                    self._meta.pop(self._cache.popitem(last=False)[0], None)
-            return compiled
+        with self._lock:
+            self._cache[key] = compiled
+            self._meta[key] = meta
+            while len(self._cache) > MAX_SPECIALIZATIONS:
+                self._meta.pop(self._cache.popitem(last=False)[0], None)
+        return compiled
+
+    def _loop_for(self, feeds: Mapping):
+        """(a LoopedModel running these feeds as slices of the batch at the dynamic axis 0's lower bound, its
+        bundle entry) where compiler/batch_loop.py proves it the same and worth it; else (None, None)."""
+        from tensorforge.compiler.batch_loop import slicing
+        from tensorforge.runtime.bundle import LoopedModel
+
+        if self._values or self._sequences:
+            return None, None
+        plan = slicing(self._proto, self._shapes, self._symbolic, self.dynamic, feeds)
+        if plan is None:
+            return None, None
+        small, batch, times = plan
+        base = self._build(small)
+        if not hasattr(base, "plan"):  # a CUDA model: no looping
+            return None, None
+        with self._lock:
+            base_key = self._key(small)
+        return LoopedModel(base, batch, times), {"of_key": base_key, "inputs": batch, "times": times}
 
     def _describe(self, feeds: Mapping) -> dict:
         """What a specialization is for, as a bundle records it: the compiled-in values, the other inputs' shapes."""
@@ -329,7 +293,13 @@ class SpecializingModel:
         from tensorforge.runtime import bundle
 
         with self._lock:
-            entries = [(self._meta[k], m) for k, m in self._cache.items() if k in self._meta]
+            entries = [(k, self._meta[k], m) for k, m in self._cache.items() if k in self._meta]
+        compiled = [(k, m, model) for k, m, model in entries if "loop" not in m]
+        index = {k: i for i, (k, _, _) in enumerate(compiled)}
+        loops = [{**m, "loop": {"of": index[m["loop"]["of_key"]], "inputs": m["loop"]["inputs"],
+                                "times": m["loop"]["times"]}}
+                 for _, m, _ in entries if "loop" in m and m["loop"]["of_key"] in index]
+        entries = [(m, model) for _, m, model in compiled]
         if not entries:
             inputs = self.value_inputs + self.sequence_inputs + sorted(self.dynamic)
             raise CompileError(f"nothing to save yet: this model is compiled per value or shape of its input(s) "
@@ -337,7 +307,7 @@ class SpecializingModel:
                                f"run it), then save them as one bundle (or make those inputs initializers)")
         meta = {"format": bundle.FORMAT, "version": bundle.VERSION, "inputs": self.input_names,
                 "outputs": self.output_names, "value_inputs": self.value_inputs,
-                "sequence_inputs": self.sequence_inputs, "specializations": [m for m, _ in entries]}
+                "sequence_inputs": self.sequence_inputs, "specializations": [m for m, _ in entries] + loops}
         if not all(hasattr(model, "parts") for _, model in entries):
             raise CompileError("bundles hold CPU specializations; save a CUDA one with model.specialize(feeds).save()")
         bundle.write_bundle(os.fspath(path), meta, [model.parts() for _, model in entries])

@@ -6,7 +6,8 @@ which `runtime.load` reads without the compiler:
 
     bundle.json         {"format": "tensorforge-bundle", "version", "inputs", "outputs", "value_inputs",
                          "sequence_inputs", "specializations": [{"plan": "s<i>/plan.json", "kernels":
-                         "s<i>/kernels.so", "values": {input: {"dtype", "shape", "data"}}, "shapes": {input: shape}}]}
+                         "s<i>/kernels.so", "values": {input: {"dtype", "shape", "data"}}, "shapes": {input: shape}}
+                         or {"loop": {"of": j, "inputs": [input...]}, "shapes": ...}]}
     s<i>/plan.json      specialization i's plan (runtime/model.py), its parameters' files named by content
     s<i>/kernels.so     its kernels
     params/<sha>.npy    every parameter, once: the specializations of a model share their weights
@@ -15,6 +16,8 @@ which `runtime.load` reads without the compiler:
 Reading checks the manifest and every plan (runtime/plan_check.py) before anything runs, as for an artifact. A run
 takes the specialization whose compiled-in values equal the fed ones and whose input shapes are the fed shapes;
 there is none for other feeds (an `InputError` lists what the bundle holds). Bundles hold CPU specializations.
+A "loop" entry (version 2) is a batch the compiler proved specialization j runs in slices along axis 0 of its
+`inputs` (compiler/batch_loop.py): `LoopedModel`, no plan of its own.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from . import artifact
 from .errors import ArtifactError, InputError
 
 FORMAT = "tensorforge-bundle"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # version 1: no loop entries
 META = "bundle.json"
 
 
@@ -67,7 +71,8 @@ def write_bundle(path: str, meta: dict, parts: list[tuple[dict, str, list]]) -> 
                     digests[member] = (hashlib.sha256(data).hexdigest(), len(data))
 
             specs = []
-            for i, ((plan, kernels, params), spec) in enumerate(zip(parts, meta["specializations"])):
+            compiled = [spec for spec in meta["specializations"] if "loop" not in spec]
+            for i, ((plan, kernels, params), spec) in enumerate(zip(parts, compiled)):
                 if plan.get("device"):
                     raise ArtifactError(f"cannot write bundle {path}: it holds CPU specializations, and this one is "
                                         f"for {plan['device'].get('kind')!r}")
@@ -82,7 +87,8 @@ def write_bundle(path: str, meta: dict, parts: list[tuple[dict, str, list]]) -> 
                 z.write(kernels, spec["kernels"])
                 digests[spec["kernels"]] = artifact._file_digest(kernels)
                 specs.append(spec)
-            put(META, json.dumps({**meta, "specializations": specs}, indent=1).encode())
+            loops = [spec for spec in meta["specializations"] if "loop" in spec]
+            put(META, json.dumps({**meta, "version": VERSION, "specializations": specs + loops}, indent=1).encode())
             z.writestr(artifact.MANIFEST, artifact.manifest_json(digests))
 
     artifact.atomic_write(os.fspath(path), write)
@@ -92,7 +98,7 @@ def read_bundle(path: str, make_model) -> "BundleModel":
     """Read and check the bundle at `path`; `make_model(plan, kernels path, params, owned dir, shared)` builds each
     specialization's CompiledModel, the specializations holding each distinct parameter once in memory and their
     persistent state (a decoder's cache) in common (`shared`, a runtime.model.SharedBuffers)."""
-    from .model import SharedBuffers
+    from .plan import SharedBuffers
 
     shared = SharedBuffers(params_by_file=True)
     path = os.fspath(path)
@@ -108,11 +114,11 @@ def read_bundle(path: str, make_model) -> "BundleModel":
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}")
             specs = list(meta["specializations"])
-            members = [(s["plan"], s["kernels"]) for s in specs]
+            members = [(s["plan"], s["kernels"]) for s in specs if "loop" not in s]
         except (ValueError, KeyError, TypeError) as e:
             raise ArtifactError(f"bundle {path!r} is damaged: {META} cannot be read ({type(e).__name__}: {e})") \
                 from None
-        if meta.get("version") != VERSION:
+        if meta.get("version") not in READS:
             raise ArtifactError(f"bundle {path!r} has format version {meta.get('version')}; this runtime reads "
                                 f"version {VERSION}: save it again")
         models = []
@@ -140,18 +146,66 @@ def read_bundle(path: str, make_model) -> "BundleModel":
         raise
 
 
+class LoopedModel:
+    """A batch run as slices of a model compiled for fewer samples (compiler/batch_loop.py proved it the same):
+    the `inputs` cut along axis 0 into `times` slices, each run by `model`, the outputs joined along axis 0."""
+
+    def __init__(self, model, inputs, times: int):
+        self.model, self.inputs, self.times = model, list(inputs), int(times)
+        self.input_names, self.output_names = model.input_names, model.output_names
+
+    def _slices(self, feeds: Mapping):
+        for i in range(self.times):
+            yield {n: (np.array_split(np.asarray(v), self.times)[i] if n in self.inputs else v)
+                   for n, v in feeds.items()}
+
+    def run(self, feeds: Mapping) -> list:
+        outs = [self.model.run(f) for f in self._slices(feeds)]
+        return [np.concatenate(parts) for parts in zip(*outs)]
+
+    __call__ = run
+
+    def benchmark(self, feeds: Mapping, repeat: int = 20, warmup: int = 3) -> list[float]:
+        import time
+
+        for _ in range(warmup):
+            self.run(feeds)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            self.run(feeds)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def profile(self, feeds: Mapping, repeat: int = 10) -> list[dict]:
+        """The slice model's profile on one slice, each kernel's time multiplied by the number of slices."""
+        rows = self.model.profile(next(self._slices(feeds)), repeat)
+        return [{**r, "ms": r["ms"] * self.times} for r in rows]
+
+
 class BundleModel:
     """The specializations of a bundle, each a CompiledModel, chosen per run by the feeds (see the module
     docstring). Thread-safe as CompiledModel is."""
 
     def __init__(self, meta: dict, models: list):
         self.meta = meta
+        self._compiled = list(models)
         self.input_names = list(meta["inputs"])
         self.output_names = list(meta["outputs"])
         self.value_inputs = list(meta.get("value_inputs", []))
         self.sequence_inputs = list(meta.get("sequence_inputs", []))
         self._specs = []
-        for spec, model in zip(meta["specializations"], models):
+        compiled = iter(models)
+        specs = meta["specializations"]
+        for spec in specs:
+            if "loop" in spec:
+                loop = spec["loop"]
+                try:  # "of": the index of a compiled specialization among them
+                    model = LoopedModel(models[loop["of"]], loop["inputs"], loop["times"])
+                except (KeyError, IndexError, TypeError) as e:
+                    raise ArtifactError(f"bundle: a loop entry is damaged ({type(e).__name__}: {e})") from None
+            else:
+                model = next(compiled)
             values = {n: np.asarray(v["data"], dtype=v["dtype"]).reshape(v["shape"])
                       for n, v in spec.get("values", {}).items()}
             shapes = dict(spec.get("shapes", {}))
@@ -182,8 +236,8 @@ class BundleModel:
 
     @property
     def models(self) -> list:
-        """The specializations' CompiledModels, in the bundle's order."""
-        return [model for _, _, model in self._specs]
+        """The compiled specializations' CompiledModels, in the bundle's order (not the loop entries)."""
+        return list(self._compiled)
 
     def run(self, feeds: Mapping) -> list:
         model = self._choose(feeds)

@@ -21,7 +21,6 @@ CUDA runtime.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -34,7 +33,8 @@ import numpy as np
 from . import artifact, cpu_pool
 from .cpu_features import AMX_FLAGS, cpu_features, request_amx  # noqa: F401 (cpu_features: public here too)
 from .errors import ArtifactError, InputError
-from .plan import ALIGNMENT, Executor, HostMemory, Plan, aligned_empty, resolve_views  # noqa: F401 (re-exported)
+from .plan import (ALIGNMENT, Executor, HostMemory, Plan, SharedBuffers, aligned_empty,  # noqa: F401 (re-exported)
+                   resolve_views)
 from .tvm_loader import STORAGE_DTYPES, default_num_threads, init_runtime, load_kernels, numpy_dtype
 
 
@@ -58,24 +58,6 @@ def _as_storage_type(data: np.ndarray, dst: np.ndarray) -> np.ndarray:
 # Kernels with less work than this (multiply-adds or elements, the plan's per-step "work") run on the calling
 # thread alone: handing a loop out to the pool costs a few microseconds, more than such a kernel takes on one core.
 SERIAL_WORK = 100_000
-
-
-class SharedBuffers:
-    """Memory several CompiledModels of one model hold once (the specializations of a bundle, a decoder's step and
-    prompt plans): parameters by content, persistent state by name. `params_by_file`: the plans name each parameter
-    file by its content (a bundle's params/<sha>.npy), so the name is the key; otherwise each parameter's bytes are
-    hashed."""
-
-    def __init__(self, params_by_file: bool = False):
-        self.params_by_file = params_by_file
-        self.params: dict = {}
-        self.state: dict[str, np.ndarray] = {}
-
-    def param_key(self, entry, data) -> tuple:
-        if self.params_by_file:
-            return ("file", entry.file)
-        data = np.ascontiguousarray(data() if callable(data) else data)
-        return (data.dtype.str, data.shape, hashlib.sha1(data.view(np.uint8).reshape(-1)).hexdigest())
 
 
 class CompiledModel:

@@ -12,6 +12,7 @@ the layout logic exists once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -285,3 +286,21 @@ class Executor:
                 set_serial(False)
             if self.count_run is not None:
                 self.count_run(-1)
+
+
+class SharedBuffers:
+    """Memory several CompiledModels of one model hold once (the specializations of a bundle, a decoder's step and
+    prompt plans): parameters by content, persistent state by name. `params_by_file`: the plans name each parameter
+    file by its content (a bundle's params/<sha>.npy), so the name is the key; otherwise each parameter's bytes are
+    hashed."""
+
+    def __init__(self, params_by_file: bool = False):
+        self.params_by_file = params_by_file
+        self.params: dict = {}
+        self.state: dict[str, np.ndarray] = {}
+
+    def param_key(self, entry, data) -> tuple:
+        if self.params_by_file:
+            return ("file", entry.file)
+        data = np.ascontiguousarray(data() if callable(data) else data)
+        return (data.dtype.str, data.shape, hashlib.sha1(data.view(np.uint8).reshape(-1)).hexdigest())

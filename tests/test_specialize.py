@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from tensorforge import compile_model, runtime
-from tensorforge.compiler import specialize
+from tensorforge.compiler import disk_cache, specialize
 from tensorforge.compiler.specialize import SpecializingModel
 from tensorforge.runtime.errors import CompileError, FrontendError, InputError
 
@@ -263,7 +263,7 @@ def test_a_dynamic_model_the_compiler_refuses_is_refused_at_once():
 
 
 def test_specializations_are_kept_on_disk_for_the_next_process(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv(specialize.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(tmp_path))
     feeds = {"x": np.random.default_rng(2).standard_normal((2, 6)).astype(np.float32),
              "shape": np.array([3, 4], np.int64)}
     (want,) = compile_model(reshape_model()).run(feeds)
@@ -288,11 +288,11 @@ def test_specializations_are_kept_on_disk_for_the_next_process(tmp_path, monkeyp
 
 
 def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(specialize.CACHE_ENV, "off")
-    assert specialize.cache_dir() is None
-    monkeypatch.delenv(specialize.CACHE_ENV)
+    monkeypatch.setenv(disk_cache.CACHE_ENV, "off")
+    assert disk_cache.cache_dir() is None
+    monkeypatch.delenv(disk_cache.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert specialize.cache_dir() == str(tmp_path / "tensorforge")
+    assert disk_cache.cache_dir() == str(tmp_path / "tensorforge")
 
 
 def test_runs_of_built_specializations_do_not_wait_for_a_compile():
@@ -364,21 +364,21 @@ def test_a_bundle_stores_the_weights_its_specializations_share_once_on_disk_and_
 
 
 def test_the_disk_cache_keeps_within_its_bound(tmp_path, monkeypatch):
-    monkeypatch.setenv(specialize.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(tmp_path))
     m = compile_model(reshape_model())
     x = np.ones((2, 6), np.float32)
     for shape in ([3, 4], [4, 3]):
         m.run({"x": x, "shape": np.array(shape, np.int64)})
-    files = specialize.cached_files()
+    files = disk_cache.cached_files()
     assert len(files) == 2
     one = files[-1][1]
-    monkeypatch.setenv(specialize.CACHE_MAX_ENV, str(one * 1.5 / 2**20))  # room for one file
+    monkeypatch.setenv(disk_cache.CACHE_MAX_ENV, str(one * 1.5 / 2**20))  # room for one file
     m.run({"x": x, "shape": np.array([6, 2], np.int64)})
-    left = specialize.cached_files()
+    left = disk_cache.cached_files()
     assert len(left) == 1 and left[0][0] != files[0][0] and left[0][0] != files[1][0]  # the newest kept
-    monkeypatch.setenv(specialize.CACHE_MAX_ENV, "lots")
+    monkeypatch.setenv(disk_cache.CACHE_MAX_ENV, "lots")
     with pytest.raises(InputError, match="TENSORFORGE_CACHE_MAX_MB='lots': give a size in MB"):
-        specialize.cache_limit_bytes()
+        disk_cache.cache_limit_bytes()
 
 
 def test_a_pytorch_module_with_dynamic_dimensions():

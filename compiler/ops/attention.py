@@ -15,7 +15,7 @@ from tvm import te, tirx
 from tensorforge.compiler.ir.types import FLOAT_DTYPES, TensorType
 
 from . import vecmath
-from .registry import Attr, FusionKind, defop, fail
+from .registry import Attr, FusionKind, broadcast_per_sample, defop, fail
 
 # the stages of the lowering, by block name: the CPU schedule finds them by these names
 KT, QK, MAX, EXP, SUM, PV, OUT = ("attention_kt", "attention_qk", "attention_max", "attention_exp", "attention_sum",
@@ -157,5 +157,6 @@ def _attention_grad(e, n, dy):
 attention = defop("attention", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_attention_infer, arity=(3, 4),
                   attrs={"scale": Attr("float"), "causal": Attr("bool", False)},
                   reference=_attention_ref, lower=_attention_lower, grad=_attention_grad, prologue=True,
+                  per_sample=broadcast_per_sample,  # per (batch, head): q, k, v (and a mask) of the output's rank
                   doc="softmax(scale * q @ k^T + mask [causal]) @ v over the last two axes. Its kernel may read "
                       "q, k and v through transposes and reshapes (the heads split out of a projection).")

@@ -15,7 +15,8 @@ from tensorforge.runtime.errors import AutodiffError
 
 from tensorforge.compiler.ir.types import TensorType
 
-from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
+from .registry import (NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, broadcast_per_sample, defop, fail,
+                       first_input_per_sample, ops)
 
 MATMUL = "matmul"  # the block of matmul's compute, which the CPU's matmul schedule rule dispatches on
 
@@ -156,7 +157,7 @@ def _conv2d_input_grad(e, x, w, dy, conv):
 
 conv2d = defop("conv2d", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_conv2d_infer, attrs=CONV_ATTRS, arity=(2, 3),
                reference=_conv2d_ref, lower=_conv2d_lower, grad=_conv2d_grad, flops=conv2d_flops,
-               half_operands=(0, 1),
+               half_operands=(0, 1), per_sample=first_input_per_sample,
                doc="2-D convolution, NCHW input, OIHW weight, optional bias (O,).")
 
 
@@ -238,7 +239,7 @@ def _dense_grad(e, n, dy):
 
 dense = defop("dense", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_dense_infer, arity=(2, 3), reference=_dense_ref,
               lower=lambda x, w, b=None: topi.nn.dense(x, w, b), grad=_dense_grad, flops=gemm_flops,
-              half_operands=(0, 1),
+              half_operands=(0, 1), per_sample=first_input_per_sample,
               doc="y = x @ w.T + b, with x (M, K), w (N, K) as stored by Linear and Gemm(transB=1).")
 
 
@@ -295,9 +296,15 @@ def _matmul_grad(e, n, dy):
     return [e.sum_to(da, a.type.shape), e.sum_to(db, b.type.shape)]
 
 
+def _matmul_per_sample(n, carries) -> bool:
+    """A batched matmul per leading index: every carrying operand has the output's rank (a 2-D one, rows)."""
+    rank = n.outputs[0].type.rank
+    return broadcast_per_sample(n, carries) if rank > 2 else bool(carries[0]) and not carries[1]
+
+
 matmul = defop("matmul", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_matmul_infer, arity=(2, 2),
                reference=lambda a, b: np.matmul(a, b), lower=_matmul_lower, prologue=True, grad=_matmul_grad,
-               flops=gemm_flops, half_operands=(0, 1),
+               flops=gemm_flops, half_operands=(0, 1), per_sample=_matmul_per_sample,
                doc="numpy.matmul semantics. Its kernel may read its operands through transposes and reshapes.")
 
 
@@ -376,10 +383,12 @@ def _avg_pool_grad(e, n, dy):
 
 
 max_pool2d = defop("max_pool2d", FusionKind.REDUCTION, infer=_pool_infer(2), attrs=POOL_ATTRS,
-                   reference=_max_pool_ref, lower=_pool_lower("max"), grad=_max_pool_grad)
+                   reference=_max_pool_ref, lower=_pool_lower("max"), grad=_max_pool_grad,
+                   per_sample=first_input_per_sample)
 avg_pool2d = defop("avg_pool2d", FusionKind.REDUCTION, infer=_pool_infer(2),
                    attrs={**POOL_ATTRS, "count_include_pad": Attr("bool", False)},
-                   reference=_avg_pool_ref, lower=_pool_lower("avg"), grad=_avg_pool_grad)
+                   reference=_avg_pool_ref, lower=_pool_lower("avg"), grad=_avg_pool_grad,
+                   per_sample=first_input_per_sample)
 max_pool3d = defop("max_pool3d", FusionKind.REDUCTION, infer=_pool_infer(3), attrs=POOL3D_ATTRS,
                    reference=_max_pool_ref, lower=_pool_lower("max"), grad=NO_RULE_YET, doc="max_pool2d over NCDHW.")
 avg_pool3d = defop("avg_pool3d", FusionKind.REDUCTION, infer=_pool_infer(3),
@@ -493,4 +502,4 @@ def _gap_grad(e, n, dy):
 global_avg_pool = defop("global_avg_pool", FusionKind.REDUCTION, infer=_gap_infer,
                         reference=lambda x: x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float64
                                                    ).astype(x.dtype),
-                        lower=_gap_lower, grad=_gap_grad)
+                        lower=_gap_lower, grad=_gap_grad, per_sample=first_input_per_sample)

@@ -7,7 +7,7 @@ from tvm import te, tirx, topi
 
 
 from . import vecmath
-from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail, ops
+from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail, ops, per_sample_unless_axis
 
 
 def _bn_infer(types, *, epsilon):
@@ -118,7 +118,8 @@ def _softmax_lower(x, *, axis, fast_exp=False):
 
 softmax = defop("softmax", FusionKind.REDUCTION, infer=_softmax_infer,
                 attrs={"axis": Attr("int"), "fast_exp": Attr("bool", False)},
-                reference=_softmax_ref, lower=_softmax_lower, grad=_softmax_grad)
+                reference=_softmax_ref, lower=_softmax_lower, grad=_softmax_grad,
+                per_sample=per_sample_unless_axis("axis"))
 
 
 def _layer_norm_infer(types, *, axis, epsilon):
@@ -185,7 +186,7 @@ def _layer_norm_grad(e, n, dy):
 layer_norm = defop("layer_norm", FusionKind.REDUCTION, infer=_layer_norm_infer,
                    attrs={"axis": Attr("int"), "epsilon": Attr("float", 1e-5)}, arity=(2, 3),
                    reference=_layer_norm_ref, lower=_layer_norm_lower, grad=_layer_norm_grad,
-                   doc="(x - mean) / sqrt(var + epsilon) * scale + bias over axes axis..rank-1 (biased variance).")
+                   per_sample=per_sample_unless_axis("axis"), doc="(x - mean) / sqrt(var + epsilon) * scale + bias over axes axis..rank-1 (biased variance).")
 
 
 def _log_softmax_ref(x, *, axis):
@@ -201,4 +202,4 @@ def _log_softmax_grad(e, n, dy):
 
 log_softmax = defop("log_softmax", FusionKind.REDUCTION, infer=_softmax_infer, attrs={"axis": Attr("int")},
                     reference=_log_softmax_ref, lower=lambda x, *, axis: topi.nn.log_softmax(x, axis),
-                    grad=_log_softmax_grad)
+                    grad=_log_softmax_grad, per_sample=per_sample_unless_axis("axis"))

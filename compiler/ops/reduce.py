@@ -9,7 +9,7 @@ from tvm import te, tirx, topi
 from tensorforge.compiler.ir.types import TensorType
 from tensorforge.compiler.ops.elementwise import nan_test
 
-from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
+from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops, per_sample_unless_axis
 
 REDUCE_ATTRS = {"axes": Attr("ints"), "keepdims": Attr("bool", True)}  # axes: sorted, non-negative
 
@@ -46,10 +46,12 @@ def _unreduce(e, n, dy):
     return e.broadcast(dy, x.type.shape)
 
 
-reduce_sum = defop("reduce_sum", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS, reference=_sum_ref,
+reduce_sum = defop("reduce_sum", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
+                   per_sample=per_sample_unless_axis("axes"), reference=_sum_ref,
                    lower=lambda x, *, axes, keepdims: topi.sum(x, axis=list(axes), keepdims=keepdims),
                    grad=lambda e, n, dy: [_unreduce(e, n, dy)])
 reduce_mean = defop("reduce_mean", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
+                    per_sample=per_sample_unless_axis("axes"),
                     reference=_mean_ref, lower=_mean_lower,
                     grad=lambda e, n, dy: [e.scale(_unreduce(e, n, dy), 1.0 / int(np.prod(
                         [n.inputs[0].type.shape[a] for a in n.attrs["axes"]])))])
@@ -98,10 +100,13 @@ def _extreme_lower(largest: bool):
 
 
 reduce_max = defop("reduce_max", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
+                   per_sample=per_sample_unless_axis("axes"),
                    reference=_extreme_ref(np.max), lower=_extreme_lower(True), grad=NO_RULE_YET)
 reduce_min = defop("reduce_min", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
+                   per_sample=per_sample_unless_axis("axes"),
                    reference=_extreme_ref(np.min), lower=_extreme_lower(False), grad=NO_RULE_YET)
 reduce_prod = defop("reduce_prod", FusionKind.REDUCTION, infer=_reduce_infer, attrs=REDUCE_ATTRS,
+                    per_sample=per_sample_unless_axis("axes"),
                     reference=_extreme_ref(np.prod),
                     lower=lambda x, *, axes, keepdims: topi.prod(x, axis=list(axes), keepdims=keepdims),
                     grad=NO_RULE_YET)

@@ -21,7 +21,14 @@ and the facts the passes and analyses read from the op instead of keeping tables
     itself (the bf16 products of passes/cpu/amx.py); `bf16_activations` may hand it a bfloat16 one where its type
     rule takes one with the node's attributes (the Winograd conv only in its bf16 form),
   * `widens_input`: an anchor whose kernel may read its input 0 through a widening cast (bfloat16 -> float32) fused
-    in as its prologue: `bf16_activations` may store that input as bfloat16 (`fuse` keeps the cast with it).
+    in as its prologue: `bf16_activations` may store that input as bfloat16 (`fuse` keeps the cast with it),
+  * `in_place`: an opaque op whose output is its input 0 with some elements rewritten, and whose kernel writes those
+    alone, into input 0's own buffer (ops/cache.py): the plan must give the output that buffer (a persistent state
+    updated in place), which backend/plan.py checks,
+  * `per_sample(node, carries)`: given which inputs carry a batch along axis 0 (`carries`, one bool per input),
+    whether the output carries it too, its sample i computed from the carrying inputs' samples i alone (the others
+    read whole): what lets a model compiled for a small batch run a larger one in slices (compiler/batch_loop.py).
+    None: not known, never sliced. Elementwise and broadcast ops default to `broadcast_per_sample`.
 `missing_facts(op)` lists what a declaration lacks; tests/ops/test_ops.py runs it over every op.
 """
 
@@ -126,7 +133,8 @@ class OpDef:
     bf16_weight: bool = False  # its packed weight (input 1) may be stored as bfloat16 (`bf16_weights`)
     bf16_input: bool = False  # its input 0 may be bfloat16: it rounds a float32 one to bfloat16 anyway
     widens_input: bool = False  # its kernel may read input 0 through a fused bfloat16 -> float32 cast
-    in_place: bool = False  # its kernel writes part of input 0's buffer, which must be its output's (see below)
+    in_place: bool = False  # its kernel writes part of input 0's buffer, which must be its output's (see above)
+    per_sample: Callable[..., bool] | None = None  # (node, carries) -> bool: output sample i from input samples i
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -175,10 +183,38 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 
+# -- per_sample facts (see the module docstring) ----------------------------------------------------------------------
+def broadcast_per_sample(n, carries) -> bool:
+    """Elementwise with numpy broadcasting: each carrying input has the output's rank (its axis 0 is the batch);
+    the others broadcast over the batch (a lower rank, or 1 along axis 0)."""
+    rank = n.outputs[0].type.rank
+    return all(v.type.rank == rank if c else (v.type.rank < rank or v.type.shape[0] == 1)
+               for v, c in zip(n.inputs, carries))
+
+
+def first_input_per_sample(n, carries) -> bool:
+    """Per sample of input 0 (a conv's, pool's or dense's data), the other inputs (weights) read whole."""
+    return bool(carries[0]) and not any(carries[1:])
+
+
+def per_sample_unless_axis(attr: str):
+    """Per sample of input 0 unless the op works along axis 0 (`attr`: an axis, or a tuple of them)."""
+    def rule(n, carries) -> bool:
+        axes = n.attrs[attr]
+        axes = axes if isinstance(axes, tuple) else (axes,)
+        rank = n.inputs[0].type.rank
+        return first_input_per_sample(n, carries) and bool(axes) and all(a % rank != 0 for a in axes)
+    return rule
+
+
+def never_per_sample(n, carries) -> bool:
+    return False
+
+
 def defop(name: str, kind: FusionKind, *, infer, reference, grad, lower=None, attrs=None,
           arity=(1, 1), is_view=False, movement=False, prologue=False, doc="", flops=per_element_flops,
           channel_axis_agnostic=None, half_operands=(), bf16_weight=False, bf16_input=False,
-          widens_input=False, in_place=False) -> OpDef:
+          widens_input=False, in_place=False, per_sample=None) -> OpDef:
     """Declare and register an op. Names are unique; the registry is the single source of truth. `grad` has no
     default: every op says whether it has a rule. `channel_axis_agnostic` defaults to the op's class (elementwise
     and broadcast ops are)."""
@@ -186,10 +222,13 @@ def defop(name: str, kind: FusionKind, *, infer, reference, grad, lower=None, at
         raise ValueError(f"op {name} declared twice")
     if channel_axis_agnostic is None:
         channel_axis_agnostic = kind in (FusionKind.ELEMWISE, FusionKind.BROADCAST)
+    if per_sample is None and kind in (FusionKind.ELEMWISE, FusionKind.BROADCAST):
+        per_sample = broadcast_per_sample
     op = OpDef(name, kind, infer, reference, lower=lower, grad=grad, attrs=dict(attrs or {}), arity=arity,
                is_view=is_view, movement=movement or is_view, prologue=prologue, doc=doc, flops=flops,
                channel_axis_agnostic=channel_axis_agnostic, half_operands=tuple(half_operands),
-               bf16_weight=bf16_weight, bf16_input=bf16_input, widens_input=widens_input, in_place=in_place)
+               bf16_weight=bf16_weight, bf16_input=bf16_input, widens_input=widens_input, in_place=in_place,
+               per_sample=per_sample)
     missing = missing_facts(op)
     if missing:
         raise ValueError(f"op {name}: incomplete declaration: {'; '.join(missing)}")
@@ -222,6 +261,8 @@ def missing_facts(op: OpDef) -> list[str]:
         out.append(f"bf16_input is {op.bf16_input!r}, not a bool")
     if not isinstance(op.widens_input, bool) or (op.widens_input and op.kind != FusionKind.OUT_ELEMWISE_FUSABLE):
         out.append(f"widens_input is {op.widens_input!r}: a bool, and true only for a conv/dense-like anchor")
+    if op.per_sample is not None and not callable(op.per_sample):
+        out.append(f"per_sample is {op.per_sample!r}: a function (node, carries) -> bool, or None")
     if not isinstance(op.in_place, bool) or (op.in_place and op.kind != FusionKind.OPAQUE):
         out.append(f"in_place is {op.in_place!r}: a bool, and true only for an opaque op (a kernel of its own)")
     return out

@@ -11,7 +11,7 @@ from tensorforge.runtime.errors import AutodiffError
 
 from tensorforge.compiler.ir.types import TensorType, kernel_dtype, numpy_dtype
 
-from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
+from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, first_input_per_sample, ops
 
 
 def _x(n):
@@ -29,6 +29,9 @@ def _reshape_infer(types, *, shape):
 reshape = defop("reshape", FusionKind.INJECTIVE, infer=_reshape_infer, attrs={"shape": Attr("ints")},
                 reference=lambda x, *, shape: x.reshape(shape),
                 lower=lambda x, *, shape: topi.reshape(x, shape), is_view=True,
+                # the flat order is kept: samples stay whole blocks when axis 0 stays a multiple of the batch, which
+                # compiler/batch_loop.py checks of every value
+                per_sample=first_input_per_sample,
                 grad=lambda e, n, dy: [e.op(ops.reshape, [dy], shape=_x(n).type.shape)])
 
 
@@ -64,6 +67,7 @@ def _transpose_infer(types, *, perm):
 transpose = defop("transpose", FusionKind.INJECTIVE, infer=_transpose_infer, attrs={"perm": Attr("ints")},
                   reference=lambda x, *, perm: np.asarray(np.transpose(x, perm), order="C"),
                   lower=lambda x, *, perm: topi.transpose(x, perm), movement=True,
+                  per_sample=lambda n, carries: first_input_per_sample(n, carries) and n.attrs["perm"][0] == 0,
                   grad=lambda e, n, dy: [e.op(ops.transpose, [dy], perm=tuple(np.argsort(n.attrs["perm"])))])
 
 
@@ -93,7 +97,8 @@ def _concat_grad(e, n, dy):
 
 concat = defop("concat", FusionKind.INJECTIVE, infer=_concat_infer, attrs={"axis": Attr("int")}, arity=(1, -1),
                reference=lambda *xs, axis: np.concatenate(xs, axis=axis),
-               lower=lambda *xs, axis: topi.concatenate(xs, axis), grad=_concat_grad)
+               lower=lambda *xs, axis: topi.concatenate(xs, axis), grad=_concat_grad,
+               per_sample=lambda n, carries: all(carries) and n.attrs["axis"] != 0)
 
 
 PAD_MODES = ("constant", "edge", "reflect", "wrap")  # ONNX's (numpy's) pad modes
@@ -168,7 +173,9 @@ def _pad_grad(e, n, dy):
 
 pad = defop("pad", FusionKind.INJECTIVE, infer=_pad_infer,
             attrs={"pads": Attr("ints"), "value": Attr("float", 0.0), "mode": Attr("str", "constant")},
-            reference=_pad_ref, lower=_pad_lower, grad=_pad_grad, movement=True)
+            reference=_pad_ref, lower=_pad_lower, grad=_pad_grad, movement=True,
+            per_sample=lambda n, carries: first_input_per_sample(n, carries) and n.attrs["pads"][0] == 0
+            and n.attrs["pads"][n.inputs[0].type.rank] == 0)
 
 
 # -- gathers and scatters: indices may arrive at run time, so every kernel checks them ----------------------------
@@ -231,9 +238,18 @@ def _take_grad(e, n, dy):
     return [e.op(ops.take_grad, [idx, dy], axis=n.attrs["axis"], input_shape=data.type.shape), None]
 
 
+def _take_per_sample(n, carries) -> bool:
+    """Rows of a table looked up by each sample's indices (axis 0), or each sample's data gathered along another
+    axis by shared indices."""
+    data, idx = carries
+    axis = n.attrs["axis"]
+    return (idx and not data and axis == 0) or (data and not idx and axis != 0)
+
+
 take = defop("take", FusionKind.INJECTIVE, infer=_take_infer, attrs={"axis": Attr("int", 0)}, arity=(2, 2),
              reference=_take_ref, lower=lambda d, i, *, axis: topi.take(
-                 d, _checked_indices(i, [d.shape[axis]], "take"), axis=axis, mode="fast"), grad=_take_grad)
+                 d, _checked_indices(i, [d.shape[axis]], "take"), axis=axis, mode="fast"), grad=_take_grad,
+             per_sample=_take_per_sample)
 
 
 def _slice_infer(types, *, begins, ends, strides):
@@ -262,6 +278,8 @@ def _strided_slice_grad(e, n, dy):
 strided_slice = defop("strided_slice", FusionKind.INJECTIVE, infer=_slice_infer,
                       attrs={"begins": Attr("ints"), "ends": Attr("ints"), "strides": Attr("ints")},
                       reference=_slice_ref, lower=_slice_lower, movement=True, grad=_strided_slice_grad,
+                      per_sample=lambda n, carries: first_input_per_sample(n, carries) and n.attrs["begins"][0] == 0
+                      and n.attrs["strides"][0] == 1 and n.attrs["ends"][0] >= n.inputs[0].type.shape[0],
                       doc="x[b0:e0:s0, b1:e1:s1, ...] with normalized bounds, one triple per axis.")
 
 

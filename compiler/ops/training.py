@@ -13,7 +13,7 @@ from tvm import te, tirx
 
 from tensorforge.compiler.ir.types import TensorType
 
-from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, ops
+from .registry import NOT_DIFFERENTIABLE, NO_RULE_YET, Attr, FusionKind, defop, fail, never_per_sample, ops
 
 
 def _same(types, **_):
@@ -80,7 +80,7 @@ dropout_train = defop("dropout_train", FusionKind.ELEMWISE, infer=_same, attrs={
                       grad=_dropout_train_grad,
                       channel_axis_agnostic=False,  # its uniform samples are drawn for the plain layout
                       doc="Training dropout: x / (1 - p) where the uniform sample u >= p, else 0. Linear in x, so "
-                          "its backward is itself applied to dy.")
+                          "its backward is itself applied to dy.", per_sample=never_per_sample)
 
 
 # -- losses -------------------------------------------------------------------------------------------------------------
