@@ -10,9 +10,13 @@ The design, a static cache (as Hugging Face's StaticCache and torch.compile's de
     past's own buffer at the step's position: per token one entry per layer moves, never the whole cache;
   * the past inputs become persistent state (backend/plan.py), zero in a fresh model, and the presents leave the
     outputs; a new input `cache_position` (int64, shape (1,)) says where the token goes;
-  * `attention_mask` (batch, max_length) marks the slots written so far: the model's own masking hides the rest,
-    which is why one artifact serves every past length from 0 to max_length - 1. `position_ids` carry the positions.
-runtime/generate.py drives it (`generate`), reading the roles from the plan's "decoder" entry.
+  * attention over the cache reads only the slots written so far, each query row up to its own position
+    (`cached_attention`, passes/cached_attention.py): the original model's keys exactly, which is why one artifact
+    serves every past length from 0 to max_length - 1 (and why the decoder must be causal); `attention_mask`
+    (batch, max_length) marks the written slots too, for any attention that pass does not take (one-token steps
+    only: a prompt plan refuses such a model), and `position_ids` carry the positions;
+  * a second plan takes `prefill` prompt tokens a call, sharing the weights and the cache (runtime SharedBuffers);
+    the two are one bundle (runtime/bundle.py) whose "decoder" entry names the roles for runtime/generate.py.
 """
 
 from __future__ import annotations
