@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--model", default="gpt2_small")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="leave out TensorForge with bfloat16 weights (precision='bf16')")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args(argv)
     threads = int(os.environ["TVM_NUM_THREADS"])
@@ -112,32 +114,34 @@ def main(argv=None) -> int:
         compiled.save(path)
         artifact_mb = os.path.getsize(path) / 2**20
         model = load(path, num_threads=threads)
+    del compiled
+    model_bf16 = compile_decoder(onnx_model, args.max_length, precision="bf16") if args.bf16 else None
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     sess = ort.InferenceSession(onnx_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     reference = greedy_reference(module, prompt, args.new_tokens)
     print(f"compiled in {compile_s:.1f} s; artifact {artifact_mb:.0f} MB", flush=True)
 
-    engines = ["tensorforge", "onnxruntime", "pytorch"]
+    engines = ["tensorforge", "onnxruntime", "pytorch"] + (["tensorforge bf16"] if model_bf16 is not None else [])
     per_round = {e: [] for e in engines}
     first = {e: [] for e in engines}
-    prompt_tf = []
+    prompt_tf: dict[str, list] = {}
     same = {}
     for r in range(args.rounds):
         for e in engines if r % 2 == 0 else engines[::-1]:
             times: list[float] = []
-            if e == "tensorforge":
-                tokens, prefill = run_tf(model, prompt, args.new_tokens, times)
-                prompt_tf.append(prefill)
+            if e.startswith("tensorforge"):
+                tokens, prefill = run_tf(model if e == "tensorforge" else model_bf16, prompt, args.new_tokens, times)
+                prompt_tf.setdefault(e, []).append(prefill)
             elif e == "onnxruntime":
                 tokens = run_ort(sess, layers, prompt, args.new_tokens, times)
             else:
                 tokens = run_torch(module, prompt, args.new_tokens, times)
-            same[e] = tokens == reference
+            same[e] = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), len(reference))
             first[e].append(times[0])
             per_round[e].append(float(np.median(times[1:])))
-            print(f"round {r} {e}: {per_round[e][-1] * 1e3:.2f} ms/token, tokens equal PyTorch's: {same[e]}",
-                  flush=True)
+            print(f"round {r} {e}: {per_round[e][-1] * 1e3:.2f} ms/token, the first {same[e]} tokens equal "
+                  f"PyTorch's", flush=True)
     ms = {e: float(np.median(per_round[e])) * 1e3 for e in engines}
     lines = ["# Decoding with a key/value cache: GPT-2 small, greedy, token by token", "",
              f"Machine: {describe_machine()}. {threads} thread(s) for every engine.",
@@ -153,15 +157,18 @@ def main(argv=None) -> int:
              "(after the prompt) |", "|---|---:|---:|---|---:|"]
     for e in engines:
         first_ms = float(np.median(first[e])) * 1e3
-        if e == "tensorforge":
-            first_ms = float(np.median(prompt_tf)) * 1e3
-        lines.append(f"| {e} | {ms[e]:.2f} | {ms[e] / ms['onnxruntime']:.3f} | {'yes' if same[e] else 'NO'} | "
-                     f"{first_ms:.1f} |")
+        if e in prompt_tf:
+            first_ms = float(np.median(prompt_tf[e])) * 1e3
+        equal = "yes" if same[e] == len(reference) else f"the first {same[e]}"
+        lines.append(f"| {e} | {ms[e]:.2f} | {ms[e] / ms['onnxruntime']:.3f} | {equal} | {first_ms:.1f} |")
     lines += ["", "The first new token's column includes the prompt: onnxruntime and PyTorch run the prompt in one "
               "call, TensorForge in calls of its prompt plan (32 tokens a call, the last chunk padded), which shares "
-              "the step plan's weights and cache in the same artifact."]
+              "the step plan's weights and cache in the same artifact.",
+              "", "`tensorforge bf16`: the same decoder compiled with precision='bf16' (weights stored as bfloat16, "
+              "sums in float32): its tokens follow PyTorch's float32 ones until a near-tie between two logits "
+              "rounds the other way, and differ from there on (greedy decoding amplifies one flip)."]
     write_lines(args.out, lines)
-    return 0 if all(same.values()) else 1
+    return 0 if all(same[e] == len(reference) for e in engines if e != "tensorforge bf16") else 1
 
 
 if __name__ == "__main__":
