@@ -116,3 +116,45 @@ def greedy_reference(module: GPT2WithCache, prompt: list[int], new_tokens: int) 
         mask = torch.ones(1, mask.shape[1] + 1, dtype=torch.int64)
         pos = torch.tensor([[pos[0, -1].item() + 1]])
     return out
+
+
+def export_hf_gpt2(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 500, positions: int = 64):
+    """(a Hugging Face GPT2LMHeadModel with random weights, it exported in the same layout): transformers' own
+    attention and masks, the cache handed in and out as tensors (a DynamicCache inside)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.cache_utils import DynamicCache
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=hidden, n_head=heads, vocab_size=vocab,
+                                    n_positions=positions)).eval()
+
+    class WithCache(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hf = hf
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=cache, use_cache=True)
+            present = []
+            for layer in out.past_key_values.layers:
+                present += [layer.keys, layer.values]
+            return (out.logits, *present)
+
+    past_names, present_names = cache_names(layers)
+    head_dim = hidden // heads
+    args = (torch.zeros(1, 2, dtype=torch.int64), torch.ones(1, 5, dtype=torch.int64), torch.tensor([[3, 4]]),
+            *[torch.zeros(1, heads, 3, head_dim) for _ in past_names])
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"},
+            "position_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"},
+            **{n: {0: "batch", 2: "past"} for n in past_names}, **{n: {0: "batch", 2: "total"} for n in present_names}}
+    f = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(WithCache(), args, f, dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+                          output_names=["logits", *present_names], dynamic_axes=axes)
+    return hf, onnx.load_from_string(f.getvalue())

@@ -495,8 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "compile it once with the cache in place, for tensorforge generate")
     c.add_argument("--max-length", type=positive_int, default=1024,
                    help="with --decoder: cache slots, the longest prompt + generated text (default 1024)")
-    c.add_argument("--prefill", type=positive_int, default=32,
-                   help="with --decoder: prompt tokens per call (a second plan sharing the weights; 1: none)")
+    c.add_argument("--prefill", type=positive_int,
+                   help="with --decoder: prompt tokens per call (a second plan sharing the weights; 1: none; default "
+                        "32 where the model allows)")
     c.add_argument("--print-pass-times", action="store_true", help="print the time of each pass and stage")
     c.add_argument("--tuning-db", action="append", metavar="DIR", help="use tuned schedules from this database")
     c.add_argument("--no-shipped-tuning", action="store_true", help="ignore the repository's own tuning records")
@@ -544,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stream", action="store_true", help="print each token as it comes")
     gen.add_argument("--max-length", type=positive_int, default=1024,
                      help="ONNX input: cache slots to compile for (default 1024)")
-    gen.add_argument("--prefill", type=positive_int, default=32, help="ONNX input: prompt tokens per call")
+    gen.add_argument("--prefill", type=positive_int, help="ONNX input: prompt tokens per call (default 32)")
     gen.add_argument("--threads", type=positive_int, help="kernel threads (default: all cores)")
     compile_flags(gen)
     gen.set_defaults(func=cmd_generate)

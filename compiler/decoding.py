@@ -21,6 +21,8 @@ The design, a static cache (as Hugging Face's StaticCache and torch.compile's de
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from tensorforge.compiler.driver import compile_graph, import_model, load_if_onnx, optimize
@@ -38,16 +40,25 @@ def cache_pairs(model) -> list[tuple[str, str, int]]:
     g = model.graph
     inputs = {i.name: i for i in g.input}
     producer = {o: n for n in g.node for o in n.output}
+
+    def source(name: str) -> str:  # through Identity and one-input Concat nodes (exporters leave them)
+        n = producer.get(name)
+        while n is not None and len(n.input) == 1 and n.op_type in ("Identity", "Concat"):
+            name = n.input[0]
+            n = producer.get(name)
+        return name
+
     pairs = []
     for out in g.output:
         n = producer.get(out.name)
-        if n is None or n.op_type != "Concat" or len(n.input) != 2 or n.input[0] not in inputs:
+        if n is None or n.op_type != "Concat" or len(n.input) != 2 or source(n.input[0]) not in inputs:
             continue
+        past = source(n.input[0])
         axis = next((a.i for a in n.attribute if a.name == "axis"), None)
-        rank = len(inputs[n.input[0]].type.tensor_type.shape.dim)
+        rank = len(inputs[past].type.tensor_type.shape.dim)
         if axis is None or not -rank <= axis < rank:
             continue
-        pairs.append((n.input[0], out.name, axis % rank))
+        pairs.append((past, out.name, axis % rank))
     return pairs
 
 
@@ -93,14 +104,25 @@ def write_in_place(g, pairs) -> None:
     by_name = {v.name: v for v in g.inputs}
     outputs = dict(zip(g.output_names, g.outputs))
     users = g.users()
+
+    def source(v):  # through one-input concats (identities)
+        while v.producer is not None and v.producer.op is concat and len(v.producer.inputs) == 1:
+            v = v.producer.inputs[0]
+        return v
+
     for past_name, present_name, axis in pairs:
         past, present = by_name.get(past_name), outputs.get(present_name)
         node = present.producer if present is not None else None
-        if (past is None or node is None or node.op is not concat or node.inputs[0] is not past
-                or node.attrs["axis"] != axis or len(node.inputs) != 2):
+        if (past is None or node is None or node.op is not concat or len(node.inputs) != 2
+                or source(node.inputs[0]) is not past or node.attrs["axis"] != axis):
             raise CompileError(f"cache {past_name!r} -> {present_name!r}: after import the present is not a concat "
                                f"of the past and the new entries along axis {axis}")
-        others = [n for n in users.get(past, []) if n is not node]
+        chain, v = {node}, node.inputs[0]
+        while v is not past:
+            chain.add(v.producer)
+            v = v.producer.inputs[0]
+        others = [n for v in (past, *(n.outputs[0] for n in chain if n is not node)) for n in users.get(v, [])
+                  if n not in chain]
         if others:
             raise CompileError(f"past input {past_name!r} is read by {others[0].op.name} (node {others[0].name!r}) "
                                f"besides its concat; a cache updated in place can only be appended to")
@@ -110,6 +132,8 @@ def write_in_place(g, pairs) -> None:
         (written,) = g.add_node(cache_write, [past, node.inputs[1], position], {"axis": axis}, name=node.name,
                                 index=g.nodes.index(node))
         g.take_over(node, written)
+        for n in chain - {node}:  # the one-input concats between the past and its concat, read by nothing now
+            g.remove_node(n)
     g.verify()
 
 
@@ -131,19 +155,27 @@ def _compile_step(proto, pairs, max_length: int, batch: int, new: int, options: 
             if n.op is cache_write:
                 for u in users.get(n.outputs[0], []):
                     if u.op is not cached_attention:
-                        raise CompileError(f"a {new}-token prompt step needs every reader of the cache to be "
-                                           f"attention over it; {u.op.name} (node {u.name!r}) reads "
-                                           f"{n.outputs[0].name!r}: compile with prefill=1")
+                        raise PromptPlanError(f"a {new}-token prompt step needs every reader of the cache to be "
+                                              f"attention over it; {u.op.name} (node {u.name!r}) reads "
+                                              f"{n.outputs[0].name!r}: compile with prefill=1")
     state = {present: past for past, present, _ in pairs}
     initial = {v.name: np.zeros(v.type.shape, v.type.dtype) for v in g.inputs if v.name in state.values()}
     return compile_graph(g, options, state=state, initial_state=initial, shared=shared)
 
 
-def compile_decoder(model, max_length: int, *, batch: int = 1, prefill: int = 32,
+PREFILL = 32  # prompt tokens a call of the prompt plan, by default
+
+
+class PromptPlanError(CompileError):
+    """The model's cache is read by more than attention: no prompt plan (one token a call only)."""
+
+
+def compile_decoder(model, max_length: int, *, batch: int = 1, prefill: int | None = None,
                     options: CompileOptions | None = None, **option_kwargs):
     """Compile a causal decoder with a key/value cache (see the module docstring) for every past length from 0 to
     `max_length - 1`: a step plan for one token and, unless `prefill` is 1, a prompt plan for `prefill` tokens a call
-    (the prompt in chunks; the last one padded). Both share the weights and the cache. Returns a
+    (the prompt in chunks; the last one padded; by default 32, or none with a warning where the model's cache is
+    read by more than attention). Both share the weights and the cache. Returns a
     `runtime.bundle.BundleModel` (save it; `tensorforge.load` reads it) for `runtime.generate.generate` (`tensorforge
     generate`). `options` or keyword options as `CompileOptions` takes (precision, opt_level, ...); CPU only."""
     from tensorforge.runtime import bundle
@@ -154,6 +186,7 @@ def compile_decoder(model, max_length: int, *, batch: int = 1, prefill: int = 32
     options = options if options is not None else CompileOptions(**option_kwargs)
     if options.spec.is_cuda:
         raise CompileError("compile_decoder builds for the CPU only (the GPU runtime has no in-place cache yet)")
+    asked, prefill = prefill is not None, PREFILL if prefill is None else prefill
     for name, value, low in (("max_length", max_length, 2), ("batch", batch, 1), ("prefill", prefill, 1)):
         if isinstance(value, bool) or int(value) != value or value < low:
             raise CompileError(f"{name} must be an integer of at least {low}, got {value!r}")
@@ -168,8 +201,15 @@ def compile_decoder(model, max_length: int, *, batch: int = 1, prefill: int = 32
                            "past input and new entries (Hugging Face's present.N.key = concat(past_key_values.N.key,"
                            " k))")
     shared = SharedBuffers()
-    plans = [_compile_step(proto, pairs, max_length, batch, new, options, shared)
-             for new in ((1, prefill) if prefill > 1 else (1,))]
+    plans = [_compile_step(proto, pairs, max_length, batch, 1, options, shared)]
+    if prefill > 1:
+        try:
+            plans.append(_compile_step(proto, pairs, max_length, batch, prefill, options, shared))
+        except PromptPlanError as e:
+            if asked:
+                raise
+            warnings.warn(f"{e}; the prompt runs one token a call", stacklevel=2)
+            prefill = 1
     step = plans[0]
     spec = {"input_ids": "input_ids", "attention_mask": "attention_mask",
             "position_ids": "position_ids" if "position_ids" in step.input_names else None,

@@ -175,3 +175,22 @@ def test_cli_compile_and_generate(tiny, tmp_path, capsys):
     assert printed.out.split() == [str(t) for t in greedy_reference(module, PROMPT, 9)]
     assert "ms per token" in printed.err
     assert cli(["generate", str(out), "--prompt-ids", "1,x"]) == 1
+
+
+def test_a_hugging_face_gpt2_export_decodes_like_its_generate():
+    """transformers' GPT-2 with its own attention and masks: the cache's first concat behind a one-input Concat, and
+    a NaN guard after the softmax that keeps attention from being recognized, so no prompt plan (a warning) and
+    attention over the whole cache masked by attention_mask; the tokens equal transformers' generate."""
+    pytest.importorskip("transformers")
+    from benchmarks.kv_decoder import export_hf_gpt2
+
+    hf, onnx_model = export_hf_gpt2()
+    with pytest.warns(UserWarning, match="one token a call"):
+        model = compile_decoder(onnx_model, MAX)
+    assert model.meta["decoder"]["prefill"] is None and len(model.models) == 1
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False,
+                          pad_token_id=0)[0, len(PROMPT):].tolist()
+    assert generate(model, PROMPT, 12)[0].tolist() == ref
+    with pytest.raises(CompileError, match="prefill=1"):
+        compile_decoder(onnx_model, MAX, prefill=8)
