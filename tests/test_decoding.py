@@ -178,19 +178,27 @@ def test_cli_compile_and_generate(tiny, tmp_path, capsys):
 
 
 def test_a_hugging_face_gpt2_export_decodes_like_its_generate():
-    """transformers' GPT-2 with its own attention and masks: the cache's first concat behind a one-input Concat, and
-    a NaN guard after the softmax that keeps attention from being recognized, so no prompt plan (a warning) and
-    attention over the whole cache masked by attention_mask; the tokens equal transformers' generate."""
+    """transformers' GPT-2 with its own attention and masks (the cache's first concat behind a one-input Concat, a
+    NaN guard after the softmax: attention recognized with nan_guard): the tokens equal transformers' generate."""
     pytest.importorskip("transformers")
     from benchmarks.kv_decoder import export_hf_gpt2
 
     hf, onnx_model = export_hf_gpt2()
-    with pytest.warns(UserWarning, match="one token a call"):
-        model = compile_decoder(onnx_model, MAX)
-    assert model.meta["decoder"]["prefill"] is None and len(model.models) == 1
+    model = compile_decoder(onnx_model, MAX, prefill=5)
+    assert [s["op"] for s in model.models[0].plan["steps"]].count("cached_attention") == 2
     with torch.no_grad():
         ref = hf.generate(torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False,
                           pad_token_id=0)[0, len(PROMPT):].tolist()
     assert generate(model, PROMPT, 12)[0].tolist() == ref
+
+
+def test_a_cache_read_by_more_than_attention_gets_no_prompt_plan(tiny):
+    """Without cached_attention (the recognize pass disabled) a one-token plan is still exact (the attention mask
+    hides the unwritten slots), a prompt plan is not: refused when asked for, left out with a warning by default."""
+    module, onnx_model, _ = tiny
+    with pytest.warns(UserWarning, match="one token a call"):
+        model = compile_decoder(onnx_model, MAX, disabled_passes=frozenset({"recognize"}))
+    assert model.meta["decoder"]["prefill"] is None and len(model.models) == 1
+    assert generate(model, PROMPT, 8)[0].tolist() == greedy_reference(module, PROMPT, 8)
     with pytest.raises(CompileError, match="prefill=1"):
-        compile_decoder(onnx_model, MAX, prefill=8)
+        compile_decoder(onnx_model, MAX, prefill=8, disabled_passes=frozenset({"recognize"}))

@@ -2,9 +2,11 @@
 the `recognize` pass rewrites that chain into `attention`, whose CPU kernel (backend/cpu/attention.py)
 computes each head's scores, softmax and weighted sum in one pass over cache-resident buffers.
 
-    attention(q, k, v[, mask]) {scale, causal} = softmax(scale * q @ k^T + mask + causal_bias) @ v
+    attention(q, k, v[, mask]) {scale, causal, nan_guard} = softmax(scale * q @ k^T + mask + causal_bias) @ v
       q (..., Sq, D), k (..., Skv, D), v (..., Skv, Dv), the same leading (batch, head) dims; mask additive,
-      broadcastable to (..., Sq, Skv); causal: key j is masked (-inf) for query i when j > i (PyTorch's is_causal).
+      broadcastable to (..., Sq, Skv); causal: key j is masked (-inf) for query i when j > i (PyTorch's is_causal);
+      nan_guard: a row whose softmax is NaN (every key masked with -inf, or an inf/NaN score) gives zeros, as
+      transformers' `torch.where(isnan(p), 0, p)` after the softmax does.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _padded(n: int, m: int) -> int:
     return n if n <= m or n % m == 0 else -(-n // m) * m
 
 
-def _attention_infer(types, *, scale, causal):
+def _attention_infer(types, *, scale, causal, nan_guard=False):
     q, k, v = types[:3]
     if q.rank < 2 or not q.rank == k.rank == v.rank:
         fail(f"q, k and v must have the same rank >= 2, got {q}, {k}, {v}")
@@ -61,7 +63,7 @@ def causal_bias(sq: int, skv: int, dtype) -> np.ndarray:
     return np.where(np.arange(skv)[None, :] > np.arange(sq)[:, None], -np.inf, 0.0).astype(dtype)
 
 
-def _attention_ref(q, k, v, mask=None, *, scale, causal):
+def _attention_ref(q, k, v, mask=None, *, scale, causal, nan_guard=False):
     s = np.matmul(q.astype(np.float64), np.swapaxes(k.astype(np.float64), -1, -2)) * scale
     if mask is not None:
         s = s + mask.astype(np.float64)
@@ -70,6 +72,8 @@ def _attention_ref(q, k, v, mask=None, *, scale, causal):
     with np.errstate(invalid="ignore"):
         e = np.exp(s - s.max(axis=-1, keepdims=True))
         p = e / e.sum(axis=-1, keepdims=True)
+    if nan_guard:
+        p = np.where(np.isnan(p), 0.0, p)
     return np.matmul(p, v.astype(np.float64)).astype(q.dtype)
 
 
@@ -79,7 +83,7 @@ def _bcast_index(t, idx):
     return t(*[0 if int(d) == 1 else i for d, i in zip(t.shape, idx)])
 
 
-def _attention_lower(q, k, v, mask=None, *, scale, causal):
+def _attention_lower(q, k, v, mask=None, *, scale, causal, nan_guard=False):
     """Stages: K^T (a contiguous panel per head), Q K^T, the row max of the scaled and masked scores, their
     exponentials, the row sums, exp @ V, and the division by the row sum (the softmax's, applied to Dv columns
     instead of Skv). Accumulates in the operands' dtype (fp16/bf16 kernels: see mixed_precision for fp32 sums)."""
@@ -118,9 +122,15 @@ def _attention_lower(q, k, v, mask=None, *, scale, causal):
     rj = te.reduce_axis((0, skv_pad), name="rj")
     pv = te.compute((*batch, sq_pad, dv),
                     lambda *i: te.sum(ex(*i[:-1], rj) * v(*i[:-2], key(rj), i[-1]), axis=rj), name=PV)
+    def divided(*i):
+        total = row_sum(*i[:-1])
+        # the guard: a row with no finite maximum sums to 0 (every key -inf) or NaN (an inf or NaN score)
+        return tirx.Select(total > tirx.const(0, dt), pv(*i) / total, tirx.const(0, dt)) if nan_guard \
+            else pv(*i) / total
+
     if sq_pad == sq:
-        return te.compute((*batch, sq, dv), lambda *i: pv(*i) / row_sum(*i[:-1]), name=OUT)
-    padded = te.compute((*batch, sq_pad, dv), lambda *i: pv(*i) / row_sum(*i[:-1]), name=OUT_PADDED)
+        return te.compute((*batch, sq, dv), divided, name=OUT)
+    padded = te.compute((*batch, sq_pad, dv), divided, name=OUT_PADDED)
     return te.compute((*batch, sq, dv), lambda *i: padded(*i), name=OUT)
 
 
@@ -155,7 +165,7 @@ def _attention_grad(e, n, dy):
 
 
 attention = defop("attention", FusionKind.OUT_ELEMWISE_FUSABLE, infer=_attention_infer, arity=(3, 4),
-                  attrs={"scale": Attr("float"), "causal": Attr("bool", False)},
+                  attrs={"scale": Attr("float"), "causal": Attr("bool", False), "nan_guard": Attr("bool", False)},
                   reference=_attention_ref, lower=_attention_lower, grad=_attention_grad, prologue=True,
                   per_sample=broadcast_per_sample,  # per (batch, head): q, k, v (and a mask) of the output's rank
                   doc="softmax(scale * q @ k^T + mask [causal]) @ v over the last two axes. Its kernel may read "

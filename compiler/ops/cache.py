@@ -96,7 +96,7 @@ cache_write = defop(
 
 # -- attention over the written part of a cache ------------------------------------------------------------------------
 
-def _cached_attention_infer(types, *, scale):
+def _cached_attention_infer(types, *, scale, nan_guard=False):
     q, k, v, position = types[:4]
     if q.rank < 2 or not q.rank == k.rank == v.rank or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
         fail(f"q, k and v must have the same rank and leading (batch, head) dims, got {q}, {k}, {v}")
@@ -119,7 +119,7 @@ def _cached_attention_infer(types, *, scale):
     return TensorType(q.shape[:-1] + (v.shape[-1],), q.dtype)
 
 
-def _cached_attention_ref(q, k, v, position, mask=None, *, scale):
+def _cached_attention_ref(q, k, v, position, mask=None, *, scale, nan_guard=False):
     start, sq = int(np.asarray(position).reshape(-1)[0]), q.shape[-2]
     if not 0 <= start <= k.shape[-2] - sq:
         raise IndexError(f"cache position {start} (+{sq} rows) outside the cache's {k.shape[-2]} entries")
@@ -127,15 +127,19 @@ def _cached_attention_ref(q, k, v, position, mask=None, *, scale):
     if mask is not None:
         s = s + np.broadcast_to(mask, s.shape).astype(np.float64)
     s = np.where(np.arange(k.shape[-2])[None, :] > start + np.arange(sq)[:, None], -np.inf, s)  # row i: j <= start+i
-    e = np.exp(s - s.max(axis=-1, keepdims=True))
-    return np.matmul(e / e.sum(axis=-1, keepdims=True), v.astype(np.float64)).astype(q.dtype)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        p = e / e.sum(axis=-1, keepdims=True)
+    if nan_guard:
+        p = np.where(np.isnan(p), 0.0, p)
+    return np.matmul(p, v.astype(np.float64)).astype(q.dtype)
 
 
 def _lanes(n: int) -> int:
     return next(w for w in (16, 8, 4, 2, 1) if n % w == 0)
 
 
-def _cached_attention_lower(q, k, v, position, mask=None, *, scale):
+def _cached_attention_lower(q, k, v, position, mask=None, *, scale, nan_guard=False):
     """Per (batch, head), in parallel, and per query row i: the scores of keys 0 .. position + i (the dot products
     vectorized along D), their max, then exp-weighted rows of V summed in registers; no later key is read."""
     *batch, sq, d = (int(x) for x in q.shape)
@@ -196,7 +200,9 @@ def _cached_attention_lower(q, k, v, position, mask=None, *, scale):
                                 with T.vectorized(0, dv) as c:
                                     out[c] = out[c] + s[j] * V[(*b, j, c)]
                             with T.vectorized(0, dv) as c:
-                                O[(*b, i, c)] = out[c] / red[1]
+                                # nan_guard: no finite maximum (every key -inf, or an inf/NaN score) gives zeros
+                                O[(*b, i, c)] = tirx.Select(red[1] > T.float32(0), out[c] / red[1], T.float32(0)) \
+                                    if nan_guard else out[c] / red[1]
         return ib.get()
 
     ins = [q, k, v, position] + ([mask] if mask is not None else [])
@@ -206,7 +212,8 @@ def _cached_attention_lower(q, k, v, position, mask=None, *, scale):
 
 cached_attention = defop(
     "cached_attention", FusionKind.OPAQUE, infer=_cached_attention_infer, reference=_cached_attention_ref,
-    lower=_cached_attention_lower, grad=NO_RULE_YET, attrs={"scale": Attr("float")}, arity=(4, 5),
+    lower=_cached_attention_lower, grad=NO_RULE_YET, attrs={"scale": Attr("float"), "nan_guard": Attr("bool", False)},
+    arity=(4, 5),
     flops=lambda n: 2 * n.inputs[0].type.numel * n.inputs[1].type.shape[-2]
     + 2 * n.outputs[0].type.numel * n.inputs[1].type.shape[-2],
     doc="causal attention over a cache: query row i, the token at position + i, attends to keys 0 .. position + i "

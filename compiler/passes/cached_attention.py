@@ -37,7 +37,8 @@ class CachedAttention:
                     or wv.inputs[1].type.shape[-2] != new or q.type.shape[-2] != new or q.type.dtype != "float32"):
                 continue  # the query rows must be the new tokens, in order
             (out,) = g.add_node(cached_attention, [q, k, v, wk.inputs[2], *n.inputs[3:]],
-                                {"scale": n.attrs["scale"]}, name=n.name, index=g.nodes.index(n))
+                                {"scale": n.attrs["scale"], "nan_guard": n.attrs["nan_guard"]}, name=n.name,
+                                index=g.nodes.index(n))
             g.take_over(n, out)
         return g
 

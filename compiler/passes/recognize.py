@@ -218,13 +218,35 @@ def _attention(r: Rewrite, n):
     return out
 
 
+def _nan_guarded(r: Rewrite, v: Value) -> tuple[Value, tuple]:
+    """(p, the guard's nodes) where v = where(isnan(p), 0, p) read only so (transformers' guard after a softmax),
+    else (v, ())."""
+    w = r.producer(v, ops.where)
+    if w is None or len(w.inputs) != 3:
+        return v, ()
+    test, zero, p = w.inputs
+    isnan = r.producer(test, ops.isnan)
+    c = r.const(zero)
+    if isnan is None or isnan.inputs[0] is not p or c is None or c.size != 1 or float(c.reshape(-1)[0]) != 0.0:
+        return v, ()
+    users = r.g.users()
+    if len(users.get(test, ())) != 1 or test in r.g.outputs or p in r.g.outputs:
+        return v, ()
+    return p, (w, isnan)
+
+
 def _attention_core(r: Rewrite, n):
     probs, v = n.inputs
     probs = _batch_view(r, probs, single_use=True)
+    probs, guard = _nan_guarded(r, probs)
     v = _batch_view(r, v)
     sm = probs.producer
     if sm is None or sm.op is not ops.softmax or sm.attrs["axis"] != probs.type.rank - 1 or probs.type.rank < 2 \
-            or probs.type.dtype not in _NORM_DTYPES or len(r.g.users().get(probs, ())) != 1 or probs in r.g.outputs:
+            or probs.type.dtype not in _NORM_DTYPES or probs in r.g.outputs:
+        return None
+    users = r.g.users()
+    if (set(users.get(probs, ())) != set(guard) or len(users.get(guard[0].outputs[0], ())) != 1) if guard \
+            else len(users.get(probs, ())) != 1:
         return None
     scores, mask = sm.inputs[0], None
     add = scores.producer
@@ -256,7 +278,7 @@ def _attention_core(r: Rewrite, n):
             data, causal_bias(sq, skv, data.dtype))
     k, c_in_k = _scaled(_untransposed(r, kt))
     ins = [q, k, v] + ([mask] if mask is not None and not causal else [])
-    return r.emit(ops.attention, ins, scale=c * cq * ck * c_in_k, causal=causal)
+    return r.emit(ops.attention, ins, scale=c * cq * ck * c_in_k, causal=causal, nan_guard=bool(guard))
 
 
 def recognize(g: Graph) -> Graph:

@@ -157,6 +157,12 @@ CASES = [
      {"scale": 0.25}, ()),
     ("cached_attention", [rand(2, 2, 3, 4), rand(2, 2, 9, 4), rand(2, 2, 9, 4), np.array([2], np.int64),
                           rand(2, 1, 1, 9)], {"scale": 0.5}, ()),
+    # nan_guard: a row whose every key is masked with -inf gives zeros (transformers' where(isnan(p), 0, p))
+    ("cached_attention", [rand(1, 2, 2, 4), rand(1, 2, 6, 4), rand(1, 2, 6, 4), np.array([3], np.int64),
+                          np.array([[[[-np.inf] * 6, [0.0] * 6]]], np.float32)], {"scale": 0.5, "nan_guard": True}, ()),
+    ("attention", [rand(1, 2, 3, 8), rand(1, 2, 5, 8), rand(1, 2, 5, 8),
+                   np.array([[[[-np.inf] * 5, [0.0] * 5, [0.0, -np.inf, 0.0, 0.0, 0.0]]]], np.float32)],
+     {"scale": 0.5, "nan_guard": True}, ()),
 ]
 
 from tests.ops.grad_cases import GRAD_CASES  # noqa: E402  (compiler/ops/training.py, compiler/ops/backward.py)

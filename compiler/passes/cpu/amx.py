@@ -355,7 +355,7 @@ class AmxAttention:
         if unit is None:
             return g
         for n in list(g.nodes):
-            if n.op is not ops.attention:
+            if n.op is not ops.attention or n.attrs["nan_guard"]:  # the AMX forms have no guard
                 continue
             q, k, v = n.inputs[:3]
             skv = k.type.shape[-2]
@@ -365,7 +365,8 @@ class AmxAttention:
                 continue
             rank, name, at = q.type.rank, n.name or "attention", g.nodes.index(n)
             if fused:
-                (out,) = g.add_node(ops.attention_amx, n.inputs, {**n.attrs, "unit": unit}, name=name, index=at)
+                attrs = {"scale": n.attrs["scale"], "causal": n.attrs["causal"], "unit": unit}
+                (out,) = g.add_node(ops.attention_amx, n.inputs, attrs, name=name, index=at)
                 g.take_over(n, out)
                 continue
 
