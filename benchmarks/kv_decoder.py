@@ -119,8 +119,9 @@ def greedy_reference(module: GPT2WithCache, prompt: list[int], new_tokens: int) 
 
 
 def export_hf_gpt2(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 500, positions: int = 64):
-    """(a Hugging Face GPT2LMHeadModel with random weights, it exported in the same layout): transformers' own
-    attention and masks, the cache handed in and out as tensors (a DynamicCache inside)."""
+    """(a Hugging Face GPT2LMHeadModel with random weights wrapped to take and give its cache as tensors, the
+    wrapper exported in the same layout as export_decoder): transformers' own attention and masks, a DynamicCache
+    inside. The wrapper runs as GPT2WithCache does (`greedy_reference`); `.hf` is the transformers model."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.cache_utils import DynamicCache
 
@@ -132,6 +133,11 @@ def export_hf_gpt2(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int
         def __init__(self):
             super().__init__()
             self.hf = hf
+            self.layers = list(range(layers))  # as GPT2WithCache: len(layers), heads, head_dim, empty_cache
+            self.heads, self.head_dim = heads, hidden // heads
+
+        def empty_cache(self, batch: int = 1) -> list[torch.Tensor]:
+            return [torch.zeros(batch, self.heads, 0, self.head_dim) for _ in range(2 * layers)]
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
             cache = DynamicCache()
@@ -152,9 +158,10 @@ def export_hf_gpt2(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int
             "position_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"},
             **{n: {0: "batch", 2: "past"} for n in past_names}, **{n: {0: "batch", 2: "total"} for n in present_names}}
     f = io.BytesIO()
+    wrapper = WithCache().eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(WithCache(), args, f, dynamo=False, opset_version=17,
+        torch.onnx.export(wrapper, args, f, dynamo=False, opset_version=17,
                           input_names=["input_ids", "attention_mask", "position_ids", *past_names],
                           output_names=["logits", *present_names], dynamic_axes=axes)
-    return hf, onnx.load_from_string(f.getvalue())
+    return wrapper, onnx.load_from_string(f.getvalue())

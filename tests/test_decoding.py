@@ -183,13 +183,13 @@ def test_a_hugging_face_gpt2_export_decodes_like_its_generate():
     pytest.importorskip("transformers")
     from benchmarks.kv_decoder import export_hf_gpt2
 
-    hf, onnx_model = export_hf_gpt2()
+    wrapper, onnx_model = export_hf_gpt2()
     model = compile_decoder(onnx_model, MAX, prefill=5)
     assert [s["op"] for s in model.models[0].plan["steps"]].count("cached_attention") == 2
     with torch.no_grad():
-        ref = hf.generate(torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False,
+        ref = wrapper.hf.generate(torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False,
                           pad_token_id=0)[0, len(PROMPT):].tolist()
-    assert generate(model, PROMPT, 12)[0].tolist() == ref
+    assert generate(model, PROMPT, 12)[0].tolist() == ref == greedy_reference(wrapper, PROMPT, 12)
 
 
 def test_a_cache_read_by_more_than_attention_gets_no_prompt_plan(tiny):
