@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from tensorforge.compiler.specialize import SpecializingModel, check_shape, declared_inputs
-from tensorforge.runtime.bundle import check_names
+from tensorforge.runtime.bundle import check_names, time_runs
 from tensorforge.runtime.errors import FrontendError, InputError, UnsupportedOpError
 
 HOST_OPS = frozenset({"NonZero", "Unique", "NonMaxSuppression", "Compress"})
@@ -96,16 +96,7 @@ class SegmentedModel:
 
     def benchmark(self, feeds: Mapping, repeat: int = 20, warmup: int = 3) -> list[float]:
         """Seconds per whole run (segments and host steps), `repeat` samples after `warmup` runs."""
-        import time
-
-        for _ in range(warmup):
-            self.run(feeds)
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            self.run(feeds)
-            times.append(time.perf_counter() - t0)
-        return times
+        return time_runs(lambda: self.run(feeds), repeat, warmup)
 
     def profile(self, feeds: Mapping, repeat: int = 10) -> list[dict]:
         """The segments' kernel calls (CompiledModel.profile's rows) and each host step's median time, in order."""

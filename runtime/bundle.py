@@ -166,16 +166,7 @@ class LoopedModel:
     __call__ = run
 
     def benchmark(self, feeds: Mapping, repeat: int = 20, warmup: int = 3) -> list[float]:
-        import time
-
-        for _ in range(warmup):
-            self.run(feeds)
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            self.run(feeds)
-            times.append(time.perf_counter() - t0)
-        return times
+        return time_runs(lambda: self.run(feeds), repeat, warmup)
 
     def profile(self, feeds: Mapping, repeat: int = 10) -> list[dict]:
         """The slice model's profile on one slice, each kernel's time multiplied by the number of slices."""
@@ -266,6 +257,20 @@ def _shape_key(s):
 def _same_value(fed, want: np.ndarray) -> bool:
     a = np.asarray(fed)
     return a.shape == want.shape and a.dtype == want.dtype and bool(np.array_equal(a, want))
+
+
+def time_runs(run, repeat: int, warmup: int) -> list[float]:
+    """Seconds per call of `run()`, `repeat` samples after `warmup` calls."""
+    import time
+
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 # -- feeds and outputs of a model compiled per specialization (shared with compiler/specialize.py, segments.py) --

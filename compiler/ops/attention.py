@@ -46,16 +46,20 @@ def _attention_infer(types, *, scale, causal, nan_guard=False):
         fail(f"q, k and v must have the same leading (batch, head) dims, got {q}, {k}, {v}")
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         fail(f"shapes do not chain: q {q} @ k^T {k}, then @ v {v}")
-    scores = q.shape[:-1] + (k.shape[-2],)
     if len(types) == 4:
-        mask = types[3]
-        try:
-            fits = mask.rank <= len(scores) and np.broadcast_shapes(mask.shape, scores) == scores
-        except ValueError:
-            fits = False
-        if mask.dtype != q.dtype or not fits:
-            fail(f"the mask {mask} must be {q.dtype} and broadcast to the scores' shape {list(scores)}")
+        check_mask(types[3], q, k)
     return TensorType(q.shape[:-1] + (v.shape[-1],), q.dtype)
+
+
+def check_mask(mask: TensorType, q: TensorType, k: TensorType) -> None:
+    """An additive mask must have q's dtype and broadcast to the scores' shape (..., Sq, Skv)."""
+    scores = q.shape[:-1] + (k.shape[-2],)
+    try:
+        fits = mask.rank <= len(scores) and np.broadcast_shapes(mask.shape, scores) == scores
+    except ValueError:
+        fits = False
+    if mask.dtype != q.dtype or not fits:
+        fail(f"the mask {mask} must be {q.dtype} and broadcast to the scores' shape {list(scores)}")
 
 
 def causal_bias(sq: int, skv: int, dtype) -> np.ndarray:
@@ -69,12 +73,17 @@ def _attention_ref(q, k, v, mask=None, *, scale, causal, nan_guard=False):
         s = s + mask.astype(np.float64)
     if causal:
         s = s + causal_bias(q.shape[-2], k.shape[-2], np.float64)
+    return softmax_times(s, v, nan_guard).astype(q.dtype)
+
+
+def softmax_times(s: np.ndarray, v: np.ndarray, nan_guard: bool) -> np.ndarray:
+    """softmax(s) @ v in float64 (the references' last step); with `nan_guard`, NaN probabilities count as 0."""
     with np.errstate(invalid="ignore"):
         e = np.exp(s - s.max(axis=-1, keepdims=True))
         p = e / e.sum(axis=-1, keepdims=True)
     if nan_guard:
         p = np.where(np.isnan(p), 0.0, p)
-    return np.matmul(p, v.astype(np.float64)).astype(q.dtype)
+    return np.matmul(p, v.astype(np.float64))
 
 
 def _bcast_index(t, idx):

@@ -15,6 +15,7 @@ from tvm.script.ir_builder import tirx as T
 
 from tensorforge.compiler.ir.types import TensorType
 
+from .attention import check_mask, softmax_times
 from .registry import NO_RULE_YET, Attr, FusionKind, defop, fail
 
 INT_DTYPES = ("int32", "int64")
@@ -109,13 +110,7 @@ def _cached_attention_infer(types, *, scale, nan_guard=False):
     if position.dtype not in INT_DTYPES or position.numel != 1:
         fail(f"position must be one int32/int64 element, got {position}")
     if len(types) == 5:
-        mask, scores = types[4], q.shape[:-1] + (k.shape[-2],)
-        try:
-            fits = mask.rank <= len(scores) and np.broadcast_shapes(mask.shape, scores) == scores
-        except ValueError:
-            fits = False
-        if mask.dtype != q.dtype or not fits:
-            fail(f"the mask {mask} must be {q.dtype} and broadcast to the scores' shape {list(scores)}")
+        check_mask(types[4], q, k)
     return TensorType(q.shape[:-1] + (v.shape[-1],), q.dtype)
 
 
@@ -127,12 +122,7 @@ def _cached_attention_ref(q, k, v, position, mask=None, *, scale, nan_guard=Fals
     if mask is not None:
         s = s + np.broadcast_to(mask, s.shape).astype(np.float64)
     s = np.where(np.arange(k.shape[-2])[None, :] > start + np.arange(sq)[:, None], -np.inf, s)  # row i: j <= start+i
-    with np.errstate(invalid="ignore"):
-        e = np.exp(s - s.max(axis=-1, keepdims=True))
-        p = e / e.sum(axis=-1, keepdims=True)
-    if nan_guard:
-        p = np.where(np.isnan(p), 0.0, p)
-    return np.matmul(p, v.astype(np.float64)).astype(q.dtype)
+    return softmax_times(s, v, nan_guard).astype(q.dtype)
 
 
 def _lanes(n: int) -> int:
