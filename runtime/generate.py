@@ -62,15 +62,14 @@ def _choose(logits: np.ndarray, temperature: float, top_k: int | None, rng: np.r
 def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
              seed: int | None = None, eos_token_id: int | None = None,
              on_token: Callable[[int, np.ndarray, float], None] | None = None) -> np.ndarray:
-    """The tokens that follow `input_ids` ((batch, prompt) or (prompt,) integers): (batch, new) int64, at most
-    `max_new_tokens` per row, fewer if every row reached `eos_token_id`. Greedy when `temperature` is 0; otherwise
+    """The tokens that follow `input_ids` ((batch, prompt) or (prompt,) integers, or a list of prompts of different
+    lengths: left-padded, the padding masked out and the positions counted from each prompt's first token):
+    (batch, new) int64, at most `max_new_tokens` per row, fewer if every row reached `eos_token_id`. Greedy when `temperature` is 0; otherwise
     sampled from softmax(logits / temperature), restricted to the `top_k` most likely, reproducibly for a `seed`.
     `on_token(step, tokens, seconds)` is called after each new token (its step's time included). One generation at
     a time per model (the cache is the model's state); the cache need not be cleared between calls."""
     spec = decoder_spec(model)
-    ids = np.asarray(input_ids)
-    if ids.ndim == 1:
-        ids = ids[None]
+    ids, pad = _left_padded(input_ids)
     if ids.ndim != 2 or ids.shape[1] == 0 or ids.dtype.kind not in "iu":
         raise InputError(f"input_ids must be a non-empty (batch, prompt) or (prompt,) array of token ids, got "
                          f"{ids.dtype}{list(ids.shape)}")
@@ -88,6 +87,7 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     rng = np.random.default_rng(seed)
     logits_at = model.output_names.index(spec["logits"])
     mask = np.zeros((batch, max_length), np.int64)
+    real = (np.arange(max_length)[None, :] >= pad[:, None]).astype(np.int64)  # not a padding slot
     out: list[np.ndarray] = []
     done = np.zeros(batch, bool)
     chunk = spec.get("prefill") or 1
@@ -95,11 +95,11 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     def call(tokens: np.ndarray, t: int) -> np.ndarray:
         """Logits (batch, n, vocab) of `tokens` (batch, n) at positions t .. t + n - 1."""
         n = tokens.shape[1]
-        mask[:, t:t + n] = 1
+        mask[:, t:t + n] = real[:, t:t + n]
         feeds = {spec["input_ids"]: tokens, spec["attention_mask"]: mask,
                  spec["cache_position"]: np.array([t], np.int64)}
         if spec.get("position_ids"):
-            feeds[spec["position_ids"]] = np.broadcast_to(np.arange(t, t + n, dtype=np.int64), (batch, n)).copy()
+            feeds[spec["position_ids"]] = np.maximum(np.arange(t, t + n, dtype=np.int64)[None, :] - pad[:, None], 0)
         return model.run(feeds)[logits_at].reshape(batch, n, -1)
 
     with _lock(model):
@@ -130,6 +130,24 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
             if eos_token_id is not None and done.all():
                 break
     return np.stack(out, axis=1) if out else np.zeros((batch, 0), np.int64)
+
+
+def _left_padded(input_ids) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (batch, longest prompt), each row's padding count): prompts of different lengths padded on the left."""
+    if isinstance(input_ids, (list, tuple)) and input_ids and all(
+            isinstance(p, (list, tuple, np.ndarray)) for p in input_ids):
+        rows = [np.asarray(p) for p in input_ids]
+        if any(r.ndim != 1 or r.size == 0 or r.dtype.kind not in "iu" for r in rows):
+            raise InputError("input_ids: each prompt must be a non-empty sequence of token ids")
+        longest = max(r.size for r in rows)
+        ids = np.zeros((len(rows), longest), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, longest - r.size:] = r
+        return ids, np.array([longest - r.size for r in rows], np.int64)
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    return ids, np.zeros(ids.shape[0] if ids.ndim == 2 else 0, np.int64)
 
 
 def prompt_ids(text: str) -> Sequence[int]:

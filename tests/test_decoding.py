@@ -202,3 +202,17 @@ def test_a_cache_read_by_more_than_attention_gets_no_prompt_plan(tiny):
     assert generate(model, PROMPT, 8)[0].tolist() == greedy_reference(module, PROMPT, 8)
     with pytest.raises(CompileError, match="prefill=1"):
         compile_decoder(onnx_model, MAX, prefill=8, disabled_passes=frozenset({"recognize"}))
+
+
+def test_a_batch_of_prompts_of_different_lengths():
+    """Batch 2, prompts of 8 and 3 tokens: the shorter left-padded, its padding masked out and its positions counted
+    from its first token; each row continues as PyTorch continues that prompt alone."""
+    module = decoder("gpt2_tiny")
+    model = compile_decoder(export_decoder("gpt2_tiny", module), MAX, batch=2, prefill=5)
+    short = [9, 400, 7]
+    got = generate(model, [PROMPT, short], 10)
+    assert got.tolist() == [greedy_reference(module, PROMPT, 10), greedy_reference(module, short, 10)]
+    same = generate(model, np.array([PROMPT, PROMPT[::-1]]), 6)
+    assert same.tolist() == [greedy_reference(module, PROMPT, 6), greedy_reference(module, PROMPT[::-1], 6)]
+    with pytest.raises(InputError, match="non-empty"):
+        generate(model, [PROMPT, []], 4)
