@@ -258,9 +258,12 @@ def cmd_inspect(args) -> int:
             from tensorforge import runtime
 
             b = runtime.load(path)
-            print(f"bundle {path}: {len(b.models)} specialization(s) of inputs {b.input_names}")
-            for spec, m in zip(b.specializations, b.models):
-                print(f"  {spec}: {m.num_kernels} kernel calls")
+            print(f"bundle {path}: {len(b.specializations)} specialization(s) of inputs {b.input_names}"
+                  + (f", {len(b.models)} compiled" if len(b.models) != len(b.specializations) else ""))
+            for spec, m in zip(b.specializations, b.runners):
+                slices = spec.pop("slices", None)
+                print(f"  {spec}: " + (f"{slices['times']} slices of compiled specialization {slices['of']}"
+                                       if slices else f"{m.num_kernels} kernel calls"))
             return 0
         with tempfile.TemporaryDirectory() as tmp:
             plan, _, _ = artifact.read_artifact(path, tmp)

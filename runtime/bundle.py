@@ -204,9 +204,20 @@ class BundleModel:
 
     @property
     def specializations(self) -> list[dict]:
-        """What each specialization was compiled for: {"values": {...}, "shapes": {...}}."""
-        return [{"values": {n: v.tolist() for n, v in values.items()}, "shapes": dict(shapes)}
-                for values, shapes, _ in self._specs]
+        """What each specialization is for: {"values": {...}, "shapes": {...}}, and for a batch run as slices of a
+        compiled one, "slices": {"of": its index among `models`, "times": how many}."""
+        out = []
+        for spec, (values, shapes, _) in zip(self.meta["specializations"], self._specs):
+            entry = {"values": {n: v.tolist() for n, v in values.items()}, "shapes": dict(shapes)}
+            if "loop" in spec:
+                entry["slices"] = {"of": spec["loop"]["of"], "times": spec["loop"]["times"]}
+            out.append(entry)
+        return out
+
+    @property
+    def runners(self) -> list:
+        """The model that runs each specialization, in `specializations`' order: a CompiledModel, or a LoopedModel."""
+        return [model for _, _, model in self._specs]
 
     def benchmark(self, feeds: Mapping, repeat: int = 20, warmup: int = 3) -> list[float]:
         """Seconds per run of the specialization these feeds pick, as CompiledModel's."""

@@ -92,6 +92,19 @@ def test_a_larger_batch_runs_as_slices_and_saves_in_the_bundle(tmp_path):
     np.testing.assert_allclose(loaded.run({"x": x})[0], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
     with pytest.raises(runtime.InputError, match="no specialization"):
         loaded.run({"x": x[:5]})  # 5 was never proven: the runtime alone does not slice it
+    assert [s.get("slices") for s in loaded.specializations] == [None, {"of": 0, "times": 3}, {"of": 0, "times": 8}]
+
+
+def test_inspect_says_which_batches_run_as_slices(tmp_path, capsys):
+    from tensorforge.compiler.cli import main
+
+    m = compile_model(_conv_model(), dynamic={"x": {0: (1, 8)}})
+    m.specialize({"x": np.zeros((4, 8, 16, 16), np.float32)})
+    m.save(tmp_path / "b.tfa")
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "b.tfa")]) == 0
+    out = capsys.readouterr().out
+    assert "2 specialization(s)" in out and "1 compiled" in out and "4 slices of compiled specialization 0" in out
 
 
 def test_little_arithmetic_per_weight_compiles_the_batch():
