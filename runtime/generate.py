@@ -8,7 +8,9 @@ model's persistent state, written in place one token at a time, so one artifact 
 
 Each step feeds one token: `input_ids` (batch, 1), `attention_mask` (batch, max_length) with ones on the slots
 written so far, `position_ids` (batch, 1) and `cache_position` (1,), and reads the logits of that token. The prompt
-runs token by token through the same artifact (its last token's logits choose the first new token).
+runs through the prompt plan, `prefill` tokens a call (the last chunk padded; its padding's slots are written again
+by the tokens that follow), or token by token where the bundle has none; its last token's logits choose the first
+new token. Prompts of different lengths are left-padded, the padding masked out.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@
 along `axis`. It declares `in_place`: its kernel writes those slots alone, into the buffer of `cache` itself, so
 it is only ever planned where its output is that buffer (a persistent state updated in place, backend/plan.py
 checks it): one token's keys move per step, never the whole cache. A position outside the cache raises at run time.
+
+`cached_attention(q, k, v, position[, mask])` is causal attention over such a cache: query row i, the token at
+position + i, attends to keys 0 .. position + i and reads no later slot (passes/cached_attention.py puts it where
+attention reads the caches just written). Both kernels are written in TIR directly (te.extern): the loops over the
+keys run to a bound known only at run time, which TE's computes cannot say.
 """
 
 from __future__ import annotations
