@@ -69,6 +69,7 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
         spec = SpecializingModel(proto, shapes, compile_fn, dynamic=dynamic, fingerprint=_fingerprint(options))
         spec.compile_lower_bounds()
         return spec
+    failed = None
     with warnings.catch_warnings(record=True) as said:  # re-issued below unless the model specializes at run time
         warnings.simplefilter("always")
         try:
@@ -79,9 +80,11 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
                 return SpecializingModel(proto, shapes, compile_fn, e, fingerprint=_fingerprint(options))
             if proto is not None and not shapes and segmentable(e, proto):
                 return SegmentedModel(proto, compile_fn, _fingerprint(options))
-            _reissue(said)
-            raise
+            failed = e
+    # outside the recording: re-issued inside it, each warning would be recorded again, without end
     _reissue(said)
+    if failed is not None:
+        raise failed
     return compiled
 
 
