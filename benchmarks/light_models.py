@@ -21,6 +21,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 from benchmarks.machine import describe_machine  # noqa: E402
 from tensorforge import compile_model  # noqa: E402
+from tensorforge.runtime.bundle import time_runs  # noqa: E402
 from tensorforge.compiler.examples import LIGHT_MODELS, light_input, light_path, randomize_weights  # noqa: E402
 
 
@@ -34,12 +35,7 @@ def ort_session(model: onnx.ModelProto, threads: int):
 
 
 def timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+    return time_runs(fn, n, warmup=0)
 
 
 def bench_model(name: str, rounds: int, per_round: int, threads: int) -> dict:

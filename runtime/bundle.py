@@ -155,9 +155,9 @@ class LoopedModel:
         self.input_names, self.output_names = model.input_names, model.output_names
 
     def _slices(self, feeds: Mapping):
+        parts = {n: np.array_split(np.asarray(v), self.times) for n, v in feeds.items() if n in self.inputs}
         for i in range(self.times):
-            yield {n: (np.array_split(np.asarray(v), self.times)[i] if n in self.inputs else v)
-                   for n, v in feeds.items()}
+            yield {n: (parts[n][i] if n in parts else v) for n, v in feeds.items()}
 
     def run(self, feeds: Mapping) -> list:
         outs = [self.model.run(f) for f in self._slices(feeds)]
