@@ -34,6 +34,11 @@ def _axis(b, dim: int, rank: int) -> int:
     return dim % rank if rank else 0
 
 
+def _np_dtype(dtype: torch.dtype) -> str:
+    """A torch dtype's name as the IR spells it (torch.float32 -> "float32", torch.bfloat16 -> "bfloat16")."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _reshape(b, x, shape):
     return b.emit(ops.reshape, [x], shape=tuple(int(d) for d in shape))
 
@@ -56,9 +61,32 @@ for _t, _op in {aten.relu.default: ops.relu, aten.sigmoid.default: ops.sigmoid, 
     CONVERTERS[_t] = _unary(_op)
 
 
+def _promoted(b, self, other, *, true_division=False):
+    """`self` and `other` (a tensor or a Python number) cast to the type ATen computes them in (torch.result_type:
+    a Python float makes an integer tensor float, a 0-d tensor does not outrank a shaped one); true_division:
+    integers divide as float32 (torch.get_default_dtype)."""
+    def probe(x):
+        if isinstance(x, (bool, int, float)):
+            return x
+        t = b.type(x)
+        return torch.empty(() if t.rank == 0 else (1,) * t.rank, dtype=getattr(torch, t.dtype))
+
+    dt = torch.result_type(probe(self), probe(other))
+    if true_division and not dt.is_floating_point:
+        dt = torch.get_default_dtype()
+    dt = _np_dtype(dt)
+
+    def cast(x):
+        if isinstance(x, (bool, int, float)):
+            return np.asarray(x, dt)
+        return x if b.type(x).dtype == dt else b.emit(ops.cast, [x], to=dt)
+
+    return cast(self), cast(other)
+
+
 def _binary(op):
     def convert(b, self, other, alpha=1):
-        other = _scalar(b, other, self)
+        self, other = _promoted(b, self, other, true_division=op is ops.div)
         if alpha != 1:
             other = b.emit(ops.mul, [other, np.asarray(alpha, b.type(self).dtype)])
         return b.emit(op, [self, other])
@@ -68,7 +96,8 @@ def _binary(op):
 
 for _t, _op in {aten.add.Tensor: ops.add, aten.sub.Tensor: ops.sub, aten.mul.Tensor: ops.mul,
                 aten.div.Tensor: ops.div, aten.pow.Tensor_Scalar: ops.pow, aten.pow.Tensor_Tensor: ops.pow,
-                aten.maximum.default: ops.maximum, aten.minimum.default: ops.minimum}.items():
+                aten.maximum.default: ops.maximum, aten.minimum.default: ops.minimum, aten.add.Scalar: ops.add,
+                aten.sub.Scalar: ops.sub, aten.mul.Scalar: ops.mul, aten.div.Scalar: ops.div}.items():
     CONVERTERS[_t] = _binary(_op)
 
 
@@ -126,16 +155,14 @@ def clone(b, self, memory_format=None):
 def _to_copy(b, self, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
     if dtype is None:
         return self
-    return b.emit(ops.cast, [self], to=str(torch.empty((), dtype=dtype).numpy().dtype))
+    return b.emit(ops.cast, [self], to=_np_dtype(dtype))
 
 
 # -- neural-network ops -----------------------------------------------------------------------------------------------
 @converter(aten.convolution.default)
 def convolution(b, input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
-    if transposed:
-        raise b.error("transposed convolution is not supported yet")
-    if b.type(input).rank != 4:
-        raise b.error(f"only 2-D convolution is supported, input is {b.type(input)}")
+    if transposed or b.type(input).rank != 4:
+        return _onnx_conv(b, input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
     pads = (padding[0], padding[1], padding[0], padding[1])
     inputs = [input, weight] + ([bias] if bias is not None else [])
     return b.emit(ops.conv2d, inputs, strides=tuple(stride), pads=pads, dilations=tuple(dilation), groups=groups)
@@ -229,6 +256,52 @@ def _softmax(b, self, dim, half_to_float=False):
 @converter(aten.embedding.default)
 def embedding(b, weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
     return b.emit(ops.take, [weight, indices], axis=0)
+
+
+@converter(aten._assert_tensor_metadata.default)
+def _assert_tensor_metadata(b, a, size=None, stride=None, dtype=None, *, device=None, layout=None):
+    return None  # torch.export's own check of a tensor's dtype and shape, already true of the converted graph
+
+
+@converter(aten.copy.default)
+def copy(b, self, src, non_blocking=False):
+    t = b.type(self)
+    if b.type(src).dtype != t.dtype:
+        src = b.emit(ops.cast, [src], to=t.dtype)
+    return src if b.type(src).shape == t.shape else b.emit(ops.broadcast_to, [src], shape=t.shape)
+
+
+@converter(aten.slice_scatter.default)
+def slice_scatter(b, self, src, dim=0, start=None, end=None, step=1):
+    """self with self[start:end:step] along `dim` replaced by src: folded when both are known, else (step 1) the
+    slices around it concatenated with src."""
+    shape = b.type(self).shape
+    ax = _axis(b, dim, len(shape))
+    s, e, st = slice(start, end, step).indices(shape[ax])
+    if isinstance(self, np.ndarray) and isinstance(src, np.ndarray):
+        out = self.copy()
+        out[(slice(None),) * ax + (slice(s, e, st),)] = src
+        return out
+    if st != 1:
+        raise b.error(f"slice_scatter with step {st} on a run-time tensor is not supported")
+    parts = [slice_(b, self, ax, 0, s, 1)] if s > 0 else []
+    parts.append(src)
+    if e < shape[ax]:
+        parts.append(slice_(b, self, ax, e, shape[ax], 1))
+    return b.emit(ops.concat, parts, axis=ax) if len(parts) > 1 else src
+
+
+@converter(aten.index.Tensor)
+def index(b, self, indices):
+    """x[..., idx, ...] with one index tensor (the other axes whole): a take along that axis."""
+    given = [i for i, ix in enumerate(indices) if ix is not None]
+    if len(given) != 1:
+        raise b.error(f"indexing with {len(given)} index tensors is not supported (one is)")
+    (axis,) = given
+    ix = indices[axis]
+    if b.type(ix).dtype == "bool":
+        raise b.error("indexing with a boolean mask is not supported (its result's shape depends on the data)")
+    return b.emit(ops.take, [self, ix], axis=axis)
 
 
 # -- shapes -----------------------------------------------------------------------------------------------------------
@@ -379,3 +452,56 @@ def lstm(b, input, hx, params, has_biases, num_layers, dropout, train, bidirecti
     h_n = b.emit(ops.concat, hs, axis=0) if len(hs) > 1 else hs[0]
     c_n = b.emit(ops.concat, cs, axis=0) if len(cs) > 1 else cs[0]
     return [y, h_n, c_n]
+
+
+# -- layouts, resampling, transposed convolution: the ONNX converters of the same semantics ----------------------------
+@converter(aten.flip.default)
+def flip(b, self, dims):
+    from tensorforge.frontends.onnx.converters.base import _slice
+
+    shape = b.type(self).shape
+    axes = sorted({_axis(b, d, len(shape)) for d in dims})
+    if not axes:
+        return self
+    return _slice(b, self, [shape[a] - 1 for a in axes], [-shape[a] - 1 for a in axes], axes, [-1] * len(axes))
+
+
+def _upsample(b, input, output_size, scale_factors, **resize):
+    from tensorforge.frontends.onnx.converters.nn import Resize
+
+    shape = b.type(input).shape
+    nd = len(shape) - 2
+    if scale_factors is not None:  # PyTorch maps coordinates with the given factors, as Resize with `scales`
+        scales = np.asarray([1.0, 1.0] + [float(s) for s in scale_factors], np.float32)
+        return Resize(b, input, None, scales, None, **resize)
+    if output_size is None or len(output_size) != nd:
+        raise b.error(f"give output_size or scale_factors for the {nd} spatial axes")
+    sizes = np.asarray(list(shape[:2]) + [int(s) for s in output_size], np.int64)
+    return Resize(b, input, None, None, sizes, **resize)
+
+
+@converter(aten.upsample_bilinear2d.vec, aten.upsample_linear1d.vec, aten.upsample_trilinear3d.vec)
+def upsample_linear(b, input, output_size, align_corners, scale_factors=None):
+    return _upsample(b, input, output_size, scale_factors, mode="linear",
+                     coordinate_transformation_mode="align_corners" if align_corners else "pytorch_half_pixel")
+
+
+@converter(aten.upsample_nearest2d.vec, aten.upsample_nearest1d.vec, aten.upsample_nearest3d.vec)
+def upsample_nearest(b, input, output_size, scale_factors=None):
+    return _upsample(b, input, output_size, scale_factors, mode="nearest", coordinate_transformation_mode="asymmetric",
+                     nearest_mode="floor")
+
+
+def _onnx_conv(b, input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    """1-D, 3-D and transposed convolutions: ONNX's Conv and ConvTranspose (the same weight layouts)."""
+    from tensorforge.frontends.onnx.converters.nn import Conv
+    from tensorforge.frontends.onnx.converters.shape import ConvTranspose
+
+    nd = b.type(input).rank - 2
+    if nd not in (1, 2, 3):
+        raise b.error(f"convolution over {nd} spatial axes is not supported (input {b.type(input)})")
+    pads = [int(p) for p in padding] * 2
+    attrs = dict(strides=[int(s) for s in stride], pads=pads, dilations=[int(d) for d in dilation], group=int(groups))
+    if transposed:
+        return ConvTranspose(b, input, weight, bias, output_padding=[int(p) for p in output_padding], **attrs)
+    return Conv(b, input, weight, bias, **attrs)

@@ -17,15 +17,19 @@ from tensorforge.compiler.ir import Graph, TensorType, Value
 from tensorforge.frontends.builder import Builder
 from tensorforge.runtime.errors import FrontendError, IRError, UnsupportedOpError
 
+from . import masks  # noqa: F401  (registers its converters)
 from .converters import CONVERTERS
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().cpu().numpy())
+    return t.detach().cpu().contiguous().numpy()  # (np.ascontiguousarray would make a 0-d tensor 1-d)
 
 
-# nn.LSTM: one lstm_sequence op per layer and direction instead of ~10 ops per time step
-KEEP_WHOLE = (torch.ops.aten.lstm.input,)
+# nn.LSTM: one lstm_sequence op per layer and direction instead of ~10 ops per time step; resampling: one matrix
+# product per axis (converters.py) instead of gathers of neighbours
+KEEP_WHOLE = (torch.ops.aten.lstm.input, torch.ops.aten.upsample_linear1d.vec, torch.ops.aten.upsample_nearest1d.vec,
+              torch.ops.aten.upsample_bilinear2d.vec, torch.ops.aten.upsample_nearest2d.vec,
+              torch.ops.aten.upsample_trilinear3d.vec, torch.ops.aten.upsample_nearest3d.vec)
 
 
 def export(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]):

@@ -89,9 +89,9 @@ def test_params_keep_their_names():
 
 
 def test_errors_name_the_torch_node():
-    with pytest.raises(FrontendError, match=r"^torch node 'convolution' \(aten\.convolution\.default\): transposed "
-                                            r"convolution is not supported yet"):
-        from_torch(torch.nn.ConvTranspose2d(2, 2, 3).eval(), (torch.randn(1, 2, 5, 5),))
+    with pytest.raises(FrontendError, match=r"^torch node 'avg_pool2d' \(aten\.avg_pool2d\.default\): "
+                                            r"divisor_override is not supported"):
+        from_torch(torch.nn.AvgPool2d(2, divisor_override=3).eval(), (torch.randn(1, 2, 6, 6),))
 
 
 def test_a_vit_exported_by_torch_runs_its_attention_as_one_op():
