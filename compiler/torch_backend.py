@@ -1,24 +1,37 @@
 """`torch.compile(model, backend="tensorforge")`: the backend PyTorch's dynamo calls with each captured FX graph
 (registered through the `torch_dynamo_backends` entry point in pyproject.toml, so nothing needs importing first).
 
-This first version covers inference: the graph's parameters and buffers (dynamo hands them in as inputs) become the
-compiled model's constants, the other inputs its inputs; a call converts the tensors to numpy without copies where
-they are contiguous CPU float tensors, runs the CompiledModel and hands back torch tensors over its outputs. PyTorch
-runs the graph itself (eager) where this cannot be exact or is not built yet, with a warning once per graph:
-  * the graph does not compile (an op the torch frontend lacks, ...): no partitioning of a graph into compiled and
-    PyTorch parts yet;
+Inference. The graph's parameters and buffers (dynamo hands them in as inputs) become the compiled model's
+constants, the other inputs its inputs; the graph is exported to core ATen (frontends/torch/importer.export) and:
+  * every op has a converter: the whole graph is one CompiledModel;
+  * some have none: the ATen graph is split (torch.fx's CapabilityBasedPartitioner) into the largest pieces of
+    supported ops, each compiled, and PyTorch runs the ops between them, so an op we lack never fails the model (a
+    piece that still does not compile runs in PyTorch too, with a warning).
+A call converts the tensors to numpy without copies where they are contiguous CPU tensors and hands back torch
+tensors over the outputs' arrays. PyTorch runs the whole graph itself (eager), with a warning once per graph, where
+this cannot be exact or is not built yet:
+  * the graph updates buffers or inputs in place (batch norm in train mode);
   * a call with gradients wanted (grad mode on and a parameter or input requiring grad): training through
     aot_autograd is not built yet;
-  * the parameters changed since the compile (their version counters moved, e.g. after an optimizer step): the
-    graph is compiled again, once per change.
+  * the export fails.
+The parameters changing since the compile (their version counters moved, e.g. after an optimizer step) compiles the
+graph again, once per change.
+
+Compiled graphs are kept in the on-disk cache (compiler/disk_cache.py, `specializations/torch/`), keyed by the FX
+graph's code, the inputs' shapes and types, the constants' bytes, the options, the host CPU and the versions: a
+second process loads them instead of compiling.
 `options={...}` (torch.compile's) are CompileOptions fields: precision, opt_level, tuning_db, num_threads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import warnings
 from typing import Mapping, Sequence
+
+import torch  # loaded by dynamo, which calls this backend, anyway
 
 log = logging.getLogger("tensorforge")
 
@@ -30,8 +43,6 @@ def tensorforge_backend(gm, example_inputs: Sequence, options: Mapping | None = 
 
 def _constant_inputs(gm, example_inputs) -> list[int]:
     """The positions of the graph inputs that are the module's parameters and buffers (dynamo passes them in)."""
-    import torch
-
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     return [i for i, (name, x) in enumerate(zip(names, example_inputs))
             if isinstance(x, torch.nn.Parameter) or "_buffers_" in str(name)]
@@ -41,55 +52,208 @@ class _Compiled:
     def __init__(self, gm, example_inputs: list, options: dict):
         self.gm, self.options = gm, options
         self.constants = _constant_inputs(gm, example_inputs)
-        self.model = None
+        self.runner = None  # a callable on the non-constant inputs' tensors, giving a tuple of tensors
+        self.pieces = None  # (compiled, in PyTorch) piece counts where the graph is split
         self.versions = None
         self.failed: str | None = None
         self._compile(example_inputs)
 
-    def _compile(self, inputs: list) -> None:
-        import torch
+    @property
+    def model(self):
+        """The CompiledModel of the whole graph, if it compiled whole (else None)."""
+        return getattr(self.runner, "model", None)
 
-        from tensorforge import compile_model
+    def _compile(self, inputs: list) -> None:
         from tensorforge.compiler.options import CompileOptions
         from tensorforge.runtime.errors import TensorForgeError
 
         const = set(self.constants)
-        module = _with_constants(self.gm, {i: inputs[i] for i in const})
+        self.versions = [inputs[i]._version for i in self.constants]
+        try:
+            options = CompileOptions(**self.options)
+        except TypeError as e:
+            raise TypeError(f"torch.compile(backend='tensorforge', options=...): {e}") from None
         example = tuple(x for i, x in enumerate(inputs) if i not in const)
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.model = compile_model(module, example_inputs=example, options=CompileOptions(**self.options))
-        except (TensorForgeError, TypeError) as e:
-            self.model, self.failed = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                self.runner = _build(self.gm, {i: inputs[i] for i in const}, example, options)
+        except TensorForgeError as e:
+            self.runner, self.failed = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warnings.warn(f"tensorforge: a graph of {len(self.gm.graph.nodes)} nodes runs in PyTorch: {self.failed}",
                           stacklevel=3)
             return
-        self.versions = [inputs[i]._version for i in self.constants]
+        self.pieces = getattr(self.runner, "pieces", None)
 
     def __call__(self, *args):
-        import torch
-
-        if self.model is None:
+        if self.runner is None:
             return self.gm.forward(*args)
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             return self.gm.forward(*args)  # training: not compiled yet
         if [args[i]._version for i in self.constants] != self.versions:
             log.info("tensorforge: parameters changed since the compile; compiling the graph again")
             self._compile(list(args))
-            if self.model is None:
+            if self.runner is None:
                 return self.gm.forward(*args)
         const = set(self.constants)
-        feeds = {name: args[i].detach().contiguous().numpy()
-                 for name, i in zip(self.model.input_names, (i for i in range(len(args)) if i not in const))}
-        return tuple(torch.from_numpy(o) for o in self.model.run(feeds))
+        return self.runner(*(a for i, a in enumerate(args) if i not in const))
+
+
+def _build(gm, constants: Mapping[int, object], example: tuple, options):
+    """The runner for dynamo's graph `gm` with `constants` (position -> tensor) baked in: a _Whole model or a
+    _Split graph. TensorForgeError where neither can be made (the export fails, the graph mutates state)."""
+    from tensorforge.frontends.torch.importer import export, exported_inputs, is_supported
+    from tensorforge.runtime.errors import FrontendError
+
+    key = _cache_key(gm.code, constants, example, options)
+    cached = _load(key)
+    if cached is not None:
+        return _Whole(cached)
+    module = _with_constants(gm, constants)
+    ep = export(module, example)
+    mutated = [s.target for s in ep.graph_signature.output_specs if s.kind.name != "USER_OUTPUT"]
+    if mutated:
+        raise FrontendError(f"the graph updates {mutated} in place (a module in train mode?): not compiled")
+    inputs = exported_inputs(ep, example)
+    gm_aten = ep.graph_module
+    if all(n.op != "call_function" or is_supported(n) for n in gm_aten.graph.nodes):
+        try:
+            model = _compile_aten(gm_aten, inputs, options)
+        except FrontendError as e:
+            if getattr(e, "torch_node", None) is None:
+                raise
+            return _Split(ep, inputs, options, {e.torch_node})  # that node's converter refused it
+        _store(key, model)
+        return _Whole(model)
+    return _Split(ep, inputs, options)
+
+
+def _compile_aten(gm, inputs: dict, options):
+    from tensorforge.compiler.api import compile_model
+    from tensorforge.frontends.torch.importer import convert_graph
+
+    return compile_model(convert_graph(gm, "torch_graph", inputs), options=options)
+
+
+class _Whole:
+    """The whole graph as one CompiledModel."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, *args):
+        return tuple(_run(self.model, args))
+
+
+def _run(model, args) -> list:
+    """model run on torch tensors (numpy views where they are contiguous CPU tensors), torch tensors back."""
+    feeds = {name: a.detach().contiguous().numpy() for name, a in zip(model.input_names, args)}
+    return [torch.from_numpy(o) for o in model.run(feeds)]
+
+
+class _Split:
+    """The exported ATen graph split into pieces of supported ops (each a CompiledModel) with PyTorch running the
+    ops between them: the exported graph module, its fused submodules swapped for _Piece modules."""
+
+    # a piece whose conversion fails at a node is split again without that node, this many times at most
+    MAX_RETRIES = 8
+
+    def __init__(self, ep, inputs: dict, options, excluded: set[str] = frozenset()):
+        state = {**ep.state_dict, **getattr(ep, "constants", {})}
+        self.constants = [state[s.target] if s.kind.name != "USER_INPUT" else None
+                          for s in ep.graph_signature.input_specs]
+        excluded = set(excluded)
+        for _ in range(self.MAX_RETRIES):
+            refused = self._split(ep, inputs, options, excluded)
+            if refused is None:
+                break
+            excluded.add(refused)
+        else:
+            self._split(ep, inputs, options, excluded, last=True)
+        compiled, eager = self.pieces
+        log.info("tensorforge: graph split into %d compiled piece(s) (%d in PyTorch); PyTorch runs %s", compiled,
+                 eager, self.eager_ops)
+
+    def _split(self, ep, inputs: dict, options, excluded: set[str], last: bool = False) -> str | None:
+        """Partition and compile; the name of a node whose converter refused it (to exclude and split again)
+        unless `last`, else None."""
+        import copy
+
+        from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
+        from torch.fx.passes.operator_support import OperatorSupportBase
+
+        from tensorforge.frontends.torch.importer import Known, is_supported
+        from tensorforge.runtime.errors import TensorForgeError
+
+        class Support(OperatorSupportBase):
+            def is_node_supported(self, submodules, node) -> bool:
+                return node.op == "call_function" and node.name not in excluded and is_supported(node)
+
+        gm = copy.deepcopy(ep.graph_module)
+        partitioner = CapabilityBasedPartitioner(gm, Support(), allows_single_node_partition=True)
+        gm = partitioner.fuse_partitions(partitioner.propose_partitions())
+        compiled, eager = 0, 0
+        for node in list(gm.graph.nodes):
+            if node.op != "call_module":
+                continue
+            sub = getattr(gm, node.target)
+            placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+            sub_inputs = {}
+            for ph, arg in zip(placeholders, node.args):
+                given = inputs.get(arg.name) if arg.op == "placeholder" else None
+                sub_inputs[ph.name] = given if isinstance(given, Known) else (ph.name, _tensor_type(arg.meta.get("val")))
+            try:
+                model = _compile_aten(sub, sub_inputs, options)
+            except TensorForgeError as e:
+                if getattr(e, "torch_node", None) is not None and not last:
+                    return e.torch_node
+                eager += 1
+                warnings.warn(f"tensorforge: a piece of {len(sub.graph.nodes)} nodes runs in PyTorch: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", stacklevel=5)
+                continue
+            compiled += 1
+            out = [n for n in sub.graph.nodes if n.op == "output"][0].args[0]
+            keep = [i for i, ph in enumerate(placeholders) if not isinstance(sub_inputs[ph.name], Known)]
+            setattr(gm, node.target, _Piece(model, keep, isinstance(out, (tuple, list))))
+        self.gm = gm
+        self.pieces = (compiled, eager)
+        self.eager_ops = sorted({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return None
+
+    def __call__(self, *args):
+        it = iter(args)
+        flat = [c if c is not None else next(it) for c in self.constants]
+        with torch.no_grad():
+            out = self.gm(*flat)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _tensor_type(val):
+    from tensorforge.compiler.ir import TensorType
+    from tensorforge.frontends.torch.converters import _np_dtype
+    from tensorforge.runtime.errors import FrontendError
+
+    if val is None or not hasattr(val, "shape"):
+        raise FrontendError("a piece's input has no recorded shape")
+    return TensorType(tuple(int(d) for d in val.shape), _np_dtype(val.dtype))
+
+
+class _Piece(torch.nn.Module):
+    """A compiled piece of a _Split graph, in place of the fused submodule: reads the inputs at `keep` (the others
+    are constants compiled in) and gives one tensor, or a tuple where the submodule gave several (`many`)."""
+
+    def __init__(self, model, keep: list[int], many: bool):
+        super().__init__()
+        self.model, self.keep, self.many = model, keep, many
+
+    def forward(self, *args):
+        out = _run(self.model, [args[i] for i in self.keep])
+        return tuple(out) if self.many else out[0]
 
 
 def _with_constants(gm, constants: Mapping[int, object]):
     """A copy of `gm` whose placeholders at `constants` (position -> tensor) read buffers holding those tensors."""
     import copy
-
-    import torch
 
     g = copy.deepcopy(gm.graph)
     module = torch.nn.Module()
@@ -103,3 +267,61 @@ def _with_constants(gm, constants: Mapping[int, object]):
         node.replace_all_uses_with(attr)
         g.erase_node(node)
     return torch.fx.GraphModule(module, g)
+
+
+# -- the on-disk cache --------------------------------------------------------------------------------------------
+def _cache_key(code: str, constants: Mapping[int, object], example: tuple, options) -> str:
+    """What a compiled graph depends on: the FX code, the constants' values, the inputs' shapes and types, the
+    options, the host CPU and the versions."""
+    from tensorforge.compiler.api import _fingerprint
+
+    h = hashlib.sha256(code.encode())
+    for i in sorted(constants):
+        t = constants[i].detach().contiguous()
+        h.update(repr((i, tuple(t.shape), str(t.dtype))).encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    h.update(repr([(tuple(x.shape), str(x.dtype)) for x in example]).encode())
+    h.update(_fingerprint(options).encode())
+    return h.hexdigest()[:32]
+
+
+def _path(key: str) -> str | None:
+    from tensorforge.compiler.disk_cache import cache_dir
+
+    root = cache_dir()
+    return None if root is None else os.path.join(root, "specializations", "torch", key + ".tfa")
+
+
+def _load(key: str):
+    path = _path(key)
+    if path is None or not os.path.exists(path):
+        return None
+    from tensorforge.runtime import load
+
+    try:
+        model = load(path)
+    except Exception as e:  # noqa: BLE001 - a damaged or stale file is compiled again
+        log.warning("ignoring the cached graph %s (%s: %s); compiling it again", path, type(e).__name__, e)
+        return None
+    try:
+        os.utime(path)  # recently used: trimmed last
+    except OSError:
+        pass
+    log.info("tensorforge: loaded a compiled graph from %s", path)
+    return model
+
+
+def _store(key: str, model) -> None:
+    from tensorforge.compiler.disk_cache import trim_cache
+    from tensorforge.runtime.errors import ArtifactError
+
+    path = _path(key)
+    if path is None or not hasattr(model, "save"):
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        model.save(path)  # atomic (runtime/artifact.py)
+    except (OSError, ArtifactError) as e:
+        log.warning("cannot keep the compiled graph in %s: %s", path, e)
+        return
+    trim_cache(keep=path)

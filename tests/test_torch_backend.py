@@ -71,16 +71,155 @@ def test_new_weights_recompile_and_gradients_run_in_pytorch():
     assert m[4].weight.grad is not None and y.grad_fn is not None
 
 
-def test_a_graph_that_does_not_compile_runs_in_pytorch_with_a_warning():
-    class Odd(torch.nn.Module):
-        def forward(self, x):
-            return torch.special.bessel_j0(x) + 1  # no converter for it
+def _capturing(model):
+    """torch.compile through our backend, keeping each _Compiled it makes."""
+    from tensorforge.compiler.torch_backend import tensorforge_backend
 
-    m = Odd()
-    x = torch.randn(3, 4)
-    with torch.no_grad(), pytest.warns(UserWarning, match="runs in PyTorch"):
-        y = _compiled(m)(x)
-    torch.testing.assert_close(y, m(x))
+    made = []
+
+    def backend(gm, example_inputs):
+        made.append(tensorforge_backend(gm, example_inputs))
+        return made[-1]
+
+    torch._dynamo.reset()
+    return torch.compile(model, backend=backend), made
+
+
+class _Odd(torch.nn.Module):
+    """Linear layers around an op without a converter (and a second output reading past it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = torch.special.bessel_j0(y) + y
+        return self.b(y), y.sum()
+
+
+def test_an_op_without_a_converter_runs_in_pytorch_between_compiled_pieces():
+    torch.manual_seed(0)
+    m = _Odd().eval()
+    c, made = _capturing(m)
+    x = torch.randn(3, 8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing falls back to PyTorch whole
+        got = c(x)
+        expected = m(x)
+    (compiled,) = made
+    assert compiled.model is None and compiled.pieces == (2, 0)
+    assert "aten.special_bessel_j0.default" in compiled.runner.eager_ops
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_a_node_its_converter_refuses_runs_in_pytorch_and_the_rest_compiled():
+    """avg_pool2d has a converter, but it refuses divisor_override: that node alone is left to PyTorch."""
+    class Pool(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4 * 3 * 3, 2)
+
+        def forward(self, x):
+            y = torch.nn.functional.avg_pool2d(torch.relu(self.conv(x)), 2, divisor_override=3)
+            return self.fc(y.flatten(1))
+
+    torch.manual_seed(3)
+    m = Pool().eval()
+    c, made = _capturing(m)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(c(x), m(x), rtol=1e-4, atol=1e-5)
+    assert made[0].pieces == (2, 0) and made[0].runner.eager_ops == ["aten.avg_pool2d.default"]
+
+
+def test_train_mode_dropout_is_drawn_by_pytorch_and_batch_norm_updates_run_eager():
+    """A module captured in train mode: its dropout runs in PyTorch (the same masks as eager for the same seed)
+    between compiled pieces; a graph updating batch-norm statistics runs in PyTorch whole, with a warning, and
+    the statistics move as in eager."""
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3)).train()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    c, made = _capturing(m)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        got = c(x)
+        torch.manual_seed(5)
+        expected = m(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert made[0].pieces is not None and made[0].pieces[0] >= 1
+    assert "aten.native_dropout.default" in made[0].runner.eager_ops
+
+    bn = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)).train()
+    twin = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)).train()
+    twin.load_state_dict(bn.state_dict())
+    c, made = _capturing(bn)
+    with torch.no_grad(), pytest.warns(UserWarning, match="runs in PyTorch.*in place"):
+        got = c(x)
+    with torch.no_grad():
+        expected = twin(x)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(bn[1].running_mean, twin[1].running_mean)
+
+
+def test_a_graph_break_gives_two_compiled_graphs():
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(6, 6), torch.nn.Linear(6, 2)
+
+        def forward(self, x):
+            y = torch.tanh(self.a(x))
+            print("", end="")  # dynamo breaks the graph here
+            return self.b(y)
+
+    torch.manual_seed(2)
+    m = Broken().eval()
+    c, made = _capturing(m)
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(c(x), m(x), rtol=1e-4, atol=1e-5)
+    assert len(made) == 2 and all(k.model is not None for k in made)
+
+
+@pytest.mark.parametrize("name", ["transformer_encoder", "multihead_attention", "bidirectional_gru",
+                                  "interpolate_bilinear_x2", "conv_transpose2d", "sdpa_causal"])
+def test_standard_modules_through_torch_compile(name):
+    from tests.frontends.test_torch_modules import CASES
+
+    torch.manual_seed(0)
+    m, inputs = CASES[name]()
+    m.eval()
+    c, made = _capturing(m)
+    # dynamo leaves RNN modules to eager unless asked (torch._dynamo.config.allow_rnn)
+    with torch.no_grad(), warnings.catch_warnings(), torch._dynamo.config.patch(allow_rnn=True):
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(assigned during export|TreeSpec|LeafSpec).*")
+        got = c(*inputs)
+        expected = m(*inputs)
+    assert made and all(k.runner is not None and k.pieces is None for k in made), [k.failed for k in made]
+    got, expected = (t if isinstance(t, tuple) else (t,) for t in (got, expected))
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_a_second_compile_of_the_same_graph_loads_it_from_the_disk_cache(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TENSORFORGE_CACHE_DIR", str(tmp_path))
+    m = _cnn()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        first = _compiled(m)(x)
+        assert len(list(tmp_path.rglob("*.tfa"))) == 1
+        with caplog.at_level("INFO", logger="tensorforge"):
+            second = _compiled(m)(x)
+        assert "loaded a compiled graph" in caplog.text
+        torch.testing.assert_close(first, second)
+        m[4].bias.add_(1.0)  # other constants: another entry, not the stale one
+        torch.testing.assert_close(_compiled(m)(x), m(x), rtol=1e-4, atol=1e-5)
+    assert len(list(tmp_path.rglob("*.tfa"))) == 2
 
 
 def test_an_unsupported_op_fails_at_once_with_warnings_recorded():

@@ -409,6 +409,9 @@ def zeros(b, size, dtype=None, layout=None, device=None, pin_memory=None):
 
 @converter(aten.dropout.default)
 def dropout(b, input, p, train):
+    if train and p > 0:  # a graph captured in train mode (torch.compile): random, and PyTorch's to draw
+        raise b.error("dropout in train mode is not compiled (compile the module in eval mode, or train it with "
+                      "compile_training)")
     # kept as a dropout node: a zero-copy view in inference, seeded train-mode dropout under compile_training
     return b.emit(ops.dropout, [input], p=float(p)) if p > 0 else input
 

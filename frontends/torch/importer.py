@@ -17,7 +17,7 @@ from tensorforge.compiler.ir import Graph, TensorType, Value
 from tensorforge.frontends.builder import Builder
 from tensorforge.runtime.errors import FrontendError, IRError, UnsupportedOpError
 
-from . import masks  # noqa: F401  (registers its converters)
+from . import fused, masks  # noqa: F401  (register their converters)
 from .converters import CONVERTERS
 
 
@@ -57,36 +57,74 @@ def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], 
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     ep = export(module, example_inputs)
-    gm = ep.graph_module
+    check_supported(ep.graph_module)
+    return convert_graph(ep.graph_module, type(module).__name__, exported_inputs(ep, example_inputs, keep_params))
+
+
+def exported_inputs(ep, example_inputs: Sequence[torch.Tensor], keep_params: bool = False) -> dict:
+    """`convert_graph`'s inputs for the exported program `ep`: its parameters, buffers and constants as `Known`
+    values, its user inputs named as their placeholders ("input" if there is one) with the example inputs' types."""
+    sig = ep.graph_signature
+    state = {**ep.state_dict, **getattr(ep, "constants", {})}
+    user_inputs = iter(example_inputs)
+    inputs: dict[str, object] = {}
+    for spec in sig.input_specs:
+        name = spec.arg.name
+        kind = spec.kind.name
+        if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
+            inputs[name] = Known(_np(state[spec.target]), spec.target, keep_params and kind == "PARAMETER")
+        elif kind == "USER_INPUT":
+            x = next(user_inputs)
+            inputs[name] = (name if len(example_inputs) > 1 else "input", TensorType(tuple(x.shape), str(_np(x).dtype)))
+        else:
+            raise FrontendError(f"unsupported exported input kind {kind} ({name})")
+    return inputs
+
+
+def check_supported(gm) -> None:
+    """An UnsupportedOpError listing the ATen ops of `gm` that no converter takes, with their nodes."""
     unsupported: dict[str, list[str]] = {}
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target is not operator.getitem and node.target not in CONVERTERS:
+        if node.op == "call_function" and not is_supported(node):
             unsupported.setdefault(str(node.target), []).append(node.name)
     if unsupported:
         lines = [f"  {op}: {', '.join(names[:8])}" for op, names in unsupported.items()]
         raise UnsupportedOpError(f"the module uses {len(unsupported)} unsupported ATen op(s):\n" + "\n".join(lines),
                                  [(op, 0, names) for op, names in unsupported.items()])
 
-    g = Graph(type(module).__name__)
+
+def is_supported(node) -> bool:
+    """Has the call_function `node` a converter (getitem always has)?"""
+    return node.target is operator.getitem or node.target in CONVERTERS
+
+
+class Known:
+    """A graph input whose value is known when converting (a parameter, buffer or constant): `name` names it in
+    the IR, `run_time` keeps it a param that run-time ops read (training, see `from_torch`)."""
+
+    def __init__(self, array: np.ndarray, name: str, run_time: bool = False):
+        self.array, self.name, self.run_time = array, name, run_time
+
+
+def convert_graph(gm, name: str, inputs: dict) -> Graph:
+    """Convert the core-ATen FX graph `gm` to a verified IR graph. `inputs` maps each placeholder's name to a `Known`
+    value or to (the IR input's name, its TensorType)."""
+    g = Graph(name)
     b = Builder(g, "torch")
     env: dict[str, object] = {}
-    sig = ep.graph_signature
-    state = {**ep.state_dict, **getattr(ep, "constants", {})}
-    user_inputs = iter(example_inputs)
-    for spec in sig.input_specs:
-        name = spec.arg.name
-        kind = spec.kind.name
-        if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
-            env[name] = _np(state[spec.target])
-            b.names[id(env[name])] = spec.target
-            if keep_params and kind == "PARAMETER":
-                b.keep_at_run_time(env[name])
-        elif kind == "USER_INPUT":
-            x = next(user_inputs)
-            env[name] = g.add_input(name if len(example_inputs) > 1 else "input", TensorType(tuple(x.shape),
-                                                                                             str(_np(x).dtype)))
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        if node.name not in inputs:
+            raise FrontendError(f"the graph's input {node.name!r} is not given")
+        given = inputs[node.name]
+        if isinstance(given, Known):
+            env[node.name] = given.array
+            b.names[id(given.array)] = given.name
+            if given.run_time:
+                b.keep_at_run_time(given.array)
         else:
-            raise FrontendError(f"unsupported exported input kind {kind} ({name})")
+            env[node.name] = g.add_input(*given)
 
     def arg(a):
         if isinstance(a, torch.fx.Node):
@@ -99,6 +137,8 @@ def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], 
         return a
 
     for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            raise FrontendError(f"the graph reads the attribute {node.target!r}: give it as an input")
         if node.op != "call_function":
             continue
         b.at(node.name, str(node.target), node)
@@ -107,9 +147,13 @@ def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], 
             env[node.name] = src[i]
             continue
         try:
-            out = CONVERTERS[node.target](b, *arg(node.args), **{k: arg(v) for k, v in node.kwargs.items()})
-        except IRError as e:
-            raise b.error(str(e)) from None
+            try:
+                out = CONVERTERS[node.target](b, *arg(node.args), **{k: arg(v) for k, v in node.kwargs.items()})
+            except IRError as e:
+                raise b.error(str(e)) from None
+        except FrontendError as e:
+            e.torch_node = getattr(e, "torch_node", None) or node.name  # torch.compile leaves that node to PyTorch
+            raise
         env[node.name] = out
         if isinstance(out, Value) and out.producer is not None and g.is_free(node.name):
             g.rename(out, node.name)
