@@ -10,10 +10,15 @@ constants, the other inputs its inputs; the graph is exported to core ATen (fron
 A call converts the tensors to numpy without copies where they are contiguous CPU tensors and hands back torch
 tensors over the outputs' arrays. PyTorch runs the whole graph itself (eager), with a warning once per graph, where
 this cannot be exact or is not built yet:
-  * the graph updates buffers or inputs in place (batch norm in train mode);
-  * a call with gradients wanted (grad mode on and a parameter or input requiring grad): training through
-    aot_autograd is not built yet;
+  * the graph updates buffers or inputs in place (batch norm in train mode, under no_grad);
   * the export fails.
+
+Training. A graph captured with gradients wanted (grad mode on, a parameter or input requiring grad) goes through
+aot_autograd: its forward and backward are core-ATen graphs whose inputs are the parameters, inputs, saved
+activations and incoming gradients, each compiled as above (whole, or split: batch norm's training form, dropout
+and the CPU flash attention run in PyTorch between compiled pieces). PyTorch's autograd calls them, so
+`loss.backward()` and any torch.optim optimizer work unchanged; outputs are laid out with the strides traced
+(the backward reads saved tensors as such).
 The parameters changing since the compile (their version counters moved, e.g. after an optimizer step) compiles the
 graph again, once per change.
 
@@ -38,7 +43,48 @@ log = logging.getLogger("tensorforge")
 
 def tensorforge_backend(gm, example_inputs: Sequence, options: Mapping | None = None, **_):
     """dynamo's compiler_fn: a callable with gm's signature (see the module docstring)."""
-    return _Compiled(gm, list(example_inputs), dict(options or {}))
+    options = dict(options or {})
+    if torch.is_grad_enabled() and any(getattr(x, "requires_grad", False) for x in example_inputs):
+        return _training(gm, list(example_inputs), options)
+    return _Compiled(gm, list(example_inputs), options)
+
+
+def _compile_options(options: dict):
+    from tensorforge.compiler.options import CompileOptions
+
+    try:
+        return CompileOptions(**options)
+    except TypeError as e:
+        raise TypeError(f"torch.compile(backend='tensorforge', options=...): {e}") from None
+
+
+def _training(gm, example_inputs: list, options: dict):
+    """A graph captured with gradients wanted: aot_autograd traces its forward and backward as two core-ATen
+    graphs (parameters, saved activations and gradients as their inputs and outputs), and each is compiled here
+    (whole, or split where ops lack converters: _aten_runner). PyTorch's autograd calls them, so
+    `loss.backward()` and any torch.optim optimizer work unchanged."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    from tensorforge.frontends.torch.importer import decompositions
+
+    compile_options = _compile_options(options)
+
+    def compiler(gm_aten, example):
+        inputs = {}
+        for node in gm_aten.graph.nodes:
+            if node.op == "placeholder":
+                inputs[node.name] = (node.name, _tensor_type(node.meta.get("val")))
+        try:
+            runner = _aten_runner(gm_aten, inputs, [None] * len(inputs), compile_options)
+        except Exception as e:  # noqa: BLE001 - anything: PyTorch runs this graph
+            warnings.warn(f"tensorforge: a training graph of {len(gm_aten.graph.nodes)} nodes runs in PyTorch: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", stacklevel=2)
+            return make_boxed_func(gm_aten.forward)
+        return make_boxed_func(runner)
+
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler, decompositions=decompositions(training=True))(
+        gm, example_inputs)
 
 
 def _constant_inputs(gm, example_inputs) -> list[int]:
@@ -64,15 +110,11 @@ class _Compiled:
         return getattr(self.runner, "model", None)
 
     def _compile(self, inputs: list) -> None:
-        from tensorforge.compiler.options import CompileOptions
         from tensorforge.runtime.errors import TensorForgeError
 
         const = set(self.constants)
         self.versions = [inputs[i]._version for i in self.constants]
-        try:
-            options = CompileOptions(**self.options)
-        except TypeError as e:
-            raise TypeError(f"torch.compile(backend='tensorforge', options=...): {e}") from None
+        options = _compile_options(self.options)
         example = tuple(x for i, x in enumerate(inputs) if i not in const)
         try:
             with torch.no_grad(), warnings.catch_warnings():
@@ -89,7 +131,7 @@ class _Compiled:
         if self.runner is None:
             return self.gm.forward(*args)
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-            return self.gm.forward(*args)  # training: not compiled yet
+            return self.gm.forward(*args)  # (dynamo guards on grad mode: a graph wanting gradients is _training's)
         if [args[i]._version for i in self.constants] != self.versions:
             log.info("tensorforge: parameters changed since the compile; compiling the graph again")
             self._compile(list(args))
@@ -102,30 +144,48 @@ class _Compiled:
 def _build(gm, constants: Mapping[int, object], example: tuple, options):
     """The runner for dynamo's graph `gm` with `constants` (position -> tensor) baked in: a _Whole model or a
     _Split graph. TensorForgeError where neither can be made (the export fails, the graph mutates state)."""
-    from tensorforge.frontends.torch.importer import export, exported_inputs, is_supported
+    from tensorforge.frontends.torch.importer import export, exported_inputs
     from tensorforge.runtime.errors import FrontendError
 
     key = _cache_key(gm.code, constants, example, options)
     cached = _load(key)
     if cached is not None:
-        return _Whole(cached)
+        return _Whole(cached, list(cached.input_names))
     module = _with_constants(gm, constants)
     ep = export(module, example)
     mutated = [s.target for s in ep.graph_signature.output_specs if s.kind.name != "USER_OUTPUT"]
     if mutated:
         raise FrontendError(f"the graph updates {mutated} in place (a module in train mode?): not compiled")
-    inputs = exported_inputs(ep, example)
-    gm_aten = ep.graph_module
-    if all(n.op != "call_function" or is_supported(n) for n in gm_aten.graph.nodes):
+    state = {**ep.state_dict, **getattr(ep, "constants", {})}
+    flat = [state[s.target] if s.kind.name != "USER_INPUT" else None for s in ep.graph_signature.input_specs]
+    runner = _aten_runner(ep.graph_module, exported_inputs(ep, example), flat, options)
+    if isinstance(runner, _Whole):
+        _store(key, runner.model)
+    return runner
+
+
+def _aten_runner(gm, inputs: dict, constants: list, options):
+    """A core-ATen graph compiled: a _Whole model where every node converts, else a _Split graph. `inputs` as
+    convert_graph's (each placeholder a Known value or an IR input's (name, type)); `constants` the placeholders'
+    values in order (None for those the caller passes)."""
+    from tensorforge.frontends.torch.importer import is_supported
+    from tensorforge.runtime.errors import FrontendError
+
+    out_node = [n for n in gm.graph.nodes if n.op == "output"][0]
+    results = out_node.args[0]
+    if isinstance(results, (tuple, list)) and any(not isinstance(r, torch.fx.Node) for r in results):
+        return _WithConstantOutputs(gm, results, inputs, constants, options)
+    if all(n.op != "call_function" or is_supported(n) for n in gm.graph.nodes):
         try:
-            model = _compile_aten(gm_aten, inputs, options)
+            model = _compile_aten(gm, inputs, options)
         except FrontendError as e:
             if getattr(e, "torch_node", None) is None:
                 raise
-            return _Split(ep, inputs, options, {e.torch_node})  # that node's converter refused it
-        _store(key, model)
-        return _Whole(model)
-    return _Split(ep, inputs, options)
+            return _Split(gm, inputs, constants, options, {e.torch_node})  # that node's converter refused it
+        names = [inputs[n.name][0] for n in gm.graph.nodes if n.op == "placeholder" and isinstance(inputs[n.name],
+                                                                                                   tuple)]
+        return _Whole(model, names, _output_strides(gm))
+    return _Split(gm, inputs, constants, options)
 
 
 def _compile_aten(gm, inputs: dict, options):
@@ -135,46 +195,95 @@ def _compile_aten(gm, inputs: dict, options):
     return compile_model(convert_graph(gm, "torch_graph", inputs), options=options)
 
 
-class _Whole:
-    """The whole graph as one CompiledModel."""
+class _WithConstantOutputs:
+    """A graph some of whose outputs are no tensors it computes (a backward graph's None for an input that wants
+    no gradient): the rest compiled, those put back in place."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, gm, results, inputs: dict, constants: list, options):
+        import copy
+
+        gm = copy.deepcopy(gm)
+        out_node = [n for n in gm.graph.nodes if n.op == "output"][0]
+        self.results = list(results)
+        self.computed = [i for i, r in enumerate(results) if isinstance(r, torch.fx.Node)]
+        out_node.args = (tuple(out_node.args[0][i] for i in self.computed),)
+        gm.recompile()
+        self.inner = _aten_runner(gm, inputs, constants, options)
+        self.model, self.pieces = getattr(self.inner, "model", None), getattr(self.inner, "pieces", None)
+        self.eager_ops = getattr(self.inner, "eager_ops", [])
 
     def __call__(self, *args):
-        return tuple(_run(self.model, args))
+        out = list(self.results)
+        for i, y in zip(self.computed, self.inner(*args)):
+            out[i] = y
+        return tuple(out)
 
 
-def _run(model, args) -> list:
-    """model run on torch tensors (numpy views where they are contiguous CPU tensors), torch tensors back."""
-    feeds = {name: a.detach().contiguous().numpy() for name, a in zip(model.input_names, args)}
+class _Whole:
+    """The whole graph as one CompiledModel; `names`: its input for each argument; `strides`: each output's strides
+    as traced (None: any)."""
+
+    def __init__(self, model, names: list[str], strides: list | None = None):
+        self.model, self.names, self.strides = model, names, strides
+
+    def __call__(self, *args):
+        return tuple(_restrided(_run(self.model, args, self.names), self.strides))
+
+
+def _output_strides(gm) -> list:
+    """The strides the traced graph's outputs have (node.meta["val"]), None where unknown. aot_autograd's backward
+    graphs read saved forward outputs as laid out when traced (as_strided views), so outputs are given the same."""
+    out = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
+    vals = [getattr(r, "meta", {}).get("val") for r in (out if isinstance(out, (tuple, list)) else [out])]
+    return [tuple(v.stride()) if isinstance(v, torch.Tensor) else None for v in vals]
+
+
+def _restrided(tensors: list, strides: list | None) -> list:
+    """Each tensor in the strides given (a copy where they are not its own, row-major ones)."""
+    if strides is None:
+        return tensors
+    out = []
+    for t, st in zip(tensors, strides):
+        if st is not None and t.dim() and tuple(t.stride()) != st:
+            laid = torch.empty_strided(t.shape, st, dtype=t.dtype)
+            laid.copy_(t)
+            t = laid
+        out.append(t)
+    return out
+
+
+def _run(model, args, names=None) -> list:
+    """model run on torch tensors (numpy views where they are contiguous CPU tensors), torch tensors back.
+    `names`: the model's input for each argument (default: its inputs in order); inputs it dropped are not fed."""
+    wanted = set(model.input_names)
+    feeds = {name: a.detach().contiguous().numpy()
+             for name, a in zip(names or model.input_names, args) if name in wanted}
     return [torch.from_numpy(o) for o in model.run(feeds)]
 
 
 class _Split:
-    """The exported ATen graph split into pieces of supported ops (each a CompiledModel) with PyTorch running the
-    ops between them: the exported graph module, its fused submodules swapped for _Piece modules."""
+    """A core-ATen graph split into pieces of supported ops (each a CompiledModel) with PyTorch running the ops
+    between them: the graph module, its fused submodules swapped for _Piece modules. `constants`: each
+    placeholder's value, or None for those passed in a call (in order)."""
 
     # a piece whose conversion fails at a node is split again without that node, this many times at most
     MAX_RETRIES = 8
 
-    def __init__(self, ep, inputs: dict, options, excluded: set[str] = frozenset()):
-        state = {**ep.state_dict, **getattr(ep, "constants", {})}
-        self.constants = [state[s.target] if s.kind.name != "USER_INPUT" else None
-                          for s in ep.graph_signature.input_specs]
+    def __init__(self, gm, inputs: dict, constants: list, options, excluded: set[str] = frozenset()):
+        self.constants = constants
         excluded = set(excluded)
         for _ in range(self.MAX_RETRIES):
-            refused = self._split(ep, inputs, options, excluded)
+            refused = self._split(gm, inputs, options, excluded)
             if refused is None:
                 break
             excluded.add(refused)
         else:
-            self._split(ep, inputs, options, excluded, last=True)
+            self._split(gm, inputs, options, excluded, last=True)
         compiled, eager = self.pieces
         log.info("tensorforge: graph split into %d compiled piece(s) (%d in PyTorch); PyTorch runs %s", compiled,
                  eager, self.eager_ops)
 
-    def _split(self, ep, inputs: dict, options, excluded: set[str], last: bool = False) -> str | None:
+    def _split(self, gm, inputs: dict, options, excluded: set[str], last: bool = False) -> str | None:
         """Partition and compile; the name of a node whose converter refused it (to exclude and split again)
         unless `last`, else None."""
         import copy
@@ -189,7 +298,7 @@ class _Split:
             def is_node_supported(self, submodules, node) -> bool:
                 return node.op == "call_function" and node.name not in excluded and is_supported(node)
 
-        gm = copy.deepcopy(ep.graph_module)
+        gm = copy.deepcopy(gm)
         partitioner = CapabilityBasedPartitioner(gm, Support(), allows_single_node_partition=True)
         gm = partitioner.fuse_partitions(partitioner.propose_partitions())
         compiled, eager = 0, 0
@@ -214,7 +323,7 @@ class _Split:
             compiled += 1
             out = [n for n in sub.graph.nodes if n.op == "output"][0].args[0]
             keep = [i for i, ph in enumerate(placeholders) if not isinstance(sub_inputs[ph.name], Known)]
-            setattr(gm, node.target, _Piece(model, keep, isinstance(out, (tuple, list))))
+            setattr(gm, node.target, _Piece(model, keep, isinstance(out, (tuple, list)), _output_strides(sub)))
         self.gm = gm
         self.pieces = (compiled, eager)
         self.eager_ops = sorted({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
@@ -242,12 +351,12 @@ class _Piece(torch.nn.Module):
     """A compiled piece of a _Split graph, in place of the fused submodule: reads the inputs at `keep` (the others
     are constants compiled in) and gives one tensor, or a tuple where the submodule gave several (`many`)."""
 
-    def __init__(self, model, keep: list[int], many: bool):
+    def __init__(self, model, keep: list[int], many: bool, strides: list | None = None):
         super().__init__()
-        self.model, self.keep, self.many = model, keep, many
+        self.model, self.keep, self.many, self.strides = model, keep, many, strides
 
     def forward(self, *args):
-        out = _run(self.model, [args[i] for i in self.keep])
+        out = _restrided(_run(self.model, [args[i] for i in self.keep]), self.strides)
         return tuple(out) if self.many else out[0]
 
 

@@ -3,10 +3,12 @@ graphs compiled and matching eager, PyTorch running what is not compiled (with a
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -235,3 +237,73 @@ def test_an_unsupported_op_fails_at_once_with_warnings_recorded():
     with pytest.raises(UnsupportedOpError, match="bessel"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         compile_model(Warns(), example_inputs=(torch.randn(2, 2),))
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Linear(6, 32)
+        layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.head(self.enc(self.emb(x)).mean(1))
+
+
+def _train_cnn():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2), torch.nn.AvgPool2d(2), torch.nn.Flatten(),
+        torch.nn.Dropout(0.2), torch.nn.Linear(8, 5))
+
+
+def _losses(make, shape, compiled: bool, steps: int = 50):
+    """The losses of `steps` Adam steps on random batches, and the trained module."""
+    torch.manual_seed(0)
+    m = make().train()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    f = _capturing(m)[0] if compiled else m
+    data = torch.Generator().manual_seed(1)
+    torch.manual_seed(7)  # dropout's masks: drawn by PyTorch in both runs, in the same order
+    losses = []
+    for _ in range(steps):
+        x, y = torch.randn(*shape, generator=data), torch.randint(0, 5, (shape[0],), generator=data)
+        loss = torch.nn.functional.cross_entropy(f(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, m
+
+
+@pytest.mark.parametrize("make, shape", [(_train_cnn, (16, 3, 8, 8)), (_Encoder, (4, 10, 6))],
+                         ids=["cnn_batchnorm_dropout", "transformer_encoder"])
+def test_fifty_adam_steps_match_eager(make, shape):
+    """Training through aot_autograd: forward and backward graphs compiled (batch norm's training form, dropout and
+    the CPU flash attention run in PyTorch between compiled pieces); the losses as eager's. (Not the weights: Adam
+    turns the rounding noise of a gradient that is zero in exact arithmetic, such as a bias before batch norm or
+    attention's key bias, into steps of lr either way.)"""
+    expected, _ = _losses(make, shape, compiled=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        got, _ = _losses(make, shape, compiled=True)
+    assert not [str(w.message) for w in said if "runs in PyTorch" in str(w.message)]
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_backward_ops_convert_exactly():
+    """convolution_backward (strided, grouped), max_pool2d_with_indices_backward (ties after a ReLU go where
+    PyTorch sends them: the first maximum) and avg_pool2d_backward, compiled whole, gradients as eager's."""
+    torch.manual_seed(4)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                            torch.nn.Conv2d(6, 6, 3, padding=1, groups=3), torch.nn.AvgPool2d(2, padding=1),
+                            torch.nn.Flatten(), torch.nn.Linear(6 * 2 * 2, 3))
+    twin = _capturing(copy.deepcopy(m))[0]
+    x = torch.randn(2, 3, 12, 12)
+    m(x).square().sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing runs in PyTorch
+        twin(x).square().sum().backward()
+    for (name, p), q in zip(m.named_parameters(), twin._orig_mod.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -208,16 +208,31 @@ def native_layer_norm(b, input, normalized_shape, weight, bias, eps):
     n = prod(normalized_shape)
     weight = weight if weight is not None else np.ones(normalized_shape, dt)
     inputs = [input, weight] + ([bias] if bias is not None else [])
-    return b.emit(ops.layer_norm, inputs, axis=rank - len(normalized_shape), epsilon=eps), None, None
+    axis = rank - len(normalized_shape)
+    y = b.emit(ops.layer_norm, inputs, axis=axis, epsilon=eps)
+    # mean and 1 / std, kept dims (what a training graph saves for the backward); unread, they are dropped
+    axes = tuple(range(axis, rank))
+    mean = b.emit(ops.reduce_mean, [input], axes=axes, keepdims=True)
+    centered = b.emit(ops.sub, [input, mean])
+    var = b.emit(ops.reduce_mean, [b.emit(ops.mul, [centered, centered])], axes=axes, keepdims=True)
+    rstd = b.emit(ops.reciprocal, [b.emit(ops.sqrt, [b.emit(ops.add, [var, np.asarray(eps, dt)])])])
+    return y, mean, rstd
 
 
 @converter(aten.max_pool2d_with_indices.default)
 def max_pool2d_with_indices(b, self, kernel_size, stride=(), padding=(0, 0), dilation=(1, 1), ceil_mode=False):
     stride = tuple(stride) or tuple(kernel_size)
     padding = tuple(padding) * (2 if len(padding) == 1 else 1)
-    y = b.emit(ops.max_pool2d, [self], kernel=tuple(kernel_size), strides=stride,
-               pads=(padding[0], padding[1], padding[0], padding[1]), dilations=tuple(dilation), ceil_mode=ceil_mode)
-    return y, None
+    attrs = dict(kernel=tuple(kernel_size), strides=stride, pads=(padding[0], padding[1], padding[0], padding[1]),
+                 dilations=tuple(dilation), ceil_mode=ceil_mode)
+    y = b.emit(ops.max_pool2d, [self], **attrs)
+    if b.type(self).rank != 4:
+        return y, None
+    # PyTorch's indices count within each (h, w) plane; max_pool_indices' (ONNX's) over the whole tensor. Unread
+    # (inference), the op is dropped with the unused nodes.
+    n, c, h, w = b.type(self).shape
+    flat = b.emit(ops.max_pool_indices, [self], storage_order=0, **attrs)
+    return y, b.emit(ops.sub, [flat, (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)])
 
 
 @converter(aten.avg_pool2d.default)

@@ -17,7 +17,7 @@ from tensorforge.compiler.ir import Graph, TensorType, Value
 from tensorforge.frontends.builder import Builder
 from tensorforge.runtime.errors import FrontendError, IRError, UnsupportedOpError
 
-from . import fused, masks  # noqa: F401  (register their converters)
+from . import backward, fused, masks  # noqa: F401  (register their converters)
 from .converters import CONVERTERS
 
 
@@ -32,16 +32,28 @@ KEEP_WHOLE = (torch.ops.aten.lstm.input, torch.ops.aten.upsample_linear1d.vec, t
               torch.ops.aten.upsample_trilinear3d.vec, torch.ops.aten.upsample_nearest3d.vec)
 
 
+# Kept whole in training graphs (aot_autograd): with the CPU flash attention decomposed, its backward (which
+# PyTorch runs) reads a logsumexp the decomposition does not give as the kernel would: gradients off by O(1)
+# (measured on nn.TransformerEncoder, eager PyTorch under aot_autograd with this table).
+KEEP_WHOLE_IN_TRAINING = (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,)
+
+
+def decompositions(training: bool = False) -> dict:
+    """torch.export's core-ATen decompositions, but for the ops with a converter of their own (KEEP_WHOLE) and, for
+    training graphs, KEEP_WHOLE_IN_TRAINING."""
+    table = torch.export.default_decompositions()
+    for op in KEEP_WHOLE + (KEEP_WHOLE_IN_TRAINING if training else ()):
+        table.pop(op, None)
+    return table
+
+
 def export(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]):
     """torch.export in eval mode; the caller's module is left in the mode it was in."""
     was_training = module.training
     try:
         with torch.no_grad():
             ep = torch.export.export(module.eval(), tuple(example_inputs))
-            table = torch.export.default_decompositions()
-            for op in KEEP_WHOLE:  # ops with a converter of their own, better than their decomposition
-                table.pop(op, None)
-            return ep.run_decompositions(table)
+            return ep.run_decompositions(decompositions())
     except Exception as e:
         raise FrontendError(f"torch.export could not capture the module: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
