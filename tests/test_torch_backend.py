@@ -307,3 +307,25 @@ def test_backward_ops_convert_exactly():
         twin(x).square().sum().backward()
     for (name, p), q in zip(m.named_parameters(), twin._orig_mod.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+ZOO_FAST = ["mlp", "bert_small", "gpt2_tiny", "lstm_classifier", "vit_tiny", "llama_block"]
+ZOO_SLOW = ["gru_classifier", "mobilenet_v2", "resnet50", "hf_bert", "hf_vit", "hf_distilbert", "hf_convnext"]
+
+
+@pytest.mark.parametrize("name", ZOO_FAST + [pytest.param(n, marks=pytest.mark.slow) for n in ZOO_SLOW])
+def test_the_network_zoo_through_torch_compile(name):
+    """Each of the zoo's PyTorch modules compiles as one graph, whole (no piece left to PyTorch), matching eager."""
+    from benchmarks.models import MODELS
+
+    if name.startswith("hf_"):
+        pytest.importorskip("transformers")
+    module, x = MODELS[name](1)
+    module.eval()
+    c, made = _capturing(module)
+    with torch.no_grad(), torch._dynamo.config.patch(allow_rnn=True):
+        got, expected = c(x), module(x)
+    got, expected = (getattr(t, "logits", t) for t in (got, expected))
+    got, expected = (t[0] if isinstance(t, tuple) else t for t in (got, expected))
+    assert len(made) == 1 and made[0].model is not None, (made[0].failed, made[0].pieces)
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)

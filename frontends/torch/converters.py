@@ -306,6 +306,11 @@ def slice_scatter(b, self, src, dim=0, start=None, end=None, step=1):
     return b.emit(ops.concat, parts, axis=ax) if len(parts) > 1 else src
 
 
+@converter(aten.gather.default)
+def gather(b, self, dim, index, sparse_grad=False):
+    return b.emit(ops.gather_elements, [self, index], axis=_axis(b, dim, b.type(self).rank))
+
+
 @converter(aten.index.Tensor)
 def index(b, self, indices):
     """x[..., idx, ...] with one index tensor (the other axes whole): a take along that axis."""
