@@ -71,12 +71,11 @@ def _training(gm, example_inputs: list, options: dict):
     compile_options = _compile_options(options)
 
     def compiler(gm_aten, example):
-        inputs = {}
-        for node in gm_aten.graph.nodes:
-            if node.op == "placeholder":
-                inputs[node.name] = (node.name, _tensor_type(node.meta.get("val")))
         try:
-            runner = _aten_runner(gm_aten, inputs, [None] * len(inputs), compile_options)
+            gm_laid, perms = _inputs_as_laid_out(gm_aten)
+            inputs = {n.name: (n.name, _tensor_type(n.meta.get("val")))
+                      for n in gm_laid.graph.nodes if n.op == "placeholder"}
+            runner = _Laid(_aten_runner(gm_laid, inputs, [None] * len(inputs), compile_options), perms)
         except Exception as e:  # noqa: BLE001 - anything: PyTorch runs this graph
             warnings.warn(f"tensorforge: a training graph of {len(gm_aten.graph.nodes)} nodes runs in PyTorch: "
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", stacklevel=2)
@@ -173,8 +172,9 @@ def _aten_runner(gm, inputs: dict, constants: list, options):
 
     out_node = [n for n in gm.graph.nodes if n.op == "output"][0]
     results = out_node.args[0]
-    if isinstance(results, (tuple, list)) and any(not isinstance(r, torch.fx.Node) for r in results):
-        return _WithConstantOutputs(gm, results, inputs, constants, options)
+    if isinstance(results, (tuple, list)) and any(not isinstance(r, torch.fx.Node) or _view_of_input(r)
+                                                  for r in results):
+        return _OutputsInTorch(gm, results, inputs, constants, options)
     if all(n.op != "call_function" or is_supported(n) for n in gm.graph.nodes):
         try:
             model = _compile_aten(gm, inputs, options)
@@ -188,6 +188,49 @@ def _aten_runner(gm, inputs: dict, constants: list, options):
     return _Split(gm, inputs, constants, options)
 
 
+def _inputs_as_laid_out(gm):
+    """(a copy of gm whose inputs are as laid out in memory, the permutation of each: None where it is row-major).
+    An input traced as a permuted view of row-major storage (the backward's saved `t(weight)`, a view of the
+    weight: see _view_of_input) becomes an input of the storage's order followed by a permute in the graph, so that
+    it is fed without a copy and the permute folds into its reader (a transposed weight into dense's packing)."""
+    import copy
+
+    gm = copy.deepcopy(gm)
+    perms = []
+    for node in [n for n in gm.graph.nodes if n.op == "placeholder"]:
+        val = node.meta.get("val")
+        perm = None
+        if isinstance(val, torch.Tensor) and val.dim() > 1 and not val.is_contiguous():
+            order = sorted(range(val.dim()), key=lambda d: (-val.stride()[d], d))
+            laid = val.permute(order)
+            if laid.is_contiguous():
+                perm = order
+        perms.append(perm)
+        if perm is None:
+            continue
+        inverse = [perm.index(d) for d in range(len(perm))]
+        users = list(node.users)
+        with gm.graph.inserting_after(node):
+            view = gm.graph.call_function(torch.ops.aten.permute.default, (node, inverse))
+        for u in users:
+            u.replace_input_with(node, view)
+        view.meta["val"] = val
+        node.meta = {**node.meta, "val": val.permute(perm)}
+    gm.recompile()
+    return gm, perms
+
+
+class _Laid:
+    """A runner fed its inputs permuted as _inputs_as_laid_out laid them (views, no copies)."""
+
+    def __init__(self, runner, perms: list):
+        self.runner, self.perms = runner, perms
+        self.model, self.pieces = getattr(runner, "model", None), getattr(runner, "pieces", None)
+
+    def __call__(self, *args):
+        return self.runner(*(a if p is None else a.permute(p) for a, p in zip(args, self.perms)))
+
+
 def _compile_aten(gm, inputs: dict, options):
     from tensorforge.compiler.api import compile_model
     from tensorforge.frontends.torch.importer import convert_graph
@@ -195,27 +238,56 @@ def _compile_aten(gm, inputs: dict, options):
     return compile_model(convert_graph(gm, "torch_graph", inputs), options=options)
 
 
-class _WithConstantOutputs:
+_VIEWS = {torch.ops.aten.permute.default, torch.ops.aten.t.default, torch.ops.aten.view.default,
+          torch.ops.aten.transpose.int, torch.ops.aten.expand.default, torch.ops.aten.alias.default,
+          torch.ops.aten.unsqueeze.default, torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims,
+          torch.ops.aten.slice.Tensor, torch.ops.aten.select.int}
+
+
+def _view_of_input(node) -> bool:
+    """Is `node` a graph input, or a chain of view ops on one (aot_autograd's forward saves `t(weight)` for the
+    backward): PyTorch makes such an output as a view, without a copy."""
+    while node.op == "call_function" and node.target in _VIEWS:
+        node = node.args[0]
+    return node.op == "placeholder"
+
+
+class _OutputsInTorch:
     """A graph some of whose outputs are no tensors it computes (a backward graph's None for an input that wants
-    no gradient): the rest compiled, those put back in place."""
+    no gradient) or views of its inputs: the rest compiled, those made by PyTorch (views, no copies) and put in
+    place."""
 
     def __init__(self, gm, results, inputs: dict, constants: list, options):
         import copy
 
+        self.results = list(results)
+        self.placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.computed = [i for i, r in enumerate(results) if isinstance(r, torch.fx.Node) and not _view_of_input(r)]
+        self.views = [i for i, r in enumerate(results) if isinstance(r, torch.fx.Node) and _view_of_input(r)]
         gm = copy.deepcopy(gm)
         out_node = [n for n in gm.graph.nodes if n.op == "output"][0]
-        self.results = list(results)
-        self.computed = [i for i, r in enumerate(results) if isinstance(r, torch.fx.Node)]
         out_node.args = (tuple(out_node.args[0][i] for i in self.computed),)
+        gm.graph.eliminate_dead_code()
         gm.recompile()
         self.inner = _aten_runner(gm, inputs, constants, options)
         self.model, self.pieces = getattr(self.inner, "model", None), getattr(self.inner, "pieces", None)
         self.eager_ops = getattr(self.inner, "eager_ops", [])
 
+    def _view(self, node, env):
+        if node.op == "placeholder":
+            return env[node.name]
+        x = self._view(node.args[0], env)
+        return node.target(x, *node.args[1:], **node.kwargs)
+
     def __call__(self, *args):
         out = list(self.results)
-        for i, y in zip(self.computed, self.inner(*args)):
-            out[i] = y
+        if self.computed:
+            for i, y in zip(self.computed, self.inner(*args)):
+                out[i] = y
+        if self.views:
+            env = {p.name: a for p, a in zip(self.placeholders, args)}
+            for i in self.views:
+                out[i] = self._view(self.results[i], env)
         return tuple(out)
 
 

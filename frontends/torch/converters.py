@@ -168,12 +168,22 @@ def convolution(b, input, weight, bias, stride, padding, dilation, transposed, o
     return b.emit(ops.conv2d, inputs, strides=tuple(stride), pads=pads, dilations=tuple(dilation), groups=groups)
 
 
+def _untransposed(mat2):
+    """W where the run-time value mat2 is W^T (a transpose of a 2-D graph input: aot_autograd's `t(weight)`), else
+    None. (Not of a param kept at run time, compile_training's: its training graph reads the transpose.)"""
+    p = getattr(mat2, "producer", None)
+    if p is not None and p.op is ops.transpose and tuple(p.attrs["perm"]) == (1, 0) and not p.inputs[0].is_param:
+        return p.inputs[0]
+    return None
+
+
 @converter(aten.addmm.default)
 def addmm(b, self, mat1, mat2, beta=1, alpha=1):
-    if isinstance(mat2, np.ndarray) and beta == 1 and alpha == 1 and b.type(self).numel == b.type(mat2).shape[1]:
+    w = b.derive(np.ascontiguousarray(mat2.T), mat2) if isinstance(mat2, np.ndarray) else _untransposed(mat2)
+    if w is not None and beta == 1 and alpha == 1 and b.type(self).numel == b.type(mat2).shape[1]:
         bias = b.derive(self.reshape(-1), self) if isinstance(self, np.ndarray) else \
             _reshape(b, self, (b.type(self).numel,))
-        return b.emit(ops.dense, [mat1, b.derive(np.ascontiguousarray(mat2.T), mat2), bias])
+        return b.emit(ops.dense, [mat1, w, bias])  # (a run-time w: packed by a kernel of its own each run)
     y = b.emit(ops.matmul, [mat1, mat2])
     if alpha != 1:
         y = b.emit(ops.mul, [y, np.asarray(alpha, b.type(y).dtype)])
@@ -183,11 +193,20 @@ def addmm(b, self, mat1, mat2, beta=1, alpha=1):
 
 @converter(aten.mm.default, aten.bmm.default, aten.matmul.default)
 def mm(b, self, mat2):
-    if isinstance(mat2, np.ndarray) and mat2.ndim == 2 and not isinstance(self, np.ndarray):
+    w = None
+    if isinstance(mat2, np.ndarray) and mat2.ndim == 2:
+        w = b.derive(np.ascontiguousarray(mat2.T), mat2)
+    elif b.type(mat2).rank == 2 and b.type(mat2).dtype == "float32":
+        # a run-time right operand (a training graph's weight or activation): dense's packed kernel, the transpose
+        # fused into the run-time packing (one pass over mat2), beats the generic matmul schedule
+        w = _untransposed(mat2)
+        if w is None:
+            w = b.emit(ops.transpose, [mat2], perm=(1, 0))
+    if w is not None and not isinstance(self, np.ndarray):
         shape = b.type(self).shape
         x = _reshape(b, self, (prod(shape[:-1]), shape[-1])) if len(shape) != 2 else self
-        y = b.emit(ops.dense, [x, b.derive(np.ascontiguousarray(mat2.T), mat2)])
-        return _reshape(b, y, shape[:-1] + (mat2.shape[1],)) if len(shape) != 2 else y
+        y = b.emit(ops.dense, [x, w])
+        return _reshape(b, y, shape[:-1] + (b.type(mat2).shape[1],)) if len(shape) != 2 else y
     return b.emit(ops.matmul, [self, mat2])
 
 

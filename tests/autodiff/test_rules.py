@@ -70,6 +70,9 @@ CASES = [
     ("conv2d", ops.conv2d, CONV, [r(2, 3, 5, 5), r(4, 3, 3, 3), r(4)]),
     ("conv2d_strided", ops.conv2d, {**CONV, "strides": (2, 2), "pads": (0, 1, 1, 0), "dilations": (1, 2)},
      [r(1, 2, 6, 7), r(3, 2, 3, 2)]),
+    ("conv2d_1x1_stride2_odd", ops.conv2d, {**CONV, "strides": (2, 2), "pads": (0, 0, 0, 0)},
+     [r(1, 3, 7, 5), r(2, 3, 1, 1)]),  # dy spread with zeros: its last zero rows cut
+    ("conv2d_3x3_stride3", ops.conv2d, {**CONV, "strides": (3, 2)}, [r(2, 2, 8, 7), r(3, 2, 3, 3), r(3)]),
     ("conv2d_dilated", ops.conv2d, {**CONV, "pads": (2, 0, 1, 1), "dilations": (2, 1)},
      [r(1, 2, 6, 5), r(3, 2, 3, 2)]),  # stride 1, asymmetric pads: dx is a conv of dy with the flipped weight
     ("conv2d_wide_pad", ops.conv2d, {**CONV, "pads": (3, 2, 3, 2)}, [r(1, 2, 3, 3), r(2, 2, 3, 3)]),  # pad > k-1
@@ -161,12 +164,13 @@ def test_op_without_rule_names_op_and_node():
 
 @pytest.mark.parametrize("attrs, fast", [
     (CONV, True),
-    ({**CONV, "strides": (2, 2)}, False),  # dx: the gather form; dw: still the matrix product
+    ({**CONV, "strides": (2, 2)}, True),  # dx: a stride-1 conv of dy spread with zeros
     ({**CONV, "pads": (3, 3, 3, 3)}, False),  # a pad wider than the window: dy would need negative padding
 ])
 def test_conv_backward_reuses_forward_kernels(attrs, fast):
-    """An ungrouped conv differentiates into a conv of dy with the flipped weight (stride 1) and a matrix product
-    with im2col(x), the ops whose CPU kernels are register-tiled; otherwise the gather-form ops."""
+    """An ungrouped conv differentiates into a conv of dy (spread with zeros for strides > 1) with the flipped
+    weight and a matrix product with im2col(x), the ops whose CPU kernels are register-tiled; otherwise (a pad wider
+    than the window) the gather-form ops."""
     g = Graph("conv")
     x = g.add_input("x", TensorType((2, 3, 6, 6)))
     w = g.add_input("w", TensorType((4, 3, 3, 3)))
