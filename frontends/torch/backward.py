@@ -1,7 +1,8 @@
 """Converters for the backward ATen ops that aot_autograd's backward graphs call (torch.compile training,
 compiler/torch_backend.py): convolution_backward through conv2d's own gradient rule (the forward's kernels where
 it can), max_pool2d_with_indices_backward as a scatter-add at the forward's indices (PyTorch's choice among equal
-maxima, not every one of them), avg_pool2d_backward. Registered in converters.CONVERTERS on import."""
+maxima, not every one of them), avg_pool2d_backward; and batch norm's functional training form. Registered in
+converters.CONVERTERS on import."""
 
 from __future__ import annotations
 
@@ -60,3 +61,32 @@ def avg_pool2d_backward(b, grad_output, self, kernel_size, stride, padding, ceil
     return b.emit(ops.avg_pool2d_grad, [self, grad_output], kernel=tuple(kernel_size), strides=stride,
                   pads=(padding[0], padding[1], padding[0], padding[1]), dilations=(1, 1), ceil_mode=ceil_mode,
                   count_include_pad=count_include_pad)
+
+
+@converter(aten._native_batch_norm_legit_functional.default)
+def batch_norm_training(b, input, weight, bias, running_mean, running_var, training, momentum, eps):
+    """Batch norm over the batch's statistics (aot_autograd's functional form in a training graph): y, the mean and
+    1 / std saved for the backward, and the running statistics' updates as PyTorch makes them (the variance
+    unbiased)."""
+    if not training:
+        raise b.error("batch norm with running statistics in a training graph is not converted here")
+    shape = b.type(input).shape
+    dt = b.type(input).dtype
+    axes = (0,) + tuple(range(2, len(shape)))
+    per_channel = (1, shape[1]) + (1,) * (len(shape) - 2)
+    count = int(np.prod([shape[a] for a in axes]))
+    mean = b.emit(ops.reduce_mean, [input], axes=axes, keepdims=False)
+    centered = b.emit(ops.sub, [input, _reshape(b, mean, per_channel)])
+    var = b.emit(ops.reduce_mean, [b.emit(ops.mul, [centered, centered])], axes=axes, keepdims=False)
+    invstd = b.emit(ops.reciprocal, [b.emit(ops.sqrt, [b.emit(ops.add, [var, np.asarray(eps, dt)])])])
+    y = b.emit(ops.mul, [centered, _reshape(b, invstd, per_channel)])
+    if weight is not None:
+        y = b.emit(ops.mul, [y, _reshape(b, weight, per_channel)])
+    if bias is not None:
+        y = b.emit(ops.add, [y, _reshape(b, bias, per_channel)])
+    m = np.asarray(momentum, dt)
+    keep = np.asarray(1 - momentum, dt)
+    new_mean = b.emit(ops.add, [b.emit(ops.mul, [running_mean, keep]), b.emit(ops.mul, [mean, m])])
+    unbiased = b.emit(ops.mul, [var, np.asarray(count / max(count - 1, 1), dt)])
+    new_var = b.emit(ops.add, [b.emit(ops.mul, [running_var, keep]), b.emit(ops.mul, [unbiased, m])])
+    return y, mean, invstd, new_mean, new_var
