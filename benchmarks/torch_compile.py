@@ -8,7 +8,8 @@ benchmarks/results/torch_compile.md.
 
 One process per table, the engines interleaved per round (the order alternating), medians of `--rounds`; torch and
 TVM use the same number of threads. The warm-cache column runs a child process twice with a fresh cache directory
-(the first fills it) and reports the second one's first call (dynamo's capture, our cache lookup and load).
+(the first fills it) and reports the second one's first call (dynamo's capture, our cache lookup and load); the
+next column the same with torch.compile(backend="eager"): dynamo's capture alone.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ from benchmarks.models import MODELS
 torch.set_num_threads({threads})
 module, x = MODELS[{name!r}]({batch})
 module.eval()
-f = torch.compile(module, backend="tensorforge")
+f = torch.compile(module, backend={backend!r})
 with torch.no_grad():
     t0 = time.perf_counter()
     f(x)
@@ -135,9 +136,10 @@ with torch.no_grad():
 """
 
 
-def warm_first_call(name: str, batch: int, threads: int) -> float:
-    """TensorForge's first call in a new process whose cache directory a previous process filled (seconds)."""
-    code = CHILD.format(root=ROOT, threads=threads, name=name, batch=batch)
+def warm_first_call(name: str, batch: int, threads: int, backend: str = "tensorforge") -> float:
+    """TensorForge's first call in a new process whose cache directory a previous process filled (seconds); with
+    backend "eager", dynamo's capture alone (the floor under any backend's first call)."""
+    code = CHILD.format(root=ROOT, threads=threads, name=name, batch=batch, backend=backend)
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "TENSORFORGE_CACHE_DIR": cache}
         for _ in range(2):
@@ -176,14 +178,16 @@ def main(argv=None) -> int:
                   "| model | " + " | ".join(f"{e} ms" for e in engines) + " | tensorforge / eager | "
                   + ("tensorforge / inductor | " if "inductor" in engines else "")
                   + " | ".join(f"{e} first call s" for e in others)
-                  + (" | tensorforge first call, warm cache, new process s" if not args.no_warm else "")
+                  + (" | tensorforge first call, warm cache, new process s | of which dynamo's capture s"
+                     if not args.no_warm else "")
                   + " | max abs error vs eager |",
                   "|---|" + "---:|" * (len(engines) + 1 + ("inductor" in engines) + len(others)
-                                       + (not args.no_warm) + 1)]
+                                       + 2 * (not args.no_warm) + 1)]
         for name in args.models:
             r = inference(name, batch, engines, args.rounds)
             ms = r["ms"]
-            warm = None if args.no_warm else warm_first_call(name, batch, threads)
+            warm = None if args.no_warm else (warm_first_call(name, batch, threads),
+                                              warm_first_call(name, batch, threads, "eager"))
             row = f"| {name} | " + " | ".join(f"{ms[e]:.2f}" for e in engines)
             row += f" | {ms['tensorforge'] / ms['eager']:.3f}"
             if "inductor" in engines:
@@ -191,7 +195,7 @@ def main(argv=None) -> int:
                 ratios.setdefault(batch, []).append(ratio)
                 row += f" | {ratio:.3f}"
             row += " | " + " | ".join(f"{r['first_s'][e]:.1f}" for e in others)
-            row += "" if warm is None else f" | {warm:.2f}"
+            row += "" if warm is None else f" | {warm[0]:.2f} | {warm[1]:.2f}"
             row += " | " + ", ".join(f"{e} {r['err'][e]:.1e}" for e in others) + " |"
             lines.append(row)
             print(row, flush=True)

@@ -12,15 +12,15 @@ tensors over the outputs' arrays. PyTorch runs the whole graph itself (eager), w
 this cannot be exact or is not built yet:
   * the graph updates buffers or inputs in place (batch norm in train mode, under no_grad);
   * the export fails.
+The parameters changing since the compile (their version counters moved, e.g. after an optimizer step) compiles the
+graph again, once per change.
 
 Training. A graph captured with gradients wanted (grad mode on, a parameter or input requiring grad) goes through
 aot_autograd: its forward and backward are core-ATen graphs whose inputs are the parameters, inputs, saved
-activations and incoming gradients, each compiled as above (whole, or split: batch norm's training form, dropout
-and the CPU flash attention run in PyTorch between compiled pieces). PyTorch's autograd calls them, so
-`loss.backward()` and any torch.optim optimizer work unchanged; outputs are laid out with the strides traced
-(the backward reads saved tensors as such).
-The parameters changing since the compile (their version counters moved, e.g. after an optimizer step) compiles the
-graph again, once per change.
+activations and incoming gradients, each compiled as above (whole, or split: dropout and the CPU flash attention
+run in PyTorch between compiled pieces). PyTorch's autograd calls them, so `loss.backward()` and any torch.optim
+optimizer work unchanged. Outputs that are views of inputs (the saved `t(weight)`) are made by PyTorch as views,
+the others laid out with the strides traced; inputs traced as permuted views are fed as laid out in memory.
 
 Compiled graphs are kept in the on-disk cache (compiler/disk_cache.py, `specializations/torch/`), keyed by the FX
 graph's code, the inputs' shapes and types, the constants' bytes, the options, the host CPU and the versions: a
@@ -143,13 +143,13 @@ class _Compiled:
 def _build(gm, constants: Mapping[int, object], example: tuple, options):
     """The runner for dynamo's graph `gm` with `constants` (position -> tensor) baked in: a _Whole model or a
     _Split graph. TensorForgeError where neither can be made (the export fails, the graph mutates state)."""
+    key = _cache_key(gm.code, constants, example, options)
+    cached = _load(key)  # (neither TVM nor the compiler imported on the way: a cache hit loads in the runtime alone)
+    if cached is not None:
+        return _Whole(cached, list(cached.input_names))
     from tensorforge.frontends.torch.importer import export, exported_inputs
     from tensorforge.runtime.errors import FrontendError
 
-    key = _cache_key(gm.code, constants, example, options)
-    cached = _load(key)
-    if cached is not None:
-        return _Whole(cached, list(cached.input_names))
     module = _with_constants(gm, constants)
     ep = export(module, example)
     mutated = [s.target for s in ep.graph_signature.output_specs if s.kind.name != "USER_OUTPUT"]
@@ -262,6 +262,7 @@ class _OutputsInTorch:
 
         self.results = list(results)
         self.placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.constants = constants
         self.computed = [i for i, r in enumerate(results) if isinstance(r, torch.fx.Node) and not _view_of_input(r)]
         self.views = [i for i, r in enumerate(results) if isinstance(r, torch.fx.Node) and _view_of_input(r)]
         gm = copy.deepcopy(gm)
@@ -285,7 +286,9 @@ class _OutputsInTorch:
             for i, y in zip(self.computed, self.inner(*args)):
                 out[i] = y
         if self.views:
-            env = {p.name: a for p, a in zip(self.placeholders, args)}
+            it = iter(args)
+            flat = [c if c is not None else next(it) for c in self.constants]
+            env = {p.name: a for p, a in zip(self.placeholders, flat)}
             for i in self.views:
                 out[i] = self._view(self.results[i], env)
         return tuple(out)
@@ -454,16 +457,38 @@ def _with_constants(gm, constants: Mapping[int, object]):
 def _cache_key(code: str, constants: Mapping[int, object], example: tuple, options) -> str:
     """What a compiled graph depends on: the FX code, the constants' values, the inputs' shapes and types, the
     options, the host CPU and the versions."""
-    from tensorforge.compiler.api import _fingerprint
+    from concurrent.futures import ThreadPoolExecutor
+
+    def digest(i: int) -> bytes:  # hashlib lets go of the GIL over large buffers: the constants hash in parallel
+        t = constants[i].detach().contiguous()
+        h = hashlib.sha256(repr((i, tuple(t.shape), str(t.dtype))).encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        return h.digest()
 
     h = hashlib.sha256(code.encode())
-    for i in sorted(constants):
-        t = constants[i].detach().contiguous()
-        h.update(repr((i, tuple(t.shape), str(t.dtype))).encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for d in pool.map(digest, sorted(constants)):
+            h.update(d)
     h.update(repr([(tuple(x.shape), str(x.dtype)) for x in example]).encode())
     h.update(_fingerprint(options).encode())
     return h.hexdigest()[:32]
+
+
+def _fingerprint(options) -> str:
+    """The options, the host CPU's features and the versions, without importing TVM (its version from the
+    installed distribution's metadata): a cache hit then costs no TVM import (1.4-3 s here)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tensorforge import __version__
+    from tensorforge.runtime.cpu_features import cpu_features
+
+    try:
+        tvm_version = version("apache-tvm")
+    except PackageNotFoundError:
+        import tvm
+
+        tvm_version = tvm.__version__
+    return repr((repr(options), sorted(cpu_features()), __version__, tvm_version, torch.__version__))
 
 
 def _path(key: str) -> str | None:

@@ -329,3 +329,25 @@ def test_the_network_zoo_through_torch_compile(name):
     got, expected = (t[0] if isinstance(t, tuple) else t for t in (got, expected))
     assert len(made) == 1 and made[0].model is not None, (made[0].failed, made[0].pieces)
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_outputs_that_are_views_of_inputs_and_parameters():
+    """A graph output that is a view of an input or of a parameter is made by PyTorch as that view; the rest is
+    compiled."""
+    class Views(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 3))
+
+        def forward(self, x):
+            return self.w.t(), x.transpose(0, 1), torch.tanh(x @ self.w)
+
+    torch.manual_seed(5)
+    m = Views().eval()
+    c, made = _capturing(m)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        got, expected = c(x), m(x)
+    assert made[0].runner is not None and made[0].failed is None
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
