@@ -17,7 +17,7 @@ from tensorforge.compiler.ir import Graph, TensorType, Value
 from tensorforge.frontends.builder import Builder
 from tensorforge.runtime.errors import FrontendError, IRError, UnsupportedOpError
 
-from . import backward, fused, masks  # noqa: F401  (register their converters)
+from . import backward, fused, indexing, masks  # noqa: F401  (register their converters)
 from .converters import CONVERTERS
 
 

@@ -212,3 +212,25 @@ def test_gradients_of_a_tensor_read_slice_by_slice_are_one_scatter():
         numeric[idx] = (interpret(g, {"x": plus})[0].sum() - interpret(g, {"x": minus})[0].sum()) / 2e-6
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
     assert not analytic[:, (2, 4)].any()
+
+
+def test_a_long_weight_gradient_has_its_columns_padded_to_whole_tiles():
+    """dW of a conv with C*KH*KW columns that are no multiple of 16 and a long reduction (N*OH*OW >= 4096 rows):
+    the columns padded, the product on whole register tiles, the padding cut off; dW as PyTorch's."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x0, w0 = rng.uniform(-1, 1, (1, 3, 66, 66)), rng.uniform(-1, 1, (4, 3, 3, 3))
+    g = Graph("conv")
+    x = g.add_input("x", TensorType(x0.shape, "float64"))
+    w = g.add_input("w", TensorType(w0.shape, "float64"))
+    (y,) = g.add_node(ops.conv2d, [x, w], {**CONV, "pads": (0, 0, 0, 0)})
+    (loss,) = g.add_node(ops.reduce_sum, [y], {"axes": (0, 1, 2, 3), "keepdims": True})
+    grads = backward(g, loss, [w])
+    g.outputs = [grads[w]]
+    g.remove_unused()
+    used = [n.op for n in g.nodes]
+    assert ops.pad in used and ops.strided_slice in used and ops.weight_grad_gemm in used
+    (dw,) = interpret(g, {"x": x0, "w": w0})
+    tw = torch.tensor(w0, requires_grad=True)
+    torch.nn.functional.conv2d(torch.tensor(x0), tw).sum().backward()
+    np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-10, atol=1e-10)

@@ -1,0 +1,287 @@
+"""Core-ATen FX graphs compiled and run on torch tensors, for the torch.compile backend (torch_backend.py): one
+CompiledModel for a graph whose every node converts (`Whole`), else the graph split into compiled pieces with
+PyTorch running the rest (`Split`); outputs that are views of inputs made by PyTorch (`_OutputsInTorch`); inputs
+laid out as in memory (`inputs_as_laid_out`, `Laid`). Tensors cross as numpy views (no copies for contiguous CPU
+tensors) and come back as torch tensors over the outputs' arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+
+log = logging.getLogger("tensorforge")
+
+
+def aten_runner(gm, inputs: dict, constants: list, options):
+    """A core-ATen graph compiled: a Whole model where every node converts, else a Split graph. `inputs` as
+    convert_graph's (each placeholder a Known value or an IR input's (name, type)); `constants` the placeholders'
+    values in order (None for those the caller passes)."""
+    from tensorforge.frontends.torch.importer import is_supported
+    from tensorforge.runtime.errors import FrontendError
+
+    out_node = [n for n in gm.graph.nodes if n.op == "output"][0]
+    results = out_node.args[0]
+    if isinstance(results, (tuple, list)) and any(not isinstance(r, torch.fx.Node) or _view_of_input(r)
+                                                  for r in results):
+        return _OutputsInTorch(gm, results, inputs, constants, options)
+    if all(n.op != "call_function" or is_supported(n) for n in gm.graph.nodes):
+        try:
+            model = _compile_aten(gm, inputs, options)
+        except FrontendError as e:
+            if getattr(e, "torch_node", None) is None:
+                raise
+            return Split(gm, inputs, constants, options, {e.torch_node})  # that node's converter refused it
+        names = [inputs[n.name][0] for n in gm.graph.nodes if n.op == "placeholder" and isinstance(inputs[n.name],
+                                                                                                   tuple)]
+        return Whole(model, names, _output_strides(gm))
+    return Split(gm, inputs, constants, options)
+
+
+def inputs_as_laid_out(gm):
+    """(a copy of gm whose inputs are as laid out in memory, the permutation of each: None where it is row-major).
+    An input traced as a permuted view of row-major storage (the backward's saved `t(weight)`, a view of the
+    weight: see _view_of_input) becomes an input of the storage's order followed by a permute in the graph, so that
+    it is fed without a copy and the permute folds into its reader (a transposed weight into dense's packing)."""
+    import copy
+
+    gm = copy.deepcopy(gm)
+    perms = []
+    for node in [n for n in gm.graph.nodes if n.op == "placeholder"]:
+        val = node.meta.get("val")
+        perm = None
+        if isinstance(val, torch.Tensor) and val.dim() > 1 and not val.is_contiguous():
+            order = sorted(range(val.dim()), key=lambda d: (-val.stride()[d], d))
+            laid = val.permute(order)
+            if laid.is_contiguous():
+                perm = order
+        perms.append(perm)
+        if perm is None:
+            continue
+        inverse = [perm.index(d) for d in range(len(perm))]
+        users = list(node.users)
+        with gm.graph.inserting_after(node):
+            view = gm.graph.call_function(torch.ops.aten.permute.default, (node, inverse))
+        for u in users:
+            u.replace_input_with(node, view)
+        view.meta["val"] = val
+        node.meta = {**node.meta, "val": val.permute(perm)}
+    gm.recompile()
+    return gm, perms
+
+
+class Laid:
+    """A runner fed its inputs permuted as inputs_as_laid_out laid them (views, no copies)."""
+
+    def __init__(self, runner, perms: list):
+        self.runner, self.perms = runner, perms
+        self.model, self.pieces = getattr(runner, "model", None), getattr(runner, "pieces", None)
+
+    def __call__(self, *args):
+        return self.runner(*(a if p is None else a.permute(p) for a, p in zip(args, self.perms)))
+
+
+def _compile_aten(gm, inputs: dict, options):
+    from tensorforge.compiler.api import compile_model
+    from tensorforge.frontends.torch.importer import convert_graph
+
+    return compile_model(convert_graph(gm, "torch_graph", inputs), options=options)
+
+
+_VIEWS = {torch.ops.aten.permute.default, torch.ops.aten.t.default, torch.ops.aten.view.default,
+          torch.ops.aten.transpose.int, torch.ops.aten.expand.default, torch.ops.aten.alias.default,
+          torch.ops.aten.unsqueeze.default, torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims,
+          torch.ops.aten.slice.Tensor, torch.ops.aten.select.int}
+
+
+def _view_of_input(node) -> bool:
+    """Is `node` a graph input, or a chain of view ops on one (aot_autograd's forward saves `t(weight)` for the
+    backward): PyTorch makes such an output as a view, without a copy."""
+    while node.op == "call_function" and node.target in _VIEWS:
+        node = node.args[0]
+    return node.op == "placeholder"
+
+
+class _OutputsInTorch:
+    """A graph some of whose outputs are no tensors it computes (a backward graph's None for an input that wants
+    no gradient) or views of its inputs: the rest compiled, those made by PyTorch (views, no copies) and put in
+    place."""
+
+    def __init__(self, gm, results, inputs: dict, constants: list, options):
+        import copy
+
+        self.results = list(results)
+        self.placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.constants = constants
+        self.computed = [i for i, r in enumerate(results) if isinstance(r, torch.fx.Node) and not _view_of_input(r)]
+        self.views = [i for i, r in enumerate(results) if isinstance(r, torch.fx.Node) and _view_of_input(r)]
+        gm = copy.deepcopy(gm)
+        out_node = [n for n in gm.graph.nodes if n.op == "output"][0]
+        out_node.args = (tuple(out_node.args[0][i] for i in self.computed),)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        self.inner = aten_runner(gm, inputs, constants, options)
+        self.model, self.pieces = getattr(self.inner, "model", None), getattr(self.inner, "pieces", None)
+        self.eager_ops = getattr(self.inner, "eager_ops", [])
+
+    def _view(self, node, env):
+        if node.op == "placeholder":
+            return env[node.name]
+        x = self._view(node.args[0], env)
+        return node.target(x, *node.args[1:], **node.kwargs)
+
+    def __call__(self, *args):
+        out = list(self.results)
+        if self.computed:
+            for i, y in zip(self.computed, self.inner(*args)):
+                out[i] = y
+        if self.views:
+            it = iter(args)
+            flat = [c if c is not None else next(it) for c in self.constants]
+            env = {p.name: a for p, a in zip(self.placeholders, flat)}
+            for i in self.views:
+                out[i] = self._view(self.results[i], env)
+        return tuple(out)
+
+
+class Whole:
+    """The whole graph as one CompiledModel; `names`: its input for each argument; `strides`: each output's strides
+    as traced (None: any)."""
+
+    def __init__(self, model, names: list[str], strides: list | None = None):
+        self.model, self.names, self.strides = model, names, strides
+
+    def __call__(self, *args):
+        return tuple(_restrided(_run(self.model, args, self.names), self.strides))
+
+
+def _output_strides(gm) -> list:
+    """The strides the traced graph's outputs have (node.meta["val"]), None where unknown. aot_autograd's backward
+    graphs read saved forward outputs as laid out when traced (as_strided views), so outputs are given the same."""
+    out = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
+    vals = [getattr(r, "meta", {}).get("val") for r in (out if isinstance(out, (tuple, list)) else [out])]
+    return [tuple(v.stride()) if isinstance(v, torch.Tensor) else None for v in vals]
+
+
+def _restrided(tensors: list, strides: list | None) -> list:
+    """Each tensor in the strides given (a copy where they are not its own, row-major ones)."""
+    if strides is None:
+        return tensors
+    out = []
+    for t, st in zip(tensors, strides):
+        if st is not None and t.dim() and tuple(t.stride()) != st:
+            laid = torch.empty_strided(t.shape, st, dtype=t.dtype)
+            laid.copy_(t)
+            t = laid
+        out.append(t)
+    return out
+
+
+def _run(model, args, names=None) -> list:
+    """model run on torch tensors (numpy views where they are contiguous CPU tensors), torch tensors back.
+    `names`: the model's input for each argument (default: its inputs in order); inputs it dropped are not fed."""
+    wanted = set(model.input_names)
+    feeds = {name: a.detach().contiguous().numpy()
+             for name, a in zip(names or model.input_names, args) if name in wanted}
+    return [torch.from_numpy(o) for o in model.run(feeds)]
+
+
+class Split:
+    """A core-ATen graph split into pieces of supported ops (each a CompiledModel) with PyTorch running the ops
+    between them: the graph module, its fused submodules swapped for _Piece modules. `constants`: each
+    placeholder's value, or None for those passed in a call (in order)."""
+
+    # a piece whose conversion fails at a node is split again without that node, this many times at most
+    MAX_RETRIES = 8
+
+    def __init__(self, gm, inputs: dict, constants: list, options, excluded: set[str] = frozenset()):
+        self.constants = constants
+        excluded = set(excluded)
+        for _ in range(self.MAX_RETRIES):
+            refused = self._split(gm, inputs, options, excluded)
+            if refused is None:
+                break
+            excluded.add(refused)
+        else:
+            self._split(gm, inputs, options, excluded, last=True)
+        compiled, eager = self.pieces
+        log.info("tensorforge: graph split into %d compiled piece(s) (%d in PyTorch); PyTorch runs %s", compiled,
+                 eager, self.eager_ops)
+
+    def _split(self, gm, inputs: dict, options, excluded: set[str], last: bool = False) -> str | None:
+        """Partition and compile; the name of a node whose converter refused it (to exclude and split again)
+        unless `last`, else None."""
+        import copy
+
+        from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
+        from torch.fx.passes.operator_support import OperatorSupportBase
+
+        from tensorforge.frontends.torch.importer import Known, is_supported
+        from tensorforge.runtime.errors import TensorForgeError
+
+        class Support(OperatorSupportBase):
+            def is_node_supported(self, submodules, node) -> bool:
+                return node.op == "call_function" and node.name not in excluded and is_supported(node)
+
+        gm = copy.deepcopy(gm)
+        partitioner = CapabilityBasedPartitioner(gm, Support(), allows_single_node_partition=True)
+        gm = partitioner.fuse_partitions(partitioner.propose_partitions())
+        compiled, eager = 0, 0
+        for node in list(gm.graph.nodes):
+            if node.op != "call_module":
+                continue
+            sub = getattr(gm, node.target)
+            placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+            sub_inputs = {}
+            for ph, arg in zip(placeholders, node.args):
+                given = inputs.get(arg.name) if arg.op == "placeholder" else None
+                sub_inputs[ph.name] = given if isinstance(given, Known) else (ph.name, tensor_type(arg.meta.get("val")))
+            try:
+                model = _compile_aten(sub, sub_inputs, options)
+            except TensorForgeError as e:
+                if getattr(e, "torch_node", None) is not None and not last:
+                    return e.torch_node
+                eager += 1
+                warnings.warn(f"tensorforge: a piece of {len(sub.graph.nodes)} nodes runs in PyTorch: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", stacklevel=5)
+                continue
+            compiled += 1
+            out = [n for n in sub.graph.nodes if n.op == "output"][0].args[0]
+            keep = [i for i, ph in enumerate(placeholders) if not isinstance(sub_inputs[ph.name], Known)]
+            setattr(gm, node.target, _Piece(model, keep, isinstance(out, (tuple, list)), _output_strides(sub)))
+        self.gm = gm
+        self.pieces = (compiled, eager)
+        self.eager_ops = sorted({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return None
+
+    def __call__(self, *args):
+        it = iter(args)
+        flat = [c if c is not None else next(it) for c in self.constants]
+        with torch.no_grad():
+            out = self.gm(*flat)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def tensor_type(val):
+    from tensorforge.compiler.ir import TensorType
+    from tensorforge.frontends.torch.converters import _np_dtype
+    from tensorforge.runtime.errors import FrontendError
+
+    if val is None or not hasattr(val, "shape"):
+        raise FrontendError("a piece's input has no recorded shape")
+    return TensorType(tuple(int(d) for d in val.shape), _np_dtype(val.dtype))
+
+
+class _Piece(torch.nn.Module):
+    """A compiled piece of a Split graph, in place of the fused submodule: reads the inputs at `keep` (the others
+    are constants compiled in) and gives one tensor, or a tuple where the submodule gave several (`many`)."""
+
+    def __init__(self, model, keep: list[int], many: bool, strides: list | None = None):
+        super().__init__()
+        self.model, self.keep, self.many, self.strides = model, keep, many, strides
+
+    def forward(self, *args):
+        out = _restrided(_run(self.model, [args[i] for i in self.keep]), self.strides)
+        return tuple(out) if self.many else out[0]
