@@ -178,8 +178,8 @@ def main(argv=None) -> int:
                   "| model | " + " | ".join(f"{e} ms" for e in engines) + " | tensorforge / eager | "
                   + ("tensorforge / inductor | " if "inductor" in engines else "")
                   + " | ".join(f"{e} first call s" for e in others)
-                  + (" | tensorforge first call, warm cache, new process s | of which dynamo's capture s"
-                     if not args.no_warm else "")
+                  + (" | tensorforge first call, warm cache, new process s"
+                     " | backend=\"eager\" likewise s (dynamo's capture + one eager run)" if not args.no_warm else "")
                   + " | max abs error vs eager |",
                   "|---|" + "---:|" * (len(engines) + 1 + ("inductor" in engines) + len(others)
                                        + 2 * (not args.no_warm) + 1)]
