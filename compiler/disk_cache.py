@@ -5,9 +5,12 @@ least recently used files go first); `tensorforge cache [--clear]` shows or empt
 
 from __future__ import annotations
 
+import logging
 import os
 
-from tensorforge.runtime.errors import InputError
+from tensorforge.runtime.errors import ArtifactError, InputError
+
+log = logging.getLogger("tensorforge")
 
 CACHE_ENV = "TENSORFORGE_CACHE_DIR"
 CACHE_MAX_ENV = "TENSORFORGE_CACHE_MAX_MB"  # the on-disk cache's bound; the least recently used files go first
@@ -22,6 +25,39 @@ def cache_dir() -> str | None:
         return None if given.strip().lower() in ("", "off", "0", "none") else given
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "tensorforge")
+
+
+def load_cached(path: str | None, what: str):
+    """The compiled model kept at `path` (marked recently used), or None if there is none or it does not load (a
+    damaged or stale file: compiled again, with a warning). The runtime alone: neither TVM nor the compiler."""
+    if path is None or not os.path.exists(path):
+        return None
+    from tensorforge.runtime import load
+
+    try:
+        model = load(path)
+    except Exception as e:  # noqa: BLE001 - a damaged or stale file is compiled again
+        log.warning("ignoring the cached %s %s (%s: %s); compiling it again", what, path, type(e).__name__, e)
+        return None
+    try:
+        os.utime(path)  # recently used: trimmed last
+    except OSError:
+        pass
+    log.info("loaded a cached %s from %s", what, path)
+    return model
+
+
+def store_cached(path: str | None, model, what: str) -> None:
+    """Keep `model` at `path` (atomically; a failure is a warning), then trim the cache to its bound."""
+    if path is None or not hasattr(model, "save"):
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        model.save(path)  # atomic (runtime/artifact.py)
+    except (OSError, ArtifactError) as e:
+        log.warning("cannot keep the %s in %s: %s", what, path, e)
+        return
+    trim_cache(keep=path)
 
 
 def cache_limit_bytes() -> int:

@@ -35,9 +35,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from tensorforge.compiler.disk_cache import cache_dir, trim_cache
+from tensorforge.compiler.disk_cache import cache_dir, load_cached, store_cached
 from tensorforge.runtime.bundle import flat_feeds, regroup
-from tensorforge.runtime.errors import ArtifactError, CompileError, FrontendError, InputError
+from tensorforge.runtime.errors import CompileError, FrontendError, InputError
 
 log = logging.getLogger("tensorforge")
 
@@ -357,35 +357,10 @@ class SpecializingModel:
         return os.path.join(root, "specializations", self._model_id, digest + ".tfa")
 
     def _load(self, key: tuple):
-        path = self._path(key)
-        if path is None or not os.path.exists(path):
-            return None
-        from tensorforge.runtime import load
-
-        try:
-            compiled = load(path)
-        except Exception as e:  # noqa: BLE001 - a damaged or stale file is compiled again
-            log.warning("ignoring the cached specialization %s (%s: %s); compiling it again", path,
-                        type(e).__name__, e)
-            return None
-        log.info("loaded a cached specialization from %s", path)
-        try:
-            os.utime(path)  # recently used: trimmed last
-        except OSError:
-            pass
-        return compiled
+        return load_cached(self._path(key), "specialization")
 
     def _store(self, key: tuple, compiled) -> None:
-        path = self._path(key)
-        if path is None:
-            return
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            compiled.save(path)  # atomic (runtime/artifact.py)
-        except (OSError, ArtifactError) as e:
-            log.warning("cannot keep the specialization in %s: %s", path, e)
-            return
-        trim_cache(keep=path)
+        store_cached(self._path(key), compiled, "specialization")
 
     def _learn(self, error: FrontendError) -> bool:
         """Note the inputs `error` asks for; False if it asks for nothing we can feed."""

@@ -283,35 +283,12 @@ def _path(key: str) -> str | None:
 
 
 def _load(key: str):
-    path = _path(key)
-    if path is None or not os.path.exists(path):
-        return None
-    from tensorforge.runtime import load
+    from tensorforge.compiler.disk_cache import load_cached
 
-    try:
-        model = load(path)
-    except Exception as e:  # noqa: BLE001 - a damaged or stale file is compiled again
-        log.warning("ignoring the cached graph %s (%s: %s); compiling it again", path, type(e).__name__, e)
-        return None
-    try:
-        os.utime(path)  # recently used: trimmed last
-    except OSError:
-        pass
-    log.info("tensorforge: loaded a compiled graph from %s", path)
-    return model
+    return load_cached(_path(key), "compiled graph")
 
 
 def _store(key: str, model) -> None:
-    from tensorforge.compiler.disk_cache import trim_cache
-    from tensorforge.runtime.errors import ArtifactError
+    from tensorforge.compiler.disk_cache import store_cached
 
-    path = _path(key)
-    if path is None or not hasattr(model, "save"):
-        return
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        model.save(path)  # atomic (runtime/artifact.py)
-    except (OSError, ArtifactError) as e:
-        log.warning("cannot keep the compiled graph in %s: %s", path, e)
-        return
-    trim_cache(keep=path)
+    store_cached(_path(key), model, "compiled graph")
