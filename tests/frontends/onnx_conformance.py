@@ -239,8 +239,20 @@ def _regroup(model: onnx.ModelProto, names: list[str], got: list) -> list:
     return out
 
 
-def run_cases(cases, progress=None) -> list[Result]:
+def run_cases(cases, progress=None, jobs: int = 1) -> list[Result]:
+    """Each case's Result, in order. jobs > 1: the cases dealt out to that many fresh processes (spawned: TVM's
+    threads do not survive a fork), each loading its share by name; `progress` is then not called."""
     kinds = op_types(load_cases()) if cases and any("_expanded" in c.name for c in cases) else op_types(cases)
+    if jobs > 1 and len(cases) > jobs:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        names = [c.name for c in cases]
+        shards = [names[i::jobs] for i in range(jobs)]
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(_run_shard, shards, [kinds] * jobs))
+        by_name = {r.name: r for shard in done for r in shard}
+        return [by_name[n] for n in names]
     runner = Runner()
     results = []
     with np.errstate(all="ignore"):
@@ -249,6 +261,13 @@ def run_cases(cases, progress=None) -> list[Result]:
             if progress:
                 progress(results[-1])
     return results
+
+
+def _run_shard(names: list[str], kinds: dict) -> list[Result]:
+    """run_cases in a worker process: its share of the cases, by name."""
+    runner = Runner()
+    with np.errstate(all="ignore"):
+        return [runner.run_case(c, kinds.get(c.name, "?")) for c in load_cases(names)]
 
 
 def per_op(results: list[Result]) -> dict[str, Counter]:

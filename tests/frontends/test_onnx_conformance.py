@@ -1,6 +1,6 @@
 """onnx's node conformance suite through compile_model + run (see tests/frontends/onnx_conformance.py).
 
-The whole suite runs once per session (~2 minutes on 2 cores: each model compiles in ~0.05 s). The tests check
+The whole suite runs once per session, in two processes (~2 minutes on 2 cores: each model compiles in ~0.05 s). The tests check
 that nothing crashes, that the pass count stays at or above PASS_FLOOR, that every base case of the ops in
 REQUIRED_OPS passes (except the exclusions below, grouped by reason, which must be refused with a clear error),
 and that the generated report is up to date.
@@ -26,7 +26,7 @@ KNOWN_FAILURES: set[str] = set()
 
 @pytest.fixture(scope="module")
 def results():
-    return conf.run_cases(conf.load_cases())
+    return conf.run_cases(conf.load_cases(), jobs=min(2, os.cpu_count() or 1))  # the default run's longest setup
 
 
 def test_no_case_crashes(results):
