@@ -9,6 +9,7 @@ import time
 import warnings
 from typing import Mapping, Sequence
 
+from tensorforge.compiler.disk_cache import fingerprint
 from tensorforge.compiler.driver import (compile_graph, import_model, is_torch_module, optimize,  # noqa: F401
                                          training_graph)
 from tensorforge.compiler.options import CompileOptions  # noqa: F401  (part of the API)
@@ -66,7 +67,7 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
         if proto is None:
             raise CompileError(f"dynamic= is supported for ONNX models and PyTorch modules; this is a "
                                f"{type(model).__name__} (give its shapes instead)")
-        spec = SpecializingModel(proto, shapes, compile_fn, dynamic=dynamic, fingerprint=_fingerprint(options))
+        spec = SpecializingModel(proto, shapes, compile_fn, dynamic=dynamic, fingerprint=fingerprint(options))
         spec.compile_lower_bounds()
         return spec
     failed = None
@@ -77,26 +78,15 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
         except FrontendError as e:
             proto = _onnx_proto(model)
             if proto is not None and specializable(e, proto):  # its symbolic dims will be bound to the feeds'
-                return SpecializingModel(proto, shapes, compile_fn, e, fingerprint=_fingerprint(options))
+                return SpecializingModel(proto, shapes, compile_fn, e, fingerprint=fingerprint(options))
             if proto is not None and not shapes and segmentable(e, proto):
-                return SegmentedModel(proto, compile_fn, _fingerprint(options))
+                return SegmentedModel(proto, compile_fn, fingerprint(options))
             failed = e
     # outside the recording: re-issued inside it, each warning would be recorded again, without end
     _reissue(said)
     if failed is not None:
         raise failed
     return compiled
-
-
-def _fingerprint(options: CompileOptions) -> str:
-    """What a compiled specialization depends on besides the model and its feeds: the options, the host CPU (its
-    kernels are built for it), the versions."""
-    import tvm
-
-    from tensorforge import __version__
-    from tensorforge.runtime.cpu_features import cpu_features
-
-    return repr((repr(options), sorted(cpu_features()), __version__, tvm.__version__))
 
 
 def _reissue(said) -> None:

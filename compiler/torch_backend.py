@@ -119,6 +119,7 @@ class _Compiled:
         self.versions = None
         self.failed: str | None = None
         self._by_sizes: dict[tuple, tuple] = {}  # sizes -> (runner, versions, failed): graphs with symbolic sizes
+        self._fed = [i for i in range(len(example_inputs)) if i not in set(self.constants) | set(self.sized)]
         if not self.symbolic:
             self._compile(example_inputs)
 
@@ -172,8 +173,7 @@ class _Compiled:
                 self._by_sizes[self._sizes(args)] = (self.runner, self.versions, self.failed)
             if self.runner is None:
                 return self.gm.forward(*args)
-        skip = set(self.constants) | set(self.sized)
-        return self.runner(*(a for i, a in enumerate(args) if i not in skip))
+        return self.runner(*(args[i] for i in self._fed))
 
 
 def _with_ints(gm, values: Mapping[int, int]):
@@ -203,7 +203,7 @@ def _build(gm, constants: Mapping[int, object], example: tuple, options):
     cached = _load(key)  # (neither TVM nor the compiler imported on the way: a cache hit loads in the runtime alone)
     if cached is not None:
         return Whole(cached, list(cached.input_names))
-    from tensorforge.frontends.torch.importer import export, exported_inputs
+    from tensorforge.frontends.torch.importer import export, exported_inputs, exported_state
     from tensorforge.runtime.errors import FrontendError
 
     module = _with_constants(gm, constants)
@@ -211,7 +211,7 @@ def _build(gm, constants: Mapping[int, object], example: tuple, options):
     mutated = [s.target for s in ep.graph_signature.output_specs if s.kind.name != "USER_OUTPUT"]
     if mutated:
         raise FrontendError(f"the graph updates {mutated} in place (a module in train mode?): not compiled")
-    state = {**ep.state_dict, **getattr(ep, "constants", {})}
+    state = exported_state(ep)
     flat = [state[s.target] if s.kind.name != "USER_INPUT" else None for s in ep.graph_signature.input_specs]
     runner = aten_runner(ep.graph_module, exported_inputs(ep, example), flat, options)
     if isinstance(runner, Whole):
@@ -229,7 +229,7 @@ def _with_constants(gm, constants: Mapping[int, object]):
     for i, value in constants.items():
         node = placeholders[i]
         name = f"_tf_const_{i}"
-        module.register_buffer(name, value.detach().clone())
+        module.register_buffer(name, value.detach())  # read in place: a graph mutating it is refused in _build
         with g.inserting_before(node):
             attr = g.get_attr(name)
         node.replace_all_uses_with(attr)
@@ -243,6 +243,8 @@ def _cache_key(code: str, constants: Mapping[int, object], example: tuple, optio
     options, the host CPU and the versions."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from tensorforge.compiler.disk_cache import fingerprint
+
     def digest(i: int) -> bytes:  # hashlib lets go of the GIL over large buffers: the constants hash in parallel
         t = constants[i].detach().contiguous()
         h = hashlib.sha256(repr((i, tuple(t.shape), str(t.dtype))).encode())
@@ -254,25 +256,8 @@ def _cache_key(code: str, constants: Mapping[int, object], example: tuple, optio
         for d in pool.map(digest, sorted(constants)):
             h.update(d)
     h.update(repr([(tuple(x.shape), str(x.dtype)) for x in example]).encode())
-    h.update(_fingerprint(options).encode())
+    h.update(fingerprint(options, torch.__version__).encode())
     return h.hexdigest()[:32]
-
-
-def _fingerprint(options) -> str:
-    """The options, the host CPU's features and the versions, without importing TVM (its version from the
-    installed distribution's metadata): a cache hit then costs no TVM import (1.4-3 s here)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from tensorforge import __version__
-    from tensorforge.runtime.cpu_features import cpu_features
-
-    try:
-        tvm_version = version("apache-tvm")
-    except PackageNotFoundError:
-        import tvm
-
-        tvm_version = tvm.__version__
-    return repr((repr(options), sorted(cpu_features()), __version__, tvm_version, torch.__version__))
 
 
 def _path(key: str) -> str | None:

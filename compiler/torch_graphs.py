@@ -138,9 +138,7 @@ class _OutputsInTorch:
             for i, y in zip(self.computed, self.inner(*args)):
                 out[i] = y
         if self.views:
-            it = iter(args)
-            flat = [c if c is not None else next(it) for c in self.constants]
-            env = {p.name: a for p, a in zip(self.placeholders, flat)}
+            env = {p.name: a for p, a in zip(self.placeholders, _with_constant_args(self.constants, args))}
             for i in self.views:
                 out[i] = self._view(self.results[i], env)
         return tuple(out)
@@ -152,9 +150,11 @@ class Whole:
 
     def __init__(self, model, names: list[str], strides: list | None = None):
         self.model, self.names, self.strides = model, names, strides
+        wanted = set(model.input_names)
+        self._feed = [(i, n) for i, n in enumerate(names) if n in wanted]  # (inputs the model dropped: not fed)
 
     def __call__(self, *args):
-        return tuple(_restrided(_run(self.model, args, self.names), self.strides))
+        return tuple(_restrided(_run(self.model, {n: args[i] for i, n in self._feed}), self.strides))
 
 
 def _output_strides(gm) -> list:
@@ -179,13 +179,10 @@ def _restrided(tensors: list, strides: list | None) -> list:
     return out
 
 
-def _run(model, args, names=None) -> list:
-    """model run on torch tensors (numpy views where they are contiguous CPU tensors), torch tensors back.
-    `names`: the model's input for each argument (default: its inputs in order); inputs it dropped are not fed."""
-    wanted = set(model.input_names)
-    feeds = {name: a.detach().contiguous().numpy()
-             for name, a in zip(names or model.input_names, args) if name in wanted}
-    return [torch.from_numpy(o) for o in model.run(feeds)]
+def _run(model, tensors: dict) -> list:
+    """model run on torch tensors by input name (numpy views where they are contiguous CPU tensors), torch tensors
+    back."""
+    return [torch.from_numpy(o) for o in model.run({n: t.detach().contiguous().numpy() for n, t in tensors.items()})]
 
 
 class Split:
@@ -211,14 +208,15 @@ class Split:
                  eager, self.eager_ops)
 
     def _split(self, gm, inputs: dict, options, excluded: set[str], last: bool = False) -> str | None:
-        """Partition and compile; the name of a node whose converter refused it (to exclude and split again)
+        """Partition, convert and compile; the name of a node whose converter refused it (to exclude and split again)
         unless `last`, else None."""
         import copy
 
         from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
         from torch.fx.passes.operator_support import OperatorSupportBase
 
-        from tensorforge.frontends.torch.importer import Known, is_supported
+        from tensorforge.compiler.api import compile_model
+        from tensorforge.frontends.torch.importer import Known, convert_graph, is_supported
         from tensorforge.runtime.errors import TensorForgeError
 
         class Support(OperatorSupportBase):
@@ -228,28 +226,36 @@ class Split:
         gm = copy.deepcopy(gm)
         partitioner = CapabilityBasedPartitioner(gm, Support(), allows_single_node_partition=True)
         gm = partitioner.fuse_partitions(partitioner.propose_partitions())
-        compiled, eager = 0, 0
-        for node in list(gm.graph.nodes):
-            if node.op != "call_module":
-                continue
+        # every piece converted first: a node its converter refuses is split out again before any compile is spent
+        converted = []  # (fused node, its submodule, IR graph or None, its inputs, why not converted)
+        for node in [n for n in gm.graph.nodes if n.op == "call_module"]:
             sub = getattr(gm, node.target)
-            placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
             sub_inputs = {}
-            for ph, arg in zip(placeholders, node.args):
+            for ph, arg in zip(_placeholders(sub), node.args):
                 given = inputs.get(arg.name) if arg.op == "placeholder" else None
                 sub_inputs[ph.name] = given if isinstance(given, Known) else (ph.name, tensor_type(arg.meta.get("val")))
             try:
-                model = _compile_aten(sub, sub_inputs, options)
+                converted.append((node, sub, convert_graph(sub, "torch_graph", sub_inputs), sub_inputs, None))
             except TensorForgeError as e:
                 if getattr(e, "torch_node", None) is not None and not last:
                     return e.torch_node
+                converted.append((node, sub, None, sub_inputs, e))
+        compiled, eager = 0, 0
+        for node, sub, graph, sub_inputs, error in converted:
+            if error is None:
+                try:
+                    model = compile_model(graph, options=options)
+                except TensorForgeError as e:
+                    error = e
+            if error is not None:
                 eager += 1
                 warnings.warn(f"tensorforge: a piece of {len(sub.graph.nodes)} nodes runs in PyTorch: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", stacklevel=5)
+                              f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+                              stacklevel=5)
                 continue
             compiled += 1
             out = [n for n in sub.graph.nodes if n.op == "output"][0].args[0]
-            keep = [i for i, ph in enumerate(placeholders) if not isinstance(sub_inputs[ph.name], Known)]
+            keep = [i for i, ph in enumerate(_placeholders(sub)) if not isinstance(sub_inputs[ph.name], Known)]
             setattr(gm, node.target, _Piece(model, keep, isinstance(out, (tuple, list)), _output_strides(sub)))
         self.gm = gm
         self.pieces = (compiled, eager)
@@ -257,11 +263,19 @@ class Split:
         return None
 
     def __call__(self, *args):
-        it = iter(args)
-        flat = [c if c is not None else next(it) for c in self.constants]
         with torch.no_grad():
-            out = self.gm(*flat)
+            out = self.gm(*_with_constant_args(self.constants, args))
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _placeholders(gm) -> list:
+    return [n for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+def _with_constant_args(constants: list, args) -> list:
+    """Every placeholder's value: the constant where there is one, else the next of the call's `args`."""
+    it = iter(args)
+    return [c if c is not None else next(it) for c in constants]
 
 
 def tensor_type(val):
@@ -283,5 +297,6 @@ class _Piece(torch.nn.Module):
         self.model, self.keep, self.many, self.strides = model, keep, many, strides
 
     def forward(self, *args):
-        out = _restrided(_run(self.model, [args[i] for i in self.keep]), self.strides)
+        out = _restrided(_run(self.model, {n: args[i] for i, n in zip(self.keep, self.model.input_names)}),
+                         self.strides)
         return tuple(out) if self.many else out[0]

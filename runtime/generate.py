@@ -66,8 +66,9 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
              on_token: Callable[[int, np.ndarray, float], None] | None = None) -> np.ndarray:
     """The tokens that follow `input_ids` ((batch, prompt) or (prompt,) integers, or a list of prompts of different
     lengths: left-padded, the padding masked out and the positions counted from each prompt's first token):
-    (batch, new) int64, at most `max_new_tokens` per row, fewer if every row reached `eos_token_id`. Greedy when `temperature` is 0; otherwise
-    sampled from softmax(logits / temperature), restricted to the `top_k` most likely, reproducibly for a `seed`.
+    (batch, new) int64, at most `max_new_tokens` per row, fewer if every row reached `eos_token_id`. Greedy when
+    `temperature` is 0; otherwise sampled from softmax(logits / temperature), restricted to the `top_k` most likely,
+    reproducibly for a `seed`.
     `on_token(step, tokens, seconds)` is called after each new token (its step's time included). One generation at
     a time per model (the cache is the model's state); the cache need not be cleared between calls."""
     spec = decoder_spec(model)

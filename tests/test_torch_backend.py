@@ -73,8 +73,8 @@ def test_new_weights_recompile_and_gradients_run_in_pytorch():
     assert m[4].weight.grad is not None and y.grad_fn is not None
 
 
-def _capturing(model):
-    """torch.compile through our backend, keeping each _Compiled it makes."""
+def _capturing(model, **compile_kwargs):
+    """torch.compile through our backend (with torch.compile's `compile_kwargs`), keeping each _Compiled it makes."""
     from tensorforge.compiler.torch_backend import tensorforge_backend
 
     made = []
@@ -84,7 +84,7 @@ def _capturing(model):
         return made[-1]
 
     torch._dynamo.reset()
-    return torch.compile(model, backend=backend), made
+    return torch.compile(model, backend=backend, **compile_kwargs), made
 
 
 class _Odd(torch.nn.Module):
@@ -367,11 +367,7 @@ def test_dynamic_sizes_compile_per_size_and_never_fail_the_call():
 
     torch.manual_seed(6)
     m = Flat().eval()
-    from tensorforge.compiler.torch_backend import tensorforge_backend
-
-    made = []
-    torch._dynamo.reset()
-    c = torch.compile(m, backend=lambda gm, ex: made.append(tensorforge_backend(gm, ex)) or made[-1], dynamic=True)
+    c, made = _capturing(m, dynamic=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         for batch in (2, 5, 2, 3):

@@ -12,7 +12,7 @@ import numpy as np
 
 from tensorforge.compiler import ops
 
-from .converters import _reshape, aten, converter
+from .converters import _reshape, aten, converter, moments
 
 
 class _Emitter:
@@ -75,11 +75,9 @@ def batch_norm_training(b, input, weight, bias, running_mean, running_var, train
     axes = (0,) + tuple(range(2, len(shape)))
     per_channel = (1, shape[1]) + (1,) * (len(shape) - 2)
     count = int(np.prod([shape[a] for a in axes]))
-    mean = b.emit(ops.reduce_mean, [input], axes=axes, keepdims=False)
-    centered = b.emit(ops.sub, [input, _reshape(b, mean, per_channel)])
-    var = b.emit(ops.reduce_mean, [b.emit(ops.mul, [centered, centered])], axes=axes, keepdims=False)
-    invstd = b.emit(ops.reciprocal, [b.emit(ops.sqrt, [b.emit(ops.add, [var, np.asarray(eps, dt)])])])
-    y = b.emit(ops.mul, [centered, _reshape(b, invstd, per_channel)])
+    mean, centered, var, invstd = moments(b, input, axes, eps)  # (1, C, 1, ...)
+    y = b.emit(ops.mul, [centered, invstd])
+    mean, var, invstd = (_reshape(b, v, (shape[1],)) for v in (mean, var, invstd))
     if weight is not None:
         y = b.emit(ops.mul, [y, _reshape(b, weight, per_channel)])
     if bias is not None:

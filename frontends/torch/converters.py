@@ -224,18 +224,23 @@ def _native_batch_norm_legit_no_training(b, input, weight, bias, running_mean, r
 def native_layer_norm(b, input, normalized_shape, weight, bias, eps):
     rank = b.type(input).rank
     dt = b.type(input).dtype
-    n = prod(normalized_shape)
     weight = weight if weight is not None else np.ones(normalized_shape, dt)
     inputs = [input, weight] + ([bias] if bias is not None else [])
     axis = rank - len(normalized_shape)
     y = b.emit(ops.layer_norm, inputs, axis=axis, epsilon=eps)
     # mean and 1 / std, kept dims (what a training graph saves for the backward); unread, they are dropped
-    axes = tuple(range(axis, rank))
-    mean = b.emit(ops.reduce_mean, [input], axes=axes, keepdims=True)
-    centered = b.emit(ops.sub, [input, mean])
-    var = b.emit(ops.reduce_mean, [b.emit(ops.mul, [centered, centered])], axes=axes, keepdims=True)
-    rstd = b.emit(ops.reciprocal, [b.emit(ops.sqrt, [b.emit(ops.add, [var, np.asarray(eps, dt)])])])
+    mean, _, _, rstd = moments(b, input, tuple(range(axis, rank)), eps)
     return y, mean, rstd
+
+
+def moments(b, x, axes: tuple[int, ...], eps: float):
+    """(mean, x - mean, biased variance, 1 / sqrt(variance + eps)) over `axes`, kept dims: a normalization's
+    statistics as PyTorch's training forms give them."""
+    mean = b.emit(ops.reduce_mean, [x], axes=axes, keepdims=True)
+    centered = b.emit(ops.sub, [x, mean])
+    var = b.emit(ops.reduce_mean, [b.emit(ops.mul, [centered, centered])], axes=axes, keepdims=True)
+    invstd = b.emit(ops.reciprocal, [b.emit(ops.sqrt, [b.emit(ops.add, [var, np.asarray(eps, b.type(x).dtype)])])])
+    return mean, centered, var, invstd
 
 
 @converter(aten.max_pool2d_with_indices.default)

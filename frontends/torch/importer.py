@@ -73,11 +73,16 @@ def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], 
     return convert_graph(ep.graph_module, type(module).__name__, exported_inputs(ep, example_inputs, keep_params))
 
 
+def exported_state(ep) -> dict:
+    """The exported program's parameters, buffers and constant tensors, by their targets."""
+    return {**ep.state_dict, **getattr(ep, "constants", {})}
+
+
 def exported_inputs(ep, example_inputs: Sequence[torch.Tensor], keep_params: bool = False) -> dict:
     """`convert_graph`'s inputs for the exported program `ep`: its parameters, buffers and constants as `Known`
     values, its user inputs named as their placeholders ("input" if there is one) with the example inputs' types."""
     sig = ep.graph_signature
-    state = {**ep.state_dict, **getattr(ep, "constants", {})}
+    state = exported_state(ep)
     user_inputs = iter(example_inputs)
     inputs: dict[str, object] = {}
     for spec in sig.input_specs:
