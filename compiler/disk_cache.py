@@ -53,7 +53,7 @@ def load_cached(path: str | None, what: str):
     from tensorforge.runtime import load
 
     try:
-        model = load(path)
+        model = load(path, map_params=True)  # our own files, only ever replaced atomically: mapped, not copied
     except Exception as e:  # noqa: BLE001 - a damaged or stale file is compiled again
         log.warning("ignoring the cached %s %s (%s: %s); compiling it again", what, path, type(e).__name__, e)
         return None

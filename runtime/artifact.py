@@ -17,6 +17,11 @@ manifest too, and kernels.so is native code, so an artifact must be trusted like
 
 Writing is atomic: a temporary file in the destination's directory, fsync, then os.replace. A reader never sees a
 half-written artifact, and a crash leaves the old one in place.
+
+Parameters are stored uncompressed with their data 64-byte aligned in the file (a padding extra field, as Android's
+zipalign does, and .npy headers are multiples of 64 bytes), so a reader maps the file and reads them in place: the
+digests are computed in parallel over the mapping, and `load(path, map_params=True)` even runs on the mapped pages
+themselves (copy-on-write, shared with the page cache and with every other process mapping the same file).
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import os
 import re
 import stat
+import struct
 import tempfile
 import threading
 import time
 import weakref
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -42,6 +50,8 @@ VERSION = 1
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "tensorforge-manifest"
 
+DATA_ALIGNMENT = 64  # where a stored parameter's data starts in the file (the runtime's buffer alignment)
+_PADDING_FIELD = 0xD935  # the extra field zipalign pads with; readers skip extra fields they do not know
 STALE_TMP_SECONDS = 60  # a temporary file this old whose writer process is gone is a crash's leftover
 _umask_lock = threading.Lock()
 
@@ -158,6 +168,20 @@ def param_bytes(p) -> bytes:
     return buf.getvalue()
 
 
+def put_aligned(z: zipfile.ZipFile, member: str, data: bytes) -> None:
+    """Write `data` as an uncompressed member of `z` whose bytes start at a multiple of DATA_ALIGNMENT in the file
+    (padded with an extra field), so that a .npy member's array data is aligned for reading in place."""
+    info = zipfile.ZipInfo(member, date_time=time.localtime(time.time())[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o600 << 16
+    zip64 = 20 if len(data) * 1.05 > zipfile.ZIP64_LIMIT else 0  # the local header's zip64 field, after ours
+    pad = -(z.fp.tell() + 30 + len(member.encode()) + zip64) % DATA_ALIGNMENT
+    if pad:
+        pad += DATA_ALIGNMENT if pad < 4 else 0  # a field is at least its 4-byte header
+        info.extra = struct.pack("<HH", _PADDING_FIELD, pad - 4) + bytes(pad - 4)
+    z.writestr(info, data)
+
+
 def write_artifact(path: str, plan: dict, kernels_path: str, params: list[np.ndarray],
                    extra_files: dict[str, str] | None = None) -> None:
     """`extra_files`: member name -> local file, for every member in `device_files(plan)`."""
@@ -170,7 +194,7 @@ def write_artifact(path: str, plan: dict, kernels_path: str, params: list[np.nda
         digests = {}
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
             def put(member: str, data: bytes) -> None:
-                z.writestr(member, data)
+                put_aligned(z, member, data)
                 digests[member] = (hashlib.sha256(data).hexdigest(), len(data))
 
             put("plan.json", json.dumps(plan, indent=1).encode())
@@ -211,7 +235,9 @@ def _looks_like_onnx(path: str, head: bytes) -> bool:
     return path.lower().endswith(".onnx") or head[:1] == b"\x08"
 
 
-def _verify_manifest(path: str, z: zipfile.ZipFile) -> None:
+def _verify_manifest(path: str, z: zipfile.ZipFile, mm: mmap.mmap | None = None) -> None:
+    """The members are exactly the manifest's, with its sizes and SHA-256 digests (hashed from the mapping `mm`
+    where given)."""
     names = z.namelist()
     if len(names) != len(set(names)):
         dup = next(n for n in names if names.count(n) > 1)
@@ -238,33 +264,87 @@ def _verify_manifest(path: str, z: zipfile.ZipFile) -> None:
         if info.file_size != size:
             raise ArtifactError(f"artifact {path!r} is damaged: member {name} has {info.file_size} bytes, the "
                                 f"manifest says {size}")
+
+    def sha256(name: str):  # hashlib lets go of the GIL over large buffers: the members hash in parallel
         h = hashlib.sha256()
         try:
-            with z.open(info) as f:
+            at = _stored_at(z, z.getinfo(name), mm)
+            if at is not None:
+                h.update(memoryview(mm)[at:at + expected[name][1]])
+                return h.hexdigest()
+            with z.open(name) as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+            return e
+        return h.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        found = dict(zip(expected, pool.map(sha256, expected)))
+    for name, (digest, _) in expected.items():
+        if isinstance(found[name], Exception):
+            e = found[name]
             raise ArtifactError(f"artifact {path!r} is damaged: member {name} cannot be read "
                                 f"({type(e).__name__}: {e})") from None
-        if h.hexdigest() != digest:
+        if found[name] != digest:
             raise ArtifactError(f"artifact {path!r} is damaged: member {name} does not match its SHA-256 in the "
                                 f"manifest")
 
 
-def _read_param(path: str, z: zipfile.ZipFile, member: str) -> np.ndarray:
+def open_mapped(f) -> mmap.mmap:
+    """A private (copy-on-write) mapping of the open file `f`: what a reader hashes and reads parameters from."""
+    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+
+def _stored_at(z: zipfile.ZipFile, info: zipfile.ZipInfo, mm: mmap.mmap | None) -> int | None:
+    """Where the bytes of an uncompressed, unencrypted member begin in the mapped file `mm` (None: read it through
+    the zip instead). BadZipFile where its local header is not where the directory says."""
+    if mm is None or info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return None
+    h = info.header_offset
+    if h < 0 or h + 30 > len(mm) or mm[h:h + 4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", mm[h + 26:h + 30])
+    at = h + 30 + name_len + extra_len
+    if at + info.file_size > len(mm):
+        raise zipfile.BadZipFile(f"{info.filename} runs past the end of the file")
+    return at
+
+
+def _read_param(path: str, z: zipfile.ZipFile, member: str, mm: mmap.mmap | None = None) -> np.ndarray:
+    """Parameter `member`: an array over the mapping `mm` (the file's own bytes, no copy) where the member is
+    stored uncompressed, else read through the zip."""
     try:
+        at = _stored_at(z, z.getinfo(member), mm)
+        if at is not None:
+            return _mapped_npy(mm, at, z.getinfo(member).file_size)
         with z.open(member) as f:
             return np.lib.format.read_array(io.BufferedReader(f), allow_pickle=False)
     except (zipfile.BadZipFile, KeyError, ValueError, EOFError, OSError) as e:
         raise ArtifactError(f"artifact {path!r} is damaged: cannot read {member} ({type(e).__name__}: {e})") from None
 
 
+def _mapped_npy(mm: mmap.mmap, at: int, size: int) -> np.ndarray:
+    """The .npy file at bytes [at, at + size) of `mm` as an array over those bytes."""
+    head = io.BytesIO(mm[at:at + min(size, 1 << 16)])
+    version = np.lib.format.read_magic(head)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
+    count = int(np.prod(shape, dtype=np.int64))
+    if dtype.hasobject or fortran or head.tell() + count * dtype.itemsize != size:
+        raise ValueError(f"{dtype}{list(shape)} ({'Fortran order, ' if fortran else ''}{size} bytes in the file) is "
+                         f"not a C-ordered array of plain data filling its member")
+    return np.frombuffer(mm, dtype, count, at + head.tell()).reshape(shape)
+
+
 def plan_parts(what: str, path: str, z: zipfile.ZipFile, plan: dict, kernels_dir: str,
-               kernels_member: str = "kernels.so") -> tuple[str, list]:
+               kernels_member: str = "kernels.so", mm: mmap.mmap | None = None) -> tuple[str, list]:
     """For a plan read from the zip `z` (an artifact's, or a bundle's specialization: `what` names it in errors):
     checks it (runtime/plan_check.py) and that its members are there, then extracts `kernels_member` (and the device
     files, `device_files(plan)`) into `kernels_dir`. Returns (the kernel library's path, params: for each plan entry
-    a callable that reads the array from `z`, or None for a splat)."""
+    a callable that reads the array from `z`, or None for a splat): over the mapping `mm` where given (no copy)."""
     from .plan_check import validate_plan
 
     names = set(z.namelist())
@@ -275,7 +355,7 @@ def plan_parts(what: str, path: str, z: zipfile.ZipFile, plan: dict, kernels_dir
     missing = [e["file"] for e in plan["params"] if "file" in e and e["file"] not in names]
     if missing:
         raise ArtifactError(f"{what} is damaged: parameter file {missing[0]} is missing")
-    params = [(lambda member=e["file"]: _read_param(path, z, member)) if "file" in e else None
+    params = [(lambda member=e["file"]: _read_param(path, z, member, mm)) if "file" in e else None
               for e in plan["params"]]
     kernels = os.path.join(kernels_dir, "kernels.so")
     for member, local in [(kernels_member, kernels)] + [(m, os.path.join(kernels_dir, m))
@@ -288,8 +368,9 @@ def plan_parts(what: str, path: str, z: zipfile.ZipFile, plan: dict, kernels_dir
 
 def read_artifact(path: str, kernels_dir: str) -> tuple[dict, str, list]:
     """Returns (plan, path of the extracted kernel library, params: for each plan entry a callable that reads the
-    array, or None for a splat). Device files (`device_files(plan)`) are extracted next to the kernel library.
-    Raises ArtifactError on any damage, before anything is extracted."""
+    array, or None for a splat: an array over the file's mapped bytes where it is stored uncompressed). Device
+    files (`device_files(plan)`) are extracted next to the kernel library. Raises ArtifactError on any damage,
+    before anything is extracted."""
     path = os.fspath(path)
     f = _open_regular(path)
     try:
@@ -306,6 +387,7 @@ def read_artifact(path: str, kernels_dir: str) -> tuple[dict, str, list]:
         # so an artifact saved over `path` meanwhile cannot mix its parameters into this one
         z = zipfile.ZipFile(f)
         weakref.finalize(z, f.close)  # the zip does not close a file it was given
+        mm = open_mapped(f)
         names = set(z.namelist())
         for required in ("plan.json", "kernels.so"):
             if required not in names:
@@ -317,10 +399,10 @@ def read_artifact(path: str, kernels_dir: str) -> tuple[dict, str, list]:
         if isinstance(plan, dict) and plan.get("format") == FORMAT and plan.get("version") != VERSION:
             raise ArtifactError(f"artifact {path!r} has format version {plan.get('version')}; this runtime "
                                 f"reads version {VERSION}: recompile the model")
-        _verify_manifest(path, z)
+        _verify_manifest(path, z, mm)
         if not isinstance(plan, dict) or plan.get("format") != FORMAT:
             raise ArtifactError(f"{path!r} is not a TensorForge artifact")
-        kernels, params = plan_parts(f"artifact {path!r}", path, z, plan, kernels_dir)
+        kernels, params = plan_parts(f"artifact {path!r}", path, z, plan, kernels_dir, mm=mm)
     except ArtifactError:
         f.close()
         raise

@@ -67,7 +67,7 @@ def write_bundle(path: str, meta: dict, parts: list[tuple[dict, str, list]]) -> 
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
             def put(member: str, data: bytes) -> None:
                 if member not in digests:
-                    z.writestr(member, data)
+                    artifact.put_aligned(z, member, data)
                     digests[member] = (hashlib.sha256(data).hexdigest(), len(data))
 
             specs = []
@@ -107,7 +107,8 @@ def read_bundle(path: str, make_model) -> "BundleModel":
     try:
         z = zipfile.ZipFile(f)
         weakref.finalize(z, f.close)  # parameters are read from this open file when the models copy them in
-        artifact._verify_manifest(path, z)
+        mm = artifact.open_mapped(f)
+        artifact._verify_manifest(path, z, mm)
         names = set(z.namelist())
         try:
             meta = json.loads(z.read(META))
@@ -133,7 +134,7 @@ def read_bundle(path: str, make_model) -> "BundleModel":
                 raise ArtifactError(f"bundle {path!r}: {plan_member} is not a CPU plan")
             pending = tempfile.mkdtemp(prefix="tensorforge-")
             kernels, params = artifact.plan_parts(f"bundle {path!r} specialization {i}", path, z, plan, pending,
-                                                  kernels_member)
+                                                  kernels_member, mm)
             models.append(make_model(plan, kernels, params, pending, shared))
             pending = None
         return BundleModel(meta, models)
