@@ -7,8 +7,8 @@ constants, the other inputs its inputs; the graph is exported to core ATen (fron
   * some have none: the ATen graph is split (torch.fx's CapabilityBasedPartitioner) into the largest pieces of
     supported ops, each compiled, and PyTorch runs the ops between them, so an op we lack never fails the model (a
     piece that still does not compile runs in PyTorch too, with a warning).
-A call converts the tensors to numpy without copies where they are contiguous CPU tensors and hands back torch
-tensors over the outputs' arrays. PyTorch runs the whole graph itself (eager), with a warning once per graph, where
+The kernels read a call's tensors where they lie and write output tensors allocated by torch (DLPack: no
+copies either way, CompiledModel.run_dlpack). PyTorch runs the whole graph itself (eager), with a warning once per graph, where
 this cannot be exact or is not built yet:
   * the graph updates buffers or inputs in place (batch norm in train mode, under no_grad);
   * the export fails.

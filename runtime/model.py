@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -103,6 +103,7 @@ class CompiledModel:
         self._input_specs = [(name, first.memory[b]) for name, b in self.program.inputs]
         self._state = {name: shared[b] for name, b in self.program.state}
         self._shared = shared
+        self._binding = None  # run_dlpack's, made on its first call
 
     @property
     def max_concurrency(self) -> int:
@@ -260,6 +261,57 @@ class CompiledModel:
 
     __call__ = run
 
+    def run_dlpack(self, inputs: Sequence, empty: Callable[[tuple, str], Any]) -> list:
+        """Run without copying: `inputs` in input order, anything with __dlpack__ (torch tensors, numpy arrays) of
+        the input's shape and dtype, read where they lie when they are contiguous and 64-byte aligned (else
+        copied in); each output is made by `empty(shape, dtype name)` (an object with __dlpack__, e.g. a
+        torch.empty) and the kernel computing it writes it there. Returns those objects. Outputs that are an
+        input, a parameter or share memory with another output are copied into theirs."""
+        import tvm_ffi
+
+        if self._binding is None:
+            self._binding = _Binding(self.program, self._shared)
+        bind = self._binding
+        if len(inputs) != len(bind.inputs):
+            raise InputError(f"{len(inputs)} inputs given, the model takes {len(bind.inputs)} ({self.input_names})")
+        buffers = self.program.buffers
+        with self._executor.context() as ctx:
+            tensors = {}
+            for (name, b), x in zip(self.program.inputs, inputs):
+                t = tvm_ffi.from_dlpack(x)
+                if tuple(t.shape) != buffers[b].shape or str(t.dtype) != buffers[b].dtype:
+                    raise InputError(f"input {name!r} is {t.dtype}{list(t.shape)}, the model expects "
+                                     f"{buffers[b].dtype}{list(buffers[b].shape)}")
+                if b in bind.roots and t.is_contiguous() and t.data_ptr() % ALIGNMENT == 0:
+                    tensors[b] = t
+                else:
+                    np.copyto(ctx.memory[b], np.from_dlpack(x))
+            outs = []
+            for (_, b), own in zip(self.program.outputs, bind.outputs):
+                outs.append(empty(buffers[b].shape, buffers[b].dtype))
+                if own:
+                    t = tvm_ffi.from_dlpack(outs[-1])
+                    if t.is_contiguous() and t.data_ptr() % ALIGNMENT == 0:
+                        tensors[b] = t
+            for v, r in bind.views:
+                if r in tensors:
+                    tensors[v] = bind.create_view(tensors[r], tvm_ffi.Shape(buffers[v].shape),
+                                                  tvm_ffi.dtype(buffers[v].dtype), 0)
+            calls = ctx.calls
+            if tensors:
+                calls = list(calls)
+                for i, uses in bind.uses:
+                    fn, args = calls[i]
+                    args = list(args)
+                    for j, a in uses:
+                        args[j] = tensors.get(a, args[j])
+                    calls[i] = (fn, args)
+            self._executor.execute(ctx, calls)
+            for (_, b), out in zip(self.program.outputs, outs):
+                if b not in tensors:
+                    np.copyto(np.from_dlpack(out), ctx.memory[b])
+        return outs
+
     def benchmark(self, feeds: Mapping[str, np.ndarray], repeat: int = 20, warmup: int = 3) -> list[float]:
         """Seconds per run, `repeat` samples after `warmup` runs."""
         with self._bound(feeds) as ctx:
@@ -295,6 +347,32 @@ class CompiledModel:
         """What an artifact (or a bundle, runtime/bundle.py) stores of this model: (plan, kernel library path,
         parameter arrays in plan order)."""
         return self.plan, self._kernels_path, [self._shared[entry["buffer"]] for entry in self.plan["params"]]
+
+
+class _Binding:
+    """Which kernel arguments a zero-copy run (CompiledModel.run_dlpack) points at the caller's memory: the inputs
+    (never written, by the plan's rules), the outputs that are their own memory (an arena or context buffer no other
+    output shares), and the views of either."""
+
+    def __init__(self, program: Plan, shared: list):
+        import tvm_ffi
+
+        self.create_view = tvm_ffi.get_global_func("runtime.TVMTensorCreateView")
+        self.inputs = [b for _, b in program.inputs]
+        by_root: dict[int, int] = {}
+        for _, b in program.outputs:
+            by_root[program.root(b)] = by_root.get(program.root(b), 0) + 1
+        # an output copied from an input's memory (an identity, a reshape of an input) needs that input copied in
+        roots = {b for b in self.inputs if program.buffers[b].view_of is None and b not in by_root}
+        self.outputs = [b == program.root(b) and by_root[b] == 1 and shared[b] is None and b not in self.inputs
+                        for _, b in program.outputs]
+        roots |= {b for (_, b), own in zip(program.outputs, self.outputs) if own}
+        self.roots = roots
+        self.views = [(v, program.root(v)) for v in range(len(program.buffers))
+                      if program.buffers[v].view_of is not None and program.root(v) in roots]
+        bound = roots | {v for v, _ in self.views}
+        self.uses = [(i, [(j, a) for j, a in enumerate(s.args) if a in bound]) for i, s in enumerate(program.steps)]
+        self.uses = [(i, u) for i, u in self.uses if u]
 
 
 def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int = 0, external_params=None,
