@@ -265,8 +265,8 @@ class CompiledModel:
         """Run without copying: `inputs` in input order, anything with __dlpack__ (torch tensors, numpy arrays) of
         the input's shape and dtype, read where they lie when they are contiguous and 64-byte aligned (else
         copied in); each output is made by `empty(shape, dtype name)` (an object with __dlpack__, e.g. a
-        torch.empty) and the kernel computing it writes it there. Returns those objects. Outputs that are an
-        input, a parameter or share memory with another output are copied into theirs."""
+        torch.empty) and the kernel computing it writes it there. Returns those objects (one object for outputs of
+        one buffer). Outputs that are an input, a parameter or share memory with another output are copied."""
         import tvm_ffi
 
         if self._binding is None:
@@ -287,14 +287,21 @@ class CompiledModel:
                 else:
                     np.copyto(ctx.memory[b], np.from_dlpack(x))
             outs = []
-            for (_, b), own in zip(self.program.outputs, bind.outputs):
+            for (_, b), own, same in zip(self.program.outputs, bind.outputs, bind.same):
+                if same is not None:  # the same buffer as an earlier output: the same object
+                    outs.append(outs[same])
+                    continue
                 outs.append(empty(buffers[b].shape, buffers[b].dtype))
                 if own:
                     t = tvm_ffi.from_dlpack(outs[-1])
                     if t.is_contiguous() and t.data_ptr() % ALIGNMENT == 0:
                         tensors[b] = t
+                        r = self.program.root(b)
+                        if r != b:  # the output is a view (a reshape) of the kernel result: that result is bound
+                            tensors[r] = bind.create_view(t, tvm_ffi.Shape(buffers[r].shape),
+                                                          tvm_ffi.dtype(buffers[r].dtype), 0)
             for v, r in bind.views:
-                if r in tensors:
+                if r in tensors and v not in tensors:
                     tensors[v] = bind.create_view(tensors[r], tvm_ffi.Shape(buffers[v].shape),
                                                   tvm_ffi.dtype(buffers[v].dtype), 0)
             calls = ctx.calls
@@ -307,8 +314,8 @@ class CompiledModel:
                         args[j] = tensors.get(a, args[j])
                     calls[i] = (fn, args)
             self._executor.execute(ctx, calls)
-            for (_, b), out in zip(self.program.outputs, outs):
-                if b not in tensors:
+            for (_, b), out, same in zip(self.program.outputs, outs, bind.same):
+                if b not in tensors and same is None:
                     np.copyto(np.from_dlpack(out), ctx.memory[b])
         return outs
 
@@ -359,14 +366,18 @@ class _Binding:
 
         self.create_view = tvm_ffi.get_global_func("runtime.TVMTensorCreateView")
         self.inputs = [b for _, b in program.inputs]
-        by_root: dict[int, int] = {}
-        for _, b in program.outputs:
-            by_root[program.root(b)] = by_root.get(program.root(b), 0) + 1
+        outputs = [b for _, b in program.outputs]
+        by_root: dict[int, set] = {}
+        for b in outputs:
+            by_root.setdefault(program.root(b), set()).add(b)
         # an output copied from an input's memory (an identity, a reshape of an input) needs that input copied in
         roots = {b for b in self.inputs if program.buffers[b].view_of is None and b not in by_root}
-        self.outputs = [b == program.root(b) and by_root[b] == 1 and shared[b] is None and b not in self.inputs
-                        for _, b in program.outputs]
-        roots |= {b for (_, b), own in zip(program.outputs, self.outputs) if own}
+        # an output is written in place where its memory (a kernel result, or a view of one) is no other output's
+        # but its own (a buffer given as two outputs is one object)
+        self.same = [outputs.index(b) if outputs.index(b) < k else None for k, b in enumerate(outputs)]
+        self.outputs = [len(by_root[program.root(b)]) == 1 and shared[program.root(b)] is None
+                        and program.root(b) not in self.inputs for b in outputs]
+        roots |= {program.root(b) for b, own in zip(outputs, self.outputs) if own}
         self.roots = roots
         self.views = [(v, program.root(v)) for v in range(len(program.buffers))
                       if program.buffers[v].view_of is not None and program.root(v) in roots]

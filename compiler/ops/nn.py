@@ -166,6 +166,10 @@ def _conv2d_input_grad(e, x, w, dy, conv):
     h, wd = x.type.shape[2:]
     kh, kw = w.type.shape[2:]
     (sh, sw), (dh, dw_), (pt, pl, pb, pr) = conv["strides"], conv["dilations"], conv["pads"]
+    if (sh, sw) != (1, 1) and (dh, dw_) == (1, 1):
+        dx = _strided_input_grad(e, x, w, dy, conv)
+        if dx is not None:
+            return dx
     if (sh, sw) != (1, 1):
         # (N, O, OH, 1, OW, 1) padded to (N, O, OH, sh, OW, sw): dy's pixels sh and sw apart
         dy = e.op(ops.reshape, [dy], shape=(n, o, oh, 1, ow, 1))
@@ -181,6 +185,66 @@ def _conv2d_input_grad(e, x, w, dy, conv):
         return None
     dx = e.op(ops.conv2d, [dy, e.op(ops.conv2d_weight_flip, [w])], strides=(1, 1), pads=pads,
               dilations=conv["dilations"], groups=1)
+    return dx if dx.type == x.type else None
+
+
+def _phase_taps(r: int, k: int, s: int, p: int, out: int, n: int) -> tuple[int, int, int, int] | None:
+    """Along one axis of a stride-`s` conv (kernel k, pad before p, input n, output `out`): the input positions
+    r, r + s, ... get their gradient from the taps k0, k0 + s, ... alone, as a stride-1 correlation of dy with those
+    taps reversed. Returns (first tap of the flipped kernel, taps, dy's pad before, dy's pad after: negative crops),
+    None where no tap reaches the phase."""
+    k0 = (r + p) % s
+    taps = len(range(k0, k, s))
+    if taps == 0:
+        return None
+    c = (r + p - k0) // s  # dx[r + s*i] = sum_m dy[i + c - m] * w[k0 + s*m]
+    before = taps - 1 - c
+    after = len(range(r, n, s)) - out - before + taps - 1
+    return k - 1 - k0 - s * (taps - 1), taps, before, after
+
+
+def _strided_input_grad(e, x, w, dy, conv):
+    """dx of a stride-s conv as s*s stride-1 convs of dy, one per phase of dx's pixels (a sub-pixel split), each
+    with the kernel taps that reach it, interleaved: the zeros-spread form's multiply-adds over 4 (stride 2) without
+    its zeros. A 1x1 kernel without pads gives one phase: its conv output spread with zeros. None where some phase has
+    no taps otherwise (a kernel smaller than its stride)."""
+    n, o, oh, ow = dy.type.shape
+    c, (h, wd), (kh, kw) = x.type.shape[1], x.type.shape[2:], w.type.shape[2:]
+    (sh, sw), (pt, pl, pb, pr) = conv["strides"], conv["pads"]
+    flipped = e.op(ops.conv2d_weight_flip, [w])
+    if (kh, kw) == (1, 1) and (pt, pl) == (0, 0):
+        small = e.op(ops.conv2d, [dy, flipped], strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1)
+        spread = e.op(ops.reshape, [small], shape=(n, c, oh, 1, ow, 1))
+        spread = e.op(ops.pad, [spread], pads=(0, 0, 0, 0, 0, 0, 0, 0, 0, sh - 1, 0, sw - 1), value=0.0)
+        spread = e.op(ops.reshape, [spread], shape=(n, c, oh * sh, ow * sw))
+        return e.op(ops.pad, [spread], pads=(0, 0, 0, 0, 0, 0, h - oh * sh, wd - ow * sw), value=0.0)
+    rows = [_phase_taps(r, kh, sh, pt, oh, h) for r in range(sh)]
+    cols = [_phase_taps(r, kw, sw, pl, ow, wd) for r in range(sw)]
+    if None in rows or None in cols:
+        return None
+    hc, wc = -(-h // sh), -(-wd // sw)  # every phase padded to these, interleaved, then cut to (h, wd)
+    bands = []
+    for ry, (y0, ny, yb, ya) in enumerate(rows):
+        band = []
+        for rx, (x0, nx, xb, xa) in enumerate(cols):
+            k = e.op(ops.strided_slice, [flipped], begins=(0, 0, y0, x0), ends=(c, o, y0 + sh * (ny - 1) + 1,
+                                                                                 x0 + sw * (nx - 1) + 1),
+                     strides=(1, 1, sh, sw))
+            src = dy
+            if min(yb, ya, xb, xa) < 0:  # a negative pad: those rows or columns of dy reach no pixel of the phase
+                src = e.op(ops.pad, [dy], pads=(0, 0, min(yb, 0), min(xb, 0), 0, 0, min(ya, 0), min(xa, 0)),
+                           value=0.0)
+            phase = e.op(ops.conv2d, [src, k], strides=(1, 1), pads=(max(yb, 0), max(xb, 0), max(ya, 0),
+                                                                     max(xa, 0)), dilations=(1, 1), groups=1)
+            ph, pw = phase.type.shape[2:]
+            if (ph, pw) != (hc, wc):
+                phase = e.op(ops.pad, [phase], pads=(0, 0, 0, 0, 0, 0, hc - ph, wc - pw), value=0.0)
+            band.append(e.op(ops.reshape, [phase], shape=(n, c, hc, 1, wc, 1)))
+        bands.append(e.op(ops.concat, band, axis=5) if sw > 1 else band[0])
+    dx = e.op(ops.concat, bands, axis=3) if sh > 1 else bands[0]
+    dx = e.op(ops.reshape, [dx], shape=(n, c, hc * sh, wc * sw))
+    if (hc * sh, wc * sw) != (h, wd):
+        dx = e.op(ops.pad, [dx], pads=(0, 0, 0, 0, 0, 0, h - hc * sh, wd - wc * sw), value=0.0)
     return dx if dx.type == x.type else None
 
 

@@ -73,6 +73,19 @@ CASES = [
     ("conv2d_1x1_stride2_odd", ops.conv2d, {**CONV, "strides": (2, 2), "pads": (0, 0, 0, 0)},
      [r(1, 3, 7, 5), r(2, 3, 1, 1)]),  # dy spread with zeros: its last zero rows cut
     ("conv2d_3x3_stride3", ops.conv2d, {**CONV, "strides": (3, 2)}, [r(2, 2, 8, 7), r(3, 2, 3, 3), r(3)]),
+    # the sub-pixel split of a strided conv's dx: ResNet's 3x3 stride 2 pad 1 on an even and an odd input, taps
+    # cropping dy (pad 0), a kernel the size of its stride, a 5x5 stride 3 with asymmetric pads, a padded 1x1 (a
+    # phase without taps: the zeros-spread form)
+    ("conv2d_subpixel_even", ops.conv2d, {**CONV, "strides": (2, 2)}, [r(2, 3, 8, 6), r(4, 3, 3, 3)]),
+    ("conv2d_subpixel_odd", ops.conv2d, {**CONV, "strides": (2, 2)}, [r(1, 2, 7, 9), r(3, 2, 3, 3)]),
+    ("conv2d_subpixel_pad0", ops.conv2d, {**CONV, "strides": (2, 2), "pads": (0, 0, 0, 0)},
+     [r(1, 2, 7, 8), r(3, 2, 3, 3)]),
+    ("conv2d_subpixel_k2", ops.conv2d, {**CONV, "strides": (2, 2), "pads": (0, 1, 1, 0)},
+     [r(1, 2, 6, 7), r(3, 2, 2, 2)]),
+    ("conv2d_subpixel_5x5_stride3", ops.conv2d, {**CONV, "strides": (3, 3), "pads": (2, 1, 0, 2)},
+     [r(1, 2, 10, 11), r(2, 2, 5, 5), r(2)]),
+    ("conv2d_1x1_stride2_padded", ops.conv2d, {**CONV, "strides": (2, 2), "pads": (1, 1, 1, 1)},
+     [r(1, 2, 6, 5), r(2, 2, 1, 1)]),
     ("conv2d_dilated", ops.conv2d, {**CONV, "pads": (2, 0, 1, 1), "dilations": (2, 1)},
      [r(1, 2, 6, 5), r(3, 2, 3, 2)]),  # stride 1, asymmetric pads: dx is a conv of dy with the flipped weight
     ("conv2d_wide_pad", ops.conv2d, {**CONV, "pads": (3, 2, 3, 2)}, [r(1, 2, 3, 3), r(2, 2, 3, 3)]),  # pad > k-1
@@ -164,13 +177,13 @@ def test_op_without_rule_names_op_and_node():
 
 @pytest.mark.parametrize("attrs, fast", [
     (CONV, True),
-    ({**CONV, "strides": (2, 2)}, True),  # dx: a stride-1 conv of dy spread with zeros
+    ({**CONV, "strides": (2, 2)}, True),  # dx: four stride-1 convs of dy, one per phase of dx's pixels
     ({**CONV, "pads": (3, 3, 3, 3)}, False),  # a pad wider than the window: dy would need negative padding
 ])
 def test_conv_backward_reuses_forward_kernels(attrs, fast):
-    """An ungrouped conv differentiates into a conv of dy (spread with zeros for strides > 1) with the flipped
-    weight and a matrix product with im2col(x), the ops whose CPU kernels are register-tiled; otherwise (a pad wider
-    than the window) the gather-form ops."""
+    """An ungrouped conv differentiates into a conv of dy (for stride 2, one per phase of dx's pixels, each with the
+    taps reaching it) with the flipped weight and a matrix product with im2col(x), the ops whose CPU kernels are
+    register-tiled; otherwise (a pad wider than the window) the gather-form ops."""
     g = Graph("conv")
     x = g.add_input("x", TensorType((2, 3, 6, 6)))
     w = g.add_input("w", TensorType((4, 3, 3, 3)))
@@ -184,6 +197,9 @@ def test_conv_backward_reuses_forward_kernels(attrs, fast):
     assert ops.conv2d_backward_weight not in used
     assert (ops.conv2d_weight_flip in used) == fast
     assert (ops.conv2d_backward_data in used) == (not fast)
+    convs = [n for n in g.nodes if n.op is ops.conv2d]
+    assert len(convs) == (4 if attrs.get("strides") == (2, 2) else 1 if fast else 0)
+    assert all(n.attrs["strides"] == (1, 1) for n in convs)
 
 
 def test_gradients_of_a_tensor_read_slice_by_slice_are_one_scatter():

@@ -94,3 +94,15 @@ def test_concurrent_calls_keep_their_own_inputs():
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_one_buffer_given_as_two_outputs_is_one_object_written_in_place():
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Add", ["x", "x"], ["a"]), helper.make_node("Identity", ["a"], ["a2"])]
+    g = helper.make_graph(nodes, "dup", [helper.make_tensor_value_info("x", f, [4, 4])],
+                          [helper.make_tensor_value_info(n, f, [4, 4]) for n in ("a", "a2")])
+    model = compile_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    made = []
+    a, a2 = model.run_dlpack([torch.from_numpy(X)], _empty(made))
+    assert a is a2 and len(made) == 1
+    np.testing.assert_array_equal(a.numpy(), X + X)
