@@ -140,7 +140,14 @@ def _conv2d_grad(e, n, dy):
                     dilations=conv["dilations"])
         rows, r = cols.type.shape
         r_pad = -(-r // WGRAD_COLUMN_BLOCK) * WGRAD_COLUMN_BLOCK
-        if r != r_pad and rows >= WGRAD_PAD_MIN_ROWS:
+        if r != r_pad and rows >= WGRAD_PAD_MIN_ROWS and o % WGRAD_COLUMN_BLOCK == 0:
+            # C*KH*KW not a multiple of a register tile's width but O is: dW transposed, (R, O) = cols.T @ dy in
+            # NHWC rows, O the vector columns (ResNet-50's 7x7 stem, 147 x 64: 31.7 -> see git log; padding the
+            # columns fused the pad into im2col, whose schedule then fell to the generic one, 20 ms of it)
+            dy_nhwc = e.op(ops.reshape, [e.op(ops.transpose, [dy], perm=(0, 2, 3, 1))], shape=(rows, o))
+            dw_t = e.op(ops.weight_grad_gemm, [cols, dy_nhwc], shape=(r, o), transpose_rows=True)
+            dw = e.op(ops.reshape, [e.op(ops.transpose, [dw_t], perm=(1, 0))], shape=w.type.shape)
+        elif r != r_pad and rows >= WGRAD_PAD_MIN_ROWS:
             # columns padded to whole register tiles: the product runs on the blocked weight-gradient kernel (a
             # partial tile left ResNet-50's 7x7 stem, 147 columns x 25088 rows per image, on the generic loop nest:
             # 58 ms per image; the padding costs one pass over the columns)
