@@ -4,6 +4,7 @@ graphs compiled and matching eager, PyTorch running what is not compiled (with a
 from __future__ import annotations
 
 import copy
+from unittest import mock
 import subprocess
 import sys
 import warnings
@@ -305,6 +306,27 @@ def test_backward_ops_convert_exactly():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # nothing runs in PyTorch
         twin(x).square().sum().backward()
+    for (name, p), q in zip(m.named_parameters(), twin._orig_mod.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("shape", [(5, 24), (2, 70, 24)], ids=["batch_5", "tokens_140"])
+def test_linear_weight_gradients_are_weight_grad_products(shape):
+    """aot's mm(t(dy), x) for a linear layer's weight gradient runs on the weight-gradient kernel, reading both
+    operands in place (140 rows: its blocked form); gradients as eager's."""
+    from tensorforge.compiler import torch_graphs
+
+    torch.manual_seed(5)
+    m = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Tanh(), torch.nn.Linear(40, 7))
+    twin = _capturing(copy.deepcopy(m))[0]
+    x = torch.randn(*shape)
+    m(x).square().sum().backward()
+    models = []
+    real = torch_graphs._compile_aten
+    with mock.patch.object(torch_graphs, "_compile_aten", lambda *a: models.append(real(*a)) or models[-1]):
+        twin(x).square().sum().backward()
+    ops = [s["op"] for model in models for s in model.plan["steps"]]
+    assert ops.count("weight_grad_gemm") == 2, ops
     for (name, p), q in zip(m.named_parameters(), twin._orig_mod.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
 

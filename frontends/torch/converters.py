@@ -193,6 +193,12 @@ def addmm(b, self, mat1, mat2, beta=1, alpha=1):
 
 @converter(aten.mm.default, aten.bmm.default, aten.matmul.default)
 def mm(b, self, mat2):
+    rows = _untransposed(self) if not isinstance(self, np.ndarray) and not isinstance(mat2, np.ndarray) else None
+    if rows is not None and b.type(mat2).rank == 2 and b.type(mat2).dtype == "float32":
+        # a^T @ x, both at run time: a weight gradient (aot_autograd's mm(t(dy), x)), reduced over the batch rows
+        # on its own kernel, neither operand transposed or packed first
+        return b.emit(ops.weight_grad_gemm, [rows, mat2], shape=(b.type(self).shape[0], b.type(mat2).shape[1]),
+                      transpose_rows=True)
     w = None
     if isinstance(mat2, np.ndarray) and mat2.ndim == 2:
         w = b.derive(np.ascontiguousarray(mat2.T), mat2)
