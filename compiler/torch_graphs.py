@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 
 import torch
 
@@ -182,8 +183,7 @@ def _restrided(tensors: list, strides: list | None) -> list:
 def _run(model, tensors: dict) -> list:
     """model run on torch tensors by input name, torch tensors back: read and written in place (DLPack, no copies)
     by a CompiledModel; through numpy views otherwise."""
-    if hasattr(model, "run_dlpack") and all(model.program.buffers[b].dtype in _TORCH_DTYPES
-                                            for _, b in model.program.inputs + model.program.outputs):
+    if _in_place(model):
         return model.run_dlpack([tensors[n].detach() for n in model.input_names], _empty)
     return [torch.from_numpy(o) for o in model.run({n: t.detach().contiguous().numpy() for n, t in tensors.items()})]
 
@@ -191,6 +191,17 @@ def _run(model, tensors: dict) -> list:
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
                  "bfloat16": torch.bfloat16, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32,
                  "int64": torch.int64, "uint8": torch.uint8, "bool": torch.bool}
+
+
+_IN_PLACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _in_place(model) -> bool:
+    """Can `model` run on torch tensors in place (a CompiledModel whose inputs and outputs are types torch has)?"""
+    if model not in _IN_PLACE:
+        _IN_PLACE[model] = hasattr(model, "run_dlpack") and all(
+            model.program.buffers[b].dtype in _TORCH_DTYPES for _, b in model.program.inputs + model.program.outputs)
+    return _IN_PLACE[model]
 
 
 def _empty(shape: tuple, dtype: str):
