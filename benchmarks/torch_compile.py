@@ -6,6 +6,9 @@ benchmarks/results/torch_compile.md.
     TVM_NUM_THREADS=1 python benchmarks/torch_compile.py [--batch 1 8] [--engines eager tensorforge inductor]
         [--train bert_small:8 resnet50:2] [MODEL ...]
 
+A training row also gives each engine's median forward (with the loss), backward (with zero_grad) and optimizer
+step; `--batch` with no sizes times training alone.
+
 One process per table, the engines interleaved per round (the order alternating), medians of `--rounds`; torch and
 TVM use the same number of threads. The warm-cache column runs a child process twice with a fresh cache directory
 (the first fills it) and reports the second one's first call (dynamo's capture, our cache lookup and load); the
@@ -101,24 +104,32 @@ def training(name: str, batch: int, engines: list[str], rounds: int) -> dict:
         opt = torch.optim.Adam(module.parameters(), lr=1e-4)
         f = _compiled(module, e)
 
-        def step(f=f, opt=opt):
+        def step(f=f, opt=opt, phases=None):
+            t0 = time.perf_counter()
             loss = torch.nn.functional.cross_entropy(_first_output(f(x)).reshape(-1, classes), y.reshape(-1))
+            t1 = time.perf_counter()
             opt.zero_grad()
             loss.backward()
+            t2 = time.perf_counter()
             opt.step()
-            return loss.item()
+            value = loss.item()
+            if phases is not None:
+                phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+            return value
 
         t0 = time.perf_counter()
         loss0[e] = step()
         first[e] = time.perf_counter() - t0
         steps[e] = step
     times = {e: [] for e in engines}
+    phases = {e: [] for e in engines}  # (forward with the loss, zero_grad + backward, optimizer step) per round
     for r in range(rounds):
         for e in engines if r % 2 == 0 else engines[::-1]:
             t0 = time.perf_counter()
-            steps[e]()
+            steps[e](phases=phases[e])
             times[e].append(time.perf_counter() - t0)
-    return {"ms": {e: float(np.median(t)) * 1e3 for e, t in times.items()}, "first_s": first, "loss": loss0}
+    return {"ms": {e: float(np.median(t)) * 1e3 for e, t in times.items()}, "first_s": first, "loss": loss0,
+            "phases_ms": {e: [float(v) * 1e3 for v in np.median(np.array(p), 0)] for e, p in phases.items()}}
 
 
 CHILD = """
@@ -150,7 +161,7 @@ def warm_first_call(name: str, batch: int, threads: int, backend: str = "tensorf
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", default=["resnet50", "bert_base", "mobilenet_v2", "vit_base", "mlp"])
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--batch", type=int, nargs="*", default=[1, 8], help="inference batch sizes (none: no inference)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--engines", nargs="+", default=["eager", "tensorforge", "inductor"],
                     choices=["eager", "tensorforge", "inductor"])
@@ -206,14 +217,16 @@ def main(argv=None) -> int:
     if args.train:
         lines += ["## Training step (forward, cross-entropy, backward, Adam)", "",
                   "| model | batch | " + " | ".join(f"{e} ms" for e in engines) + " | tensorforge / eager | "
+                  + " | ".join(f"{e} forward / backward / optimizer ms" for e in engines) + " | "
                   + " | ".join(f"{e} first step s" for e in others) + " | first loss |",
-                  "|---|---:|" + "---:|" * (len(engines) + 1 + len(others)) + "---|"]
+                  "|---|---:|" + "---:|" * (len(engines) + 1 + len(engines) + len(others)) + "---|"]
         for spec in args.train:
             name, batch = spec.split(":")
             r = training(name, int(batch), engines, args.rounds)
             ms = r["ms"]
             row = (f"| {name} | {batch} | " + " | ".join(f"{ms[e]:.1f}" for e in engines)
                    + f" | {ms['tensorforge'] / ms['eager']:.3f} | "
+                   + " | ".join("{:.1f} / {:.1f} / {:.1f}".format(*r["phases_ms"][e]) for e in engines) + " | "
                    + " | ".join(f"{r['first_s'][e]:.1f}" for e in others) + " | "
                    + ", ".join(f"{e} {r['loss'][e]:.6f}" for e in engines) + " |")
             lines.append(row)
