@@ -142,8 +142,8 @@ def _conv2d_grad(e, n, dy):
         r_pad = -(-r // WGRAD_COLUMN_BLOCK) * WGRAD_COLUMN_BLOCK
         if r != r_pad and rows >= WGRAD_PAD_MIN_ROWS and o % WGRAD_COLUMN_BLOCK == 0:
             # C*KH*KW not a multiple of a register tile's width but O is: dW transposed, (R, O) = cols.T @ dy in
-            # NHWC rows, O the vector columns (ResNet-50's 7x7 stem, 147 x 64: 31.7 -> see git log; padding the
-            # columns fused the pad into im2col, whose schedule then fell to the generic one, 20 ms of it)
+            # NHWC rows, O the vector columns (ResNet-50's 7x7 stem, 147 x 64 at batch 2: 31.7 -> 17.8 ms; padding
+            # the columns fused the pad into im2col, whose schedule then fell to the generic one: 20 ms of it)
             dy_nhwc = e.op(ops.reshape, [e.op(ops.transpose, [dy], perm=(0, 2, 3, 1))], shape=(rows, o))
             dw_t = e.op(ops.weight_grad_gemm, [cols, dy_nhwc], shape=(r, o), transpose_rows=True)
             dw = e.op(ops.reshape, [e.op(ops.transpose, [dw_t], perm=(1, 0))], shape=w.type.shape)
@@ -217,7 +217,7 @@ def _strided_input_grad(e, x, w, dy, conv):
     no taps otherwise (a kernel smaller than its stride)."""
     n, o, oh, ow = dy.type.shape
     c, (h, wd), (kh, kw) = x.type.shape[1], x.type.shape[2:], w.type.shape[2:]
-    (sh, sw), (pt, pl, pb, pr) = conv["strides"], conv["pads"]
+    (sh, sw), (pt, pl) = conv["strides"], conv["pads"][:2]
     flipped = e.op(ops.conv2d_weight_flip, [w])
     if (kh, kw) == (1, 1) and (pt, pl) == (0, 0):
         small = e.op(ops.conv2d, [dy, flipped], strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1)
@@ -231,9 +231,9 @@ def _strided_input_grad(e, x, w, dy, conv):
         return None
     hc, wc = -(-h // sh), -(-wd // sw)  # every phase padded to these, interleaved, then cut to (h, wd)
     bands = []
-    for ry, (y0, ny, yb, ya) in enumerate(rows):
+    for y0, ny, yb, ya in rows:
         band = []
-        for rx, (x0, nx, xb, xa) in enumerate(cols):
+        for x0, nx, xb, xa in cols:
             k = e.op(ops.strided_slice, [flipped], begins=(0, 0, y0, x0), ends=(c, o, y0 + sh * (ny - 1) + 1,
                                                                                  x0 + sw * (nx - 1) + 1),
                      strides=(1, 1, sh, sw))
