@@ -291,9 +291,13 @@ def _verify_manifest(path: str, z: zipfile.ZipFile, mm: mmap.mmap | None = None)
                                 f"manifest")
 
 
-def open_mapped(f) -> mmap.mmap:
-    """A private (copy-on-write) mapping of the open file `f`: what a reader hashes and reads parameters from."""
-    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+def open_mapped(f) -> mmap.mmap | None:
+    """A private (copy-on-write) mapping of the open file `f`: what a reader hashes and reads parameters from; None
+    where the file system cannot map it (the members are then read through the zip)."""
+    try:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        return None
 
 
 def _stored_at(z: zipfile.ZipFile, info: zipfile.ZipInfo, mm: mmap.mmap | None) -> int | None:

@@ -98,3 +98,15 @@ def test_a_flipped_parameter_byte_is_found_by_the_mapped_reader(good, tmp_path):
         with pytest.raises(ArtifactError, match="member params/1.npy does not match its SHA-256"):
             runtime.load(bad, map_params=map_params)
 
+
+
+def test_a_file_system_that_cannot_map_reads_through_the_zip(good, monkeypatch):
+    mapped_type = mmap.mmap
+
+    def refuse(*_, **__):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    model = runtime.load(good, map_params=True)
+    np.testing.assert_array_equal(model.run({"x": X})[0], compile_model(tiny_onnx()).run({"x": X})[0])
+    assert not any(isinstance(_root(p), mapped_type) for p in _file_params(model))
