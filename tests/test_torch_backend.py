@@ -216,9 +216,14 @@ def test_a_second_compile_of_the_same_graph_loads_it_from_the_disk_cache(tmp_pat
     with torch.no_grad():
         first = _compiled(m)(x)
         assert len(list(tmp_path.rglob("*.tfa"))) == 1
+        import tensorforge.runtime
+
+        loads, real = [], tensorforge.runtime.load
+        monkeypatch.setattr(tensorforge.runtime, "load", lambda path, **kw: loads.append(kw) or real(path, **kw))
         with caplog.at_level("INFO", logger="tensorforge"):
             second = _compiled(m)(x)
         assert "loaded a cached compiled graph" in caplog.text
+        assert loads == [{"map_params": True}]  # the cached file's parameters used where they lie
         torch.testing.assert_close(first, second)
         m[4].bias.add_(1.0)  # other constants: another entry, not the stale one
         torch.testing.assert_close(_compiled(m)(x), m(x), rtol=1e-4, atol=1e-5)
