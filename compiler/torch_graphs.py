@@ -1,15 +1,14 @@
 """Core-ATen FX graphs compiled and run on torch tensors, for the torch.compile backend (torch_backend.py): one
 CompiledModel for a graph whose every node converts (`Whole`), else the graph split into compiled pieces with
 PyTorch running the rest (`Split`); outputs that are views of inputs made by PyTorch (`_OutputsInTorch`); inputs
-laid out as in memory (`inputs_as_laid_out`, `Laid`). Tensors cross as numpy views (no copies for contiguous CPU
-tensors) and come back as torch tensors over the outputs' arrays.
+laid out as in memory (`inputs_as_laid_out`, `Laid`). The kernels read the input tensors where they lie and write
+output tensors torch allocates (DLPack: CompiledModel.run_dlpack), no copies either way.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-import weakref
 
 import torch
 
@@ -153,9 +152,10 @@ class Whole:
         self.model, self.names, self.strides = model, names, strides
         wanted = set(model.input_names)
         self._feed = [(i, n) for i, n in enumerate(names) if n in wanted]  # (inputs the model dropped: not fed)
+        self._run = _runner(model)
 
     def __call__(self, *args):
-        return tuple(_restrided(_run(self.model, {n: args[i] for i, n in self._feed}), self.strides))
+        return tuple(_restrided(self._run({n: args[i] for i, n in self._feed}), self.strides))
 
 
 def _output_strides(gm) -> list:
@@ -180,28 +180,21 @@ def _restrided(tensors: list, strides: list | None) -> list:
     return out
 
 
-def _run(model, tensors: dict) -> list:
-    """model run on torch tensors by input name, torch tensors back: read and written in place (DLPack, no copies)
-    by a CompiledModel; through numpy views otherwise."""
-    if _in_place(model):
-        return model.run_dlpack([tensors[n].detach() for n in model.input_names], _empty)
-    return [torch.from_numpy(o) for o in model.run({n: t.detach().contiguous().numpy() for n, t in tensors.items()})]
+def _runner(model):
+    """A function running `model` on torch tensors by input name, giving torch tensors: read and written in place
+    (DLPack, no copies) by a CompiledModel whose inputs and outputs are types torch has; through numpy otherwise."""
+    program = getattr(model, "program", None)
+    if hasattr(model, "run_dlpack") and all(program.buffers[b].dtype in _TORCH_DTYPES
+                                            for _, b in program.inputs + program.outputs):
+        names = model.input_names
+        return lambda tensors: model.run_dlpack([tensors[n].detach() for n in names], _empty)
+    return lambda tensors: [torch.from_numpy(o)
+                            for o in model.run({n: t.detach().contiguous().numpy() for n, t in tensors.items()})]
 
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
                  "bfloat16": torch.bfloat16, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32,
-                 "int64": torch.int64, "uint8": torch.uint8, "bool": torch.bool}
-
-
-_IN_PLACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _in_place(model) -> bool:
-    """Can `model` run on torch tensors in place (a CompiledModel whose inputs and outputs are types torch has)?"""
-    if model not in _IN_PLACE:
-        _IN_PLACE[model] = hasattr(model, "run_dlpack") and all(
-            model.program.buffers[b].dtype in _TORCH_DTYPES for _, b in model.program.inputs + model.program.outputs)
-    return _IN_PLACE[model]
+                 "int64": torch.int64, "uint8": torch.uint8, "bool": torch.bool}  # what crosses by DLPack
 
 
 def _empty(shape: tuple, dtype: str):
@@ -318,8 +311,8 @@ class _Piece(torch.nn.Module):
     def __init__(self, model, keep: list[int], many: bool, strides: list | None = None):
         super().__init__()
         self.model, self.keep, self.many, self.strides = model, keep, many, strides
+        self._run = _runner(model)
 
     def forward(self, *args):
-        out = _restrided(_run(self.model, {n: args[i] for i, n in zip(self.keep, self.model.input_names)}),
-                         self.strides)
+        out = _restrided(self._run({n: args[i] for i, n in zip(self.keep, self.model.input_names)}), self.strides)
         return tuple(out) if self.many else out[0]

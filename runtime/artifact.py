@@ -319,9 +319,10 @@ def _read_param(path: str, z: zipfile.ZipFile, member: str, mm: mmap.mmap | None
     """Parameter `member`: an array over the mapping `mm` (the file's own bytes, no copy) where the member is
     stored uncompressed, else read through the zip."""
     try:
-        at = _stored_at(z, z.getinfo(member), mm)
+        info = z.getinfo(member)
+        at = _stored_at(z, info, mm)
         if at is not None:
-            return _mapped_npy(mm, at, z.getinfo(member).file_size)
+            return _mapped_npy(mm, at, info.file_size)
         with z.open(member) as f:
             return np.lib.format.read_array(io.BufferedReader(f), allow_pickle=False)
     except (zipfile.BadZipFile, KeyError, ValueError, EOFError, OSError) as e:

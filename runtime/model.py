@@ -298,12 +298,10 @@ class CompiledModel:
                         tensors[b] = t
                         r = self.program.root(b)
                         if r != b:  # the output is a view (a reshape) of the kernel result: that result is bound
-                            tensors[r] = bind.create_view(t, tvm_ffi.Shape(buffers[r].shape),
-                                                          tvm_ffi.dtype(buffers[r].dtype), 0)
+                            tensors[r] = bind.create_view(t, *bind.typed[r], 0)
             for v, r in bind.views:
                 if r in tensors and v not in tensors:
-                    tensors[v] = bind.create_view(tensors[r], tvm_ffi.Shape(buffers[v].shape),
-                                                  tvm_ffi.dtype(buffers[v].dtype), 0)
+                    tensors[v] = bind.create_view(tensors[r], *bind.typed[v], 0)
             calls = ctx.calls
             if tensors:
                 calls = list(calls)
@@ -382,8 +380,11 @@ class _Binding:
         self.views = [(v, program.root(v)) for v in range(len(program.buffers))
                       if program.buffers[v].view_of is not None and program.root(v) in roots]
         bound = roots | {v for v, _ in self.views}
-        self.uses = [(i, [(j, a) for j, a in enumerate(s.args) if a in bound]) for i, s in enumerate(program.steps)]
-        self.uses = [(i, u) for i, u in self.uses if u]
+        # (shape, dtype) as TVM takes them, for each buffer a view may be made as: made once, not per run
+        self.typed = {b: (tvm_ffi.Shape(program.buffers[b].shape), tvm_ffi.dtype(program.buffers[b].dtype))
+                      for b in bound}
+        self.uses = [(i, uses) for i, s in enumerate(program.steps)  # (step, its (argument, buffer) bound by a run)
+                     if (uses := [(j, a) for j, a in enumerate(s.args) if a in bound])]
 
 
 def load(path: str | os.PathLike, num_threads: int | None = None, device_id: int = 0, external_params=None,

@@ -166,10 +166,10 @@ def _conv2d_grad(e, n, dy):
 def _conv2d_input_grad(e, x, w, dy, conv):
     """dx = conv2d(dy', flip(w)), stride 1, where dy' is dy with stride - 1 zeros between its pixels (dy itself for
     stride 1), padded by dilation * (k - 1) - pad before and what makes dx x's size after; None when a pad would be
-    negative (a pad exceeding the window: the gather form handles it). For stride 2 the conv multiplies 4x as many
-    zeros as numbers, but on the forward's register-tiled kernel, where the gather form ran ~20x slower (ResNet-50's
-    stride-2 convs, measured)."""
-    n, o, oh, ow = dy.type.shape
+    negative (a pad exceeding the window: the gather form handles it). A strided, undilated conv takes the sub-pixel
+    split first (_strided_input_grad: no zeros multiplied); the spread form is left for the rest, where it runs on the
+    forward's register-tiled kernel, ~20x faster than the gather form (ResNet-50's stride-2 convs, measured)."""
+    n, o = dy.type.shape[:2]
     h, wd = x.type.shape[2:]
     kh, kw = w.type.shape[2:]
     (sh, sw), (dh, dw_), (pt, pl, pb, pr) = conv["strides"], conv["dilations"], conv["pads"]
@@ -178,10 +178,7 @@ def _conv2d_input_grad(e, x, w, dy, conv):
         if dx is not None:
             return dx
     if (sh, sw) != (1, 1):
-        # (N, O, OH, 1, OW, 1) padded to (N, O, OH, sh, OW, sw): dy's pixels sh and sw apart
-        dy = e.op(ops.reshape, [dy], shape=(n, o, oh, 1, ow, 1))
-        dy = e.op(ops.pad, [dy], pads=(0, 0, 0, 0, 0, 0, 0, 0, 0, sh - 1, 0, sw - 1), value=0.0)
-        dy = e.op(ops.reshape, [dy], shape=(n, o, oh * sh, ow * sw))
+        dy = _spread(e, dy, sh, sw)
     spread_h, spread_w = dy.type.shape[2:]
     pads = (dh * (kh - 1) - pt, dw_ * (kw - 1) - pl, h + pt - spread_h, wd + pl - spread_w)
     if min(pads[2:]) < 0 and -pads[2] < sh and -pads[3] < sw:  # rows of the zeros spread after the last pixel
@@ -193,6 +190,15 @@ def _conv2d_input_grad(e, x, w, dy, conv):
     dx = e.op(ops.conv2d, [dy, e.op(ops.conv2d_weight_flip, [w])], strides=(1, 1), pads=pads,
               dilations=conv["dilations"], groups=1)
     return dx if dx.type == x.type else None
+
+
+def _spread(e, t, sh: int, sw: int):
+    """(N, C, H, W) -> (N, C, H*sh, W*sw) with t's pixels sh and sw apart, zeros between: (N, C, H, 1, W, 1) padded
+    to (N, C, H, sh, W, sw)."""
+    n, c, h, w = t.type.shape
+    t = e.op(ops.reshape, [t], shape=(n, c, h, 1, w, 1))
+    t = e.op(ops.pad, [t], pads=(0, 0, 0, 0, 0, 0, 0, 0, 0, sh - 1, 0, sw - 1), value=0.0)
+    return e.op(ops.reshape, [t], shape=(n, c, h * sh, w * sw))
 
 
 def _phase_taps(r: int, k: int, s: int, p: int, out: int, n: int) -> tuple[int, int, int, int] | None:
@@ -221,10 +227,8 @@ def _strided_input_grad(e, x, w, dy, conv):
     flipped = e.op(ops.conv2d_weight_flip, [w])
     if (kh, kw) == (1, 1) and (pt, pl) == (0, 0):
         small = e.op(ops.conv2d, [dy, flipped], strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1)
-        spread = e.op(ops.reshape, [small], shape=(n, c, oh, 1, ow, 1))
-        spread = e.op(ops.pad, [spread], pads=(0, 0, 0, 0, 0, 0, 0, 0, 0, sh - 1, 0, sw - 1), value=0.0)
-        spread = e.op(ops.reshape, [spread], shape=(n, c, oh * sh, ow * sw))
-        return e.op(ops.pad, [spread], pads=(0, 0, 0, 0, 0, 0, h - oh * sh, wd - ow * sw), value=0.0)
+        return e.op(ops.pad, [_spread(e, small, sh, sw)], pads=(0, 0, 0, 0, 0, 0, h - oh * sh, wd - ow * sw),
+                    value=0.0)
     rows = [_phase_taps(r, kh, sh, pt, oh, h) for r in range(sh)]
     cols = [_phase_taps(r, kw, sw, pl, ow, wd) for r in range(sw)]
     if None in rows or None in cols:

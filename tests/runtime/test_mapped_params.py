@@ -1,7 +1,6 @@
 """Parameters read in place: an artifact stores them 64-byte aligned, a reader hashes them from a mapping of the
 file, and `load(path, map_params=True)` runs on the file's pages themselves (the on-disk cache loads that way)."""
 
-import json
 import mmap
 import struct
 import zipfile
