@@ -110,10 +110,11 @@ def worth_looping(small: Graph) -> bool:
     return graph_flops(small) / 2 / params >= MIN_FLOPS_PER_PARAM_BYTE
 
 
-def slicing(proto, shapes: Mapping, symbolic, dynamic: Mapping, feeds: Mapping):
+def slicing(proto, shapes: Mapping, symbolic, dynamic: Mapping, feeds: Mapping, memo=None):
     """(the feeds of one slice, the batch inputs, the number of slices) where the ONNX model `proto` (bound by
     `shapes`; the inputs in `symbolic` take the fed shapes) runs `feeds` as slices of its dynamic axis 0's lower
-    bound, proven the same and worth it; else None (then the batch is compiled)."""
+    bound, proven the same and worth it; else None (then the batch is compiled). memo: the model's constants, read
+    once (compiler/ir/constants.py)."""
     from tensorforge.compiler.driver import import_model
 
     batch = sorted(n for n, r in dynamic.items() if 0 in r)
@@ -132,7 +133,7 @@ def slicing(proto, shapes: Mapping, symbolic, dynamic: Mapping, feeds: Mapping):
         bound = dict(shapes, **{n: tuple(np.shape(fed[n])) for n in symbolic if n in fed})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graphs.append(import_model(proto, bound))
+            graphs.append(import_model(proto, bound, memo=memo))
     why = loop_proof(graphs[0], graphs[1], set(batch), b0, b) or (
         None if worth_looping(graphs[0]) else "too little arithmetic per byte of weights")
     if why is not None:

@@ -37,11 +37,12 @@ def is_torch_module(model) -> bool:
 
 
 def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None,
-                 params=None, keep_params: bool = False) -> Graph:
+                 params=None, keep_params: bool = False, memo=None) -> Graph:
     """Any supported model form -> IR graph. ONNX: a path, bytes or onnx.ModelProto; a torch.nn.Module with
     `example_inputs`; a builder-API module (frontends.nn) with `shapes` for its inputs and optional `params`;
     or an IR Graph (copied). keep_params (training): the model's parameters stay params of their own, in their own
-    layout, instead of being folded at import."""
+    layout, instead of being folded at import. memo (ONNX): a compiler.ir.ConstantMemo shared by the imports of
+    one model at several shapes: its constants read and folded once."""
     from tensorforge.frontends.nn import Module as BuilderModule
 
     if isinstance(model, BuilderModule):
@@ -60,7 +61,7 @@ def import_model(model, shapes: Mapping[str, Sequence[int]] | None = None, examp
     if isinstance(model, (str, os.PathLike, bytes)) or type(model).__name__ == "ModelProto":
         from tensorforge.frontends.onnx import from_onnx
 
-        return from_onnx(model, shapes, keep_params)
+        return from_onnx(model, shapes, keep_params, memo)
     raise CompileError(f"cannot compile a {type(model).__name__}: pass an ONNX file path, onnx.ModelProto or Graph")
 
 

@@ -36,7 +36,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from tensorforge.compiler.disk_cache import cache_dir, load_cached, store_cached
+from tensorforge.compiler.ir import ConstantMemo
 from tensorforge.runtime.bundle import flat_feeds, regroup
+from tensorforge.runtime.plan import SharedBuffers
 from tensorforge.runtime.errors import CompileError, FrontendError, InputError
 
 log = logging.getLogger("tensorforge")
@@ -153,8 +155,10 @@ class SpecializingModel:
         self.dynamic = check_dynamic(proto, dynamic or {})
         self._cache: OrderedDict[tuple, object] = OrderedDict()
         self._meta: dict[tuple, dict] = {}  # what each cached specialization is for (bundle.json's entries)
-        self._model_id = hashlib.sha256(proto.SerializeToString() + repr(sorted(self._shapes.items())).encode()
-                                        + fingerprint.encode()).hexdigest()[:20]
+        self._memo = ConstantMemo()  # the model's weights read, transposed, hashed and packed once for every shape
+        self._buffers = SharedBuffers()  # ... and held in memory once by all the specializations
+        self._fingerprint = fingerprint
+        self._model_id_: str | None = None  # the disk cache's name for the model: hashed when first needed
         self._lock = threading.Lock()       # the cache
         self._compiling = threading.Lock()  # one compile at a time
         inputs = _graph_inputs(proto)
@@ -258,7 +262,7 @@ class SpecializingModel:
 
         if self._values or self._sequences:
             return None, None
-        plan = slicing(self._proto, self._shapes, self._symbolic, self.dynamic, feeds)
+        plan = slicing(self._proto, self._shapes, self._symbolic, self.dynamic, feeds, self._memo)
         if plan is None:
             return None, None
         small, batch, times = plan
@@ -349,6 +353,14 @@ class SpecializingModel:
             log.info("no specialization compiled ahead: the values of %s decide shapes", self.value_inputs)
 
     # -- internals ---------------------------------------------------------------------------------------------
+    @property
+    def _model_id(self) -> str:
+        if self._model_id_ is None:
+            h = hashlib.sha256(self._proto.SerializeToString())
+            h.update(repr(sorted(self._shapes.items())).encode() + self._fingerprint.encode())
+            self._model_id_ = h.hexdigest()[:20]
+        return self._model_id_
+
     def _path(self, key: tuple) -> str | None:
         root = cache_dir()
         if root is None:
@@ -405,7 +417,8 @@ class SpecializingModel:
                     shapes[n] = tuple(np.shape(feeds[n]))
             proto = _with_constants(self._proto, values) if values else self._proto
             try:
-                compiled = self._compile(proto, shapes or None)
+                compiled = self._compile(proto, shapes or None, memo=self._memo if proto is self._proto else None,
+                                         shared=self._buffers)
             except FrontendError as e:
                 names = set(needed_inputs(e, self._proto))
                 if names and names <= set(feeds) and not names <= self._values | self._sequences and self._learn(e):

@@ -72,6 +72,7 @@ class Builder:
         self.names: dict[int, str] = {}  # id(array) -> its name in the model (initializers, constant outputs)
         self._keep: list[np.ndarray] = []
         self._run_time: set[int] = set()  # ids of known arrays that ops read at run time (see `keep_at_run_time`)
+        self.memo = graph.memo  # folds of read-only constants made once for every import of the model (ir.constants)
 
     def at(self, name: str, op_type: str, node: Any = None) -> None:
         """Convert the node `name` of type `op_type` next."""
@@ -120,6 +121,13 @@ class Builder:
             self._keep.append(new)  # ids are only unique while the arrays live
         return new
 
+    def computed(self, kind, srcs: Sequence[np.ndarray], make):
+        """`make()`, a compile-time transform `kind` (hashable, None: not memoizable) of the constant arrays `srcs`:
+        made once for every import of the model where the graph has a memo (a dynamic model's specializations)."""
+        if self.memo is None or kind is None or not srcs:
+            return make()
+        return self.memo.derived(kind, tuple(srcs), make)
+
     def emit(self, op: OpDef, inputs: Sequence[Ref], **attrs: Any):
         """Apply `op`. Folds to an array when every input is known; returns one result or a list if several."""
         stored = sorted({self.type(x).dtype for x in inputs if x is not None} & STORAGE_DTYPES)
@@ -135,7 +143,9 @@ class Builder:
                     if t.numel > MAX_CONSTANT_ELEMENTS:
                         raise self.error(f"folding {op.name} at compile time would build a constant of {t.numel} "
                                          f"elements ({t}), more than the limit of {MAX_CONSTANT_ELEMENTS}")
-                outs = [np.asarray(o, order="C") for o in op.evaluate(*inputs, **attrs)]
+                key = _attrs_key(attrs)
+                outs = self.computed(None if key is None else ("fold", op.name, key), inputs,
+                                     lambda: [np.asarray(o, order="C") for o in op.evaluate(*inputs, **attrs)])
                 for o in outs:  # a folded weight (transposed, reshaped) keeps its source's name
                     self.derive(o, next((x for x in inputs if id(x) in self.names), None))
             else:
@@ -143,3 +153,9 @@ class Builder:
         except IRError as e:
             raise self.error(str(e)) from None
         return outs[0] if len(outs) == 1 else outs
+
+
+def _attrs_key(attrs: dict):
+    """A hashable key for an op's attributes, or None where their repr may elide elements (an array's "...")."""
+    key = repr(sorted(attrs.items()))
+    return None if "..." in key else key

@@ -298,9 +298,16 @@ class SharedBuffers:
         self.params_by_file = params_by_file
         self.params: dict = {}
         self.state: dict[str, np.ndarray] = {}
+        self._keep: dict[int, np.ndarray] = {}  # the arrays known by identity, kept alive: ids stay their own
 
     def param_key(self, entry, data) -> tuple:
         if self.params_by_file:
             return ("file", entry.file)
-        data = np.ascontiguousarray(data() if callable(data) else data)
-        return (data.dtype.str, data.shape, hashlib.sha1(data.view(np.uint8).reshape(-1)).hexdigest())
+        data = data() if callable(data) else data
+        if isinstance(data, np.ndarray) and not data.flags.writeable:
+            # a compiler's memoized constant (compiler/ir/constants.py), the same object in every specialization
+            # that has it and never changed: known by its identity, not hashed
+            self._keep.setdefault(id(data), data)
+            return ("object", id(data))
+        flat = np.ascontiguousarray(data)
+        return (flat.dtype.str, flat.shape, hashlib.sha1(flat.view(np.uint8).reshape(-1)).hexdigest())

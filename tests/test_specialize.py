@@ -270,7 +270,7 @@ def test_specializations_are_kept_on_disk_for_the_next_process(tmp_path, monkeyp
     (saved,) = list(tmp_path.glob("specializations/*/*.tfa"))
     m = compile_model(reshape_model())  # as a new process would: nothing in memory
 
-    def no_compile(*_):
+    def no_compile(*_, **__):
         raise AssertionError("compiled again")
 
     m._compile = no_compile
@@ -302,10 +302,10 @@ def test_runs_of_built_specializations_do_not_wait_for_a_compile():
     started, release = threading.Event(), threading.Event()
     compile_fn = m._compile
 
-    def slow_compile(*args):
+    def slow_compile(*args, **kw):
         started.set()
         assert release.wait(30)
-        return compile_fn(*args)
+        return compile_fn(*args, **kw)
 
     m._compile = slow_compile
     other = threading.Thread(target=m.run, args=({"x": x, "shape": np.array([4, 3], np.int64)},))
@@ -361,6 +361,58 @@ def test_a_bundle_stores_the_weights_its_specializations_share_once_on_disk_and_
         np.testing.assert_allclose(b.run({"x": x})[0], x @ w, rtol=1e-4, atol=1e-4)
     weights = [{id(a) for a in m._shared if a is not None and a.size == w.size} for m in b.models]
     assert len(b.models) == 3 and weights[0] and weights[0] == weights[1] == weights[2]  # one array for all
+
+
+def test_specializations_read_pack_and_hold_the_weights_once(monkeypatch):
+    """A dynamic model's specializations share its constants (compiler/ir/constants.py): each initializer read
+    from the ONNX model once, each weight transposed and packed once, and one copy of the packed weight in
+    memory for all of them; the answers those of a static compile at each shape."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(5)
+    w1, w2 = (rng.standard_normal(s).astype(np.float32) for s in ((64, 48), (48, 32)))
+    model = _model([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                    helper.make_node("MatMul", ["r", "w2"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 64])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 32])])
+    model.graph.initializer.extend([numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    reads, to_array = [], numpy_helper.to_array
+    monkeypatch.setattr(numpy_helper, "to_array", lambda t, *a, **k: reads.append(t.name) or to_array(t, *a, **k))
+    m = compile_model(model, dynamic={"x": {0: (1, 4), 1: (1, 64)}})
+    shapes = [(1, 5, 64), (1, 17, 64), (1, 64, 64)]
+    models = [m.specialize({"x": np.zeros(s, np.float32)}) for s in shapes]
+    assert sorted(reads) == ["w1", "w2"]  # once each, for four compiles
+    for s in shapes:
+        x = rng.standard_normal(s).astype(np.float32)
+        (got,) = m.run({"x": x})
+        np.testing.assert_allclose(got, np.maximum(x @ w1, 0) @ w2, rtol=1e-4, atol=1e-4)
+        (static,) = compile_model(model, shapes={"x": s}).run({"x": x})
+        np.testing.assert_array_equal(got, static)
+    big = [{id(a) for a in c._shared if a is not None and a.size == w1.size} for c in models]
+    assert big[0] and big[0] == big[1] == big[2]  # the packed w1: one array in memory for every shape
+
+
+def test_the_constant_memo_hands_out_frozen_arrays_and_trusts_only_those():
+    from tensorforge.compiler.ir import ConstantMemo
+
+    memo = ConstantMemo()
+    made = []
+    w = memo.constant("w", lambda: np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert not w.flags.writeable and memo.constant("w", lambda: made.append(1)) is w and not made
+    with pytest.raises(ValueError):
+        w[0, 0] = 5  # a memoized constant cannot change under the transforms made of it
+    t = memo.derived("T", (w,), lambda: made.append("T") or np.ascontiguousarray(w.T))
+    assert memo.derived("T", (w,), lambda: made.append("T") or w.T.copy()) is t and made == ["T"]
+    assert not t.flags.writeable
+    mutable = np.ones(3, np.float32)  # a writable source: recomputed every time, never trusted
+    a = memo.derived("neg", (mutable,), lambda: -mutable)
+    mutable[0] = 7
+    assert memo.derived("neg", (mutable,), lambda: -mutable)[0] == -7 and a[0] == -1
+    assert memo.digest(w) == memo.digest(w.copy()) != memo.digest(t)
+    mutable[1] = 3
+    d = memo.digest(mutable)
+    mutable[1] = 4
+    assert memo.digest(mutable) != d
 
 
 def test_the_disk_cache_keeps_within_its_bound(tmp_path, monkeypatch):

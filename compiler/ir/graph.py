@@ -71,6 +71,7 @@ class Graph:
         self._outputs: list[Value] = []
         self.output_names: list[str] = []  # the names users see; passes that replace an output value keep them
         self.fusion_reasons: dict = {}  # node -> why the fuse pass left it alone (for inspect --fusion)
+        self.memo = None  # a constants.ConstantMemo shared with other compiles of the same model, or None
         self._names: set[str] = set()
         self._counter = 0
 
@@ -201,6 +202,7 @@ class Graph:
             new.update(zip(n.outputs, outs))
         g.outputs = [new[v] for v in self.outputs]
         g.output_names = list(self.output_names)
+        g.memo = self.memo
         return g
 
     def __str__(self) -> str:

@@ -3,9 +3,8 @@ applying the same op with the same attributes to the same inputs become one node
 
 from __future__ import annotations
 
-import hashlib
-
 from tensorforge.compiler.ir import Graph
+from tensorforge.compiler.ir.constants import content_digest
 
 
 def _attr_key(attrs: dict) -> tuple:
@@ -17,7 +16,7 @@ def cse(g: Graph) -> Graph:
     for p in list(g.params):
         if p.data is None:
             continue
-        key = (p.type, hashlib.sha1(p.data.tobytes()).hexdigest())
+        key = (p.type, g.memo.digest(p.data) if g.memo is not None else content_digest(p.data))
         if key in seen_params:
             g.replace_uses(p, seen_params[key])
         else:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tensorforge.compiler.ir import Graph, TensorType, Value
+from tensorforge.compiler.ir import ConstantMemo, Graph, TensorType, Value
 from tensorforge.frontends.builder import Builder, Ref, TensorSequence, check_array_dtype
 from tensorforge.frontends.onnx.dtypes import onnx_dtype
 from tensorforge.runtime.errors import FrontendError, UnsupportedOpError
@@ -132,11 +132,13 @@ def _input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]]) ->
     return TensorType(dims, onnx_dtype(tt.elem_type, f"graph input {vi.name!r}"))
 
 
-def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None, keep_params: bool = False) -> Graph:
+def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None, keep_params: bool = False,
+              memo: ConstantMemo | None = None) -> Graph:
     """Convert an ONNX model (path, bytes or ModelProto) to a verified IR graph with static shapes. `shapes` binds
     symbolic input dimensions, and gives a sequence input its length and tensor shapes ({name: [shape, ...]}).
     keep_params (training): float initializers stay graph params under their own names and layouts, read by
-    run-time ops rather than folded into new constants."""
+    run-time ops rather than folded into new constants. memo: the compile-time constants of earlier imports of this
+    same model (compiler/ir/constants.py): its initializers read, its constant folds made, once for them all."""
     proto = load_model(model)
     shapes = dict(shapes or {})
     check_opsets(proto)
@@ -144,11 +146,15 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None, keep_par
     check_supported(proto)  # first: one error listing every unsupported op, before onnx's checker finds the first
     opset = _opset(proto)
     g = Graph(proto.graph.name.replace(" ", "_") or "main")
+    g.memo = memo
     b = Builder(g, "ONNX")
     env: dict[str, Ref] = {}
     for init in proto.graph.initializer:
         try:
-            env[init.name] = np.asarray(numpy_helper.to_array(init), order="C")
+            def read(init=init):
+                return np.asarray(numpy_helper.to_array(init), order="C")
+
+            env[init.name] = read() if memo is None else memo.constant(("initializer", init.name), read)
             check_array_dtype(env[init.name], f"initializer {init.name!r}")
             b.names[id(env[init.name])] = init.name
             if keep_params and env[init.name].dtype.kind == "f":
@@ -168,7 +174,10 @@ def from_onnx(model, shapes: Mapping[str, Sequence[int]] | None = None, keep_par
         else:
             env[vi.name] = g.add_input(vi.name, _input_type(vi, shapes))
     # after the inputs (whose unsupported types and missing shapes we name more precisely), before any converter
-    verify_model(proto, model if isinstance(model, (str, os.PathLike)) else None)
+    if memo is None or not memo.checked.get("onnx checker"):
+        verify_model(proto, model if isinstance(model, (str, os.PathLike)) else None)
+        if memo is not None:
+            memo.checked["onnx checker"] = True
 
     for index, node in enumerate(proto.graph.node):
         b.at(_node_name(node, index), node.op_type, node)

@@ -50,7 +50,9 @@ def pack_weights(g: Graph) -> Graph:
         index = g.nodes.index(n)
         if key not in packed:
             if w.is_param:
-                packed[key] = g.add_param(w.name + ".packed", pack(w.data, layout))
+                data = (pack(w.data, layout) if g.memo is None else
+                        g.memo.derived(("pack", repr(key[1])), (w.data,), lambda: pack(w.data, layout)))
+                packed[key] = g.add_param(w.name + ".packed", data)
             else:
                 (packed[key],) = g.add_node(run_pack, [w], {"block": block}, name=(n.name or w.name) + ".pack",
                                             index=index)
