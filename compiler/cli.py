@@ -1,4 +1,4 @@
-"""The `tensorforge` command line: compile, run, generate, inspect, tune, train, cache, demo. Over 500 lines: a thin function
+"""The `tensorforge` command line: compile, run, generate, serve, inspect, tune, train, cache, demo. Over 500 lines: a thin function
 per command and the one parser that declares every command's flags; the work itself lives in the compiler's modules.
 Errors print one line (`tensorforge: error: ...`) and exit 1; `--verbose` shows the traceback instead.
 """
@@ -226,6 +226,23 @@ def cmd_generate(args) -> int:
     decode = times[1:] or times  # the first new token's step also follows the prompt's last token only
     print(f"{tokens.shape[1]} new tokens after a {len(ids)}-token prompt: {np.median(decode) * 1e3:.2f} ms per "
           f"token (median)", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    try:
+        from tensorforge.runtime import serve
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise TensorForgeError(f"serving needs the serve extra: pip install 'tensorforge[serve]' ({e})") from None
+    models = serve.load_models(args.models, args.name or (), max_concurrency=args.max_concurrency,
+                               max_batch=args.max_batch or 0, max_delay_ms=args.max_delay_ms, threads=args.threads)
+    for m in models:
+        print(f"serving {m.name!r} ({m.engine}) at http://{args.host}:{args.port}/v2/models/{m.name}/infer",
+              file=sys.stderr)
+    serve.serve(models, args.host, args.port, max_request_bytes=int(args.max_request_mb * 2**20),
+                log_level=args.log_level)
     return 0
 
 
@@ -552,6 +569,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--threads", type=positive_int, help="kernel threads (default: all cores)")
     compile_flags(gen)
     gen.set_defaults(func=cmd_generate)
+
+    sv = sub.add_parser("serve", help="serve artifacts over HTTP (KServe v2 / Triton inference protocol)")
+    sv.add_argument("models", nargs="+", metavar="MODEL", help="artifacts or bundles (.onnx files: on onnxruntime, "
+                    "for comparison); each served under its file name's stem")
+    sv.add_argument("--name", action="append", help="the name to serve a model under (one per model, in order)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    sv.add_argument("--max-concurrency", type=positive_int, help="runs at once per model (default: the CPU count)")
+    sv.add_argument("--max-batch", type=positive_int,
+                    help="batch requests dynamically, up to this many rows along axis 0 (samples must not meet)")
+    sv.add_argument("--max-delay-ms", type=positive_float, default=2.0,
+                    help="with --max-batch: how long the first request waits for others (default 2 ms)")
+    sv.add_argument("--max-request-mb", type=positive_float, default=64.0, help="largest request body (default 64)")
+    sv.add_argument("--threads", type=positive_int, help="kernel threads (default: all cores)")
+    sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    sv.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("inspect", help="print the IR of an ONNX model or a compiled artifact")
     i.add_argument("model", help="ONNX file or artifact")
