@@ -153,7 +153,8 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
                      shapes: Mapping[str, Sequence[int]] | None = None, example_inputs=None, params=None,
                      trainable=None, frozen: Sequence[str] = (), lr_schedule: Mapping | None = None,
                      seed: int = 0, bn_momentum: float = 0.1, opt_level: int = 2,
-                     num_threads: int | None = None, arch: str | None = None, precision: str = "fp32"):
+                     num_threads: int | None = None, arch: str | None = None, precision: str = "fp32",
+                     distributed=False):
     """Compile a model for training and return a `runtime.TrainingSession`.
 
     model: as for `compile_model` (ONNX, builder-API module with `shapes`, torch module with `example_inputs`, or
@@ -166,11 +167,21 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     target: "cpu" or "cuda" (with `arch`); precision: "fp32", or "fp16"/"bf16" (mixed precision: the products of
     forward and backward read half-precision operands and accumulate in fp32; parameters, gradients' sums and
     optimizer state stay fp32; no loss scaling).
+    distributed: data-parallel training over torch.distributed (True: its default process group, initialized
+    here from torchrun's environment if it is not yet; or a `torch.distributed` process group): each process steps
+    on its own part of the batch, the gradients of all parameters are averaged between the processes in one
+    all_reduce (gloo on the CPU) before the update, so that every process keeps the same parameters: the
+    single-process step on the whole batch, to rounding. Batch-norm statistics stay local to each process (as
+    PyTorch's DDP keeps them); rank 0 broadcasts the initial parameters and alone writes checkpoints.
     """
     from tensorforge.runtime.training import TrainingSession
 
     options = CompileOptions(target=target, opt_level=opt_level, num_threads=num_threads, arch=arch,
                              precision=precision)
+    if distributed is not False and distributed is not None:
+        return _data_parallel(model, loss, optimizer, options, distributed, shapes=shapes,
+                              example_inputs=example_inputs, params=params, trainable=trainable, frozen=frozen,
+                              lr_schedule=lr_schedule, seed=seed, bn_momentum=bn_momentum)
     t = training_graph(model, loss, optimizer, options, shapes=shapes, example_inputs=example_inputs, params=params,
                        trainable=trainable, frozen=frozen, bn_momentum=bn_momentum)
     program, opt_spec = t.program, t.optimizer
@@ -187,6 +198,35 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
             "state_kinds": {s.name: s.kind for s in program.state},
             "trainable": sorted(t.trainable), "onnx": t.onnx_source}
     return TrainingSession(train, evaluator, spec)
+
+
+def _data_parallel(model, loss, optimizer, options: CompileOptions, group, *, lr_schedule, seed, **kw):
+    """compile_training(distributed=...): the gradient and update plans sharing their parameters' memory."""
+    from tensorforge.compiler.driver import data_parallel_graphs
+    from tensorforge.runtime.distributed import ProcessGroup
+    from tensorforge.runtime.plan import SharedBuffers
+    from tensorforge.runtime.training import TrainingSession
+
+    if options.spec.is_cuda:
+        raise CompileError("distributed training runs on the cpu target (gloo); CUDA with NCCL is not built yet")
+    group = ProcessGroup(None if group is True else group)  # first: a missing process group fails before compiling
+    t = data_parallel_graphs(model, loss, optimizer, options, **kw)
+    dp, opt_spec = t.program, t.optimizer
+    shared = SharedBuffers()  # one buffer per parameter for both plans
+    grads = compile_graph(t.grads, options, state=dp.grads.state_bindings,
+                          initial_state={s.name: s.initial for s in dp.grads.state}, shared=shared)
+    update = compile_graph(t.update, options, state=dp.update_bindings,
+                           initial_state={s.name: s.initial for s in dp.update_state}, shared=shared)
+    evaluator = compile_graph(optimize(dp.grads.eval_graph, options, training=True), options)
+    schedule = lr_schedule if lr_schedule is not None else t.schedule
+    spec = {"inputs": dp.grads.inputs, "labels": dp.grads.labels, "scalars": dp.scalars,
+            "dropout": [[n, list(s)] for n, s in dp.grads.dropout], "seed": seed,
+            "optimizer": {"name": opt_spec.name, "lr": opt_spec.lr, "betas": list(opt_spec.betas),
+                          "weight_decay": opt_spec.weight_decay},
+            "schedule": dict(schedule) if schedule else None,
+            "state_kinds": {s.name: s.kind for s in dp.grads.state + dp.update_state},
+            "trainable": sorted(t.trainable), "onnx": t.onnx_source}
+    return TrainingSession(grads, evaluator, spec, update=update, group=group)
 
 
 def compile_gradients(model, loss="cross_entropy", target: str = "cpu", *,

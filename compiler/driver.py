@@ -122,6 +122,17 @@ def training_graph(model, loss, optimizer: Mapping | None, options: CompileOptio
     per-step ops, passes/unroll_lstm.py); pick the trainable params; build the training program (forward, loss,
     backward and, unless `gradients_only`, the optimizer's updates); run the training pipeline over it."""
     from tensorforge.compiler.autodiff.training import build_training_program
+
+    fwd, names, onnx_source = _forward(model, options, shapes, example_inputs, params, trainable, frozen)
+    opt_spec, schedule = (None, None) if gradients_only else optimizer_spec(optimizer)
+    program = build_training_program(fwd, names, loss_spec(loss), opt_spec, bn_momentum)
+    state_outputs = None if gradients_only else set(program.state_bindings)
+    g = optimize(program.graph, options, training=True, state_outputs=state_outputs, timings=timings)
+    return TrainingGraph(program, g, names, opt_spec, schedule, onnx_source)
+
+
+def _forward(model, options, shapes, example_inputs, params, trainable, frozen):
+    """(the forward graph to train, the names of its trainable params, the ONNX source's bytes or None)."""
     from tensorforge.frontends.trainable import default_trainable
 
     model = load_if_onnx(model)
@@ -130,12 +141,33 @@ def training_graph(model, loss, optimizer: Mapping | None, options: CompileOptio
     if options.spec.is_cuda:
         fwd = unroll_lstm(fwd)
     names = set(trainable) if trainable is not None else default_trainable(model, fwd)
-    names = (names & {p.name for p in fwd.params}) - set(frozen)
-    opt_spec, schedule = (None, None) if gradients_only else optimizer_spec(optimizer)
-    program = build_training_program(fwd, names, loss_spec(loss), opt_spec, bn_momentum)
-    state_outputs = None if gradients_only else set(program.state_bindings)
-    g = optimize(program.graph, options, training=True, state_outputs=state_outputs, timings=timings)
-    return TrainingGraph(program, g, names, opt_spec, schedule, onnx_source)
+    return fwd, (names & {p.name for p in fwd.params}) - set(frozen), onnx_source
+
+
+@dataclass
+class DataParallelGraphs:
+    program: object  # autodiff.training.DataParallelProgram: the two unoptimized graphs and their state
+    grads: Graph  # forward, loss, backward -> loss, logits, every gradient in one flat buffer (after the passes)
+    update: Graph  # that buffer (averaged over the processes) -> the optimizer's update (after the passes)
+    trainable: set[str]
+    optimizer: object
+    schedule: Mapping | None
+    onnx_source: bytes | None
+
+
+def data_parallel_graphs(model, loss, optimizer: Mapping | None, options: CompileOptions, *, shapes=None,
+                         example_inputs=None, params=None, trainable=None, frozen: Sequence[str] = (),
+                         bn_momentum: float = 0.1) -> DataParallelGraphs:
+    """The training flow of `training_graph`, the step cut in two for data-parallel training: the gradients,
+    then the update (autodiff/training.py build_data_parallel_program), each through the training pipeline."""
+    from tensorforge.compiler.autodiff.training import build_data_parallel_program
+
+    fwd, names, onnx_source = _forward(model, options, shapes, example_inputs, params, trainable, frozen)
+    opt_spec, schedule = optimizer_spec(optimizer)
+    dp = build_data_parallel_program(fwd, names, loss_spec(loss), opt_spec, bn_momentum)
+    grads = optimize(dp.grads.graph, options, training=True, state_outputs=set(dp.grads.state_bindings))
+    update = optimize(dp.update, options, training=True, state_outputs=set(dp.update_bindings))
+    return DataParallelGraphs(dp, grads, update, names, opt_spec, schedule, onnx_source)
 
 
 # -- kernels and plan ---------------------------------------------------------------------------------------------------

@@ -60,17 +60,29 @@ class TrainingSession:
     A session may be shared between threads: steps, evaluations and checkpoint reads and writes run one at a time
     (a step updates the state every other call reads)."""
 
-    def __init__(self, train: CompiledModel, evaluator: CompiledModel, spec: dict):
+    def __init__(self, train: CompiledModel, evaluator: CompiledModel, spec: dict, *,
+                 update: CompiledModel | None = None, group=None):
         self._lock = threading.RLock()
         self._train = train
         self._eval = evaluator
+        # data-parallel (compile_training(distributed=...)): `train` computes the gradients into one flat buffer,
+        # `group` (runtime/distributed.py) averages it over the processes, `update` applies the optimizer; the two
+        # plans hold the parameters in the same buffers
+        self._update, self.group = update, group
         self.spec = spec
         self.step_count = 0
-        self._rng = np.random.default_rng(spec.get("seed", 0))
+        self._rng = np.random.default_rng(spec.get("seed", 0) + (group.rank if group is not None else 0))
         self._kinds = spec["state_kinds"]  # state name -> kind
-        self._names = [s["name"] for s in train.plan.get("state", [])]  # the values live in the train model's buffers
+        self._holder: dict[str, CompiledModel] = {}  # state name -> a model holding its buffer
+        for m in (train, update):
+            for s in (m.plan.get("state", []) if m is not None else []):
+                self._holder.setdefault(s["name"], m)
+        self._names = list(self._holder)
         self._label_dtype = dict(train.input_specs)[spec["labels"]][1]
         self.last_logits: np.ndarray | None = None
+        if group is not None:  # every process starts from rank 0's parameters and statistics
+            for name in self._names:
+                group.broadcast(self._holder[name].state[name])
 
     # -- stepping ---------------------------------------------------------------------------------------------------------
     def learning_rate(self, step: int | None = None) -> float:
@@ -98,7 +110,16 @@ class TrainingSession:
             full.update(self._scalars())
             for name, shape in self.spec["dropout"]:
                 full[name] = self._rng.random(tuple(shape), dtype=np.float32)
-            loss, logits = self._train.run(full)
+            if self._update is None:
+                loss, logits = self._train.run(full)
+            else:
+                scalars = {n: full.pop(n) for n in self.spec["scalars"].values()}
+                outs = dict(zip(self._train.output_names, self._train.run(full)))
+                loss, logits, grads = outs["loss"], outs["logits"], outs["grads"]
+                if self.group is not None:
+                    self.group.average(grads)  # every process applies the same, averaged gradients
+                    loss = self.group.average(np.ascontiguousarray(loss, np.float32))
+                self._update.run({"grads": grads, **scalars})
             self.step_count += 1
             self.last_logits = logits
             return float(loss.reshape(-1)[0])
@@ -108,6 +129,8 @@ class TrainingSession:
         with self._lock:
             full = dict(feeds)
             state = self._train.state  # the live buffers (on a GPU: device tensors, which the evaluator reads in place)
+            if self._update is not None:
+                state = {**self._update.state, **state}
             for name in self._eval.input_names:
                 if name in state:
                     full[name] = state[name]
@@ -117,8 +140,8 @@ class TrainingSession:
     def parameters(self) -> dict[str, np.ndarray]:
         """Copies of the trainable parameters and running statistics, by name."""
         with self._lock:
-            return {k: self._train.read_state(k) for k in self._names if self._kinds[k] in ("param", "running_mean",
-                                                                                            "running_var")}
+            return {k: self._holder[k].read_state(k) for k in self._names if self._kinds[k] in ("param", "running_mean",
+                                                                                                  "running_var")}
 
     def load_parameters(self, params: Mapping[str, np.ndarray]) -> None:
         unknown = sorted(k for k in params if k not in self._names)
@@ -126,10 +149,14 @@ class TrainingSession:
             raise InputError(f"unknown parameter {unknown[0]!r}")
         with self._lock:
             for k, v in params.items():
-                self._train.write_state(k, v)
+                self._holder[k].write_state(k, v)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Parameters, optimizer state, step count and the dropout generator's state, written atomically."""
+        """Parameters, optimizer state, step count and the dropout generator's state, written atomically (in
+        data-parallel training by rank 0 alone: every process holds the same state)."""
+        if self.group is not None and self.group.rank != 0:
+            return
+
         def write(f):
             meta = {"format": CHECKPOINT_FORMAT, "step": self.step_count, "rng": self._rng.bit_generator.state,
                     "names": sorted(self._names)}
@@ -137,7 +164,7 @@ class TrainingSession:
                 z.writestr("meta.json", json.dumps(meta))
                 for i, name in enumerate(meta["names"]):
                     buf = io.BytesIO()
-                    np.save(buf, self._train.read_state(name), allow_pickle=False)
+                    np.save(buf, self._holder[name].read_state(name), allow_pickle=False)
                     z.writestr(f"state/{i}.npy", buf.getvalue())
 
         with self._lock:  # one step's state, count and generator, not a mix of two
@@ -150,7 +177,7 @@ class TrainingSession:
         with self._lock:
             meta, arrays, rng = self._read_checkpoint(path)
             for name, a in arrays.items():
-                self._train.write_state(name, a)
+                self._holder[name].write_state(name, a)
             self.step_count = meta["step"]
             self._rng.bit_generator.state = rng.bit_generator.state
 
@@ -185,8 +212,8 @@ class TrainingSession:
                     raise ArtifactError(f"checkpoint {path!r} is damaged: meta.json field 'rng' is not a "
                                         f"{type(self._rng.bit_generator).__name__} state ({type(e).__name__}: {e})"
                                         ) from None
-                buffers = self._train.plan["buffers"]
-                specs = {s["name"]: buffers[s["buffer"]] for s in self._train.plan.get("state", [])}
+                specs = {name: m.plan["buffers"][next(s["buffer"] for s in m.plan["state"] if s["name"] == name)]
+                         for name, m in self._holder.items()}
                 arrays = {}
                 for i, name in enumerate(names):
                     member = f"state/{i}.npy"

@@ -302,3 +302,75 @@ def _update(e: Emitter, opt: OptimizerSpec, p: Value, g: Value, scalars: dict[st
     denom = e.op(ops.add, [e.mul(e.op(ops.sqrt, [new_v]), scalars["inv_sqrt_bc2"]), opt.eps])
     out[p.name] = e.op(ops.sub, [decayed, e.mul(e.op(ops.div, [new_m, denom]), scalars["step_size"])])
     return out
+
+
+# -- data parallel -------------------------------------------------------------------------------------------------
+GRADS = "grads"  # the data-parallel gradient plan's output and the update plan's input: every gradient, flat
+
+
+@dataclass
+class DataParallelProgram:
+    """A training step cut in two for data-parallel training (runtime/training.py: the gradients averaged over
+    the processes between the two): `grads` computes the loss and every trainable parameter's gradient, flattened
+    into one buffer (output GRADS, parameters in the model's order), and the running statistics' next values (kept
+    local, as PyTorch's DDP keeps them); `update` takes that buffer (averaged) and the optimizer's scalars and
+    updates the parameters and moments in place. Its parameters are state in both (read by one, updated by the
+    other: one buffer each when compiled with shared memory)."""
+    grads: TrainingProgram
+    update: Graph
+    update_state: list[StateSpec]  # the parameters and the optimizer's moments
+    scalars: dict[str, str]  # scalar kind -> input name of `update`
+    sizes: list[tuple[str, int]]  # each parameter's name and element count, in the buffer's order
+
+    @property
+    def update_bindings(self) -> dict[str, str]:
+        return {s.name + NEW: s.name for s in self.update_state if s.updated}
+
+
+def build_data_parallel_program(fwd: Graph, trainable: set[str], loss: LossSpec, opt: OptimizerSpec,
+                                bn_momentum: float = 0.1) -> DataParallelProgram:
+    """The step of `build_training_program` as the two graphs of a DataParallelProgram."""
+    prog = build_training_program(fwd, trainable, loss, None, bn_momentum)
+    g = prog.graph
+    params = [s for s in prog.state if s.kind == "param"]
+    n = len(params)
+    grads = g.outputs[2:2 + n]
+    for s, gr in zip(params, grads):
+        if gr.type.dtype != "float32":
+            raise AutodiffError(f"data-parallel training averages float32 gradients; {s.name!r}'s is {gr.type}")
+    e = Emitter(g, "grads")
+    flat = [e.op(ops.reshape, [gr], shape=(gr.type.numel,)) for gr in grads]
+    buffer = e.op(ops.concat, flat, axis=0) if len(flat) > 1 else flat[0]
+    g.outputs = g.outputs[:2] + [buffer] + g.outputs[2 + n:]
+    g.output_names = g.output_names[:2] + [GRADS] + g.output_names[2 + n:]
+    g.remove_unused()
+    g.verify()
+    stats = {s.name for s in prog.state if s.kind != "param"}
+    for s in prog.state:
+        s.updated = s.name in stats  # the parameters are read here, updated by the update graph
+
+    u = Graph(fwd.name + "_update")
+    sizes = [(s.name, int(np.prod(s.initial.shape, dtype=np.int64))) for s in params]
+    total = sum(k for _, k in sizes)
+    flat_in = u.add_input(GRADS, TensorType((total,), "float32"))
+    scalars = {k: u.add_input(k, TensorType((1,), "float32")) for k in opt.scalars}
+    state = [StateSpec(s.name, "param", s.initial) for s in params]
+    e = Emitter(u, "update")
+    values, pieces, at = [], [], 0
+    for s, (_, k) in zip(params, sizes):
+        p = u.add_input(s.name, TensorType(s.initial.shape, s.initial.dtype.name))
+        piece = e.op(ops.strided_slice, [flat_in], begins=(at,), ends=(at + k,), strides=(1,)) if len(sizes) > 1 \
+            else flat_in
+        pieces.append(e.op(ops.reshape, [piece], shape=tuple(s.initial.shape)))
+        values.append(p)
+        at += k
+    if opt.clip_norm is not None:
+        pieces = _clip_by_global_norm(e, pieces, opt.clip_norm)
+    new_state: dict[str, Value] = {}
+    for p, gr in zip(values, pieces):
+        new_state.update(_update(e, opt, p, gr, scalars, state))
+    u.outputs = [new_state[s.name] for s in state]
+    u.output_names = [s.name + NEW for s in state]
+    u.remove_unused()
+    u.verify()
+    return DataParallelProgram(prog, u, state, {k: v.name for k, v in scalars.items()}, sizes)

@@ -80,7 +80,9 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
     is the report of `tensorforge inspect`."""
     steps = steps if steps is not None else partition(g)
     state = dict(state or {})
-    state_in = {v.name: v for v in g.inputs if v.name in state.values()}
+    # state: the inputs updated in place, and those only read but kept from run to run like them (given an
+    # initial value: a data-parallel step's parameters, read by the gradient plan and updated by another)
+    state_in = {v.name: v for v in g.inputs if v.name in state.values() or v.name in (initial_state or {})}
     state_out = {name: v for v, name in zip(g.outputs, g.output_names) if name in state}
     if state:
         _check_state(steps, {state_out[o]: state_in[i] for o, i in state.items()})
@@ -158,7 +160,7 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
                     if name not in state],
         "params": params,
         "steps": plan_steps,
-        **({"state": [{"name": v.name, "buffer": ids[v]} for v in state_in.values()]} if state else {}),
+        **({"state": [{"name": v.name, "buffer": ids[v]} for v in state_in.values()]} if state_in else {}),
         "stats": {
             "ops": len(g.nodes),
             "kernels": len(plan_steps),

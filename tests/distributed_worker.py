@@ -1,0 +1,57 @@
+"""One process of tests/test_distributed.py's data-parallel run (launched with torchrun's environment variables):
+trains the test's MLP on its half of each batch, writes its losses and final parameters."""
+
+import sys
+
+import numpy as np
+
+from tensorforge import compile_training
+
+
+def mlp_onnx(batch: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.standard_normal((12, 32)).astype(np.float32) * 0.3, np.zeros(32, np.float32)
+    w2, b2 = rng.standard_normal((32, 5)).astype(np.float32) * 0.3, np.zeros(5, np.float32)
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+                           helper.make_node("Gemm", ["t", "w2", "b2"], ["y"])], "mlp",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 5])],
+                          initializer=[numpy_helper.from_array(a, n) for a, n in
+                                       ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+OPTIMIZERS = {"sgd": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "adam": {"name": "adam", "lr": 0.01}}
+BATCH, STEPS = 16, 20
+
+
+def data(step: int):
+    rng = np.random.default_rng(100 + step)
+    return rng.standard_normal((BATCH, 12)).astype(np.float32), rng.integers(0, 5, BATCH).astype(np.int64)
+
+
+def train(optimizer: str, rank: int = 0, world: int = 1, distributed=False, checkpoint=None):
+    part = BATCH // world
+    s = compile_training(mlp_onnx(part), "cross_entropy", OPTIMIZERS[optimizer], distributed=distributed)
+    losses = []
+    for step in range(STEPS):
+        x, y = data(step)
+        losses.append(s.step({"x": x[rank * part:(rank + 1) * part]}, y[rank * part:(rank + 1) * part]))
+    if checkpoint:
+        s.save_checkpoint(checkpoint)
+    return np.asarray(losses), s.parameters()
+
+
+if __name__ == "__main__":
+    import os
+
+    out = sys.argv[1]
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    results = {}
+    for opt in OPTIMIZERS:
+        losses, params = train(opt, rank, world, distributed=True, checkpoint=f"{out}.{opt}.ckpt")
+        results[f"{opt}:losses"] = losses
+        results.update({f"{opt}:{k}": v for k, v in params.items()})
+    np.savez(f"{out}.rank{rank}.npz", **results)
