@@ -442,6 +442,11 @@ def cmd_train(args) -> int:
     from tensorforge.compiler.train_example import quadrant_blobs, small_cnn
 
     batch = args.batch
+    rank, world = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))) if args.distributed else (0, 1)
+    if batch % world:
+        raise InputError(f"--batch {batch} does not split evenly over {world} processes")
+    part = batch // world
+    args.quiet = args.quiet or rank != 0
     for flag, size in (("--train-size", args.train_size), ("--test-size", args.test_size)):
         if size < batch:
             raise InputError(f"{flag} {size} is smaller than --batch {batch}: it must hold at least one batch")
@@ -453,32 +458,33 @@ def cmd_train(args) -> int:
     optimizer = {"name": args.optimizer, "lr": args.lr}
     if args.optimizer == "sgd":
         optimizer["momentum"] = 0.9
-    session = compile_training(small_cnn(), "cross_entropy", optimizer, shapes={"x": (batch, 1, 16, 16)},
+    session = compile_training(small_cnn(), "cross_entropy", optimizer, shapes={"x": (part, 1, 16, 16)},
                                lr_schedule={"name": "cosine", "total_steps": args.steps, "warmup_steps": 10},
-                               seed=args.seed)
-    print(f"train: quadrant-blob task, small CNN, {args.optimizer} lr {args.lr}, batch {batch}; "
-          f"compiled in {time.perf_counter() - t0:.1f} s")
+                               seed=args.seed, distributed=args.distributed)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"train: quadrant-blob task, small CNN, {args.optimizer} lr {args.lr}, batch {batch}"
+        + (f" over {world} processes" if args.distributed else "") + f"; compiled in {time.perf_counter() - t0:.1f} s")
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(x_train))
     bar = tqdm(range(args.steps), desc="train", unit="step", disable=args.quiet)
     correct = seen = 0
     for step in bar:
         start = (step * batch) % (len(order) - batch + 1)
-        idx = order[start:start + batch]
+        idx = order[start:start + batch][rank * part:(rank + 1) * part]  # this process's share of the batch
         loss = session.step({"x": x_train[idx]}, y_train[idx])
         correct += int((session.last_logits.argmax(1) == y_train[idx]).sum())
-        seen += batch
+        seen += part
         if step % 10 == 0 or step == args.steps - 1:
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / seen:.3f}")
             correct = seen = 0
     hits = 0
-    for i in range(0, len(x_test), batch):
-        (logits,) = session.eval({"x": x_test[i:i + batch]})
-        hits += int((logits.argmax(1) == y_test[i:i + batch]).sum())
+    for i in range(0, len(x_test), part):
+        (logits,) = session.eval({"x": x_test[i:i + part]})
+        hits += int((logits.argmax(1) == y_test[i:i + part]).sum())
     accuracy = hits / len(x_test)
     if args.checkpoint:
         session.save_checkpoint(args.checkpoint)
-    print(f"held-out accuracy {accuracy:.4f} on {len(x_test)} images; total {time.perf_counter() - t0:.1f} s"
+    say(f"held-out accuracy {accuracy:.4f} on {len(x_test)} images; total {time.perf_counter() - t0:.1f} s"
           + (f"; checkpoint -> {args.checkpoint}" if args.checkpoint else ""))
     return 0 if accuracy >= args.min_accuracy else 1
 
@@ -612,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint", "-o", default="train_example.ckpt", help="checkpoint file to write ('' for none)")
     tr.add_argument("--min-accuracy", type=float, default=0.95, help="exit 1 below this held-out accuracy")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--distributed", action="store_true",
+                    help="data-parallel over the processes torchrun starts (torchrun --nproc_per_node N --no-python "
+                         "tensorforge train --distributed): each steps on its 1/N of every batch")
     tr.set_defaults(func=cmd_train)
 
     o = sub.add_parser("opt", help="run named passes over IR text and print the IR (golden tests from files)")

@@ -341,8 +341,9 @@ def build_data_parallel_program(fwd: Graph, trainable: set[str], loss: LossSpec,
     e = Emitter(g, "grads")
     flat = [e.op(ops.reshape, [gr], shape=(gr.type.numel,)) for gr in grads]
     buffer = e.op(ops.concat, flat, axis=0) if len(flat) > 1 else flat[0]
+    names = g.output_names[:2] + [GRADS] + g.output_names[2 + n:]
     g.outputs = g.outputs[:2] + [buffer] + g.outputs[2 + n:]
-    g.output_names = g.output_names[:2] + [GRADS] + g.output_names[2 + n:]
+    g.output_names = names
     g.remove_unused()
     g.verify()
     stats = {s.name for s in prog.state if s.kind != "param"}
