@@ -344,10 +344,30 @@ def cmd_tune(args) -> int:
     from tensorforge.compiler.tune import tune_model
     from tensorforge.compiler.backend.tuning import parse_duration
 
+    if args.merge:
+        from tensorforge.compiler.backend.tuning import merge_databases
+
+        if args.model:
+            raise InputError("tune --merge DB... --db OUT merges databases; it takes no model")
+        merged = merge_databases(args.merge, args.db)
+        print(f"merged {len(args.merge)} database(s) into {args.db}: "
+              + ", ".join(f"{d}: {n} kernel(s)" for d, n in merged.items()))
+        return 0
+    if not args.model:
+        raise InputError("tune: give the ONNX model to tune (or --merge DB... to merge databases)")
     if args.target == "cuda" and (args.prepare or args.ingest):
         return cmd_tune_cuda(args)
     if args.prepare or args.ingest or args.results:
         raise InputError("tune: --prepare, --ingest and --results are for --target cuda")
+    shard = (0, 1)
+    if args.shard:
+        try:
+            i, n = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            raise InputError(f"tune: --shard {args.shard!r}: give i/n, e.g. 0/2") from None
+        if not 0 <= i < n:
+            raise InputError(f"tune: --shard {args.shard}: i must be in 0..n-1")
+        shard = (i, n)
 
     try:
         budget = parse_duration(args.time_budget) if args.time_budget else None
@@ -363,7 +383,8 @@ def cmd_tune(args) -> int:
 
     result = tune_model(args.model, args.db, dict(args.shape or []), trials=args.trials, time_budget=budget,
                         retune=args.retune, options=_compile_options(args), progress=progress, search=args.search,
-                        build_timeout=args.build_timeout)
+                        build_timeout=args.build_timeout, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                        shard=shard)
     bar.close()
     print(f"tuned {result.tuned} kernel(s) in {result.seconds:.0f} s; {result.skipped} already in {args.db}; "
           f"{result.remaining} left" + (" (time budget reached: run again to resume)" if result.remaining else ""))
@@ -531,8 +552,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compile)
 
     t = sub.add_parser("tune", help="auto-tune a model's kernels into a tuning database (knob search or MetaSchedule)")
-    t.add_argument("model", help="ONNX file")
+    t.add_argument("model", nargs="?", help="ONNX file")
     t.add_argument("--db", required=True, help="tuning database directory (created if missing; resumable)")
+    t.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="measure on the servers registered with this TVM RPC tracker (python -m tvm.exec.rpc_tracker; "
+                        "servers: python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY); built here")
+    t.add_argument("--rpc-key", metavar="KEY", help="with --rpc-tracker: the servers' key")
+    t.add_argument("--shard", metavar="I/N", help="tune only the I-th of N equal parts of the distinct kernels "
+                                                 "(identical machines; join the databases with --merge)")
+    t.add_argument("--merge", nargs="+", metavar="DB", help="merge these tuning databases into --db (no model)")
     t.add_argument("--search", choices=("knobs", "metaschedule"), default="knobs",
                    help="knobs: vary the default schedules' tile parameters (fast); metaschedule: MetaSchedule's "
                         "search, --trials candidates per kernel (slow on few cores)")

@@ -14,10 +14,13 @@ from tensorforge.runtime.errors import CompileError
 
 def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = None, *, trials: int = 64,
                time_budget: float | None = None, retune: bool = False, options: CompileOptions | None = None,
-               progress=None, search: str = "knobs", build_timeout: float | None = None):
+               progress=None, search: str = "knobs", build_timeout: float | None = None,
+               rpc_tracker: str | None = None, rpc_key: str | None = None, shard: tuple[int, int] = (0, 1)):
     """Tune every kernel of `model` into the database at `db_dir` (see backend/tuning.py). search="knobs" varies
     our own schedules' tile parameters (seconds per kernel); search="metaschedule" runs MetaSchedule's search with
-    `trials` candidates per kernel (CPU only here; minutes per kernel on a small machine)."""
+    `trials` candidates per kernel (CPU only here; minutes per kernel on a small machine).
+    rpc_tracker ("HOST:PORT") and rpc_key: measure on the servers registered with TVM's RPC tracker
+    (backend/remote.py), building here. shard (i, n): tune only every n-th distinct kernel from the i-th."""
     from tensorforge.compiler.backend.tuning import TuningDatabase, search_knobs, tune
 
     if search not in ("knobs", "metaschedule"):
@@ -29,10 +32,19 @@ def tune_model(model, db_dir: str, shapes: Mapping[str, Sequence[int]] | None = 
     g = optimize(import_model(model, shapes), options)
     specs = [s.spec for s in partition(g) if isinstance(s, Kernel)]
     db = TuningDatabase(os.fspath(db_dir), target)
+    remote = None
+    if rpc_tracker or rpc_key:
+        if not (rpc_tracker and rpc_key):
+            raise CompileError("measuring over RPC needs both --rpc-tracker HOST:PORT and --rpc-key KEY")
+        from tensorforge.compiler.backend.remote import RemoteServers
+
+        remote = RemoteServers(rpc_tracker, rpc_key)
     if search == "knobs" and target.kind.name != "cuda":
-        return search_knobs(specs, db, time_budget=time_budget, retune=retune, progress=progress)
+        return search_knobs(specs, db, time_budget=time_budget, retune=retune, progress=progress, remote=remote,
+                            shard=shard)
     extra = {} if build_timeout is None else {"build_timeout": float(build_timeout)}
-    return tune(specs, db, trials=trials, time_budget=time_budget, retune=retune, progress=progress, **extra)
+    return tune(specs, db, trials=trials, time_budget=time_budget, retune=retune, progress=progress, remote=remote,
+                shard=shard, **extra)
 
 
 def _require_gpu_for_tuning(target) -> None:

@@ -175,16 +175,21 @@ BUILD_TIMEOUT_S = 600.0
 
 def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, time_budget: float | None = None,
          retune: bool = False, progress: Callable | None = None, seed: int = 0,
-         build_timeout: float = BUILD_TIMEOUT_S) -> TuneResult:
+         build_timeout: float = BUILD_TIMEOUT_S, remote=None, shard: tuple[int, int] = (0, 1)) -> TuneResult:
     """Tune every distinct kernel not yet in `db` (resumable: finished kernels are kept in the index after each one).
 
     `progress(done, total, name, info)` is called after each kernel; info has trials, best_us, gflops, left_s.
-    `build_timeout`: seconds MetaSchedule's builder and runner may take per candidate batch."""
+    `build_timeout`: seconds MetaSchedule's builder and runner may take per candidate batch. `remote` (a
+    backend/remote.py RemoteServers): candidates measured on the tracker's servers (MetaSchedule's RPCRunner, one
+    worker per server); `shard`: as for search_knobs."""
     from tvm.s_tir import meta_schedule as ms
 
     t0 = time.perf_counter()
     index = db.index()
-    tasks = distinct_kernels(specs)
+    tasks = shard_kernels(distinct_kernels(specs), shard)
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+    runner = (ms.runner.LocalRunner(timeout_sec=build_timeout, evaluator_config=evaluator) if remote is None else
+              ms.runner.RPCRunner(remote.rpc_config(), evaluator, max_workers=remote.count))
     todo = [s for s in tasks if retune or s.key() not in index]
     done = 0
     for i, spec in enumerate(todo):
@@ -198,9 +203,7 @@ def tune(specs: Sequence[KernelSpec], db: TuningDatabase, *, trials: int = 64, t
             ms.tune_tir(func, db.target, work_dir=work, max_trials_global=trials, max_trials_per_task=trials,
                         num_trials_per_iter=min(trials, 32), database=db.ms_database(),
                         builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=build_timeout),
-                        runner=ms.runner.LocalRunner(timeout_sec=build_timeout,
-                                                     evaluator_config=ms.runner.EvaluatorConfig(
-                                                         number=3, repeat=1, min_repeat_ms=20)),
+                        runner=runner,
                         cost_model="random", num_tuning_cores=1, seed=seed)
         best = _best_seconds(db, func)
         default = default_schedule_seconds(func, db.target)
@@ -272,85 +275,232 @@ def _best_seconds(db: TuningDatabase, func) -> float | None:
 
 
 def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int = 5, margin: float = 0.03,
-                 retune: bool = False, progress: Callable | None = None, time_budget: float | None = None
-                 ) -> TuneResult:
+                 retune: bool = False, progress: Callable | None = None, time_budget: float | None = None,
+                 remote=None, shard: tuple[int, int] = (0, 1)) -> TuneResult:
     """Tune by searching our own schedules: every kernel whose rule has knobs (compiler/backend/cpu/) is
     scheduled once per combination of their candidates, all variants are built into one library and timed in interleaved
     rounds (median per variant); the best variant, if it beats the default by more than `margin` (a fraction; a
     negative margin stores a slower one, which `lookup` then ignores: tests use it), is stored as a
     MetaSchedule record (its schedule's trace) in `db`. The index keeps every searched kernel's default and best
     time, so `lookup` takes a record only where it won. Cheap enough for a 2-core machine (seconds per kernel),
-    unlike MetaSchedule's search, which starts from a generic space. Resumable like `tune`."""
-    import numpy as np
-    import tvm
+    unlike MetaSchedule's search, which starts from a generic space. Resumable like `tune`.
 
-    from .cpu.rules import knob_variants, knobs_record, schedule_cpu_traced
+    remote: a backend/remote.py RemoteServers: the variants are built here and timed on the servers registered
+    with TVM's RPC tracker, one kernel per server at a time (a thread each). shard (i, n): only every n-th of the
+    distinct kernels, from the i-th (identical machines tuning parts of a model; `merge_databases` joins them)."""
+    import threading
+
+    from tensorforge.runtime.cpu_features import amx_permission
 
     t0 = time.perf_counter()
     index = db.index()
-    tasks = distinct_kernels(specs)
+    tasks = shard_kernels(distinct_kernels(specs), shard)
     todo = [s for s in tasks if retune or s.key() not in index]
-    done = 0
-    from tensorforge.runtime.cpu_features import amx_permission
-
     amx_permission()  # bf16 kernels on AMX tiles fault without it
-    dev = tvm.cpu()
-    for spec in todo:
-        elapsed = time.perf_counter() - t0
-        if time_budget is not None and done and elapsed + elapsed / done > time_budget:
-            break
-        func = build_prim_func(spec, db.target)
-        sch0, rule = schedule_cpu_traced(func, db.target)
-        variants = knob_variants(rule)
-        done += 1
-        if sch0 is None or not variants:
-            continue  # nothing to search: the default rules apply, no index entry needed
-        schedules = {"default": (sch0, None)}
-        for i, knobs in enumerate(variants):
-            sch, used = schedule_cpu_traced(func, db.target, knobs)
-            if sch is not None and used is not None and used.name == rule.name:  # else it fell back: no variant
-                schedules[f"v{i}"] = (sch, knobs)
-        try:
-            ex = tvm.compile(tvm.IRModule({sym: s.mod["main"].with_attr("global_symbol", sym)
-                                           for sym, (s, _) in schedules.items()}), target=db.target)
-        except Exception as e:  # one bad variant: build them one by one, dropping those that fail
-            log.debug("knob variants of %s did not build together: %s", spec.name(), e)
-            ex = None
-        args = _random_args(func, dev)
-        timers = {}
-        for sym in schedules:
-            try:
-                mod = ex.mod if ex is not None else tvm.compile(
-                    tvm.IRModule({sym: schedules[sym][0].mod["main"].with_attr("global_symbol", sym)}),
-                    target=db.target).mod
-                timers[sym] = mod.time_evaluator(sym, dev, number=1, repeat=1, min_repeat_ms=30)
-                timers[sym](*args)  # warm-up (and a variant that fails to run is dropped here)
-            except Exception as e:
-                log.debug("knob variant %s of %s dropped: %s", sym, spec.name(), e)
-                timers.pop(sym, None)
-        if "default" not in timers:
-            continue
-        samples = {sym: [] for sym in timers}
-        for _ in range(rounds):
-            for sym, timer in timers.items():
-                samples[sym].append(float(timer(*args).mean))
-        med = {sym: float(np.median(v)) for sym, v in samples.items()}
-        variants_timed = [sym for sym in med if sym != "default"]
-        if not variants_timed:
-            continue
-        best = min(variants_timed, key=med.get)
-        flops = kernel_flops(func)
-        won = med[best] < (1 - margin) * med["default"]
-        if won:
-            db.commit(func, schedules[best][0].trace, samples[best])
-        chosen = best if won else "default"
-        index[spec.key()] = {"name": spec.name(), "method": "knobs", "trials": len(timers),
-                             "best_us": med[chosen] * 1e6, "default_us": med["default"] * 1e6,
-                             **knobs_record(rule, schedules[chosen][1]),
-                             "gflops": flops / med[chosen] / 1e9 if flops else None}
-        db.write_index(index)
-        if progress:
+    lock = threading.Lock()  # the database, the index and the counters
+    state = {"done": 0, "next": 0}
+
+    def take():
+        with lock:
             elapsed = time.perf_counter() - t0
-            left = (len(todo) - done) * elapsed / done
-            progress(done, len(todo), spec.name(), {**index[spec.key()], "left_s": left})
+            if state["next"] >= len(todo) or (time_budget is not None and state["done"]
+                                               and elapsed + elapsed / state["done"] > time_budget):
+                return None
+            state["next"] += 1
+            return todo[state["next"] - 1]
+
+    def work(measure) -> None:
+        while (spec := take()) is not None:
+            entry = _search_one(spec, db, measure, rounds, margin, lock)
+            with lock:
+                state["done"] += 1
+                if entry is None:
+                    continue
+                index[spec.key()] = entry
+                db.write_index(index)
+                if progress:
+                    elapsed = time.perf_counter() - t0
+                    left = (len(todo) - state["done"]) * elapsed / state["done"]
+                    progress(state["done"], len(todo), spec.name(), {**entry, "left_s": left})
+
+    if remote is None:
+        work(_LocalMeasure())
+    else:
+        errors: list[BaseException] = []
+
+        def worker(i: int) -> None:
+            try:
+                with remote.session(i) as measure:
+                    work(measure)
+            except BaseException as e:  # re-raised below, after the other servers' kernels
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(i,), name=f"tensorforge-rpc-{i}")
+                   for i in range(remote.count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+    done = state["done"]
     return TuneResult(done, len(tasks) - len(todo), len(todo) - done, time.perf_counter() - t0)
+
+
+def shard_kernels(tasks: list, shard: tuple[int, int]) -> list:
+    """Every n-th kernel from the i-th, in the order of their keys (the same split on every machine)."""
+    i, n = shard
+    if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
+        raise CompileError(f"shard {i}/{n}: give i/n with 0 <= i < n")
+    return sorted(tasks, key=lambda s: s.key())[i::n] if n > 1 else tasks
+
+
+class _LocalMeasure:
+    """Times variants on this machine."""
+
+    def time(self, ex, syms: list[str], func, rounds: int) -> dict:
+        import tvm
+
+        return _time_variants(ex.mod, tvm.cpu(), syms, func, rounds)
+
+
+def _time_variants(mod, dev, syms: list[str], func, rounds: int) -> dict:
+    """{sym: [seconds per round]} of each variant that runs, timed in interleaved rounds on `dev`."""
+    args = _random_args(func, dev)
+    timers = {}
+    for sym in syms:
+        try:
+            timers[sym] = mod.time_evaluator(sym, dev, number=1, repeat=1, min_repeat_ms=30)
+            timers[sym](*args)  # warm-up (and a variant that fails to run is dropped here)
+        except Exception as e:
+            log.debug("knob variant %s dropped: %s", sym, e)
+            timers.pop(sym, None)
+    samples = {sym: [] for sym in timers}
+    for _ in range(rounds):
+        for sym, timer in timers.items():
+            samples[sym].append(float(timer(*args).mean))
+    return samples
+
+
+def _variant_library(schedules: dict, target):
+    """(one executable of every variant that builds, their symbols): all at once, else one by one."""
+    import tvm
+
+    def module(syms):
+        return tvm.IRModule({sym: schedules[sym][0].mod["main"].with_attr("global_symbol", sym) for sym in syms})
+
+    try:
+        return tvm.compile(module(schedules), target=target), list(schedules)
+    except Exception as e:  # one bad variant: find those that build alone
+        log.debug("knob variants did not build together: %s", e)
+    ok = []
+    for sym in schedules:
+        try:
+            tvm.compile(module([sym]), target=target)
+            ok.append(sym)
+        except Exception as e:
+            log.debug("knob variant %s dropped: %s", sym, e)
+    return (tvm.compile(module(ok), target=target), ok) if ok else (None, [])
+
+
+def _search_one(spec: KernelSpec, db: TuningDatabase, measure, rounds: int, margin: float, lock) -> dict | None:
+    """Search one kernel's knobs; its index entry (the winner committed to `db` under `lock`), or None where there
+    is nothing to search."""
+    import numpy as np
+
+    from .cpu.rules import knob_variants, knobs_record, schedule_cpu_traced
+
+    func = build_prim_func(spec, db.target)
+    sch0, rule = schedule_cpu_traced(func, db.target)
+    variants = knob_variants(rule)
+    if sch0 is None or not variants:
+        return None  # nothing to search: the default rules apply, no index entry needed
+    schedules = {"default": (sch0, None)}
+    for i, knobs in enumerate(variants):
+        sch, used = schedule_cpu_traced(func, db.target, knobs)
+        if sch is not None and used is not None and used.name == rule.name:  # else it fell back: no variant
+            schedules[f"v{i}"] = (sch, knobs)
+    ex, syms = _variant_library(schedules, db.target)
+    if "default" not in syms:
+        return None
+    samples = measure.time(ex, syms, func, rounds)
+    if "default" not in samples:
+        return None
+    med = {sym: float(np.median(v)) for sym, v in samples.items()}
+    variants_timed = [sym for sym in med if sym != "default"]
+    if not variants_timed:
+        return None
+    best = min(variants_timed, key=med.get)
+    flops = kernel_flops(func)
+    won = med[best] < (1 - margin) * med["default"]
+    if won:
+        with lock:
+            db.commit(func, schedules[best][0].trace, samples[best])
+    chosen = best if won else "default"
+    return {"name": spec.name(), "method": "knobs", "trials": len(samples), "best_us": med[chosen] * 1e6,
+            "default_us": med["default"] * 1e6, **knobs_record(rule, schedules[chosen][1]),
+            "gflops": flops / med[chosen] / 1e9 if flops else None}
+
+
+def merge_databases(sources: Sequence[str], dest: str) -> dict:
+    """Merge tuning databases (directories written by `tensorforge tune`, e.g. the shards of one model tuned on
+    identical machines) into `dest`: per target directory, every MetaSchedule record and, for a kernel in several,
+    the index entry with the best time. A source of another TVM version or format, or whose directory does not
+    hold the target it names, is refused (CompileError) before anything is written. Returns {target dir: kernels}."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    found = []  # (target key, source dir, meta, index)
+    for root in sources:
+        if not os.path.isdir(root):
+            raise CompileError(f"merge: {root!r} is not a tuning database directory")
+        subdirs = [d for d in sorted(os.listdir(root)) if os.path.exists(os.path.join(root, d, "meta.json"))]
+        if not subdirs:
+            raise CompileError(f"merge: {root!r} holds no tuning database (no <target>/meta.json)")
+        for d in subdirs:
+            with open(os.path.join(root, d, "meta.json")) as f:
+                meta = json.load(f)
+            if meta.get("format") != FORMAT or meta.get("tvm_version") != tvm.__version__:
+                raise CompileError(f"merge: {os.path.join(root, d)} was written by TVM {meta.get('tvm_version')} "
+                                   f"(format {meta.get('format')}); this is TVM {tvm.__version__}: retune it here")
+            src = os.path.join(root, d)
+            index_path = os.path.join(src, "index.json")
+            index = json.load(open(index_path)) if os.path.exists(index_path) else {}
+            found.append((d, src, meta, index))
+    by_key: dict[str, list] = {}
+    for d, src, meta, index in found:
+        other = by_key.get(d)
+        if other and other[0][2]["target"] != meta["target"]:
+            raise CompileError(f"merge: {d} holds records for {meta['target']} in {src} but for "
+                               f"{other[0][2]['target']} in {other[0][1]}")
+        by_key.setdefault(d, []).append((d, src, meta, index))
+    merged = {}
+    for d, entries in by_key.items():
+        out = os.path.join(dest, d)
+        os.makedirs(out, exist_ok=True)
+        meta_path = os.path.join(out, "meta.json")
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                have = json.load(f)
+            if have.get("target") != entries[0][2]["target"] or have.get("tvm_version") != tvm.__version__:
+                raise CompileError(f"merge: {out} already holds records for {have.get('target')} (TVM "
+                                   f"{have.get('tvm_version')}): merge into an empty directory")
+        index_path = os.path.join(out, "index.json")
+        index = json.load(open(index_path)) if os.path.exists(index_path) else {}
+        with _quiet():
+            db = ms.database.JSONDatabase(work_dir=out)
+            for _, src, _, src_index in entries:
+                if os.path.abspath(src) == os.path.abspath(out):
+                    continue
+                for rec in ms.database.JSONDatabase(work_dir=src).get_all_tuning_records():
+                    wl = db.commit_workload(rec.workload.mod)
+                    db.commit_tuning_record(ms.database.TuningRecord(rec.trace, wl, rec.run_secs, rec.target,
+                                                                     rec.args_info))
+                for k, e in src_index.items():
+                    mine = index.get(k)
+                    if mine is None or (e.get("best_us") or float("inf")) < (mine.get("best_us") or float("inf")):
+                        index[k] = e
+        atomic_write(meta_path, lambda f: f.write(json.dumps(entries[0][2], indent=1).encode()))
+        atomic_write(index_path, lambda f: f.write(json.dumps(index, indent=1).encode()))
+        merged[d] = len(index)
+    return merged
