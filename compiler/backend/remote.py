@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
 
 from tensorforge.runtime.errors import CompileError
@@ -40,6 +41,7 @@ class RemoteServers:
         self.host, self.port = parse_tracker(tracker)
         self.key, self.timeout = key, session_timeout
         try:
+            socket.create_connection((self.host, self.port), timeout=10).close()  # TVM's client retries for a minute
             summary = rpc.connect_tracker(self.host, self.port).summary()
         except Exception as e:  # noqa: BLE001 - TVM's connection errors, named
             raise CompileError(f"cannot reach the RPC tracker at {tracker} ({type(e).__name__}: {e}); start it with "
