@@ -123,7 +123,8 @@ def main(argv=None) -> int:
              "same two cores the servers measure on.", "",
              "| how | wall s | / local | kernels in the database | same kernels as local |", "|---|---:|---:|---:|---|"]
     for how, (secs, keys) in rows.items():
-        lines.append(f"| {how} | {secs:.1f} | {secs / base:.2f} | {len(keys)} | {'yes' if keys == base_keys else 'no'} |")
+        same = "yes" if keys == base_keys else "no"
+        lines.append(f"| {how} | {secs:.1f} | {secs / base:.2f} | {len(keys)} | {same} |")
     write_lines(args.out, lines)
     return 0
 

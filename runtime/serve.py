@@ -183,7 +183,8 @@ class ServedModel:
                                            f"batch along axis 0; serve it without --max-batch")
 
     def metadata(self) -> dict:
-        return {"name": self.name, "versions": ["1"], "platform": f"{self.engine}_{'onnx' if self.engine == 'onnxruntime' else 'artifact'}",
+        platform = "onnxruntime_onnx" if self.engine == "onnxruntime" else "tensorforge_artifact"
+        return {"name": self.name, "versions": ["1"], "platform": platform,
                 "inputs": [s.json() for s in self.inputs], "outputs": [s.json() for s in self.outputs],
                 "parameters": {"max_batch": self.max_batch, "max_concurrency": self.max_concurrency}}
 

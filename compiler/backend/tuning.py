@@ -294,8 +294,11 @@ def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int
 
     t0 = time.perf_counter()
     index = db.index()
-    tasks = shard_kernels(distinct_kernels(specs), shard)
-    todo = [s for s in tasks if retune or s.key() not in index]
+    tasks = distinct_kernels(specs)
+    cost = knob_costs(tasks, db.target) if remote is not None or shard[1] > 1 else {}
+    tasks = shard_kernels(tasks, shard, cost)
+    # the longest searches first: with several servers, none is left with a long one at the end
+    todo = sorted((s for s in tasks if retune or s.key() not in index), key=lambda s: -cost.get(s.key(), 0))
     amx_permission()  # bf16 kernels on AMX tiles fault without it
     lock = threading.Lock()  # the database, the index and the counters
     state = {"done": 0, "next": 0}
@@ -347,12 +350,37 @@ def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int
     return TuneResult(done, len(tasks) - len(todo), len(todo) - done, time.perf_counter() - t0)
 
 
-def shard_kernels(tasks: list, shard: tuple[int, int]) -> list:
-    """Every n-th kernel from the i-th, in the order of their keys (the same split on every machine)."""
+def shard_kernels(tasks: list, shard: tuple[int, int], cost: dict | None = None) -> list:
+    """Shard i of n of the kernels: the same split on every machine, balanced by `cost` (key -> estimated work;
+    equal without): the costliest first, each to the shard with the least work so far."""
     i, n = shard
     if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
         raise CompileError(f"shard {i}/{n}: give i/n with 0 <= i < n")
-    return sorted(tasks, key=lambda s: s.key())[i::n] if n > 1 else tasks
+    if n == 1:
+        return tasks
+    cost = cost or {}
+    load, mine = [0.0] * n, []
+    for s in sorted(tasks, key=lambda s: (-cost.get(s.key(), 1), s.key())):
+        j = min(range(n), key=lambda b: (load[b], b))
+        load[j] += cost.get(s.key(), 1)
+        if j == i:
+            mine.append(s)
+    return mine
+
+
+def knob_costs(tasks: list, target) -> dict:
+    """key -> the knob search's work for each kernel: its variants and the default, each built and timed alike
+    (0 where there is nothing to search)."""
+    from .cpu.rules import knob_variants, schedule_cpu_traced
+
+    out = {}
+    for spec in tasks:
+        try:
+            sch, rule = schedule_cpu_traced(build_prim_func(spec, target), target)
+        except Exception:  # noqa: BLE001 - a kernel we cannot schedule costs nothing to search
+            sch = None
+        out[spec.key()] = len(knob_variants(rule)) + 1 if sch is not None and knob_variants(rule) else 0
+    return out
 
 
 class _LocalMeasure:
