@@ -35,6 +35,23 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _stop(p) -> None:
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(wait)
+            os.killpg(p.pid, signal.SIGKILL)  # the forked workers left behind
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            pass
+        else:
+            return
+
+
 def _kernels(db: str) -> set:
     keys = set()
     for d in os.listdir(db):
@@ -80,14 +97,14 @@ def main(argv=None) -> int:
         port = _port()
         procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
                                    str(port), "--port-end", str(port + 1)], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)]
+                                  stderr=subprocess.DEVNULL, start_new_session=True)]
         try:
             time.sleep(2)
             for core in (0, 1):
                 procs.append(subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m",
                                                "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key",
                                                "bench", "--host", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL))
+                                              stderr=subprocess.DEVNULL, start_new_session=True))
             from tvm import rpc
 
             while (rpc.connect_tracker("127.0.0.1", port).summary().get("queue_info", {}).get("bench") or {}).get(
@@ -100,9 +117,8 @@ def main(argv=None) -> int:
             rows["RPC, two servers of one core"] = (time.perf_counter() - t0, _kernels(os.path.join(tmp, "rpc")))
             print(rows, flush=True)
         finally:
-            for p in procs:
-                p.terminate()
-                p.wait(10)
+            for p in procs:  # each with the workers it forked (its own process group)
+                _stop(p)
 
         t0 = time.perf_counter()
         shards = [subprocess.Popen(["taskset", "-c", str(i), *CLI, "tune", model, "--db",

@@ -2,6 +2,7 @@
 search building here and timing there, one kernel per server at a time; sharded tuning joined by --merge."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def tracker():
     env = {**os.environ, "TVM_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
                                str(port), "--port-end", str(port + 1)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
+                              stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
         from tvm import rpc
 
@@ -64,7 +65,8 @@ def tracker():
         for _ in range(2):
             procs.append(subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker",
                                            f"127.0.0.1:{port}", "--key", "test", "--host", "127.0.0.1"], env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
         while True:
             summary = rpc.connect_tracker("127.0.0.1", port).summary()
             if (summary.get("queue_info", {}).get("test") or {}).get("free", 0) >= 2:
@@ -74,13 +76,20 @@ def tracker():
             time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:
-        for p in procs:
-            p.terminate()
+        for p in procs:  # each with the workers it forked: its own process group
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         for p in procs:
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
-                p.kill()
+                pass
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.fixture(autouse=True)
