@@ -223,3 +223,49 @@ def test_the_cli_names_what_is_wrong(tmp_path, capsys):
     (tmp_path / "a.tfa").write_bytes(b"x")
     assert cli_main(["serve", str(tmp_path / "a.tfa"), "--name", "a", "--name", "b"]) == 1
     assert "2 names for 1 models" in capsys.readouterr().err
+
+
+def test_sigterm_answers_the_requests_in_flight_then_stops(tmp_path, models):
+    """`tensorforge serve` on SIGTERM: no new connections, but a request already in (here waiting in the batcher's
+    window) is answered."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.tfa"
+    models[-1].model.save(path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tensorforge.compiler.cli", "serve", str(path), "--port", str(port),
+                             "--max-batch", "4", "--max-delay-ms", "1500", "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        x = RNG.standard_normal((1, 16)).astype(np.float32)
+        got = {}
+
+        def request():
+            r = httpx.post(f"{base}/v2/models/m/infer", timeout=60, json={
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": x.tolist()}]})
+            got["status"], got["y"] = r.status_code, r.json()["outputs"][0]["data"]
+
+        t = threading.Thread(target=request)
+        t.start()
+        time.sleep(0.5)  # the request waits in the batcher's 1.5 s window
+        proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        assert got["status"] == 200
+        np.testing.assert_allclose(np.reshape(got["y"], (1, 8)), expected(x)[0], rtol=1e-5, atol=1e-5)
+        proc.wait(30)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{base}/v2/health/ready", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
