@@ -137,26 +137,36 @@ def compile_library(funcs: dict, target, path: str, addons: list[str] = ()) -> N
     parts = [names[i::jobs] for i in range(jobs)]
     work_dir = tempfile.mkdtemp(prefix="objects-", dir=os.path.dirname(path))
     objects = [os.path.join(work_dir, f"kernels{i}.o") for i in range(jobs)]
-    errors: list[BaseException] = []
 
     def build(i: int) -> None:
-        try:
-            ex = tvm.compile(tvm.IRModule({n: funcs[n] for n in parts[i]}), target=target)
-            ex.mod.write_to_file(objects[i])
-        except BaseException as e:  # re-raised in the caller's thread
-            errors.append(e)
+        ex = tvm.compile(tvm.IRModule({n: funcs[n] for n in parts[i]}), target=target)
+        ex.mod.write_to_file(objects[i])
 
-    threads = [threading.Thread(target=build, args=(i,), name=f"tensorforge-build-{i}") for i in range(jobs)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        run_threads(build, jobs, "tensorforge-build")
         cc.create_shared(path, objects + list(addons))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def run_threads(fn, count: int, name: str) -> None:
+    """fn(i) for i in range(count), each in a thread of its own; the first exception is raised here, once all
+    have ended."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            fn(i)
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"{name}-{i}") for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 POOL_SOURCE = os.path.join(os.path.dirname(__file__), "cpu_pool.c")

@@ -329,23 +329,13 @@ def search_knobs(specs: Sequence[KernelSpec], db: TuningDatabase, *, rounds: int
     if remote is None:
         work(_LocalMeasure())
     else:
-        errors: list[BaseException] = []
+        from .build import run_threads
 
-        def worker(i: int) -> None:
-            try:
-                with remote.session(i) as measure:
-                    work(measure)
-            except BaseException as e:  # re-raised below, after the other servers' kernels
-                errors.append(e)
+        def worker(i: int) -> None:  # one per server; a failure is raised after the other servers' kernels
+            with remote.session(i) as measure:
+                work(measure)
 
-        threads = [threading.Thread(target=worker, args=(i,), name=f"tensorforge-rpc-{i}")
-                   for i in range(remote.count)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        run_threads(worker, remote.count, "tensorforge-rpc")
     done = state["done"]
     return TuneResult(done, len(tasks) - len(todo), len(todo) - done, time.perf_counter() - t0)
 
