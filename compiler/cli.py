@@ -345,7 +345,7 @@ def cmd_tune(args) -> int:
     from tensorforge.compiler.backend.tuning import parse_duration
 
     if args.merge:
-        from tensorforge.compiler.backend.tuning import merge_databases
+        from tensorforge.compiler.backend.tuning_merge import merge_databases
 
         if args.model:
             raise InputError("tune --merge DB... --db OUT merges databases; it takes no model")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tensorforge.compiler.backend.build import resolve_target
-from tensorforge.compiler.backend.tuning import TuningDatabase, merge_databases
+from tensorforge.compiler.backend.tuning import TuningDatabase
+from tensorforge.compiler.backend.tuning_merge import merge_databases
 from tensorforge.compiler.cli import main
 from tensorforge.compiler.ir import parse_graph
 from tensorforge.compiler.tune import tune_model
