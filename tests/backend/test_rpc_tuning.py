@@ -171,3 +171,16 @@ def test_merge_refuses_a_database_of_another_tvm(tmp_path):
     with pytest.raises(CompileError, match="was written by TVM 0.1"):
         merge_databases([str(tmp_path / "a")], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # MetaSchedule's search: minutes on two cores
+def test_metaschedule_measures_on_the_servers(tracker, tmp_path):
+    one = parse_graph("""graph g(%x: f32[16,64]) {
+  %w = param f32[32,64]
+  %d = dense(%x, %w) : f32[16,32]
+  return %d
+}""", {"w": np.ones((32, 64), np.float32)})
+    result = tune_model(one, tmp_path / "ms", search="metaschedule", trials=2, rpc_tracker=tracker, rpc_key="test")
+    assert result.tuned == 1
+    (entry,) = _entries(tmp_path / "ms").values()
+    assert entry["trials"] == 2 and entry["best_us"] > 0  # measured: a record with its time
