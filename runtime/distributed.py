@@ -59,10 +59,6 @@ class ProcessGroup:
         if self.world_size > 1:
             self._dist.broadcast(self._torch.from_numpy(a), src, group=self.group)
 
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            self._dist.barrier(group=self.group)
-
 
 def _destroy(dist) -> None:
     if dist.is_initialized():

@@ -136,16 +136,14 @@ def _merged(all_specs, input_names, output_names):
     return ins, outs
 
 
-def _batch_sizes(model) -> list[int] | None:
-    """The batch sizes (axis 0 of every input) the model runs; None: any."""
-    if isinstance(model, OnnxRuntimeModel):
-        ins, _ = _specs(model)
-        sizes = {s.shape[0] if s.shape else None for s in ins}
-        return None if -1 in sizes or None in sizes else sorted(sizes)
+def _batch_sizes(model, inputs: list) -> list[int] | None:
+    """The batch sizes (axis 0 of every input) the model runs, its `inputs` as declared; None: any."""
+    runners = getattr(model, "runners", None)  # a bundle: each of its specializations
     sizes = set()
-    for m in getattr(model, "runners", [model]):  # a bundle's specializations, or the model
-        ins, _ = _specs(m)
-        rows = {s.shape[0] for s in ins if s.shape}
+    for ins in [_specs(m)[0] for m in runners] if runners is not None else [inputs]:
+        rows = {s.shape[0] for s in ins}
+        if -1 in rows:
+            return None
         if len(rows) == 1:
             sizes |= rows
     return sorted(sizes)
@@ -160,19 +158,19 @@ class ServedModel:
     max_concurrency: int
     max_batch: int = 0
     max_delay_s: float = 0.0
-    inputs: list = field(default_factory=list)
-    outputs: list = field(default_factory=list)
-    batch_sizes: list | None = None
+    inputs: list = field(init=False)  # TensorSpecs, from the model
+    outputs: list = field(init=False)
+    batch_sizes: list | None = field(init=False, default=None)  # with max_batch: the batches the model runs
 
     def __post_init__(self):
         self.inputs, self.outputs = _specs(self.model)
         self._slots = threading.BoundedSemaphore(self.max_concurrency)
         self.batcher = None
         if self.max_batch:
-            self.batch_sizes = _batch_sizes(self.model)
             if any(not s.shape for s in self.inputs + self.outputs):
                 raise TensorForgeError(f"model {self.name!r}: --max-batch needs a batch dimension (axis 0) on every "
                                        f"input and output; a scalar has none")
+            self.batch_sizes = _batch_sizes(self.model, self.inputs)
             if self.batch_sizes is not None and (not self.batch_sizes or self.max_batch > max(self.batch_sizes)):
                 raise TensorForgeError(f"model {self.name!r} runs batches of {self.batch_sizes or 'no one size'}; "
                                        f"--max-batch {self.max_batch} is more than it takes (compile it for a "

@@ -129,8 +129,6 @@ class TrainingSession:
         with self._lock:
             full = dict(feeds)
             state = self._train.state  # the live buffers (on a GPU: device tensors, which the evaluator reads in place)
-            if self._update is not None:
-                state = {**self._update.state, **state}
             for name in self._eval.input_names:
                 if name in state:
                     full[name] = state[name]

@@ -320,7 +320,6 @@ class DataParallelProgram:
     update: Graph
     update_state: list[StateSpec]  # the parameters and the optimizer's moments
     scalars: dict[str, str]  # scalar kind -> input name of `update`
-    sizes: list[tuple[str, int]]  # each parameter's name and element count, in the buffer's order
 
     @property
     def update_bindings(self) -> dict[str, str]:
@@ -351,16 +350,15 @@ def build_data_parallel_program(fwd: Graph, trainable: set[str], loss: LossSpec,
         s.updated = s.name in stats  # the parameters are read here, updated by the update graph
 
     u = Graph(fwd.name + "_update")
-    sizes = [(s.name, int(np.prod(s.initial.shape, dtype=np.int64))) for s in params]
-    total = sum(k for _, k in sizes)
-    flat_in = u.add_input(GRADS, TensorType((total,), "float32"))
+    flat_in = u.add_input(GRADS, buffer.type)
     scalars = {k: u.add_input(k, TensorType((1,), "float32")) for k in opt.scalars}
     state = [StateSpec(s.name, "param", s.initial) for s in params]
     e = Emitter(u, "update")
     values, pieces, at = [], [], 0
-    for s, (_, k) in zip(params, sizes):
+    for s in params:
+        k = s.initial.size
         p = u.add_input(s.name, TensorType(s.initial.shape, s.initial.dtype.name))
-        piece = e.op(ops.strided_slice, [flat_in], begins=(at,), ends=(at + k,), strides=(1,)) if len(sizes) > 1 \
+        piece = e.op(ops.strided_slice, [flat_in], begins=(at,), ends=(at + k,), strides=(1,)) if n > 1 \
             else flat_in
         pieces.append(e.op(ops.reshape, [piece], shape=tuple(s.initial.shape)))
         values.append(p)
@@ -374,4 +372,4 @@ def build_data_parallel_program(fwd: Graph, trainable: set[str], loss: LossSpec,
     u.output_names = [s.name + NEW for s in state]
     u.remove_unused()
     u.verify()
-    return DataParallelProgram(prog, u, state, {k: v.name for k, v in scalars.items()}, sizes)
+    return DataParallelProgram(prog, u, state, {k: v.name for k, v in scalars.items()})

@@ -32,10 +32,9 @@ def parse_tracker(text: str) -> tuple[str, int]:
 
 
 class RemoteServers:
-    """The servers of `key` at the tracker `host:port`: `count` of them (those free now, or `servers`)."""
+    """The servers of `key` at the tracker `host:port`: `count` of them, those free now."""
 
-    def __init__(self, tracker: str, key: str, servers: int | None = None,
-                 session_timeout: float = SESSION_TIMEOUT_S):
+    def __init__(self, tracker: str, key: str, session_timeout: float = SESSION_TIMEOUT_S):
         from tvm import rpc
 
         self.host, self.port = parse_tracker(tracker)
@@ -46,14 +45,11 @@ class RemoteServers:
         except Exception as e:  # noqa: BLE001 - TVM's connection errors, named
             raise CompileError(f"cannot reach the RPC tracker at {tracker} ({type(e).__name__}: {e}); start it with "
                                f"python -m tvm.exec.rpc_tracker --port {self.port}") from None
-        free = int((summary.get("queue_info", {}).get(key) or {}).get("free", 0))
-        if servers is None:
-            servers = free
-        if servers < 1:
+        self.count = int((summary.get("queue_info", {}).get(key) or {}).get("free", 0))
+        if self.count < 1:
             keys = sorted(summary.get("queue_info", {}))
             raise CompileError(f"the RPC tracker at {tracker} has no free server of key {key!r} (keys: {keys}); "
                                f"start one with python -m tvm.exec.rpc_server --tracker {tracker} --key {key}")
-        self.count = servers
 
     def rpc_config(self):
         from tvm.s_tir import meta_schedule as ms

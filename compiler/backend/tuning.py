@@ -368,8 +368,9 @@ def knob_costs(tasks: list, target) -> dict:
         try:
             sch, rule = schedule_cpu_traced(build_prim_func(spec, target), target)
         except Exception:  # noqa: BLE001 - a kernel we cannot schedule costs nothing to search
-            sch = None
-        out[spec.key()] = len(knob_variants(rule)) + 1 if sch is not None and knob_variants(rule) else 0
+            sch, rule = None, None
+        variants = len(knob_variants(rule)) if sch is not None else 0
+        out[spec.key()] = variants + 1 if variants else 0
     return out
 
 

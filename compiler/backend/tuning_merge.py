@@ -21,7 +21,7 @@ def merge_databases(sources: Sequence[str], dest: str) -> dict:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    found = []  # (target key, source dir, meta, index)
+    sources_by_dir: dict[str, list[tuple[str, dict, dict]]] = {}  # target dir -> [(source dir, meta, index)]
     for root in sources:
         if not os.path.isdir(root):
             raise CompileError(f"merge: {root!r} is not a tuning database directory")
@@ -29,38 +29,30 @@ def merge_databases(sources: Sequence[str], dest: str) -> dict:
         if not subdirs:
             raise CompileError(f"merge: {root!r} holds no tuning database (no <target>/meta.json)")
         for d in subdirs:
-            with open(os.path.join(root, d, "meta.json")) as f:
-                meta = json.load(f)
-            if meta.get("format") != FORMAT or meta.get("tvm_version") != tvm.__version__:
-                raise CompileError(f"merge: {os.path.join(root, d)} was written by TVM {meta.get('tvm_version')} "
-                                   f"(format {meta.get('format')}); this is TVM {tvm.__version__}: retune it here")
             src = os.path.join(root, d)
-            index_path = os.path.join(src, "index.json")
-            index = json.load(open(index_path)) if os.path.exists(index_path) else {}
-            found.append((d, src, meta, index))
-    by_key: dict[str, list] = {}
-    for d, src, meta, index in found:
-        other = by_key.get(d)
-        if other and other[0][2]["target"] != meta["target"]:
-            raise CompileError(f"merge: {d} holds records for {meta['target']} in {src} but for "
-                               f"{other[0][2]['target']} in {other[0][1]}")
-        by_key.setdefault(d, []).append((d, src, meta, index))
+            meta = _read_json(os.path.join(src, "meta.json"))
+            if meta.get("format") != FORMAT or meta.get("tvm_version") != tvm.__version__:
+                raise CompileError(f"merge: {src} was written by TVM {meta.get('tvm_version')} "
+                                   f"(format {meta.get('format')}); this is TVM {tvm.__version__}: retune it here")
+            seen = sources_by_dir.setdefault(d, [])
+            if seen and seen[0][1]["target"] != meta["target"]:
+                raise CompileError(f"merge: {d} holds records for {meta['target']} in {src} but for "
+                                   f"{seen[0][1]['target']} in {seen[0][0]}")
+            seen.append((src, meta, _read_json(os.path.join(src, "index.json"), {})))
     merged = {}
-    for d, entries in by_key.items():
+    for d, entries in sources_by_dir.items():
         out = os.path.join(dest, d)
         os.makedirs(out, exist_ok=True)
-        meta_path = os.path.join(out, "meta.json")
-        if os.path.exists(meta_path):
-            with open(meta_path) as f:
-                have = json.load(f)
-            if have.get("target") != entries[0][2]["target"] or have.get("tvm_version") != tvm.__version__:
-                raise CompileError(f"merge: {out} already holds records for {have.get('target')} (TVM "
-                                   f"{have.get('tvm_version')}): merge into an empty directory")
-        index_path = os.path.join(out, "index.json")
-        index = json.load(open(index_path)) if os.path.exists(index_path) else {}
+        meta_path, index_path = os.path.join(out, "meta.json"), os.path.join(out, "index.json")
+        meta = entries[0][1]
+        have = _read_json(meta_path, None)
+        if have is not None and (have.get("target") != meta["target"] or have.get("tvm_version") != tvm.__version__):
+            raise CompileError(f"merge: {out} already holds records for {have.get('target')} (TVM "
+                               f"{have.get('tvm_version')}): merge into an empty directory")
+        index = _read_json(index_path, {})
         with _quiet():
             db = ms.database.JSONDatabase(work_dir=out)
-            for _, src, _, src_index in entries:
+            for src, _, src_index in entries:
                 if os.path.abspath(src) == os.path.abspath(out):
                     continue
                 for rec in ms.database.JSONDatabase(work_dir=src).get_all_tuning_records():
@@ -71,7 +63,18 @@ def merge_databases(sources: Sequence[str], dest: str) -> dict:
                     mine = index.get(k)
                     if mine is None or (e.get("best_us") or float("inf")) < (mine.get("best_us") or float("inf")):
                         index[k] = e
-        atomic_write(meta_path, lambda f: f.write(json.dumps(entries[0][2], indent=1).encode()))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
         atomic_write(index_path, lambda f: f.write(json.dumps(index, indent=1).encode()))
         merged[d] = len(index)
     return merged
+
+
+_MISSING = object()
+
+
+def _read_json(path: str, default=_MISSING):
+    """The JSON file at `path`; `default` where there is none (if given)."""
+    if default is not _MISSING and not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
