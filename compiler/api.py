@@ -154,7 +154,7 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
                      trainable=None, frozen: Sequence[str] = (), lr_schedule: Mapping | None = None,
                      seed: int = 0, bn_momentum: float = 0.1, opt_level: int = 2,
                      num_threads: int | None = None, arch: str | None = None, precision: str = "fp32",
-                     distributed=False):
+                     distributed=False, sync_batch_norm: bool = False):
     """Compile a model for training and return a `runtime.TrainingSession`.
 
     model: as for `compile_model` (ONNX, builder-API module with `shapes`, torch module with `example_inputs`, or
@@ -172,7 +172,9 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     on its own part of the batch, the gradients of all parameters are averaged between the processes in one
     all_reduce (gloo on the CPU) before the update, so that every process keeps the same parameters: the
     single-process step on the whole batch, to rounding. Batch-norm statistics stay local to each process (as
-    PyTorch's DDP keeps them); rank 0 broadcasts the initial parameters and alone writes checkpoints.
+    PyTorch's DDP keeps them) unless `sync_batch_norm`: then they are the whole batch's, averaged over the
+    processes inside the step (PyTorch's SyncBatchNorm; every process must step on a batch of the same size). Rank
+    0 broadcasts the initial parameters and alone writes checkpoints.
     """
     from tensorforge.runtime.training import TrainingSession
 
@@ -181,7 +183,11 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     if distributed is not False and distributed is not None:
         return _data_parallel(model, loss, optimizer, options, distributed, shapes=shapes,
                               example_inputs=example_inputs, params=params, trainable=trainable, frozen=frozen,
-                              lr_schedule=lr_schedule, seed=seed, bn_momentum=bn_momentum)
+                              lr_schedule=lr_schedule, seed=seed, bn_momentum=bn_momentum,
+                              sync_batch_norm=sync_batch_norm)
+    if sync_batch_norm:
+        raise CompileError("sync_batch_norm averages batch-norm statistics over the processes of a data-parallel "
+                           "run: it needs distributed=True (or a process group)")
     t = training_graph(model, loss, optimizer, options, shapes=shapes, example_inputs=example_inputs, params=params,
                        trainable=trainable, frozen=frozen, bn_momentum=bn_momentum)
     program, opt_spec = t.program, t.optimizer
@@ -200,7 +206,8 @@ def compile_training(model, loss="cross_entropy", optimizer=None, target: str = 
     return TrainingSession(train, evaluator, spec)
 
 
-def _data_parallel(model, loss, optimizer, options: CompileOptions, group, *, lr_schedule, seed, **kw):
+def _data_parallel(model, loss, optimizer, options: CompileOptions, group, *, lr_schedule, seed,
+                   sync_batch_norm: bool, **kw):
     """compile_training(distributed=...): the gradient and update plans sharing their parameters' memory."""
     from tensorforge.compiler.driver import data_parallel_graphs
     from tensorforge.runtime.distributed import ProcessGroup
@@ -210,7 +217,8 @@ def _data_parallel(model, loss, optimizer, options: CompileOptions, group, *, lr
     if options.spec.is_cuda:
         raise CompileError("distributed training runs on the cpu target (gloo); CUDA with NCCL is not built yet")
     group = ProcessGroup(None if group is True else group)  # first: a missing process group fails before compiling
-    t = data_parallel_graphs(model, loss, optimizer, options, **kw)
+    t = data_parallel_graphs(model, loss, optimizer, options, sync_world=group.world_size if sync_batch_norm else None,
+                             **kw)
     dp, opt_spec = t.program, t.optimizer
     shared = SharedBuffers()  # one buffer per parameter for both plans
     grads = compile_graph(t.grads, options, state=dp.grads.state_bindings,

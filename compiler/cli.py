@@ -467,6 +467,9 @@ def cmd_train(args) -> int:
     if batch % world:
         raise InputError(f"--batch {batch} does not split evenly over {world} processes")
     part = batch // world
+    if args.sync_batch_norm and not args.distributed:
+        raise InputError("--sync-batch-norm averages batch norm's statistics between the processes: it needs "
+                         "--distributed (under torchrun)")
     args.quiet = args.quiet or rank != 0
     for flag, size in (("--train-size", args.train_size), ("--test-size", args.test_size)):
         if size < batch:
@@ -481,10 +484,11 @@ def cmd_train(args) -> int:
         optimizer["momentum"] = 0.9
     session = compile_training(small_cnn(), "cross_entropy", optimizer, shapes={"x": (part, 1, 16, 16)},
                                lr_schedule={"name": "cosine", "total_steps": args.steps, "warmup_steps": 10},
-                               seed=args.seed, distributed=args.distributed)
+                               seed=args.seed, distributed=args.distributed, sync_batch_norm=args.sync_batch_norm)
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f"train: quadrant-blob task, small CNN, {args.optimizer} lr {args.lr}, batch {batch}"
-        + (f" over {world} processes" if args.distributed else "") + f"; compiled in {time.perf_counter() - t0:.1f} s")
+        + (f" over {world} processes" if args.distributed else "")
+        + (", batch norm synchronized" if args.sync_batch_norm else "") + f"; compiled in {time.perf_counter() - t0:.1f} s")
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(x_train))
     bar = tqdm(range(args.steps), desc="train", unit="step", disable=args.quiet)
@@ -649,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--distributed", action="store_true",
                     help="data-parallel over the processes torchrun starts (torchrun --nproc_per_node N --no-python "
                          "tensorforge train --distributed): each steps on its 1/N of every batch")
+    tr.add_argument("--sync-batch-norm", action="store_true",
+                    help="with --distributed: batch norm's statistics over the whole batch, averaged between the "
+                         "processes in every step (PyTorch's SyncBatchNorm); without it each process's own")
     tr.set_defaults(func=cmd_train)
 
     o = sub.add_parser("opt", help="run named passes over IR text and print the IR (golden tests from files)")

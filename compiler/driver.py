@@ -157,14 +157,15 @@ class DataParallelGraphs:
 
 def data_parallel_graphs(model, loss, optimizer: Mapping | None, options: CompileOptions, *, shapes=None,
                          example_inputs=None, params=None, trainable=None, frozen: Sequence[str] = (),
-                         bn_momentum: float = 0.1) -> DataParallelGraphs:
+                         bn_momentum: float = 0.1, sync_world: int | None = None) -> DataParallelGraphs:
     """The training flow of `training_graph`, the step cut in two for data-parallel training: the gradients,
-    then the update (autodiff/training.py build_data_parallel_program), each through the training pipeline."""
+    then the update (autodiff/training.py build_data_parallel_program), each through the training pipeline;
+    `sync_world`: batch norm's statistics averaged over that many processes."""
     from tensorforge.compiler.autodiff.training import build_data_parallel_program
 
     fwd, names, onnx_source = _forward(model, options, shapes, example_inputs, params, trainable, frozen)
     opt_spec, schedule = optimizer_spec(optimizer)
-    dp = build_data_parallel_program(fwd, names, loss_spec(loss), opt_spec, bn_momentum)
+    dp = build_data_parallel_program(fwd, names, loss_spec(loss), opt_spec, bn_momentum, sync_world)
     grads = optimize(dp.grads.graph, options, training=True, state_outputs=set(dp.grads.state_bindings))
     update = optimize(dp.update, options, training=True, state_outputs=set(dp.update_bindings))
     return DataParallelGraphs(dp, grads, update, names, opt_spec, schedule, onnx_source)

@@ -7,18 +7,26 @@ runtime itself does not need it.
 
 Launch with torchrun (`torchrun --nproc_per_node 2 train.py`): its environment (MASTER_ADDR, MASTER_PORT, RANK,
 WORLD_SIZE) initializes the default process group with gloo when the program has not done it itself.
+
+Collectives inside a plan (synchronized batch norm: compiler/ops/collective.py) call the runtime function
+`tensorforge.all_reduce_mean`, registered here when the runtime loads (runtime/tvm_loader.py): it averages over the
+group of the run in progress (`ProcessGroup.collectives()`), and copies where there is none (one process).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import os
+import threading
 
 import numpy as np
 
 from .errors import InputError
 
 _TORCHRUN_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
+ALL_REDUCE_MEAN = "tensorforge.all_reduce_mean"  # compiler/ops/collective.py's kernels call it
 
 
 class ProcessGroup:
@@ -54,6 +62,17 @@ class ProcessGroup:
             t.div_(self.world_size)
         return a
 
+    @contextlib.contextmanager
+    def collectives(self):
+        """The collectives inside the plans run in this block average over this group (one block at a time)."""
+        global _active
+        with _active_lock:
+            _active = self
+            try:
+                yield
+            finally:
+                _active = None
+
     def broadcast(self, a: np.ndarray, src: int = 0) -> None:
         """`a` (C-contiguous, writable) overwritten in place with rank `src`'s."""
         if self.world_size > 1:
@@ -63,3 +82,32 @@ class ProcessGroup:
 def _destroy(dist) -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# -- collectives inside a plan --------------------------------------------------------------------------------------------
+_active: ProcessGroup | None = None
+_active_lock = threading.Lock()
+
+
+def _host_array(t) -> np.ndarray:
+    """A float32 kernel argument's memory as a numpy array (no copy). DLPack from such an argument (a view the
+    kernel passes) crashes the process, so the array is made from its address."""
+    if str(t.dtype) != "float32":
+        raise InputError(f"{ALL_REDUCE_MEAN} averages float32 tensors, got {t.dtype}")
+    shape = tuple(int(d) for d in t.shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(t.data_ptr()))[:n].reshape(shape)
+
+
+def _all_reduce_mean(src, dst) -> None:
+    out = _host_array(dst)
+    out[...] = _host_array(src)
+    if _active is not None:
+        _active.average(out.reshape(-1))
+
+
+def register_collectives() -> None:
+    """Register the runtime functions collective kernels call (runtime/tvm_loader.py, when the runtime loads)."""
+    import tvm_ffi
+
+    tvm_ffi.register_global_func(ALL_REDUCE_MEAN, _all_reduce_mean, override=True)

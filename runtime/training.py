@@ -114,7 +114,11 @@ class TrainingSession:
                 loss, logits = self._train.run(full)
             else:
                 scalars = {n: full.pop(n) for n in self.spec["scalars"].values()}
-                outs = dict(zip(self._train.output_names, self._train.run(full)))
+                if self.group is not None:
+                    with self.group.collectives():  # synchronized batch norm averages inside the plan
+                        outs = dict(zip(self._train.output_names, self._train.run(full)))
+                else:
+                    outs = dict(zip(self._train.output_names, self._train.run(full)))
                 loss, logits, grads = outs["loss"], outs["logits"], outs["grads"]
                 if self.group is not None:
                     self.group.average(grads)  # every process applies the same, averaged gradients

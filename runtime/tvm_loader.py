@@ -69,6 +69,9 @@ def init_runtime(num_threads: int | None = None) -> None:
             ctypes.CDLL(extra, ctypes.RTLD_GLOBAL)
         except OSError:
             pass  # only models that use those ops need it; their kernels will say so
+    from .distributed import register_collectives
+
+    register_collectives()  # what collective kernels (synchronized batch norm) call
     _loaded = True
 
 

@@ -1,5 +1,6 @@
-"""One process of tests/test_distributed.py's data-parallel run (launched with torchrun's environment variables):
-trains the test's MLP on its half of each batch, writes its losses and final parameters."""
+"""One process of tests/test_distributed.py's data-parallel runs (launched with torchrun's environment variables):
+trains the test's MLP (`mlp`), or its small CNN with batch norm local and synchronized (`bn`), on its half of each
+batch, writes its losses and final state."""
 
 import sys
 
@@ -44,12 +45,43 @@ def train(optimizer: str, rank: int = 0, world: int = 1, distributed=False, chec
     return np.asarray(losses), s.parameters()
 
 
+# -- batch norm: the small CNN of `tensorforge train` ----------------------------------------------------------------
+BN_BATCH, BN_STEPS = 8, 8
+
+
+def bn_data(step: int):
+    from tensorforge.compiler.train_example import quadrant_blobs
+
+    return quadrant_blobs(BN_BATCH, seed=200 + step)
+
+
+def train_bn(rank: int = 0, world: int = 1, distributed=False, sync=False):
+    """The losses, then the parameters and running statistics after BN_STEPS steps."""
+    from tensorforge.compiler.train_example import small_cnn
+
+    part = BN_BATCH // world
+    s = compile_training(small_cnn(), "cross_entropy", {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+                         shapes={"x": (part, 1, 16, 16)}, distributed=distributed, sync_batch_norm=sync)
+    losses = []
+    for step in range(BN_STEPS):
+        x, y = bn_data(step)
+        losses.append(s.step({"x": x[rank * part:(rank + 1) * part]}, y[rank * part:(rank + 1) * part]))
+    return np.asarray(losses), s.parameters()
+
+
 if __name__ == "__main__":
     import os
 
-    out = sys.argv[1]
+    out, what = sys.argv[1], sys.argv[2]
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     results = {}
+    if what == "bn":
+        for sync in (False, True):
+            losses, state = train_bn(rank, world, distributed=True, sync=sync)
+            results[f"{sync}:losses"] = losses
+            results.update({f"{sync}:{k}": v for k, v in state.items()})
+        np.savez(f"{out}.rank{rank}.npz", **results)
+        sys.exit(0)
     for opt in OPTIMIZERS:
         losses, params = train(opt, rank, world, distributed=True, checkpoint=f"{out}.{opt}.ckpt")
         results[f"{opt}:losses"] = losses

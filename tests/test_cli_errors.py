@@ -39,6 +39,8 @@ def one_line_error(argv, capsys) -> str:
     (["train", "--batch", "many"], "argument --batch: expected a positive integer, got 'many'"),
     (["train", "--lr", "0"], "argument --lr: must be a positive number, got 0"),
     (["train", "--test-size", "16"], "--test-size 16 is smaller than --batch 32: it must hold at least one batch"),
+    (["train", "--sync-batch-norm"], "--sync-batch-norm averages batch norm's statistics between the processes: it "
+                                     "needs --distributed"),
     (["run", "m.tfa", "--threads", "0"], "argument --threads: must be a positive integer, got 0"),
     (["run", "m.tfa", "--benchmark", "-5"], "argument --benchmark: must be a positive integer, got -5"),
     (["demo", "--repeat", "0"], "argument --repeat: must be a positive integer, got 0"),

@@ -11,7 +11,7 @@ import pytest
 
 from tests import distributed_worker as worker
 from tensorforge import compile_training
-from tensorforge.runtime.errors import InputError
+from tensorforge.runtime.errors import CompileError, InputError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -22,17 +22,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_with_gloo_match_one_process_on_the_whole_batch(tmp_path):
-    out = str(tmp_path / "run")
+def _launch(out: str, what: str) -> list:
+    """tests/distributed_worker.py `what` in two processes, as torchrun starts them; each rank's results."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
            "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "distributed_worker.py"), out],
+    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "distributed_worker.py"), out, what],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(2)]
     for p in procs:
         text, _ = p.communicate(timeout=600)
         assert p.returncode == 0, text[-3000:]
-    ranks = [np.load(f"{out}.rank{r}.npz") for r in range(2)]
+    return [np.load(f"{out}.rank{r}.npz") for r in range(2)]
+
+
+def test_two_processes_with_gloo_match_one_process_on_the_whole_batch(tmp_path):
+    out = str(tmp_path / "run")
+    ranks = _launch(out, "mlp")
     for opt in worker.OPTIMIZERS:
         want_losses, want_params = worker.train(opt)  # one process, the whole batch
         for got in ranks:
@@ -44,6 +49,31 @@ def test_two_processes_with_gloo_match_one_process_on_the_whole_batch(tmp_path):
         assert os.path.exists(f"{out}.{opt}.ckpt")
     for name in ("w1", "b2"):  # both processes hold the same parameters
         np.testing.assert_array_equal(ranks[0][f"adam:{name}"], ranks[1][f"adam:{name}"])
+
+
+def test_synchronized_batch_norm_matches_one_process_on_the_whole_batch(tmp_path):
+    """sync_batch_norm: the statistics averaged between the two processes inside the step (forward and backward)
+    are the whole batch's, so the run equals one process on the whole batch, running statistics included; with
+    each process's own statistics (DDP's way) it does not."""
+    ranks = _launch(str(tmp_path / "run"), "bn")
+    want_losses, want_state = worker.train_bn()  # one process, the whole batch
+    assert want_losses[-1] < want_losses[0]
+    for got in ranks:
+        np.testing.assert_allclose(got["True:losses"], want_losses, rtol=1e-5)
+        for name, value in want_state.items():
+            np.testing.assert_allclose(got[f"True:{name}"], value, rtol=1e-4, atol=1e-5, err_msg=name)
+        # local statistics: another computation (the check above could fail)
+        assert np.abs(got["False:losses"] - want_losses).max() > 1e-3
+    running = [k for k in want_state if "running" in k]
+    assert running
+    for name in running:  # synchronized, both processes hold the same running statistics; local, they do not
+        np.testing.assert_array_equal(ranks[0][f"True:{name}"], ranks[1][f"True:{name}"])
+    assert any(not np.array_equal(ranks[0][f"False:{n}"], ranks[1][f"False:{n}"]) for n in running)
+
+
+def test_sync_batch_norm_needs_a_data_parallel_run():
+    with pytest.raises(CompileError, match="sync_batch_norm .* needs distributed=True"):
+        compile_training(worker.mlp_onnx(4), "cross_entropy", {"name": "sgd", "lr": 0.1}, sync_batch_norm=True)
 
 
 def test_without_a_process_group_the_error_says_how_to_launch(monkeypatch):

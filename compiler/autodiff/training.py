@@ -10,7 +10,9 @@ the update kernels write in place and nothing is copied per step (compiler/backe
 graph inputs, not params, so that no pass treats them as constants.
 
 Train mode: batch_norm uses the batch's statistics (biased variance to normalize, unbiased for the running
-variance, as PyTorch does) and updates the running statistics with `bn_momentum`; dropout multiplies by a mask
+variance, as PyTorch does) and updates the running statistics with `bn_momentum`; synchronized (`sync_world`, the
+number of data-parallel processes), the statistics are averaged over the processes by a collective
+(ops/collective.py) as PyTorch's SyncBatchNorm does, so they are the whole batch's; dropout multiplies by a mask
 drawn from a uniform input the runtime samples each step. The eval graph is the forward in inference mode over
 the same state, as inputs.
 """
@@ -100,9 +102,10 @@ def _bn_stats(fwd: Graph) -> set[Value]:
 
 
 def build_training_program(fwd: Graph, trainable: set[str], loss: LossSpec, opt: OptimizerSpec | None,
-                           bn_momentum: float = 0.1) -> TrainingProgram:
+                           bn_momentum: float = 0.1, sync_world: int | None = None) -> TrainingProgram:
     """`fwd`: a verified forward graph whose first output is the prediction (logits); `trainable`: names of
-    the params to train (the others stay constants, batch-norm running statistics become state).
+    the params to train (the others stay constants, batch-norm running statistics become state); `sync_world`:
+    batch norm's statistics averaged over that many data-parallel processes (None: each process's own).
     With `opt` None the graph stops at the gradients: outputs loss, logits, then "<param>:grad" for each
     trainable param, then the running statistics' new values (for tests and tools)."""
     unknown = sorted(trainable - {p.name for p in fwd.params})
@@ -141,7 +144,7 @@ def build_training_program(fwd: Graph, trainable: set[str], loss: LossSpec, opt:
         ins = [env[v] for v in n.inputs]
         e.name = n.name
         if n.op is ops.batch_norm:
-            y, updates = _batch_norm_train(e, n, ins, bn_momentum)
+            y, updates = _batch_norm_train(e, n, ins, bn_momentum, sync_world)
             for v, new in zip(n.inputs[3:5], updates):
                 if v.name in names:
                     new_state[v.name] = new
@@ -206,15 +209,24 @@ def eval_graph(fwd: Graph, state_names: set[str]) -> Graph:
 
 
 # -- train-mode pieces ------------------------------------------------------------------------------------------------
-def _batch_norm_train(e: Emitter, n, ins, momentum: float):
+def _batch_norm_train(e: Emitter, n, ins, momentum: float, sync_world: int | None = None):
+    """Synchronized (`sync_world` processes, equal batches): the mean and then the variance about it averaged over
+    the processes (two collectives forward, two backward: the exact two-pass statistics of the whole batch)."""
     x, scale, bias, rm, rv = ins
     c = x.type.shape[1]
     bshape = (1, c) + (1,) * (x.type.rank - 2)
     axes = (0,) + tuple(range(2, x.type.rank))
     count = x.type.numel // c
-    mean = e.op(ops.reduce_mean, [x], axes=axes, keepdims=True)
+
+    def batch_mean(v):
+        m = e.op(ops.reduce_mean, [v], axes=axes, keepdims=True)
+        return e.op(ops.all_reduce_mean, [m]) if sync_world else m
+
+    if sync_world:
+        count *= sync_world
+    mean = batch_mean(x)
     xc = e.op(ops.sub, [x, mean])
-    var = e.op(ops.reduce_mean, [e.mul(xc, xc)], axes=axes, keepdims=True)
+    var = batch_mean(e.mul(xc, xc))
     rstd = e.op(ops.reciprocal, [e.op(ops.sqrt, [e.op(ops.add, [var, n.attrs["epsilon"]])])])
     y = e.op(ops.add, [e.mul(e.mul(xc, rstd), e.op(ops.reshape, [scale], shape=bshape)),
                        e.op(ops.reshape, [bias], shape=bshape)])
@@ -327,9 +339,10 @@ class DataParallelProgram:
 
 
 def build_data_parallel_program(fwd: Graph, trainable: set[str], loss: LossSpec, opt: OptimizerSpec,
-                                bn_momentum: float = 0.1) -> DataParallelProgram:
-    """The step of `build_training_program` as the two graphs of a DataParallelProgram."""
-    prog = build_training_program(fwd, trainable, loss, None, bn_momentum)
+                                bn_momentum: float = 0.1, sync_world: int | None = None) -> DataParallelProgram:
+    """The step of `build_training_program` as the two graphs of a DataParallelProgram (`sync_world`: batch norm
+    synchronized over that many processes)."""
+    prog = build_training_program(fwd, trainable, loss, None, bn_momentum, sync_world)
     g = prog.graph
     params = [s for s in prog.state if s.kind == "param"]
     n = len(params)

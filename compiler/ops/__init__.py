@@ -16,6 +16,7 @@ an attribute here (`ops.conv2d`, `ops.relu`), imported by name so that editors a
     amx_conv.py     conv2d in bfloat16 on AMX tiles, an implicit GEMM on NCHW[16]c
     amx_matmul.py   batched matmul of two activations on AMX tiles (attention's products)
     cache.py        the key/value cache written in place, attention over its written keys (decoding)
+    collective.py   the mean over the processes of a data-parallel run (synchronized batch norm)
 """
 
 from .registry import (NO_RULE_YET, NOT_DIFFERENTIABLE, OPS, Attr, FusionKind, OpDef, defop, get_op,  # noqa: F401
@@ -30,6 +31,7 @@ from .amx_matmul import matmul_amx  # noqa: F401
 
 from .attention import attention  # noqa: F401
 from .cache import cache_write, cached_attention  # noqa: F401
+from .collective import all_reduce_mean  # noqa: F401
 from .backward import (avg_pool2d_grad, conv2d_backward_data, conv2d_backward_weight, gelu_grad,  # noqa: F401
                        layer_norm_grad, max_pool2d_grad, relu_grad, scatter_slices, strided_slice_grad, take_grad)
 from .elementwise import (abs, acos, acosh, add, asin, asinh, atan, atanh, bitwise_and, bitwise_not,  # noqa: F401

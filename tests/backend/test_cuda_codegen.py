@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc
 # ops written as opaque sequential loops (scans, sort, scatter): no dlight rule binds them to GPU threads yet
 GPU_UNSUPPORTED = {"cumsum", "cumprod", "topk", "scatter_elements"}
 # the LSTM recurrence's kernels are CPU kernels: the CUDA pipeline unrolls the op first (test below)
-# cached_attention: decoding on the CPU (compiler/decoding.py refuses the cuda target)
-CPU_ONLY = {"lstm_sequence", "lstm_sequence_grad", "cached_attention"}
+# cached_attention: decoding on the CPU (compiler/decoding.py refuses the cuda target); all_reduce_mean: gloo's
+# collectives, data-parallel training on the CPU (compiler/api.py refuses the cuda target)
+CPU_ONLY = {"lstm_sequence", "lstm_sequence_grad", "cached_attention", "all_reduce_mean"}
 
 
 def specs_of(g):

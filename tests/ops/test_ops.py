@@ -160,6 +160,7 @@ CASES = [
     # nan_guard: a row whose every key is masked with -inf gives zeros (transformers' where(isnan(p), 0, p))
     ("cached_attention", [rand(1, 2, 2, 4), rand(1, 2, 6, 4), rand(1, 2, 6, 4), np.array([3], np.int64),
                           np.array([[[[-np.inf] * 6, [0.0] * 6]]], np.float32)], {"scale": 0.5, "nan_guard": True}, ()),
+    ("all_reduce_mean", [rand(3, 4)], {}, ()),  # one process: x itself (two: tests/test_distributed.py)
     ("attention", [rand(1, 2, 3, 8), rand(1, 2, 5, 8), rand(1, 2, 5, 8),
                    np.array([[[[-np.inf] * 5, [0.0] * 5, [0.0, -np.inf, 0.0, 0.0, 0.0]]]], np.float32)],
      {"scale": 0.5, "nan_guard": True}, ()),
