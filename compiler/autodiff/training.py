@@ -211,7 +211,9 @@ def eval_graph(fwd: Graph, state_names: set[str]) -> Graph:
 # -- train-mode pieces ------------------------------------------------------------------------------------------------
 def _batch_norm_train(e: Emitter, n, ins, momentum: float, sync_world: int | None = None):
     """Synchronized (`sync_world` processes, equal batches): the mean and then the variance about it averaged over
-    the processes (two collectives forward, two backward: the exact two-pass statistics of the whole batch)."""
+    the processes (two collectives forward, two backward: the exact two-pass statistics of the whole batch).
+    PyTorch's SyncBatchNorm takes one each way, gathering every process's mean and variance; averaging E[x] and
+    E[x^2] in one all_reduce instead would cancel catastrophically where |mean| >> std (E[x^2] - E[x]^2 in float32)."""
     x, scale, bias, rm, rv = ins
     c = x.type.shape[1]
     bshape = (1, c) + (1,) * (x.type.rank - 2)
