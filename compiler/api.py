@@ -226,6 +226,8 @@ def _data_parallel(model, loss, optimizer, options: CompileOptions, group, *, lr
     update = compile_graph(t.update, options, state=dp.update_bindings,
                            initial_state={s.name: s.initial for s in dp.update_state}, shared=shared)
     evaluator = compile_graph(optimize(dp.grads.eval_graph, options, training=True), options)
+    if sync_batch_norm:
+        _check_same_shapes(group, {n: grads.input_specs[n][0] for n in dp.grads.inputs})
     schedule = lr_schedule if lr_schedule is not None else t.schedule
     spec = {"inputs": dp.grads.inputs, "labels": dp.grads.labels, "scalars": dp.scalars,
             "dropout": [[n, list(s)] for n, s in dp.grads.dropout], "seed": seed,
@@ -235,6 +237,19 @@ def _data_parallel(model, loss, optimizer, options: CompileOptions, group, *, lr
             "state_kinds": {s.name: s.kind for s in dp.grads.state + dp.update_state},
             "trainable": sorted(t.trainable), "onnx": t.onnx_source}
     return TrainingSession(grads, evaluator, spec, update=update, group=group)
+
+
+def _check_same_shapes(group, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Synchronized batch norm averages each process's statistics as equals: every process must step on inputs of
+    the same shapes. Checked in one collective (the mean of each dimension and of its square are the same on every
+    process, so every process raises, or none)."""
+    import numpy as np
+
+    dims = np.array([d for n in sorted(shapes) for d in shapes[n]], np.float64)
+    mean = group.average(np.concatenate([dims, dims * dims]))
+    if not np.array_equal(mean[:dims.size] ** 2, mean[dims.size:]):
+        raise CompileError(f"sync_batch_norm needs every process to step on inputs of the same shapes; this process "
+                           f"(rank {group.rank}) has {dict(shapes)}, others differ")
 
 
 def compile_gradients(model, loss="cross_entropy", target: str = "cpu", *,

@@ -55,7 +55,8 @@ class ProcessGroup:
         self.world_size = dist.get_world_size(group)
 
     def average(self, a: np.ndarray) -> np.ndarray:
-        """`a` (C-contiguous, writable float32) replaced in place by its mean over the processes; returned."""
+        """`a` (C-contiguous, writable float32 or float64) replaced in place by its mean over the processes;
+        returned."""
         if self.world_size > 1:
             t = self._torch.from_numpy(a)
             self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self.group)

@@ -55,11 +55,11 @@ def bn_data(step: int):
     return quadrant_blobs(BN_BATCH, seed=200 + step)
 
 
-def train_bn(rank: int = 0, world: int = 1, distributed=False, sync=False):
+def train_bn(rank: int = 0, world: int = 1, distributed=False, sync=False, part=None):
     """The losses, then the parameters and running statistics after BN_STEPS steps."""
     from tensorforge.compiler.train_example import small_cnn
 
-    part = BN_BATCH // world
+    part = part or BN_BATCH // world
     s = compile_training(small_cnn(), "cross_entropy", {"name": "sgd", "lr": 0.05, "momentum": 0.9},
                          shapes={"x": (part, 1, 16, 16)}, distributed=distributed, sync_batch_norm=sync)
     losses = []
@@ -75,6 +75,15 @@ if __name__ == "__main__":
     out, what = sys.argv[1], sys.argv[2]
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     results = {}
+    if what == "uneven":  # synchronized batch norm over batches of different sizes: refused on every process
+        from tensorforge.runtime.errors import CompileError
+
+        try:
+            train_bn(rank, world, distributed=True, sync=True, part=2 + 2 * rank)
+        except CompileError as e:
+            results["error"] = np.array(str(e))
+        np.savez(f"{out}.rank{rank}.npz", **results)
+        sys.exit(0)
     if what == "bn":
         for sync in (False, True):
             losses, state = train_bn(rank, world, distributed=True, sync=sync)

@@ -71,6 +71,12 @@ def test_synchronized_batch_norm_matches_one_process_on_the_whole_batch(tmp_path
     assert any(not np.array_equal(ranks[0][f"False:{n}"], ranks[1][f"False:{n}"]) for n in running)
 
 
+def test_sync_batch_norm_over_batches_of_different_sizes_is_refused_by_every_process(tmp_path):
+    for r, got in enumerate(_launch(str(tmp_path / "run"), "uneven")):
+        assert "error" in got.files, f"rank {r} compiled"
+        assert "same shapes" in str(got["error"]) and f"rank {r}" in str(got["error"])
+
+
 def test_sync_batch_norm_needs_a_data_parallel_run():
     with pytest.raises(CompileError, match="sync_batch_norm .* needs distributed=True"):
         compile_training(worker.mlp_onnx(4), "cross_entropy", {"name": "sgd", "lr": 0.1}, sync_batch_norm=True)
