@@ -67,6 +67,7 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
         return BuildResult(b.library_path, b.kernel_names, b.timings, b.tuned, b.device,
                            {b.device["fatbin"]: b.fatbin_path})
 
+    from .cpu.prefetch import insert_prefetches
     from .cpu.rules import schedule_cpu
     from .index_checks import insert_index_asserts, scalar_index_checks
 
@@ -80,12 +81,12 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
         func = build_prim_func(spec, target)
         found = next((f for f in (db.lookup(spec, func) for db in tuning) if f is not None), None)
         if found is not None:
-            funcs[name] = found.with_attr("global_symbol", name)
+            funcs[name] = insert_prefetches(found).with_attr("global_symbol", name)
             tuned.add(name)
             continue
         try:
             # run-time indices raise when out of range (index_checks.py)
-            func = scalar_index_checks(schedule_cpu(insert_index_asserts(func), target))
+            func = insert_prefetches(scalar_index_checks(schedule_cpu(insert_index_asserts(func), target)))
         except Exception as e:  # the scheduler promises not to raise; if it does, say where
             raise CompileError(f"scheduling kernel {name} (on {', '.join(map(str, spec.in_types))}) failed: "
                                f"{type(e).__name__}: {e}") from e

@@ -235,11 +235,12 @@ def default_schedule_seconds(func, target, repeat: int = 5) -> float | None:
 
     from tensorforge.runtime.cpu_features import amx_permission
 
+    from .cpu.prefetch import insert_prefetches
     from .cpu.rules import schedule_cpu
 
     amx_permission()  # bf16 kernels on AMX tiles fault without it (runtime/cpu_features.py)
     try:
-        ex = tvm.compile(tvm.IRModule({"main": schedule_cpu(func, target)}), target=target)
+        ex = tvm.compile(tvm.IRModule({"main": insert_prefetches(schedule_cpu(func, target))}), target=target)
         dev = tvm.cpu()
         args = _random_args(func, dev)
         timer = ex.mod.time_evaluator("main", dev, number=3, repeat=repeat, min_repeat_ms=20)
@@ -405,8 +406,11 @@ def _variant_library(schedules: dict, target):
     """(one executable of every variant that builds, their symbols): all at once, else one by one."""
     import tvm
 
+    from .cpu.prefetch import insert_prefetches
+
     def module(syms):
-        return tvm.IRModule({sym: schedules[sym][0].mod["main"].with_attr("global_symbol", sym) for sym in syms})
+        return tvm.IRModule({sym: insert_prefetches(schedules[sym][0].mod["main"]).with_attr("global_symbol", sym)
+                             for sym in syms})
 
     try:
         return tvm.compile(module(schedules), target=target), list(schedules)

@@ -97,3 +97,42 @@ def test_layer_norm_grad_is_one_task_per_block_of_rows():
     got = run(a, b, c)
     for g, want in zip(got, ops.layer_norm_grad.reference(a, b, c, epsilon=1e-5)):
         np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mcpu, whole_k", [("znver4", True), ("skylake-avx512", False)])
+def test_long_weight_gradient_tiles_by_cpu(mcpu, whole_k):
+    """A weight gradient over 256 batch rows: on AMD Zen whole-k register tiles of 8 x 32 (48 does not divide 64
+    columns), elsewhere k blocks of 32 with the column slice copied (backend/cpu/training.py _full_k_tiles)."""
+    target = Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    rows, cols = te.placeholder((16, 256), "float32", name="rows"), te.placeholder((256, 64), "float32", name="c")
+    out = ops.weight_grad_gemm.lower(rows, cols, shape=(16, 64), transpose_rows=False)
+    func = schedule_cpu(te.create_prim_func([rows, cols, out]), target)
+    script = func.script()
+    if whole_k:
+        assert "c_global" not in script and "for ax2 in range(256)" in script and "T.unroll(8)" in script, script
+    else:
+        assert "c_global" in script and "for ax2_0 in range(8)" in script, script
+    fn = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)["main"]
+    a, b = rng.standard_normal((16, 256)).astype(np.float32), rng.standard_normal((256, 64)).astype(np.float32)
+    got = tvm.runtime.tensor(np.zeros((16, 64), np.float32))
+    fn(tvm.runtime.tensor(a), tvm.runtime.tensor(b), got)
+    np.testing.assert_allclose(got.numpy(), a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_short_weight_gradient_prefetches_its_tile():
+    """Over 40 batch rows a task stores its 4 x 64 tile after 40 steps: its 4 x 4 cache lines are prefetched (for
+    writing) when it starts (backend/cpu/prefetch.py), the mark is gone, and the kernel computes the same."""
+    from tensorforge.compiler.backend.cpu.prefetch import PREFETCH_TILE, insert_prefetches
+
+    rows, cols = te.placeholder((8, 40), "float32", name="rows"), te.placeholder((40, 128), "float32", name="c")
+    out = ops.weight_grad_gemm.lower(rows, cols, shape=(8, 128), transpose_rows=False)
+    marked = schedule_cpu(te.create_prim_func([rows, cols, out]), TARGET)
+    assert PREFETCH_TILE in marked.script()
+    func = insert_prefetches(marked)
+    script = func.script()
+    assert script.count("llvm.prefetch") == 16 and PREFETCH_TILE not in script, script
+    fn = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)["main"]
+    a, b = rng.standard_normal((8, 40)).astype(np.float32), rng.standard_normal((40, 128)).astype(np.float32)
+    got = tvm.runtime.tensor(np.full((8, 128), np.nan, np.float32))
+    fn(tvm.runtime.tensor(a), tvm.runtime.tensor(b), got)
+    np.testing.assert_allclose(got.numpy(), a @ b, rtol=1e-4, atol=1e-4)
