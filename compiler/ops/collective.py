@@ -18,10 +18,9 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from tensorforge.compiler.ir.types import TensorType
+from tensorforge.runtime.distributed import ALL_REDUCE_MEAN  # the runtime function the kernel calls
 
 from .registry import FusionKind, defop, fail, never_per_sample
-
-FUNCTION = "tensorforge.all_reduce_mean"  # runtime/distributed.py registers it under this name
 
 
 def _infer(types):
@@ -32,7 +31,7 @@ def _infer(types):
 
 
 def _lower(x):
-    return te.extern([x.shape], [x], lambda ins, outs: tirx.call_packed(FUNCTION, ins[0], outs[0]),
+    return te.extern([x.shape], [x], lambda ins, outs: tirx.call_packed(ALL_REDUCE_MEAN, ins[0], outs[0]),
                      name="all_reduce_mean", tag="all_reduce_mean", dtype=[x.dtype])
 
 

@@ -24,8 +24,11 @@ def schedule_weight_grad(sch: s_tir.Schedule, target: tvm.target.Target,
     """A weight gradient (ops/train_pack.py's weight_grad_gemm): a 2-D matmul, then its weight-shaped view and the
     elementwise epilogue (an optimizer update). The product is small (the weight's size), so it gets a loop nest
     of its own: parallel(j_tile, i_tile) > [i_tile x j_tile] accumulators in registers, k outside the unrolled
-    rows and the vectorized columns, written back to a buffer the epilogue's plain loop nest then reads.
-    (Computing the product under a 4-D epilogue's loops would need the view's index arithmetic undone.)"""
+    rows and the vectorized columns, written back to a buffer the epilogue's plain loop nest then reads (or, for
+    a dense's 2-D weight with nothing after it, to the weight gradient itself). A long reduction runs in k blocks
+    (`_weight_grad_blocked`), on AMD Zen in whole-k tiles (`_full_k_tiles`); a task of one tile prefetches the
+    lines it will store (prefetch.py). (Computing the product under a 4-D epilogue's loops would need the view's
+    index arithmetic undone.)"""
     lanes = vector_lanes(target)
     mm = sch.get_sblock(MATMUL)
     inline_all(sch, keep={MATMUL})
