@@ -90,14 +90,18 @@ _active: ProcessGroup | None = None
 _active_lock = threading.Lock()
 
 
+_CTYPES = {"float32": ctypes.c_float, "float64": ctypes.c_double}
+
+
 def _host_array(t) -> np.ndarray:
-    """A float32 kernel argument's memory as a numpy array (no copy). DLPack from such an argument (a view the
+    """A float kernel argument's memory as a numpy array (no copy). DLPack from such an argument (a view the
     kernel passes) crashes the process, so the array is made from its address."""
-    if str(t.dtype) != "float32":
-        raise InputError(f"{ALL_REDUCE_MEAN} averages float32 tensors, got {t.dtype}")
+    element = _CTYPES.get(str(t.dtype))
+    if element is None:
+        raise InputError(f"{ALL_REDUCE_MEAN} averages float32 or float64 tensors, got {t.dtype}")
     shape = tuple(int(d) for d in t.shape)
     n = int(np.prod(shape, dtype=np.int64))
-    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(t.data_ptr()))[:n].reshape(shape)
+    return np.ctypeslib.as_array((element * max(n, 1)).from_address(t.data_ptr()))[:n].reshape(shape)
 
 
 def _all_reduce_mean(src, dst) -> None:

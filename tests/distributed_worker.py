@@ -50,9 +50,12 @@ BN_BATCH, BN_STEPS = 8, 8
 
 
 def bn_data(step: int):
+    """The quadrant-blob task, offset by 20: the first batch norm sees a mean far from zero next to its spread
+    (where combining the processes' statistics could cancel)."""
     from tensorforge.compiler.train_example import quadrant_blobs
 
-    return quadrant_blobs(BN_BATCH, seed=200 + step)
+    x, y = quadrant_blobs(BN_BATCH, seed=200 + step)
+    return x + np.float32(20.0), y
 
 
 def train_bn(rank: int = 0, world: int = 1, distributed=False, sync=False, part=None):
@@ -60,7 +63,7 @@ def train_bn(rank: int = 0, world: int = 1, distributed=False, sync=False, part=
     from tensorforge.compiler.train_example import small_cnn
 
     part = part or BN_BATCH // world
-    s = compile_training(small_cnn(), "cross_entropy", {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    s = compile_training(small_cnn(), "cross_entropy", {"name": "sgd", "lr": 0.005, "momentum": 0.9},
                          shapes={"x": (part, 1, 16, 16)}, distributed=distributed, sync_batch_norm=sync)
     losses = []
     for step in range(BN_STEPS):

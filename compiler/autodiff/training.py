@@ -11,7 +11,7 @@ graph inputs, not params, so that no pass treats them as constants.
 
 Train mode: batch_norm uses the batch's statistics (biased variance to normalize, unbiased for the running
 variance, as PyTorch does) and updates the running statistics with `bn_momentum`; synchronized (`sync_world`, the
-number of data-parallel processes), the statistics are averaged over the processes by a collective
+number of data-parallel processes), the statistics are combined over the processes by a collective
 (ops/collective.py) as PyTorch's SyncBatchNorm does, so they are the whole batch's; dropout multiplies by a mask
 drawn from a uniform input the runtime samples each step. The eval graph is the forward in inference mode over
 the same state, as inputs.
@@ -210,25 +210,28 @@ def eval_graph(fwd: Graph, state_names: set[str]) -> Graph:
 
 # -- train-mode pieces ------------------------------------------------------------------------------------------------
 def _batch_norm_train(e: Emitter, n, ins, momentum: float, sync_world: int | None = None):
-    """Synchronized (`sync_world` processes, equal batches): the mean and then the variance about it averaged over
-    the processes (two collectives forward, two backward: the exact two-pass statistics of the whole batch).
-    PyTorch's SyncBatchNorm takes one each way, gathering every process's mean and variance; averaging E[x] and
-    E[x^2] in one all_reduce instead would cancel catastrophically where |mean| >> std (E[x^2] - E[x]^2 in float32)."""
+    """Synchronized (`sync_world` processes, equal batches): one collective forward and one backward per batch
+    norm, as PyTorch's SyncBatchNorm. Each process's mean m and variance v (two passes over its x) are combined
+    exactly: mean = E[m], var = E[v] + E[m^2] - E[m]^2, averaged and combined in float64, where the cancellation in
+    E[m^2] - E[m]^2 (the variance of the processes' means, small next to mean^2) loses nothing that float32 kept;
+    the error of m's own rounding enters multiplied by m - mean."""
     x, scale, bias, rm, rv = ins
     c = x.type.shape[1]
     bshape = (1, c) + (1,) * (x.type.rank - 2)
     axes = (0,) + tuple(range(2, x.type.rank))
     count = x.type.numel // c
-
-    def batch_mean(v):
-        m = e.op(ops.reduce_mean, [v], axes=axes, keepdims=True)
-        return e.op(ops.all_reduce_mean, [m]) if sync_world else m
-
+    mean = e.op(ops.reduce_mean, [x], axes=axes, keepdims=True)
+    xc = e.op(ops.sub, [x, mean])
+    var = e.op(ops.reduce_mean, [e.mul(xc, xc)], axes=axes, keepdims=True)
     if sync_world:
         count *= sync_world
-    mean = batch_mean(x)
-    xc = e.op(ops.sub, [x, mean])
-    var = batch_mean(e.mul(xc, xc))
+        m, v = (e.op(ops.cast, [t], to="float64") for t in (mean, var))
+        moments = e.op(ops.all_reduce_mean, [e.op(ops.concat, [m, v, e.mul(m, m)], axis=0)])
+        m, v, q = (e.op(ops.strided_slice, [moments], begins=(i,) + (0,) * (len(bshape) - 1),
+                        ends=(i + 1,) + bshape[1:], strides=(1,) * len(bshape)) for i in range(3))
+        mean = e.op(ops.cast, [m], to=x.type.dtype)
+        var = e.op(ops.cast, [e.op(ops.sub, [e.op(ops.add, [v, q]), e.mul(m, m)])], to=x.type.dtype)
+        xc = e.op(ops.sub, [x, mean])
     rstd = e.op(ops.reciprocal, [e.op(ops.sqrt, [e.op(ops.add, [var, n.attrs["epsilon"]])])])
     y = e.op(ops.add, [e.mul(e.mul(xc, rstd), e.op(ops.reshape, [scale], shape=bshape)),
                        e.op(ops.reshape, [bias], shape=bshape)])

@@ -25,8 +25,8 @@ from .registry import FusionKind, defop, fail, never_per_sample
 
 def _infer(types):
     (x,) = types
-    if x.dtype != "float32":
-        fail(f"the collective averages float32 tensors, got {x}")
+    if x.dtype not in ("float32", "float64"):
+        fail(f"the collective averages float32 or float64 tensors, got {x}")
     return TensorType(x.shape, x.dtype)
 
 
