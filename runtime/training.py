@@ -11,6 +11,7 @@ Like the rest of the runtime this module needs numpy and TVM's runtime only (ONN
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -114,10 +115,8 @@ class TrainingSession:
                 loss, logits = self._train.run(full)
             else:
                 scalars = {n: full.pop(n) for n in self.spec["scalars"].values()}
-                if self.group is not None:
-                    with self.group.collectives():  # synchronized batch norm averages inside the plan
-                        outs = dict(zip(self._train.output_names, self._train.run(full)))
-                else:
+                # synchronized batch norm averages inside the plan, over the group
+                with self.group.collectives() if self.group is not None else contextlib.nullcontext():
                     outs = dict(zip(self._train.output_names, self._train.run(full)))
                 loss, logits, grads = outs["loss"], outs["logits"], outs["grads"]
                 if self.group is not None:

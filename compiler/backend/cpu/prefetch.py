@@ -13,6 +13,7 @@ training.py's `_tasks` makes it); `insert_prefetches`, run on the scheduled func
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir, tirx
 
 PREFETCH_TILE = "tensorforge.prefetch_tile"  # annotation of a task loop: [rows, cols, row tasks]
@@ -59,7 +60,7 @@ def _prefetched(loop: tirx.For) -> tirx.For:
     if buf is None or len(buf.shape) != 2:
         return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, loop.body, loop.thread_binding, annotations)
     t = loop.loop_var
-    step = max(1, LINE_BYTES // _bytes(buf.dtype))  # elements per cache line
+    step = max(1, LINE_BYTES * 8 // tvm.DataType(str(buf.dtype)).bits)  # elements per cache line
     prefetches = []
     for r in range(rows):
         for c in range(0, cols, step):
@@ -91,8 +92,3 @@ def _stored_buffer(s):
         return _stored_buffer(s.block.body)
     return None
 
-
-def _bytes(dtype) -> int:
-    """Bytes of one element of a scalar dtype ("float32" -> 4, "bfloat16" -> 2, "int8" -> 1)."""
-    bits = "".join(ch for ch in str(dtype) if ch.isdigit())
-    return max(1, (int(bits or 32) + 7) // 8)
