@@ -61,8 +61,16 @@ class ConstantMemo:
 
 
 def content_digest(a: np.ndarray) -> str:
-    """sha1 of the array's bytes in C order (its dtype and shape are not included)."""
-    return hashlib.sha1(np.ascontiguousarray(a).view(np.uint8).reshape(-1) if a.size else b"").hexdigest()
+    """sha1 of the array's bytes in C order (its dtype and shape are not included). An array laid out in Fortran
+    order (the transposed view of a MatMul weight) is hashed as it lies, behind a mark: equal digests still mean
+    equal contents, and no transposed copy is made to hash it."""
+    if not a.size:
+        return hashlib.sha1(b"").hexdigest()
+    if not a.flags.c_contiguous and a.flags.f_contiguous:
+        h = hashlib.sha1(b"fortran-order:")
+        h.update(a.T.view(np.uint8).reshape(-1))
+        return h.hexdigest()
+    return hashlib.sha1(np.ascontiguousarray(a).view(np.uint8).reshape(-1)).hexdigest()
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -70,6 +78,6 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     if a.flags.writeable and a.flags.owndata:
         a.flags.writeable = False
     elif a.flags.writeable:  # a view: freezing it would leave its base writable under it; take a copy of our own
-        a = a.copy()
+        a = a.copy(order="K")  # in its own memory order (a transposed view: a plain copy, not a transpose)
         a.flags.writeable = False
     return a

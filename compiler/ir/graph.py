@@ -108,9 +108,13 @@ class Graph:
         return v
 
     def add_param(self, name: str, data: np.ndarray | None, type: TensorType | None = None) -> Value:
-        """A constant. `data` may be None only for graphs parsed from text without their parameter data."""
+        """A constant. `data` may be None only for graphs parsed from text without their parameter data. It is kept
+        contiguous: in C order, or in Fortran order where it lies so (a MatMul weight's transposed view, which
+        packing reads without a transposed copy: 0.6 s of BERT-base's import); the plan stores C order."""
         if data is not None:
-            data = np.asarray(data, order="C")
+            data = np.asarray(data)
+            if not (data.flags.c_contiguous or data.flags.f_contiguous):
+                data = np.ascontiguousarray(data)
         ty = type if type is not None else TensorType.of(data)
         v = Value(self._claim(self.fresh_name(name or "p")), ty, data=data)
         if data is None:

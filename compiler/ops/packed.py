@@ -213,11 +213,19 @@ def dense_weight_layout(n: int, k: int, lanes: int | None = None) -> dict:
 
 
 def pack_dense_weight(w: np.ndarray, layout: dict) -> np.ndarray:
-    """(N, K) float32 -> (N_pad / n_block, K, n_block), zero rows padding N."""
+    """(N, K) float32 -> (N_pad / n_block, K, n_block), zero rows padding N. `w` in either memory order."""
     w = np.asarray(w, dtype=np.float32)
     nb = layout["n_block"]
     n, k = w.shape
     n_pad = _round_up(n, nb)
+    if not w.flags.c_contiguous and w.flags.f_contiguous:
+        # the transpose of a (K, N) array (a MatMul's weight, kept as a view by the importers): its blocks are runs
+        # of n_block columns of that array, copied whole (1.2 ms for 768 x 3072 against 10 ms through a C-order
+        # transpose first)
+        kn = w.T
+        if n_pad != n:
+            kn = np.concatenate([kn, np.zeros((k, n_pad - n), np.float32)], axis=1)
+        return np.ascontiguousarray(kn.reshape(k, n_pad // nb, nb).transpose(1, 0, 2))
     if n_pad != n:
         w = np.concatenate([w, np.zeros((n_pad - n, k), np.float32)])
     return np.ascontiguousarray(w.reshape(n_pad // nb, nb, k).transpose(0, 2, 1))

@@ -69,7 +69,8 @@ def MatMul(b, A, B):
     if isinstance(B, np.ndarray) and tb.rank == 2 and ta.rank >= 2 and not isinstance(A, np.ndarray):
         # x @ W with a constant W is a dense layer: flatten the leading dims, keep W as (N, K)
         a2 = _reshape(b, A, (prod(ta.shape[:-1]), ta.shape[-1])) if ta.rank > 2 else A
-        w = b.computed("transpose", [B], lambda: np.asarray(B.T, order="C"))
+        # W = B.T as a view (Fortran order): packing reads B's columns in blocks (ops/packed.py), no transposed copy
+        w = b.computed("transpose", [B], lambda: B.T)
         y = b.emit(ops.dense, [a2, b.derive(w, B)])
         return _reshape(b, y, ta.shape[:-1] + (tb.shape[1],)) if ta.rank > 2 else y
     return b.emit(ops.matmul, [A, B])
