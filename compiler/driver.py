@@ -207,8 +207,10 @@ def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | 
             from tensorforge.runtime.cuda import CudaModel
 
             return CudaModel(plan, result.library_path, params, owned_dir=out_dir, defer=True)
+        # packed weights made by this compile for this model alone run where they lie, not copied (runtime/model.py)
+        adopt = [i for i, d in enumerate(params) if g.owned.get(id(d)) is d]
         return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads,
-                             max_concurrency=options.max_concurrency, shared=shared)
+                             max_concurrency=options.max_concurrency, shared=shared, adopt=adopt)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise

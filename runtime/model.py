@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -55,6 +55,13 @@ def _as_storage_type(data: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return data
 
 
+def _runs_in_place(data, b) -> bool:
+    """Can the kernels take `data` as buffer `b` where it lies: its type, C order, aligned, writable (DLPack exports
+    no read-only array)."""
+    return (isinstance(data, np.ndarray) and data.shape == tuple(b.shape) and data.dtype == numpy_dtype(b.dtype)
+            and data.flags.c_contiguous and data.flags.writeable and data.ctypes.data % ALIGNMENT == 0)
+
+
 # Kernels with less work than this (multiply-adds or elements, the plan's per-step "work") run on the calling
 # thread alone: handing a loop out to the pool costs a few microseconds, more than such a kernel takes on one core.
 SERIAL_WORK = 100_000
@@ -71,7 +78,7 @@ class CompiledModel:
 
     def __init__(self, plan: dict, kernels_path: str, params: list, *, owned_dir: str | None = None,
                  num_threads: int | None = None, max_concurrency: int | None = None, thread_pool: str = "tensorforge",
-                 shared: SharedBuffers | None = None, map_params: bool = False):
+                 shared: SharedBuffers | None = None, map_params: bool = False, adopt: Collection[int] = ()):
         if thread_pool not in ("tensorforge", "tvm"):
             raise InputError(f"thread_pool must be 'tensorforge' or 'tvm', got {thread_pool!r}")
         self.plan = plan
@@ -91,7 +98,9 @@ class CompiledModel:
         except Exception as e:
             raise ArtifactError(f"the kernel library lacks a kernel the plan calls: {e}") from None
         mem = HostMemory()
-        shared = self._load_params(mem, params, shared, map_params)  # copied into aligned buffers, or mapped
+        # copied into aligned buffers, or mapped, or (`adopt`: indices of `params` made by the compile that made
+        # this model and held by no one else) run on where they lie
+        shared = self._load_params(mem, params, shared, map_params, frozenset(adopt))
         serial = [s.work is not None and s.work < SERIAL_WORK for s in self.program.steps]
         self._executor = Executor(self.program, kernels, mem, shared,
                                   max_concurrency=max_concurrency if max_concurrency is not None
@@ -126,14 +135,14 @@ class CompiledModel:
             request_amx()
 
     def _load_params(self, mem: HostMemory, params: list, among: SharedBuffers | None = None,
-                     map_params: bool = False) -> list:
+                     map_params: bool = False, adopt: frozenset = frozenset()) -> list:
         """The shared buffers: parameters and persistent state (filled once, here, or taken from the models
         `among` holds memory with), and views of them. With `map_params`, a parameter read from an artifact
         (a callable in `params`) whose array lies aligned in the file's mapping is used where it lies."""
         prog = self.program
         shared: list = [None] * len(prog.buffers)
         state_names = {b: name for name, b in prog.state}
-        for entry, data in zip(prog.params, params):
+        for index, (entry, data) in enumerate(zip(prog.params, params)):
             b = prog.buffers[entry.buffer]
             key = None
             if among is not None:
@@ -145,6 +154,11 @@ class CompiledModel:
                 if have is not None and have.shape == tuple(b.shape) and have.dtype == numpy_dtype(b.dtype):
                     shared[entry.buffer] = have  # parameters are never written; state is one for all the models
                     continue
+            if index in adopt and entry.buffer not in state_names and _runs_in_place(data, b):
+                shared[entry.buffer] = data  # made for this model alone by its compile; parameters are never written
+                if key is not None:
+                    pool[key] = data
+                continue
             if map_params and callable(data) and entry.buffer not in state_names:
                 data = data()
                 if (data.shape == tuple(b.shape) and data.dtype == numpy_dtype(b.dtype) and data.flags.c_contiguous

@@ -5,7 +5,7 @@ with the shape, yet each compile read every initializer out of the protobuf, tra
 every parameter (cse) and packed every dense and conv weight again: for BERT-base ~2 s of each ~4 s specialization.
 A memo kept by the dynamic model and carried by each graph it imports (`Graph.memo`) lets each of these be done
 once: the importer takes its initializers from it, converters and passes ask it for a transform of a constant
-(`derived`), cse for a constant's digest (`digest`).
+(`derived`).
 
 What it hands out is read-only (`flags.writeable = False`): entries are found by the identity of the array they
 came from, so none of them may change after it was made. A graph without a memo (every ordinary compile) computes
@@ -14,7 +14,6 @@ everything as before.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Callable, Hashable
 
 import numpy as np
@@ -24,7 +23,6 @@ class ConstantMemo:
     def __init__(self):
         self._made: dict[Hashable, np.ndarray] = {}                          # key -> array
         self._derived: dict[tuple, tuple] = {}                                # (kind, ids of srcs) -> (srcs, result)
-        self._digests: dict[int, tuple[np.ndarray, str]] = {}                 # id(array) -> (array, digest)
         self.checked: dict[Hashable, object] = {}  # anything verified once (the ONNX checker's verdict on a model)
 
     def constant(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
@@ -48,29 +46,6 @@ class ConstantMemo:
         out = [_frozen(o) for o in out] if isinstance(out, (list, tuple)) else _frozen(out)
         self._derived[key] = (tuple(srcs), out)  # the sources kept alive: their ids stay their own
         return out
-
-    def digest(self, a: np.ndarray) -> str:
-        """A content digest of `a` (sha1 of its bytes), computed once per read-only array."""
-        hit = self._digests.get(id(a))
-        if hit is not None and hit[0] is a:
-            return hit[1]
-        d = content_digest(a)
-        if not a.flags.writeable:
-            self._digests[id(a)] = (a, d)
-        return d
-
-
-def content_digest(a: np.ndarray) -> str:
-    """sha1 of the array's bytes in C order (its dtype and shape are not included). An array laid out in Fortran
-    order (the transposed view of a MatMul weight) is hashed as it lies, behind a mark: equal digests still mean
-    equal contents, and no transposed copy is made to hash it."""
-    if not a.size:
-        return hashlib.sha1(b"").hexdigest()
-    if not a.flags.c_contiguous and a.flags.f_contiguous:
-        h = hashlib.sha1(b"fortran-order:")
-        h.update(a.T.view(np.uint8).reshape(-1))
-        return h.hexdigest()
-    return hashlib.sha1(np.ascontiguousarray(a).view(np.uint8).reshape(-1)).hexdigest()
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

@@ -72,6 +72,9 @@ class Graph:
         self.output_names: list[str] = []  # the names users see; passes that replace an output value keep them
         self.fusion_reasons: dict = {}  # node -> why the fuse pass left it alone (for inspect --fusion)
         self.memo = None  # a constants.ConstantMemo shared with other compiles of the same model, or None
+        # param arrays this compile made and nobody else holds (packed weights): id -> array (kept alive, so the id
+        # stays its own). The compiled model may run on them where they lie instead of copying them (backend/plan.py)
+        self.owned: dict[int, np.ndarray] = {}
         self._names: set[str] = set()
         self._counter = 0
 
@@ -107,8 +110,10 @@ class Graph:
         self.inputs.append(v)
         return v
 
-    def add_param(self, name: str, data: np.ndarray | None, type: TensorType | None = None) -> Value:
-        """A constant. `data` may be None only for graphs parsed from text without their parameter data. It is kept
+    def add_param(self, name: str, data: np.ndarray | None, type: TensorType | None = None,
+                  owned: bool = False) -> Value:
+        """A constant. `owned`: `data` was made by this compile and no one else holds it (see `owned`).
+        `data` may be None only for graphs parsed from text without their parameter data. It is kept
         contiguous: in C order, or in Fortran order where it lies so (a MatMul weight's transposed view, which
         packing reads without a transposed copy: 0.6 s of BERT-base's import); the plan stores C order."""
         if data is not None:
@@ -117,6 +122,8 @@ class Graph:
                 data = np.ascontiguousarray(data)
         ty = type if type is not None else TensorType.of(data)
         v = Value(self._claim(self.fresh_name(name or "p")), ty, data=data)
+        if owned and data is not None:
+            self.owned[id(data)] = data
         if data is None:
             v.data = None
         self.params.append(v)
@@ -165,7 +172,8 @@ class Graph:
     def replace_uses(self, old: Value, new: Value) -> None:
         """Make every reader of `old` (nodes and graph outputs) read `new` instead."""
         for n in self.nodes:
-            n.inputs = [new if v is old else v for v in n.inputs]
+            if old in n.inputs:  # values compare by identity: a scan in C, a new list only where old is read
+                n.inputs = [new if v is old else v for v in n.inputs]
         self._outputs = [new if v is old else v for v in self._outputs]
 
     def take_over(self, n: "Node", *new: Value) -> None:
@@ -207,6 +215,7 @@ class Graph:
         g.outputs = [new[v] for v in self.outputs]
         g.output_names = list(self.output_names)
         g.memo = self.memo
+        g.owned = dict(self.owned)  # shared with the copy: neither hands them to a model that writes them
         return g
 
     def __str__(self) -> str:

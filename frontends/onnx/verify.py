@@ -157,7 +157,7 @@ def _copy_fields(dst, src, skip: str) -> None:
 
 
 def _initializer_bytes(t: onnx.TensorProto) -> int:
-    return len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
+    return t.ByteSize()  # its serialized size, data included; reading raw_data would copy the bytes to count them
 
 
 def _checked_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

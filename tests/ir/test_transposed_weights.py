@@ -7,7 +7,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tensorforge.compiler import compile_model
 from tensorforge.compiler.driver import import_model
-from tensorforge.compiler.ir.constants import content_digest
 from tensorforge.compiler.ops import packed as K
 
 
@@ -23,13 +22,29 @@ def test_packing_a_transposed_view_equals_packing_its_copy(n, k, block):
     np.testing.assert_array_equal(got, want)
 
 
-def test_digest_tells_a_transposed_view_from_the_array_with_its_bytes():
-    a = np.arange(16, dtype=np.float32).reshape(4, 4)
-    # a.T lies in memory exactly as a does: the same bytes, other contents
-    assert content_digest(a.T) != content_digest(a)
-    assert content_digest(a.T) == content_digest(a.T.copy(order="F"))
-    assert content_digest(np.ascontiguousarray(a.T)) == content_digest(np.ascontiguousarray(a.T))
-    assert content_digest(a[:, ::2]) == content_digest(np.ascontiguousarray(a[:, ::2]))  # strided: copied
+def test_cse_merges_equal_params_only():
+    from tensorforge.compiler.ir import Graph, TensorType
+    from tensorforge.compiler.passes.cse import cse
+    from tensorforge.compiler import ops
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((64, 64)).astype(np.float32)
+    near = a.copy()
+    near[17, 5] += 1.0  # off the sample cse groups params by: only the whole comparison tells it apart
+    nan = np.full((4,), np.nan, np.float32)
+    g = Graph("g")
+    x = g.add_input("x", TensorType((64, 64), "float32"))
+    params = [g.add_param("a", a), g.add_param("a_copy", a.copy()), g.add_param("near", near),
+              g.add_param("a_t", a.T), g.add_param("a_t_copy", np.asfortranarray(a.T)),
+              g.add_param("z", np.zeros(4, np.float32)), g.add_param("mz", -np.zeros(4, np.float32)),
+              g.add_param("nan", nan), g.add_param("nan2", nan.copy())]
+    outs = [g.add_node(ops.add, [x, p])[0] if p.type.shape == (64, 64) else g.add_node(ops.neg, [p])[0]
+            for p in params]
+    g.outputs = outs
+    cse(g)
+    read = [o.producer.inputs[-1].name for o in g.outputs]
+    # a == a_copy; a.T (Fortran order) == its Fortran copy; near, 0.0 against -0.0 and the NaNs as their bytes say
+    assert read == ["a", "a", "near", "a_t", "a_t", "z", "mz", "nan", "nan"], read
 
 
 def _two_matmuls(k=12, n=16):
@@ -57,3 +72,35 @@ def test_import_keeps_the_transposed_view_and_the_model_computes_x_at_w():
     for opt_level in (0, 2):  # unpacked (the plan stores it in C order) and packed
         (got,) = compile_model(model, shapes={"x": (3, 12)}, opt_level=opt_level).run({"x": x})
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_weights_made_by_the_compile_run_in_place_and_the_callers_arrays_are_copied():
+    """The compile's own packed weights (Graph.owned) become the model's buffers where they lie; an array the caller
+    gave stays the caller's: changing it afterwards changes nothing in the model."""
+    from tensorforge.compiler import ops
+    from tensorforge.compiler.driver import compile_graph, optimize
+    from tensorforge.compiler.ir import Graph, TensorType
+    from tensorforge.compiler.options import CompileOptions
+    from tensorforge.runtime.plan import ALIGNMENT, aligned_empty
+
+    rng = np.random.default_rng(4)
+    w, bias = aligned_empty((64, 32), "float32"), aligned_empty((3, 64), "float32")  # aligned: adoptable, if owned
+    w[...] = rng.standard_normal((64, 32))
+    bias[...] = rng.standard_normal((3, 64))
+    g = Graph("g")
+    x = g.add_input("x", TensorType((3, 32), "float32"))
+    (h,) = g.add_node(ops.dense, [x, g.add_param("w", w)])
+    (y,) = g.add_node(ops.add, [h, g.add_param("bias", bias)])
+    g.outputs = [y]
+    options = CompileOptions()
+    g = optimize(import_model(g), options)
+    packed = list(g.owned.values())
+    assert packed and all(a.ctypes.data % ALIGNMENT == 0 and a.flags.writeable for a in packed)
+    m = compile_graph(g, options)
+    assert all(any(b is a for b in m._shared if b is not None) for a in packed)
+    xa = rng.standard_normal((3, 32)).astype(np.float32)
+    want = xa @ w.T + bias
+    w[...] = 0
+    bias[...] = 7
+    (got,) = m.run({"x": xa})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
