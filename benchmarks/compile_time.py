@@ -26,14 +26,14 @@ from benchmarks.machine import describe_machine, write_lines  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "compile_time.md")
 CASES = [("bert_base", {0: "batch", 1: "seq"}, (1, 128)), ("resnet50", None, (1, 3, 224, 224)),
-         ("gpt2", {0: "batch", 1: "seq"}, (1, 64))]
+         ("gpt2_small", {0: "batch", 1: "seq"}, (1, 64))]
 PHASES = ("import_s", "optimize_s", "schedule_s", "build_s")
 
 CHILD = """
 import json, sys, time
 import onnx
 import tensorforge.compiler
-from tensorforge import compile_model
+from tensorforge.compiler.api import compile_model
 assert tensorforge.compiler.__file__.startswith(sys.path[1]), (tensorforge.compiler.__file__, sys.path[:3])
 model = onnx.load({path!r})
 t0 = time.perf_counter()
