@@ -73,7 +73,7 @@ class Graph:
         self.fusion_reasons: dict = {}  # node -> why the fuse pass left it alone (for inspect --fusion)
         self.memo = None  # a constants.ConstantMemo shared with other compiles of the same model, or None
         # param arrays this compile made and nobody else holds (packed weights): id -> array (kept alive, so the id
-        # stays its own). The compiled model may run on them where they lie instead of copying them (backend/plan.py)
+        # stays its own). The compiled model runs on them where they lie instead of copying them (compiler/driver.py)
         self.owned: dict[int, np.ndarray] = {}
         self._names: set[str] = set()
         self._counter = 0
