@@ -31,6 +31,8 @@ _ML_DTYPES = STORAGE_DTYPES | {"bfloat16"}  # the names numpy knows once ml_dtyp
 
 def normalize_dtype(dtype) -> str:
     """Return our canonical dtype name for a numpy dtype, a dtype name or a short IR spelling."""
+    if isinstance(dtype, str) and dtype in DTYPE_SHORT:
+        return dtype  # canonical already (most calls: every TensorType built from another's dtype)
     if isinstance(dtype, str) and dtype in SHORT_DTYPE:
         return SHORT_DTYPE[dtype]
     if isinstance(dtype, str) and dtype in _ML_DTYPES:

@@ -157,7 +157,17 @@ def _copy_fields(dst, src, skip: str) -> None:
 
 
 def _initializer_bytes(t: onnx.TensorProto) -> int:
-    return t.ByteSize()  # its serialized size, data included; reading raw_data would copy the bytes to count them
+    """The initializer's data size from its dims and type alone: reading `raw_data` (or `ByteSize()`) copies or
+    serializes the bytes to count them (0.13-0.8 s for BERT-base's or GPT-2's weights)."""
+    if t.data_type in (0, onnx.TensorProto.STRING):
+        return t.ByteSize()
+    count = 1
+    for d in t.dims:
+        count *= d
+    try:
+        return count * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:  # a type numpy has no dtype for: measured the slow way
+        return t.ByteSize()
 
 
 def _checked_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

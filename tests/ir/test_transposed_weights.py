@@ -10,7 +10,7 @@ from tensorforge.compiler.driver import import_model
 from tensorforge.compiler.ops import packed as K
 
 
-@pytest.mark.parametrize("n, k, block", [(96, 40, 16), (100, 24, 48), (48, 7, 48), (5, 3, 16)])
+@pytest.mark.parametrize("n, k, block", [(96, 40, 16), (100, 24, 48), (48, 7, 48), (5, 3, 16), (100, 300, 48)])
 def test_packing_a_transposed_view_equals_packing_its_copy(n, k, block):
     b = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)  # a MatMul's (K, N) weight
     view = b.T
