@@ -213,3 +213,21 @@ def test_type_errors_name_the_problem():
         parse_graph(g.__str__().replace("tile=4", "tile=3"))
     with pytest.raises(IRError, match=r"is not \(6, 6, OC/nb, 32, nb\) for 48 output channels"):
         parse_graph(g.__str__().replace("out_channels=64", "out_channels=48"))
+
+
+@pytest.mark.parametrize("m", W.TILE_SIZES)
+@pytest.mark.parametrize("oc, ic", [(16, 3), (64, 64), (48, 40)])
+def test_the_weight_transform_is_g_g_gt_in_its_layout(m, oc, ic):
+    """U = G g G^T of every kernel (float64, rounded once), at (eps, nu, oc // nb, ic, oc % nb); aligned or not."""
+    from tensorforge.runtime.plan import ALIGNMENT
+
+    w = np.random.default_rng(oc + ic + m).standard_normal((oc, ic, 3, 3)).astype(np.float32)
+    _, g, _ = W.matrices(m)
+    want = np.einsum("ak,oikl,bl->abio", g, w.astype(np.float64), g).astype(np.float32)  # (eps, nu, ic, oc)
+    nb = W.gemm_oc_tile(oc)
+    for aligned in (False, True):
+        u = W.transform_weight(w, m, aligned=aligned)
+        assert u.dtype == np.float32 and u.flags.c_contiguous and u.shape == (m + 2, m + 2, oc // nb, ic, nb)
+        assert not aligned or u.ctypes.data % ALIGNMENT == 0
+        got = u.transpose(0, 1, 3, 2, 4).reshape(m + 2, m + 2, ic, oc)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

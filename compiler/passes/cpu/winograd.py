@@ -95,7 +95,9 @@ def winograd_graph(g: Graph, policy: WinogradPolicy = WinogradPolicy()) -> int:
         if w not in transformed:
             oihw = unpack_conv2d_weight(_nchwc_weight(w.data, a["in_block"]), wlayout="packed", block=a["block"],
                                         out_channels=a["out_channels"])
-            transformed[w] = g.add_param(w.name + ".winograd", transform_weight(oihw, policy.tile))
+            # made here, held by no one else: the model runs on it where it lies (Graph.owned)
+            transformed[w] = g.add_param(w.name + ".winograd", transform_weight(oihw, policy.tile, aligned=True),
+                                         owned=True)
         attrs = {"pads": a["pads"], "tile": policy.tile, "out_channels": a["out_channels"]}
         (y,) = g.add_node(ops.winograd_conv2d, [n.inputs[0], transformed[w]] + n.inputs[2:], attrs, name=n.name,
                           index=g.nodes.index(n))
