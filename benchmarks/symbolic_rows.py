@@ -1,0 +1,162 @@
+"""An experiment for issue 17's open row: can a dense kernel built once for any row count run as fast as the kernel
+built for each exact count? (BERT's compile over several sequence lengths needs kernels over a symbolic length.)
+
+    TVM_NUM_THREADS=1 python benchmarks/symbolic_rows.py [--rounds 7]
+
+Two builds of y = x @ W^T for BERT-base's two weight shapes (768 -> 768, 768 -> 3072, the packed weight of
+compiler/ops/packed.py):
+  static    the production kernel for each exact M (ops/packed.py dense_compute + backend/cpu/dense.py's schedule)
+  symbolic  one kernel for every M: x is (q, mt, K), q a run-time variable (rows padded to the register tile's
+            mt, as an arena sized for the range's largest shape would hold them), so no split of the rows and no
+            predicate enters the loops. Loop order [weight panel (parallel)] > [row tile, q of them] > k >
+            [mt x n_block register tile]: the panel stays in L2 while every row passes it; no choice depends on M.
+The symbolic kernel runs on the first M rows of buffers of the largest M (as a plan would hand it a prefix). Not
+used by the compiler: this measures whether the design holds before the IR, plan and artifacts learn symbolic shapes.
+Writes benchmarks/results/symbolic_rows.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+
+from benchmarks.machine import describe_machine, write_lines  # noqa: E402
+
+OUT = os.path.join(ROOT, "benchmarks", "results", "symbolic_rows.md")
+ROWS = (16, 128, 384)
+SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (K, N): BERT-base's products
+MT = 4  # register tile rows of the symbolic kernel (the static schedule's default m_tile)
+
+
+def static_kernel(m: int, k: int, n: int, target):
+    import tvm
+    from tvm import te
+
+    from tensorforge.compiler.backend.cpu.rules import schedule_cpu
+    from tensorforge.compiler.ops import packed as K
+
+    layout = K.dense_weight_layout(n, k)
+    nb = layout["n_block"]
+    x = te.placeholder((m, k), name="x")
+    wp = te.placeholder((n // nb, k, nb), name="w")
+    y = K.dense_compute(x, wp, None, layout=layout, n=n)
+    func = schedule_cpu(te.create_prim_func([x, wp, y]), target)
+    name = f"static_{m}_{k}_{n}"  # one symbol per kernel: libraries loaded into one process share their symbols
+    return tvm.compile(tvm.IRModule({name: func.with_attr("global_symbol", name)}), target=target)[name], nb
+
+
+def symbolic_kernel(k: int, n: int, nb: int, target):
+    import tvm
+    from tvm import s_tir, te
+
+    from tensorforge.compiler.backend.cpu.common import register_tile
+
+    q = te.var("q", "int32")  # row tiles: the rows are q x MT, laid out as (q, MT, K), so q comes from the shape
+    x = te.placeholder((q, MT, k), name="x")
+    wp = te.placeholder((n // nb, k, nb), name="w")
+    rk = te.reduce_axis((0, k), name="rk")
+    y = te.compute((q, MT, n), lambda t, r, j: te.sum(x[t, r, rk] * wp[j // nb, rk, j % nb], axis=rk),
+                   name="dense")
+    z = te.compute((q, MT, n), lambda t, r, j: y[t, r, j], name="out")  # the write-back (dense_compute's epilogue)
+    sch = s_tir.Schedule(te.create_prim_func([x, wp, z]))
+    dense, out = sch.get_sblock("dense"), sch.get_sblock("out")
+    io, ii, j = sch.get_loops(out)
+    jo, ji = sch.split(j, [None, nb])
+    sch.reorder(jo, io, ii, ji)  # [weight panel] > [row tile]: the panel stays in L2 while every row passes it
+    sch.parallel(jo)
+    sch.compute_at(dense, io, preserve_unit_loops=True)
+    sch.set_scope(dense, 0, "local")
+    lanes = 16
+    kk = register_tile(sch, dense, lanes)
+    sch.vectorize(sch.split(ji, [None, lanes])[1])
+    init = sch.decompose_reduction(dense, kk)
+    sch.vectorize(sch.get_loops(init)[-1])
+    name = f"symbolic_{k}_{n}"
+    return tvm.compile(tvm.IRModule({name: sch.mod["main"].with_attr("global_symbol", name)}), target=target)[name]
+
+
+def timed(f, args, repeat: int = 5) -> float:
+    f(*args)
+    t = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f(*args)
+        t.append(time.perf_counter() - t0)
+    return float(np.median(t))
+
+
+def main(argv=None) -> int:
+    import tvm
+    import tvm_ffi
+
+    from tensorforge.compiler.backend.build import resolve_target
+    from tensorforge.compiler.ops import packed as K
+    from tensorforge.runtime.plan import aligned_empty
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--out", default=OUT)
+    args = ap.parse_args(argv)
+    target = resolve_target("cpu")
+    rng = np.random.default_rng(0)
+    lines = ["# A dense kernel over a run-time row count against one built per row count", "",
+             f"Machine: {describe_machine()}. TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']}.",
+             f"Generated by `python benchmarks/symbolic_rows.py --rounds {args.rounds}` (see its docstring): GFLOP/s, "
+             "medians of interleaved rounds (5 calls each); the build time of each kernel.", "",
+             "| K -> N | M | static GFLOP/s | symbolic GFLOP/s | symbolic / static time | static build s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    sym_build = {}
+    for k, n in SHAPES:
+        layout = K.dense_weight_layout(n, k)
+        nb = layout["n_block"]
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        wp = tvm.runtime.tensor(K.pack_dense_weight(w, layout))
+        t0 = time.perf_counter()
+        sym = symbolic_kernel(k, n, nb, target)
+        sym_build[(k, n)] = time.perf_counter() - t0
+        top = -(-max(ROWS) // MT) * MT
+        # 64-byte aligned, as the runtime's buffers are (the kernels' loads assume it)
+        xa, ya = aligned_empty((top, k), np.float32), aligned_empty((top, n), np.float32)
+        xa[...] = rng.standard_normal((top, k))
+        for m in ROWS:
+            t0 = time.perf_counter()
+            static, _ = static_kernel(m, k, n, target)
+            build = time.perf_counter() - t0
+            x_m = tvm.runtime.tensor(np.ascontiguousarray(xa[:m]))
+            y_m = tvm.runtime.empty((m, n), "float32")
+            rows = -(-m // MT) * MT
+            # the symbolic kernel on a prefix of the largest buffers (zero-copy views of their first rows)
+            xv = tvm_ffi.from_dlpack(xa[:rows].reshape(rows // MT, MT, k))
+            yv = tvm_ffi.from_dlpack(ya[:rows].reshape(rows // MT, MT, n))
+            static(x_m, wp, y_m)
+            sym(xv, wp, yv)
+            want = xa[:m] @ w.T
+            np.testing.assert_allclose(y_m.numpy(), want, rtol=1e-3, atol=1e-3)
+            np.testing.assert_allclose(ya[:m], want, rtol=1e-3, atol=1e-3)
+            a, b = [], []
+            for r in range(args.rounds):
+                for f, fa, out in ((static, (x_m, wp, y_m), a), (sym, (xv, wp, yv), b))[:: 1 if r % 2 == 0 else -1]:
+                    out.append(timed(f, fa))
+            ta, tb = float(np.median(a)), float(np.median(b))
+            flops = 2.0 * m * k * n
+            row = (f"| {k} -> {n} | {m} | {flops / ta / 1e9:.1f} | {flops / tb / 1e9:.1f} | {tb / ta:.3f} | "
+                   f"{build:.2f} |")
+            lines.append(row)
+            print(row, flush=True)
+    lines += ["", "Symbolic kernels' build time (one for every M): " +
+              ", ".join(f"{k} -> {n}: {s:.2f} s" for (k, n), s in sym_build.items()) + "."]
+    write_lines(args.out, lines)
+    print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
