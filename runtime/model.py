@@ -161,8 +161,7 @@ class CompiledModel:
                 continue
             if map_params and callable(data) and entry.buffer not in state_names:
                 data = data()
-                if (data.shape == tuple(b.shape) and data.dtype == numpy_dtype(b.dtype) and data.flags.c_contiguous
-                        and data.flags.writeable and data.ctypes.data % ALIGNMENT == 0):
+                if _runs_in_place(data, b):
                     shared[entry.buffer] = data  # the file's pages, copy-on-write; parameters are never written
                     if key is not None:
                         pool[key] = data
