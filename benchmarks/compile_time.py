@@ -105,7 +105,6 @@ def main(argv=None) -> int:
                          " | ".join(f"{m[k]:.2f}" for k in PHASES) + " |")
         lines.append(f"| {name} | | ratio | {med['this']['wall_s'] / med['baseline']['wall_s']:.2f} | | | | |")
     write_lines(args.out, lines)
-    print("wrote", args.out)
     return 0
 
 

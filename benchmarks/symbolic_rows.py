@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 
+from benchmarks.light_models import timed  # noqa: E402
 from benchmarks.machine import describe_machine, write_lines  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "symbolic_rows.md")
@@ -83,16 +84,6 @@ def symbolic_kernel(k: int, n: int, nb: int, target):
     return tvm.compile(tvm.IRModule({name: sch.mod["main"].with_attr("global_symbol", name)}), target=target)[name]
 
 
-def timed(f, args, repeat: int = 5) -> float:
-    f(*args)
-    t = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        f(*args)
-        t.append(time.perf_counter() - t0)
-    return float(np.median(t))
-
-
 def main(argv=None) -> int:
     import tvm
     import tvm_ffi
@@ -144,7 +135,7 @@ def main(argv=None) -> int:
             a, b = [], []
             for r in range(args.rounds):
                 for f, fa, out in ((static, (x_m, wp, y_m), a), (sym, (xv, wp, yv), b))[:: 1 if r % 2 == 0 else -1]:
-                    out.append(timed(f, fa))
+                    out.append(float(np.median(timed(lambda f=f, fa=fa: f(*fa), 5))))
             ta, tb = float(np.median(a)), float(np.median(b))
             flops = 2.0 * m * k * n
             row = (f"| {k} -> {n} | {m} | {flops / ta / 1e9:.1f} | {flops / tb / 1e9:.1f} | {tb / ta:.3f} | "
@@ -154,7 +145,6 @@ def main(argv=None) -> int:
     lines += ["", "Symbolic kernels' build time (one for every M): " +
               ", ".join(f"{k} -> {n}: {s:.2f} s" for (k, n), s in sym_build.items()) + "."]
     write_lines(args.out, lines)
-    print("wrote", args.out)
     return 0
 
 
