@@ -57,8 +57,8 @@ def compile_model(model, target: str = _UNSET, shapes: Mapping[str, Sequence[int
     elif given:
         raise CompileError(f"compile_model: give either options= or {', '.join(given)}=, not both (options has "
                            f"{', '.join(f'{k}={getattr(options, k)!r}' for k in given)})")
-    def compile_fn(proto, shapes_, memo=None, shared=None):  # one specialization of a model compiled per value or shape
-        return _compile(proto, shapes_, options, memo=memo, shared=shared)
+    def compile_fn(proto, shapes_, memo=None, shared=None, kernels=None):  # one specialization of a model
+        return _compile(proto, shapes_, options, memo=memo, shared=shared, kernels=kernels)
 
     if dynamic:
         proto = _onnx_proto(model)
@@ -135,14 +135,14 @@ def _onnx_proto(model):
 
 
 def _compile(model, shapes, options: CompileOptions, example_inputs=None, params=None, memo=None,
-             shared=None) -> CompiledModel:
+             shared=None, kernels=None) -> CompiledModel:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     g = import_model(model, shapes, example_inputs, params, memo=memo)
     t1 = time.perf_counter()
     g = optimize(g, options, timings=timings)
     t2 = time.perf_counter()
-    compiled = compile_graph(g, options, timings=timings, shared=shared)
+    compiled = compile_graph(g, options, timings=timings, shared=shared, kernels=kernels)
     timings.update({"import_s": t1 - t0, "optimize_s": t2 - t1, "total_s": time.perf_counter() - t0})
     compiled.compile_timings = timings
     return compiled

@@ -180,12 +180,13 @@ def tuning_databases(options: CompileOptions, target) -> list:
 
 
 def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | None = None,
-                  initial_state: Mapping | None = None, timings: dict | None = None, shared=None):
+                  initial_state: Mapping | None = None, timings: dict | None = None, shared=None, kernels=None):
     """Build `g`'s kernels and plan. `state` (training graphs): output name -> input name of each persistent
     state that kernels update in place, with `initial_state` its values at load (see backend/plan.py).
     Returns a `runtime.CompiledModel`, or for the cuda target a `runtime.cuda.CudaModel` that sets up the GPU only
     when it first runs (so that compiling needs no GPU). `shared` (a runtime.model.SharedBuffers): CPU models
-    holding their equal parameters and their state in common with others built with it."""
+    holding their equal parameters and their state in common with others built with it. `kernels` (a
+    backend.symbolic.SymbolicKernels): the CPU kernels over run-time sizes of a dynamic model's builds."""
     from tensorforge.compiler.backend.build import build_kernels, host_isa_flags
     from tensorforge.compiler.backend.lower import Kernel, partition
     from tensorforge.compiler.backend.plan import make_plan
@@ -196,19 +197,28 @@ def compile_graph(g: Graph, options: CompileOptions, state: Mapping[str, str] | 
     try:
         steps = partition(g)
         result = build_kernels([s.spec for s in steps if isinstance(s, Kernel)], target, out_dir,
-                               tuning_databases(options, target))
+                               tuning_databases(options, target), symbolic=kernels)
         if timings is not None:
             timings.update(result.timings)
         cuda = options.spec.is_cuda
         # a CUDA library's host code is plain x86-64 (backend/cuda/build.py): no CPU features to require
         plan, params = make_plan(g, target, [] if cuda else host_isa_flags(g), steps, state, initial_state,
-                                 tuned=result.tuned, precision=options.precision, device=result.device)
+                                 tuned=result.tuned, precision=options.precision, device=result.device,
+                                 symbols=result.symbols)
         if cuda:
             from tensorforge.runtime.cuda import CudaModel
 
             return CudaModel(plan, result.library_path, params, owned_dir=out_dir, defer=True)
         # packed weights made by this compile for this model alone run where they lie, not copied (runtime/model.py)
         adopt = [i for i, d in enumerate(params) if g.owned.get(id(d)) is d]
+        if g.memo is not None:  # a dynamic model's packed weights: lent by its memo, one buffer for every shape
+            for i, d in enumerate(params):
+                lent = g.memo.lent(d)
+                if lent is not None:
+                    params[i] = lent
+                    adopt.append(i)
+                    if shared is not None:
+                        shared.constant(lent)
         return CompiledModel(plan, result.library_path, params, owned_dir=out_dir, num_threads=options.num_threads,
                              max_concurrency=options.max_concurrency, shared=shared, adopt=adopt)
     except BaseException:

@@ -35,6 +35,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from tensorforge.compiler.backend.symbolic import SymbolicKernels
 from tensorforge.compiler.disk_cache import cache_dir, load_cached, store_cached
 from tensorforge.compiler.ir import ConstantMemo
 from tensorforge.runtime.bundle import flat_feeds, regroup
@@ -157,6 +158,7 @@ class SpecializingModel:
         self._meta: dict[tuple, dict] = {}  # what each cached specialization is for (bundle.json's entries)
         self._memo = ConstantMemo()  # the model's weights read, transposed, hashed and packed once for every shape
         self._buffers = SharedBuffers()  # ... and held in memory once by all the specializations
+        self._kernels = SymbolicKernels()  # kernels over the sizes that change, compiled once for every shape
         self._fingerprint = fingerprint
         self._model_id_: str | None = None  # the disk cache's name for the model: hashed when first needed
         self._lock = threading.Lock()       # the cache
@@ -418,7 +420,7 @@ class SpecializingModel:
             proto = _with_constants(self._proto, values) if values else self._proto
             try:
                 compiled = self._compile(proto, shapes or None, memo=self._memo if proto is self._proto else None,
-                                         shared=self._buffers)
+                                         shared=self._buffers, kernels=self._kernels)
             except FrontendError as e:
                 names = set(needed_inputs(e, self._proto))
                 if names and names <= set(feeds) and not names <= self._values | self._sequences and self._learn(e):

@@ -300,11 +300,18 @@ class SharedBuffers:
         self.state: dict[str, np.ndarray] = {}
         self._keep: dict[int, np.ndarray] = {}  # the arrays known by identity, kept alive: ids stay their own
 
+    def constant(self, data: np.ndarray) -> None:
+        """Know `data` by its identity from now on: a compiler's constant that will never change (a packed weight
+        a dynamic model's memo lends its specializations, compiler/ir/constants.py)."""
+        self._keep.setdefault(id(data), data)
+
     def param_key(self, entry, data) -> tuple:
+        """How the models find a parameter they hold in common: its file, else its identity (a constant: read-only,
+        or declared by `constant`), else its bytes."""
         if self.params_by_file:
             return ("file", entry.file)
         data = data() if callable(data) else data
-        if isinstance(data, np.ndarray) and not data.flags.writeable:
+        if isinstance(data, np.ndarray) and (not data.flags.writeable or self._keep.get(id(data)) is data):
             # a compiler's memoized constant (compiler/ir/constants.py), the same object in every specialization
             # that has it and never changed: known by its identity, not hashed
             self._keep.setdefault(id(data), data)

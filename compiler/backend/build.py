@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from tensorforge.runtime.errors import CompileError
 
 from .lower import KernelSpec, build_prim_func
+
+log = logging.getLogger("tensorforge")
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")
 
@@ -53,11 +56,14 @@ class BuildResult:
     tuned: set[str] = field(default_factory=set)  # kernels whose schedule came from a tuning database
     device: dict | None = None  # CUDA: the plan's "device" entry (arch, fatbin member, source hash)
     extra_files: dict[str, str] = field(default_factory=dict)  # artifact member -> local file (the fatbin)
+    symbols: dict[str, str] = field(default_factory=dict)  # kernel name -> the symbolic kernel that runs it
 
 
-def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = ()) -> BuildResult:
+def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = (), symbolic=None) -> BuildResult:
     """Schedule and compile each distinct spec; one library for all of them. A kernel found in one of the `tuning`
-    databases (TuningDatabase, searched in order) takes its tuned schedule; the others get the default rules."""
+    databases (TuningDatabase, searched in order) takes its tuned schedule; the others get the default rules.
+    `symbolic` (a backend.symbolic.SymbolicKernels, CPU): a dynamic model's kernels over run-time sizes, reused
+    and extended by this build."""
     import tvm
 
     if is_cuda(target):
@@ -68,15 +74,24 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
                            {b.device["fatbin"]: b.fatbin_path})
 
     from .cpu.prefetch import insert_prefetches
-    from .cpu.rules import schedule_cpu
+    from .cpu.rules import schedule_cpu_traced
     from .index_checks import insert_index_asserts, scalar_index_checks
+
+    def scheduled(func):
+        func = insert_index_asserts(func)  # run-time indices raise when out of range (index_checks.py)
+        sch, rule = schedule_cpu_traced(func, target)
+        return insert_prefetches(scalar_index_checks(func if sch is None else sch.mod["main"])), rule
 
     funcs = {}
     tuned = set()
+    symbols: dict[str, str] = {}
+    linked: dict[str, str] = {}   # symbolic kernels compiled by an earlier build: symbol -> object file
+    new: dict[str, tuple] = {}    # ... and by this one: symbol -> (func, template)
+    exact: dict[str, dict] = {}   # the exact kernels a new symbolic one stands for: symbol -> {name: func}
     t0 = time.perf_counter()
     for spec in specs:
         name = spec.name()
-        if name in funcs:
+        if name in funcs or name in symbols:
             continue
         func = build_prim_func(spec, target)
         found = next((f for f in (db.lookup(spec, func) for db in tuning) if f is not None), None)
@@ -84,22 +99,64 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
             funcs[name] = insert_prefetches(found).with_attr("global_symbol", name)
             tuned.add(name)
             continue
+        if symbolic is not None:
+            built = symbolic.find(spec)
+            if built is not None:
+                symbols[name] = built.template.symbol()
+                linked[symbols[name]] = built.object_path
+                continue
         try:
-            # run-time indices raise when out of range (index_checks.py)
-            func = insert_prefetches(scalar_index_checks(schedule_cpu(insert_index_asserts(func), target)))
+            func, rule = scheduled(func)
         except Exception as e:  # the scheduler promises not to raise; if it does, say where
             raise CompileError(f"scheduling kernel {name} (on {', '.join(map(str, spec.in_types))}) failed: "
                                f"{type(e).__name__}: {e}") from e
-        funcs[name] = func.with_attr("global_symbol", name)
+        func = func.with_attr("global_symbol", name)
+        template = symbolic.candidate(spec) if symbolic is not None else None
+        if template is not None:
+            symbol = template.symbol()
+            if symbol not in new:
+                try:
+                    generic, generic_rule = scheduled(template.prim_func(target))
+                except Exception as e:  # an op whose lowering or schedule needs its sizes: built exactly
+                    log.debug("no symbolic kernel for %s: %s", name, e)
+                    generic_rule = None
+                if generic_rule is not rule or rule is None:  # only as fast a schedule as the exact kernel's
+                    symbolic.refuse(template)
+                    funcs[name] = func
+                    continue
+                new[symbol] = (generic.with_attr("global_symbol", symbol), template)
+            symbols[name] = symbol
+            exact.setdefault(symbol, {})[name] = func
+            continue
+        funcs[name] = func
     t1 = time.perf_counter()
+    objects = {symbolic.object_path(t): {symbol: f} for symbol, (f, t) in new.items()}
+    path = os.path.join(out_dir, "kernels.so")
     try:
-        path = os.path.join(out_dir, "kernels.so")
-        compile_library(funcs, target, path, addons=[cpu_pool_object()])
+        try:
+            compile_library(funcs, target, path, addons=[cpu_pool_object(), *sorted(set(linked.values()))],
+                            objects=objects)
+        except Exception as e:
+            if not new:
+                raise
+            # a symbolic kernel that does not compile: every kernel of this build exactly, as without them
+            log.debug("symbolic kernels failed to compile, built exactly: %s", e)
+            for symbol, (_, template) in new.items():
+                symbolic.refuse(template)
+                funcs.update(exact[symbol])
+            symbols = {n: sym for n, sym in symbols.items() if sym not in new}
+            new, objects = {}, {}
+            compile_library(funcs, target, path, addons=[cpu_pool_object(), *sorted(set(linked.values()))])
     except Exception as e:
-        raise CompileError(f"building {len(funcs)} kernels for {target} failed: {type(e).__name__}: "
+        raise CompileError(f"building {len(funcs) + len(new)} kernels for {target} failed: {type(e).__name__}: "
                            f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
     t2 = time.perf_counter()
-    return BuildResult(path, list(funcs), {"schedule_s": t1 - t0, "build_s": t2 - t1}, tuned)
+    if symbolic is not None:
+        for (symbol, (_, template)), obj in zip(new.items(), objects):
+            symbolic.add(template, obj)
+        symbolic.remember(specs)
+    return BuildResult(path, list(funcs) + sorted(set(symbols.values())), {"schedule_s": t1 - t0, "build_s": t2 - t1},
+                       tuned, symbols=symbols)
 
 
 BUILD_JOBS_ENV = "TENSORFORGE_BUILD_JOBS"
@@ -123,30 +180,37 @@ def build_jobs(n_kernels: int) -> int:
     return max(1, min(jobs, n_kernels // KERNELS_PER_JOB))
 
 
-def compile_library(funcs: dict, target, path: str, addons: list[str] = ()) -> None:
+def compile_library(funcs: dict, target, path: str, addons: list[str] = (), objects: dict | None = None) -> None:
     """Compile the scheduled kernels `funcs` (symbol -> PrimFunc) into the shared library `path`, linked with
-    `addons` (object files). With several jobs the kernels are split into that many modules, each lowered and
-    compiled to an object file in its own thread (TVM's passes and LLVM release the GIL), and the objects are
-    linked into one library: DenseNet-121's 188 kernels took 8.0 s one after the other, 4.3 s on two cores."""
+    `addons` (object files). `objects`: object file -> kernels ({symbol: PrimFunc}) compiled into it, kept where
+    it is (a symbolic kernel that later libraries link, backend/symbolic.py) and linked too. With several jobs the
+    kernels are split into that many modules, each lowered and compiled to an object file in its own thread (TVM's
+    passes and LLVM release the GIL), and the objects are linked into one library: DenseNet-121's 188 kernels took
+    8.0 s one after the other, 4.3 s on two cores."""
     import tvm
     from tvm.support import cc
 
-    jobs = build_jobs(len(funcs))
-    if jobs == 1:
+    objects = dict(objects or {})
+    jobs = build_jobs(len(funcs) + sum(len(f) for f in objects.values()))
+    if not objects and (jobs == 1 or not funcs):
         tvm.compile(tvm.IRModule(funcs), target=target).export_library(path, addons=list(addons))
         return
     names = sorted(funcs)
-    parts = [names[i::jobs] for i in range(jobs)]
+    parts = [p for p in (names[i::jobs] for i in range(jobs)) if p]
     work_dir = tempfile.mkdtemp(prefix="objects-", dir=os.path.dirname(path))
-    objects = [os.path.join(work_dir, f"kernels{i}.o") for i in range(jobs)]
+    units = [(os.path.join(work_dir, f"kernels{i}.o"), {n: funcs[n] for n in part}) for i, part in enumerate(parts)]
+    units += list(objects.items())
+    threads = max(1, min(jobs, len(units)))
 
     def build(i: int) -> None:
-        ex = tvm.compile(tvm.IRModule({n: funcs[n] for n in parts[i]}), target=target)
-        ex.mod.write_to_file(objects[i])
+        for obj, unit in units[i::threads]:
+            tmp = obj[:-2] + ".part.o"
+            tvm.compile(tvm.IRModule(unit), target=target).mod.write_to_file(tmp)
+            os.replace(tmp, obj)
 
     try:
-        run_threads(build, jobs, "tensorforge-build")
-        cc.create_shared(path, objects + list(addons))
+        run_threads(build, threads, "tensorforge-build")
+        cc.create_shared(path, [obj for obj, _ in units] + list(addons))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

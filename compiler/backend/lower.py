@@ -115,32 +115,45 @@ def _kernel(members: list[Node], readers: dict[Value, set]) -> Kernel:
     return Kernel(spec, inputs, outputs, members)
 
 
-def build_prim_func(spec: KernelSpec, target=None):
+def build_prim_func(spec: KernelSpec, target=None, *, symbolic: tuple | None = None):
     """The unscheduled PrimFunc of a kernel: parameters are its inputs, then its outputs (destination passing).
-    `target`: lower inside its scope, so that ops may choose per target (ops/vecmath.py: not for CUDA)."""
+    `target`: lower inside its scope, so that ops may choose per target (ops/vecmath.py: not for CUDA).
+    `symbolic`: (attrs of each op, input shapes, output shapes) replacing the spec's, some of their integers TIR
+    variables (a kernel over run-time sizes, backend/symbolic.py)."""
     if target is not None:
         with target:
-            return build_prim_func(spec)
-    from tvm import te
+            return build_prim_func(spec, symbolic=symbolic)
+    from tvm import sym, te
 
+    if symbolic is None:
+        op_attrs = [o.attrs for o in spec.ops]
+        in_shapes, out_shapes = [t.shape for t in spec.in_types], [t.shape for t in spec.out_types]
+    else:
+        op_attrs, in_shapes, out_shapes = symbolic
     # storage-only types (float8, int4, ...) reach TVM as their bytes, uint8
-    placeholders = [te.placeholder(t.shape, kernel_dtype(t.dtype), name=f"in{i}") for i, t in enumerate(spec.in_types)]
+    placeholders = [te.placeholder(s, kernel_dtype(t.dtype), name=f"in{i}")
+                    for i, (s, t) in enumerate(zip(in_shapes, spec.in_types))]
     results: list[list] = []
 
     def resolve(ref):
         return placeholders[ref[1]] if ref[0] == "in" else results[ref[1]][ref[2]]
 
-    for o in spec.ops:
+    for o, attrs in zip(spec.ops, op_attrs):
         try:
-            outs = o.op.lower(*(resolve(r) for r in o.inputs), **dict(o.attrs))
+            outs = o.op.lower(*(resolve(r) for r in o.inputs), **dict(attrs))
         except Exception as e:
             raise CompileError(f"lowering {o.op.name} to TE failed: {type(e).__name__}: {e}") from e
         results.append(list(outs) if isinstance(outs, (list, tuple)) else [outs])
     outs = [resolve(r) for r in spec.outputs]
-    for o, t in zip(outs, spec.out_types):
-        got = tuple(int(d) for d in o.shape)
-        if got != t.shape or o.dtype != kernel_dtype(t.dtype):
-            raise CompileError(f"the TE lowering of {spec.name()} gives {o.dtype}{list(got)}, the type rule says {t}")
+    analyzer = sym.Analyzer()
+    for o, t, want in zip(outs, spec.out_types, out_shapes):
+        if symbolic is None:
+            same = tuple(int(d) for d in o.shape) == want
+        else:
+            same = len(o.shape) == len(want) and all(analyzer.can_prove_equal(d, w) for d, w in zip(o.shape, want))
+        if not same or o.dtype != kernel_dtype(t.dtype):
+            raise CompileError(f"the TE lowering of {spec.name()} gives {o.dtype}{list(o.shape)}, the type rule says "
+                               f"{t.dtype}{list(want)}")
     if any(isinstance(o.op, te.PlaceholderOp) for o in outs):
         # an output that is an input unchanged (e.g. a fused reshape chain folded away): copy it
         outs = [te.compute(o.shape, lambda *i, o=o: o(*i), name="copy") if isinstance(o.op, te.PlaceholderOp)

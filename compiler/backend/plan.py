@@ -71,13 +71,14 @@ def fusion_report(g: Graph, steps) -> list[dict]:
 
 def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = None,
               state: Mapping[str, str] | None = None, initial_state: Mapping[str, np.ndarray] | None = None, *,
-              tuned: Collection[str] | None = None, precision: str | None = None, device: dict | None = None
-              ) -> tuple[dict, list]:
+              tuned: Collection[str] | None = None, precision: str | None = None, device: dict | None = None,
+              symbols: Mapping[str, str] | None = None) -> tuple[dict, list]:
     """The execution plan and the parameter arrays (in the plan's order) for a graph after the passes, with its
     fusion report. `state`: output name -> input name of each persistent state update; `initial_state`: input
     name -> array. For built kernels (`tuned`: the kernels whose schedule came from a tuning database) the plan
     also carries each step's tuned flag, the IR, the precision and, for CUDA, the `device` entry; without them it
-    is the report of `tensorforge inspect`."""
+    is the report of `tensorforge inspect`. `symbols`: kernel name -> the kernel over run-time sizes that a step
+    calls instead (backend/symbolic.py)."""
     steps = steps if steps is not None else partition(g)
     state = dict(state or {})
     # state: the inputs updated in place, and those only read but kept from run to run like them (given an
@@ -109,7 +110,8 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
 
     def param(buffer_id: int, data: np.ndarray, splat: bool = True) -> None:
         flat = data.reshape(-1)
-        if splat and flat.size >= SPLAT_MIN and flat.dtype.kind in "fiu" and (flat == flat[0]).all():
+        if (splat and flat.size >= SPLAT_MIN and flat.dtype.kind in "fiu" and (flat[:64] == flat[0]).all()
+                and (flat == flat[0]).all()):
             params.append({"buffer": buffer_id, "splat": flat[0].item()})
         else:
             params.append({"buffer": buffer_id, "file": f"params/{len(params)}.npy"})
@@ -137,7 +139,7 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
             first.setdefault(ids[o], index)
             last.setdefault(ids[o], index)
         inplace += [(ids[o], root[ids[i]]) for o, i in _inplace_candidates(s)]
-        plan_steps.append({"kernel": s.spec.name(), "args": args, "op": "+".join(n.op.name for n in s.nodes),
+        plan_steps.append({"kernel": (symbols or {}).get(s.spec.name(), s.spec.name()), "args": args, "op": "+".join(n.op.name for n in s.nodes),
                            "node": s.nodes[-1].name, "work": _work(s)})
     end = len(plan_steps)
     for v in g.outputs:

@@ -277,13 +277,19 @@ def dense_rows(m: int) -> int:
 
 
 def dense_compute(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor | None, *, layout: dict, n: int) -> te.Tensor:
-    """(M, K) x packed weight -> (M, N) = x @ w.T (+ bias)."""
-    m, k = (int(d) for d in x.shape)
+    """(M, K) x packed weight -> (M, N) = x @ w.T (+ bias). M may be a run-time size (backend/symbolic.py): the
+    product's rows are then always rounded up to DENSE_M_ROUND."""
+    m, k = x.shape[0], int(x.shape[1])
     nb = layout["n_block"]
     n_pad = int(w_packed.shape[0]) * nb
-    m_pad = dense_rows(m)
+    if isinstance(m, (int, tirx.IntImm)):
+        m = int(m)
+        m_pad = dense_rows(m)
+    else:
+        m_pad = (m + DENSE_M_ROUND - 1) // DENSE_M_ROUND * DENSE_M_ROUND
     rk = te.reduce_axis((0, k), name="rk")
-    row = (lambda i: i) if m_pad == m else (lambda i: tirx.min(i, m - 1))
+    exact = isinstance(m, int) and m_pad == m
+    row = (lambda i: i) if exact else (lambda i: tirx.min(i, m - 1))
     out = te.compute(
         (m_pad, n_pad),
         lambda i, j: te.sum(x[row(i), rk] * widen(w_packed[j // nb, rk, j % nb]), axis=rk),

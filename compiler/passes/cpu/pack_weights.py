@@ -52,8 +52,9 @@ def pack_weights(g: Graph) -> Graph:
             if w.is_param:
                 if g.memo is None:  # made here, held by no one else: the model may run on it where it lies
                     packed[key] = g.add_param(w.name + ".packed", pack(w.data, layout, aligned=True), owned=True)
-                else:  # shared by the specializations of a dynamic model (read-only)
-                    data = g.memo.derived(("pack", repr(key[1])), (w.data,), lambda: pack(w.data, layout))
+                else:  # shared by the specializations of a dynamic model (read-only; the runtime's buffer: lent)
+                    data = g.memo.derived(("pack", repr(key[1])), (w.data,),
+                                          lambda: pack(w.data, layout, aligned=True), lend=True)
                     packed[key] = g.add_param(w.name + ".packed", data)
             else:
                 (packed[key],) = g.add_node(run_pack, [w], {"block": block}, name=(n.name or w.name) + ".pack",
