@@ -30,10 +30,23 @@ OUT_PADDED = "attention_padded"  # the padded rows' result, before the write-bac
 # tiles: ViT-base's attention took 14.5 ms per layer on one core.
 SKV_ROUND = 16
 SQ_ROUND = 4
+# Lengths known only at run time (a kernel over a symbolic sequence length, backend/symbolic.py) are always padded:
+# the keys to this (the CPU schedule's score tile then divides them), the query rows to SQ_ROUND.
+SKV_ROUND_RUNTIME = 32
 
 
-def _padded(n: int, m: int) -> int:
+def _padded(n, m: int, runtime: int | None = None):
+    """n itself where it needs no padding, else n rounded up to a multiple of m (of `runtime`, else m, where n is
+    a size known at run time: always rounded)."""
+    if not isinstance(n, int):
+        m = runtime or m
+        return (n + m - 1) // m * m
     return n if n <= m or n % m == 0 else -(-n // m) * m
+
+
+def _size(x):
+    """A dimension as an int, or as the TIR variable it is in a kernel over run-time sizes."""
+    return int(x) if isinstance(x, (int, tirx.IntImm)) else x
 
 
 def _attention_infer(types, *, scale, causal, nan_guard=False):
@@ -89,18 +102,21 @@ def softmax_times(s: np.ndarray, v: np.ndarray, nan_guard: bool) -> np.ndarray:
 def _bcast_index(t, idx):
     """Index a broadcast operand with the full index (numpy rules: align right, size-1 dims read 0)."""
     idx = idx[len(idx) - len(t.shape):]
-    return t(*[0 if int(d) == 1 else i for d, i in zip(t.shape, idx)])
+    return t(*[0 if isinstance(d, (int, tirx.IntImm)) and int(d) == 1 else i for d, i in zip(t.shape, idx)])
 
 
 def _attention_lower(q, k, v, mask=None, *, scale, causal, nan_guard=False):
     """Stages: K^T (a contiguous panel per head), Q K^T, the row max of the scaled and masked scores, their
     exponentials, the row sums, exp @ V, and the division by the row sum (the softmax's, applied to Dv columns
     instead of Skv). Accumulates in the operands' dtype (fp16/bf16 kernels: see mixed_precision for fp32 sums)."""
-    *batch, sq, d = (int(x) for x in q.shape)
-    skv, dv, nb = int(k.shape[-2]), int(v.shape[-1]), len(batch)
-    sq_pad, skv_pad = _padded(sq, SQ_ROUND), _padded(skv, SKV_ROUND)
-    row = (lambda i: i) if sq_pad == sq else (lambda i: tirx.min(i, sq - 1))
-    key = (lambda j: j) if skv_pad == skv else (lambda j: tirx.min(j, skv - 1))
+    *batch, sq, d = (_size(x) for x in q.shape)
+    skv, dv, nb = _size(k.shape[-2]), int(v.shape[-1]), len(batch)
+    d = int(d)
+    sq_pad, skv_pad = _padded(sq, SQ_ROUND), _padded(skv, SKV_ROUND, SKV_ROUND_RUNTIME)
+    pad_q = not isinstance(sq, int) or sq_pad != sq
+    pad_kv = not isinstance(skv, int) or skv_pad != skv
+    row = (lambda i: tirx.min(i, sq - 1)) if pad_q else (lambda i: i)
+    key = (lambda j: tirx.min(j, skv - 1)) if pad_kv else (lambda j: j)
     dt = q.dtype
     kt = te.compute((*batch, d, skv_pad), lambda *i: k(*i[:nb], key(i[nb + 1]), i[nb]), name=KT)
     rd = te.reduce_axis((0, d), name="rd")
@@ -114,7 +130,7 @@ def _attention_lower(q, k, v, mask=None, *, scale, causal, nan_guard=False):
             s = s + _bcast_index(mask, (*i[:-2], row(i[-2]), key(i[-1])))
         if causal:
             s = tirx.Select(i[-1] > i[-2], lowest, s)
-        if skv_pad != skv:
+        if pad_kv:
             s = tirx.Select(i[-1] >= skv, lowest, s)
         return s
 
@@ -137,7 +153,7 @@ def _attention_lower(q, k, v, mask=None, *, scale, causal, nan_guard=False):
         return tirx.Select(total > tirx.const(0, dt), pv(*i) / total, tirx.const(0, dt)) if nan_guard \
             else pv(*i) / total
 
-    if sq_pad == sq:
+    if not pad_q:
         return te.compute((*batch, sq, dv), divided, name=OUT)
     padded = te.compute((*batch, sq_pad, dv), divided, name=OUT_PADDED)
     return te.compute((*batch, sq, dv), lambda *i: padded(*i), name=OUT)

@@ -14,6 +14,7 @@ them back (3 kernels), this one keeps a row tile's scores in registers and L1.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,8 +22,9 @@ import tvm
 from tvm import s_tir
 
 from tensorforge.compiler.backend.cpu.common import (
-    UNROLL_MAX, Knobs, Rule, inline_spatial, row_partials, vector_lanes, vector_partials, vectorize_or_unroll)
-from tensorforge.compiler.ops.attention import EXP, KT, MAX, OUT_PADDED, PV, QK, SUM
+    UNROLL_MAX, Knobs, Rule, divides, inline_spatial, loop_extent, row_partials, vector_lanes, vector_partials,
+    vectorize_or_unroll)
+from tensorforge.compiler.ops.attention import EXP, KT, MAX, OUT_PADDED, PV, QK, SKV_ROUND_RUNTIME, SQ_ROUND, SUM
 
 
 
@@ -34,8 +36,8 @@ class AttentionKnobs(Knobs):
     SPACE: ClassVar[dict[str, tuple]] = {"rows": (2, 4, 6, 8), "j_tile": (32, 64, 128)}
 
 
-def _loops_extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
+def _loops_extent(sch, loop) -> int | None:
+    return loop_extent(sch, loop)
 
 
 def _divisor(n: int, limit: int, multiple: int = 1) -> int:
@@ -60,7 +62,8 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
     out = sch.get_sblock(OUT_PADDED) if padded else final
     *batch, i, c = sch.get_loops(out)
     sq = _loops_extent(sch, i)
-    rows = _divisor(sq, knobs.rows)
+    # a length known only at run time: its rows padded to SQ_ROUND (ops/attention.py)
+    rows = _divisor(sq, knobs.rows) if sq is not None else math.gcd(knobs.rows, SQ_ROUND)
     io, ii = sch.split(i, [None, rows])
     bh = (sch.fuse(*batch) if len(batch) > 1 else batch[0]) if batch else io
     sch.parallel(bh)
@@ -82,10 +85,13 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
     qk = sch.get_sblock(QK)
     qr, qj, qd = sch.get_loops(qk)[-3:]
     skv = _loops_extent(sch, qj)
-    jt = _divisor(skv, knobs.j_tile, lanes)
+    if skv is not None:
+        jt = _divisor(skv, knobs.j_tile, lanes)
+    else:  # keys padded to SKV_ROUND_RUNTIME (ops/attention.py): a tile that divides it
+        jt = next(t for t in (knobs.j_tile, SKV_ROUND_RUNTIME, lanes, 1) if divides(sch, qj, t))
     qjo, qji = sch.split(qj, [None, jt])
     sch.reorder(qjo, qd, qr, qji)
-    if _loops_extent(sch, qjo) <= UNROLL_MAX:  # constant accumulator offsets: LLVM keeps them in registers
+    if skv is not None and _loops_extent(sch, qjo) <= UNROLL_MAX:  # constant accumulator offsets: in registers
         sch.unroll(qjo)
     sch.unroll(qr)
     vectorize_or_unroll(sch, qji, lanes)

@@ -110,8 +110,19 @@ def is_output(sch: s_tir.Schedule, block) -> bool:
 
 
 def loop_extent(sch: s_tir.Schedule, loop) -> int | None:
+    """The loop's extent, None where it is known only at run time (backend/symbolic.py)."""
     ext = sch.get(loop).extent
     return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def divides(sch: s_tir.Schedule, loop, n: int) -> bool:
+    """Is the loop's extent a multiple of n: known, or proven of an extent known only at run time."""
+    from tvm import sym
+
+    ext = sch.get(loop).extent
+    if isinstance(ext, tirx.IntImm):
+        return int(ext) % n == 0
+    return sym.Analyzer().can_prove_equal(tirx.floormod(ext, n), 0)
 
 
 def iter_types(sch: s_tir.Schedule, block) -> list[int]:
@@ -266,8 +277,13 @@ def loop_work(sch: s_tir.Schedule, block) -> int:
 
 # -- row-wise stages (the attention kernels' softmax pieces) ------------------------------------------------------
 def vectorize_or_unroll(sch: s_tir.Schedule, loop, lanes: int) -> None:
-    """Vectorize `loop` in pieces of `lanes` (the outer piece unrolled) when it divides; else unroll a short one."""
+    """Vectorize `loop` in pieces of `lanes` (the outer piece unrolled) when it divides; else unroll a short one.
+    An extent known only at run time: its pieces vectorized where they divide it (the outer loop as it is)."""
     ext = loop_extent(sch, loop)
+    if ext is None:
+        if divides(sch, loop, lanes):
+            sch.vectorize(sch.split(loop, [None, lanes])[1])
+        return
     if ext % lanes == 0 and ext > lanes:
         o, i = sch.split(loop, [None, lanes])
         sch.unroll(o)
@@ -283,7 +299,7 @@ def row_partials(sch: s_tir.Schedule, block, lanes: int):
     block, or None where the row is no multiple of the vector width."""
     r = sch.get_loops(block)[-1]
     ext = loop_extent(sch, r)
-    if ext % lanes or ext == lanes:
+    if not divides(sch, r, lanes) or ext == lanes:
         return None
     _, ri = sch.split(r, [None, lanes])
     return sch.rfactor(ri, len(sch.get(block).iter_vars) - 1)
