@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass
 
 from .lower import KernelSpec
@@ -181,6 +182,7 @@ class SymbolicKernels:
         with self._lock:
             if self._dir is None:
                 self._dir = tempfile.mkdtemp(prefix="tensorforge-symbolic-")
+                weakref.finalize(self, shutil.rmtree, self._dir, True)  # with the model, or at exit
             return os.path.join(self._dir, t.symbol() + ".o")
 
     def add(self, t: Template, object_path: str) -> Built:
@@ -202,7 +204,3 @@ class SymbolicKernels:
             while len(self._order) > MAX_REMEMBERED:
                 skeleton, spec = self._order.pop(0)
                 self._seen[skeleton].remove(spec)
-
-    def __del__(self):
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)

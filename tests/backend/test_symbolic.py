@@ -120,3 +120,33 @@ def test_a_symbolic_dense_checks_the_sizes_it_is_called_with(tmp_path):
     (tmp_path / "c").mkdir()
     again = build_kernels([dense_spec(40)], target, str(tmp_path / "c"), symbolic=kernels)
     assert again.symbols == {dense_spec(40).name(): symbol} and kernels.reused == 1
+
+
+def attention_spec(seq: int, causal: bool) -> KernelSpec:
+    t = T((2, 3, seq, 16))
+    return KernelSpec((OpSpec(ops.attention, (("scale", 0.25), ("causal", causal), ("nan_guard", False)),
+                              (("in", 0), ("in", 1), ("in", 2))),), (t, t, t), (("op", 0, 0),), (t,))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_over_a_run_time_length_masks_the_padded_keys(tmp_path, causal):
+    """One attention kernel for every sequence length: keys padded to a tile and masked, rows padded and dropped;
+    the answers those of the reference at lengths on and off the tiles."""
+    import tvm
+
+    from tensorforge.compiler.backend.build import build_kernels, resolve_target
+    from tensorforge.compiler.ops.attention import _attention_ref
+
+    kernels = SymbolicKernels()
+    kernels.remember([attention_spec(1, causal)])
+    result = build_kernels([attention_spec(8, causal)], resolve_target("cpu"), str(tmp_path), symbolic=kernels)
+    symbol = result.symbols[attention_spec(8, causal).name()]
+    assert "_dyn_" in symbol
+    lib = tvm.runtime.load_module(result.library_path)
+    rng = np.random.default_rng(3)
+    for seq in (1, 5, 32, 70):
+        q, k, v = (rng.standard_normal((2, 3, seq, 16)).astype(np.float32) for _ in range(3))
+        out = tvm.runtime.empty((2, 3, seq, 16), "float32")
+        lib[symbol](*(tvm.runtime.tensor(a) for a in (q, k, v)), out)
+        np.testing.assert_allclose(out.numpy(), _attention_ref(q, k, v, scale=0.25, causal=causal),
+                                   rtol=1e-4, atol=1e-5)

@@ -93,6 +93,14 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
     sch.reorder(qjo, qd, qr, qji)
     if skv is not None and _loops_extent(sch, qjo) <= UNROLL_MAX:  # constant accumulator offsets: in registers
         sch.unroll(qjo)
+    elif skv is None:
+        # a tile count known at run time: each [rows x J] tile accumulates in a buffer of its own, written to the
+        # scores after its D loop (indexed by the run-time tile, the scores' accumulators stayed in memory: 1.65x
+        # the exact kernel's time at 384 tokens)
+        tile = sch.cache_write(qk, 0, "local")
+        sch.reverse_compute_at(tile, qjo, preserve_unit_loops=True)
+        vectorize_or_unroll(sch, sch.get_loops(tile)[-1], lanes)
+        sch.unroll(sch.get_loops(tile)[-2])
     sch.unroll(qr)
     vectorize_or_unroll(sch, qji, lanes)
     sch.decompose_reduction(qk, qd)
