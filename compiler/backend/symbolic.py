@@ -89,7 +89,9 @@ class Template:
         return f"{base}_dyn_{key}"
 
     def bind(self, spec: KernelSpec) -> list[int] | None:
-        """The variables' values that make this template `spec`, or None if it does not reproduce it."""
+        """The variables' values that make this template `spec`, or None if it does not reproduce it, or gives a
+        variable a size below 2: a size of 1 is where broadcasting reads one element for many, which a lowering
+        tells by the constant (a variable is taken for a size above 1), so such a kernel is built exactly."""
         if _skeleton(spec) != self.skeleton:
             return None
         values: list[int | None] = [None] * self.n_vars
@@ -101,7 +103,7 @@ class Template:
                 values[-slot - 1] = x
             elif values[-slot - 1] != x:
                 return None
-        return values
+        return None if any(v < 2 for v in values) else values
 
     def prim_func(self, target):
         """The unscheduled PrimFunc, its variables as run-time sizes."""

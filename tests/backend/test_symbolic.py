@@ -27,6 +27,7 @@ def test_a_template_is_the_pair_with_each_differing_size_a_variable():
     t = generalize(dense_spec(1), dense_spec(16))
     assert t.n_vars == 1
     assert t.bind(dense_spec(5)) == [5] and t.bind(dense_spec(384)) == [384]
+    assert t.bind(dense_spec(1)) is None  # a size of 1 broadcasts: such kernels are built exactly
     assert t.bind(dense_spec(5, n=128)) is None  # another weight: not this kernel
     assert generalize(dense_spec(4), dense_spec(4)) is None  # nothing differs
     assert generalize(dense_spec(4), reshape_spec(4)) is None  # another structure
