@@ -113,13 +113,24 @@ class _Compiled:
         self.gm, self.options = gm, options
         self.constants = _constant_inputs(gm, example_inputs)
         self.sized = [i for i, x in enumerate(example_inputs) if isinstance(x, (int, torch.SymInt))]
-        self.symbolic = any(_symbolic(x) for x in example_inputs)
+        # a module's float attributes (a layer norm's eps, an embedding's norm_type): with dynamic=True dynamo passes
+        # each as a 0-dim tensor the graph reads with .item(); torch.export cannot trace an op on such a value (a
+        # data-dependent float): compiled in, like the sizes, and compiled again for other values
+        self.scalars = _scalar_inputs(gm, example_inputs, set(self.constants))
+        self.symbolic = any(_symbolic(x) for x in example_inputs) or bool(self.scalars)
         self.runner = None  # a callable on the non-constant tensor inputs, giving a tuple of tensors
         self.pieces = None  # (compiled, in PyTorch) piece counts where the graph is split
         self.versions = None
         self.failed: str | None = None
         self._by_sizes: dict[tuple, tuple] = {}  # sizes -> (runner, versions, failed): graphs with symbolic sizes
-        self._fed = [i for i in range(len(example_inputs)) if i not in set(self.constants) | set(self.sized)]
+        # ... whose builds share their kernels over run-time sizes (compiler/backend/symbolic.py)
+        self._kernels = None
+        if self.symbolic:
+            from tensorforge.compiler.backend.symbolic import SymbolicKernels
+
+            self._kernels = SymbolicKernels()
+        self._fed = [i for i in range(len(example_inputs))
+                     if i not in set(self.constants) | set(self.sized) | set(self.scalars)]
         if not self.symbolic:
             self._compile(example_inputs)
 
@@ -133,12 +144,13 @@ class _Compiled:
         self.versions = [inputs[i]._version for i in self.constants]
         try:
             options = _compile_options(self.options)
-            gm, kept = _with_ints(self.gm, {i: int(inputs[i]) for i in self.sized})
+            gm, kept = _with_ints(self.gm, {i: int(inputs[i]) for i in self.sized},
+                                  {i: float(inputs[i]) for i in self.scalars})
             position = {old: new for new, old in enumerate(kept)}
             example = tuple(inputs[i] for i in kept if i not in const)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.runner = _build(gm, {position[i]: inputs[i] for i in const}, example, options)
+                self.runner = _build(gm, {position[i]: inputs[i] for i in const}, example, options, self._kernels)
         except Exception as e:  # noqa: BLE001 - anything (a TensorForgeError, an export's own error): PyTorch runs it
             self.runner, self.failed = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warnings.warn(f"tensorforge: a graph of {len(self.gm.graph.nodes)} nodes runs in PyTorch: {self.failed}",
@@ -148,8 +160,8 @@ class _Compiled:
         self.pieces = getattr(self.runner, "pieces", None)
 
     def _sizes(self, args) -> tuple:
-        return tuple(int(a) if i in self.sized else tuple(a.shape) if isinstance(a, torch.Tensor) else None
-                     for i, a in enumerate(args))
+        return tuple(int(a) if i in self.sized else float(a) if i in self.scalars else tuple(a.shape)
+                     if isinstance(a, torch.Tensor) else None for i, a in enumerate(args))
 
     def __call__(self, *args):
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
@@ -176,29 +188,47 @@ class _Compiled:
         return self.runner(*(args[i] for i in self._fed))
 
 
-def _with_ints(gm, values: Mapping[int, int]):
-    """(gm with the integer placeholders at `values` (position -> size) replaced by those numbers, the positions of
-    the placeholders kept). No copy where there are none."""
-    if not values:
+def _scalar_inputs(gm, example_inputs, constants: set) -> list[int]:
+    """The positions of the inputs that are 0-dim float tensors the graph reads only through .item()."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return [i for i, (n, x) in enumerate(zip(placeholders, example_inputs))
+            if i not in constants and isinstance(x, torch.Tensor) and x.dim() == 0 and x.dtype.is_floating_point
+            and n.users and all(u.op == "call_method" and u.target == "item" for u in n.users)]
+
+
+def _with_ints(gm, values: Mapping[int, int], scalars: Mapping[int, float] | None = None):
+    """(gm with the integer placeholders at `values` (position -> size) replaced by those numbers, and the .item()
+    of the scalar tensor placeholders at `scalars` (position -> value) by those values; the positions of the
+    placeholders kept). No copy where there are none."""
+    scalars = dict(scalars or {})
+    if not values and not scalars:
         return gm, list(range(len([n for n in gm.graph.nodes if n.op == "placeholder"])))
     import copy
 
     g = copy.deepcopy(gm.graph)
     placeholders = [n for n in g.nodes if n.op == "placeholder"]
-    for i, value in values.items():
-        node = placeholders[i]
+
+    def replace(node, value):
         for user in list(node.users):
             user.args = torch.fx.node.map_arg(user.args, lambda a, node=node, value=value: value if a is node else a)
             user.kwargs = torch.fx.node.map_arg(user.kwargs,
                                                 lambda a, node=node, value=value: value if a is node else a)
         g.erase_node(node)
-    kept = [i for i in range(len(placeholders)) if i not in values]
+
+    for i, value in values.items():
+        replace(placeholders[i], value)
+    for i, value in scalars.items():
+        for item in list(placeholders[i].users):
+            replace(item, value)
+        g.erase_node(placeholders[i])
+    kept = [i for i in range(len(placeholders)) if i not in values and i not in scalars]
     return torch.fx.GraphModule(gm, g), kept
 
 
-def _build(gm, constants: Mapping[int, object], example: tuple, options):
+def _build(gm, constants: Mapping[int, object], example: tuple, options, kernels=None):
     """The runner for dynamo's graph `gm` with `constants` (position -> tensor) baked in: a Whole model or a
-    Split graph. TensorForgeError where neither can be made (the export fails, the graph mutates state)."""
+    Split graph. TensorForgeError where neither can be made (the export fails, the graph mutates state).
+    `kernels`: the SymbolicKernels of the graph's builds at other sizes."""
     key = _cache_key(gm.code, constants, example, options)
     cached = _load(key)  # (neither TVM nor the compiler imported on the way: a cache hit loads in the runtime alone)
     if cached is not None:
@@ -213,7 +243,7 @@ def _build(gm, constants: Mapping[int, object], example: tuple, options):
         raise FrontendError(f"the graph updates {mutated} in place (a module in train mode?): not compiled")
     state = exported_state(ep)
     flat = [state[s.target] if s.kind.name != "USER_INPUT" else None for s in ep.graph_signature.input_specs]
-    runner = aten_runner(ep.graph_module, exported_inputs(ep, example), flat, options)
+    runner = aten_runner(ep.graph_module, exported_inputs(ep, example), flat, options, kernels)
     if isinstance(runner, Whole):
         _store(key, runner.model)
     return runner

@@ -381,6 +381,33 @@ def test_outputs_that_are_views_of_inputs_and_parameters():
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
+def test_dynamic_sizes_with_float_module_attributes_compile():
+    """With dynamic=True dynamo passes a module's float attributes (a layer norm's eps, an embedding's norm_type)
+    as 0-dim tensors read through .item(), which torch.export cannot trace: they are compiled in (the graph ran in
+    PyTorch before), and a changed value compiles again."""
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 16)
+            self.norm = torch.nn.LayerNorm(16)
+
+        def forward(self, ids):
+            return self.norm(self.emb(ids))
+
+    torch.manual_seed(7)
+    m = Tokens().eval()
+    c, made = _capturing(m, dynamic=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a graph falling back to PyTorch warns
+        for seq in (3, 9):
+            ids = torch.randint(0, 50, (2, seq))
+            torch.testing.assert_close(c(ids), m(ids), rtol=1e-5, atol=1e-5)
+        assert made[0].scalars and all(runner is not None for runner, _, _ in made[0]._by_sizes.values())
+        m.norm.eps = 10.0  # another value: another compile, not the old answer
+        ids = torch.randint(0, 50, (2, 9))
+        torch.testing.assert_close(c(ids), m(ids), rtol=1e-5, atol=1e-5)
+
+
 def test_dynamic_sizes_compile_per_size_and_never_fail_the_call():
     """torch.compile(dynamic=True) hands the backend a graph with symbolic sizes: it is compiled for each call's
     sizes on first sight (kept per sizes), matching eager; reshapes by a symbolic size included."""
@@ -404,3 +431,4 @@ def test_dynamic_sizes_compile_per_size_and_never_fail_the_call():
     shapes = sorted(next(s for s in key if isinstance(s, tuple) and len(s) == 3) for key in made[0]._by_sizes)
     assert shapes == [(2, 3, 4), (3, 3, 4), (5, 3, 4)]
     assert all(runner is not None for runner, _, _ in made[0]._by_sizes.values())
+    assert made[0]._kernels.reused > 0  # batch 3 linked the kernels over run-time sizes that batch 5 made

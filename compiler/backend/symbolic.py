@@ -31,8 +31,10 @@ import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .lower import KernelSpec
+if TYPE_CHECKING:  # the module itself imports no TVM: a dynamic model's runtime-only paths load it cheaply
+    from .lower import KernelSpec
 
 log = logging.getLogger("tensorforge")
 
