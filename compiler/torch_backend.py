@@ -12,10 +12,14 @@ copies either way, CompiledModel.run_dlpack). PyTorch runs the whole graph itsel
 this cannot be exact or is not built yet:
   * the graph updates buffers or inputs in place (batch norm in train mode, under no_grad);
   * the export fails.
-The parameters changing since the compile (their version counters moved, e.g. after an optimizer step) compiles the
-graph again, once per change. A graph with symbolic sizes (torch.compile(dynamic=True), or dynamo marking a size
-dynamic after a second one) is compiled for each call's sizes on first sight and kept per sizes (16 at most): the
-IR's shapes are static (issue 17's symbolic dims would compile it once).
+The parameters changing since the compile (their version counters moved: a load_state_dict, an optimizer step)
+compiles the graph again; when they change a second time (a model evaluated between training steps) the graph is
+compiled once more with them as inputs (its weights packed at run time), and their changes cost nothing after.
+A graph with symbolic sizes (torch.compile(dynamic=True), or dynamo marking a size dynamic after a second one) is
+compiled for each call's sizes on first sight and kept per sizes (16 at most), the builds sharing their kernels
+over run-time sizes (compiler/backend/symbolic.py); the module's float attributes that dynamic=True passes as
+tensors (eps) are compiled in like the sizes. The IR's shapes are static (issue 17's symbolic dims would compile it
+once).
 
 Training. A graph captured with gradients wanted (grad mode on, a parameter or input requiring grad) goes through
 aot_autograd: its forward and backward are core-ATen graphs whose inputs are the parameters, inputs, saved
@@ -108,6 +112,9 @@ class _Compiled:
     sizes; otherwise at once. Anything failing runs the graph in PyTorch, with a warning, never failing the call."""
 
     MAX_SPECIALIZATIONS = 16  # per graph with symbolic sizes; past it PyTorch runs the new sizes
+    # parameter changes compiled in before the graph takes its parameters as inputs instead (packed at run time):
+    # a model evaluated between training steps changes them before every evaluation
+    CHANGES_COMPILED_IN = 1
 
     def __init__(self, gm, example_inputs: list, options: dict):
         self.gm, self.options = gm, options
@@ -129,8 +136,11 @@ class _Compiled:
             from tensorforge.compiler.backend.symbolic import SymbolicKernels
 
             self._kernels = SymbolicKernels()
-        self._fed = [i for i in range(len(example_inputs))
-                     if i not in set(self.constants) | set(self.sized) | set(self.scalars)]
+        self.changes = 0  # times the parameters changed after a compile
+        self._inputs = len(example_inputs)
+        # the inputs compiled in as constants: the parameters and buffers, until they change more than
+        # CHANGES_COMPILED_IN times; and the inputs the runner takes
+        self._bake(set(self.constants))
         if not self.symbolic:
             self._compile(example_inputs)
 
@@ -139,8 +149,12 @@ class _Compiled:
         """The CompiledModel of the whole graph, if it compiled whole (else None)."""
         return getattr(self.runner, "model", None)
 
+    def _bake(self, baked: set) -> None:
+        self.baked = baked
+        self._fed = [i for i in range(self._inputs) if i not in baked | set(self.sized) | set(self.scalars)]
+
     def _compile(self, inputs: list) -> None:
-        const = set(self.constants)
+        const = self.baked
         self.versions = [inputs[i]._version for i in self.constants]
         try:
             options = _compile_options(self.options)
@@ -178,8 +192,14 @@ class _Compiled:
                 return self.gm.forward(*args)
         if self.runner is None:
             return self.gm.forward(*args)
-        if [args[i]._version for i in self.constants] != self.versions:
-            log.info("tensorforge: parameters changed since the compile; compiling the graph again")
+        if self.baked and [args[i]._version for i in self.constants] != self.versions:
+            self.changes += 1
+            if self.changes > self.CHANGES_COMPILED_IN:
+                log.info("tensorforge: parameters changed again; the graph takes them as inputs from now on")
+                self._bake(set())
+                self._by_sizes.clear()  # runners of other sizes take no parameters
+            else:
+                log.info("tensorforge: parameters changed since the compile; compiling the graph again")
             self._compile(list(args))
             if self.symbolic:
                 self._by_sizes[self._sizes(args)] = (self.runner, self.versions, self.failed)

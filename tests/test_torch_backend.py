@@ -381,6 +381,30 @@ def test_outputs_that_are_views_of_inputs_and_parameters():
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
+def test_evaluating_between_training_steps_stops_compiling_the_parameters_in(monkeypatch):
+    """An inference graph compiles the parameters in; an optimizer step changes them, and the next call compiles
+    again. The second time they change the graph takes them as inputs instead (packed at run time): evaluations
+    between training steps then compile nothing, and match eager after every step."""
+    from tensorforge.compiler import torch_backend
+
+    builds = []
+    build = torch_backend._build
+    monkeypatch.setattr(torch_backend, "_build", lambda *a, **k: builds.append(1) or build(*a, **k))
+    torch.manual_seed(8)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    c, made = _capturing(m)
+    x = torch.randn(5, 8)
+    for step in range(5):
+        with torch.no_grad():
+            torch.testing.assert_close(c(x), m(x), rtol=1e-5, atol=1e-6)
+        m(x).square().mean().backward()  # the training step in eager: only the inference graph is ours
+        opt.step()
+        opt.zero_grad()
+    assert len(made) == 1 and made[0].runner is not None and not made[0].baked
+    assert len(builds) == 3  # the first compile, one recompile, then once with the parameters as inputs
+
+
 def test_dynamic_sizes_with_float_module_attributes_compile():
     """With dynamic=True dynamo passes a module's float attributes (a layer norm's eps, an embedding's norm_type)
     as 0-dim tensors read through .item(), which torch.export cannot trace: they are compiled in (the graph ran in
