@@ -253,17 +253,13 @@ def _build(gm, constants: Mapping[int, object], example: tuple, options, kernels
     cached = _load(key)  # (neither TVM nor the compiler imported on the way: a cache hit loads in the runtime alone)
     if cached is not None:
         return Whole(cached, list(cached.input_names))
-    from tensorforge.frontends.torch.importer import export, exported_inputs, exported_state
+    from tensorforge.frontends.torch.importer import trace_graph
     from tensorforge.runtime.errors import FrontendError
 
-    module = _with_constants(gm, constants)
-    ep = export(module, example)
-    mutated = [s.target for s in ep.graph_signature.output_specs if s.kind.name != "USER_OUTPUT"]
+    aten, inputs, flat, mutated = trace_graph(_with_constants(gm, constants), example)
     if mutated:
         raise FrontendError(f"the graph updates {mutated} in place (a module in train mode?): not compiled")
-    state = exported_state(ep)
-    flat = [state[s.target] if s.kind.name != "USER_INPUT" else None for s in ep.graph_signature.input_specs]
-    runner = aten_runner(ep.graph_module, exported_inputs(ep, example), flat, options, kernels)
+    runner = aten_runner(aten, inputs, flat, options, kernels)
     if isinstance(runner, Whole):
         _store(key, runner.model)
     return runner
