@@ -145,7 +145,7 @@ class Builder:
                                          f"elements ({t}), more than the limit of {MAX_CONSTANT_ELEMENTS}")
                 key = _attrs_key(attrs)
                 outs = self.computed(None if key is None else ("fold", op.name, key), inputs,
-                                     lambda: [np.asarray(o, order="C") for o in op.evaluate(*inputs, **attrs)])
+                                     lambda: _fold(op, inputs, attrs))
                 for o in outs:  # a folded weight (transposed, reshaped) keeps its source's name
                     self.derive(o, next((x for x in inputs if id(x) in self.names), None))
             else:
@@ -153,6 +153,17 @@ class Builder:
         except IRError as e:
             raise self.error(str(e)) from None
         return outs[0] if len(outs) == 1 else outs
+
+
+def _fold(op: OpDef, inputs: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
+    """`op` on constants, each result in C order; but a transpose stays a view of its input where that view is C or
+    Fortran contiguous (a 2-D weight's transpose, aot_autograd's `t(weight)`): graph params keep either order, and
+    the weight packers read either. Copying it (and the dense converter copying it back) cost BERT-base ~1 s."""
+    if op is ops.transpose:
+        view = np.transpose(inputs[0], attrs["perm"])
+        if view.flags.c_contiguous or view.flags.f_contiguous:
+            return [view]
+    return [np.asarray(o, order="C") for o in op.evaluate(*inputs, **attrs)]
 
 
 def _attrs_key(attrs: dict):
