@@ -22,7 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.machine import describe_machine, write_lines  # noqa: E402
+from benchmarks.machine import describe_machine, package_link, write_lines  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "compile_time.md")
 CASES = [("bert_base", {0: "batch", 1: "seq"}, (1, 128)), ("resnet50", None, (1, 3, 224, 224)),
@@ -44,14 +44,10 @@ print("RESULT " + json.dumps(dict(m.compile_timings, wall_s=total)))
 
 
 def compile_once(checkout: str, path: str, shape: tuple, links: str) -> dict:
-    """One compile in a fresh process importing `tensorforge` from `checkout` (through a link named tensorforge
-    in the directory `links`: the project's root is the package)."""
+    """One compile in a fresh process importing `tensorforge` from `checkout` (benchmarks.machine.package_link)."""
     from benchmarks.models import INPUT_NAME
 
-    link = os.path.join(links, os.path.basename(os.path.normpath(checkout)) + "-" + str(abs(hash(checkout))))
-    if not os.path.exists(link):
-        os.makedirs(link)
-        os.symlink(os.path.abspath(checkout), os.path.join(link, "tensorforge"))
+    link = package_link(checkout, links)
     env = dict(os.environ, TENSORFORGE_CACHE_DIR="off", PYTHONPATH=link)
     code = CHILD.format(path=path, name=INPUT_NAME, shape=tuple(shape))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=links)

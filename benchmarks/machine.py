@@ -48,3 +48,18 @@ def write_lines(path: str, lines: list[str]) -> None:
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("wrote", path)
+
+
+def package_link(checkout: str, links: str) -> str:
+    """A directory under `links` from which `import tensorforge` imports the checkout `checkout` as pyproject.toml
+    maps it (tensorforge is compiler/_tensorforge; tensorforge.compiler, .frontends, .runtime the folders): put it
+    first on PYTHONPATH to run another commit side by side with this one."""
+    link = os.path.join(links, os.path.basename(os.path.normpath(checkout)) + "-" + str(abs(hash(checkout))))
+    package = os.path.join(link, "tensorforge")
+    if not os.path.exists(package):
+        os.makedirs(package)
+        root = os.path.abspath(checkout)
+        os.symlink(os.path.join(root, "compiler", "_tensorforge", "__init__.py"), os.path.join(package, "__init__.py"))
+        for sub in ("compiler", "frontends", "runtime"):
+            os.symlink(os.path.join(root, sub), os.path.join(package, sub))
+    return link
