@@ -13,18 +13,19 @@ those kernels and builds each once with the changing sizes as run-time variables
     kept only if the schedule rule that takes it is the one that takes the exact kernel (a template the fast rule
     refuses would fall to the generic schedule), and its object file is kept;
   * a kernel of any later build that the template reproduces (its integers equal the template's constants, and each
-    variable's positions hold one value) is that object: nothing is lowered, scheduled or compiled for it.
+    variable's positions hold one value, of at least 2: a size of 1 broadcasts, which lowerings tell by the
+    constant) is that object: nothing is lowered, scheduled or compiled for it.
 
 The plan calls the template's symbol with buffers of the exact shapes; the kernel reads each variable from them (its
 argument checks assert the positions agree). The kernel computes what the exact one computes: the same TE
 lowering, evaluated at the sizes the exact kernel has as constants. Tuned kernels (a tuning database's record is for
-one exact kernel) and the CUDA target are built per shape as before.
+one exact kernel) and the CUDA target are built per shape as before. torch.compile's graphs with symbolic sizes
+(compiler/torch_backend.py) share one SymbolicKernels over their sizes the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import tempfile
@@ -35,8 +36,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the module itself imports no TVM: a dynamic model's runtime-only paths load it cheaply
     from .lower import KernelSpec
-
-log = logging.getLogger("tensorforge")
 
 MAX_REMEMBERED = 512  # exact kernels remembered for pairing (the oldest forgotten first)
 
