@@ -456,3 +456,37 @@ def test_dynamic_sizes_compile_per_size_and_never_fail_the_call():
     assert shapes == [(2, 3, 4), (3, 3, 4), (5, 3, 4)]
     assert all(runner is not None for runner, _, _ in made[0]._by_sizes.values())
     assert made[0]._kernels.reused > 0  # batch 3 linked the kernels over run-time sizes that batch 5 made
+
+
+def test_one_pass_tracing_gives_what_torch_export_and_its_decompositions_give(monkeypatch):
+    """trace_graph (aot_export_module with the decompositions, the kept composite ops preserved) gives the ATen ops,
+    inputs and constants of torch.export + run_decompositions, in one pass; a torch without the private helpers it
+    uses takes the two passes."""
+    from tensorforge.frontends.torch import importer
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.norm = torch.nn.LayerNorm(16)
+            self.lstm = torch.nn.LSTM(16, 8, batch_first=True)
+
+        def forward(self, x):
+            y = torch.nn.functional.interpolate(self.conv(x), scale_factor=2.0, mode="bilinear")
+            return (self.lstm(self.norm(y.flatten(1, 2)))[0],)  # a tuple, as dynamo's graphs return
+
+    torch.manual_seed(9)
+    net, x = Net().eval(), torch.randn(1, 3, 8, 8)
+
+    def ops(gm):
+        return sorted(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+
+    one = importer.trace_graph(net, (x,))
+    monkeypatch.setattr(importer, "_one_pass_helpers", lambda: None)
+    two = importer.trace_graph(net, (x,))
+    assert ops(one[0]) == ops(two[0]) and "aten.lstm.input" in ops(one[0])
+    assert "aten.upsample_bilinear2d.vec" in ops(one[0])  # composite ops kept whole, as run_decompositions keeps them
+    assert [type(v).__name__ for v in one[1].values()] == [type(v).__name__ for v in two[1].values()]
+    assert [None if t is None else tuple(t.shape) for t in one[2]] == [None if t is None else tuple(t.shape)
+                                                                       for t in two[2]]
+    assert one[3] == two[3] == []

@@ -67,16 +67,16 @@ def trace_graph(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor])
     constant tensor or None where the caller passes it, the buffers and inputs the graph updates in place).
     torch.export followed by run_decompositions traced it twice: BERT-base's graph 2.1-2.6 s against 0.9-1.1 s.
     The composite ops KEEP_WHOLE stay whole as run_decompositions keeps them (its own two private helpers, the
-    composite ops' table split out of the decompositions and put in place while tracing)."""
-    from torch._functorch.aot_autograd import aot_export_module
-    from torch.export._trace import _ignore_backend_decomps
-    from torch.export.exported_program import (
-        _override_composite_implicit_decomp, _split_decomp_table_to_cia_and_python_decomp)
-
-    composite, table = _split_decomp_table_to_cia_and_python_decomp(decompositions())
+    composite ops' table split out of the decompositions and put in place while tracing); a torch without them
+    takes the two passes."""
+    helpers = _one_pass_helpers()
+    if helpers is None:
+        return _exported_graph(module, example_inputs)
+    aot_export, ignore_backend_decompositions, keep_composites, split_composites = helpers
+    composite, table = split_composites(decompositions())
     try:
-        with torch.no_grad(), _ignore_backend_decomps(), _override_composite_implicit_decomp(composite):
-            gm, sig = aot_export_module(module, tuple(example_inputs), trace_joint=False, decompositions=table)
+        with torch.no_grad(), ignore_backend_decompositions(), keep_composites(composite):
+            gm, sig = aot_export(module, tuple(example_inputs), trace_joint=False, decompositions=table)
     except Exception as e:
         raise FrontendError(f"torch could not trace the graph to ATen: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
@@ -96,6 +96,29 @@ def trace_graph(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor])
                              TensorType(tuple(x.shape), str(_np(x).dtype)))
         flat.append(None)
     return gm, inputs, flat, mutated
+
+
+def _one_pass_helpers():
+    """(aot_export_module, and torch.export's private helpers that keep composite ops whole), or None where this
+    torch lacks them."""
+    try:
+        from torch._functorch.aot_autograd import aot_export_module
+        from torch.export._trace import _ignore_backend_decomps
+        from torch.export.exported_program import (
+            _override_composite_implicit_decomp, _split_decomp_table_to_cia_and_python_decomp)
+    except ImportError:
+        return None
+    return (aot_export_module, _ignore_backend_decomps, _override_composite_implicit_decomp,
+            _split_decomp_table_to_cia_and_python_decomp)
+
+
+def _exported_graph(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]):
+    """`trace_graph`'s answer through torch.export and run_decompositions."""
+    ep = export(module, example_inputs)
+    mutated = [s.target for s in ep.graph_signature.output_specs if s.kind.name != "USER_OUTPUT"]
+    state = exported_state(ep)
+    flat = [state[s.target] if s.kind.name != "USER_INPUT" else None for s in ep.graph_signature.input_specs]
+    return ep.graph_module, exported_inputs(ep, example_inputs), flat, mutated
 
 
 def from_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], keep_params: bool = False) -> Graph:
