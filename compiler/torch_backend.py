@@ -131,11 +131,13 @@ class _Compiled:
         self.failed: str | None = None
         self._by_sizes: dict[tuple, tuple] = {}  # sizes -> (runner, versions, failed): graphs with symbolic sizes
         # ... whose builds share their kernels over run-time sizes (compiler/backend/symbolic.py)
-        self._kernels = None
+        # ... and their constants (read once, transposed and packed once for every size: compiler/ir/constants.py)
+        self._kernels = self._memo = None
         if self.symbolic:
             from tensorforge.compiler.backend.symbolic import SymbolicKernels
+            from tensorforge.compiler.ir import ConstantMemo
 
-            self._kernels = SymbolicKernels()
+            self._kernels, self._memo = SymbolicKernels(), ConstantMemo()
         self.changes = 0  # times the parameters changed after a compile
         self._inputs = len(example_inputs)
         # the inputs compiled in as constants: the parameters and buffers, until they change more than
@@ -164,7 +166,8 @@ class _Compiled:
             example = tuple(inputs[i] for i in kept if i not in const)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.runner = _build(gm, {position[i]: inputs[i] for i in const}, example, options, self._kernels)
+                self.runner = _build(gm, {position[i]: inputs[i] for i in const}, example, options, self._kernels,
+                                     self._memo)
         except Exception as e:  # noqa: BLE001 - anything (a TensorForgeError, an export's own error): PyTorch runs it
             self.runner, self.failed = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warnings.warn(f"tensorforge: a graph of {len(self.gm.graph.nodes)} nodes runs in PyTorch: {self.failed}",
@@ -194,6 +197,10 @@ class _Compiled:
             return self.gm.forward(*args)
         if self.baked and [args[i]._version for i in self.constants] != self.versions:
             self.changes += 1
+            if self._memo is not None:  # the old constants' copies and what was made of them: not needed again
+                from tensorforge.compiler.ir import ConstantMemo
+
+                self._memo = ConstantMemo()
             if self.changes > self.CHANGES_COMPILED_IN:
                 log.info("tensorforge: parameters changed again; the graph takes them as inputs from now on")
                 self._bake(set())
@@ -245,10 +252,10 @@ def _with_ints(gm, values: Mapping[int, int], scalars: Mapping[int, float] | Non
     return torch.fx.GraphModule(gm, g), kept
 
 
-def _build(gm, constants: Mapping[int, object], example: tuple, options, kernels=None):
+def _build(gm, constants: Mapping[int, object], example: tuple, options, kernels=None, memo=None):
     """The runner for dynamo's graph `gm` with `constants` (position -> tensor) baked in: a Whole model or a
     Split graph. TensorForgeError where neither can be made (the export fails, the graph mutates state).
-    `kernels`: the SymbolicKernels of the graph's builds at other sizes."""
+    `kernels`, `memo`: the SymbolicKernels and ConstantMemo of the graph's builds at other sizes."""
     key = _cache_key(gm.code, constants, example, options)
     cached = _load(key)  # (neither TVM nor the compiler imported on the way: a cache hit loads in the runtime alone)
     if cached is not None:
@@ -256,10 +263,10 @@ def _build(gm, constants: Mapping[int, object], example: tuple, options, kernels
     from tensorforge.frontends.torch.importer import trace_graph
     from tensorforge.runtime.errors import FrontendError
 
-    aten, inputs, flat, mutated = trace_graph(_with_constants(gm, constants), example)
+    aten, inputs, flat, mutated = trace_graph(_with_constants(gm, constants), example, memo)
     if mutated:
         raise FrontendError(f"the graph updates {mutated} in place (a module in train mode?): not compiled")
-    runner = aten_runner(aten, inputs, flat, options, kernels)
+    runner = aten_runner(aten, inputs, flat, options, kernels, memo)
     if isinstance(runner, Whole):
         _store(key, runner.model)
     return runner

@@ -15,11 +15,12 @@ import torch
 log = logging.getLogger("tensorforge")
 
 
-def aten_runner(gm, inputs: dict, constants: list, options, kernels=None):
+def aten_runner(gm, inputs: dict, constants: list, options, kernels=None, memo=None):
     """A core-ATen graph compiled: a Whole model where every node converts, else a Split graph. `inputs` as
     convert_graph's (each placeholder a Known value or an IR input's (name, type)); `constants` the placeholders'
-    values in order (None for those the caller passes). `kernels` (backend.symbolic.SymbolicKernels): the kernels
-    over run-time sizes of the graph's builds at other sizes, for a Whole model."""
+    values in order (None for those the caller passes). `kernels` (backend.symbolic.SymbolicKernels) and `memo`
+    (ir.ConstantMemo): the kernels over run-time sizes and the constants of the graph's builds at other sizes, for
+    a Whole model."""
     from tensorforge.frontends.torch.importer import is_supported
     from tensorforge.runtime.errors import FrontendError
 
@@ -30,7 +31,7 @@ def aten_runner(gm, inputs: dict, constants: list, options, kernels=None):
         return _OutputsInTorch(gm, results, inputs, constants, options)
     if all(n.op != "call_function" or is_supported(n) for n in gm.graph.nodes):
         try:
-            model = _compile_aten(gm, inputs, options, kernels)
+            model = _compile_aten(gm, inputs, options, kernels, memo)
         except FrontendError as e:
             if getattr(e, "torch_node", None) is None:
                 raise
@@ -84,11 +85,11 @@ class Laid:
         return self.runner(*(a if p is None else a.permute(p) for a, p in zip(args, self.perms)))
 
 
-def _compile_aten(gm, inputs: dict, options, kernels=None):
+def _compile_aten(gm, inputs: dict, options, kernels=None, memo=None):
     from tensorforge.compiler.api import compile_model
     from tensorforge.frontends.torch.importer import convert_graph
 
-    graph = convert_graph(gm, "torch_graph", inputs)
+    graph = convert_graph(gm, "torch_graph", inputs, memo)
     if kernels is None:
         return compile_model(graph, options=options)
     from tensorforge.compiler.api import _compile

@@ -432,9 +432,15 @@ def test_dynamic_sizes_with_float_module_attributes_compile():
         torch.testing.assert_close(c(ids), m(ids), rtol=1e-5, atol=1e-5)
 
 
-def test_dynamic_sizes_compile_per_size_and_never_fail_the_call():
+def test_dynamic_sizes_compile_per_size_and_never_fail_the_call(monkeypatch):
     """torch.compile(dynamic=True) hands the backend a graph with symbolic sizes: it is compiled for each call's
-    sizes on first sight (kept per sizes), matching eager; reshapes by a symbolic size included."""
+    sizes on first sight (kept per sizes), matching eager; reshapes by a symbolic size included. The builds share
+    their kernels over run-time sizes and their constants: the weight is packed once for every size."""
+    from tensorforge.compiler.ops import packed
+
+    packs = []
+    pack = packed.pack_dense_weight
+    monkeypatch.setattr(packed, "pack_dense_weight", lambda *a, **k: packs.append(1) or pack(*a, **k))
     class Flat(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -456,6 +462,7 @@ def test_dynamic_sizes_compile_per_size_and_never_fail_the_call():
     assert shapes == [(2, 3, 4), (3, 3, 4), (5, 3, 4)]
     assert all(runner is not None for runner, _, _ in made[0]._by_sizes.values())
     assert made[0]._kernels.reused > 0  # batch 3 linked the kernels over run-time sizes that batch 5 made
+    assert len(packs) == 1
 
 
 def test_one_pass_tracing_gives_what_torch_export_and_its_decompositions_give(monkeypatch):

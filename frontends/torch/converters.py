@@ -179,8 +179,10 @@ def _untransposed(mat2):
 
 @converter(aten.addmm.default)
 def addmm(b, self, mat1, mat2, beta=1, alpha=1):
-    # a constant weight as the transposed view of mat2 (graph params keep either memory order): no copy
-    w = b.derive(mat2.T, mat2) if isinstance(mat2, np.ndarray) else _untransposed(mat2)
+    # a constant weight as the transposed view of mat2 (graph params keep either memory order): no copy; the same
+    # view object for every compile sharing a memo, so that its packed form is found again
+    w = b.derive(b.computed(("T",), [mat2], lambda: mat2.T), mat2) if isinstance(mat2, np.ndarray) else \
+        _untransposed(mat2)
     if w is not None and beta == 1 and alpha == 1 and b.type(self).numel == b.type(mat2).shape[1]:
         bias = b.derive(self.reshape(-1), self) if isinstance(self, np.ndarray) else \
             _reshape(b, self, (b.type(self).numel,))

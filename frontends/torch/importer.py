@@ -61,14 +61,17 @@ def export(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]):
         module.train(was_training)
 
 
-def trace_graph(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]):
+def trace_graph(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], memo=None):
     """An FX graph module (dynamo's graph, its constants as buffers) traced to core ATen in one pass
     (aot_export_module with `decompositions()`): (the ATen graph module, convert_graph's inputs, each placeholder's
     constant tensor or None where the caller passes it, the buffers and inputs the graph updates in place).
     torch.export followed by run_decompositions traced it twice: BERT-base's graph 2.1-2.6 s against 0.9-1.1 s.
     The composite ops KEEP_WHOLE stay whole as run_decompositions keeps them (its own two private helpers, the
     composite ops' table split out of the decompositions and put in place while tracing); a torch without them
-    takes the two passes."""
+    takes the two passes. `memo` (a compiler.ir.ConstantMemo shared by the traces of one graph at several sizes):
+    the constants are read-only views of the tensors, known by their storage, version, shape and type, so that what
+    the compile derives from them (transposes, packed weights) is made once for every size. (A tensor changed in
+    place moves its version: the backend then compiles again with a new memo.)"""
     helpers = _one_pass_helpers()
     if helpers is None:
         return _exported_graph(module, example_inputs)
@@ -88,14 +91,23 @@ def trace_graph(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor])
     for node in (n for n in gm.graph.nodes if n.op == "placeholder"):
         target = sig.inputs_to_parameters.get(node.name) or sig.inputs_to_buffers.get(node.name)
         if target is not None:
-            inputs[node.name] = Known(_np(state[target]), target)
-            flat.append(state[target])
+            t = state[target]
+            array = _np(t) if memo is None else memo.constant(
+                ("torch", t.data_ptr(), t._version, tuple(t.shape), t.stride(), str(t.dtype)), lambda t=t: _frozen(t))
+            inputs[node.name] = Known(array, target)
+            flat.append(t)
             continue
         x = next(users)
         inputs[node.name] = (node.name if len(example_inputs) > 1 else "input",
                              TensorType(tuple(x.shape), str(_np(x).dtype)))
         flat.append(None)
     return gm, inputs, flat, mutated
+
+
+def _frozen(t: torch.Tensor) -> np.ndarray:
+    a = _np(t).view()
+    a.flags.writeable = False
+    return a
 
 
 def _one_pass_helpers():
@@ -183,10 +195,12 @@ class Known:
         self.array, self.name, self.run_time = array, name, run_time
 
 
-def convert_graph(gm, name: str, inputs: dict) -> Graph:
+def convert_graph(gm, name: str, inputs: dict, memo=None) -> Graph:
     """Convert the core-ATen FX graph `gm` to a verified IR graph. `inputs` maps each placeholder's name to a `Known`
-    value or to (the IR input's name, its TensorType)."""
+    value or to (the IR input's name, its TensorType). `memo`: the ConstantMemo of the graph's compiles at several
+    sizes (see `trace_graph`)."""
     g = Graph(name)
+    g.memo = memo
     b = Builder(g, "torch")
     env: dict[str, object] = {}
     for node in gm.graph.nodes:
