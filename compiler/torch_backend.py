@@ -17,7 +17,8 @@ compiles the graph again; when they change a second time (a model evaluated betw
 compiled once more with them as inputs (its weights packed at run time), and their changes cost nothing after.
 A graph with symbolic sizes (torch.compile(dynamic=True), or dynamo marking a size dynamic after a second one) is
 compiled for each call's sizes on first sight and kept per sizes (16 at most), the builds sharing their kernels
-over run-time sizes (compiler/backend/symbolic.py); the module's float attributes that dynamic=True passes as
+over run-time sizes (compiler/backend/symbolic.py) and their constants (a ConstantMemo: each weight packed once);
+the module's float attributes that dynamic=True passes as
 tensors (eps) are compiled in like the sizes. The IR's shapes are static (issue 17's symbolic dims would compile it
 once).
 
