@@ -11,7 +11,6 @@ both compile the same bytes. Reported: medians of the `compile_model` wall time 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.machine import describe_machine, package_link, write_lines  # noqa: E402
+from benchmarks.machine import describe_machine, run_in_checkout, write_lines  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "compile_time.md")
 CASES = [("bert_base", {0: "batch", 1: "seq"}, (1, 128)), ("resnet50", None, (1, 3, 224, 224)),
@@ -47,14 +46,7 @@ def compile_once(checkout: str, path: str, shape: tuple, links: str) -> dict:
     """One compile in a fresh process importing `tensorforge` from `checkout` (benchmarks.machine.package_link)."""
     from benchmarks.models import INPUT_NAME
 
-    link = package_link(checkout, links)
-    env = dict(os.environ, TENSORFORGE_CACHE_DIR="off", PYTHONPATH=link)
-    code = CHILD.format(path=path, name=INPUT_NAME, shape=tuple(shape))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=links)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if out.returncode or line is None:
-        raise SystemExit(f"compile in {checkout} failed:\n{out.stderr[-2000:]}")
-    return json.loads(line[len("RESULT "):])
+    return run_in_checkout(CHILD.format(path=path, name=INPUT_NAME, shape=tuple(shape)), checkout, links)
 
 
 def main(argv=None) -> int:

@@ -63,3 +63,18 @@ def package_link(checkout: str, links: str) -> str:
         for sub in ("compiler", "frontends", "runtime"):
             os.symlink(os.path.join(root, sub), os.path.join(package, sub))
     return link
+
+
+def run_in_checkout(code: str, checkout: str, links: str) -> dict:
+    """Run the Python `code` in a fresh process importing `tensorforge` from `checkout` (`package_link`, under the
+    directory `links`; TensorForge's disk cache off) and return the JSON it prints after "RESULT "."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TENSORFORGE_CACHE_DIR="off", PYTHONPATH=package_link(checkout, links))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=links)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if out.returncode or line is None:
+        raise SystemExit(f"the run in {checkout} failed:\n{out.stderr[-2000:]}")
+    return json.loads(line[len("RESULT "):])

@@ -14,7 +14,6 @@ back to PyTorch (a warning) is reported as such. Medians over rounds. Writes ben
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.machine import describe_machine, package_link, write_lines  # noqa: E402
+from benchmarks.machine import describe_machine, run_in_checkout, write_lines  # noqa: E402
 
 OUT = os.path.join(ROOT, "benchmarks", "results", "torch_dynamic.md")
 
@@ -61,13 +60,7 @@ print("RESULT " + json.dumps(dict(rows=out, fell_back=fell_back)))
 
 
 def run_once(checkout: str, model: str, lengths: list, links: str) -> dict:
-    env = dict(os.environ, TENSORFORGE_CACHE_DIR="off", PYTHONPATH=package_link(checkout, links))
-    code = CHILD.format(root=ROOT, model=model, lengths=lengths)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=links)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if out.returncode or line is None:
-        raise SystemExit(f"run in {checkout} failed:\n{out.stderr[-2000:]}")
-    return json.loads(line[len("RESULT "):])
+    return run_in_checkout(CHILD.format(root=ROOT, model=model, lengths=lengths), checkout, links)
 
 
 def main(argv=None) -> int:
