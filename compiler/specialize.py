@@ -19,10 +19,10 @@ covering a range without the compiler are not built yet.
 A first run with new values pays the compile (~0.05-0.5 s for small graphs, seconds for a large model); the model
 logs it on the `tensorforge` logger. The compiles share what does not change with the shape: the constants
 (`ConstantMemo`: read, transformed, packed once; the packed weights one buffer for all) and the kernels that differ
-only in sizes (`backend.symbolic.SymbolicKernels`: built once over those sizes, linked into each later library). Compiled specializations are also kept on disk (`cache_dir()`: the
-directory in TENSORFORGE_CACHE_DIR, else ~/.cache/tensorforge; "off" keeps none), keyed by the model, the values
-and shapes, the compile options, the host CPU's features and the versions, so another process loads them instead
-of compiling; past TENSORFORGE_CACHE_MAX_MB (4096) the least recently used are deleted. Thread-safe: one
+only in sizes (`backend.symbolic.SymbolicKernels`: built once over those sizes, linked into each later library).
+Compiled specializations are also kept on disk (`cache_dir()`: the directory in TENSORFORGE_CACHE_DIR, else
+~/.cache/tensorforge; "off" keeps none), keyed by the model, the values and shapes, the compile options, the host
+CPU's features and the versions, so another process loads them instead of compiling; past TENSORFORGE_CACHE_MAX_MB (4096) the least recently used are deleted. Thread-safe: one
 compile at a time, while runs of the specializations already built go on.
 """
 

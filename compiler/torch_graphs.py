@@ -86,15 +86,10 @@ class Laid:
 
 
 def _compile_aten(gm, inputs: dict, options, kernels=None, memo=None):
-    from tensorforge.compiler.api import compile_model
+    from tensorforge.compiler.api import _compile
     from tensorforge.frontends.torch.importer import convert_graph
 
-    graph = convert_graph(gm, "torch_graph", inputs, memo)
-    if kernels is None:
-        return compile_model(graph, options=options)
-    from tensorforge.compiler.api import _compile
-
-    return _compile(graph, None, options, kernels=kernels)
+    return _compile(convert_graph(gm, "torch_graph", inputs, memo), None, options, kernels=kernels)
 
 
 _VIEWS = {torch.ops.aten.permute.default, torch.ops.aten.t.default, torch.ops.aten.view.default,

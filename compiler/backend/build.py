@@ -155,8 +155,8 @@ def build_kernels(specs: list[KernelSpec], target, out_dir: str, tuning: list = 
         for (symbol, (_, template)), obj in zip(new.items(), objects):
             symbolic.add(template, obj)
         symbolic.remember(specs)
-    return BuildResult(path, list(funcs) + sorted(set(symbols.values())), {"schedule_s": t1 - t0, "build_s": t2 - t1},
-                       tuned, symbols=symbols)
+    return BuildResult(path, list(funcs) + sorted(set(symbols.values())),
+                       {"schedule_s": t1 - t0, "build_s": t2 - t1}, tuned, symbols=symbols)
 
 
 BUILD_JOBS_ENV = "TENSORFORGE_BUILD_JOBS"

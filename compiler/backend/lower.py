@@ -145,7 +145,7 @@ def build_prim_func(spec: KernelSpec, target=None, *, symbolic: tuple | None = N
             raise CompileError(f"lowering {o.op.name} to TE failed: {type(e).__name__}: {e}") from e
         results.append(list(outs) if isinstance(outs, (list, tuple)) else [outs])
     outs = [resolve(r) for r in spec.outputs]
-    analyzer = sym.Analyzer()
+    analyzer = sym.Analyzer() if symbolic is not None else None
     for o, t, want in zip(outs, spec.out_types, out_shapes):
         if symbolic is None:
             same = tuple(int(d) for d in o.shape) == want

@@ -80,6 +80,7 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
     is the report of `tensorforge inspect`. `symbols`: kernel name -> the kernel over run-time sizes that a step
     calls instead (backend/symbolic.py)."""
     steps = steps if steps is not None else partition(g)
+    symbols = symbols or {}
     state = dict(state or {})
     # state: the inputs updated in place, and those only read but kept from run to run like them (given an
     # initial value: a data-parallel step's parameters, read by the gradient plan and updated by another)
@@ -139,7 +140,8 @@ def make_plan(g: Graph, target, cpu_features: list[str], steps: list | None = No
             first.setdefault(ids[o], index)
             last.setdefault(ids[o], index)
         inplace += [(ids[o], root[ids[i]]) for o, i in _inplace_candidates(s)]
-        plan_steps.append({"kernel": (symbols or {}).get(s.spec.name(), s.spec.name()), "args": args, "op": "+".join(n.op.name for n in s.nodes),
+        name = s.spec.name()
+        plan_steps.append({"kernel": symbols.get(name, name), "args": args, "op": "+".join(n.op.name for n in s.nodes),
                            "node": s.nodes[-1].name, "work": _work(s)})
     end = len(plan_steps)
     for v in g.outputs:

@@ -25,6 +25,7 @@ one exact kernel) and the CUDA target are built per shape as before. torch.compi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -60,6 +61,7 @@ def _walk(spec: KernelSpec, fn) -> tuple[list, list, list]:
     return attrs, ins, outs
 
 
+@functools.lru_cache(maxsize=4096)  # asked for the same spec by find, candidate, bind, generalize and remember
 def _skeleton(spec: KernelSpec) -> str:
     """The kernel with its varying integers blanked: kernels of one structure share it."""
     attrs, ins, outs = _walk(spec, lambda _: "#")

@@ -36,10 +36,6 @@ class AttentionKnobs(Knobs):
     SPACE: ClassVar[dict[str, tuple]] = {"rows": (2, 4, 6, 8), "j_tile": (32, 64, 128)}
 
 
-def _loops_extent(sch, loop) -> int | None:
-    return loop_extent(sch, loop)
-
-
 def _divisor(n: int, limit: int, multiple: int = 1) -> int:
     """The largest divisor of n up to `limit` that is a multiple of `multiple`, else the largest divisor."""
     for d in range(min(n, limit), 0, -1):
@@ -61,7 +57,7 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
     padded = OUT_PADDED in {sch.get(b).name_hint for b in sch.get_child_blocks(root)}
     out = sch.get_sblock(OUT_PADDED) if padded else final
     *batch, i, c = sch.get_loops(out)
-    sq = _loops_extent(sch, i)
+    sq = loop_extent(sch, i)
     # a length known only at run time: its rows padded to SQ_ROUND (ops/attention.py)
     rows = _divisor(sq, knobs.rows) if sq is not None else math.gcd(knobs.rows, SQ_ROUND)
     io, ii = sch.split(i, [None, rows])
@@ -84,14 +80,14 @@ def schedule_attention(sch: s_tir.Schedule, target: tvm.target.Target,
     # Q K^T: [rows x J] accumulators in registers, D outside them
     qk = sch.get_sblock(QK)
     qr, qj, qd = sch.get_loops(qk)[-3:]
-    skv = _loops_extent(sch, qj)
+    skv = loop_extent(sch, qj)
     if skv is not None:
         jt = _divisor(skv, knobs.j_tile, lanes)
     else:  # keys padded to SKV_ROUND_RUNTIME (ops/attention.py): a tile that divides it
         jt = next(t for t in (knobs.j_tile, SKV_ROUND_RUNTIME, lanes, 1) if divides(sch, qj, t))
     qjo, qji = sch.split(qj, [None, jt])
     sch.reorder(qjo, qd, qr, qji)
-    if skv is not None and _loops_extent(sch, qjo) <= UNROLL_MAX:  # constant accumulator offsets: in registers
+    if skv is not None and loop_extent(sch, qjo) <= UNROLL_MAX:  # constant accumulator offsets: in registers
         sch.unroll(qjo)
     elif skv is None:
         # a tile count known at run time: each [rows x J] tile accumulates in a buffer of its own, written to the

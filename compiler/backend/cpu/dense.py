@@ -89,8 +89,8 @@ def _symbolic_rows(sch, dense, out, dm, dn, nt: int, mt: int, vec: int) -> None:
     """Rows known only at run time (the product's rows rounded up to `mt`, ops/packed.py dense_compute): one
     parallel task per weight panel [k x n_tile], inside it every [mt x n_tile] register tile of rows, k outside
     the tile. The panel stays in L2 while all the rows pass it, no loop is split by a size unknown here, and only
-    the write-back of each tile (clipped to the real rows) has a bound to check. At 16, 128 and 384 rows of
-    BERT-base's products it ran at 0.96-1.04 of the kernel built for each (benchmarks/results/symbolic_rows.md)."""
+    the write-back of each tile (clipped to the real rows) has a bound to check. At 16 to 384 rows of BERT-base's
+    products it ran at 0.90-1.01 of the kernel built for each (benchmarks/results/symbolic_kernels.md)."""
     mo, mi = sch.split(dm, [None, mt])
     no, ni = sch.split(dn, [None, nt])
     sch.reorder(no, mo, mi, ni)
