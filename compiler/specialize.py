@@ -22,8 +22,9 @@ logs it on the `tensorforge` logger. The compiles share what does not change wit
 only in sizes (`backend.symbolic.SymbolicKernels`: built once over those sizes, linked into each later library).
 Compiled specializations are also kept on disk (`cache_dir()`: the directory in TENSORFORGE_CACHE_DIR, else
 ~/.cache/tensorforge; "off" keeps none), keyed by the model, the values and shapes, the compile options, the host
-CPU's features and the versions, so another process loads them instead of compiling; past TENSORFORGE_CACHE_MAX_MB (4096) the least recently used are deleted. Thread-safe: one
-compile at a time, while runs of the specializations already built go on.
+CPU's features and the versions, so another process loads them instead of compiling; past TENSORFORGE_CACHE_MAX_MB
+(4096) the least recently used are deleted. Thread-safe: one compile at a time, while runs of the specializations
+already built go on.
 """
 
 from __future__ import annotations
